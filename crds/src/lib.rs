@@ -1,0 +1,32 @@
+//! The Braid mesh API, group `braid.dev`, version `v1alpha1`: the Rust types are the source of
+//! truth, and the CRD YAML committed beside them is generated from them (`make crds`).
+
+pub mod conditions;
+pub mod duration;
+pub mod mesh;
+pub mod meshpolicy;
+pub mod meshroute;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+pub use mesh::{Mesh, MeshSpec, MeshStatus};
+pub use meshpolicy::{MeshPolicy, MeshPolicySpec, MeshPolicyStatus};
+pub use meshroute::{MeshRoute, MeshRouteSpec, MeshRouteStatus};
+
+/// Every CRD of the API, each with the file name it is committed under.
+pub fn crds() -> Vec<(String, CustomResourceDefinition)> {
+    [MeshRoute::crd(), MeshPolicy::crd(), Mesh::crd()]
+        .into_iter()
+        .map(|crd| {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            (format!("{name}.yaml"), crd)
+        })
+        .collect()
+}
+
+/// Renders a CRD as the YAML document committed in crds/ and in the Helm chart.
+pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::ser::Error> {
+    let body = serde_saphyr::to_string(crd)?;
+    Ok(format!("# Generated from the Rust types in crds/src by `make crds`; do not edit.\n{body}"))
+}

@@ -1,0 +1,223 @@
+//! Mesh: the mesh-wide settings, one cluster-scoped object named "default".
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Mesh-wide settings: identity and certificate lifetimes, the proxy injected into pods, and
+/// how injection behaves. There is one, named "default".
+// kube's printcolumn(...) repeats `type_ = "string"`, which clippy mistakes for a copy-paste slip.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    validation = Rule::new("self.metadata.name == 'default'").message("there is one Mesh and it is named default"),
+    group = "braid.dev",
+    version = "v1alpha1",
+    kind = "Mesh",
+    category = "braid",
+    status = "MeshStatus",
+    doc = "Mesh-wide settings; there is one, named default.",
+    printcolumn(
+        name = "Trust-Domain",
+        type_ = "string",
+        json_path = ".spec.trustDomain",
+        description = "SPIFFE trust domain of workload identities"
+    ),
+    printcolumn(
+        name = "CA",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"CAReady\")].status",
+        description = "Whether the certificate authority is ready"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshSpec {
+    /// SPIFFE trust domain: workloads are spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT.
+    #[serde(default = "default_trust_domain")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub trust_domain: String,
+
+    /// Certificate lifetimes and rotation.
+    #[serde(default)]
+    pub identity: IdentitySettings,
+
+    /// The sidecar proxy injected into meshed pods.
+    #[serde(default)]
+    pub proxy: ProxySettings,
+
+    /// How the admission webhook injects pods.
+    #[serde(default)]
+    pub injection: InjectionSettings,
+}
+
+fn default_trust_domain() -> String {
+    "cluster.local".to_owned()
+}
+
+/// Certificate lifetimes and the CA the mesh uses.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentitySettings {
+    /// Lifetime of the trust anchor (root) the operator generates, like "8760h".
+    #[serde(default = "default_trust_anchor_lifetime")]
+    #[schemars(regex(pattern = "^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    pub trust_anchor_lifetime: String,
+
+    /// Lifetime of the issuer (intermediate) that signs workload certificates, like "720h".
+    #[serde(default = "default_issuer_lifetime")]
+    #[schemars(regex(pattern = "^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    pub issuer_lifetime: String,
+
+    /// Lifetime of each proxy's workload certificate, like "24h".
+    #[serde(default = "default_workload_lifetime")]
+    #[schemars(regex(pattern = "^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    pub workload_lifetime: String,
+
+    /// Name of a Secret in the mesh namespace holding a CA to use instead of a generated one
+    /// (keys tls.crt, tls.key, ca.crt; the shape cert-manager writes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub external_ca_secret: Option<String>,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        Self {
+            trust_anchor_lifetime: default_trust_anchor_lifetime(),
+            issuer_lifetime: default_issuer_lifetime(),
+            workload_lifetime: default_workload_lifetime(),
+            external_ca_secret: None,
+        }
+    }
+}
+
+fn default_trust_anchor_lifetime() -> String {
+    "8760h".to_owned()
+}
+
+fn default_issuer_lifetime() -> String {
+    "720h".to_owned()
+}
+
+fn default_workload_lifetime() -> String {
+    "24h".to_owned()
+}
+
+/// The injected sidecar proxy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxySettings {
+    /// Image of the proxy.
+    #[serde(default = "default_proxy_image")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+
+    /// Log level of the proxy: error, warn, info, debug or trace (a tracing filter also works).
+    #[serde(default = "default_log_level")]
+    #[schemars(length(min = 1, max = 256))]
+    pub log_level: String,
+
+    /// Resources of the proxy container, overridable per pod by annotations.
+    #[serde(default)]
+    pub resources: ProxyResources,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            image: default_proxy_image(),
+            log_level: default_log_level(),
+            resources: ProxyResources::default(),
+        }
+    }
+}
+
+fn default_proxy_image() -> String {
+    "braid.dev/braid-proxy:dev".to_owned()
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+/// Resource requests and limits as Kubernetes quantities ("100m", "64Mi").
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyResources {
+    /// CPU request.
+    #[serde(default = "default_cpu_request")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?m?$"))]
+    pub cpu_request: String,
+    /// Memory request.
+    #[serde(default = "default_memory_request")]
+    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|k|M|G)?$"))]
+    pub memory_request: String,
+    /// CPU limit; none when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?m?$"))]
+    pub cpu_limit: Option<String>,
+    /// Memory limit.
+    #[serde(default = "default_memory_limit")]
+    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|k|M|G)?$"))]
+    pub memory_limit: String,
+}
+
+impl Default for ProxyResources {
+    fn default() -> Self {
+        Self {
+            cpu_request: default_cpu_request(),
+            memory_request: default_memory_request(),
+            cpu_limit: None,
+            memory_limit: default_memory_limit(),
+        }
+    }
+}
+
+fn default_cpu_request() -> String {
+    "10m".to_owned()
+}
+
+fn default_memory_request() -> String {
+    "20Mi".to_owned()
+}
+
+fn default_memory_limit() -> String {
+    "128Mi".to_owned()
+}
+
+/// How the admission webhook behaves.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InjectionSettings {
+    /// What the API server does with a pod when the webhook cannot be reached: Fail refuses the
+    /// pod (no pod escapes the mesh), Ignore creates it without a proxy (no outage of the webhook
+    /// blocks deployments). kube-system and the mesh's own namespace are never sent to the webhook.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+}
+
+/// The webhook's failure policy.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum FailurePolicy {
+    /// Refuse pods the webhook could not see.
+    #[default]
+    Fail,
+    /// Create them without a proxy.
+    Ignore,
+}
+
+/// What the operator observed about the mesh.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// CAReady, WebhookCertificateReady and the like.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,302 @@
+//! Test harness for the local Kubernetes built by e2e/cluster/: connect to it (starting it when
+//! it is not running), install the CRDs, make throwaway namespaces, run the real braid-operator
+//! binary against them, and wait for what a user would see.
+//!
+//! Everything here panics with a message that says what to do: in a test, a panic is the report.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::{
+    api::core::v1::Namespace, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, Config,
+    api::{Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The local cluster: its kubeconfig and the directory holding kubectl and helm.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    pub bin_dir: PathBuf,
+}
+
+impl Cluster {
+    /// The running local cluster, started with `e2e/cluster/cluster.sh up` when it is not up
+    /// (that script reuses a running one and only prints its kubeconfig).
+    pub fn get() -> &'static Cluster {
+        static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+        CLUSTER.get_or_init(|| {
+            let script = repo_root().join("e2e/cluster/cluster.sh");
+            let output = Command::new("bash").arg(&script).arg("up").stderr(Stdio::inherit()).output();
+            let output = output.unwrap_or_else(|err| panic!("cannot run {}: {err}", script.display()));
+            assert!(
+                output.status.success(),
+                "`e2e/cluster/cluster.sh up` failed ({}); see its output above, or run `make cluster-up`",
+                output.status
+            );
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            let kubeconfig =
+                stdout.lines().rev().find(|l| !l.trim().is_empty()).map(|l| PathBuf::from(l.trim()));
+            let kubeconfig = kubeconfig.unwrap_or_else(|| panic!("cluster.sh up printed no kubeconfig path"));
+            let bin_dir = kubeconfig.parent().map(|d| d.join("bin")).unwrap_or_default();
+            assert!(kubeconfig.is_file(), "kubeconfig {} does not exist", kubeconfig.display());
+            assert!(
+                bin_dir.join("kubectl").is_file(),
+                "{} has no kubectl: run `make cluster-up`",
+                bin_dir.display()
+            );
+            Cluster { kubeconfig, bin_dir }
+        })
+    }
+
+    /// A client for the cluster's admin user.
+    pub async fn client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)
+            .unwrap_or_else(|err| panic!("cannot read {}: {err}", self.kubeconfig.display()));
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .unwrap_or_else(|err| panic!("invalid kubeconfig {}: {err}", self.kubeconfig.display()));
+        Client::try_from(config).unwrap_or_else(|err| panic!("cannot build a client: {err}"))
+    }
+
+    /// Runs kubectl (the one built with the cluster) and returns what it printed.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_with_stdin(args, None)
+    }
+
+    /// Runs kubectl with `stdin` fed to it.
+    pub fn kubectl_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut command = Command::new(self.bin_dir.join("kubectl"));
+        command.arg("--kubeconfig").arg(&self.kubeconfig).args(args);
+        command.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap_or_else(|err| panic!("cannot run kubectl {args:?}: {err}"));
+        if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            pipe.write_all(input.as_bytes()).unwrap_or_else(|err| panic!("cannot feed kubectl: {err}"));
+        }
+        child.wait_with_output().unwrap_or_else(|err| panic!("kubectl {args:?} did not finish: {err}"))
+    }
+
+    /// Runs kubectl, requires success, and returns its stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let output = self.kubectl(args);
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Restarts kube-apiserver with the same flags and waits until it is ready again.
+    pub fn restart_apiserver(&self) {
+        let script = repo_root().join("e2e/cluster/cluster.sh");
+        let status = Command::new("bash").arg(script).arg("restart-apiserver").status();
+        let status = status.unwrap_or_else(|err| panic!("cannot run cluster.sh restart-apiserver: {err}"));
+        assert!(status.success(), "cluster.sh restart-apiserver failed: {status}");
+    }
+}
+
+/// Installs the CRDs generated from the Rust types (server-side apply, as GitOps tools do) and
+/// waits until the API server serves them.
+pub async fn install_crds(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("braid-e2e").force();
+    for (_, crd) in braid_crds::crds() {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        crds.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|err| panic!("the API server refused CRD {name}: {err}"));
+        eventually(Duration::from_secs(30), &format!("CRD {name} to be Established"), || {
+            let crds = crds.clone();
+            let name = name.clone();
+            async move {
+                let crd = crds.get(&name).await.ok()?;
+                let conditions = crd.status?.conditions?;
+                conditions.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+/// A namespace for one test, deleted when dropped.
+pub struct TestNamespace {
+    pub name: String,
+    cluster: Cluster,
+}
+
+impl TestNamespace {
+    pub async fn create(cluster: &Cluster, client: &Client, prefix: &str) -> Self {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let name = format!("{prefix}-{:x}", (nanos as u64) ^ u64::from(std::process::id()));
+        let namespace: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"braid.dev/test": "true"}}
+        }))
+        .unwrap_or_else(|err| panic!("namespace object: {err}"));
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .unwrap_or_else(|err| panic!("cannot create namespace {name}: {err}"));
+        TestNamespace { name, cluster: cluster.clone() }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Synchronous on purpose (Drop cannot await); the controllers finish the deletion.
+        let _ = self.cluster.kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+    }
+}
+
+/// The braid-operator binary of this workspace, running as a child process.
+pub struct Operator {
+    child: Child,
+    pub admin: SocketAddr,
+    log: PathBuf,
+}
+
+impl Operator {
+    /// Path of the binary: $BRAID_OPERATOR_BIN, or target/debug/braid-operator.
+    pub fn binary() -> PathBuf {
+        let path = std::env::var_os("BRAID_OPERATOR_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/debug/braid-operator"));
+        assert!(
+            path.is_file(),
+            "{} does not exist: build it with `cargo build -p braid-operator` (`make test` does)",
+            path.display()
+        );
+        path
+    }
+
+    /// Starts the operator watching `namespace` and waits until it reports ready.
+    pub fn start(cluster: &Cluster, namespace: &str) -> Operator {
+        let admin = free_local_addr();
+        let log = std::env::temp_dir().join(format!("braid-operator-{namespace}.log"));
+        let log_file = std::fs::File::create(&log)
+            .unwrap_or_else(|err| panic!("cannot create {}: {err}", log.display()));
+        let stderr = log_file.try_clone().unwrap_or_else(|err| panic!("cannot clone log handle: {err}"));
+        let child = Command::new(Self::binary())
+            .env("KUBECONFIG", &cluster.kubeconfig)
+            .args([
+                "--namespace",
+                namespace,
+                "--admin-addr",
+                &admin.to_string(),
+                "--log",
+                "info,braid_operator=debug",
+            ])
+            .stdout(log_file)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start braid-operator: {err}"));
+        let mut operator = Operator { child, admin, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = operator.child.try_wait() {
+                panic!("braid-operator exited at start ({status}); its log:\n{}", operator.log_text());
+            }
+            if http_get(admin, "/readyz").is_some_and(|(code, _)| code == 200) {
+                return operator;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "braid-operator not ready after 30 s; its log:\n{}",
+                operator.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Its metrics, as Prometheus text.
+    pub fn metrics(&self) -> String {
+        match http_get(self.admin, "/metrics") {
+            Some((200, body)) => body,
+            other => panic!("GET /metrics answered {other:?}; operator log:\n{}", self.log_text()),
+        }
+    }
+
+    /// Everything the operator logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM, waits up to `grace` for the process to exit, and returns how it exited
+    /// and everything it logged.
+    pub fn terminate(mut self, grace: Duration) -> (ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "cannot send SIGTERM to {pid}");
+        let deadline = Instant::now() + grace;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return (status, self.log_text());
+            }
+            assert!(Instant::now() < deadline, "braid-operator still running {grace:?} after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An unused loopback address for a child's listener.
+pub fn free_local_addr() -> SocketAddr {
+    let listener =
+        TcpListener::bind("127.0.0.1:0").unwrap_or_else(|err| panic!("cannot bind loopback: {err}"));
+    listener.local_addr().unwrap_or_else(|err| panic!("no local address: {err}"))
+}
+
+/// A plain HTTP/1.0 GET on loopback: status code and body, or None when nothing answers.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Some((code, body))
+}
+
+/// Polls `check` until it yields a value, or panics after `timeout` naming what was awaited.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The value of a Prometheus sample line `name{labels} value`, or 0 when absent.
+pub fn metric_value(metrics: &str, series: &str) -> f64 {
+    metrics.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+}

@@ -1,0 +1,38 @@
+//! braid-operator: reconciles the mesh API and reports what it found in each resource's status.
+//! The binary only parses flags and wires these parts together.
+
+pub mod admin;
+pub mod backoff;
+pub mod conditions;
+pub mod meshroute;
+pub mod metrics;
+pub mod telemetry;
+
+/// The field manager of every server-side apply the operator makes, so `kubectl get -o yaml
+/// --show-managed-fields` shows which fields it owns.
+pub const FIELD_MANAGER: &str = "braid-operator";
+
+/// Why a reconcile failed; each variant is also a metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(
+        "the MeshRoute CRD is not installed: run `kubectl apply --server-side -f crds/` (or install the Helm chart)"
+    )]
+    CrdMissing,
+    #[error(
+        "object has no namespace; MeshRoutes are namespaced, so the API server sent something unexpected"
+    )]
+    MissingNamespace,
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::CrdMissing => "crd_missing",
+            Error::MissingNamespace => "missing_namespace",
+        }
+    }
+}

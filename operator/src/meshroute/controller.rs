@@ -1,0 +1,163 @@
+//! The MeshRoute controller: looks up the Services a route names, computes its status with the
+//! pure functions beside this file, and writes it with server-side apply.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use braid_crds::MeshRoute;
+use futures::{Future, StreamExt};
+use k8s_openapi::{api::core::v1::Service, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller,
+        controller::Action,
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+use serde_json::json;
+
+use super::status::{desired_status, referenced_services};
+use crate::{Error, FIELD_MANAGER, backoff::FailureBackoff, metrics::Metrics};
+
+const CONTROLLER: &str = "meshroute";
+/// Routes are re-checked this often even without events, as a safety net.
+const RESYNC: Duration = Duration::from_secs(600);
+
+/// What each reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub backoff: FailureBackoff,
+}
+
+/// Which namespaces the controller watches.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    AllNamespaces,
+    Namespace(String),
+}
+
+impl Scope {
+    fn api<K>(&self, client: Client) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match self {
+            Scope::AllNamespaces => Api::all(client),
+            Scope::Namespace(ns) => Api::namespaced(client, ns),
+        }
+    }
+}
+
+/// Checks that the MeshRoute CRD is installed, so a missing CRD is one clear error at start
+/// rather than a watch that fails forever.
+pub async fn check_crd(client: &Client, scope: &Scope) -> Result<(), Error> {
+    let routes: Api<MeshRoute> = scope.api(client.clone());
+    match routes.list(&kube::api::ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Err(Error::CrdMissing),
+        Err(err) => Err(Error::Kube(err)),
+    }
+}
+
+/// Runs the controller until `shutdown` resolves. `on_ready` is called once the controller has
+/// listed every MeshRoute.
+pub async fn run(
+    ctx: Arc<Context>,
+    scope: Scope,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    on_ready: impl FnOnce() + Send + 'static,
+) {
+    let routes: Api<MeshRoute> = scope.api(ctx.client.clone());
+    let services: Api<Service> = scope.api(ctx.client.clone());
+    let controller = Controller::new(routes, watcher::Config::default());
+    let store = controller.store();
+    let ready_store = store.clone();
+    tokio::spawn(async move {
+        if ready_store.wait_until_ready().await.is_ok() {
+            on_ready();
+        }
+    });
+    controller
+        .watches(services, watcher::Config::default(), move |service| routes_naming(&store, &service))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((route, _)) => tracing::debug!(%route, "reconciled"),
+                // Reconcile errors are logged by error_policy; these are watch errors, which the
+                // controller retries with backoff.
+                Err(err) => tracing::warn!(error = %err, "controller event failed"),
+            }
+        })
+        .await;
+}
+
+/// The routes, in the Service's namespace, that name it: they must be re-checked when it
+/// appears or disappears.
+fn routes_naming(store: &Store<MeshRoute>, service: &Service) -> Vec<ObjectRef<MeshRoute>> {
+    let (Some(name), Some(namespace)) =
+        (service.metadata.name.as_deref(), service.metadata.namespace.as_deref())
+    else {
+        return Vec::new();
+    };
+    store
+        .state()
+        .into_iter()
+        .filter(|route| route.namespace().as_deref() == Some(namespace))
+        .filter(|route| referenced_services(&route.spec).contains_key(name))
+        .map(|route| ObjectRef::from_obj(&*route))
+        .collect()
+}
+
+#[tracing::instrument(skip_all, fields(route = %route.name_any(), namespace = route.namespace()))]
+async fn reconcile(route: Arc<MeshRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = tokio::time::Instant::now();
+    let result = apply_status(&route, &ctx).await;
+    ctx.metrics.observe(CONTROLLER, started.elapsed());
+    if result.is_ok() {
+        ctx.backoff.succeeded(&key(&route));
+    }
+    result.map(|()| Action::requeue(RESYNC))
+}
+
+async fn apply_status(route: &MeshRoute, ctx: &Context) -> Result<(), Error> {
+    let namespace = route.namespace().ok_or(Error::MissingNamespace)?;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut existing = BTreeSet::new();
+    for name in referenced_services(&route.spec).into_keys() {
+        if services.get_metadata_opt(&name).await?.is_some() {
+            existing.insert(name);
+        }
+    }
+    let status = desired_status(route, &existing, &Time(Timestamp::now()));
+    if route.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": MeshRoute::api_version(&()),
+        "kind": MeshRoute::kind(&()),
+        "status": status,
+    });
+    let routes: Api<MeshRoute> = Api::namespaced(ctx.client.clone(), &namespace);
+    routes
+        .patch_status(&route.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    let accepted = status.conditions.first().map(|c| c.status.as_str()).unwrap_or("Unknown");
+    tracing::info!(generation = ?status.observed_generation, accepted, "status updated");
+    Ok(())
+}
+
+fn error_policy(route: Arc<MeshRoute>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.failed(CONTROLLER, error.metric_label());
+    let delay = ctx.backoff.failed(&key(&route));
+    tracing::warn!(route = %route.name_any(), namespace = route.namespace(), %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn key(route: &MeshRoute) -> String {
+    format!("{}/{}", route.namespace().unwrap_or_default(), route.name_any())
+}

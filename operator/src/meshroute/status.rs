@@ -1,0 +1,216 @@
+//! The status a MeshRoute should have, given which of the Services it names exist: a pure
+//! function of the route, the lookup and the clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use braid_crds::{
+    MeshRoute, MeshRouteSpec, MeshRouteStatus,
+    conditions::{self, reasons},
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::validate::validate;
+use crate::conditions::{Observed, Status, merge};
+
+/// Every Service a route names, each with the first field that names it. The target comes first,
+/// so a missing target is reported as such.
+pub fn referenced_services(spec: &MeshRouteSpec) -> BTreeMap<String, String> {
+    let mut refs = BTreeMap::new();
+    refs.insert(spec.service.clone(), "spec.service".to_owned());
+    for (i, rule) in spec.rules.iter().enumerate() {
+        for (b, backend) in rule.backends.iter().enumerate() {
+            if let Some(service) = &backend.service {
+                refs.entry(service.clone()).or_insert_with(|| format!("spec.rules[{i}].backends[{b}]"));
+            }
+        }
+        if let Some(mirror) = &rule.mirror {
+            refs.entry(mirror.service.clone()).or_insert_with(|| format!("spec.rules[{i}].mirror"));
+        }
+    }
+    refs
+}
+
+/// The status to write for `route`, given the names of the Services that exist in its namespace
+/// (only the referenced ones need to be in `existing`).
+pub fn desired_status(route: &MeshRoute, existing: &BTreeSet<String>, now: &Time) -> MeshRouteStatus {
+    let spec = &route.spec;
+    let previous = route.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let generation = route.metadata.generation;
+
+    let problems = validate(spec);
+    let accepted = if problems.is_empty() {
+        Observed {
+            type_: conditions::ACCEPTED,
+            status: Status::True,
+            reason: reasons::ACCEPTED,
+            message: format!("{} rule(s) for Service {}", spec.rules.len(), spec.service),
+        }
+    } else {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        Observed {
+            type_: conditions::ACCEPTED,
+            status: Status::False,
+            reason: reasons::INVALID,
+            message: list.join("; "),
+        }
+    };
+
+    let namespace = route.metadata.namespace.as_deref().unwrap_or("default");
+    let refs = referenced_services(spec);
+    let missing: Vec<String> = refs
+        .iter()
+        .filter(|(name, _)| !existing.contains(*name))
+        .map(|(name, field)| format!("Service {namespace}/{name} ({field})"))
+        .collect();
+    let resolved = if missing.is_empty() {
+        Observed {
+            type_: conditions::RESOLVED_REFS,
+            status: Status::True,
+            reason: reasons::RESOLVED_REFS,
+            message: format!("all {} referenced Service(s) exist", refs.len()),
+        }
+    } else {
+        let target_missing = !existing.contains(&spec.service);
+        Observed {
+            type_: conditions::RESOLVED_REFS,
+            status: Status::False,
+            reason: if target_missing { reasons::TARGET_NOT_FOUND } else { reasons::BACKEND_NOT_FOUND },
+            message: format!("not found: {}", missing.join(", ")),
+        }
+    };
+
+    let programmed = if problems.is_empty() {
+        Observed {
+            type_: conditions::PROGRAMMED,
+            status: Status::Unknown,
+            reason: reasons::DISCOVERY_PENDING,
+            message: "no discovery server runs in this operator version, so no proxy has this route yet"
+                .to_owned(),
+        }
+    } else {
+        Observed {
+            type_: conditions::PROGRAMMED,
+            status: Status::False,
+            reason: reasons::NOT_ACCEPTED,
+            message: "the route is not accepted; proxies keep routing as before".to_owned(),
+        }
+    };
+
+    MeshRouteStatus {
+        observed_generation: generation,
+        conditions: merge(previous, vec![accepted, resolved, programmed], generation, now),
+        proxies: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+    use serde_json::json;
+
+    fn route(spec: serde_json::Value) -> MeshRoute {
+        serde_json::from_value(json!({
+            "apiVersion": "braid.dev/v1alpha1", "kind": "MeshRoute",
+            "metadata": {"name": "r", "namespace": "shop", "generation": 4},
+            "spec": spec,
+        }))
+        .expect("test route deserializes")
+    }
+
+    fn now() -> Time {
+        Time(Timestamp::from_second(1_000).expect("valid timestamp"))
+    }
+
+    fn existing(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn condition<'a>(
+        status: &'a MeshRouteStatus,
+        type_: &str,
+    ) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).expect("condition present")
+    }
+
+    fn split() -> MeshRoute {
+        route(json!({"service": "reviews", "rules": [{"backends": [
+            {"service": "reviews-v1", "weight": 80}, {"service": "reviews-v2", "weight": 20}]}]}))
+    }
+
+    #[test]
+    fn a_valid_resolved_route_is_accepted_and_waits_for_discovery() {
+        let status = desired_status(&split(), &existing(&["reviews", "reviews-v1", "reviews-v2"]), &now());
+        assert_eq!(status.observed_generation, Some(4));
+        let accepted = condition(&status, "Accepted");
+        assert_eq!((accepted.status.as_str(), accepted.reason.as_str()), ("True", "Accepted"));
+        let resolved = condition(&status, "ResolvedRefs");
+        assert_eq!(
+            (resolved.status.as_str(), resolved.message.as_str()),
+            ("True", "all 3 referenced Service(s) exist")
+        );
+        let programmed = condition(&status, "Programmed");
+        assert_eq!((programmed.status.as_str(), programmed.reason.as_str()), ("Unknown", "DiscoveryPending"));
+        assert!(status.conditions.iter().all(|c| c.observed_generation == Some(4)));
+    }
+
+    #[test]
+    fn a_missing_backend_is_named_with_its_field() {
+        let status = desired_status(&split(), &existing(&["reviews", "reviews-v1"]), &now());
+        let resolved = condition(&status, "ResolvedRefs");
+        assert_eq!(resolved.status, "False");
+        assert_eq!(resolved.reason, "BackendNotFound");
+        assert_eq!(resolved.message, "not found: Service shop/reviews-v2 (spec.rules[0].backends[1])");
+        assert_eq!(
+            condition(&status, "Accepted").status,
+            "True",
+            "a missing Service does not make the spec invalid"
+        );
+    }
+
+    #[test]
+    fn a_missing_target_takes_precedence_in_the_reason() {
+        let status = desired_status(&split(), &existing(&["reviews-v1"]), &now());
+        let resolved = condition(&status, "ResolvedRefs");
+        assert_eq!(resolved.reason, "TargetNotFound");
+        assert_eq!(
+            resolved.message,
+            "not found: Service shop/reviews (spec.service), Service shop/reviews-v2 (spec.rules[0].backends[1])"
+        );
+    }
+
+    #[test]
+    fn an_invalid_route_says_which_field_and_is_not_programmed() {
+        let bad = route(json!({"service": "a", "rules": [{"backends": [{"service": "b"}], "timeout": "1s",
+            "retries": {"attempts": 3, "perTryTimeout": "2s"}}]}));
+        let status = desired_status(&bad, &existing(&["a", "b"]), &now());
+        let accepted = condition(&status, "Accepted");
+        assert_eq!((accepted.status.as_str(), accepted.reason.as_str()), ("False", "Invalid"));
+        assert!(
+            accepted.message.starts_with("spec.rules[0].retries.perTryTimeout: 2s is longer"),
+            "{}",
+            accepted.message
+        );
+        assert_eq!(condition(&status, "Programmed").reason, "NotAccepted");
+    }
+
+    #[test]
+    fn recomputing_an_unchanged_route_yields_the_same_status() {
+        let mut r = split();
+        let names = existing(&["reviews", "reviews-v1", "reviews-v2"]);
+        r.status = Some(desired_status(&r, &names, &now()));
+        let later = Time(Timestamp::from_second(9_999).expect("valid timestamp"));
+        assert_eq!(Some(desired_status(&r, &names, &later)), r.status, "no write when nothing changed");
+    }
+
+    #[test]
+    fn mirror_and_subset_backends_are_referenced_correctly() {
+        let spec: MeshRouteSpec = serde_json::from_value(json!({"service": "a", "rules": [{
+            "backends": [{"subset": {"version": "v2"}}], "mirror": {"service": "shadow"}}]}))
+        .expect("spec deserializes");
+        let refs = referenced_services(&spec);
+        assert_eq!(refs.get("a").map(String::as_str), Some("spec.service"));
+        assert_eq!(refs.get("shadow").map(String::as_str), Some("spec.rules[0].mirror"));
+        assert_eq!(refs.len(), 2, "a subset selects the target's pods and names no other Service");
+    }
+}
