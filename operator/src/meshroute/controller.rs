@@ -10,10 +10,10 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
-        reflector::{ObjectRef, Store},
-        watcher,
+        reflector::{self, ObjectRef, Store},
+        watcher::{self, watcher},
     },
 };
 use serde_json::json;
@@ -73,14 +73,22 @@ pub async fn run(
 ) {
     let routes: Api<MeshRoute> = scope.api(ctx.client.clone());
     let services: Api<Service> = scope.api(ctx.client.clone());
-    let controller = Controller::new(routes, watcher::Config::default());
-    let store = controller.store();
-    let ready_store = store.clone();
-    tokio::spawn(async move {
-        if ready_store.wait_until_ready().await.is_ok() {
-            on_ready();
-        }
-    });
+    let (store, writer) = reflector::store();
+    // Readiness comes from the watch's InitDone event rather than Store::wait_until_ready, which
+    // wakes only its most recent waiter (and the controller's runner is one).
+    let mut on_ready = Some(on_ready);
+    let routes_stream = watcher(routes, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone))
+                && let Some(on_ready) = on_ready.take()
+            {
+                on_ready();
+            }
+        })
+        .touched_objects();
+    let controller = Controller::for_stream(routes_stream, store.clone());
     controller
         .watches(services, watcher::Config::default(), move |service| routes_naming(&store, &service))
         .graceful_shutdown_on(shutdown)

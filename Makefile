@@ -1,0 +1,82 @@
+# Braid: build, generate, test, and the local Kubernetes the tests run against.
+# `make help` lists the targets. Everything a fresh machine needs is installed by the targets
+# themselves (see `deps`); the Kubernetes binaries are built once into ~/.cache/braid/tools.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+CLUSTER := bash e2e/cluster/cluster.sh
+# The Kubernetes release the local cluster runs and k8s-openapi's feature (Cargo.toml) targets.
+KUBERNETES_VERSION := v1.34.3
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## Install the Debian packages the build and the local cluster need (skips what is there)
+	@bash e2e/cluster/deps.sh
+
+.PHONY: build
+build: ## Build every binary of the workspace (debug)
+	$(CARGO) build --workspace --bins --locked
+
+.PHONY: crds
+crds: ## Regenerate crds/*.yaml and the Helm chart's copy from the Rust types
+	$(CARGO) run --quiet --locked -p braid-crds --bin crdgen -- crds helm/braid/crds
+
+.PHONY: fmt
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+.PHONY: fmt-check
+fmt-check: ## Fail when the code is not formatted
+	$(CARGO) fmt --all -- --check
+
+.PHONY: lint
+lint: ## clippy on every target, warnings are errors
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+.PHONY: unit
+unit: ## Unit tests, and the check that the committed CRDs match the types (no cluster needed)
+	$(CARGO) test --workspace --exclude braid-e2e --locked
+
+.PHONY: tools
+tools: deps ## Build kube-apiserver, kubectl, etcd, helm ... from their Go modules (cached)
+	@bash e2e/cluster/build-tools.sh >/dev/null
+
+.PHONY: cluster-up
+cluster-up: tools ## Start the local Kubernetes (or reuse the running one); prints the kubeconfig path
+	@$(CLUSTER) up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local Kubernetes and everything started against it; remove its state
+	@$(CLUSTER) down
+
+.PHONY: integration
+integration: build ## Tests against the local Kubernetes (which must be up: make cluster-up)
+	@$(CLUSTER) status >/dev/null || { echo "the local cluster is not up: run 'make cluster-up' (or 'make test', which starts it)" >&2; exit 1; }
+	$(CARGO) test -p braid-e2e --locked -- --nocapture
+
+.PHONY: e2e
+e2e: ## Start the local Kubernetes if needed, run the tests against it, stop it if it was started here
+	@$(MAKE) --no-print-directory with-cluster TARGET=integration
+
+# Runs $(TARGET) with the local cluster up; stops the cluster afterwards only when this run started
+# it, so a developer's running cluster is reused and CI leaves no process behind.
+.PHONY: with-cluster
+with-cluster: tools
+	@started=0; \
+	if ! $(CLUSTER) status >/dev/null 2>&1; then $(CLUSTER) up >/dev/null; started=1; fi; \
+	status=0; $(MAKE) --no-print-directory $(TARGET) || status=$$?; \
+	if [ $$started = 1 ]; then $(CLUSTER) down; fi; \
+	exit $$status
+
+.PHONY: test
+test: fmt-check lint unit e2e ## Everything: format, lint, unit, integration and end-to-end tests
+
+.PHONY: demo
+demo: tools build ## Local Kubernetes, CRDs, examples, operator; then kubectl get meshroutes
+	@bash e2e/demo.sh

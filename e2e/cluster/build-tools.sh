@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# Builds the binaries of the local e2e cluster -- the Kubernetes control plane and kubectl, etcd, Helm --
+# from the Go modules pinned in e2e/tools/ into a cache directory outside the repository, and prints that
+# directory on the last line of stdout (progress goes to stderr).
+#
+# Why compile: no release binaries can be downloaded on these machines, only Go modules from the module
+# proxy, and no other registry ships kube-apiserver. A cold build takes about 12 minutes on 2 cores
+# (Kubernetes 8, Helm 2.5, etcd 1) and peaks at about 1.9 GB of memory.
+#
+# Idempotent: a binary is (re)built only when it is missing or reports another version than the one its
+# go.mod pins, so a warm run costs a few version checks.
+#
+# Environment:
+#   BRAID_TOOLS_DIR  cache directory (default: $XDG_CACHE_HOME/braid/tools/k8s-<version>-<go version>)
+set -euo pipefail
+
+TOOLS_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../tools" && pwd)
+
+# Commands built from e2e/tools/kubernetes. kubelet and kube-proxy are already imported by its tools.go
+# (so go.sum covers them): add them here when the tests get a node.
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+
+log() { printf 'build-tools: %s\n' "$*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+
+if ! command -v go >/dev/null; then
+  # The polyglot machine image installs Go in /usr/local/go, which a non-login shell may lack on PATH.
+  [ -x /usr/local/go/bin/go ] || die "no 'go' on PATH. The pinned etcd and Helm need Go >= 1.26 (Kubernetes 1.34: >= 1.24;
+  Debian's golang-go is 1.19, too old). Use the 'polyglot' machine kind, whose image has Go in /usr/local/go,
+  or install a Go >= 1.26 toolchain and put its bin/ directory on PATH."
+  PATH=/usr/local/go/bin:$PATH
+fi
+
+export GOTOOLCHAIN=local # never let the go command fetch another toolchain behind our back
+export CGO_ENABLED=0     # static binaries, as upstream builds the control plane
+
+# Version that module $1 (a directory under e2e/tools) pins for module path $2: go.mod is the single
+# source of truth, so bumping a version there is all it takes to get a rebuild.
+pinned() { (cd "$TOOLS_SRC/$1" && go list -mod=readonly -m -f '{{.Version}}' "$2"); }
+
+K8S_VERSION=$(pinned kubernetes k8s.io/kubernetes)
+ETCD_VERSION=$(pinned etcd go.etcd.io/etcd/server/v3)
+HELM_VERSION=$(pinned helm helm.sh/helm/v3)
+
+OUT=${BRAID_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/tools/k8s-$K8S_VERSION-$(go env GOVERSION)}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+
+# The version a built binary reports, normalised to the form go.mod uses (vX.Y.Z).
+version_of() {
+  local bin=$OUT/$1
+  case $1 in
+  kubectl) "$bin" version --client | awk 'NR == 1 { print $3 }' ;; # "Client Version: v1.34.3"
+  etcd) "$bin" --version | awk 'NR == 1 { print "v" $3 }' ;;     # "etcd Version: 3.6.16"
+  helm) "$bin" version --template '{{.Version}}' ;;
+  *) "$bin" --version | awk '{ print $2 }' ;; # "Kubernetes v1.34.3"
+  esac
+}
+
+# True when $OUT/$1 exists and reports version $2.
+current() { [ -x "$OUT/$1" ] && [ "$(version_of "$1" 2>/dev/null)" = "$2" ]; }
+
+# go build into a scratch directory inside $OUT, then move the results into place, so an interrupted build
+# never leaves a half-written binary that a later run would take for a finished one.
+# $1 = module directory under e2e/tools, $2 = -ldflags, rest = packages (one binary each, named by the
+# last element of the package path).
+build() {
+  local module=$1 ldflags=$2 scratch start
+  shift 2
+  scratch=$(mktemp -d "$OUT/.build.XXXXXX")
+  start=$SECONDS
+  log "building $* (module e2e/tools/$module) ..."
+  if ! (cd "$TOOLS_SRC/$module" && go build -mod=readonly -trimpath -ldflags "$ldflags" -o "$scratch/" "$@"); then
+    rm -rf "$scratch"
+    die "go build failed in e2e/tools/$module"
+  fi
+  mv -f "$scratch"/* "$OUT/"
+  rmdir "$scratch"
+  log "built $* in $((SECONDS - start)) s"
+}
+
+# Kubernetes: stamp the version into both packages that report it (as hack/lib/version.sh does), else
+# /version and `kubectl version` say v0.0.0-master and Helm's kubeVersion checks see v0.0.0.
+# The commit and date are fixed values, which keeps the build reproducible.
+k8s_ldflags() {
+  local major minor flags="-s -w" pkg
+  major=${K8S_VERSION#v}
+  minor=${major#*.}
+  major=${major%%.*}
+  minor=${minor%%.*}
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit=0000000000000000000000000000000000000000"
+    flags+=" -X $pkg.buildDate=2025-12-09T00:00:00Z"
+  done
+  printf '%s' "$flags"
+}
+
+missing=()
+for cmd in "${K8S_COMMANDS[@]}"; do
+  current "$cmd" "$K8S_VERSION" || missing+=("k8s.io/kubernetes/cmd/$cmd")
+done
+# One go build for all of them: they share most packages, and go compiles those once, in parallel.
+[ ${#missing[@]} -eq 0 ] || build kubernetes "$(k8s_ldflags)" "${missing[@]}"
+
+# etcd's version is a constant in its source, so it needs no -X. Its main package is the module root
+# go.etcd.io/etcd/server/v3, which go names "server"; the rename gives it its usual name.
+if ! current etcd "$ETCD_VERSION"; then
+  build etcd "-s -w" go.etcd.io/etcd/server/v3
+  mv -f "$OUT/server" "$OUT/etcd"
+fi
+
+# Without the -X, `helm version` reports only the minor version compiled into the source (e.g. v3.22).
+current helm "$HELM_VERSION" ||
+  build helm "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+
+for cmd in "${K8S_COMMANDS[@]}" etcd helm; do
+  log "$(printf '%-24s %s' "$cmd" "$(version_of "$cmd")")"
+done
+echo "$OUT"

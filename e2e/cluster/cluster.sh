@@ -1,0 +1,429 @@
+#!/usr/bin/env bash
+# A local Kubernetes control plane for Braid's e2e tests: etcd, kube-apiserver, kube-controller-manager and
+# kube-scheduler as plain host processes on 127.0.0.1. No Docker and no kubelet: Pods are admitted (mutated
+# by webhooks), stored and scheduled, but never run.
+#
+# Usage: cluster.sh COMMAND
+#   up                 start the cluster, or reuse the one already running; the last stdout line is the
+#                      absolute path of the admin kubeconfig (KUBECONFIG=$(cluster.sh up) works)
+#   down               stop every process that `up` started and delete the state directory
+#   status             exit 0 when the API server answers /readyz, non-zero otherwise
+#   restart-apiserver  stop kube-apiserver and start it again with the same command line
+#   kubeconfig         print the admin kubeconfig path (fails when the cluster is not up)
+#   run NAME CMD...    start CMD in the background against the cluster (the demo's operator, say), replacing
+#                      a previous NAME; `down` stops it before the control plane. Log: logs/NAME.log
+#
+# State directory, $BRAID_CLUSTER_DIR (default $XDG_CACHE_HOME/braid/cluster, i.e. ~/.cache/braid/cluster):
+#   admin.kubeconfig  client certificate of user "admin" in group system:masters
+#   bin/              symlink to the tools directory: bin/kubectl, bin/helm, bin/etcd, ...
+#   pki/              CA, serving and client certificates, service-account key pair, component kubeconfigs
+#   etcd/             etcd's data
+#   logs/NAME.log  pids/NAME.pid  cmd/NAME.args (NAME's exact argv, one argument a line)
+#
+# Environment (every port binds 127.0.0.1 only):
+#   BRAID_API_PORT (16443), BRAID_ETCD_PORT (23790), BRAID_ETCD_PEER_PORT (23800)
+#   BRAID_TOOLS_DIR is passed on to build-tools.sh, which builds the binaries on first use (~12 min cold).
+set -euo pipefail
+umask 077 # the state directory holds private keys, and Helm warns about group-readable kubeconfigs
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+STATE=$(realpath -m "${BRAID_CLUSTER_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/cluster}")
+API_PORT=${BRAID_API_PORT:-16443}
+ETCD_PORT=${BRAID_ETCD_PORT:-23790}
+ETCD_PEER_PORT=${BRAID_ETCD_PEER_PORT:-23800}
+# Never routed (there is no kube-proxy); its first address, 10.96.0.1, is the in-cluster "kubernetes" Service,
+# so the serving certificate carries it.
+SERVICE_CIDR=10.96.0.0/16
+
+PKI=$STATE/pki
+KUBECONFIG_PATH=$STATE/admin.kubeconfig
+# Written by `up`; `down` deletes only a directory that has it, so a mistyped BRAID_CLUSTER_DIR is never wiped.
+MARKER=$STATE/.braid-cluster
+# Start order; stopped in reverse.
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+
+log() { printf 'cluster: %s\n' "$*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+need() { command -v "$1" >/dev/null || die "'$1' not found: apt-get install -y $2"; }
+
+# Microseconds since the epoch (EPOCHREALTIME's decimal separator follows the locale), and the seconds
+# elapsed since such a value $1, with one decimal.
+now_us() { echo "${EPOCHREALTIME/[.,]/}"; }
+since() {
+  local tenths=$((($(now_us) - $1) / 100000))
+  echo "$((tenths / 10)).$((tenths % 10))"
+}
+
+# Serialises up, down and restart-apiserver, e.g. when several test processes call `up` at once. The lock
+# file sits beside the state directory because `down` deletes the directory. The wait is bounded (a cold
+# `up` builds for ~12 min) so that a stuck holder ends in an error rather than a hung test run.
+lock() {
+  local file
+  file=$(dirname "$STATE")/.$(basename "$STATE").lock
+  mkdir -p "$(dirname "$STATE")"
+  exec 9>"$file"
+  flock -w 1800 9 || die "waited 30 min for $file: another cluster.sh (or a process it started) holds it"
+}
+
+# --noproxy: these requests must go to 127.0.0.1 itself, whatever proxy the environment names.
+api_ready() {
+  [ "$(curl -sS --noproxy '*' --max-time 2 --cacert "$PKI/ca.crt" "https://127.0.0.1:$API_PORT/readyz" 2>/dev/null)" = ok ]
+}
+etcd_healthy() {
+  curl -sS --noproxy '*' --max-time 2 "http://127.0.0.1:$ETCD_PORT/health" 2>/dev/null | grep -q '"health":"true"'
+}
+default_sa_exists() {
+  "$STATE/bin/kubectl" --kubeconfig="$KUBECONFIG_PATH" -n default get serviceaccount default >/dev/null 2>&1
+}
+
+# True when the process recorded for component $1 still runs and is still that component: its command line
+# must equal the recorded one, so a recycled pid is never taken for ours, nor signalled.
+running() {
+  local pid
+  pid=$(cat "$STATE/pids/$1.pid" 2>/dev/null) || return 1
+  [[ $pid =~ ^[0-9]+$ ]] || return 1
+  [ "$(tr '\0' '\n' 2>/dev/null <"/proc/$pid/cmdline")" = "$(cat "$STATE/cmd/$1.args" 2>/dev/null)" ]
+}
+
+all_running() {
+  local c
+  for c in "${COMPONENTS[@]}"; do running "$c" || return 1; done
+}
+
+# Starts component $1 from its recorded command line. setsid gives it a session of its own, so it outlives
+# the calling shell and gets none of its terminal's signals (Ctrl-C, SIGHUP). The log is appended to, so a
+# restart keeps the previous run's output. 9>&- : the component must not inherit the lock, or it would hold
+# it for as long as it runs.
+launch() {
+  local args
+  mapfile -t args <"$STATE/cmd/$1.args"
+  setsid "${args[@]}" </dev/null >>"$STATE/logs/$1.log" 2>&1 9>&- &
+  echo "$!" >"$STATE/pids/$1.pid"
+}
+
+# Records the command line "$2"... of component $1 (for restart-apiserver), then launches it.
+start() {
+  local name=$1
+  shift
+  printf '%s\n' "$@" >"$STATE/cmd/$name.args"
+  launch "$name"
+}
+
+# SIGTERM, up to 10 s for a clean exit, then SIGKILL. Only ever signals a pid that running() vouches for.
+stop() {
+  local pid i
+  if running "$1"; then
+    pid=$(cat "$STATE/pids/$1.pid")
+    log "stopping $1 (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+      running "$1" || break
+      sleep 0.2
+    done
+    if running "$1"; then
+      log "$1 still runs 10 s after SIGTERM: SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+      while running "$1"; do sleep 0.1; done
+    fi
+  fi
+  rm -f "$STATE/pids/$1.pid"
+}
+
+# Names of the processes started with `run`: every recorded command line that is not a component.
+extra_processes() {
+  local args name
+  for args in "$STATE"/cmd/*.args; do
+    [ -e "$args" ] || continue
+    name=$(basename "$args" .args)
+    [[ " ${COMPONENTS[*]} " == *" $name "* ]] || echo "$name"
+  done
+}
+
+# The processes started against the cluster first, then the control plane in reverse start order.
+stop_all() {
+  local i name
+  for name in $(extra_processes); do stop "$name"; done
+  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do stop "${COMPONENTS[i]}"; done
+}
+
+# Polls "$3"... every 0.5 s for up to $1 seconds; gives up at once when component $2 has exited.
+wait_until() {
+  local deadline=$((SECONDS + $1)) component=$2
+  shift 2
+  until "$@"; do
+    running "$component" || return 1
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.5
+  done
+}
+
+# Reports why component $1 failed (message $2) with the tail of its log.
+report_failure() {
+  log "error: $2; last lines of $STATE/logs/$1.log:"
+  tail -n 25 "$STATE/logs/$1.log" >&2 || true
+}
+
+# Stops whatever the state directory records and deletes it.
+clean_state() {
+  [ -e "$STATE" ] || return 0
+  if [ ! -e "$MARKER" ] && [ -n "$(ls -A "$STATE")" ]; then
+    die "$STATE exists but was not made by cluster.sh (no $(basename "$MARKER")): not touching it"
+  fi
+  stop_all
+  rm -rf "$STATE"
+}
+
+# Fails early, naming the holder, when a port is taken, e.g. by a cluster whose state directory was deleted
+# by hand (its processes still run, and this script has lost their pids).
+check_ports_free() {
+  local port holder
+  for port in "$@"; do
+    holder=$(ss -Hltnp "sport = :$port")
+    [ -z "$holder" ] || die "port $port is already in use: $holder"
+  done
+}
+
+ossl() { openssl "$@" 2>>"$STATE/logs/openssl.log" || die "openssl $1 failed: see $STATE/logs/openssl.log"; }
+
+# RSA key $1 (genpkey, unlike req, can be told not to print progress dots).
+genkey() { ossl genpkey -quiet -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$1"; }
+
+# Key $1.key and certificate $1.crt with subject $2 and the extensions in file $3, signed by the CA.
+issue() {
+  genkey "$1.key"
+  ossl req -new -key "$1.key" -out "$1.csr" -subj "$2"
+  ossl x509 -req -in "$1.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 365 -extfile "$3" -out "$1.crt"
+}
+
+# A CA; the API server's serving certificate; a client certificate per identity (the CA is the API server's
+# --client-ca-file, so CN is the user and O the group); the service-account signing key pair.
+make_pki() (
+  mkdir -p "$PKI"
+  cd "$PKI"
+  genkey ca.key
+  ossl req -x509 -new -key ca.key -out ca.crt -days 3650 -subj /CN=braid-e2e-ca
+  # Go and rustls ignore the CN: every name and IP a client dials must be a SAN.
+  cat >apiserver.ext <<'EOF'
+basicConstraints=CA:FALSE
+keyUsage=digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+EOF
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' >client.ext
+  issue apiserver /CN=kube-apiserver apiserver.ext
+  # system:masters is the group that RBAC never denies.
+  issue admin /O=system:masters/CN=admin client.ext
+  # The users that the API server's default RBAC bindings grant these components' rights to.
+  issue kube-controller-manager /CN=system:kube-controller-manager client.ext
+  issue kube-scheduler /CN=system:kube-scheduler client.ext
+  genkey sa.key
+  ossl pkey -in sa.key -pubout -out sa.pub
+)
+
+# Kubeconfig $1 for the client certificate $PKI/$2.{crt,key}, with everything embedded so that it stands alone.
+write_kubeconfig() {
+  cat >"$1" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: braid-e2e
+  cluster:
+    server: https://127.0.0.1:$API_PORT
+    certificate-authority-data: $(base64 -w0 "$PKI/ca.crt")
+users:
+- name: $2
+  user:
+    client-certificate-data: $(base64 -w0 "$PKI/$2.crt")
+    client-key-data: $(base64 -w0 "$PKI/$2.key")
+contexts:
+- name: braid-e2e
+  context:
+    cluster: braid-e2e
+    user: $2
+current-context: braid-e2e
+EOF
+}
+
+cmd_up() {
+  local t0 tools c
+  t0=$(now_us)
+  need curl curl
+  need openssl openssl
+  need ss iproute2
+  lock
+  if [ -e "$MARKER" ]; then
+    if api_ready && all_running; then
+      log "already up (checked in $(since "$t0") s)"
+      echo "$KUBECONFIG_PATH"
+      return
+    fi
+    log "the cluster in $STATE is not healthy: replacing it"
+  fi
+  clean_state
+  check_ports_free "$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" # before a build that may take 12 min
+  tools=$("$HERE/build-tools.sh" | tail -n 1)
+
+  mkdir -p "$STATE"/{logs,pids,cmd}
+  touch "$MARKER"
+  ln -s "$tools" "$STATE/bin"
+  make_pki
+
+  # --unsafe-no-fsync: the data is thrown away with the cluster, and fsync dominates etcd's latency.
+  start etcd "$STATE/bin/etcd" --name=braid-e2e --data-dir="$STATE/etcd" \
+    --listen-client-urls="http://127.0.0.1:$ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster="braid-e2e=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --unsafe-no-fsync --log-level=warn
+  if ! wait_until 30 etcd etcd_healthy; then
+    report_failure etcd "etcd did not become healthy within 30 s"
+    stop_all
+    exit 1
+  fi
+
+  # The default admission plugins stay on: they include MutatingAdmissionWebhook and ValidatingAdmissionWebhook,
+  # and ServiceAccount, which kube-controller-manager's default ServiceAccounts satisfy.
+  # --advertise-address: without it the API server looks for a default route, which sandboxes may lack.
+  # --service-account-*: required for TokenRequest (`kubectl create token`, projected tokens) and TokenReview.
+  #   The API audience defaults to the issuer, so a TokenReview of a token made for another audience
+  #   (`kubectl create token --audience braid`) must name that audience in spec.audiences.
+  # --enable-aggregator-routing: webhooks and aggregated APIs given as a Service are dialled at an endpoint
+  #   address of the Service rather than its ClusterIP, which nothing routes here (no kube-proxy).
+  # --endpoint-reconciler-type=none: the "kubernetes" Service's endpoint would be 127.0.0.1, which Endpoints
+  #   validation rejects (loopback), so the reconciler would only log errors.
+  # --shutdown-send-retry-after: on SIGTERM, drain in-flight requests, then give open connections (watches)
+  #   2 s after GOAWAY instead of the 60 s request timeout, so restart-apiserver and down need no SIGKILL.
+  start kube-apiserver "$STATE/bin/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
+    --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+    --client-ca-file="$PKI/ca.crt" \
+    --authorization-mode=Node,RBAC \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
+    --service-cluster-ip-range="$SERVICE_CIDR" \
+    --enable-aggregator-routing=true --endpoint-reconciler-type=none \
+    --shutdown-send-retry-after=true \
+    --allow-privileged=true --profiling=false
+  if ! wait_until 90 kube-apiserver api_ready; then
+    report_failure kube-apiserver "kube-apiserver did not answer /readyz within 90 s"
+    stop_all
+    exit 1
+  fi
+
+  write_kubeconfig "$KUBECONFIG_PATH" admin
+  write_kubeconfig "$PKI/kube-controller-manager.kubeconfig" kube-controller-manager
+  write_kubeconfig "$PKI/kube-scheduler.kubeconfig" kube-scheduler
+
+  # --secure-port=0: no health endpoint, and so no port that could clash; `up` checks that they run, and
+  #   kube-controller-manager by its work.
+  # --leader-elect=false: one instance needs no election, and an elected one exits when it cannot renew its
+  #   lease for 10 s, so restart-apiserver would kill it.
+  # --use-service-account-credentials: each controller acts as its own ServiceAccount, so Pods made by the
+  #   ReplicaSet controller reach the webhook as system:serviceaccount:kube-system:replicaset-controller.
+  # -node-lifecycle-controller: with no kubelet renewing leases it would taint any Node a test creates and
+  #   evict its Pods.
+  # --flex-volume-plugin-dir: the default, /usr/libexec/kubernetes/..., would be created outside the state dir.
+  start kube-controller-manager "$STATE/bin/kube-controller-manager" \
+    --kubeconfig="$PKI/kube-controller-manager.kubeconfig" \
+    --secure-port=0 --leader-elect=false \
+    --use-service-account-credentials=true \
+    --service-account-private-key-file="$PKI/sa.key" \
+    --root-ca-file="$PKI/ca.crt" \
+    --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
+    --controllers='*,-node-lifecycle-controller' \
+    --flex-volume-plugin-dir="$STATE/flexvolume"
+  start kube-scheduler "$STATE/bin/kube-scheduler" \
+    --kubeconfig="$PKI/kube-scheduler.kubeconfig" \
+    --secure-port=0 --leader-elect=false
+
+  # The ServiceAccount admission plugin rejects Pods until their namespace's "default" ServiceAccount exists.
+  if ! wait_until 60 kube-controller-manager default_sa_exists; then
+    report_failure kube-controller-manager "no serviceaccount/default in namespace default within 60 s"
+    stop_all
+    exit 1
+  fi
+  for c in "${COMPONENTS[@]}"; do
+    if ! running "$c"; then
+      report_failure "$c" "$c exited"
+      stop_all
+      exit 1
+    fi
+  done
+  log "up in $(since "$t0") s: https://127.0.0.1:$API_PORT, state in $STATE"
+  echo "$KUBECONFIG_PATH"
+}
+
+cmd_down() {
+  lock
+  clean_state
+  log "down"
+}
+
+cmd_status() {
+  local c
+  need curl curl
+  for c in "${COMPONENTS[@]}"; do
+    if running "$c"; then echo "$c: running, pid $(cat "$STATE/pids/$c.pid")"; else echo "$c: not running"; fi
+  done
+  if api_ready; then
+    echo "up: https://127.0.0.1:$API_PORT/readyz is ok; kubeconfig $KUBECONFIG_PATH"
+  else
+    echo "not up: https://127.0.0.1:$API_PORT/readyz does not answer ok"
+    return 1
+  fi
+}
+
+cmd_restart_apiserver() {
+  local t0
+  t0=$(now_us)
+  need curl curl
+  lock
+  if [ ! -e "$MARKER" ] || [ ! -f "$STATE/cmd/kube-apiserver.args" ]; then
+    die "no cluster in $STATE: run 'cluster.sh up' first"
+  fi
+  stop kube-apiserver
+  launch kube-apiserver
+  if ! wait_until 90 kube-apiserver api_ready; then
+    report_failure kube-apiserver "kube-apiserver did not answer /readyz within 90 s of its restart"
+    exit 1
+  fi
+  log "kube-apiserver restarted in $(since "$t0") s"
+}
+
+cmd_kubeconfig() {
+  need curl curl
+  api_ready || die "the cluster is not up: run 'cluster.sh up'"
+  echo "$KUBECONFIG_PATH"
+}
+
+cmd_run() {
+  local name=${1:-}
+  if ! [[ $name =~ ^[a-z][-a-z0-9]*$ ]] || [ $# -lt 2 ]; then die "usage: cluster.sh run NAME CMD [ARG...]"; fi
+  shift
+  [[ " ${COMPONENTS[*]} " != *" $name "* ]] || die "$name is a cluster component; use restart-apiserver"
+  api_ready || die "the cluster is not up: run 'cluster.sh up' first"
+  lock
+  stop "$name"
+  start "$name" "$@"
+  log "$name started (pid $(cat "$STATE/pids/$name.pid")), log $STATE/logs/$name.log"
+}
+
+case ${1:-} in
+up) cmd_up ;;
+run)
+  shift
+  cmd_run "$@"
+  ;;
+down) cmd_down ;;
+status) cmd_status ;;
+restart-apiserver) cmd_restart_apiserver ;;
+kubeconfig) cmd_kubeconfig ;;
+*)
+  sed -n '6,12p' "${BASH_SOURCE[0]}" | cut -c3- >&2
+  exit 2
+  ;;
+esac
