@@ -19,7 +19,8 @@ kubectl wait --for condition=Established --timeout=60s \
 echo "== the operator"
 # `run` replaces a previous demo's operator (so a rebuilt binary is the one running), and
 # `make cluster-down` stops it.
-bash e2e/cluster/cluster.sh run braid-operator "$PWD/target/debug/braid-operator" --admin-addr 127.0.0.1:9990
+# --skip-webhook until the webhook runs in the cluster (issue 7): no configuration points nowhere.
+bash e2e/cluster/cluster.sh run braid-operator "$PWD/target/debug/braid-operator" --admin-addr 127.0.0.1:9990 --skip-webhook
 for _ in $(seq 100); do
   curl -fsS http://127.0.0.1:9990/readyz >/dev/null 2>&1 && break
   sleep 0.2

@@ -8,6 +8,9 @@ pub const RESOLVED_REFS: &str = "ResolvedRefs";
 /// The proxies that route to the Service run this generation.
 pub const PROGRAMMED: &str = "Programmed";
 
+/// Mesh: the admission webhook serves with a valid certificate the API server trusts.
+pub const WEBHOOK_CERTIFICATE_READY: &str = "WebhookCertificateReady";
+
 pub mod reasons {
     /// Accepted=True.
     pub const ACCEPTED: &str = "Accepted";
@@ -23,4 +26,8 @@ pub mod reasons {
     pub const DISCOVERY_PENDING: &str = "DiscoveryPending";
     /// Programmed=False: the route is not accepted, so nothing is programmed.
     pub const NOT_ACCEPTED: &str = "NotAccepted";
+    /// WebhookCertificateReady=True: issued and published.
+    pub const CERTIFICATE_ISSUED: &str = "CertificateIssued";
+    /// WebhookCertificateReady=False: issuing or publishing failed.
+    pub const CERTIFICATE_FAILED: &str = "CertificateFailed";
 }

@@ -1,6 +1,6 @@
 //! Mesh: the mesh-wide settings, one cluster-scoped object named "default".
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,12 @@ use serde::{Deserialize, Serialize};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"CAReady\")].status",
         description = "Whether the certificate authority is ready"
+    ),
+    printcolumn(
+        name = "Webhook-Cert",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"WebhookCertificateReady\")].status",
+        description = "Whether the webhook serves with a valid certificate"
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -187,15 +193,56 @@ fn default_memory_limit() -> String {
     "128Mi".to_owned()
 }
 
-/// How the admission webhook behaves.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// How the admission webhook behaves, and the certificate it serves with.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InjectionSettings {
-    /// What the API server does with a pod when the webhook cannot be reached: Fail refuses the
-    /// pod (no pod escapes the mesh), Ignore creates it without a proxy (no outage of the webhook
-    /// blocks deployments). kube-system and the mesh's own namespace are never sent to the webhook.
+    /// What the API server does with a pod of a namespace labelled braid.dev/inject=enabled when
+    /// the webhook cannot be reached: Fail refuses the pod (no pod of a meshed namespace escapes
+    /// the mesh), Ignore creates it without a proxy (a webhook outage blocks no deployment). Pods
+    /// that opt in by annotation elsewhere are always sent with Ignore, so an outage cannot block
+    /// unmeshed namespaces; kube-system and the mesh's own namespace are never sent at all.
     #[serde(default)]
     pub failure_policy: FailurePolicy,
+
+    /// Lifetime of the webhook's serving certificate, like "2160h" (90 days).
+    #[serde(default = "default_webhook_cert_lifetime")]
+    #[schemars(regex(pattern = "^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    pub certificate_lifetime: String,
+
+    /// Lifetime of the CA that signs the webhook's serving certificate, like "8760h" (a year).
+    /// During a CA rollover the API server trusts the old and the new CA.
+    #[serde(default = "default_webhook_ca_lifetime")]
+    #[schemars(regex(pattern = "^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    pub ca_lifetime: String,
+
+    /// Share of a certificate's lifetime after which it is renewed, in percent.
+    #[serde(default = "default_renew_at_percent")]
+    #[schemars(range(min = 10, max = 90))]
+    pub renew_at_percent: i32,
+}
+
+impl Default for InjectionSettings {
+    fn default() -> Self {
+        Self {
+            failure_policy: FailurePolicy::default(),
+            certificate_lifetime: default_webhook_cert_lifetime(),
+            ca_lifetime: default_webhook_ca_lifetime(),
+            renew_at_percent: default_renew_at_percent(),
+        }
+    }
+}
+
+fn default_webhook_cert_lifetime() -> String {
+    "2160h".to_owned()
+}
+
+fn default_webhook_ca_lifetime() -> String {
+    "8760h".to_owned()
+}
+
+fn default_renew_at_percent() -> i32 {
+    66
 }
 
 /// The webhook's failure policy.
@@ -220,4 +267,20 @@ pub struct MeshStatus {
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+
+    /// The admission webhook's serving certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_certificate: Option<CertificateStatus>,
+}
+
+/// Validity of a certificate the operator manages.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    /// When the certificate expires.
+    pub not_after: Time,
+    /// When the operator renews it.
+    pub renew_at: Time,
+    /// When the CA that signed it expires.
+    pub ca_not_after: Time,
 }

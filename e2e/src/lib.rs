@@ -185,23 +185,24 @@ impl Operator {
         path
     }
 
-    /// Starts the operator watching `namespace` and waits until it reports ready.
+    /// Starts the operator watching MeshRoutes in `namespace` only, without the webhook's
+    /// certificates (one operator per test, and only one may own those), and waits until ready.
     pub fn start(cluster: &Cluster, namespace: &str) -> Operator {
+        Self::start_with(cluster, namespace, &["--namespace", namespace, "--skip-webhook"])
+    }
+
+    /// Starts the operator with `args` (besides the admin address and log level); `name` tells
+    /// its log file apart.
+    pub fn start_with(cluster: &Cluster, name: &str, args: &[&str]) -> Operator {
         let admin = free_local_addr();
-        let log = std::env::temp_dir().join(format!("braid-operator-{namespace}.log"));
+        let log = std::env::temp_dir().join(format!("braid-operator-{name}.log"));
         let log_file = std::fs::File::create(&log)
             .unwrap_or_else(|err| panic!("cannot create {}: {err}", log.display()));
         let stderr = log_file.try_clone().unwrap_or_else(|err| panic!("cannot clone log handle: {err}"));
         let child = Command::new(Self::binary())
             .env("KUBECONFIG", &cluster.kubeconfig)
-            .args([
-                "--namespace",
-                namespace,
-                "--admin-addr",
-                &admin.to_string(),
-                "--log",
-                "info,braid_operator=debug",
-            ])
+            .args(["--admin-addr", &admin.to_string(), "--log", "info,braid_operator=debug"])
+            .args(args)
             .stdout(log_file)
             .stderr(stderr)
             .spawn()

@@ -7,6 +7,7 @@ pub mod conditions;
 pub mod meshroute;
 pub mod metrics;
 pub mod telemetry;
+pub mod webhook;
 
 /// The field manager of every server-side apply the operator makes, so `kubectl get -o yaml
 /// --show-managed-fields` shows which fields it owns.

@@ -13,6 +13,7 @@ use braid_operator::{
     meshroute::controller::{self, Context, Scope},
     metrics::Metrics,
     telemetry::{self, LogFormat},
+    webhook::{self, config::Endpoint, controller::WebhookSettings},
 };
 use clap::Parser;
 use prometheus_client::registry::Registry;
@@ -38,6 +39,38 @@ struct Args {
     /// Log line format.
     #[arg(long, env = "BRAID_LOG_FORMAT", value_enum, default_value = "plain")]
     log_format: LogFormat,
+
+    /// Namespace the mesh's control plane runs in; its Secrets live there.
+    #[arg(long, env = "BRAID_MESH_NAMESPACE", default_value = "braid-system")]
+    mesh_namespace: String,
+
+    /// Do not manage the admission webhook's certificates and configuration.
+    #[arg(long, env = "BRAID_SKIP_WEBHOOK")]
+    skip_webhook: bool,
+
+    /// Name of the MutatingWebhookConfiguration the operator keeps.
+    #[arg(long, default_value = "braid-webhook")]
+    webhook_config_name: String,
+
+    /// Name of the webhook's Service in the mesh namespace.
+    #[arg(long, default_value = "braid-webhook")]
+    webhook_service: String,
+
+    /// Call the webhook at this https URL instead of its Service (a webhook outside the cluster).
+    #[arg(long, env = "BRAID_WEBHOOK_URL")]
+    webhook_url: Option<String>,
+
+    /// IP addresses the webhook's certificate names, besides its Service's DNS names.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
+    webhook_ip_sans: Vec<std::net::IpAddr>,
+
+    /// How long a new webhook CA is trusted before it signs the serving certificate.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    webhook_ca_propagation: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    braid_crds::duration::parse_duration(text).map_err(|e| e.to_string())
 }
 
 #[tokio::main]
@@ -66,6 +99,15 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         backoff: FailureBackoff::new(Duration::from_secs(1), Duration::from_secs(300)),
     });
+    if !args.skip_webhook {
+        let settings = webhook_settings(&args)?;
+        tokio::spawn(webhook::controller::run(
+            ctx.client.clone(),
+            settings,
+            ctx.metrics.clone(),
+            shutdown.clone(),
+        ));
+    }
     let ready_state = admin_state.clone();
     let admin = tokio::spawn(admin::serve(listener, admin_state, shutdown.clone()));
     tracing::info!(scope = ?scope, version = env!("CARGO_PKG_VERSION"), "braid-operator starting");
@@ -78,6 +120,28 @@ async fn main() -> anyhow::Result<()> {
     admin.await.context("admin server task failed")?.context("admin server failed")?;
     tracing::info!("braid-operator stopped");
     Ok(())
+}
+
+fn webhook_settings(args: &Args) -> anyhow::Result<WebhookSettings> {
+    let endpoint = match &args.webhook_url {
+        Some(url) if url.starts_with("https://") => Endpoint::Url(url.clone()),
+        Some(url) => anyhow::bail!("--webhook-url {url:?}: the API server calls webhooks over https only"),
+        None => Endpoint::Service {
+            namespace: args.mesh_namespace.clone(),
+            name: args.webhook_service.clone(),
+            port: 443,
+        },
+    };
+    let service = format!("{}.{}.svc", args.webhook_service, args.mesh_namespace);
+    Ok(WebhookSettings {
+        mesh_namespace: args.mesh_namespace.clone(),
+        config_name: args.webhook_config_name.clone(),
+        endpoint,
+        dns_names: vec![service.clone(), format!("{service}.cluster.local")],
+        ip_addresses: args.webhook_ip_sans.clone(),
+        ca_propagation: args.webhook_ca_propagation,
+        resync: Duration::from_secs(300),
+    })
 }
 
 /// Cancels `token` on SIGTERM or Ctrl-C, so in-flight reconciles finish before exit.

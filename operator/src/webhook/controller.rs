@@ -1,0 +1,357 @@
+//! Keeps the webhook's certificates and its MutatingWebhookConfiguration current: reads the
+//! stored state, runs the pure plan of certs.rs, writes Secrets, the configuration and the Mesh
+//! condition, and sleeps until the next renewal or until something it owns changes.
+
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+
+use braid_crds::{
+    Mesh,
+    conditions::{self, reasons},
+    duration::parse_duration,
+    mesh::{CertificateStatus, InjectionSettings},
+};
+use futures::{StreamExt, stream::BoxStream};
+use k8s_openapi::{
+    ByteString,
+    api::{admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Secret},
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource,
+    api::{Patch, PatchParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    certs::{self, KeyedCert, Stored},
+    config::{self, Endpoint},
+};
+use crate::{
+    backoff::FailureBackoff,
+    conditions::{Observed, Status, merge},
+    metrics::Metrics,
+};
+
+pub const CA_SECRET: &str = "braid-webhook-ca";
+pub const TLS_SECRET: &str = "braid-webhook-tls";
+const ROTATED_AT_ANNOTATION: &str = "braid.dev/ca-rotated-at";
+/// Status writers own their own conditions under server-side apply, so each has a manager.
+const FIELD_MANAGER: &str = "braid-operator/webhook-certificate";
+const CONTROLLER: &str = "webhook-certificate";
+
+/// Where the webhook lives and how its certificates are managed; from the operator's flags.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub mesh_namespace: String,
+    pub config_name: String,
+    pub endpoint: Endpoint,
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<IpAddr>,
+    pub ca_propagation: Duration,
+    /// Re-check at least this often, whatever the certificates say.
+    pub resync: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Cert(#[from] certs::CertError),
+    #[error("Mesh default: spec.injection.{field} {value:?}: {reason}")]
+    Settings { field: &'static str, value: String, reason: String },
+}
+
+impl WebhookError {
+    fn metric_label(&self) -> &'static str {
+        match self {
+            WebhookError::Kube(_) => "kube",
+            WebhookError::Cert(_) => "certificate",
+            WebhookError::Settings { .. } => "settings",
+        }
+    }
+}
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(
+    client: Client,
+    settings: WebhookSettings,
+    metrics: std::sync::Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let mut triggers = triggers(&client, &settings);
+    let backoff = FailureBackoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = reconcile(&client, &settings).await;
+        metrics.observe(CONTROLLER, started.elapsed());
+        let wait = match result {
+            Ok(next_change) => {
+                backoff.succeeded(CONTROLLER);
+                let now = Timestamp::now().as_second();
+                let until_change =
+                    next_change.map(|at| Duration::from_secs(u64::try_from(at - now).unwrap_or(0) + 1));
+                until_change.map_or(settings.resync, |d| d.min(settings.resync))
+            }
+            Err(err) => {
+                metrics.failed(CONTROLLER, err.metric_label());
+                let wait = backoff.failed(CONTROLLER);
+                tracing::warn!(error = %err, retry_in = ?wait, "webhook certificate reconcile failed");
+                report_failure(&client, &err).await;
+                wait
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            Some(()) = triggers.next() => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Wakes the loop when something it owns or reads changes (a Helm upgrade resetting the
+/// caBundle, a deleted Secret, an edited Mesh).
+fn triggers(client: &Client, settings: &WebhookSettings) -> BoxStream<'static, ()> {
+    fn named<K>(api: Api<K>, name: &str) -> BoxStream<'static, ()>
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        watcher(api, config).default_backoff().touched_objects().map(|_| ()).boxed()
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.mesh_namespace);
+    futures::stream::select_all([
+        named(Api::<Mesh>::all(client.clone()), "default"),
+        named(Api::<MutatingWebhookConfiguration>::all(client.clone()), &settings.config_name),
+        named(secrets.clone(), CA_SECRET),
+        named(secrets, TLS_SECRET),
+    ])
+    .boxed()
+}
+
+/// One pass; returns when the plan could next change.
+async fn reconcile(client: &Client, settings: &WebhookSettings) -> Result<Option<i64>, WebhookError> {
+    let meshes: Api<Mesh> = Api::all(client.clone());
+    let mesh = meshes.get_opt("default").await?;
+    let injection = mesh.as_ref().map(|m| m.spec.injection.clone()).unwrap_or_default();
+    let cert_settings = cert_settings(&injection, settings)?;
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.mesh_namespace);
+    let ca_secret = secrets.get_opt(CA_SECRET).await?;
+    let tls_secret = secrets.get_opt(TLS_SECRET).await?;
+    let stored = stored_from(ca_secret.as_ref(), tls_secret.as_ref());
+
+    let now = Timestamp::now().as_second();
+    let changes = certs::plan(now, &stored, &cert_settings);
+    let next = if changes.is_empty() {
+        stored.clone()
+    } else {
+        certs::apply(now, &stored, &changes, &cert_settings)?
+    };
+    for change in &changes {
+        tracing::info!(?change, "webhook certificate change");
+    }
+
+    // Order matters for a rollover: the CA is saved first (its key must never be lost), the
+    // bundle reaches the API server next, and only then does the webhook get a new certificate.
+    let params = PatchParams::apply(crate::FIELD_MANAGER).force();
+    if next.ca != stored.ca || next.previous_ca_pem != stored.previous_ca_pem {
+        secrets.patch(CA_SECRET, &params, &Patch::Apply(ca_secret_object(&next, settings))).await?;
+    }
+    let bundle = certs::bundle(&next);
+    let desired = config::desired(
+        &settings.config_name,
+        &settings.endpoint,
+        &bundle,
+        injection.failure_policy,
+        &settings.mesh_namespace,
+    );
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    configs.patch(&settings.config_name, &params, &Patch::Apply(&desired)).await?;
+    if next.serving != stored.serving || tls_bundle(tls_secret.as_ref()) != Some(bundle.as_str()) {
+        secrets
+            .patch(TLS_SECRET, &params, &Patch::Apply(tls_secret_object(&next, &bundle, settings)))
+            .await?;
+    }
+
+    if let Some(mesh) = &mesh {
+        report_ready(&meshes, mesh, &next, &cert_settings).await?;
+    }
+    Ok(certs::next_change(now, &next, &cert_settings))
+}
+
+fn cert_settings(
+    injection: &InjectionSettings,
+    settings: &WebhookSettings,
+) -> Result<certs::Settings, WebhookError> {
+    let duration = |field: &'static str, value: &str| {
+        parse_duration(value).map_err(|err| WebhookError::Settings {
+            field,
+            value: value.to_owned(),
+            reason: err.to_string(),
+        })
+    };
+    let cert_lifetime = duration("certificateLifetime", &injection.certificate_lifetime)?;
+    let ca_lifetime = duration("caLifetime", &injection.ca_lifetime)?;
+    if ca_lifetime < cert_lifetime {
+        return Err(WebhookError::Settings {
+            field: "caLifetime",
+            value: injection.ca_lifetime.clone(),
+            reason: format!("shorter than certificateLifetime {}", injection.certificate_lifetime),
+        });
+    }
+    Ok(certs::Settings {
+        cert_lifetime,
+        ca_lifetime,
+        renew_at_percent: u32::try_from(injection.renew_at_percent.clamp(10, 90)).unwrap_or(66),
+        ca_propagation: settings.ca_propagation,
+        dns_names: settings.dns_names.clone(),
+        ip_addresses: settings.ip_addresses.clone(),
+    })
+}
+
+fn stored_from(ca: Option<&Secret>, tls: Option<&Secret>) -> Stored {
+    let text = |secret: Option<&Secret>, key: &str| -> Option<String> {
+        let bytes = secret?.data.as_ref()?.get(key)?;
+        String::from_utf8(bytes.0.clone()).ok()
+    };
+    let keyed = |secret: Option<&Secret>, cert: &str, key: &str| {
+        Some(KeyedCert { cert_pem: text(secret, cert)?, key_pem: text(secret, key)? })
+    };
+    let rotated_at = ca
+        .and_then(|s| s.metadata.annotations.as_ref())
+        .and_then(|a| a.get(ROTATED_AT_ANNOTATION))
+        .and_then(|v| v.parse::<Timestamp>().ok())
+        .map(|t| t.as_second());
+    Stored {
+        ca: keyed(ca, "ca.crt", "ca.key"),
+        previous_ca_pem: text(ca, "previous-ca.crt"),
+        ca_rotated_at: rotated_at,
+        serving: keyed(tls, "tls.crt", "tls.key"),
+    }
+}
+
+fn tls_bundle(tls: Option<&Secret>) -> Option<&str> {
+    let bytes = tls?.data.as_ref()?.get("ca.crt")?;
+    std::str::from_utf8(&bytes.0).ok()
+}
+
+fn secret(name: &str, settings: &WebhookSettings, type_: &str, data: BTreeMap<String, String>) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(settings.mesh_namespace.clone()),
+            labels: Some([("app.kubernetes.io/part-of".to_owned(), "braid".to_owned())].into()),
+            ..ObjectMeta::default()
+        },
+        type_: Some(type_.to_owned()),
+        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
+        ..Secret::default()
+    }
+}
+
+fn ca_secret_object(stored: &Stored, settings: &WebhookSettings) -> Secret {
+    let mut data = BTreeMap::new();
+    if let Some(ca) = &stored.ca {
+        data.insert("ca.crt".to_owned(), ca.cert_pem.clone());
+        data.insert("ca.key".to_owned(), ca.key_pem.clone());
+    }
+    if let Some(previous) = &stored.previous_ca_pem {
+        data.insert("previous-ca.crt".to_owned(), previous.clone());
+    }
+    let mut object = secret(CA_SECRET, settings, "Opaque", data);
+    if let Some(at) = stored.ca_rotated_at.and_then(|s| Timestamp::from_second(s).ok()) {
+        object.metadata.annotations = Some([(ROTATED_AT_ANNOTATION.to_owned(), at.to_string())].into());
+    }
+    object
+}
+
+/// The Secret the webhook mounts: its certificate and key, and the bundle for reference. It
+/// never holds the CA's key.
+fn tls_secret_object(stored: &Stored, bundle: &str, settings: &WebhookSettings) -> Secret {
+    let mut data = BTreeMap::new();
+    if let Some(serving) = &stored.serving {
+        data.insert("tls.crt".to_owned(), serving.cert_pem.clone());
+        data.insert("tls.key".to_owned(), serving.key_pem.clone());
+    }
+    data.insert("ca.crt".to_owned(), bundle.to_owned());
+    secret(TLS_SECRET, settings, "kubernetes.io/tls", data)
+}
+
+async fn report_ready(
+    meshes: &Api<Mesh>,
+    mesh: &Mesh,
+    stored: &Stored,
+    settings: &certs::Settings,
+) -> Result<(), WebhookError> {
+    let validity = |pem: Option<&KeyedCert>| pem.and_then(|c| certs::parse(&c.cert_pem)).map(|p| p.validity);
+    let (Some(serving), Some(ca)) = (validity(stored.serving.as_ref()), validity(stored.ca.as_ref())) else {
+        return Ok(());
+    };
+    let time = |secs: i64| Time(Timestamp::from_second(secs).unwrap_or(Timestamp::UNIX_EPOCH));
+    let renew_at = serving.renew_at(settings.renew_at_percent);
+    let certificate = CertificateStatus {
+        not_after: time(serving.not_after),
+        renew_at: time(renew_at),
+        ca_not_after: time(ca.not_after),
+    };
+    let message = format!(
+        "serving certificate valid until {}, renewed at {}; CA valid until {}{}",
+        certificate.not_after.0,
+        certificate.renew_at.0,
+        certificate.ca_not_after.0,
+        if stored.previous_ca_pem.is_some() {
+            "; the previous CA is still trusted during the rollover"
+        } else {
+            ""
+        }
+    );
+    let observed = Observed {
+        type_: conditions::WEBHOOK_CERTIFICATE_READY,
+        status: Status::True,
+        reason: reasons::CERTIFICATE_ISSUED,
+        message,
+    };
+    write_condition(meshes, mesh, observed, Some(certificate)).await
+}
+
+async fn report_failure(client: &Client, err: &WebhookError) {
+    let meshes: Api<Mesh> = Api::all(client.clone());
+    let Ok(Some(mesh)) = meshes.get_opt("default").await else { return };
+    let observed = Observed {
+        type_: conditions::WEBHOOK_CERTIFICATE_READY,
+        status: Status::False,
+        reason: reasons::CERTIFICATE_FAILED,
+        message: err.to_string(),
+    };
+    let previous = mesh.status.as_ref().and_then(|s| s.webhook_certificate.clone());
+    if let Err(write_err) = write_condition(&meshes, &mesh, observed, previous).await {
+        tracing::warn!(error = %write_err, "cannot report the failure on Mesh default");
+    }
+}
+
+async fn write_condition(
+    meshes: &Api<Mesh>,
+    mesh: &Mesh,
+    observed: Observed,
+    certificate: Option<CertificateStatus>,
+) -> Result<(), WebhookError> {
+    let previous = mesh.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let conditions = merge(previous, vec![observed], mesh.metadata.generation, &Time(Timestamp::now()));
+    let current = previous.iter().find(|c| c.type_ == conditions::WEBHOOK_CERTIFICATE_READY);
+    let unchanged = current == conditions.first()
+        && mesh.status.as_ref().and_then(|s| s.webhook_certificate.as_ref()) == certificate.as_ref();
+    if unchanged {
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": Mesh::api_version(&()),
+        "kind": Mesh::kind(&()),
+        "status": {"conditions": conditions, "webhookCertificate": certificate},
+    });
+    meshes.patch_status("default", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    Ok(())
+}
