@@ -13,7 +13,7 @@ KUBERNETES_VERSION := v1.34.3
 
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: deps
 deps: ## Install the Debian packages the build and the local cluster need (skips what is there)
@@ -76,6 +76,15 @@ with-cluster: tools
 
 .PHONY: test
 test: fmt-check lint unit e2e ## Everything: format, lint, unit, integration and end-to-end tests
+
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz: ## Fuzz the webhook's AdmissionReview decoding and patch building for FUZZ_SECONDS (60)
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@mkdir -p webhook/fuzz/corpus/admission_review
+	@cp webhook/tests/golden/*.review.json webhook/fuzz/corpus/admission_review/
+	cd webhook/fuzz && $(CARGO) +nightly fuzz run admission_review corpus/admission_review -- \
+	  -max_total_time=$(FUZZ_SECONDS) -dict=admission_review.dict
 
 .PHONY: demo
 demo: tools build ## Local Kubernetes, CRDs, examples, operator; then kubectl get meshroutes

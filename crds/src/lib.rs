@@ -30,3 +30,15 @@ pub fn crd_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_saphyr::
     let body = serde_saphyr::to_string(crd)?;
     Ok(format!("# Generated from the Rust types in crds/src by `make crds`; do not edit.\n{body}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_in_code_match_what_the_api_server_fills_in() {
+        let from_empty: MeshSpec = serde_json::from_value(serde_json::json!({})).expect("empty spec");
+        assert_eq!(MeshSpec::default(), from_empty);
+        assert_eq!(MeshSpec::default().trust_domain, "cluster.local");
+    }
+}

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// how injection behaves. There is one, named "default".
 // kube's printcolumn(...) repeats `type_ = "string"`, which clippy mistakes for a copy-paste slip.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     validation = Rule::new("self.metadata.name == 'default'").message("there is one Mesh and it is named default"),
     group = "braid.dev",
@@ -56,6 +56,18 @@ pub struct MeshSpec {
     /// How the admission webhook injects pods.
     #[serde(default)]
     pub injection: InjectionSettings,
+}
+
+// By hand, so a MeshSpec built in code has the same defaults as one the API server filled in.
+impl Default for MeshSpec {
+    fn default() -> Self {
+        Self {
+            trust_domain: default_trust_domain(),
+            identity: IdentitySettings::default(),
+            proxy: ProxySettings::default(),
+            injection: InjectionSettings::default(),
+        }
+    }
 }
 
 fn default_trust_domain() -> String {

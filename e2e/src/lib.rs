@@ -164,22 +164,54 @@ impl Drop for TestNamespace {
     }
 }
 
-/// The braid-operator binary of this workspace, running as a child process.
-pub struct Operator {
+/// Deletes a cluster-scoped object when dropped, so a test that panics leaves nothing behind
+/// that could affect the next one (a webhook configuration would catch every later pod).
+pub struct DeleteOnDrop {
+    cluster: Cluster,
+    resource: String,
+    name: String,
+}
+
+impl DeleteOnDrop {
+    pub fn new(cluster: &Cluster, resource: &str, name: &str) -> Self {
+        DeleteOnDrop { cluster: cluster.clone(), resource: resource.to_owned(), name: name.to_owned() }
+    }
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        let _ = self.cluster.kubectl(&[
+            "delete",
+            &self.resource,
+            &self.name,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
+}
+
+/// A binary of this workspace (braid-operator, braid-webhook) running as a child process, with
+/// its admin server on a free loopback port.
+pub struct Component {
+    name: &'static str,
     child: Child,
     pub admin: SocketAddr,
     log: PathBuf,
 }
 
-impl Operator {
-    /// Path of the binary: $BRAID_OPERATOR_BIN, or target/debug/braid-operator.
-    pub fn binary() -> PathBuf {
-        let path = std::env::var_os("BRAID_OPERATOR_BIN")
+/// The operator is the component most tests run.
+pub type Operator = Component;
+
+impl Component {
+    /// Path of a workspace binary: $BRAID_BIN_DIR/NAME, or target/debug/NAME.
+    pub fn binary(name: &str) -> PathBuf {
+        let dir = std::env::var_os("BRAID_BIN_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target/debug/braid-operator"));
+            .unwrap_or_else(|| repo_root().join("target/debug"));
+        let path = dir.join(name);
         assert!(
             path.is_file(),
-            "{} does not exist: build it with `cargo build -p braid-operator` (`make test` does)",
+            "{} does not exist: build it with `cargo build --workspace --bins` (`make test` does)",
             path.display()
         );
         path
@@ -187,39 +219,59 @@ impl Operator {
 
     /// Starts the operator watching MeshRoutes in `namespace` only, without the webhook's
     /// certificates (one operator per test, and only one may own those), and waits until ready.
-    pub fn start(cluster: &Cluster, namespace: &str) -> Operator {
-        Self::start_with(cluster, namespace, &["--namespace", namespace, "--skip-webhook"])
+    pub fn start(cluster: &Cluster, namespace: &str) -> Component {
+        Self::operator(cluster, namespace, &["--namespace", namespace, "--skip-webhook"])
     }
 
-    /// Starts the operator with `args` (besides the admin address and log level); `name` tells
-    /// its log file apart.
-    pub fn start_with(cluster: &Cluster, name: &str, args: &[&str]) -> Operator {
+    /// Starts braid-operator with `args`; `label` tells its log file apart.
+    pub fn operator(cluster: &Cluster, label: &str, args: &[&str]) -> Component {
+        Self::spawn("braid-operator", cluster, label, &[], args)
+    }
+
+    /// Starts `braid-webhook serve` with `args`.
+    pub fn webhook(cluster: &Cluster, label: &str, args: &[&str]) -> Component {
+        Self::spawn("braid-webhook", cluster, label, &["serve"], args)
+    }
+
+    fn spawn(
+        name: &'static str,
+        cluster: &Cluster,
+        label: &str,
+        command: &[&str],
+        args: &[&str],
+    ) -> Component {
         let admin = free_local_addr();
-        let log = std::env::temp_dir().join(format!("braid-operator-{name}.log"));
+        let log = std::env::temp_dir().join(format!("{name}-{label}.log"));
         let log_file = std::fs::File::create(&log)
             .unwrap_or_else(|err| panic!("cannot create {}: {err}", log.display()));
         let stderr = log_file.try_clone().unwrap_or_else(|err| panic!("cannot clone log handle: {err}"));
-        let child = Command::new(Self::binary())
+        let child = Command::new(Self::binary(name))
             .env("KUBECONFIG", &cluster.kubeconfig)
-            .args(["--admin-addr", &admin.to_string(), "--log", "info,braid_operator=debug"])
+            .args(command)
+            .args([
+                "--admin-addr",
+                &admin.to_string(),
+                "--log",
+                "info,braid_operator=debug,braid_webhook=debug",
+            ])
             .args(args)
             .stdout(log_file)
             .stderr(stderr)
             .spawn()
-            .unwrap_or_else(|err| panic!("cannot start braid-operator: {err}"));
-        let mut operator = Operator { child, admin, log };
+            .unwrap_or_else(|err| panic!("cannot start {name}: {err}"));
+        let mut component = Component { name, child, admin, log };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(Some(status)) = operator.child.try_wait() {
-                panic!("braid-operator exited at start ({status}); its log:\n{}", operator.log_text());
+            if let Ok(Some(status)) = component.child.try_wait() {
+                panic!("{name} exited at start ({status}); its log:\n{}", component.log_text());
             }
             if http_get(admin, "/readyz").is_some_and(|(code, _)| code == 200) {
-                return operator;
+                return component;
             }
             assert!(
                 Instant::now() < deadline,
-                "braid-operator not ready after 30 s; its log:\n{}",
-                operator.log_text()
+                "{name} not ready after 30 s; its log:\n{}",
+                component.log_text()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -229,11 +281,11 @@ impl Operator {
     pub fn metrics(&self) -> String {
         match http_get(self.admin, "/metrics") {
             Some((200, body)) => body,
-            other => panic!("GET /metrics answered {other:?}; operator log:\n{}", self.log_text()),
+            other => panic!("{}: GET /metrics answered {other:?}; log:\n{}", self.name, self.log_text()),
         }
     }
 
-    /// Everything the operator logged so far.
+    /// Everything it logged so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -249,13 +301,13 @@ impl Operator {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return (status, self.log_text());
             }
-            assert!(Instant::now() < deadline, "braid-operator still running {grace:?} after SIGTERM");
+            assert!(Instant::now() < deadline, "{} still running {grace:?} after SIGTERM", self.name);
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
 
-impl Drop for Operator {
+impl Drop for Component {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

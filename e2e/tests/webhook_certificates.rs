@@ -6,7 +6,7 @@
 use std::{process::Command, time::Duration};
 
 use braid_crds::Mesh;
-use braid_e2e::{Cluster, Operator, TestNamespace, eventually, install_crds};
+use braid_e2e::{Cluster, DeleteOnDrop, Operator, TestNamespace, eventually, install_crds};
 use k8s_openapi::api::{admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Secret};
 use kube::{
     Api,
@@ -52,13 +52,17 @@ async fn the_operator_issues_renews_and_rolls_over_the_webhook_certificates() {
 
     // Short lifetimes so the test sees a renewal and a CA rollover: the serving certificate is
     // renewed every 10 s, the CA after 20 s, and a new CA is trusted 3 s before it signs.
+    // Declared before the processes, so they are dropped (stopped) first and cannot recreate
+    // what these delete.
+    let _config_guard = DeleteOnDrop::new(cluster, "mutatingwebhookconfiguration", &config_name);
+    let _mesh_guard = DeleteOnDrop::new(cluster, "mesh", "default");
     let meshes: Api<Mesh> = Api::all(client.clone());
     let _ = meshes.delete("default", &DeleteParams::default()).await;
     let mesh = json!({"apiVersion": "braid.dev/v1alpha1", "kind": "Mesh", "metadata": {"name": "default"},
         "spec": {"injection": {"certificateLifetime": "20s", "caLifetime": "40s", "renewAtPercent": 50}}});
     meshes.patch("default", &PatchParams::apply("braid-e2e").force(), &Patch::Apply(&mesh)).await.unwrap();
 
-    let operator = Operator::start_with(
+    let operator = Operator::operator(
         cluster,
         &ns.name,
         &[
@@ -136,6 +140,4 @@ async fn the_operator_issues_renews_and_rolls_over_the_webhook_certificates() {
     let log = operator.log_text();
     assert!(log.contains("webhook certificate change"), "{log}");
     drop(operator);
-    let _ = configs.delete(&config_name, &DeleteParams::default()).await;
-    let _ = meshes.delete("default", &DeleteParams::default()).await;
 }
