@@ -77,6 +77,10 @@ with-cluster: tools
 .PHONY: test
 test: fmt-check lint unit e2e ## Everything: format, lint, unit, integration and end-to-end tests
 
+.PHONY: bench
+bench: tools ## Benchmarks (webhook admission latency, throughput, memory); results in bench/results/
+	@bash bench/webhook.sh
+
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz
 fuzz: ## Fuzz the webhook's AdmissionReview decoding and patch building for FUZZ_SECONDS (60)
