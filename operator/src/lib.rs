@@ -6,7 +6,6 @@ pub mod backoff;
 pub mod conditions;
 pub mod meshroute;
 pub mod metrics;
-pub mod telemetry;
 pub mod webhook;
 
 /// The field manager of every server-side apply the operator makes, so `kubectl get -o yaml

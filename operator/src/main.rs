@@ -12,9 +12,9 @@ use braid_operator::{
     backoff::FailureBackoff,
     meshroute::controller::{self, Context, Scope},
     metrics::Metrics,
-    telemetry::{self, LogFormat},
     webhook::{self, config::Endpoint, controller::WebhookSettings},
 };
+use braid_runtime::LogFormat;
 use clap::Parser;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
@@ -76,7 +76,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init(&args.log, args.log_format).context("invalid --log filter")?;
+    braid_runtime::init_logging(&args.log, args.log_format).context("invalid --log filter")?;
 
     let client = kube::Client::try_default()
         .await
@@ -92,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on --admin-addr {}", args.admin_addr))?;
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(braid_runtime::cancel_on_signal(shutdown.clone()));
 
     let ctx = Arc::new(Context {
         client,
@@ -142,24 +142,4 @@ fn webhook_settings(args: &Args) -> anyhow::Result<WebhookSettings> {
         ca_propagation: args.webhook_ca_propagation,
         resync: Duration::from_secs(300),
     })
-}
-
-/// Cancels `token` on SIGTERM or Ctrl-C, so in-flight reconciles finish before exit.
-async fn cancel_on_signal(token: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the operator gracefully");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = terminate => tracing::info!("SIGTERM received, shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received, shutting down"),
-    }
-    token.cancel();
 }

@@ -13,5 +13,4 @@ pub mod metrics;
 pub mod ports;
 pub mod quantity;
 pub mod server;
-pub mod telemetry;
 pub mod tls;

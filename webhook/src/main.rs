@@ -10,13 +10,13 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use braid_crds::mesh::Mesh;
+use braid_runtime::LogFormat;
 use braid_webhook::{
     cluster::Cluster,
     inject::{ControlPlane, InjectConfig},
     manifest,
     metrics::Metrics,
     server::{self, AppState},
-    telemetry::{self, LogFormat},
     tls::ReloadingCert,
 };
 use clap::{Args, Parser, Subcommand};
@@ -113,7 +113,7 @@ impl ProxyArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(&cli.log, cli.log_format).context("invalid --log filter")?;
+    braid_runtime::init_logging(&cli.log, cli.log_format).context("invalid --log filter")?;
     // One process-wide provider (kube's client and our server both use ring); Err only means one
     // is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -178,7 +178,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on --admin-addr {}", args.admin_addr))?;
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(braid_runtime::cancel_on_signal(shutdown.clone()));
     let reflectors = tokio::spawn(reflectors);
     let reload_state = state.clone();
     let reloads = tokio::spawn(cert.watch(
@@ -210,24 +210,4 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("braid-webhook stopped");
     Ok(())
-}
-
-/// Cancels `token` on SIGTERM or Ctrl-C, so in-flight admissions finish before exit.
-async fn cancel_on_signal(token: CancellationToken) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(%err, "cannot listen for SIGTERM; only Ctrl-C stops the webhook gracefully");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = terminate => tracing::info!("SIGTERM received, shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received, shutting down"),
-    }
-    token.cancel();
 }
