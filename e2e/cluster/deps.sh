@@ -15,7 +15,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-command -v go >/dev/null || {
+# build-tools.sh also finds Go in /usr/local/go/bin, where the official tarball installs it.
+command -v go >/dev/null || [ -x /usr/local/go/bin/go ] || {
   echo "deps: 'go' not found: Go 1.26 or newer builds the Kubernetes, etcd and Helm binaries (https://go.dev/doc/install)" >&2
   exit 1
 }
