@@ -111,6 +111,29 @@ impl Cluster {
     }
 }
 
+/// The usual start of a test: the cluster, an admin client, the CRDs, and a fresh namespace.
+pub async fn setup(prefix: &str) -> (&'static Cluster, Client, TestNamespace) {
+    let cluster = Cluster::get();
+    let client = cluster.client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(cluster, &client, prefix).await;
+    (cluster, client, ns)
+}
+
+/// Replaces the cluster's single Mesh with one of `spec`, and deletes it when the guard drops.
+/// Tests that do this run in test binaries of their own.
+pub async fn own_mesh(cluster: &Cluster, client: &Client, spec: serde_json::Value) -> DeleteOnDrop {
+    let guard = DeleteOnDrop::new(cluster, "mesh", "default");
+    let meshes: Api<braid_crds::Mesh> = Api::all(client.clone());
+    let _ = meshes.delete("default", &kube::api::DeleteParams::default()).await;
+    let mesh = serde_json::json!({"apiVersion": "braid.dev/v1alpha1", "kind": "Mesh", "metadata": {"name": "default"}, "spec": spec});
+    meshes
+        .patch("default", &PatchParams::apply("braid-e2e").force(), &Patch::Apply(&mesh))
+        .await
+        .unwrap_or_else(|err| panic!("cannot apply Mesh default: {err}"));
+    guard
+}
+
 /// Installs the CRDs generated from the Rust types (server-side apply, as GitOps tools do) and
 /// waits until the API server serves them.
 pub async fn install_crds(client: &Client) {
@@ -199,9 +222,6 @@ pub struct Component {
     log: PathBuf,
 }
 
-/// The operator is the component most tests run.
-pub type Operator = Component;
-
 impl Component {
     /// Path of a workspace binary: $BRAID_BIN_DIR/NAME, or target/debug/NAME.
     pub fn binary(name: &str) -> PathBuf {
@@ -221,6 +241,28 @@ impl Component {
     /// certificates (one operator per test, and only one may own those), and waits until ready.
     pub fn start(cluster: &Cluster, namespace: &str) -> Component {
         Self::operator(cluster, namespace, &["--namespace", namespace, "--skip-webhook"])
+    }
+
+    /// Starts braid-operator owning the webhook's certificates and its configuration
+    /// `config_name` (url form, `webhook_url`), with its Secrets in `mesh_namespace` and a new CA
+    /// trusted 3 s before it signs. Returns the operator and a guard that deletes the
+    /// configuration: keep the guard alive longer than the operator, or it recreates it.
+    pub fn webhook_owner(
+        cluster: &Cluster,
+        mesh_namespace: &str,
+        config_name: &str,
+        webhook_url: &str,
+    ) -> (DeleteOnDrop, Component) {
+        let guard = DeleteOnDrop::new(cluster, "mutatingwebhookconfiguration", config_name);
+        #[rustfmt::skip]
+        let args = [
+            "--namespace", mesh_namespace,
+            "--mesh-namespace", mesh_namespace,
+            "--webhook-config-name", config_name,
+            "--webhook-url", webhook_url,
+            "--webhook-ca-propagation", "3s",
+        ];
+        (guard, Self::operator(cluster, mesh_namespace, &args))
     }
 
     /// Starts braid-operator with `args`; `label` tells its log file apart.

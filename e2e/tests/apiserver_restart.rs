@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use braid_crds::MeshRoute;
-use braid_e2e::{Cluster, Operator, TestNamespace, eventually, install_crds};
+use braid_e2e::{Component, eventually, setup};
 use k8s_openapi::api::core::v1::Service;
 use kube::{
     Api,
@@ -14,11 +14,8 @@ use serde_json::json;
 
 #[tokio::test]
 async fn the_operator_resumes_after_the_api_server_restarts() {
-    let cluster = Cluster::get();
-    let client = cluster.client().await;
-    install_crds(&client).await;
-    let ns = TestNamespace::create(cluster, &client, "e2e-restart").await;
-    let operator = Operator::start(cluster, &ns.name);
+    let (cluster, client, ns) = setup("e2e-restart").await;
+    let operator = Component::start(cluster, &ns.name);
 
     let service: Service =
         serde_json::from_value(json!({"metadata": {"name": "web"}, "spec": {"ports": [{"port": 80}]}}))

@@ -14,8 +14,7 @@ use std::{
     time::Duration,
 };
 
-use braid_crds::Mesh;
-use braid_e2e::{Cluster, Component, DeleteOnDrop, TestNamespace, eventually, free_local_addr, install_crds};
+use braid_e2e::{Component, TestNamespace, eventually, free_local_addr, own_mesh, setup};
 use k8s_openapi::api::{
     admissionregistration::v1::MutatingWebhookConfiguration,
     apps::v1::Deployment,
@@ -105,10 +104,7 @@ async fn wait_for_files(dir: &Path) {
 
 #[tokio::test]
 async fn pods_come_back_injected_through_certificate_rotation() {
-    let cluster = Cluster::get();
-    let client = cluster.client().await;
-    install_crds(&client).await;
-    let mesh_ns = TestNamespace::create(cluster, &client, "e2e-inject-mesh").await;
+    let (cluster, client, mesh_ns) = setup("e2e-inject-mesh").await;
     let meshed = TestNamespace::create(cluster, &client, "e2e-inject-app").await;
     let plain = TestNamespace::create(cluster, &client, "e2e-inject-plain").await;
     label_namespace(&client, &meshed.name).await;
@@ -118,34 +114,19 @@ async fn pods_come_back_injected_through_certificate_rotation() {
 
     // Short lifetimes, so a serving renewal (every 10 s) and a CA rollover (after 20 s) happen
     // while pods are being created.
-    // Declared before the processes, so they are dropped (stopped) first and cannot recreate
-    // what these delete.
-    let _config_guard = DeleteOnDrop::new(cluster, "mutatingwebhookconfiguration", &config_name);
-    let _mesh_guard = DeleteOnDrop::new(cluster, "mesh", "default");
-    let meshes: Api<Mesh> = Api::all(client.clone());
-    let _ = meshes.delete("default", &DeleteParams::default()).await;
-    let mesh = json!({"apiVersion": "braid.dev/v1alpha1", "kind": "Mesh", "metadata": {"name": "default"},
-        "spec": {"proxy": {"image": "braid.dev/braid-proxy:e2e"},
-                 "injection": {"certificateLifetime": "20s", "caLifetime": "40s", "renewAtPercent": 50}}});
-    meshes.patch("default", &PatchParams::apply("braid-e2e").force(), &Patch::Apply(&mesh)).await.unwrap();
-
+    let _mesh = own_mesh(
+        cluster,
+        &client,
+        json!({"proxy": {"image": "braid.dev/braid-proxy:e2e"},
+               "injection": {"certificateLifetime": "20s", "caLifetime": "40s", "renewAtPercent": 50}}),
+    )
+    .await;
     let webhook_addr = free_local_addr();
-    let url = format!("https://{webhook_addr}/inject");
-    let operator = Component::operator(
+    let (_config, operator) = Component::webhook_owner(
         cluster,
         &mesh_ns.name,
-        &[
-            "--namespace",
-            &mesh_ns.name,
-            "--mesh-namespace",
-            &mesh_ns.name,
-            "--webhook-config-name",
-            &config_name,
-            "--webhook-url",
-            &url,
-            "--webhook-ca-propagation",
-            "3s",
-        ],
+        &config_name,
+        &format!("https://{webhook_addr}/inject"),
     );
     let tls_dir = std::env::temp_dir().join(format!("braid-webhook-tls-{}", mesh_ns.name));
     std::fs::create_dir_all(&tls_dir).unwrap();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use braid_crds::MeshRoute;
-use braid_e2e::{Cluster, Operator, TestNamespace, eventually, install_crds, metric_value, repo_root};
+use braid_e2e::{Component, eventually, metric_value, repo_root, setup};
 use k8s_openapi::api::core::v1::Service;
 use kube::{
     Api, Client,
@@ -13,14 +13,6 @@ use kube::{
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn setup(prefix: &str) -> (&'static Cluster, Client, TestNamespace) {
-    let cluster = Cluster::get();
-    let client = cluster.client().await;
-    install_crds(&client).await;
-    let ns = TestNamespace::create(cluster, &client, prefix).await;
-    (cluster, client, ns)
-}
 
 /// (status, reason, message) of condition `type_` once the operator has seen generation `gen`.
 async fn condition(
@@ -59,7 +51,7 @@ fn route(name: &str, spec: serde_json::Value) -> MeshRoute {
 #[tokio::test]
 async fn the_examples_are_accepted_resolved_and_shown_by_kubectl() {
     let (cluster, client, ns) = setup("e2e-examples").await;
-    let operator = Operator::start(cluster, &ns.name);
+    let operator = Component::start(cluster, &ns.name);
     for example in ["canary-split.yaml", "retries-timeout.yaml"] {
         let path = repo_root().join("examples").join(example);
         cluster.kubectl_ok(&["apply", "-n", &ns.name, "-f", &path.to_string_lossy()]);
@@ -122,7 +114,7 @@ async fn kubectl_explain_documents_the_api() {
 #[tokio::test]
 async fn a_missing_backend_is_reported_and_resolved_when_its_service_appears() {
     let (cluster, client, ns) = setup("e2e-refs").await;
-    let _operator = Operator::start(cluster, &ns.name);
+    let _operator = Component::start(cluster, &ns.name);
     create_service(&client, &ns.name, "shop").await;
     create_service(&client, &ns.name, "shop-v1").await;
     let routes: Api<MeshRoute> = Api::namespaced(client.clone(), &ns.name);
@@ -151,7 +143,7 @@ async fn a_missing_backend_is_reported_and_resolved_when_its_service_appears() {
 #[tokio::test]
 async fn what_the_schema_cannot_check_is_reported_in_status_without_a_retry_loop() {
     let (cluster, client, ns) = setup("e2e-invalid").await;
-    let operator = Operator::start(cluster, &ns.name);
+    let operator = Component::start(cluster, &ns.name);
     create_service(&client, &ns.name, "api").await;
     let routes: Api<MeshRoute> = Api::namespaced(client.clone(), &ns.name);
     let spec = json!({"service": "api", "rules": [{
@@ -311,7 +303,7 @@ async fn only_one_mesh_named_default_is_allowed() {
 #[tokio::test]
 async fn the_operator_stops_cleanly_on_sigterm() {
     let (cluster, _client, ns) = setup("e2e-sigterm").await;
-    let operator = Operator::start(cluster, &ns.name);
+    let operator = Component::start(cluster, &ns.name);
     let (status, log) = operator.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit status after SIGTERM: {status}\n{log}");
     assert!(log.contains("SIGTERM received, shutting down"), "{log}");

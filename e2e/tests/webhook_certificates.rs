@@ -6,11 +6,11 @@
 use std::{process::Command, time::Duration};
 
 use braid_crds::Mesh;
-use braid_e2e::{Cluster, DeleteOnDrop, Operator, TestNamespace, eventually, install_crds};
+use braid_e2e::{Component, eventually, own_mesh, setup};
 use k8s_openapi::api::{admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Secret};
 use kube::{
     Api,
-    api::{DeleteParams, Patch, PatchParams},
+    api::{Patch, PatchParams},
 };
 use serde_json::json;
 
@@ -44,40 +44,20 @@ fn verifies(cert: &str, bundle: &str) -> bool {
 
 #[tokio::test]
 async fn the_operator_issues_renews_and_rolls_over_the_webhook_certificates() {
-    let cluster = Cluster::get();
-    let client = cluster.client().await;
-    install_crds(&client).await;
-    let ns = TestNamespace::create(cluster, &client, "e2e-webhook-certs").await;
+    let (cluster, client, ns) = setup("e2e-webhook-certs").await;
     let config_name = format!("{}-inject", ns.name);
 
     // Short lifetimes so the test sees a renewal and a CA rollover: the serving certificate is
     // renewed every 10 s, the CA after 20 s, and a new CA is trusted 3 s before it signs.
-    // Declared before the processes, so they are dropped (stopped) first and cannot recreate
-    // what these delete.
-    let _config_guard = DeleteOnDrop::new(cluster, "mutatingwebhookconfiguration", &config_name);
-    let _mesh_guard = DeleteOnDrop::new(cluster, "mesh", "default");
-    let meshes: Api<Mesh> = Api::all(client.clone());
-    let _ = meshes.delete("default", &DeleteParams::default()).await;
-    let mesh = json!({"apiVersion": "braid.dev/v1alpha1", "kind": "Mesh", "metadata": {"name": "default"},
-        "spec": {"injection": {"certificateLifetime": "20s", "caLifetime": "40s", "renewAtPercent": 50}}});
-    meshes.patch("default", &PatchParams::apply("braid-e2e").force(), &Patch::Apply(&mesh)).await.unwrap();
-
-    let operator = Operator::operator(
+    let _mesh = own_mesh(
         cluster,
-        &ns.name,
-        &[
-            "--namespace",
-            &ns.name,
-            "--mesh-namespace",
-            &ns.name,
-            "--webhook-config-name",
-            &config_name,
-            "--webhook-url",
-            "https://127.0.0.1:9443/inject",
-            "--webhook-ca-propagation",
-            "3s",
-        ],
-    );
+        &client,
+        json!({"injection": {"certificateLifetime": "20s", "caLifetime": "40s", "renewAtPercent": 50}}),
+    )
+    .await;
+    let (_config, operator) =
+        Component::webhook_owner(cluster, &ns.name, &config_name, "https://127.0.0.1:9443/inject");
+    let meshes: Api<Mesh> = Api::all(client.clone());
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
     let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
 
@@ -139,5 +119,4 @@ async fn the_operator_issues_renews_and_rolls_over_the_webhook_certificates() {
 
     let log = operator.log_text();
     assert!(log.contains("webhook certificate change"), "{log}");
-    drop(operator);
 }
