@@ -5,7 +5,8 @@ set -euo pipefail
 
 missing=()
 # command -> Debian package that provides it
-for pair in openssl:openssl curl:curl flock:util-linux setsid:util-linux ss:iproute2 realpath:coreutils; do
+for pair in openssl:openssl curl:curl flock:util-linux setsid:util-linux ss:iproute2 realpath:coreutils \
+  iptables-restore:iptables iptables-save:iptables; do
   command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,1 +1,17 @@
 //! braid-proxy: the sidecar data plane. It must never depend on kube or k8s-openapi.
+
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod config;
+pub mod detect;
+pub mod http;
+pub mod init;
+pub mod io;
+pub mod metrics;
+pub mod original_dst;
+pub mod reload;
+pub mod server;
+pub mod table;
+pub mod tcp;
+pub mod trace_context;

@@ -1,6 +1,8 @@
 //! What every Braid binary shares, so they log and stop alike: tracing setup and graceful
 //! shutdown on SIGTERM. Kept free of kube, for braid-proxy.
 
+pub mod duration;
+
 use std::io::IsTerminal as _;
 
 use tokio_util::sync::CancellationToken;

@@ -1,0 +1,86 @@
+//! The admin server: /live, /ready, /metrics (Prometheus text), /config (the running
+//! configuration as JSON, and the state of the configuration file).
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::http::Shared;
+use crate::http::body::ProxyBody;
+use crate::reload::ReloadStatus;
+
+pub struct Admin {
+    pub shared: Arc<Shared>,
+    pub ready: Arc<AtomicBool>,
+    pub reload: Arc<Mutex<ReloadStatus>>,
+}
+
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    debug!(%error, "admin accept failed");
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| handle(admin.clone(), request));
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = connection.await {
+                debug!(%error, "admin connection failed");
+            }
+        });
+    }
+}
+
+async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+    if request.method() != Method::GET {
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".to_owned()));
+    }
+    let response = match request.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n".to_owned()),
+        "/ready" if admin.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n".to_owned()),
+        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or draining\n".to_owned()),
+        "/metrics" => {
+            let mut response = text(StatusCode::OK, admin.shared.metrics.encode());
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            response
+        }
+        "/config" => {
+            let table = admin.shared.table.load_full();
+            let reload = admin.reload.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let body = serde_json::json!({ "config": &*table.config, "file": reload });
+            let mut response = text(StatusCode::OK, format!("{body:#}\n"));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+            response
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found: try /live, /ready, /metrics or /config\n".to_owned()),
+    };
+    Ok(response)
+}
+
+fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::text(body));
+    *response.status_mut() = status;
+    response
+}

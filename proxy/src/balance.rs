@@ -1,0 +1,236 @@
+//! Load balancing: power of two choices over a peak-sensitive EWMA of latency, weighted by
+//! outstanding requests (as Linkerd and Finagle do), and outlier ejection after consecutive
+//! failures, with an ejection time that doubles for an endpoint that keeps failing.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::LoadBalancerConfig;
+use crate::http::upstream::{Pool, UpstreamProtocol};
+
+/// The latency assumed for an endpoint that has not answered yet.
+const INITIAL_LATENCY_NANOS: f64 = 1_000_000.0;
+
+/// One upstream endpoint: its connections and what the balancer knows of it. Kept across
+/// configuration reloads while the endpoint stays, so pools and statistics survive.
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub meshed: bool,
+    pub pool: Pool,
+    pending: AtomicU32,
+    health: Mutex<Health>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Health {
+    ewma_nanos: f64,
+    last_sample: Option<Instant>,
+    consecutive_failures: u32,
+    ejected_until: Option<Instant>,
+    ejections: u32,
+}
+
+impl Endpoint {
+    pub fn new(addr: SocketAddr, meshed: bool, http2: bool) -> Self {
+        let protocol = if meshed || http2 { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
+        Self {
+            addr,
+            meshed,
+            pool: Pool::new(addr, protocol),
+            pending: AtomicU32::new(0),
+            health: Mutex::new(Health {
+                ewma_nanos: INITIAL_LATENCY_NANOS,
+                last_sample: None,
+                consecutive_failures: 0,
+                ejected_until: None,
+                ejections: 0,
+            }),
+        }
+    }
+
+    fn health(&self) -> Health {
+        *self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn is_ejected(&self, now: Instant) -> bool {
+        self.health().ejected_until.is_some_and(|until| until > now)
+    }
+
+    fn cost(&self, now: Instant) -> f64 {
+        let pending = f64::from(self.pending.load(Ordering::Relaxed));
+        let health = self.health();
+        let ejected = health.ejected_until.is_some_and(|until| until > now);
+        // An ejected endpoint is chosen only when every other one is ejected too.
+        let penalty = if ejected { 1e12 } else { 0.0 };
+        health.ewma_nanos * (pending + 1.0) + penalty
+    }
+
+    /// Marks a request as outstanding until the guard drops.
+    pub fn start(&self) -> InFlight<'_> {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        InFlight { endpoint: self }
+    }
+
+    /// Records one request's outcome: its latency feeds the EWMA; a failure counts towards
+    /// ejection, a success resets the count.
+    pub fn record(&self, latency: Duration, success: bool, config: &LoadBalancerConfig, now: Instant) {
+        let mut health = self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let sample = latency.as_nanos() as f64;
+        // Peak-sensitive: a slower answer is believed at once, a faster one only gradually.
+        health.ewma_nanos = match health.last_sample {
+            _ if sample > health.ewma_nanos => sample,
+            Some(last) => {
+                let elapsed = now.saturating_duration_since(last).as_secs_f64();
+                let decay = (-elapsed / config.ewma_decay.as_secs_f64().max(1e-3)).exp();
+                health.ewma_nanos * decay + sample * (1.0 - decay)
+            }
+            None => sample,
+        };
+        health.last_sample = Some(now);
+        if success {
+            health.consecutive_failures = 0;
+            // An endpoint that stayed healthy for a full maximum ejection time starts afresh.
+            if health.ejected_until.is_some_and(|until| now > until + config.max_ejection_time) {
+                health.ejections = 0;
+                health.ejected_until = None;
+            }
+            return;
+        }
+        health.consecutive_failures += 1;
+        if config.consecutive_failures > 0 && health.consecutive_failures >= config.consecutive_failures {
+            let factor = 1u32 << health.ejections.min(16);
+            let ejection = (config.base_ejection_time * factor).min(config.max_ejection_time);
+            health.ejected_until = Some(now + ejection);
+            health.ejections += 1;
+            health.consecutive_failures = 0;
+            tracing::warn!(endpoint = %self.addr, ?ejection, "endpoint ejected after consecutive failures");
+        }
+    }
+}
+
+pub struct InFlight<'a> {
+    endpoint: &'a Endpoint,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.endpoint.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Power of two choices: two distinct endpoints at random, the cheaper one wins. Ejected
+/// endpoints lose to any other; when all are ejected the balancer still picks one rather than
+/// failing every request (Envoy's panic threshold does the same).
+pub fn pick<E: std::borrow::Borrow<Endpoint>>(endpoints: &[E], now: Instant) -> Option<&E> {
+    match endpoints.len() {
+        0 => None,
+        1 => endpoints.first(),
+        len => {
+            let a = fastrand::usize(..len);
+            let mut b = fastrand::usize(..len - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (first, second) = (&endpoints[a], &endpoints[b]);
+            if first.borrow().cost(now) <= second.borrow().cost(now) { Some(first) } else { Some(second) }
+        }
+    }
+}
+
+/// Whether every endpoint is ejected (for the panic log and tests).
+pub fn all_ejected<E: std::borrow::Borrow<Endpoint>>(endpoints: &[E], now: Instant) -> bool {
+    endpoints.iter().all(|endpoint| endpoint.borrow().is_ejected(now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(count: u16) -> Vec<Endpoint> {
+        (0..count)
+            .map(|i| Endpoint::new(SocketAddr::from(([127, 0, 0, 1], 1000 + i)), false, false))
+            .collect()
+    }
+
+    fn config() -> LoadBalancerConfig {
+        LoadBalancerConfig {
+            consecutive_failures: 3,
+            base_ejection_time: Duration::from_secs(10),
+            max_ejection_time: Duration::from_secs(35),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn prefers_the_faster_endpoint() {
+        let endpoints = endpoints(2);
+        let now = Instant::now();
+        endpoints[0].record(Duration::from_millis(50), true, &config(), now);
+        endpoints[1].record(Duration::from_millis(1), true, &config(), now);
+        let picks = (0..100).filter(|_| pick(&endpoints, now).unwrap().addr == endpoints[1].addr).count();
+        assert_eq!(picks, 100, "with two endpoints, P2C always compares both");
+    }
+
+    #[test]
+    fn spreads_load_by_outstanding_requests() {
+        let endpoints = endpoints(2);
+        let now = Instant::now();
+        let _busy: Vec<_> = (0..5).map(|_| endpoints[0].start()).collect();
+        assert_eq!(pick(&endpoints, now).unwrap().addr, endpoints[1].addr);
+    }
+
+    #[test]
+    fn ejects_after_consecutive_failures_with_doubling_backoff() {
+        let endpoints = endpoints(2);
+        let config = config();
+        let start = Instant::now();
+        for _ in 0..3 {
+            endpoints[0].record(Duration::from_millis(1), false, &config, start);
+        }
+        assert!(endpoints[0].is_ejected(start + Duration::from_secs(9)));
+        assert!(!endpoints[0].is_ejected(start + Duration::from_secs(11)));
+        for _ in 0..200 {
+            assert_eq!(pick(&endpoints, start).unwrap().addr, endpoints[1].addr);
+        }
+        // Fails again after coming back: ejected twice as long, then capped at the maximum.
+        let later = start + Duration::from_secs(11);
+        for _ in 0..3 {
+            endpoints[0].record(Duration::from_millis(1), false, &config, later);
+        }
+        assert!(endpoints[0].is_ejected(later + Duration::from_secs(19)));
+        assert!(!endpoints[0].is_ejected(later + Duration::from_secs(21)));
+        let third = later + Duration::from_secs(21);
+        for _ in 0..3 {
+            endpoints[0].record(Duration::from_millis(1), false, &config, third);
+        }
+        assert!(endpoints[0].is_ejected(third + Duration::from_secs(34)));
+        assert!(!endpoints[0].is_ejected(third + Duration::from_secs(36)));
+    }
+
+    #[test]
+    fn a_success_resets_the_failure_count() {
+        let endpoints = endpoints(1);
+        let now = Instant::now();
+        for _ in 0..10 {
+            endpoints[0].record(Duration::from_millis(1), false, &config(), now);
+            endpoints[0].record(Duration::from_millis(1), false, &config(), now);
+            endpoints[0].record(Duration::from_millis(1), true, &config(), now);
+        }
+        assert!(!endpoints[0].is_ejected(now));
+    }
+
+    #[test]
+    fn still_picks_when_every_endpoint_is_ejected() {
+        let endpoints = endpoints(3);
+        let now = Instant::now();
+        for endpoint in &endpoints {
+            for _ in 0..3 {
+                endpoint.record(Duration::from_millis(1), false, &config(), now);
+            }
+        }
+        assert!(all_ejected(&endpoints, now));
+        assert!(pick(&endpoints, now).is_some());
+    }
+}

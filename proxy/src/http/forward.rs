@@ -1,0 +1,600 @@
+//! The request path. Outbound: find the service, its route, apply faults, pick a backend by
+//! weight and an endpoint by P2C, send with retries under the budget and timeouts, count it all.
+//! Inbound and unknown destinations: forward to a fixed address, counted the same way.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{CONNECTION, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::uri::{Authority, Scheme};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, request};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use tower::retry::budget::Budget as _;
+use tracing::info;
+
+use super::Shared;
+use super::body::ProxyBody;
+use super::upstream::{Pool, UpstreamError, UpstreamProtocol};
+use crate::balance;
+use crate::config::RetryOn;
+use crate::metrics::{
+    Classification, Direction, Label, RequestLabels, ResponseLabels, RetryLabels, TimeoutKind, TimeoutLabels,
+};
+use crate::table::{Route, Service};
+use crate::trace_context;
+
+/// Set by the outbound proxy when it carries an HTTP/1.1 request over the HTTP/2 connection
+/// between two proxies, so the inbound proxy hands it to the app as HTTP/1.1 again.
+pub const ORIG_PROTO: HeaderName = HeaderName::from_static("braid-orig-proto");
+/// Names the reason of a response the proxy made itself, for people and tests.
+pub const PROXY_ERROR: HeaderName = HeaderName::from_static("braid-proxy-error");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HTTP11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
+
+/// Where an outbound client connection was going.
+#[derive(Debug, Clone)]
+pub enum OutboundTarget {
+    /// A listener dedicated to a service.
+    Service(Arc<str>),
+    /// A redirected connection: its original destination.
+    Original(SocketAddr),
+    /// Connected to the proxy directly: the Host header decides.
+    Unknown,
+}
+
+/// One outbound client connection.
+pub struct OutboundConnection {
+    pub shared: Arc<Shared>,
+    pub target: OutboundTarget,
+}
+
+/// One inbound client connection, and the app address its requests go to.
+pub struct InboundConnection {
+    pub shared: Arc<Shared>,
+    pub app: SocketAddr,
+    pub labels: RequestLabels,
+    pub http1: Arc<Pool>,
+    pub http2: Arc<Pool>,
+}
+
+impl InboundConnection {
+    pub fn new(shared: Arc<Shared>, app: SocketAddr) -> Self {
+        let labels = RequestLabels {
+            direction: Direction::inbound,
+            authority: Label::new(app.to_string()),
+            dst_service: Label::new(""),
+            route: Label::new(""),
+        };
+        let http1 = shared.pool(app, UpstreamProtocol::Http1);
+        let http2 = shared.pool(app, UpstreamProtocol::Http2);
+        Self { shared, app, labels, http1, http2 }
+    }
+}
+
+/// Handles one request from the app to a destination.
+pub async fn outbound(
+    connection: Arc<OutboundConnection>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let shared = &connection.shared;
+    let table = shared.table.load_full();
+    let service = match &connection.target {
+        OutboundTarget::Service(name) => table.service_by_name(name),
+        OutboundTarget::Original(addr) => match table.service_by_address(*addr) {
+            Some(service) => Some(service),
+            None => return Ok(passthrough(shared, *addr, request).await),
+        },
+        OutboundTarget::Unknown => {
+            authority_of(&request).and_then(|authority| table.service_by_host(authority))
+        }
+    };
+    let Some(service) = service.cloned() else {
+        let host = authority_of(&request).unwrap_or("").to_owned();
+        return Ok(local(
+            StatusCode::BAD_GATEWAY,
+            "no-destination",
+            format!(
+                "braid-proxy: no service is configured for host {host:?}, and the connection was not redirected, so \
+                 there is no original destination to forward to\n"
+            ),
+        ));
+    };
+    let limit = table.config.limits.max_retry_body_bytes;
+    let access_log = table.config.access_log;
+    drop(table);
+    Ok(route_request(shared, &service, request, limit, access_log).await)
+}
+
+/// Handles one request that arrived for the local app.
+pub async fn inbound(
+    connection: Arc<InboundConnection>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let (mut parts, body) = request.into_parts();
+    // A request another proxy upgraded to HTTP/2 goes to the app as the HTTP/1.1 it was.
+    let pool = if parts.headers.remove(&ORIG_PROTO).is_some() || parts.version != Version::HTTP_2 {
+        &connection.http1
+    } else {
+        &connection.http2
+    };
+    let labels = connection.labels.clone();
+    Ok(forward_once(&connection.shared, pool, labels, &mut parts, body).await)
+}
+
+/// An outbound request to an address no service claims: forwarded unchanged, and counted.
+async fn passthrough(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = request.into_parts();
+    let protocol =
+        if parts.version == Version::HTTP_2 { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
+    let pool = shared.pool(addr, protocol);
+    let labels = RequestLabels {
+        direction: Direction::outbound,
+        authority: Label::new(addr.to_string()),
+        dst_service: Label::new(""),
+        route: Label::new(""),
+    };
+    forward_once(shared, &pool, labels, &mut parts, body).await
+}
+
+async fn forward_once(
+    shared: &Shared,
+    pool: &Pool,
+    labels: RequestLabels,
+    parts: &mut request::Parts,
+    body: Incoming,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    shared.metrics.requests.get_or_create(&labels).inc();
+    propagate_trace(&mut parts.headers);
+    let request = upstream_request(parts, ProxyBody::Streaming(body), pool.protocol(), false, true);
+    let response = match pool.send(request).await {
+        Ok(response) => client_response(response),
+        Err(error) => failure_response(&Failure::Upstream(error)),
+    };
+    record(shared, labels, &response, start);
+    response
+}
+
+/// Why a request got no response from upstream.
+enum Failure {
+    Upstream(UpstreamError),
+    PerTryTimeout { addr: SocketAddr, timeout: Duration },
+    Timeout { service: Label, timeout: Duration },
+    NoEndpoints { service: Label, backend: Label },
+}
+
+async fn route_request(
+    shared: &Arc<Shared>,
+    service: &Arc<Service>,
+    request: Request<Incoming>,
+    retry_body_limit: usize,
+    access_log: bool,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let (mut parts, body) = request.into_parts();
+    let Some(route) = service.route(&parts.method, parts.uri.path(), &parts.headers) else {
+        let labels = RequestLabels {
+            direction: Direction::outbound,
+            authority: service.name.clone(),
+            dst_service: service.name.clone(),
+            route: Label::new(""),
+        };
+        shared.metrics.requests.get_or_create(&labels).inc();
+        let response = local(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            format!(
+                "braid-proxy: no route of service {} matches {} {}\n",
+                service.name.as_str(),
+                parts.method,
+                parts.uri.path()
+            ),
+        );
+        record(shared, labels, &response, start);
+        return response;
+    };
+    let labels = RequestLabels {
+        direction: Direction::outbound,
+        authority: service.name.clone(),
+        dst_service: service.name.clone(),
+        route: route.name.clone(),
+    };
+    shared.metrics.requests.get_or_create(&labels).inc();
+    propagate_trace(&mut parts.headers);
+
+    if let Some(response) = inject_fault(route).await {
+        record(shared, labels, &response, start);
+        return response;
+    }
+
+    // A body is kept for replay only when something may send it twice, and only when small.
+    let wants_copy = route.retries.as_ref().is_some_and(|r| r.attempts > 1) || route.mirror.is_some();
+    let body = if wants_copy { keep_small_body(body, retry_body_limit).await } else { Ok(Kept::No(body)) };
+    let body = match body {
+        Ok(body) => body,
+        Err(error) => {
+            let response = local(
+                StatusCode::BAD_REQUEST,
+                "request-body",
+                format!("braid-proxy: reading the request body failed: {error}\n"),
+            );
+            record(shared, labels, &response, start);
+            return response;
+        }
+    };
+    if let (Some((backend, percent)), Kept::Yes(bytes)) = (route.mirror, &body)
+        && fastrand::f64() * 100.0 < percent
+    {
+        mirror(service, backend, &parts, bytes.clone());
+    }
+
+    service.budget.deposit();
+    let tries = send_with_retries(shared, service, route, &labels, parts, body);
+    let result = match route.timeout {
+        Some(timeout) => match tokio::time::timeout(timeout, tries).await {
+            Ok(result) => result,
+            Err(_) => {
+                shared
+                    .metrics
+                    .timeouts
+                    .get_or_create(&TimeoutLabels {
+                        direction: Direction::outbound,
+                        dst_service: service.name.clone(),
+                        route: route.name.clone(),
+                        kind: TimeoutKind::total,
+                    })
+                    .inc();
+                Err(Failure::Timeout { service: service.name.clone(), timeout })
+            }
+        },
+        None => tries.await,
+    };
+    let response = match result {
+        Ok(response) => client_response(response),
+        Err(failure) => failure_response(&failure),
+    };
+    if access_log {
+        info!(
+            target: "braid_proxy::access",
+            service = service.name.as_str(),
+            route = route.name.as_str(),
+            status = response.status().as_u16(),
+            latency_us = start.elapsed().as_micros() as u64,
+        );
+    }
+    record(shared, labels, &response, start);
+    response
+}
+
+enum Kept {
+    Yes(Bytes),
+    No(Incoming),
+}
+
+/// Reads the body into memory when it is known to be at most `limit` bytes; otherwise leaves it
+/// streaming (and the request is then not retried or mirrored).
+async fn keep_small_body(body: Incoming, limit: usize) -> Result<Kept, hyper::Error> {
+    if body.is_end_stream() {
+        return Ok(Kept::Yes(Bytes::new()));
+    }
+    match body.size_hint().upper() {
+        Some(upper) if upper <= limit as u64 => Ok(Kept::Yes(body.collect().await?.to_bytes())),
+        _ => Ok(Kept::No(body)),
+    }
+}
+
+async fn send_with_retries(
+    shared: &Shared,
+    service: &Service,
+    route: &Route,
+    labels: &RequestLabels,
+    parts: request::Parts,
+    body: Kept,
+) -> Result<Response<Incoming>, Failure> {
+    let (attempts, per_try_timeout, retry_on) = match (&route.retries, &body) {
+        (Some(retries), Kept::Yes(_)) => {
+            (retries.attempts, retries.per_try_timeout, retries.retry_on.as_slice())
+        }
+        (Some(retries), Kept::No(_)) => (1, retries.per_try_timeout, &[][..]),
+        (None, _) => (1, None, &[][..]),
+    };
+    let mut parts = parts;
+    let mut body = Some(body);
+    for attempt in 1..=attempts {
+        let backend = &service.backends[route.pick_backend()];
+        let now = Instant::now();
+        let Some(endpoint) = balance::pick(&backend.endpoints, now) else {
+            return Err(Failure::NoEndpoints {
+                service: service.name.clone(),
+                backend: backend.name.clone(),
+            });
+        };
+        let last = attempt == attempts;
+        let request_body = match body.take() {
+            Some(Kept::Yes(bytes)) => {
+                if !last {
+                    body = Some(Kept::Yes(bytes.clone()));
+                }
+                ProxyBody::text(bytes)
+            }
+            Some(Kept::No(incoming)) => ProxyBody::Streaming(incoming),
+            None => ProxyBody::empty(),
+        };
+        let mut try_parts =
+            if last { std::mem::replace(&mut parts, empty_parts()) } else { clone_parts(&parts) };
+        let request =
+            upstream_request(&mut try_parts, request_body, endpoint.pool.protocol(), endpoint.meshed, false);
+        let in_flight = endpoint.start();
+        let outcome = match per_try_timeout {
+            Some(timeout) => match tokio::time::timeout(timeout, endpoint.pool.send(request)).await {
+                Ok(result) => result.map_err(Failure::Upstream),
+                Err(_) => {
+                    shared
+                        .metrics
+                        .timeouts
+                        .get_or_create(&TimeoutLabels {
+                            direction: Direction::outbound,
+                            dst_service: labels.dst_service.clone(),
+                            route: labels.route.clone(),
+                            kind: TimeoutKind::per_try,
+                        })
+                        .inc();
+                    Err(Failure::PerTryTimeout { addr: endpoint.addr, timeout })
+                }
+            },
+            None => endpoint.pool.send(request).await.map_err(Failure::Upstream),
+        };
+        drop(in_flight);
+        let healthy = matches!(&outcome, Ok(response) if !response.status().is_server_error());
+        endpoint.record(now.elapsed(), healthy, &service.load_balancer, Instant::now());
+        if !last && should_retry(&outcome, retry_on) {
+            let retry_labels = RetryLabels {
+                direction: Direction::outbound,
+                dst_service: labels.dst_service.clone(),
+                route: labels.route.clone(),
+            };
+            if service.budget.withdraw() {
+                shared.metrics.retries.get_or_create(&retry_labels).inc();
+                continue;
+            }
+            shared.metrics.retry_budget_exhausted.get_or_create(&retry_labels).inc();
+        }
+        return outcome;
+    }
+    // attempts >= 1 (checked with the configuration), so the loop returned.
+    Err(Failure::NoEndpoints { service: service.name.clone(), backend: Label::new("") })
+}
+
+fn should_retry(outcome: &Result<Response<Incoming>, Failure>, retry_on: &[RetryOn]) -> bool {
+    let on = |condition: RetryOn| retry_on.contains(&condition);
+    match outcome {
+        Ok(response) => {
+            let status = response.status();
+            (status.is_server_error() && on(RetryOn::FiveXx))
+                || (matches!(status.as_u16(), 502..=504) && on(RetryOn::GatewayError))
+        }
+        Err(Failure::Upstream(error)) if error.is_connect() => {
+            on(RetryOn::ConnectFailure) || on(RetryOn::FiveXx)
+        }
+        Err(Failure::Upstream(_)) => on(RetryOn::Reset) || on(RetryOn::FiveXx),
+        Err(Failure::PerTryTimeout { .. }) => on(RetryOn::GatewayError) || on(RetryOn::FiveXx),
+        Err(Failure::Timeout { .. } | Failure::NoEndpoints { .. }) => false,
+    }
+}
+
+async fn inject_fault(route: &Route) -> Option<Response<ProxyBody>> {
+    let fault = route.fault.as_ref()?;
+    if let Some(delay) = &fault.delay
+        && fastrand::f64() * 100.0 < delay.percent
+    {
+        tokio::time::sleep(delay.fixed).await;
+    }
+    let abort = fault.abort.as_ref()?;
+    if fastrand::f64() * 100.0 < abort.percent {
+        let status = StatusCode::from_u16(abort.status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return Some(local(
+            status,
+            "fault-injected",
+            "braid-proxy: fault injected by the route\n".to_owned(),
+        ));
+    }
+    None
+}
+
+/// Sends a copy of the request to the mirror backend and forgets the answer.
+fn mirror(service: &Arc<Service>, backend: usize, parts: &request::Parts, body: Bytes) {
+    let service = service.clone();
+    let mut parts = clone_parts(parts);
+    tokio::spawn(async move {
+        let Some(backend) = service.backends.get(backend) else { return };
+        let Some(endpoint) = balance::pick(&backend.endpoints, Instant::now()) else { return };
+        let request = upstream_request(
+            &mut parts,
+            ProxyBody::text(body),
+            endpoint.pool.protocol(),
+            endpoint.meshed,
+            false,
+        );
+        if let Ok(response) = endpoint.pool.send(request).await {
+            // Read it through, so the connection returns to the pool.
+            let _ = response.into_body().collect().await;
+        }
+    });
+}
+
+/// The request as the upstream connection needs it: origin-form URI for HTTP/1.1, an absolute
+/// URI for HTTP/2 (its :authority is the Host the client used), hop-by-hop headers removed.
+fn upstream_request(
+    parts: &mut request::Parts,
+    body: ProxyBody,
+    protocol: UpstreamProtocol,
+    meshed: bool,
+    inbound: bool,
+) -> Request<ProxyBody> {
+    let headers = &mut parts.headers;
+    for name in [CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, TRANSFER_ENCODING, UPGRADE] {
+        if headers.contains_key(&name) {
+            headers.remove(&name);
+        }
+    }
+    let was_http1 = parts.version != Version::HTTP_2;
+    match protocol {
+        UpstreamProtocol::Http1 => {
+            if parts.uri.authority().is_some() {
+                if !headers.contains_key(HOST)
+                    && let Some(authority) = parts.uri.authority()
+                    && let Ok(host) = HeaderValue::from_str(authority.as_str())
+                {
+                    headers.insert(HOST, host);
+                }
+                let path = parts.uri.path_and_query().cloned();
+                let mut uri = http::uri::Parts::default();
+                uri.path_and_query = path.or_else(|| Some(http::uri::PathAndQuery::from_static("/")));
+                parts.uri = Uri::from_parts(uri).unwrap_or_default();
+            }
+            parts.version = Version::HTTP_11;
+        }
+        UpstreamProtocol::Http2 => {
+            if parts.uri.authority().is_none() {
+                let authority = headers
+                    .get(HOST)
+                    .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+                    .unwrap_or_else(|| Authority::from_static("localhost"));
+                let mut uri = std::mem::take(&mut parts.uri).into_parts();
+                uri.scheme = Some(Scheme::HTTP);
+                uri.authority = Some(authority);
+                if uri.path_and_query.is_none() {
+                    uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+                }
+                parts.uri = Uri::from_parts(uri).unwrap_or_default();
+            }
+            if meshed && was_http1 && !inbound {
+                headers.insert(ORIG_PROTO, HTTP11);
+            }
+            parts.version = Version::HTTP_2;
+        }
+    }
+    let mut request = Request::new(body);
+    *request.method_mut() = std::mem::take(&mut parts.method);
+    *request.uri_mut() = std::mem::take(&mut parts.uri);
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = std::mem::take(&mut parts.headers);
+    request
+}
+
+fn clone_parts(parts: &request::Parts) -> request::Parts {
+    let mut request = Request::new(());
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    request.into_parts().0
+}
+
+fn empty_parts() -> request::Parts {
+    Request::new(()).into_parts().0
+}
+
+fn propagate_trace(headers: &mut http::HeaderMap) {
+    if let Some(received) = headers.get(trace_context::TRACEPARENT) {
+        match trace_context::next_hop(received) {
+            Some(next) => headers.insert(trace_context::TRACEPARENT, next),
+            None => headers.remove(trace_context::TRACEPARENT),
+        };
+    }
+}
+
+fn authority_of<B>(request: &Request<B>) -> Option<&str> {
+    request.uri().authority().map(|a| a.as_str()).or_else(|| request.headers().get(HOST)?.to_str().ok())
+}
+
+/// The upstream response as the client gets it: connection-level headers are the proxy's own.
+fn client_response(response: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    for name in [CONNECTION, KEEP_ALIVE, PROXY_CONNECTION] {
+        if parts.headers.contains_key(&name) {
+            parts.headers.remove(&name);
+        }
+    }
+    Response::from_parts(parts, ProxyBody::Streaming(body))
+}
+
+fn failure_response(failure: &Failure) -> Response<ProxyBody> {
+    match failure {
+        Failure::Upstream(error) if error.is_connect() => local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connect-failure",
+            format!("braid-proxy: {error}: the endpoint refused or did not answer\n"),
+        ),
+        Failure::Upstream(error) => {
+            local(StatusCode::BAD_GATEWAY, "upstream-reset", format!("braid-proxy: {error}\n"))
+        }
+        Failure::PerTryTimeout { addr, timeout } => local(
+            StatusCode::GATEWAY_TIMEOUT,
+            "per-try-timeout",
+            format!("braid-proxy: {addr} sent no response within the per-try timeout of {timeout:?}\n"),
+        ),
+        Failure::Timeout { service, timeout } => local(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "braid-proxy: the request to {} timed out after {timeout:?} (the route's timeout)\n",
+                service.as_str()
+            ),
+        ),
+        Failure::NoEndpoints { service, backend } => local(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no-endpoints",
+            format!(
+                "braid-proxy: backend {} of service {} has no endpoints\n",
+                backend.as_str(),
+                service.as_str()
+            ),
+        ),
+    }
+}
+
+/// A response the proxy makes itself.
+pub fn local(status: StatusCode, reason: &'static str, text: String) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::text(text));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    headers.insert(PROXY_ERROR, HeaderValue::from_static(reason));
+    response
+}
+
+fn record(shared: &Shared, labels: RequestLabels, response: &Response<ProxyBody>, start: Instant) {
+    let status = response.status();
+    // gRPC carries failures in grpc-status; a trailers-only response has it in the headers.
+    let grpc_failed = response.headers().get("grpc-status").is_some_and(|value| value.as_bytes() != b"0");
+    let classification = if status.is_server_error() || grpc_failed {
+        Classification::failure
+    } else {
+        Classification::success
+    };
+    shared.metrics.latency.get_or_create(&labels).observe(start.elapsed().as_secs_f64() * 1000.0);
+    let RequestLabels { direction, authority, dst_service, route } = labels;
+    shared
+        .metrics
+        .responses
+        .get_or_create(&ResponseLabels {
+            direction,
+            authority,
+            dst_service,
+            route,
+            status_code: status.as_u16(),
+            classification,
+        })
+        .inc();
+}

@@ -1,0 +1,41 @@
+//! HTTP proxying: routing a request to a backend, retries, timeouts, faults, mirroring, and the
+//! metrics of every request.
+
+pub mod body;
+pub mod forward;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::metrics::Metrics;
+use crate::table::Table;
+use upstream::{Pool, UpstreamProtocol};
+
+/// What every connection shares: the current routing table, the metrics, and the pools to
+/// addresses that are not endpoints of a configured service (the local app on inbound, unmeshed
+/// destinations on outbound).
+pub struct Shared {
+    pub table: ArcSwap<Table>,
+    pub metrics: Metrics,
+    pools: Mutex<HashMap<(SocketAddr, UpstreamProtocol), Arc<Pool>>>,
+}
+
+impl Shared {
+    pub fn new(table: Table) -> Self {
+        Self {
+            table: ArcSwap::from_pointee(table),
+            metrics: Metrics::new(),
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The pool to a fixed address, made on first use. Called once per client connection.
+    pub fn pool(&self, addr: SocketAddr, protocol: UpstreamProtocol) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pools.entry((addr, protocol)).or_insert_with(|| Arc::new(Pool::new(addr, protocol))).clone()
+    }
+}

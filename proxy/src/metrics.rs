@@ -1,0 +1,216 @@
+//! Prometheus metrics with Linkerd's names and labels (request_total, response_total with
+//! classification and status_code, response_latency_ms, tcp_*), so existing dashboards and
+//! Flagger's Linkerd queries work on Braid.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// A label value shared by reference: cloning it costs a reference count, not an allocation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Label(Arc<str>);
+
+impl Label {
+    pub fn new(value: impl AsRef<str>) -> Self {
+        Self(Arc::from(value.as_ref()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn arc(&self) -> Arc<str> {
+        self.0.clone()
+    }
+}
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    inbound,
+    outbound,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Classification {
+    success,
+    failure,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub direction: Direction,
+    /// The destination as the client named it: the service's name for outbound, the app's
+    /// address for inbound.
+    pub authority: Label,
+    pub dst_service: Label,
+    pub route: Label,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub direction: Direction,
+    pub authority: Label,
+    pub dst_service: Label,
+    pub route: Label,
+    pub status_code: u16,
+    pub classification: Classification,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TimeoutLabels {
+    pub direction: Direction,
+    pub dst_service: Label,
+    pub route: Label,
+    pub kind: TimeoutKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum TimeoutKind {
+    total,
+    per_try,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub direction: Direction,
+    pub dst_service: Label,
+    pub route: Label,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TcpLabels {
+    pub direction: Direction,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: ReloadResult,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReloadResult {
+    applied,
+    rejected,
+}
+
+/// Linkerd's latency buckets, in milliseconds.
+const LATENCY_BUCKETS_MS: [f64; 22] = [
+    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 1000.0, 2000.0,
+    3000.0, 4000.0, 5000.0, 10000.0, 30000.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS_MS)
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub responses: Family<ResponseLabels, Counter>,
+    pub latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub retries: Family<RetryLabels, Counter>,
+    pub retry_budget_exhausted: Family<RetryLabels, Counter>,
+    pub timeouts: Family<TimeoutLabels, Counter>,
+    pub tcp_open_connections: Family<TcpLabels, Gauge>,
+    pub tcp_open_total: Family<TcpLabels, Counter>,
+    pub tcp_read_bytes: Family<TcpLabels, Counter>,
+    pub tcp_write_bytes: Family<TcpLabels, Counter>,
+    pub tcp_refused: Family<TcpLabels, Counter>,
+    pub config_reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::default();
+        registry.register("request", "HTTP requests received", requests.clone());
+        let responses = Family::default();
+        registry.register("response", "HTTP responses sent, by status and classification", responses.clone());
+        let latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "response_latency_ms",
+            "Time to response headers, in milliseconds",
+            latency.clone(),
+        );
+        let retries = Family::default();
+        registry.register("retry", "Requests sent again after a retryable failure", retries.clone());
+        let retry_budget_exhausted = Family::default();
+        registry.register(
+            "retry_budget_exhausted",
+            "Retries not made because the retry budget was spent",
+            retry_budget_exhausted.clone(),
+        );
+        let timeouts = Family::default();
+        registry.register("timeout", "Requests or tries that timed out", timeouts.clone());
+        let tcp_open_connections = Family::default();
+        registry.register(
+            "tcp_open_connections",
+            "Client connections open now",
+            tcp_open_connections.clone(),
+        );
+        let tcp_open_total = Family::default();
+        registry.register("tcp_open", "Client connections accepted", tcp_open_total.clone());
+        let tcp_read_bytes = Family::default();
+        registry.register("tcp_read_bytes", "Bytes read from client connections", tcp_read_bytes.clone());
+        let tcp_write_bytes = Family::default();
+        registry.register("tcp_write_bytes", "Bytes written to client connections", tcp_write_bytes.clone());
+        let tcp_refused = Family::default();
+        registry.register(
+            "tcp_refused",
+            "Client connections closed because no destination could take them",
+            tcp_refused.clone(),
+        );
+        let config_reloads = Family::default();
+        registry.register(
+            "config_reload",
+            "Configuration files read, applied or rejected",
+            config_reloads.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            responses,
+            latency,
+            retries,
+            retry_budget_exhausted,
+            timeouts,
+            tcp_open_connections,
+            tcp_open_total,
+            tcp_read_bytes,
+            tcp_write_bytes,
+            tcp_refused,
+            config_reloads,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::with_capacity(16 * 1024);
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            let _ = writeln!(text, "# encoding the metrics failed");
+        }
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,287 @@
+//! Listeners and client connections: accept (within the connection limit), find where the
+//! connection was going, detect its protocol, then serve HTTP/1.1 or HTTP/2 with hyper or
+//! forward opaque bytes. Every connection drains gracefully when `shutdown` fires.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncReadExt as _;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::balance;
+use crate::config::{Limits, Protocol};
+use crate::detect::{self, Detected};
+use crate::http::Shared;
+use crate::http::forward::{self, InboundConnection, OutboundConnection, OutboundTarget};
+use crate::io::ClientIo;
+use crate::metrics::{Direction, TcpLabels};
+use crate::original_dst::original_dst;
+use crate::tcp;
+
+/// What a listener is for.
+#[derive(Debug, Clone)]
+pub enum ListenerKind {
+    /// Redirected outgoing connections of the app.
+    Outbound,
+    /// Redirected incoming connections to the app.
+    Inbound,
+    /// A listener dedicated to one service (config `services[].listen`).
+    Service(Arc<str>),
+}
+
+impl ListenerKind {
+    fn direction(&self) -> Direction {
+        match self {
+            Self::Inbound => Direction::inbound,
+            Self::Outbound | Self::Service(_) => Direction::outbound,
+        }
+    }
+}
+
+/// Accepts connections until `shutdown`, each served on its own task tracked by `tracker`.
+pub async fn serve(
+    listener: TcpListener,
+    kind: ListenerKind,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let max_connections = shared.table.load().config.limits.max_connections;
+    let slots = Arc::new(Semaphore::new(max_connections));
+    loop {
+        // At the limit, stop accepting: further clients wait in the kernel's backlog.
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Usually out of file descriptors: back off rather than spin.
+                    warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let kind = kind.clone();
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            handle(stream, peer, kind, shared, shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Decrements tcp_open_connections when the connection ends, however it ends.
+struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+async fn handle(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: ListenerKind,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let direction = kind.direction();
+    let labels = TcpLabels { direction };
+    let metrics = &shared.metrics;
+    metrics.tcp_open_total.get_or_create(&labels).inc();
+    let open = metrics.tcp_open_connections.get_or_create(&labels).clone();
+    open.inc();
+    let _open = OpenConnection(open);
+    let _ = stream.set_nodelay(true);
+
+    let original = match kind {
+        ListenerKind::Service(_) => None,
+        _ => original_dst(&stream).unwrap_or_else(|error| {
+            debug!(%error, %peer, "no original destination");
+            None
+        }),
+    };
+    let table = shared.table.load_full();
+    let limits = table.config.limits.clone();
+    let inbound_target = table.config.inbound.target;
+    enum Target {
+        Outbound(OutboundTarget),
+        Inbound(SocketAddr),
+    }
+    let target = match (&kind, original) {
+        (ListenerKind::Service(name), _) => Target::Outbound(OutboundTarget::Service(name.clone())),
+        (ListenerKind::Outbound, Some(addr)) => Target::Outbound(OutboundTarget::Original(addr)),
+        (ListenerKind::Outbound, None) => Target::Outbound(OutboundTarget::Unknown),
+        (ListenerKind::Inbound, Some(addr)) => Target::Inbound(addr),
+        (ListenerKind::Inbound, None) => match inbound_target {
+            Some(addr) => Target::Inbound(addr),
+            None => {
+                metrics.tcp_refused.get_or_create(&labels).inc();
+                warn!(%peer, "inbound connection without an original destination, and no inbound.target: closed");
+                return;
+            }
+        },
+    };
+    let opaque_service = match &target {
+        Target::Outbound(OutboundTarget::Service(name)) => {
+            table.service_by_name(name).is_some_and(|s| s.protocol == Protocol::Opaque)
+        }
+        Target::Outbound(OutboundTarget::Original(addr)) => {
+            table.service_by_address(*addr).is_some_and(|s| s.protocol == Protocol::Opaque)
+        }
+        _ => false,
+    };
+    drop(table);
+
+    let (detected, prefix, stream) = if opaque_service {
+        (Detected::Opaque, BytesMut::new(), stream)
+    } else {
+        match read_prefix(stream, limits.detect_timeout).await {
+            Some(read) => read,
+            None => return,
+        }
+    };
+    let read_bytes = metrics.tcp_read_bytes.get_or_create(&labels).clone();
+    let write_bytes = metrics.tcp_write_bytes.get_or_create(&labels).clone();
+    // The prefix was read before counting began.
+    read_bytes.inc_by(prefix.len() as u64);
+    let io = ClientIo::new(prefix.freeze(), stream, read_bytes, write_bytes);
+
+    match (detected, target) {
+        (Detected::Opaque, Target::Inbound(app)) => tcp::forward(io, app).await,
+        (Detected::Opaque, Target::Outbound(target)) => match opaque_destination(&shared, &target) {
+            Some(addr) => tcp::forward(io, addr).await,
+            None => {
+                metrics.tcp_refused.get_or_create(&labels).inc();
+                debug!(%peer, "opaque outbound connection with no destination: closed");
+            }
+        },
+        (http, Target::Inbound(app)) => {
+            let connection = Arc::new(InboundConnection::new(shared.clone(), app));
+            let service = service_fn(move |request| forward::inbound(connection.clone(), request));
+            serve_http(http, io, service, &limits, shutdown).await;
+        }
+        (http, Target::Outbound(target)) => {
+            let connection = Arc::new(OutboundConnection { shared: shared.clone(), target });
+            let service = service_fn(move |request| forward::outbound(connection.clone(), request));
+            serve_http(http, io, service, &limits, shutdown).await;
+        }
+    }
+}
+
+/// Reads until the protocol is known, or the client stays silent for `timeout` (then it is
+/// opaque: server-speaks-first protocols). `None` when the client closed without a byte.
+async fn read_prefix(mut stream: TcpStream, timeout: Duration) -> Option<(Detected, BytesMut, TcpStream)> {
+    let mut buffer = BytesMut::with_capacity(1024);
+    let deadline = Instant::now() + timeout;
+    loop {
+        match detect::detect(&buffer) {
+            Detected::NeedMore if buffer.len() < detect::MAX_DETECT_BYTES => {}
+            Detected::NeedMore => return Some((Detected::Opaque, buffer, stream)),
+            decided => return Some((decided, buffer, stream)),
+        }
+        if buffer.capacity() == buffer.len() {
+            buffer.reserve(buffer.len());
+        }
+        match tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buffer)).await {
+            Err(_) => return Some((Detected::Opaque, buffer, stream)),
+            Ok(Ok(0)) if buffer.is_empty() => return None,
+            Ok(Ok(0)) => return Some((Detected::Opaque, buffer, stream)),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                debug!(%error, "reading from a new connection failed");
+                return None;
+            }
+        }
+    }
+}
+
+/// Where an opaque outbound connection goes: an endpoint of the service (its first route's
+/// backends), or the original destination when no service claims it.
+fn opaque_destination(shared: &Shared, target: &OutboundTarget) -> Option<SocketAddr> {
+    let table = shared.table.load();
+    let service = match target {
+        OutboundTarget::Service(name) => table.service_by_name(name)?,
+        OutboundTarget::Original(addr) => match table.service_by_address(*addr) {
+            Some(service) => service,
+            None => return Some(*addr),
+        },
+        OutboundTarget::Unknown => return None,
+    };
+    let route = service.default_route()?;
+    let backend = service.backends.get(route.pick_backend())?;
+    balance::pick(&backend.endpoints, Instant::now()).map(|endpoint| endpoint.addr)
+}
+
+async fn serve_http<S>(
+    detected: Detected,
+    io: ClientIo<TcpStream>,
+    service: S,
+    limits: &Limits,
+    shutdown: CancellationToken,
+) where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::http::body::ProxyBody>,
+            Error = std::convert::Infallible,
+        > + 'static,
+    S::Future: Send + 'static,
+{
+    let io = TokioIo::new(io);
+    if detected == Detected::Http2 {
+        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .serve_connection(io, service);
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => log_end(result),
+            () = shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                log_end(connection.await);
+            }
+        }
+    } else {
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            // Bounds the request head: a larger one is answered with 431.
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .header_read_timeout(Duration::from_secs(30))
+            .serve_connection(io, service);
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => log_end(result),
+            () = shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                log_end(connection.await);
+            }
+        }
+    }
+}
+
+fn log_end(result: Result<(), hyper::Error>) {
+    if let Err(error) = result {
+        debug!(%error, "client connection ended with an error");
+    }
+}

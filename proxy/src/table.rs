@@ -1,0 +1,439 @@
+//! The routing table: a checked `Config` compiled into what the request path reads (compiled
+//! regexes, backend indexes, cumulative weights, endpoints with their pools). Built whole on
+//! every reload and swapped atomically; requests in flight keep the table they started with.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, Method};
+use regex::Regex;
+use tower::retry::budget::TpsBudget;
+
+use crate::balance::Endpoint;
+use crate::config::{
+    Config, FaultConfig, HeaderValueMatch, LoadBalancerConfig, PathMatch, Protocol, RetryOn, ServiceConfig,
+};
+use crate::metrics::Label;
+
+pub struct Table {
+    pub config: Arc<Config>,
+    services: Vec<Arc<Service>>,
+    by_name: HashMap<Arc<str>, usize>,
+    by_host: HashMap<String, usize>,
+    by_address: HashMap<SocketAddr, usize>,
+}
+
+pub struct Service {
+    pub name: Label,
+    pub protocol: Protocol,
+    pub backends: Vec<Backend>,
+    pub routes: Vec<Route>,
+    pub load_balancer: LoadBalancerConfig,
+    pub budget: TpsBudget,
+}
+
+pub struct Backend {
+    pub name: Label,
+    pub endpoints: Vec<Arc<Endpoint>>,
+}
+
+pub struct Route {
+    pub name: Label,
+    matches: Vec<Match>,
+    /// Backend indexes with cumulative weights, for one random draw per request.
+    backends: Vec<(usize, u64)>,
+    total_weight: u64,
+    pub timeout: Option<Duration>,
+    pub retries: Option<Retries>,
+    pub fault: Option<FaultConfig>,
+    pub mirror: Option<(usize, f64)>,
+}
+
+pub struct Retries {
+    pub attempts: u32,
+    pub per_try_timeout: Option<Duration>,
+    pub retry_on: Vec<RetryOn>,
+}
+
+struct Match {
+    path: Option<PathMatcher>,
+    method: Option<Method>,
+    headers: Vec<(HeaderName, ValueMatcher)>,
+}
+
+enum PathMatcher {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+enum ValueMatcher {
+    Exact(String),
+    Regex(Regex),
+}
+
+/// Why a checked configuration still could not be compiled (a bug if it happens: `Config::parse`
+/// checks the same things).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TableError(String);
+
+impl Table {
+    /// Compiles `config`, reusing the endpoints of `previous` that are still there, so their
+    /// connection pools and latency statistics survive a reload.
+    pub fn build(config: Config, previous: Option<&Table>) -> Result<Self, TableError> {
+        let mut reusable: HashMap<(&str, SocketAddr, bool), Arc<Endpoint>> = HashMap::new();
+        if let Some(previous) = previous {
+            for service in &previous.services {
+                for backend in &service.backends {
+                    for endpoint in &backend.endpoints {
+                        reusable.insert(
+                            (service.name.as_str(), endpoint.addr, endpoint.meshed),
+                            endpoint.clone(),
+                        );
+                    }
+                }
+            }
+        }
+        let mut services = Vec::with_capacity(config.services.len());
+        let mut by_name = HashMap::new();
+        let mut by_host = HashMap::new();
+        let mut by_address = HashMap::new();
+        for (index, service) in config.services.iter().enumerate() {
+            let compiled = compile_service(service, &reusable)?;
+            by_name.insert(compiled.name.arc(), index);
+            by_host.insert(service.name.to_ascii_lowercase(), index);
+            for host in &service.hosts {
+                by_host.insert(host.to_ascii_lowercase(), index);
+            }
+            for address in &service.addresses {
+                by_address.insert(*address, index);
+            }
+            services.push(Arc::new(compiled));
+        }
+        Ok(Self { config: Arc::new(config), services, by_name, by_host, by_address })
+    }
+
+    pub fn empty() -> Self {
+        Self {
+            config: Arc::new(Config::empty()),
+            services: Vec::new(),
+            by_name: HashMap::new(),
+            by_host: HashMap::new(),
+            by_address: HashMap::new(),
+        }
+    }
+
+    pub fn service_by_name(&self, name: &str) -> Option<&Arc<Service>> {
+        self.by_name.get(name).map(|&index| &self.services[index])
+    }
+
+    pub fn service_by_address(&self, address: SocketAddr) -> Option<&Arc<Service>> {
+        self.by_address.get(&address).map(|&index| &self.services[index])
+    }
+
+    /// The service a Host / :authority names (the port, if any, is ignored).
+    pub fn service_by_host(&self, authority: &str) -> Option<&Arc<Service>> {
+        let host = authority_host(authority);
+        if let Some(&index) = self.by_host.get(host) {
+            return Some(&self.services[index]);
+        }
+        // Host names are case-insensitive; allocate only for the rare mixed-case one.
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.by_host.get(&host.to_ascii_lowercase()).map(|&index| &self.services[index]);
+        }
+        None
+    }
+
+    /// The services that have a dedicated listener, with its address.
+    pub fn listeners(&self) -> impl Iterator<Item = (SocketAddr, &Arc<Service>)> {
+        self.config
+            .services
+            .iter()
+            .zip(&self.services)
+            .filter_map(|(config, service)| config.listen.map(|addr| (addr, service)))
+    }
+}
+
+/// `host:port` or `[v6]:port` or `host` → host.
+fn authority_host(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.rsplit_once(':').map_or(authority, |(host, _)| host)
+}
+
+fn compile_service(
+    service: &ServiceConfig,
+    reusable: &HashMap<(&str, SocketAddr, bool), Arc<Endpoint>>,
+) -> Result<Service, TableError> {
+    let backends: Vec<Backend> = service
+        .backends
+        .iter()
+        .map(|backend| Backend {
+            name: Label::new(&backend.name),
+            endpoints: backend
+                .endpoints
+                .iter()
+                .map(|endpoint| {
+                    reusable
+                        .get(&(service.name.as_str(), endpoint.address, endpoint.meshed))
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            Arc::new(Endpoint::new(endpoint.address, endpoint.meshed, endpoint.http2))
+                        })
+                })
+                .collect(),
+        })
+        .collect();
+    let backend_index = |name: &str| {
+        service
+            .backends
+            .iter()
+            .position(|backend| backend.name == name)
+            .ok_or_else(|| TableError(format!("service {}: no backend named {name:?}", service.name)))
+    };
+    let mut routes = Vec::with_capacity(service.routes.len());
+    for (r, route) in service.routes.iter().enumerate() {
+        let mut cumulative = 0u64;
+        let mut weighted = Vec::with_capacity(route.backends.len());
+        for backend in &route.backends {
+            cumulative += u64::from(backend.weight);
+            weighted.push((backend_index(&backend.name)?, cumulative));
+        }
+        let matches = route
+            .matches
+            .iter()
+            .map(|m| {
+                Ok(Match {
+                    path: match &m.path {
+                        None => None,
+                        Some(PathMatch::Exact(path)) => Some(PathMatcher::Exact(path.clone())),
+                        Some(PathMatch::Prefix(path)) => {
+                            Some(PathMatcher::Prefix(path.trim_end_matches('/').to_owned()))
+                        }
+                        Some(PathMatch::Regex(pattern)) => Some(PathMatcher::Regex(whole(pattern)?)),
+                    },
+                    method: m
+                        .method
+                        .as_ref()
+                        .map(|method| Method::from_bytes(method.as_bytes()))
+                        .transpose()
+                        .map_err(|e| TableError(e.to_string()))?,
+                    headers: m
+                        .headers
+                        .iter()
+                        .map(|header| {
+                            let name = HeaderName::from_bytes(header.name.as_bytes())
+                                .map_err(|e| TableError(e.to_string()))?;
+                            let value = match &header.value {
+                                HeaderValueMatch::Exact(value) => ValueMatcher::Exact(value.clone()),
+                                HeaderValueMatch::Regex(pattern) => ValueMatcher::Regex(whole(pattern)?),
+                            };
+                            Ok((name, value))
+                        })
+                        .collect::<Result<_, TableError>>()?,
+                })
+            })
+            .collect::<Result<_, TableError>>()?;
+        routes.push(Route {
+            name: Label::new(route.name.clone().unwrap_or_else(|| format!("rule-{r}"))),
+            matches,
+            backends: weighted,
+            total_weight: cumulative,
+            timeout: route.timeout,
+            retries: route.retries.as_ref().map(|retries| Retries {
+                attempts: retries.attempts,
+                per_try_timeout: retries.per_try_timeout,
+                retry_on: retries.retry_on.clone(),
+            }),
+            fault: route.fault.clone(),
+            mirror: route
+                .mirror
+                .as_ref()
+                .map(|mirror| Ok::<_, TableError>((backend_index(&mirror.backend)?, mirror.percent)))
+                .transpose()?,
+        });
+    }
+    let budget = &service.retry_budget;
+    Ok(Service {
+        name: Label::new(&service.name),
+        protocol: service.protocol,
+        backends,
+        routes,
+        load_balancer: service.load_balancer.clone(),
+        budget: TpsBudget::new(budget.ttl, budget.min_per_second, budget.percent / 100.0),
+    })
+}
+
+/// Regexes in routes match the whole value, as in Gateway API and Istio.
+fn whole(pattern: &str) -> Result<Regex, TableError> {
+    Regex::new(&format!("^(?:{pattern})$")).map_err(|e| TableError(e.to_string()))
+}
+
+impl Service {
+    /// The first route that matches the request, in configuration order.
+    pub fn route(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<&Route> {
+        self.routes.iter().find(|route| route.matches(method, path, headers))
+    }
+
+    /// The route opaque TCP connections use: the first one.
+    pub fn default_route(&self) -> Option<&Route> {
+        self.routes.first()
+    }
+}
+
+impl Route {
+    fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(method, path, headers))
+    }
+
+    /// The backend for one request: a weighted draw.
+    pub fn pick_backend(&self) -> usize {
+        pick_weighted(&self.backends, self.total_weight, fastrand::u64(..self.total_weight.max(1)))
+    }
+}
+
+/// The backend whose cumulative-weight interval holds `draw` (0 <= draw < total).
+fn pick_weighted(backends: &[(usize, u64)], total: u64, draw: u64) -> usize {
+    debug_assert!(draw < total.max(1));
+    let position = backends.partition_point(|&(_, cumulative)| cumulative <= draw);
+    backends.get(position).or(backends.last()).map_or(0, |&(index, _)| index)
+}
+
+impl Match {
+    fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+        if let Some(expected) = &self.method
+            && expected != method
+        {
+            return false;
+        }
+        let path_matches = match &self.path {
+            None => true,
+            Some(PathMatcher::Exact(expected)) => path == expected,
+            // Whole segments: "/v1" matches "/v1" and "/v1/..." but not "/v10".
+            Some(PathMatcher::Prefix(prefix)) => {
+                prefix.is_empty()
+                    || path
+                        .strip_prefix(prefix.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }
+            Some(PathMatcher::Regex(regex)) => regex.is_match(path),
+        };
+        path_matches
+            && self.headers.iter().all(|(name, matcher)| {
+                headers.get_all(name).iter().any(|value| {
+                    let Ok(value) = value.to_str() else { return false };
+                    match matcher {
+                        ValueMatcher::Exact(expected) => value == expected,
+                        ValueMatcher::Regex(regex) => regex.is_match(value),
+                    }
+                })
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> Table {
+        Table::build(Config::parse(text).unwrap(), None).unwrap()
+    }
+
+    const ROUTES: &str = r#"
+services:
+  - name: web.shop.svc.cluster.local
+    hosts: [web]
+    addresses: ["10.96.0.1:80"]
+    backends:
+      - { name: a, endpoints: [{ address: "127.0.0.1:1" }] }
+      - { name: b, endpoints: [{ address: "127.0.0.1:2" }] }
+    routes:
+      - name: exact
+        matches: [{ path: { exact: /login } }]
+        backends: [{ name: a }]
+      - name: prefix
+        matches: [{ path: { prefix: /api/ } }]
+        backends: [{ name: a }]
+      - name: regex
+        matches: [{ path: { regex: "/items/[0-9]+" } }]
+        backends: [{ name: a }]
+      - name: method
+        matches: [{ method: DELETE }]
+        backends: [{ name: a }]
+      - name: header
+        matches: [{ headers: [{ name: x-canary, exact: "yes" }] }, { headers: [{ name: x-user, regex: "test-.*" }] }]
+        backends: [{ name: b }]
+      - name: default
+        backends: [{ name: a, weight: 3 }, { name: b, weight: 1 }]
+"#;
+
+    fn route_name(
+        table: &Table,
+        method: Method,
+        path: &str,
+        headers: &[(&'static str, &'static str)],
+    ) -> String {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(*name, http::HeaderValue::from_static(value));
+        }
+        let service = table.service_by_host("web:8080").unwrap();
+        service.route(&method, path, &map).unwrap().name.as_str().to_owned()
+    }
+
+    #[test]
+    fn routes_by_each_match_kind_in_order() {
+        let table = table(ROUTES);
+        assert_eq!(route_name(&table, Method::GET, "/login", &[]), "exact");
+        assert_eq!(route_name(&table, Method::GET, "/login/x", &[]), "default");
+        assert_eq!(route_name(&table, Method::GET, "/api", &[]), "prefix");
+        assert_eq!(route_name(&table, Method::GET, "/api/v1", &[]), "prefix");
+        assert_eq!(route_name(&table, Method::GET, "/apiv1", &[]), "default");
+        assert_eq!(route_name(&table, Method::GET, "/items/42", &[]), "regex");
+        assert_eq!(
+            route_name(&table, Method::GET, "/items/42x", &[]),
+            "default",
+            "regex matches the whole path"
+        );
+        assert_eq!(route_name(&table, Method::DELETE, "/x", &[]), "method");
+        assert_eq!(route_name(&table, Method::GET, "/x", &[("x-canary", "yes")]), "header");
+        assert_eq!(route_name(&table, Method::GET, "/x", &[("x-canary", "no")]), "default");
+        assert_eq!(route_name(&table, Method::GET, "/x", &[("x-user", "test-7")]), "header");
+        assert_eq!(route_name(&table, Method::GET, "/x", &[("x-user", "prod-7")]), "default");
+    }
+
+    #[test]
+    fn finds_services_by_host_and_address() {
+        let table = table(ROUTES);
+        assert!(table.service_by_host("WEB.shop.svc.cluster.local").is_some());
+        assert!(table.service_by_host("web").is_some());
+        assert!(table.service_by_host("other").is_none());
+        assert!(table.service_by_address("10.96.0.1:80".parse().unwrap()).is_some());
+        assert!(table.service_by_address("10.96.0.1:81".parse().unwrap()).is_none());
+        assert_eq!(authority_host("[::1]:80"), "::1");
+    }
+
+    #[test]
+    fn weighted_draws_follow_the_cumulative_weights() {
+        let backends = [(0, 3), (1, 4)];
+        assert_eq!(pick_weighted(&backends, 4, 0), 0);
+        assert_eq!(pick_weighted(&backends, 4, 2), 0);
+        assert_eq!(pick_weighted(&backends, 4, 3), 1);
+        // A zero weight is never drawn.
+        let backends = [(0, 0), (1, 5), (2, 5)];
+        assert!((0..5).all(|draw| pick_weighted(&backends, 5, draw) == 1));
+    }
+
+    #[test]
+    fn a_reload_keeps_the_endpoints_that_stay() {
+        let first = table(ROUTES);
+        let second = Table::build(Config::parse(ROUTES).unwrap(), Some(&first)).unwrap();
+        let before = &first.service_by_host("web").unwrap().backends[0].endpoints[0];
+        let after = &second.service_by_host("web").unwrap().backends[0].endpoints[0];
+        assert!(Arc::ptr_eq(before, after));
+    }
+}

@@ -1,0 +1,486 @@
+//! The proxy on real loopback sockets: routing, weights, retries, timeouts, budgets, HTTP/2 and
+//! gRPC streaming, opaque TCP, errors a client can cause, reloads and drain.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A proxy with one service `web` on a dedicated listener; `body` is the service's
+/// backends and routes, indented under it.
+fn one_service(body: &str) -> String {
+    format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0 }}\n\
+         services:\n  - name: web.shop.svc.cluster.local\n    hosts: [web]\n    listen: 127.0.0.1:0\n{body}"
+    )
+}
+
+fn backends(list: &[(&str, std::net::SocketAddr)]) -> String {
+    let mut text = String::from("    backends:\n");
+    for (name, addr) in list {
+        text.push_str(&format!("      - {{ name: {name}, endpoints: [{{ address: \"{addr}\" }}] }}\n"));
+    }
+    text
+}
+
+fn url(proxy: &Proxy, path: &str) -> String {
+    format!("http://{}{path}", proxy.service("web.shop.svc.cluster.local"))
+}
+
+#[tokio::test]
+async fn routes_by_path_method_and_header() {
+    let (a, b, c, d, e) = tokio::join!(
+        Upstream::start("exact"),
+        Upstream::start("prefix"),
+        Upstream::start("regex"),
+        Upstream::start("method-or-header"),
+        Upstream::start("default")
+    );
+    let config = one_service(&format!(
+        "{}    routes:
+      - {{ name: exact, matches: [{{ path: {{ exact: /login }} }}], backends: [{{ name: a }}] }}
+      - {{ name: prefix, matches: [{{ path: {{ prefix: /api }} }}], backends: [{{ name: b }}] }}
+      - {{ name: regex, matches: [{{ path: {{ regex: \"/items/[0-9]+\" }} }}], backends: [{{ name: c }}] }}
+      - {{ name: special, matches: [{{ method: DELETE }}, {{ headers: [{{ name: x-canary, exact: \"on\" }}] }}], backends: [{{ name: d }}] }}
+      - {{ name: default, backends: [{{ name: e }}] }}
+",
+        backends(&[("a", a.addr), ("b", b.addr), ("c", c.addr), ("d", d.addr), ("e", e.addr)])
+    ));
+    let proxy = Proxy::start(&config).await;
+    let client = http1_client();
+    let cases = [
+        ("GET", "/login", None, "exact"),
+        ("GET", "/login/again", None, "default"),
+        ("GET", "/api/v1/users", None, "prefix"),
+        ("GET", "/apiv2", None, "default"),
+        ("GET", "/items/17", None, "regex"),
+        ("GET", "/items/x", None, "default"),
+        ("DELETE", "/anything", None, "method-or-header"),
+        ("GET", "/anything", Some("on"), "method-or-header"),
+        ("GET", "/anything", Some("off"), "default"),
+    ];
+    for (method, path, canary, expected) in cases {
+        let mut request = Request::builder().method(method).uri(url(&proxy, path));
+        if let Some(value) = canary {
+            request = request.header("x-canary", value);
+        }
+        let (status, _, body) = send(&client, request.body(full("")).unwrap()).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, expected), "{method} {path} canary={canary:?}");
+    }
+    // Route labels reach the metrics, with Linkerd's names.
+    let metrics = proxy.metrics().await;
+    let labels =
+        [("direction", "outbound"), ("dst_service", "web.shop.svc.cluster.local"), ("route", "regex")];
+    assert_eq!(metric(&metrics, "request_total", &labels), Some(1.0), "{metrics}");
+    let success = [("route", "exact"), ("status_code", "200"), ("classification", "success")];
+    assert_eq!(metric(&metrics, "response_total", &success), Some(1.0));
+    assert!(
+        metric(&metrics, "response_latency_ms_bucket", &[("route", "default"), ("le", "+Inf")]).is_some()
+    );
+}
+
+#[tokio::test]
+async fn a_request_no_route_matches_gets_404_with_the_reason() {
+    let a = Upstream::start("a").await;
+    let config = one_service(&format!(
+        "{}    routes:\n      - {{ matches: [{{ path: {{ exact: /only }} }}], backends: [{{ name: a }}] }}\n",
+        backends(&[("a", a.addr)])
+    ));
+    let proxy = Proxy::start(&config).await;
+    let (status, headers, body) = get(&url(&proxy, "/other")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(headers["braid-proxy-error"], "no-route");
+    assert!(body.contains("no route of service web.shop.svc.cluster.local matches GET /other"), "{body}");
+    assert_eq!(a.hits(), 0);
+}
+
+#[tokio::test]
+async fn weighted_split_honours_the_weights() {
+    let (v1, v2) = tokio::join!(Upstream::start("v1"), Upstream::start("v2"));
+    let config = one_service(&format!(
+        "{}    routes:\n      - backends: [{{ name: v1, weight: 80 }}, {{ name: v2, weight: 20 }}]\n",
+        backends(&[("v1", v1.addr), ("v2", v2.addr)])
+    ));
+    let proxy = Proxy::start(&config).await;
+    let client = http1_client();
+    let total = 2000;
+    for _ in 0..total {
+        let (status, _, _) = send(&client, Request::get(url(&proxy, "/")).body(full("")).unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // Binomial(2000, 0.2): standard deviation 17.9; five of them either side cannot fail by chance.
+    let share = v2.hits() as f64;
+    assert!((400.0 - 90.0..=400.0 + 90.0).contains(&share), "v2 got {share} of {total}, expected ~400");
+    assert_eq!(v1.hits() + v2.hits(), total);
+}
+
+#[tokio::test]
+async fn retries_hide_an_upstream_that_fails_its_first_requests() {
+    let flaky = Upstream::start("flaky").await;
+    flaky.fail_first.store(2, std::sync::atomic::Ordering::SeqCst);
+    let config = one_service(&format!(
+        "{}    routes:\n      - name: retried\n        backends: [{{ name: flaky }}]\n        retries: {{ attempts: 3, retryOn: [5xx] }}\n",
+        backends(&[("flaky", flaky.addr)])
+    ));
+    let proxy = Proxy::start(&config).await;
+    // A body small enough to replay goes out again on every try.
+    let request = Request::post(url(&proxy, "/body")).body(full("x".repeat(1000))).unwrap();
+    let (status, _, body) = send(&http1_client(), request).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "flaky got 1000 bytes"));
+    assert_eq!(flaky.hits(), 3);
+    let metrics = proxy.metrics().await;
+    assert_eq!(metric(&metrics, "retry_total", &[("route", "retried")]), Some(2.0), "{metrics}");
+    assert_eq!(
+        metric(&metrics, "response_total", &[("route", "retried"), ("status_code", "200")]),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn retries_are_off_unless_the_route_asks_and_large_bodies_are_not_replayed() {
+    let flaky = Upstream::start("flaky").await;
+    flaky.fail_first.store(1, std::sync::atomic::Ordering::SeqCst);
+    let config = one_service(&format!(
+        "{}    routes:
+      - {{ name: retried, matches: [{{ path: {{ prefix: /body }} }}], backends: [{{ name: flaky }}], retries: {{ attempts: 3, retryOn: [5xx] }} }}
+      - {{ name: plain, backends: [{{ name: flaky }}] }}
+",
+        backends(&[("flaky", flaky.addr)])
+    ))
+    .replacen("admin:", "limits: { maxRetryBodyBytes: 1024 }\nadmin:", 1);
+    let proxy = Proxy::start(&config).await;
+    let (status, _, _) = get(&url(&proxy, "/plain")).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no retries configured: the failure reaches the client"
+    );
+    flaky.fail_first.store(2, std::sync::atomic::Ordering::SeqCst);
+    let request = Request::post(url(&proxy, "/body")).body(full("x".repeat(4096))).unwrap();
+    let (status, _, _) = send(&http1_client(), request).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "a 4 KiB body over the 1 KiB bound is sent once");
+    assert_eq!(flaky.hits(), 2);
+}
+
+#[tokio::test]
+async fn the_retry_budget_stops_retries_from_amplifying_an_outage() {
+    let down = Upstream::start("down").await;
+    down.fail_first.store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    let config = one_service(&format!(
+        "{}    retryBudget: {{ percent: 20, minPerSecond: 1, ttl: 10s }}\n    routes:\n      - name: r\n        backends: [{{ name: down }}]\n        retries: {{ attempts: 5, retryOn: [5xx] }}\n",
+        backends(&[("down", down.addr)])
+    ));
+    let proxy = Proxy::start(&config).await;
+    let client = http1_client();
+    let requests = 100;
+    for _ in 0..requests {
+        let (status, _, _) = send(&client, Request::get(url(&proxy, "/")).body(full("")).unwrap()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    // Without a budget, 5 attempts each would be 500 upstream requests. With it: 100 plus 20%
+    // of them plus the 1/s reserve over the 10 s window.
+    let hits = down.hits();
+    assert!(
+        hits <= requests + 20 + 10 + 1,
+        "{hits} upstream requests for {requests}: the budget did not hold"
+    );
+    assert!(hits > requests, "some retries are allowed");
+    let metrics = proxy.metrics().await;
+    assert!(metric(&metrics, "retry_budget_exhausted_total", &[("route", "r")]).unwrap_or(0.0) > 50.0);
+}
+
+#[tokio::test]
+async fn per_try_timeout_retries_a_slow_try_and_total_timeout_answers_504() {
+    let slow = Upstream::start("slow").await;
+    *slow.delay.lock().unwrap() = Duration::from_secs(3);
+    let fast = Upstream::start("fast").await;
+    let config = one_service(&format!(
+        "{}    routes:
+      - name: total
+        matches: [{{ path: {{ prefix: /total }} }}]
+        backends: [{{ name: slow }}]
+        timeout: 300ms
+      - name: per-try
+        backends: [{{ name: slow, weight: 1 }}, {{ name: fast, weight: 1 }}]
+        retries: {{ attempts: 10, perTryTimeout: 200ms }}
+",
+        backends(&[("slow", slow.addr), ("fast", fast.addr)])
+    ));
+    let proxy = Proxy::start(&config).await;
+    let started = Instant::now();
+    let (status, headers, body) = get(&url(&proxy, "/total")).await;
+    let elapsed = started.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(headers["braid-proxy-error"], "timeout");
+    assert!(body.contains("timed out after 300ms"), "{body}");
+    assert!(elapsed < Duration::from_secs(2), "answered after {elapsed:?}");
+
+    // Tries that hit the slow backend time out after 200 ms and go again; one lands on fast.
+    for _ in 0..5 {
+        let (status, _, body) = get(&url(&proxy, "/x")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "fast"));
+    }
+    let metrics = proxy.metrics().await;
+    assert_eq!(metric(&metrics, "timeout_total", &[("route", "total"), ("kind", "total")]), Some(1.0));
+}
+
+#[tokio::test]
+async fn an_upstream_that_refuses_connections_gets_503_fast() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let config = one_service(&format!(
+        "{}    routes:\n      - backends: [{{ name: gone }}]\n",
+        backends(&[("gone", addr)])
+    ));
+    let proxy = Proxy::start(&config).await;
+    let started = Instant::now();
+    let (status, headers, body) = get(&url(&proxy, "/")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["braid-proxy-error"], "connect-failure");
+    assert!(body.contains(&format!("could not connect to {addr}")), "{body}");
+    assert!(started.elapsed() < Duration::from_millis(500), "took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn fault_injection_and_mirroring() {
+    let (main, shadow) = tokio::join!(Upstream::start("main"), Upstream::start("shadow"));
+    let config = one_service(&format!(
+        "{}    routes:
+      - {{ name: abort, matches: [{{ path: {{ prefix: /abort }} }}], backends: [{{ name: main }}], fault: {{ abort: {{ status: 418, percent: 100 }} }} }}
+      - {{ name: mirrored, backends: [{{ name: main }}], mirror: {{ backend: shadow }} }}
+",
+        backends(&[("main", main.addr), ("shadow", shadow.addr)])
+    ));
+    let proxy = Proxy::start(&config).await;
+    let (status, headers, _) = get(&url(&proxy, "/abort")).await;
+    assert_eq!(status, StatusCode::IM_A_TEAPOT);
+    assert_eq!(headers["braid-proxy-error"], "fault-injected");
+    assert_eq!(main.hits(), 0);
+    for _ in 0..3 {
+        let (status, _, body) = get(&url(&proxy, "/x")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "main"));
+    }
+    eventually("the mirror received copies", || async { shadow.hits() == 3 }).await;
+}
+
+#[tokio::test]
+async fn malformed_http_gets_400_and_the_connection_is_closed() {
+    let a = Upstream::start("a").await;
+    let config = one_service(&format!(
+        "{}    routes:\n      - backends: [{{ name: a }}]\n",
+        backends(&[("a", a.addr)])
+    ));
+    let proxy = Proxy::start(&config).await;
+    let mut stream = TcpStream::connect(proxy.service("web.shop.svc.cluster.local")).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nno colon here\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(a.hits(), 0);
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431() {
+    let a = Upstream::start("a").await;
+    let config = one_service(&format!(
+        "{}    routes:\n      - backends: [{{ name: a }}]\n",
+        backends(&[("a", a.addr)])
+    ))
+    .replacen("admin:", "limits: { maxHeaderBytes: 16384 }\nadmin:", 1);
+    let proxy = Proxy::start(&config).await;
+    let mut stream = TcpStream::connect(proxy.service("web.shop.svc.cluster.local")).await.unwrap();
+    let huge = "a".repeat(64 * 1024);
+    let request = format!("GET / HTTP/1.1\r\nHost: web\r\nx-huge: {huge}\r\n\r\n");
+    // The proxy may answer and close before it read everything: a write error is fine.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = vec![0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(a.hits(), 0);
+    // A request just under the bound passes.
+    let request = Request::get(url(&proxy, "/")).header("x-big", "b".repeat(8000)).body(full("")).unwrap();
+    assert_eq!(send(&http1_client(), request).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn http2_and_grpc_streaming_pass_through_with_trailers() {
+    let server = Upstream::start("grpc").await;
+    let config = format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0 }}\nservices:\n  - name: grpc.svc\n    listen: 127.0.0.1:0\n    backends:\n      - {{ name: g, endpoints: [{{ address: \"{}\", http2: true }}] }}\n    routes:\n      - backends: [{{ name: g }}]\n",
+        server.addr
+    );
+    let proxy = Proxy::start(&config).await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(4);
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed();
+    let request = Request::post(format!("http://{}/echo", proxy.service("grpc.svc")))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .unwrap();
+    let client = http2_client();
+    tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await.unwrap();
+    let response =
+        tokio::time::timeout(Duration::from_secs(5), client.request(request)).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let mut body = response.into_body();
+    // The first message comes back while the request is still open: nothing is buffered.
+    let frame = tokio::time::timeout(Duration::from_secs(5), body.frame()).await.unwrap().unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "first");
+    tx.send(Ok(Frame::data(Bytes::from_static(b"second")))).await.unwrap();
+    let frame = tokio::time::timeout(Duration::from_secs(5), body.frame()).await.unwrap().unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), "second");
+    drop(tx);
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        if let Ok(t) = frame.unwrap().into_trailers() {
+            trailers = Some(t);
+        }
+    }
+    let trailers = trailers.expect("trailers reach the client");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["grpc-message"], "echoed");
+    assert_eq!(*server.last_version.lock().unwrap(), Some(http::Version::HTTP_2));
+}
+
+#[tokio::test]
+async fn two_sidecars_carry_http1_over_one_http2_connection_and_propagate_the_trace() {
+    let app = Upstream::start("app").await;
+    let server_side = Proxy::start(&format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0, target: \"{}\" }}\n",
+        app.addr
+    ))
+    .await;
+    let client_side = Proxy::start(&one_service(&format!(
+        "    backends:\n      - {{ name: app, endpoints: [{{ address: \"{}\", meshed: true }}] }}\n    routes:\n      - backends: [{{ name: app }}]\n",
+        server_side.inbound()
+    )))
+    .await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for _ in 0..3 {
+        let request = Request::get(url(&client_side, "/hello"))
+            .header("host", "web.shop.svc.cluster.local")
+            .header("traceparent", traceparent)
+            .body(full(""))
+            .unwrap();
+        let (status, headers, body) = send(&http1_client(), request).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "app"));
+        assert_eq!(headers["x-upstream"], "app");
+    }
+    let seen = app.last_headers.lock().unwrap().clone().unwrap();
+    assert_eq!(*app.last_version.lock().unwrap(), Some(http::Version::HTTP_11), "the app gets HTTP/1.1 back");
+    assert_eq!(seen["host"], "web.shop.svc.cluster.local");
+    assert!(!seen.contains_key("braid-orig-proto"), "the proxies' own header does not reach the app");
+    let received = seen["traceparent"].to_str().unwrap();
+    assert!(received.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "same trace: {received}");
+    assert_ne!(&received[36..52], "00f067aa0ba902b7", "a new span id per hop");
+    // One HTTP/2 connection between the proxies carried all three requests.
+    let metrics = server_side.metrics().await;
+    assert_eq!(metric(&metrics, "tcp_open_total", &[("direction", "inbound")]), Some(1.0), "{metrics}");
+    assert_eq!(metric(&metrics, "request_total", &[("direction", "inbound")]), Some(3.0));
+    assert!(metric(&metrics, "tcp_read_bytes_total", &[("direction", "inbound")]).unwrap() > 0.0);
+    assert!(metric(&metrics, "tcp_write_bytes_total", &[("direction", "inbound")]).unwrap() > 0.0);
+}
+
+#[tokio::test]
+async fn opaque_tcp_is_forwarded_both_ways() {
+    // An echo server that also speaks first, like a database would.
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = echo.accept().await else { return };
+            tokio::spawn(async move {
+                let _ = stream.write_all(b"HELLO\n").await;
+                let (mut reader, mut writer) = stream.split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            });
+        }
+    });
+    let config = one_service(&format!(
+        "{}    routes:\n      - backends: [{{ name: db }}]\n",
+        backends(&[("db", echo_addr)])
+    ))
+    .replacen("admin:", "limits: { detectTimeout: 200ms }\nadmin:", 1);
+    let proxy = Proxy::start(&config).await;
+    // Server speaks first: the client sends nothing, detection times out, bytes flow.
+    let mut stream = TcpStream::connect(proxy.service("web.shop.svc.cluster.local")).await.unwrap();
+    let mut banner = [0u8; 6];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut banner)).await.unwrap().unwrap();
+    assert_eq!(&banner, b"HELLO\n");
+    // Then a non-HTTP protocol both ways, including the bytes read during detection.
+    let payload = b"\x16\x03\x01 not http at all \x00\xff";
+    stream.write_all(payload).await.unwrap();
+    let mut back = vec![0u8; payload.len()];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back)).await.unwrap().unwrap();
+    assert_eq!(back, payload);
+}
+
+#[tokio::test]
+async fn a_bad_config_file_is_refused_and_the_last_good_one_keeps_serving() {
+    let (v1, v2) = tokio::join!(Upstream::start("v1"), Upstream::start("v2"));
+    let good = one_service(&format!(
+        "{}    routes:\n      - backends: [{{ name: v1 }}]\n",
+        backends(&[("v1", v1.addr), ("v2", v2.addr)])
+    ));
+    let proxy = Proxy::start(&good).await;
+    assert_eq!(get(&url(&proxy, "/")).await.2, "v1");
+
+    std::fs::write(&proxy.config_path, good.replace("name: v1 }]\n", "name: v3 }]\n")).unwrap();
+    eventually("the rejection is reported", || async {
+        proxy.admin("/config").await.1.contains("no backend named \\\"v3\\\"")
+    })
+    .await;
+    let (_, config) = proxy.admin("/config").await;
+    assert!(config.contains("services[0].routes[0].backends[0].name"), "{config}");
+    assert_eq!(get(&url(&proxy, "/")).await.2, "v1", "the last good configuration still routes");
+    let metrics = proxy.metrics().await;
+    assert_eq!(metric(&metrics, "config_reload_total", &[("result", "rejected")]), Some(1.0));
+
+    // A good change applies, and requests in flight on the old table finish.
+    *v1.delay.lock().unwrap() = Duration::from_millis(500);
+    let in_flight = tokio::spawn({
+        let url = url(&proxy, "/");
+        async move { get(&url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    std::fs::write(&proxy.config_path, good.replace("name: v1 }]\n", "name: v2 }]\n")).unwrap();
+    eventually("the new route applies", || async { get(&url(&proxy, "/")).await.2 == "v2" }).await;
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "v1"));
+    assert!(!proxy.admin("/config").await.1.contains("lastError\": \""));
+}
+
+#[tokio::test]
+async fn drain_finishes_in_flight_requests_and_refuses_new_connections() {
+    let slow = Upstream::start("slow").await;
+    *slow.delay.lock().unwrap() = Duration::from_millis(700);
+    let config = one_service(&format!(
+        "{}    routes:\n      - backends: [{{ name: slow }}]\n",
+        backends(&[("slow", slow.addr)])
+    ));
+    let mut proxy = Proxy::start(&config).await;
+    let listener = proxy.service("web.shop.svc.cluster.local");
+    let admin = proxy.running().admin;
+    let in_flight = tokio::spawn(async move { get(&format!("http://{listener}/")).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let running = proxy.running.take().unwrap();
+    let drain = tokio::spawn(running.drain(Duration::from_secs(5)));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _, _) = get(&format!("http://{admin}/ready")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "not ready while draining");
+    assert!(TcpStream::connect(listener).await.is_err(), "new connections are refused");
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "slow"), "the request in flight completed");
+    assert!(drain.await.unwrap(), "drained before the deadline");
+}

@@ -1,0 +1,209 @@
+//! Real sockets on loopback: in-process upstream servers, the proxy started in-process from a
+//! configuration file, and HTTP clients.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+pub fn full(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into()).map_err(|never| match never {}).boxed()
+}
+
+/// An upstream HTTP server (HTTP/1.1 and HTTP/2) that answers with its name, and can be told to
+/// fail its first N requests or to be slow.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: &'static str,
+    pub hits: AtomicUsize,
+    pub fail_first: AtomicUsize,
+    pub fail_status: Mutex<StatusCode>,
+    pub delay: Mutex<Duration>,
+    pub last_headers: Mutex<Option<HeaderMap>>,
+    pub last_version: Mutex<Option<http::Version>>,
+}
+
+impl Upstream {
+    pub async fn start(name: &'static str) -> Arc<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = Arc::new(Self {
+            addr: listener.local_addr().unwrap(),
+            name,
+            hits: AtomicUsize::new(0),
+            fail_first: AtomicUsize::new(0),
+            fail_status: Mutex::new(StatusCode::SERVICE_UNAVAILABLE),
+            delay: Mutex::new(Duration::ZERO),
+            last_headers: Mutex::new(None),
+            last_version: Mutex::new(None),
+        });
+        let server = upstream.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| server.clone().handle(request));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        upstream
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    async fn handle(self: Arc<Self>, request: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+        let hit = self.hits.fetch_add(1, Ordering::SeqCst) + 1;
+        *self.last_headers.lock().unwrap() = Some(request.headers().clone());
+        *self.last_version.lock().unwrap() = Some(request.version());
+        let delay = *self.delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if hit <= self.fail_first.load(Ordering::SeqCst) {
+            let status = *self.fail_status.lock().unwrap();
+            return Ok(Response::builder().status(status).body(full("failing on purpose")).unwrap());
+        }
+        let path = request.uri().path().to_owned();
+        if path == "/echo" {
+            // Echoes the request body frame by frame, as it arrives, then gRPC-style trailers.
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(16);
+            let mut body = request.into_body();
+            tokio::spawn(async move {
+                while let Some(Ok(frame)) = body.frame().await {
+                    if let Ok(data) = frame.into_data()
+                        && tx.send(Ok(Frame::data(data))).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                let mut trailers = HeaderMap::new();
+                trailers.insert("grpc-status", "0".parse().unwrap());
+                trailers.insert("grpc-message", "echoed".parse().unwrap());
+                let _ = tx.send(Ok(Frame::trailers(trailers))).await;
+            });
+            let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+            return Ok(Response::builder()
+                .header("content-type", "application/grpc")
+                .body(StreamBody::new(stream).boxed())
+                .unwrap());
+        }
+        if path == "/body" {
+            let bytes = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            return Ok(Response::new(full(format!("{} got {} bytes", self.name, bytes.len()))));
+        }
+        Ok(Response::builder().header("x-upstream", self.name).body(full(self.name)).unwrap())
+    }
+}
+
+/// A proxy started in-process from a configuration file it owns.
+pub struct Proxy {
+    pub running: Option<braid_proxy::app::Running>,
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    pub async fn start(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("proxy.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let running = braid_proxy::app::start(braid_proxy::app::Options {
+            config: Some(config_path.clone()),
+            config_poll: Duration::from_millis(100),
+            admin: None,
+        })
+        .await
+        .unwrap();
+        Self { running: Some(running), config_path, _dir: dir }
+    }
+
+    pub fn running(&self) -> &braid_proxy::app::Running {
+        self.running.as_ref().unwrap()
+    }
+
+    pub fn service(&self, name: &str) -> SocketAddr {
+        self.running().services[name]
+    }
+
+    pub fn inbound(&self) -> SocketAddr {
+        self.running().inbound
+    }
+
+    pub async fn admin(&self, path: &str) -> (StatusCode, String) {
+        let (status, _, body) = get(&format!("http://{}{path}", self.running().admin)).await;
+        (status, body)
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.admin("/metrics").await.1
+    }
+}
+
+/// The value of the first metric line that starts with `prefix` (name and labels as written).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric_name, rest) = series.split_once('{').unwrap_or((series, ""));
+        if metric_name != name {
+            return None;
+        }
+        labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))).then(|| value.parse().ok())?
+    })
+}
+
+pub fn http1_client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn http2_client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+pub async fn get(url: &str) -> (StatusCode, HeaderMap, String) {
+    send(&http1_client(), Request::get(url).body(full("")).unwrap()).await
+}
+
+pub async fn send(
+    client: &Client<HttpConnector, Body>,
+    request: Request<Body>,
+) -> (StatusCode, HeaderMap, String) {
+    let response = client.request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Polls `check` every 50 ms for up to 5 s.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
