@@ -7,7 +7,8 @@ missing=()
 # command -> Debian package that provides it
 for pair in openssl:openssl curl:curl flock:util-linux setsid:util-linux ss:iproute2 realpath:coreutils \
   iptables-restore:iptables iptables-save:iptables; do
-  command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+  package="${pair#*:}"
+  command -v "${pair%%:*}" >/dev/null || [[ " ${missing[*]} " == *" $package "* ]] || missing+=("$package")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]}" >&2
