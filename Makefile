@@ -39,8 +39,12 @@ fmt-check: ## Fail when the code is not formatted
 lint: ## clippy on every target, warnings are errors
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+.PHONY: helm-lint
+helm-lint: tools ## Lint the Helm chart (strict; values.schema.json checks the default values)
+	@"$$(bash e2e/cluster/build-tools.sh 2>/dev/null | tail -n 1)/helm" lint --strict helm/braid
+
 .PHONY: unit
-unit: ## Unit tests, and the check that the committed CRDs match the types (no cluster needed)
+unit: deps ## Unit tests (the proxy's in real network namespaces: root, iptables), and the CRD drift check
 	$(CARGO) test --workspace --exclude braid-e2e --locked
 
 .PHONY: tools
@@ -75,20 +79,25 @@ with-cluster: tools
 	exit $$status
 
 .PHONY: test
-test: fmt-check lint unit e2e ## Everything: format, lint, unit, integration and end-to-end tests
+test: fmt-check lint helm-lint unit e2e ## Everything: format, lint, unit, integration and end-to-end tests
 
 .PHONY: bench
-bench: tools ## Benchmarks (webhook admission latency, throughput, memory); results in bench/results/
+bench: tools ## Benchmarks: webhook admission, then the sidecar pair beside HAProxy/nginx/Envoy; results in bench/results/
 	@bash bench/webhook.sh
+	@bash bench/proxy.sh
 
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz
-fuzz: ## Fuzz the webhook's AdmissionReview decoding and patch building for FUZZ_SECONDS (60)
+fuzz: ## Fuzz the webhook's AdmissionReview handling and the proxy's detection, parsing and config, FUZZ_SECONDS (60) each
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	@mkdir -p webhook/fuzz/corpus/admission_review
+	@mkdir -p webhook/fuzz/corpus/admission_review proxy/fuzz/corpus/detect_request proxy/fuzz/corpus/config
 	@cp webhook/tests/golden/*.review.json webhook/fuzz/corpus/admission_review/
+	@cp proxy/fuzz/seeds/detect_request/* proxy/fuzz/corpus/detect_request/
+	@cp proxy/fuzz/seeds/config/* proxy/fuzz/corpus/config/
 	cd webhook/fuzz && $(CARGO) +nightly fuzz run admission_review corpus/admission_review -- \
 	  -max_total_time=$(FUZZ_SECONDS) -dict=admission_review.dict
+	cd proxy/fuzz && $(CARGO) +nightly fuzz run detect_request corpus/detect_request -- -max_total_time=$(FUZZ_SECONDS)
+	cd proxy/fuzz && $(CARGO) +nightly fuzz run config corpus/config -- -max_total_time=$(FUZZ_SECONDS)
 
 .PHONY: demo
 demo: tools build ## Local Kubernetes, CRDs, examples, operator; then kubectl get meshroutes

@@ -102,6 +102,18 @@ impl Cluster {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Runs helm (the one built with the cluster) against the cluster and returns what it printed.
+    pub fn helm(&self, args: &[&str]) -> Output {
+        let helm = self.bin_dir.join("helm");
+        assert!(helm.is_file(), "{} does not exist: run `make cluster-up` (it builds helm)", helm.display());
+        Command::new(&helm)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|err| panic!("cannot run helm {args:?}: {err}"))
+    }
+
     /// Restarts kube-apiserver with the same flags and waits until it is ready again.
     pub fn restart_apiserver(&self) {
         let script = repo_root().join("e2e/cluster/cluster.sh");
@@ -282,13 +294,26 @@ impl Component {
         command: &[&str],
         args: &[&str],
     ) -> Component {
+        Self::spawn_with_kubeconfig(name, &cluster.kubeconfig, label, command, args)
+    }
+
+    /// Starts workspace binary `name` (`command` first, then `--admin-addr` on a free loopback
+    /// port, `--log`, and `args`) connecting with `kubeconfig` instead of the admin one (a
+    /// ServiceAccount's token, say), and waits until its /readyz answers 200.
+    pub fn spawn_with_kubeconfig(
+        name: &'static str,
+        kubeconfig: &Path,
+        label: &str,
+        command: &[&str],
+        args: &[&str],
+    ) -> Component {
         let admin = free_local_addr();
         let log = std::env::temp_dir().join(format!("{name}-{label}.log"));
         let log_file = std::fs::File::create(&log)
             .unwrap_or_else(|err| panic!("cannot create {}: {err}", log.display()));
         let stderr = log_file.try_clone().unwrap_or_else(|err| panic!("cannot clone log handle: {err}"));
         let child = Command::new(Self::binary(name))
-            .env("KUBECONFIG", &cluster.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .args(command)
             .args([
                 "--admin-addr",

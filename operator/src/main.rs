@@ -10,12 +10,17 @@ use anyhow::Context as _;
 use braid_operator::{
     admin::{self, AdminState},
     backoff::FailureBackoff,
+    leader::{self, Elector, Held, LeaseSettings},
     meshroute::controller::{self, Context, Scope},
     metrics::Metrics,
-    webhook::{self, config::Endpoint, controller::WebhookSettings},
+    webhook::{
+        self,
+        config::Endpoint,
+        controller::{ConfigMode, WebhookSettings},
+    },
 };
 use braid_runtime::LogFormat;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
@@ -52,6 +57,13 @@ struct Args {
     #[arg(long, default_value = "braid-webhook")]
     webhook_config_name: String,
 
+    /// Who owns the MutatingWebhookConfiguration: `full`, the operator creates all of it (and
+    /// recreates it if deleted); `ca-bundle`, the Helm chart does, and the operator only keeps its
+    /// caBundle and failure policy, never creates it, and writes the webhook's Secrets only while
+    /// the webhook's Service exists (they are owned by it, so uninstalling removes them).
+    #[arg(long, value_enum, default_value = "full")]
+    webhook_config_mode: WebhookConfigMode,
+
     /// Name of the webhook's Service in the mesh namespace.
     #[arg(long, default_value = "braid-webhook")]
     webhook_service: String,
@@ -67,7 +79,41 @@ struct Args {
     /// How long a new webhook CA is trusted before it signs the serving certificate.
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     webhook_ca_propagation: Duration,
+
+    /// Run the controllers only while holding a Lease, so that of several replicas one leads and
+    /// the others stand by. Off for a single operator run by hand.
+    #[arg(long, env = "BRAID_LEADER_ELECT")]
+    leader_elect: bool,
+
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "braid-operator")]
+    leader_election_lease: String,
+
+    /// Namespace of the leader Lease (default: --mesh-namespace).
+    #[arg(long)]
+    leader_election_namespace: Option<String>,
+
+    /// This replica's name in the Lease (default: host name and process id).
+    #[arg(long, env = "BRAID_POD_NAME")]
+    leader_election_identity: Option<String>,
+
+    /// How long a standby waits after the leader's last renewal before it takes over.
+    #[arg(long, value_parser = parse_duration, default_value = "15s")]
+    leader_lease_duration: Duration,
+
+    /// How often the leader renews the Lease (at most a third of the lease duration).
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    leader_renew_period: Duration,
 }
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum WebhookConfigMode {
+    Full,
+    CaBundle,
+}
+
+/// A standby looks at the Lease this often, and a failed renewal is retried this soon.
+const LEADER_RETRY_PERIOD: Duration = Duration::from_secs(2);
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     braid_crds::duration::parse_duration(text).map_err(|e| e.to_string())
@@ -77,6 +123,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     braid_runtime::init_logging(&args.log, args.log_format).context("invalid --log filter")?;
+    let lease_settings = args.leader_elect.then(|| lease_settings(&args)).transpose()?;
+    let webhook_settings = (!args.skip_webhook).then(|| webhook_settings(&args)).transpose()?;
 
     let client = kube::Client::try_default()
         .await
@@ -93,33 +141,100 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(braid_runtime::cancel_on_signal(shutdown.clone()));
+    // The admin server runs from the start: a standby answers probes while it waits to lead.
+    let admin = tokio::spawn(admin::serve(listener, admin_state.clone(), shutdown.clone()));
+    tracing::info!(scope = ?scope, version = env!("CARGO_PKG_VERSION"), "braid-operator starting");
+
+    // What the leader runs stops on SIGTERM, and also when it loses the Lease.
+    let stop = shutdown.child_token();
+    let mut election = None;
+    if let Some(settings) = lease_settings {
+        let mut elector = Elector::new(client.clone(), settings);
+        // A standby is ready: it is healthy and can take over, and a Deployment's rollout must
+        // not wait for it to lead.
+        let standby_state = admin_state.clone();
+        let leading =
+            elector.acquire(&shutdown, |_| standby_state.ready.store(true, Ordering::Relaxed)).await;
+        if !leading {
+            return stop_admin(admin).await;
+        }
+        // Leading but not synced yet: not ready until the controllers have listed.
+        admin_state.ready.store(false, Ordering::Relaxed);
+        let holder_stop = stop.clone();
+        election = Some(tokio::spawn(async move {
+            let held = elector.hold(&holder_stop).await;
+            if let Held::Lost(reason) = &held {
+                tracing::error!(%reason, "lost the leader Lease; stopping the controllers");
+                holder_stop.cancel();
+            }
+            (elector, held)
+        }));
+    }
+    metrics.leader.set(1);
 
     let ctx = Arc::new(Context {
         client,
         metrics,
         backoff: FailureBackoff::new(Duration::from_secs(1), Duration::from_secs(300)),
     });
-    if !args.skip_webhook {
-        let settings = webhook_settings(&args)?;
+    let webhook_task = webhook_settings.map(|settings| {
         tokio::spawn(webhook::controller::run(
             ctx.client.clone(),
             settings,
             ctx.metrics.clone(),
-            shutdown.clone(),
-        ));
-    }
+            stop.clone(),
+        ))
+    });
     let ready_state = admin_state.clone();
-    let admin = tokio::spawn(admin::serve(listener, admin_state, shutdown.clone()));
-    tracing::info!(scope = ?scope, version = env!("CARGO_PKG_VERSION"), "braid-operator starting");
-    controller::run(ctx, scope, shutdown.clone().cancelled_owned(), move || {
+    controller::run(ctx.clone(), scope, stop.clone().cancelled_owned(), move || {
         ready_state.ready.store(true, Ordering::Relaxed);
         tracing::info!("MeshRoutes listed; ready");
     })
     .await;
+    stop.cancel();
+    if let Some(task) = webhook_task {
+        task.await.context("webhook certificate task failed")?;
+    }
+    ctx.metrics.leader.set(0);
+
+    // Released only after the controllers have stopped, so two leaders never act at once.
+    let lost = match election {
+        None => None,
+        Some(task) => match task.await.context("leader election task failed")? {
+            (mut elector, Held::Stopped) => {
+                elector.release().await;
+                None
+            }
+            (_, Held::Lost(reason)) => Some(reason),
+        },
+    };
     shutdown.cancel();
+    stop_admin(admin).await?;
+    if let Some(reason) = lost {
+        // Exiting (rather than standing by again) is what client-go does too: the Deployment
+        // restarts the process, which starts over as a standby with fresh state.
+        anyhow::bail!("lost the leader Lease: {reason}");
+    }
+    Ok(())
+}
+
+async fn stop_admin(admin: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
     admin.await.context("admin server task failed")?.context("admin server failed")?;
     tracing::info!("braid-operator stopped");
     Ok(())
+}
+
+fn lease_settings(args: &Args) -> anyhow::Result<LeaseSettings> {
+    let settings = LeaseSettings {
+        namespace: args.leader_election_namespace.clone().unwrap_or_else(|| args.mesh_namespace.clone()),
+        name: args.leader_election_lease.clone(),
+        identity: args.leader_election_identity.clone().unwrap_or_else(leader::default_identity),
+        lease_duration: args.leader_lease_duration,
+        renew_period: args.leader_renew_period,
+        retry_period: LEADER_RETRY_PERIOD.min(args.leader_renew_period / 2),
+    };
+    settings.validate().context("invalid leader election flags")?;
+    Ok(settings)
 }
 
 fn webhook_settings(args: &Args) -> anyhow::Result<WebhookSettings> {
@@ -132,11 +247,18 @@ fn webhook_settings(args: &Args) -> anyhow::Result<WebhookSettings> {
             port: 443,
         },
     };
+    let mode = match args.webhook_config_mode {
+        WebhookConfigMode::Full => ConfigMode::Full(endpoint),
+        WebhookConfigMode::CaBundle if args.webhook_url.is_some() => anyhow::bail!(
+            "--webhook-url has no effect with --webhook-config-mode ca-bundle: the chart's configuration names the Service"
+        ),
+        WebhookConfigMode::CaBundle => ConfigMode::CaBundle { service: args.webhook_service.clone() },
+    };
     let service = format!("{}.{}.svc", args.webhook_service, args.mesh_namespace);
     Ok(WebhookSettings {
         mesh_namespace: args.mesh_namespace.clone(),
         config_name: args.webhook_config_name.clone(),
-        endpoint,
+        mode,
         dns_names: vec![service.clone(), format!("{service}.cluster.local")],
         ip_addresses: args.webhook_ip_sans.clone(),
         ca_propagation: args.webhook_ca_propagation,

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -25,6 +25,8 @@ pub struct Metrics {
     pub reconciles: Family<ControllerLabels, Counter>,
     pub failures: Family<ErrorLabels, Counter>,
     pub duration: Family<ControllerLabels, Histogram>,
+    /// 1 while this replica holds the leader Lease (or runs without leader election), else 0.
+    pub leader: Gauge,
 }
 
 impl Metrics {
@@ -36,6 +38,7 @@ impl Metrics {
             duration: Family::new_with_constructor(|| {
                 Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
             }),
+            leader: Gauge::default(),
         };
         let sub = registry.sub_registry_with_prefix("braid_operator");
         sub.register("reconciles", "Reconciles run, by controller", metrics.reconciles.clone());
@@ -48,6 +51,11 @@ impl Metrics {
             "reconcile_duration_seconds",
             "Time spent in one reconcile, by controller",
             metrics.duration.clone(),
+        );
+        sub.register(
+            "leader",
+            "Whether this replica runs the controllers (holds the leader Lease)",
+            metrics.leader.clone(),
         );
         metrics
     }

@@ -22,6 +22,10 @@ use k8s_openapi::{
 /// The label, on namespaces, and the annotation, on pods, that opt into injection.
 pub const INJECT_KEY: &str = "braid.dev/inject";
 pub const INJECT_PATH: &str = "/inject";
+/// The entry for namespaces labelled for injection, with the Mesh's failure policy.
+pub const NAMESPACE_WEBHOOK: &str = "namespace.inject.braid.dev";
+/// The entry for pods elsewhere that opt in by annotation, always with Ignore.
+pub const POD_WEBHOOK: &str = "pod.inject.braid.dev";
 
 /// How the API server reaches the webhook.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,10 +60,7 @@ pub fn desired(
         },
     };
     let never_these = requirement("kubernetes.io/metadata.name", "NotIn", &["kube-system", mesh_namespace]);
-    let policy = match failure_policy {
-        FailurePolicy::Fail => "Fail",
-        FailurePolicy::Ignore => "Ignore",
-    };
+    let policy = policy_name(failure_policy);
     let webhook = |webhook_name: &str, policy: &str, namespace_selector: Vec<LabelSelectorRequirement>| {
         MutatingWebhook {
             name: webhook_name.to_owned(),
@@ -93,16 +94,45 @@ pub fn desired(
         },
         webhooks: Some(vec![
             webhook(
-                "namespace.inject.braid.dev",
+                NAMESPACE_WEBHOOK,
                 policy,
                 vec![requirement(INJECT_KEY, "In", &["enabled"]), never_these.clone()],
             ),
-            webhook(
-                "pod.inject.braid.dev",
-                "Ignore",
-                vec![requirement(INJECT_KEY, "NotIn", &["enabled"]), never_these],
-            ),
+            webhook(POD_WEBHOOK, "Ignore", vec![requirement(INJECT_KEY, "NotIn", &["enabled"]), never_these]),
         ]),
+    }
+}
+
+/// What the operator applies when someone else (the Helm chart, a GitOps tool) owns the
+/// configuration: only the caBundle of both entries and the namespace entry's failure policy,
+/// under the operator's field manager. Everything else stays the owner's, so `helm upgrade`
+/// and the operator never undo each other.
+///
+/// It is deliberately not a whole object: were the configuration deleted (`helm uninstall`) just
+/// before this is applied, the API server refuses to create entries without a service or url,
+/// sideEffects and admissionReviewVersions, so the operator can never bring back a
+/// configuration that was uninstalled.
+pub fn ca_bundle_patch(name: &str, ca_bundle: &str, failure_policy: FailurePolicy) -> serde_json::Value {
+    let bundle = ByteString(ca_bundle.as_bytes().to_vec());
+    serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [
+            {
+                "name": NAMESPACE_WEBHOOK,
+                "failurePolicy": policy_name(failure_policy),
+                "clientConfig": {"caBundle": bundle},
+            },
+            {"name": POD_WEBHOOK, "clientConfig": {"caBundle": bundle}},
+        ],
+    })
+}
+
+fn policy_name(policy: FailurePolicy) -> &'static str {
+    match policy {
+        FailurePolicy::Fail => "Fail",
+        FailurePolicy::Ignore => "Ignore",
     }
 }
 
@@ -147,6 +177,31 @@ mod tests {
             assert_eq!(hook.client_config.url.as_deref(), Some("https://127.0.0.1:9443/inject"));
             assert_eq!(hook.side_effects, "None");
         }
+    }
+
+    #[test]
+    fn the_ca_bundle_patch_names_only_the_fields_the_operator_owns() {
+        let patch = ca_bundle_patch("braid-webhook", "PEM", FailurePolicy::Ignore);
+        // base64("PEM"), as the API server stores []byte fields.
+        assert_eq!(
+            patch["webhooks"],
+            serde_json::json!([
+                {"name": "namespace.inject.braid.dev", "failurePolicy": "Ignore", "clientConfig": {"caBundle": "UEVN"}},
+                {"name": "pod.inject.braid.dev", "clientConfig": {"caBundle": "UEVN"}},
+            ])
+        );
+        assert_eq!(patch["metadata"], serde_json::json!({"name": "braid-webhook"}));
+        // Entry names match the ones the operator creates itself, so both modes manage the same
+        // webhooks (the chart's template repeats them).
+        let whole = desired(
+            "braid-webhook",
+            &Endpoint::Url("https://x/inject".into()),
+            "PEM",
+            FailurePolicy::Fail,
+            "ns",
+        );
+        let names: Vec<_> = whole.webhooks.unwrap().into_iter().map(|w| w.name).collect();
+        assert_eq!(names, [NAMESPACE_WEBHOOK, POD_WEBHOOK]);
     }
 
     #[test]

@@ -1,6 +1,11 @@
 //! Keeps the webhook's certificates and its MutatingWebhookConfiguration current: reads the
 //! stored state, runs the pure plan of certs.rs, writes Secrets, the configuration and the Mesh
 //! condition, and sleeps until the next renewal or until something it owns changes.
+//!
+//! Who owns the configuration depends on how Braid was installed ([`ConfigMode`]): run by hand
+//! the operator creates all of it; installed with the Helm chart, the chart owns the object and
+//! the operator only keeps its caBundle and failure policy, and never creates it, so that
+//! `helm uninstall` leaves no configuration behind even while the operator is still stopping.
 
 use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
@@ -13,8 +18,11 @@ use braid_crds::{
 use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::{
     ByteString,
-    api::{admissionregistration::v1::MutatingWebhookConfiguration, core::v1::Secret},
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    api::{
+        admissionregistration::v1::MutatingWebhookConfiguration,
+        core::v1::{Secret, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time},
     jiff::Timestamp,
 };
 use kube::{
@@ -42,12 +50,26 @@ const ROTATED_AT_ANNOTATION: &str = "braid.dev/ca-rotated-at";
 const FIELD_MANAGER: &str = "braid-operator/webhook-certificate";
 const CONTROLLER: &str = "webhook-certificate";
 
+/// Who owns the MutatingWebhookConfiguration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigMode {
+    /// The operator creates the whole configuration, calling the webhook at this endpoint, and
+    /// recreates it when it is deleted (local runs and tests).
+    Full(Endpoint),
+    /// The Helm chart (or a GitOps tool applying it) creates the configuration; the operator
+    /// keeps its caBundle and the Mesh's failure policy, and never creates or deletes it. The
+    /// Secrets it writes are owned by the webhook's Service (this name, in the mesh namespace),
+    /// so the garbage collector removes them when the chart is uninstalled; until that Service
+    /// exists the operator writes nothing.
+    CaBundle { service: String },
+}
+
 /// Where the webhook lives and how its certificates are managed; from the operator's flags.
 #[derive(Debug, Clone)]
 pub struct WebhookSettings {
     pub mesh_namespace: String,
     pub config_name: String,
-    pub endpoint: Endpoint,
+    pub mode: ConfigMode,
     pub dns_names: Vec<String>,
     pub ip_addresses: Vec<IpAddr>,
     pub ca_propagation: Duration,
@@ -123,13 +145,16 @@ fn triggers(client: &Client, settings: &WebhookSettings) -> BoxStream<'static, (
         watcher(api, config).default_backoff().touched_objects().map(|_| ()).boxed()
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.mesh_namespace);
-    futures::stream::select_all([
+    let mut streams = vec![
         named(Api::<Mesh>::all(client.clone()), "default"),
         named(Api::<MutatingWebhookConfiguration>::all(client.clone()), &settings.config_name),
         named(secrets.clone(), CA_SECRET),
         named(secrets, TLS_SECRET),
-    ])
-    .boxed()
+    ];
+    if let ConfigMode::CaBundle { service } = &settings.mode {
+        streams.push(named(Api::<Service>::namespaced(client.clone(), &settings.mesh_namespace), service));
+    }
+    futures::stream::select_all(streams).boxed()
 }
 
 /// One pass; returns when the plan could next change.
@@ -138,6 +163,28 @@ async fn reconcile(client: &Client, settings: &WebhookSettings) -> Result<Option
     let mesh = meshes.get_opt("default").await?;
     let injection = mesh.as_ref().map(|m| m.spec.injection.clone()).unwrap_or_default();
     let cert_settings = cert_settings(&injection, settings)?;
+
+    let owner = match &settings.mode {
+        ConfigMode::Full(_) => None,
+        ConfigMode::CaBundle { service } => {
+            let services: Api<Service> = Api::namespaced(client.clone(), &settings.mesh_namespace);
+            let Some(meta) = services.get_metadata_opt(service).await? else {
+                // Not installed yet, or being uninstalled: Secrets written now would outlive it.
+                tracing::info!(
+                    service = %format!("{}/{service}", settings.mesh_namespace),
+                    "the webhook's Service does not exist; waiting for it before writing certificates"
+                );
+                return Ok(None);
+            };
+            Some(OwnerReference {
+                api_version: "v1".to_owned(),
+                kind: "Service".to_owned(),
+                name: service.clone(),
+                uid: meta.metadata.uid.unwrap_or_default(),
+                ..OwnerReference::default()
+            })
+        }
+    };
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.mesh_namespace);
     let ca_secret = secrets.get_opt(CA_SECRET).await?;
@@ -158,22 +205,46 @@ async fn reconcile(client: &Client, settings: &WebhookSettings) -> Result<Option
     // Order matters for a rollover: the CA is saved first (its key must never be lost), the
     // bundle reaches the API server next, and only then does the webhook get a new certificate.
     let params = PatchParams::apply(crate::FIELD_MANAGER).force();
-    if next.ca != stored.ca || next.previous_ca_pem != stored.previous_ca_pem {
-        secrets.patch(CA_SECRET, &params, &Patch::Apply(ca_secret_object(&next, settings))).await?;
+    let owner = owner.as_ref();
+    if next.ca != stored.ca
+        || next.previous_ca_pem != stored.previous_ca_pem
+        || !owned_by(ca_secret.as_ref(), owner)
+    {
+        secrets.patch(CA_SECRET, &params, &Patch::Apply(ca_secret_object(&next, settings, owner))).await?;
     }
     let bundle = certs::bundle(&next);
-    let desired = config::desired(
-        &settings.config_name,
-        &settings.endpoint,
-        &bundle,
-        injection.failure_policy,
-        &settings.mesh_namespace,
-    );
     let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    configs.patch(&settings.config_name, &params, &Patch::Apply(&desired)).await?;
-    if next.serving != stored.serving || tls_bundle(tls_secret.as_ref()) != Some(bundle.as_str()) {
+    match &settings.mode {
+        ConfigMode::Full(endpoint) => {
+            let desired = config::desired(
+                &settings.config_name,
+                endpoint,
+                &bundle,
+                injection.failure_policy,
+                &settings.mesh_namespace,
+            );
+            configs.patch(&settings.config_name, &params, &Patch::Apply(&desired)).await?;
+        }
+        ConfigMode::CaBundle { .. } => {
+            if configs.get_metadata_opt(&settings.config_name).await?.is_some() {
+                let patch = config::ca_bundle_patch(&settings.config_name, &bundle, injection.failure_policy);
+                configs.patch(&settings.config_name, &params, &Patch::Apply(&patch)).await?;
+            } else {
+                // The chart creates it (last, after the webhook is up); the webhook needs its
+                // certificate before that, so the Secrets are still kept.
+                tracing::info!(
+                    config = %settings.config_name,
+                    "the MutatingWebhookConfiguration does not exist; it is the chart's to create, so only the certificates are kept"
+                );
+            }
+        }
+    }
+    if next.serving != stored.serving
+        || tls_bundle(tls_secret.as_ref()) != Some(bundle.as_str())
+        || !owned_by(tls_secret.as_ref(), owner)
+    {
         secrets
-            .patch(TLS_SECRET, &params, &Patch::Apply(tls_secret_object(&next, &bundle, settings)))
+            .patch(TLS_SECRET, &params, &Patch::Apply(tls_secret_object(&next, &bundle, settings, owner)))
             .await?;
     }
 
@@ -239,12 +310,26 @@ fn tls_bundle(tls: Option<&Secret>) -> Option<&str> {
     std::str::from_utf8(&bytes.0).ok()
 }
 
-fn secret(name: &str, settings: &WebhookSettings, type_: &str, data: BTreeMap<String, String>) -> Secret {
+/// Whether `secret` carries exactly the owner reference the operator wants on it (none wanted
+/// counts as yes: the operator never removes references it did not set).
+fn owned_by(secret: Option<&Secret>, owner: Option<&OwnerReference>) -> bool {
+    let (Some(secret), Some(owner)) = (secret, owner) else { return true };
+    secret.metadata.owner_references.as_deref() == Some(std::slice::from_ref(owner))
+}
+
+fn secret(
+    name: &str,
+    settings: &WebhookSettings,
+    type_: &str,
+    data: BTreeMap<String, String>,
+    owner: Option<&OwnerReference>,
+) -> Secret {
     Secret {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             namespace: Some(settings.mesh_namespace.clone()),
             labels: Some([("app.kubernetes.io/part-of".to_owned(), "braid".to_owned())].into()),
+            owner_references: owner.map(|o| vec![o.clone()]),
             ..ObjectMeta::default()
         },
         type_: Some(type_.to_owned()),
@@ -253,7 +338,7 @@ fn secret(name: &str, settings: &WebhookSettings, type_: &str, data: BTreeMap<St
     }
 }
 
-fn ca_secret_object(stored: &Stored, settings: &WebhookSettings) -> Secret {
+fn ca_secret_object(stored: &Stored, settings: &WebhookSettings, owner: Option<&OwnerReference>) -> Secret {
     let mut data = BTreeMap::new();
     if let Some(ca) = &stored.ca {
         data.insert("ca.crt".to_owned(), ca.cert_pem.clone());
@@ -262,7 +347,7 @@ fn ca_secret_object(stored: &Stored, settings: &WebhookSettings) -> Secret {
     if let Some(previous) = &stored.previous_ca_pem {
         data.insert("previous-ca.crt".to_owned(), previous.clone());
     }
-    let mut object = secret(CA_SECRET, settings, "Opaque", data);
+    let mut object = secret(CA_SECRET, settings, "Opaque", data, owner);
     if let Some(at) = stored.ca_rotated_at.and_then(|s| Timestamp::from_second(s).ok()) {
         object.metadata.annotations = Some([(ROTATED_AT_ANNOTATION.to_owned(), at.to_string())].into());
     }
@@ -271,14 +356,19 @@ fn ca_secret_object(stored: &Stored, settings: &WebhookSettings) -> Secret {
 
 /// The Secret the webhook mounts: its certificate and key, and the bundle for reference. It
 /// never holds the CA's key.
-fn tls_secret_object(stored: &Stored, bundle: &str, settings: &WebhookSettings) -> Secret {
+fn tls_secret_object(
+    stored: &Stored,
+    bundle: &str,
+    settings: &WebhookSettings,
+    owner: Option<&OwnerReference>,
+) -> Secret {
     let mut data = BTreeMap::new();
     if let Some(serving) = &stored.serving {
         data.insert("tls.crt".to_owned(), serving.cert_pem.clone());
         data.insert("tls.key".to_owned(), serving.key_pem.clone());
     }
     data.insert("ca.crt".to_owned(), bundle.to_owned());
-    secret(TLS_SECRET, settings, "kubernetes.io/tls", data)
+    secret(TLS_SECRET, settings, "kubernetes.io/tls", data, owner)
 }
 
 async fn report_ready(

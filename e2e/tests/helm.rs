@@ -1,0 +1,818 @@
+//! The Helm chart (helm/braid) against the real API server: lint and the values schema, a
+//! server-side dry run of everything it renders, then install, the operator and the webhook
+//! doing their work under the chart's own ServiceAccounts, upgrade, and uninstall; and the
+//! operator's leader election with two replicas that fail over.
+//!
+//! The local cluster has no node yet, so the chart's Deployments never start here. The tests
+//! play their part: they run the same binaries (target/debug) with the flags of the Deployments
+//! Helm installed (parsed from the release's manifest, so the chart and this test cannot drift)
+//! and a token of the Deployment's ServiceAccount, so a missing RBAC rule fails the test.
+//!
+//! The chart installs the cluster's one Mesh (named default), so the tests that install it take
+//! turns, and this binary replaces any Mesh another test left.
+
+use std::{
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::{Duration, Instant},
+};
+
+use braid_e2e::{
+    Cluster, Component, TestNamespace, eventually, free_local_addr, metric_value, repo_root, setup,
+};
+use k8s_openapi::api::{
+    admissionregistration::v1::MutatingWebhookConfiguration,
+    coordination::v1::Lease,
+    core::v1::{Secret, Service},
+};
+use kube::{Api, Client, api::DeleteParams};
+use serde_json::{Value, json};
+
+/// Held by every test that installs the chart: it owns the cluster's single Mesh while it runs.
+static CHART_INSTALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const CA_SECRET: &str = "braid-webhook-ca";
+const TLS_SECRET: &str = "braid-webhook-tls";
+/// The chart's default; the failover test measures against it.
+const LEASE_DURATION: Duration = Duration::from_secs(15);
+
+fn chart() -> String {
+    repo_root().join("helm/braid").display().to_string()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn helm_ok(cluster: &Cluster, args: &[&str]) -> String {
+    let output = cluster.helm(args);
+    assert!(output.status.success(), "helm {args:?} failed: {}", stderr(&output));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Kubernetes YAML as JSON objects: kubectl converts it (this crate has no YAML parser), which
+/// also checks that each document is a well-formed object of a kind the API server serves.
+fn objects(cluster: &Cluster, yaml: &str) -> Vec<Value> {
+    let output =
+        cluster.kubectl_with_stdin(&["create", "--dry-run=client", "-o", "json", "-f", "-"], Some(yaml));
+    assert!(output.status.success(), "kubectl cannot read the manifests: {}\n{yaml}", stderr(&output));
+    // One JSON document per object, one after the other.
+    let documents = serde_json::Deserializer::from_slice(&output.stdout).into_iter::<Value>();
+    let documents: Vec<Value> = documents.collect::<Result<_, _>>().unwrap();
+    documents
+        .into_iter()
+        .flat_map(|value| match value["kind"].as_str() {
+            Some("List") => value["items"].as_array().cloned().unwrap_or_default(),
+            _ => vec![value],
+        })
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("the chart renders no {kind} {name}"))
+}
+
+fn container(deployment: &Value) -> &Value {
+    &deployment["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn args_of(deployment: &Value) -> Vec<String> {
+    let args = container(deployment)["args"].as_array().cloned().unwrap_or_default();
+    args.iter().map(|a| a.as_str().unwrap_or_default().to_owned()).collect()
+}
+
+/// The value of `--flag=value` in `args`.
+fn flag<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().find_map(|a| a.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// `args` without the flags the local run must set itself (listen addresses, log settings,
+/// paths inside the pod), each of which the chart must set.
+fn local_args(args: &[String], replaced: &[&str]) -> Vec<String> {
+    for name in replaced {
+        assert!(flag(args, name).is_some(), "the chart no longer sets {name}=...: {args:?}");
+    }
+    args.iter()
+        .filter(|a| !replaced.iter().any(|name| flag(std::slice::from_ref(a), name).is_some()))
+        .cloned()
+        .collect()
+}
+
+/// A kubeconfig that authenticates with a fresh token of ServiceAccount `account`, as the
+/// kubelet would mount it into the Deployment's pods (TokenRequest API).
+fn service_account_kubeconfig(cluster: &Cluster, namespace: &str, account: &str) -> PathBuf {
+    let token = cluster.kubectl_ok(&["create", "token", account, "-n", namespace, "--duration=1h"]);
+    let view: Value = serde_json::from_str(&cluster.kubectl_ok(&[
+        "config",
+        "view",
+        "--raw",
+        "--minify",
+        "--flatten",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let server = &view["clusters"][0]["cluster"];
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "braid-e2e", "cluster": {
+            "server": server["server"],
+            "certificate-authority-data": server["certificate-authority-data"],
+        }}],
+        "users": [{"name": account, "user": {"token": token.trim()}}],
+        "contexts": [{"name": account, "context": {"cluster": "braid-e2e", "user": account, "namespace": namespace}}],
+        "current-context": account,
+    });
+    let path = std::env::temp_dir().join(format!("{namespace}-{account}.kubeconfig"));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .unwrap_or_else(|err| panic!("cannot write {}: {err}", path.display()));
+    file.write_all(config.to_string().as_bytes()).unwrap();
+    path
+}
+
+/// `kubectl auth can-i ARGS` as the ServiceAccount.
+fn can_i(cluster: &Cluster, namespace: &str, account: &str, args: &[&str]) -> bool {
+    let user = format!("--as=system:serviceaccount:{namespace}:{account}");
+    let mut command = vec!["auth", "can-i"];
+    command.extend_from_slice(args);
+    command.push(&user);
+    let output = cluster.kubectl(&command);
+    match String::from_utf8_lossy(&output.stdout).split_whitespace().next() {
+        Some("yes") => true,
+        Some("no") => false,
+        _ => panic!("kubectl {command:?}: {}", stderr(&output)),
+    }
+}
+
+/// A release that is uninstalled when dropped (a failed test leaves nothing behind; the
+/// cluster-scoped objects are deleted by name too, in case Helm cannot).
+struct Release {
+    cluster: Cluster,
+    name: String,
+    namespace: String,
+}
+
+impl Release {
+    fn operator(&self) -> String {
+        format!("{}-operator", self.name)
+    }
+
+    fn webhook(&self) -> String {
+        format!("{}-webhook", self.name)
+    }
+
+    /// What Helm installed, as JSON objects.
+    fn manifest(&self) -> Vec<Value> {
+        objects(
+            &self.cluster,
+            &helm_ok(&self.cluster, &["get", "manifest", &self.name, "-n", &self.namespace]),
+        )
+    }
+
+    /// Starts braid-operator as a replica of the installed operator Deployment would run: its
+    /// flags, its ServiceAccount, plus `extra`.
+    fn start_operator(&self, label: &str, extra: &[&str]) -> Component {
+        let manifest = self.manifest();
+        let args = local_args(
+            &args_of(find(&manifest, "Deployment", &self.operator())),
+            &["--admin-addr", "--log", "--log-format"],
+        );
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        let kubeconfig = service_account_kubeconfig(&self.cluster, &self.namespace, &self.operator());
+        Component::spawn_with_kubeconfig("braid-operator", &kubeconfig, label, &[], &args)
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = self.cluster.helm(&["uninstall", &self.name, "-n", &self.namespace, "--ignore-not-found"]);
+        for (kind, name) in [
+            ("mutatingwebhookconfiguration", self.webhook()),
+            ("clusterrole", self.operator()),
+            ("clusterrole", self.webhook()),
+            ("clusterrolebinding", self.operator()),
+            ("clusterrolebinding", self.webhook()),
+        ] {
+            let _ = self.cluster.kubectl(&["delete", kind, &name, "--ignore-not-found", "--wait=false"]);
+        }
+    }
+}
+
+/// Installs the chart as release braid-SUFFIX of `ns` with `values`, after removing a Mesh that
+/// another test left (the chart brings its own); returns the release and what helm printed.
+async fn install(
+    cluster: &Cluster,
+    client: &Client,
+    ns: &TestNamespace,
+    values: &[&str],
+) -> (Release, String) {
+    let meshes: Api<braid_crds::Mesh> = Api::all(client.clone());
+    if meshes.get_opt("default").await.unwrap().is_some() {
+        eprintln!("deleting the Mesh another test left; the chart installs its own");
+        let _ = meshes.delete("default", &DeleteParams::default()).await;
+        eventually(Duration::from_secs(20), "the old Mesh to be gone", || async {
+            meshes.get_opt("default").await.ok()?.is_none().then_some(())
+        })
+        .await;
+    }
+    let suffix = ns.name.rsplit('-').next().unwrap_or("x");
+    let release =
+        Release { cluster: cluster.clone(), name: format!("braid-{suffix}"), namespace: ns.name.clone() };
+    let mut args = vec!["install", release.name.as_str(), "-n", ns.name.as_str()];
+    let chart = chart();
+    args.push(&chart);
+    args.extend_from_slice(values);
+    let output = helm_ok(cluster, &args);
+    (release, output)
+}
+
+/// The caBundle of each entry of the configuration (empty when unset).
+async fn bundles(configs: &Api<MutatingWebhookConfiguration>, name: &str) -> Vec<String> {
+    let Some(config) = configs.get_opt(name).await.unwrap() else { return Vec::new() };
+    config
+        .webhooks
+        .unwrap_or_default()
+        .iter()
+        .map(|w| {
+            let bytes = w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()).unwrap_or_default();
+            String::from_utf8(bytes).unwrap()
+        })
+        .collect()
+}
+
+async fn failure_policy(configs: &Api<MutatingWebhookConfiguration>, name: &str, entry: usize) -> String {
+    let config = configs.get(name).await.unwrap();
+    config.webhooks.unwrap()[entry].failure_policy.clone().unwrap_or_default()
+}
+
+async fn lease_holder(leases: &Api<Lease>, name: &str) -> Option<String> {
+    let lease = leases.get_opt(name).await.ok()??;
+    lease.spec?.holder_identity.filter(|h| !h.is_empty())
+}
+
+/// Property names and checks (type, enum, pattern, bounds) of a JSON or OpenAPI schema, nested.
+fn shape(schema: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for key in ["type", "enum", "pattern", "minLength", "maxLength"] {
+        if let Some(value) = schema.get(key) {
+            out.insert(key.to_owned(), value.clone());
+        }
+    }
+    // The CRD writes bounds as floats (90.0), the chart's schema as integers.
+    for key in ["minimum", "maximum"] {
+        if let Some(value) = schema.get(key).and_then(Value::as_f64) {
+            out.insert(key.to_owned(), json!(value));
+        }
+    }
+    if let Some(properties) = schema["properties"].as_object() {
+        let nested: serde_json::Map<String, Value> =
+            properties.iter().map(|(name, property)| (name.clone(), shape(property))).collect();
+        out.insert("properties".to_owned(), Value::Object(nested));
+    }
+    Value::Object(out)
+}
+
+#[tokio::test]
+async fn the_chart_lints_and_refuses_bad_values_with_the_schema_message() {
+    let (cluster, _client, ns) = setup("e2e-helm-values").await;
+    let chart = chart();
+    let lint = helm_ok(cluster, &["lint", "--strict", &chart]);
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+    // A single operator without leader election, no PDBs, no Mesh: the other branches render too.
+    let small = "operator.replicas=1,operator.leaderElection.enabled=false,podDisruptionBudget.enabled=false,mesh.create=false";
+    helm_ok(cluster, &["lint", "--strict", &chart, "--set", small]);
+
+    // Each bad value fails `helm install` before anything is applied, saying where and why.
+    let cases = [
+        ("operator.replicas=0", "at '/operator/replicas': minimum: got 0, want 1"),
+        (
+            "mesh.spec.injection.failurePolicy=Sometimes",
+            "at '/mesh/spec/injection/failurePolicy': value must be one of 'Fail', 'Ignore'",
+        ),
+        ("operatr.replicas=2", "additional properties 'operatr' not allowed"),
+        (
+            "webhook.logLevel=verbose",
+            "at '/webhook/logLevel': value must be one of 'error', 'warn', 'info', 'debug', 'trace'",
+        ),
+        (
+            "operator.leaderElection.leaseDuration=15",
+            "at '/operator/leaderElection/leaseDuration': got number, want string",
+        ),
+        ("mesh.spec.trustDomain=Not_A_Domain", "at '/mesh/spec/trustDomain'"),
+        (
+            "mesh.spec.injection.renewAtPercent=95",
+            "at '/mesh/spec/injection/renewAtPercent': maximum: got 95, want 90",
+        ),
+        (
+            "operator.leaderElection.enabled=false",
+            "operator.replicas > 1 needs operator.leaderElection.enabled=true",
+        ),
+    ];
+    let release = format!("braid-bad-{}", ns.name.rsplit('-').next().unwrap_or("x"));
+    for (value, message) in cases {
+        let output = cluster.helm(&["install", &release, &chart, "-n", &ns.name, "--set", value]);
+        let err = stderr(&output);
+        assert!(!output.status.success(), "helm install --set {value} succeeded");
+        assert!(err.contains(message), "helm install --set {value}: expected {message:?} in:\n{err}");
+        eprintln!("--set {value}:\n{}", err.trim());
+    }
+    let releases = helm_ok(cluster, &["list", "-n", &ns.name, "-a", "-q"]);
+    assert!(releases.trim().is_empty(), "a refused install left a release: {releases}");
+    let roles = cluster.kubectl_ok(&["get", "clusterroles", "-o", "name"]);
+    assert!(!roles.contains(&release), "a refused install created objects: {roles}");
+
+    // The Mesh part of the schema checks what the CRD checks, field for field.
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("helm/braid/values.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let (_, crd) = braid_crds::crds().into_iter().find(|(_, crd)| crd.spec.names.kind == "Mesh").unwrap();
+    let crd = serde_json::to_value(&crd).unwrap();
+    let crd_spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    assert_eq!(
+        shape(&schema["properties"]["mesh"]["properties"]["spec"]),
+        shape(crd_spec),
+        "values.schema.json's mesh.spec and the Mesh CRD disagree: update the chart's schema"
+    );
+}
+
+#[tokio::test]
+async fn the_rendered_chart_passes_a_server_side_dry_run_and_the_crds_apply_as_is() {
+    let (cluster, _client, ns) = setup("e2e-helm-render").await;
+    // The restricted Pod Security profile warns about any Deployment that would run privileged,
+    // as root, with a writable root filesystem or with privilege escalation.
+    cluster.kubectl_ok(&["label", "namespace", &ns.name, "pod-security.kubernetes.io/warn=restricted"]);
+
+    // GitOps: the generated CRDs apply server-side exactly as committed, the chart's copy too.
+    for dir in ["crds", "helm/braid/crds"] {
+        let path = repo_root().join(dir).display().to_string();
+        let output =
+            cluster.kubectl(&["apply", "--server-side", "--field-manager=braid-e2e-gitops", "-f", &path]);
+        assert!(output.status.success(), "kubectl apply --server-side -f {dir}/: {}", stderr(&output));
+        assert!(!stderr(&output).contains("Warning"), "{dir}: {}", stderr(&output));
+    }
+
+    let chart = chart();
+    let variants: [&[&str]; 2] = [
+        &[],
+        &[
+            "--set",
+            "operator.replicas=1,operator.leaderElection.enabled=false,podDisruptionBudget.enabled=false,mesh.create=false",
+        ],
+    ];
+    for values in variants {
+        let mut args = vec!["template", "braid", chart.as_str(), "-n", ns.name.as_str()];
+        args.extend_from_slice(values);
+        let rendered = helm_ok(cluster, &args);
+        let output = cluster.kubectl_with_stdin(
+            // --force-conflicts: the cluster's Mesh may be another release's (a concurrent test);
+            // this checks what the API server accepts, not who owns it.
+            &[
+                "apply",
+                "--server-side",
+                "--dry-run=server",
+                "--force-conflicts",
+                "--field-manager=braid-e2e",
+                "-f",
+                "-",
+            ],
+            Some(&rendered),
+        );
+        let err = stderr(&output);
+        assert!(output.status.success(), "the API server refused the chart ({values:?}): {err}");
+        assert!(!err.contains("Warning"), "the API server warned ({values:?}): {err}");
+        eprintln!("{values:?}:\n{}", String::from_utf8_lossy(&output.stdout));
+    }
+
+    // The defaults run HA, least-privileged and observable.
+    let objects = objects(cluster, &helm_ok(cluster, &["template", "braid", &chart, "-n", &ns.name]));
+    let mut kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    kinds.sort_unstable();
+    #[rustfmt::skip]
+    assert_eq!(kinds, [
+        "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "Deployment", "Deployment",
+        "Lease", "Mesh", "MutatingWebhookConfiguration", "PodDisruptionBudget", "PodDisruptionBudget", "Role",
+        "RoleBinding", "Service", "Service", "ServiceAccount", "ServiceAccount",
+    ]);
+    for name in ["braid-operator", "braid-webhook"] {
+        let deployment = find(&objects, "Deployment", name);
+        let pod = &deployment["spec"]["template"]["spec"];
+        let container = container(deployment);
+        assert_eq!(deployment["spec"]["replicas"], 2, "{name}");
+        assert_eq!(pod["serviceAccountName"], name, "{name} runs under its own ServiceAccount");
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+        assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true, "{name}");
+        assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false, "{name}");
+        assert!(pod["affinity"]["podAntiAffinity"].is_object(), "{name}");
+        assert!(container["resources"]["requests"]["cpu"].is_string(), "{name}");
+        assert!(container["readinessProbe"]["httpGet"]["path"] == "/readyz", "{name}");
+        assert_eq!(find(&objects, "PodDisruptionBudget", name)["spec"]["maxUnavailable"], 1);
+    }
+    assert!(args_of(find(&objects, "Deployment", "braid-operator")).contains(&"--leader-elect".to_owned()));
+    // The webhook is probed over TLS on the port the API server calls.
+    let webhook = container(find(&objects, "Deployment", "braid-webhook"));
+    assert_eq!(webhook["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    // The caBundle is the operator's: the chart never renders it, and says so.
+    let config = find(&objects, "MutatingWebhookConfiguration", "braid-webhook");
+    for hook in config["webhooks"].as_array().unwrap() {
+        assert!(hook["clientConfig"].get("caBundle").is_none(), "{hook}");
+        assert_eq!(hook["clientConfig"]["service"]["name"], "braid-webhook");
+    }
+    assert!(
+        config["metadata"]["annotations"]["braid.dev/managed-fields"].as_str().unwrap().contains("caBundle")
+    );
+}
+
+#[tokio::test]
+async fn the_chart_installs_runs_under_its_own_service_accounts_upgrades_and_uninstalls_cleanly() {
+    let (cluster, client, ns) = setup("e2e-helm").await;
+    let _turn = CHART_INSTALL.lock().await;
+    let chart = chart();
+    let (release, installed) = install(cluster, &client, &ns, &[]).await;
+    eprintln!("$ helm install {} helm/braid -n {}\n{installed}", release.name, ns.name);
+    assert!(installed.contains("STATUS: deployed"), "{installed}");
+    assert!(installed.contains("kubectl get mesh default"), "NOTES.txt tells how to check:\n{installed}");
+
+    let (operator_sa, webhook_sa) = (release.operator(), release.webhook());
+    let config_name = release.webhook();
+    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let meshes: Api<braid_crds::Mesh> = Api::all(client.clone());
+    assert_eq!(bundles(&configs, &config_name).await, ["", ""], "Helm installs no caBundle");
+    assert_eq!(lease_holder(&leases, &operator_sa).await, None, "the chart's Lease starts empty");
+
+    // Least privilege, as the API server's authorizer sees it.
+    let operator_may = |args: &[&str]| can_i(cluster, &ns.name, &operator_sa, args);
+    let webhook_may = |args: &[&str]| can_i(cluster, &ns.name, &webhook_sa, args);
+    let n = ns.name.as_str();
+    let (config_ref, lease_ref) = (
+        format!("mutatingwebhookconfigurations/{config_name}"),
+        format!("leases.coordination.k8s.io/{operator_sa}"),
+    );
+    #[rustfmt::skip]
+    let operator_allowed: &[&[&str]] = &[
+        &["list", "meshroutes.braid.dev", "-A"], &["watch", "meshroutes.braid.dev", "-A"],
+        &["patch", "meshroutes.braid.dev", "--subresource=status", "-A"],
+        &["watch", "services", "-A"], &["get", "services", "-A"],
+        &["get", "meshes.braid.dev/default"], &["watch", "meshes.braid.dev/default"],
+        &["patch", "meshes.braid.dev/default", "--subresource=status"],
+        &["watch", &config_ref], &["patch", &config_ref],
+        &["watch", "secrets/braid-webhook-ca", "-n", n], &["patch", "secrets/braid-webhook-tls", "-n", n],
+        &["create", "secrets", "-n", n],
+        &["get", &lease_ref, "-n", n], &["update", &lease_ref, "-n", n],
+    ];
+    #[rustfmt::skip]
+    let operator_denied: &[&[&str]] = &[
+        &["update", "meshroutes.braid.dev", "-A"], &["patch", "meshes.braid.dev/default"],
+        &["list", "meshes.braid.dev"], &["create", "mutatingwebhookconfigurations"],
+        &["delete", &config_ref], &["patch", "mutatingwebhookconfigurations/someone-elses"],
+        &["get", "secrets", "-n", n], &["get", "secrets/someone-elses", "-n", n],
+        &["get", "secrets/braid-webhook-ca", "-n", "default"], &["create", "secrets", "-n", "default"],
+        &["create", "leases.coordination.k8s.io", "-n", n], &["delete", &lease_ref, "-n", n],
+        &["list", "pods", "-A"], &["list", "namespaces"], &["delete", "services", "-A"],
+    ];
+    for args in operator_allowed {
+        assert!(operator_may(args), "the operator's ServiceAccount may not {args:?}");
+    }
+    for args in operator_denied {
+        assert!(!operator_may(args), "the operator's ServiceAccount may {args:?}: more than it needs");
+    }
+    for args in [&["watch", "namespaces"][..], &["get", "namespaces"], &["watch", "meshes.braid.dev/default"]]
+    {
+        assert!(webhook_may(args), "the webhook's ServiceAccount may not {args:?}");
+    }
+    #[rustfmt::skip]
+    let webhook_denied: &[&[&str]] = &[
+        &["get", "secrets", "-n", n], &["list", "meshes.braid.dev"], &["patch", "namespaces"],
+        &["create", "pods", "-A"], &["list", "meshroutes.braid.dev", "-A"],
+    ];
+    for args in webhook_denied {
+        assert!(!webhook_may(args), "the webhook's ServiceAccount may {args:?}: more than it needs");
+    }
+
+    // The operator under its ServiceAccount, with the Deployment's flags: it leads (the Lease),
+    // issues the webhook's certificates, fills in the caBundle and writes status.
+    let operator = release.start_operator(&format!("{}-1", release.name), &[]);
+    let holder = eventually(Duration::from_secs(15), "the operator to take the chart's Lease", || {
+        lease_holder(&leases, &operator_sa)
+    })
+    .await;
+    eprintln!("leader: {holder}");
+    let bundle = eventually(Duration::from_secs(30), "the caBundle in both entries", || async {
+        let bundles = bundles(&configs, &config_name).await;
+        (bundles.len() == 2 && !bundles[0].is_empty() && bundles[0] == bundles[1]).then(|| bundles[0].clone())
+    })
+    .await;
+    assert_eq!(failure_policy(&configs, &config_name, 0).await, "Fail");
+    assert_eq!(failure_policy(&configs, &config_name, 1).await, "Ignore");
+    // The operator owns exactly caBundle and the first entry's failure policy; the rest is Helm's.
+    let config = configs.get(&config_name).await.unwrap();
+    let operator_fields = config
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .find(|f| f.manager.as_deref() == Some("braid-operator"))
+        .and_then(|f| f.fields_v1)
+        .map(|f| f.0.to_string())
+        .unwrap_or_default();
+    assert!(
+        operator_fields.contains("f:caBundle") && operator_fields.contains("f:failurePolicy"),
+        "{operator_fields}"
+    );
+    assert!(
+        !operator_fields.contains("f:rules") && !operator_fields.contains("f:service"),
+        "{operator_fields}"
+    );
+
+    let service = Api::<Service>::namespaced(client.clone(), &ns.name).get(&webhook_sa).await.unwrap();
+    for name in [CA_SECRET, TLS_SECRET] {
+        let secret = secrets.get(name).await.unwrap_or_else(|err| panic!("Secret {name}: {err}"));
+        let owners = secret.metadata.owner_references.unwrap_or_default();
+        assert_eq!(owners.len(), 1, "{name}: {owners:?}");
+        assert_eq!((owners[0].kind.as_str(), owners[0].name.as_str()), ("Service", webhook_sa.as_str()));
+        assert_eq!(
+            Some(&owners[0].uid),
+            service.metadata.uid.as_ref(),
+            "{name} is owned by the webhook's Service"
+        );
+    }
+    eventually(Duration::from_secs(30), "Mesh default WebhookCertificateReady=True", || async {
+        let status = meshes.get("default").await.ok()?.status?;
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "WebhookCertificateReady" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+
+    // MeshRoute status, written under the same ServiceAccount.
+    let app = TestNamespace::create(cluster, &client, "e2e-helm-app").await;
+    for service in ["reviews", "reviews-v1"] {
+        cluster.kubectl_ok(&["create", "service", "clusterip", service, "-n", &app.name, "--tcp=8080"]);
+    }
+    let route = r#"{"apiVersion": "braid.dev/v1alpha1", "kind": "MeshRoute", "metadata": {"name": "reviews"},
+        "spec": {"service": "reviews", "rules": [{"backends": [{"service": "reviews-v1", "weight": 100}]}]}}"#;
+    let applied = cluster.kubectl_with_stdin(&["apply", "-n", &app.name, "-f", "-"], Some(route));
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    let routes: Api<braid_crds::MeshRoute> = Api::namespaced(client.clone(), &app.name);
+    eventually(Duration::from_secs(30), "MeshRoute reviews Accepted and ResolvedRefs", || async {
+        let status = routes.get("reviews").await.ok()?.status?;
+        let is_true = |t: &str| status.conditions.iter().any(|c| c.type_ == t && c.status == "True");
+        (is_true("Accepted") && is_true("ResolvedRefs")).then_some(())
+    })
+    .await;
+    eprintln!("{}", cluster.kubectl_ok(&["get", "meshroutes", "-n", &app.name]));
+
+    // The webhook under its ServiceAccount, with the Deployment's flags and the operator's
+    // Secret where the chart mounts it: ready means its namespace and Mesh reflectors list
+    // and watch. The API server would call it at the Service's name and check it against the
+    // caBundle; curl does the same here.
+    let manifest = release.manifest();
+    let webhook_deployment = find(&manifest, "Deployment", &webhook_sa);
+    let chart_args = args_of(webhook_deployment);
+    assert_eq!(chart_args.first().map(String::as_str), Some("serve"));
+    let mount = container(webhook_deployment)["volumeMounts"][0]["mountPath"].as_str().unwrap().to_owned();
+    let volume = &webhook_deployment["spec"]["template"]["spec"]["volumes"][0];
+    assert_eq!(volume["secret"]["secretName"], TLS_SECRET, "the webhook mounts the operator's Secret");
+    assert_eq!(flag(&chart_args, "--tls-cert"), Some(format!("{mount}/tls.crt").as_str()));
+    assert_eq!(flag(&chart_args, "--tls-key"), Some(format!("{mount}/tls.key").as_str()));
+    let tls_dir = std::env::temp_dir().join(format!("{}-tls", release.name));
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let data = secrets.get(TLS_SECRET).await.unwrap().data.unwrap();
+    for key in ["tls.crt", "tls.key"] {
+        std::fs::write(tls_dir.join(key), &data[key].0).unwrap();
+    }
+    let addr = free_local_addr();
+    let mut args = local_args(
+        &chart_args[1..],
+        &["--addr", "--admin-addr", "--log", "--log-format", "--tls-cert", "--tls-key"],
+    );
+    args.extend([
+        format!("--addr={addr}"),
+        format!("--tls-cert={}", tls_dir.join("tls.crt").display()),
+        format!("--tls-key={}", tls_dir.join("tls.key").display()),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let kubeconfig = service_account_kubeconfig(cluster, &ns.name, &webhook_sa);
+    let webhook =
+        Component::spawn_with_kubeconfig("braid-webhook", &kubeconfig, &release.name, &["serve"], &args);
+    let host = format!("{webhook_sa}.{}.svc", ns.name);
+    let bundle_file = write_temp(&format!("{}-bundle.pem", release.name), &bundle);
+    let curl = Command::new("curl")
+        .args(["-fsS", "--noproxy", "*", "--cacert", &bundle_file])
+        .arg("--resolve")
+        .arg(format!("{host}:{}:127.0.0.1", addr.port()))
+        .arg(format!("https://{host}:{}/readyz", addr.port()))
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run curl (apt-get install curl): {err}"));
+    assert!(curl.status.success(), "the webhook's certificate does not verify as {host}: {}", stderr(&curl));
+
+    for (name, log) in [("operator", operator.log_text()), ("webhook", webhook.log_text())] {
+        assert!(!log.to_lowercase().contains("forbidden"), "the {name} was refused something:\n{log}");
+    }
+
+    // Upgrade with changed values while the operator is stopped: whatever happens to the
+    // caBundle now is Helm's doing. On SIGTERM the operator releases its Lease.
+    let (status, log) = operator.terminate(Duration::from_secs(20));
+    assert!(status.success(), "the operator exited with {status}:\n{log}");
+    assert!(log.contains("released the Lease"), "{log}");
+    assert_eq!(lease_holder(&leases, &operator_sa).await, None);
+    let upgrade = [
+        "upgrade",
+        release.name.as_str(),
+        chart.as_str(),
+        "-n",
+        ns.name.as_str(),
+        "--set",
+        "webhook.replicas=3,operator.logLevel=debug,mesh.spec.injection.failurePolicy=Ignore",
+    ];
+    let upgraded = helm_ok(cluster, &upgrade);
+    assert!(upgraded.contains("REVISION: 2"), "{upgraded}");
+    assert_eq!(
+        bundles(&configs, &config_name).await,
+        [bundle.clone(), bundle.clone()],
+        "helm upgrade changed the caBundle"
+    );
+    assert_eq!(
+        failure_policy(&configs, &config_name, 0).await,
+        "Fail",
+        "Helm does not own the failure policy"
+    );
+    let manifest = release.manifest();
+    assert_eq!(find(&manifest, "Deployment", &webhook_sa)["spec"]["replicas"], 3);
+    let operator_args = args_of(find(&manifest, "Deployment", &operator_sa));
+    assert_eq!(flag(&operator_args, "--log"), Some("debug"));
+    let live = cluster.kubectl_ok(&[
+        "get",
+        "deployment",
+        &webhook_sa,
+        "-n",
+        &ns.name,
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]);
+    assert_eq!(live, "3");
+    let mesh = meshes.get("default").await.unwrap();
+    assert_eq!(mesh.spec.injection.failure_policy, braid_crds::mesh::FailurePolicy::Ignore);
+    assert!(leases.get_opt(&operator_sa).await.unwrap().is_some(), "the upgrade kept the Lease");
+
+    // The operator, restarted with the upgraded flags, carries the Mesh's new failure policy
+    // into the configuration and keeps the CA it had.
+    let operator = release.start_operator(&format!("{}-2", release.name), &[]);
+    eventually(Duration::from_secs(30), "failurePolicy Ignore from the upgraded Mesh", || async {
+        (failure_policy(&configs, &config_name, 0).await == "Ignore").then_some(())
+    })
+    .await;
+    assert_eq!(bundles(&configs, &config_name).await[0], bundle, "the CA was kept");
+
+    // Uninstall while both still run: everything but the CRDs goes, and the operator does not
+    // bring the configuration back (a stale one could block pod creation in meshed namespaces).
+    let uninstalled = helm_ok(cluster, &["uninstall", &release.name, "-n", &ns.name]);
+    eprintln!("$ helm uninstall {} -n {}\n{uninstalled}", release.name, ns.name);
+    let leftovers = || {
+        let namespaced = cluster.kubectl_ok(&[
+            "get",
+            "all,secrets,leases,serviceaccounts,roles,rolebindings,poddisruptionbudgets,configmaps",
+            "-n",
+            &ns.name,
+            "-o",
+            "name",
+        ]);
+        let cluster_wide = cluster.kubectl_ok(&[
+            "get",
+            "clusterroles,clusterrolebindings,mutatingwebhookconfigurations,meshes",
+            "-o",
+            "name",
+        ]);
+        namespaced
+            .lines()
+            .filter(|l| !matches!(*l, "serviceaccount/default" | "configmap/kube-root-ca.crt"))
+            .chain(
+                cluster_wide
+                    .lines()
+                    .filter(|l| l.contains(&release.name) || l.ends_with("mesh.braid.dev/default")),
+            )
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !leftovers().is_empty() {
+        assert!(Instant::now() < deadline, "helm uninstall left {:?}", leftovers());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(configs.get_opt(&config_name).await.unwrap().is_none(), "the webhook configuration came back");
+    assert!(leftovers().is_empty(), "after 5 s: {:?}", leftovers());
+    let crds = cluster.kubectl_ok(&["get", "crds", "-o", "name"]);
+    for crd in ["meshroutes.braid.dev", "meshpolicies.braid.dev", "meshes.braid.dev"] {
+        assert!(crds.contains(crd), "helm uninstall removed CRD {crd}");
+    }
+    assert!(routes.get_opt("reviews").await.unwrap().is_some(), "routes outlive the release");
+    drop((operator, webhook));
+}
+
+#[tokio::test]
+async fn two_operator_replicas_elect_one_leader_and_fail_over_within_the_lease_duration() {
+    let (cluster, client, ns) = setup("e2e-helm-ha").await;
+    let _turn = CHART_INSTALL.lock().await;
+    let (release, _) = install(cluster, &client, &ns, &[]).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
+    let lease = release.operator();
+    let identity = |replica: &str| format!("--leader-election-identity={}-{replica}", release.operator());
+    let leader_metric = "braid_operator_leader";
+    let webhook_reconciles = "braid_operator_reconciles_total{controller=\"webhook-certificate\"}";
+
+    // Two replicas as the Deployment runs them: the first leads, the second stands by (and is
+    // ready, so a rollout is not held up by it) without running any controller.
+    let a = release.start_operator(&format!("{}-a", release.name), &[&identity("a")]);
+    let b = release.start_operator(&format!("{}-b", release.name), &[&identity("b")]);
+    assert_eq!(lease_holder(&leases, &lease).await, Some(format!("{lease}-a")));
+    eventually(Duration::from_secs(30), "the leader to issue the webhook's Secret", || async {
+        secrets.get_opt(TLS_SECRET).await.ok()?.map(|_| ())
+    })
+    .await;
+    assert_eq!(metric_value(&a.metrics(), leader_metric), 1.0);
+    assert_eq!(metric_value(&b.metrics(), leader_metric), 0.0);
+    assert_eq!(metric_value(&b.metrics(), webhook_reconciles), 0.0, "the standby ran a controller");
+
+    // Steady state: the standby has seen the leader renew at least once (a standby that has
+    // only just started knows nothing older than its first look, and waits a full lease
+    // duration from that).
+    let renewed = |lease: Lease| lease.spec.and_then(|s| s.renew_time).map(|t| t.0);
+    let first = renewed(leases.get(&lease).await.unwrap());
+    eventually(Duration::from_secs(10), "the leader to renew the Lease", || async {
+        (renewed(leases.get(&lease).await.ok()?) != first).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // The leader dies without releasing the Lease (SIGKILL): the standby takes over once the
+    // Lease has gone unrenewed for the lease duration, which started before the kill.
+    let killed = Instant::now();
+    drop(a);
+    let took = eventually(LEASE_DURATION * 2, "the standby to take over", || async {
+        (lease_holder(&leases, &lease).await == Some(format!("{lease}-b"))).then(|| killed.elapsed())
+    })
+    .await;
+    eprintln!(
+        "after SIGKILL of the leader, the standby led after {took:?} (lease duration {LEASE_DURATION:?})"
+    );
+    assert!(took <= LEASE_DURATION + Duration::from_secs(1), "took over after {took:?}");
+    // At the earliest: the last renewal came at most a renew period (5 s) before the kill, and
+    // the standby dates it at most one look (2 s) early.
+    assert!(took >= LEASE_DURATION - Duration::from_secs(8), "took over after {took:?}: a live lease");
+
+    // The new leader does the work: a deleted Secret is issued again, under its ServiceAccount.
+    eventually(Duration::from_secs(20), "the new leader to run the controllers", || async {
+        (metric_value(&b.metrics(), leader_metric) == 1.0).then_some(())
+    })
+    .await;
+    secrets.delete(TLS_SECRET, &DeleteParams::default()).await.unwrap();
+    eventually(Duration::from_secs(20), "the new leader to reissue the webhook's Secret", || async {
+        secrets.get_opt(TLS_SECRET).await.ok()?.map(|_| ())
+    })
+    .await;
+
+    // A leader that is stopped (SIGTERM, as on a rollout or drain) releases the Lease, and the
+    // standby takes over at its next look instead of a lease duration later.
+    let c = release.start_operator(&format!("{}-c", release.name), &[&identity("c")]);
+    let stopped = Instant::now();
+    let (status, log) = b.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status}\n{log}");
+    let took = eventually(Duration::from_secs(10), "the standby to take over a released Lease", || async {
+        (lease_holder(&leases, &lease).await == Some(format!("{lease}-c"))).then(|| stopped.elapsed())
+    })
+    .await;
+    eprintln!("after SIGTERM of the leader, the standby led after {took:?}");
+    assert!(took <= Duration::from_secs(5), "took over after {took:?}");
+    let transitions = leases.get(&lease).await.unwrap().spec.unwrap().lease_transitions;
+    assert_eq!(transitions, Some(2), "a -> b -> c");
+    let log = c.log_text();
+    assert!(log.contains("acquired the Lease"), "{log}");
+    assert!(!log.to_lowercase().contains("forbidden"), "{log}");
+    drop(c);
+    drop(release);
+}
+
+/// Writes `text` to a file in the temp directory and returns its path.
+fn write_temp(name: &str, text: &str) -> String {
+    let path: &Path = &std::env::temp_dir().join(name);
+    std::fs::write(path, text).unwrap_or_else(|err| panic!("cannot write {}: {err}", path.display()));
+    path.display().to_string()
+}

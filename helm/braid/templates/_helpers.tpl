@@ -1,0 +1,90 @@
+{{/*
+Names. Every object is named after the release, so that the cluster-scoped ones (ClusterRoles,
+ClusterRoleBindings, the MutatingWebhookConfiguration) of two releases never collide. The prefix
+is at most 54 characters, so "PREFIX-operator" still fits a 63-character DNS label.
+*/}}
+{{- define "braid.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 54 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "braid.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 54 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 54 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 54 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "braid.operator.name" -}}
+{{- printf "%s-operator" (include "braid.fullname" .) }}
+{{- end }}
+
+{{- define "braid.webhook.name" -}}
+{{- printf "%s-webhook" (include "braid.fullname" .) }}
+{{- end }}
+
+{{/* The webhook's Service and its MutatingWebhookConfiguration share the name. */}}
+{{- define "braid.webhookConfig.name" -}}
+{{- include "braid.webhook.name" . }}
+{{- end }}
+
+{{/* The Secret the operator writes the webhook's serving certificate into (a fixed name). */}}
+{{- define "braid.webhookTlsSecret" -}}
+braid-webhook-tls
+{{- end }}
+
+{{- define "braid.image" -}}
+{{- printf "%s/%s:%s" .ctx.Values.image.registry .image (default .ctx.Chart.AppVersion .ctx.Values.image.tag) }}
+{{- end }}
+
+{{/* Labels on every object; call with (dict "ctx" $ "component" "operator"). */}}
+{{- define "braid.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .ctx.Chart.Name .ctx.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: braid
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+{{ include "braid.selectorLabels" . }}
+{{- end }}
+
+{{- define "braid.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "braid.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+{{- if .component }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+{{- end }}
+
+{{/* Pod and container security shared by both Deployments: non-root, nothing writable, no privileges. */}}
+{{- define "braid.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "braid.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: [ALL]
+{{- end }}
+
+{{/* Spread the replicas over nodes when there are several; never required, so one node works. */}}
+{{- define "braid.antiAffinity" -}}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "braid.selectorLabels" . | nindent 12 }}
+{{- end }}
