@@ -54,8 +54,17 @@ async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Result<Respons
     }
     let response = match request.uri().path() {
         "/live" => text(StatusCode::OK, "live\n".to_owned()),
-        "/ready" if admin.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n".to_owned()),
-        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or draining\n".to_owned()),
+        "/ready" => {
+            let has_certificate =
+                admin.shared.identity.as_ref().is_none_or(|identity| identity.current().is_some());
+            if !admin.ready.load(Ordering::Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n".to_owned())
+            } else if !has_certificate {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no workload certificate yet\n".to_owned())
+            } else {
+                text(StatusCode::OK, "ready\n".to_owned())
+            }
+        }
         "/metrics" => {
             let mut response = text(StatusCode::OK, admin.shared.metrics.encode());
             response.headers_mut().insert(

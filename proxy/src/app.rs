@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::http::Shared;
+use crate::identity::{self, IdentityStore};
 use crate::reload::{self, LoadError, ReloadStatus};
 use crate::server::{self, ListenerKind};
 use crate::table::{Table, TableError};
@@ -67,9 +68,10 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     if let Some(admin) = options.admin {
         config.admin = admin;
     }
-    let table = Table::build(config, None)?;
+    let identity = config.identity.as_ref().map(|_| Arc::new(IdentityStore::default()));
+    let table = Table::build(config, None, identity.as_ref())?;
     let config = table.config.clone();
-    let shared = Arc::new(Shared::new(table));
+    let shared = Arc::new(Shared::new(table, identity.clone()));
 
     let (admin_listener, admin_addr) = bind("admin", config.admin).await?;
     let (outbound_listener, outbound_addr) = bind("outbound", config.outbound.listen).await?;
@@ -101,6 +103,9 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
             reload_status.clone(),
             background.clone(),
         ));
+    }
+    if let (Some(identity_config), Some(store)) = (config.identity.clone(), identity) {
+        tokio::spawn(identity::client::maintain(identity_config, store, background.clone()));
     }
     let ready = Arc::new(AtomicBool::new(true));
     let admin = Arc::new(Admin { shared: shared.clone(), ready: ready.clone(), reload: reload_status });

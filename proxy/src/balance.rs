@@ -3,12 +3,14 @@
 //! failures, with an ejection time that doubles for an endpoint that keeps failing.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::LoadBalancerConfig;
-use crate::http::upstream::{Pool, UpstreamProtocol};
+use crate::http::upstream::{Pool, TlsTarget, UpstreamProtocol};
+use crate::identity::{ALPN_H2, ALPN_OPAQUE, IdentityStore};
+use crate::metrics::Label;
 
 /// The latency assumed for an endpoint that has not answered yet.
 const INITIAL_LATENCY_NANOS: f64 = 1_000_000.0;
@@ -18,7 +20,11 @@ const INITIAL_LATENCY_NANOS: f64 = 1_000_000.0;
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub meshed: bool,
+    /// The SPIFFE id the endpoint must prove (mTLS), or empty (plaintext).
+    pub identity: Label,
     pub pool: Pool,
+    /// How opaque TCP reaches it: TLS with ALPN braid/opaque when it has an identity.
+    pub opaque_tls: Option<TlsTarget>,
     pending: AtomicU32,
     health: Mutex<Health>,
 }
@@ -33,12 +39,24 @@ struct Health {
 }
 
 impl Endpoint {
-    pub fn new(addr: SocketAddr, meshed: bool, http2: bool) -> Self {
+    pub fn new(
+        addr: SocketAddr,
+        meshed: bool,
+        http2: bool,
+        identity: Option<&str>,
+        store: Option<&Arc<IdentityStore>>,
+    ) -> Self {
         let protocol = if meshed || http2 { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
+        let tls = |alpn| match (identity, store) {
+            (Some(identity), Some(store)) => Some(TlsTarget::new(store.clone(), identity.to_owned(), alpn)),
+            _ => None,
+        };
         Self {
             addr,
             meshed,
-            pool: Pool::new(addr, protocol),
+            identity: Label::new(identity.unwrap_or("")),
+            pool: Pool::with_tls(addr, protocol, tls(ALPN_H2)),
+            opaque_tls: tls(ALPN_OPAQUE),
             pending: AtomicU32::new(0),
             health: Mutex::new(Health {
                 ewma_nanos: INITIAL_LATENCY_NANOS,
@@ -150,7 +168,7 @@ mod tests {
 
     fn endpoints(count: u16) -> Vec<Endpoint> {
         (0..count)
-            .map(|i| Endpoint::new(SocketAddr::from(([127, 0, 0, 1], 1000 + i)), false, false))
+            .map(|i| Endpoint::new(SocketAddr::from(([127, 0, 0, 1], 1000 + i)), false, false, None, None))
             .collect()
     }
 

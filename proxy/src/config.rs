@@ -28,6 +28,101 @@ pub struct Config {
     /// The destinations the proxy knows. Connections to anything else are forwarded unchanged.
     #[serde(default)]
     pub services: Vec<ServiceConfig>,
+    /// The workload identity: where the proxy gets its certificate. Without it the proxy
+    /// speaks plaintext only (docs/identity.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityConfig>,
+}
+
+/// How the proxy obtains and renews its workload certificate (docs/identity.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The identity to ask for: `spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT`.
+    pub identity: String,
+    /// The operator's identity endpoint, `host:port`.
+    pub endpoint: String,
+    /// The DNS name the endpoint's certificate must carry; the endpoint's host when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// The projected ServiceAccount token (audience braid), re-read for every request.
+    pub token_file: std::path::PathBuf,
+    /// The roots the mesh trusts (PEM), re-read when it changes.
+    pub trust_bundle_file: std::path::PathBuf,
+    /// Renew when this share of the certificate's lifetime has passed.
+    #[serde(default = "default_renew_at_percent")]
+    pub renew_at_percent: u8,
+}
+
+fn default_renew_at_percent() -> u8 {
+    70
+}
+
+/// Who may connect to the app (a MeshPolicy, as the proxy applies it). With a policy, every
+/// request no rule allows is denied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PolicyConfig {
+    #[serde(default)]
+    pub mtls: MtlsMode,
+    #[serde(default)]
+    pub rules: Vec<AuthorizationRuleConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum MtlsMode {
+    /// Only mTLS connections from meshed clients.
+    #[default]
+    Strict,
+    /// mTLS and plaintext.
+    Permissive,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthorizationRuleConfig {
+    /// The rule's name in metrics and deny reasons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Clients allowed; any one may match. Empty: any client the mTLS mode admits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<SourceConfig>,
+    /// Operations allowed; any one may match. Empty: everything.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<OperationConfig>,
+}
+
+/// One of: a service account, every service account of a namespace, or a SPIFFE id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceAccountConfig {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OperationConfig {
+    /// Exact paths, or prefixes ending in `*` (`/api/*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// The app ports (original destination ports).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
 }
 
 fn default_admin() -> SocketAddr {
@@ -62,11 +157,14 @@ pub struct InboundConfig {
     /// (no original destination): a fixed app address. Without it such connections are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<SocketAddr>,
+    /// Who may connect to the app; without a policy every client may, plaintext or mTLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyConfig>,
 }
 
 impl Default for InboundConfig {
     fn default() -> Self {
-        Self { listen: default_inbound_listen(), target: None }
+        Self { listen: default_inbound_listen(), target: None, policy: None }
     }
 }
 
@@ -184,6 +282,10 @@ pub struct EndpointConfig {
     /// The endpoint itself speaks HTTP/2 (prior knowledge, gRPC). Irrelevant when meshed.
     #[serde(default)]
     pub http2: bool,
+    /// The SPIFFE id the endpoint's proxy must prove: connections to it are mTLS, and fail
+    /// when its certificate names anyone else. Needs `identity` and `meshed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -429,6 +531,7 @@ impl Config {
             limits: Limits::default(),
             access_log: false,
             services: Vec::new(),
+            identity: None,
         }
     }
 
@@ -443,6 +546,23 @@ impl Config {
         }
         if self.limits.max_concurrent_streams == 0 {
             return invalid("limits.maxConcurrentStreams".into(), "must be at least 1");
+        }
+        if let Some(identity) = &self.identity {
+            if crate::identity::SpiffeId::parse(&identity.identity).is_none() {
+                return invalid(
+                    "identity.identity".into(),
+                    "must be spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT",
+                );
+            }
+            if !(10..=95).contains(&identity.renew_at_percent) {
+                return invalid("identity.renewAtPercent".into(), "must be between 10 and 95");
+            }
+            if identity.endpoint.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+                return invalid("identity.endpoint".into(), "must be host:port");
+            }
+        }
+        if let Some(policy) = &self.inbound.policy {
+            validate_policy(policy)?;
         }
         let mut names = HashSet::new();
         let mut addresses = HashSet::new();
@@ -469,6 +589,22 @@ impl Config {
                 if !backend_names.insert(backend.name.as_str()) {
                     return invalid(at(&format!(".backends[{b}].name")), "two backends have this name");
                 }
+                for (e, endpoint) in backend.endpoints.iter().enumerate() {
+                    let Some(identity) = &endpoint.identity else { continue };
+                    let at = at(&format!(".backends[{b}].endpoints[{e}].identity"));
+                    if crate::identity::SpiffeId::parse(identity).is_none() {
+                        return invalid(at, "must be spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT");
+                    }
+                    if self.identity.is_none() {
+                        return invalid(
+                            at,
+                            "mTLS to an endpoint needs this proxy's own identity (identity:)",
+                        );
+                    }
+                    if !endpoint.meshed {
+                        return invalid(at, "only a meshed endpoint (a braid proxy) can prove an identity");
+                    }
+                }
             }
             if service.routes.is_empty() {
                 return invalid(at(".routes"), "a service needs at least one route");
@@ -490,6 +626,49 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn validate_policy(policy: &PolicyConfig) -> Result<(), ConfigError> {
+    let invalid = |path: String, reason: String| Err(ConfigError::Invalid { path, reason });
+    for (r, rule) in policy.rules.iter().enumerate() {
+        for (f, source) in rule.from.iter().enumerate() {
+            let given =
+                [source.service_account.is_some(), source.namespace.is_some(), source.identity.is_some()];
+            if given.iter().filter(|&&g| g).count() != 1 {
+                return invalid(
+                    format!("inbound.policy.rules[{r}].from[{f}]"),
+                    "name exactly one of serviceAccount, namespace or identity".into(),
+                );
+            }
+            if let Some(identity) = &source.identity
+                && crate::identity::SpiffeId::parse(identity).is_none()
+            {
+                return invalid(
+                    format!("inbound.policy.rules[{r}].from[{f}].identity"),
+                    "must be spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT".into(),
+                );
+            }
+        }
+        for (t, operation) in rule.to.iter().enumerate() {
+            for path in &operation.paths {
+                if !path.starts_with('/') {
+                    return invalid(
+                        format!("inbound.policy.rules[{r}].to[{t}].paths"),
+                        format!("{path:?} must start with /"),
+                    );
+                }
+            }
+            for method in &operation.methods {
+                if http::Method::from_bytes(method.as_bytes()).is_err() {
+                    return invalid(
+                        format!("inbound.policy.rules[{r}].to[{t}].methods"),
+                        format!("{method:?} is not an HTTP method"),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn validate_route(

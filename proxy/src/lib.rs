@@ -3,13 +3,16 @@
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod client_hello;
 pub mod config;
 pub mod detect;
 pub mod http;
+pub mod identity;
 pub mod init;
 pub mod io;
 pub mod metrics;
 pub mod original_dst;
+pub mod policy;
 pub mod reload;
 pub mod server;
 pub mod table;

@@ -21,6 +21,12 @@ impl Label {
         Self(Arc::from(value.as_ref()))
     }
 
+    /// The empty label, shared: no allocation per use.
+    pub fn empty() -> Self {
+        static EMPTY: std::sync::OnceLock<Label> = std::sync::OnceLock::new();
+        EMPTY.get_or_init(|| Label::new("")).clone()
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -58,6 +64,8 @@ pub struct RequestLabels {
     pub authority: Label,
     pub dst_service: Label,
     pub route: Label,
+    /// The client's SPIFFE id, on inbound mTLS connections.
+    pub client_id: Label,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -66,6 +74,9 @@ pub struct ResponseLabels {
     pub authority: Label,
     pub dst_service: Label,
     pub route: Label,
+    pub client_id: Label,
+    /// The SPIFFE id the answering endpoint proved, on outbound mTLS.
+    pub server_id: Label,
     pub status_code: u16,
     pub classification: Classification,
 }
@@ -95,6 +106,19 @@ pub struct RetryLabels {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TcpLabels {
     pub direction: Direction,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DenyLabels {
+    pub protocol: DenyProtocol,
+    pub client_id: Label,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum DenyProtocol {
+    http,
+    tcp,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -133,6 +157,7 @@ pub struct Metrics {
     pub tcp_write_bytes: Family<TcpLabels, Counter>,
     pub tcp_refused: Family<TcpLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
+    pub authz_denied: Family<DenyLabels, Counter>,
 }
 
 impl Metrics {
@@ -182,7 +207,14 @@ impl Metrics {
             "Configuration files read, applied or rejected",
             config_reloads.clone(),
         );
+        let authz_denied = Family::default();
+        registry.register(
+            "inbound_authz_deny",
+            "Inbound requests and connections denied by the policy",
+            authz_denied.clone(),
+        );
         Self {
+            authz_denied,
             registry,
             requests,
             responses,

@@ -85,7 +85,7 @@ pub async fn watch(
         let result = parsed.map_err(|e| e.to_string()).and_then(|config| {
             let current = shared.table.load_full();
             warn_on_listener_change(&current.config, &config);
-            Table::build(config, Some(&current)).map_err(|e| e.to_string())
+            Table::build(config, Some(&current), shared.identity.as_ref()).map_err(|e| e.to_string())
         });
         match result {
             Ok(table) => {

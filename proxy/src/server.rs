@@ -16,14 +16,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::balance;
+use crate::balance::{self, Endpoint};
+use crate::client_hello;
 use crate::config::{Limits, Protocol};
 use crate::detect::{self, Detected};
 use crate::http::Shared;
 use crate::http::forward::{self, InboundConnection, OutboundConnection, OutboundTarget};
+use crate::identity::{ALPN_H2, ALPN_OPAQUE, tls};
 use crate::io::ClientIo;
+use crate::metrics::{DenyLabels, DenyProtocol, Label};
 use crate::metrics::{Direction, TcpLabels};
 use crate::original_dst::original_dst;
+use crate::policy;
 use crate::tcp;
 
 /// What a listener is for.
@@ -86,6 +90,9 @@ pub async fn serve(
         });
     }
 }
+
+/// How long an inbound mTLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Decrements tcp_open_connections when the connection ends, however it ends.
 struct OpenConnection(prometheus_client::metrics::gauge::Gauge);
@@ -163,26 +170,162 @@ async fn handle(
     let write_bytes = metrics.tcp_write_bytes.get_or_create(&labels).clone();
     // The prefix was read before counting began.
     read_bytes.inc_by(prefix.len() as u64);
-    let io = ClientIo::new(prefix.freeze(), stream, read_bytes, write_bytes);
 
-    match (detected, target) {
-        (Detected::Opaque, Target::Inbound(app)) => tcp::forward(io, app).await,
-        (Detected::Opaque, Target::Outbound(target)) => match opaque_destination(&shared, &target) {
-            Some(addr) => tcp::forward(io, addr).await,
+    let app = match target {
+        Target::Outbound(target) => {
+            let io = ClientIo::new(prefix.freeze(), stream, read_bytes, write_bytes);
+            return outbound(detected, io, target, &shared, &limits, shutdown, peer).await;
+        }
+        Target::Inbound(app) => app,
+    };
+    // Inbound: another proxy's mTLS (a ClientHello offering braid/* ALPN) is terminated here;
+    // everything else is plaintext to the proxy, whatever it carries.
+    let mut prefix = prefix;
+    let mut stream = stream;
+    if detected == Detected::Opaque && shared.identity.is_some() && prefix.first() == Some(&0x16) {
+        let before = prefix.len();
+        let Some(alpn) = read_client_hello(&mut stream, &mut prefix, limits.detect_timeout).await else {
+            return;
+        };
+        read_bytes.inc_by((prefix.len() - before) as u64);
+        if alpn.iter().any(|p| p == ALPN_H2 || p == ALPN_OPAQUE) {
+            let io = ClientIo::new(prefix.freeze(), stream, read_bytes, write_bytes);
+            return inbound_mtls(io, app, &shared, &limits, shutdown, peer).await;
+        }
+    }
+    let io = ClientIo::new(prefix.freeze(), stream, read_bytes, write_bytes);
+    inbound_plaintext(detected, io, app, &shared, &limits, shutdown, peer).await;
+}
+
+async fn outbound(
+    detected: Detected,
+    io: ClientIo<TcpStream>,
+    target: OutboundTarget,
+    shared: &Arc<Shared>,
+    limits: &Limits,
+    shutdown: CancellationToken,
+    peer: SocketAddr,
+) {
+    if detected == Detected::Opaque {
+        match opaque_destination(shared, &target) {
+            Some(OpaqueDestination::Address(addr)) => tcp::forward(io, addr, None).await,
+            Some(OpaqueDestination::Endpoint(endpoint)) => {
+                tcp::forward(io, endpoint.addr, endpoint.opaque_tls.as_ref()).await;
+            }
             None => {
-                metrics.tcp_refused.get_or_create(&labels).inc();
+                let labels = TcpLabels { direction: Direction::outbound };
+                shared.metrics.tcp_refused.get_or_create(&labels).inc();
                 debug!(%peer, "opaque outbound connection with no destination: closed");
             }
-        },
-        (http, Target::Inbound(app)) => {
-            let connection = Arc::new(InboundConnection::new(shared.clone(), app));
-            let service = service_fn(move |request| forward::inbound(connection.clone(), request));
-            serve_http(http, io, service, &limits, shutdown).await;
         }
-        (http, Target::Outbound(target)) => {
-            let connection = Arc::new(OutboundConnection { shared: shared.clone(), target });
-            let service = service_fn(move |request| forward::outbound(connection.clone(), request));
-            serve_http(http, io, service, &limits, shutdown).await;
+        return;
+    }
+    let connection = Arc::new(OutboundConnection { shared: shared.clone(), target });
+    let service = service_fn(move |request| forward::outbound(connection.clone(), request));
+    serve_http(detected, io, service, limits, shutdown).await;
+}
+
+async fn inbound_plaintext(
+    detected: Detected,
+    io: ClientIo<TcpStream>,
+    app: SocketAddr,
+    shared: &Arc<Shared>,
+    limits: &Limits,
+    shutdown: CancellationToken,
+    peer: SocketAddr,
+) {
+    let client = policy::Client { identity: None };
+    let denied = {
+        let table = shared.table.load();
+        let policy = table.config.inbound.policy.as_ref();
+        match detected {
+            // HTTP is checked per request, so a denied one gets a 403 with the reason.
+            Detected::Opaque => policy::authorize(policy, client, None, None, app.port()),
+            _ => policy::admit_connection(policy, client),
+        }
+    };
+    if let Err(denied) = denied {
+        deny_connection(shared, Label::empty(), peer, &denied);
+        return;
+    }
+    if detected == Detected::Opaque {
+        return tcp::forward(io, app, None).await;
+    }
+    let connection = Arc::new(InboundConnection::new(shared.clone(), app, None));
+    let service = service_fn(move |request| forward::inbound(connection.clone(), request));
+    serve_http(detected, io, service, limits, shutdown).await;
+}
+
+async fn inbound_mtls(
+    io: ClientIo<TcpStream>,
+    app: SocketAddr,
+    shared: &Arc<Shared>,
+    limits: &Limits,
+    shutdown: CancellationToken,
+    peer: SocketAddr,
+) {
+    let Some(credentials) = shared.identity.as_ref().and_then(|identity| identity.current()) else {
+        debug!(%peer, "mTLS connection before this proxy has a certificate: closed");
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(credentials.server.clone());
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            debug!(%peer, %error, "inbound mTLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "inbound mTLS handshake timed out");
+            return;
+        }
+    };
+    let (_, connection) = stream.get_ref();
+    let client_id = tls::peer_identity(connection);
+    let opaque = connection.alpn_protocol() == Some(ALPN_OPAQUE);
+    if opaque {
+        let denied = {
+            let table = shared.table.load();
+            let client = policy::Client { identity: client_id.as_deref() };
+            policy::authorize(table.config.inbound.policy.as_ref(), client, None, None, app.port())
+        };
+        if let Err(denied) = denied {
+            let id = client_id.as_deref().map_or_else(Label::empty, Label::new);
+            deny_connection(shared, id, peer, &denied);
+            return;
+        }
+        return tcp::forward(stream, app, None).await;
+    }
+    let connection = Arc::new(InboundConnection::new(shared.clone(), app, client_id));
+    let service = service_fn(move |request| forward::inbound(connection.clone(), request));
+    serve_http(Detected::Http2, stream, service, limits, shutdown).await;
+}
+
+fn deny_connection(shared: &Shared, client_id: Label, peer: SocketAddr, denied: &policy::Denied) {
+    shared.metrics.authz_denied.get_or_create(&DenyLabels { protocol: DenyProtocol::tcp, client_id }).inc();
+    debug!(%peer, reason = %denied.0, "inbound connection denied by the policy: closed");
+}
+
+/// Reads the rest of the first TLS record and returns the ClientHello's ALPN protocols, or an
+/// empty list when it is not a ClientHello the proxy can read (then it passes through).
+async fn read_client_hello(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    timeout: Duration,
+) -> Option<Vec<Vec<u8>>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match client_hello::parse(buffer) {
+            client_hello::Hello::Alpn(alpn) => return Some(alpn),
+            client_hello::Hello::NotHello => return Some(Vec::new()),
+            client_hello::Hello::NeedBytes(needed) => {
+                buffer.reserve(needed.saturating_sub(buffer.len()));
+                match tokio::time::timeout_at(deadline.into(), stream.read_buf(buffer)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return None,
+                    Ok(Ok(_)) => {}
+                    Err(_) => return Some(Vec::new()),
+                }
+            }
         }
     }
 }
@@ -214,30 +357,32 @@ async fn read_prefix(mut stream: TcpStream, timeout: Duration) -> Option<(Detect
     }
 }
 
+enum OpaqueDestination {
+    Address(SocketAddr),
+    Endpoint(Arc<Endpoint>),
+}
+
 /// Where an opaque outbound connection goes: an endpoint of the service (its first route's
 /// backends), or the original destination when no service claims it.
-fn opaque_destination(shared: &Shared, target: &OutboundTarget) -> Option<SocketAddr> {
+fn opaque_destination(shared: &Shared, target: &OutboundTarget) -> Option<OpaqueDestination> {
     let table = shared.table.load();
     let service = match target {
         OutboundTarget::Service(name) => table.service_by_name(name)?,
         OutboundTarget::Original(addr) => match table.service_by_address(*addr) {
             Some(service) => service,
-            None => return Some(*addr),
+            None => return Some(OpaqueDestination::Address(*addr)),
         },
         OutboundTarget::Unknown => return None,
     };
     let route = service.default_route()?;
     let backend = service.backends.get(route.pick_backend())?;
-    balance::pick(&backend.endpoints, Instant::now()).map(|endpoint| endpoint.addr)
+    balance::pick(&backend.endpoints, Instant::now())
+        .map(|endpoint| OpaqueDestination::Endpoint(endpoint.clone()))
 }
 
-async fn serve_http<S>(
-    detected: Detected,
-    io: ClientIo<TcpStream>,
-    service: S,
-    limits: &Limits,
-    shutdown: CancellationToken,
-) where
+async fn serve_http<I, S>(detected: Detected, io: I, service: S, limits: &Limits, shutdown: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<crate::http::body::ProxyBody>,

@@ -15,6 +15,7 @@ use crate::balance::Endpoint;
 use crate::config::{
     Config, FaultConfig, HeaderValueMatch, LoadBalancerConfig, PathMatch, Protocol, RetryOn, ServiceConfig,
 };
+use crate::identity::IdentityStore;
 use crate::metrics::Label;
 
 pub struct Table {
@@ -83,16 +84,23 @@ pub struct TableError(String);
 impl Table {
     /// Compiles `config`, reusing the endpoints of `previous` that are still there, so their
     /// connection pools and latency statistics survive a reload.
-    pub fn build(config: Config, previous: Option<&Table>) -> Result<Self, TableError> {
-        let mut reusable: HashMap<(&str, SocketAddr, bool), Arc<Endpoint>> = HashMap::new();
+    pub fn build(
+        config: Config,
+        previous: Option<&Table>,
+        identity: Option<&Arc<IdentityStore>>,
+    ) -> Result<Self, TableError> {
+        let mut reusable: HashMap<EndpointKey, Arc<Endpoint>> = HashMap::new();
         if let Some(previous) = previous {
             for service in &previous.services {
                 for backend in &service.backends {
                     for endpoint in &backend.endpoints {
-                        reusable.insert(
-                            (service.name.as_str(), endpoint.addr, endpoint.meshed),
-                            endpoint.clone(),
+                        let key = (
+                            service.name.as_str().to_owned(),
+                            endpoint.addr,
+                            endpoint.meshed,
+                            endpoint.identity.as_str().to_owned(),
                         );
+                        reusable.insert(key, endpoint.clone());
                     }
                 }
             }
@@ -102,7 +110,7 @@ impl Table {
         let mut by_host = HashMap::new();
         let mut by_address = HashMap::new();
         for (index, service) in config.services.iter().enumerate() {
-            let compiled = compile_service(service, &reusable)?;
+            let compiled = compile_service(service, &reusable, identity)?;
             by_name.insert(compiled.name.arc(), index);
             by_host.insert(service.name.to_ascii_lowercase(), index);
             for host in &service.hosts {
@@ -165,9 +173,13 @@ fn authority_host(authority: &str) -> &str {
     authority.rsplit_once(':').map_or(authority, |(host, _)| host)
 }
 
+/// What makes an endpoint the same across a reload: service, address, and how it is reached.
+type EndpointKey = (String, SocketAddr, bool, String);
+
 fn compile_service(
     service: &ServiceConfig,
-    reusable: &HashMap<(&str, SocketAddr, bool), Arc<Endpoint>>,
+    reusable: &HashMap<EndpointKey, Arc<Endpoint>>,
+    identity: Option<&Arc<IdentityStore>>,
 ) -> Result<Service, TableError> {
     let backends: Vec<Backend> = service
         .backends
@@ -178,12 +190,22 @@ fn compile_service(
                 .endpoints
                 .iter()
                 .map(|endpoint| {
-                    reusable
-                        .get(&(service.name.as_str(), endpoint.address, endpoint.meshed))
-                        .cloned()
-                        .unwrap_or_else(|| {
-                            Arc::new(Endpoint::new(endpoint.address, endpoint.meshed, endpoint.http2))
-                        })
+                    let expected = endpoint.identity.as_deref();
+                    let key = (
+                        service.name.clone(),
+                        endpoint.address,
+                        endpoint.meshed,
+                        expected.unwrap_or("").to_owned(),
+                    );
+                    reusable.get(&key).cloned().unwrap_or_else(|| {
+                        Arc::new(Endpoint::new(
+                            endpoint.address,
+                            endpoint.meshed,
+                            endpoint.http2,
+                            expected,
+                            identity,
+                        ))
+                    })
                 })
                 .collect(),
         })
@@ -340,7 +362,7 @@ mod tests {
     use super::*;
 
     fn table(text: &str) -> Table {
-        Table::build(Config::parse(text).unwrap(), None).unwrap()
+        Table::build(Config::parse(text).unwrap(), None, None).unwrap()
     }
 
     const ROUTES: &str = r#"
@@ -431,7 +453,7 @@ services:
     #[test]
     fn a_reload_keeps_the_endpoints_that_stay() {
         let first = table(ROUTES);
-        let second = Table::build(Config::parse(ROUTES).unwrap(), Some(&first)).unwrap();
+        let second = Table::build(Config::parse(ROUTES).unwrap(), Some(&first), None).unwrap();
         let before = &first.service_by_host("web").unwrap().backends[0].endpoints[0];
         let after = &second.service_by_host("web").unwrap().backends[0].endpoints[0];
         assert!(Arc::ptr_eq(before, after));

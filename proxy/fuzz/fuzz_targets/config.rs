@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     if let Ok(config) = Config::parse(text) {
-        if let Err(error) = Table::build(config, None) {
+        if let Err(error) = Table::build(config, None, None) {
             panic!("a configuration that passed the checks failed to compile: {error}");
         }
     }

@@ -27,7 +27,7 @@ fn table() -> &'static Table {
     static TABLE: OnceLock<Table> = OnceLock::new();
     TABLE.get_or_init(|| {
         let config = Config::parse(CONFIG).unwrap_or_else(|e| panic!("the fuzz config is valid: {e}"));
-        Table::build(config, None).unwrap_or_else(|e| panic!("the fuzz config compiles: {e}"))
+        Table::build(config, None, None).unwrap_or_else(|e| panic!("the fuzz config compiles: {e}"))
     })
 }
 

@@ -23,16 +23,19 @@ use super::upstream::{Pool, UpstreamError, UpstreamProtocol};
 use crate::balance;
 use crate::config::RetryOn;
 use crate::metrics::{
-    Classification, Direction, Label, RequestLabels, ResponseLabels, RetryLabels, TimeoutKind, TimeoutLabels,
+    Classification, DenyLabels, DenyProtocol, Direction, Label, RequestLabels, ResponseLabels, RetryLabels,
+    TimeoutKind, TimeoutLabels,
 };
 use crate::table::{Route, Service};
-use crate::trace_context;
+use crate::{policy, trace_context};
 
 /// Set by the outbound proxy when it carries an HTTP/1.1 request over the HTTP/2 connection
 /// between two proxies, so the inbound proxy hands it to the app as HTTP/1.1 again.
 pub const ORIG_PROTO: HeaderName = HeaderName::from_static("braid-orig-proto");
 /// Names the reason of a response the proxy made itself, for people and tests.
 pub const PROXY_ERROR: HeaderName = HeaderName::from_static("braid-proxy-error");
+/// Why the policy denied a request.
+pub const DENY_REASON: HeaderName = HeaderName::from_static("braid-deny-reason");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const HTTP11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
@@ -54,26 +57,29 @@ pub struct OutboundConnection {
     pub target: OutboundTarget,
 }
 
-/// One inbound client connection, and the app address its requests go to.
+/// One inbound client connection, the app address its requests go to, and who the client is.
 pub struct InboundConnection {
     pub shared: Arc<Shared>,
     pub app: SocketAddr,
+    /// The SPIFFE id the client proved with mTLS; `None` for plaintext.
+    pub client_id: Option<String>,
     pub labels: RequestLabels,
     pub http1: Arc<Pool>,
     pub http2: Arc<Pool>,
 }
 
 impl InboundConnection {
-    pub fn new(shared: Arc<Shared>, app: SocketAddr) -> Self {
+    pub fn new(shared: Arc<Shared>, app: SocketAddr, client_id: Option<String>) -> Self {
         let labels = RequestLabels {
             direction: Direction::inbound,
             authority: Label::new(app.to_string()),
-            dst_service: Label::new(""),
-            route: Label::new(""),
+            dst_service: Label::empty(),
+            route: Label::empty(),
+            client_id: client_id.as_deref().map_or_else(Label::empty, Label::new),
         };
         let http1 = shared.pool(app, UpstreamProtocol::Http1);
         let http2 = shared.pool(app, UpstreamProtocol::Http2);
-        Self { shared, app, labels, http1, http2 }
+        Self { shared, app, client_id, labels, http1, http2 }
     }
 }
 
@@ -117,6 +123,33 @@ pub async fn inbound(
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let (mut parts, body) = request.into_parts();
+    let shared = &connection.shared;
+    let denied = {
+        let table = shared.table.load();
+        let client = policy::Client { identity: connection.client_id.as_deref() };
+        policy::authorize(
+            table.config.inbound.policy.as_ref(),
+            client,
+            Some(&parts.method),
+            Some(parts.uri.path()),
+            connection.app.port(),
+        )
+    };
+    if let Err(denied) = denied {
+        let labels = connection.labels.clone();
+        shared.metrics.requests.get_or_create(&labels).inc();
+        shared
+            .metrics
+            .authz_denied
+            .get_or_create(&DenyLabels { protocol: DenyProtocol::http, client_id: labels.client_id.clone() })
+            .inc();
+        let mut response = local(StatusCode::FORBIDDEN, "forbidden", format!("braid-proxy: {}\n", denied.0));
+        if let Ok(reason) = HeaderValue::from_str(&denied.0) {
+            response.headers_mut().insert(DENY_REASON, reason);
+        }
+        record(shared, labels, Label::empty(), &response, Instant::now());
+        return Ok(response);
+    }
     // A request another proxy upgraded to HTTP/2 goes to the app as the HTTP/1.1 it was.
     let pool = if parts.headers.remove(&ORIG_PROTO).is_some() || parts.version != Version::HTTP_2 {
         &connection.http1
@@ -140,8 +173,9 @@ async fn passthrough(
     let labels = RequestLabels {
         direction: Direction::outbound,
         authority: Label::new(addr.to_string()),
-        dst_service: Label::new(""),
-        route: Label::new(""),
+        dst_service: Label::empty(),
+        route: Label::empty(),
+        client_id: Label::empty(),
     };
     forward_once(shared, &pool, labels, &mut parts, body).await
 }
@@ -161,7 +195,7 @@ async fn forward_once(
         Ok(response) => client_response(response),
         Err(error) => failure_response(&Failure::Upstream(error)),
     };
-    record(shared, labels, &response, start);
+    record(shared, labels, Label::empty(), &response, start);
     response
 }
 
@@ -187,7 +221,8 @@ async fn route_request(
             direction: Direction::outbound,
             authority: service.name.clone(),
             dst_service: service.name.clone(),
-            route: Label::new(""),
+            route: Label::empty(),
+            client_id: Label::empty(),
         };
         shared.metrics.requests.get_or_create(&labels).inc();
         let response = local(
@@ -200,7 +235,7 @@ async fn route_request(
                 parts.uri.path()
             ),
         );
-        record(shared, labels, &response, start);
+        record(shared, labels, Label::empty(), &response, start);
         return response;
     };
     let labels = RequestLabels {
@@ -208,12 +243,13 @@ async fn route_request(
         authority: service.name.clone(),
         dst_service: service.name.clone(),
         route: route.name.clone(),
+        client_id: Label::empty(),
     };
     shared.metrics.requests.get_or_create(&labels).inc();
     propagate_trace(&mut parts.headers);
 
     if let Some(response) = inject_fault(route).await {
-        record(shared, labels, &response, start);
+        record(shared, labels, Label::empty(), &response, start);
         return response;
     }
 
@@ -228,7 +264,7 @@ async fn route_request(
                 "request-body",
                 format!("braid-proxy: reading the request body failed: {error}\n"),
             );
-            record(shared, labels, &response, start);
+            record(shared, labels, Label::empty(), &response, start);
             return response;
         }
     };
@@ -259,9 +295,9 @@ async fn route_request(
         },
         None => tries.await,
     };
-    let response = match result {
-        Ok(response) => client_response(response),
-        Err(failure) => failure_response(&failure),
+    let (response, server_id) = match result {
+        Ok((response, server_id)) => (client_response(response), server_id),
+        Err(failure) => (failure_response(&failure), Label::empty()),
     };
     if access_log {
         info!(
@@ -272,7 +308,7 @@ async fn route_request(
             latency_us = start.elapsed().as_micros() as u64,
         );
     }
-    record(shared, labels, &response, start);
+    record(shared, labels, server_id, &response, start);
     response
 }
 
@@ -300,7 +336,7 @@ async fn send_with_retries(
     labels: &RequestLabels,
     parts: request::Parts,
     body: Kept,
-) -> Result<Response<Incoming>, Failure> {
+) -> Result<(Response<Incoming>, Label), Failure> {
     let (attempts, per_try_timeout, retry_on) = match (&route.retries, &body) {
         (Some(retries), Kept::Yes(_)) => {
             (retries.attempts, retries.per_try_timeout, retries.retry_on.as_slice())
@@ -369,10 +405,10 @@ async fn send_with_retries(
             }
             shared.metrics.retry_budget_exhausted.get_or_create(&retry_labels).inc();
         }
-        return outcome;
+        return outcome.map(|response| (response, endpoint.identity.clone()));
     }
     // attempts >= 1 (checked with the configuration), so the loop returned.
-    Err(Failure::NoEndpoints { service: service.name.clone(), backend: Label::new("") })
+    Err(Failure::NoEndpoints { service: service.name.clone(), backend: Label::empty() })
 }
 
 fn should_retry(outcome: &Result<Response<Incoming>, Failure>, retry_on: &[RetryOn]) -> bool {
@@ -574,7 +610,13 @@ pub fn local(status: StatusCode, reason: &'static str, text: String) -> Response
     response
 }
 
-fn record(shared: &Shared, labels: RequestLabels, response: &Response<ProxyBody>, start: Instant) {
+fn record(
+    shared: &Shared,
+    labels: RequestLabels,
+    server_id: Label,
+    response: &Response<ProxyBody>,
+    start: Instant,
+) {
     let status = response.status();
     // gRPC carries failures in grpc-status; a trailers-only response has it in the headers.
     let grpc_failed = response.headers().get("grpc-status").is_some_and(|value| value.as_bytes() != b"0");
@@ -584,7 +626,7 @@ fn record(shared: &Shared, labels: RequestLabels, response: &Response<ProxyBody>
         Classification::success
     };
     shared.metrics.latency.get_or_create(&labels).observe(start.elapsed().as_secs_f64() * 1000.0);
-    let RequestLabels { direction, authority, dst_service, route } = labels;
+    let RequestLabels { direction, authority, dst_service, route, client_id } = labels;
     shared
         .metrics
         .responses
@@ -593,6 +635,8 @@ fn record(shared: &Shared, labels: RequestLabels, response: &Response<ProxyBody>
             authority,
             dst_service,
             route,
+            client_id,
+            server_id,
             status_code: status.as_u16(),
             classification,
         })

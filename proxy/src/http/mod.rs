@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::identity::IdentityStore;
 use crate::metrics::Metrics;
 use crate::table::Table;
 use upstream::{Pool, UpstreamProtocol};
@@ -21,14 +22,17 @@ use upstream::{Pool, UpstreamProtocol};
 pub struct Shared {
     pub table: ArcSwap<Table>,
     pub metrics: Metrics,
+    /// The workload certificate, when the proxy has an identity.
+    pub identity: Option<Arc<IdentityStore>>,
     pools: Mutex<HashMap<(SocketAddr, UpstreamProtocol), Arc<Pool>>>,
 }
 
 impl Shared {
-    pub fn new(table: Table) -> Self {
+    pub fn new(table: Table, identity: Option<Arc<IdentityStore>>) -> Self {
         Self {
             table: ArcSwap::from_pointee(table),
             metrics: Metrics::new(),
+            identity,
             pools: Mutex::new(HashMap::new()),
         }
     }

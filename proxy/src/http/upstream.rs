@@ -5,7 +5,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::body::ProxyBody;
+use crate::identity::{IdentityStore, tls};
 
 /// How long a TCP connect may take before the endpoint counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -32,6 +33,10 @@ pub enum UpstreamError {
     Connect { addr: SocketAddr, source: io::Error },
     #[error("connecting to {0} timed out")]
     ConnectTimeout(SocketAddr),
+    #[error("no workload certificate yet, so no mTLS connection to {0} can be made")]
+    NoIdentity(SocketAddr),
+    #[error("the mTLS handshake with {addr} failed: {source}")]
+    Tls { addr: SocketAddr, source: io::Error },
     #[error("HTTP/2 handshake with {addr} failed: {source}")]
     Handshake { addr: SocketAddr, source: hyper::Error },
     /// The connection broke before a response arrived (reset, closed, protocol error).
@@ -41,19 +46,28 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     pub fn is_connect(&self) -> bool {
-        matches!(self, Self::Connect { .. } | Self::ConnectTimeout(_) | Self::Handshake { .. })
+        matches!(
+            self,
+            Self::Connect { .. }
+                | Self::ConnectTimeout(_)
+                | Self::Handshake { .. }
+                | Self::NoIdentity(_)
+                | Self::Tls { .. }
+        )
     }
 }
 
 /// The transport under an upstream HTTP connection. Plain TCP today; TLS is another variant.
 pub enum UpstreamIo {
     Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl AsyncRead for UpstreamIo {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -62,18 +76,21 @@ impl AsyncWrite for UpstreamIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -84,25 +101,68 @@ impl AsyncWrite for UpstreamIo {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Self::Plain(stream) => stream.is_write_vectored(),
+            Self::Tls(stream) => stream.is_write_vectored(),
         }
     }
 }
 
-/// Opens the transport to an upstream address.
-pub async fn connect(addr: SocketAddr) -> Result<UpstreamIo, UpstreamError> {
+/// How to reach a meshed endpoint over mTLS: the identity it must prove and the ALPN of the
+/// inner protocol. The client configuration is cached until the credentials change.
+pub struct TlsTarget {
+    store: Arc<IdentityStore>,
+    expected: String,
+    alpn: &'static [u8],
+    cached: Mutex<Option<(u64, Arc<rustls::ClientConfig>)>>,
+}
+
+impl TlsTarget {
+    pub fn new(store: Arc<IdentityStore>, expected: String, alpn: &'static [u8]) -> Self {
+        Self { store, expected, alpn, cached: Mutex::new(None) }
+    }
+
+    fn client_config(&self, addr: SocketAddr) -> Result<Arc<rustls::ClientConfig>, UpstreamError> {
+        let credentials = self.store.current().ok_or(UpstreamError::NoIdentity(addr))?;
+        let mut cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((generation, config)) = cached.as_ref()
+            && *generation == credentials.generation
+        {
+            return Ok(config.clone());
+        }
+        let config = tls::client_config(
+            credentials.key.clone(),
+            credentials.roots.clone(),
+            self.expected.clone(),
+            self.alpn,
+        )
+        .map_err(|e| UpstreamError::Tls { addr, source: io::Error::other(e) })?;
+        let config = Arc::new(config);
+        *cached = Some((credentials.generation, config.clone()));
+        Ok(config)
+    }
+}
+
+/// Opens the transport to an upstream address: TCP, then mTLS when `tls` says so.
+pub async fn connect(addr: SocketAddr, tls: Option<&TlsTarget>) -> Result<UpstreamIo, UpstreamError> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| UpstreamError::ConnectTimeout(addr))?
         .map_err(|source| UpstreamError::Connect { addr, source })?;
     // Requests are small and latency matters more than packet count.
     stream.set_nodelay(true).map_err(|source| UpstreamError::Connect { addr, source })?;
-    Ok(UpstreamIo::Plain(stream))
+    let Some(tls) = tls else { return Ok(UpstreamIo::Plain(stream)) };
+    let connector = tokio_rustls::TlsConnector::from(tls.client_config(addr)?);
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(tls::mesh_server_name(), stream))
+        .await
+        .map_err(|_| UpstreamError::ConnectTimeout(addr))?
+        .map_err(|source| UpstreamError::Tls { addr, source })?;
+    Ok(UpstreamIo::Tls(Box::new(stream)))
 }
 
 /// Which protocol the proxy speaks to an upstream.
@@ -120,16 +180,22 @@ pub struct Pool {
     http2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
     /// Serialises HTTP/2 connects, so a burst of requests opens one connection, not many.
     http2_connecting: tokio::sync::Mutex<()>,
+    tls: Option<TlsTarget>,
 }
 
 impl Pool {
     pub fn new(addr: SocketAddr, protocol: UpstreamProtocol) -> Self {
+        Self::with_tls(addr, protocol, None)
+    }
+
+    pub fn with_tls(addr: SocketAddr, protocol: UpstreamProtocol, tls: Option<TlsTarget>) -> Self {
         Self {
             addr,
             protocol,
             http1_idle: Mutex::new(Vec::new()),
             http2: Mutex::new(None),
             http2_connecting: tokio::sync::Mutex::new(()),
+            tls,
         }
     }
 
@@ -188,7 +254,7 @@ impl Pool {
     }
 
     async fn connect_http1(&self) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
-        let io = connect(self.addr).await?;
+        let io = connect(self.addr, self.tls.as_ref()).await?;
         let (sender, connection) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
@@ -235,7 +301,7 @@ impl Pool {
     }
 
     async fn connect_http2(&self) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
-        let io = connect(self.addr).await?;
+        let io = connect(self.addr, self.tls.as_ref()).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             // Larger windows than the 64 KiB default: a meshed connection carries many streams.

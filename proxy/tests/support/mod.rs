@@ -2,6 +2,8 @@
 //! configuration file, and HTTP clients.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod identity;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,189 @@
+//! TLS between proxies: TLS 1.3 only, mutual, with the workload certificate. The client checks
+//! the server's SPIFFE id against the one the configuration expects for that endpoint (not a DNS
+//! name: mesh certificates carry only the SPIFFE URI); the server requires a client certificate
+//! from the mesh and reads the client's SPIFFE id for authorization.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+use super::{ALPN_H2, ALPN_OPAQUE, spiffe_id_of};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("the trust bundle holds no usable certificate: {0}")]
+    EmptyBundle(String),
+    #[error("the certificate or key is not usable: {0}")]
+    Key(String),
+    #[error("building the TLS configuration failed: {0}")]
+    Config(#[from] rustls::Error),
+    #[error("building the client certificate verifier failed: {0}")]
+    Verifier(String),
+}
+
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Every certificate of a PEM bundle.
+pub fn parse_pem_certificates(pem: &[u8]) -> Vec<CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject as _;
+    CertificateDer::pem_slice_iter(pem).filter_map(Result::ok).collect()
+}
+
+pub fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(parse_pem_certificates(pem));
+    if added == 0 {
+        return Err(TlsError::EmptyBundle(format!("{ignored} certificates could not be parsed")));
+    }
+    Ok(roots)
+}
+
+/// The certificate chain and in-memory key as rustls signs with them.
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key_pkcs8: Vec<u8>,
+) -> Result<CertifiedKey, TlsError> {
+    let key = PrivateKeyDer::Pkcs8(key_pkcs8.into());
+    let signing = provider().key_provider.load_private_key(key).map_err(|e| TlsError::Key(e.to_string()))?;
+    Ok(CertifiedKey::new(chain, signing))
+}
+
+/// The inbound configuration: client certificates required and verified against `roots`.
+pub fn server_config(
+    key: Arc<CertifiedKey>,
+    roots: Arc<RootCertStore>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(ServerKey(key)));
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_OPAQUE.to_vec()];
+    Ok(config)
+}
+
+/// The outbound configuration for one endpoint: present our certificate, accept only a server
+/// certificate for `expected` signed by a mesh root.
+pub fn client_config(
+    key: Arc<CertifiedKey>,
+    roots: Arc<RootCertStore>,
+    expected: String,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier =
+        SpiffeServerVerifier { roots, expected, algorithms: provider.signature_verification_algorithms };
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(ClientKey(key)));
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}
+
+/// The name sent in SNI between proxies: the server checks nothing by it, and the client
+/// verifies the SPIFFE id instead.
+pub fn mesh_server_name() -> ServerName<'static> {
+    ServerName::DnsName(rustls::pki_types::DnsName::try_from("braid.mesh").unwrap_or_else(|_| unreachable!()))
+}
+
+#[derive(Debug)]
+struct ServerKey(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for ServerKey {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+#[derive(Debug)]
+struct ClientKey(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for ClientKey {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+#[derive(Debug)]
+struct SpiffeServerVerifier {
+    roots: Arc<RootCertStore>,
+    expected: String,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.algorithms.all,
+        )?;
+        match spiffe_id_of(end_entity) {
+            Some(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
+            found => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                rustls::OtherError(Arc::new(WrongIdentity { expected: self.expected.clone(), found })),
+            ))),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the server proved {found:?}, not the expected identity {expected}")]
+struct WrongIdentity {
+    expected: String,
+    found: Option<String>,
+}
+
+/// The client's SPIFFE id after an inbound handshake.
+pub fn peer_identity(connection: &rustls::ServerConnection) -> Option<String> {
+    connection.peer_certificates()?.first().and_then(|cert| spiffe_id_of(cert))
+}

@@ -1,0 +1,319 @@
+//! mTLS between two proxies on loopback with certificates from an identity endpoint, the
+//! MeshPolicy modes and rules, readiness, and certificate rotation under load.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use support::identity::{Authority, IdentityFiles, IdentityServer};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const FRONTEND: &str = "spiffe://test.local/ns/shop/sa/frontend";
+const BATCH: &str = "spiffe://test.local/ns/jobs/sa/batch";
+const WEB: &str = "spiffe://test.local/ns/shop/sa/web";
+
+/// The server side: proxy B in front of `app`, with identity WEB and an optional policy.
+async fn server_proxy(
+    identity: &Arc<IdentityServer>,
+    app: std::net::SocketAddr,
+    policy: &str,
+) -> (Proxy, IdentityFiles) {
+    let files = IdentityFiles::new(&identity.bundle.lock().unwrap(), WEB);
+    let config = format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound:\n  listen: 127.0.0.1:0\n  target: \"{app}\"\n{policy}{}",
+        files.config(WEB, identity.addr)
+    );
+    (Proxy::start(&config).await, files)
+}
+
+/// The client side: proxy A with identity `me`, sending service `web` to B as `expected`.
+async fn client_proxy(
+    identity: &Arc<IdentityServer>,
+    me: &str,
+    server: &Proxy,
+    expected: &str,
+    extra: &str,
+) -> (Proxy, IdentityFiles) {
+    let files = IdentityFiles::new(&identity.bundle.lock().unwrap(), me);
+    let config = format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0 }}\n{}services:\n  - name: web\n    listen: 127.0.0.1:0\n{extra}    backends:\n      - {{ name: b, endpoints: [{{ address: \"{}\", meshed: true, identity: \"{expected}\" }}] }}\n    routes:\n      - backends: [{{ name: b }}]\n",
+        files.config(me, identity.addr),
+        server.inbound()
+    );
+    (Proxy::start(&config).await, files)
+}
+
+async fn ready(proxy: &Proxy) {
+    eventually("the proxy holds a certificate and is ready", || async {
+        proxy.admin("/ready").await.0 == StatusCode::OK
+    })
+    .await;
+}
+
+fn web(proxy: &Proxy, path: &str) -> String {
+    format!("http://{}{path}", proxy.service("web"))
+}
+
+#[tokio::test]
+async fn two_proxies_talk_mtls_and_see_each_others_identity() {
+    let identity = IdentityServer::start(Authority::new()).await;
+    let app = Upstream::start("app").await;
+    let (b, _b_files) = server_proxy(&identity, app.addr, "").await;
+    let (a, _a_files) = client_proxy(&identity, FRONTEND, &b, WEB, "").await;
+    ready(&a).await;
+    ready(&b).await;
+    for _ in 0..3 {
+        let (status, _, body) = get(&web(&a, "/hello")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "app"));
+    }
+    assert!(!app.last_headers.lock().unwrap().clone().unwrap().contains_key("braid-orig-proto"));
+    let server_metrics = b.metrics().await;
+    let inbound = [("direction", "inbound"), ("client_id", FRONTEND), ("status_code", "200")];
+    assert_eq!(metric(&server_metrics, "response_total", &inbound), Some(3.0), "{server_metrics}");
+    let client_metrics = a.metrics().await;
+    let outbound = [("direction", "outbound"), ("server_id", WEB), ("status_code", "200")];
+    assert_eq!(metric(&client_metrics, "response_total", &outbound), Some(3.0), "{client_metrics}");
+    // Each proxy got its certificate once; the key never left the process (nothing to check on
+    // disk: the proxy has no key path at all).
+    assert_eq!(identity.issued.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_server_that_proves_another_identity_is_refused() {
+    let identity = IdentityServer::start(Authority::new()).await;
+    let app = Upstream::start("app").await;
+    let (b, _b_files) = server_proxy(&identity, app.addr, "").await;
+    let (a, _a_files) =
+        client_proxy(&identity, FRONTEND, &b, "spiffe://test.local/ns/shop/sa/payments", "").await;
+    ready(&a).await;
+    ready(&b).await;
+    let (status, headers, body) = get(&web(&a, "/")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["braid-proxy-error"], "connect-failure");
+    assert!(body.contains("mTLS handshake"), "{body}");
+    assert!(body.contains(WEB) && body.contains("payments"), "the reason names both identities: {body}");
+    assert_eq!(app.hits(), 0);
+}
+
+#[tokio::test]
+async fn strict_refuses_plaintext_and_permissive_accepts_it() {
+    let identity = IdentityServer::start(Authority::new()).await;
+    let app = Upstream::start("app").await;
+    let strict = "  policy: { mtls: STRICT, rules: [{}] }\n";
+    let (b, _files) = server_proxy(&identity, app.addr, strict).await;
+    ready(&b).await;
+    // Plaintext HTTP straight to the inbound port: the connection is closed, no answer.
+    let mut stream = TcpStream::connect(b.inbound()).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await.unwrap();
+    assert!(answer.is_empty(), "STRICT answered plaintext: {}", String::from_utf8_lossy(&answer));
+    assert_eq!(app.hits(), 0);
+    let metrics = b.metrics().await;
+    assert_eq!(metric(&metrics, "inbound_authz_deny_total", &[("protocol", "tcp")]), Some(1.0), "{metrics}");
+    // mTLS from a meshed client passes.
+    let (a, _a_files) = client_proxy(&identity, FRONTEND, &b, WEB, "").await;
+    ready(&a).await;
+    assert_eq!(get(&web(&a, "/")).await.0, StatusCode::OK);
+
+    let permissive = "  policy: { mtls: PERMISSIVE, rules: [{}] }\n";
+    let (p, _p_files) = server_proxy(&identity, app.addr, permissive).await;
+    ready(&p).await;
+    let (status, _, body) = get(&format!("http://{}/", p.inbound())).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "app"), "PERMISSIVE accepts plaintext");
+}
+
+#[tokio::test]
+async fn the_policy_allows_and_denies_by_identity_and_route() {
+    let identity = IdentityServer::start(Authority::new()).await;
+    let app = Upstream::start("app").await;
+    let policy = "  policy:\n    mtls: STRICT\n    rules:\n      - name: frontend-reads\n        from: [{ serviceAccount: { namespace: shop, name: frontend } }]\n        to: [{ paths: [\"/api/*\"], methods: [GET] }]\n";
+    let (b, _files) = server_proxy(&identity, app.addr, policy).await;
+    let (frontend, _f) = client_proxy(&identity, FRONTEND, &b, WEB, "").await;
+    let (batch, _b) = client_proxy(&identity, BATCH, &b, WEB, "").await;
+    for proxy in [&b, &frontend, &batch] {
+        ready(proxy).await;
+    }
+    assert_eq!(get(&web(&frontend, "/api/items")).await.0, StatusCode::OK);
+
+    let request = Request::post(web(&frontend, "/api/items")).body(full("")).unwrap();
+    let (status, headers, _) = send(&http1_client(), request).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the route is not allowed");
+    assert_eq!(
+        headers["braid-deny-reason"],
+        format!("no rule of the policy allows {FRONTEND} to POST /api/items")
+    );
+
+    let (status, headers, _) = get(&web(&batch, "/api/items")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "the identity is not allowed");
+    assert!(headers["braid-deny-reason"].to_str().unwrap().contains(BATCH));
+    assert_eq!(app.hits(), 1);
+    let metrics = b.metrics().await;
+    assert_eq!(
+        metric(&metrics, "inbound_authz_deny_total", &[("protocol", "http"), ("client_id", BATCH)]),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn opaque_tcp_crosses_mtls_and_a_denied_connection_is_closed() {
+    let identity = IdentityServer::start(Authority::new()).await;
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = echo.accept().await else { return };
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = stream.split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            });
+        }
+    });
+    let policy = "  policy:\n    rules:\n      - from: [{ namespace: shop }]\n";
+    let (b, _files) = server_proxy(&identity, echo_addr, policy).await;
+    let (a, _a) = client_proxy(&identity, FRONTEND, &b, WEB, "    protocol: opaque\n").await;
+    let (c, _c) = client_proxy(&identity, BATCH, &b, WEB, "    protocol: opaque\n").await;
+    for proxy in [&a, &b, &c] {
+        ready(proxy).await;
+    }
+    let mut stream = TcpStream::connect(a.service("web")).await.unwrap();
+    stream.write_all(b"\x00binary\xffpayload").await.unwrap();
+    let mut back = [0u8; 15];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back)).await.unwrap().unwrap();
+    assert_eq!(&back, b"\x00binary\xffpayload");
+
+    let mut denied = TcpStream::connect(c.service("web")).await.unwrap();
+    let _ = denied.write_all(b"hello").await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), denied.read_to_end(&mut answer)).await.unwrap();
+    assert!(answer.is_empty(), "a denied TCP connection gets no bytes back");
+    let metrics = b.metrics().await;
+    assert_eq!(
+        metric(&metrics, "inbound_authz_deny_total", &[("protocol", "tcp"), ("client_id", BATCH)]),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn not_ready_until_it_holds_a_certificate() {
+    let authority = Authority::new();
+    let files = IdentityFiles::new(&authority.root_pem, FRONTEND);
+    // Nothing listens at the endpoint yet.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let config = format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0 }}\n{}",
+        files.config(FRONTEND, addr)
+    );
+    let proxy = Proxy::start(&config).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, body) = proxy.admin("/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("no workload certificate"), "{body}");
+}
+
+async fn echo_server() -> std::net::SocketAddr {
+    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = echo.accept().await else { return };
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = stream.split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            });
+        }
+    });
+    addr
+}
+
+/// One round trip on a new connection: through opaque TCP, every one is a new mTLS handshake
+/// between the proxies, made with whatever certificates they hold at that moment.
+async fn echo_once(addr: std::net::SocketAddr) -> bool {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        stream.write_all(b"ping").await.ok()?;
+        let mut back = [0u8; 4];
+        stream.read_exact(&mut back).await.ok()?;
+        Some(&back == b"ping")
+    };
+    tokio::time::timeout(Duration::from_secs(5), attempt).await.ok().flatten().unwrap_or(false)
+}
+
+/// New connections in a loop through the mTLS pair while `rotate` runs; counts failures.
+async fn load_during(a: &Proxy, rotate: impl std::future::Future<Output = ()>) -> (usize, usize) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let addr = a.service("web");
+    let load = {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                if echo_once(addr).await {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    failed.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    rotate.await;
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_and_trust_anchor_rotation_fail_no_request() {
+    let identity = IdentityServer::start(Authority::new()).await;
+    *identity.lifetime.lock().unwrap() = Duration::from_secs(3);
+    let app = echo_server().await;
+    let (b, b_files) = server_proxy(&identity, app, "  policy: { mtls: STRICT, rules: [{}] }\n").await;
+    let (a, a_files) = client_proxy(&identity, FRONTEND, &b, WEB, "    protocol: opaque\n").await;
+    ready(&a).await;
+    ready(&b).await;
+    let issued_before = identity.issued.load(Ordering::SeqCst);
+
+    // Issuer rotation: a new intermediate under the same root, while 3 s certificates renew.
+    let (ok, failed) = load_during(&a, async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        identity.authority.lock().unwrap().rotate_issuer();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    })
+    .await;
+    assert_eq!(failed, 0, "{failed} of {} requests failed during the issuer rotation", ok + failed);
+    assert!(identity.issued.load(Ordering::SeqCst) >= issued_before + 4, "certificates were renewed");
+
+    // Trust-anchor rotation: publish [old, new], let proxies pick it up, switch issuing to the new
+    // root, then drop the old root once no certificate under it remains valid.
+    let (ok, failed) = load_during(&a, async {
+        let new_root = Authority::new();
+        let old_root_pem = identity.authority.lock().unwrap().root_pem.clone();
+        let both = format!("{old_root_pem}{}", new_root.root_pem);
+        for files in [&a_files, &b_files] {
+            std::fs::write(&files.bundle, &both).unwrap();
+        }
+        *identity.bundle.lock().unwrap() = both;
+        tokio::time::sleep(Duration::from_secs(6)).await; // the bundle poll is 5 s
+        let new_root_pem = new_root.root_pem.clone();
+        *identity.authority.lock().unwrap() = new_root;
+        tokio::time::sleep(Duration::from_secs(4)).await; // every 3 s certificate renewed under the new root
+        for files in [&a_files, &b_files] {
+            std::fs::write(&files.bundle, &new_root_pem).unwrap();
+        }
+        *identity.bundle.lock().unwrap() = new_root_pem;
+        tokio::time::sleep(Duration::from_secs(7)).await;
+    })
+    .await;
+    assert_eq!(failed, 0, "{failed} of {} requests failed during the trust-anchor rotation", ok + failed);
+    assert!(ok > 100, "the load kept flowing: {ok} requests");
+}
