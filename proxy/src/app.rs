@@ -21,12 +21,34 @@ use crate::reload::{self, LoadError, ReloadStatus};
 use crate::server::{self, ListenerKind};
 use crate::table::{Table, TableError};
 
+/// The identity a proxy in an injected pod asks for, from the environment the webhook sets
+/// (BRAID_TRUST_DOMAIN, BRAID_POD_NAMESPACE, BRAID_SERVICE_ACCOUNT, BRAID_IDENTITY_ADDR) and the
+/// files it mounts. `None` when any is missing: then the proxy runs without an identity.
+pub fn identity_from_env(var: impl Fn(&str) -> Option<String>) -> Option<crate::config::IdentityConfig> {
+    let non_empty = |name: &str| var(name).filter(|value| !value.is_empty());
+    let trust_domain = non_empty("BRAID_TRUST_DOMAIN")?;
+    let namespace = non_empty("BRAID_POD_NAMESPACE")?;
+    let service_account = non_empty("BRAID_SERVICE_ACCOUNT")?;
+    let endpoint = non_empty("BRAID_IDENTITY_ADDR")?;
+    let server_name = endpoint.rsplit_once(':').map(|(host, _)| host.to_owned());
+    Some(crate::config::IdentityConfig {
+        identity: format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"),
+        endpoint,
+        server_name,
+        token_file: "/var/run/braid/identity/token".into(),
+        trust_bundle_file: "/var/run/braid/trust/ca-bundle.crt".into(),
+        renew_at_percent: 70,
+    })
+}
+
 pub struct Options {
     /// Without a file the proxy forwards everything to its original destination.
     pub config: Option<PathBuf>,
     pub config_poll: Duration,
     /// Overrides the file's admin address.
     pub admin: Option<SocketAddr>,
+    /// Used when the file names no identity (see `identity_from_env`).
+    pub default_identity: Option<crate::config::IdentityConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +89,9 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     };
     if let Some(admin) = options.admin {
         config.admin = admin;
+    }
+    if config.identity.is_none() {
+        config.identity = options.default_identity;
     }
     let identity = config.identity.as_ref().map(|_| Arc::new(IdentityStore::default()));
     let table = Table::build(config, None, identity.as_ref())?;
@@ -145,5 +170,30 @@ impl Running {
         }
         self.background.cancel();
         finished
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_identity_of_an_injected_pod_comes_from_its_environment() {
+        let env = |name: &str| {
+            let value = match name {
+                "BRAID_TRUST_DOMAIN" => "cluster.local",
+                "BRAID_POD_NAMESPACE" => "shop",
+                "BRAID_SERVICE_ACCOUNT" => "web",
+                "BRAID_IDENTITY_ADDR" => "braid-identity.braid-system.svc:8080",
+                _ => return None,
+            };
+            Some(value.to_owned())
+        };
+        let identity = identity_from_env(env).unwrap();
+        assert_eq!(identity.identity, "spiffe://cluster.local/ns/shop/sa/web");
+        assert_eq!(identity.server_name.as_deref(), Some("braid-identity.braid-system.svc"));
+        assert_eq!(identity.token_file, std::path::PathBuf::from("/var/run/braid/identity/token"));
+        let missing = |name: &str| if name == "BRAID_SERVICE_ACCOUNT" { None } else { env(name) };
+        assert!(identity_from_env(missing).is_none());
     }
 }

@@ -75,6 +75,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             config: args.config,
             config_poll: args.config_poll,
             admin: args.admin,
+            default_identity: braid_proxy::app::identity_from_env(|name| std::env::var(name).ok()),
         };
         let running = braid_proxy::app::start(options).await?;
         let shutdown = CancellationToken::new();

@@ -133,6 +133,7 @@ impl Proxy {
             config: Some(config_path.clone()),
             config_poll: Duration::from_millis(100),
             admin: None,
+            default_identity: None,
         })
         .await
         .unwrap();
