@@ -10,6 +10,8 @@ pub const PROGRAMMED: &str = "Programmed";
 
 /// Mesh: the admission webhook serves with a valid certificate the API server trusts.
 pub const WEBHOOK_CERTIFICATE_READY: &str = "WebhookCertificateReady";
+/// Mesh: the certificate authority has a valid issuer and publishes the trust bundle.
+pub const CA_READY: &str = "CAReady";
 
 pub mod reasons {
     /// Accepted=True.
@@ -30,4 +32,14 @@ pub mod reasons {
     pub const CERTIFICATE_ISSUED: &str = "CertificateIssued";
     /// WebhookCertificateReady=False: issuing or publishing failed.
     pub const CERTIFICATE_FAILED: &str = "CertificateFailed";
+    /// CAReady=True: the issuer is valid and the trust bundle is published.
+    pub const ISSUER_READY: &str = "IssuerReady";
+    /// CAReady=True: a trust-anchor rotation is under way; the bundle trusts old and new roots.
+    pub const TRUST_ANCHOR_ROTATING: &str = "TrustAnchorRotating";
+    /// CAReady=False: the lifetimes in spec.identity are inconsistent.
+    pub const INVALID_SETTINGS: &str = "InvalidSettings";
+    /// CAReady=False: the Secret named by spec.identity.externalCaSecret is missing or unusable.
+    pub const EXTERNAL_CA_INVALID: &str = "ExternalCAInvalid";
+    /// CAReady=False: issuing, storing or publishing failed.
+    pub const CA_FAILED: &str = "CAFailed";
 }

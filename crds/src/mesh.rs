@@ -283,6 +283,28 @@ pub struct MeshStatus {
     /// The admission webhook's serving certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_certificate: Option<CertificateStatus>,
+
+    /// The mesh's certificate authority: trust anchor, issuer and trust bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityStatus>,
+}
+
+/// Validity of the certificate authority that signs workload certificates.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityStatus {
+    /// When the trust anchor (root) that signed the current issuer expires.
+    pub trust_anchor_not_after: Time,
+    /// When the issuer (intermediate) that signs workload certificates expires.
+    pub issuer_not_after: Time,
+    /// When the operator replaces the issuer; absent with an external CA, whose owner renews it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_renew_at: Option<Time>,
+    /// How many roots the published trust bundle holds: 1, or 2 during a trust-anchor rotation.
+    pub trust_bundle_roots: i32,
+    /// Whether the CA comes from spec.identity.externalCaSecret rather than the operator.
+    #[serde(default)]
+    pub external: bool,
 }
 
 /// Validity of a certificate the operator manages.

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod conditions;
+pub mod identity;
 pub mod leader;
 pub mod meshroute;
 pub mod metrics;

@@ -10,9 +10,10 @@ use anyhow::Context as _;
 use braid_operator::{
     admin::{self, AdminState},
     backoff::FailureBackoff,
+    identity,
     leader::{self, Elector, Held, LeaseSettings},
     meshroute::controller::{self, Context, Scope},
-    metrics::Metrics,
+    metrics::{IdentityMetrics, Metrics},
     webhook::{
         self,
         config::Endpoint,
@@ -80,6 +81,39 @@ struct Args {
     #[arg(long, value_parser = parse_duration, default_value = "60s")]
     webhook_ca_propagation: Duration,
 
+    /// Run the mesh's certificate authority (docs/identity.md): the leader keeps the trust anchor
+    /// and issuer Secrets and publishes the trust bundle; every replica serves POST /v1/certify.
+    #[arg(long, env = "BRAID_IDENTITY")]
+    identity: bool,
+
+    /// Address of the identity endpoint (HTTPS).
+    #[arg(long, env = "BRAID_IDENTITY_ADDR", default_value = "0.0.0.0:8080")]
+    identity_addr: SocketAddr,
+
+    /// Name of the identity endpoint's Service in the mesh namespace; its certificate names
+    /// SERVICE.MESH_NAMESPACE.svc (and .svc.cluster.local).
+    #[arg(long, default_value = "braid-identity")]
+    identity_service: String,
+
+    /// More DNS names for the identity endpoint's certificate.
+    #[arg(long, value_delimiter = ',')]
+    identity_dns_sans: Vec<String>,
+
+    /// IP addresses for the identity endpoint's certificate (127.0.0.1 for a local run).
+    #[arg(long, value_delimiter = ',')]
+    identity_ip_sans: Vec<std::net::IpAddr>,
+
+    /// How long a changed trust bundle is published before an issuer signed by a new trust
+    /// anchor is used: the kubelet takes up to about a minute to update a mounted ConfigMap.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    identity_propagation: Duration,
+
+    /// Have this Service of the mesh namespace (the Helm chart's identity Service) own the CA's
+    /// Secrets and the mesh namespace's trust-bundle ConfigMap, so uninstalling removes them;
+    /// the CA writes nothing until it exists. Without it nothing is owned.
+    #[arg(long)]
+    identity_owner_service: Option<String>,
+
     /// Run the controllers only while holding a Lease, so that of several replicas one leads and
     /// the others stand by. Off for a single operator run by hand.
     #[arg(long, env = "BRAID_LEADER_ELECT")]
@@ -134,6 +168,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
+    let identity_metrics = args.identity.then(|| Arc::new(IdentityMetrics::register(&mut registry)));
     let admin_state = Arc::new(AdminState { registry, ready: Default::default() });
     let listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
@@ -143,6 +178,22 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(braid_runtime::cancel_on_signal(shutdown.clone()));
     // The admin server runs from the start: a standby answers probes while it waits to lead.
     let admin = tokio::spawn(admin::serve(listener, admin_state.clone(), shutdown.clone()));
+    // The identity endpoint too: it only reads the issuer, so every replica serves it.
+    let identity_server = match &identity_metrics {
+        Some(identity_metrics) => {
+            let listener = tokio::net::TcpListener::bind(args.identity_addr)
+                .await
+                .with_context(|| format!("cannot listen on --identity-addr {}", args.identity_addr))?;
+            Some(tokio::spawn(identity::server::run(
+                client.clone(),
+                listener,
+                identity_server_settings(&args),
+                identity_metrics.clone(),
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     tracing::info!(scope = ?scope, version = env!("CARGO_PKG_VERSION"), "braid-operator starting");
 
     // What the leader runs stops on SIGTERM, and also when it loses the Lease.
@@ -185,6 +236,21 @@ async fn main() -> anyhow::Result<()> {
             stop.clone(),
         ))
     });
+    let ca_task = identity_metrics.map(|identity_metrics| {
+        let settings = identity::controller::CaSettings {
+            mesh_namespace: args.mesh_namespace.clone(),
+            propagation: args.identity_propagation,
+            resync: Duration::from_secs(300),
+            owner_service: args.identity_owner_service.clone(),
+        };
+        tokio::spawn(identity::controller::run(
+            ctx.client.clone(),
+            settings,
+            ctx.metrics.clone(),
+            identity_metrics,
+            stop.clone(),
+        ))
+    });
     let ready_state = admin_state.clone();
     controller::run(ctx.clone(), scope, stop.clone().cancelled_owned(), move || {
         ready_state.ready.store(true, Ordering::Relaxed);
@@ -194,6 +260,9 @@ async fn main() -> anyhow::Result<()> {
     stop.cancel();
     if let Some(task) = webhook_task {
         task.await.context("webhook certificate task failed")?;
+    }
+    if let Some(task) = ca_task {
+        task.await.context("identity CA task failed")?;
     }
     ctx.metrics.leader.set(0);
 
@@ -209,6 +278,9 @@ async fn main() -> anyhow::Result<()> {
         },
     };
     shutdown.cancel();
+    if let Some(task) = identity_server {
+        task.await.context("identity endpoint task failed")?.context("identity endpoint failed")?;
+    }
     stop_admin(admin).await?;
     if let Some(reason) = lost {
         // Exiting (rather than standing by again) is what client-go does too: the Deployment
@@ -235,6 +307,17 @@ fn lease_settings(args: &Args) -> anyhow::Result<LeaseSettings> {
     };
     settings.validate().context("invalid leader election flags")?;
     Ok(settings)
+}
+
+fn identity_server_settings(args: &Args) -> identity::server::ServerSettings {
+    let service = format!("{}.{}.svc", args.identity_service, args.mesh_namespace);
+    let mut dns_names = vec![service.clone(), format!("{service}.cluster.local")];
+    dns_names.extend(args.identity_dns_sans.iter().cloned());
+    identity::server::ServerSettings {
+        mesh_namespace: args.mesh_namespace.clone(),
+        dns_names,
+        ip_addresses: args.identity_ip_sans.clone(),
+    }
 }
 
 fn webhook_settings(args: &Args) -> anyhow::Result<WebhookSettings> {

@@ -70,3 +70,59 @@ impl Metrics {
         self.failures.get_or_create(&ErrorLabels { controller, error }).inc();
     }
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// The identity endpoint and the CA, under `braid_identity_` (the names docs/identity.md gives).
+#[derive(Debug)]
+pub struct IdentityMetrics {
+    pub issued: Counter,
+    pub rejections: Family<ReasonLabels, Counter>,
+    pub certify_duration: Histogram,
+    /// Unix seconds; set by the CA controller of the leader.
+    pub trust_anchor_expiry: Gauge,
+    /// Unix seconds; set by every replica that loaded the issuer.
+    pub issuer_expiry: Gauge,
+}
+
+impl IdentityMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            issued: Counter::default(),
+            rejections: Family::default(),
+            certify_duration: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            trust_anchor_expiry: Gauge::default(),
+            issuer_expiry: Gauge::default(),
+        };
+        // Every refusal's series exists from the start, so a rate() over it is never empty.
+        for reason in crate::identity::server::Refusal::CODES {
+            let _ = metrics.rejections.get_or_create(&ReasonLabels { reason });
+        }
+        let sub = registry.sub_registry_with_prefix("braid_identity");
+        sub.register("issued", "Workload certificates issued", metrics.issued.clone());
+        sub.register("rejections", "Certify requests refused, by error code", metrics.rejections.clone());
+        sub.register(
+            "certify_duration_seconds",
+            "Time to answer one certify request, refusals included",
+            metrics.certify_duration.clone(),
+        );
+        sub.register(
+            "trust_anchor_expiry_timestamp_seconds",
+            "When the trust anchor that signed the current issuer expires",
+            metrics.trust_anchor_expiry.clone(),
+        );
+        sub.register(
+            "issuer_expiry_timestamp_seconds",
+            "When the issuer that signs workload certificates expires",
+            metrics.issuer_expiry.clone(),
+        );
+        metrics
+    }
+
+    pub fn rejected(&self, reason: &'static str) {
+        self.rejections.get_or_create(&ReasonLabels { reason }).inc();
+    }
+}

@@ -1,0 +1,695 @@
+//! The identity endpoint, POST /v1/certify over HTTPS, as docs/identity.md specifies; and the
+//! loop that keeps its issuer (from Secret braid-issuer) and serving certificate current.
+//!
+//! Every operator replica serves it, not only the leader: issuing needs the issuer's key, which
+//! every replica reads from the Secret, and nothing is written, so a standby behind the same
+//! Service answers as well as the leader. Only the CA controller (controller.rs) writes.
+//!
+//! TLS is tokio-rustls over hyper-util, as in braid-webhook: the certificate resolver makes a new
+//! serving certificate a pointer swap, and we keep control of timeouts and graceful shutdown.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State, rejection::BytesRejection},
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use braid_crds::{Mesh, duration::parse_duration, mesh::IdentitySettings};
+use futures::{FutureExt as _, StreamExt, stream::BoxStream};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
+use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
+use kube::{
+    Api, Client, Resource,
+    runtime::{WatchStreamExt, watcher},
+};
+use rustls::{
+    ServerConfig,
+    crypto::CryptoProvider,
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    ISSUER_SECRET,
+    authority::{Authority, AuthoritySource},
+    ca::KeyedCert,
+    csr,
+    ratelimit::RateLimiter,
+    tokens::{AuthError, KubeVerifier, Verifier, Workload},
+};
+use crate::{backoff::FailureBackoff, metrics::IdentityMetrics};
+
+/// A token and a CSR fit in a few KiB; anything larger is refused with 413 before parsing.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Issuances per identity: a minute's worth on average, and at most this many at once.
+pub const RATE_PER_MINUTE: u32 = 10;
+pub const RATE_BURST: u32 = 10;
+/// A client that has not finished its TLS handshake or request headers by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// In-flight requests get this long to finish after SIGTERM.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The keeper re-reads the issuer at least this often, whatever the watches say.
+const RESYNC: Duration = Duration::from_secs(60);
+
+/// What the handler shares.
+pub struct IdentityState {
+    authority: RwLock<Option<Arc<Authority>>>,
+    verifier: Arc<dyn Verifier>,
+    limiter: RateLimiter,
+    metrics: Arc<IdentityMetrics>,
+}
+
+impl IdentityState {
+    pub fn new(verifier: Arc<dyn Verifier>, limiter: RateLimiter, metrics: Arc<IdentityMetrics>) -> Self {
+        Self { authority: RwLock::new(None), verifier, limiter, metrics }
+    }
+
+    pub fn authority(&self) -> Option<Arc<Authority>> {
+        self.authority.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub fn set_authority(&self, authority: Arc<Authority>) {
+        *self.authority.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(authority);
+    }
+}
+
+pub fn router(state: Arc<IdentityState>) -> Router {
+    Router::new()
+        .route("/v1/certify", post(certify))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct CertifyRequest {
+    token: String,
+    csr: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CertifyResponse {
+    identity: String,
+    certificate: String,
+    chain: String,
+    trust_bundle: String,
+    not_after: String,
+}
+
+/// Why a request is refused: the table of docs/identity.md.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    MalformedRequest(String),
+    MalformedCsr(String),
+    Unauthenticated(String),
+    IdentityGone(String),
+    IdentityMismatch(String),
+    TooLarge,
+    RateLimited(Duration),
+    Unavailable(String),
+}
+
+impl Refusal {
+    /// Every code, so each `braid_identity_rejections_total` series exists from the start.
+    pub const CODES: [&'static str; 8] = [
+        "malformed-request",
+        "malformed-csr",
+        "unauthenticated",
+        "identity-gone",
+        "identity-mismatch",
+        "request-too-large",
+        "rate-limited",
+        "unavailable",
+    ];
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::MalformedRequest(_) => "malformed-request",
+            Refusal::MalformedCsr(_) => "malformed-csr",
+            Refusal::Unauthenticated(_) => "unauthenticated",
+            Refusal::IdentityGone(_) => "identity-gone",
+            Refusal::IdentityMismatch(_) => "identity-mismatch",
+            Refusal::TooLarge => "request-too-large",
+            Refusal::RateLimited(_) => "rate-limited",
+            Refusal::Unavailable(_) => "unavailable",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::MalformedRequest(_) | Refusal::MalformedCsr(_) => StatusCode::BAD_REQUEST,
+            Refusal::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Refusal::IdentityGone(_) | Refusal::IdentityMismatch(_) => StatusCode::FORBIDDEN,
+            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Refusal::MalformedRequest(m)
+            | Refusal::MalformedCsr(m)
+            | Refusal::Unauthenticated(m)
+            | Refusal::IdentityGone(m)
+            | Refusal::IdentityMismatch(m)
+            | Refusal::Unavailable(m) => m.clone(),
+            Refusal::TooLarge => format!("the request body is over {MAX_BODY_BYTES} bytes"),
+            Refusal::RateLimited(wait) => format!(
+                "more than {RATE_PER_MINUTE} certificates a minute for this identity; retry in {} s",
+                retry_secs(*wait)
+            ),
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": self.code(), "message": self.message()});
+        let mut response = json_response(self.status(), &body);
+        if let Refusal::RateLimited(wait) = self
+            && let Ok(value) = HeaderValue::from_str(&retry_secs(wait).to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}
+
+/// A JSON body with its content type (axum's Json needs a feature the workspace leaves off).
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(err) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the answer: {err}\n")).into_response()
+        }
+    }
+}
+
+/// Whole seconds, rounded up, and at least one: what Retry-After can say.
+fn retry_secs(wait: Duration) -> u64 {
+    (wait.as_secs_f64().ceil() as u64).max(1)
+}
+
+async fn certify(State(state): State<Arc<IdentityState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let started = Instant::now();
+    let outcome = answer(&state, body).await;
+    state.metrics.certify_duration.observe(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok((workload, answer)) => {
+            state.metrics.issued.inc();
+            tracing::info!(
+                identity = %answer.identity,
+                pod = %format!("{}/{}", workload.namespace, workload.pod_name),
+                not_after = %answer.not_after,
+                took = ?started.elapsed(),
+                "issued a workload certificate"
+            );
+            json_response(StatusCode::OK, &answer)
+        }
+        Err(refusal) => {
+            state.metrics.rejected(refusal.code());
+            match &refusal {
+                Refusal::Unavailable(_) => {
+                    tracing::warn!(code = refusal.code(), message = %refusal.message(), "cannot certify")
+                }
+                _ => tracing::info!(code = refusal.code(), message = %refusal.message(), "certify refused"),
+            }
+            refusal.into_response()
+        }
+    }
+}
+
+/// The checks, cheapest first: the body, the CSR, then the token (a TokenReview and two GETs),
+/// the identity, and the rate limit, which counts only requests that would be issued.
+async fn answer(
+    state: &IdentityState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Workload, CertifyResponse), Refusal> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => Refusal::TooLarge,
+        _ => Refusal::MalformedRequest(format!("cannot read the body: {}", rejection.body_text())),
+    })?;
+    let request: CertifyRequest = serde_json::from_slice(&body).map_err(|err| {
+        Refusal::MalformedRequest(format!("expected JSON {{\"token\": \"...\", \"csr\": \"...\"}}: {err}"))
+    })?;
+    if request.token.trim().is_empty() || request.csr.trim().is_empty() {
+        return Err(Refusal::MalformedRequest("token and csr must not be empty".to_owned()));
+    }
+    let checked = csr::check(&request.csr).map_err(|err| Refusal::MalformedCsr(err.to_string()))?;
+    let authority = state.authority().ok_or_else(|| {
+        Refusal::Unavailable(
+            "the mesh has no issuer yet (see the CAReady condition of Mesh default)".to_owned(),
+        )
+    })?;
+
+    let workload = state.verifier.verify(request.token.trim()).await.map_err(|err| match err {
+        AuthError::Unauthenticated(m) => Refusal::Unauthenticated(m),
+        AuthError::Gone(m) => Refusal::IdentityGone(m),
+        AuthError::Unavailable(_) => Refusal::Unavailable(err.to_string()),
+    })?;
+    let identity = authority.identity(&workload.namespace, &workload.service_account);
+    if checked.uri != identity {
+        return Err(Refusal::IdentityMismatch(format!(
+            "the CSR asks for {}, but the token proves {identity}",
+            checked.uri
+        )));
+    }
+    state.limiter.check(&identity, Instant::now()).map_err(Refusal::RateLimited)?;
+
+    let issued = authority
+        .issue(Timestamp::now().as_second(), &checked)
+        .map_err(|err| Refusal::Unavailable(format!("cannot sign: {err}")))?;
+    let not_after =
+        Timestamp::from_second(issued.not_after).map_or_else(|_| String::new(), |t| t.to_string());
+    Ok((
+        workload,
+        CertifyResponse {
+            identity,
+            certificate: issued.certificate_pem,
+            chain: authority.chain_pem().to_owned(),
+            trust_bundle: authority.bundle_pem().to_owned(),
+            not_after,
+        },
+    ))
+}
+
+/// The endpoint's serving certificate, swapped in when the issuer changes.
+#[derive(Debug)]
+pub struct ServingCert {
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Option<Arc<CertifiedKey>>>,
+}
+
+impl ServingCert {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            current: RwLock::new(None),
+        })
+    }
+
+    pub fn set(&self, chain: Vec<Vec<u8>>, key_der: Vec<u8>) -> Result<(), rustls::Error> {
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der));
+        let signing_key = self.provider.key_provider.load_private_key(key)?;
+        let chain = chain.into_iter().map(CertificateDer::from).collect();
+        *self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Some(Arc::new(CertifiedKey::new(chain, signing_key)));
+        Ok(())
+    }
+
+    /// TLS 1.3 only, as between proxies; HTTP/1.1: a proxy certifies once a day or so.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    // None (before the first issuer exists) fails the handshake, which the client retries.
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+}
+
+/// Where the endpoint runs and which names its certificate carries; from the operator's flags.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub mesh_namespace: String,
+    pub dns_names: Vec<String>,
+    pub ip_addresses: Vec<IpAddr>,
+}
+
+/// Serves the endpoint on `listener` until `shutdown`, keeping its issuer current.
+pub async fn run(
+    client: Client,
+    listener: TcpListener,
+    settings: ServerSettings,
+    metrics: Arc<IdentityMetrics>,
+    shutdown: CancellationToken,
+) -> Result<(), rustls::Error> {
+    let verifier = Arc::new(KubeVerifier::new(client.clone()));
+    let state =
+        Arc::new(IdentityState::new(verifier, RateLimiter::new(RATE_PER_MINUTE, RATE_BURST), metrics));
+    let serving = ServingCert::new();
+    let tls = serving.server_config()?;
+    let keeper = tokio::spawn(keep_authority(client, settings, state.clone(), serving, shutdown.clone()));
+    serve_tls(listener, tls, router(state), shutdown).await;
+    let _ = keeper.await;
+    Ok(())
+}
+
+/// Re-reads Secret braid-issuer and Mesh default whenever either changes (and every minute), and
+/// swaps in a new authority and serving certificate when what they say changed.
+async fn keep_authority(
+    client: Client,
+    settings: ServerSettings,
+    state: Arc<IdentityState>,
+    serving: Arc<ServingCert>,
+    shutdown: CancellationToken,
+) {
+    let mut triggers = triggers(&client, &settings.mesh_namespace);
+    let backoff = FailureBackoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    loop {
+        let wait = match reload(&client, &settings, &state, &serving).await {
+            Ok(()) => {
+                backoff.succeeded("identity-authority");
+                RESYNC
+            }
+            Err(err) => {
+                let wait = backoff.failed("identity-authority");
+                tracing::warn!(error = %err, retry_in = ?wait, "cannot load the mesh issuer");
+                wait
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            Some(()) = triggers.next() => {
+                // A burst of events (the watches' initial lists) makes one reload.
+                while let Some(Some(())) = triggers.next().now_or_never() {}
+            }
+            () = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn triggers(client: &Client, mesh_namespace: &str) -> BoxStream<'static, ()> {
+    fn named<K>(api: Api<K>, name: &str) -> BoxStream<'static, ()>
+    where
+        K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    {
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        watcher(api, config).default_backoff().map(|_| ()).boxed()
+    }
+    futures::stream::select_all([
+        named(Api::<Secret>::namespaced(client.clone(), mesh_namespace), ISSUER_SECRET),
+        named(Api::<Mesh>::all(client.clone()), "default"),
+    ])
+    .boxed()
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error("Kubernetes API request failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Authority(#[from] super::authority::AuthorityError),
+    #[error("cannot use the serving certificate: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+async fn reload(
+    client: &Client,
+    settings: &ServerSettings,
+    state: &IdentityState,
+    serving: &ServingCert,
+) -> Result<(), ReloadError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.mesh_namespace);
+    let Some(secret) = secrets.get_opt(ISSUER_SECRET).await? else {
+        tracing::info!(
+            secret = %format!("{}/{ISSUER_SECRET}", settings.mesh_namespace),
+            "no issuer yet; the CA controller of the leading operator creates it"
+        );
+        return Ok(());
+    };
+    let mesh = Api::<Mesh>::all(client.clone()).get_opt("default").await?;
+    let (trust_domain, identity) = mesh
+        .map(|m| (m.spec.trust_domain, m.spec.identity))
+        .unwrap_or_else(|| (braid_crds::MeshSpec::default().trust_domain, IdentitySettings::default()));
+    let workload_lifetime = parse_duration(&identity.workload_lifetime).unwrap_or_else(|err| {
+        tracing::warn!(%err, value = %identity.workload_lifetime, "Mesh default: invalid spec.identity.workloadLifetime; using 24h");
+        Duration::from_secs(24 * 3600)
+    });
+    let text = |key: &str| -> String {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+            .unwrap_or_default()
+    };
+    let source = AuthoritySource {
+        issuer: KeyedCert { cert_pem: text("tls.crt"), key_pem: text("tls.key") },
+        bundle_pem: text("ca.crt"),
+        trust_domain,
+        workload_lifetime,
+    };
+    if state.authority().is_some_and(|current| current.source() == &source) {
+        return Ok(());
+    }
+    let authority = Arc::new(Authority::new(source)?);
+    let (chain, key) =
+        authority.serving_cert(Timestamp::now().as_second(), &settings.dns_names, &settings.ip_addresses)?;
+    // The serving certificate first: a client that gets a certificate from the new issuer also
+    // gets the new issuer's chain, and both verify with the bundle it already holds.
+    serving.set(chain, key)?;
+    state.metrics.issuer_expiry.set(authority.issuer_not_after());
+    tracing::info!(
+        issuer_not_after = %Timestamp::from_second(authority.issuer_not_after()).map_or_else(|_| String::new(), |t| t.to_string()),
+        trust_domain = %authority.trust_domain(),
+        "identity endpoint: issuer loaded"
+    );
+    state.set_authority(authority);
+    Ok(())
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown`, then lets open connections finish
+/// their requests (up to 10 s).
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    router: Router,
+    shutdown: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, "identity endpoint listening (HTTPS)");
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // EMFILE and the like: back off instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Small requests and answers: never hold a segment back waiting for an ACK.
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!(%peer, %err, "cannot set TCP_NODELAY");
+        }
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => return tracing::debug!(%peer, %err, "TLS handshake failed"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .serve_connection(TokioIo::new(tls), service);
+            if let Err(err) = watcher.watch(connection).await {
+                tracing::debug!(%peer, %err, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("identity endpoint drained"),
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("identity endpoint: connections still open after {DRAIN_TIMEOUT:?}; closing them"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{
+        ca::{self, Settings, Source, Stored},
+        tokens::Workload,
+    };
+    use axum::body::Body;
+    use futures::future::BoxFuture;
+    use http_body_util::BodyExt;
+    use prometheus_client::registry::Registry;
+    use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
+    use tower::ServiceExt;
+
+    /// Accepts "good:NS:SA", reports "gone" as a deleted pod, refuses the rest.
+    struct FakeVerifier;
+
+    impl Verifier for FakeVerifier {
+        fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Workload, AuthError>> {
+            Box::pin(async move {
+                match token.split(':').collect::<Vec<_>>().as_slice() {
+                    ["good", ns, sa] => Ok(Workload {
+                        namespace: (*ns).to_owned(),
+                        service_account: (*sa).to_owned(),
+                        service_account_uid: None,
+                        pod_name: "pod".to_owned(),
+                        pod_uid: "uid".to_owned(),
+                    }),
+                    ["gone"] => Err(AuthError::Gone("pod shop/pod no longer exists".to_owned())),
+                    ["down"] => Err(AuthError::Unavailable("connection refused".to_owned())),
+                    _ => Err(AuthError::Unauthenticated(
+                        "the API server refused the token: invalid".to_owned(),
+                    )),
+                }
+            })
+        }
+    }
+
+    fn state(with_authority: bool) -> (Arc<IdentityState>, Stored) {
+        let mut registry = Registry::default();
+        let metrics = Arc::new(IdentityMetrics::register(&mut registry));
+        let state = Arc::new(IdentityState::new(Arc::new(FakeVerifier), RateLimiter::new(10, 10), metrics));
+        let now = Timestamp::now().as_second();
+        let settings = Settings {
+            trust_anchor_lifetime: Duration::from_secs(86400 * 365),
+            issuer_lifetime: Duration::from_secs(86400 * 30),
+            workload_lifetime: Duration::from_secs(86400),
+            propagation: Duration::from_secs(60),
+        };
+        let changes = ca::plan(now, &Stored::default(), &Source::Generate, &settings, None);
+        let stored = ca::apply(now, &Stored::default(), &changes, &Source::Generate, &settings).unwrap();
+        if with_authority {
+            let source = AuthoritySource {
+                issuer: stored.issuer.clone().unwrap(),
+                bundle_pem: ca::bundle(&stored),
+                trust_domain: "cluster.local".to_owned(),
+                workload_lifetime: Duration::from_secs(86400),
+            };
+            state.set_authority(Arc::new(Authority::new(source).unwrap()));
+        }
+        (state, stored)
+    }
+
+    fn csr(uri: &str) -> String {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    async fn post(
+        state: &Arc<IdentityState>,
+        body: Vec<u8>,
+    ) -> (StatusCode, serde_json::Value, Option<String>) {
+        let request = axum::http::Request::post("/v1/certify")
+            .header("content-type", "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let response = router(state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let retry = response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null), retry)
+    }
+
+    fn certify_body(token: &str, csr: &str) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"token": token, "csr": csr})).unwrap()
+    }
+
+    const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+
+    #[tokio::test]
+    async fn a_good_request_gets_a_certificate_chain_and_bundle() {
+        let (state, stored) = state(true);
+        let (status, body, _) = post(&state, certify_body("good:shop:web", &csr(WEB))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["identity"], WEB);
+        let leaf = ca::certs(body["certificate"].as_str().unwrap()).unwrap();
+        let chain = ca::certs(body["chain"].as_str().unwrap()).unwrap();
+        let bundle = ca::certs(body["trustBundle"].as_str().unwrap()).unwrap();
+        assert_eq!(bundle, ca::certs(&stored.roots_pem).unwrap());
+        assert!(ca::chains_to(&[leaf, chain].concat(), &bundle));
+        let not_after: Timestamp = body["notAfter"].as_str().unwrap().parse().unwrap();
+        assert!(body["notAfter"].as_str().unwrap().ends_with('Z'));
+        let lifetime = not_after.as_second() - Timestamp::now().as_second();
+        assert!((86390..=86400).contains(&lifetime), "{lifetime}");
+        let mut text = String::new();
+        let mut registry = Registry::default();
+        registry.register("m", "", state.metrics.issued.clone());
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("m_total 1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn each_refusal_has_its_status_and_code() {
+        let (state, _) = state(true);
+        let cases: Vec<(Vec<u8>, StatusCode, &str)> = vec![
+            (b"not json".to_vec(), StatusCode::BAD_REQUEST, "malformed-request"),
+            (br#"{"token": "good:shop:web"}"#.to_vec(), StatusCode::BAD_REQUEST, "malformed-request"),
+            (certify_body("", &csr(WEB)), StatusCode::BAD_REQUEST, "malformed-request"),
+            (certify_body("good:shop:web", "nope"), StatusCode::BAD_REQUEST, "malformed-csr"),
+            (certify_body("forged", &csr(WEB)), StatusCode::UNAUTHORIZED, "unauthenticated"),
+            (certify_body("gone", &csr(WEB)), StatusCode::FORBIDDEN, "identity-gone"),
+            (certify_body("good:shop:db", &csr(WEB)), StatusCode::FORBIDDEN, "identity-mismatch"),
+            (certify_body("down", &csr(WEB)), StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            (vec![b' '; MAX_BODY_BYTES + 1], StatusCode::PAYLOAD_TOO_LARGE, "request-too-large"),
+        ];
+        for (body, status, code) in cases {
+            let (got, answer, _) = post(&state, body).await;
+            assert_eq!((got, answer["error"].as_str()), (status, Some(code)), "{answer}");
+            assert!(!answer["message"].as_str().unwrap_or_default().is_empty(), "{answer}");
+        }
+        // A mismatch names both identities, so the proxy's log says what went wrong.
+        let (_, answer, _) = post(&state, certify_body("good:shop:db", &csr(WEB))).await;
+        let message = answer["message"].as_str().unwrap();
+        assert!(message.contains(WEB) && message.contains("sa/db"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn the_eleventh_issuance_in_a_minute_is_rate_limited() {
+        let (state, _) = state(true);
+        for i in 0..10 {
+            let (status, answer, _) = post(&state, certify_body("good:shop:web", &csr(WEB))).await;
+            assert_eq!(status, StatusCode::OK, "request {i}: {answer}");
+        }
+        let (status, answer, retry) = post(&state, certify_body("good:shop:web", &csr(WEB))).await;
+        assert_eq!((status, answer["error"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("rate-limited")));
+        assert_eq!(retry.as_deref(), Some("6"), "6 s until the next token");
+        // Refused requests do not spend tokens, and other identities are unaffected.
+        let db = "spiffe://cluster.local/ns/shop/sa/db";
+        let (status, _, _) = post(&state, certify_body("good:shop:db", &csr(db))).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn without_an_issuer_the_endpoint_says_so() {
+        let (state, _) = state(false);
+        let (status, answer, _) = post(&state, certify_body("good:shop:web", &csr(WEB))).await;
+        assert_eq!(
+            (status, answer["error"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable"))
+        );
+        assert!(answer["message"].as_str().unwrap().contains("CAReady"), "{answer}");
+    }
+}
