@@ -241,6 +241,67 @@ impl Metrics {
     }
 }
 
+/// The metrics of one label set (a route, or an inbound connection), looked up once rather than
+/// hashed per request; the responses seen most often are remembered the same way.
+#[derive(Clone)]
+pub struct RequestMetrics {
+    pub requests: Counter,
+    pub latency: Histogram,
+    responses: Arc<std::sync::Mutex<Vec<RememberedResponse>>>,
+}
+
+/// status code, classification, server_id, and the response_total counter of that combination.
+type RememberedResponse = (u16, Classification, Label, Counter);
+
+/// Distinct (status, classification, server) combinations remembered per label set.
+const REMEMBERED_RESPONSES: usize = 8;
+
+impl RequestMetrics {
+    /// The response_total counter for this label set and an answer.
+    pub fn response(
+        &self,
+        metrics: &Metrics,
+        labels: &RequestLabels,
+        status_code: u16,
+        classification: Classification,
+        server_id: &Label,
+    ) -> Counter {
+        let mut remembered = self.responses.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((.., counter)) = remembered.iter().find(|(status, class, server, _)| {
+            *status == status_code && *class == classification && server == server_id
+        }) {
+            return counter.clone();
+        }
+        let counter = metrics
+            .responses
+            .get_or_create(&ResponseLabels {
+                direction: labels.direction,
+                authority: labels.authority.clone(),
+                dst_service: labels.dst_service.clone(),
+                route: labels.route.clone(),
+                client_id: labels.client_id.clone(),
+                server_id: server_id.clone(),
+                status_code,
+                classification,
+            })
+            .clone();
+        if remembered.len() < REMEMBERED_RESPONSES {
+            remembered.push((status_code, classification, server_id.clone(), counter.clone()));
+        }
+        counter
+    }
+}
+
+impl Metrics {
+    pub fn request_metrics(&self, labels: &RequestLabels) -> RequestMetrics {
+        RequestMetrics {
+            requests: self.requests.get_or_create(labels).clone(),
+            latency: self.latency.get_or_create(labels).clone(),
+            responses: Arc::default(),
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()

@@ -222,7 +222,7 @@ async fn outbound(
     }
     let connection = Arc::new(OutboundConnection { shared: shared.clone(), target });
     let service = service_fn(move |request| forward::outbound(connection.clone(), request));
-    serve_http(detected, io, service, limits, shutdown).await;
+    serve_http(detected, io, service, limits, shutdown, None).await;
 }
 
 async fn inbound_plaintext(
@@ -253,7 +253,7 @@ async fn inbound_plaintext(
     }
     let connection = Arc::new(InboundConnection::new(shared.clone(), app, None));
     let service = service_fn(move |request| forward::inbound(connection.clone(), request));
-    serve_http(detected, io, service, limits, shutdown).await;
+    serve_http(detected, io, service, limits, shutdown, INBOUND_HEADER_TIMEOUT).await;
 }
 
 async fn inbound_mtls(
@@ -298,7 +298,7 @@ async fn inbound_mtls(
     }
     let connection = Arc::new(InboundConnection::new(shared.clone(), app, client_id));
     let service = service_fn(move |request| forward::inbound(connection.clone(), request));
-    serve_http(Detected::Http2, stream, service, limits, shutdown).await;
+    serve_http(Detected::Http2, stream, service, limits, shutdown, INBOUND_HEADER_TIMEOUT).await;
 }
 
 fn deny_connection(shared: &Shared, client_id: Label, peer: SocketAddr, denied: &policy::Denied) {
@@ -380,8 +380,18 @@ fn opaque_destination(shared: &Shared, target: &OutboundTarget) -> Option<Opaque
         .map(|endpoint| OpaqueDestination::Endpoint(endpoint.clone()))
 }
 
-async fn serve_http<I, S>(detected: Detected, io: I, service: S, limits: &Limits, shutdown: CancellationToken)
-where
+/// How long a client on the inbound side may take to send a request head (slowloris). The
+/// outbound side's client is the pod's own app, and a timer per request costs, so it has none.
+const INBOUND_HEADER_TIMEOUT: Option<Duration> = Some(Duration::from_secs(30));
+
+async fn serve_http<I, S>(
+    detected: Detected,
+    io: I,
+    service: S,
+    limits: &Limits,
+    shutdown: CancellationToken,
+    header_timeout: Option<Duration>,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
@@ -412,7 +422,7 @@ where
             .timer(TokioTimer::new())
             // Bounds the request head: a larger one is answered with 431.
             .max_buf_size(limits.max_header_bytes.max(8192))
-            .header_read_timeout(Duration::from_secs(30))
+            .header_read_timeout(header_timeout)
             .serve_connection(io, service);
         tokio::pin!(connection);
         tokio::select! {

@@ -16,7 +16,7 @@ use crate::config::{
     Config, FaultConfig, HeaderValueMatch, LoadBalancerConfig, PathMatch, Protocol, RetryOn, ServiceConfig,
 };
 use crate::identity::IdentityStore;
-use crate::metrics::Label;
+use crate::metrics::{Label, RequestMetrics};
 
 pub struct Table {
     pub config: Arc<Config>,
@@ -50,6 +50,8 @@ pub struct Route {
     pub retries: Option<Retries>,
     pub fault: Option<FaultConfig>,
     pub mirror: Option<(usize, f64)>,
+    /// This route's request metrics, looked up on its first request.
+    pub metrics: std::sync::OnceLock<RequestMetrics>,
 }
 
 pub struct Retries {
@@ -277,6 +279,7 @@ fn compile_service(
                 .as_ref()
                 .map(|mirror| Ok::<_, TableError>((backend_index(&mirror.backend)?, mirror.percent)))
                 .transpose()?,
+            metrics: std::sync::OnceLock::new(),
         });
     }
     let budget = &service.retry_budget;

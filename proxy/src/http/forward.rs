@@ -23,7 +23,7 @@ use super::upstream::{Pool, UpstreamError, UpstreamProtocol};
 use crate::balance;
 use crate::config::RetryOn;
 use crate::metrics::{
-    Classification, DenyLabels, DenyProtocol, Direction, Label, RequestLabels, ResponseLabels, RetryLabels,
+    Classification, DenyLabels, DenyProtocol, Direction, Label, RequestLabels, RequestMetrics, RetryLabels,
     TimeoutKind, TimeoutLabels,
 };
 use crate::table::{Route, Service};
@@ -64,6 +64,7 @@ pub struct InboundConnection {
     /// The SPIFFE id the client proved with mTLS; `None` for plaintext.
     pub client_id: Option<String>,
     pub labels: RequestLabels,
+    pub metrics: RequestMetrics,
     pub http1: Arc<Pool>,
     pub http2: Arc<Pool>,
 }
@@ -79,7 +80,8 @@ impl InboundConnection {
         };
         let http1 = shared.pool(app, UpstreamProtocol::Http1);
         let http2 = shared.pool(app, UpstreamProtocol::Http2);
-        Self { shared, app, client_id, labels, http1, http2 }
+        let metrics = shared.metrics.request_metrics(&labels);
+        Self { shared, app, client_id, labels, metrics, http1, http2 }
     }
 }
 
@@ -137,7 +139,7 @@ pub async fn inbound(
     };
     if let Err(denied) = denied {
         let labels = connection.labels.clone();
-        shared.metrics.requests.get_or_create(&labels).inc();
+        connection.metrics.requests.inc();
         shared
             .metrics
             .authz_denied
@@ -147,7 +149,7 @@ pub async fn inbound(
         if let Ok(reason) = HeaderValue::from_str(&denied.0) {
             response.headers_mut().insert(DENY_REASON, reason);
         }
-        record(shared, labels, Label::empty(), &response, Instant::now());
+        record(shared, &labels, &connection.metrics, Label::empty(), &response, Instant::now());
         return Ok(response);
     }
     // A request another proxy upgraded to HTTP/2 goes to the app as the HTTP/1.1 it was.
@@ -156,8 +158,8 @@ pub async fn inbound(
     } else {
         &connection.http2
     };
-    let labels = connection.labels.clone();
-    Ok(forward_once(&connection.shared, pool, labels, &mut parts, body).await)
+    Ok(forward_once(&connection.shared, pool, &connection.labels, &connection.metrics, &mut parts, body)
+        .await)
 }
 
 /// An outbound request to an address no service claims: forwarded unchanged, and counted.
@@ -177,25 +179,27 @@ async fn passthrough(
         route: Label::empty(),
         client_id: Label::empty(),
     };
-    forward_once(shared, &pool, labels, &mut parts, body).await
+    let metrics = shared.metrics.request_metrics(&labels);
+    forward_once(shared, &pool, &labels, &metrics, &mut parts, body).await
 }
 
 async fn forward_once(
     shared: &Shared,
     pool: &Pool,
-    labels: RequestLabels,
+    labels: &RequestLabels,
+    metrics: &RequestMetrics,
     parts: &mut request::Parts,
     body: Incoming,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
-    shared.metrics.requests.get_or_create(&labels).inc();
+    metrics.requests.inc();
     propagate_trace(&mut parts.headers);
     let request = upstream_request(parts, ProxyBody::Streaming(body), pool.protocol(), false, true);
     let response = match pool.send(request).await {
         Ok(response) => client_response(response),
         Err(error) => failure_response(&Failure::Upstream(error)),
     };
-    record(shared, labels, Label::empty(), &response, start);
+    record(shared, labels, metrics, Label::empty(), &response, start);
     response
 }
 
@@ -224,7 +228,8 @@ async fn route_request(
             route: Label::empty(),
             client_id: Label::empty(),
         };
-        shared.metrics.requests.get_or_create(&labels).inc();
+        let metrics = shared.metrics.request_metrics(&labels);
+        metrics.requests.inc();
         let response = local(
             StatusCode::NOT_FOUND,
             "no-route",
@@ -235,7 +240,7 @@ async fn route_request(
                 parts.uri.path()
             ),
         );
-        record(shared, labels, Label::empty(), &response, start);
+        record(shared, &labels, &metrics, Label::empty(), &response, start);
         return response;
     };
     let labels = RequestLabels {
@@ -245,11 +250,12 @@ async fn route_request(
         route: route.name.clone(),
         client_id: Label::empty(),
     };
-    shared.metrics.requests.get_or_create(&labels).inc();
+    let metrics = route.metrics.get_or_init(|| shared.metrics.request_metrics(&labels));
+    metrics.requests.inc();
     propagate_trace(&mut parts.headers);
 
     if let Some(response) = inject_fault(route).await {
-        record(shared, labels, Label::empty(), &response, start);
+        record(shared, &labels, metrics, Label::empty(), &response, start);
         return response;
     }
 
@@ -264,7 +270,7 @@ async fn route_request(
                 "request-body",
                 format!("braid-proxy: reading the request body failed: {error}\n"),
             );
-            record(shared, labels, Label::empty(), &response, start);
+            record(shared, &labels, metrics, Label::empty(), &response, start);
             return response;
         }
     };
@@ -308,7 +314,7 @@ async fn route_request(
             latency_us = start.elapsed().as_micros() as u64,
         );
     }
-    record(shared, labels, server_id, &response, start);
+    record(shared, &labels, metrics, server_id, &response, start);
     response
 }
 
@@ -612,7 +618,8 @@ pub fn local(status: StatusCode, reason: &'static str, text: String) -> Response
 
 fn record(
     shared: &Shared,
-    labels: RequestLabels,
+    labels: &RequestLabels,
+    metrics: &RequestMetrics,
     server_id: Label,
     response: &Response<ProxyBody>,
     start: Instant,
@@ -625,20 +632,6 @@ fn record(
     } else {
         Classification::success
     };
-    shared.metrics.latency.get_or_create(&labels).observe(start.elapsed().as_secs_f64() * 1000.0);
-    let RequestLabels { direction, authority, dst_service, route, client_id } = labels;
-    shared
-        .metrics
-        .responses
-        .get_or_create(&ResponseLabels {
-            direction,
-            authority,
-            dst_service,
-            route,
-            client_id,
-            server_id,
-            status_code: status.as_u16(),
-            classification,
-        })
-        .inc();
+    metrics.latency.observe(start.elapsed().as_secs_f64() * 1000.0);
+    metrics.response(&shared.metrics, labels, status.as_u16(), classification, &server_id).inc();
 }
