@@ -13,6 +13,7 @@
 
 use std::{
     io::Write as _,
+    net::SocketAddr,
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -22,12 +23,18 @@ use std::{
 use braid_e2e::{
     Cluster, Component, TestNamespace, eventually, free_local_addr, metric_value, repo_root, setup,
 };
-use k8s_openapi::api::{
-    admissionregistration::v1::MutatingWebhookConfiguration,
-    coordination::v1::Lease,
-    core::v1::{Secret, Service},
+use k8s_openapi::{
+    api::{
+        admissionregistration::v1::MutatingWebhookConfiguration,
+        coordination::v1::Lease,
+        core::v1::{ConfigMap, Pod, Secret, Service},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use kube::{Api, Client, api::DeleteParams};
+use kube::{
+    Api, Client,
+    api::{DeleteParams, PostParams},
+};
 use serde_json::{Value, json};
 
 /// Held by every test that installs the chart: it owns the cluster's single Mesh while it runs.
@@ -35,6 +42,11 @@ static CHART_INSTALL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 
 const CA_SECRET: &str = "braid-webhook-ca";
 const TLS_SECRET: &str = "braid-webhook-tls";
+/// The mesh CA's Secrets and its trust bundle (docs/identity.md).
+const ANCHOR_SECRET: &str = "braid-trust-anchor";
+const ISSUER_SECRET: &str = "braid-issuer";
+const TRUST_CONFIG_MAP: &str = "braid-trust-anchors";
+const BUNDLE_KEY: &str = "ca-bundle.crt";
 /// The chart's default; the failover test measures against it.
 const LEASE_DURATION: Duration = Duration::from_secs(15);
 
@@ -172,6 +184,11 @@ impl Release {
         format!("{}-webhook", self.name)
     }
 
+    /// The identity endpoint's Service, which also owns the CA's Secrets.
+    fn identity(&self) -> String {
+        format!("{}-identity", self.name)
+    }
+
     /// What Helm installed, as JSON objects.
     fn manifest(&self) -> Vec<Value> {
         objects(
@@ -181,17 +198,27 @@ impl Release {
     }
 
     /// Starts braid-operator as a replica of the installed operator Deployment would run: its
-    /// flags, its ServiceAccount, plus `extra`.
-    fn start_operator(&self, label: &str, extra: &[&str]) -> Component {
+    /// flags, its ServiceAccount, plus `extra`. With the chart's `--identity`, the identity
+    /// endpoint listens on a free loopback port instead of the chart's 0.0.0.0:8080 (two local
+    /// replicas cannot both bind that), which is returned too.
+    fn start_operator(&self, label: &str, extra: &[&str]) -> (Component, Option<SocketAddr>) {
         let manifest = self.manifest();
-        let args = local_args(
-            &args_of(find(&manifest, "Deployment", &self.operator())),
-            &["--admin-addr", "--log", "--log-format"],
-        );
+        let chart_args = args_of(find(&manifest, "Deployment", &self.operator()));
+        let identity = chart_args.iter().any(|a| a == "--identity");
+        let mut replaced = vec!["--admin-addr", "--log", "--log-format"];
+        if identity {
+            replaced.push("--identity-addr");
+        }
+        let mut args = local_args(&chart_args, &replaced);
+        let identity_addr = identity.then(free_local_addr);
+        if let Some(addr) = identity_addr {
+            args.extend([format!("--identity-addr={addr}"), "--identity-ip-sans=127.0.0.1".to_owned()]);
+        }
         let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
         args.extend_from_slice(extra);
         let kubeconfig = service_account_kubeconfig(&self.cluster, &self.namespace, &self.operator());
-        Component::spawn_with_kubeconfig("braid-operator", &kubeconfig, label, &[], &args)
+        let operator = Component::spawn_with_kubeconfig("braid-operator", &kubeconfig, label, &[], &args);
+        (operator, identity_addr)
     }
 }
 
@@ -262,6 +289,60 @@ async fn lease_holder(leases: &Api<Lease>, name: &str) -> Option<String> {
     lease.spec?.holder_identity.filter(|h| !h.is_empty())
 }
 
+/// The owner references of an object, as (kind, name, uid).
+fn owners(meta: &ObjectMeta) -> Vec<(String, String, String)> {
+    let references = meta.owner_references.iter().flatten();
+    references.map(|o| (o.kind.clone(), o.name.clone(), o.uid.clone())).collect()
+}
+
+/// ConfigMap braid-trust-anchors of `namespace` once it holds a trust bundle.
+async fn published(client: &Client, namespace: &str) -> Option<(ConfigMap, String)> {
+    let config_map =
+        Api::<ConfigMap>::namespaced(client.clone(), namespace).get_opt(TRUST_CONFIG_MAP).await.ok()??;
+    let bundle = config_map.data.as_ref()?.get(BUNDLE_KEY).filter(|b| !b.is_empty())?.clone();
+    Some((config_map, bundle))
+}
+
+/// A CSR (PEM, P-256) for `uri`, as a proxy makes one.
+fn csr(uri: &str) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+    params.serialize_request(&key).unwrap().pem().unwrap()
+}
+
+/// POST /v1/certify as a proxy would: to `host:port` (the address the webhook gives proxies),
+/// resolved to a local operator's endpoint at `local`, trusting only the trust bundle in
+/// `bundle_file`. The status and JSON answer, or why curl failed (no TLS yet, a name mismatch).
+fn certify(
+    host_port: &str,
+    local: SocketAddr,
+    bundle_file: &str,
+    token: &str,
+    csr: &str,
+) -> Result<(u16, Value), String> {
+    let (host, port) = host_port.rsplit_once(':').unwrap();
+    let body = write_temp(
+        &format!("{host}-{}-certify.json", local.port()),
+        &json!({"token": token, "csr": csr}).to_string(),
+    );
+    let output = Command::new("curl")
+        .args(["-sS", "--noproxy", "*", "--cacert", bundle_file, "-H", "content-type: application/json"])
+        // The URL is the one proxies get; only the connection goes to the local replica.
+        .arg("--connect-to")
+        .arg(format!("{host}:{port}:{}:{}", local.ip(), local.port()))
+        .args(["--data-binary", &format!("@{body}"), "-w", "\n%{http_code}"])
+        .arg(format!("https://{host_port}/v1/certify"))
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run curl (apt-get install curl): {err}"));
+    if !output.status.success() {
+        return Err(stderr(&output));
+    }
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (answer, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    Ok((code.trim().parse().unwrap_or(0), serde_json::from_str(answer).unwrap_or(Value::Null)))
+}
+
 /// Property names and checks (type, enum, pattern, bounds) of a JSON or OpenAPI schema, nested.
 fn shape(schema: &Value) -> Value {
     let mut out = serde_json::Map::new();
@@ -290,8 +371,9 @@ async fn the_chart_lints_and_refuses_bad_values_with_the_schema_message() {
     let chart = chart();
     let lint = helm_ok(cluster, &["lint", "--strict", &chart]);
     assert!(lint.contains("0 chart(s) failed"), "{lint}");
-    // A single operator without leader election, no PDBs, no Mesh: the other branches render too.
-    let small = "operator.replicas=1,operator.leaderElection.enabled=false,podDisruptionBudget.enabled=false,mesh.create=false";
+    // A single operator without leader election or CA, no PDBs, no Mesh: the other branches
+    // render too.
+    let small = "operator.replicas=1,operator.leaderElection.enabled=false,operator.identity.enabled=false,podDisruptionBudget.enabled=false,mesh.create=false";
     helm_ok(cluster, &["lint", "--strict", &chart, "--set", small]);
 
     // Each bad value fails `helm install` before anything is applied, saying where and why.
@@ -318,6 +400,12 @@ async fn the_chart_lints_and_refuses_bad_values_with_the_schema_message() {
         (
             "operator.leaderElection.enabled=false",
             "operator.replicas > 1 needs operator.leaderElection.enabled=true",
+        ),
+        ("operator.identity.propagation=60", "at '/operator/identity/propagation': got number, want string"),
+        ("operator.identity.enable=true", "additional properties 'enable' not allowed"),
+        (
+            "mesh.spec.identity.externalCaSecret=braid-issuer",
+            "mesh.spec.identity.externalCaSecret \"braid-issuer\" is a Secret the operator writes itself",
         ),
     ];
     let release = format!("braid-bad-{}", ns.name.rsplit('-').next().unwrap_or("x"));
@@ -369,7 +457,7 @@ async fn the_rendered_chart_passes_a_server_side_dry_run_and_the_crds_apply_as_i
         &[],
         &[
             "--set",
-            "operator.replicas=1,operator.leaderElection.enabled=false,podDisruptionBudget.enabled=false,mesh.create=false",
+            "operator.replicas=1,operator.leaderElection.enabled=false,operator.identity.enabled=false,podDisruptionBudget.enabled=false,mesh.create=false",
         ],
     ];
     for values in variants {
@@ -404,7 +492,7 @@ async fn the_rendered_chart_passes_a_server_side_dry_run_and_the_crds_apply_as_i
     assert_eq!(kinds, [
         "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "Deployment", "Deployment",
         "Lease", "Mesh", "MutatingWebhookConfiguration", "PodDisruptionBudget", "PodDisruptionBudget", "Role",
-        "RoleBinding", "Service", "Service", "ServiceAccount", "ServiceAccount",
+        "RoleBinding", "Service", "Service", "Service", "ServiceAccount", "ServiceAccount",
     ]);
     for name in ["braid-operator", "braid-webhook"] {
         let deployment = find(&objects, "Deployment", name);
@@ -433,6 +521,51 @@ async fn the_rendered_chart_passes_a_server_side_dry_run_and_the_crds_apply_as_i
     assert!(
         config["metadata"]["annotations"]["braid.dev/managed-fields"].as_str().unwrap().contains("caBundle")
     );
+
+    // The mesh CA: every operator replica serves the identity endpoint behind the Service whose
+    // name its certificate carries, and the webhook sends injected proxies to exactly that.
+    let operator = find(&objects, "Deployment", "braid-operator");
+    let operator_args = args_of(operator);
+    for expected in [
+        "--identity",
+        "--identity-addr=0.0.0.0:8080",
+        "--identity-service=braid-identity",
+        "--identity-owner-service=braid-identity",
+        "--identity-propagation=60s",
+    ] {
+        assert!(operator_args.iter().any(|a| a == expected), "{expected} not in {operator_args:?}");
+    }
+    let ports = container(operator)["ports"].as_array().unwrap();
+    assert!(ports.iter().any(|p| p["name"] == "identity" && p["containerPort"] == 8080), "{ports:?}");
+    let identity = find(&objects, "Service", "braid-identity");
+    assert_eq!(identity["spec"]["selector"], operator["spec"]["selector"]["matchLabels"], "all replicas");
+    assert_eq!(identity["spec"]["ports"][0]["port"], 8080);
+    assert_eq!(identity["spec"]["ports"][0]["targetPort"], "identity");
+    let webhook_args = args_of(find(&objects, "Deployment", "braid-webhook"));
+    let proxies_ask = format!("braid-identity.{}.svc:8080", ns.name);
+    assert_eq!(flag(&webhook_args, "--identity-addr"), Some(proxies_ask.as_str()));
+    let rules = |objects: &[Value], kind: &str| find(objects, kind, "braid-operator")["rules"].clone();
+    assert!(rules(&objects, "ClusterRole").to_string().contains("tokenreviews"));
+
+    // Without it: no flags, no Service, none of its rules.
+    let values = ["template", "braid", &chart, "-n", &ns.name, "--set", "operator.identity.enabled=false"];
+    let off = crate::objects(cluster, &helm_ok(cluster, &values));
+    let off_args = args_of(find(&off, "Deployment", "braid-operator"));
+    assert!(!off_args.iter().any(|a| a.starts_with("--identity")), "{off_args:?}");
+    assert!(!off.iter().any(|o| o["kind"] == "Service" && o["metadata"]["name"] == "braid-identity"));
+    for kind in ["ClusterRole", "Role"] {
+        let text = rules(&off, kind).to_string();
+        for name in ["tokenreviews", "namespaces", "configmaps", ANCHOR_SECRET] {
+            assert!(!text.contains(name), "{kind} grants {name} without identity: {text}");
+        }
+    }
+    // An external CA's Secret, named in the Mesh, is readable by name, and only readable.
+    let external = "mesh.spec.identity.externalCaSecret=braid-issuer-external";
+    let values = ["template", "braid", &chart, "-n", &ns.name, "--set", external];
+    let role = rules(&crate::objects(cluster, &helm_ok(cluster, &values)), "Role");
+    let rule =
+        role.as_array().unwrap().iter().find(|r| r["resourceNames"] == json!(["braid-issuer-external"]));
+    assert_eq!(rule.map(|r| r["verbs"].clone()), Some(json!(["get", "list", "watch"])), "{role}");
 }
 
 #[tokio::test]
@@ -473,6 +606,15 @@ async fn the_chart_installs_runs_under_its_own_service_accounts_upgrades_and_uni
         &["watch", "secrets/braid-webhook-ca", "-n", n], &["patch", "secrets/braid-webhook-tls", "-n", n],
         &["create", "secrets", "-n", n],
         &["get", &lease_ref, "-n", n], &["update", &lease_ref, "-n", n],
+        // The mesh CA and its endpoint.
+        &["create", "tokenreviews.authentication.k8s.io"],
+        &["get", "pods", "-A"], &["get", "serviceaccounts", "-A"],
+        &["list", "namespaces"], &["watch", "namespaces"],
+        &["list", "configmaps/braid-trust-anchors", "-A"], &["watch", "configmaps/braid-trust-anchors", "-A"],
+        &["patch", "configmaps/braid-trust-anchors", "-n", "default"], &["create", "configmaps", "-n", "default"],
+        &["get", "secrets/braid-trust-anchor", "-n", n], &["watch", "secrets/braid-trust-anchor", "-n", n],
+        &["patch", "secrets/braid-trust-anchor", "-n", n], &["get", "secrets/braid-issuer", "-n", n],
+        &["list", "secrets/braid-issuer", "-n", n], &["patch", "secrets/braid-issuer", "-n", n],
     ];
     #[rustfmt::skip]
     let operator_denied: &[&[&str]] = &[
@@ -482,7 +624,18 @@ async fn the_chart_installs_runs_under_its_own_service_accounts_upgrades_and_uni
         &["get", "secrets", "-n", n], &["get", "secrets/someone-elses", "-n", n],
         &["get", "secrets/braid-webhook-ca", "-n", "default"], &["create", "secrets", "-n", "default"],
         &["create", "leases.coordination.k8s.io", "-n", n], &["delete", &lease_ref, "-n", n],
-        &["list", "pods", "-A"], &["list", "namespaces"], &["delete", "services", "-A"],
+        &["list", "pods", "-A"], &["delete", "services", "-A"],
+        // The mesh CA's: nothing beyond its own objects, by name.
+        &["delete", "tokenreviews.authentication.k8s.io"], &["watch", "pods", "-A"],
+        &["list", "serviceaccounts", "-A"], &["create", "serviceaccounts", "--subresource=token", "-A"],
+        &["patch", "namespaces"], &["delete", "namespaces"],
+        &["list", "configmaps", "-A"], &["get", "configmaps/someone-elses", "-n", "default"],
+        &["patch", "configmaps/someone-elses", "-n", "default"],
+        &["delete", "configmaps/braid-trust-anchors", "-n", "default"],
+        &["update", "configmaps/braid-trust-anchors", "-n", "default"],
+        &["get", "secrets/braid-issuer", "-n", "default"], &["patch", "secrets/braid-trust-anchor", "-n", "default"],
+        &["list", "secrets", "-n", n], &["delete", "secrets/braid-issuer", "-n", n],
+        &["get", "secrets/braid-issuer-external", "-n", n],
     ];
     for args in operator_allowed {
         assert!(operator_may(args), "the operator's ServiceAccount may not {args:?}");
@@ -505,7 +658,8 @@ async fn the_chart_installs_runs_under_its_own_service_accounts_upgrades_and_uni
 
     // The operator under its ServiceAccount, with the Deployment's flags: it leads (the Lease),
     // issues the webhook's certificates, fills in the caBundle and writes status.
-    let operator = release.start_operator(&format!("{}-1", release.name), &[]);
+    let (operator, identity_local) = release.start_operator(&format!("{}-1", release.name), &[]);
+    let identity_local = identity_local.expect("the chart runs the mesh CA");
     let holder = eventually(Duration::from_secs(15), "the operator to take the chart's Lease", || {
         lease_holder(&leases, &operator_sa)
     })
@@ -577,6 +731,90 @@ async fn the_chart_installs_runs_under_its_own_service_accounts_upgrades_and_uni
     })
     .await;
     eprintln!("{}", cluster.kubectl_ok(&["get", "meshroutes", "-n", &app.name]));
+
+    // The mesh CA, under the same ServiceAccount: the trust anchor and the issuer, owned by the
+    // chart's identity Service (uninstalling removes them), and the trust bundle in the release
+    // namespace (owned too) and in every namespace labelled braid.dev/inject=enabled (not owned:
+    // an owner reference cannot cross namespaces).
+    let identity_service = release.identity();
+    let identity_uid = Api::<Service>::namespaced(client.clone(), &ns.name)
+        .get(&identity_service)
+        .await
+        .unwrap()
+        .metadata
+        .uid
+        .unwrap();
+    let owned = vec![("Service".to_owned(), identity_service.clone(), identity_uid.clone())];
+    for name in [ANCHOR_SECRET, ISSUER_SECRET] {
+        let secret = eventually(Duration::from_secs(30), &format!("Secret {name}"), || async {
+            secrets.get_opt(name).await.ok()?
+        })
+        .await;
+        assert_eq!(owners(&secret.metadata), owned, "{name} is owned by the identity Service");
+    }
+    let (config_map, bundle_pem) =
+        eventually(Duration::from_secs(30), "the trust bundle in the release namespace", || {
+            published(&client, &ns.name)
+        })
+        .await;
+    assert_eq!(owners(&config_map.metadata), owned, "the release namespace's bundle");
+    let meshed = TestNamespace::create(cluster, &client, "e2e-helm-meshed").await;
+    cluster.kubectl_ok(&["label", "namespace", &meshed.name, "braid.dev/inject=enabled"]);
+    let (config_map, meshed_bundle) =
+        eventually(Duration::from_secs(30), "the trust bundle in a meshed namespace", || {
+            published(&client, &meshed.name)
+        })
+        .await;
+    assert_eq!(meshed_bundle, bundle_pem);
+    assert_eq!(owners(&config_map.metadata), [], "{}/{TRUST_CONFIG_MAP}", meshed.name);
+    let labels = config_map.metadata.labels.unwrap_or_default();
+    assert_eq!(labels.get("app.kubernetes.io/part-of").map(String::as_str), Some("braid"));
+    eventually(Duration::from_secs(30), "Mesh default CAReady=True", || async {
+        let status = meshes.get("default").await.ok()?.status?;
+        status.conditions.iter().any(|c| c.type_ == "CAReady" && c.status == "True").then_some(())
+    })
+    .await;
+    let anchor_before = secrets.get(ANCHOR_SECRET).await.unwrap().data.unwrap()["ca.crt"].clone();
+
+    // A workload certificate, asked for at the address the webhook gives injected proxies (so
+    // the Service name, --identity-service and the webhook's flag agree: the endpoint's
+    // certificate carries that name) and trusting only the published bundle. The TokenReview
+    // and the pod and ServiceAccount reads behind it run under the operator's ServiceAccount.
+    let webhook_args = args_of(find(&release.manifest(), "Deployment", &webhook_sa));
+    let proxies_ask = format!("{identity_service}.{}.svc:8080", ns.name);
+    assert_eq!(flag(&webhook_args, "--identity-addr"), Some(proxies_ask.as_str()));
+    cluster.kubectl_ok(&["create", "serviceaccount", "web", "-n", &app.name]);
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"serviceAccountName": "web", "containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+    }))
+    .unwrap();
+    // Not meshed (the namespace is not labelled), so the webhook's Ignore entry lets it through.
+    Api::<Pod>::namespaced(client.clone(), &app.name).create(&PostParams::default(), &pod).await.unwrap();
+    #[rustfmt::skip]
+    let token = cluster.kubectl_ok(&[
+        "create", "token", "web", "-n", &app.name, "--audience=braid",
+        "--bound-object-kind=Pod", "--bound-object-name=web", "--duration=10m",
+    ]);
+    let id = format!("spiffe://cluster.local/ns/{}/sa/web", app.name);
+    let trust_file = write_temp(&format!("{}-trust-bundle.pem", release.name), &bundle_pem);
+    let (status, answer) = eventually(Duration::from_secs(30), "the endpoint to issue", || async {
+        match certify(&proxies_ask, identity_local, &trust_file, token.trim(), &csr(&id)) {
+            Ok((503, answer)) => {
+                eprintln!("not yet: {answer}");
+                None
+            }
+            Ok(answered) => Some(answered),
+            Err(err) => {
+                eprintln!("not yet: {err}");
+                None
+            }
+        }
+    })
+    .await;
+    assert_eq!(status, 200, "POST /v1/certify: {answer}");
+    assert_eq!(answer["identity"], id.as_str(), "{answer}");
+    eprintln!("issued {id} until {}", answer["notAfter"]);
 
     // The webhook under its ServiceAccount, with the Deployment's flags and the operator's
     // Secret where the chart mounts it: ready means its namespace and Mesh reflectors list
@@ -673,12 +911,22 @@ async fn the_chart_installs_runs_under_its_own_service_accounts_upgrades_and_uni
 
     // The operator, restarted with the upgraded flags, carries the Mesh's new failure policy
     // into the configuration and keeps the CA it had.
-    let operator = release.start_operator(&format!("{}-2", release.name), &[]);
+    let (operator, _) = release.start_operator(&format!("{}-2", release.name), &[]);
     eventually(Duration::from_secs(30), "failurePolicy Ignore from the upgraded Mesh", || async {
         (failure_policy(&configs, &config_name, 0).await == "Ignore").then_some(())
     })
     .await;
     assert_eq!(bundles(&configs, &config_name).await[0], bundle, "the CA was kept");
+    // The identity Service survived the upgrade, so the mesh CA (which it owns) did too.
+    let service = Api::<Service>::namespaced(client.clone(), &ns.name).get(&identity_service).await.unwrap();
+    assert_eq!(
+        service.metadata.uid.as_ref(),
+        Some(&identity_uid),
+        "the upgrade recreated the identity Service"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let anchor = secrets.get(ANCHOR_SECRET).await.unwrap().data.unwrap()["ca.crt"].clone();
+    assert_eq!(anchor, anchor_before, "the trust anchor was kept");
 
     // Uninstall while both still run: everything but the CRDs goes, and the operator does not
     // bring the configuration back (a stale one could block pod creation in meshed namespaces).
@@ -723,7 +971,17 @@ async fn the_chart_installs_runs_under_its_own_service_accounts_upgrades_and_uni
         assert!(crds.contains(crd), "helm uninstall removed CRD {crd}");
     }
     assert!(routes.get_opt("reviews").await.unwrap().is_some(), "routes outlive the release");
+    // The trust bundle in meshed namespaces stays (it cannot be owned from another namespace, and
+    // holds only public certificates); NOTES.txt and the README say how to remove it.
     drop((operator, webhook));
+    let (config_map, _) = published(&client, &meshed.name).await.expect("the meshed namespace's bundle");
+    assert_eq!(owners(&config_map.metadata), []);
+    #[rustfmt::skip]
+    let removed = cluster.kubectl_ok(&[
+        "delete", "configmaps", "-n", &meshed.name, "-l", "app.kubernetes.io/part-of=braid",
+        "--field-selector", "metadata.name=braid-trust-anchors",
+    ]);
+    assert!(removed.contains(TRUST_CONFIG_MAP), "{removed}");
 }
 
 #[tokio::test]
@@ -740,8 +998,8 @@ async fn two_operator_replicas_elect_one_leader_and_fail_over_within_the_lease_d
 
     // Two replicas as the Deployment runs them: the first leads, the second stands by (and is
     // ready, so a rollout is not held up by it) without running any controller.
-    let a = release.start_operator(&format!("{}-a", release.name), &[&identity("a")]);
-    let b = release.start_operator(&format!("{}-b", release.name), &[&identity("b")]);
+    let (a, _) = release.start_operator(&format!("{}-a", release.name), &[&identity("a")]);
+    let (b, b_identity) = release.start_operator(&format!("{}-b", release.name), &[&identity("b")]);
     assert_eq!(lease_holder(&leases, &lease).await, Some(format!("{lease}-a")));
     eventually(Duration::from_secs(30), "the leader to issue the webhook's Secret", || async {
         secrets.get_opt(TLS_SECRET).await.ok()?.map(|_| ())
@@ -750,6 +1008,26 @@ async fn two_operator_replicas_elect_one_leader_and_fail_over_within_the_lease_d
     assert_eq!(metric_value(&a.metrics(), leader_metric), 1.0);
     assert_eq!(metric_value(&b.metrics(), leader_metric), 0.0);
     assert_eq!(metric_value(&b.metrics(), webhook_reconciles), 0.0, "the standby ran a controller");
+
+    // Every replica serves the identity endpoint, the standby too: it loads the issuer the leader
+    // wrote and reviews tokens under the chart's ServiceAccount (a forged one is refused).
+    let (_, bundle) = eventually(Duration::from_secs(30), "the leader to publish the trust bundle", || {
+        published(&client, &ns.name)
+    })
+    .await;
+    let trust_file = write_temp(&format!("{}-trust-bundle.pem", release.name), &bundle);
+    let proxies_ask = format!("{}.{}.svc:8080", release.identity(), ns.name);
+    let id = format!("spiffe://cluster.local/ns/{}/sa/web", ns.name);
+    let b_identity = b_identity.expect("the chart runs the mesh CA");
+    let answer = eventually(Duration::from_secs(30), "the standby's endpoint to load the issuer", || async {
+        match certify(&proxies_ask, b_identity, &trust_file, "not-a-token", &csr(&id)) {
+            Ok((503, _)) | Err(_) => None,
+            Ok(answered) => Some(answered),
+        }
+    })
+    .await;
+    assert_eq!((answer.0, answer.1["error"].as_str()), (401, Some("unauthenticated")), "{answer:?}");
+    assert_eq!(metric_value(&b.metrics(), leader_metric), 0.0, "still the standby");
 
     // Steady state: the standby has seen the leader renew at least once (a standby that has
     // only just started knows nothing older than its first look, and waits a full lease
@@ -791,7 +1069,7 @@ async fn two_operator_replicas_elect_one_leader_and_fail_over_within_the_lease_d
 
     // A leader that is stopped (SIGTERM, as on a rollout or drain) releases the Lease, and the
     // standby takes over at its next look instead of a lease duration later.
-    let c = release.start_operator(&format!("{}-c", release.name), &[&identity("c")]);
+    let (c, _) = release.start_operator(&format!("{}-c", release.name), &[&identity("c")]);
     let stopped = Instant::now();
     let (status, log) = b.terminate(Duration::from_secs(20));
     assert!(status.success(), "{status}\n{log}");

@@ -28,6 +28,19 @@ is at most 54 characters, so "PREFIX-operator" still fits a 63-character DNS lab
 {{- printf "%s-webhook" (include "braid.fullname" .) }}
 {{- end }}
 
+{{/*
+The operator's identity endpoint (POST /v1/certify): its Service, whose name the endpoint's
+certificate carries (NAME.NAMESPACE.svc) and which injected proxies are given by the webhook, so
+all three must agree. "braid-identity" for a release named braid. At most 63 characters.
+*/}}
+{{- define "braid.identity.name" -}}
+{{- printf "%s-identity" (include "braid.fullname" .) }}
+{{- end }}
+
+{{- define "braid.identity.port" -}}
+8080
+{{- end }}
+
 {{/* The webhook's Service and its MutatingWebhookConfiguration share the name. */}}
 {{- define "braid.webhookConfig.name" -}}
 {{- include "braid.webhook.name" . }}
