@@ -395,18 +395,7 @@ async fn two_sidecars_carry_http1_over_one_http2_connection_and_propagate_the_tr
 #[tokio::test]
 async fn opaque_tcp_is_forwarded_both_ways() {
     // An echo server that also speaks first, like a database would.
-    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_addr = echo.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = echo.accept().await else { return };
-            tokio::spawn(async move {
-                let _ = stream.write_all(b"HELLO\n").await;
-                let (mut reader, mut writer) = stream.split();
-                let _ = tokio::io::copy(&mut reader, &mut writer).await;
-            });
-        }
-    });
+    let echo_addr = echo_server(b"HELLO\n").await;
     let config = one_service(&format!(
         "{}    routes:\n      - backends: [{{ name: db }}]\n",
         backends(&[("db", echo_addr)])

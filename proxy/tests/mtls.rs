@@ -165,17 +165,7 @@ async fn the_policy_allows_and_denies_by_identity_and_route() {
 #[tokio::test]
 async fn opaque_tcp_crosses_mtls_and_a_denied_connection_is_closed() {
     let identity = IdentityServer::start(Authority::new()).await;
-    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_addr = echo.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = echo.accept().await else { return };
-            tokio::spawn(async move {
-                let (mut reader, mut writer) = stream.split();
-                let _ = tokio::io::copy(&mut reader, &mut writer).await;
-            });
-        }
-    });
+    let echo_addr = echo_server(b"").await;
     let policy = "  policy:\n    rules:\n      - from: [{ namespace: shop }]\n";
     let (b, _files) = server_proxy(&identity, echo_addr, policy).await;
     let (a, _a) = client_proxy(&identity, FRONTEND, &b, WEB, "    protocol: opaque\n").await;
@@ -220,21 +210,6 @@ async fn not_ready_until_it_holds_a_certificate() {
     assert!(body.contains("no workload certificate"), "{body}");
 }
 
-async fn echo_server() -> std::net::SocketAddr {
-    let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = echo.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = echo.accept().await else { return };
-            tokio::spawn(async move {
-                let (mut reader, mut writer) = stream.split();
-                let _ = tokio::io::copy(&mut reader, &mut writer).await;
-            });
-        }
-    });
-    addr
-}
-
 /// One round trip on a new connection: through opaque TCP, every one is a new mTLS handshake
 /// between the proxies, made with whatever certificates they hold at that moment.
 async fn echo_once(addr: std::net::SocketAddr) -> bool {
@@ -276,7 +251,7 @@ async fn load_during(a: &Proxy, rotate: impl std::future::Future<Output = ()>) -
 async fn issuer_and_trust_anchor_rotation_fail_no_request() {
     let identity = IdentityServer::start(Authority::new()).await;
     *identity.lifetime.lock().unwrap() = Duration::from_secs(3);
-    let app = echo_server().await;
+    let app = echo_server(b"").await;
     let (b, b_files) = server_proxy(&identity, app, "  policy: { mtls: STRICT, rules: [{}] }\n").await;
     let (a, a_files) = client_proxy(&identity, FRONTEND, &b, WEB, "    protocol: opaque\n").await;
     ready(&a).await;
