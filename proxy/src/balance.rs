@@ -72,6 +72,7 @@ impl Endpoint {
         *self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    #[cfg(test)]
     fn is_ejected(&self, now: Instant) -> bool {
         self.health().ejected_until.is_some_and(|until| until > now)
     }
@@ -155,11 +156,6 @@ pub fn pick<E: std::borrow::Borrow<Endpoint>>(endpoints: &[E], now: Instant) -> 
             if first.borrow().cost(now) <= second.borrow().cost(now) { Some(first) } else { Some(second) }
         }
     }
-}
-
-/// Whether every endpoint is ejected (for the panic log and tests).
-pub fn all_ejected<E: std::borrow::Borrow<Endpoint>>(endpoints: &[E], now: Instant) -> bool {
-    endpoints.iter().all(|endpoint| endpoint.borrow().is_ejected(now))
 }
 
 #[cfg(test)]
@@ -248,7 +244,7 @@ mod tests {
                 endpoint.record(Duration::from_millis(1), false, &config(), now);
             }
         }
-        assert!(all_ejected(&endpoints, now));
+        assert!(endpoints.iter().all(|endpoint| endpoint.is_ejected(now)));
         assert!(pick(&endpoints, now).is_some());
     }
 }

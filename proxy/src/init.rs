@@ -116,31 +116,14 @@ pub enum InitError {
     Stdout(io::Error),
 }
 
-/// One port, or an inclusive range of ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
-    pub first: u16,
-    pub last: u16,
-}
+pub use braid_runtime::ports::PortRange;
 
-impl PortRange {
-    pub const fn single(port: u16) -> Self {
-        Self { first: port, last: port }
-    }
-
-    /// How iptables' multiport match spells it: "80" or "8000:8010".
-    fn multiport(self) -> String {
-        if self.first == self.last { self.first.to_string() } else { format!("{}:{}", self.first, self.last) }
-    }
-}
-
-impl fmt::Display for PortRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.first == self.last {
-            write!(f, "{}", self.first)
-        } else {
-            write!(f, "{}-{}", self.first, self.last)
-        }
+/// How iptables' multiport match spells a range: "80" or "8000:8010".
+fn multiport(range: PortRange) -> String {
+    if range.first == range.last {
+        range.first.to_string()
+    } else {
+        format!("{}:{}", range.first, range.last)
     }
 }
 
@@ -152,43 +135,15 @@ pub struct PortList(pub Vec<PortRange>);
 impl FromStr for PortList {
     type Err = String;
 
-    /// Blanks around items and empty items (a trailing comma) are tolerated; anything else that
-    /// is not a port 1-65535 or a range `low-high` is an error naming the item, because dropping
-    /// it would intercept traffic the user asked us to leave alone.
+    /// Parsed as the webhook parses the annotations, so a list it rendered always reads back.
     fn from_str(value: &str) -> Result<Self, String> {
-        let mut ranges = Vec::new();
-        for item in value.split(',').map(str::trim).filter(|item| !item.is_empty()) {
-            let range = match item.split_once('-') {
-                Some((first, last)) => {
-                    let (first, last) = (parse_port(first.trim(), item)?, parse_port(last.trim(), item)?);
-                    if first > last {
-                        return Err(format!("range {item:?} ends before it starts; write it low-high"));
-                    }
-                    PortRange { first, last }
-                }
-                None => PortRange::single(parse_port(item, item)?),
-            };
-            if !ranges.contains(&range) {
-                ranges.push(range);
-            }
-        }
-        Ok(Self(ranges))
-    }
-}
-
-fn parse_port(text: &str, item: &str) -> Result<u16, String> {
-    match text.parse::<u16>() {
-        Ok(0) | Err(_) => Err(format!(
-            "{item:?} is not a port (1-65535) or a range of ports like 8000-8100; separate items with commas"
-        )),
-        Ok(port) => Ok(port),
+        braid_runtime::ports::parse_port_list(value).map(Self)
     }
 }
 
 impl fmt::Display for PortList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let items: Vec<String> = self.0.iter().map(ToString::to_string).collect();
-        f.write_str(&items.join(","))
+        f.write_str(&braid_runtime::ports::render(&self.0))
     }
 }
 
@@ -347,7 +302,7 @@ fn multiport_lists(ranges: &[PortRange]) -> Vec<String> {
             list.clear();
             used = 0;
         }
-        list.push(range.multiport());
+        list.push(multiport(*range));
         used += cost;
     }
     if !list.is_empty() {

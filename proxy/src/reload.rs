@@ -63,10 +63,19 @@ pub async fn watch(
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The file is read only when its modification time or size changed since the last look.
+    let mut stamp = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             () = shutdown.cancelled() => return,
+        }
+        if let Ok(metadata) = tokio::fs::metadata(&path).await {
+            let current = (metadata.modified().ok(), metadata.len());
+            if stamp == Some(current) {
+                continue;
+            }
+            stamp = Some(current);
         }
         let bytes = match tokio::fs::read(&path).await {
             Ok(bytes) => bytes,

@@ -2,6 +2,7 @@
 //! shutdown on SIGTERM. Kept free of kube, for braid-proxy.
 
 pub mod duration;
+pub mod ports;
 
 use std::io::IsTerminal as _;
 

@@ -199,10 +199,6 @@ impl Pool {
         }
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
     pub fn protocol(&self) -> UpstreamProtocol {
         self.protocol
     }
@@ -259,12 +255,7 @@ impl Pool {
             .handshake(TokioIo::new(io))
             .await
             .map_err(|source| UpstreamError::Handshake { addr: self.addr, source })?;
-        let addr = self.addr;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(%addr, %error, "upstream HTTP/1.1 connection ended");
-            }
-        });
+        drive(self.addr, "HTTP/1.1", connection);
         Ok(sender)
     }
 
@@ -312,12 +303,19 @@ impl Pool {
             .handshake(TokioIo::new(io))
             .await
             .map_err(|source| UpstreamError::Handshake { addr: self.addr, source })?;
-        let addr = self.addr;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(%addr, %error, "upstream HTTP/2 connection ended");
-            }
-        });
+        drive(self.addr, "HTTP/2", connection);
         Ok(sender)
     }
+}
+
+/// Runs an upstream connection's I/O on its own task until it ends.
+fn drive<C>(addr: SocketAddr, protocol: &'static str, connection: C)
+where
+    C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            debug!(%addr, %error, protocol, "upstream connection ended");
+        }
+    });
 }
