@@ -76,7 +76,9 @@ async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Result<Respons
         "/config" => {
             let table = admin.shared.table.load_full();
             let reload = admin.reload.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let body = serde_json::json!({ "config": &*table.config, "file": reload });
+            let discovery = admin.shared.discovery.as_ref().map(|discovery| discovery.status());
+            let body =
+                serde_json::json!({ "config": &*table.config, "file": reload, "discovery": discovery });
             let mut response = text(StatusCode::OK, format!("{body:#}\n"));
             response
                 .headers_mut()

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::admin::{self, Admin};
 use crate::config::Config;
+use crate::discovery::Discovery;
 use crate::http::Shared;
 use crate::identity::{self, IdentityStore};
 use crate::reload::{self, LoadError, ReloadStatus};
@@ -41,6 +42,21 @@ pub fn identity_from_env(var: impl Fn(&str) -> Option<String>) -> Option<crate::
     })
 }
 
+/// Where a proxy in an injected pod gets its configuration, from the environment the webhook
+/// sets (BRAID_DISCOVERY_ADDR, BRAID_POD_NAMESPACE, BRAID_POD_NAME). `None` when any is missing:
+/// then the proxy runs from its file alone.
+pub fn discovery_from_env(var: impl Fn(&str) -> Option<String>) -> Option<crate::config::DiscoveryConfig> {
+    let non_empty = |name: &str| var(name).filter(|value| !value.is_empty());
+    Some(crate::config::DiscoveryConfig {
+        endpoint: non_empty("BRAID_DISCOVERY_ADDR")?,
+        // The endpoint's host (DiscoveryConfig::server_name).
+        server_name: None,
+        pod_namespace: non_empty("BRAID_POD_NAMESPACE")?,
+        pod_name: non_empty("BRAID_POD_NAME")?,
+        initial_timeout: crate::config::default_initial_timeout(),
+    })
+}
+
 pub struct Options {
     /// Without a file the proxy forwards everything to its original destination.
     pub config: Option<PathBuf>,
@@ -49,12 +65,20 @@ pub struct Options {
     pub admin: Option<SocketAddr>,
     /// Used when the file names no identity (see `identity_from_env`).
     pub default_identity: Option<crate::config::IdentityConfig>,
+    /// Used when the file has no discovery section (see `discovery_from_env`).
+    pub default_discovery: Option<crate::config::DiscoveryConfig>,
+    /// Extra outbound listeners (on 127.0.0.1, any port), one per address given: their
+    /// connections are handled as if iptables had redirected them from that original
+    /// destination. For tests and benchmarks, where there is no iptables.
+    pub fixed_destinations: Vec<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] LoadError),
+    #[error("the configuration was refused: {0}")]
+    Invalid(#[from] crate::config::ConfigError),
     #[error("the configuration could not be compiled: {0}")]
     Table(#[from] TableError),
     #[error("cannot listen on {addr} ({what}): {source}; is another process using it?")]
@@ -68,6 +92,8 @@ pub struct Running {
     pub inbound: SocketAddr,
     /// The dedicated listeners, by service name.
     pub services: HashMap<String, SocketAddr>,
+    /// The listeners of `Options::fixed_destinations`, by the original destination they stand for.
+    pub fixed_destinations: HashMap<SocketAddr, SocketAddr>,
     pub shared: Arc<Shared>,
     ready: Arc<AtomicBool>,
     accept: CancellationToken,
@@ -93,10 +119,18 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     if config.identity.is_none() {
         config.identity = options.default_identity;
     }
+    if config.discovery.is_none() {
+        config.discovery = options.default_discovery;
+    }
+    config.check_discovery_identity()?;
     let identity = config.identity.as_ref().map(|_| Arc::new(IdentityStore::default()));
+    let discovery =
+        config.discovery.clone().map(|settings| Arc::new(Discovery::new(settings, config.clone())));
     let table = Table::build(config, None, identity.as_ref())?;
     let config = table.config.clone();
-    let shared = Arc::new(Shared::new(table, identity.clone()));
+    let mut shared = Shared::new(table, identity.clone());
+    shared.discovery = discovery.clone();
+    let shared = Arc::new(shared);
 
     let (admin_listener, admin_addr) = bind("admin", config.admin).await?;
     let (outbound_listener, outbound_addr) = bind("outbound", config.outbound.listen).await?;
@@ -109,6 +143,13 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
             services.insert(service.name.clone(), bound);
             service_listeners.push((listener, ListenerKind::Service(Arc::from(service.name.as_str()))));
         }
+    }
+    let mut fixed_destinations = HashMap::new();
+    for original in options.fixed_destinations {
+        let (listener, bound) =
+            bind(&format!("fixed destination {original}"), SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        fixed_destinations.insert(original, bound);
+        service_listeners.push((listener, ListenerKind::Redirected(original)));
     }
 
     let accept = CancellationToken::new();
@@ -129,6 +170,10 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
             background.clone(),
         ));
     }
+    if let (Some(discovery), Some(store)) = (discovery, identity.clone()) {
+        info!(endpoint = %discovery.config.endpoint, "configuration from the discovery server, on top of the file");
+        tokio::spawn(crate::discovery::client::run(shared.clone(), discovery, store, background.clone()));
+    }
     if let (Some(identity_config), Some(store)) = (config.identity.clone(), identity) {
         tokio::spawn(identity::client::maintain(identity_config, store, background.clone()));
     }
@@ -141,6 +186,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         outbound: outbound_addr,
         inbound: inbound_addr,
         services,
+        fixed_destinations,
         shared,
         ready,
         accept,
@@ -195,5 +241,44 @@ mod tests {
         assert_eq!(identity.token_file, std::path::PathBuf::from("/var/run/braid/identity/token"));
         let missing = |name: &str| if name == "BRAID_SERVICE_ACCOUNT" { None } else { env(name) };
         assert!(identity_from_env(missing).is_none());
+    }
+
+    #[test]
+    fn discovery_settings_come_from_the_webhooks_environment() {
+        let env = |name: &str| {
+            let value = match name {
+                "BRAID_DISCOVERY_ADDR" => "braid-discovery.braid-system.svc:8086",
+                "BRAID_POD_NAMESPACE" => "shop",
+                "BRAID_POD_NAME" => "web-7d9f-abcde",
+                _ => return None,
+            };
+            Some(value.to_owned())
+        };
+        let discovery = discovery_from_env(env).unwrap();
+        assert_eq!(discovery.endpoint, "braid-discovery.braid-system.svc:8086");
+        assert_eq!(discovery.server_name(), "braid-discovery.braid-system.svc");
+        assert_eq!(
+            (discovery.pod_namespace.as_str(), discovery.pod_name.as_str()),
+            ("shop", "web-7d9f-abcde")
+        );
+        let missing = |name: &str| if name == "BRAID_POD_NAME" { Some(String::new()) } else { env(name) };
+        assert!(discovery_from_env(missing).is_none());
+    }
+
+    #[tokio::test]
+    async fn discovery_without_an_identity_is_refused_at_start() {
+        let options = Options {
+            config: None,
+            config_poll: Duration::from_secs(1),
+            admin: None,
+            default_identity: None,
+            default_discovery: discovery_from_env(|name| match name {
+                "BRAID_DISCOVERY_ADDR" => Some("discovery.test:8086".into()),
+                _ => Some("x".into()),
+            }),
+            fixed_destinations: Vec::new(),
+        };
+        let Err(error) = start(options).await else { panic!("started without an identity") };
+        assert!(error.to_string().contains("discovery needs this proxy's identity"), "{error}");
     }
 }

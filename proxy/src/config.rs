@@ -32,6 +32,46 @@ pub struct Config {
     /// speaks plaintext only (docs/identity.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentityConfig>,
+    /// The operator's discovery server: destinations and the inbound policy streamed to the
+    /// proxy on top of this file (docs/proxy.md, Discovery). Needs `identity` (mTLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<DiscoveryConfig>,
+}
+
+/// Where the proxy subscribes to its destinations and inbound policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DiscoveryConfig {
+    /// The discovery server, `host:port` (`braid-discovery.braid-system.svc:8086`).
+    pub endpoint: String,
+    /// The DNS name the server's certificate must carry; the endpoint's host when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
+    /// The pod this proxy runs in, sent in the hello (the server checks it against the client
+    /// certificate's service account).
+    pub pod_namespace: String,
+    pub pod_name: String,
+    /// How long the first connection to an unknown destination waits for its snapshot before
+    /// it is forwarded unchanged (Linkerd's initialTimeout).
+    #[serde(default = "default_initial_timeout", with = "duration_text")]
+    pub initial_timeout: Duration,
+}
+
+impl DiscoveryConfig {
+    /// The name the server's certificate is checked against.
+    pub fn server_name(&self) -> &str {
+        match &self.server_name {
+            Some(name) => name,
+            None => {
+                let host = self.endpoint.rsplit_once(':').map_or(self.endpoint.as_str(), |(host, _)| host);
+                host.trim_start_matches('[').trim_end_matches(']')
+            }
+        }
+    }
+}
+
+pub fn default_initial_timeout() -> Duration {
+    Duration::from_secs(3)
 }
 
 /// How the proxy obtains and renews its workload certificate (docs/identity.md).
@@ -532,10 +572,28 @@ impl Config {
             access_log: false,
             services: Vec::new(),
             identity: None,
+            discovery: None,
         }
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Discovery is mTLS with the workload certificate: without an identity there is none.
+    /// Checked once the identity from the environment is known (`app::start`).
+    pub fn check_discovery_identity(&self) -> Result<(), ConfigError> {
+        if self.discovery.is_some() && self.identity.is_none() {
+            return Err(ConfigError::Invalid {
+                path: "discovery".into(),
+                reason:
+                    "discovery needs this proxy's identity for mTLS to the discovery server: add identity: \
+                         to the file, or run with the BRAID_TRUST_DOMAIN, BRAID_POD_NAMESPACE, \
+                         BRAID_SERVICE_ACCOUNT and BRAID_IDENTITY_ADDR environment"
+                        .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// What `parse` checks; also run on configurations composed from discovered parts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid =
             |path: String, reason: &str| Err(ConfigError::Invalid { path, reason: reason.to_owned() });
         if self.limits.max_connections == 0 {
@@ -559,6 +617,27 @@ impl Config {
             }
             if identity.endpoint.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
                 return invalid("identity.endpoint".into(), "must be host:port");
+            }
+        }
+        if let Some(discovery) = &self.discovery {
+            if discovery
+                .endpoint
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return invalid("discovery.endpoint".into(), "must be host:port");
+            }
+            if rustls_pki_types::ServerName::try_from(discovery.server_name()).is_err() {
+                return invalid("discovery.serverName".into(), "must be a DNS name or an IP address");
+            }
+            if discovery.pod_namespace.is_empty() {
+                return invalid("discovery.podNamespace".into(), "must not be empty");
+            }
+            if discovery.pod_name.is_empty() {
+                return invalid("discovery.podName".into(), "must not be empty");
+            }
+            if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&discovery.initial_timeout) {
+                return invalid("discovery.initialTimeout".into(), "must be between 1ms and 60s");
             }
         }
         if let Some(policy) = &self.inbound.policy {
@@ -909,5 +988,30 @@ services:
     #[test]
     fn an_empty_file_is_an_empty_config() {
         assert_eq!(Config::parse("{}").unwrap(), Config::empty());
+    }
+
+    #[test]
+    fn the_discovery_section_is_checked() {
+        let good = "discovery: { endpoint: \"braid-discovery.braid-system.svc:8086\", podNamespace: shop, podName: web-0 }";
+        let config = Config::parse(good).unwrap();
+        let discovery = config.discovery.as_ref().unwrap();
+        assert_eq!(discovery.server_name(), "braid-discovery.braid-system.svc");
+        assert_eq!(discovery.initial_timeout, Duration::from_secs(3));
+        let error = config.check_discovery_identity().unwrap_err().to_string();
+        assert!(error.contains("needs this proxy's identity"), "{error}");
+        let cases = [
+            (good.replace(":8086", ""), "discovery.endpoint: must be host:port"),
+            (good.replace("podName: web-0", "podName: \"\""), "discovery.podName: must not be empty"),
+            (
+                good.replace("podName: web-0", "podName: web-0, initialTimeout: 0s"),
+                "discovery.initialTimeout",
+            ),
+            (good.replace("podName: web-0", "podName: web-0, serverName: \"a b\""), "discovery.serverName"),
+            (good.replace("podName: web-0", "podName: web-0, bogus: 1"), "unknown field"),
+        ];
+        for (text, expected) in cases {
+            let error = refused(&text);
+            assert!(error.contains(expected), "expected {expected:?} in {error:?}");
+        }
     }
 }

@@ -6,6 +6,7 @@ pub mod balance;
 pub mod client_hello;
 pub mod config;
 pub mod detect;
+pub mod discovery;
 pub mod http;
 pub mod identity;
 pub mod init;

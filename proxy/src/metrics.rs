@@ -133,6 +133,11 @@ pub enum ReloadResult {
     rejected,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct DiscoveryUpdateLabels {
+    pub result: ReloadResult,
+}
+
 /// Linkerd's latency buckets, in milliseconds.
 const LATENCY_BUCKETS_MS: [f64; 22] = [
     1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 1000.0, 2000.0,
@@ -158,6 +163,11 @@ pub struct Metrics {
     pub tcp_refused: Family<TcpLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub authz_denied: Family<DenyLabels, Counter>,
+    /// 1 while the discovery stream is open.
+    pub discovery_connected: Gauge,
+    pub discovery_updates: Family<DiscoveryUpdateLabels, Counter>,
+    pub discovery_reconnects: Counter,
+    pub discovery_lookup_timeouts: Counter,
 }
 
 impl Metrics {
@@ -213,7 +223,35 @@ impl Metrics {
             "Inbound requests and connections denied by the policy",
             authz_denied.clone(),
         );
+        let discovery_connected = Gauge::default();
+        registry.register(
+            "discovery_connected",
+            "1 while the stream to the discovery server is open",
+            discovery_connected.clone(),
+        );
+        let discovery_updates = Family::default();
+        registry.register(
+            "discovery_updates",
+            "Discovery snapshots applied (acked) or rejected (nacked)",
+            discovery_updates.clone(),
+        );
+        let discovery_reconnects = Counter::default();
+        registry.register(
+            "discovery_reconnects",
+            "Connections to the discovery server after the first",
+            discovery_reconnects.clone(),
+        );
+        let discovery_lookup_timeouts = Counter::default();
+        registry.register(
+            "discovery_lookup_timeouts",
+            "New destinations forwarded unchanged because no discovery answer came within initialTimeout",
+            discovery_lookup_timeouts.clone(),
+        );
         Self {
+            discovery_connected,
+            discovery_updates,
+            discovery_reconnects,
+            discovery_lookup_timeouts,
             authz_denied,
             registry,
             requests,

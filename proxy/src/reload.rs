@@ -94,11 +94,19 @@ pub async fn watch(
         let result = parsed.map_err(|e| e.to_string()).and_then(|config| {
             let current = shared.table.load_full();
             warn_on_listener_change(&current.config, &config);
-            Table::build(config, Some(&current), shared.identity.as_ref()).map_err(|e| e.to_string())
+            match &shared.discovery {
+                // Composed with what discovery holds, and swapped in there.
+                Some(discovery) => discovery.set_file(&shared, config),
+                None => {
+                    let table = Table::build(config, Some(&current), shared.identity.as_ref())
+                        .map_err(|e| e.to_string())?;
+                    shared.table.store(Arc::new(table));
+                    Ok(())
+                }
+            }
         });
         match result {
-            Ok(table) => {
-                shared.table.store(Arc::new(table));
+            Ok(()) => {
                 shared
                     .metrics
                     .config_reloads

@@ -39,13 +39,16 @@ pub enum ListenerKind {
     Inbound,
     /// A listener dedicated to one service (config `services[].listen`).
     Service(Arc<str>),
+    /// Outbound connections handled as if iptables had redirected them from this original
+    /// destination (`app::Options::fixed_destinations`: tests, where there is no iptables).
+    Redirected(SocketAddr),
 }
 
 impl ListenerKind {
     fn direction(&self) -> Direction {
         match self {
             Self::Inbound => Direction::inbound,
-            Self::Outbound | Self::Service(_) => Direction::outbound,
+            Self::Outbound | Self::Service(_) | Self::Redirected(_) => Direction::outbound,
         }
     }
 }
@@ -121,12 +124,13 @@ async fn handle(
 
     let original = match kind {
         ListenerKind::Service(_) => None,
+        ListenerKind::Redirected(addr) => Some(addr),
         _ => original_dst(&stream).unwrap_or_else(|error| {
             debug!(%error, %peer, "no original destination");
             None
         }),
     };
-    let table = shared.table.load_full();
+    let mut table = shared.table.load_full();
     let limits = table.config.limits.clone();
     let inbound_target = table.config.inbound.target;
     enum Target {
@@ -135,8 +139,12 @@ async fn handle(
     }
     let target = match (&kind, original) {
         (ListenerKind::Service(name), _) => Target::Outbound(OutboundTarget::Service(name.clone())),
-        (ListenerKind::Outbound, Some(addr)) => Target::Outbound(OutboundTarget::Original(addr)),
-        (ListenerKind::Outbound, None) => Target::Outbound(OutboundTarget::Unknown),
+        (ListenerKind::Outbound | ListenerKind::Redirected(_), Some(addr)) => {
+            Target::Outbound(OutboundTarget::Original(addr))
+        }
+        (ListenerKind::Outbound | ListenerKind::Redirected(_), None) => {
+            Target::Outbound(OutboundTarget::Unknown)
+        }
         (ListenerKind::Inbound, Some(addr)) => Target::Inbound(addr),
         (ListenerKind::Inbound, None) => match inbound_target {
             Some(addr) => Target::Inbound(addr),
@@ -147,6 +155,15 @@ async fn handle(
             }
         },
     };
+    // A destination the table does not know may be one discovery has not been asked about yet:
+    // hold the connection (its bytes wait in the socket) until the answer or initialTimeout.
+    // Known destinations never get here, and settled unknown ones cost one lock-free lookup.
+    if let (Some(discovery), Target::Outbound(OutboundTarget::Original(addr))) = (&shared.discovery, &target)
+        && table.service_by_address(*addr).is_none()
+    {
+        discovery.resolve(&shared, *addr).await;
+        table = shared.table.load_full();
+    }
     let opaque_service = match &target {
         Target::Outbound(OutboundTarget::Service(name)) => {
             table.service_by_name(name).is_some_and(|s| s.protocol == Protocol::Opaque)

@@ -79,8 +79,13 @@ impl Authority {
 
     /// A serving certificate for the endpoint itself (DNS name `identity.test`).
     fn serving(&self) -> (String, KeyPair) {
+        self.serving_for("identity.test")
+    }
+
+    /// A serving certificate for a control-plane server under this CA (PEM, and its key).
+    pub fn serving_for(&self, dns_name: &str) -> (String, KeyPair) {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let params = CertificateParams::new(vec!["identity.test".to_owned()]).unwrap();
+        let params = CertificateParams::new(vec![dns_name.to_owned()]).unwrap();
         (params.signed_by(&key, &self.issuer()).unwrap().pem(), key)
     }
 }

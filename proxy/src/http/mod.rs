@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::discovery::Discovery;
 use crate::identity::IdentityStore;
 use crate::metrics::Metrics;
 use crate::table::Table;
@@ -24,6 +25,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The workload certificate, when the proxy has an identity.
     pub identity: Option<Arc<IdentityStore>>,
+    /// What the proxy holds from the discovery server, when it has one.
+    pub discovery: Option<Arc<Discovery>>,
     pools: Mutex<HashMap<(SocketAddr, UpstreamProtocol), Arc<Pool>>>,
 }
 
@@ -33,6 +36,7 @@ impl Shared {
             table: ArcSwap::from_pointee(table),
             metrics: Metrics::new(),
             identity,
+            discovery: None,
             pools: Mutex::new(HashMap::new()),
         }
     }

@@ -209,10 +209,12 @@ pub fn renew_delay(now: SystemTime, not_before: SystemTime, not_after: SystemTim
     renew_at.duration_since(now).unwrap_or_default()
 }
 
-/// Exponential backoff, 1 s doubling to 60 s, each wait drawn between half and all of it (so a
-/// fleet of proxies does not retry in step).
+/// Exponential backoff, 1 s doubling to 60 s (or other bounds), each wait drawn between half
+/// and all of it (so a fleet of proxies does not retry in step).
 pub struct Backoff {
     attempt: u32,
+    base: Duration,
+    max: Duration,
 }
 
 impl Backoff {
@@ -220,12 +222,17 @@ impl Backoff {
     pub const MAX: Duration = Duration::from_secs(60);
 
     pub fn new() -> Self {
-        Self { attempt: 0 }
+        Self::between(Self::BASE, Self::MAX)
+    }
+
+    /// Starts at `base`, doubles up to `max`.
+    pub fn between(base: Duration, max: Duration) -> Self {
+        Self { attempt: 0, base, max }
     }
 
     pub fn next_wait(&mut self) -> Duration {
-        let ceiling = Self::BASE.saturating_mul(1 << self.attempt.min(6)).min(Self::MAX);
-        self.attempt += 1;
+        let ceiling = self.base.saturating_mul(1 << self.attempt.min(16)).min(self.max);
+        self.attempt = self.attempt.saturating_add(1);
         ceiling.mul_f64(0.5 + fastrand::f64() * 0.5)
     }
 

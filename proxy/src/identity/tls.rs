@@ -93,6 +93,22 @@ pub fn client_config(
     Ok(config)
 }
 
+/// A client configuration for a control-plane server (the discovery server): our workload
+/// certificate as the client certificate, the server's certificate checked against the mesh
+/// roots for the DNS name the caller connects to (not a SPIFFE id: the server is no proxy).
+pub fn control_plane_client_config(
+    key: Arc<CertifiedKey>,
+    roots: Arc<RootCertStore>,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(Arc::new(ClientKey(key)));
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(config)
+}
+
 /// The name sent in SNI between proxies: the server checks nothing by it, and the client
 /// verifies the SPIFFE id instead.
 pub fn mesh_server_name() -> ServerName<'static> {

@@ -2,6 +2,7 @@
 //! configuration file, and HTTP clients.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod discovery;
 pub mod identity;
 
 use std::convert::Infallible;
@@ -126,6 +127,12 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(config: &str) -> Self {
+        Self::start_with(config, Vec::new()).await
+    }
+
+    /// With listeners that stand for redirected connections to `fixed_destinations`
+    /// (`Running::fixed_destinations`).
+    pub async fn start_with(config: &str, fixed_destinations: Vec<SocketAddr>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("proxy.yaml");
         std::fs::write(&config_path, config).unwrap();
@@ -134,6 +141,8 @@ impl Proxy {
             config_poll: Duration::from_millis(100),
             admin: None,
             default_identity: None,
+            default_discovery: None,
+            fixed_destinations,
         })
         .await
         .unwrap();

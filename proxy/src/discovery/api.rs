@@ -1,0 +1,220 @@
+//! The discovery wire format (docs/discovery.md), shared with the operator's server: the proxy
+//! owns it so that the proxy never links kube, and the server builds exactly the types the proxy
+//! parses.
+//!
+//! One HTTP/2 stream per proxy, `POST /v1/discovery` over mTLS with the workload certificate.
+//! Both bodies are newline-delimited JSON: the request body carries [`ProxyMessage`]s, the
+//! response body [`ControlMessage`]s. A destination's payload is a [`ServiceConfig`], the very
+//! model of the proxy's configuration file, so a destination streamed by the operator and one
+//! written by hand are checked and applied by the same code.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{PolicyConfig, ServiceConfig};
+
+/// The request path; the version is in the path so a later format can be served beside it.
+pub const PATH: &str = "/v1/discovery";
+/// Both bodies: one JSON document per line.
+pub const CONTENT_TYPE: &str = "application/x-ndjson";
+/// Longest line either side accepts; a longer one ends the stream with an error.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// From the proxy. The first message must be `hello`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum ProxyMessage {
+    /// Who the proxy runs for. The server checks that the pod exists and runs as the service
+    /// account the client certificate names.
+    Hello(Hello),
+    /// Send a snapshot of this resource now and every change after it.
+    Subscribe(Resource),
+    /// No more updates for this resource (the proxy evicted an unused destination).
+    Unsubscribe(Resource),
+    /// The proxy applied this version of the resource.
+    Ack(Ack),
+    /// The proxy could not apply this version and keeps the previous one.
+    Nack(Nack),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Hello {
+    pub pod_namespace: String,
+    pub pod_name: String,
+    /// The proxy's build version (the Mesh status counts proxies by version).
+    pub proxy_version: String,
+}
+
+/// What a proxy can subscribe to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum Resource {
+    /// A destination the app connects to: `IP:PORT` (the original destination of a redirected
+    /// connection, a Service's cluster IP) or `NAME.NAMESPACE.svc.CLUSTER_DOMAIN:PORT`.
+    Destination(String),
+    /// The inbound policy of the proxy's own pod (the MeshPolicies that select it).
+    Inbound,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Ack {
+    pub resource: Resource,
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Nack {
+    pub resource: Resource,
+    pub version: u64,
+    /// Why the proxy refused it (the configuration check's message).
+    pub reason: String,
+}
+
+/// From the server.
+// One message is alive at a time per stream; boxing the snapshot would only cost an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum ControlMessage {
+    /// The full current state of a subscribed destination; replaces any earlier one.
+    Destination(DestinationUpdate),
+    /// The full current inbound policy of the proxy's pod; replaces any earlier one.
+    Inbound(InboundUpdate),
+    /// The subscription (or the hello) was refused; nothing more comes for that resource.
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationUpdate {
+    /// The subscribed name, exactly as the proxy sent it.
+    pub destination: String,
+    /// Grows with every change the server makes; acks and nacks name it.
+    pub version: u64,
+    /// How to reach the destination; `None` when it is not a Service the mesh knows (a pod IP,
+    /// something outside the cluster): connections to it are forwarded unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct InboundUpdate {
+    pub version: u64,
+    /// `None`: no MeshPolicy selects the pod, every client may connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Refusal {
+    /// `None` when the whole stream is refused (a bad hello); the server then ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<Resource>,
+    pub reason: String,
+}
+
+/// One message as a line of the stream.
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    // Serializing these types cannot fail: no maps with non-string keys, no custom serializers
+    // that error. An empty line would be skipped by the reader, never misread.
+    let mut line = serde_json::to_vec(message).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("a discovery message is longer than {MAX_MESSAGE_BYTES} bytes")]
+    TooLong,
+    #[error("a discovery message is not valid: {0}")]
+    Invalid(#[from] serde_json::Error),
+}
+
+/// Splits a byte stream into messages: feed chunks with `push`, take messages with `next`.
+#[derive(Debug, Default)]
+pub struct LineReader {
+    buffer: Vec<u8>,
+}
+
+impl LineReader {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), DecodeError> {
+        self.buffer.extend_from_slice(chunk);
+        // Only an unterminated line can grow without bound.
+        let pending = self
+            .buffer
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(self.buffer.len(), |i| self.buffer.len() - i - 1);
+        if pending > MAX_MESSAGE_BYTES {
+            return Err(DecodeError::TooLong);
+        }
+        Ok(())
+    }
+
+    /// The next complete message, skipping empty lines; `None` until a whole line is there.
+    // Generic over the message type, so not an `Iterator`.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next<T: for<'de> Deserialize<'de>>(&mut self) -> Option<Result<T, DecodeError>> {
+        loop {
+            let end = self.buffer.iter().position(|&b| b == b'\n')?;
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            let line = line.trim_ascii();
+            if line.is_empty() {
+                continue;
+            }
+            return Some(serde_json::from_slice(line).map_err(DecodeError::from));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_have_the_documented_shape() {
+        let subscribe = ProxyMessage::Subscribe(Resource::Destination("10.96.0.12:8080".into()));
+        assert_eq!(encode(&subscribe), b"{\"subscribe\":{\"destination\":\"10.96.0.12:8080\"}}\n");
+        assert_eq!(encode(&ProxyMessage::Subscribe(Resource::Inbound)), b"{\"subscribe\":\"inbound\"}\n");
+        let ack = ProxyMessage::Ack(Ack { resource: Resource::Inbound, version: 7 });
+        assert_eq!(encode(&ack), b"{\"ack\":{\"resource\":\"inbound\",\"version\":7}}\n");
+        let none = ControlMessage::Destination(DestinationUpdate {
+            destination: "10.1.2.3:80".into(),
+            version: 3,
+            service: None,
+        });
+        assert_eq!(encode(&none), b"{\"destination\":{\"destination\":\"10.1.2.3:80\",\"version\":3}}\n");
+    }
+
+    #[test]
+    fn the_reader_splits_lines_across_chunks_and_refuses_garbage() {
+        let mut reader = LineReader::default();
+        let line = encode(&ProxyMessage::Subscribe(Resource::Inbound));
+        let (first, second) = line.split_at(5);
+        reader.push(first).unwrap();
+        assert!(reader.next::<ProxyMessage>().is_none());
+        reader.push(second).unwrap();
+        reader.push(b"\n{\"bogus\":1}\n").unwrap();
+        assert_eq!(
+            reader.next::<ProxyMessage>().unwrap().unwrap(),
+            ProxyMessage::Subscribe(Resource::Inbound)
+        );
+        assert!(matches!(reader.next::<ProxyMessage>(), Some(Err(DecodeError::Invalid(_)))));
+        assert!(reader.next::<ProxyMessage>().is_none());
+    }
+
+    #[test]
+    fn an_endless_line_is_refused() {
+        let mut reader = LineReader::default();
+        let chunk = vec![b'a'; 1024 * 1024];
+        let mut result = Ok(());
+        for _ in 0..5 {
+            result = reader.push(&chunk);
+        }
+        assert!(matches!(result, Err(DecodeError::TooLong)));
+    }
+}

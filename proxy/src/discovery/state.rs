@@ -1,0 +1,790 @@
+//! What the proxy holds from discovery and how it becomes the routing table, apart from the
+//! network (the client in `client.rs` only moves messages): the discovered destinations and
+//! inbound policy, the subscriptions the data path asks for, and the waits of first connections.
+//!
+//! Every change builds a whole new `Config` (the file, plus the discovered services, plus the
+//! discovered inbound policy), checks and compiles it like a file, and swaps the table; requests
+//! in flight keep the table they started with. A change that fails is nacked and changes nothing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::api::{Ack, ControlMessage, DestinationUpdate, InboundUpdate, Nack, ProxyMessage, Resource};
+use crate::config::{Config, DiscoveryConfig, PolicyConfig, ServiceConfig};
+use crate::http::Shared;
+use crate::metrics::{DiscoveryUpdateLabels, ReloadResult};
+use crate::table::Table;
+
+/// The discovery state of one proxy, shared by the client task, the connections that wait for a
+/// destination, the file watcher and the admin server.
+pub struct Discovery {
+    pub config: DiscoveryConfig,
+    state: Mutex<State>,
+    /// Destinations that are not waiting for their first answer: a connection to one that the
+    /// table does not know goes straight to its original destination. Read lock-free, so a table
+    /// miss costs no lock and no allocation once the destination has been asked about.
+    settled: ArcSwap<HashSet<SocketAddr>>,
+    /// Subscriptions (and nacks of shadowed services) made outside the client task; the client
+    /// sends them on the open stream, and drops them when it reconnects (it resubscribes all).
+    outbox: mpsc::UnboundedSender<ProxyMessage>,
+    outbox_receiver: Mutex<Option<mpsc::UnboundedReceiver<ProxyMessage>>>,
+}
+
+struct State {
+    /// The configuration file as running (with the identity and discovery settings of the start).
+    file: Config,
+    destinations: BTreeMap<String, Destination>,
+    inbound: Snapshot<Option<PolicyConfig>>,
+    /// Gives each destination its order of first application: on a collision between two
+    /// discovered services the older one stays.
+    next_seq: u64,
+    connected: bool,
+    last_error: Option<String>,
+}
+
+struct Snapshot<T> {
+    /// The version running now and its content.
+    applied: Option<(u64, T)>,
+    /// The newest version received: `None` when it was applied, or why not.
+    last: Option<(u64, Option<String>)>,
+    refused: Option<String>,
+}
+
+impl<T> Default for Snapshot<T> {
+    fn default() -> Self {
+        Self { applied: None, last: None, refused: None }
+    }
+}
+
+#[derive(Default)]
+struct Destination {
+    seq: u64,
+    snapshot: Snapshot<Option<ServiceConfig>>,
+    /// Why the applied service is not in the table now (a file service took its name).
+    shadowed: Option<String>,
+    /// Set until the first answer; the first connections wait on it.
+    waiting: Option<Waiting>,
+    timed_out: bool,
+}
+
+struct Waiting {
+    answered: watch::Sender<bool>,
+    deadline: Instant,
+}
+
+/// What /config shows.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    pub endpoint: String,
+    pub server_name: String,
+    pub connected: bool,
+    pub last_error: Option<String>,
+    pub inbound: SnapshotStatus,
+    pub destinations: Vec<DestinationStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotStatus {
+    /// The version running now.
+    pub version: Option<u64>,
+    /// The newest version received, and whether it was acked (applied) or nacked.
+    pub last_version: Option<u64>,
+    pub acked: bool,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationStatus {
+    pub destination: String,
+    /// `service` (routed by the mesh), `passthrough` (not a mesh Service), `pending` (no answer
+    /// yet), `timed-out` (no answer within initialTimeout: forwarded unchanged until it comes),
+    /// `refused`, `shadowed` (the file's service wins).
+    pub state: &'static str,
+    pub service: Option<String>,
+    #[serde(flatten)]
+    pub snapshot: SnapshotStatus,
+}
+
+impl<T> Snapshot<T> {
+    fn status(&self) -> SnapshotStatus {
+        SnapshotStatus {
+            version: self.applied.as_ref().map(|(version, _)| *version),
+            last_version: self.last.as_ref().map(|(version, _)| *version),
+            acked: self.last.as_ref().is_some_and(|(_, error)| error.is_none()),
+            error: self.refused.clone().or_else(|| self.last.as_ref().and_then(|(_, error)| error.clone())),
+        }
+    }
+}
+
+/// A discovered service that cannot join the table because another one holds its name, one of
+/// its hosts or addresses.
+struct Shadowed {
+    destination: String,
+    reason: String,
+}
+
+impl Discovery {
+    /// `file` is the configuration the proxy started with (identity and discovery included).
+    pub fn new(config: DiscoveryConfig, file: Config) -> Self {
+        let (outbox, receiver) = mpsc::unbounded_channel();
+        Self {
+            config,
+            state: Mutex::new(State {
+                file,
+                destinations: BTreeMap::new(),
+                inbound: Snapshot::default(),
+                next_seq: 0,
+                connected: false,
+                last_error: None,
+            }),
+            settled: ArcSwap::from_pointee(HashSet::new()),
+            outbox,
+            outbox_receiver: Mutex::new(Some(receiver)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The receiving end of the outbox, for the one client task.
+    pub fn take_outbox(&self) -> Option<mpsc::UnboundedReceiver<ProxyMessage>> {
+        self.outbox_receiver.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// What a new stream sends after its hello: the inbound policy and every destination held,
+    /// so the server sends fresh snapshots. The outbox is emptied under the same lock: what it
+    /// held is in this list, and what comes after is not.
+    pub fn subscriptions(&self, outbox: &mut mpsc::UnboundedReceiver<ProxyMessage>) -> Vec<ProxyMessage> {
+        let state = self.lock();
+        while outbox.try_recv().is_ok() {}
+        std::iter::once(Resource::Inbound)
+            .chain(state.destinations.keys().map(|name| Resource::Destination(name.clone())))
+            .map(ProxyMessage::Subscribe)
+            .collect()
+    }
+
+    /// `error` is why the stream ended; it stays on /config until a newer one replaces it.
+    pub fn set_connected(&self, connected: bool, error: Option<String>) {
+        let mut state = self.lock();
+        state.connected = connected;
+        if error.is_some() {
+            state.last_error = error;
+        }
+    }
+
+    /// Called by a connection whose original destination the table does not know: subscribes
+    /// to it (once, whoever asks first) and waits for its first answer until the shared
+    /// deadline. Returns at once for a destination already answered, refused or timed out.
+    pub async fn resolve(&self, shared: &Shared, addr: SocketAddr) {
+        if self.settled.load().contains(&addr) {
+            return;
+        }
+        let (mut answered, deadline) = {
+            let mut state = self.lock();
+            let name = addr.to_string();
+            match state.destinations.get(&name) {
+                Some(destination) => match &destination.waiting {
+                    Some(waiting) => (waiting.answered.subscribe(), waiting.deadline),
+                    None => return,
+                },
+                None => {
+                    let (answered, receiver) = watch::channel(false);
+                    let deadline = Instant::now() + self.config.initial_timeout;
+                    let destination =
+                        Destination { waiting: Some(Waiting { answered, deadline }), ..Default::default() };
+                    state.destinations.insert(name.clone(), destination);
+                    debug!(destination = %name, "subscribing to a new destination");
+                    // Sent on the open stream; with none open, the next stream subscribes it.
+                    let _ = self.outbox.send(ProxyMessage::Subscribe(Resource::Destination(name)));
+                    (receiver, deadline)
+                }
+            }
+        };
+        let in_time = tokio::time::timeout_at(deadline, answered.wait_for(|answered| *answered)).await;
+        if in_time.is_err() {
+            self.time_out(shared, addr);
+        }
+    }
+
+    fn time_out(&self, shared: &Shared, addr: SocketAddr) {
+        let mut state = self.lock();
+        let connected = state.connected;
+        let Some(destination) = state.destinations.get_mut(&addr.to_string()) else { return };
+        // Only the first waiter past the deadline finds it waiting: one log line per destination.
+        if destination.waiting.take().is_none() {
+            return;
+        }
+        destination.timed_out = true;
+        shared.metrics.discovery_lookup_timeouts.inc();
+        warn!(
+            destination = %addr,
+            timeout = ?self.config.initial_timeout,
+            connected,
+            "no discovery answer in time: forwarding connections to it unchanged until one comes"
+        );
+        drop(state);
+        self.settle(addr);
+    }
+
+    fn settle(&self, addr: SocketAddr) {
+        self.settled.rcu(|settled| {
+            let mut settled = HashSet::clone(settled);
+            settled.insert(addr);
+            settled
+        });
+    }
+
+    fn answered(&self, name: &str, destination: &mut Destination) {
+        if let Some(waiting) = destination.waiting.take() {
+            waiting.answered.send_replace(true);
+        }
+        destination.timed_out = false;
+        if let Ok(addr) = name.parse::<SocketAddr>() {
+            self.settle(addr);
+        }
+    }
+
+    /// One message from the server; the answers to send back. `Err` ends the stream (the server
+    /// refused the whole stream).
+    pub fn handle(&self, shared: &Shared, message: ControlMessage) -> Result<Option<ProxyMessage>, String> {
+        match message {
+            ControlMessage::Destination(update) => Ok(self.apply_destination(shared, update)),
+            ControlMessage::Inbound(update) => Ok(Some(self.apply_inbound(shared, update))),
+            ControlMessage::Refused(refusal) => match refusal.resource {
+                None => Err(refusal.reason),
+                Some(Resource::Inbound) => {
+                    warn!(reason = %refusal.reason, "the discovery server refused the inbound policy; keeping the current one");
+                    self.lock().inbound.refused = Some(refusal.reason);
+                    Ok(None)
+                }
+                Some(Resource::Destination(name)) => {
+                    warn!(
+                        destination = %name, reason = %refusal.reason,
+                        "the discovery server refused a destination: its connections are forwarded unchanged"
+                    );
+                    let mut state = self.lock();
+                    if let Some(mut destination) = state.destinations.remove(&name) {
+                        destination.snapshot.refused = Some(refusal.reason);
+                        self.answered(&name, &mut destination);
+                        state.destinations.insert(name, destination);
+                    }
+                    Ok(None)
+                }
+            },
+        }
+    }
+
+    fn apply_destination(&self, shared: &Shared, update: DestinationUpdate) -> Option<ProxyMessage> {
+        let mut state = self.lock();
+        let name = update.destination;
+        let Some(mut destination) = state.destinations.remove(&name) else {
+            debug!(destination = %name, "an update for a destination not subscribed: ignored");
+            return None;
+        };
+        let version = update.version;
+        let service = update.service.map(|service| with_own_address(&name, service));
+        let seq = if destination.snapshot.applied.is_some() { destination.seq } else { state.next_seq };
+        let result = check_service(&state.file, service.as_ref()).and_then(|()| {
+            let candidate = (name.as_str(), seq, service.as_ref());
+            let (config, shadowed) = compose(&state, Some(candidate), None);
+            if let Some(shadowed) = shadowed.iter().find(|s| s.destination == name) {
+                return Err(shadowed.reason.clone());
+            }
+            build(shared, config)
+        });
+        let resource = Resource::Destination(name.clone());
+        let answer = match result {
+            Ok(table) => {
+                shared.table.store(Arc::new(table));
+                count(shared, ReloadResult::applied);
+                info!(
+                    destination = %name, version,
+                    service = service.as_ref().map(|s| s.name.as_str()),
+                    "discovered destination applied"
+                );
+                if destination.snapshot.applied.is_none() {
+                    state.next_seq += 1;
+                }
+                destination.seq = seq;
+                destination.snapshot.applied = Some((version, service));
+                destination.snapshot.last = Some((version, None));
+                destination.snapshot.refused = None;
+                destination.shadowed = None;
+                ProxyMessage::Ack(Ack { resource, version })
+            }
+            Err(reason) => {
+                count(shared, ReloadResult::rejected);
+                warn!(destination = %name, version, %reason, "discovered destination refused; keeping the previous state");
+                destination.snapshot.last = Some((version, Some(reason.clone())));
+                ProxyMessage::Nack(Nack { resource, version, reason })
+            }
+        };
+        // Any answer ends the first wait: a refused first snapshot means passthrough.
+        self.answered(&name, &mut destination);
+        state.destinations.insert(name, destination);
+        Some(answer)
+    }
+
+    fn apply_inbound(&self, shared: &Shared, update: InboundUpdate) -> ProxyMessage {
+        let mut state = self.lock();
+        let version = update.version;
+        let check = Config {
+            inbound: crate::config::InboundConfig { policy: update.policy.clone(), ..Default::default() },
+            ..Config::empty()
+        };
+        let result = check
+            .validate()
+            .map_err(|e| e.to_string())
+            .and_then(|()| build(shared, compose(&state, None, Some(update.policy.as_ref())).0));
+        match result {
+            Ok(table) => {
+                shared.table.store(Arc::new(table));
+                count(shared, ReloadResult::applied);
+                info!(version, policy = update.policy.is_some(), "discovered inbound policy applied");
+                state.inbound = Snapshot {
+                    applied: Some((version, update.policy)),
+                    last: Some((version, None)),
+                    refused: None,
+                };
+                ProxyMessage::Ack(Ack { resource: Resource::Inbound, version })
+            }
+            Err(reason) => {
+                count(shared, ReloadResult::rejected);
+                warn!(version, %reason, "discovered inbound policy refused; keeping the previous one");
+                state.inbound.last = Some((version, Some(reason.clone())));
+                ProxyMessage::Nack(Nack { resource: Resource::Inbound, version, reason })
+            }
+        }
+    }
+
+    /// A changed configuration file, composed with what discovery holds. The file wins every
+    /// collision: a discovered service it shadows leaves the table (and is nacked), one it no
+    /// longer shadows comes back (and is acked).
+    pub fn set_file(&self, shared: &Shared, mut file: Config) -> Result<(), String> {
+        let mut state = self.lock();
+        // Identity and discovery connect at start; the file's changes to them wait for a restart.
+        if file.discovery != state.file.discovery {
+            warn!("the discovery settings changed; they take effect when the proxy restarts");
+        }
+        file.discovery = state.file.discovery.clone();
+        if file.identity.is_none() {
+            file.identity = state.file.identity.clone();
+        }
+        let previous = std::mem::replace(&mut state.file, file);
+        let (config, shadowed) = compose(&state, None, None);
+        let table = match build(shared, config) {
+            Ok(table) => table,
+            Err(error) => {
+                state.file = previous;
+                return Err(error);
+            }
+        };
+        shared.table.store(Arc::new(table));
+        let shadowed: HashMap<String, String> =
+            shadowed.into_iter().map(|s| (s.destination, s.reason)).collect();
+        for (name, destination) in &mut state.destinations {
+            let Some((version, _)) = &destination.snapshot.applied else { continue };
+            let resource = Resource::Destination(name.clone());
+            let now = shadowed.get(name).cloned();
+            let message = match (&destination.shadowed, &now) {
+                (None, Some(reason)) => {
+                    warn!(destination = %name, %reason, "a file service now shadows a discovered one");
+                    ProxyMessage::Nack(Nack { resource, version: *version, reason: reason.clone() })
+                }
+                (Some(_), None) => ProxyMessage::Ack(Ack { resource, version: *version }),
+                _ => continue,
+            };
+            destination.snapshot.last = Some((*version, now.clone()));
+            destination.shadowed = now;
+            let _ = self.outbox.send(message);
+        }
+        Ok(())
+    }
+
+    pub fn status(&self) -> Status {
+        let state = self.lock();
+        Status {
+            endpoint: self.config.endpoint.clone(),
+            server_name: self.config.server_name().to_owned(),
+            connected: state.connected,
+            last_error: state.last_error.clone(),
+            inbound: state.inbound.status(),
+            destinations: state
+                .destinations
+                .iter()
+                .map(|(name, destination)| {
+                    let service = destination.snapshot.applied.as_ref().and_then(|(_, s)| s.as_ref());
+                    let state = if destination.waiting.is_some() {
+                        "pending"
+                    } else if destination.shadowed.is_some() {
+                        "shadowed"
+                    } else if service.is_some() {
+                        "service"
+                    } else if destination.snapshot.refused.is_some() {
+                        "refused"
+                    } else if destination.timed_out {
+                        "timed-out"
+                    } else {
+                        "passthrough"
+                    };
+                    let mut snapshot = destination.snapshot.status();
+                    if let Some(reason) = &destination.shadowed {
+                        snapshot.error = Some(reason.clone());
+                    }
+                    DestinationStatus {
+                        destination: name.clone(),
+                        state,
+                        service: service.map(|s| s.name.clone()),
+                        snapshot,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+fn count(shared: &Shared, result: ReloadResult) {
+    shared.metrics.discovery_updates.get_or_create(&DiscoveryUpdateLabels { result }).inc();
+}
+
+fn build(shared: &Shared, config: Config) -> Result<Table, String> {
+    config.validate().map_err(|e| e.to_string())?;
+    let current = shared.table.load_full();
+    Table::build(config, Some(&current), shared.identity.as_ref()).map_err(|e| e.to_string())
+}
+
+/// A destination named `IP:PORT` belongs to its service even if the server left the address
+/// out: otherwise every connection to it would miss the table and ask again.
+fn with_own_address(name: &str, mut service: ServiceConfig) -> ServiceConfig {
+    if let Ok(addr) = name.parse::<SocketAddr>()
+        && !service.addresses.contains(&addr)
+    {
+        service.addresses.push(addr);
+    }
+    service
+}
+
+/// A discovered service checked on its own, so the reason names its fields, not its place in
+/// the composed list.
+fn check_service(file: &Config, service: Option<&ServiceConfig>) -> Result<(), String> {
+    let Some(service) = service else { return Ok(()) };
+    if service.listen.is_some() {
+        return Err("listen: a discovered service cannot open a listener (they are bound at start)".into());
+    }
+    let alone =
+        Config { identity: file.identity.clone(), services: vec![service.clone()], ..Config::empty() };
+    alone.validate().map_err(|e| {
+        let text = e.to_string();
+        match text.strip_prefix("services[0]") {
+            Some(rest) => format!("service {}{rest}", service.name),
+            None => text,
+        }
+    })
+}
+
+/// The file, then the discovered services in the order they were first applied (each one that
+/// collides with what is already there is left out and reported), then the inbound policy.
+/// `candidate` replaces (or adds) one destination's service; `inbound` replaces the policy.
+fn compose(
+    state: &State,
+    candidate: Option<(&str, u64, Option<&ServiceConfig>)>,
+    inbound: Option<Option<&PolicyConfig>>,
+) -> (Config, Vec<Shadowed>) {
+    let mut config = state.file.clone();
+    let mut hosts: HashMap<String, String> = HashMap::new();
+    let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
+    for service in &config.services {
+        let owner = format!("the configuration file's service {}", service.name);
+        for host in std::iter::once(&service.name).chain(&service.hosts) {
+            hosts.insert(host.to_ascii_lowercase(), owner.clone());
+        }
+        for address in &service.addresses {
+            addresses.insert(*address, owner.clone());
+        }
+    }
+    let mut discovered: Vec<(u64, &str, &ServiceConfig)> = state
+        .destinations
+        .iter()
+        .filter(|(name, _)| candidate.is_none_or(|(candidate, ..)| candidate != name.as_str()))
+        .filter_map(|(name, d)| {
+            let service = d.snapshot.applied.as_ref()?.1.as_ref()?;
+            Some((d.seq, name.as_str(), service))
+        })
+        .collect();
+    if let Some((name, seq, Some(service))) = candidate {
+        discovered.push((seq, name, service));
+    }
+    discovered.sort_by_key(|(seq, name, _)| (*seq, *name));
+    let mut shadowed = Vec::new();
+    for (_, destination, service) in discovered {
+        let names: Vec<String> =
+            std::iter::once(&service.name).chain(&service.hosts).map(|h| h.to_ascii_lowercase()).collect();
+        let taken = names
+            .iter()
+            .find_map(|host| {
+                hosts.get(host).map(|owner| format!("the host name {host:?} belongs to {owner}"))
+            })
+            .or_else(|| {
+                service.addresses.iter().find_map(|address| {
+                    addresses.get(address).map(|owner| format!("the address {address} belongs to {owner}"))
+                })
+            });
+        if let Some(taken) = taken {
+            shadowed.push(Shadowed {
+                destination: destination.to_owned(),
+                reason: format!("service {}: {taken}, which wins", service.name),
+            });
+            continue;
+        }
+        let owner = format!("the service {} of destination {destination}", service.name);
+        for host in names {
+            hosts.insert(host, owner.clone());
+        }
+        for address in &service.addresses {
+            addresses.insert(*address, owner.clone());
+        }
+        config.services.push(service.clone());
+    }
+    // With discovery on, the inbound policy comes from the server once it has sent one.
+    match inbound {
+        Some(policy) => config.inbound.policy = policy.cloned(),
+        None => {
+            if let Some((_, policy)) = &state.inbound.applied {
+                config.inbound.policy = policy.clone();
+            }
+        }
+    }
+    (config, shadowed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendConfig, EndpointConfig, RouteConfig, WeightedBackend};
+
+    fn service(name: &str, endpoint: &str) -> ServiceConfig {
+        ServiceConfig {
+            name: name.into(),
+            hosts: Vec::new(),
+            addresses: Vec::new(),
+            listen: None,
+            protocol: Default::default(),
+            backends: vec![BackendConfig {
+                name: "b".into(),
+                endpoints: vec![EndpointConfig {
+                    address: endpoint.parse().unwrap(),
+                    meshed: false,
+                    http2: false,
+                    identity: None,
+                }],
+            }],
+            routes: vec![RouteConfig {
+                backends: vec![WeightedBackend { name: "b".into(), weight: 1 }],
+                ..Default::default()
+            }],
+            load_balancer: Default::default(),
+            retry_budget: Default::default(),
+        }
+    }
+
+    fn setup(file: &str) -> (Discovery, Shared) {
+        let file = Config::parse(file).unwrap();
+        let discovery = DiscoveryConfig {
+            endpoint: "discovery.test:8086".into(),
+            server_name: None,
+            pod_namespace: "shop".into(),
+            pod_name: "web-0".into(),
+            initial_timeout: std::time::Duration::from_millis(200),
+        };
+        let shared = Shared::new(Table::build(file.clone(), None, None).unwrap(), None);
+        (Discovery::new(discovery, file), shared)
+    }
+
+    fn update(destination: &str, version: u64, service: Option<ServiceConfig>) -> ControlMessage {
+        ControlMessage::Destination(DestinationUpdate { destination: destination.into(), version, service })
+    }
+
+    const FILE: &str = "services:\n  - name: file.svc\n    addresses: [\"10.96.0.1:80\"]\n    backends: [{ name: b, endpoints: [{ address: \"10.0.0.1:80\" }] }]\n    routes: [{ backends: [{ name: b }] }]\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_first_connection_waits_for_the_snapshot_and_others_share_the_wait() {
+        let (discovery, shared) = setup(FILE);
+        let discovery = Arc::new(discovery);
+        let shared = Arc::new(shared);
+        let mut outbox = discovery.take_outbox().unwrap();
+        let addr: SocketAddr = "10.96.0.2:80".parse().unwrap();
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let (discovery, shared) = (discovery.clone(), shared.clone());
+                tokio::spawn(async move { discovery.resolve(&shared, addr).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        assert_eq!(
+            outbox.try_recv().unwrap(),
+            ProxyMessage::Subscribe(Resource::Destination("10.96.0.2:80".into()))
+        );
+        assert!(outbox.try_recv().is_err(), "one subscription for three connections");
+        let answer =
+            discovery.handle(&shared, update("10.96.0.2:80", 4, Some(service("web.svc", "10.0.0.2:80"))));
+        assert_eq!(
+            answer.unwrap(),
+            Some(ProxyMessage::Ack(Ack {
+                resource: Resource::Destination("10.96.0.2:80".into()),
+                version: 4
+            }))
+        );
+        for waiter in waiters {
+            waiter.await.unwrap();
+        }
+        let table = shared.table.load();
+        assert_eq!(table.service_by_address(addr).unwrap().name.as_str(), "web.svc");
+        assert!(table.service_by_name("file.svc").is_some());
+        // A later connection does not wait, and a reconnect resubscribes everything held.
+        discovery.resolve(&shared, addr).await;
+        let subscriptions = discovery.subscriptions(&mut outbox);
+        assert_eq!(
+            subscriptions,
+            vec![
+                ProxyMessage::Subscribe(Resource::Inbound),
+                ProxyMessage::Subscribe(Resource::Destination("10.96.0.2:80".into()))
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_answer_in_time_means_passthrough_without_waiting_again() {
+        let (discovery, shared) = setup("{}");
+        let addr: SocketAddr = "10.96.0.3:80".parse().unwrap();
+        let start = Instant::now();
+        discovery.resolve(&shared, addr).await;
+        assert_eq!(start.elapsed(), std::time::Duration::from_millis(200));
+        discovery.resolve(&shared, addr).await;
+        assert_eq!(start.elapsed(), std::time::Duration::from_millis(200), "no second wait");
+        assert_eq!(shared.metrics.discovery_lookup_timeouts.get(), 1);
+        assert_eq!(discovery.status().destinations[0].state, "timed-out");
+        // The answer still counts when it comes.
+        discovery
+            .handle(&shared, update("10.96.0.3:80", 1, Some(service("late.svc", "10.0.0.3:80"))))
+            .unwrap();
+        assert!(shared.table.load().service_by_address(addr).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bad_and_colliding_updates_are_nacked_and_change_nothing() {
+        let (discovery, shared) = setup(FILE);
+        let addr: SocketAddr = "10.96.0.4:80".parse().unwrap();
+        let resolving = discovery.resolve(&shared, addr);
+        let good = service("web.svc", "10.0.0.4:80");
+        let answer =
+            async { discovery.handle(&shared, update("10.96.0.4:80", 1, Some(good.clone()))).unwrap() };
+        let ((), answer) = tokio::join!(resolving, answer);
+        assert!(matches!(answer, Some(ProxyMessage::Ack(_))));
+
+        let mut bad = good.clone();
+        bad.routes[0].backends[0].name = "missing".into();
+        let Some(ProxyMessage::Nack(nack)) =
+            discovery.handle(&shared, update("10.96.0.4:80", 2, Some(bad))).unwrap()
+        else {
+            panic!("not a nack")
+        };
+        assert_eq!(nack.version, 2);
+        assert!(
+            nack.reason.contains("service web.svc.routes[0].backends[0].name: no backend named"),
+            "{}",
+            nack.reason
+        );
+
+        let colliding = service("file.svc", "10.0.0.5:80");
+        let Some(ProxyMessage::Nack(nack)) =
+            discovery.handle(&shared, update("10.96.0.4:80", 3, Some(colliding))).unwrap()
+        else {
+            panic!("not a nack")
+        };
+        assert!(
+            nack.reason.contains("the configuration file's service file.svc, which wins"),
+            "{}",
+            nack.reason
+        );
+        let table = shared.table.load();
+        let endpoint = table.service_by_address(addr).unwrap().backends[0].endpoints[0].addr;
+        assert_eq!(endpoint, "10.0.0.4:80".parse::<SocketAddr>().unwrap(), "version 1 still serves");
+        let status = discovery.status();
+        assert_eq!(status.destinations[0].snapshot.version, Some(1));
+        assert!(!status.destinations[0].snapshot.acked);
+        assert_eq!(
+            shared
+                .metrics
+                .discovery_updates
+                .get_or_create(&DiscoveryUpdateLabels { result: ReloadResult::rejected })
+                .get(),
+            2
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_file_change_that_takes_a_discovered_name_shadows_it_and_nacks() {
+        let (discovery, shared) = setup("{}");
+        let mut outbox = discovery.take_outbox().unwrap();
+        let addr: SocketAddr = "10.96.0.6:80".parse().unwrap();
+        let answer = async {
+            tokio::task::yield_now().await;
+            discovery
+                .handle(&shared, update("10.96.0.6:80", 7, Some(service("web.svc", "10.0.0.6:80"))))
+                .unwrap()
+        };
+        let ((), _) = tokio::join!(discovery.resolve(&shared, addr), answer);
+        while outbox.try_recv().is_ok() {}
+        let file = Config::parse(&FILE.replace("file.svc", "web.svc")).unwrap();
+        discovery.set_file(&shared, file).unwrap();
+        let table = shared.table.load();
+        assert!(table.service_by_address(addr).is_none(), "the file's service wins");
+        assert!(table.service_by_address("10.96.0.1:80".parse().unwrap()).is_some());
+        assert!(matches!(outbox.try_recv().unwrap(), ProxyMessage::Nack(Nack { version: 7, .. })));
+        discovery.set_file(&shared, Config::parse("{}").unwrap()).unwrap();
+        assert!(shared.table.load().service_by_address(addr).is_some(), "back when the file lets go");
+        assert!(matches!(outbox.try_recv().unwrap(), ProxyMessage::Ack(Ack { version: 7, .. })));
+    }
+
+    #[test]
+    fn a_stream_refusal_ends_the_stream_and_a_destination_refusal_settles_it() {
+        let (discovery, shared) = setup("{}");
+        let refusal = |resource| {
+            ControlMessage::Refused(super::super::api::Refusal { resource, reason: "not yours".into() })
+        };
+        assert_eq!(discovery.handle(&shared, refusal(None)), Err("not yours".into()));
+        assert_eq!(discovery.handle(&shared, refusal(Some(Resource::Inbound))), Ok(None));
+        assert_eq!(discovery.status().inbound.error.as_deref(), Some("not yours"));
+    }
+
+    #[test]
+    fn the_discovered_inbound_policy_replaces_the_files() {
+        let (discovery, shared) = setup("inbound: { policy: { mtls: PERMISSIVE, rules: [{}] } }");
+        let policy = PolicyConfig { mtls: crate::config::MtlsMode::Strict, rules: Vec::new() };
+        let answer = discovery.handle(
+            &shared,
+            ControlMessage::Inbound(InboundUpdate { version: 2, policy: Some(policy.clone()) }),
+        );
+        assert_eq!(answer, Ok(Some(ProxyMessage::Ack(Ack { resource: Resource::Inbound, version: 2 }))));
+        assert_eq!(shared.table.load().config.inbound.policy.as_ref(), Some(&policy));
+        let answer =
+            discovery.handle(&shared, ControlMessage::Inbound(InboundUpdate { version: 3, policy: None }));
+        assert!(matches!(answer, Ok(Some(ProxyMessage::Ack(_)))));
+        assert_eq!(
+            shared.table.load().config.inbound.policy,
+            None,
+            "no MeshPolicy: every client may connect"
+        );
+    }
+}

@@ -1,0 +1,355 @@
+//! The proxy fed by a discovery server (tests/support/discovery.rs) over real mTLS on loopback:
+//! on-demand subscription on the first connection to a destination, updates under load, nacks,
+//! outages, passthrough answers, refusals, the inbound policy, and garbage from the server.
+//! Redirected connections come through `fixed_destinations` listeners (no iptables here): each
+//! stands for a connection the app made to one original destination.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use braid_proxy::config::{Config, PolicyConfig, ServiceConfig};
+use braid_proxy::discovery::api::Resource;
+use http::{Request, StatusCode};
+use support::discovery::{Answer, DiscoveryServer, SERVER_NAME};
+use support::identity::{Authority, IdentityFiles, IdentityServer};
+use support::*;
+
+const FRONTEND: &str = "spiffe://test.local/ns/shop/sa/frontend";
+/// A cluster IP: nothing listens there; only the discovered service makes it reachable.
+const CLUSTER_IP: &str = "10.255.0.10:80";
+
+fn cluster_ip() -> SocketAddr {
+    CLUSTER_IP.parse().unwrap()
+}
+
+struct Mesh {
+    server: Arc<DiscoveryServer>,
+    proxy: Proxy,
+    _identity: Arc<IdentityServer>,
+    _files: IdentityFiles,
+}
+
+/// A discovery server and a proxy that uses it; `extra` is more configuration file (lines).
+async fn mesh(fixed: &[SocketAddr], initial_timeout: &str, extra: &str) -> Mesh {
+    let authority = Authority::new();
+    let server = DiscoveryServer::start(&authority).await;
+    let identity = IdentityServer::start(authority).await;
+    let files = IdentityFiles::new(&identity.bundle.lock().unwrap(), FRONTEND);
+    let config = format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\n{}discovery: {{ endpoint: \"{}\", serverName: {SERVER_NAME}, podNamespace: shop, podName: frontend-0, initialTimeout: {initial_timeout} }}\n{extra}",
+        files.config(FRONTEND, identity.addr),
+        server.addr,
+    );
+    let config = if extra.contains("inbound:") {
+        config
+    } else {
+        format!("{config}inbound: {{ listen: 127.0.0.1:0 }}\n")
+    };
+    let proxy = Proxy::start_with(&config, fixed.to_vec()).await;
+    let mesh = Mesh { server, proxy, _identity: identity, _files: files };
+    eventually("the proxy connects to the discovery server", || async { connected(&mesh.proxy).await }).await;
+    mesh
+}
+
+async fn status(proxy: &Proxy) -> serde_json::Value {
+    let (_, body) = proxy.admin("/config").await;
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["discovery"].clone()
+}
+
+async fn connected(proxy: &Proxy) -> bool {
+    status(proxy).await["connected"] == true
+}
+
+async fn destination_status(proxy: &Proxy, destination: &str) -> serde_json::Value {
+    let status = status(proxy).await;
+    let destinations = status["destinations"].as_array().cloned().unwrap_or_default();
+    destinations.into_iter().find(|d| d["destination"] == destination).unwrap_or_default()
+}
+
+/// A service with weighted backends, one endpoint each.
+fn service(name: &str, backends: &[(&str, SocketAddr, u32)]) -> ServiceConfig {
+    let mut yaml = format!("services:\n  - name: {name}\n    backends:\n");
+    for (backend, addr, _) in backends {
+        yaml.push_str(&format!("      - {{ name: {backend}, endpoints: [{{ address: \"{addr}\" }}] }}\n"));
+    }
+    let weights: Vec<String> = backends
+        .iter()
+        .map(|(backend, _, weight)| format!("{{ name: {backend}, weight: {weight} }}"))
+        .collect();
+    yaml.push_str(&format!("    routes:\n      - backends: [{}]\n", weights.join(", ")));
+    Config::parse(&yaml).unwrap().services.remove(0)
+}
+
+/// A GET on a new connection that was "redirected" from `destination`.
+async fn get_via(mesh: &Mesh, destination: SocketAddr, path: &str) -> (StatusCode, String) {
+    let listener = mesh.proxy.running().fixed_destinations[&destination];
+    let (status, _, body) = get(&format!("http://{listener}{path}")).await;
+    (status, body)
+}
+
+fn web(resource: &str) -> Resource {
+    Resource::Destination(resource.to_owned())
+}
+
+#[tokio::test]
+async fn the_first_request_waits_for_the_snapshot_then_follows_its_weights() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let mesh = mesh(&[cluster_ip()], "3s", "").await;
+    mesh.server.set(
+        CLUSTER_IP,
+        Answer::Service(service("web.shop.svc.cluster.local", &[("v1", a.addr, 3), ("v2", b.addr, 1)])),
+    );
+    *mesh.server.answer_delay.lock().unwrap() = Duration::from_millis(300);
+    let start = Instant::now();
+    let (status, body) = get_via(&mesh, cluster_ip(), "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body == "a" || body == "b", "{body}");
+    assert!(start.elapsed() >= Duration::from_millis(300), "the connection waited for the snapshot");
+    for _ in 0..59 {
+        let (status, _) = get_via(&mesh, cluster_ip(), "/").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(a.hits() + b.hits(), 60);
+    assert!(a.hits() > b.hits() && b.hits() > 0, "3:1 split, got a={} b={}", a.hits(), b.hits());
+    // One subscription, acked; the server saw the proxy's workload certificate.
+    assert_eq!(mesh.server.subscriptions_of(CLUSTER_IP), 1);
+    assert!(mesh.server.acked(&web(CLUSTER_IP), 1), "{:?}", mesh.server.messages());
+    assert_eq!(mesh.server.client_ids.lock().unwrap()[0].as_deref(), Some(FRONTEND));
+    let destination = destination_status(&mesh.proxy, CLUSTER_IP).await;
+    assert_eq!(destination["state"], "service", "{destination}");
+    assert_eq!(destination["version"], 1);
+    assert_eq!(destination["acked"], true);
+    let metrics = mesh.proxy.metrics().await;
+    assert_eq!(metric(&metrics, "discovery_connected", &[]), Some(1.0), "{metrics}");
+    assert_eq!(metric(&metrics, "discovery_updates_total", &[("result", "applied")]), Some(1.0), "{metrics}");
+}
+
+#[tokio::test]
+async fn concurrent_first_connections_share_one_subscription() {
+    let a = Upstream::start("a").await;
+    let mesh = mesh(&[cluster_ip()], "3s", "").await;
+    mesh.server.set(CLUSTER_IP, Answer::Service(service("web.shop.svc.cluster.local", &[("v1", a.addr, 1)])));
+    *mesh.server.answer_delay.lock().unwrap() = Duration::from_millis(300);
+    let listener = mesh.proxy.running().fixed_destinations[&cluster_ip()];
+    let requests: Vec<_> =
+        (0..8).map(|_| tokio::spawn(async move { get(&format!("http://{listener}/")).await })).collect();
+    for request in requests {
+        let (status, _, body) = request.await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "a"));
+    }
+    assert_eq!(mesh.server.subscriptions_of(CLUSTER_IP), 1);
+}
+
+#[tokio::test]
+async fn an_update_moves_traffic_without_a_failed_request() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let mesh = mesh(&[cluster_ip()], "3s", "").await;
+    mesh.server.set(CLUSTER_IP, Answer::Service(service("web.shop.svc.cluster.local", &[("v1", a.addr, 1)])));
+    assert_eq!(get_via(&mesh, cluster_ip(), "/").await.1, "a");
+    let listener = mesh.proxy.running().fixed_destinations[&cluster_ip()];
+    // Keep-alive connections from the client pool, opened before, during and after the update.
+    let load = tokio::spawn(async move {
+        let client = http1_client();
+        let mut answers = Vec::new();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(1500) {
+            let request = Request::get(format!("http://{listener}/")).body(full("")).unwrap();
+            let (status, _, body) = send(&client, request).await;
+            answers.push((status, body));
+        }
+        answers
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let version = mesh
+        .server
+        .push(CLUSTER_IP, Answer::Service(service("web.shop.svc.cluster.local", &[("v2", b.addr, 1)])));
+    let answers = load.await.unwrap();
+    assert!(answers.len() > 20, "{} requests", answers.len());
+    assert!(answers.iter().all(|(status, _)| *status == StatusCode::OK), "a request failed: {answers:?}");
+    assert_eq!(answers.first().unwrap().1, "a");
+    assert_eq!(answers.last().unwrap().1, "b", "the update took effect");
+    assert!(mesh.server.acked(&web(CLUSTER_IP), version));
+}
+
+#[tokio::test]
+async fn a_bad_or_colliding_update_is_nacked_and_the_old_config_keeps_serving() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let file = format!(
+        "services:\n  - name: file.svc\n    addresses: [\"10.255.0.99:80\"]\n    backends: [{{ name: f, endpoints: [{{ address: \"{}\" }}] }}]\n    routes: [{{ backends: [{{ name: f }}] }}]\n",
+        b.addr
+    );
+    let mesh = mesh(&[cluster_ip()], "3s", &file).await;
+    mesh.server.set(CLUSTER_IP, Answer::Service(service("web.shop.svc.cluster.local", &[("v1", a.addr, 1)])));
+    assert_eq!(get_via(&mesh, cluster_ip(), "/").await.1, "a");
+
+    let mut bad = service("web.shop.svc.cluster.local", &[("v2", b.addr, 1)]);
+    bad.routes[0].backends[0].name = "v3".into();
+    let version = mesh.server.push(CLUSTER_IP, Answer::Service(bad));
+    eventually("the bad update is nacked", || async {
+        mesh.server.nack_reason(&web(CLUSTER_IP), version).is_some()
+    })
+    .await;
+    let reason = mesh.server.nack_reason(&web(CLUSTER_IP), version).unwrap();
+    assert!(reason.contains("routes[0].backends[0].name: no backend named \"v3\""), "{reason}");
+
+    let colliding = service("file.svc", &[("v2", b.addr, 1)]);
+    let version = mesh.server.push(CLUSTER_IP, Answer::Service(colliding));
+    eventually("the colliding update is nacked", || async {
+        mesh.server.nack_reason(&web(CLUSTER_IP), version).is_some()
+    })
+    .await;
+    let reason = mesh.server.nack_reason(&web(CLUSTER_IP), version).unwrap();
+    assert!(reason.contains("the configuration file's service file.svc, which wins"), "{reason}");
+
+    for _ in 0..5 {
+        assert_eq!(get_via(&mesh, cluster_ip(), "/").await, (StatusCode::OK, "a".to_owned()));
+    }
+    let destination = destination_status(&mesh.proxy, CLUSTER_IP).await;
+    assert_eq!(
+        (destination["version"].clone(), destination["acked"].clone()),
+        (1.into(), false.into()),
+        "{destination}"
+    );
+    assert!(destination["error"].as_str().unwrap().contains("wins"), "{destination}");
+    let metrics = mesh.proxy.metrics().await;
+    assert_eq!(
+        metric(&metrics, "discovery_updates_total", &[("result", "rejected")]),
+        Some(2.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_last_config_serves_while_the_server_is_away_and_the_proxy_resubscribes() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let mesh = mesh(&[cluster_ip()], "3s", "").await;
+    mesh.server.set(CLUSTER_IP, Answer::Service(service("web.shop.svc.cluster.local", &[("v1", a.addr, 1)])));
+    assert_eq!(get_via(&mesh, cluster_ip(), "/").await.1, "a");
+
+    // The operator goes away: the stream ends and new connections are refused.
+    mesh.server.set_accepting(false);
+    mesh.server.end_streams();
+    eventually("the proxy notices", || async { !connected(&mesh.proxy).await }).await;
+    for _ in 0..5 {
+        assert_eq!(get_via(&mesh, cluster_ip(), "/").await, (StatusCode::OK, "a".to_owned()));
+    }
+    eventually("the proxy retries", || async {
+        metric(&mesh.proxy.metrics().await, "discovery_reconnects_total", &[]).unwrap_or(0.0) >= 2.0
+    })
+    .await;
+    assert_eq!(metric(&mesh.proxy.metrics().await, "discovery_connected", &[]), Some(0.0));
+
+    // It comes back with another answer: the proxy resubscribes and follows it.
+    mesh.server.set(CLUSTER_IP, Answer::Service(service("web.shop.svc.cluster.local", &[("v2", b.addr, 1)])));
+    mesh.server.set_accepting(true);
+    eventually("the proxy resubscribes", || async { mesh.server.subscriptions_of(CLUSTER_IP) == 2 }).await;
+    assert_eq!(mesh.server.hellos(), 2);
+    eventually("the fresh snapshot routes", || async { get_via(&mesh, cluster_ip(), "/").await.1 == "b" })
+        .await;
+    assert!(connected(&mesh.proxy).await);
+}
+
+#[tokio::test]
+async fn not_a_mesh_service_is_forwarded_unchanged_without_asking_twice() {
+    let outside = Upstream::start("outside").await;
+    let mesh = mesh(&[outside.addr], "3s", "").await;
+    let name = outside.addr.to_string();
+    mesh.server.set(&name, Answer::NotMesh);
+    for _ in 0..3 {
+        assert_eq!(get_via(&mesh, outside.addr, "/").await, (StatusCode::OK, "outside".to_owned()));
+    }
+    assert_eq!(mesh.server.subscriptions_of(&name), 1);
+    assert!(mesh.server.acked(&web(&name), 1));
+    assert_eq!(destination_status(&mesh.proxy, &name).await["state"], "passthrough");
+}
+
+#[tokio::test]
+async fn a_refused_destination_is_forwarded_unchanged_at_once() {
+    let outside = Upstream::start("outside").await;
+    let mesh = mesh(&[outside.addr], "3s", "").await;
+    let name = outside.addr.to_string();
+    mesh.server.set(&name, Answer::Refuse("this identity may not see it".into()));
+    let start = Instant::now();
+    assert_eq!(get_via(&mesh, outside.addr, "/").await, (StatusCode::OK, "outside".to_owned()));
+    assert!(start.elapsed() < Duration::from_secs(2), "no wait for the timeout: {:?}", start.elapsed());
+    let destination = destination_status(&mesh.proxy, &name).await;
+    assert_eq!(destination["state"], "refused", "{destination}");
+    assert_eq!(destination["error"], "this identity may not see it");
+}
+
+#[tokio::test]
+async fn no_answer_in_time_is_forwarded_unchanged_until_the_answer_comes() {
+    let (outside, a) = (Upstream::start("outside").await, Upstream::start("a").await);
+    let mesh = mesh(&[outside.addr], "500ms", "").await;
+    let name = outside.addr.to_string();
+    mesh.server.set(&name, Answer::Silent);
+    let start = Instant::now();
+    assert_eq!(get_via(&mesh, outside.addr, "/").await, (StatusCode::OK, "outside".to_owned()));
+    assert!(start.elapsed() >= Duration::from_millis(500));
+    let start = Instant::now();
+    assert_eq!(get_via(&mesh, outside.addr, "/").await.1, "outside");
+    assert!(start.elapsed() < Duration::from_millis(400), "the second connection does not wait");
+    assert_eq!(metric(&mesh.proxy.metrics().await, "discovery_lookup_timeouts_total", &[]), Some(1.0));
+    assert_eq!(destination_status(&mesh.proxy, &name).await["state"], "timed-out");
+    // The late answer still applies.
+    mesh.server.push(&name, Answer::Service(service("late.shop.svc.cluster.local", &[("v1", a.addr, 1)])));
+    eventually("the late snapshot routes", || async { get_via(&mesh, outside.addr, "/").await.1 == "a" })
+        .await;
+}
+
+#[tokio::test]
+async fn the_inbound_policy_follows_discovery() {
+    let app = Upstream::start("app").await;
+    let mesh =
+        mesh(&[], "3s", &format!("inbound: {{ listen: 127.0.0.1:0, target: \"{}\" }}\n", app.addr)).await;
+    let url = |path: &str| format!("http://{}{path}", mesh.proxy.inbound());
+    assert_eq!(get(&url("/closed")).await.0, StatusCode::OK, "no policy yet: every client may");
+
+    let policy: PolicyConfig = serde_json::from_value(serde_json::json!({
+        "mtls": "PERMISSIVE",
+        "rules": [{ "name": "open-only", "to": [{ "paths": ["/open"] }] }],
+    }))
+    .unwrap();
+    let version = mesh.server.push_inbound(Some(policy));
+    eventually("the policy is acked", || async { mesh.server.acked(&Resource::Inbound, version) }).await;
+    let (denied, headers, _) = get(&url("/closed")).await;
+    assert_eq!(denied, StatusCode::FORBIDDEN);
+    assert!(headers.contains_key("braid-deny-reason"));
+    assert_eq!(get(&url("/open")).await.0, StatusCode::OK);
+
+    let version = mesh.server.push_inbound(None);
+    eventually("no policy is acked", || async { mesh.server.acked(&Resource::Inbound, version) }).await;
+    assert_eq!(get(&url("/closed")).await.0, StatusCode::OK);
+    assert_eq!(status(&mesh.proxy).await["inbound"]["version"], version);
+}
+
+#[tokio::test]
+async fn garbage_from_the_server_restarts_the_stream_and_nothing_else() {
+    let a = Upstream::start("a").await;
+    let mesh = mesh(&[cluster_ip()], "3s", "").await;
+    mesh.server.set(CLUSTER_IP, Answer::Service(service("web.shop.svc.cluster.local", &[("v1", a.addr, 1)])));
+    assert_eq!(get_via(&mesh, cluster_ip(), "/").await.1, "a");
+
+    mesh.server.push_raw(b"this is not json\n");
+    eventually("the stream restarts", || async { mesh.server.hellos() == 2 && connected(&mesh.proxy).await })
+        .await;
+    let error = status(&mesh.proxy).await["lastError"].as_str().unwrap_or("").to_owned();
+    assert!(error.contains("unreadable message"), "{error}");
+
+    let unknown =
+        format!("{{\"destination\":{{\"destination\":\"{CLUSTER_IP}\",\"version\":9,\"extra\":true}}}}\n");
+    mesh.server.push_raw(unknown.as_bytes());
+    eventually("the stream restarts again", || async { mesh.server.hellos() == 3 }).await;
+    eventually("the reason is shown", || async {
+        status(&mesh.proxy).await["lastError"].as_str().unwrap_or("").contains("unknown field")
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(get_via(&mesh, cluster_ip(), "/").await, (StatusCode::OK, "a".to_owned()));
+    }
+}
