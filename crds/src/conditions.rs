@@ -28,6 +28,14 @@ pub mod reasons {
     pub const DISCOVERY_PENDING: &str = "DiscoveryPending";
     /// Programmed=False: the route is not accepted, so nothing is programmed.
     pub const NOT_ACCEPTED: &str = "NotAccepted";
+    /// Programmed=True: every proxy that routes to the Service runs this generation.
+    pub const PROGRAMMED: &str = "Programmed";
+    /// Programmed=True: no proxy routes to the Service yet; each gets the route when it first does.
+    pub const NO_PROXIES: &str = "NoProxies";
+    /// Programmed=False: some proxies do not run this generation yet (or refused it).
+    pub const PENDING: &str = "Pending";
+    /// Programmed=False: the route uses a feature the proxy does not apply.
+    pub const UNSUPPORTED: &str = "Unsupported";
     /// WebhookCertificateReady=True: issued and published.
     pub const CERTIFICATE_ISSUED: &str = "CertificateIssued";
     /// WebhookCertificateReady=False: issuing or publishing failed.

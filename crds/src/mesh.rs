@@ -1,5 +1,7 @@
 //! Mesh: the mesh-wide settings, one cluster-scoped object named "default".
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -35,6 +37,12 @@ use serde::{Deserialize, Serialize};
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"WebhookCertificateReady\")].status",
         description = "Whether the webhook serves with a valid certificate"
+    ),
+    printcolumn(
+        name = "Proxies",
+        type_ = "integer",
+        json_path = ".status.proxies.connected",
+        description = "Proxies connected to discovery"
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -287,6 +295,20 @@ pub struct MeshStatus {
     /// The mesh's certificate authority: trust anchor, issuer and trust bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentityStatus>,
+
+    /// The proxies connected to the discovery endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxies: Option<ProxiesStatus>,
+}
+
+/// The proxies connected to the discovery endpoint, by build version: shows an upgrade's progress.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxiesStatus {
+    pub connected: i32,
+    /// Proxy build version -> how many run it.
+    #[serde(default)]
+    pub versions: BTreeMap<String, i32>,
 }
 
 /// Validity of the certificate authority that signs workload certificates.

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod conditions;
+pub mod discovery;
 pub mod identity;
 pub mod leader;
 pub mod meshroute;

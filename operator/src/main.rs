@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use braid_operator::{
     admin::{self, AdminState},
     backoff::FailureBackoff,
-    identity,
+    discovery, identity,
     leader::{self, Elector, Held, LeaseSettings},
     meshroute::controller::{self, Context, Scope},
     metrics::{IdentityMetrics, Metrics},
@@ -114,6 +114,33 @@ struct Args {
     #[arg(long)]
     identity_owner_service: Option<String>,
 
+    /// Serve discovery (docs/discovery.md): stream routes, endpoints and policies to the proxies
+    /// over mTLS, and count their acks in MeshRoute and Mesh status. Needs --identity. The
+    /// leader serves it, so that one process counts every proxy.
+    #[arg(long, env = "BRAID_DISCOVERY", requires = "identity")]
+    discovery: bool,
+
+    /// Address of the discovery endpoint (HTTP/2, mTLS).
+    #[arg(long, env = "BRAID_DISCOVERY_ADDR", default_value = "0.0.0.0:8086")]
+    discovery_addr: SocketAddr,
+
+    /// Name of the discovery endpoint's Service in the mesh namespace; its certificate names
+    /// SERVICE.MESH_NAMESPACE.svc (and .svc.CLUSTER_DOMAIN).
+    #[arg(long, default_value = "braid-discovery")]
+    discovery_service: String,
+
+    /// More DNS names for the discovery endpoint's certificate.
+    #[arg(long, value_delimiter = ',')]
+    discovery_dns_sans: Vec<String>,
+
+    /// IP addresses for the discovery endpoint's certificate (127.0.0.1 for a local run).
+    #[arg(long, value_delimiter = ',')]
+    discovery_ip_sans: Vec<std::net::IpAddr>,
+
+    /// The cluster's DNS domain: Services are NAME.NAMESPACE.svc.CLUSTER_DOMAIN.
+    #[arg(long, env = "BRAID_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+
     /// Run the controllers only while holding a Lease, so that of several replicas one leads and
     /// the others stand by. Off for a single operator run by hand.
     #[arg(long, env = "BRAID_LEADER_ELECT")]
@@ -179,6 +206,7 @@ async fn main() -> anyhow::Result<()> {
     // The admin server runs from the start: a standby answers probes while it waits to lead.
     let admin = tokio::spawn(admin::serve(listener, admin_state.clone(), shutdown.clone()));
     // The identity endpoint too: it only reads the issuer, so every replica serves it.
+    let (authorities, authority_changes) = tokio::sync::watch::channel(None);
     let identity_server = match &identity_metrics {
         Some(identity_metrics) => {
             let listener = tokio::net::TcpListener::bind(args.identity_addr)
@@ -189,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
                 listener,
                 identity_server_settings(&args),
                 identity_metrics.clone(),
+                authorities,
                 shutdown.clone(),
             )))
         }
@@ -223,10 +252,31 @@ async fn main() -> anyhow::Result<()> {
     }
     metrics.leader.set(1);
 
+    let discovery = if args.discovery {
+        let listener = tokio::net::TcpListener::bind(args.discovery_addr)
+            .await
+            .with_context(|| format!("cannot listen on --discovery-addr {}", args.discovery_addr))?;
+        let index =
+            discovery::index::Index::new(&braid_crds::MeshSpec::default().trust_domain, &args.cluster_domain);
+        let state = discovery::stream::Discovery::new(index);
+        tokio::spawn(discovery::watch::run(client.clone(), state.clone(), stop.clone(), || {}));
+        tokio::spawn(discovery::mesh_status::run(client.clone(), state.clone(), stop.clone()));
+        tokio::spawn(discovery::server::run(
+            state.clone(),
+            listener,
+            discovery_server_settings(&args),
+            authority_changes,
+            stop.clone(),
+        ));
+        Some(state)
+    } else {
+        None
+    };
     let ctx = Arc::new(Context {
         client,
         metrics,
         backoff: FailureBackoff::new(Duration::from_secs(1), Duration::from_secs(300)),
+        discovery,
     });
     let webhook_task = webhook_settings.map(|settings| {
         tokio::spawn(webhook::controller::run(
@@ -318,6 +368,13 @@ fn identity_server_settings(args: &Args) -> identity::server::ServerSettings {
         dns_names,
         ip_addresses: args.identity_ip_sans.clone(),
     }
+}
+
+fn discovery_server_settings(args: &Args) -> discovery::server::ServerSettings {
+    let service = format!("{}.{}.svc", args.discovery_service, args.mesh_namespace);
+    let mut dns_names = vec![service.clone(), format!("{service}.{}", args.cluster_domain)];
+    dns_names.extend(args.discovery_dns_sans.iter().cloned());
+    discovery::server::ServerSettings { dns_names, ip_addresses: args.discovery_ip_sans.clone() }
 }
 
 fn webhook_settings(args: &Args) -> anyhow::Result<WebhookSettings> {

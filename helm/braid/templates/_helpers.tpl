@@ -41,6 +41,19 @@ all three must agree. "braid-identity" for a release named braid. At most 63 cha
 8080
 {{- end }}
 
+{{/*
+The operator's discovery endpoint (HTTP/2, mTLS; docs/discovery.md): its Service, whose name the
+endpoint's certificate carries and which injected proxies are given by the webhook. It runs with
+the identity endpoint, whose CA issues the certificates both sides present.
+*/}}
+{{- define "braid.discovery.name" -}}
+{{- printf "%s-discovery" (include "braid.fullname" .) }}
+{{- end }}
+
+{{- define "braid.discovery.port" -}}
+8086
+{{- end }}
+
 {{/* The webhook's Service and its MutatingWebhookConfiguration share the name. */}}
 {{- define "braid.webhookConfig.name" -}}
 {{- include "braid.webhook.name" . }}

@@ -347,6 +347,7 @@ pub async fn run(
     listener: TcpListener,
     settings: ServerSettings,
     metrics: Arc<IdentityMetrics>,
+    authorities: tokio::sync::watch::Sender<Option<Arc<Authority>>>,
     shutdown: CancellationToken,
 ) -> Result<(), rustls::Error> {
     let verifier = Arc::new(KubeVerifier::new(client.clone()));
@@ -354,7 +355,8 @@ pub async fn run(
         Arc::new(IdentityState::new(verifier, RateLimiter::new(RATE_PER_MINUTE, RATE_BURST), metrics));
     let serving = ServingCert::new();
     let tls = serving.server_config()?;
-    let keeper = tokio::spawn(keep_authority(client, settings, state.clone(), serving, shutdown.clone()));
+    let keeper =
+        tokio::spawn(keep_authority(client, settings, state.clone(), serving, authorities, shutdown.clone()));
     serve_tls(listener, tls, router(state), shutdown).await;
     let _ = keeper.await;
     Ok(())
@@ -367,12 +369,13 @@ async fn keep_authority(
     settings: ServerSettings,
     state: Arc<IdentityState>,
     serving: Arc<ServingCert>,
+    authorities: tokio::sync::watch::Sender<Option<Arc<Authority>>>,
     shutdown: CancellationToken,
 ) {
     let mut triggers = triggers(&client, &settings.mesh_namespace);
     let backoff = FailureBackoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
-        let wait = match reload(&client, &settings, &state, &serving).await {
+        let wait = match reload(&client, &settings, &state, &serving, &authorities).await {
             Ok(()) => {
                 backoff.succeeded("identity-authority");
                 RESYNC
@@ -424,6 +427,7 @@ async fn reload(
     settings: &ServerSettings,
     state: &IdentityState,
     serving: &ServingCert,
+    authorities: &tokio::sync::watch::Sender<Option<Arc<Authority>>>,
 ) -> Result<(), ReloadError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.mesh_namespace);
     let Some(secret) = secrets.get_opt(ISSUER_SECRET).await? else {
@@ -470,7 +474,9 @@ async fn reload(
         trust_domain = %authority.trust_domain(),
         "identity endpoint: issuer loaded"
     );
-    state.set_authority(authority);
+    state.set_authority(authority.clone());
+    // The discovery endpoint serves with the same issuer and trusts the same bundle.
+    authorities.send_replace(Some(authority));
     Ok(())
 }
 

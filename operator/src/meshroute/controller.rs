@@ -18,8 +18,13 @@ use kube::{
 };
 use serde_json::json;
 
-use super::status::{desired_status, referenced_services};
-use crate::{Error, FIELD_MANAGER, backoff::FailureBackoff, metrics::Metrics};
+use super::status::{Programming, desired_status, referenced_services};
+use crate::{
+    Error, FIELD_MANAGER,
+    backoff::FailureBackoff,
+    discovery::{index::RouteRef, stream::Discovery, translate},
+    metrics::Metrics,
+};
 
 const CONTROLLER: &str = "meshroute";
 /// Routes are re-checked this often even without events, as a safety net.
@@ -30,6 +35,8 @@ pub struct Context {
     pub client: Client,
     pub metrics: Arc<Metrics>,
     pub backoff: FailureBackoff,
+    /// The discovery server of this operator, whose proxies' acks make the Programmed condition.
+    pub discovery: Option<Arc<Discovery>>,
 }
 
 /// Which namespaces the controller watches.
@@ -89,7 +96,12 @@ pub async fn run(
         })
         .touched_objects();
     let controller = Controller::for_stream(routes_stream, store.clone());
+    let acks = match &ctx.discovery {
+        Some(discovery) => ack_triggers(discovery.clone(), store.clone()),
+        None => futures::stream::pending().boxed(),
+    };
     controller
+        .reconcile_on(acks)
         .watches(services, watcher::Config::default(), move |service| routes_naming(&store, &service))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -102,6 +114,32 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// Routes to re-check because their proxies' acks changed: at most every 200 ms, so a fleet of
+/// proxies acking one change makes a handful of status writes, not one per proxy.
+fn ack_triggers(
+    discovery: Arc<Discovery>,
+    store: Store<MeshRoute>,
+) -> futures::stream::BoxStream<'static, ObjectRef<MeshRoute>> {
+    let changes = discovery.registry.changes();
+    futures::stream::unfold((changes, discovery, store), |(mut changes, discovery, store)| async move {
+        changes.changed().await.ok()?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        changes.mark_unchanged();
+        let (services, _) = discovery.registry.take_dirty();
+        let routes: Vec<ObjectRef<MeshRoute>> = store
+            .state()
+            .into_iter()
+            .filter(|route| {
+                services.contains(&(route.namespace().unwrap_or_default(), route.spec.service.clone()))
+            })
+            .map(|route| ObjectRef::from_obj(&*route))
+            .collect();
+        Some((futures::stream::iter(routes), (changes, discovery, store)))
+    })
+    .flatten()
+    .boxed()
 }
 
 /// The routes, in the Service's namespace, that name it: they must be re-checked when it
@@ -141,7 +179,26 @@ async fn apply_status(route: &MeshRoute, ctx: &Context) -> Result<(), Error> {
             existing.insert(name);
         }
     }
-    let status = desired_status(route, &existing, &Time(Timestamp::now()));
+    let programming = match &ctx.discovery {
+        None => Programming::Off,
+        Some(discovery) => match translate::check_route(&route.name_any(), &route.spec) {
+            Err(why) => Programming::Unsupported(why.to_string()),
+            Ok(()) => {
+                let reference = RouteRef {
+                    namespace: namespace.clone(),
+                    name: route.name_any(),
+                    generation: route.metadata.generation.unwrap_or(0),
+                };
+                let port = route.spec.port.and_then(|p| u16::try_from(p).ok());
+                Programming::Counted(discovery.registry.programming(
+                    &(namespace.clone(), route.spec.service.clone()),
+                    port,
+                    &reference,
+                ))
+            }
+        },
+    };
+    let status = desired_status(route, &existing, &programming, &Time(Timestamp::now()));
     if route.status.as_ref() == Some(&status) {
         return Ok(());
     }

@@ -30,9 +30,25 @@ pub fn referenced_services(spec: &MeshRouteSpec) -> BTreeMap<String, String> {
     refs
 }
 
+/// What the discovery server knows about a route's rollout to the proxies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Programming {
+    /// This operator runs no discovery server.
+    Off,
+    /// The proxies cannot apply the route as written.
+    Unsupported(String),
+    /// Of the proxies routing to the Service, how many run this generation.
+    Counted(crate::discovery::registry::Programming),
+}
+
 /// The status to write for `route`, given the names of the Services that exist in its namespace
-/// (only the referenced ones need to be in `existing`).
-pub fn desired_status(route: &MeshRoute, existing: &BTreeSet<String>, now: &Time) -> MeshRouteStatus {
+/// (only the referenced ones need to be in `existing`) and the proxies' progress.
+pub fn desired_status(
+    route: &MeshRoute,
+    existing: &BTreeSet<String>,
+    programming: &Programming,
+    now: &Time,
+) -> MeshRouteStatus {
     let spec = &route.spec;
     let previous = route.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let generation = route.metadata.generation;
@@ -79,27 +95,67 @@ pub fn desired_status(route: &MeshRoute, existing: &BTreeSet<String>, now: &Time
         }
     };
 
-    let programmed = if problems.is_empty() {
-        Observed {
-            type_: conditions::PROGRAMMED,
-            status: Status::Unknown,
-            reason: reasons::DISCOVERY_PENDING,
-            message: "no discovery server runs in this operator version, so no proxy has this route yet"
-                .to_owned(),
-        }
-    } else {
-        Observed {
-            type_: conditions::PROGRAMMED,
-            status: Status::False,
-            reason: reasons::NOT_ACCEPTED,
-            message: "the route is not accepted; proxies keep routing as before".to_owned(),
+    let observed =
+        |status, reason, message: String| Observed { type_: conditions::PROGRAMMED, status, reason, message };
+    let generation_text = generation.map_or_else(String::new, |g| format!(" generation {g}"));
+    let (programmed, proxies) = match programming {
+        _ if !problems.is_empty() => (
+            observed(
+                Status::False,
+                reasons::NOT_ACCEPTED,
+                "the route is not accepted; proxies keep routing as before".to_owned(),
+            ),
+            None,
+        ),
+        Programming::Off => (
+            observed(
+                Status::Unknown,
+                reasons::DISCOVERY_PENDING,
+                "the operator runs without --discovery, so no proxy gets this route from it".to_owned(),
+            ),
+            None,
+        ),
+        Programming::Unsupported(why) => (
+            observed(Status::False, reasons::UNSUPPORTED, format!("{why}; proxies keep routing as before")),
+            None,
+        ),
+        Programming::Counted(counts) => {
+            let fraction = format!("{}/{}", counts.acked, counts.total);
+            let programmed = if counts.total == 0 {
+                observed(
+                    Status::True,
+                    reasons::NO_PROXIES,
+                    format!(
+                        "no proxy routes to Service {namespace}/{} yet; each gets{generation_text} when it first does",
+                        spec.service
+                    ),
+                )
+            } else if counts.acked == counts.total {
+                observed(
+                    Status::True,
+                    reasons::PROGRAMMED,
+                    format!("{fraction} proxies run{generation_text}"),
+                )
+            } else {
+                let refused = if counts.refusals.is_empty() {
+                    String::new()
+                } else {
+                    format!("; refused: {}", counts.refusals.join("; "))
+                };
+                observed(
+                    Status::False,
+                    reasons::PENDING,
+                    format!("{fraction} proxies run{generation_text}{refused}"),
+                )
+            };
+            (programmed, Some(fraction))
         }
     };
 
     MeshRouteStatus {
         observed_generation: generation,
         conditions: merge(previous, vec![accepted, resolved, programmed], generation, now),
-        proxies: None,
+        proxies,
     }
 }
 
@@ -140,7 +196,12 @@ mod tests {
 
     #[test]
     fn a_valid_resolved_route_is_accepted_and_waits_for_discovery() {
-        let status = desired_status(&split(), &existing(&["reviews", "reviews-v1", "reviews-v2"]), &now());
+        let status = desired_status(
+            &split(),
+            &existing(&["reviews", "reviews-v1", "reviews-v2"]),
+            &Programming::Off,
+            &now(),
+        );
         assert_eq!(status.observed_generation, Some(4));
         let accepted = condition(&status, "Accepted");
         assert_eq!((accepted.status.as_str(), accepted.reason.as_str()), ("True", "Accepted"));
@@ -151,12 +212,14 @@ mod tests {
         );
         let programmed = condition(&status, "Programmed");
         assert_eq!((programmed.status.as_str(), programmed.reason.as_str()), ("Unknown", "DiscoveryPending"));
+        assert_eq!(status.proxies, None);
         assert!(status.conditions.iter().all(|c| c.observed_generation == Some(4)));
     }
 
     #[test]
     fn a_missing_backend_is_named_with_its_field() {
-        let status = desired_status(&split(), &existing(&["reviews", "reviews-v1"]), &now());
+        let status =
+            desired_status(&split(), &existing(&["reviews", "reviews-v1"]), &Programming::Off, &now());
         let resolved = condition(&status, "ResolvedRefs");
         assert_eq!(resolved.status, "False");
         assert_eq!(resolved.reason, "BackendNotFound");
@@ -170,7 +233,7 @@ mod tests {
 
     #[test]
     fn a_missing_target_takes_precedence_in_the_reason() {
-        let status = desired_status(&split(), &existing(&["reviews-v1"]), &now());
+        let status = desired_status(&split(), &existing(&["reviews-v1"]), &Programming::Off, &now());
         let resolved = condition(&status, "ResolvedRefs");
         assert_eq!(resolved.reason, "TargetNotFound");
         assert_eq!(
@@ -183,7 +246,7 @@ mod tests {
     fn an_invalid_route_says_which_field_and_is_not_programmed() {
         let bad = route(json!({"service": "a", "rules": [{"backends": [{"service": "b"}], "timeout": "1s",
             "retries": {"attempts": 3, "perTryTimeout": "2s"}}]}));
-        let status = desired_status(&bad, &existing(&["a", "b"]), &now());
+        let status = desired_status(&bad, &existing(&["a", "b"]), &Programming::Off, &now());
         let accepted = condition(&status, "Accepted");
         assert_eq!((accepted.status.as_str(), accepted.reason.as_str()), ("False", "Invalid"));
         assert!(
@@ -198,9 +261,48 @@ mod tests {
     fn recomputing_an_unchanged_route_yields_the_same_status() {
         let mut r = split();
         let names = existing(&["reviews", "reviews-v1", "reviews-v2"]);
-        r.status = Some(desired_status(&r, &names, &now()));
+        r.status = Some(desired_status(&r, &names, &Programming::Off, &now()));
         let later = Time(Timestamp::from_second(9_999).expect("valid timestamp"));
-        assert_eq!(Some(desired_status(&r, &names, &later)), r.status, "no write when nothing changed");
+        assert_eq!(
+            Some(desired_status(&r, &names, &Programming::Off, &later)),
+            r.status,
+            "no write when nothing changed"
+        );
+    }
+
+    #[test]
+    fn the_proxies_progress_is_counted_in_the_condition_and_the_column() {
+        use crate::discovery::registry::Programming as Counts;
+        let names = existing(&["reviews", "reviews-v1", "reviews-v2"]);
+        let counted = |acked, total, refusals: &[&str]| {
+            Programming::Counted(Counts {
+                acked,
+                total,
+                refusals: refusals.iter().map(|r| (*r).to_owned()).collect(),
+            })
+        };
+        let done = desired_status(&split(), &names, &counted(12, 12, &[]), &now());
+        let programmed = condition(&done, "Programmed");
+        assert_eq!((programmed.status.as_str(), programmed.reason.as_str()), ("True", "Programmed"));
+        assert_eq!(programmed.message, "12/12 proxies run generation 4");
+        assert_eq!(done.proxies.as_deref(), Some("12/12"));
+
+        let pending = desired_status(&split(), &names, &counted(3, 12, &["services[0]: bad weight"]), &now());
+        let programmed = condition(&pending, "Programmed");
+        assert_eq!((programmed.status.as_str(), programmed.reason.as_str()), ("False", "Pending"));
+        assert_eq!(programmed.message, "3/12 proxies run generation 4; refused: services[0]: bad weight");
+
+        let idle = desired_status(&split(), &names, &counted(0, 0, &[]), &now());
+        assert_eq!(condition(&idle, "Programmed").reason, "NoProxies");
+        assert_eq!(idle.proxies.as_deref(), Some("0/0"));
+
+        let unsupported = desired_status(
+            &split(),
+            &names,
+            &Programming::Unsupported("spec.rules[0].requestHeaders: no".into()),
+            &now(),
+        );
+        assert_eq!(condition(&unsupported, "Programmed").reason, "Unsupported");
     }
 
     #[test]

@@ -1,0 +1,765 @@
+//! What the discovery server knows about the cluster, reduced to what proxies need, and the pure
+//! functions that answer a proxy: the configuration of a destination, the policy of a pod, and
+//! whether an identity may know either. The watches (watch.rs) keep it current; nothing here
+//! talks to the API server, so every answer is tested from plain values.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+
+use braid_crds::{MeshPolicySpec, MeshRouteSpec};
+use braid_proxy::config::{
+    BackendConfig, EndpointConfig, LoadBalancerConfig, PolicyConfig, Protocol, RetryBudgetConfig,
+    RouteConfig, ServiceConfig, WeightedBackend,
+};
+
+use super::translate::{self, Unsupported};
+
+/// Namespace and name.
+pub type Key = (String, String);
+
+/// The annotation on a Service that limits which namespaces' proxies may discover it, like
+/// Istio's exportTo: a comma-separated list of namespaces, `.` for the Service's own, `*` for all.
+pub const EXPORT_TO: &str = "braid.dev/export-to";
+
+/// What a pod contributes: its identity (service account), labels (subsets, policies) and
+/// whether a braid proxy runs in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodInfo {
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+    pub meshed: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceInfo {
+    pub cluster_ips: Vec<IpAddr>,
+    pub ports: Vec<PortInfo>,
+    /// `None`: every namespace.
+    pub export_to: Option<BTreeSet<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortInfo {
+    /// Empty for the single unnamed port.
+    pub name: String,
+    pub port: u16,
+    /// appProtocol says HTTP/2 (h2c, grpc): the endpoint is spoken to with prior knowledge.
+    pub http2: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceInfo {
+    /// The Service the slice belongs to (label kubernetes.io/service-name).
+    pub service: String,
+    pub ports: Vec<PortInfo>,
+    pub endpoints: Vec<EndpointInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EndpointInfo {
+    pub addresses: Vec<IpAddr>,
+    pub ready: bool,
+    /// The pod behind the endpoint (targetRef), in the slice's namespace.
+    pub pod: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteInfo {
+    pub generation: i64,
+    /// Creation time in RFC 3339, for a stable order of several routes of one Service.
+    pub created: String,
+    pub accepted: bool,
+    pub spec: MeshRouteSpec,
+}
+
+/// Where a backend name of a destination's configuration points: Service, port, pod subset.
+type BackendSource = (String, u16, Option<BTreeMap<String, String>>);
+
+/// A MeshRoute generation that a destination's configuration carries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteRef {
+    pub namespace: String,
+    pub name: String,
+    pub generation: i64,
+}
+
+/// What a subscribed destination resolves to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Target {
+    Service {
+        key: Key,
+        port: u16,
+    },
+    /// Not a Service address or name: the proxy forwards such connections unchanged.
+    Unknown,
+}
+
+/// A destination's answer, and what it is made of.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub service: Option<ServiceConfig>,
+    /// The routes this configuration applies (the Programmed condition counts their acks).
+    pub routes: Vec<RouteRef>,
+    /// Routes of the Service left out because the proxy cannot apply them as written.
+    pub unsupported: Vec<(RouteRef, Unsupported)>,
+}
+
+impl Snapshot {
+    pub const UNKNOWN: Snapshot = Snapshot { service: None, routes: Vec::new(), unsupported: Vec::new() };
+}
+
+#[derive(Debug, Clone)]
+pub struct Index {
+    trust_domain: String,
+    cluster_domain: String,
+    pods: HashMap<Key, PodInfo>,
+    services: HashMap<Key, ServiceInfo>,
+    by_cluster_ip: HashMap<IpAddr, Key>,
+    slices: HashMap<Key, SliceInfo>,
+    slices_of: HashMap<Key, BTreeSet<String>>,
+    routes: HashMap<Key, RouteInfo>,
+    routes_of: HashMap<Key, BTreeSet<String>>,
+    policies: HashMap<Key, MeshPolicySpec>,
+    revision: u64,
+}
+
+impl Index {
+    pub fn new(trust_domain: &str, cluster_domain: &str) -> Self {
+        Self {
+            trust_domain: trust_domain.to_owned(),
+            cluster_domain: cluster_domain.to_owned(),
+            pods: HashMap::new(),
+            services: HashMap::new(),
+            by_cluster_ip: HashMap::new(),
+            slices: HashMap::new(),
+            slices_of: HashMap::new(),
+            routes: HashMap::new(),
+            routes_of: HashMap::new(),
+            policies: HashMap::new(),
+            revision: 1,
+        }
+    }
+
+    /// Grows with every change; a destination's version is the revision that last changed it.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
+    fn touch(&mut self) {
+        self.revision += 1;
+    }
+
+    pub fn set_trust_domain(&mut self, trust_domain: &str) {
+        if self.trust_domain != trust_domain {
+            trust_domain.clone_into(&mut self.trust_domain);
+            self.touch();
+        }
+    }
+
+    pub fn upsert_pod(&mut self, key: Key, pod: PodInfo) {
+        if self.pods.get(&key) != Some(&pod) {
+            self.pods.insert(key, pod);
+            self.touch();
+        }
+    }
+
+    pub fn remove_pod(&mut self, key: &Key) {
+        if self.pods.remove(key).is_some() {
+            self.touch();
+        }
+    }
+
+    pub fn upsert_service(&mut self, key: Key, service: ServiceInfo) {
+        if self.services.get(&key) == Some(&service) {
+            return;
+        }
+        self.remove_service(&key);
+        for ip in &service.cluster_ips {
+            self.by_cluster_ip.insert(*ip, key.clone());
+        }
+        self.services.insert(key, service);
+        self.touch();
+    }
+
+    pub fn remove_service(&mut self, key: &Key) {
+        if let Some(old) = self.services.remove(key) {
+            for ip in old.cluster_ips {
+                if self.by_cluster_ip.get(&ip) == Some(key) {
+                    self.by_cluster_ip.remove(&ip);
+                }
+            }
+            self.touch();
+        }
+    }
+
+    pub fn upsert_slice(&mut self, key: Key, slice: SliceInfo) {
+        if self.slices.get(&key) == Some(&slice) {
+            return;
+        }
+        self.remove_slice(&key);
+        self.slices_of.entry((key.0.clone(), slice.service.clone())).or_default().insert(key.1.clone());
+        self.slices.insert(key, slice);
+        self.touch();
+    }
+
+    pub fn remove_slice(&mut self, key: &Key) {
+        if let Some(old) = self.slices.remove(key) {
+            let service = (key.0.clone(), old.service);
+            if let Some(names) = self.slices_of.get_mut(&service) {
+                names.remove(&key.1);
+                if names.is_empty() {
+                    self.slices_of.remove(&service);
+                }
+            }
+            self.touch();
+        }
+    }
+
+    pub fn upsert_route(&mut self, key: Key, route: RouteInfo) {
+        if self.routes.get(&key) == Some(&route) {
+            return;
+        }
+        self.remove_route(&key);
+        self.routes_of.entry((key.0.clone(), route.spec.service.clone())).or_default().insert(key.1.clone());
+        self.routes.insert(key, route);
+        self.touch();
+    }
+
+    pub fn remove_route(&mut self, key: &Key) {
+        if let Some(old) = self.routes.remove(key) {
+            let service = (key.0.clone(), old.spec.service);
+            if let Some(names) = self.routes_of.get_mut(&service) {
+                names.remove(&key.1);
+                if names.is_empty() {
+                    self.routes_of.remove(&service);
+                }
+            }
+            self.touch();
+        }
+    }
+
+    pub fn upsert_policy(&mut self, key: Key, policy: MeshPolicySpec) {
+        if self.policies.get(&key) != Some(&policy) {
+            self.policies.insert(key, policy);
+            self.touch();
+        }
+    }
+
+    pub fn remove_policy(&mut self, key: &Key) {
+        if self.policies.remove(key).is_some() {
+            self.touch();
+        }
+    }
+
+    /// What a subscribed name means: `IP:PORT` of a Service's cluster IP, or
+    /// `NAME.NAMESPACE[.svc[.CLUSTER_DOMAIN]]:PORT`. A name of a Service that does not exist (yet)
+    /// still resolves to it, so the proxy learns when it appears.
+    pub fn resolve(&self, destination: &str) -> Result<Target, String> {
+        if let Ok(address) = destination.parse::<SocketAddr>() {
+            let Some(key) = self.by_cluster_ip.get(&address.ip()) else { return Ok(Target::Unknown) };
+            return Ok(Target::Service { key: key.clone(), port: address.port() });
+        }
+        let malformed = || format!("{destination:?} is neither IP:PORT nor a Service's DNS name with :PORT");
+        let (host, port) = destination.rsplit_once(':').ok_or_else(malformed)?;
+        let port: u16 = port.parse().map_err(|_| malformed())?;
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let suffix = format!(".svc.{}", self.cluster_domain);
+        let short = host.strip_suffix(&suffix).or_else(|| host.strip_suffix(".svc")).unwrap_or(&host);
+        match short.split('.').collect::<Vec<_>>().as_slice() {
+            [name, namespace] if !name.is_empty() && !namespace.is_empty() => {
+                Ok(Target::Service { key: ((*namespace).to_owned(), (*name).to_owned()), port })
+            }
+            _ => Ok(Target::Unknown),
+        }
+    }
+
+    /// Whether a proxy of namespace `client` may know Service `key` (its export-to annotation).
+    pub fn visible(&self, key: &Key, client: &str) -> Result<(), String> {
+        let Some(service) = self.services.get(key) else { return Ok(()) };
+        match &service.export_to {
+            Some(namespaces) if !namespaces.contains(client) && !namespaces.contains("*") => Err(format!(
+                "Service {}/{} is exported only to namespace(s) {} (annotation {EXPORT_TO}), not to {client}",
+                key.0,
+                key.1,
+                namespaces.iter().cloned().collect::<Vec<_>>().join(",")
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a client proving namespace/service account may speak for pod `pod`.
+    pub fn check_pod(&self, identity: (&str, &str), pod: &Key) -> Result<(), String> {
+        let (namespace, service_account) = identity;
+        let Some(info) = self.pods.get(pod) else {
+            return Err(format!("pod {}/{} does not exist (or is not known yet)", pod.0, pod.1));
+        };
+        if pod.0 != namespace || info.service_account != service_account {
+            return Err(format!(
+                "pod {}/{} runs as {}/{}, but the client certificate names {namespace}/{service_account}",
+                pod.0, pod.1, pod.0, info.service_account
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn spiffe_id(&self, namespace: &str, service_account: &str) -> String {
+        format!("spiffe://{}/ns/{namespace}/sa/{service_account}", self.trust_domain)
+    }
+
+    /// The inbound policy of pod `pod`: the MeshPolicies of its namespace that select it.
+    pub fn inbound(&self, pod: &Key) -> Option<PolicyConfig> {
+        let labels = &self.pods.get(pod)?.labels;
+        let mut selecting: Vec<(&str, &MeshPolicySpec)> = self
+            .policies
+            .iter()
+            .filter(|((namespace, _), policy)| {
+                *namespace == pod.0 && policy.pod_selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .map(|((_, name), policy)| (name.as_str(), policy))
+            .collect();
+        selecting.sort_by_key(|(name, _)| *name);
+        translate::inbound_policy(&pod.0, &selecting)
+    }
+
+    /// The configuration a proxy needs to call port `port` of Service `key`.
+    pub fn destination(&self, key: &Key, port: u16) -> Snapshot {
+        let Some(service) = self.services.get(key) else { return Snapshot::UNKNOWN };
+        if !service.ports.iter().any(|p| p.port == port) {
+            return Snapshot::UNKNOWN;
+        }
+        let (namespace, target) = key;
+        let mut routes = Vec::new();
+        let mut applied = Vec::new();
+        let mut unsupported = Vec::new();
+        // (service, port, subset) of every backend name the routes use.
+        let mut backends: BTreeMap<String, BackendSource> = BTreeMap::new();
+        backends.insert(target.clone(), (target.clone(), port, None));
+        for (name, route) in self.routes_for(key, port) {
+            let reference = RouteRef {
+                namespace: namespace.clone(),
+                name: name.to_owned(),
+                generation: route.generation,
+            };
+            let translated: Result<Vec<RouteConfig>, Unsupported> = route
+                .spec
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, rule)| translate::route_rule(name, i, rule, target, port))
+                .collect();
+            match translated {
+                Ok(rules) => {
+                    for rule in &route.spec.rules {
+                        for backend in &rule.backends {
+                            let service_name = backend.service.clone().unwrap_or_else(|| target.clone());
+                            let backend_port =
+                                backend.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(port);
+                            backends.insert(
+                                translate::backend_name(target, backend, port),
+                                (service_name, backend_port, backend.subset.clone()),
+                            );
+                        }
+                        if let Some(mirror) = &rule.mirror {
+                            let backend = braid_crds::meshroute::Backend {
+                                service: Some(mirror.service.clone()),
+                                subset: None,
+                                port: mirror.port,
+                                weight: 0,
+                            };
+                            let mirror_port = mirror.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(port);
+                            backends.insert(
+                                translate::backend_name(target, &backend, port),
+                                (mirror.service.clone(), mirror_port, None),
+                            );
+                        }
+                    }
+                    routes.extend(rules);
+                    applied.push(reference);
+                }
+                Err(why) => unsupported.push((reference, why)),
+            }
+        }
+        // A request that no rule matches goes to the Service as if there were no route.
+        routes.push(RouteConfig {
+            name: Some("default".to_owned()),
+            backends: vec![WeightedBackend { name: target.clone(), weight: 1 }],
+            ..RouteConfig::default()
+        });
+        let backends = backends
+            .into_iter()
+            .map(|(name, (service, backend_port, subset))| BackendConfig {
+                endpoints: self.endpoints(&(namespace.clone(), service), backend_port, subset.as_ref()),
+                name,
+            })
+            .collect();
+        let config = ServiceConfig {
+            name: format!("{target}.{namespace}.svc.{}:{port}", self.cluster_domain),
+            hosts: Vec::new(),
+            addresses: service.cluster_ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect(),
+            listen: None,
+            protocol: Protocol::Auto,
+            backends,
+            routes,
+            load_balancer: LoadBalancerConfig::default(),
+            retry_budget: self.retry_budget(key, port),
+        };
+        Snapshot { service: Some(config), routes: applied, unsupported }
+    }
+
+    /// The accepted routes of a Service that apply to `port`, oldest first.
+    fn routes_for<'a>(&'a self, key: &Key, port: u16) -> Vec<(&'a str, &'a RouteInfo)> {
+        let mut routes: Vec<(&str, &RouteInfo)> = self
+            .routes_of
+            .get(key)
+            .into_iter()
+            .flatten()
+            .filter_map(|name| {
+                let route = self.routes.get(&(key.0.clone(), name.clone()))?;
+                Some((name.as_str(), route))
+            })
+            .filter(|(_, route)| route.accepted)
+            .filter(|(_, route)| route.spec.port.is_none_or(|p| i64::from(p) == i64::from(port)))
+            .collect();
+        routes.sort_by(|a, b| (a.1.created.as_str(), a.0).cmp(&(b.1.created.as_str(), b.0)));
+        routes
+    }
+
+    /// The first retry budget a route of the Service sets, or the default.
+    fn retry_budget(&self, key: &Key, port: u16) -> RetryBudgetConfig {
+        self.routes_for(key, port)
+            .into_iter()
+            .flat_map(|(_, route)| &route.spec.rules)
+            .find_map(|rule| rule.retries.as_ref()?.budget.as_ref())
+            .map(|budget| RetryBudgetConfig {
+                percent: budget.percent as f32,
+                min_per_second: u32::try_from(budget.min_retries_per_second).unwrap_or(0),
+                ..RetryBudgetConfig::default()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The ready endpoints of Service `key` behind its port `port`, optionally only the pods with
+    /// `subset`'s labels; sorted, so an unchanged set compares equal.
+    fn endpoints(
+        &self,
+        key: &Key,
+        port: u16,
+        subset: Option<&BTreeMap<String, String>>,
+    ) -> Vec<EndpointConfig> {
+        let Some(service) = self.services.get(key) else { return Vec::new() };
+        let Some(service_port) = service.ports.iter().find(|p| p.port == port) else { return Vec::new() };
+        let mut endpoints = Vec::new();
+        for slice_name in self.slices_of.get(key).into_iter().flatten() {
+            let Some(slice) = self.slices.get(&(key.0.clone(), slice_name.clone())) else { continue };
+            let Some(slice_port) = slice.ports.iter().find(|p| p.name == service_port.name) else { continue };
+            for endpoint in slice.endpoints.iter().filter(|e| e.ready) {
+                let pod =
+                    endpoint.pod.as_ref().and_then(|name| self.pods.get(&(key.0.clone(), name.clone())));
+                if let Some(labels) = subset
+                    && !pod.is_some_and(|pod| labels.iter().all(|(k, v)| pod.labels.get(k) == Some(v)))
+                {
+                    continue;
+                }
+                let meshed = pod.is_some_and(|pod| pod.meshed);
+                for ip in &endpoint.addresses {
+                    endpoints.push(EndpointConfig {
+                        address: SocketAddr::new(*ip, slice_port.port),
+                        meshed,
+                        http2: service_port.http2 || slice_port.http2,
+                        identity: pod
+                            .filter(|pod| pod.meshed)
+                            .map(|pod| self.spiffe_id(&key.0, &pod.service_account)),
+                    });
+                }
+            }
+        }
+        endpoints.sort_by_key(|e| e.address);
+        endpoints.dedup_by_key(|e| e.address);
+        endpoints
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key(ns: &str, name: &str) -> Key {
+        (ns.to_owned(), name.to_owned())
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("test IP")
+    }
+
+    fn http_port(port: u16) -> PortInfo {
+        PortInfo { name: "http".into(), port, http2: false }
+    }
+
+    /// Service `name` in shop with cluster IP `cluster_ip`:80 → pods `pods` (name, ip, labels) on 8080.
+    type TestPod<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+    fn add_service(index: &mut Index, name: &str, cluster_ip: &str, pods: &[TestPod<'_>]) {
+        index.upsert_service(
+            key("shop", name),
+            ServiceInfo { cluster_ips: vec![ip(cluster_ip)], ports: vec![http_port(80)], export_to: None },
+        );
+        let mut endpoints = Vec::new();
+        for (pod, address, labels) in pods {
+            index.upsert_pod(
+                key("shop", pod),
+                PodInfo {
+                    service_account: "reviews".to_owned(),
+                    labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
+                    meshed: true,
+                },
+            );
+            endpoints.push(EndpointInfo {
+                addresses: vec![ip(address)],
+                ready: true,
+                pod: Some((*pod).to_owned()),
+            });
+        }
+        index.upsert_slice(
+            key("shop", &format!("{name}-abc")),
+            SliceInfo { service: name.to_owned(), ports: vec![http_port(8080)], endpoints },
+        );
+    }
+
+    fn route(index: &mut Index, name: &str, generation: i64, spec: serde_json::Value) {
+        let spec: MeshRouteSpec = serde_json::from_value(spec).expect("test route spec");
+        let accepted = crate::meshroute::validate::validate(&spec).is_empty();
+        index.upsert_route(
+            key("shop", name),
+            RouteInfo { generation, created: "2026-01-01T00:00:00Z".into(), accepted, spec },
+        );
+    }
+
+    fn shop() -> Index {
+        let mut index = Index::new("cluster.local", "cluster.local");
+        add_service(
+            &mut index,
+            "reviews",
+            "10.96.0.10",
+            &[
+                ("reviews-v1-a", "10.1.0.1", &[("version", "v1")]),
+                ("reviews-v2-a", "10.1.0.2", &[("version", "v2")]),
+            ],
+        );
+        add_service(
+            &mut index,
+            "reviews-v1",
+            "10.96.0.11",
+            &[("reviews-v1-a", "10.1.0.1", &[("version", "v1")])],
+        );
+        add_service(
+            &mut index,
+            "reviews-v2",
+            "10.96.0.12",
+            &[("reviews-v2-a", "10.1.0.2", &[("version", "v2")])],
+        );
+        index
+    }
+
+    #[test]
+    fn cluster_ips_and_dns_names_resolve_to_the_service() {
+        let index = shop();
+        let reviews = Target::Service { key: key("shop", "reviews"), port: 80 };
+        assert_eq!(index.resolve("10.96.0.10:80"), Ok(reviews.clone()));
+        assert_eq!(index.resolve("reviews.shop.svc.cluster.local:80"), Ok(reviews.clone()));
+        assert_eq!(index.resolve("reviews.shop.svc:80"), Ok(reviews.clone()));
+        assert_eq!(index.resolve("reviews.shop:80"), Ok(reviews));
+        assert_eq!(index.resolve("10.1.0.1:8080"), Ok(Target::Unknown), "a pod IP is not a Service");
+        assert_eq!(
+            index.resolve("example.com:443"),
+            Ok(Target::Service { key: key("com", "example"), port: 443 })
+        );
+        assert!(index.resolve("no-port").is_err());
+        assert!(index.resolve("a.b:99999").is_err());
+    }
+
+    #[test]
+    fn without_a_route_the_service_goes_to_its_ready_endpoints_with_their_identities() {
+        let index = shop();
+        let snapshot = index.destination(&key("shop", "reviews"), 80);
+        let service = snapshot.service.expect("a known service");
+        assert_eq!(service.name, "reviews.shop.svc.cluster.local:80");
+        assert_eq!(service.addresses, ["10.96.0.10:80".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(service.backends.len(), 1);
+        let endpoints = &service.backends[0].endpoints;
+        assert_eq!(endpoints.len(), 2);
+        assert_eq!(endpoints[0].address, "10.1.0.1:8080".parse::<SocketAddr>().unwrap());
+        assert_eq!(endpoints[0].identity.as_deref(), Some("spiffe://cluster.local/ns/shop/sa/reviews"));
+        assert!(endpoints[0].meshed);
+        assert_eq!(service.routes.len(), 1);
+        assert!(snapshot.routes.is_empty());
+        assert_eq!(index.destination(&key("shop", "reviews"), 81), Snapshot::UNKNOWN, "no such port");
+        assert_eq!(index.destination(&key("shop", "nope"), 80), Snapshot::UNKNOWN);
+    }
+
+    #[test]
+    fn a_weighted_route_names_its_backends_and_generation() {
+        let mut index = shop();
+        route(
+            &mut index,
+            "split",
+            3,
+            json!({"service": "reviews", "rules": [{"backends": [
+            {"service": "reviews-v1", "weight": 80}, {"service": "reviews-v2", "weight": 20}]}]}),
+        );
+        let snapshot = index.destination(&key("shop", "reviews"), 80);
+        assert_eq!(
+            snapshot.routes,
+            [RouteRef { namespace: "shop".into(), name: "split".into(), generation: 3 }]
+        );
+        let service = snapshot.service.expect("known");
+        let weights: Vec<_> =
+            service.routes[0].backends.iter().map(|b| (b.name.as_str(), b.weight)).collect();
+        assert_eq!(weights, [("reviews-v1", 80), ("reviews-v2", 20)]);
+        let v2 = service.backends.iter().find(|b| b.name == "reviews-v2").expect("backend v2");
+        assert_eq!(v2.endpoints.iter().map(|e| e.address.to_string()).collect::<Vec<_>>(), ["10.1.0.2:8080"]);
+        assert_eq!(service.routes.last().and_then(|r| r.name.as_deref()), Some("default"));
+    }
+
+    #[test]
+    fn a_subset_selects_the_targets_pods_by_label() {
+        let mut index = shop();
+        route(
+            &mut index,
+            "canary",
+            1,
+            json!({"service": "reviews", "rules": [{"backends": [
+            {"subset": {"version": "v2"}, "weight": 100}]}]}),
+        );
+        let service = index.destination(&key("shop", "reviews"), 80).service.expect("known");
+        let subset =
+            service.backends.iter().find(|b| b.name == "reviews[version=v2]").expect("subset backend");
+        assert_eq!(subset.endpoints.len(), 1);
+        assert_eq!(subset.endpoints[0].address.to_string(), "10.1.0.2:8080");
+    }
+
+    #[test]
+    fn an_unsupported_route_is_left_out_and_reported() {
+        let mut index = shop();
+        route(
+            &mut index,
+            "q",
+            2,
+            json!({"service": "reviews", "rules": [{
+            "matches": [{"queryParams": [{"name": "a", "value": "b"}]}],
+            "backends": [{"service": "reviews-v2"}]}]}),
+        );
+        let snapshot = index.destination(&key("shop", "reviews"), 80);
+        assert!(snapshot.routes.is_empty());
+        assert_eq!(snapshot.unsupported.len(), 1);
+        assert_eq!(snapshot.service.expect("known").routes.len(), 1, "only the default route");
+    }
+
+    #[test]
+    fn the_config_the_server_builds_passes_the_proxys_own_check() {
+        let mut index = shop();
+        route(
+            &mut index,
+            "split",
+            3,
+            json!({"service": "reviews", "rules": [{"backends": [
+            {"service": "reviews-v1", "weight": 80}, {"service": "reviews-v2", "weight": 20}],
+            "timeout": "5s", "retries": {"attempts": 3}, "mirror": {"service": "reviews-v1", "percent": 10}}]}),
+        );
+        let service = index.destination(&key("shop", "reviews"), 80).service.expect("known");
+        let config = json!({"identity": {"identity": "spiffe://cluster.local/ns/shop/sa/web",
+            "endpoint": "id:8080", "tokenFile": "/t", "trustBundleFile": "/b"}, "services": [service]});
+        braid_proxy::config::Config::parse(&config.to_string())
+            .expect("the proxy accepts what the server sends");
+    }
+
+    #[test]
+    fn unready_endpoints_and_unmeshed_pods_are_told_apart() {
+        let mut index = shop();
+        index.upsert_pod(
+            key("shop", "reviews-v1-a"),
+            PodInfo { service_account: "reviews".into(), labels: BTreeMap::new(), meshed: false },
+        );
+        index.upsert_slice(
+            key("shop", "reviews-abc"),
+            SliceInfo {
+                service: "reviews".into(),
+                ports: vec![http_port(8080)],
+                endpoints: vec![
+                    EndpointInfo {
+                        addresses: vec![ip("10.1.0.1")],
+                        ready: true,
+                        pod: Some("reviews-v1-a".into()),
+                    },
+                    EndpointInfo {
+                        addresses: vec![ip("10.1.0.2")],
+                        ready: false,
+                        pod: Some("reviews-v2-a".into()),
+                    },
+                ],
+            },
+        );
+        let service = index.destination(&key("shop", "reviews"), 80).service.expect("known");
+        let endpoints = &service.backends[0].endpoints;
+        assert_eq!(endpoints.len(), 1, "the unready endpoint is left out");
+        assert!(!endpoints[0].meshed);
+        assert_eq!(endpoints[0].identity, None, "no identity for a pod without a proxy");
+    }
+
+    #[test]
+    fn export_to_limits_who_may_discover_a_service() {
+        let mut index = shop();
+        let mut private = index.services[&key("shop", "reviews")].clone();
+        private.export_to = Some(BTreeSet::from(["shop".to_owned()]));
+        index.upsert_service(key("shop", "reviews"), private);
+        assert!(index.visible(&key("shop", "reviews"), "shop").is_ok());
+        let refused = index.visible(&key("shop", "reviews"), "web").unwrap_err();
+        assert!(refused.contains("exported only to namespace(s) shop"), "{refused}");
+        assert!(index.visible(&key("shop", "reviews-v1"), "web").is_ok(), "no annotation: everyone");
+    }
+
+    #[test]
+    fn a_pod_may_be_spoken_for_only_by_its_own_service_account() {
+        let index = shop();
+        assert!(index.check_pod(("shop", "reviews"), &key("shop", "reviews-v1-a")).is_ok());
+        let wrong = index.check_pod(("shop", "web"), &key("shop", "reviews-v1-a")).unwrap_err();
+        assert!(wrong.contains("client certificate names shop/web"), "{wrong}");
+        assert!(index.check_pod(("shop", "reviews"), &key("shop", "ghost")).is_err());
+    }
+
+    #[test]
+    fn policies_select_pods_by_label_in_their_namespace() {
+        let mut index = shop();
+        let policy: MeshPolicySpec = serde_json::from_value(json!({"podSelector": {"version": "v2"},
+            "rules": [{"from": [{"serviceAccount": {"name": "web"}}]}]}))
+        .unwrap();
+        index.upsert_policy(key("shop", "only-web"), policy.clone());
+        index.upsert_policy(key("other", "elsewhere"), policy);
+        let v2 = index.inbound(&key("shop", "reviews-v2-a")).expect("selected");
+        assert_eq!(v2.rules.len(), 1, "the other namespace's policy does not apply");
+        assert!(index.inbound(&key("shop", "reviews-v1-a")).is_none());
+    }
+
+    #[test]
+    fn the_revision_moves_only_on_real_changes() {
+        let mut index = shop();
+        let before = index.revision();
+        add_service(
+            &mut index,
+            "reviews-v1",
+            "10.96.0.11",
+            &[("reviews-v1-a", "10.1.0.1", &[("version", "v1")])],
+        );
+        assert_eq!(index.revision(), before, "the same objects again change nothing");
+        index.remove_pod(&key("shop", "reviews-v1-a"));
+        assert!(index.revision() > before);
+    }
+}

@@ -1,0 +1,10 @@
+//! Discovery (docs/discovery.md): the operator's index of what proxies need, the mTLS server that
+//! streams it to them, and the count of proxies that run each MeshRoute generation.
+
+pub mod index;
+pub mod mesh_status;
+pub mod registry;
+pub mod server;
+pub mod stream;
+pub mod translate;
+pub mod watch;

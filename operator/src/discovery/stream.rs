@@ -1,0 +1,527 @@
+//! One proxy's discovery stream: the protocol of docs/discovery.md over two channels of lines,
+//! so it is tested without TLS and the server (server.rs) only moves bytes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use braid_proxy::config::PolicyConfig;
+use braid_proxy::discovery::api::{
+    self, ControlMessage, DestinationUpdate, InboundUpdate, LineReader, ProxyMessage, Refusal, Resource,
+};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::index::{Index, Key, Snapshot, Target};
+use super::registry::Registry;
+
+/// What the client certificate proves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub namespace: String,
+    pub service_account: String,
+}
+
+struct Memo {
+    revision: u64,
+    version: u64,
+    snapshot: Arc<Snapshot>,
+}
+
+/// The index, shared by the watches that write it and the streams that read it; each
+/// destination's answer is computed once per change, whatever the number of proxies asking.
+pub struct Discovery {
+    index: RwLock<Index>,
+    revision: watch::Sender<u64>,
+    memo: Mutex<HashMap<(Key, u16), Memo>>,
+    pub registry: Registry,
+}
+
+impl Discovery {
+    pub fn new(index: Index) -> Arc<Self> {
+        let revision = watch::channel(index.revision()).0;
+        Arc::new(Self {
+            index: RwLock::new(index),
+            revision,
+            memo: Mutex::default(),
+            registry: Registry::default(),
+        })
+    }
+
+    /// Applies a batch of changes; the streams wake once for the whole batch.
+    pub fn update(&self, change: impl FnOnce(&mut Index)) {
+        let revision = {
+            let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
+            change(&mut index);
+            index.revision()
+        };
+        self.revision.send_if_modified(|current| {
+            let moved = *current != revision;
+            *current = revision;
+            moved
+        });
+    }
+
+    pub fn read<T>(&self, f: impl FnOnce(&Index) -> T) -> T {
+        f(&self.index.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn revisions(&self) -> watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    /// The current answer for a Service port and its version: the revision that last changed it.
+    pub fn snapshot(&self, key: &Key, port: u16) -> (u64, Arc<Snapshot>) {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let revision = index.revision();
+        let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = (key.clone(), port);
+        if let Some(found) = memo.get(&slot)
+            && found.revision == revision
+        {
+            return (found.version, found.snapshot.clone());
+        }
+        let fresh = index.destination(key, port);
+        let entry = match memo.remove(&slot) {
+            Some(old) if *old.snapshot == fresh => {
+                Memo { revision, version: old.version, snapshot: old.snapshot }
+            }
+            _ => Memo { revision, version: revision, snapshot: Arc::new(fresh) },
+        };
+        let answer = (entry.version, entry.snapshot.clone());
+        memo.insert(slot, entry);
+        answer
+    }
+}
+
+/// Why a stream ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Decode(#[from] api::DecodeError),
+    #[error("the first message must be a hello")]
+    NoHello,
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("the request body failed: {0}")]
+    Body(String),
+}
+
+struct Destination {
+    /// Version sent last, to send only what changed.
+    sent: Option<u64>,
+    refused: bool,
+}
+
+/// Serves one proxy until its request body ends, the peer goes away or `shutdown`.
+pub async fn serve<S, E>(
+    discovery: Arc<Discovery>,
+    peer: Peer,
+    mut incoming: S,
+    out: mpsc::Sender<Bytes>,
+    shutdown: CancellationToken,
+) -> Result<(), StreamError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut reader = LineReader::default();
+    let hello = loop {
+        if let Some(message) = reader.next::<ProxyMessage>() {
+            match message? {
+                ProxyMessage::Hello(hello) => break hello,
+                _ => return Err(StreamError::NoHello),
+            }
+        }
+        let chunk = tokio::select! {
+            chunk = incoming.next() => chunk,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        match chunk {
+            Some(Ok(bytes)) => reader.push(&bytes)?,
+            Some(Err(err)) => return Err(StreamError::Body(err.to_string())),
+            None => return Ok(()),
+        }
+    };
+    let pod: Key = (hello.pod_namespace.clone(), hello.pod_name.clone());
+    if let Err(reason) =
+        discovery.read(|index| index.check_pod((&peer.namespace, &peer.service_account), &pod))
+    {
+        let _ = out
+            .send(line(&ControlMessage::Refused(Refusal { resource: None, reason: reason.clone() })))
+            .await;
+        return Err(StreamError::Refused(reason));
+    }
+    let id = discovery.registry.connect(&hello.proxy_version);
+    tracing::debug!(pod = %format!("{}/{}", pod.0, pod.1), proxy_version = %hello.proxy_version, "proxy connected");
+    let mut session = Session {
+        discovery: &discovery,
+        id,
+        peer,
+        pod,
+        out: &out,
+        destinations: BTreeMap::new(),
+        inbound: None,
+    };
+    let result = session.run(&mut reader, &mut incoming, &shutdown).await;
+    discovery.registry.disconnect(id);
+    result
+}
+
+struct Session<'a> {
+    discovery: &'a Arc<Discovery>,
+    id: u64,
+    peer: Peer,
+    pod: Key,
+    out: &'a mpsc::Sender<Bytes>,
+    destinations: BTreeMap<String, Destination>,
+    /// The inbound policy last sent, when subscribed.
+    inbound: Option<Option<(u64, Option<PolicyConfig>)>>,
+}
+
+fn line(message: &ControlMessage) -> Bytes {
+    Bytes::from(api::encode(message))
+}
+
+impl Session<'_> {
+    async fn run<S, E>(
+        &mut self,
+        reader: &mut LineReader,
+        incoming: &mut S,
+        shutdown: &CancellationToken,
+    ) -> Result<(), StreamError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let mut revisions = self.discovery.revisions();
+        loop {
+            while let Some(message) = reader.next::<ProxyMessage>() {
+                if !self.handle(message?).await {
+                    return Ok(());
+                }
+            }
+            tokio::select! {
+                chunk = incoming.next() => match chunk {
+                    Some(Ok(bytes)) => reader.push(&bytes)?,
+                    Some(Err(err)) => return Err(StreamError::Body(err.to_string())),
+                    None => return Ok(()),
+                },
+                changed = revisions.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    if !self.refresh().await {
+                        return Ok(());
+                    }
+                }
+                () = shutdown.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    /// False when the proxy went away (its response body was dropped).
+    async fn send(&self, message: ControlMessage) -> bool {
+        self.out.send(line(&message)).await.is_ok()
+    }
+
+    async fn handle(&mut self, message: ProxyMessage) -> bool {
+        match message {
+            ProxyMessage::Hello(_) => true,
+            ProxyMessage::Subscribe(Resource::Destination(name)) => {
+                self.destinations.insert(name.clone(), Destination { sent: None, refused: false });
+                self.send_destination(&name).await
+            }
+            ProxyMessage::Subscribe(Resource::Inbound) => {
+                self.inbound = Some(None);
+                self.send_inbound().await
+            }
+            ProxyMessage::Unsubscribe(Resource::Destination(name)) => {
+                self.destinations.remove(&name);
+                self.discovery.registry.unsubscribe(self.id, &name);
+                true
+            }
+            ProxyMessage::Unsubscribe(Resource::Inbound) => {
+                self.inbound = None;
+                true
+            }
+            ProxyMessage::Ack(ack) => {
+                if let Resource::Destination(name) = &ack.resource {
+                    self.discovery.registry.ack(self.id, name, ack.version);
+                }
+                true
+            }
+            ProxyMessage::Nack(nack) => {
+                tracing::warn!(pod = %format!("{}/{}", self.pod.0, self.pod.1), resource = ?nack.resource,
+                    version = nack.version, reason = %nack.reason, "a proxy refused a configuration");
+                if let Resource::Destination(name) = &nack.resource {
+                    self.discovery.registry.nack(self.id, name, nack.version, &nack.reason);
+                }
+                true
+            }
+        }
+    }
+
+    async fn refresh(&mut self) -> bool {
+        let names: Vec<String> = self.destinations.keys().cloned().collect();
+        for name in names {
+            if !self.send_destination(&name).await {
+                return false;
+            }
+        }
+        if self.inbound.is_some() { self.send_inbound().await } else { true }
+    }
+
+    /// Sends the destination's answer if it changed since the last one sent.
+    async fn send_destination(&mut self, name: &str) -> bool {
+        let resolved = self.discovery.read(|index| {
+            let target = index.resolve(name)?;
+            if let Target::Service { key, .. } = &target {
+                index.visible(key, &self.peer.namespace)?;
+            }
+            Ok::<_, String>(target)
+        });
+        let Some(state) = self.destinations.get_mut(name) else { return true };
+        let target = match resolved {
+            Ok(target) => target,
+            Err(reason) => {
+                if state.refused {
+                    return true;
+                }
+                state.refused = true;
+                state.sent = None;
+                self.discovery.registry.unsubscribe(self.id, name);
+                let resource = Some(Resource::Destination(name.to_owned()));
+                return self.send(ControlMessage::Refused(Refusal { resource, reason })).await;
+            }
+        };
+        state.refused = false;
+        let (version, snapshot) = match &target {
+            Target::Service { key, port } => self.discovery.snapshot(key, *port),
+            Target::Unknown => (0, Arc::new(Snapshot::UNKNOWN)),
+        };
+        if state.sent == Some(version) {
+            return true;
+        }
+        state.sent = Some(version);
+        let service = snapshot.service.clone();
+        self.discovery.registry.sent(self.id, name, target, version, snapshot);
+        self.send(ControlMessage::Destination(DestinationUpdate {
+            destination: name.to_owned(),
+            version,
+            service,
+        }))
+        .await
+    }
+
+    async fn send_inbound(&mut self) -> bool {
+        let (revision, policy) = self.discovery.read(|index| (index.revision(), index.inbound(&self.pod)));
+        if let Some(Some((_, sent))) = &self.inbound
+            && *sent == policy
+        {
+            return true;
+        }
+        self.inbound = Some(Some((revision, policy.clone())));
+        self.send(ControlMessage::Inbound(InboundUpdate { version: revision, policy })).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::index::{EndpointInfo, PodInfo, PortInfo, ServiceInfo, SliceInfo};
+    use std::collections::BTreeSet;
+    use std::convert::Infallible;
+
+    fn key(ns: &str, name: &str) -> Key {
+        (ns.to_owned(), name.to_owned())
+    }
+
+    fn cluster() -> Arc<Discovery> {
+        let mut index = Index::new("cluster.local", "cluster.local");
+        let port = || PortInfo { name: String::new(), port: 80, http2: false };
+        index.upsert_pod(
+            key("web", "client"),
+            PodInfo { service_account: "client".into(), labels: Default::default(), meshed: true },
+        );
+        index.upsert_pod(
+            key("shop", "api-1"),
+            PodInfo { service_account: "api".into(), labels: Default::default(), meshed: true },
+        );
+        index.upsert_service(
+            key("shop", "api"),
+            ServiceInfo {
+                cluster_ips: vec!["10.96.0.20".parse().unwrap()],
+                ports: vec![port()],
+                export_to: None,
+            },
+        );
+        index.upsert_service(
+            key("shop", "private"),
+            ServiceInfo {
+                cluster_ips: vec!["10.96.0.21".parse().unwrap()],
+                ports: vec![port()],
+                export_to: Some(BTreeSet::from(["shop".to_owned()])),
+            },
+        );
+        index.upsert_slice(
+            key("shop", "api-x"),
+            SliceInfo {
+                service: "api".into(),
+                ports: vec![PortInfo { name: String::new(), port: 8080, http2: false }],
+                endpoints: vec![EndpointInfo {
+                    addresses: vec!["10.1.0.5".parse().unwrap()],
+                    ready: true,
+                    pod: Some("api-1".into()),
+                }],
+            },
+        );
+        Discovery::new(index)
+    }
+
+    struct Proxy {
+        to_server: mpsc::UnboundedSender<Result<Bytes, Infallible>>,
+        from_server: mpsc::Receiver<Bytes>,
+        task: tokio::task::JoinHandle<Result<(), StreamError>>,
+    }
+
+    fn start(discovery: &Arc<Discovery>, peer: (&str, &str)) -> Proxy {
+        let (to_server, incoming) = mpsc::unbounded_channel();
+        let (out, from_server) = mpsc::channel(16);
+        let peer = Peer { namespace: peer.0.into(), service_account: peer.1.into() };
+        let incoming = Box::pin(futures::stream::unfold(incoming, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        let task = tokio::spawn(serve(discovery.clone(), peer, incoming, out, CancellationToken::new()));
+        Proxy { to_server, from_server, task }
+    }
+
+    impl Proxy {
+        fn send(&self, message: &ProxyMessage) {
+            self.to_server.send(Ok(Bytes::from(api::encode(message)))).expect("server running");
+        }
+        async fn next(&mut self) -> ControlMessage {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(5), self.from_server.recv())
+                .await
+                .expect("a message within 5 s")
+                .expect("stream open");
+            let mut reader = LineReader::default();
+            reader.push(&line).expect("fits");
+            reader.next().expect("one line").expect("valid message")
+        }
+    }
+
+    fn hello(ns: &str, pod: &str) -> ProxyMessage {
+        ProxyMessage::Hello(api::Hello {
+            pod_namespace: ns.into(),
+            pod_name: pod.into(),
+            proxy_version: "test".into(),
+        })
+    }
+
+    fn subscribe(destination: &str) -> ProxyMessage {
+        ProxyMessage::Subscribe(Resource::Destination(destination.into()))
+    }
+
+    fn destination(message: ControlMessage) -> DestinationUpdate {
+        match message {
+            ControlMessage::Destination(update) => update,
+            other => panic!("expected a destination, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscribed_destination_gets_a_snapshot_then_each_change() {
+        let discovery = cluster();
+        let mut proxy = start(&discovery, ("web", "client"));
+        proxy.send(&hello("web", "client"));
+        proxy.send(&subscribe("10.96.0.20:80"));
+        let first = destination(proxy.next().await);
+        let service = first.service.expect("a mesh service");
+        assert_eq!(service.backends[0].endpoints[0].address.to_string(), "10.1.0.5:8080");
+        proxy.send(&ProxyMessage::Ack(api::Ack {
+            resource: Resource::Destination("10.96.0.20:80".into()),
+            version: first.version,
+        }));
+
+        discovery.update(|index| {
+            index.upsert_slice(
+                key("shop", "api-x"),
+                SliceInfo {
+                    service: "api".into(),
+                    ports: vec![PortInfo { name: String::new(), port: 8080, http2: false }],
+                    endpoints: vec![EndpointInfo {
+                        addresses: vec!["10.1.0.6".parse().unwrap()],
+                        ready: true,
+                        pod: None,
+                    }],
+                },
+            );
+        });
+        let second = destination(proxy.next().await);
+        assert!(second.version > first.version);
+        assert_eq!(
+            second.service.expect("mesh").backends[0].endpoints[0].address.to_string(),
+            "10.1.0.6:8080"
+        );
+
+        // A change elsewhere sends nothing new to this proxy.
+        discovery.update(|index| index.remove_pod(&key("shop", "api-1")));
+        proxy.send(&subscribe("10.1.2.3:80"));
+        let unknown = destination(proxy.next().await);
+        assert_eq!((unknown.destination.as_str(), unknown.service), ("10.1.2.3:80", None));
+        assert_eq!(discovery.registry.summary().connected, 1);
+        drop(proxy.to_server);
+        proxy.task.await.expect("task").expect("ends cleanly when the proxy hangs up");
+        assert_eq!(discovery.registry.summary().connected, 0);
+    }
+
+    #[tokio::test]
+    async fn a_service_not_exported_to_the_proxys_namespace_is_refused() {
+        let discovery = cluster();
+        let mut proxy = start(&discovery, ("web", "client"));
+        proxy.send(&hello("web", "client"));
+        proxy.send(&subscribe("private.shop.svc.cluster.local:80"));
+        match proxy.next().await {
+            ControlMessage::Refused(refusal) => {
+                assert_eq!(
+                    refusal.resource,
+                    Some(Resource::Destination("private.shop.svc.cluster.local:80".into()))
+                );
+                assert!(refusal.reason.contains("exported only to namespace(s) shop"), "{}", refusal.reason);
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_proxy_cannot_speak_for_another_identitys_pod() {
+        let discovery = cluster();
+        let mut proxy = start(&discovery, ("web", "client"));
+        proxy.send(&hello("shop", "api-1"));
+        match proxy.next().await {
+            ControlMessage::Refused(refusal) => {
+                assert_eq!(refusal.resource, None);
+                assert!(refusal.reason.contains("client certificate names web/client"), "{}", refusal.reason);
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(matches!(proxy.task.await.expect("task"), Err(StreamError::Refused(_))));
+        assert_eq!(discovery.registry.summary().connected, 0, "never counted");
+    }
+
+    #[tokio::test]
+    async fn garbage_and_a_missing_hello_end_the_stream_with_the_reason() {
+        let discovery = cluster();
+        let proxy = start(&discovery, ("web", "client"));
+        proxy.send(&subscribe("10.96.0.20:80"));
+        assert!(matches!(proxy.task.await.expect("task"), Err(StreamError::NoHello)));
+
+        let proxy = start(&discovery, ("web", "client"));
+        proxy.send(&hello("web", "client"));
+        proxy.to_server.send(Ok(Bytes::from_static(b"{\"subscribe\": 42}\n"))).expect("running");
+        let error = proxy.task.await.expect("task").unwrap_err();
+        assert!(error.to_string().contains("not valid"), "{error}");
+    }
+}

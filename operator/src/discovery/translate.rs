@@ -1,0 +1,291 @@
+//! MeshRoute rules and MeshPolicies in the proxy's configuration model: pure functions, so what a
+//! proxy is told is tested without a cluster.
+
+use std::collections::BTreeMap;
+
+use braid_crds::{
+    MeshPolicySpec,
+    meshpolicy::MtlsMode,
+    meshroute::{self, PathMatchType, RouteRule, ValueMatchType},
+};
+use braid_proxy::config::{
+    AuthorizationRuleConfig, FaultAbort, FaultConfig, FaultDelay, HeaderMatch, HeaderValueMatch, MatchConfig,
+    MirrorConfig, MtlsMode as ProxyMtls, OperationConfig, PathMatch, PolicyConfig, RetriesConfig, RetryOn,
+    RouteConfig, ServiceAccountConfig, SourceConfig, WeightedBackend,
+};
+
+/// A rule the proxy cannot apply as written. The route is then not programmed, and its status
+/// says why, rather than the proxies routing differently from what the route asks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct Unsupported {
+    pub field: String,
+    pub reason: String,
+}
+
+/// The name of the backend a MeshRoute backend resolves to in the proxy's configuration.
+pub fn backend_name(target: &str, backend: &meshroute::Backend, default_port: u16) -> String {
+    let port = backend.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(default_port);
+    match (&backend.service, &backend.subset) {
+        (Some(service), _) if port == default_port => service.clone(),
+        (Some(service), _) => format!("{service}:{port}"),
+        (None, subset) => subset_name(target, subset.as_ref().unwrap_or(&BTreeMap::new())),
+    }
+}
+
+/// `reviews[version=v2]`: a subset of the target's pods.
+pub fn subset_name(target: &str, labels: &BTreeMap<String, String>) -> String {
+    let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{target}[{}]", labels.join(","))
+}
+
+fn duration(text: &str, field: &str) -> Result<std::time::Duration, Unsupported> {
+    braid_crds::duration::parse_duration(text)
+        .map_err(|e| Unsupported { field: field.to_owned(), reason: e.to_string() })
+}
+
+/// One rule of route `route_name` (rule index `index`) for target Service `target` on `port`.
+pub fn route_rule(
+    route_name: &str,
+    index: usize,
+    rule: &RouteRule,
+    target: &str,
+    port: u16,
+) -> Result<RouteConfig, Unsupported> {
+    let at = |field: &str| format!("spec.rules[{index}]{field}");
+    if rule.request_headers.is_some() || rule.response_headers.is_some() {
+        return Err(Unsupported {
+            field: at(if rule.request_headers.is_some() { ".requestHeaders" } else { ".responseHeaders" }),
+            reason: "header edits are not applied by this proxy version".to_owned(),
+        });
+    }
+    let mut matches = Vec::with_capacity(rule.matches.len());
+    for (m, matching) in rule.matches.iter().enumerate() {
+        if !matching.query_params.is_empty() {
+            return Err(Unsupported {
+                field: at(&format!(".matches[{m}].queryParams")),
+                reason: "query parameter matches are not applied by this proxy version".to_owned(),
+            });
+        }
+        let path = matching.path.as_ref().map(|path| match path.match_type {
+            PathMatchType::Exact => PathMatch::Exact(path.value.clone()),
+            PathMatchType::PathPrefix => PathMatch::Prefix(path.value.clone()),
+            PathMatchType::RegularExpression => PathMatch::Regex(path.value.clone()),
+        });
+        let headers = matching
+            .headers
+            .iter()
+            .map(|header| HeaderMatch {
+                name: header.name.clone(),
+                value: match header.match_type {
+                    ValueMatchType::Exact => HeaderValueMatch::Exact(header.value.clone()),
+                    ValueMatchType::RegularExpression => HeaderValueMatch::Regex(header.value.clone()),
+                },
+            })
+            .collect();
+        let method = matching.method.as_ref().map(|m| {
+            serde_json::to_value(m).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+        });
+        matches.push(MatchConfig { path, method, headers });
+    }
+    let backends = rule
+        .backends
+        .iter()
+        .map(|backend| WeightedBackend {
+            name: backend_name(target, backend, port),
+            weight: u32::try_from(backend.weight).unwrap_or(0),
+        })
+        .collect();
+    let timeout = rule.timeout.as_deref().map(|t| duration(t, &at(".timeout"))).transpose()?;
+    let retries = match &rule.retries {
+        None => None,
+        Some(retries) => Some(RetriesConfig {
+            attempts: u32::try_from(retries.attempts).unwrap_or(1),
+            per_try_timeout: retries
+                .per_try_timeout
+                .as_deref()
+                .map(|t| duration(t, &at(".retries.perTryTimeout")))
+                .transpose()?,
+            retry_on: retries
+                .retry_on
+                .iter()
+                .map(|on| match on {
+                    meshroute::RetryOn::ServerError => RetryOn::FiveXx,
+                    meshroute::RetryOn::GatewayError => RetryOn::GatewayError,
+                    meshroute::RetryOn::ConnectFailure => RetryOn::ConnectFailure,
+                    meshroute::RetryOn::Reset => RetryOn::Reset,
+                })
+                .collect(),
+        }),
+    };
+    let fault = match &rule.fault {
+        None => None,
+        Some(fault) => Some(FaultConfig {
+            delay: fault
+                .delay
+                .as_ref()
+                .map(|d| {
+                    Ok::<_, Unsupported>(FaultDelay {
+                        fixed: duration(&d.duration, &at(".fault.delay.duration"))?,
+                        percent: f64::from(d.percent),
+                    })
+                })
+                .transpose()?,
+            abort: fault.abort.as_ref().map(|a| FaultAbort {
+                status: u16::try_from(a.status).unwrap_or(500),
+                percent: f64::from(a.percent),
+            }),
+        }),
+    };
+    let mirror = rule.mirror.as_ref().map(|mirror| {
+        let backend = meshroute::Backend {
+            service: Some(mirror.service.clone()),
+            subset: None,
+            port: mirror.port,
+            weight: 0,
+        };
+        MirrorConfig { backend: backend_name(target, &backend, port), percent: f64::from(mirror.percent) }
+    });
+    Ok(RouteConfig {
+        name: Some(rule.name.clone().unwrap_or_else(|| format!("{route_name}-{index}"))),
+        matches,
+        backends,
+        timeout,
+        retries,
+        fault,
+        mirror,
+    })
+}
+
+/// Whether the proxy can apply every rule of a route; the first rule it cannot, otherwise.
+pub fn check_route(route_name: &str, spec: &braid_crds::MeshRouteSpec) -> Result<(), Unsupported> {
+    let port = spec.port.and_then(|p| u16::try_from(p).ok()).unwrap_or(80);
+    for (i, rule) in spec.rules.iter().enumerate() {
+        route_rule(route_name, i, rule, &spec.service, port)?;
+    }
+    Ok(())
+}
+
+/// The inbound policy for a pod selected by `policies` (each `(name, spec)`), or `None` when no
+/// policy selects it. Several policies add up: the union of their rules, and STRICT when any one
+/// asks for it.
+pub fn inbound_policy(namespace: &str, policies: &[(&str, &MeshPolicySpec)]) -> Option<PolicyConfig> {
+    if policies.is_empty() {
+        return None;
+    }
+    let mtls = if policies.iter().any(|(_, p)| p.mtls == MtlsMode::STRICT) {
+        ProxyMtls::Strict
+    } else {
+        ProxyMtls::Permissive
+    };
+    let mut rules = Vec::new();
+    for (name, policy) in policies {
+        for (r, rule) in policy.rules.iter().enumerate() {
+            let from = rule
+                .from
+                .iter()
+                .map(|source| SourceConfig {
+                    service_account: source.service_account.as_ref().map(|sa| ServiceAccountConfig {
+                        namespace: sa.namespace.clone().unwrap_or_else(|| namespace.to_owned()),
+                        name: sa.name.clone(),
+                    }),
+                    namespace: source.namespace.clone(),
+                    identity: None,
+                })
+                .collect();
+            let to = rule
+                .to
+                .iter()
+                .map(|op| OperationConfig {
+                    paths: op.paths.clone(),
+                    methods: op
+                        .methods
+                        .iter()
+                        .filter_map(|m| serde_json::to_value(m).ok()?.as_str().map(str::to_owned))
+                        .collect(),
+                    ports: op.ports.iter().filter_map(|p| u16::try_from(*p).ok()).collect(),
+                })
+                .collect();
+            rules.push(AuthorizationRuleConfig { name: Some(format!("{name}-{r}")), from, to });
+        }
+    }
+    Some(PolicyConfig { mtls, rules })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rule(value: serde_json::Value) -> RouteRule {
+        serde_json::from_value(value).expect("test rule deserializes")
+    }
+
+    #[test]
+    fn a_weighted_rule_with_retries_and_timeout_translates_field_by_field() {
+        let rule = rule(json!({
+            "name": "split",
+            "matches": [{"path": {"type": "PathPrefix", "value": "/api"}, "method": "GET",
+                         "headers": [{"name": "x-canary", "value": "1"}]}],
+            "backends": [{"service": "reviews-v1", "weight": 80}, {"service": "reviews-v2", "weight": 20},
+                         {"subset": {"version": "v3"}, "weight": 0}],
+            "timeout": "5s",
+            "retries": {"attempts": 3, "perTryTimeout": "1s", "retryOn": ["5xx", "reset"]},
+            "fault": {"abort": {"status": 503, "percent": 10}},
+            "mirror": {"service": "shadow", "percent": 50}
+        }));
+        let route = route_rule("reviews", 0, &rule, "reviews", 8080).expect("supported");
+        assert_eq!(route.name.as_deref(), Some("split"));
+        let names: Vec<_> = route.backends.iter().map(|b| (b.name.as_str(), b.weight)).collect();
+        assert_eq!(names, [("reviews-v1", 80), ("reviews-v2", 20), ("reviews[version=v3]", 0)]);
+        assert_eq!(route.matches[0].path, Some(PathMatch::Prefix("/api".into())));
+        assert_eq!(route.matches[0].method.as_deref(), Some("GET"));
+        assert_eq!(route.timeout, Some(std::time::Duration::from_secs(5)));
+        let retries = route.retries.expect("retries");
+        assert_eq!(retries.attempts, 3);
+        assert_eq!(retries.retry_on, [RetryOn::FiveXx, RetryOn::Reset]);
+        assert_eq!(route.fault.and_then(|f| f.abort).map(|a| a.status), Some(503));
+        assert_eq!(route.mirror.map(|m| m.backend), Some("shadow".to_owned()));
+    }
+
+    #[test]
+    fn a_backend_on_another_port_gets_its_own_name() {
+        let backend: meshroute::Backend =
+            serde_json::from_value(json!({"service": "b", "port": 9090})).unwrap();
+        assert_eq!(backend_name("a", &backend, 8080), "b:9090");
+        let same: meshroute::Backend = serde_json::from_value(json!({"service": "b", "port": 8080})).unwrap();
+        assert_eq!(backend_name("a", &same, 8080), "b");
+    }
+
+    #[test]
+    fn what_the_proxy_cannot_do_is_refused_with_the_field() {
+        let queries = rule(json!({"matches": [{"queryParams": [{"name": "a", "value": "b"}]}],
+            "backends": [{"service": "x"}]}));
+        let err = route_rule("r", 2, &queries, "t", 80).unwrap_err();
+        assert_eq!(err.field, "spec.rules[2].matches[0].queryParams");
+        let headers = rule(json!({"backends": [{"service": "x"}], "requestHeaders": {"remove": ["a"]}}));
+        assert_eq!(route_rule("r", 0, &headers, "t", 80).unwrap_err().field, "spec.rules[0].requestHeaders");
+    }
+
+    #[test]
+    fn policies_add_up_and_strict_wins() {
+        let strict: MeshPolicySpec = serde_json::from_value(json!({"mtls": "STRICT", "rules": [
+            {"from": [{"serviceAccount": {"name": "web"}}], "to": [{"methods": ["GET"], "ports": [8080]}]}]}))
+        .unwrap();
+        let permissive: MeshPolicySpec = serde_json::from_value(json!({"mtls": "PERMISSIVE", "rules": [
+            {"from": [{"namespace": "ops"}]}]}))
+        .unwrap();
+        let policy = inbound_policy("shop", &[("a", &strict), ("b", &permissive)]).expect("selected");
+        assert_eq!(policy.mtls, ProxyMtls::Strict);
+        assert_eq!(policy.rules.len(), 2);
+        let web = policy.rules[0].from[0].service_account.as_ref().expect("service account");
+        assert_eq!(
+            (web.namespace.as_str(), web.name.as_str()),
+            ("shop", "web"),
+            "defaults to the policy's namespace"
+        );
+        assert_eq!(policy.rules[0].to[0].methods, ["GET"]);
+        assert_eq!(policy.rules[1].from[0].namespace.as_deref(), Some("ops"));
+        assert!(inbound_policy("shop", &[]).is_none());
+    }
+}

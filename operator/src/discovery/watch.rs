@@ -1,0 +1,331 @@
+//! Keeps the discovery index current from the API server: Pods, Services, EndpointSlices,
+//! MeshRoutes, MeshPolicies and the Mesh. Each object is reduced to what proxies need before it
+//! is stored (index.rs), and the events that arrive together are applied as one change, so a
+//! burst of endpoint churn wakes each proxy's stream once.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use braid_crds::{Mesh, MeshPolicy, MeshRoute};
+use futures::{FutureExt as _, StreamExt, stream::BoxStream};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{WatchStreamExt, watcher},
+};
+use tokio_util::sync::CancellationToken;
+
+use super::index::{
+    EXPORT_TO, EndpointInfo, Index, Key, PodInfo, PortInfo, RouteInfo, ServiceInfo, SliceInfo,
+};
+use super::stream::Discovery;
+
+/// Annotation the webhook sets on pods it injected the proxy into.
+const INJECTED: &str = "braid.dev/injected";
+const PROXY_CONTAINER: &str = "braid-proxy";
+/// The most events applied as one change.
+const BATCH: usize = 2_000;
+
+pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
+    let spec = pod.spec.as_ref()?;
+    let meshed = pod.annotations().contains_key(INJECTED)
+        || spec.init_containers.iter().flatten().chain(&spec.containers).any(|c| c.name == PROXY_CONTAINER);
+    Some(PodInfo {
+        service_account: spec.service_account_name.clone().unwrap_or_else(|| "default".to_owned()),
+        labels: pod.labels().clone(),
+        meshed,
+    })
+}
+
+fn http2(app_protocol: Option<&String>) -> bool {
+    matches!(app_protocol.map(String::as_str), Some("kubernetes.io/h2c" | "h2c" | "grpc" | "http2"))
+}
+
+pub fn service_info(service: &Service) -> Option<ServiceInfo> {
+    let spec = service.spec.as_ref()?;
+    let mut cluster_ips: Vec<IpAddr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .chain(spec.cluster_ip.iter())
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    cluster_ips.sort();
+    cluster_ips.dedup();
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| {
+            Some(PortInfo {
+                name: p.name.clone().unwrap_or_default(),
+                port: u16::try_from(p.port).ok()?,
+                http2: http2(p.app_protocol.as_ref()),
+            })
+        })
+        .collect();
+    let namespace = service.namespace().unwrap_or_default();
+    let export_to = service.annotations().get(EXPORT_TO).map(|list| {
+        list.split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| if n == "." { namespace.clone() } else { n.to_owned() })
+            .collect::<BTreeSet<_>>()
+    });
+    Some(ServiceInfo { cluster_ips, ports, export_to })
+}
+
+pub fn slice_info(slice: &EndpointSlice) -> Option<SliceInfo> {
+    let service = slice.labels().get("kubernetes.io/service-name")?.clone();
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().unwrap_or("TCP") == "TCP")
+        .filter_map(|p| {
+            Some(PortInfo {
+                name: p.name.clone().unwrap_or_default(),
+                port: u16::try_from(p.port?).ok()?,
+                http2: http2(p.app_protocol.as_ref()),
+            })
+        })
+        .collect();
+    let endpoints = slice
+        .endpoints
+        .iter()
+        .map(|e| EndpointInfo {
+            addresses: e.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+            // Ready unless said otherwise, as the EndpointSlice API defines.
+            ready: e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true),
+            pod: e
+                .target_ref
+                .as_ref()
+                .filter(|r| r.kind.as_deref() == Some("Pod"))
+                .and_then(|r| r.name.clone()),
+        })
+        .collect();
+    Some(SliceInfo { service, ports, endpoints })
+}
+
+pub fn route_info(route: &MeshRoute) -> RouteInfo {
+    RouteInfo {
+        generation: route.metadata.generation.unwrap_or(0),
+        created: route.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
+        accepted: crate::meshroute::validate::validate(&route.spec).is_empty(),
+        spec: route.spec.clone(),
+    }
+}
+
+/// One watch event, reduced.
+enum Change {
+    Pod(Key, Option<PodInfo>),
+    Service(Key, Option<ServiceInfo>),
+    Slice(Key, Option<SliceInfo>),
+    Route(Key, Option<RouteInfo>),
+    Policy(Key, Option<braid_crds::MeshPolicySpec>),
+    TrustDomain(String),
+    /// A watch (re)listed: objects of this kind not seen since `Start` are gone.
+    Start(Kind),
+    Done(Kind),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Pod,
+    Service,
+    Slice,
+    Route,
+    Policy,
+}
+
+fn key_of<K: Resource>(object: &K) -> Key {
+    (object.meta().namespace.clone().unwrap_or_default(), object.meta().name.clone().unwrap_or_default())
+}
+
+fn watch<K, F>(api: Api<K>, kind: Kind, reduce: F) -> BoxStream<'static, Change>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+    F: Fn(Key, Option<&K>) -> Change + Send + 'static,
+{
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .filter_map(move |event| {
+            let change = match event {
+                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                    Some(reduce(key_of(&object), Some(&object)))
+                }
+                Ok(watcher::Event::Delete(object)) => Some(reduce(key_of(&object), None)),
+                Ok(watcher::Event::Init) => Some(Change::Start(kind)),
+                Ok(watcher::Event::InitDone) => Some(Change::Done(kind)),
+                Err(err) => {
+                    tracing::warn!(?kind, %err, "discovery watch failed; retrying");
+                    None
+                }
+            };
+            std::future::ready(change)
+        })
+        .boxed()
+}
+
+/// Keys seen since each kind's last relist started, to drop what vanished meanwhile.
+#[derive(Default)]
+struct Relists {
+    seen: BTreeMap<String, HashSet<Key>>,
+}
+
+impl Relists {
+    fn name(kind: Kind) -> String {
+        format!("{kind:?}")
+    }
+    fn saw(&mut self, kind: Kind, key: &Key) {
+        if let Some(seen) = self.seen.get_mut(&Self::name(kind)) {
+            seen.insert(key.clone());
+        }
+    }
+}
+
+fn apply(
+    index: &mut Index,
+    relists: &mut Relists,
+    change: Change,
+    known: &mut BTreeMap<String, HashSet<Key>>,
+) {
+    let mut track = |kind: Kind, key: &Key, present: bool, relists: &mut Relists| {
+        let set = known.entry(Relists::name(kind)).or_default();
+        if present {
+            set.insert(key.clone());
+            relists.saw(kind, key);
+        } else {
+            set.remove(key);
+        }
+    };
+    match change {
+        Change::Pod(key, info) => {
+            track(Kind::Pod, &key, info.is_some(), relists);
+            match info {
+                Some(info) => index.upsert_pod(key, info),
+                None => index.remove_pod(&key),
+            }
+        }
+        Change::Service(key, info) => {
+            track(Kind::Service, &key, info.is_some(), relists);
+            match info {
+                Some(info) => index.upsert_service(key, info),
+                None => index.remove_service(&key),
+            }
+        }
+        Change::Slice(key, info) => {
+            track(Kind::Slice, &key, info.is_some(), relists);
+            match info {
+                Some(info) => index.upsert_slice(key, info),
+                None => index.remove_slice(&key),
+            }
+        }
+        Change::Route(key, info) => {
+            track(Kind::Route, &key, info.is_some(), relists);
+            match info {
+                Some(info) => index.upsert_route(key, info),
+                None => index.remove_route(&key),
+            }
+        }
+        Change::Policy(key, info) => {
+            track(Kind::Policy, &key, info.is_some(), relists);
+            match info {
+                Some(info) => index.upsert_policy(key, info),
+                None => index.remove_policy(&key),
+            }
+        }
+        Change::TrustDomain(domain) => index.set_trust_domain(&domain),
+        Change::Start(kind) => {
+            relists.seen.insert(Relists::name(kind), HashSet::new());
+        }
+        Change::Done(kind) => {
+            let seen = relists.seen.remove(&Relists::name(kind)).unwrap_or_default();
+            let set = known.entry(Relists::name(kind)).or_default();
+            let gone: Vec<Key> = set.iter().filter(|k| !seen.contains(*k)).cloned().collect();
+            for key in gone {
+                set.remove(&key);
+                match kind {
+                    Kind::Pod => index.remove_pod(&key),
+                    Kind::Service => index.remove_service(&key),
+                    Kind::Slice => index.remove_slice(&key),
+                    Kind::Route => index.remove_route(&key),
+                    Kind::Policy => index.remove_policy(&key),
+                }
+            }
+        }
+    }
+}
+
+/// Runs the watches until `shutdown`, calling `on_synced` once every kind has listed.
+pub async fn run(
+    client: Client,
+    discovery: Arc<Discovery>,
+    shutdown: CancellationToken,
+    on_synced: impl FnOnce() + Send,
+) {
+    let mut changes = futures::stream::select_all([
+        watch(Api::<Pod>::all(client.clone()), Kind::Pod, |key, pod| {
+            Change::Pod(key, pod.and_then(pod_info))
+        }),
+        watch(Api::<Service>::all(client.clone()), Kind::Service, |key, s| {
+            Change::Service(key, s.and_then(service_info))
+        }),
+        watch(Api::<EndpointSlice>::all(client.clone()), Kind::Slice, |key, s| {
+            Change::Slice(key, s.and_then(slice_info))
+        }),
+        watch(Api::<MeshRoute>::all(client.clone()), Kind::Route, |key, r| {
+            Change::Route(key, r.map(route_info))
+        }),
+        watch(Api::<MeshPolicy>::all(client.clone()), Kind::Policy, |key, p| {
+            Change::Policy(key, p.map(|p| p.spec.clone()))
+        }),
+        watcher(Api::<Mesh>::all(client), watcher::Config::default().fields("metadata.name=default"))
+            .default_backoff()
+            .filter_map(|event| {
+                std::future::ready(match event {
+                    Ok(watcher::Event::Apply(mesh) | watcher::Event::InitApply(mesh)) => {
+                        Some(Change::TrustDomain(mesh.spec.trust_domain))
+                    }
+                    _ => None,
+                })
+            })
+            .boxed(),
+    ]);
+    let mut relists = Relists::default();
+    let mut known = BTreeMap::new();
+    let mut pending_sync: HashSet<Kind> =
+        [Kind::Pod, Kind::Service, Kind::Slice, Kind::Route, Kind::Policy].into();
+    let mut on_synced = Some(on_synced);
+    loop {
+        let first = tokio::select! {
+            change = changes.next() => match change { Some(change) => change, None => return },
+            () = shutdown.cancelled() => return,
+        };
+        let mut batch = vec![first];
+        while batch.len() < BATCH
+            && let Some(Some(change)) = changes.next().now_or_never()
+        {
+            batch.push(change);
+        }
+        for change in &batch {
+            if let Change::Done(kind) = change {
+                pending_sync.remove(kind);
+            }
+        }
+        discovery.update(|index| {
+            for change in batch {
+                apply(index, &mut relists, change, &mut known);
+            }
+        });
+        if pending_sync.is_empty()
+            && let Some(on_synced) = on_synced.take()
+        {
+            tracing::info!(pods = discovery.read(Index::pod_count), "discovery index synced");
+            on_synced();
+        }
+    }
+}
