@@ -29,6 +29,8 @@ fn cluster_ip() -> SocketAddr {
 
 struct Mesh {
     server: Arc<DiscoveryServer>,
+    /// The proxy's configuration file as written.
+    config: String,
     proxy: Proxy,
     _identity: Arc<IdentityServer>,
     _files: IdentityFiles,
@@ -51,7 +53,7 @@ async fn mesh(fixed: &[SocketAddr], initial_timeout: &str, extra: &str) -> Mesh 
         format!("{config}inbound: {{ listen: 127.0.0.1:0 }}\n")
     };
     let proxy = Proxy::start_with(&config, fixed.to_vec()).await;
-    let mesh = Mesh { server, proxy, _identity: identity, _files: files };
+    let mesh = Mesh { server, config, proxy, _identity: identity, _files: files };
     eventually("the proxy connects to the discovery server", || async { connected(&mesh.proxy).await }).await;
     mesh
 }
@@ -352,4 +354,43 @@ async fn garbage_from_the_server_restarts_the_stream_and_nothing_else() {
     for _ in 0..3 {
         assert_eq!(get_via(&mesh, cluster_ip(), "/").await, (StatusCode::OK, "a".to_owned()));
     }
+}
+
+#[tokio::test]
+async fn a_changed_file_is_composed_with_what_discovery_holds() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let file_ip: SocketAddr = "10.255.0.20:80".parse().unwrap();
+    let mesh = mesh(&[cluster_ip(), file_ip], "3s", "").await;
+    mesh.server.set(CLUSTER_IP, Answer::Service(service("web.shop.svc.cluster.local", &[("v1", a.addr, 1)])));
+    assert_eq!(get_via(&mesh, cluster_ip(), "/").await.1, "a");
+
+    let file_service = format!(
+        "services:\n  - name: file.svc\n    addresses: [\"{file_ip}\"]\n    backends: [{{ name: f, endpoints: [{{ address: \"{}\" }}] }}]\n    routes: [{{ backends: [{{ name: f }}] }}]\n",
+        b.addr
+    );
+    std::fs::write(&mesh.proxy.config_path, format!("{}{file_service}", mesh.config)).unwrap();
+    eventually("the file's new service routes", || async {
+        metric(&mesh.proxy.metrics().await, "config_reload_total", &[("result", "applied")]) == Some(1.0)
+    })
+    .await;
+    assert_eq!(get_via(&mesh, file_ip, "/").await, (StatusCode::OK, "b".to_owned()));
+    assert_eq!(
+        get_via(&mesh, cluster_ip(), "/").await,
+        (StatusCode::OK, "a".to_owned()),
+        "the discovered one stays"
+    );
+    assert_eq!(mesh.server.subscriptions_of(&file_ip.to_string()), 0, "a file service is never asked about");
+
+    // A file service that takes the discovered one's address wins; the discovered one is nacked.
+    let taking = file_service.replace(&file_ip.to_string(), CLUSTER_IP);
+    std::fs::write(&mesh.proxy.config_path, format!("{}{taking}", mesh.config)).unwrap();
+    eventually("the file's service takes the address", || async {
+        get_via(&mesh, cluster_ip(), "/").await.1 == "b"
+    })
+    .await;
+    eventually("the discovered one is nacked", || async {
+        mesh.server.nack_reason(&web(CLUSTER_IP), 1).is_some()
+    })
+    .await;
+    assert_eq!(destination_status(&mesh.proxy, CLUSTER_IP).await["state"], "shadowed");
 }
