@@ -137,6 +137,15 @@ struct Args {
     #[arg(long, value_delimiter = ',')]
     discovery_ip_sans: Vec<std::net::IpAddr>,
 
+    /// Point the discovery Service (a Service without a selector) at this replica while it
+    /// leads, by writing its EndpointSlice with BRAID_POD_IP.
+    #[arg(long, requires = "discovery")]
+    discovery_leader_endpoint: bool,
+
+    /// This replica's pod IP (the downward API), for --discovery-leader-endpoint.
+    #[arg(long, env = "BRAID_POD_IP")]
+    pod_ip: Option<String>,
+
     /// The cluster's DNS domain: Services are NAME.NAMESPACE.svc.CLUSTER_DOMAIN.
     #[arg(long, env = "BRAID_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
@@ -256,6 +265,23 @@ async fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(args.discovery_addr)
             .await
             .with_context(|| format!("cannot listen on --discovery-addr {}", args.discovery_addr))?;
+        if args.discovery_leader_endpoint {
+            let (Some(pod_name), Some(pod_ip)) = (args.leader_election_identity.clone(), args.pod_ip.clone())
+            else {
+                anyhow::bail!(
+                    "--discovery-leader-endpoint needs BRAID_POD_NAME and BRAID_POD_IP (the downward API)"
+                );
+            };
+            tokio::spawn(discovery::endpoint::keep_pointing_at_self(
+                client.clone(),
+                args.mesh_namespace.clone(),
+                args.discovery_service.clone(),
+                pod_name,
+                pod_ip,
+                args.discovery_addr.port(),
+                stop.clone(),
+            ));
+        }
         let index =
             discovery::index::Index::new(&braid_crds::MeshSpec::default().trust_domain, &args.cluster_domain);
         let state = discovery::stream::Discovery::new(index);
