@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Builds the binaries of the local e2e cluster -- the Kubernetes control plane and kubectl, etcd, Helm --
-# from the Go modules pinned in e2e/tools/ into a cache directory outside the repository, and prints that
-# directory on the last line of stdout (progress goes to stderr).
+# Builds the binaries of the local e2e cluster -- the Kubernetes control plane, kubelet, kube-proxy and
+# kubectl, etcd, CoreDNS, Helm, and the pod sandboxes' pause program -- from the Go modules pinned in
+# e2e/tools/ into a cache directory outside the repository, and prints that directory on the last line of
+# stdout (progress goes to stderr).
 #
 # Why compile: no release binaries can be downloaded on these machines, only Go modules from the module
-# proxy, and no other registry ships kube-apiserver. A cold build takes about 12 minutes on 2 cores
-# (Kubernetes 8, Helm 2.5, etcd 1) and peaks at about 1.9 GB of memory.
+# proxy, and no other registry ships kube-apiserver. A cold build takes about 15 minutes on 2 cores
+# (Kubernetes 9, CoreDNS 2, Helm 2.5, etcd 1) and peaks at about 1.9 GB of memory.
 #
 # Idempotent: a binary is (re)built only when it is missing or reports another version than the one its
 # go.mod pins, so a warm run costs a few version checks.
@@ -16,9 +17,9 @@ set -euo pipefail
 
 TOOLS_SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../tools" && pwd)
 
-# Commands built from e2e/tools/kubernetes. kubelet and kube-proxy are already imported by its tools.go
-# (so go.sum covers them): add them here when the tests get a node.
-K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+# Commands built from e2e/tools/kubernetes (its tools.go imports each, so go.sum covers them): the control
+# plane, kubectl, and the node's kubelet and kube-proxy, all from the one pinned release.
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 
 log() { printf 'build-tools: %s\n' "$*" >&2; }
 die() {
@@ -44,6 +45,9 @@ pinned() { (cd "$TOOLS_SRC/$1" && go list -mod=readonly -m -f '{{.Version}}' "$2
 K8S_VERSION=$(pinned kubernetes k8s.io/kubernetes)
 ETCD_VERSION=$(pinned etcd go.etcd.io/etcd/server/v3)
 HELM_VERSION=$(pinned helm helm.sh/helm/v3)
+COREDNS_VERSION=$(pinned coredns github.com/coredns/coredns)
+# pause has no upstream version: its own source is what it is built from.
+PAUSE_VERSION=$(sha256sum "$TOOLS_SRC/pause/main.go" | cut -c1-12)
 
 OUT=${BRAID_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/tools/k8s-$K8S_VERSION-$(go env GOVERSION)}
 mkdir -p "$OUT"
@@ -56,6 +60,8 @@ version_of() {
   kubectl) "$bin" version --client | awk 'NR == 1 { print $3 }' ;; # "Client Version: v1.34.3"
   etcd) "$bin" --version | awk 'NR == 1 { print "v" $3 }' ;;     # "etcd Version: 3.6.16"
   helm) "$bin" version --template '{{.Version}}' ;;
+  coredns) "$bin" -version | awk 'NR == 1 { sub("CoreDNS-", "v"); print }' ;; # "CoreDNS-1.15.0"
+  pause) "$bin" -v ;;
   *) "$bin" --version | awk '{ print $2 }' ;; # "Kubernetes v1.34.3"
   esac
 }
@@ -117,7 +123,13 @@ fi
 current helm "$HELM_VERSION" ||
   build helm "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm
 
-for cmd in "${K8S_COMMANDS[@]}" etcd helm; do
+# CoreDNS's version is a constant in its source (coremain.CoreVersion). The main package is ours
+# (e2e/tools/coredns), so go names the binary after the module's last element: coredns.
+current coredns "$COREDNS_VERSION" || build coredns "-s -w" .
+
+current pause "$PAUSE_VERSION" || build pause "-s -w -X main.version=$PAUSE_VERSION" .
+
+for cmd in "${K8S_COMMANDS[@]}" etcd helm coredns pause; do
   log "$(printf '%-24s %s' "$cmd" "$(version_of "$cmd")")"
 done
 echo "$OUT"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# A local Kubernetes control plane for Braid's e2e tests: etcd, kube-apiserver, kube-controller-manager and
-# kube-scheduler as plain host processes on 127.0.0.1. No Docker and no kubelet: Pods are admitted (mutated
-# by webhooks), stored and scheduled, but never run.
+# A local Kubernetes for Braid's e2e tests, as plain host processes: the control plane (etcd,
+# kube-apiserver, kube-controller-manager, kube-scheduler) on 127.0.0.1, and one node (containerd and runc
+# from Debian, kubelet, kube-proxy in iptables mode, the CNI bridge, CoreDNS) whose pods live on a bridge
+# inside this machine (node.sh says what it creates and where). No Docker and no registry: images are
+# imported into the node's containerd (`cluster.sh ctr images import`).
 #
 # Usage: cluster.sh COMMAND
 #   up                 start the cluster, or reuse the one already running; the last stdout line is the
@@ -12,17 +14,21 @@
 #   kubeconfig         print the admin kubeconfig path (fails when the cluster is not up)
 #   run NAME CMD...    start CMD in the background against the cluster (the demo's operator, say), replacing
 #                      a previous NAME; `down` stops it before the control plane. Log: logs/NAME.log
+#   ctr ARGS...        Debian's ctr on the node's containerd, namespace k8s.io (the one kubelet uses), e.g.
+#                      `cluster.sh ctr images import --base-name braid.dev/NAME image.tar`; `images ls`
 #
 # State directory, $BRAID_CLUSTER_DIR (default $XDG_CACHE_HOME/braid/cluster, i.e. ~/.cache/braid/cluster):
 #   admin.kubeconfig  client certificate of user "admin" in group system:masters
 #   bin/              symlink to the tools directory: bin/kubectl, bin/helm, bin/etcd, ...
 #   pki/              CA, serving and client certificates, service-account key pair, component kubeconfigs
 #   etcd/             etcd's data
+#   node/             containerd (socket node/containerd/containerd.sock), kubelet, CNI and CoreDNS config
 #   logs/NAME.log  pids/NAME.pid  cmd/NAME.args (NAME's exact argv, one argument a line)
 #
-# Environment (every port binds 127.0.0.1 only):
+# Environment (ports bind 127.0.0.1, except the API server's, which pods reach on the node's bridge address
+# too, and the node's kubelet and DNS on that address; node.sh lists them):
 #   BRAID_API_PORT (16443), BRAID_ETCD_PORT (23790), BRAID_ETCD_PEER_PORT (23800)
-#   BRAID_TOOLS_DIR is passed on to build-tools.sh, which builds the binaries on first use (~12 min cold).
+#   BRAID_TOOLS_DIR is passed on to build-tools.sh, which builds the binaries on first use (~15 min cold).
 set -euo pipefail
 umask 077 # the state directory holds private keys, and Helm warns about group-readable kubeconfigs
 
@@ -31,7 +37,7 @@ STATE=$(realpath -m "${BRAID_CLUSTER_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/
 API_PORT=${BRAID_API_PORT:-16443}
 ETCD_PORT=${BRAID_ETCD_PORT:-23790}
 ETCD_PEER_PORT=${BRAID_ETCD_PEER_PORT:-23800}
-# Never routed (there is no kube-proxy); its first address, 10.96.0.1, is the in-cluster "kubernetes" Service,
+# Routed by kube-proxy on the node; its first address, 10.96.0.1, is the in-cluster "kubernetes" Service,
 # so the serving certificate carries it.
 SERVICE_CIDR=10.96.0.0/16
 
@@ -40,7 +46,10 @@ KUBECONFIG_PATH=$STATE/admin.kubeconfig
 # Written by `up`; `down` deletes only a directory that has it, so a mistyped BRAID_CLUSTER_DIR is never wiped.
 MARKER=$STATE/.braid-cluster
 # Start order; stopped in reverse.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns)
+
+# shellcheck source=SCRIPTDIR/node.sh
+source "$HERE/node.sh"
 
 log() { printf 'cluster: %s\n' "$*" >&2; }
 die() {
@@ -142,11 +151,23 @@ extra_processes() {
   done
 }
 
-# The processes started against the cluster first, then the control plane in reverse start order.
+# The processes started against the cluster first, then the components in reverse start order; the node's
+# containers are killed after kubelet stops (so that it restarts none) and before containerd does.
 stop_all() {
   local i name
   for name in $(extra_processes); do stop "$name"; done
-  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do stop "${COMPONENTS[i]}"; done
+  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+    [ "${COMPONENTS[i]}" != containerd ] || node_kill_containers
+    stop "${COMPONENTS[i]}"
+  done
+}
+
+# Ends an `up` that failed: stops what it started and removes what the node set up on the machine; the
+# state directory stays, for its logs.
+abort_up() {
+  stop_all
+  node_teardown
+  exit 1
 }
 
 # Polls "$3"... every 0.5 s for up to $1 seconds; gives up at once when component $2 has exited.
@@ -166,13 +187,16 @@ report_failure() {
   tail -n 25 "$STATE/logs/$1.log" >&2 || true
 }
 
-# Stops whatever the state directory records and deletes it.
+# Stops whatever the state directory records, removes what the node made on the machine, checks that
+# nothing is left, and deletes the directory.
 clean_state() {
   [ -e "$STATE" ] || return 0
   if [ ! -e "$MARKER" ] && [ -n "$(ls -A "$STATE")" ]; then
     die "$STATE exists but was not made by cluster.sh (no $(basename "$MARKER")): not touching it"
   fi
   stop_all
+  node_teardown
+  node_verify_gone || die "the node's leftovers are listed above; $STATE is kept for its logs"
   rm -rf "$STATE"
 }
 
@@ -206,11 +230,11 @@ make_pki() (
   genkey ca.key
   ossl req -x509 -new -key ca.key -out ca.crt -days 3650 -subj /CN=braid-e2e-ca
   # Go and rustls ignore the CN: every name and IP a client dials must be a SAN.
-  cat >apiserver.ext <<'EOF'
+  cat >apiserver.ext <<EOF
 basicConstraints=CA:FALSE
 keyUsage=digitalSignature,keyEncipherment
 extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+subjectAltName=IP:127.0.0.1,IP:10.96.0.1,IP:$NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
 EOF
   printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' >client.ext
   issue apiserver /CN=kube-apiserver apiserver.ext
@@ -221,6 +245,7 @@ EOF
   issue kube-scheduler /CN=system:kube-scheduler client.ext
   genkey sa.key
   ossl pkey -in sa.key -pubout -out sa.pub
+  node_pki
 )
 
 # Kubeconfig $1 for the client certificate $PKI/$2.{crt,key}, with everything embedded so that it stands alone.
@@ -253,6 +278,7 @@ cmd_up() {
   need curl curl
   need openssl openssl
   need ss iproute2
+  node_check_deps
   lock
   if [ -e "$MARKER" ]; then
     if api_ready && all_running; then
@@ -263,13 +289,17 @@ cmd_up() {
     log "the cluster in $STATE is not healthy: replacing it"
   fi
   clean_state
-  check_ports_free "$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" # before a build that may take 12 min
+  # Before a build that may take 15 min.
+  check_ports_free "$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" 10250 "$KUBELET_HEALTHZ_PORT" \
+    "$KUBE_PROXY_HEALTHZ_PORT" "$KUBE_PROXY_METRICS_PORT" "$COREDNS_READY_PORT"
+  node_check_network
   tools=$("$HERE/build-tools.sh" | tail -n 1)
 
   mkdir -p "$STATE"/{logs,pids,cmd}
   touch "$MARKER"
   ln -s "$tools" "$STATE/bin"
   make_pki
+  node_network
 
   # --unsafe-no-fsync: the data is thrown away with the cluster, and fsync dominates etcd's latency.
   start etcd "$STATE/bin/etcd" --name=braid-e2e --data-dir="$STATE/etcd" \
@@ -280,38 +310,44 @@ cmd_up() {
     --unsafe-no-fsync --log-level=warn
   if ! wait_until 30 etcd etcd_healthy; then
     report_failure etcd "etcd did not become healthy within 30 s"
-    stop_all
-    exit 1
+    abort_up
   fi
 
   # The default admission plugins stay on: they include MutatingAdmissionWebhook and ValidatingAdmissionWebhook,
   # and ServiceAccount, which kube-controller-manager's default ServiceAccounts satisfy.
-  # --advertise-address: without it the API server looks for a default route, which sandboxes may lack.
+  # --bind-address=0.0.0.0: pods reach the API server through the "kubernetes" Service, whose endpoint is
+  #   --advertise-address, the node's bridge address; BRAID-NODE-INPUT (node.sh) refuses it on any
+  #   interface but loopback and the bridge. The advertise address must be given anyway: without it the
+  #   API server looks for a default route, which sandboxes may lack.
   # --service-account-*: required for TokenRequest (`kubectl create token`, projected tokens) and TokenReview.
   #   The API audience defaults to the issuer, so a TokenReview of a token made for another audience
   #   (`kubectl create token --audience braid`) must name that audience in spec.audiences.
   # --enable-aggregator-routing: webhooks and aggregated APIs given as a Service are dialled at an endpoint
-  #   address of the Service rather than its ClusterIP, which nothing routes here (no kube-proxy).
-  # --endpoint-reconciler-type=none: the "kubernetes" Service's endpoint would be 127.0.0.1, which Endpoints
-  #   validation rejects (loopback), so the reconciler would only log errors.
+  #   address of the Service rather than its ClusterIP: the API server then works without kube-proxy's
+  #   rules, and a webhook in a test's own network namespace (not a pod) can be reached.
+  # --kubelet-*: logs, exec and port-forward go to the kubelet at its InternalIP, whose serving certificate
+  #   the cluster CA signed, with a client certificate that the kubelet's webhook authorizer accepts.
+  # NodeRestriction: a kubelet may change only its own Node and the pods bound to it.
   # --shutdown-send-retry-after: on SIGTERM, drain in-flight requests, then give open connections (watches)
   #   2 s after GOAWAY instead of the 60 s request timeout, so restart-apiserver and down need no SIGKILL.
   start kube-apiserver "$STATE/bin/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$API_PORT" \
+    --bind-address=0.0.0.0 --advertise-address="$NODE_IP" --secure-port="$API_PORT" \
     --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
     --client-ca-file="$PKI/ca.crt" \
-    --authorization-mode=Node,RBAC \
+    --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
     --service-cluster-ip-range="$SERVICE_CIDR" \
-    --enable-aggregator-routing=true --endpoint-reconciler-type=none \
+    --enable-aggregator-routing=true \
+    --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+    --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority="$PKI/ca.crt" --kubelet-preferred-address-types=InternalIP \
     --shutdown-send-retry-after=true \
     --allow-privileged=true --profiling=false
   if ! wait_until 90 kube-apiserver api_ready; then
     report_failure kube-apiserver "kube-apiserver did not answer /readyz within 90 s"
-    stop_all
-    exit 1
+    abort_up
   fi
 
   write_kubeconfig "$KUBECONFIG_PATH" admin
@@ -324,8 +360,6 @@ cmd_up() {
   #   lease for 10 s, so restart-apiserver would kill it.
   # --use-service-account-credentials: each controller acts as its own ServiceAccount, so Pods made by the
   #   ReplicaSet controller reach the webhook as system:serviceaccount:kube-system:replicaset-controller.
-  # -node-lifecycle-controller: with no kubelet renewing leases it would taint any Node a test creates and
-  #   evict its Pods.
   # --flex-volume-plugin-dir: the default, /usr/libexec/kubernetes/..., would be created outside the state dir.
   start kube-controller-manager "$STATE/bin/kube-controller-manager" \
     --kubeconfig="$PKI/kube-controller-manager.kubeconfig" \
@@ -334,7 +368,6 @@ cmd_up() {
     --service-account-private-key-file="$PKI/sa.key" \
     --root-ca-file="$PKI/ca.crt" \
     --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
-    --controllers='*,-node-lifecycle-controller' \
     --flex-volume-plugin-dir="$STATE/flexvolume"
   start kube-scheduler "$STATE/bin/kube-scheduler" \
     --kubeconfig="$PKI/kube-scheduler.kubeconfig" \
@@ -343,14 +376,13 @@ cmd_up() {
   # The ServiceAccount admission plugin rejects Pods until their namespace's "default" ServiceAccount exists.
   if ! wait_until 60 kube-controller-manager default_sa_exists; then
     report_failure kube-controller-manager "no serviceaccount/default in namespace default within 60 s"
-    stop_all
-    exit 1
+    abort_up
   fi
+  node_up
   for c in "${COMPONENTS[@]}"; do
     if ! running "$c"; then
       report_failure "$c" "$c exited"
-      stop_all
-      exit 1
+      abort_up
     fi
   done
   log "up in $(since "$t0") s: https://127.0.0.1:$API_PORT, state in $STATE"
@@ -400,6 +432,11 @@ cmd_kubeconfig() {
   echo "$KUBECONFIG_PATH"
 }
 
+cmd_ctr() {
+  running containerd || die "the node's containerd is not running: run 'cluster.sh up' first"
+  exec ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"
+}
+
 cmd_run() {
   local name=${1:-}
   if ! [[ $name =~ ^[a-z][-a-z0-9]*$ ]] || [ $# -lt 2 ]; then die "usage: cluster.sh run NAME CMD [ARG...]"; fi
@@ -422,8 +459,12 @@ down) cmd_down ;;
 status) cmd_status ;;
 restart-apiserver) cmd_restart_apiserver ;;
 kubeconfig) cmd_kubeconfig ;;
+ctr)
+  shift
+  cmd_ctr "$@"
+  ;;
 *)
-  sed -n '6,12p' "${BASH_SOURCE[0]}" | cut -c3- >&2
+  sed -n '8,16p' "${BASH_SOURCE[0]}" | cut -c3- >&2
   exit 2
   ;;
 esac

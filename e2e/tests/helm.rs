@@ -237,6 +237,12 @@ impl Drop for Release {
     }
 }
 
+/// Node selectors that no node matches, for every install and upgrade: these tests run the
+/// chart's operator as a host process under its ServiceAccount, so the chart's own pods must stay
+/// Pending rather than run on the cluster's node.
+const NO_NODE: &str =
+    r#"operator.nodeSelector={"braid.dev/e2e":"no-node"},webhook.nodeSelector={"braid.dev/e2e":"no-node"}"#;
+
 /// Installs the chart as release braid-SUFFIX of `ns` with `values`, after removing a Mesh that
 /// another test left (the chart brings its own); returns the release and what helm printed.
 async fn install(
@@ -257,7 +263,7 @@ async fn install(
     let suffix = ns.name.rsplit('-').next().unwrap_or("x");
     let release =
         Release { cluster: cluster.clone(), name: format!("braid-{suffix}"), namespace: ns.name.clone() };
-    let mut args = vec!["install", release.name.as_str(), "-n", ns.name.as_str()];
+    let mut args = vec!["install", release.name.as_str(), "-n", ns.name.as_str(), "--set-json", NO_NODE];
     let chart = chart();
     args.push(&chart);
     args.extend_from_slice(values);
@@ -786,7 +792,9 @@ async fn the_chart_installs_runs_under_its_own_service_accounts_upgrades_and_uni
     cluster.kubectl_ok(&["create", "serviceaccount", "web", "-n", &app.name]);
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "web"},
-        "spec": {"serviceAccountName": "web", "containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+        // Only has to exist (for the bound token): the gate keeps it off the cluster's node.
+        "spec": {"serviceAccountName": "web", "schedulingGates": [{"name": "braid.dev/e2e-never-run"}],
+                 "containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
     }))
     .unwrap();
     // Not meshed (the namespace is not labelled), so the webhook's Ignore entry lets it through.
@@ -878,6 +886,8 @@ async fn the_chart_installs_runs_under_its_own_service_accounts_upgrades_and_uni
         ns.name.as_str(),
         "--set",
         "webhook.replicas=3,operator.logLevel=debug,mesh.spec.injection.failurePolicy=Ignore",
+        "--set-json",
+        NO_NODE,
     ];
     let upgraded = helm_ok(cluster, &upgrade);
     assert!(upgraded.contains("REVISION: 2"), "{upgraded}");

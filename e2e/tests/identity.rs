@@ -4,8 +4,8 @@
 //! request the contract says it must. With short lifetimes, the issuer and the trust anchor
 //! rotate while every certificate issued stays verifiable.
 //!
-//! The pods never run (the cluster has no kubelet), but they exist, and existing is what a bound
-//! token proves. A test binary of its own: it owns the cluster's single Mesh.
+//! The pods never run (a scheduling gate keeps them off the cluster's node), but they exist, and
+//! existing is what a bound token proves. A test binary of its own: it owns the cluster's single Mesh.
 
 use std::{
     net::SocketAddr,
@@ -82,7 +82,8 @@ async fn wait_for_bundle(client: &Client, namespace: &str, operator: &Component)
     }
 }
 
-/// A ServiceAccount and a pod running as it (Pending forever: there is no node); the pod's UID.
+/// A ServiceAccount and a pod running as it (Pending forever: its scheduling gate keeps it off the
+/// cluster's node); the pod's UID.
 async fn workload(client: &Client, namespace: &str, account: &str, pod: &str) -> String {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
     let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": account}})).unwrap();
@@ -96,6 +97,7 @@ async fn workload(client: &Client, namespace: &str, account: &str, pod: &str) ->
         "metadata": {"name": pod},
         "spec": {
             "serviceAccountName": account,
+            "schedulingGates": [{"name": "braid.dev/e2e-never-run"}],
             "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
         },
     }))

@@ -53,10 +53,13 @@ fn sync_secret_to_files(
     })
 }
 
+/// A pod that only has to exist: its scheduling gate keeps it off the cluster's node (the
+/// kubelet would try to run it), and no one ever removes the gate.
 fn pod(name: &str, annotations: serde_json::Value) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "annotations": annotations},
-        "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1", "ports": [{"containerPort": 8080}]}]}
+        "spec": {"schedulingGates": [{"name": "braid.dev/e2e-never-run"}],
+                 "containers": [{"name": "app", "image": "registry.invalid/app:1", "ports": [{"containerPort": 8080}]}]}
     }))
     .unwrap()
 }
@@ -173,7 +176,8 @@ async fn pods_come_back_injected_through_certificate_rotation() {
         "metadata": {"name": "web"},
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
                  "template": {"metadata": {"labels": {"app": "web"}},
-                              "spec": {"containers": [{"name": "web", "image": "registry.invalid/web:1"}]}}}
+                              "spec": {"schedulingGates": [{"name": "braid.dev/e2e-never-run"}],
+                                       "containers": [{"name": "web", "image": "registry.invalid/web:1"}]}}}
     }))
     .unwrap();
     deployments.create(&PostParams::default(), &deployment).await.unwrap();

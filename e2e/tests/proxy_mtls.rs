@@ -70,7 +70,9 @@ async fn service_account_with_pod(client: &Client, namespace: &str, account: &st
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": format!("{account}-0")},
-        "spec": {"serviceAccountName": account, "containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
+        // Only has to exist (for the bound token): the gate keeps it off the cluster's node.
+        "spec": {"serviceAccountName": account, "schedulingGates": [{"name": "braid.dev/e2e-never-run"}],
+                 "containers": [{"name": "app", "image": "registry.invalid/app:1"}]},
     }))
     .unwrap();
     let pod = pods.create(&PostParams::default(), &pod).await.unwrap();
