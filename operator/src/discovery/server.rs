@@ -217,3 +217,196 @@ fn answer(
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(api::CONTENT_TYPE));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::discovery::index::{Index, PodInfo};
+    use crate::identity::authority::AuthoritySource;
+    use crate::identity::ca::{self, Settings, Source, Stored};
+    use http_body_util::BodyExt;
+    use rcgen::{CertificateParams, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
+    use rustls::ClientConfig;
+    use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+
+    struct Ca {
+        authority: Arc<Authority>,
+        stored: Stored,
+    }
+
+    fn ca() -> Ca {
+        let now = Timestamp::now().as_second();
+        let settings = Settings {
+            trust_anchor_lifetime: Duration::from_secs(86400 * 365),
+            issuer_lifetime: Duration::from_secs(86400 * 30),
+            workload_lifetime: Duration::from_secs(86400),
+            propagation: Duration::from_secs(60),
+        };
+        let changes = ca::plan(now, &Stored::default(), &Source::Generate, &settings, None);
+        let stored =
+            ca::apply(now, &Stored::default(), &changes, &Source::Generate, &settings).expect("a new CA");
+        let source = AuthoritySource {
+            issuer: stored.issuer.clone().expect("an issuer"),
+            bundle_pem: ca::bundle(&stored),
+            trust_domain: "cluster.local".to_owned(),
+            workload_lifetime: Duration::from_secs(86400),
+        };
+        Ca { authority: Arc::new(Authority::new(source).expect("authority")), stored }
+    }
+
+    /// A client config presenting a certificate for `uri` from the mesh issuer (or none).
+    fn client_config(ca: &Ca, uri: Option<&str>) -> Arc<ClientConfig> {
+        let mut roots = RootCertStore::empty();
+        for cert in ca::certs(&ca::bundle(&ca.stored)).expect("bundle") {
+            roots.add(CertificateDer::from(cert.der)).expect("root");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .with_root_certificates(roots);
+        let mut config = match uri {
+            None => builder.with_no_client_auth(),
+            Some(uri) => {
+                let issuer_pem = ca.stored.issuer.clone().expect("issuer");
+                let issuer_key = KeyPair::from_pem(&issuer_pem.key_pem).expect("issuer key");
+                let issuer = Issuer::from_ca_cert_pem(&issuer_pem.cert_pem, issuer_key).expect("issuer");
+                let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+                let mut params = CertificateParams::default();
+                params.subject_alt_names = vec![SanType::URI(uri.try_into().expect("uri"))];
+                let cert = params.signed_by(&key, &issuer).expect("signed");
+                let chain = vec![
+                    cert.der().clone(),
+                    CertificateDer::from(
+                        ca::certs(&issuer_pem.cert_pem).expect("issuer cert")[0].der.clone(),
+                    ),
+                ];
+                let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+                builder.with_client_auth_cert(chain, key).expect("client cert")
+            }
+        };
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(config)
+    }
+
+    async fn start(ca: &Ca) -> (SocketAddr, CancellationToken) {
+        let mut index = Index::new("cluster.local", "cluster.local");
+        index.upsert_pod(
+            ("web".into(), "client-0".into()),
+            PodInfo { service_account: "client".into(), labels: Default::default(), meshed: true },
+        );
+        let discovery = Discovery::new(index);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (authorities, changes) = watch::channel(Some(ca.authority.clone()));
+        let shutdown = CancellationToken::new();
+        let settings = ServerSettings { dns_names: vec!["discovery.test".into()], ip_addresses: vec![] };
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            run(discovery, listener, settings, changes, stop).await;
+            drop(authorities);
+        });
+        (addr, shutdown)
+    }
+
+    type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+    async fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<Sender, String> {
+        // The keeper loads the issuer right after start.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let name = ServerName::try_from("discovery.test").expect("name");
+        let tls =
+            tokio_rustls::TlsConnector::from(config).connect(name, tcp).await.map_err(|e| e.to_string())?;
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    async fn call(
+        sender: &mut Sender,
+        method: &str,
+        path: &str,
+        body: &[u8],
+    ) -> Result<(StatusCode, String), String> {
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("https://discovery.test{path}"))
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .expect("request");
+        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let mut body = response.into_body();
+        // The stream stays open: read the first frame only.
+        let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .map_err(|_| "no frame within 5 s")?;
+        let text = match first {
+            Some(Ok(frame)) => {
+                frame.into_data().map(|d| String::from_utf8_lossy(&d).into_owned()).unwrap_or_default()
+            }
+            _ => String::new(),
+        };
+        Ok((status, text))
+    }
+
+    #[tokio::test]
+    async fn a_client_without_a_mesh_certificate_gets_nothing() {
+        let ca = ca();
+        let (addr, shutdown) = start(&ca).await;
+        let anonymous = connect(addr, client_config(&ca, None)).await;
+        let refused = match anonymous {
+            Err(err) => err,
+            Ok(mut sender) => {
+                call(&mut sender, "POST", api::PATH, b"").await.expect_err("no answer without a certificate")
+            }
+        };
+        assert!(!refused.is_empty());
+
+        let foreign =
+            connect(addr, client_config(&ca, Some("spiffe://elsewhere.test/ns/web/sa/client"))).await;
+        let outcome = match foreign {
+            Err(err) => Err(err),
+            Ok(mut sender) => call(&mut sender, "POST", api::PATH, b"").await,
+        };
+        assert!(outcome.is_err(), "another trust domain is not served: {outcome:?}");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn wrong_paths_methods_and_pods_are_answered_with_the_reason() {
+        let ca = ca();
+        let (addr, shutdown) = start(&ca).await;
+        let mut sender = connect(addr, client_config(&ca, Some("spiffe://cluster.local/ns/web/sa/client")))
+            .await
+            .expect("mTLS");
+        let (status, text) = call(&mut sender, "POST", "/v2/other", b"").await.expect("an answer");
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(text.contains("POST /v1/discovery"), "{text}");
+        let (status, _) = call(&mut sender, "GET", api::PATH, b"").await.expect("an answer");
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+        let hello = |pod: &str| {
+            api::encode(&api::ProxyMessage::Hello(api::Hello {
+                pod_namespace: "web".into(),
+                pod_name: pod.into(),
+                proxy_version: "test".into(),
+            }))
+        };
+        let (status, text) =
+            call(&mut sender, "POST", api::PATH, &hello("someone-else")).await.expect("an answer");
+        assert_eq!(status, StatusCode::OK);
+        assert!(text.starts_with("{\"refused\":") && text.contains("does not exist"), "{text}");
+
+        let mut ok = hello("client-0");
+        ok.extend(api::encode(&api::ProxyMessage::Subscribe(api::Resource::Destination(
+            "10.9.9.9:80".into(),
+        ))));
+        let (_, text) = call(&mut sender, "POST", api::PATH, &ok).await.expect("an answer");
+        assert_eq!(text, "{\"destination\":{\"destination\":\"10.9.9.9:80\",\"version\":0}}\n");
+        shutdown.cancel();
+    }
+}
