@@ -13,7 +13,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use braid_crds::MeshRoute;
-use braid_e2e::{Cluster, Component, TestNamespace, eventually, free_local_addr, http_get, own_mesh, setup};
+use braid_e2e::{
+    Cluster, Component, TestNamespace, eventually, free_local_addr, http_get, metric_value, own_mesh, setup,
+};
 use braid_proxy::app::{self, Options, Running};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
@@ -406,9 +408,12 @@ async fn routes_reach_proxies_through_discovery_and_status_counts_them() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     answered_by(listener, "v1", &proxy).await;
     // It comes back: the proxy resubscribes and gets the change made meanwhile.
-    let _operator = operator(cluster, &mesh_ns.name, ns, &identity_addr, &discovery_addr);
+    let operator_process = operator(cluster, &mesh_ns.name, ns, &identity_addr, &discovery_addr);
     answered_by(listener, "v2", &proxy).await;
     programmed(&client, ns, "1/1", 3).await;
+    let metrics = operator_process.metrics();
+    assert_eq!(metric_value(&metrics, "braid_discovery_proxies "), 1.0, "operator metrics:\n{metrics}");
+    assert!(metric_value(&metrics, "braid_discovery_acks_total ") >= 1.0, "operator metrics:\n{metrics}");
 
     // A proxy restart: the new proxy subscribes again on its first connection.
     assert!(proxy.drain(Duration::from_secs(5)).await, "the proxy drained");

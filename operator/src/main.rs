@@ -13,7 +13,7 @@ use braid_operator::{
     discovery, identity,
     leader::{self, Elector, Held, LeaseSettings},
     meshroute::controller::{self, Context, Scope},
-    metrics::{IdentityMetrics, Metrics},
+    metrics::{DiscoveryMetrics, IdentityMetrics, Metrics},
     webhook::{
         self,
         config::Endpoint,
@@ -205,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let identity_metrics = args.identity.then(|| Arc::new(IdentityMetrics::register(&mut registry)));
+    let discovery_metrics = args.discovery.then(|| Arc::new(DiscoveryMetrics::register(&mut registry)));
     let admin_state = Arc::new(AdminState { registry, ready: Default::default() });
     let listener = tokio::net::TcpListener::bind(args.admin_addr)
         .await
@@ -261,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
     }
     metrics.leader.set(1);
 
-    let discovery = if args.discovery {
+    let discovery = if let Some(discovery_metrics) = discovery_metrics {
         let listener = tokio::net::TcpListener::bind(args.discovery_addr)
             .await
             .with_context(|| format!("cannot listen on --discovery-addr {}", args.discovery_addr))?;
@@ -284,7 +285,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let index =
             discovery::index::Index::new(&braid_crds::MeshSpec::default().trust_domain, &args.cluster_domain);
-        let state = discovery::stream::Discovery::new(index);
+        let state = discovery::stream::Discovery::with_metrics(index, discovery_metrics);
         tokio::spawn(discovery::watch::run(client.clone(), state.clone(), stop.clone(), || {}));
         tokio::spawn(discovery::mesh_status::run(client.clone(), state.clone(), stop.clone()));
         tokio::spawn(discovery::server::run(

@@ -126,3 +126,39 @@ impl IdentityMetrics {
         self.rejections.get_or_create(&ReasonLabels { reason }).inc();
     }
 }
+
+/// The discovery server, under `braid_discovery_` (docs/discovery.md).
+#[derive(Debug, Default)]
+pub struct DiscoveryMetrics {
+    /// Proxies with an open stream.
+    pub proxies: Gauge,
+    pub updates_sent: Counter,
+    pub acks: Counter,
+    pub nacks: Counter,
+    /// Hellos and subscriptions refused (unknown pod, another identity's pod, not exported).
+    pub refusals: Counter,
+    /// Pods in the index.
+    pub pods: Gauge,
+}
+
+impl DiscoveryMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let metrics = Self::default();
+        let sub = registry.sub_registry_with_prefix("braid_discovery");
+        sub.register("proxies", "Proxies connected to the discovery endpoint", metrics.proxies.clone());
+        sub.register(
+            "updates_sent",
+            "Destination and policy updates sent to proxies",
+            metrics.updates_sent.clone(),
+        );
+        sub.register("acks", "Updates proxies acknowledged", metrics.acks.clone());
+        sub.register(
+            "nacks",
+            "Updates proxies refused (see the MeshRoute status for why)",
+            metrics.nacks.clone(),
+        );
+        sub.register("refusals", "Hellos and subscriptions the server refused", metrics.refusals.clone());
+        sub.register("index_pods", "Pods in the discovery index", metrics.pods.clone());
+        metrics
+    }
+}

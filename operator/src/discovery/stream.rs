@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::index::{Index, Key, Snapshot, Target};
 use super::registry::Registry;
+use crate::metrics::DiscoveryMetrics;
 
 /// What the client certificate proves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,16 +37,24 @@ pub struct Discovery {
     revision: watch::Sender<u64>,
     memo: Mutex<HashMap<(Key, u16), Memo>>,
     pub registry: Registry,
+    pub metrics: Arc<DiscoveryMetrics>,
 }
 
 impl Discovery {
+    /// With metrics that no registry exports (tests, benchmarks).
     pub fn new(index: Index) -> Arc<Self> {
+        Self::with_metrics(index, Arc::default())
+    }
+
+    pub fn with_metrics(index: Index, metrics: Arc<DiscoveryMetrics>) -> Arc<Self> {
         let revision = watch::channel(index.revision()).0;
+        metrics.pods.set(i64::try_from(index.pod_count()).unwrap_or(i64::MAX));
         Arc::new(Self {
             index: RwLock::new(index),
             revision,
             memo: Mutex::default(),
             registry: Registry::default(),
+            metrics,
         })
     }
 
@@ -54,6 +63,7 @@ impl Discovery {
         let revision = {
             let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
             change(&mut index);
+            self.metrics.pods.set(i64::try_from(index.pod_count()).unwrap_or(i64::MAX));
             index.revision()
         };
         self.revision.send_if_modified(|current| {
@@ -154,6 +164,7 @@ where
         return Err(StreamError::Refused(reason));
     }
     let id = discovery.registry.connect(&hello.proxy_version);
+    discovery.metrics.proxies.inc();
     tracing::debug!(pod = %format!("{}/{}", pod.0, pod.1), proxy_version = %hello.proxy_version, "proxy connected");
     let mut session = Session {
         discovery: &discovery,
@@ -166,6 +177,7 @@ where
     };
     let result = session.run(&mut reader, &mut incoming, &shutdown).await;
     discovery.registry.disconnect(id);
+    discovery.metrics.proxies.dec();
     result
 }
 
@@ -223,6 +235,10 @@ impl Session<'_> {
 
     /// False when the proxy went away (its response body was dropped).
     async fn send(&self, message: ControlMessage) -> bool {
+        match &message {
+            ControlMessage::Refused(_) => self.discovery.metrics.refusals.inc(),
+            _ => self.discovery.metrics.updates_sent.inc(),
+        };
         self.out.send(line(&message)).await.is_ok()
     }
 
@@ -247,12 +263,14 @@ impl Session<'_> {
                 true
             }
             ProxyMessage::Ack(ack) => {
+                self.discovery.metrics.acks.inc();
                 if let Resource::Destination(name) = &ack.resource {
                     self.discovery.registry.ack(self.id, name, ack.version);
                 }
                 true
             }
             ProxyMessage::Nack(nack) => {
+                self.discovery.metrics.nacks.inc();
                 tracing::warn!(pod = %format!("{}/{}", self.pod.0, self.pod.1), resource = ?nack.resource,
                     version = nack.version, reason = %nack.reason, "a proxy refused a configuration");
                 if let Resource::Destination(name) = &nack.resource {
