@@ -82,9 +82,10 @@ with-cluster: tools
 test: fmt-check lint helm-lint unit e2e ## Everything: format, lint, unit, integration and end-to-end tests
 
 .PHONY: bench
-bench: tools ## Benchmarks: webhook admission, then the sidecar pair beside HAProxy/nginx/Envoy; results in bench/results/
+bench: tools ## Benchmarks: webhook admission, the sidecar pair beside HAProxy/nginx/Envoy, discovery at 1,000 proxies; results in bench/results/
 	@bash bench/webhook.sh
 	@bash bench/proxy.sh
+	@bash bench/discovery.sh
 
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz

@@ -1,0 +1,84 @@
+//! Discovery at scale (issue 6, item 5; docs/benchmarks.md "Discovery at scale").
+//!
+//! The driver (default) creates a mesh CA, starts this same binary as the server (`server`
+//! mode: a synthetic index of PODS pods and SERVICES Services served by the real discovery
+//! server over mTLS), connects PROXIES simulated proxies to it as real clients (each its own
+//! HTTP/2 + TLS 1.3 connection with a workload certificate of that CA, hello as an existing pod,
+//! five subscriptions plus its inbound policy, an ack for every update), then changes MeshRoutes
+//! and measures how long each change takes to reach every subscribed proxy and to be acked.
+//!
+//!   cargo run --release -p braid-operator --example discovery_scale -- \
+//!       --proxies 1000 --pods 10000 --services 2000 --changes 20 --out FILE.md
+//!
+//! bench/discovery.sh runs it (and raises the open-files limit it needs: two sockets per proxy).
+
+mod driver;
+mod procfs;
+mod server;
+mod world;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// `drive` (default): run the benchmark; `server`: the server process the driver starts.
+    #[arg(default_value = "drive")]
+    mode: String,
+    #[arg(long, default_value_t = 1000)]
+    proxies: usize,
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    #[arg(long, default_value_t = 2000)]
+    services: usize,
+    /// MeshRoutes, each splitting a Service across its v1 and v2 Services.
+    #[arg(long, default_value_t = 300)]
+    routes: usize,
+    #[arg(long, default_value_t = 50)]
+    namespaces: usize,
+    /// Route changes to measure; change K edits hot route K mod 10 (route 0: every proxy).
+    #[arg(long, default_value_t = 20)]
+    changes: usize,
+    /// Time between the starts of two changes.
+    #[arg(long, default_value_t = 1000)]
+    spacing_ms: u64,
+    /// Handshakes in flight at once while the proxies connect.
+    #[arg(long, default_value_t = 32)]
+    connect_concurrency: usize,
+    /// Markdown report to write (the driver).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Free text for the report's header (commit, machine).
+    #[arg(long, default_value = "")]
+    label: String,
+    /// Pin the server process to these CPUs (taskset -c LIST), e.g. `1` while the driver runs on 0.
+    #[arg(long)]
+    server_cpus: Option<String>,
+    /// Where the driver left the CA for the server (server mode).
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let world = world::World {
+        pods: args.pods,
+        services: args.services,
+        routes: args.routes,
+        namespaces: args.namespaces,
+        proxies: args.proxies,
+    };
+    world.check().map_err(anyhow::Error::msg)?;
+    match args.mode.as_str() {
+        "server" => {
+            let dir = args.ca_dir.ok_or_else(|| anyhow::anyhow!("server mode needs --ca-dir"))?;
+            server::main(world, &dir)
+        }
+        "drive" => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(driver::main(world, args))
+        }
+        other => anyhow::bail!("unknown mode {other:?}: drive or server"),
+    }
+}
