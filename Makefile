@@ -59,6 +59,10 @@ cluster-up: tools ## Start the local Kubernetes (or reuse the running one); prin
 cluster-down: ## Stop the local Kubernetes and everything started against it; remove its state
 	@$(CLUSTER) down
 
+.PHONY: images
+images: deps ## Build the images (braid-proxy, -operator, -webhook, -testapps) and import them into the cluster's containerd
+	@bash images/build.sh
+
 .PHONY: integration
 integration: build ## Tests against the local Kubernetes (which must be up: make cluster-up)
 	@$(CLUSTER) status >/dev/null || { echo "the local cluster is not up: run 'make cluster-up' (or 'make test', which starts it)" >&2; exit 1; }

@@ -1,0 +1,16 @@
+//! Test apps for the end-to-end tests, one library behind three binaries:
+//!
+//! - `echo`: an HTTP/1.1 and h2c server that answers with its name, version and pod as JSON
+//!   ([`echo::EchoResponse`]) and can be told to fail or slow down a fraction of requests;
+//! - `grpc-echo`: a gRPC server with a unary and a bidirectional streaming echo ([`grpc`]);
+//! - `load`: an open-loop load client that counts responses per backend and status and measures
+//!   latency ([`load::Report`]).
+
+pub mod body;
+pub mod cli;
+pub mod echo;
+pub mod faults;
+pub mod grpc;
+pub mod histogram;
+pub mod load;
+pub mod serve;

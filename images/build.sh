@@ -1,0 +1,361 @@
+#!/usr/bin/env bash
+# Braid's container images, built from the workspace's release binaries without Docker or a
+# registry, and imported into the local cluster's containerd under the names the Helm chart and
+# the webhook use (`make images`).
+#
+# Each image (images/NAME.conf says what goes in) is one layer: the binaries, the shared libraries
+# `ldd` lists for them (glibc and the dynamic loader at their paths), /etc/passwd and /etc/group
+# with the user it runs as, /etc/nsswitch.conf, /tmp, CA certificates where the binary may need
+# them, and for braid-proxy Debian's iptables (nft and legacy, with their modules), which
+# `braid-proxy init` runs. umoci (Debian) makes the OCI layout; `ctr images import` (through
+# `e2e/cluster/cluster.sh ctr`) puts it in the node's containerd, replacing an older image of the
+# same name.
+#
+# Incremental: an image whose root filesystem is byte for byte what the cached archive holds is not
+# rebuilt, and not imported again when containerd already has that very image. A changed binary
+# (or library, or conf) rebuilds and replaces it.
+#
+# Usage: images/build.sh [--no-import] [--no-check] [NAME...]   (NAME: braid-proxy, braid-operator,
+#        braid-webhook, braid-testapps; default all)
+#   --no-import  build the archives only (in the cache directory); no cluster needed
+#   --no-check   skip running each imported image's binaries (`--version`) with `ctr run`
+# Environment:
+#   BRAID_IMAGES_DIR   where the archives and their input hashes are kept
+#                      (default ${XDG_CACHE_HOME:-~/.cache}/braid/images)
+#   BRAID_CTR          the ctr command line to import with (default: bash e2e/cluster/cluster.sh ctr,
+#                      i.e. the node's containerd, namespace k8s.io); e.g. for another containerd:
+#                      BRAID_CTR="ctr --address /run/x/containerd.sock --namespace k8s.io"
+#   BRAID_IPTABLES     which iptables `iptables-restore` is in braid-proxy's image: nft or legacy
+#                      (default: the host's choice, Debian's alternatives; both are in the image)
+#   CARGO, CARGO_TARGET_DIR  as for cargo
+set -euo pipefail
+umask 022
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+CONF_DIR=$ROOT/images
+CACHE=${BRAID_IMAGES_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/images}
+RELEASE=${CARGO_TARGET_DIR:-$ROOT/target}/release
+CARGO=${CARGO:-cargo}
+read -r -a CTR <<<"${BRAID_CTR:-bash $ROOT/e2e/cluster/cluster.sh ctr}"
+APP_VERSION=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' "$ROOT/helm/braid/Chart.yaml")
+IMAGE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+log() { printf 'images: %s\n' "$*" >&2; }
+die() {
+  printf 'images: %s\n' "$*" >&2
+  exit 1
+}
+
+import=1 check=1 names=()
+while [ $# -gt 0 ]; do
+  case $1 in
+  --no-import) import=0 ;;
+  --no-check) check=0 ;;
+  -h | --help)
+    sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | cut -c3-
+    exit 0
+    ;;
+  -*) die "unknown option $1 (see --help)" ;;
+  *)
+    [ -f "$CONF_DIR/$1.conf" ] || die "no image $1: images/$1.conf does not exist"
+    names+=("$1")
+    ;;
+  esac
+  shift
+done
+if [ ${#names[@]} -eq 0 ]; then
+  for conf in "$CONF_DIR"/*.conf; do names+=("$(basename "$conf" .conf)"); done
+fi
+[ -n "$APP_VERSION" ] || die "no appVersion in helm/braid/Chart.yaml"
+
+# Debian's umoci; `make deps` installs it, this covers a machine where only the images are built.
+if ! command -v umoci >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing umoci (Debian package umoci)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq umoci >/dev/null ||
+      { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq umoci >/dev/null; } ||
+      die "cannot install umoci: apt-get install umoci"
+  else
+    die "umoci is not installed: apt-get install umoci (or make deps)"
+  fi
+fi
+for tool in ldd strip sha256sum tar; do
+  command -v "$tool" >/dev/null || die "$tool is missing (Debian packages libc-bin, binutils, coreutils, tar)"
+done
+
+# The file paths `ldd` lists for an ELF file: its libraries and the dynamic loader.
+libraries() {
+  ldd "$1" 2>/dev/null | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'
+}
+
+# Copies FILE into ROOTFS at PATH (default: the same path), following symlinks, with its mode, and
+# then every library it needs that is not there yet.
+add_file() {
+  local rootfs=$1 file=$2 path=${3:-$2} lib
+  [ -e "$rootfs$path" ] || install -D -m "$(stat -Lc %a "$file")" "$file" "$rootfs$path"
+  for lib in $(libraries "$file"); do
+    [ -e "$rootfs$lib" ] || install -D -m "$(stat -Lc %a "$lib")" "$lib" "$rootfs$lib"
+  done
+}
+
+# Debian's iptables: both xtables multi-binaries, the command names pointing at them
+# (iptables-restore and iptables-save at the host's choice or $BRAID_IPTABLES), and the match and
+# target modules libxtables loads at run time (with their libraries).
+add_iptables() {
+  local rootfs=$1 mode=${BRAID_IPTABLES:-} multi module name
+  if [ -z "$mode" ]; then
+    case $(readlink -f "$(command -v iptables-restore || echo /usr/sbin/iptables-restore)") in
+    *legacy*) mode=legacy ;;
+    *) mode=nft ;;
+    esac
+  fi
+  [ "$mode" = nft ] || [ "$mode" = legacy ] || die "BRAID_IPTABLES is $mode: nft or legacy"
+  for multi in xtables-nft-multi xtables-legacy-multi; do
+    [ -x "/usr/sbin/$multi" ] || die "/usr/sbin/$multi is missing: apt-get install iptables"
+    add_file "$rootfs" "/usr/sbin/$multi"
+  done
+  for name in iptables ip6tables; do
+    for suffix in "" -restore -save; do
+      ln -s xtables-nft-multi "$rootfs/usr/sbin/$name-nft$suffix"
+      ln -s xtables-legacy-multi "$rootfs/usr/sbin/$name-legacy$suffix"
+      ln -s "xtables-$mode-multi" "$rootfs/usr/sbin/$name$suffix"
+    done
+  done
+  for module in /usr/lib/x86_64-linux-gnu/xtables/*.so; do
+    add_file "$rootfs" "$module"
+  done
+  # Protocol names (-p tcp) resolve through /etc/protocols when libxtables' own table lacks one.
+  [ ! -f /etc/protocols ] || install -m 0644 /etc/protocols "$rootfs/etc/protocols"
+}
+
+# Builds NAME's root filesystem in $work/rootfs from its conf (already sourced).
+make_rootfs() {
+  local rootfs=$1 binary
+  mkdir -p "$rootfs"/{etc,run,tmp,usr/local/bin,usr/sbin}
+  chmod 1777 "$rootfs/tmp"
+  # Root, the chart's non-root user and the proxy's UID, so each shows by name (ps, logs).
+  printf '%s\n' 'root:x:0:0:root:/root:/sbin/nologin' 'nonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin' \
+    'braid-proxy:x:2102:2102:braid-proxy:/:/sbin/nologin' >"$rootfs/etc/passwd"
+  printf '%s\n' 'root:x:0:' 'nonroot:x:65532:' 'braid-proxy:x:2102:' >"$rootfs/etc/group"
+  # glibc's default without this file puts DNS before /etc/hosts.
+  printf '%s\n' 'hosts: files dns' 'networks: files' >"$rootfs/etc/nsswitch.conf"
+  for binary in $BINARIES; do
+    [ -x "$RELEASE/$binary" ] || die "$RELEASE/$binary was not built"
+    # Without debug info (line tables): a fifth of the size, and backtraces keep function names.
+    strip --strip-debug -o "$rootfs/usr/local/bin/$binary" "$RELEASE/$binary"
+    chmod 0755 "$rootfs/usr/local/bin/$binary"
+    add_file "$rootfs" "$RELEASE/$binary" "/usr/local/bin/$binary"
+  done
+  if [ "$CA_CERTS" = 1 ]; then
+    [ -f /etc/ssl/certs/ca-certificates.crt ] || die "/etc/ssl/certs/ca-certificates.crt is missing: apt-get install ca-certificates"
+    install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
+  fi
+  [ "$IPTABLES" != 1 ] || add_iptables "$rootfs"
+}
+
+# A hash of everything the image is made of: each path's type, mode and content (or link target),
+# and the image config.
+inputs_hash() {
+  local rootfs=$1
+  {
+    (cd "$rootfs" && find . -printf '%p %y %m %l\n' | LC_ALL=C sort)
+    (cd "$rootfs" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+    printf 'config %s|%s|%s|%s|%s\n' "$REPOSITORY" "$TAGS" "$ENTRYPOINT" "${CMD:-}" "$USER"
+    # The umoci steps below are inputs too.
+    sed -n '/^build_archive()/,/^}/p' "${BASH_SOURCE[0]}"
+  } | sha256sum | cut -d' ' -f1
+}
+
+# The OCI archive $CACHE/NAME.tar of $work/rootfs, with every tag of TAGS.
+build_archive() {
+  local name=$1 work=$2 first tag
+  local layout=$work/layout
+  first=${TAGS%% *}
+  {
+    umoci init --layout "$layout"
+    umoci new --image "$layout:$first"
+    umoci insert --image "$layout:$first" "$work/rootfs" /
+    local config=(--config.user "$USER" --config.workingdir / --config.env "PATH=$IMAGE_PATH"
+      --config.label "org.opencontainers.image.title=$name"
+      --config.label "org.opencontainers.image.version=$APP_VERSION"
+      --config.label "dev.braid.image.inputs=$3")
+    if [ -n "$ENTRYPOINT" ]; then config+=(--config.entrypoint "$ENTRYPOINT"); fi
+    if [ -n "${CMD:-}" ]; then config+=(--config.cmd "$CMD"); fi
+    umoci config --image "$layout:$first" "${config[@]}"
+    for tag in ${TAGS#"$first"}; do umoci tag --image "$layout:$first" "$tag"; done
+    umoci gc --layout "$layout"
+    tar -C "$layout" -cf "$work/image.tar" .
+  } >"$work/umoci.log" 2>&1 || {
+    cat "$work/umoci.log" >&2
+    die "umoci failed building $name"
+  }
+  mv -f "$work/image.tar" "$CACHE/$name.tar"
+}
+
+# The manifest digest every tag of the archive's layout points at.
+archive_digest() {
+  local digests
+  digests=$(tar -xOf "$1" ./index.json | grep -o 'sha256:[0-9a-f]\{64\}' | sort -u)
+  [ "$(wc -l <<<"$digests")" = 1 ] || die "$1: expected one manifest in index.json, found: $digests"
+  echo "$digests"
+}
+
+# The digest containerd has for image REF, empty if none.
+ctr_digest() {
+  "${CTR[@]}" images ls "name==$1" 2>/dev/null | awk 'NR > 1 {print $3}'
+}
+
+human() { numfmt --to=iec --suffix=B "$1" 2>/dev/null || echo "${1}B"; }
+
+# --- build the binaries --------------------------------------------------------------------------
+packages=()
+for name in "${names[@]}"; do
+  package=$(sed -n 's/^PACKAGE=//p' "$CONF_DIR/$name.conf")
+  [[ " ${packages[*]} " == *" -p $package "* ]] || packages+=(-p "$package")
+done
+log "building ${packages[*]//-p /} (release)"
+t0=$SECONDS
+nice "$CARGO" build --release --locked --manifest-path "$ROOT/Cargo.toml" "${packages[@]}"
+log "binaries ready in $((SECONDS - t0)) s"
+
+if [ "$import" = 1 ]; then
+  "${CTR[@]}" version >/dev/null 2>&1 ||
+    die "cannot reach containerd with '${CTR[*]}': start the cluster (make cluster-up), or build only with --no-import"
+fi
+
+mkdir -p "$CACHE"
+summary=()
+for name in "${names[@]}"; do
+  (
+    # shellcheck source=/dev/null
+    . "$CONF_DIR/$name.conf"
+    work=$(mktemp -d "$CACHE/.$name.XXXXXX")
+    trap 'rm -rf "$work"' EXIT
+    make_rootfs "$work/rootfs"
+    inputs=$(inputs_hash "$work/rootfs")
+    state=cached
+    if [ ! -f "$CACHE/$name.tar" ] || [ "$(cat "$CACHE/$name.inputs" 2>/dev/null)" != "$inputs" ]; then
+      t0=$SECONDS
+      build_archive "$name" "$work" "$inputs"
+      echo "$inputs" >"$CACHE/$name.inputs"
+      state="built in $((SECONDS - t0)) s"
+    fi
+    digest=$(archive_digest "$CACHE/$name.tar")
+    rootfs_size=$(du -sb "$work/rootfs" | cut -f1)
+    archive_size=$(stat -c %s "$CACHE/$name.tar")
+    imported=""
+    if [ "$import" = 1 ]; then
+      stale=0
+      for tag in $TAGS; do [ "$(ctr_digest "$REPOSITORY:$tag")" = "$digest" ] || stale=1; done
+      if [ "$stale" = 1 ]; then
+        "${CTR[@]}" images import --base-name "$REPOSITORY" "$CACHE/$name.tar" >"$work/import.log" 2>&1 || {
+          cat "$work/import.log" >&2
+          die "importing $CACHE/$name.tar failed"
+        }
+        for tag in $TAGS; do
+          [ "$(ctr_digest "$REPOSITORY:$tag")" = "$digest" ] || die "$REPOSITORY:$tag is not $digest after the import"
+        done
+        imported=", imported"
+      else
+        imported=", already in containerd"
+      fi
+    fi
+    for tag in $TAGS; do
+      printf '%-36s %9s (files %s, archive %s) %s%s\n' "$REPOSITORY:$tag" "${digest:7:12}" \
+        "$(human "$rootfs_size")" "$(human "$archive_size")" "$state" "$imported"
+    done >"$CACHE/.$name.summary"
+  )
+  summary+=("$(cat "$CACHE/.$name.summary")")
+  rm -f "$CACHE/.$name.summary"
+done
+
+printf '%s\n' "${summary[@]}"
+
+[ "$import" = 1 ] && [ "$check" = 1 ] || exit 0
+
+# --- check: each image's binaries run under containerd ------------------------------------------
+check_id() { echo "braid-images-check-$$-$1"; }
+run_in() {
+  local image=$1 id
+  id=$(check_id "$RANDOM")
+  shift
+  "${CTR[@]}" run --rm --net-host "$image" "$id" "$@"
+}
+check_image() {
+  local image=$1 expected=$2 output
+  shift 2
+  output=$(run_in "$image" "$@" 2>&1) || die "$image: '$*' failed: $output"
+  [[ $output == *"$expected"* ]] || die "$image: '$*' printed '$output', not '$expected'"
+  log "ok  $image: $* -> ${output%%$'\n'*}"
+}
+# Stops and removes a detached check container.
+remove_container() {
+  "${CTR[@]}" task kill -s SIGKILL "$1" >/dev/null 2>&1 || true
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    "${CTR[@]}" task delete "$1" >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  "${CTR[@]}" container rm "$1" >/dev/null 2>&1 || true
+}
+
+# braid-proxy as the pod runs it: the sidecar (as its own user) in a network namespace, and
+# `braid-proxy init` as root beside it installing the redirect with the image's iptables.
+check_proxy_init() {
+  local image=$1 netns id output
+  netns=braid-images-check-$$
+  id=$(check_id proxy)
+  ip netns add "$netns" || die "cannot create network namespace $netns"
+  # shellcheck disable=SC2064 # expand now: these are the names to clean up
+  trap "remove_container $id; ip netns delete $netns 2>/dev/null || true" RETURN
+  "${CTR[@]}" run -d --null-io --privileged --with-ns "network:/var/run/netns/$netns" "$image" "$id" >/dev/null ||
+    die "$image: the proxy did not start"
+  output=$("${CTR[@]}" task exec --user 0 --exec-id init "$id" braid-proxy init --proxy-uid 2102 \
+    --inbound-port 4143 --outbound-port 4140 2>&1) || die "$image: braid-proxy init failed: $output"
+  output=$("${CTR[@]}" task exec --user 0 --exec-id save "$id" iptables-save -t nat 2>&1) ||
+    die "$image: iptables-save failed: $output"
+  [[ $output == *"-A BRAID_OUTPUT -m owner --uid-owner 2102 -j RETURN"* ]] ||
+    die "$image: braid-proxy init did not install the redirect: $output"
+  "${CTR[@]}" task ls | grep -q "^$id .*RUNNING" || die "$image: the proxy is not running"
+  log "ok  $image: braid-proxy runs, and braid-proxy init (root) installed the redirect with iptables-restore"
+}
+
+# echo serves, and load counts its answers, over the host's loopback.
+check_testapps() {
+  local image=$1 id port output
+  id=$(check_id echo)
+  port=$(( 20000 + RANDOM % 20000 ))
+  # shellcheck disable=SC2064
+  trap "remove_container $id" RETURN
+  "${CTR[@]}" run -d --null-io --net-host --env APP_NAME=check --env APP_VERSION=v1 "$image" "$id" \
+    /usr/local/bin/echo --listen "127.0.0.1:$port" >/dev/null || die "$image: echo did not start"
+  sleep 0.5
+  output=$(run_in "$image" load --url "http://127.0.0.1:$port/" --rate 20 --duration 1s --json 2>/dev/null) ||
+    die "$image: load failed: $output"
+  [[ $output == *'"ok": 20'* && $output == *'"check@v1": 20'* ]] ||
+    die "$image: load did not get 20 answers from echo: $output"
+  log "ok  $image: load got 20 of 20 answers from echo"
+}
+
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml" | head -n 1)
+for name in "${names[@]}"; do
+  (
+    # shellcheck source=/dev/null
+    . "$CONF_DIR/$name.conf"
+    image=$REPOSITORY:${TAGS%% *}
+    for binary in $BINARIES; do
+      check_image "$image" "$binary $version" "/usr/local/bin/$binary" --version
+    done
+    if [ "$IPTABLES" = 1 ]; then
+      for command in iptables-restore iptables-save iptables-legacy-restore iptables-nft-restore; do
+        check_image "$image" "v1." "$command" --version
+      done
+      if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
+        check_proxy_init "$image"
+      else
+        log "skipped braid-proxy init under containerd: needs root and ip (iproute2)"
+      fi
+    fi
+    if [ "$name" = braid-testapps ]; then check_testapps "$image"; fi
+  )
+done
+log "every image runs"
