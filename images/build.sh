@@ -284,7 +284,13 @@ run_in() {
 check_image() {
   local image=$1 expected=$2 output
   shift 2
-  output=$(run_in "$image" "$@" 2>&1) || die "$image: '$*' failed: $output"
+  if ! output=$(run_in "$image" "$@" 2>&1); then
+    # Seen when containerd runs with umask 077: it creates each container's root directory 0700,
+    # so a non-root user cannot reach /lib (the loader and the kernel, with capabilities, can).
+    [[ $output != *"Permission denied"* ]] ||
+      output+=" (is the container's / readable by the image's user? containerd started with umask 077 makes it 0700)"
+    die "$image: '$*' failed: $output"
+  fi
   [[ $output == *"$expected"* ]] || die "$image: '$*' printed '$output', not '$expected'"
   log "ok  $image: $* -> ${output%%$'\n'*}"
 }
