@@ -5,8 +5,10 @@
 # stdout (progress goes to stderr).
 #
 # Why compile: no release binaries can be downloaded on these machines, only Go modules from the module
-# proxy, and no other registry ships kube-apiserver. A cold build takes about 15 minutes on 2 cores
-# (Kubernetes 9, CoreDNS 2, Helm 2.5, etcd 1) and peaks at about 1.9 GB of memory.
+# proxy, and no other registry ships kube-apiserver. A cold build (empty Go caches) costs about 22 CPU
+# minutes: an estimated 12-15 minutes on 2 quiet cores; 24 were measured while other builds shared them
+# (Kubernetes 17, CoreDNS 2.7, Helm 2.5, etcd 1.2). It peaks at about 1.9 GB of memory and leaves 4.4 GB
+# of GOCACHE and 1.5 GB of module downloads.
 #
 # Idempotent: a binary is (re)built only when it is missing or reports another version than the one its
 # go.mod pins, so a warm run costs a few version checks.
@@ -125,9 +127,9 @@ current helm "$HELM_VERSION" ||
 
 # CoreDNS's version is a constant in its source (coremain.CoreVersion). The main package is ours
 # (e2e/tools/coredns), so go names the binary after the module's last element: coredns.
-current coredns "$COREDNS_VERSION" || build coredns "-s -w" .
+current coredns "$COREDNS_VERSION" || build coredns "-s -w" braid.dev/e2e/tools/coredns
 
-current pause "$PAUSE_VERSION" || build pause "-s -w -X main.version=$PAUSE_VERSION" .
+current pause "$PAUSE_VERSION" || build pause "-s -w -X main.version=$PAUSE_VERSION" braid.dev/e2e/tools/pause
 
 for cmd in "${K8S_COMMANDS[@]}" etcd helm coredns pause; do
   log "$(printf '%-24s %s' "$cmd" "$(version_of "$cmd")")"

@@ -464,7 +464,7 @@ ctr)
   cmd_ctr "$@"
   ;;
 *)
-  sed -n '8,16p' "${BASH_SOURCE[0]}" | cut -c3- >&2
+  sed -n '8,18p' "${BASH_SOURCE[0]}" | cut -c3- >&2
   exit 2
   ;;
 esac

@@ -74,9 +74,11 @@ node_check_network() {
   if ip link show "$BRIDGE" >/dev/null 2>&1; then
     die "link $BRIDGE exists already (a cluster whose state directory was deleted by hand?): ip link delete $BRIDGE"
   fi
-  # CoreDNS listens on port 53 of the bridge, which a DNS server on the wildcard address would hold.
+  # CoreDNS listens on port 53 of the bridge, which a DNS server on the wildcard address would hold (one
+  # on a loopback address, like systemd-resolved's 127.0.0.53, is no conflict).
   local holder
   holder=$(ss -Hlnup "sport = :53")
+  holder=$(grep -E "(0\.0\.0\.0|\*|\[::\]|${NODE_IP//./\\.}):53 " <<<"$holder" || true)
   [ -z "$holder" ] || die "UDP port 53 is already in use: $holder"
 }
 
