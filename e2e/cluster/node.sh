@@ -71,8 +71,13 @@ node_check_network() {
   routes=$(ip -4 route show match "$CLUSTER_CIDR")
   routes=$(grep -v "^default" <<<"$routes" || true)
   [ -z "$routes" ] || die "$CLUSTER_CIDR is already routed on this machine ($routes); run 'cluster.sh down', or free the range"
-  if ip link show "$BRIDGE" >/dev/null 2>&1; then
-    die "link $BRIDGE exists already (a cluster whose state directory was deleted by hand?): ip link delete $BRIDGE"
+  # Left by a cluster whose state directory was deleted by hand, so `down` no longer knows them.
+  local chains
+  chains=$(iptables-save -t filter 2>/dev/null | grep -E '^:BRAID-NODE-' || true)
+  if ip link show "$BRIDGE" >/dev/null 2>&1 || [ -n "$chains" ]; then
+    die "the bridge $BRIDGE or the iptables chains BRAID-NODE-* exist already (a cluster whose state directory was
+  deleted by hand?): remove them ('ip link delete $BRIDGE'; 'iptables -D INPUT ...' / 'iptables -D FORWARD ...' for the
+  rules that jump to BRAID-NODE-*, then 'iptables -F' and '-X' those chains), and the KUBE-* and CNI-* chains it left"
   fi
   # CoreDNS listens on port 53 of the bridge, which a DNS server on the wildcard address would hold (one
   # on a loopback address, like systemd-resolved's 127.0.0.53, is no conflict).
