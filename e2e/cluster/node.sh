@@ -412,25 +412,37 @@ node_fail() {
   exit 1
 }
 
+# Starts node component $1 ("$2"... its command) with the umask a service manager would give it, not
+# cluster.sh's 077: containerd and kubelet create the containers' root directories, /etc/resolv.conf and
+# /etc/hosts with it, which would make them unreadable to a container that does not run as root.
+start_node_component() (
+  umask 022
+  start "$@"
+)
+
+# containerd of the node (also for `down`, which may start it again to remove its containers). The proxy
+# that refuses: see the header. NO_PROXY cleared so that no inherited value exempts a registry.
+launch_containerd() (
+  umask 022
+  export HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 http_proxy=http://127.0.0.1:9 \
+    https_proxy=http://127.0.0.1:9 NO_PROXY='' no_proxy=''
+  if [ $# -gt 0 ]; then start containerd "$@"; else launch containerd; fi
+)
+
 node_up() {
   local t0
   t0=$(now_us)
   node_write_configs
-  # The proxy that refuses: see the header. NO_PROXY cleared so that no inherited value exempts a registry.
-  (
-    export HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 http_proxy=http://127.0.0.1:9 \
-      https_proxy=http://127.0.0.1:9 NO_PROXY='' no_proxy=''
-    start containerd containerd --config "$NODE/containerd/config.toml"
-  )
+  launch_containerd containerd --config "$NODE/containerd/config.toml"
   wait_until 30 containerd containerd_ready || node_fail containerd "containerd did not answer on $CONTAINERD_SOCK within 30 s"
   node_build_images
   node_import_images
   node_cluster_objects
-  start kubelet "$STATE/bin/kubelet" --config="$NODE/kubelet/config.yaml" \
+  start_node_component kubelet "$STATE/bin/kubelet" --config="$NODE/kubelet/config.yaml" \
     --kubeconfig="$PKI/kubelet.kubeconfig" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" \
     --root-dir="$NODE/kubelet" --cert-dir="$NODE/kubelet/pki"
-  start kube-proxy "$STATE/bin/kube-proxy" --config="$NODE/kube-proxy.yaml"
-  start coredns "$STATE/bin/coredns" -conf "$NODE/Corefile"
+  start_node_component kube-proxy "$STATE/bin/kube-proxy" --config="$NODE/kube-proxy.yaml"
+  start_node_component coredns "$STATE/bin/coredns" -conf "$NODE/Corefile"
   wait_until 90 kubelet node_ready || node_fail kubelet "node $NODE_NAME did not become Ready within 90 s"
   wait_until 30 coredns coredns_ready || node_fail coredns "CoreDNS did not report ready within 30 s"
   log "node $NODE_NAME Ready in $(since "$t0") s (pods $POD_SUBNET on $BRIDGE, DNS $DNS_IP)"
@@ -445,7 +457,7 @@ node_kill_containers() {
   [ -d "$NODE" ] || return 0 # the node never started
   if [ -f "$STATE/cmd/containerd.args" ] && ! running containerd && [ -d "$NODE/containerd/root" ]; then
     log "starting containerd again to remove its containers"
-    launch containerd
+    launch_containerd
     started=1
     wait_until 30 containerd containerd_ready || log "containerd did not come back: removing its containers by hand"
   fi

@@ -159,8 +159,9 @@ async fn a_deployment_runs_and_its_service_routes_by_dns_name_from_pods_and_by_c
 
     // From another pod, by DNS name through the Service (CoreDNS, then kube-proxy's rules), 20
     // times so that both replicas answer; and the API server through the "kubernetes" Service, as
-    // an in-cluster client (the operator in a pod) reaches it. busybox wget's -T crashes, hence
-    // timeout(1).
+    // an in-cluster client (the operator in a pod) reaches it. Not as root, as most images run:
+    // its root directory, /etc/resolv.conf and /etc/hosts must be readable to it. busybox wget's
+    // -T crashes, hence timeout(1).
     let url = format!("http://web.{n}.svc.cluster.local/");
     let script = format!(
         "for i in $(seq 1 20); do timeout 10 wget -q -O - {url} || exit 1; done; \
@@ -168,7 +169,8 @@ async fn a_deployment_runs_and_its_service_routes_by_dns_name_from_pods_and_by_c
     );
     let client_pod: Pod = serde_json::from_value(json!({
         "metadata": {"name": "client"},
-        "spec": {"restartPolicy": "Never", "containers": [{
+        "spec": {"restartPolicy": "Never", "securityContext": {"runAsUser": 65534, "runAsGroup": 65534},
+                 "containers": [{
             "name": "wget", "image": IMAGE, "imagePullPolicy": "Never", "command": ["sh", "-c", script]
         }]}
     }))
