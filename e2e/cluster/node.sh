@@ -39,9 +39,9 @@ COREDNS_READY_PORT=18181
 
 NODE=$STATE/node
 CONTAINERD_SOCK=$NODE/containerd/containerd.sock
+HOST_DIRS=(/var/lib/kubelet /var/log/containers /var/lib/cni /run/containerd)
 # Sysctls that the node changes (ip_forward and bridge-nf here; the rest kubelet sets at start, as it
 # does on every node): their values before `up`, restored by `down`.
-HOST_DIRS=(/var/lib/kubelet /var/log/containers /var/lib/cni /run/containerd)
 NODE_SYSCTLS=(net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables
   kernel.panic kernel.panic_on_oops vm.overcommit_memory vm.panic_on_oom kernel.keys.root_maxkeys
   kernel.keys.root_maxbytes)
