@@ -305,6 +305,7 @@ pub struct MeshStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxiesStatus {
+    /// Proxies with an open discovery stream to the leading operator.
     pub connected: i32,
     /// Proxy build version -> how many run it.
     #[serde(default)]

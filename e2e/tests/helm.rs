@@ -207,12 +207,22 @@ impl Release {
         let identity = chart_args.iter().any(|a| a == "--identity");
         let mut replaced = vec!["--admin-addr", "--log", "--log-format"];
         if identity {
-            replaced.push("--identity-addr");
+            replaced.extend(["--identity-addr", "--discovery-addr"]);
         }
         let mut args = local_args(&chart_args, &replaced);
         let identity_addr = identity.then(free_local_addr);
         if let Some(addr) = identity_addr {
             args.extend([format!("--identity-addr={addr}"), "--identity-ip-sans=127.0.0.1".to_owned()]);
+            // Discovery comes with the identity endpoint; the leader points the discovery Service
+            // at the pod IP the downward API would give (a documentation address here).
+            args.extend([
+                format!("--discovery-addr={}", free_local_addr()),
+                "--discovery-ip-sans=127.0.0.1".to_owned(),
+                "--pod-ip=192.0.2.10".to_owned(),
+            ]);
+            if !extra.iter().any(|a| a.starts_with("--leader-election-identity")) {
+                args.push(format!("--leader-election-identity={label}"));
+            }
         }
         let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
         args.extend_from_slice(extra);
@@ -498,7 +508,7 @@ async fn the_rendered_chart_passes_a_server_side_dry_run_and_the_crds_apply_as_i
     assert_eq!(kinds, [
         "ClusterRole", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "Deployment", "Deployment",
         "Lease", "Mesh", "MutatingWebhookConfiguration", "PodDisruptionBudget", "PodDisruptionBudget", "Role",
-        "RoleBinding", "Service", "Service", "Service", "ServiceAccount", "ServiceAccount",
+        "RoleBinding", "Service", "Service", "Service", "Service", "ServiceAccount", "ServiceAccount",
     ]);
     for name in ["braid-operator", "braid-webhook"] {
         let deployment = find(&objects, "Deployment", name);
@@ -601,6 +611,7 @@ async fn the_chart_installs_runs_under_its_own_service_accounts_upgrades_and_uni
         format!("mutatingwebhookconfigurations/{config_name}"),
         format!("leases.coordination.k8s.io/{operator_sa}"),
     );
+    let discovery_slice = format!("endpointslices.discovery.k8s.io/{}-discovery-leader", release.name);
     #[rustfmt::skip]
     let operator_allowed: &[&[&str]] = &[
         &["list", "meshroutes.braid.dev", "-A"], &["watch", "meshroutes.braid.dev", "-A"],
@@ -621,6 +632,11 @@ async fn the_chart_installs_runs_under_its_own_service_accounts_upgrades_and_uni
         &["get", "secrets/braid-trust-anchor", "-n", n], &["watch", "secrets/braid-trust-anchor", "-n", n],
         &["patch", "secrets/braid-trust-anchor", "-n", n], &["get", "secrets/braid-issuer", "-n", n],
         &["list", "secrets/braid-issuer", "-n", n], &["patch", "secrets/braid-issuer", "-n", n],
+        // Discovery's index, and the leader's EndpointSlice of the discovery Service.
+        &["list", "pods", "-A"], &["watch", "pods", "-A"],
+        &["list", "endpointslices.discovery.k8s.io", "-A"], &["watch", "endpointslices.discovery.k8s.io", "-A"],
+        &["list", "meshpolicies.braid.dev", "-A"], &["watch", "meshpolicies.braid.dev", "-A"],
+        &["patch", &discovery_slice, "-n", n], &["create", "endpointslices.discovery.k8s.io", "-n", n],
     ];
     #[rustfmt::skip]
     let operator_denied: &[&[&str]] = &[
@@ -630,9 +646,11 @@ async fn the_chart_installs_runs_under_its_own_service_accounts_upgrades_and_uni
         &["get", "secrets", "-n", n], &["get", "secrets/someone-elses", "-n", n],
         &["get", "secrets/braid-webhook-ca", "-n", "default"], &["create", "secrets", "-n", "default"],
         &["create", "leases.coordination.k8s.io", "-n", n], &["delete", &lease_ref, "-n", n],
-        &["list", "pods", "-A"], &["delete", "services", "-A"],
+        &["delete", "pods", "-A"], &["delete", "services", "-A"],
+        &["patch", "pods", "-A"], &["patch", "endpointslices.discovery.k8s.io/someone-elses", "-n", n],
+        &["create", "endpointslices.discovery.k8s.io", "-n", "default"], &["patch", "meshpolicies.braid.dev", "-A"],
         // The mesh CA's: nothing beyond its own objects, by name.
-        &["delete", "tokenreviews.authentication.k8s.io"], &["watch", "pods", "-A"],
+        &["delete", "tokenreviews.authentication.k8s.io"],
         &["list", "serviceaccounts", "-A"], &["create", "serviceaccounts", "--subresource=token", "-A"],
         &["patch", "namespaces"], &["delete", "namespaces"],
         &["list", "configmaps", "-A"], &["get", "configmaps/someone-elses", "-n", "default"],
