@@ -107,6 +107,18 @@ pub struct PolicyConfig {
     pub mtls: MtlsMode,
     #[serde(default)]
     pub rules: Vec<AuthorizationRuleConfig>,
+    /// The kubelet's HTTP probes of the pod's containers. The kubelet cannot speak mTLS, so a
+    /// plaintext GET of exactly one of these paths on its port is admitted even under STRICT
+    /// and whatever the rules say, as Linkerd authorizes probes; nothing else plaintext is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub probes: Vec<ProbeConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProbeConfig {
+    pub port: u16,
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,9 +16,11 @@ pub struct Client<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denied(pub String);
 
-/// Whether a connection may be accepted at all.
-pub fn admit_connection(policy: Option<&PolicyConfig>, client: Client<'_>) -> Result<(), Denied> {
+/// Whether a connection may be accepted at all. `http`: the connection speaks HTTP, so its
+/// requests are checked one by one (a kubelet probe may then pass under STRICT).
+pub fn admit_connection(policy: Option<&PolicyConfig>, client: Client<'_>, http: bool) -> Result<(), Denied> {
     match policy {
+        Some(policy) if http && !policy.probes.is_empty() => Ok(()),
         Some(policy) if policy.mtls == MtlsMode::Strict && client.identity.is_none() => {
             Err(Denied("the workload accepts only mTLS from meshed clients (mtls: STRICT)".into()))
         }
@@ -35,7 +37,13 @@ pub fn authorize(
     port: u16,
 ) -> Result<(), Denied> {
     let Some(policy) = policy else { return Ok(()) };
-    admit_connection(Some(policy), client)?;
+    if client.identity.is_none()
+        && method == Some(&Method::GET)
+        && path.is_some_and(|path| policy.probes.iter().any(|probe| probe.port == port && probe.path == path))
+    {
+        return Ok(());
+    }
+    admit_connection(Some(policy), client, false)?;
     let allowed = policy.rules.iter().any(|rule| {
         let from = rule.from.is_empty() || rule.from.iter().any(|source| source_matches(source, client));
         let to = rule.to.is_empty()
@@ -100,8 +108,8 @@ mod tests {
     #[test]
     fn strict_refuses_plaintext_and_permissive_admits_it() {
         let strict = policy("mtls: STRICT\nrules: [{}]");
-        assert!(admit_connection(Some(&strict), PLAIN).unwrap_err().0.contains("STRICT"));
-        assert!(admit_connection(Some(&strict), FRONTEND).is_ok());
+        assert!(admit_connection(Some(&strict), PLAIN, false).unwrap_err().0.contains("STRICT"));
+        assert!(admit_connection(Some(&strict), FRONTEND, false).is_ok());
         let permissive = policy("mtls: PERMISSIVE\nrules: [{}]");
         assert!(authorize(Some(&permissive), PLAIN, Some(&Method::GET), Some("/"), 80).is_ok());
         assert!(authorize(None, PLAIN, Some(&Method::GET), Some("/"), 80).is_ok(), "no policy: no checks");
@@ -137,5 +145,31 @@ rules:
         // Opaque TCP: only rules without HTTP conditions can allow it.
         assert!(authorize(Some(&policy), FRONTEND, None, None, 5432).is_err());
         assert!(authorize(Some(&policy), admin, None, None, 5432).is_ok());
+    }
+
+    #[test]
+    fn the_kubelets_probes_pass_strict_and_nothing_else_plaintext_does() {
+        let strict = policy(
+            "mtls: STRICT\nrules: [{from: [{namespace: shop}]}]\nprobes: [{port: 8080, path: /healthz}]",
+        );
+        assert!(admit_connection(Some(&strict), PLAIN, true).is_ok(), "HTTP is checked per request");
+        assert!(admit_connection(Some(&strict), PLAIN, false).is_err(), "opaque plaintext is still refused");
+        let get = Method::GET;
+        assert!(authorize(Some(&strict), PLAIN, Some(&get), Some("/healthz"), 8080).is_ok());
+        assert!(authorize(Some(&strict), PLAIN, Some(&get), Some("/healthz"), 9090).is_err(), "another port");
+        assert!(
+            authorize(Some(&strict), PLAIN, Some(&get), Some("/healthz/x"), 8080).is_err(),
+            "exact path only"
+        );
+        assert!(
+            authorize(Some(&strict), PLAIN, Some(&Method::POST), Some("/healthz"), 8080).is_err(),
+            "GET only"
+        );
+        assert!(
+            authorize(Some(&strict), PLAIN, Some(&get), Some("/orders"), 8080)
+                .unwrap_err()
+                .0
+                .contains("STRICT")
+        );
     }
 }

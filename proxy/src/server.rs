@@ -258,7 +258,7 @@ async fn inbound_plaintext(
         match detected {
             // HTTP is checked per request, so a denied one gets a 403 with the reason.
             Detected::Opaque => policy::authorize(policy, client, None, None, app.port()),
-            _ => policy::admit_connection(policy, client),
+            _ => policy::admit_connection(policy, client, true),
         }
     };
     if let Err(denied) = denied {

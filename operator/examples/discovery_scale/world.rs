@@ -186,6 +186,8 @@ impl World {
                 ),
             ]),
             meshed: true,
+            // As a Deployment with an HTTP readiness probe would have.
+            probes: vec![(8080, "/healthz".to_owned())],
         }
     }
 

@@ -28,6 +28,9 @@ pub struct PodInfo {
     pub service_account: String,
     pub labels: BTreeMap<String, String>,
     pub meshed: bool,
+    /// The app containers' HTTP probes (port, path): the kubelet's plaintext requests that a
+    /// STRICT policy must still let through.
+    pub probes: Vec<(u16, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -316,7 +319,8 @@ impl Index {
 
     /// The inbound policy of pod `pod`: the MeshPolicies of its namespace that select it.
     pub fn inbound(&self, pod: &Key) -> Option<PolicyConfig> {
-        let labels = &self.pods.get(pod)?.labels;
+        let info = self.pods.get(pod)?;
+        let labels = &info.labels;
         let mut selecting: Vec<(&str, &MeshPolicySpec)> = self
             .policies
             .iter()
@@ -326,7 +330,7 @@ impl Index {
             .map(|((_, name), policy)| (name.as_str(), policy))
             .collect();
         selecting.sort_by_key(|(name, _)| *name);
-        translate::inbound_policy(&pod.0, &selecting)
+        translate::inbound_policy(&pod.0, &selecting, &info.probes)
     }
 
     /// The configuration a proxy needs to call port `port` of Service `key`.
@@ -520,6 +524,7 @@ mod tests {
                     service_account: "reviews".to_owned(),
                     labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
                     meshed: true,
+                    probes: Vec::new(),
                 },
             );
             endpoints.push(EndpointInfo {
@@ -686,7 +691,12 @@ mod tests {
         let mut index = shop();
         index.upsert_pod(
             key("shop", "reviews-v1-a"),
-            PodInfo { service_account: "reviews".into(), labels: BTreeMap::new(), meshed: false },
+            PodInfo {
+                service_account: "reviews".into(),
+                labels: BTreeMap::new(),
+                meshed: false,
+                probes: Vec::new(),
+            },
         );
         index.upsert_slice(
             key("shop", "reviews-abc"),

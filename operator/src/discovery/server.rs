@@ -293,7 +293,12 @@ mod tests {
         let mut index = Index::new("cluster.local", "cluster.local");
         index.upsert_pod(
             ("web".into(), "client-0".into()),
-            PodInfo { service_account: "client".into(), labels: Default::default(), meshed: true },
+            PodInfo {
+                service_account: "client".into(),
+                labels: Default::default(),
+                meshed: true,
+                probes: Vec::new(),
+            },
         );
         let discovery = Discovery::new(index);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

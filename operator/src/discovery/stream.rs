@@ -361,11 +361,21 @@ mod tests {
         let port = || PortInfo { name: String::new(), port: 80, http2: false };
         index.upsert_pod(
             key("web", "client"),
-            PodInfo { service_account: "client".into(), labels: Default::default(), meshed: true },
+            PodInfo {
+                service_account: "client".into(),
+                labels: Default::default(),
+                meshed: true,
+                probes: Vec::new(),
+            },
         );
         index.upsert_pod(
             key("shop", "api-1"),
-            PodInfo { service_account: "api".into(), labels: Default::default(), meshed: true },
+            PodInfo {
+                service_account: "api".into(),
+                labels: Default::default(),
+                meshed: true,
+                probes: Vec::new(),
+            },
         );
         index.upsert_service(
             key("shop", "api"),

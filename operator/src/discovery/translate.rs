@@ -10,8 +10,8 @@ use braid_crds::{
 };
 use braid_proxy::config::{
     AuthorizationRuleConfig, FaultAbort, FaultConfig, FaultDelay, HeaderMatch, HeaderValueMatch, MatchConfig,
-    MirrorConfig, MtlsMode as ProxyMtls, OperationConfig, PathMatch, PolicyConfig, RetriesConfig, RetryOn,
-    RouteConfig, ServiceAccountConfig, SourceConfig, WeightedBackend,
+    MirrorConfig, MtlsMode as ProxyMtls, OperationConfig, PathMatch, PolicyConfig, ProbeConfig,
+    RetriesConfig, RetryOn, RouteConfig, ServiceAccountConfig, SourceConfig, WeightedBackend,
 };
 
 /// A rule the proxy cannot apply as written. The route is then not programmed, and its status
@@ -169,7 +169,11 @@ pub fn check_route(route_name: &str, spec: &braid_crds::MeshRouteSpec) -> Result
 /// The inbound policy for a pod selected by `policies` (each `(name, spec)`), or `None` when no
 /// policy selects it. Several policies add up: the union of their rules, and STRICT when any one
 /// asks for it.
-pub fn inbound_policy(namespace: &str, policies: &[(&str, &MeshPolicySpec)]) -> Option<PolicyConfig> {
+pub fn inbound_policy(
+    namespace: &str,
+    policies: &[(&str, &MeshPolicySpec)],
+    probes: &[(u16, String)],
+) -> Option<PolicyConfig> {
     if policies.is_empty() {
         return None;
     }
@@ -209,7 +213,8 @@ pub fn inbound_policy(namespace: &str, policies: &[(&str, &MeshPolicySpec)]) -> 
             rules.push(AuthorizationRuleConfig { name: Some(format!("{name}-{r}")), from, to });
         }
     }
-    Some(PolicyConfig { mtls, rules })
+    let probes = probes.iter().map(|(port, path)| ProbeConfig { port: *port, path: path.clone() }).collect();
+    Some(PolicyConfig { mtls, rules, probes })
 }
 
 #[cfg(test)]
@@ -275,7 +280,9 @@ mod tests {
         let permissive: MeshPolicySpec = serde_json::from_value(json!({"mtls": "PERMISSIVE", "rules": [
             {"from": [{"namespace": "ops"}]}]}))
         .unwrap();
-        let policy = inbound_policy("shop", &[("a", &strict), ("b", &permissive)]).expect("selected");
+        let policy =
+            inbound_policy("shop", &[("a", &strict), ("b", &permissive)], &[(8080, "/healthz".to_owned())])
+                .expect("selected");
         assert_eq!(policy.mtls, ProxyMtls::Strict);
         assert_eq!(policy.rules.len(), 2);
         let web = policy.rules[0].from[0].service_account.as_ref().expect("service account");
@@ -286,6 +293,7 @@ mod tests {
         );
         assert_eq!(policy.rules[0].to[0].methods, ["GET"]);
         assert_eq!(policy.rules[1].from[0].namespace.as_deref(), Some("ops"));
-        assert!(inbound_policy("shop", &[]).is_none());
+        assert_eq!(policy.probes, [ProbeConfig { port: 8080, path: "/healthz".into() }]);
+        assert!(inbound_policy("shop", &[], &[]).is_none());
     }
 }

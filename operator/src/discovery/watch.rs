@@ -11,6 +11,7 @@ use braid_crds::{Mesh, MeshPolicy, MeshRoute};
 use futures::{FutureExt as _, StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{WatchStreamExt, watcher},
@@ -32,10 +33,31 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
     let spec = pod.spec.as_ref()?;
     let meshed = pod.annotations().contains_key(INJECTED)
         || spec.init_containers.iter().flatten().chain(&spec.containers).any(|c| c.name == PROXY_CONTAINER);
+    let mut probes = Vec::new();
+    for container in spec.containers.iter().filter(|c| c.name != PROXY_CONTAINER) {
+        let declared = [&container.readiness_probe, &container.liveness_probe, &container.startup_probe];
+        for http in declared.into_iter().flatten().filter_map(|probe| probe.http_get.as_ref()) {
+            let port = match &http.port {
+                IntOrString::Int(port) => u16::try_from(*port).ok(),
+                IntOrString::String(name) => container
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some(name.as_str()))
+                    .and_then(|p| u16::try_from(p.container_port).ok()),
+            };
+            if let Some(port) = port {
+                probes.push((port, http.path.clone().unwrap_or_else(|| "/".to_owned())));
+            }
+        }
+    }
+    probes.sort();
+    probes.dedup();
     Some(PodInfo {
         service_account: spec.service_account_name.clone().unwrap_or_else(|| "default".to_owned()),
         labels: pod.labels().clone(),
         meshed,
+        probes,
     })
 }
 
@@ -327,5 +349,30 @@ pub async fn run(
             tracing::info!(pods = discovery.read(Index::pod_count), "discovery index synced");
             on_synced();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pod_is_reduced_to_identity_labels_meshing_and_probes() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web"},
+                         "annotations": {"braid.dev/injected": "0.1.0"}},
+            "spec": {"serviceAccountName": "web", "containers": [
+                {"name": "app", "image": "x", "ports": [{"name": "http", "containerPort": 8080}],
+                 "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}},
+                 "livenessProbe": {"httpGet": {"port": 9000}},
+                 "startupProbe": {"tcpSocket": {"port": 8080}}}]},
+        }))
+        .expect("pod");
+        let info = pod_info(&pod).expect("a spec");
+        assert_eq!(info.service_account, "web");
+        assert!(info.meshed);
+        assert_eq!(info.probes, [(8080, "/ready".to_owned()), (9000, "/".to_owned())]);
+        let bare: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "x"}})).expect("pod");
+        assert!(pod_info(&bare).is_none(), "no spec: nothing to index");
     }
 }

@@ -771,7 +771,8 @@ mod tests {
     #[test]
     fn the_discovered_inbound_policy_replaces_the_files() {
         let (discovery, shared) = setup("inbound: { policy: { mtls: PERMISSIVE, rules: [{}] } }");
-        let policy = PolicyConfig { mtls: crate::config::MtlsMode::Strict, rules: Vec::new() };
+        let policy =
+            PolicyConfig { mtls: crate::config::MtlsMode::Strict, rules: Vec::new(), probes: Vec::new() };
         let answer = discovery.handle(
             &shared,
             ControlMessage::Inbound(InboundUpdate { version: 2, policy: Some(policy.clone()) }),
