@@ -64,8 +64,9 @@ images: deps ## Build the images (braid-proxy, -operator, -webhook, -testapps) a
 	@bash images/build.sh
 
 .PHONY: integration
-integration: build ## Tests against the local Kubernetes (which must be up: make cluster-up)
+integration: build ## Tests against the local Kubernetes (which must be up: make cluster-up); builds and imports the images first
 	@$(CLUSTER) status >/dev/null || { echo "the local cluster is not up: run 'make cluster-up' (or 'make test', which starts it)" >&2; exit 1; }
+	@bash images/build.sh
 	$(CARGO) test -p braid-e2e --locked -- --nocapture
 
 .PHONY: e2e
@@ -105,5 +106,5 @@ fuzz: ## Fuzz the webhook's AdmissionReview handling and the proxy's detection, 
 	cd proxy/fuzz && $(CARGO) +nightly fuzz run config corpus/config -- -max_total_time=$(FUZZ_SECONDS)
 
 .PHONY: demo
-demo: tools build ## Local Kubernetes, CRDs, examples, operator; then kubectl get meshroutes
+demo: tools ## Local Kubernetes with its node, images, Braid via Helm, demo apps and traffic; then kubectl get pods,meshroutes -A
 	@bash e2e/demo.sh

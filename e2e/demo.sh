@@ -1,64 +1,80 @@
 #!/usr/bin/env bash
-# `make demo`: the local Kubernetes, Braid's CRDs, the example routes and the operator, then what
-# a user looks at: `kubectl get meshroutes`. The operator keeps running in the background until
+# `make demo`: the local Kubernetes with its node, Braid's images, Braid installed with its Helm
+# chart, the demo apps (examples/demo/apps.yaml: echo v1 and v2, a client sending 20 requests a
+# second, an 80/20 MeshRoute), then what a user looks at: `kubectl get pods,meshroutes -A`, the
+# split the client measured, and the memory of each sidecar. Everything keeps running until
 # `make cluster-down`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 started=$EPOCHSECONDS
+step() { printf '\n== %s (%d s)\n' "$*" "$((EPOCHSECONDS - started))"; }
+
+step "the local Kubernetes and its node"
 KUBECONFIG=$(bash e2e/cluster/cluster.sh up | tail -n 1)
 export KUBECONFIG
 STATE=$(dirname "$KUBECONFIG")
 kubectl() { "$STATE/bin/kubectl" "$@"; }
+helm() { "$STATE/bin/helm" "$@"; }
 
-echo "== CRDs (server-side apply, as a GitOps tool would)"
-kubectl apply --server-side --field-manager=braid-demo -f crds/
-kubectl wait --for condition=Established --timeout=60s \
-  crd/meshroutes.braid.dev crd/meshpolicies.braid.dev crd/meshes.braid.dev
+step "images (make images: built from the workspace, imported into the node's containerd)"
+bash images/build.sh --no-check >/dev/null
 
-echo "== the operator"
-# `run` replaces a previous demo's operator (so a rebuilt binary is the one running), and
-# `make cluster-down` stops it.
-# --skip-webhook until the webhook runs in the cluster (issue 7): no configuration points nowhere.
-bash e2e/cluster/cluster.sh run braid-operator "$PWD/target/debug/braid-operator" --admin-addr 127.0.0.1:9990 --skip-webhook
-for _ in $(seq 100); do
-  curl -fsS http://127.0.0.1:9990/readyz >/dev/null 2>&1 && break
-  sleep 0.2
+step "Braid, with its Helm chart"
+# A Mesh left by a test run belongs to no release; the chart brings its own.
+if ! helm status braid -n braid-system >/dev/null 2>&1; then
+  kubectl delete mesh default --ignore-not-found >/dev/null
+fi
+helm upgrade --install braid helm/braid -n braid-system --create-namespace \
+  --set image.pullPolicy=Never --wait --timeout 5m >/dev/null
+# A rebuilt image has the same tag: restart so the pods run it.
+kubectl rollout restart -n braid-system deployment/braid-operator deployment/braid-webhook >/dev/null
+kubectl rollout status -n braid-system deployment/braid-operator --timeout=120s >/dev/null
+kubectl rollout status -n braid-system deployment/braid-webhook --timeout=120s >/dev/null
+
+step "the demo apps in namespace braid-demo (labelled for injection)"
+kubectl create namespace braid-demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl label namespace braid-demo braid.dev/inject=enabled --overwrite >/dev/null
+kubectl apply -f examples/demo/apps.yaml >/dev/null
+# Pods made before a rebuild run the old images, and pods made before the webhook was ready have
+# no sidecar: restart them all.
+kubectl rollout restart -n braid-demo deployment >/dev/null
+for deployment in echo-v1 echo-v2 client; do
+  kubectl rollout status -n braid-demo "deployment/$deployment" --timeout=180s >/dev/null
 done
-curl -fsS http://127.0.0.1:9990/readyz >/dev/null ||
-  { echo "the operator did not become ready; its log:" >&2; tail -n 30 "$STATE/logs/braid-operator.log" >&2; exit 1; }
+kubectl wait -n braid-demo --for condition=Programmed --timeout=60s meshroute/echo >/dev/null
 
-echo "== the examples, in namespace braid-demo"
-kubectl create namespace braid-demo --dry-run=client -o yaml | kubectl apply -f -
-kubectl apply -n braid-demo -f examples/
-# One route with a backend that does not exist yet, to show how the status reports it.
-kubectl apply -n braid-demo -f - <<'YAML'
-apiVersion: braid.dev/v1alpha1
-kind: MeshRoute
-metadata:
-  name: reviews-next
-spec:
-  service: reviews
-  rules:
-    - backends:
-        - service: reviews-v2
-          weight: 90
-        - service: reviews-v3
-          weight: 10
-YAML
-kubectl wait -n braid-demo --for condition=Accepted --timeout=60s meshroute --all >/dev/null
+step "traffic: the client's counts over 20 s"
+client_ip=$(kubectl get pod -n braid-demo -l app=client -o jsonpath='{.items[0].status.podIP}')
+for _ in $(seq 30); do curl -fsS "http://$client_ip:9090/healthz" >/dev/null 2>&1 && break; sleep 1; done
+curl -fsS -X POST "http://$client_ip:9090/reset" >/dev/null
+sleep 20
+report=$(curl -fsS "http://$client_ip:9090/report")
 
 echo
-echo "\$ kubectl get meshroutes -A"
-kubectl get meshroutes -A
+echo "\$ kubectl get pods,meshroutes -A"
+kubectl get pods,meshroutes -A
 echo
-echo "\$ kubectl get meshroutes -A -o wide"
-kubectl get meshroutes -A -o wide
+python3 - "$report" <<'PY'
+import json, sys
+r = json.loads(sys.argv[1])
+versions = {}
+for backend, n in r["backends"].items():
+    versions[backend.rsplit("@", 1)[-1]] = versions.get(backend.rsplit("@", 1)[-1], 0) + n
+total = max(r["total"], 1)
+split = ", ".join(f"{v} {n} ({100 * n / total:.1f}%)" for v, n in sorted(versions.items()))
+print(f"measured split over {r['total']} requests in {r['elapsed_secs']:.0f} s: {split}; "
+      f"failed {r['failed']}; latency p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms")
+PY
 echo
-echo "\$ kubectl get meshroute reviews-next -n braid-demo -o jsonpath='{.status.conditions[?(@.type==\"ResolvedRefs\")].message}'"
-kubectl get meshroute reviews-next -n braid-demo -o jsonpath='{.status.conditions[?(@.type=="ResolvedRefs")].message}'
-echo
+echo "sidecar memory (VmRSS of each braid-proxy under this load):"
+for pid in $(pgrep -x braid-proxy || true); do
+  pod=$(tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | sed -n 's/^BRAID_POD_NAME=//p')
+  rss=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status" 2>/dev/null)
+  [ -n "$pod" ] && awk -v pod="$pod" -v kib="$rss" 'BEGIN { printf "  %-40s %6.1f MiB\n", pod, kib / 1024 }'
+
+done
 echo
 echo "demo ready in $((EPOCHSECONDS - started)) s. Try:  export KUBECONFIG=$KUBECONFIG"
-echo "  kubectl create service clusterip reviews-v3 -n braid-demo --tcp=8080 && kubectl get mr -n braid-demo"
+echo "  kubectl patch meshroute echo -n braid-demo --type=json -p '[{\"op\":\"replace\",\"path\":\"/spec/rules/0/backends/1/weight\",\"value\":50}]'"
 echo "Stop everything with: make cluster-down"
