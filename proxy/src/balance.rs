@@ -14,6 +14,10 @@ use crate::metrics::Label;
 
 /// The latency assumed for an endpoint that has not answered yet.
 const INITIAL_LATENCY_NANOS: f64 = 1_000_000.0;
+/// Without new samples an endpoint's latency estimate fades with this time constant, so one that
+/// was slow once (its first request paid for the TLS handshake) is tried again instead of being
+/// starved forever: peak-EWMA's decay, applied at read time as Finagle and Linkerd do.
+const IDLE_DECAY_SECS: f64 = 10.0;
 
 /// One upstream endpoint: its connections and what the balancer knows of it. Kept across
 /// configuration reloads while the endpoint stays, so pools and statistics survive.
@@ -83,7 +87,9 @@ impl Endpoint {
         let ejected = health.ejected_until.is_some_and(|until| until > now);
         // An ejected endpoint is chosen only when every other one is ejected too.
         let penalty = if ejected { 1e12 } else { 0.0 };
-        health.ewma_nanos * (pending + 1.0) + penalty
+        let idle = health.last_sample.map_or(0.0, |last| now.saturating_duration_since(last).as_secs_f64());
+        let ewma = health.ewma_nanos * (-idle / IDLE_DECAY_SECS).exp();
+        ewma * (pending + 1.0) + penalty
     }
 
     /// Marks a request as outstanding until the guard drops.
@@ -185,6 +191,22 @@ mod tests {
         endpoints[1].record(Duration::from_millis(1), true, &config(), now);
         let picks = (0..100).filter(|_| pick(&endpoints, now).unwrap().addr == endpoints[1].addr).count();
         assert_eq!(picks, 100, "with two endpoints, P2C always compares both");
+    }
+
+    #[test]
+    fn an_endpoint_slow_once_is_tried_again_once_its_estimate_has_faded() {
+        let endpoints = endpoints(2);
+        let start = Instant::now();
+        // Its only request was slow (a new connection); the other keeps answering fast.
+        endpoints[0].record(Duration::from_millis(50), true, &config(), start);
+        let later = start + Duration::from_secs(60);
+        endpoints[1].record(Duration::from_millis(1), true, &config(), later);
+        assert_eq!(pick(&endpoints, start).unwrap().addr, endpoints[1].addr, "slow just now");
+        assert_eq!(
+            pick(&endpoints, later).unwrap().addr,
+            endpoints[0].addr,
+            "idle for a minute: probed again"
+        );
     }
 
     #[test]
