@@ -3,7 +3,7 @@
 //! is stored (index.rs), and the events that arrive together are applied as one change, so a
 //! burst of endpoint churn wakes each proxy's stream once.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -192,69 +192,71 @@ where
         .boxed()
 }
 
-/// Keys seen since each kind's last relist started, to drop what vanished meanwhile.
+/// The keys of each kind the index holds, and those seen since a relist started, so that what
+/// vanished while the watch was away is dropped when the relist ends.
 #[derive(Default)]
-struct Relists {
-    seen: BTreeMap<String, HashSet<Key>>,
+struct Keys {
+    known: HashMap<Kind, HashSet<Key>>,
+    relisting: HashMap<Kind, HashSet<Key>>,
 }
 
-impl Relists {
-    fn name(kind: Kind) -> String {
-        format!("{kind:?}")
-    }
-    fn saw(&mut self, kind: Kind, key: &Key) {
-        if let Some(seen) = self.seen.get_mut(&Self::name(kind)) {
-            seen.insert(key.clone());
-        }
-    }
-}
-
-fn apply(
-    index: &mut Index,
-    relists: &mut Relists,
-    change: Change,
-    known: &mut BTreeMap<String, HashSet<Key>>,
-) {
-    let mut track = |kind: Kind, key: &Key, present: bool, relists: &mut Relists| {
-        let set = known.entry(Relists::name(kind)).or_default();
+impl Keys {
+    fn record(&mut self, kind: Kind, key: &Key, present: bool) {
+        let known = self.known.entry(kind).or_default();
         if present {
-            set.insert(key.clone());
-            relists.saw(kind, key);
+            known.insert(key.clone());
+            if let Some(seen) = self.relisting.get_mut(&kind) {
+                seen.insert(key.clone());
+            }
         } else {
-            set.remove(key);
+            known.remove(key);
         }
-    };
+    }
+
+    /// The keys not seen since the relist of `kind` started; they are forgotten.
+    fn vanished(&mut self, kind: Kind) -> Vec<Key> {
+        let seen = self.relisting.remove(&kind).unwrap_or_default();
+        let known = self.known.entry(kind).or_default();
+        let gone: Vec<Key> = known.iter().filter(|k| !seen.contains(*k)).cloned().collect();
+        for key in &gone {
+            known.remove(key);
+        }
+        gone
+    }
+}
+
+fn apply(index: &mut Index, keys: &mut Keys, change: Change) {
     match change {
         Change::Pod(key, info) => {
-            track(Kind::Pod, &key, info.is_some(), relists);
+            keys.record(Kind::Pod, &key, info.is_some());
             match info {
                 Some(info) => index.upsert_pod(key, info),
                 None => index.remove_pod(&key),
             }
         }
         Change::Service(key, info) => {
-            track(Kind::Service, &key, info.is_some(), relists);
+            keys.record(Kind::Service, &key, info.is_some());
             match info {
                 Some(info) => index.upsert_service(key, info),
                 None => index.remove_service(&key),
             }
         }
         Change::Slice(key, info) => {
-            track(Kind::Slice, &key, info.is_some(), relists);
+            keys.record(Kind::Slice, &key, info.is_some());
             match info {
                 Some(info) => index.upsert_slice(key, info),
                 None => index.remove_slice(&key),
             }
         }
         Change::Route(key, info) => {
-            track(Kind::Route, &key, info.is_some(), relists);
+            keys.record(Kind::Route, &key, info.is_some());
             match info {
                 Some(info) => index.upsert_route(key, info),
                 None => index.remove_route(&key),
             }
         }
         Change::Policy(key, info) => {
-            track(Kind::Policy, &key, info.is_some(), relists);
+            keys.record(Kind::Policy, &key, info.is_some());
             match info {
                 Some(info) => index.upsert_policy(key, info),
                 None => index.remove_policy(&key),
@@ -262,14 +264,10 @@ fn apply(
         }
         Change::TrustDomain(domain) => index.set_trust_domain(&domain),
         Change::Start(kind) => {
-            relists.seen.insert(Relists::name(kind), HashSet::new());
+            keys.relisting.insert(kind, HashSet::new());
         }
         Change::Done(kind) => {
-            let seen = relists.seen.remove(&Relists::name(kind)).unwrap_or_default();
-            let set = known.entry(Relists::name(kind)).or_default();
-            let gone: Vec<Key> = set.iter().filter(|k| !seen.contains(*k)).cloned().collect();
-            for key in gone {
-                set.remove(&key);
+            for key in keys.vanished(kind) {
                 match kind {
                     Kind::Pod => index.remove_pod(&key),
                     Kind::Service => index.remove_service(&key),
@@ -317,8 +315,7 @@ pub async fn run(
             })
             .boxed(),
     ]);
-    let mut relists = Relists::default();
-    let mut known = BTreeMap::new();
+    let mut keys = Keys::default();
     let mut pending_sync: HashSet<Kind> =
         [Kind::Pod, Kind::Service, Kind::Slice, Kind::Route, Kind::Policy].into();
     let mut on_synced = Some(on_synced);
@@ -340,7 +337,7 @@ pub async fn run(
         }
         discovery.update(|index| {
             for change in batch {
-                apply(index, &mut relists, change, &mut known);
+                apply(index, &mut keys, change);
             }
         });
         if pending_sync.is_empty()
