@@ -179,16 +179,25 @@ async fn post(addr: SocketAddr, bundle: &str, body: &[u8]) -> Answer {
             .with_root_certificates(roots)
             .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp =
-        tokio::net::TcpStream::connect(addr).await.unwrap_or_else(|err| panic!("connect {addr}: {err}"));
+    // Before its first issuer is loaded the endpoint refuses handshakes (it has no certificate),
+    // and a proxy retries: status 0 with the reason, for `wait_for_issuer` to retry too.
+    let no_answer = |stage: &str, err: std::io::Error| Answer {
+        status: 0,
+        body: json!({"error": "no-connection", "message": format!("{stage} with {addr}: {err}")}),
+        retry_after: None,
+    };
+    let tcp = match tokio::net::TcpStream::connect(addr).await {
+        Ok(tcp) => tcp,
+        Err(err) => return no_answer("TCP connect", err),
+    };
     // Without it, Nagle's algorithm and the server's delayed ACK can add 40 ms to a request that
     // spans segments, which the latency figure would measure instead of the server.
     tcp.set_nodelay(true).unwrap();
     let name = ServerName::from(addr.ip());
-    let mut tls =
-        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap_or_else(|err| {
-            panic!("TLS handshake with the identity endpoint (trusting the bundle): {err}")
-        });
+    let mut tls = match tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await {
+        Ok(tls) => tls,
+        Err(err) => return no_answer("TLS handshake (trusting the bundle)", err),
+    };
     let head = format!(
         "POST /v1/certify HTTP/1.1\r\nHost: braid-identity\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
@@ -329,7 +338,7 @@ async fn workload_namespace(cluster: &Cluster, client: &Client, prefix: &str) ->
 async fn wait_for_issuer(addr: SocketAddr, bundle: &str, namespace: &str) {
     eventually(Duration::from_secs(30), "the identity endpoint to have an issuer", || async {
         let answer = certify(addr, bundle, "x", &csr(&spiffe(namespace, "web"))).await;
-        (answer.error() != "unavailable").then_some(())
+        (answer.status != 0 && answer.error() != "unavailable").then_some(())
     })
     .await;
 }

@@ -164,24 +164,30 @@ async fn handle(
         discovery.resolve(&shared, *addr).await;
         table = shared.table.load_full();
     }
-    let opaque_service = match &target {
-        Target::Outbound(OutboundTarget::Service(name)) => {
-            table.service_by_name(name).is_some_and(|s| s.protocol == Protocol::Opaque)
-        }
+    let service_protocol = match &target {
+        Target::Outbound(OutboundTarget::Service(name)) => table.service_by_name(name).map(|s| s.protocol),
         Target::Outbound(OutboundTarget::Original(addr)) => {
-            table.service_by_address(*addr).is_some_and(|s| s.protocol == Protocol::Opaque)
+            table.service_by_address(*addr).map(|s| s.protocol)
         }
-        _ => false,
+        _ => None,
     };
     drop(table);
 
-    let (detected, prefix, stream) = if opaque_service {
-        (Detected::Opaque, BytesMut::new(), stream)
-    } else {
-        match read_prefix(stream, limits.detect_timeout).await {
+    // A client that opens a connection to a known service and says nothing yet is an HTTP client
+    // pool warming up, not a server-speaks-first protocol (those services are declared opaque):
+    // forwarding its connection as opaque TCP after the detection timeout would pin all its later
+    // requests to one endpoint, around the routes. So it may stay silent, and is closed, not
+    // tunnelled, when it stays silent too long.
+    let (detected, prefix, stream) = match service_protocol {
+        Some(Protocol::Opaque) => (Detected::Opaque, BytesMut::new(), stream),
+        Some(Protocol::Auto) => match read_prefix(stream, SILENT_CLIENT_TIMEOUT, Silence::Close).await {
             Some(read) => read,
             None => return,
-        }
+        },
+        None => match read_prefix(stream, limits.detect_timeout, Silence::Opaque).await {
+            Some(read) => read,
+            None => return,
+        },
     };
     let read_bytes = metrics.tcp_read_bytes.get_or_create(&labels).clone();
     let write_bytes = metrics.tcp_write_bytes.get_or_create(&labels).clone();
@@ -349,7 +355,23 @@ async fn read_client_hello(
 
 /// Reads until the protocol is known, or the client stays silent for `timeout` (then it is
 /// opaque: server-speaks-first protocols). `None` when the client closed without a byte.
-async fn read_prefix(mut stream: TcpStream, timeout: Duration) -> Option<(Detected, BytesMut, TcpStream)> {
+/// How long a client of a known service may hold a connection open without sending anything.
+const SILENT_CLIENT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What a connection whose client sent nothing before the timeout becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Silence {
+    /// Opaque TCP: the server may speak first (an unknown destination, or inbound).
+    Opaque,
+    /// Closed: an idle HTTP client connection, which the client replaces when it needs one.
+    Close,
+}
+
+async fn read_prefix(
+    mut stream: TcpStream,
+    timeout: Duration,
+    silence: Silence,
+) -> Option<(Detected, BytesMut, TcpStream)> {
     let mut buffer = BytesMut::with_capacity(1024);
     let deadline = Instant::now() + timeout;
     loop {
@@ -362,6 +384,7 @@ async fn read_prefix(mut stream: TcpStream, timeout: Duration) -> Option<(Detect
             buffer.reserve(buffer.len());
         }
         match tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buffer)).await {
+            Err(_) if buffer.is_empty() && silence == Silence::Close => return None,
             Err(_) => return Some((Detected::Opaque, buffer, stream)),
             Ok(Ok(0)) if buffer.is_empty() => return None,
             Ok(Ok(0)) => return Some((Detected::Opaque, buffer, stream)),

@@ -121,6 +121,32 @@ async fn weighted_split_honours_the_weights() {
     assert_eq!(v1.hits() + v2.hits(), total);
 }
 
+/// HTTP client pools open connections ahead of need and use them seconds later. Such a
+/// connection, silent past the detection timeout, must still carry HTTP that is routed request by
+/// request, not become an opaque tunnel to whichever backend was picked when it opened.
+#[tokio::test]
+async fn a_connection_silent_past_detection_still_routes_each_request() {
+    let (v1, v2) = tokio::join!(Upstream::start("v1"), Upstream::start("v2"));
+    let config = one_service(&format!(
+        "{}    routes:\n      - backends: [{{ name: v1, weight: 50 }}, {{ name: v2, weight: 50 }}]\n",
+        backends(&[("v1", v1.addr), ("v2", v2.addr)])
+    ));
+    let proxy = Proxy::start(&config).await;
+    let stream = TcpStream::connect(proxy.service("web.shop.svc.cluster.local")).await.unwrap();
+    // Longer than the default detection timeout (1 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    for _ in 0..40 {
+        let response = sender.send_request(Request::get("/").body(full("")).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let _ = response.into_body().collect().await;
+    }
+    // One backend for all 40 would mean a tunnel (probability 2^-39 by chance).
+    assert!(v1.hits() > 0 && v2.hits() > 0, "v1 {} / v2 {} of 40 on one connection", v1.hits(), v2.hits());
+}
+
 #[tokio::test]
 async fn retries_hide_an_upstream_that_fails_its_first_requests() {
     let flaky = Upstream::start("flaky").await;
@@ -394,15 +420,15 @@ async fn two_sidecars_carry_http1_over_one_http2_connection_and_propagate_the_tr
 
 #[tokio::test]
 async fn opaque_tcp_is_forwarded_both_ways() {
-    // An echo server that also speaks first, like a database would.
+    // An echo server that also speaks first, like a database would. A known service that speaks
+    // first is declared opaque (a silent client of an HTTP service is only waited for).
     let echo_addr = echo_server(b"HELLO\n").await;
     let config = one_service(&format!(
-        "{}    routes:\n      - backends: [{{ name: db }}]\n",
+        "    protocol: opaque\n{}    routes:\n      - backends: [{{ name: db }}]\n",
         backends(&[("db", echo_addr)])
-    ))
-    .replacen("admin:", "limits: { detectTimeout: 200ms }\nadmin:", 1);
+    ));
     let proxy = Proxy::start(&config).await;
-    // Server speaks first: the client sends nothing, detection times out, bytes flow.
+    // Server speaks first: the client sends nothing, bytes flow at once.
     let mut stream = TcpStream::connect(proxy.service("web.shop.svc.cluster.local")).await.unwrap();
     let mut banner = [0u8; 6];
     tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut banner)).await.unwrap().unwrap();

@@ -133,9 +133,9 @@ impl World {
 
     /// Every third Service has a second, gRPC port.
     fn ports(&self, service: usize) -> Vec<PortInfo> {
-        let mut ports = vec![PortInfo { name: "http".into(), port: 80, http2: false }];
+        let mut ports = vec![PortInfo { name: "http".into(), port: 80, http2: false, opaque: false }];
         if service.is_multiple_of(3) {
-            ports.push(PortInfo { name: "grpc".into(), port: 9090, http2: true });
+            ports.push(PortInfo { name: "grpc".into(), port: 9090, http2: true, opaque: false });
         }
         ports
     }

@@ -48,6 +48,9 @@ pub struct PortInfo {
     pub port: u16,
     /// appProtocol says HTTP/2 (h2c, grpc): the endpoint is spoken to with prior knowledge.
     pub http2: bool,
+    /// appProtocol or the port's name says a protocol that is not HTTP (a database, where the
+    /// server may speak first): proxies forward its connections as opaque TCP, without detection.
+    pub opaque: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -336,9 +339,10 @@ impl Index {
     /// The configuration a proxy needs to call port `port` of Service `key`.
     pub fn destination(&self, key: &Key, port: u16) -> Snapshot {
         let Some(service) = self.services.get(key) else { return Snapshot::UNKNOWN };
-        if !service.ports.iter().any(|p| p.port == port) {
+        let Some(service_port) = service.ports.iter().find(|p| p.port == port) else {
             return Snapshot::UNKNOWN;
-        }
+        };
+        let protocol = if service_port.opaque { Protocol::Opaque } else { Protocol::Auto };
         let (namespace, target) = key;
         let mut routes = Vec::new();
         let mut applied = Vec::new();
@@ -409,7 +413,7 @@ impl Index {
             hosts: Vec::new(),
             addresses: service.cluster_ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect(),
             listen: None,
-            protocol: Protocol::Auto,
+            protocol,
             backends,
             routes,
             load_balancer: LoadBalancerConfig::default(),
@@ -505,7 +509,7 @@ mod tests {
     }
 
     fn http_port(port: u16) -> PortInfo {
-        PortInfo { name: "http".into(), port, http2: false }
+        PortInfo { name: "http".into(), port, http2: false, opaque: false }
     }
 
     /// Service `name` in shop with cluster IP `cluster_ip`:80 → pods `pods` (name, ip, labels) on 8080.

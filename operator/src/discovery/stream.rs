@@ -358,7 +358,7 @@ mod tests {
 
     fn cluster() -> Arc<Discovery> {
         let mut index = Index::new("cluster.local", "cluster.local");
-        let port = || PortInfo { name: String::new(), port: 80, http2: false };
+        let port = || PortInfo { name: String::new(), port: 80, http2: false, opaque: false };
         index.upsert_pod(
             key("web", "client"),
             PodInfo {
@@ -397,7 +397,7 @@ mod tests {
             key("shop", "api-x"),
             SliceInfo {
                 service: "api".into(),
-                ports: vec![PortInfo { name: String::new(), port: 8080, http2: false }],
+                ports: vec![PortInfo { name: String::new(), port: 8080, http2: false, opaque: false }],
                 endpoints: vec![EndpointInfo {
                     addresses: vec!["10.1.0.5".parse().unwrap()],
                     ready: true,
@@ -478,7 +478,7 @@ mod tests {
                 key("shop", "api-x"),
                 SliceInfo {
                     service: "api".into(),
-                    ports: vec![PortInfo { name: String::new(), port: 8080, http2: false }],
+                    ports: vec![PortInfo { name: String::new(), port: 8080, http2: false, opaque: false }],
                     endpoints: vec![EndpointInfo {
                         addresses: vec!["10.1.0.6".parse().unwrap()],
                         ready: true,

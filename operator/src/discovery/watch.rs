@@ -65,6 +65,17 @@ fn http2(app_protocol: Option<&String>) -> bool {
     matches!(app_protocol.map(String::as_str), Some("kubernetes.io/h2c" | "h2c" | "grpc" | "http2"))
 }
 
+/// Protocols in which the server may speak first, or that are never HTTP, by appProtocol or by
+/// the port name's prefix (Istio's convention: `mysql`, `tcp-db`, `redis-main`). Their
+/// connections are not held for protocol detection.
+fn opaque(app_protocol: Option<&String>, name: Option<&str>) -> bool {
+    const OPAQUE: [&str; 10] =
+        ["tcp", "tls", "mysql", "postgres", "postgresql", "redis", "mongo", "mongodb", "smtp", "amqp"];
+    let protocol =
+        app_protocol.map(String::as_str).or_else(|| name.map(|n| n.split('-').next().unwrap_or(n)));
+    protocol.is_some_and(|p| OPAQUE.contains(&p.to_ascii_lowercase().as_str()))
+}
+
 pub fn service_info(service: &Service) -> Option<ServiceInfo> {
     let spec = service.spec.as_ref()?;
     let mut cluster_ips: Vec<IpAddr> = spec
@@ -86,6 +97,7 @@ pub fn service_info(service: &Service) -> Option<ServiceInfo> {
                 name: p.name.clone().unwrap_or_default(),
                 port: u16::try_from(p.port).ok()?,
                 http2: http2(p.app_protocol.as_ref()),
+                opaque: opaque(p.app_protocol.as_ref(), p.name.as_deref()),
             })
         })
         .collect();
@@ -112,6 +124,7 @@ pub fn slice_info(slice: &EndpointSlice) -> Option<SliceInfo> {
                 name: p.name.clone().unwrap_or_default(),
                 port: u16::try_from(p.port?).ok()?,
                 http2: http2(p.app_protocol.as_ref()),
+                opaque: opaque(p.app_protocol.as_ref(), p.name.as_deref()),
             })
         })
         .collect();
@@ -352,6 +365,28 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_ports_are_opaque_by_app_protocol_or_name_and_http_ports_are_not() {
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "db", "namespace": "shop"},
+            "spec": {"clusterIP": "10.96.0.7", "ports": [
+                {"name": "mysql", "port": 3306},
+                {"name": "tcp-admin", "port": 3307},
+                {"name": "main", "port": 5432, "appProtocol": "postgresql"},
+                {"name": "http", "port": 80},
+                {"name": "web", "port": 8080, "appProtocol": "http"},
+                {"name": "tcpish", "port": 9000}
+            ]}
+        }))
+        .unwrap();
+        let info = service_info(&service).unwrap();
+        let opaque: Vec<(u16, bool)> = info.ports.iter().map(|p| (p.port, p.opaque)).collect();
+        assert_eq!(
+            opaque,
+            [(3306, true), (3307, true), (5432, true), (80, false), (8080, false), (9000, false)]
+        );
+    }
 
     #[test]
     fn a_pod_is_reduced_to_identity_labels_meshing_and_probes() {
