@@ -281,6 +281,17 @@ async fn inbound_from_client(client: &Client, ns: &str) -> u64 {
     total
 }
 
+/// Asserts that every request of a load run crossed both sidecars: the echo pods' proxies
+/// counted as many from the client's SPIFFE id as the client sent (`before`: the count before).
+async fn assert_all_meshed(client: &Client, ns: &str, before: u64, report: &Value) {
+    let meshed = inbound_from_client(client, ns).await - before;
+    assert_eq!(
+        meshed,
+        count(report, "total"),
+        "requests the echo sidecars saw over mTLS from the client: {report}"
+    );
+}
+
 fn count(report: &Value, field: &str) -> u64 {
     report[field].as_u64().unwrap_or(0)
 }
@@ -372,14 +383,7 @@ async fn the_mesh_end_to_end_with_real_pods() {
     let share = |report: &Value| {
         *by_version(report).get("v2").unwrap_or(&0) as f64 / count(report, "total").max(1) as f64
     };
-    // Every request crossed both sidecars: the echo pods' proxies counted each one from the
-    // client's SPIFFE id.
-    let meshed = inbound_from_client(&client, ns).await - meshed_before;
-    assert_eq!(
-        meshed,
-        count(&report, "total"),
-        "requests the echo sidecars saw over mTLS from the client: {report}"
-    );
+    assert_all_meshed(&client, ns, meshed_before, &report).await;
     // 2000 requests: the standard deviation of the share is 0.009; 0.03 is over 3 of them.
     let v2 = share(&report);
     // (Runs of this test once measured 0.12 here: the load client's pooled connections that sat
@@ -427,12 +431,7 @@ async fn the_mesh_end_to_end_with_real_pods() {
         &["--url", &url(ns, "/"), "--rate", "100", "--duration", "20s"],
     )
     .await;
-    let meshed = inbound_from_client(&client, ns).await - meshed_before;
-    assert_eq!(
-        meshed,
-        count(&report, "total"),
-        "requests the echo sidecars saw over mTLS from the client: {report}"
-    );
+    assert_all_meshed(&client, ns, meshed_before, &report).await;
     let v2 = share(&report);
     // 2000 requests at p = 0.5: the standard deviation is 0.011; 0.04 is over 3.5 of them.
     assert!((0.46..=0.54).contains(&v2), "50/50 split measured v2 = {v2:.3}: {report}");

@@ -178,13 +178,14 @@ async fn handle(
     // forwarding its connection as opaque TCP after the detection timeout would pin all its later
     // requests to one endpoint, around the routes. So it may stay silent, and is closed, not
     // tunnelled, when it stays silent too long.
-    let (detected, prefix, stream) = match service_protocol {
-        Some(Protocol::Opaque) => (Detected::Opaque, BytesMut::new(), stream),
-        Some(Protocol::Auto) => match read_prefix(stream, SILENT_CLIENT_TIMEOUT, Silence::Close).await {
-            Some(read) => read,
-            None => return,
-        },
-        None => match read_prefix(stream, limits.detect_timeout, Silence::Opaque).await {
+    let detection = match service_protocol {
+        Some(Protocol::Opaque) => None,
+        Some(Protocol::Auto) => Some((SILENT_CLIENT_TIMEOUT, Silence::Close)),
+        None => Some((limits.detect_timeout, Silence::Opaque)),
+    };
+    let (detected, prefix, stream) = match detection {
+        None => (Detected::Opaque, BytesMut::new(), stream),
+        Some((timeout, silence)) => match read_prefix(stream, timeout, silence).await {
             Some(read) => read,
             None => return,
         },
@@ -353,8 +354,6 @@ async fn read_client_hello(
     }
 }
 
-/// Reads until the protocol is known, or the client stays silent for `timeout` (then it is
-/// opaque: server-speaks-first protocols). `None` when the client closed without a byte.
 /// How long a client of a known service may hold a connection open without sending anything.
 const SILENT_CLIENT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -367,6 +366,8 @@ enum Silence {
     Close,
 }
 
+/// Reads until the protocol is known, or the client stays silent for `timeout` (then `silence`
+/// decides). `None` when the client closed without a byte, or was closed for its silence.
 async fn read_prefix(
     mut stream: TcpStream,
     timeout: Duration,

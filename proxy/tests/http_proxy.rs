@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -101,14 +102,20 @@ async fn a_request_no_route_matches_gets_404_with_the_reason() {
     assert_eq!(a.hits(), 0);
 }
 
-#[tokio::test]
-async fn weighted_split_honours_the_weights() {
+/// Upstreams v1 and v2 behind the proxy's one service, split by the weights given.
+async fn split(v1_weight: u32, v2_weight: u32) -> (Arc<Upstream>, Arc<Upstream>, Proxy) {
     let (v1, v2) = tokio::join!(Upstream::start("v1"), Upstream::start("v2"));
     let config = one_service(&format!(
-        "{}    routes:\n      - backends: [{{ name: v1, weight: 80 }}, {{ name: v2, weight: 20 }}]\n",
+        "{}    routes:\n      - backends: [{{ name: v1, weight: {v1_weight} }}, {{ name: v2, weight: {v2_weight} }}]\n",
         backends(&[("v1", v1.addr), ("v2", v2.addr)])
     ));
     let proxy = Proxy::start(&config).await;
+    (v1, v2, proxy)
+}
+
+#[tokio::test]
+async fn weighted_split_honours_the_weights() {
+    let (v1, v2, proxy) = split(80, 20).await;
     let client = http1_client();
     let total = 2000;
     for _ in 0..total {
@@ -126,12 +133,7 @@ async fn weighted_split_honours_the_weights() {
 /// request, not become an opaque tunnel to whichever backend was picked when it opened.
 #[tokio::test]
 async fn a_connection_silent_past_detection_still_routes_each_request() {
-    let (v1, v2) = tokio::join!(Upstream::start("v1"), Upstream::start("v2"));
-    let config = one_service(&format!(
-        "{}    routes:\n      - backends: [{{ name: v1, weight: 50 }}, {{ name: v2, weight: 50 }}]\n",
-        backends(&[("v1", v1.addr), ("v2", v2.addr)])
-    ));
-    let proxy = Proxy::start(&config).await;
+    let (v1, v2, proxy) = split(50, 50).await;
     let stream = TcpStream::connect(proxy.service("web.shop.svc.cluster.local")).await.unwrap();
     // Longer than the default detection timeout (1 s).
     tokio::time::sleep(Duration::from_millis(1500)).await;
