@@ -185,7 +185,7 @@ async fn handle(
     };
     let (detected, prefix, stream) = match detection {
         None => (Detected::Opaque, BytesMut::new(), stream),
-        Some((timeout, silence)) => match read_prefix(stream, timeout, silence).await {
+        Some((timeout, silence)) => match read_prefix(stream, timeout, silence, &shutdown).await {
             Some(read) => read,
             None => return,
         },
@@ -367,11 +367,14 @@ enum Silence {
 }
 
 /// Reads until the protocol is known, or the client stays silent for `timeout` (then `silence`
-/// decides). `None` when the client closed without a byte, or was closed for its silence.
+/// decides). `None` when the client closed without a byte, or was closed for its silence, or a
+/// drain began while a `Silence::Close` client had sent nothing (it has no request in flight, and
+/// would otherwise hold the drain until its deadline).
 async fn read_prefix(
     mut stream: TcpStream,
     timeout: Duration,
     silence: Silence,
+    shutdown: &CancellationToken,
 ) -> Option<(Detected, BytesMut, TcpStream)> {
     let mut buffer = BytesMut::with_capacity(1024);
     let deadline = Instant::now() + timeout;
@@ -384,8 +387,13 @@ async fn read_prefix(
         if buffer.capacity() == buffer.len() {
             buffer.reserve(buffer.len());
         }
-        match tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buffer)).await {
-            Err(_) if buffer.is_empty() && silence == Silence::Close => return None,
+        let closable = buffer.is_empty() && silence == Silence::Close;
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buffer)) => read,
+            () = shutdown.cancelled(), if closable => return None,
+        };
+        match read {
+            Err(_) if closable => return None,
             Err(_) => return Some((Detected::Opaque, buffer, stream)),
             Ok(Ok(0)) if buffer.is_empty() => return None,
             Ok(Ok(0)) => return Some((Detected::Opaque, buffer, stream)),

@@ -501,3 +501,19 @@ async fn drain_finishes_in_flight_requests_and_refuses_new_connections() {
     assert_eq!((status, body.as_str()), (StatusCode::OK, "slow"), "the request in flight completed");
     assert!(drain.await.unwrap(), "drained before the deadline");
 }
+
+/// A pooled client connection that never sent a request has nothing in flight: a drain closes it
+/// at once instead of waiting for it until the deadline.
+#[tokio::test]
+async fn drain_closes_a_client_connection_that_never_sent_a_request() {
+    let (_v1, _v2, mut proxy) = split(50, 50).await;
+    let mut silent = TcpStream::connect(proxy.service("web.shop.svc.cluster.local")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let drained = proxy.running.take().unwrap().drain(Duration::from_secs(20)).await;
+    assert!(drained, "the drain reached its deadline");
+    assert!(started.elapsed() < Duration::from_secs(5), "the drain took {:?}", started.elapsed());
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(1), silent.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the silent connection is still open: {read:?}");
+}
