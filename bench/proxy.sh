@@ -18,10 +18,13 @@
 #   bench/proxy.sh                 the benchmark (peers: braid, braid-mtls (mTLS between A and B), haproxy, nginx, envoy)
 #   bench/proxy.sh profile [PEER]  perf profile of PEER's pair (default braid) at PROFILE_RATE
 #                                  req/s: bench/results/proxy-profile-<PEER>-<timestamp>.txt
+#   bench/proxy.sh costs           per request and proxy, COST_PEERS ("braid haproxy") side by side:
+#                                  user/system CPU, context switches, system calls (perf stat), at
+#                                  PROFILE_RATE req/s and closed loop: bench/results/proxy-costs-*.md
 #
 # Knobs: RUNS (5), DURATION (15s), RATES ("1000 4000"), PEERS ("braid braid-mtls haproxy nginx envoy"),
 # WARMUP (3s), WRK_DURATION (10s), PROFILE_RATE (1000), BRAID_BIN (a braid-proxy binary to use
-# instead of building target/release/braid-proxy), LINK (plain; the hop between A and B: a
+# instead of building target/proxy/braid-proxy, Cargo profile `proxy`), LINK (plain; the hop between A and B: a
 # TLS variant is added as another LINK value, see bench/proxy/README.md), KEEP_WORK (set: keep the
 # scratch folder with configs, logs and raw runs), NICE (0; e.g. -10 runs origin, load generator
 # and proxies above other work on this shared machine). Quick: RUNS=1 DURATION=3s.
@@ -44,12 +47,13 @@ ENVOY_VERSION=${ENVOY_VERSION:-1.40.0}
 CONNECTIONS=16
 MODE=${1:-bench}
 PROFILE_PEER=${2:-braid}
+COST_PEERS=${COST_PEERS:-"braid haproxy"}
 
 TEMPLATES=bench/proxy
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/braid
 OHA=$(command -v oha || echo "$CACHE/cargo-tools/bin/oha")
 ENVOY_VENV=$CACHE/bench-tools/envoy
-BRAID=${BRAID_BIN:-target/release/braid-proxy}
+BRAID=${BRAID_BIN:-target/proxy/braid-proxy}
 
 log() { echo "bench: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -59,7 +63,8 @@ DURATION=$(seconds "$DURATION"); WARMUP=$(seconds "$WARMUP"); WRK_DURATION=$(sec
 case $MODE in
   bench) ;;
   profile) PEERS=$PROFILE_PEER ;;
-  *) die "usage: bench/proxy.sh [bench | profile [braid|haproxy|nginx|envoy]]" ;;
+  costs) PEERS=$COST_PEERS ;;
+  *) die "usage: bench/proxy.sh [bench | profile [braid|haproxy|nginx|envoy] | costs]" ;;
 esac
 case $LINK in
   plain) ;;
@@ -105,8 +110,8 @@ install_tools() {
         ;;
       braid | braid-mtls)
         if [ -z "${BRAID_BIN:-}" ]; then
-          log "building braid-proxy (release)"
-          cargo build --release -p braid-proxy --locked -q
+          log "building braid-proxy (Cargo profile proxy: release with fat LTO)"
+          cargo build --profile proxy -p braid-proxy --locked -q
         fi
         if [ "$peer" = braid-mtls ] && [ ! -x target/release/examples/identity_stub ]; then
           log "building the identity stand-in (release)"
@@ -115,7 +120,7 @@ install_tools() {
         ;;
     esac
   done
-  if [ "$MODE" = profile ]; then
+  if [ "$MODE" = profile ] || [ "$MODE" = costs ]; then
     need_apt perf linux-perf
     perf record -e cpu-clock -o /dev/null -- true >/dev/null 2>&1 ||
       die "perf record does not work here (kernel.perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid))"
@@ -251,7 +256,7 @@ hop_braid() {
   free_ports 3; admin=${PORTS[0]} outbound=${PORTS[1]} inbound=${PORTS[2]}
   render "braid-$side.yaml" "$dir/proxy.yaml" PORT="$port" UPSTREAM="$upstream" ADMIN="$admin" \
     OUTBOUND="$outbound" INBOUND="$inbound"
-  [ -x "$BRAID" ] || die "$BRAID is missing (cargo build --release -p braid-proxy --locked)"
+  [ -x "$BRAID" ] || die "$BRAID is missing (cargo build --profile proxy -p braid-proxy --locked)"
   # --log warn: no per-request logging, like the peers (no access logs).
   start 1 "$dir/proxy.log" "$BRAID" --config "$dir/proxy.yaml" --threads 1 --log warn
   HOP_PIDS=$REPLY HOP_READY=http://127.0.0.1:$admin/ready
@@ -277,7 +282,7 @@ hop_braid-mtls() {
   free_ports 3; admin=${PORTS[0]} outbound=${PORTS[1]} inbound=${PORTS[2]}
   render "braid-$side.mtls.yaml" "$dir/proxy.yaml" PORT="$port" UPSTREAM="$upstream" ADMIN="$admin" \
     OUTBOUND="$outbound" INBOUND="$inbound" IDENTITY_PORT="$IDENTITY_PORT" DIR="$dir" BUNDLE="$work/ca-bundle.crt"
-  [ -x "$BRAID" ] || die "$BRAID is missing (cargo build --release -p braid-proxy --locked)"
+  [ -x "$BRAID" ] || die "$BRAID is missing (cargo build --profile proxy -p braid-proxy --locked)"
   start 1 "$dir/proxy.log" "$BRAID" --config "$dir/proxy.yaml" --threads 1 --log warn
   HOP_PIDS=$REPLY HOP_READY=http://127.0.0.1:$admin/ready
   BRAID_ADMIN[$side]=$admin
@@ -338,14 +343,20 @@ alive() { # SCENARIO: fails when one of its proxies has exited
 }
 
 # ─── measurement ──────────────────────────────────────────────────────────────────────────────
-cpu_ticks() { # PIDS...: utime+stime of all their threads, in clock ticks
-  local pid stat total=0 f
+cpu_split() { # PIDS...: "utime stime" of all their threads, in clock ticks
+  local pid stat user=0 system=0
+  local -a f
   for pid in "$@"; do
     read -r stat <"/proc/$pid/stat"
     read -ra f <<<"${stat##*) }" # fields from 3 (state) on: utime is field 14, stime 15
-    total=$((total + f[11] + f[12]))
+    user=$((user + f[11])) system=$((system + f[12]))
   done
-  echo "$total"
+  echo "$user $system"
+}
+cpu_ticks() { # PIDS...: utime+stime of all their threads, in clock ticks
+  local -a split
+  read -ra split <<<"$(cpu_split "$@")"
+  echo $((split[0] + split[1]))
 }
 
 mem_kib() { # PIDS...: "VmRSS RssAnon" summed, KiB
@@ -521,6 +532,56 @@ profile() {
   } >"$out"
   cat "$out"
   log "wrote $out"
+}
+
+# Where each request's CPU goes, per proxy, for PEERS side by side: user and system CPU per
+# request (/proc/PID/stat), context switches and system calls per request (perf stat: a software
+# event and the syscall tracepoints, which count exactly, unlike samples), at PROFILE_RATE req/s
+# (oha, DURATION) and in the closed loop (wrk, WRK_DURATION); RUNS runs, interleaved, medians.
+COST_EVENTS=context-switches,raw_syscalls:sys_enter
+for call in epoll_wait epoll_pwait recvfrom read readv recvmsg writev write sendto sendmsg; do
+  COST_EVENTS+=,syscalls:sys_enter_$call
+done
+costs() {
+  local peer point run side out url pids load_pid stamp
+  local -a stat_pids before_a before_b
+  for peer in $PEERS; do start_pair "$peer"; done
+  log "costs: ${PEERS// /, } × ($PROFILE_RATE req/s, closed loop) × $RUNS runs, interleaved"
+  for run in $(seq "$RUNS"); do
+    for point in "$PROFILE_RATE" max; do
+      for peer in $PEERS; do
+        out=$work/runs/costs-$point-$peer-$run
+        url=http://127.0.0.1:${ENTRY[$peer]}/1k
+        paced "$url" "$PROFILE_RATE" "$WARMUP"
+        stat_pids=()
+        for side in a b; do
+          if [ $side = a ]; then pids=${PIDS_A[$peer]}; else pids=${PIDS_B[$peer]}; fi
+          pids=$(echo $pids | tr ' ' ,)
+          taskset -c 0 perf stat -x, -e "$COST_EVENTS" -p "$pids" -o "$out.perf-$side.csv" &
+          stat_pids+=($!); STARTED+=($!)
+        done
+        sleep 0.2 # perf attached
+        before_a=($(cpu_split ${PIDS_A[$peer]})); before_b=($(cpu_split ${PIDS_B[$peer]}))
+        if [ "$point" = max ]; then
+          taskset -c 0 nice -n "$NICE" wrk -t1 -c"$CONNECTIONS" -d"$WRK_DURATION" "$url" >"$out.wrk.txt"
+        else
+          paced "$url" "$point" "$DURATION" "$out.oha.json"
+        fi
+        local -a after_a=($(cpu_split ${PIDS_A[$peer]})) after_b=($(cpu_split ${PIDS_B[$peer]}))
+        kill -INT "${stat_pids[@]}"; wait "${stat_pids[@]}" || true
+        alive "$peer"
+        printf '{"peer":"%s","point":"%s","run":%d,"clk_tck":%d,"ticks_a":[%d,%d],"ticks_b":[%d,%d]}\n' \
+          "$peer" "$point" "$run" "$(getconf CLK_TCK)" "$((after_a[0] - before_a[0]))" "$((after_a[1] - before_a[1]))" \
+          "$((after_b[0] - before_b[0]))" "$((after_b[1] - before_b[1]))" >"$out.meta.json"
+        log "  run $run  $point  $peer done"
+      done
+    done
+  done
+  stamp=$(date -u +%Y%m%dT%H%M%SZ)
+  mkdir -p bench/results
+  python3 "$TEMPLATES/report.py" costs "$work" "bench/results/proxy-costs-$stamp" "$(versions)"
+  cat "bench/results/proxy-costs-$stamp.md"
+  log "wrote bench/results/proxy-costs-$stamp.md and .json"
 }
 
 perf_top() { # DATA N REPORT-ARGS...: the first N rows of a perf report (in DATA.txt), names cut

@@ -34,7 +34,7 @@ umask 022
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONF_DIR=$ROOT/images
 CACHE=${BRAID_IMAGES_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/images}
-RELEASE=${CARGO_TARGET_DIR:-$ROOT/target}/release
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 CARGO=${CARGO:-cargo}
 read -r -a CTR <<<"${BRAID_CTR:-bash $ROOT/e2e/cluster/cluster.sh ctr}"
 APP_VERSION=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' "$ROOT/helm/braid/Chart.yaml")
@@ -139,12 +139,13 @@ make_rootfs() {
   printf '%s\n' 'root:x:0:' 'nonroot:x:65532:' 'braid-proxy:x:2102:' >"$rootfs/etc/group"
   # glibc's default without this file puts DNS before /etc/hosts.
   printf '%s\n' 'hosts: files dns' 'networks: files' >"$rootfs/etc/nsswitch.conf"
+  local built=$TARGET/${PROFILE:-release}
   for binary in $BINARIES; do
-    [ -x "$RELEASE/$binary" ] || die "$RELEASE/$binary was not built"
+    [ -x "$built/$binary" ] || die "$built/$binary was not built"
     # Without debug info (line tables): a fifth of the size, and backtraces keep function names.
-    strip --strip-debug -o "$rootfs/usr/local/bin/$binary" "$RELEASE/$binary"
+    strip --strip-debug -o "$rootfs/usr/local/bin/$binary" "$built/$binary"
     chmod 0755 "$rootfs/usr/local/bin/$binary"
-    add_file "$rootfs" "$RELEASE/$binary" "/usr/local/bin/$binary"
+    add_file "$rootfs" "$built/$binary" "/usr/local/bin/$binary"
   done
   if [ "$CA_CERTS" = 1 ]; then
     [ -f /etc/ssl/certs/ca-certificates.crt ] || die "/etc/ssl/certs/ca-certificates.crt is missing: apt-get install ca-certificates"
@@ -208,15 +209,21 @@ ctr_digest() {
 human() { numfmt --to=iec --suffix=B "$1" 2>/dev/null || echo "${1}B"; }
 
 # --- build the binaries --------------------------------------------------------------------------
-packages=()
+# One cargo build per Cargo profile the confs name (PROFILE=, default release).
+declare -A packages_of
 for name in "${names[@]}"; do
   package=$(sed -n 's/^PACKAGE=//p' "$CONF_DIR/$name.conf")
-  [[ " ${packages[*]} " == *" -p $package "* ]] || packages+=(-p "$package")
+  profile=$(sed -n 's/^PROFILE=//p' "$CONF_DIR/$name.conf")
+  profile=${profile:-release}
+  [[ " ${packages_of[$profile]:-} " == *" -p $package "* ]] || packages_of[$profile]+=" -p $package"
 done
-log "building ${packages[*]//-p /} (release)"
-t0=$SECONDS
-nice "$CARGO" build --release --locked --manifest-path "$ROOT/Cargo.toml" "${packages[@]}"
-log "binaries ready in $((SECONDS - t0)) s"
+for profile in "${!packages_of[@]}"; do
+  read -r -a packages <<<"${packages_of[$profile]}"
+  log "building ${packages[*]//-p /} (profile $profile)"
+  t0=$SECONDS
+  nice "$CARGO" build --profile "$profile" --locked --manifest-path "$ROOT/Cargo.toml" "${packages[@]}"
+  log "binaries ready in $((SECONDS - t0)) s"
+done
 
 if [ "$import" = 1 ]; then
   "${CTR[@]}" version >/dev/null 2>&1 ||

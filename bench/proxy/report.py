@@ -7,6 +7,8 @@
   report.py rerender OUT.json                   recomputes the summary and OUT.md from OUT.json
   report.py profile-line OHA_JSON TICKS_A TICKS_B CLK_TCK  one summary line for the profile
   report.py profile-crates PERF_REPORT_TXT      self time summed per crate (kernel, hyper, tokio ...)
+  report.py costs WORK OUT VERSIONS             per request and proxy: user/system CPU, context
+                                                switches, system calls (bench/proxy.sh costs)
 
 A run is PREFIX.meta.json (written by proxy.sh: CPU ticks of proxy A and B over the run, peak
 VmRSS/RssAnon sampled during it) plus PREFIX.oha.json (paced) or PREFIX.wrk.txt (closed loop).
@@ -343,7 +345,79 @@ def profile_crates(perf_txt):
             print(f"  {pct:6.2f}%  {name}")
 
 
+COST_GROUPS = {
+    "reads": ("recvfrom", "read", "readv", "recvmsg"),
+    "writes": ("writev", "write", "sendto", "sendmsg"),
+    "epoll": ("epoll_wait", "epoll_pwait"),
+}
+
+
+def parse_perf_stat(path):
+    """`perf stat -x,` counts by event name: syscall tracepoints by syscall, plus the rest."""
+    counts = {}
+    for row in open(path):
+        fields = row.strip().split(",")
+        if len(fields) < 3 or not fields[0].isdigit():
+            continue
+        event = fields[2]
+        event = event.removeprefix("syscalls:sys_enter_")
+        counts[event] = counts.get(event, 0) + int(fields[0])
+    return counts
+
+
+def costs(work, out, versions):
+    """Per request and per proxy: user and system CPU, context switches, system calls."""
+    rows = {}
+    for meta_path in sorted(glob.glob(os.path.join(work, "runs", "costs-*.meta.json"))):
+        prefix = meta_path.removesuffix(".meta.json")
+        meta = json.load(open(meta_path))
+        paced = meta["point"] != "max"
+        load = parse_oha(prefix + ".oha.json") if paced else parse_wrk(prefix + ".wrk.txt")
+        if not load["ok"] or load["non2xx"] or load["errors"]:
+            print(f"costs: {prefix}: {load['non2xx']} non-2xx, {load['errors']} errors: left out", file=sys.stderr)
+            continue
+        n, tck = load["ok"], meta["clk_tck"]
+        for side in ("a", "b"):
+            ticks = meta["ticks_" + side]
+            counts = parse_perf_stat(f"{prefix}.perf-{side}.csv")
+            sample = {
+                "rps": load["rps"],
+                "user_us": ticks[0] / tck / n * 1e6,
+                "system_us": ticks[1] / tck / n * 1e6,
+                "context_switches": counts.get("context-switches", 0) / n,
+                "syscalls": counts.get("raw_syscalls:sys_enter", 0) / n,
+            }
+            for group, names in COST_GROUPS.items():
+                sample[group] = sum(counts.get(name, 0) for name in names) / n
+            rows.setdefault((meta["point"], meta["peer"], side), []).append(sample)
+    keys = ["rps", "user_us", "system_us", "context_switches", "syscalls", "reads", "writes", "epoll"]
+    lines = [
+        "# Where each request's CPU goes, per proxy (bench/proxy.sh costs)",
+        "",
+        f"Versions: {versions}. Machine: {machine()}.",
+        "",
+        "Medians over the runs; per request that went through the pair, for each proxy of the pair.",
+        "CPU from /proc/PID/stat (utime, stime); context switches and system calls from `perf stat`",
+        "(reads: recvfrom/read/readv/recvmsg, writes: writev/write/sendto/sendmsg, epoll: epoll_wait/pwait).",
+        "",
+        "| load | proxy | side | req/s | user µs | system µs | CPU-s per 10k | context switches | syscalls | reads | writes | epoll waits | runs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    summary = {}
+    for (point, peer, side), samples in sorted(rows.items(), key=lambda kv: (kv[0][0] == "max", kv[0])):
+        m = {k: statistics.median(s[k] for s in samples) for k in keys}
+        summary[f"{point}/{peer}/{side}"] = m
+        load = "closed loop (wrk)" if point == "max" else f"{point} req/s"
+        lines.append(
+            f"| {load} | {peer} | {side} | {m['rps']:.0f} | {m['user_us']:.1f} | {m['system_us']:.1f} | "
+            f"{(m['user_us'] + m['system_us']) / 100:.2f} | {m['context_switches']:.2f} | {m['syscalls']:.2f} | "
+            f"{m['reads']:.2f} | {m['writes']:.2f} | {m['epoll']:.2f} | {len(samples)} |")
+    json.dump({"versions": versions, "summary": summary, "rows": {"/".join(k): v for k, v in rows.items()}},
+              open(out + ".json", "w"), indent=1)
+    open(out + ".md", "w").write("\n".join(lines) + "\n")
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     {"line": line, "summary": summary, "rerender": rerender, "profile-line": profile_line,
-     "profile-crates": profile_crates}[cmd](*args)
+     "profile-crates": profile_crates, "costs": costs}[cmd](*args)
