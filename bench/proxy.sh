@@ -544,7 +544,7 @@ for call in epoll_wait epoll_pwait recvfrom read readv recvmsg writev write send
 done
 costs() {
   local peer point run side out url pids load_pid stamp
-  local -a stat_pids before_a before_b
+  local -a stat_pids before_a before_b after_a after_b
   for peer in $PEERS; do start_pair "$peer"; done
   log "costs: ${PEERS// /, } × ($PROFILE_RATE req/s, closed loop) × $RUNS runs, interleaved"
   for run in $(seq "$RUNS"); do
@@ -561,13 +561,15 @@ costs() {
           stat_pids+=($!); STARTED+=($!)
         done
         sleep 0.2 # perf attached
-        before_a=($(cpu_split ${PIDS_A[$peer]})); before_b=($(cpu_split ${PIDS_B[$peer]}))
+        read -ra before_a <<<"$(cpu_split ${PIDS_A[$peer]})"
+        read -ra before_b <<<"$(cpu_split ${PIDS_B[$peer]})"
         if [ "$point" = max ]; then
           taskset -c 0 nice -n "$NICE" wrk -t1 -c"$CONNECTIONS" -d"$WRK_DURATION" "$url" >"$out.wrk.txt"
         else
           paced "$url" "$point" "$DURATION" "$out.oha.json"
         fi
-        local -a after_a=($(cpu_split ${PIDS_A[$peer]})) after_b=($(cpu_split ${PIDS_B[$peer]}))
+        read -ra after_a <<<"$(cpu_split ${PIDS_A[$peer]})"
+        read -ra after_b <<<"$(cpu_split ${PIDS_B[$peer]})"
         kill -INT "${stat_pids[@]}"; wait "${stat_pids[@]}" || true
         alive "$peer"
         printf '{"peer":"%s","point":"%s","run":%d,"clk_tck":%d,"ticks_a":[%d,%d],"ticks_b":[%d,%d]}\n' \
