@@ -543,7 +543,7 @@ for call in epoll_wait epoll_pwait recvfrom read readv recvmsg writev write send
   COST_EVENTS+=,syscalls:sys_enter_$call
 done
 costs() {
-  local peer point run side out url pids load_pid stamp
+  local peer point run side out url pids stamp
   local -a stat_pids before_a before_b after_a after_b
   for peer in $PEERS; do start_pair "$peer"; done
   log "costs: ${PEERS// /, } × ($PROFILE_RATE req/s, closed loop) × $RUNS runs, interleaved"

@@ -359,8 +359,7 @@ def parse_perf_stat(path):
         fields = row.strip().split(",")
         if len(fields) < 3 or not fields[0].isdigit():
             continue
-        event = fields[2]
-        event = event.removeprefix("syscalls:sys_enter_")
+        event = fields[2].removeprefix("syscalls:sys_enter_")
         counts[event] = counts.get(event, 0) + int(fields[0])
     return counts
 
