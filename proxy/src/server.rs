@@ -21,6 +21,7 @@ use crate::client_hello;
 use crate::config::{Limits, Protocol};
 use crate::detect::{self, Detected};
 use crate::http::Shared;
+use crate::http::coalesce::{FlushAfterPoll, coalesce};
 use crate::http::forward::{self, InboundConnection, OutboundConnection, OutboundTarget};
 use crate::identity::{ALPN_H2, ALPN_OPAQUE, tls};
 use crate::io::ClientIo;
@@ -449,21 +450,21 @@ async fn serve_http<I, S>(
         > + 'static,
     S::Future: Send + 'static,
 {
-    let io = TokioIo::new(io);
     if detected == Detected::Http2 {
+        let (io, flusher) = coalesce(io);
         let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.max_concurrent_streams)
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
-            .serve_connection(io, service);
+            .serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
         tokio::select! {
-            result = connection.as_mut() => log_end(result),
+            result = FlushAfterPoll::new(connection.as_mut(), &flusher) => log_end(result),
             () = shutdown.cancelled() => {
                 connection.as_mut().graceful_shutdown();
-                log_end(connection.await);
+                log_end(FlushAfterPoll::new(connection.as_mut(), &flusher).await);
             }
         }
     } else {
@@ -472,7 +473,7 @@ async fn serve_http<I, S>(
             // Bounds the request head: a larger one is answered with 431.
             .max_buf_size(limits.max_header_bytes.max(8192))
             .header_read_timeout(header_timeout)
-            .serve_connection(io, service);
+            .serve_connection(TokioIo::new(io), service);
         tokio::pin!(connection);
         tokio::select! {
             result = connection.as_mut() => log_end(result),

@@ -420,6 +420,50 @@ async fn two_sidecars_carry_http1_over_one_http2_connection_and_propagate_the_tr
     assert!(metric(&metrics, "tcp_write_bytes_total", &[("direction", "inbound")]).unwrap() > 0.0);
 }
 
+/// The inbound proxy gathers the frames of concurrent responses into one write per turn
+/// (http::coalesce): every byte of every response must still arrive, in order, whatever its size.
+#[tokio::test]
+async fn two_sidecars_return_every_byte_of_concurrent_responses_of_any_size() {
+    let app = Upstream::start("app").await;
+    let server_side = Proxy::start(&format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0, target: \"{}\" }}\n",
+        app.addr
+    ))
+    .await;
+    let client_side = Proxy::start(&one_service(&format!(
+        "    backends:\n      - {{ name: app, endpoints: [{{ address: \"{}\", meshed: true }}] }}\n    routes:\n      - backends: [{{ name: app }}]\n",
+        server_side.inbound()
+    )))
+    .await;
+    let (http1, http2) = (http1_client(), http2_client());
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..48usize {
+        // 1 byte to 2 MiB: small frames that share a write, and frames larger than the buffer.
+        let size = [1, 700, 1024, 5_000, 70_000, 2 << 20][i % 6];
+        let body: Vec<u8> = (0..size).map(|j| ((i * 7 + j) % 251) as u8).collect();
+        let client = if i % 2 == 0 { http1.clone() } else { http2.clone() };
+        let url = url(&client_side, "/echo");
+        requests.spawn(async move {
+            let request = Request::post(url)
+                .header("host", "web.shop.svc.cluster.local")
+                .body(full(body.clone()))
+                .unwrap();
+            let response = client.request(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let received = response.into_body().collect().await.unwrap().to_bytes();
+            assert!(received == body, "request {i}: {} bytes back for {} sent", received.len(), body.len());
+        });
+    }
+    let all = async {
+        while let Some(done) = requests.join_next().await {
+            done.expect("a request failed");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), all).await.expect("all 48 answered within 30 s");
+    let metrics = server_side.metrics().await;
+    assert_eq!(metric(&metrics, "tcp_open_total", &[("direction", "inbound")]), Some(1.0), "{metrics}");
+}
+
 #[tokio::test]
 async fn opaque_tcp_is_forwarded_both_ways() {
     // An echo server that also speaks first, like a database would. A known service that speaks

@@ -2,6 +2,7 @@
 //! metrics of every request.
 
 pub mod body;
+pub mod coalesce;
 pub mod forward;
 pub mod upstream;
 

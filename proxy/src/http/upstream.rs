@@ -215,7 +215,9 @@ impl Pool {
     async fn send_http1(&self, request: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
         let mut sender = match self.take_idle_http1() {
             Some(sender) => sender,
-            None => self.connect_http1().await?,
+            // Boxed: connecting (TCP, maybe TLS, the handshake) is rare, and its state would
+            // otherwise make every request's future, moved on each spawn, several KiB larger.
+            None => Box::pin(self.connect_http1()).await?,
         };
         let response = sender
             .send_request(request)
@@ -263,20 +265,22 @@ impl Pool {
         let mut sender = match self.live_http2() {
             Some(sender) => sender,
             None => {
-                let _connecting = self.http2_connecting.lock().await;
-                // Another request may have connected while this one waited.
-                match self.live_http2() {
-                    Some(sender) => sender,
-                    None => {
-                        let sender = self.connect_http2().await?;
-                        *self.http2.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-                            Some(sender.clone());
-                        sender
-                    }
-                }
+                // Boxed, as in send_http1: the rare path stays out of every request's future.
+                Box::pin(self.reconnect_http2()).await?
             }
         };
         sender.send_request(request).await.map_err(|source| UpstreamError::Reset { addr: self.addr, source })
+    }
+
+    async fn reconnect_http2(&self) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
+        let _connecting = self.http2_connecting.lock().await;
+        // Another request may have connected while this one waited.
+        if let Some(sender) = self.live_http2() {
+            return Ok(sender);
+        }
+        let sender = self.connect_http2().await?;
+        *self.http2.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sender.clone());
+        Ok(sender)
     }
 
     fn live_http2(&self) -> Option<http2::SendRequest<ProxyBody>> {
