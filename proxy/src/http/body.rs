@@ -1,17 +1,30 @@
-//! One body type for everything the proxy sends: a streamed body it forwards, a small body it
-//! kept to replay, or a short answer of its own. An enum rather than a boxed trait object: no
-//! allocation per request.
+//! One body type for everything the proxy sends: a streamed body it forwards (from hyper, or
+//! straight from an HTTP/2 stream to another proxy), a small body it kept to replay, or a short
+//! answer of its own. An enum rather than a boxed trait object: no allocation per request.
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use http::HeaderMap;
+use http::header::CONTENT_LENGTH;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 pub enum ProxyBody {
     Streaming(Incoming),
+    /// The response body of a request the proxy sent over its own HTTP/2 client connection.
+    Http2(Http2Body),
     Full(Option<Bytes>),
+}
+
+/// Why a forwarded body broke off: the connection or stream it came on failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    #[error("the HTTP/2 stream failed: {0}")]
+    Http2(#[from] h2::Error),
 }
 
 impl ProxyBody {
@@ -27,14 +40,15 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            Self::Streaming(body) => Pin::new(body).poll_frame(cx),
+            Self::Streaming(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::from),
+            Self::Http2(body) => body.poll_frame(cx),
             Self::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
         }
     }
@@ -42,6 +56,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Streaming(body) => body.is_end_stream(),
+            Self::Http2(body) => body.stream.is_end_stream(),
             Self::Full(bytes) => bytes.is_none(),
         }
     }
@@ -49,8 +64,39 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Streaming(body) => body.size_hint(),
+            Self::Http2(body) => body.content_length.map_or_else(SizeHint::default, SizeHint::with_exact),
             Self::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Self::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// An HTTP/2 response body: its data, each chunk's flow-control window given back as it is
+/// passed on, then its trailers.
+pub struct Http2Body {
+    stream: h2::RecvStream,
+    content_length: Option<u64>,
+}
+
+impl Http2Body {
+    pub fn new(stream: h2::RecvStream, headers: &HeaderMap) -> Self {
+        let content_length = headers.get(CONTENT_LENGTH).and_then(|value| value.to_str().ok()?.parse().ok());
+        Self { stream, content_length }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match ready!(self.stream.poll_data(cx)) {
+            Some(Ok(data)) => {
+                // The window reopens once the data is handed on, so a slow reader slows the sender.
+                let _ = self.stream.flow_control().release_capacity(data.len());
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Some(Err(error)) => Poll::Ready(Some(Err(error.into()))),
+            None => match ready!(self.stream.poll_trailers(cx)) {
+                Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+                Ok(None) => Poll::Ready(None),
+                Err(error) => Poll::Ready(Some(Err(error.into()))),
+            },
         }
     }
 }

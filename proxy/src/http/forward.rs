@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{CONNECTION, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, request};
 use http_body::Body as _;
@@ -345,7 +345,7 @@ async fn send_with_retries(
     labels: &RequestLabels,
     parts: request::Parts,
     body: Kept,
-) -> Result<(Response<Incoming>, Label), Failure> {
+) -> Result<(Response<ProxyBody>, Label), Failure> {
     let (attempts, per_try_timeout, retry_on) = match (&route.retries, &body) {
         (Some(retries), Kept::Yes(_)) => {
             (retries.attempts, retries.per_try_timeout, retries.retry_on.as_slice())
@@ -420,7 +420,7 @@ async fn send_with_retries(
     Err(Failure::NoEndpoints { service: service.name.clone(), backend: Label::empty() })
 }
 
-fn should_retry(outcome: &Result<Response<Incoming>, Failure>, retry_on: &[RetryOn]) -> bool {
+fn should_retry(outcome: &Result<Response<ProxyBody>, Failure>, retry_on: &[RetryOn]) -> bool {
     let on = |condition: RetryOn| retry_on.contains(&condition);
     match outcome {
         Ok(response) => {
@@ -523,6 +523,10 @@ fn upstream_request(
                 }
                 parts.uri = Uri::from_parts(uri).unwrap_or_default();
             }
+            // HTTP/2 allows only `te: trailers` (RFC 9113 §8.2.2); h2 refuses the request otherwise.
+            if headers.get(TE).is_some_and(|te| te != "trailers") {
+                headers.remove(TE);
+            }
             if meshed && was_http1 && !inbound {
                 headers.insert(ORIG_PROTO, HTTP11);
             }
@@ -564,14 +568,14 @@ fn authority_of<B>(request: &Request<B>) -> Option<&str> {
 }
 
 /// The upstream response as the client gets it: connection-level headers are the proxy's own.
-fn client_response(response: Response<Incoming>) -> Response<ProxyBody> {
-    let (mut parts, body) = response.into_parts();
+fn client_response(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    let headers = response.headers_mut();
     for name in [CONNECTION, KEEP_ALIVE, PROXY_CONNECTION] {
-        if parts.headers.contains_key(&name) {
-            parts.headers.remove(&name);
+        if headers.contains_key(&name) {
+            headers.remove(&name);
         }
     }
-    Response::from_parts(parts, ProxyBody::Streaming(body))
+    response
 }
 
 fn failure_response(failure: &Failure) -> Response<ProxyBody> {
@@ -637,4 +641,29 @@ fn record(
     };
     metrics.latency.observe(start.elapsed().as_secs_f64() * 1000.0);
     metrics.response(&shared.metrics, labels, status.as_u16(), classification, &server_id).inc();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts_with_te(te: &'static str) -> request::Parts {
+        let request = Request::get("http://web/").header(TE, te).header(CONNECTION, "close").body(());
+        request.expect("a valid request").into_parts().0
+    }
+
+    #[test]
+    fn an_http2_request_keeps_te_only_when_it_is_trailers() {
+        let mut gzip = parts_with_te("gzip");
+        let request = upstream_request(&mut gzip, ProxyBody::empty(), UpstreamProtocol::Http2, true, false);
+        assert!(!request.headers().contains_key(TE), "h2 refuses any te but trailers");
+        assert!(!request.headers().contains_key(CONNECTION), "no connection headers in HTTP/2");
+        let mut trailers = parts_with_te("trailers");
+        let request =
+            upstream_request(&mut trailers, ProxyBody::empty(), UpstreamProtocol::Http2, true, false);
+        assert_eq!(request.headers()[TE], "trailers", "gRPC needs it");
+        let mut http1 = parts_with_te("gzip");
+        let request = upstream_request(&mut http1, ProxyBody::empty(), UpstreamProtocol::Http1, false, false);
+        assert_eq!(request.headers()[TE], "gzip", "HTTP/1.1 passes it on");
+    }
 }

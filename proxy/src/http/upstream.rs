@@ -1,29 +1,39 @@
-//! Connections to one upstream address: a pool of idle HTTP/1.1 connections, or one multiplexed
-//! HTTP/2 connection. The transport is made by `connect`, the one place mTLS will slot in: it
+//! Connections to one upstream address: a pool of idle HTTP/1.1 connections (hyper's client), or
+//! one multiplexed HTTP/2 connection (the h2 crate, driven here: each request is sent from its own
+//! task and its response awaited there, and the connection's task writes all the frames of a turn
+//! at once, see `coalesce`). The transport is made by `connect`, the one place mTLS slots in: it
 //! returns an `UpstreamIo` whose variants are the transports.
 
+use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use bytes::Bytes;
+use http_body::Body as _;
+use hyper::client::conn::http1;
 use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::body::ProxyBody;
+use super::body::{Http2Body, ProxyBody};
+use super::coalesce::{FlushAfterPoll, coalesce};
 use crate::identity::{IdentityStore, tls};
 
 /// How long a TCP connect may take before the endpoint counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when they return.
 const MAX_IDLE_HTTP1: usize = 256;
+/// An HTTP/2 connection is pinged this often, and closed when the answer takes longer than
+/// `KEEP_ALIVE_TIMEOUT`: a peer that vanished without a FIN (a node gone) is noticed.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why an upstream request failed; the kind decides the status the client gets and whether the
 /// request may be retried.
@@ -37,11 +47,16 @@ pub enum UpstreamError {
     NoIdentity(SocketAddr),
     #[error("the mTLS handshake with {addr} failed: {source}")]
     Tls { addr: SocketAddr, source: io::Error },
-    #[error("HTTP/2 handshake with {addr} failed: {source}")]
+    #[error("HTTP/1.1 handshake with {addr} failed: {source}")]
     Handshake { addr: SocketAddr, source: hyper::Error },
+    #[error("HTTP/2 handshake with {addr} failed: {source}")]
+    Http2Handshake { addr: SocketAddr, source: h2::Error },
     /// The connection broke before a response arrived (reset, closed, protocol error).
     #[error("the connection to {addr} failed before a response: {source}")]
     Reset { addr: SocketAddr, source: hyper::Error },
+    /// The HTTP/2 stream or its connection broke before a response arrived.
+    #[error("the HTTP/2 connection to {addr} failed before a response: {source}")]
+    Http2Reset { addr: SocketAddr, source: h2::Error },
 }
 
 impl UpstreamError {
@@ -51,6 +66,7 @@ impl UpstreamError {
             Self::Connect { .. }
                 | Self::ConnectTimeout(_)
                 | Self::Handshake { .. }
+                | Self::Http2Handshake { .. }
                 | Self::NoIdentity(_)
                 | Self::Tls { .. }
         )
@@ -177,7 +193,7 @@ pub struct Pool {
     addr: SocketAddr,
     protocol: UpstreamProtocol,
     http1_idle: Mutex<Vec<http1::SendRequest<ProxyBody>>>,
-    http2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
+    http2: Mutex<Option<Http2Sender>>,
     /// Serialises HTTP/2 connects, so a burst of requests opens one connection, not many.
     http2_connecting: tokio::sync::Mutex<()>,
     tls: Option<TlsTarget>,
@@ -205,14 +221,14 @@ impl Pool {
 
     /// Sends a request; the request's URI must suit the protocol (origin-form for HTTP/1.1,
     /// absolute for HTTP/2).
-    pub async fn send(&self, request: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
         match self.protocol {
             UpstreamProtocol::Http1 => self.send_http1(request).await,
             UpstreamProtocol::Http2 => self.send_http2(request).await,
         }
     }
 
-    async fn send_http1(&self, request: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
+    async fn send_http1(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
         let mut sender = match self.take_idle_http1() {
             Some(sender) => sender,
             // Boxed: connecting (TCP, maybe TLS, the handshake) is rare, and its state would
@@ -226,7 +242,7 @@ impl Pool {
         // Back to the pool at once: it becomes ready again when the response body is read, and
         // take_idle_http1 skips it until then.
         self.return_http1(sender);
-        Ok(response)
+        Ok(response.map(ProxyBody::Streaming))
     }
 
     fn take_idle_http1(&self) -> Option<http1::SendRequest<ProxyBody>> {
@@ -261,18 +277,29 @@ impl Pool {
         Ok(sender)
     }
 
-    async fn send_http2(&self, request: Request<ProxyBody>) -> Result<Response<Incoming>, UpstreamError> {
-        let mut sender = match self.live_http2() {
+    async fn send_http2(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
+        let sender = match self.live_http2() {
             Some(sender) => sender,
-            None => {
-                // Boxed, as in send_http1: the rare path stays out of every request's future.
-                Box::pin(self.reconnect_http2()).await?
-            }
+            // Boxed, as in send_http1: the rare path stays out of every request's future.
+            None => Box::pin(self.reconnect_http2()).await?,
         };
-        sender.send_request(request).await.map_err(|source| UpstreamError::Reset { addr: self.addr, source })
+        let reset = |source| UpstreamError::Http2Reset { addr: self.addr, source };
+        // Waits while the peer's limit of concurrent streams is reached.
+        let mut sender = sender.send.ready().await.map_err(reset)?;
+        let (head, body) = request.into_parts();
+        let end_of_stream = body.is_end_stream();
+        let (response, stream) =
+            sender.send_request(Request::from_parts(head, ()), end_of_stream).map_err(reset)?;
+        if !end_of_stream {
+            tokio::spawn(send_body(body, stream));
+        }
+        let response = response.await.map_err(reset)?;
+        let (parts, stream) = response.into_parts();
+        let body = Http2Body::new(stream, &parts.headers);
+        Ok(Response::from_parts(parts, ProxyBody::Http2(body)))
     }
 
-    async fn reconnect_http2(&self) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
+    async fn reconnect_http2(&self) -> Result<Http2Sender, UpstreamError> {
         let _connecting = self.http2_connecting.lock().await;
         // Another request may have connected while this one waited.
         if let Some(sender) = self.live_http2() {
@@ -283,10 +310,10 @@ impl Pool {
         Ok(sender)
     }
 
-    fn live_http2(&self) -> Option<http2::SendRequest<ProxyBody>> {
+    fn live_http2(&self) -> Option<Http2Sender> {
         let mut slot = self.http2.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match slot.as_ref() {
-            Some(sender) if !sender.is_closed() => Some(sender.clone()),
+            Some(sender) if !sender.closed.load(Ordering::Acquire) => Some(sender.clone()),
             Some(_) => {
                 *slot = None;
                 None
@@ -295,20 +322,111 @@ impl Pool {
         }
     }
 
-    async fn connect_http2(&self) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
-        let io = connect(self.addr, self.tls.as_ref()).await?;
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
+    async fn connect_http2(&self) -> Result<Http2Sender, UpstreamError> {
+        let addr = self.addr;
+        let io = connect(addr, self.tls.as_ref()).await?;
+        let (io, flusher) = coalesce(io);
+        let (send, connection) = h2::client::Builder::new()
             // Larger windows than the 64 KiB default: a meshed connection carries many streams.
-            .initial_stream_window_size(1 << 20)
+            .initial_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(io))
+            .enable_push(false)
+            .handshake::<_, Bytes>(io)
             .await
-            .map_err(|source| UpstreamError::Handshake { addr: self.addr, source })?;
-        drive(self.addr, "HTTP/2", connection);
+            .map_err(|source| UpstreamError::Http2Handshake { addr, source })?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let sender = Http2Sender { send, closed: closed.clone() };
+        tokio::spawn(async move {
+            let mut connection = connection;
+            let ping_pong = connection.ping_pong();
+            tokio::pin!(connection);
+            let ended = tokio::select! {
+                result = FlushAfterPoll::new(connection.as_mut(), &flusher) => result.err().map(|e| e.to_string()),
+                () = keep_alive(ping_pong) => Some("no answer to a keep-alive ping".to_owned()),
+            };
+            closed.store(true, Ordering::Release);
+            if let Some(error) = ended {
+                debug!(%addr, %error, protocol = "HTTP/2", "upstream connection ended");
+            }
+        });
         Ok(sender)
+    }
+}
+
+/// The sending half of an HTTP/2 connection, and whether its task has ended.
+#[derive(Clone)]
+struct Http2Sender {
+    send: h2::client::SendRequest<Bytes>,
+    closed: Arc<AtomicBool>,
+}
+
+/// Pings every `KEEP_ALIVE_INTERVAL`; returns when an answer does not come in time.
+async fn keep_alive(ping_pong: Option<h2::PingPong>) {
+    let Some(mut ping_pong) = ping_pong else { return std::future::pending().await };
+    loop {
+        tokio::time::sleep(KEEP_ALIVE_INTERVAL).await;
+        match tokio::time::timeout(KEEP_ALIVE_TIMEOUT, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+    }
+}
+
+/// Streams a request body into its HTTP/2 stream as the peer's flow-control window allows, then
+/// its trailers; resets the stream when the body fails, and stops when the peer resets it.
+async fn send_body(mut body: ProxyBody, mut stream: h2::SendStream<Bytes>) {
+    loop {
+        let frame = poll_fn(|cx| {
+            if let Poll::Ready(reset) = stream.poll_reset(cx) {
+                debug!(?reset, "the peer reset a request stream before its body was sent");
+                return Poll::Ready(None);
+            }
+            Pin::new(&mut body).poll_frame(cx).map(Some)
+        })
+        .await;
+        let frame = match frame {
+            None => return,
+            Some(None) => {
+                let _ = stream.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Some(Err(error))) => {
+                debug!(%error, "a request body failed while it was sent");
+                stream.send_reset(h2::Reason::CANCEL);
+                return;
+            }
+            Some(Some(Ok(frame))) => frame,
+        };
+        let mut data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let _ = stream.send_trailers(trailers);
+                }
+                return;
+            }
+        };
+        let end_of_stream = body.is_end_stream();
+        while !data.is_empty() {
+            stream.reserve_capacity(data.len());
+            let capacity = match poll_fn(|cx| stream.poll_capacity(cx)).await {
+                Some(Ok(capacity)) => capacity,
+                // The stream was reset or the connection ended: nothing more can be sent.
+                _ => return,
+            };
+            if capacity == 0 {
+                continue;
+            }
+            let chunk = data.split_to(capacity.min(data.len()));
+            let last = end_of_stream && data.is_empty();
+            if stream.send_data(chunk, last).is_err() || last {
+                return;
+            }
+        }
+        if end_of_stream {
+            let _ = stream.send_data(Bytes::new(), true);
+            return;
+        }
     }
 }
 
@@ -322,4 +440,106 @@ where
             debug!(%addr, %error, protocol, "upstream connection ended");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+    use tokio::io::AsyncReadExt as _;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An HTTP/2 server on loopback (the h2 crate) that answers every request with its body
+    /// echoed, then a trailer `echoed-bytes` with the length.
+    async fn h2_echo_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind on loopback");
+        let addr = listener.local_addr().expect("listener address");
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(socket).await else { return };
+                    while let Some(Ok((request, mut respond))) = connection.accept().await {
+                        tokio::spawn(async move {
+                            let mut body = request.into_body();
+                            let mut received = Vec::new();
+                            while let Some(Ok(data)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(data.len());
+                                received.extend_from_slice(&data);
+                            }
+                            let Ok(mut stream) = respond.send_response(Response::new(()), false) else {
+                                return;
+                            };
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("echoed-bytes", received.len().into());
+                            let mut data = Bytes::from(received);
+                            while !data.is_empty() {
+                                stream.reserve_capacity(data.len());
+                                let Some(Ok(capacity)) = poll_fn(|cx| stream.poll_capacity(cx)).await else {
+                                    return;
+                                };
+                                let _ = stream.send_data(data.split_to(capacity.min(data.len())), false);
+                            }
+                            let _ = stream.send_trailers(trailers);
+                        });
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    async fn echo(pool: &Pool, body: ProxyBody) -> (Bytes, http::HeaderMap) {
+        let request =
+            Request::post(format!("http://{}/echo", pool.addr)).body(body).expect("a valid request");
+        let response = pool.send(request).await.expect("a response");
+        let collected = response.into_body().collect().await.expect("the whole body");
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        (collected.to_bytes(), trailers)
+    }
+
+    #[tokio::test]
+    async fn http2_requests_carry_bodies_both_ways_and_the_responses_trailers() {
+        let pool = Pool::new(h2_echo_server().await, UpstreamProtocol::Http2);
+        let (body, trailers) = echo(&pool, ProxyBody::empty()).await;
+        assert_eq!((body.len(), trailers["echoed-bytes"].to_str().ok()), (0, Some("0")));
+        let (body, trailers) = echo(&pool, ProxyBody::text("hello")).await;
+        assert_eq!((body, trailers["echoed-bytes"].to_str().ok()), (Bytes::from("hello"), Some("5")));
+        // Larger than the 1 MiB stream window: sent as the peer gives credit.
+        let large: Bytes = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect::<Vec<_>>().into();
+        let (body, trailers) = echo(&pool, ProxyBody::text(large.clone())).await;
+        assert!(body == large, "3 MiB came back as {} bytes", body.len());
+        assert_eq!(trailers["echoed-bytes"], (3 << 20).to_string().as_str());
+        assert!(pool.live_http2().is_some(), "one connection, still open");
+    }
+
+    #[tokio::test]
+    async fn a_keep_alive_ping_without_answer_closes_the_connection_and_an_answered_one_keeps_it() {
+        // A peer that accepts and reads but never answers, as one behind a vanished node does.
+        let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind on loopback");
+        let silent_addr = silent.local_addr().expect("listener address");
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = silent.accept().await {
+                tokio::spawn(async move {
+                    let mut sink = [0; 1024];
+                    while matches!(socket.read(&mut sink).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        let silent = Pool::new(silent_addr, UpstreamProtocol::Http2);
+        let answering = Pool::new(h2_echo_server().await, UpstreamProtocol::Http2);
+        silent.reconnect_http2().await.expect("the handshake needs no answer");
+        answering.reconnect_http2().await.expect("connected");
+        // Time jumps while the runtime has nothing else to do; the sockets stay real.
+        tokio::time::pause();
+        tokio::time::sleep(KEEP_ALIVE_INTERVAL + KEEP_ALIVE_TIMEOUT + Duration::from_secs(1)).await;
+        for _ in 0..50 {
+            if silent.live_http2().is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(silent.live_http2().is_none(), "a connection whose pings go unanswered is closed");
+        assert!(answering.live_http2().is_some(), "a connection whose pings are answered stays");
+    }
 }
