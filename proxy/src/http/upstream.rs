@@ -285,15 +285,31 @@ impl Pool {
         };
         let reset = |source| UpstreamError::Http2Reset { addr: self.addr, source };
         // Waits while the peer's limit of concurrent streams is reached.
-        let mut sender = sender.send.ready().await.map_err(reset)?;
+        let Http2Sender { send, closed } = sender;
+        let mut send = match send.ready().await {
+            Ok(send) => send,
+            Err(error) => {
+                // The peer sent GOAWAY (it is draining) or the connection failed. Nothing of this
+                // request was sent, so it goes on a new connection, whatever its method.
+                debug!(addr = %self.addr, %error, "HTTP/2 connection refuses new streams; reconnecting");
+                closed.store(true, Ordering::Release);
+                Box::pin(self.reconnect_http2()).await?.send.ready().await.map_err(reset)?
+            }
+        };
         let (head, body) = request.into_parts();
         let end_of_stream = body.is_end_stream();
         let (response, stream) =
-            sender.send_request(Request::from_parts(head, ()), end_of_stream).map_err(reset)?;
-        if !end_of_stream {
-            tokio::spawn(send_body(body, stream));
-        }
+            send.send_request(Request::from_parts(head, ()), end_of_stream).map_err(reset)?;
+        let cancel = (!end_of_stream).then(|| {
+            let (cancel, cancelled) = tokio::sync::oneshot::channel();
+            tokio::spawn(send_body(body, stream, cancelled));
+            CancelOnDrop(Some(cancel))
+        });
         let response = response.await.map_err(reset)?;
+        // Answered: the body goes on streaming for as long as it lasts (gRPC bidi streams).
+        if let Some(cancel) = cancel {
+            cancel.disarm();
+        }
         let (parts, stream) = response.into_parts();
         let body = Http2Body::new(stream, &parts.headers);
         Ok(Response::from_parts(parts, ProxyBody::Http2(body)))
@@ -372,11 +388,53 @@ async fn keep_alive(ping_pong: Option<h2::PingPong>) {
     }
 }
 
+/// Tells a request's body task to reset its stream when the request is given up (the client
+/// left, a timeout fired) before the response came; disarmed once it came.
+struct CancelOnDrop(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        // Dropped unsent: the body task sees the channel closed, not a cancellation.
+        self.0.take();
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.0.take() {
+            let _ = cancel.send(());
+        }
+    }
+}
+
+/// Whether the request was given up; a disarmed guard stops being watched.
+fn cancelled(cancel: &mut Option<tokio::sync::oneshot::Receiver<()>>, cx: &mut Context<'_>) -> bool {
+    let Some(receiver) = cancel.as_mut() else { return false };
+    match Pin::new(receiver).poll(cx) {
+        Poll::Ready(Ok(())) => true,
+        Poll::Ready(Err(_)) => {
+            *cancel = None;
+            false
+        }
+        Poll::Pending => false,
+    }
+}
+
 /// Streams a request body into its HTTP/2 stream as the peer's flow-control window allows, then
-/// its trailers; resets the stream when the body fails, and stops when the peer resets it.
-async fn send_body(mut body: ProxyBody, mut stream: h2::SendStream<Bytes>) {
+/// its trailers. Resets the stream when the body fails or the request is given up, and stops when
+/// the peer resets it.
+async fn send_body(
+    mut body: ProxyBody,
+    mut stream: h2::SendStream<Bytes>,
+    cancel: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut cancel = Some(cancel);
     loop {
         let frame = poll_fn(|cx| {
+            if cancelled(&mut cancel, cx) {
+                stream.send_reset(h2::Reason::CANCEL);
+                return Poll::Ready(None);
+            }
             if let Poll::Ready(reset) = stream.poll_reset(cx) {
                 debug!(?reset, "the peer reset a request stream before its body was sent");
                 return Poll::Ready(None);
@@ -409,10 +467,20 @@ async fn send_body(mut body: ProxyBody, mut stream: h2::SendStream<Bytes>) {
         let end_of_stream = body.is_end_stream();
         while !data.is_empty() {
             stream.reserve_capacity(data.len());
-            let capacity = match poll_fn(|cx| stream.poll_capacity(cx)).await {
+            let capacity = poll_fn(|cx| {
+                if cancelled(&mut cancel, cx) {
+                    return Poll::Ready(None);
+                }
+                stream.poll_capacity(cx)
+            })
+            .await;
+            let capacity = match capacity {
                 Some(Ok(capacity)) => capacity,
-                // The stream was reset or the connection ended: nothing more can be sent.
-                _ => return,
+                // Given up, reset, or the connection ended: nothing more is sent.
+                _ => {
+                    stream.send_reset(h2::Reason::CANCEL);
+                    return;
+                }
             };
             if capacity == 0 {
                 continue;
@@ -511,6 +579,106 @@ mod tests {
         assert!(body == large, "3 MiB came back as {} bytes", body.len());
         assert_eq!(trailers["echoed-bytes"], (3 << 20).to_string().as_str());
         assert!(pool.live_http2().is_some(), "one connection, still open");
+    }
+
+    /// An HTTP/2 server on loopback: `/stream` answers with one chunk and never ends; `/hang`
+    /// never answers and reports when its request body breaks off (`body_reset`); anything else
+    /// gets "ok". With `goaway_after_first`, the first connection's first request makes it send
+    /// GOAWAY while that request stays open. Counts the connections it accepted.
+    struct TestServer {
+        addr: SocketAddr,
+        connections: Arc<std::sync::atomic::AtomicUsize>,
+        body_reset: Arc<tokio::sync::Notify>,
+    }
+
+    async fn test_server(goaway_after_first: bool) -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind on loopback");
+        let server = TestServer {
+            addr: listener.local_addr().expect("listener address"),
+            connections: Arc::default(),
+            body_reset: Arc::default(),
+        };
+        let (connections, body_reset) = (server.connections.clone(), server.body_reset.clone());
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let number = connections.fetch_add(1, Ordering::SeqCst) + 1;
+                let body_reset = body_reset.clone();
+                tokio::spawn(async move {
+                    let Ok(mut connection) = h2::server::handshake(socket).await else { return };
+                    let mut open = Vec::new();
+                    let mut first = goaway_after_first && number == 1;
+                    while let Some(Ok((request, mut respond))) = connection.accept().await {
+                        let path = request.uri().path().to_owned();
+                        if path == "/hang" {
+                            let body_reset = body_reset.clone();
+                            let mut body = request.into_body();
+                            tokio::spawn(async move {
+                                while let Some(data) = body.data().await {
+                                    if data.is_err() {
+                                        body_reset.notify_one();
+                                        return;
+                                    }
+                                }
+                                let _keep_unanswered = respond;
+                                std::future::pending::<()>().await;
+                            });
+                            continue;
+                        }
+                        let Ok(mut stream) = respond.send_response(Response::new(()), false) else { return };
+                        if path == "/stream" || first {
+                            let _ = stream.send_data(Bytes::from_static(b"chunk"), false);
+                            open.push(stream);
+                            if std::mem::take(&mut first) {
+                                connection.graceful_shutdown();
+                            }
+                        } else {
+                            let _ = stream.send_data(Bytes::from_static(b"ok"), true);
+                        }
+                    }
+                });
+            }
+        });
+        server
+    }
+
+    fn get(addr: SocketAddr, path: &str, body: ProxyBody) -> Request<ProxyBody> {
+        Request::post(format!("http://{addr}{path}")).body(body).expect("a valid request")
+    }
+
+    #[tokio::test]
+    async fn a_request_after_goaway_goes_on_a_new_connection() {
+        let server = test_server(true).await;
+        let pool = Pool::new(server.addr, UpstreamProtocol::Http2);
+        // Its stream stays open, so the connection lives on after the GOAWAY.
+        let _first = pool.send(get(server.addr, "/", ProxyBody::empty())).await.expect("the first response");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let second = async {
+            let response = pool.send(get(server.addr, "/", ProxyBody::empty())).await;
+            response
+                .expect("not refused: reconnected")
+                .into_body()
+                .collect()
+                .await
+                .expect("the body")
+                .to_bytes()
+        };
+        let body = tokio::time::timeout(Duration::from_secs(5), second).await.expect("answered within 5 s");
+        assert_eq!(body, "ok");
+        assert_eq!(server.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_given_up_before_its_response_resets_its_streaming_body() {
+        let server = test_server(false).await;
+        let pool = Pool::new(server.addr, UpstreamProtocol::Http2);
+        // A request body that never ends: the body of a response that never ends.
+        let endless = pool.send(get(server.addr, "/stream", ProxyBody::empty())).await.expect("a response");
+        let request = get(server.addr, "/hang", endless.into_body());
+        let given_up = tokio::time::timeout(Duration::from_millis(200), pool.send(request)).await;
+        assert!(given_up.is_err(), "the server never answers /hang");
+        tokio::time::timeout(Duration::from_secs(5), server.body_reset.notified())
+            .await
+            .expect("the stream of the abandoned request is reset, not left sending");
     }
 
     #[tokio::test]
