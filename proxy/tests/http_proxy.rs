@@ -381,9 +381,9 @@ async fn http2_and_grpc_streaming_pass_through_with_trailers() {
     assert_eq!(*server.last_version.lock().unwrap(), Some(http::Version::HTTP_2));
 }
 
-#[tokio::test]
-async fn two_sidecars_carry_http1_over_one_http2_connection_and_propagate_the_trace() {
-    let app = Upstream::start("app").await;
+/// The app's sidecar (inbound to `app`) and a client's sidecar whose service `web` has the
+/// app's sidecar as its one meshed endpoint: (client side, server side).
+async fn two_sidecars(app: &Upstream) -> (Proxy, Proxy) {
     let server_side = Proxy::start(&format!(
         "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0, target: \"{}\" }}\n",
         app.addr
@@ -394,6 +394,13 @@ async fn two_sidecars_carry_http1_over_one_http2_connection_and_propagate_the_tr
         server_side.inbound()
     )))
     .await;
+    (client_side, server_side)
+}
+
+#[tokio::test]
+async fn two_sidecars_carry_http1_over_one_http2_connection_and_propagate_the_trace() {
+    let app = Upstream::start("app").await;
+    let (client_side, server_side) = two_sidecars(&app).await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     for _ in 0..3 {
         let request = Request::get(url(&client_side, "/hello"))
@@ -425,16 +432,7 @@ async fn two_sidecars_carry_http1_over_one_http2_connection_and_propagate_the_tr
 #[tokio::test]
 async fn two_sidecars_return_every_byte_of_concurrent_responses_of_any_size() {
     let app = Upstream::start("app").await;
-    let server_side = Proxy::start(&format!(
-        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0, target: \"{}\" }}\n",
-        app.addr
-    ))
-    .await;
-    let client_side = Proxy::start(&one_service(&format!(
-        "    backends:\n      - {{ name: app, endpoints: [{{ address: \"{}\", meshed: true }}] }}\n    routes:\n      - backends: [{{ name: app }}]\n",
-        server_side.inbound()
-    )))
-    .await;
+    let (client_side, server_side) = two_sidecars(&app).await;
     let (http1, http2) = (http1_client(), http2_client());
     let mut requests = tokio::task::JoinSet::new();
     for i in 0..48usize {
