@@ -48,7 +48,9 @@ impl<T: AsyncWrite + Unpin> State<T> {
         // A TLS transport holds the records it made until flushed.
         Pin::new(&mut self.io).poll_flush(cx)
     }
+}
 
+impl<T> State<T> {
     fn take_error(&mut self) -> io::Result<()> {
         self.error.take().map_or(Ok(()), Err)
     }
@@ -80,9 +82,7 @@ fn lock<T>(state: &Mutex<State<T>>) -> MutexGuard<'_, State<T>> {
 impl<T: AsyncRead + Unpin> AsyncRead for CoalescedIo<T> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let mut state = lock(&self.state);
-        if let Some(error) = state.error.take() {
-            return Poll::Ready(Err(error));
-        }
+        state.take_error()?;
         Pin::new(&mut state.io).poll_read(cx, buf)
     }
 }

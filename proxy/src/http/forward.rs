@@ -96,7 +96,7 @@ pub async fn outbound(
         OutboundTarget::Service(name) => table.service_by_name(name),
         OutboundTarget::Original(addr) => match table.service_by_address(*addr) {
             Some(service) => Some(service),
-            None => return Ok(Box::pin(passthrough(shared, *addr, request)).await),
+            None => return Ok(passthrough(shared, *addr, request).await),
         },
         OutboundTarget::Unknown => {
             authority_of(&request).and_then(|authority| table.service_by_host(authority))
@@ -254,17 +254,14 @@ async fn route_request(
     metrics.requests.inc();
     propagate_trace(&mut parts.headers);
 
-    if route.fault.is_some()
-        && let Some(response) = Box::pin(inject_fault(route)).await
-    {
+    if let Some(response) = inject_fault(route).await {
         record(shared, &labels, metrics, Label::empty(), &response, start);
         return response;
     }
 
     // A body is kept for replay only when something may send it twice, and only when small.
     let wants_copy = route.retries.as_ref().is_some_and(|r| r.attempts > 1) || route.mirror.is_some();
-    let body =
-        if wants_copy { Box::pin(keep_small_body(body, retry_body_limit)).await } else { Ok(Kept::No(body)) };
+    let body = if wants_copy { keep_small_body(body, retry_body_limit).await } else { Ok(Kept::No(body)) };
     let body = match body {
         Ok(body) => body,
         Err(error) => {

@@ -273,7 +273,7 @@ impl Pool {
             .handshake(TokioIo::new(io))
             .await
             .map_err(|source| UpstreamError::Handshake { addr: self.addr, source })?;
-        drive(self.addr, "HTTP/1.1", connection);
+        drive_http1(self.addr, connection);
         Ok(sender)
     }
 
@@ -498,14 +498,14 @@ async fn send_body(
     }
 }
 
-/// Runs an upstream connection's I/O on its own task until it ends.
-fn drive<C>(addr: SocketAddr, protocol: &'static str, connection: C)
+/// Runs an upstream HTTP/1.1 connection's I/O on its own task until it ends.
+fn drive_http1<C>(addr: SocketAddr, connection: C)
 where
     C: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
     tokio::spawn(async move {
         if let Err(error) = connection.await {
-            debug!(%addr, %error, protocol, "upstream connection ended");
+            debug!(%addr, %error, protocol = "HTTP/1.1", "upstream connection ended");
         }
     });
 }
@@ -518,72 +518,10 @@ mod tests {
 
     use super::*;
 
-    /// An HTTP/2 server on loopback (the h2 crate) that answers every request with its body
-    /// echoed, then a trailer `echoed-bytes` with the length.
-    async fn h2_echo_server() -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind on loopback");
-        let addr = listener.local_addr().expect("listener address");
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let Ok(mut connection) = h2::server::handshake(socket).await else { return };
-                    while let Some(Ok((request, mut respond))) = connection.accept().await {
-                        tokio::spawn(async move {
-                            let mut body = request.into_body();
-                            let mut received = Vec::new();
-                            while let Some(Ok(data)) = body.data().await {
-                                let _ = body.flow_control().release_capacity(data.len());
-                                received.extend_from_slice(&data);
-                            }
-                            let Ok(mut stream) = respond.send_response(Response::new(()), false) else {
-                                return;
-                            };
-                            let mut trailers = http::HeaderMap::new();
-                            trailers.insert("echoed-bytes", received.len().into());
-                            let mut data = Bytes::from(received);
-                            while !data.is_empty() {
-                                stream.reserve_capacity(data.len());
-                                let Some(Ok(capacity)) = poll_fn(|cx| stream.poll_capacity(cx)).await else {
-                                    return;
-                                };
-                                let _ = stream.send_data(data.split_to(capacity.min(data.len())), false);
-                            }
-                            let _ = stream.send_trailers(trailers);
-                        });
-                    }
-                });
-            }
-        });
-        addr
-    }
-
-    async fn echo(pool: &Pool, body: ProxyBody) -> (Bytes, http::HeaderMap) {
-        let request =
-            Request::post(format!("http://{}/echo", pool.addr)).body(body).expect("a valid request");
-        let response = pool.send(request).await.expect("a response");
-        let collected = response.into_body().collect().await.expect("the whole body");
-        let trailers = collected.trailers().cloned().unwrap_or_default();
-        (collected.to_bytes(), trailers)
-    }
-
-    #[tokio::test]
-    async fn http2_requests_carry_bodies_both_ways_and_the_responses_trailers() {
-        let pool = Pool::new(h2_echo_server().await, UpstreamProtocol::Http2);
-        let (body, trailers) = echo(&pool, ProxyBody::empty()).await;
-        assert_eq!((body.len(), trailers["echoed-bytes"].to_str().ok()), (0, Some("0")));
-        let (body, trailers) = echo(&pool, ProxyBody::text("hello")).await;
-        assert_eq!((body, trailers["echoed-bytes"].to_str().ok()), (Bytes::from("hello"), Some("5")));
-        // Larger than the 1 MiB stream window: sent as the peer gives credit.
-        let large: Bytes = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect::<Vec<_>>().into();
-        let (body, trailers) = echo(&pool, ProxyBody::text(large.clone())).await;
-        assert!(body == large, "3 MiB came back as {} bytes", body.len());
-        assert_eq!(trailers["echoed-bytes"], (3 << 20).to_string().as_str());
-        assert!(pool.live_http2().is_some(), "one connection, still open");
-    }
-
-    /// An HTTP/2 server on loopback: `/stream` answers with one chunk and never ends; `/hang`
-    /// never answers and reports when its request body breaks off (`body_reset`); anything else
-    /// gets "ok". With `goaway_after_first`, the first connection's first request makes it send
+    /// An HTTP/2 server on loopback (the h2 crate): `/echo` answers with the request's body, then
+    /// a trailer `echoed-bytes` with its length; `/stream` answers with one chunk and never ends;
+    /// `/hang` never answers and reports when its request body breaks off (`body_reset`); anything
+    /// else gets "ok". With `goaway_after_first`, the first connection's first request makes it send
     /// GOAWAY while that request stays open. Counts the connections it accepted.
     struct TestServer {
         addr: SocketAddr,
@@ -609,6 +547,10 @@ mod tests {
                     let mut first = goaway_after_first && number == 1;
                     while let Some(Ok((request, mut respond))) = connection.accept().await {
                         let path = request.uri().path().to_owned();
+                        if path == "/echo" {
+                            tokio::spawn(echo_stream(request, respond));
+                            continue;
+                        }
                         if path == "/hang" {
                             let body_reset = body_reset.clone();
                             let mut body = request.into_body();
@@ -641,8 +583,49 @@ mod tests {
         server
     }
 
-    fn get(addr: SocketAddr, path: &str, body: ProxyBody) -> Request<ProxyBody> {
+    async fn echo_stream(request: Request<h2::RecvStream>, mut respond: h2::server::SendResponse<Bytes>) {
+        let mut body = request.into_body();
+        let mut received = Vec::new();
+        while let Some(Ok(data)) = body.data().await {
+            let _ = body.flow_control().release_capacity(data.len());
+            received.extend_from_slice(&data);
+        }
+        let Ok(mut stream) = respond.send_response(Response::new(()), false) else { return };
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("echoed-bytes", received.len().into());
+        let mut data = Bytes::from(received);
+        while !data.is_empty() {
+            stream.reserve_capacity(data.len());
+            let Some(Ok(capacity)) = poll_fn(|cx| stream.poll_capacity(cx)).await else { return };
+            let _ = stream.send_data(data.split_to(capacity.min(data.len())), false);
+        }
+        let _ = stream.send_trailers(trailers);
+    }
+
+    fn request(addr: SocketAddr, path: &str, body: ProxyBody) -> Request<ProxyBody> {
         Request::post(format!("http://{addr}{path}")).body(body).expect("a valid request")
+    }
+
+    async fn echo(pool: &Pool, body: ProxyBody) -> (Bytes, http::HeaderMap) {
+        let response = pool.send(request(pool.addr, "/echo", body)).await.expect("a response");
+        let collected = response.into_body().collect().await.expect("the whole body");
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        (collected.to_bytes(), trailers)
+    }
+
+    #[tokio::test]
+    async fn http2_requests_carry_bodies_both_ways_and_the_responses_trailers() {
+        let pool = Pool::new(test_server(false).await.addr, UpstreamProtocol::Http2);
+        let (body, trailers) = echo(&pool, ProxyBody::empty()).await;
+        assert_eq!((body.len(), trailers["echoed-bytes"].to_str().ok()), (0, Some("0")));
+        let (body, trailers) = echo(&pool, ProxyBody::text("hello")).await;
+        assert_eq!((body, trailers["echoed-bytes"].to_str().ok()), (Bytes::from("hello"), Some("5")));
+        // Larger than the 1 MiB stream window: sent as the peer gives credit.
+        let large: Bytes = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect::<Vec<_>>().into();
+        let (body, trailers) = echo(&pool, ProxyBody::text(large.clone())).await;
+        assert!(body == large, "3 MiB came back as {} bytes", body.len());
+        assert_eq!(trailers["echoed-bytes"], (3 << 20).to_string().as_str());
+        assert!(pool.live_http2().is_some(), "one connection, still open");
     }
 
     #[tokio::test]
@@ -650,10 +633,11 @@ mod tests {
         let server = test_server(true).await;
         let pool = Pool::new(server.addr, UpstreamProtocol::Http2);
         // Its stream stays open, so the connection lives on after the GOAWAY.
-        let _first = pool.send(get(server.addr, "/", ProxyBody::empty())).await.expect("the first response");
+        let _first =
+            pool.send(request(server.addr, "/", ProxyBody::empty())).await.expect("the first response");
         tokio::time::sleep(Duration::from_millis(300)).await;
         let second = async {
-            let response = pool.send(get(server.addr, "/", ProxyBody::empty())).await;
+            let response = pool.send(request(server.addr, "/", ProxyBody::empty())).await;
             response
                 .expect("not refused: reconnected")
                 .into_body()
@@ -672,8 +656,9 @@ mod tests {
         let server = test_server(false).await;
         let pool = Pool::new(server.addr, UpstreamProtocol::Http2);
         // A request body that never ends: the body of a response that never ends.
-        let endless = pool.send(get(server.addr, "/stream", ProxyBody::empty())).await.expect("a response");
-        let request = get(server.addr, "/hang", endless.into_body());
+        let endless =
+            pool.send(request(server.addr, "/stream", ProxyBody::empty())).await.expect("a response");
+        let request = request(server.addr, "/hang", endless.into_body());
         let given_up = tokio::time::timeout(Duration::from_millis(200), pool.send(request)).await;
         assert!(given_up.is_err(), "the server never answers /hang");
         tokio::time::timeout(Duration::from_secs(5), server.body_reset.notified())
@@ -695,7 +680,7 @@ mod tests {
             }
         });
         let silent = Pool::new(silent_addr, UpstreamProtocol::Http2);
-        let answering = Pool::new(h2_echo_server().await, UpstreamProtocol::Http2);
+        let answering = Pool::new(test_server(false).await.addr, UpstreamProtocol::Http2);
         silent.reconnect_http2().await.expect("the handshake needs no answer");
         answering.reconnect_http2().await.expect("connected");
         // Time jumps while the runtime has nothing else to do; the sockets stay real.
