@@ -99,15 +99,17 @@ bench: tools ## Benchmarks: webhook admission, the sidecar pair beside HAProxy/n
 
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz
-fuzz: ## Fuzz the webhook's AdmissionReview handling and the proxy's detection, parsing and config, FUZZ_SECONDS (60) each
+fuzz: ## Fuzz the webhook's AdmissionReview handling and the proxy's detection, parsing (requests, and apps' HTTP/1.1 responses) and config, FUZZ_SECONDS (60) each
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
-	@mkdir -p webhook/fuzz/corpus/admission_review proxy/fuzz/corpus/detect_request proxy/fuzz/corpus/config
+	@mkdir -p webhook/fuzz/corpus/admission_review proxy/fuzz/corpus/detect_request proxy/fuzz/corpus/http1_response proxy/fuzz/corpus/config
 	@cp webhook/tests/golden/*.review.json webhook/fuzz/corpus/admission_review/
 	@cp proxy/fuzz/seeds/detect_request/* proxy/fuzz/corpus/detect_request/
 	@cp proxy/fuzz/seeds/config/* proxy/fuzz/corpus/config/
+	@cp proxy/fuzz/seeds/http1_response/* proxy/fuzz/corpus/http1_response/
 	cd webhook/fuzz && $(CARGO) +nightly fuzz run admission_review corpus/admission_review -- \
 	  -max_total_time=$(FUZZ_SECONDS) -dict=admission_review.dict
 	cd proxy/fuzz && $(CARGO) +nightly fuzz run detect_request corpus/detect_request -- -max_total_time=$(FUZZ_SECONDS)
+	cd proxy/fuzz && $(CARGO) +nightly fuzz run http1_response corpus/http1_response -- -max_total_time=$(FUZZ_SECONDS)
 	cd proxy/fuzz && $(CARGO) +nightly fuzz run config corpus/config -- -max_total_time=$(FUZZ_SECONDS)
 
 .PHONY: demo

@@ -277,6 +277,52 @@ async fn an_upstream_that_refuses_connections_gets_503_fast() {
     assert!(started.elapsed() < Duration::from_millis(500), "took {:?}", started.elapsed());
 }
 
+/// An app on raw TCP that reads one request per connection and answers with the next of
+/// `answers`, then closes.
+async fn raw_app(answers: Vec<&'static [u8]>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("binding loopback: {e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("the bound address: {e}"));
+    tokio::spawn(async move {
+        for answer in answers {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let mut request = Vec::new();
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let mut chunk = [0; 1024];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = stream.write_all(answer).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_app_answering_what_is_not_http_gets_502_with_the_reason_and_the_next_answer_passes() {
+    let app = raw_app(vec![
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc",
+        b"\x16\x03\x01\x00\x05hello",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    ])
+    .await;
+    let config = one_service(&format!(
+        "{}    routes:\n      - backends: [{{ name: app }}]\n",
+        backends(&[("app", app)])
+    ));
+    let proxy = Proxy::start(&config).await;
+    let (status, headers, body) = get(&url(&proxy, "/")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["braid-proxy-error"], "upstream-reset");
+    assert!(body.contains("conflicting Content-Length values"), "{body}");
+    let (status, _, body) = get(&url(&proxy, "/")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert!(body.contains("not an HTTP/1.x response head"), "{body}");
+    let (status, _, body) = get(&url(&proxy, "/")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "abc"));
+}
+
 #[tokio::test]
 async fn fault_injection_and_mirroring() {
     let (main, shadow) = tokio::join!(Upstream::start("main"), Upstream::start("shadow"));

@@ -11,10 +11,14 @@ use http::header::CONTENT_LENGTH;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::http1::{Http1Body, Http1Error};
+
 pub enum ProxyBody {
     Streaming(Incoming),
     /// The response body of a request the proxy sent over its own HTTP/2 client connection.
     Http2(Http2Body),
+    /// The response body of a request sent over a lean HTTP/1.1 connection (`http1`).
+    Http1(Http1Body),
     Full(Option<Bytes>),
 }
 
@@ -25,6 +29,8 @@ pub enum BodyError {
     Hyper(#[from] hyper::Error),
     #[error("the HTTP/2 stream failed: {0}")]
     Http2(#[from] h2::Error),
+    #[error("the HTTP/1.1 response body failed: {0}")]
+    Http1(#[from] Http1Error),
 }
 
 impl ProxyBody {
@@ -49,6 +55,7 @@ impl Body for ProxyBody {
         match self.get_mut() {
             Self::Streaming(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::from),
             Self::Http2(body) => body.poll_frame(cx),
+            Self::Http1(body) => body.poll_frame(cx).map_err(BodyError::from),
             Self::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
         }
     }
@@ -57,6 +64,7 @@ impl Body for ProxyBody {
         match self {
             Self::Streaming(body) => body.is_end_stream(),
             Self::Http2(body) => body.stream.is_end_stream(),
+            Self::Http1(body) => body.is_end_stream(),
             Self::Full(bytes) => bytes.is_none(),
         }
     }
@@ -65,6 +73,7 @@ impl Body for ProxyBody {
         match self {
             Self::Streaming(body) => body.size_hint(),
             Self::Http2(body) => body.content_length.map_or_else(SizeHint::default, SizeHint::with_exact),
+            Self::Http1(body) => body.remaining().map_or_else(SizeHint::default, SizeHint::with_exact),
             Self::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Self::Full(None) => SizeHint::with_exact(0),
         }

@@ -1,4 +1,5 @@
-//! Connections to one upstream address: a pool of idle HTTP/1.1 connections (hyper's client), or
+//! Connections to one upstream address: pools of idle HTTP/1.1 connections (our lean client in
+//! `http1` for requests without a streaming body, hyper's client for the rest), or
 //! one multiplexed HTTP/2 connection (the h2 crate, driven here: each request is sent from its own
 //! task and its response awaited there, and the connection's task writes all the frames of a turn
 //! at once, see `coalesce`). The transport is made by `connect`, the one place mTLS slots in: it
@@ -24,12 +25,13 @@ use tracing::debug;
 
 use super::body::{Http2Body, ProxyBody};
 use super::coalesce::{FlushAfterPoll, coalesce};
+use super::http1::{self as lean, EncodedRequest, Http1Connection, Http1Error, IdleConnections};
 use crate::identity::{IdentityStore, tls};
 
 /// How long a TCP connect may take before the endpoint counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed when they return.
-const MAX_IDLE_HTTP1: usize = 256;
+pub(super) const MAX_IDLE_HTTP1: usize = 256;
 /// An HTTP/2 connection is pinged this often, and closed when the answer takes longer than
 /// `KEEP_ALIVE_TIMEOUT`: a peer that vanished without a FIN (a node gone) is noticed.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -54,6 +56,9 @@ pub enum UpstreamError {
     /// The connection broke before a response arrived (reset, closed, protocol error).
     #[error("the connection to {addr} failed before a response: {source}")]
     Reset { addr: SocketAddr, source: hyper::Error },
+    /// A lean HTTP/1.1 exchange failed: the connection broke, or the response was not HTTP.
+    #[error("HTTP/1.1 to {addr}: {source}")]
+    Http1 { addr: SocketAddr, source: Http1Error },
     /// The HTTP/2 stream or its connection broke before a response arrived.
     #[error("the HTTP/2 connection to {addr} failed before a response: {source}")]
     Http2Reset { addr: SocketAddr, source: h2::Error },
@@ -192,6 +197,9 @@ pub enum UpstreamProtocol {
 pub struct Pool {
     addr: SocketAddr,
     protocol: UpstreamProtocol,
+    /// Idle connections for requests without a streaming body (`http1`, the common case).
+    http1_lean_idle: IdleConnections,
+    /// Idle connections of hyper's client, for requests that stream a body.
     http1_idle: Mutex<Vec<http1::SendRequest<ProxyBody>>>,
     http2: Mutex<Option<Http2Sender>>,
     /// Serialises HTTP/2 connects, so a burst of requests opens one connection, not many.
@@ -208,6 +216,7 @@ impl Pool {
         Self {
             addr,
             protocol,
+            http1_lean_idle: IdleConnections::default(),
             http1_idle: Mutex::new(Vec::new()),
             http2: Mutex::new(None),
             http2_connecting: tokio::sync::Mutex::new(()),
@@ -229,6 +238,64 @@ impl Pool {
     }
 
     async fn send_http1(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
+        let whole_body = match request.body() {
+            ProxyBody::Full(bytes) => Some(bytes.clone()),
+            body if body.is_end_stream() => Some(None),
+            _ => None,
+        };
+        match whole_body {
+            Some(body) => {
+                let encoded = EncodedRequest::new(&request, body.as_ref());
+                drop(request);
+                self.send_http1_lean(&encoded).await
+            }
+            None => self.send_http1_streaming(request).await,
+        }
+    }
+
+    async fn send_http1_lean(&self, request: &EncodedRequest) -> Result<Response<ProxyBody>, UpstreamError> {
+        let connection = match self.take_idle_lean() {
+            Some(connection) => connection,
+            None => Box::pin(self.connect_lean()).await?,
+        };
+        let reused = connection.reused;
+        let source = match lean::send(connection, request, &self.http1_lean_idle).await {
+            Ok(response) => return Ok(response.map(ProxyBody::Http1)),
+            Err((source, answered)) => {
+                if answered || !reused || !request.is_idempotent() {
+                    return Err(UpstreamError::Http1 { addr: self.addr, source });
+                }
+                source
+            }
+        };
+        // A kept-alive connection that broke before any answer was most likely closed by the
+        // server as the request went out (its idle timeout): once more, on a new connection.
+        debug!(addr = %self.addr, error = %source, "idle HTTP/1.1 connection was closed; sending again");
+        let connection = Box::pin(self.connect_lean()).await?;
+        lean::send(connection, request, &self.http1_lean_idle)
+            .await
+            .map(|response| response.map(ProxyBody::Http1))
+            .map_err(|(source, _)| UpstreamError::Http1 { addr: self.addr, source })
+    }
+
+    fn take_idle_lean(&self) -> Option<Http1Connection> {
+        let mut idle = self.http1_lean_idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        while let Some(mut connection) = idle.pop() {
+            if connection.is_usable() {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    async fn connect_lean(&self) -> Result<Http1Connection, UpstreamError> {
+        connect(self.addr, self.tls.as_ref()).await.map(Http1Connection::new)
+    }
+
+    async fn send_http1_streaming(
+        &self,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
         let mut sender = match self.take_idle_http1() {
             Some(sender) => sender,
             // Boxed: connecting (TCP, maybe TLS, the handshake) is rare, and its state would
