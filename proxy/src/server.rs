@@ -1,14 +1,18 @@
 //! Listeners and client connections: accept (within the connection limit), find where the
-//! connection was going, detect its protocol, then serve HTTP/1.1 or HTTP/2 with hyper or
-//! forward opaque bytes. Every connection drains gracefully when `shutdown` fires.
+//! connection was going, detect its protocol, then serve HTTP/1.1 (hyper) or HTTP/2 (the h2
+//! crate, `http::h2_server`) or forward opaque bytes. Every connection drains gracefully when
+//! `shutdown` fires.
 
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -21,8 +25,9 @@ use crate::client_hello;
 use crate::config::{Limits, Protocol};
 use crate::detect::{self, Detected};
 use crate::http::Shared;
-use crate::http::coalesce::{FlushAfterPoll, coalesce};
+use crate::http::body::ProxyBody;
 use crate::http::forward::{self, InboundConnection, OutboundConnection, OutboundTarget};
+use crate::http::h2_server;
 use crate::identity::{ALPN_H2, ALPN_OPAQUE, tls};
 use crate::io::ClientIo;
 use crate::metrics::{DenyLabels, DenyProtocol, Label};
@@ -246,8 +251,8 @@ async fn outbound(
         return;
     }
     let connection = Arc::new(OutboundConnection { shared: shared.clone(), target });
-    let service = service_fn(move |request| forward::outbound(connection.clone(), request));
-    serve_http(detected, io, service, limits, shutdown, None).await;
+    let handle = move |request| forward::outbound(connection.clone(), request);
+    serve_http(detected, io, handle, limits, shutdown, None).await;
 }
 
 async fn inbound_plaintext(
@@ -277,8 +282,8 @@ async fn inbound_plaintext(
         return tcp::forward(io, app, None).await;
     }
     let connection = Arc::new(InboundConnection::new(shared.clone(), app, None));
-    let service = service_fn(move |request| forward::inbound(connection.clone(), request));
-    serve_http(detected, io, service, limits, shutdown, INBOUND_HEADER_TIMEOUT).await;
+    let handle = move |request| forward::inbound(connection.clone(), request);
+    serve_http(detected, io, handle, limits, shutdown, INBOUND_HEADER_TIMEOUT).await;
 }
 
 async fn inbound_mtls(
@@ -322,8 +327,8 @@ async fn inbound_mtls(
         return tcp::forward(stream, app, None).await;
     }
     let connection = Arc::new(InboundConnection::new(shared.clone(), app, client_id));
-    let service = service_fn(move |request| forward::inbound(connection.clone(), request));
-    serve_http(Detected::Http2, stream, service, limits, shutdown, INBOUND_HEADER_TIMEOUT).await;
+    let handle = move |request| forward::inbound(connection.clone(), request);
+    serve_http(Detected::Http2, stream, handle, limits, shutdown, INBOUND_HEADER_TIMEOUT).await;
 }
 
 fn deny_connection(shared: &Shared, client_id: Label, peer: SocketAddr, denied: &policy::Denied) {
@@ -434,53 +439,39 @@ fn opaque_destination(shared: &Shared, target: &OutboundTarget) -> Option<Opaque
 /// outbound side's client is the pod's own app, and a timer per request costs, so it has none.
 const INBOUND_HEADER_TIMEOUT: Option<Duration> = Some(Duration::from_secs(30));
 
-async fn serve_http<I, S>(
+/// Serves a client connection's HTTP requests, each answered by `handle`: HTTP/2 with the h2
+/// crate (`http::h2_server`), HTTP/1.1 with hyper's server.
+async fn serve_http<I, H, F>(
     detected: Detected,
     io: I,
-    service: S,
+    handle: H,
     limits: &Limits,
     shutdown: CancellationToken,
     header_timeout: Option<Duration>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<crate::http::body::ProxyBody>,
-            Error = std::convert::Infallible,
-        > + 'static,
-    S::Future: Send + 'static,
+    H: Fn(http::Request<ProxyBody>) -> F + Clone + Send + 'static,
+    F: Future<Output = http::Response<ProxyBody>> + Send + 'static,
 {
     if detected == Detected::Http2 {
-        let (io, flusher) = coalesce(io);
-        let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.max_concurrent_streams)
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .serve_connection(TokioIo::new(io), service);
-        tokio::pin!(connection);
-        tokio::select! {
-            result = FlushAfterPoll::new(connection.as_mut(), &flusher) => log_end(result),
-            () = shutdown.cancelled() => {
-                connection.as_mut().graceful_shutdown();
-                log_end(FlushAfterPoll::new(connection.as_mut(), &flusher).await);
-            }
-        }
-    } else {
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            // Bounds the request head: a larger one is answered with 431.
-            .max_buf_size(limits.max_header_bytes.max(8192))
-            .header_read_timeout(header_timeout)
-            .serve_connection(TokioIo::new(io), service);
-        tokio::pin!(connection);
-        tokio::select! {
-            result = connection.as_mut() => log_end(result),
-            () = shutdown.cancelled() => {
-                connection.as_mut().graceful_shutdown();
-                log_end(connection.await);
-            }
+        return h2_server::serve(io, handle, limits, shutdown).await;
+    }
+    let service = service_fn(move |request: http::Request<Incoming>| {
+        let response = handle(request.map(ProxyBody::Streaming));
+        async move { Ok::<_, Infallible>(response.await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // Bounds the request head: a larger one is answered with 431.
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => log_end(result),
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            log_end(connection.await);
         }
     }
 }

@@ -429,10 +429,10 @@ async fn http2_and_grpc_streaming_pass_through_with_trailers() {
 
 /// The app's sidecar (inbound to `app`) and a client's sidecar whose service `web` has the
 /// app's sidecar as its one meshed endpoint: (client side, server side).
-async fn two_sidecars(app: &Upstream) -> (Proxy, Proxy) {
+async fn two_sidecars(app: std::net::SocketAddr) -> (Proxy, Proxy) {
     let server_side = Proxy::start(&format!(
         "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0, target: \"{}\" }}\n",
-        app.addr
+        app
     ))
     .await;
     let client_side = Proxy::start(&one_service(&format!(
@@ -446,7 +446,7 @@ async fn two_sidecars(app: &Upstream) -> (Proxy, Proxy) {
 #[tokio::test]
 async fn two_sidecars_carry_http1_over_one_http2_connection_and_propagate_the_trace() {
     let app = Upstream::start("app").await;
-    let (client_side, server_side) = two_sidecars(&app).await;
+    let (client_side, server_side) = two_sidecars(app.addr).await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     for _ in 0..3 {
         let request = Request::get(url(&client_side, "/hello"))
@@ -478,7 +478,7 @@ async fn two_sidecars_carry_http1_over_one_http2_connection_and_propagate_the_tr
 #[tokio::test]
 async fn two_sidecars_return_every_byte_of_concurrent_responses_of_any_size() {
     let app = Upstream::start("app").await;
-    let (client_side, server_side) = two_sidecars(&app).await;
+    let (client_side, server_side) = two_sidecars(app.addr).await;
     let (http1, http2) = (http1_client(), http2_client());
     let mut requests = tokio::task::JoinSet::new();
     for i in 0..48usize {
@@ -506,6 +506,44 @@ async fn two_sidecars_return_every_byte_of_concurrent_responses_of_any_size() {
     tokio::time::timeout(Duration::from_secs(30), all).await.expect("all 48 answered within 30 s");
     let metrics = server_side.metrics().await;
     assert_eq!(metric(&metrics, "tcp_open_total", &[("direction", "inbound")]), Some(1.0), "{metrics}");
+}
+
+/// An HTTP/1.1 app's connection-specific header fields cannot cross HTTP/2 (RFC 9113 §8.2.2):
+/// the app's sidecar drops them, and the client gets the answer.
+#[tokio::test]
+async fn two_sidecars_carry_a_chunked_keep_alive_answer_over_http2() {
+    let app = raw_app(vec![
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\n\
+          x-app: yes\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    ])
+    .await;
+    let (client_side, _server_side) = two_sidecars(app).await;
+    let (status, headers, body) = get(&url(&client_side, "/")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "abc"));
+    assert_eq!(headers["x-app"], "yes");
+    assert!(!headers.contains_key("keep-alive"), "{headers:?}");
+}
+
+#[tokio::test]
+async fn drain_finishes_in_flight_http2_streams() {
+    let slow = Upstream::start("slow").await;
+    *slow.delay.lock().unwrap() = Duration::from_millis(700);
+    let config = one_service(&format!(
+        "{}    routes:\n      - backends: [{{ name: slow }}]\n",
+        backends(&[("slow", slow.addr)])
+    ));
+    let mut proxy = Proxy::start(&config).await;
+    let url = url(&proxy, "/");
+    let client = http2_client();
+    let in_flight = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move { send(&client, Request::get(url).body(full("")).unwrap()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let drain = tokio::spawn(proxy.running.take().unwrap().drain(Duration::from_secs(5)));
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "slow"), "the stream in flight completed");
+    assert!(drain.await.unwrap(), "drained before the deadline");
 }
 
 #[tokio::test]

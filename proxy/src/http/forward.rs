@@ -2,7 +2,6 @@
 //! weight and an endpoint by P2C, send with retries under the budget and timeouts, count it all.
 //! Inbound and unknown destinations: forward to a fixed address, counted the same way.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,12 +12,11 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, request};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
-use hyper::body::Incoming;
 use tower::retry::budget::Budget as _;
 use tracing::info;
 
 use super::Shared;
-use super::body::ProxyBody;
+use super::body::{BodyError, ProxyBody};
 use super::upstream::{Pool, UpstreamError, UpstreamProtocol};
 use crate::balance;
 use crate::config::RetryOn;
@@ -88,15 +86,15 @@ impl InboundConnection {
 /// Handles one request from the app to a destination.
 pub async fn outbound(
     connection: Arc<OutboundConnection>,
-    request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+    request: Request<ProxyBody>,
+) -> Response<ProxyBody> {
     let shared = &connection.shared;
     let table = shared.table.load_full();
     let service = match &connection.target {
         OutboundTarget::Service(name) => table.service_by_name(name),
         OutboundTarget::Original(addr) => match table.service_by_address(*addr) {
             Some(service) => Some(service),
-            None => return Ok(passthrough(shared, *addr, request).await),
+            None => return passthrough(shared, *addr, request).await,
         },
         OutboundTarget::Unknown => {
             authority_of(&request).and_then(|authority| table.service_by_host(authority))
@@ -104,26 +102,23 @@ pub async fn outbound(
     };
     let Some(service) = service.cloned() else {
         let host = authority_of(&request).unwrap_or("").to_owned();
-        return Ok(local(
+        return local(
             StatusCode::BAD_GATEWAY,
             "no-destination",
             format!(
                 "braid-proxy: no service is configured for host {host:?}, and the connection was not redirected, so \
                  there is no original destination to forward to\n"
             ),
-        ));
+        );
     };
     let limit = table.config.limits.max_retry_body_bytes;
     let access_log = table.config.access_log;
     drop(table);
-    Ok(route_request(shared, &service, request, limit, access_log).await)
+    route_request(shared, &service, request, limit, access_log).await
 }
 
 /// Handles one request that arrived for the local app.
-pub async fn inbound(
-    connection: Arc<InboundConnection>,
-    request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+pub async fn inbound(connection: Arc<InboundConnection>, request: Request<ProxyBody>) -> Response<ProxyBody> {
     let (mut parts, body) = request.into_parts();
     let shared = &connection.shared;
     let denied = {
@@ -150,7 +145,7 @@ pub async fn inbound(
             response.headers_mut().insert(DENY_REASON, reason);
         }
         record(shared, &labels, &connection.metrics, Label::empty(), &response, Instant::now());
-        return Ok(response);
+        return response;
     }
     // A request another proxy upgraded to HTTP/2 goes to the app as the HTTP/1.1 it was.
     let pool = if parts.headers.remove(&ORIG_PROTO).is_some() || parts.version != Version::HTTP_2 {
@@ -158,15 +153,14 @@ pub async fn inbound(
     } else {
         &connection.http2
     };
-    Ok(forward_once(&connection.shared, pool, &connection.labels, &connection.metrics, &mut parts, body)
-        .await)
+    forward_once(&connection.shared, pool, &connection.labels, &connection.metrics, &mut parts, body).await
 }
 
 /// An outbound request to an address no service claims: forwarded unchanged, and counted.
 async fn passthrough(
     shared: &Arc<Shared>,
     addr: SocketAddr,
-    request: Request<Incoming>,
+    request: Request<ProxyBody>,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = request.into_parts();
     let protocol =
@@ -189,12 +183,12 @@ async fn forward_once(
     labels: &RequestLabels,
     metrics: &RequestMetrics,
     parts: &mut request::Parts,
-    body: Incoming,
+    body: ProxyBody,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     metrics.requests.inc();
     propagate_trace(&mut parts.headers);
-    let request = upstream_request(parts, ProxyBody::Streaming(body), pool.protocol(), false, true);
+    let request = upstream_request(parts, body, pool.protocol(), false, true);
     let response = match pool.send(request).await {
         Ok(response) => client_response(response),
         Err(error) => failure_response(&Failure::Upstream(error)),
@@ -214,7 +208,7 @@ enum Failure {
 async fn route_request(
     shared: &Arc<Shared>,
     service: &Arc<Service>,
-    request: Request<Incoming>,
+    request: Request<ProxyBody>,
     retry_body_limit: usize,
     access_log: bool,
 ) -> Response<ProxyBody> {
@@ -320,12 +314,12 @@ async fn route_request(
 
 enum Kept {
     Yes(Bytes),
-    No(Incoming),
+    No(ProxyBody),
 }
 
 /// Reads the body into memory when it is known to be at most `limit` bytes; otherwise leaves it
 /// streaming (and the request is then not retried or mirrored).
-async fn keep_small_body(body: Incoming, limit: usize) -> Result<Kept, hyper::Error> {
+async fn keep_small_body(body: ProxyBody, limit: usize) -> Result<Kept, BodyError> {
     if body.is_end_stream() {
         return Ok(Kept::Yes(Bytes::new()));
     }
@@ -369,7 +363,7 @@ async fn send_with_retries(
                 }
                 ProxyBody::text(bytes)
             }
-            Some(Kept::No(incoming)) => ProxyBody::Streaming(incoming),
+            Some(Kept::No(body)) => body,
             None => ProxyBody::empty(),
         };
         let mut try_parts =

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod coalesce;
 pub mod forward;
+pub mod h2_server;
 pub mod http1;
 pub mod upstream;
 

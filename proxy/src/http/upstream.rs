@@ -369,7 +369,7 @@ impl Pool {
             send.send_request(Request::from_parts(head, ()), end_of_stream).map_err(reset)?;
         let cancel = (!end_of_stream).then(|| {
             let (cancel, cancelled) = tokio::sync::oneshot::channel();
-            tokio::spawn(send_body(body, stream, cancelled));
+            tokio::spawn(send_body(body, stream, Some(cancelled)));
             CancelOnDrop(Some(cancel))
         });
         let response = response.await.map_err(reset)?;
@@ -487,15 +487,14 @@ fn cancelled(cancel: &mut Option<tokio::sync::oneshot::Receiver<()>>, cx: &mut C
     }
 }
 
-/// Streams a request body into its HTTP/2 stream as the peer's flow-control window allows, then
-/// its trailers. Resets the stream when the body fails or the request is given up, and stops when
-/// the peer resets it.
-async fn send_body(
+/// Streams a body into its HTTP/2 stream as the peer's flow-control window allows, then its
+/// trailers. Resets the stream when the body fails or (a request body, with `cancel`) the request
+/// is given up, and stops when the peer resets it.
+pub(super) async fn send_body(
     mut body: ProxyBody,
     mut stream: h2::SendStream<Bytes>,
-    cancel: tokio::sync::oneshot::Receiver<()>,
+    mut cancel: Option<tokio::sync::oneshot::Receiver<()>>,
 ) {
-    let mut cancel = Some(cancel);
     loop {
         let frame = poll_fn(|cx| {
             if cancelled(&mut cancel, cx) {

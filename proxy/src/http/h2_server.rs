@@ -1,0 +1,142 @@
+//! HTTP/2 client connections served with the h2 crate directly: the connection's task accepts
+//! streams and writes all the frames of a turn at once (`coalesce`); each stream is handled on a
+//! task of its own, which reads the request body straight from the stream and sends the response
+//! with the peer's flow control. hyper's server did the same behind a conversion of every request
+//! and response, a service call and a larger task per stream.
+
+use std::future::{Future, poll_fn};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, Request, Response};
+use http_body::Body as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::body::{Http2Body, ProxyBody};
+use super::coalesce::{FlushAfterPoll, coalesce};
+use super::upstream::send_body;
+use crate::config::Limits;
+
+/// How long the client has to send its preface and settings.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves one client connection that spoke HTTP/2 until it closes, or until `shutdown` fires and
+/// its open streams have finished (GOAWAY first, so the client sends new requests elsewhere).
+pub async fn serve<I, H, F>(io: I, handle: H, limits: &Limits, shutdown: CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<ProxyBody>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let (io, flusher) = coalesce(io);
+    let handshake = h2::server::Builder::new()
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .initial_window_size(1 << 20)
+        .initial_connection_window_size(4 << 20)
+        .handshake::<_, Bytes>(io);
+    tokio::pin!(handshake);
+    let mut connection = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        FlushAfterPoll::new(handshake.as_mut(), &flusher),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => {
+            debug!(%error, "HTTP/2 handshake with a client failed");
+            return;
+        }
+        Err(_) => {
+            debug!("HTTP/2 client sent no preface in time");
+            return;
+        }
+    };
+    let accept_loop = async {
+        let mut draining = false;
+        loop {
+            let accepted = tokio::select! {
+                accepted = poll_fn(|cx| connection.poll_accept(cx)) => accepted,
+                () = shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    connection.graceful_shutdown();
+                    continue;
+                }
+            };
+            match accepted {
+                Some(Ok((request, respond))) => {
+                    tokio::spawn(serve_stream(request, respond, handle.clone()));
+                }
+                Some(Err(error)) => {
+                    debug!(%error, "client HTTP/2 connection ended with an error");
+                    return;
+                }
+                // Closed, and every stream has finished.
+                None => return,
+            }
+        }
+    };
+    tokio::pin!(accept_loop);
+    FlushAfterPoll::new(accept_loop.as_mut(), &flusher).await;
+}
+
+async fn serve_stream<H, F>(
+    request: Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    handle: H,
+) where
+    H: Fn(Request<ProxyBody>) -> F,
+    F: Future<Output = Response<ProxyBody>>,
+{
+    let (parts, stream) = request.into_parts();
+    let body = ProxyBody::Http2(Http2Body::new(stream, &parts.headers));
+    let handling = handle(Request::from_parts(parts, body));
+    tokio::pin!(handling);
+    // A client that resets its stream has given the request up: stop handling it.
+    let response = tokio::select! {
+        response = &mut handling => response,
+        reset = poll_fn(|cx| respond.poll_reset(cx)) => {
+            debug!(?reset, "the client reset a stream before its response");
+            return;
+        }
+    };
+    let (mut head, body) = response.into_parts();
+    strip_connection_headers(&mut head.headers);
+    if let Some(length) = body.size_hint().exact()
+        && !head.headers.contains_key(CONTENT_LENGTH)
+    {
+        head.headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+    }
+    let end_of_stream = body.is_end_stream();
+    let stream = match respond.send_response(Response::from_parts(head, ()), end_of_stream) {
+        Ok(stream) => stream,
+        Err(error) => {
+            debug!(%error, "sending a response head failed");
+            return;
+        }
+    };
+    if !end_of_stream {
+        send_body(body, stream, None).await;
+    }
+}
+
+/// HTTP/2 forbids connection-specific header fields (RFC 9113 §8.2.2); a response from an
+/// HTTP/1.1 app may carry them, and h2 refuses to send a head that does.
+fn strip_connection_headers(headers: &mut HeaderMap) {
+    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE] {
+        if headers.contains_key(&name) {
+            headers.remove(&name);
+        }
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    if headers.get(TE).is_some_and(|te| te != "trailers") {
+        headers.remove(TE);
+    }
+}
