@@ -1,5 +1,6 @@
 //! The proxy on real loopback sockets: routing, weights, retries, timeouts, budgets, HTTP/2 and
 //! gRPC streaming, opaque TCP, errors a client can cause, reloads and drain.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
 mod support;
 
@@ -29,6 +30,14 @@ fn backends(list: &[(&str, std::net::SocketAddr)]) -> String {
         text.push_str(&format!("      - {{ name: {name}, endpoints: [{{ address: \"{addr}\" }}] }}\n"));
     }
     text
+}
+
+/// The test service with one backend, `name` at `addr`, that every request goes to.
+fn one_backend_service(name: &str, addr: std::net::SocketAddr) -> String {
+    one_service(&format!(
+        "{}    routes:\n      - backends: [{{ name: {name} }}]\n",
+        backends(&[(name, addr)])
+    ))
 }
 
 fn url(proxy: &Proxy, path: &str) -> String {
@@ -348,10 +357,7 @@ async fn fault_injection_and_mirroring() {
 #[tokio::test]
 async fn malformed_http_gets_400_and_the_connection_is_closed() {
     let a = Upstream::start("a").await;
-    let config = one_service(&format!(
-        "{}    routes:\n      - backends: [{{ name: a }}]\n",
-        backends(&[("a", a.addr)])
-    ));
+    let config = one_backend_service("a", a.addr);
     let proxy = Proxy::start(&config).await;
     let mut stream = TcpStream::connect(proxy.service("web.shop.svc.cluster.local")).await.unwrap();
     stream.write_all(b"GET / HTTP/1.1\r\nHost: web\r\nno colon here\r\n\r\n").await.unwrap();
@@ -365,11 +371,8 @@ async fn malformed_http_gets_400_and_the_connection_is_closed() {
 #[tokio::test]
 async fn oversized_headers_get_431() {
     let a = Upstream::start("a").await;
-    let config = one_service(&format!(
-        "{}    routes:\n      - backends: [{{ name: a }}]\n",
-        backends(&[("a", a.addr)])
-    ))
-    .replacen("admin:", "limits: { maxHeaderBytes: 16384 }\nadmin:", 1);
+    let config =
+        one_backend_service("a", a.addr).replacen("admin:", "limits: { maxHeaderBytes: 16384 }\nadmin:", 1);
     let proxy = Proxy::start(&config).await;
     let mut stream = TcpStream::connect(proxy.service("web.shop.svc.cluster.local")).await.unwrap();
     let huge = "a".repeat(64 * 1024);
@@ -524,15 +527,18 @@ async fn two_sidecars_carry_a_chunked_keep_alive_answer_over_http2() {
     assert!(!headers.contains_key("keep-alive"), "{headers:?}");
 }
 
-#[tokio::test]
-async fn drain_finishes_in_flight_http2_streams() {
+/// A proxy whose one service answers "slow" after 700 ms: a request stays in flight long enough
+/// for a drain to begin under it.
+async fn slow_service_proxy() -> (Arc<Upstream>, Proxy) {
     let slow = Upstream::start("slow").await;
     *slow.delay.lock().unwrap() = Duration::from_millis(700);
-    let config = one_service(&format!(
-        "{}    routes:\n      - backends: [{{ name: slow }}]\n",
-        backends(&[("slow", slow.addr)])
-    ));
-    let mut proxy = Proxy::start(&config).await;
+    let proxy = Proxy::start(&one_backend_service("slow", slow.addr)).await;
+    (slow, proxy)
+}
+
+#[tokio::test]
+async fn drain_finishes_in_flight_http2_streams() {
+    let (_slow, mut proxy) = slow_service_proxy().await;
     let url = url(&proxy, "/");
     let client = http2_client();
     let in_flight = tokio::spawn({
@@ -606,13 +612,7 @@ async fn a_bad_config_file_is_refused_and_the_last_good_one_keeps_serving() {
 
 #[tokio::test]
 async fn drain_finishes_in_flight_requests_and_refuses_new_connections() {
-    let slow = Upstream::start("slow").await;
-    *slow.delay.lock().unwrap() = Duration::from_millis(700);
-    let config = one_service(&format!(
-        "{}    routes:\n      - backends: [{{ name: slow }}]\n",
-        backends(&[("slow", slow.addr)])
-    ));
-    let mut proxy = Proxy::start(&config).await;
+    let (_slow, mut proxy) = slow_service_proxy().await;
     let listener = proxy.service("web.shop.svc.cluster.local");
     let admin = proxy.running().admin;
     let in_flight = tokio::spawn(async move { get(&format!("http://{listener}/")).await });

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{Authority, Scheme};
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, request};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, request};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use tower::retry::budget::Budget as _;
@@ -478,11 +478,7 @@ fn upstream_request(
     inbound: bool,
 ) -> Request<ProxyBody> {
     let headers = &mut parts.headers;
-    for name in [CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, TRANSFER_ENCODING, UPGRADE] {
-        if headers.contains_key(&name) {
-            headers.remove(&name);
-        }
-    }
+    strip_hop_by_hop(headers);
     let was_http1 = parts.version != Version::HTTP_2;
     match protocol {
         UpstreamProtocol::Http1 => {
@@ -513,10 +509,6 @@ fn upstream_request(
                     uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
                 }
                 parts.uri = Uri::from_parts(uri).unwrap_or_default();
-            }
-            // HTTP/2 allows only `te: trailers` (RFC 9113 §8.2.2); h2 refuses the request otherwise.
-            if headers.get(TE).is_some_and(|te| te != "trailers") {
-                headers.remove(TE);
             }
             if meshed && was_http1 && !inbound {
                 headers.insert(ORIG_PROTO, HTTP11);
@@ -560,13 +552,24 @@ fn authority_of<B>(request: &Request<B>) -> Option<&str> {
 
 /// The upstream response as the client gets it: connection-level headers are the proxy's own.
 fn client_response(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
-    let headers = response.headers_mut();
-    for name in [CONNECTION, KEEP_ALIVE, PROXY_CONNECTION] {
+    strip_hop_by_hop(response.headers_mut());
+    response
+}
+
+/// Removes the header fields that describe one connection rather than the message, from every
+/// request and response the proxy passes on: each side frames its own connection, and HTTP/2
+/// forbids them (RFC 9113 §8.2.2; h2 refuses a head that has one). `te: trailers` stays: gRPC
+/// needs it end to end. Fields a Connection header names stay too, as in Linkerd: a client must
+/// not be able to strip fields such as host from what the next hop sees.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in [CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, TRANSFER_ENCODING, UPGRADE] {
         if headers.contains_key(&name) {
             headers.remove(&name);
         }
     }
-    response
+    if headers.get(TE).is_some_and(|te| te != "trailers") {
+        headers.remove(TE);
+    }
 }
 
 fn failure_response(failure: &Failure) -> Response<ProxyBody> {
@@ -655,6 +658,25 @@ mod tests {
         assert_eq!(request.headers()[TE], "trailers", "gRPC needs it");
         let mut http1 = parts_with_te("gzip");
         let request = upstream_request(&mut http1, ProxyBody::empty(), UpstreamProtocol::Http1, false, false);
-        assert_eq!(request.headers()[TE], "gzip", "HTTP/1.1 passes it on");
+        assert!(!request.headers().contains_key(TE), "te is hop-by-hop in HTTP/1.1 too");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_removed_and_end_to_end_fields_kept() {
+        let response = Response::builder()
+            .header(CONNECTION, "keep-alive, host, close")
+            .header("keep-alive", "timeout=5")
+            .header(TRANSFER_ENCODING, "chunked")
+            .header(UPGRADE, "h2c")
+            .header("proxy-connection", "keep-alive")
+            .header(TE, "trailers")
+            .header("content-type", "text/plain")
+            .header("grpc-status", "0")
+            .body(ProxyBody::empty())
+            .expect("a valid response");
+        let response = client_response(response);
+        let mut names: Vec<&str> = response.headers().keys().map(|name| name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["content-type", "grpc-status", "te"]);
     }
 }

@@ -8,8 +8,8 @@ use std::future::{Future, poll_fn};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, HeaderValue, TE, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, Request, Response};
+use http::header::{CONTENT_LENGTH, HeaderValue};
+use http::{Request, Response};
 use http_body::Body as _;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
@@ -25,6 +25,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one client connection that spoke HTTP/2 until it closes, or until `shutdown` fires and
 /// its open streams have finished (GOAWAY first, so the client sends new requests elsewhere).
+/// `handle`'s responses carry no connection-specific fields (`forward::strip_hop_by_hop`).
 pub async fn serve<I, H, F>(io: I, handle: H, limits: &Limits, shutdown: CancellationToken)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -104,7 +105,6 @@ async fn serve_stream<H, F>(
         }
     };
     let (mut head, body) = response.into_parts();
-    strip_connection_headers(&mut head.headers);
     if let Some(length) = body.size_hint().exact()
         && !head.headers.contains_key(CONTENT_LENGTH)
     {
@@ -120,23 +120,5 @@ async fn serve_stream<H, F>(
     };
     if !end_of_stream {
         send_body(body, stream, None).await;
-    }
-}
-
-/// HTTP/2 forbids connection-specific header fields (RFC 9113 §8.2.2); a response from an
-/// HTTP/1.1 app may carry them, and h2 refuses to send a head that does.
-fn strip_connection_headers(headers: &mut HeaderMap) {
-    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE] {
-        if headers.contains_key(&name) {
-            headers.remove(&name);
-        }
-    }
-    for name in ["keep-alive", "proxy-connection"] {
-        if headers.contains_key(name) {
-            headers.remove(name);
-        }
-    }
-    if headers.get(TE).is_some_and(|te| te != "trailers") {
-        headers.remove(TE);
     }
 }

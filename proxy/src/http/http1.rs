@@ -691,6 +691,12 @@ mod tests {
         Ok((collected.to_bytes(), trailers))
     }
 
+    /// Sends `GET path` and reads the whole answer; panics (the test fails) when either breaks.
+    async fn get_body(pool: &Pool, path: &str) -> (Bytes, Option<HeaderMap>) {
+        let response = pool.send(get(path)).await.expect("a response");
+        body_and_trailers(response).await.expect("the body")
+    }
+
     const OK_HELLO: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-origin: yes\r\n\r\nhello";
 
     #[tokio::test]
@@ -738,8 +744,7 @@ mod tests {
         let trailers = trailers.expect("trailers");
         assert_eq!(trailers["grpc-status"], "0");
         assert_eq!(trailers["x-sum"], "12");
-        let (body, _) =
-            body_and_trailers(pool.send(get("/")).await.expect("a response")).await.expect("the body");
+        let (body, _) = get_body(&pool, "/").await;
         assert_eq!(body, "hello");
         assert_eq!(origin.accepted.load(Ordering::SeqCst), 1);
     }
@@ -753,14 +758,11 @@ mod tests {
         ])
         .await;
         let pool = Pool::new(origin.addr, UpstreamProtocol::Http1);
-        let (body, _) =
-            body_and_trailers(pool.send(get("/")).await.expect("a response")).await.expect("the body");
+        let (body, _) = get_body(&pool, "/").await;
         assert_eq!(body, "until the end");
-        let (body, _) =
-            body_and_trailers(pool.send(get("/")).await.expect("a response")).await.expect("the body");
+        let (body, _) = get_body(&pool, "/").await;
         assert_eq!(body, "ok");
-        let (body, _) =
-            body_and_trailers(pool.send(get("/")).await.expect("a response")).await.expect("the body");
+        let (body, _) = get_body(&pool, "/").await;
         assert_eq!(body, "hello");
         assert_eq!(
             origin.accepted.load(Ordering::SeqCst),
@@ -788,8 +790,7 @@ mod tests {
             assert_eq!(response.status(), status);
             assert_eq!(body_and_trailers(response).await.expect("no body").0, "");
         }
-        let (body, _) =
-            body_and_trailers(pool.send(get("/")).await.expect("a response")).await.expect("the body");
+        let (body, _) = get_body(&pool, "/").await;
         assert_eq!(body, "hello", "the connection stayed in step");
         assert_eq!(origin.accepted.load(Ordering::SeqCst), 1);
     }
@@ -814,10 +815,9 @@ mod tests {
         ])
         .await;
         let pool = Pool::new(origin.addr, UpstreamProtocol::Http1);
-        body_and_trailers(pool.send(get("/")).await.expect("a response")).await.expect("the body");
+        get_body(&pool, "/").await;
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        let (body, _) =
-            body_and_trailers(pool.send(get("/")).await.expect("a response")).await.expect("the body");
+        let (body, _) = get_body(&pool, "/").await;
         assert_eq!(body, "hello");
         assert_eq!(origin.accepted.load(Ordering::SeqCst), 2);
     }
@@ -834,12 +834,11 @@ mod tests {
         ])
         .await;
         let pool = Pool::new(origin.addr, UpstreamProtocol::Http1);
-        body_and_trailers(pool.send(get("/")).await.expect("a response")).await.expect("the body");
-        let (body, _) =
-            body_and_trailers(pool.send(get("/again")).await.expect("sent again")).await.expect("the body");
+        get_body(&pool, "/").await;
+        let (body, _) = get_body(&pool, "/again").await;
         assert_eq!(body, "hello");
         // The third connection: one answer, then closed before the POST's.
-        body_and_trailers(pool.send(get("/")).await.expect("a response")).await.expect("the body");
+        get_body(&pool, "/").await;
         let Err(error) = pool.send(request(Method::POST, "/pay", ProxyBody::text("1"))).await else {
             panic!("a POST is not sent twice");
         };
@@ -863,8 +862,7 @@ mod tests {
         let frame = response.body_mut().frame().await.expect("a frame").expect("data");
         assert_eq!(frame.into_data().expect("data"), "first ten.");
         drop(response);
-        let (body, _) =
-            body_and_trailers(pool.send(get("/")).await.expect("a response")).await.expect("the body");
+        let (body, _) = get_body(&pool, "/").await;
         assert_eq!(body, "hello", "not the rest of the first body");
         assert_eq!(origin.accepted.load(Ordering::SeqCst), 2);
     }
