@@ -4,7 +4,6 @@
 //! `shutdown` fires.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,10 +23,10 @@ use crate::balance::{self, Endpoint};
 use crate::client_hello;
 use crate::config::{Limits, Protocol};
 use crate::detect::{self, Detected};
-use crate::http::Shared;
 use crate::http::body::ProxyBody;
 use crate::http::forward::{self, InboundConnection, OutboundConnection, OutboundTarget};
-use crate::http::h2_server;
+use crate::http::{Handler, Shared, Transport};
+use crate::http::{h1_server, h2_server};
 use crate::identity::{ALPN_H2, ALPN_OPAQUE, tls};
 use crate::io::ClientIo;
 use crate::metrics::{DenyLabels, DenyProtocol, Label};
@@ -440,22 +439,37 @@ fn opaque_destination(shared: &Shared, target: &OutboundTarget) -> Option<Opaque
 const INBOUND_HEADER_TIMEOUT: Option<Duration> = Some(Duration::from_secs(30));
 
 /// Serves a client connection's HTTP requests, each answered by `handle`: HTTP/2 with the h2
-/// crate (`http::h2_server`), HTTP/1.1 with hyper's server.
-async fn serve_http<I, H, F>(
+/// crate (`http::h2_server`); HTTP/1.1 from the pod's own app (no `header_timeout`) with
+/// `http::h1_server` until a request needs hyper's server, and all other HTTP/1.1 with hyper's.
+async fn serve_http(
     detected: Detected,
-    io: I,
-    handle: H,
+    io: impl Transport,
+    handle: impl Handler,
     limits: &Limits,
     shutdown: CancellationToken,
     header_timeout: Option<Duration>,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    H: Fn(http::Request<ProxyBody>) -> F + Clone + Send + 'static,
-    F: Future<Output = http::Response<ProxyBody>> + Send + 'static,
-{
+) {
     if detected == Detected::Http2 {
         return h2_server::serve(io, handle, limits, shutdown).await;
     }
+    let max_head = limits.max_header_bytes.max(8192);
+    if header_timeout.is_none() {
+        let Some(rest) = h1_server::serve(io, handle.clone(), max_head, &shutdown).await else {
+            return;
+        };
+        let io = ClientIo::replaying(rest.read, rest.io);
+        return serve_hyper_http1(io, handle, max_head, shutdown, None).await;
+    }
+    serve_hyper_http1(io, handle, max_head, shutdown, header_timeout).await;
+}
+
+async fn serve_hyper_http1(
+    io: impl Transport,
+    handle: impl Handler,
+    max_head: usize,
+    shutdown: CancellationToken,
+    header_timeout: Option<Duration>,
+) {
     let service = service_fn(move |request: http::Request<Incoming>| {
         let response = handle(request.map(ProxyBody::Streaming));
         async move { Ok::<_, Infallible>(response.await) }
@@ -463,7 +477,7 @@ async fn serve_http<I, H, F>(
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         // Bounds the request head: a larger one is answered with 431.
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_buf_size(max_head)
         .header_read_timeout(header_timeout)
         .serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);

@@ -368,6 +368,33 @@ async fn malformed_http_gets_400_and_the_connection_is_closed() {
     assert_eq!(a.hits(), 0);
 }
 
+/// The outbound side serves bodiless requests itself and hands a connection to hyper's server at
+/// its first request with a body: on one client connection, every request is answered, in order.
+#[tokio::test]
+async fn one_client_connection_carries_pipelined_gets_a_post_with_a_body_and_what_follows() {
+    let a = Upstream::start("a").await;
+    let proxy = Proxy::start(&one_backend_service("a", a.addr)).await;
+    let mut stream = TcpStream::connect(proxy.service("web.shop.svc.cluster.local")).await.unwrap();
+    stream
+        .write_all(
+            b"GET /1 HTTP/1.1\r\nHost: web\r\n\r\nHEAD /2 HTTP/1.1\r\nHost: web\r\n\r\n\
+              POST /body HTTP/1.1\r\nHost: web\r\nContent-Length: 11\r\n\r\nhello world\
+              GET /4 HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let answers: Vec<&str> = answer.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+    assert_eq!(answers.len(), 4, "{answer}");
+    assert!(answers[0].ends_with("\r\n\r\na"), "GET: {answer}");
+    assert!(answers[1].ends_with("\r\n\r\n"), "HEAD has no body: {answer}");
+    assert!(answers[2].ends_with("\r\n\r\na got 11 bytes"), "POST: {answer}");
+    assert!(answers[3].ends_with("\r\n\r\na") && answers[3].contains("connection: close"), "{answer}");
+    assert_eq!(a.hits(), 4);
+}
+
 #[tokio::test]
 async fn oversized_headers_get_431() {
     let a = Upstream::start("a").await;

@@ -1,5 +1,5 @@
 //! Arbitrary bytes as the first bytes of a client connection: protocol detection must decide
-//! without panicking, and a request it calls HTTP/1 is parsed (as hyper does, with httparse) and
+//! without panicking, and a request it calls HTTP/1 is parsed by the proxy's HTTP/1.1 server and
 //! routed through a real table, its traceparent rewritten. Nothing may panic.
 
 #![no_main]
@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use braid_proxy::config::Config;
 use braid_proxy::detect::{Detected, HTTP2_PREFACE, detect};
+use braid_proxy::http::h1_server::{Parsed, parse_request};
 use braid_proxy::table::Table;
 use libfuzzer_sys::fuzz_target;
 
@@ -23,6 +24,9 @@ services:
       - { matches: [{ path: { exact: /login } }], backends: [{ name: a }] }
 "#;
 
+/// The outbound side's default bound on a request head.
+const MAX_HEAD: usize = 16 * 1024;
+
 fn table() -> &'static Table {
     static TABLE: OnceLock<Table> = OnceLock::new();
     TABLE.get_or_init(|| {
@@ -35,27 +39,17 @@ fuzz_target!(|data: &[u8]| {
     match detect(data) {
         Detected::Http2 => assert!(data.starts_with(HTTP2_PREFACE)),
         Detected::Http1 => {
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut request = httparse::Request::new(&mut headers);
-            if let Ok(httparse::Status::Complete(_)) = request.parse(data) {
-                let (Some(method), Some(path)) = (request.method, request.path) else { return };
-                let Ok(method) = http::Method::from_bytes(method.as_bytes()) else { return };
-                let mut map = http::HeaderMap::new();
-                for header in request.headers.iter() {
-                    if let (Ok(name), Ok(value)) = (
-                        http::HeaderName::from_bytes(header.name.as_bytes()),
-                        http::HeaderValue::from_bytes(header.value),
-                    ) {
-                        if name == "traceparent" {
-                            let _ = braid_proxy::trace_context::next_hop(&value);
-                        }
-                        map.append(name, value);
-                    }
-                }
-                let host = map.get("host").and_then(|h| h.to_str().ok()).unwrap_or("web");
-                if let Some(service) = table().service_by_host(host) {
-                    let _ = service.route(&method, path, &map);
-                }
+            // The outbound side's own HTTP/1.1 server parses it (hyper's takes what it passes on).
+            let mut read = bytes::BytesMut::from(data);
+            let Ok(Parsed::Request { request, .. }) = parse_request(&mut read, MAX_HEAD) else { return };
+            assert!(data.len() - read.len() <= MAX_HEAD, "a head over the bound was accepted");
+            let (parts, _) = request.into_parts();
+            if let Some(traceparent) = parts.headers.get("traceparent") {
+                let _ = braid_proxy::trace_context::next_hop(traceparent);
+            }
+            let host = parts.headers.get("host").and_then(|h| h.to_str().ok()).unwrap_or("web");
+            if let Some(service) = table().service_by_host(host) {
+                let _ = service.route(&parts.method, parts.uri.path(), &parts.headers);
             }
         }
         Detected::Opaque | Detected::NeedMore => {}

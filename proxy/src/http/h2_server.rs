@@ -4,20 +4,20 @@
 //! with the peer's flow control. hyper's server did the same behind a conversion of every request
 //! and response, a service call and a larger task per stream.
 
-use std::future::{Future, poll_fn};
+use std::future::poll_fn;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HeaderValue};
 use http::{Request, Response};
 use http_body::Body as _;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::body::{Http2Body, ProxyBody};
 use super::coalesce::{FlushAfterPoll, coalesce};
 use super::upstream::send_body;
+use super::{Handler, Transport};
 use crate::config::Limits;
 
 /// How long the client has to send its preface and settings.
@@ -26,12 +26,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves one client connection that spoke HTTP/2 until it closes, or until `shutdown` fires and
 /// its open streams have finished (GOAWAY first, so the client sends new requests elsewhere).
 /// `handle`'s responses carry no connection-specific fields (`forward::strip_hop_by_hop`).
-pub async fn serve<I, H, F>(io: I, handle: H, limits: &Limits, shutdown: CancellationToken)
-where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<ProxyBody>) -> F + Clone + Send + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
-{
+pub async fn serve(io: impl Transport, handle: impl Handler, limits: &Limits, shutdown: CancellationToken) {
     let (io, flusher) = coalesce(io);
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(limits.max_concurrent_streams)
@@ -84,14 +79,11 @@ where
     FlushAfterPoll::new(accept_loop.as_mut(), &flusher).await;
 }
 
-async fn serve_stream<H, F>(
+async fn serve_stream(
     request: Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
-    handle: H,
-) where
-    H: Fn(Request<ProxyBody>) -> F,
-    F: Future<Output = Response<ProxyBody>>,
-{
+    handle: impl Handler,
+) {
     let (parts, stream) = request.into_parts();
     let body = ProxyBody::Http2(Http2Body::new(stream, &parts.headers));
     let handling = handle(Request::from_parts(parts, body));

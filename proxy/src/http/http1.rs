@@ -25,7 +25,7 @@ use super::upstream::UpstreamIo;
 /// sidecar fronts send a few hundred bytes).
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// Header fields per response head or trailer section (hyper's client allows 100).
-const MAX_HEADERS: usize = 100;
+pub(super) const MAX_HEADERS: usize = 100;
 /// A chunk-size line, extensions included, longer than this is refused.
 const MAX_CHUNK_LINE: usize = 4096;
 /// How much room a read asks for: one read takes a whole small response.
@@ -252,27 +252,49 @@ fn parse_head(read: &mut BytesMut) -> Result<Option<Head>, Http1Error> {
         .code
         .and_then(|code| StatusCode::from_u16(code).ok())
         .ok_or(Http1Error::Malformed("an invalid status code"))?;
-    // Header values are slices of the head's bytes, not copies: remember where they are, then
-    // split the head off the read buffer.
-    let base = read.as_ptr() as usize;
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-    let count = response.headers.len();
-    for (span, field) in spans.iter_mut().zip(response.headers.iter()) {
-        let name = field.name.as_ptr() as usize - base;
-        let value = field.value.as_ptr() as usize - base;
-        *span = (name, field.name.len(), value, field.value.len());
-    }
+    let spans = FieldSpans::new(read, response.headers);
     let head = read.split_to(head_len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(name, name_len, value, value_len) in &spans[..count] {
-        let name = HeaderName::from_bytes(&head[name..name + name_len])
-            .map_err(|_| Http1Error::Malformed("an invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
-            .map_err(|_| Http1Error::Malformed("an invalid header value"))?;
-        headers.append(name, value);
-    }
+    let headers = spans.header_map(&head).map_err(Http1Error::Malformed)?;
     let conflicting_framing = headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH);
     Ok(Some(Head { status, version, headers, conflicting_framing }))
+}
+
+/// Where each header field of a parsed head lies in the read buffer, so that the head can be split
+/// off and the header values become slices of it, not copies.
+pub(super) struct FieldSpans {
+    /// (name offset, name length, value offset, value length)
+    spans: [(usize, usize, usize, usize); MAX_HEADERS],
+    count: usize,
+}
+
+impl FieldSpans {
+    /// `fields` were parsed from `read`.
+    pub(super) fn new(read: &[u8], fields: &[httparse::Header<'_>]) -> Self {
+        let base = read.as_ptr() as usize;
+        let mut spans = [(0, 0, 0, 0); MAX_HEADERS];
+        for (span, field) in spans.iter_mut().zip(fields) {
+            *span = (
+                field.name.as_ptr() as usize - base,
+                field.name.len(),
+                field.value.as_ptr() as usize - base,
+                field.value.len(),
+            );
+        }
+        Self { spans, count: fields.len().min(MAX_HEADERS) }
+    }
+
+    /// The fields as a header map; `head` is the split-off head they were parsed in.
+    pub(super) fn header_map(&self, head: &Bytes) -> Result<HeaderMap, &'static str> {
+        let mut headers = HeaderMap::with_capacity(self.count);
+        for &(name, name_len, value, value_len) in &self.spans[..self.count] {
+            let name =
+                HeaderName::from_bytes(&head[name..name + name_len]).map_err(|_| "an invalid header name")?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
+                .map_err(|_| "an invalid header value")?;
+            headers.append(name, value);
+        }
+        Ok(headers)
+    }
 }
 
 /// How the response body is delimited (RFC 9112 §6.3).
@@ -306,14 +328,14 @@ fn framing(head: &Head, head_request: bool) -> Result<BodyState, Http1Error> {
     })
 }
 
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
+pub(super) fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 {
         return None;
     }
     digits.iter().try_fold(0u64, |n, &digit| digit.is_ascii_digit().then(|| n * 10 + u64::from(digit - b'0')))
 }
 
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+pub(super) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|value| {
         value
             .as_bytes()

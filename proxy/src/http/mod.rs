@@ -4,6 +4,7 @@
 pub mod body;
 pub mod coalesce;
 pub mod forward;
+pub mod h1_server;
 pub mod h2_server;
 pub mod http1;
 pub mod upstream;
@@ -13,12 +14,34 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use http::{Request, Response};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::discovery::Discovery;
 use crate::identity::IdentityStore;
 use crate::metrics::Metrics;
 use crate::table::Table;
+use body::ProxyBody;
 use upstream::{Pool, UpstreamProtocol};
+
+/// What answers each request of one client connection (`forward::outbound` or `forward::inbound`
+/// bound to the connection): one name for the bounds every server of a connection needs.
+pub trait Handler: Fn(Request<ProxyBody>) -> Self::Answer + Clone + Send + 'static {
+    type Answer: Future<Output = Response<ProxyBody>> + Send + 'static;
+}
+
+impl<H, F> Handler for H
+where
+    H: Fn(Request<ProxyBody>) -> F + Clone + Send + 'static,
+    F: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    type Answer = F;
+}
+
+/// A client connection's transport as the servers take it (TCP, or TLS over TCP).
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
 
 /// What every connection shares: the current routing table, the metrics, and the pools to
 /// addresses that are not endpoints of a configured service (the local app on inbound, unmeshed
