@@ -37,6 +37,8 @@ pub const DENY_REASON: HeaderName = HeaderName::from_static("braid-deny-reason")
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const HTTP11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
+/// Header fields that describe one connection (`te` aside: it may stay as `te: trailers`).
+const HOP_BY_HOP: [HeaderName; 5] = [CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, TRANSFER_ENCODING, UPGRADE];
 
 /// Where an outbound client connection was going.
 #[derive(Debug, Clone)]
@@ -562,7 +564,11 @@ fn client_response(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
 /// needs it end to end. Fields a Connection header names stay too, as in Linkerd: a client must
 /// not be able to strip fields such as host from what the next hop sees.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    for name in [CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, TRANSFER_ENCODING, UPGRADE] {
+    // Most messages carry none: one pass over the names costs less than a lookup of each.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name) || name == TE) {
+        return;
+    }
+    for name in HOP_BY_HOP {
         if headers.contains_key(&name) {
             headers.remove(&name);
         }
