@@ -500,10 +500,16 @@ fn upstream_request(
         }
         UpstreamProtocol::Http2 => {
             if parts.uri.authority().is_none() {
-                let authority = headers
-                    .get(HOST)
-                    .and_then(|host| Authority::try_from(host.as_bytes()).ok())
-                    .unwrap_or_else(|| Authority::from_static("localhost"));
+                let host = headers.get(HOST).and_then(|host| Authority::try_from(host.as_bytes()).ok());
+                let authority = match host {
+                    Some(host) => {
+                        // :authority carries it (RFC 9113 §8.3.1), so HPACK codes it once, not
+                        // twice; the inbound side gives an HTTP/1.1 app its Host again from it.
+                        headers.remove(HOST);
+                        host
+                    }
+                    None => Authority::from_static("localhost"),
+                };
                 let mut uri = std::mem::take(&mut parts.uri).into_parts();
                 uri.scheme = Some(Scheme::HTTP);
                 uri.authority = Some(authority);
@@ -665,6 +671,19 @@ mod tests {
         let mut http1 = parts_with_te("gzip");
         let request = upstream_request(&mut http1, ProxyBody::empty(), UpstreamProtocol::Http1, false, false);
         assert!(!request.headers().contains_key(TE), "te is hop-by-hop in HTTP/1.1 too");
+    }
+
+    #[test]
+    fn host_travels_as_the_authority_over_http2_and_comes_back_as_host_for_http1() {
+        let request = Request::get("/items?id=1").header(HOST, "web.shop:8080").body(());
+        let mut parts = request.expect("a valid request").into_parts().0;
+        let http2 = upstream_request(&mut parts, ProxyBody::empty(), UpstreamProtocol::Http2, true, false);
+        assert_eq!(http2.uri().to_string(), "http://web.shop:8080/items?id=1");
+        assert!(!http2.headers().contains_key(HOST), "sent once, as :authority");
+        let mut parts = http2.into_parts().0;
+        let http1 = upstream_request(&mut parts, ProxyBody::empty(), UpstreamProtocol::Http1, false, true);
+        assert_eq!(http1.uri().to_string(), "/items?id=1");
+        assert_eq!(http1.headers()[HOST], "web.shop:8080");
     }
 
     #[test]
