@@ -575,9 +575,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         return;
     }
     for name in HOP_BY_HOP {
-        if headers.contains_key(&name) {
-            headers.remove(&name);
-        }
+        headers.remove(&name);
     }
     if headers.get(TE).is_some_and(|te| te != "trailers") {
         headers.remove(TE);

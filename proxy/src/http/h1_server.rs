@@ -10,19 +10,19 @@ use std::fmt::Write as _;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut as _, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::body::ProxyBody;
-use super::http1::{FieldSpans, MAX_HEADERS, has_token};
+use super::http1::{FieldSpans, MAX_HEADERS, has_token, poll_fill};
 use super::{Handler, Transport};
 
 /// How much room a read asks for: one read takes a whole request head.
@@ -63,7 +63,7 @@ pub async fn serve<I: Transport>(
             }
             let idle = read.is_empty();
             let filled = tokio::select! {
-                filled = poll_fn(|cx| poll_fill(&mut io, &mut read, cx)) => filled,
+                filled = poll_fn(|cx| poll_fill(&mut io, &mut read, READ_SIZE, cx)) => filled,
                 // An idle connection has nothing in flight: a drain closes it at once.
                 () = shutdown.cancelled(), if idle => return None,
             };
@@ -86,7 +86,7 @@ pub async fn serve<I: Transport>(
             tokio::select! {
                 biased;
                 response = &mut handling => break response,
-                filled = poll_fn(|cx| poll_fill(&mut io, &mut read, cx)), if watching => match filled {
+                filled = poll_fn(|cx| poll_fill(&mut io, &mut read, READ_SIZE, cx)), if watching => match filled {
                     Ok(0) | Err(_) => {
                         debug!("the client closed its connection before the response");
                         return None;
@@ -105,17 +105,6 @@ pub async fn serve<I: Transport>(
             return None;
         }
     }
-}
-
-fn poll_fill<I: AsyncRead + Unpin>(
-    io: &mut I,
-    read: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<io::Result<usize>> {
-    if read.capacity() - read.len() < READ_SIZE / 4 {
-        read.reserve(READ_SIZE);
-    }
-    tokio_util::io::poll_read_buf(Pin::new(io), cx, read)
 }
 
 /// What the bytes at the front of a connection's read buffer hold.

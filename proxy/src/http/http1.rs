@@ -208,12 +208,19 @@ fn next_response_head(
 }
 
 async fn fill(connection: &mut Http1Connection) -> io::Result<usize> {
-    std::future::poll_fn(|cx| poll_fill(&mut connection.io, &mut connection.read, cx)).await
+    std::future::poll_fn(|cx| poll_fill(&mut connection.io, &mut connection.read, READ_SIZE, cx)).await
 }
 
-fn poll_fill(io: &mut UpstreamIo, read: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-    if read.capacity() - read.len() < READ_SIZE / 4 {
-        read.reserve(READ_SIZE);
+/// Reads what the socket has into `read`, growing it by `read_size` when less than a quarter of
+/// that is free. Shared with the HTTP/1.1 server (`h1_server`).
+pub(super) fn poll_fill<I: AsyncRead + Unpin>(
+    io: &mut I,
+    read: &mut BytesMut,
+    read_size: usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if read.capacity() - read.len() < read_size / 4 {
+        read.reserve(read_size);
     }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, read)
 }
@@ -328,7 +335,7 @@ fn framing(head: &Head, head_request: bool) -> Result<BodyState, Http1Error> {
     })
 }
 
-pub(super) fn parse_decimal(digits: &[u8]) -> Option<u64> {
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 {
         return None;
     }
@@ -422,7 +429,7 @@ impl Http1Body {
                 Ok(Decoded::NeedMore) => {}
                 Err(error) => return Poll::Ready(Some(Err(error))),
             }
-            match ready!(poll_fill(&mut connection.io, &mut connection.read, cx)) {
+            match ready!(poll_fill(&mut connection.io, &mut connection.read, READ_SIZE, cx)) {
                 Ok(0) => {
                     end_of_input(&mut self.state)?;
                     // A close-delimited body ended; its connection is spent.
