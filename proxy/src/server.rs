@@ -251,7 +251,7 @@ async fn outbound(
     }
     let connection = Arc::new(OutboundConnection { shared: shared.clone(), target });
     let handle = move |request| forward::outbound(connection.clone(), request);
-    serve_http(detected, io, handle, limits, shutdown, None).await;
+    serve_http(detected, io, handle, limits, shutdown, ClientKind::OwnApp).await;
 }
 
 async fn inbound_plaintext(
@@ -282,7 +282,7 @@ async fn inbound_plaintext(
     }
     let connection = Arc::new(InboundConnection::new(shared.clone(), app, None));
     let handle = move |request| forward::inbound(connection.clone(), request);
-    serve_http(detected, io, handle, limits, shutdown, INBOUND_HEADER_TIMEOUT).await;
+    serve_http(detected, io, handle, limits, shutdown, ClientKind::Remote).await;
 }
 
 async fn inbound_mtls(
@@ -327,7 +327,7 @@ async fn inbound_mtls(
     }
     let connection = Arc::new(InboundConnection::new(shared.clone(), app, client_id));
     let handle = move |request| forward::inbound(connection.clone(), request);
-    serve_http(Detected::Http2, stream, handle, limits, shutdown, INBOUND_HEADER_TIMEOUT).await;
+    serve_http(Detected::Http2, stream, handle, limits, shutdown, ClientKind::Remote).await;
 }
 
 fn deny_connection(shared: &Shared, client_id: Label, peer: SocketAddr, denied: &policy::Denied) {
@@ -434,33 +434,46 @@ fn opaque_destination(shared: &Shared, target: &OutboundTarget) -> Option<Opaque
         .map(|endpoint| OpaqueDestination::Endpoint(endpoint.clone()))
 }
 
-/// How long a client on the inbound side may take to send a request head (slowloris). The
-/// outbound side's client is the pod's own app, and a timer per request costs, so it has none.
-const INBOUND_HEADER_TIMEOUT: Option<Duration> = Some(Duration::from_secs(30));
+/// How long a client on the inbound side may take to send a request head (slowloris).
+const INBOUND_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Who opened a client connection, which decides how its HTTP/1.1 is served.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClientKind {
+    /// The pod's own app (outbound): trusted to send its heads promptly, so it gets
+    /// `http::h1_server`, which sets no timer per request.
+    OwnApp,
+    /// Anyone else (inbound): hyper's server, with a header-read timeout.
+    Remote,
+}
 
 /// Serves a client connection's HTTP requests, each answered by `handle`: HTTP/2 with the h2
-/// crate (`http::h2_server`); HTTP/1.1 from the pod's own app (no `header_timeout`) with
-/// `http::h1_server` until a request needs hyper's server, and all other HTTP/1.1 with hyper's.
+/// crate (`http::h2_server`); HTTP/1.1 from the pod's own app with `http::h1_server` until a
+/// request needs hyper's server, and all other HTTP/1.1 with hyper's.
 async fn serve_http(
     detected: Detected,
     io: impl Transport,
     handle: impl Handler,
     limits: &Limits,
     shutdown: CancellationToken,
-    header_timeout: Option<Duration>,
+    client: ClientKind,
 ) {
     if detected == Detected::Http2 {
         return h2_server::serve(io, handle, limits, shutdown).await;
     }
     let max_head = limits.max_header_bytes.max(8192);
-    if header_timeout.is_none() {
-        let Some(rest) = h1_server::serve(io, handle.clone(), max_head, &shutdown).await else {
-            return;
-        };
-        let io = ClientIo::replaying(rest.read, rest.io);
-        return serve_hyper_http1(io, handle, max_head, shutdown, None).await;
+    match client {
+        ClientKind::OwnApp => {
+            let Some(rest) = h1_server::serve(io, handle.clone(), max_head, &shutdown).await else {
+                return;
+            };
+            let io = ClientIo::replaying(rest.read, rest.io);
+            serve_hyper_http1(io, handle, max_head, shutdown, None).await;
+        }
+        ClientKind::Remote => {
+            serve_hyper_http1(io, handle, max_head, shutdown, Some(INBOUND_HEADER_TIMEOUT)).await;
+        }
     }
-    serve_hyper_http1(io, handle, max_head, shutdown, header_timeout).await;
 }
 
 async fn serve_hyper_http1(
