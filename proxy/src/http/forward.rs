@@ -394,7 +394,8 @@ async fn send_with_retries(
         };
         drop(in_flight);
         let healthy = matches!(&outcome, Ok(response) if !response.status().is_server_error());
-        endpoint.record(now.elapsed(), healthy, &service.load_balancer, Instant::now());
+        let done = Instant::now();
+        endpoint.record(done.saturating_duration_since(now), healthy, &service.load_balancer, done);
         if !last && should_retry(&outcome, retry_on) {
             let retry_labels = RetryLabels {
                 direction: Direction::outbound,

@@ -64,7 +64,9 @@ pub async fn serve(io: impl Transport, handle: impl Handler, limits: &Limits, sh
             };
             match accepted {
                 Some(Ok((request, respond))) => {
-                    tokio::spawn(serve_stream(request, respond, handle.clone()));
+                    // Boxed: the task then holds a pointer, not the multi-KiB future, which tokio
+                    // would otherwise copy whole on spawn and again when the task finishes.
+                    tokio::spawn(Box::pin(serve_stream(request, respond, handle.clone())));
                 }
                 Some(Err(error)) => {
                     debug!(%error, "client HTTP/2 connection ended with an error");
