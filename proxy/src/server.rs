@@ -438,7 +438,7 @@ fn opaque_destination(shared: &Shared, target: &OutboundTarget) -> Option<Opaque
 const INBOUND_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Who opened a client connection, which decides how its HTTP/1.1 is served.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum ClientKind {
     /// The pod's own app (outbound): trusted to send its heads promptly, so it gets
     /// `http::h1_server`, which sets no timer per request.
