@@ -457,6 +457,61 @@ async fn http2_and_grpc_streaming_pass_through_with_trailers() {
     assert_eq!(*server.last_version.lock().unwrap(), Some(http::Version::HTTP_2));
 }
 
+/// What a silent app saw on a connection.
+#[derive(Debug, PartialEq)]
+enum AppSaw {
+    RequestHead,
+    Closed,
+}
+
+/// An app on raw TCP that reads a request head on each connection and never answers; it reports
+/// the head and, later, the connection closed by the other end.
+async fn silent_app() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<AppSaw>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (saw, seen) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let saw = saw.clone();
+            tokio::spawn(async move {
+                let mut read = Vec::new();
+                let mut chunk = [0; 1024];
+                loop {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => read.extend_from_slice(&chunk[..n]),
+                    }
+                    if read.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let _ = saw.send(AppSaw::RequestHead);
+                        read.clear();
+                    }
+                }
+                let _ = saw.send(AppSaw::Closed);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn an_http2_client_that_resets_its_stream_cancels_the_request_upstream() {
+    let (app, mut seen) = silent_app().await;
+    let proxy = Proxy::start(&one_backend_service("silent", app)).await;
+    let io = TcpStream::connect(proxy.service("web.shop.svc.cluster.local")).await.unwrap();
+    let (client, connection) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = Request::get(url(&proxy, "/never-answered")).body(()).unwrap();
+    let (_response, mut stream) = client.send_request(request, true).unwrap();
+    let within = Duration::from_secs(5);
+    let first = tokio::time::timeout(within, seen.recv()).await.expect("the request reaches the app");
+    assert_eq!(first, Some(AppSaw::RequestHead));
+    // The route has no timeout: only the reset can end the request.
+    stream.send_reset(h2::Reason::CANCEL);
+    let next = tokio::time::timeout(within, seen.recv()).await.expect("the proxy gives the request up");
+    assert_eq!(next, Some(AppSaw::Closed), "the request's upstream connection is closed, not reused");
+}
+
 /// The app's sidecar (inbound to `app`) and a client's sidecar whose service `web` has the
 /// app's sidecar as its one meshed endpoint: (client side, server side).
 async fn two_sidecars(app: std::net::SocketAddr) -> (Proxy, Proxy) {
