@@ -1,9 +1,10 @@
 //! W3C trace context: a request that carries `traceparent` leaves the proxy with the same trace
 //! id and a new parent (span) id, so each hop is a span of its own in the trace.
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
-pub const TRACEPARENT: &str = "traceparent";
+// A parsed name: looking a `&str` up in a header map parses it first, on every request.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// The `traceparent` to send upstream for the one received, or `None` when the received one is
 /// malformed (then it is dropped rather than passed on, as the spec asks).

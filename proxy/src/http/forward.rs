@@ -34,6 +34,8 @@ pub const ORIG_PROTO: HeaderName = HeaderName::from_static("braid-orig-proto");
 pub const PROXY_ERROR: HeaderName = HeaderName::from_static("braid-proxy-error");
 /// Why the policy denied a request.
 pub const DENY_REASON: HeaderName = HeaderName::from_static("braid-deny-reason");
+/// Where gRPC says how a call ended (a trailers-only answer carries it in the headers).
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const HTTP11: HeaderValue = HeaderValue::from_static("HTTP/1.1");
@@ -638,7 +640,7 @@ fn record(
 ) {
     let status = response.status();
     // gRPC carries failures in grpc-status; a trailers-only response has it in the headers.
-    let grpc_failed = response.headers().get("grpc-status").is_some_and(|value| value.as_bytes() != b"0");
+    let grpc_failed = response.headers().get(GRPC_STATUS).is_some_and(|value| value.as_bytes() != b"0");
     let classification = if status.is_server_error() || grpc_failed {
         Classification::failure
     } else {
