@@ -294,18 +294,25 @@ async fn raw_app(answers: Vec<&'static [u8]>) -> std::net::SocketAddr {
     tokio::spawn(async move {
         for answer in answers {
             let Ok((mut stream, _)) = listener.accept().await else { return };
-            let mut request = Vec::new();
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                let mut chunk = [0; 1024];
-                match stream.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => request.extend_from_slice(&chunk[..n]),
-                }
-            }
+            read_request_head(&mut stream).await;
             let _ = stream.write_all(answer).await;
         }
     });
     addr
+}
+
+/// Reads from `stream` until a request head has come (true) or the connection ended (false);
+/// what follows the head in the same read is dropped.
+async fn read_request_head(stream: &mut TcpStream) -> bool {
+    let mut request = Vec::new();
+    let mut chunk = [0; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => request.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
 }
 
 #[tokio::test]
@@ -474,17 +481,8 @@ async fn silent_app() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedRece
         while let Ok((mut stream, _)) = listener.accept().await {
             let saw = saw.clone();
             tokio::spawn(async move {
-                let mut read = Vec::new();
-                let mut chunk = [0; 1024];
-                loop {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => read.extend_from_slice(&chunk[..n]),
-                    }
-                    if read.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let _ = saw.send(AppSaw::RequestHead);
-                        read.clear();
-                    }
+                while read_request_head(&mut stream).await {
+                    let _ = saw.send(AppSaw::RequestHead);
                 }
                 let _ = saw.send(AppSaw::Closed);
             });
