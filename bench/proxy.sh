@@ -219,18 +219,24 @@ start_origin() {
 # ─── the peers: hop_PEER SIDE(a|b) PORT UPSTREAM starts one proxy listening on PORT and
 # forwarding to UPSTREAM (a: proxy B over HTTP/2 where the peer has it; b: the origin); it sets
 # HOP_PIDS (every process of that proxy) and HOP_READY (URL that answers 2xx when ready). ──────
-# The peers' -mtls variants differ only in the link between A and B: templates PEER-SIDE.mtls.EXT
-# and the certificates of peer_pki. hop_files LINK PEER SIDE EXT sets TEMPLATE, HOP_DIR (the
-# scratch folder, named after the scenario) and TLS_VARS (the certificate placeholders).
-hop_files() {
-  local link=$1 peer=$2 side=$3 ext=$4
-  TEMPLATE=$peer-$side.$ext HOP_DIR=$work/$peer-$side TLS_VARS=()
-  [ "$link" = mtls ] || return 0
-  peer_pki
-  TEMPLATE=$peer-$side.mtls.$ext HOP_DIR=$work/$peer-mtls-$side
-  TLS_VARS=(CA="$PKI/ca.crt" SERVER_CRT="$PKI/server.crt" SERVER_KEY="$PKI/server.key"
-    SERVER_PEM="$PKI/server.pem" CLIENT_CRT="$PKI/client.crt" CLIENT_KEY="$PKI/client.key"
-    CLIENT_PEM="$PKI/client.pem")
+
+# hop_config LINK PEER SIDE EXT KEY=VALUE...: makes HOP_DIR (the scratch folder, named after the
+# scenario) and renders PEER's template for SIDE into HOP_DIR/PEER.EXT. The peers' -mtls variants
+# differ only in the link between A and B: templates PEER-SIDE.mtls.EXT, with the certificates of
+# peer_pki as placeholders.
+hop_config() {
+  local link=$1 peer=$2 side=$3 ext=$4 template tls=()
+  shift 4
+  template=$peer-$side.$ext HOP_DIR=$work/$peer-$side
+  if [ "$link" = mtls ]; then
+    peer_pki
+    template=$peer-$side.mtls.$ext HOP_DIR=$work/$peer-mtls-$side
+    tls=(CA="$PKI/ca.crt" SERVER_CRT="$PKI/server.crt" SERVER_KEY="$PKI/server.key"
+      SERVER_PEM="$PKI/server.pem" CLIENT_CRT="$PKI/client.crt" CLIENT_KEY="$PKI/client.key"
+      CLIENT_PEM="$PKI/client.pem")
+  fi
+  mkdir -p "$HOP_DIR"
+  render "$template" "$HOP_DIR/$peer.$ext" DIR="$HOP_DIR" "$@" "${tls[@]}"
 }
 
 # A test CA and two ECDSA P-256 leaves (openssl), made once per run: B's server certificate for
@@ -255,24 +261,19 @@ peer_pki() {
 
 hop_haproxy() { haproxy_hop plain "$@"; }
 hop_haproxy-mtls() { haproxy_hop mtls "$@"; }
-haproxy_hop() {
-  local link=$1 side=$2 port=$3 upstream=$4
-  hop_files "$link" haproxy "$side" cfg
-  local dir=$HOP_DIR
-  mkdir -p "$dir"
-  render "$TEMPLATE" "$dir/haproxy.cfg" DIR="$dir" PORT="$port" UPSTREAM="$upstream" "${TLS_VARS[@]}"
-  start 1 "$dir/haproxy.log" haproxy -db -f "$dir/haproxy.cfg"
+haproxy_hop() { # LINK SIDE PORT UPSTREAM
+  hop_config "$1" haproxy "$2" cfg PORT="$3" UPSTREAM="$4"
+  start 1 "$HOP_DIR/haproxy.log" haproxy -db -f "$HOP_DIR/haproxy.cfg"
   HOP_PIDS=$REPLY HOP_READY=
 }
 
 hop_nginx() { nginx_hop plain "$@"; }
 hop_nginx-mtls() { nginx_hop mtls "$@"; }
-nginx_hop() {
-  local link=$1 side=$2 port=$3 upstream=$4
-  hop_files "$link" nginx "$side" conf
-  local dir=$HOP_DIR
+nginx_hop() { # LINK SIDE PORT UPSTREAM
+  local side=$2 dir
+  hop_config "$1" nginx "$side" conf PORT="$3" UPSTREAM="$4"
+  dir=$HOP_DIR
   mkdir -p "$dir/tmp"
-  render "$TEMPLATE" "$dir/nginx.conf" DIR="$dir" PORT="$port" UPSTREAM="$upstream" "${TLS_VARS[@]}"
   start 1 "$dir/stderr.log" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
   local master=$REPLY workers='' w
   for _ in $(seq 50); do workers=$(children "$master"); [ -n "$workers" ] && break; sleep 0.1; done
@@ -283,14 +284,11 @@ nginx_hop() {
 
 hop_envoy() { envoy_hop plain "$@"; }
 hop_envoy-mtls() { envoy_hop mtls "$@"; }
-envoy_hop() {
-  local link=$1 side=$2 port=$3 upstream=$4 admin
-  hop_files "$link" envoy "$side" yaml
-  local dir=$HOP_DIR
-  mkdir -p "$dir"
+envoy_hop() { # LINK SIDE PORT UPSTREAM
+  local side=$2 admin
   free_ports 1; admin=${PORTS[0]}
-  render "$TEMPLATE" "$dir/envoy.yaml" PORT="$port" UPSTREAM="$upstream" ADMIN="$admin" "${TLS_VARS[@]}"
-  start 1 "$dir/envoy.log" "$ENVOY" -c "$dir/envoy.yaml" --concurrency 1 --disable-hot-restart \
+  hop_config "$1" envoy "$side" yaml PORT="$3" UPSTREAM="$4" ADMIN="$admin"
+  start 1 "$HOP_DIR/envoy.log" "$ENVOY" -c "$HOP_DIR/envoy.yaml" --concurrency 1 --disable-hot-restart \
     --log-level warn
   HOP_PIDS=$REPLY HOP_READY=http://127.0.0.1:$admin/ready
   ENVOY_ADMIN[$side]=$admin
