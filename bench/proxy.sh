@@ -66,7 +66,7 @@ case $MODE in
   bench) ;;
   profile) PEERS=$PROFILE_PEER ;;
   costs) PEERS=$COST_PEERS ;;
-  *) die "usage: bench/proxy.sh [bench | profile [braid|haproxy|nginx|envoy] | costs]" ;;
+  *) die "usage: bench/proxy.sh [bench | profile [PEER] | costs]; PEER: braid haproxy nginx envoy, each also as PEER-mtls" ;;
 esac
 for peer in $PEERS; do
   [[ $peer =~ ^(braid|haproxy|nginx|envoy)(-mtls)?$ ]] ||
@@ -221,22 +221,26 @@ start_origin() {
 # HOP_PIDS (every process of that proxy) and HOP_READY (URL that answers 2xx when ready). ──────
 
 # hop_config LINK PEER SIDE EXT KEY=VALUE...: makes HOP_DIR (the scratch folder, named after the
-# scenario) and renders PEER's template for SIDE into HOP_DIR/PEER.EXT. The peers' -mtls variants
-# differ only in the link between A and B: templates PEER-SIDE.mtls.EXT, with the certificates of
-# peer_pki as placeholders.
+# scenario) and renders PEER's template for SIDE into HOP_DIR/PEER.EXT. A -mtls scenario differs
+# only in the link between A and B: its template is PEER-SIDE.mtls.EXT.
 hop_config() {
-  local link=$1 peer=$2 side=$3 ext=$4 template tls=()
+  local link=$1 peer=$2 side=$3 ext=$4 template
   shift 4
   template=$peer-$side.$ext HOP_DIR=$work/$peer-$side
-  if [ "$link" = mtls ]; then
-    peer_pki
-    template=$peer-$side.mtls.$ext HOP_DIR=$work/$peer-mtls-$side
-    tls=(CA="$PKI/ca.crt" SERVER_CRT="$PKI/server.crt" SERVER_KEY="$PKI/server.key"
-      SERVER_PEM="$PKI/server.pem" CLIENT_CRT="$PKI/client.crt" CLIENT_KEY="$PKI/client.key"
-      CLIENT_PEM="$PKI/client.pem")
-  fi
+  if [ "$link" = mtls ]; then template=$peer-$side.mtls.$ext HOP_DIR=$work/$peer-mtls-$side; fi
   mkdir -p "$HOP_DIR"
-  render "$template" "$HOP_DIR/$peer.$ext" DIR="$HOP_DIR" "$@" "${tls[@]}"
+  render "$template" "$HOP_DIR/$peer.$ext" DIR="$HOP_DIR" "$@"
+}
+
+# peer_tls LINK: sets TLS_VARS to the certificate placeholders of the HAProxy, nginx and Envoy
+# mtls templates (the certificates of peer_pki), or to none for a plaintext link.
+peer_tls() {
+  TLS_VARS=()
+  [ "$1" = mtls ] || return 0
+  peer_pki
+  TLS_VARS=(CA="$PKI/ca.crt" SERVER_CRT="$PKI/server.crt" SERVER_KEY="$PKI/server.key"
+    SERVER_PEM="$PKI/server.pem" CLIENT_CRT="$PKI/client.crt" CLIENT_KEY="$PKI/client.key"
+    CLIENT_PEM="$PKI/client.pem")
 }
 
 # A test CA and two ECDSA P-256 leaves (openssl), made once per run: B's server certificate for
@@ -262,7 +266,8 @@ peer_pki() {
 hop_haproxy() { haproxy_hop plain "$@"; }
 hop_haproxy-mtls() { haproxy_hop mtls "$@"; }
 haproxy_hop() { # LINK SIDE PORT UPSTREAM
-  hop_config "$1" haproxy "$2" cfg PORT="$3" UPSTREAM="$4"
+  peer_tls "$1"
+  hop_config "$1" haproxy "$2" cfg PORT="$3" UPSTREAM="$4" "${TLS_VARS[@]}"
   start 1 "$HOP_DIR/haproxy.log" haproxy -db -f "$HOP_DIR/haproxy.cfg"
   HOP_PIDS=$REPLY HOP_READY=
 }
@@ -271,7 +276,8 @@ hop_nginx() { nginx_hop plain "$@"; }
 hop_nginx-mtls() { nginx_hop mtls "$@"; }
 nginx_hop() { # LINK SIDE PORT UPSTREAM
   local side=$2 dir
-  hop_config "$1" nginx "$side" conf PORT="$3" UPSTREAM="$4"
+  peer_tls "$1"
+  hop_config "$1" nginx "$side" conf PORT="$3" UPSTREAM="$4" "${TLS_VARS[@]}"
   dir=$HOP_DIR
   mkdir -p "$dir/tmp"
   start 1 "$dir/stderr.log" nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log"
@@ -287,28 +293,37 @@ hop_envoy-mtls() { envoy_hop mtls "$@"; }
 envoy_hop() { # LINK SIDE PORT UPSTREAM
   local side=$2 admin
   free_ports 1; admin=${PORTS[0]}
-  hop_config "$1" envoy "$side" yaml PORT="$3" UPSTREAM="$4" ADMIN="$admin"
+  peer_tls "$1"
+  hop_config "$1" envoy "$side" yaml PORT="$3" UPSTREAM="$4" ADMIN="$admin" "${TLS_VARS[@]}"
   start 1 "$HOP_DIR/envoy.log" "$ENVOY" -c "$HOP_DIR/envoy.yaml" --concurrency 1 --disable-hot-restart \
     --log-level warn
   HOP_PIDS=$REPLY HOP_READY=http://127.0.0.1:$admin/ready
   ENVOY_ADMIN[$side]=$admin
 }
 
-hop_braid() {
-  local side=$1 port=$2 upstream=$3 dir=$work/braid-$1 admin outbound inbound
-  mkdir -p "$dir"
+hop_braid() { braid_hop plain "$@"; }
+# braid-mtls: the same pair with identities from a stand-in of the operator's identity endpoint
+# (examples/identity_stub, on CPU 0: it only works at start), mTLS between A and B.
+hop_braid-mtls() { braid_hop mtls "$@"; }
+braid_hop() { # LINK SIDE PORT UPSTREAM
+  local link=$1 side=$2 admin outbound inbound identity=()
   free_ports 3; admin=${PORTS[0]} outbound=${PORTS[1]} inbound=${PORTS[2]}
-  render "braid-$side.yaml" "$dir/proxy.yaml" PORT="$port" UPSTREAM="$upstream" ADMIN="$admin" \
-    OUTBOUND="$outbound" INBOUND="$inbound"
+  if [ "$link" = mtls ]; then
+    identity_stub
+    identity=(IDENTITY_PORT="$IDENTITY_PORT" BUNDLE="$work/ca-bundle.crt")
+  fi
+  hop_config "$link" braid "$side" yaml PORT="$3" UPSTREAM="$4" ADMIN="$admin" OUTBOUND="$outbound" \
+    INBOUND="$inbound" "${identity[@]}"
+  if [ "$link" = mtls ]; then
+    printf 'token-for:spiffe://bench.local/ns/bench/sa/%s' "$side" >"$HOP_DIR/token"
+  fi
   [ -x "$BRAID" ] || die "$BRAID is missing (cargo build --profile proxy -p braid-proxy --locked)"
   # --log warn: no per-request logging, like the peers (no access logs).
-  start 1 "$dir/proxy.log" "$BRAID" --config "$dir/proxy.yaml" --threads 1 --log warn
+  start 1 "$HOP_DIR/proxy.log" "$BRAID" --config "$HOP_DIR/braid.yaml" --threads 1 --log warn
   HOP_PIDS=$REPLY HOP_READY=http://127.0.0.1:$admin/ready
   BRAID_ADMIN[$side]=$admin
 }
 
-# braid-mtls: the same pair with identities from a stand-in of the operator's identity endpoint
-# (examples/identity_stub, on CPU 0: it only works at start), mTLS between A and B.
 IDENTITY_PORT=
 identity_stub() {
   [ -n "$IDENTITY_PORT" ] && return
@@ -316,20 +331,6 @@ identity_stub() {
   start 0 "$work/identity-stub.log" target/release/examples/identity_stub "$IDENTITY_PORT" "$work/ca-bundle.crt"
   for _ in $(seq 100); do [ -s "$work/ca-bundle.crt" ] && return; sleep 0.1; done
   die "the identity stand-in wrote no trust bundle (log: $work/identity-stub.log)"
-}
-
-hop_braid-mtls() {
-  local side=$1 port=$2 upstream=$3 dir=$work/braid-mtls-$1 admin outbound inbound
-  identity_stub
-  mkdir -p "$dir"
-  printf 'token-for:spiffe://bench.local/ns/bench/sa/%s' "$side" >"$dir/token"
-  free_ports 3; admin=${PORTS[0]} outbound=${PORTS[1]} inbound=${PORTS[2]}
-  render "braid-$side.mtls.yaml" "$dir/proxy.yaml" PORT="$port" UPSTREAM="$upstream" ADMIN="$admin" \
-    OUTBOUND="$outbound" INBOUND="$inbound" IDENTITY_PORT="$IDENTITY_PORT" DIR="$dir" BUNDLE="$work/ca-bundle.crt"
-  [ -x "$BRAID" ] || die "$BRAID is missing (cargo build --profile proxy -p braid-proxy --locked)"
-  start 1 "$dir/proxy.log" "$BRAID" --config "$dir/proxy.yaml" --threads 1 --log warn
-  HOP_PIDS=$REPLY HOP_READY=http://127.0.0.1:$admin/ready
-  BRAID_ADMIN[$side]=$admin
 }
 
 # Checks, after one request went through the pair, that it really took the path we claim.
