@@ -97,6 +97,10 @@ bench: tools ## Benchmarks: webhook admission, the sidecar pair beside HAProxy/n
 	@bash bench/proxy.sh
 	@bash bench/discovery.sh
 
+.PHONY: link-order
+link-order: ## Rewrite proxy/link-order.txt (the proxy's code layout: what it runs first) from a callgrind run of the benchmark pairs
+	@bash bench/proxy.sh link-order
+
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz
 fuzz: ## Fuzz the webhook's AdmissionReview handling and the proxy's detection, parsing (requests, and apps' HTTP/1.1 responses) and config, FUZZ_SECONDS (60) each

@@ -24,6 +24,9 @@
 #   bench/proxy.sh costs           per request and proxy, COST_PEERS ("braid haproxy") side by side:
 #                                  user/system CPU, context switches, system calls (perf stat), at
 #                                  PROFILE_RATE req/s and closed loop: bench/results/proxy-costs-*.md
+#   bench/proxy.sh link-order      (make link-order) rewrites proxy/link-order.txt, the functions
+#                                  the braid and braid-mtls pairs run at start-up and per request,
+#                                  recorded with callgrind; proxy/build.rs lays them out first
 #
 # Knobs: RUNS (5), DURATION (15s), RATES ("1000 4000"), PEERS ("braid braid-mtls haproxy
 # haproxy-mtls nginx nginx-mtls envoy envoy-mtls"), WARMUP (3s), WRK_DURATION (10s), PROFILE_RATE
@@ -66,7 +69,8 @@ case $MODE in
   bench) ;;
   profile) PEERS=$PROFILE_PEER ;;
   costs) PEERS=$COST_PEERS ;;
-  *) die "usage: bench/proxy.sh [bench | profile [PEER] | costs]; PEER: braid haproxy nginx envoy, each also as PEER-mtls" ;;
+  link-order) PEERS="braid braid-mtls" ;;
+  *) die "usage: bench/proxy.sh [bench | profile [PEER] | costs | link-order]; PEER: braid haproxy nginx envoy, each also as PEER-mtls" ;;
 esac
 for peer in $PEERS; do
   [[ $peer =~ ^(braid|haproxy|nginx|envoy)(-mtls)?$ ]] ||
@@ -125,6 +129,7 @@ install_tools() {
     perf record -e cpu-clock -o /dev/null -- true >/dev/null 2>&1 ||
       die "perf record does not work here (kernel.perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid))"
   fi
+  if [ "$MODE" = link-order ]; then need_apt valgrind valgrind; fi
 }
 
 # ─── processes: every one this script starts is stopped on exit ───────────────────────────────
@@ -194,8 +199,10 @@ render() {
   if grep -q '{{' "$out"; then die "$src: placeholder left in $out: $(grep -o '{{[A-Z_]*}}' "$out" | head -1)"; fi
 }
 
-wait_http() { # URL DIR: until URL answers 2xx (10 s); else shows the logs in DIR
-  for _ in $(seq 100); do curl -fs -o /dev/null "$1" && return; sleep 0.1; done
+wait_http() { # URL DIR: until URL answers 2xx (10 s; 60 s under callgrind); else shows the logs in DIR
+  local tries=100
+  [ "$MODE" = link-order ] && tries=600
+  for _ in $(seq "$tries"); do curl -fs -o /dev/null "$1" && return; sleep 0.1; done
   log "no answer from $1; logs in $2:"; tail -n 20 "$2"/*.log >&2; exit 1
 }
 
@@ -318,8 +325,12 @@ braid_hop() { # LINK SIDE PORT UPSTREAM
     printf 'token-for:spiffe://bench.local/ns/bench/sa/%s' "$side" >"$HOP_DIR/token"
   fi
   [ -x "$BRAID" ] || die "$BRAID is missing (cargo build --profile proxy -p braid-proxy --locked)"
+  local recorder=()
+  if [ "$MODE" = link-order ]; then
+    recorder=(valgrind --tool=callgrind --demangle=no "--callgrind-out-file=$HOP_DIR/callgrind.out")
+  fi
   # --log warn: no per-request logging, like the peers (no access logs).
-  start 1 "$HOP_DIR/proxy.log" "$BRAID" --config "$HOP_DIR/braid.yaml" --threads 1 --log warn
+  start 1 "$HOP_DIR/proxy.log" "${recorder[@]}" "$BRAID" --config "$HOP_DIR/braid.yaml" --threads 1 --log warn
   HOP_PIDS=$REPLY HOP_READY=http://127.0.0.1:$admin/ready
   BRAID_ADMIN[$side]=$admin
 }
@@ -645,6 +656,31 @@ costs() {
   python3 "$TEMPLATES/report.py" costs "$work" "bench/results/proxy-costs-$stamp" "$(versions)"
   cat "bench/results/proxy-costs-$stamp.md"
   log "wrote bench/results/proxy-costs-$stamp.md and .json"
+}
+
+# The functions braid-proxy runs, in the order the linker should lay them out (proxy/build.rs):
+# those of start-up and the first request through each pair, then those that only load adds. Both
+# pairs run under callgrind (exact: every function that ran, however briefly); each proxy's
+# record is dumped once after start_pair and once more when SIGTERM has drained and stopped it.
+link-order() {
+  local peer side pid pids=() files=()
+  for peer in $PEERS; do start_pair "$peer"; pids+=(${PIDS_A[$peer]} ${PIDS_B[$peer]}); done
+  for pid in "${pids[@]}"; do callgrind_control --dump "$pid" >/dev/null 2>&1 || die "callgrind_control could not dump $pid"; done
+  for peer in $PEERS; do
+    taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d5s "http://127.0.0.1:${ENTRY[$peer]}/1k" >"$work/$peer.wrk.txt"
+    for side in a b; do
+      curl -fs -o /dev/null "http://127.0.0.1:${BRAID_ADMIN[$side]}/metrics"
+      curl -fs -o /dev/null "http://127.0.0.1:${BRAID_ADMIN[$side]}/live"
+    done
+    alive "$peer"
+  done
+  kill "${pids[@]}"
+  for pid in "${pids[@]}"; do while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done
+  for peer in $PEERS; do for side in a b; do files+=("$work/$peer-$side/callgrind.out.1"); done; done
+  for peer in $PEERS; do for side in a b; do files+=("$work/$peer-$side/callgrind.out"); done; done
+  python3 "$TEMPLATES/link_order.py" "$BRAID" proxy/link-order.txt \
+    "$(rustc --version), commit $(git rev-parse --short HEAD)" "${files[@]}"
+  log "wrote proxy/link-order.txt: rebuild braid-proxy (cargo build --profile proxy -p braid-proxy) and commit it"
 }
 
 perf_top() { # DATA N REPORT-ARGS...: the first N rows of a perf report (in DATA.txt), names cut

@@ -225,6 +225,19 @@ for profile in "${!packages_of[@]}"; do
   log "binaries ready in $((SECONDS - t0)) s"
 done
 
+# proxy/build.rs lays the proxy's start-up and per-request code out first, by the names in
+# proxy/link-order.txt; that keeps ~4 MiB of the binary out of every sidecar's RSS. A dependency
+# or toolchain change renames functions, and the layout would silently fall apart: stop here.
+if [ -n "${packages_of[proxy]:-}" ]; then
+  bin=$ROOT/target/proxy/braid-proxy
+  listed=$(grep -cv '^#' "$ROOT/proxy/link-order.txt")
+  present=$(LC_ALL=C comm -12 <(grep -v '^#' "$ROOT/proxy/link-order.txt" | LC_ALL=C sort) \
+    <(nm --defined-only "$bin" | awk '{print $3}' | LC_ALL=C sort) | wc -l)
+  ((present * 10 >= listed * 9)) ||
+    die "proxy/link-order.txt is stale: only $present of its $listed functions are in $bin; run 'make link-order' and commit the file"
+  log "link order: $present of $listed listed functions in braid-proxy"
+fi
+
 if [ "$import" = 1 ]; then
   "${CTR[@]}" version >/dev/null 2>&1 ||
     die "cannot reach containerd with '${CTR[*]}': start the cluster (make cluster-up), or build only with --no-import"
