@@ -674,8 +674,11 @@ link-order() {
     done
     alive "$peer"
   done
-  kill "${pids[@]}"
-  for pid in "${pids[@]}"; do while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done; done
+  kill "${pids[@]}" # SIGTERM: each drains and exits, and callgrind writes its final record
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || continue 2; sleep 0.1; done
+    die "braid-proxy $pid did not exit within 30 s of SIGTERM"
+  done
   for peer in $PEERS; do for side in a b; do files+=("$work/$peer-$side/callgrind.out.1"); done; done
   for peer in $PEERS; do for side in a b; do files+=("$work/$peer-$side/callgrind.out"); done; done
   python3 "$TEMPLATES/link_order.py" "$BRAID" proxy/link-order.txt \
