@@ -51,6 +51,7 @@ NICE=${NICE:-0}
 ENVOY_VERSION=${ENVOY_VERSION:-1.40.0}
 CONNECTIONS=16
 MODE=${1:-bench}
+READY_SECONDS=10
 PROFILE_PEER=${2:-braid}
 COST_PEERS=${COST_PEERS:-"braid haproxy"}
 
@@ -69,7 +70,7 @@ case $MODE in
   bench) ;;
   profile) PEERS=$PROFILE_PEER ;;
   costs) PEERS=$COST_PEERS ;;
-  link-order) PEERS="braid braid-mtls" ;;
+  link-order) PEERS="braid braid-mtls" READY_SECONDS=60 ;; # start-up under callgrind is slow
   *) die "usage: bench/proxy.sh [bench | profile [PEER] | costs | link-order]; PEER: braid haproxy nginx envoy, each also as PEER-mtls" ;;
 esac
 for peer in $PEERS; do
@@ -199,10 +200,8 @@ render() {
   if grep -q '{{' "$out"; then die "$src: placeholder left in $out: $(grep -o '{{[A-Z_]*}}' "$out" | head -1)"; fi
 }
 
-wait_http() { # URL DIR: until URL answers 2xx (10 s; 60 s under callgrind); else shows the logs in DIR
-  local tries=100
-  [ "$MODE" = link-order ] && tries=600
-  for _ in $(seq "$tries"); do curl -fs -o /dev/null "$1" && return; sleep 0.1; done
+wait_http() { # URL DIR: until URL answers 2xx (READY_SECONDS); else shows the logs in DIR
+  for _ in $(seq $((READY_SECONDS * 10))); do curl -fs -o /dev/null "$1" && return; sleep 0.1; done
   log "no answer from $1; logs in $2:"; tail -n 20 "$2"/*.log >&2; exit 1
 }
 
@@ -679,8 +678,10 @@ link-order() {
     for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || continue 2; sleep 0.1; done
     die "braid-proxy $pid did not exit within 30 s of SIGTERM"
   done
-  for peer in $PEERS; do for side in a b; do files+=("$work/$peer-$side/callgrind.out.1"); done; done
-  for peer in $PEERS; do for side in a b; do files+=("$work/$peer-$side/callgrind.out"); done; done
+  local record # the dumps after the first request (.1) first, then the final records
+  for record in callgrind.out.1 callgrind.out; do
+    for peer in $PEERS; do files+=("$work/$peer"-{a,b}/"$record"); done
+  done
   python3 "$TEMPLATES/link_order.py" "$BRAID" proxy/link-order.txt \
     "$(rustc --version), commit $(git rev-parse --short HEAD)" "${files[@]}"
   log "wrote proxy/link-order.txt: rebuild braid-proxy (cargo build --profile proxy -p braid-proxy) and commit it"

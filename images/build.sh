@@ -230,9 +230,9 @@ done
 # or toolchain change renames functions, and the layout would silently fall apart: stop here.
 if [ -n "${packages_of[proxy]:-}" ]; then
   bin=$ROOT/target/proxy/braid-proxy
-  listed=$(grep -cv '^#' "$ROOT/proxy/link-order.txt")
-  present=$(LC_ALL=C comm -12 <(grep -v '^#' "$ROOT/proxy/link-order.txt" | LC_ALL=C sort) \
-    <(nm --defined-only "$bin" | awk '{print $3}' | LC_ALL=C sort) | wc -l)
+  wanted=$(grep -v '^#' "$ROOT/proxy/link-order.txt" | LC_ALL=C sort)
+  listed=$(wc -l <<<"$wanted")
+  present=$(LC_ALL=C comm -12 <(echo "$wanted") <(nm --defined-only "$bin" | awk '{print $3}' | LC_ALL=C sort) | wc -l)
   ((present * 10 >= listed * 9)) ||
     die "proxy/link-order.txt is stale: only $present of its $listed functions are in $bin; run 'make link-order' and commit the file"
   log "link order: $present of $listed listed functions in braid-proxy"

@@ -43,9 +43,10 @@ def main():
     symbols = subprocess.run(["nm", "--defined-only", binary], check=True, capture_output=True, text=True)
     code = {fields[2] for fields in map(str.split, symbols.stdout.splitlines())
             if len(fields) == 3 and fields[1] in "tT"}
+    binary_name = os.path.basename(os.path.realpath(binary))
     order, seen = [], set()
     for path in records:
-        for name in functions_run(path, os.path.basename(os.path.realpath(binary))):
+        for name in functions_run(path, binary_name):
             if name in code and name not in seen:
                 seen.add(name)
                 order.append(name)
