@@ -551,6 +551,25 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_head_with_the_most_fields_allowed_keeps_every_field_in_order_and_what_follows_it() {
+        let fields: String = (0..MAX_HEADERS - 1).map(|i| format!("x-field: value {i}\r\n")).collect();
+        let wire = format!("GET /path?q=1 HTTP/1.1\r\nHost: a\r\n{fields}\r\nGET /next");
+        let mut read = BytesMut::from(wire.as_bytes());
+        let Ok(Parsed::Request { request, close: false }) = parse_request(&mut read, MAX_HEAD) else {
+            panic!("a head with {MAX_HEADERS} fields is a request");
+        };
+        assert_eq!(request.uri(), "/path?q=1");
+        assert_eq!(request.headers().len(), MAX_HEADERS);
+        assert_eq!(request.headers()["host"], "a");
+        let values: Vec<_> = request.headers().get_all("x-field").iter().collect();
+        assert_eq!(values.len(), MAX_HEADERS - 1);
+        for (i, value) in values.into_iter().enumerate() {
+            assert_eq!(value, format!("value {i}").as_str());
+        }
+        assert_eq!(&read[..], b"GET /next", "the next request stays in the buffer");
+    }
+
     #[tokio::test]
     async fn head_204_and_304_answers_have_no_body_and_keep_the_upstream_length() {
         let origin = raw_origin(vec![
