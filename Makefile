@@ -95,6 +95,7 @@ test: fmt-check lint helm-lint unit e2e ## Everything: format, lint, unit, integ
 bench: tools ## Benchmarks: webhook admission, the sidecar pair beside HAProxy/nginx/Envoy, discovery at 1,000 proxies; results in bench/results/
 	@bash bench/webhook.sh
 	@bash bench/proxy.sh
+	@bash bench/proxy.sh instructions
 	@bash bench/discovery.sh
 
 .PHONY: link-order

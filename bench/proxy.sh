@@ -27,11 +27,14 @@
 #   bench/proxy.sh link-order      (make link-order) rewrites proxy/link-order.txt, the functions
 #                                  the braid and braid-mtls pairs run at start-up and per request,
 #                                  recorded with callgrind; proxy/build.rs lays them out first
+#   bench/proxy.sh instructions    instructions each braid-proxy of the braid and braid-mtls pairs
+#                                  executes per request (callgrind: exact, user space only), by
+#                                  crate and function: bench/results/proxy-instructions-*.md
 #
 # Knobs: RUNS (5), DURATION (15s), RATES ("1000 4000"), PEERS ("braid braid-mtls haproxy
 # haproxy-mtls nginx nginx-mtls envoy envoy-mtls"), WARMUP (3s), WRK_DURATION (10s), PROFILE_RATE
-# (1000), BRAID_BIN (a braid-proxy binary to use instead of building target/proxy/braid-proxy,
-# Cargo profile `proxy`), KEEP_WORK (set: keep the scratch folder with configs, logs and raw runs),
+# (1000), INSTRUCTION_REQUESTS (4000), BRAID_BIN (a braid-proxy binary to use instead of building
+# target/proxy/braid-proxy, Cargo profile `proxy`), KEEP_WORK (set: keep the scratch folder with configs, logs and raw runs),
 # NICE (0; e.g. -10 runs origin, load generator and proxies above other work on this shared
 # machine). Quick: RUNS=1 DURATION=3s.
 
@@ -47,6 +50,7 @@ PEERS=${PEERS:-"braid braid-mtls haproxy haproxy-mtls nginx nginx-mtls envoy env
 WARMUP=${WARMUP:-3s}
 WRK_DURATION=${WRK_DURATION:-10s}
 PROFILE_RATE=${PROFILE_RATE:-1000}
+INSTRUCTION_REQUESTS=${INSTRUCTION_REQUESTS:-4000}
 NICE=${NICE:-0}
 ENVOY_VERSION=${ENVOY_VERSION:-1.40.0}
 CONNECTIONS=16
@@ -70,9 +74,10 @@ case $MODE in
   bench) ;;
   profile) PEERS=$PROFILE_PEER ;;
   costs) PEERS=$COST_PEERS ;;
-  link-order) PEERS="braid braid-mtls" READY_SECONDS=60 ;; # start-up under callgrind is slow
-  *) die "usage: bench/proxy.sh [bench | profile [PEER] | costs | link-order]; PEER: braid haproxy nginx envoy, each also as PEER-mtls" ;;
+  link-order | instructions) PEERS="braid braid-mtls" READY_SECONDS=60 ;; # start-up under callgrind is slow
+  *) die "usage: bench/proxy.sh [bench | profile [PEER] | costs | link-order | instructions]; PEER: braid haproxy nginx envoy, each also as PEER-mtls" ;;
 esac
+[[ $INSTRUCTION_REQUESTS =~ ^[1-9][0-9]*$ ]] || die "INSTRUCTION_REQUESTS must be a count of requests, not '$INSTRUCTION_REQUESTS'"
 for peer in $PEERS; do
   [[ $peer =~ ^(braid|haproxy|nginx|envoy)(-mtls)?$ ]] ||
     die "unknown peer '$peer' (braid haproxy nginx envoy, each also as PEER-mtls)"
@@ -130,7 +135,7 @@ install_tools() {
     perf record -e cpu-clock -o /dev/null -- true >/dev/null 2>&1 ||
       die "perf record does not work here (kernel.perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid))"
   fi
-  if [ "$MODE" = link-order ]; then need_apt valgrind valgrind; fi
+  if [ "$MODE" = link-order ] || [ "$MODE" = instructions ]; then need_apt valgrind valgrind; fi
 }
 
 # ─── processes: every one this script starts is stopped on exit ───────────────────────────────
@@ -325,9 +330,10 @@ braid_hop() { # LINK SIDE PORT UPSTREAM
   fi
   [ -x "$BRAID" ] || die "$BRAID is missing (cargo build --profile proxy -p braid-proxy --locked)"
   local recorder=()
-  if [ "$MODE" = link-order ]; then
-    recorder=(valgrind --tool=callgrind --demangle=no "--callgrind-out-file=$HOP_DIR/callgrind.out")
-  fi
+  case $MODE in # link-order needs the symbol names as the linker sees them; people read the others
+    link-order) recorder=(valgrind --tool=callgrind --demangle=no "--callgrind-out-file=$HOP_DIR/callgrind.out") ;;
+    instructions) recorder=(valgrind --tool=callgrind "--callgrind-out-file=$HOP_DIR/callgrind.out") ;;
+  esac
   # --log warn: no per-request logging, like the peers (no access logs).
   start 1 "$HOP_DIR/proxy.log" "${recorder[@]}" "$BRAID" --config "$HOP_DIR/braid.yaml" --threads 1 --log warn
   HOP_PIDS=$REPLY HOP_READY=http://127.0.0.1:$admin/ready
@@ -685,6 +691,30 @@ link-order() {
   python3 "$TEMPLATES/link_order.py" "$BRAID" proxy/link-order.txt \
     "$(rustc --version), commit $(git rev-parse --short HEAD)" "${files[@]}"
   log "wrote proxy/link-order.txt: rebuild braid-proxy (cargo build --profile proxy -p braid-proxy) and commit it"
+}
+
+# Instructions per request: each pair under callgrind, warmed up, its counters zeroed, then
+# INSTRUCTION_REQUESTS requests in the closed loop (oha), then a dump (callgrind.out.1 per proxy).
+instructions() {
+  local peer pid records=() stamp out
+  for peer in $PEERS; do start_pair "$peer"; done
+  for peer in $PEERS; do
+    local url=http://127.0.0.1:${ENTRY[$peer]}/1k
+    taskset -c 0 "$OHA" -c "$CONNECTIONS" -n 500 --no-tui "$url" >/dev/null
+    for pid in ${PIDS_A[$peer]} ${PIDS_B[$peer]}; do callgrind_control --zero "$pid" >/dev/null || die "callgrind_control could not zero $pid"; done
+    taskset -c 0 "$OHA" -c "$CONNECTIONS" -n "$INSTRUCTION_REQUESTS" --no-tui --output-format json "$url" >"$work/$peer.oha.json"
+    python3 -c 'import json, sys; codes = json.load(open(sys.argv[1]))["statusCodeDistribution"]
+sys.exit(0 if codes == {"200": int(sys.argv[2])} else f"not {sys.argv[2]} answers 200: {codes}")' \
+      "$work/$peer.oha.json" "$INSTRUCTION_REQUESTS" || die "$peer: the measured requests did not all succeed"
+    for pid in ${PIDS_A[$peer]} ${PIDS_B[$peer]}; do callgrind_control --dump "$pid" >/dev/null || die "callgrind_control could not dump $pid"; done
+    alive "$peer"
+    records+=("$peer:A:$work/$peer-a/callgrind.out.1" "$peer:B:$work/$peer-b/callgrind.out.1")
+  done
+  stamp=$(date -u +%Y%m%dT%H%M%SZ)
+  mkdir -p bench/results
+  out=bench/results/proxy-instructions-$stamp
+  python3 "$TEMPLATES/instructions.py" "$out" "$INSTRUCTION_REQUESTS" "$(versions)" "${records[@]}"
+  log "wrote $out.md and .json"
 }
 
 perf_top() { # DATA N REPORT-ARGS...: the first N rows of a perf report (in DATA.txt), names cut

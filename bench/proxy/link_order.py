@@ -3,39 +3,10 @@
 the callgrind records, in order of first appearance (the files in the order given), one mangled
 symbol name per line, for the linker's --symbol-ordering-file (proxy/build.rs)."""
 import os
-import re
 import subprocess
 import sys
 
-
-def functions_run(path, binary_name):
-    """Function names of the object named binary_name in one callgrind record, in file order.
-    Callgrind compresses names: "fn=(7) name" defines id 7, a later "fn=(7)" refers to it; "cfn="
-    (a callee) shares the ids of "fn=", "cob=" those of "ob="."""
-    objects, names, current_object, ran = {}, {}, None, []
-
-    def resolve(spec, table):
-        match = re.match(r"\((\d+)\)(?: (.*))?$", spec)
-        if not match:
-            return spec
-        if match.group(2) is not None:
-            table[match.group(1)] = match.group(2)
-        return table.get(match.group(1))
-
-    with open(path, errors="replace") as record:
-        for line in record:
-            line = line.rstrip("\n")
-            if line.startswith("ob="):
-                current_object = resolve(line[3:], objects)
-            elif line.startswith("cob="):
-                resolve(line[4:], objects)
-            elif line.startswith("cfn="):
-                resolve(line[4:], names)
-            elif line.startswith("fn="):
-                name = resolve(line[3:], names)
-                if name and current_object and os.path.basename(current_object) == binary_name:
-                    ran.append(re.sub(r"'\d+$", "", name))  # callgrind marks recursion levels as 'N
-    return ran
+import callgrind
 
 
 def main():
@@ -46,7 +17,9 @@ def main():
     binary_name = os.path.basename(os.path.realpath(binary))
     order, seen = [], set()
     for path in records:
-        for name in functions_run(path, binary_name):
+        for (obj, name) in callgrind.read(path):
+            if obj != binary_name:
+                continue
             if name in code and name not in seen:
                 seen.add(name)
                 order.append(name)
