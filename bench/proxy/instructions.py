@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""instructions.py OUT REQUESTS VERSIONS PEER:SIDE:CALLGRIND-FILE...: instructions each proxy
-executed per request (callgrind, user space), by crate and by function; writes OUT.md and
-OUT.json and prints the .md."""
+"""instructions.py OUT REQUESTS VERSIONS WORK PEER...: instructions each proxy executed per
+request (callgrind, user space), by crate and by function, from bench/proxy.sh instructions'
+WORK/PEER-a/callgrind.out.1, WORK/PEER-b/callgrind.out.1 and WORK/PEER.oha.json (every one of
+REQUESTS must have succeeded); writes OUT.md and OUT.json and prints the .md."""
 import json
 import re
 import sys
 
 import callgrind
+from report import parse_oha
 
 TOP_FUNCTIONS = 15
 TOP_AREAS = 10
@@ -74,11 +76,15 @@ def markdown(report):
 
 
 def main():
-    out, requests, versions, entries = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+    out, requests, versions, work, peers = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5:]
     results = []
-    for entry in entries:
-        peer, side, path = entry.split(":", 2)
-        results.append(summarize(peer, side, path, requests))
+    for peer in peers:
+        load = parse_oha(f"{work}/{peer}.oha.json")
+        if (load["ok"], load["non2xx"], load["errors"]) != (requests, 0, 0):
+            sys.exit(f"instructions.py: {peer}: {load['ok']} of {requests} requests answered 2xx "
+                     f"({load['non2xx']} other answers, {load['errors']} errors: {load['error_kinds']})")
+        for side in ("a", "b"):
+            results.append(summarize(peer, side.upper(), f"{work}/{peer}-{side}/callgrind.out.1", requests))
     report = {"requests": requests, "versions": versions, "results": results}
     with open(out + ".json", "w") as file:
         json.dump(report, file, indent=1)
