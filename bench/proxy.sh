@@ -27,9 +27,10 @@
 #   bench/proxy.sh link-order      (make link-order) rewrites proxy/link-order.txt, the functions
 #                                  the braid and braid-mtls pairs run at start-up and per request,
 #                                  recorded with callgrind; proxy/build.rs lays them out first
-#   bench/proxy.sh instructions    instructions each braid-proxy of the braid and braid-mtls pairs
-#                                  executes per request (callgrind: exact, user space only), by
-#                                  crate and function: bench/results/proxy-instructions-*.md
+#   bench/proxy.sh instructions    instructions each proxy of the braid, braid-mtls, haproxy and
+#                                  haproxy-mtls pairs executes per request (callgrind: exact, user
+#                                  space only), by crate or part and function, with the ratios
+#                                  braid ÷ HAProxy: bench/results/proxy-instructions-*.md
 #
 # Knobs: RUNS (5), DURATION (15s), RATES ("1000 4000"), PEERS ("braid braid-mtls haproxy
 # haproxy-mtls nginx nginx-mtls envoy envoy-mtls"), WARMUP (3s), WRK_DURATION (10s), PROFILE_RATE
@@ -74,7 +75,9 @@ case $MODE in
   bench) ;;
   profile) PEERS=$PROFILE_PEER ;;
   costs) PEERS=$COST_PEERS ;;
-  link-order | instructions) PEERS="braid braid-mtls" READY_SECONDS=60 ;; # start-up under callgrind is slow
+  # Start-up under callgrind is slow. HAProxy, the closest peer, is measured the same way beside us.
+  link-order) PEERS="braid braid-mtls" READY_SECONDS=60 ;;
+  instructions) PEERS="braid braid-mtls haproxy haproxy-mtls" READY_SECONDS=60 ;;
   *) die "usage: bench/proxy.sh [bench | profile [PEER] | costs | link-order | instructions]; PEER: braid haproxy nginx envoy, each also as PEER-mtls" ;;
 esac
 [[ $INSTRUCTION_REQUESTS =~ ^[1-9][0-9]*$ ]] || die "INSTRUCTION_REQUESTS must be a count of requests, not '$INSTRUCTION_REQUESTS'"
@@ -274,12 +277,23 @@ peer_pki() {
   chmod 644 "$PKI"/* # nginx workers run as nobody
 }
 
+# recorder: sets RECORDER to the command that runs a proxy under callgrind, its record in
+# HOP_DIR/callgrind.out, in the modes that need one (link-order, instructions); else to none.
+recorder() {
+  RECORDER=()
+  [ "$MODE" = link-order ] || [ "$MODE" = instructions ] || return 0
+  RECORDER=(valgrind --tool=callgrind "--callgrind-out-file=$HOP_DIR/callgrind.out")
+  # link-order needs the symbol names as the linker sees them; people read the instructions report
+  if [ "$MODE" = link-order ]; then RECORDER+=(--demangle=no); fi
+}
+
 hop_haproxy() { haproxy_hop plain "$@"; }
 hop_haproxy-mtls() { haproxy_hop mtls "$@"; }
 haproxy_hop() { # LINK SIDE PORT UPSTREAM
   peer_tls "$1"
   hop_config "$1" haproxy "$2" cfg PORT="$3" UPSTREAM="$4" "${TLS_VARS[@]}"
-  start 1 "$HOP_DIR/haproxy.log" haproxy -db -f "$HOP_DIR/haproxy.cfg"
+  recorder
+  start 1 "$HOP_DIR/haproxy.log" "${RECORDER[@]}" haproxy -db -f "$HOP_DIR/haproxy.cfg"
   HOP_PIDS=$REPLY HOP_READY=
 }
 
@@ -329,14 +343,9 @@ braid_hop() { # LINK SIDE PORT UPSTREAM
     printf 'token-for:spiffe://bench.local/ns/bench/sa/%s' "$side" >"$HOP_DIR/token"
   fi
   [ -x "$BRAID" ] || die "$BRAID is missing (cargo build --profile proxy -p braid-proxy --locked)"
-  local recorder=()
-  if [ "$MODE" = link-order ] || [ "$MODE" = instructions ]; then
-    recorder=(valgrind --tool=callgrind "--callgrind-out-file=$HOP_DIR/callgrind.out")
-    # link-order needs the symbol names as the linker sees them; people read the instructions report
-    if [ "$MODE" = link-order ]; then recorder+=(--demangle=no); fi
-  fi
+  recorder
   # --log warn: no per-request logging, like the peers (no access logs).
-  start 1 "$HOP_DIR/proxy.log" "${recorder[@]}" "$BRAID" --config "$HOP_DIR/braid.yaml" --threads 1 --log warn
+  start 1 "$HOP_DIR/proxy.log" "${RECORDER[@]}" "$BRAID" --config "$HOP_DIR/braid.yaml" --threads 1 --log warn
   HOP_PIDS=$REPLY HOP_READY=http://127.0.0.1:$admin/ready
   BRAID_ADMIN[$side]=$admin
 }
