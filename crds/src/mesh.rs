@@ -140,7 +140,8 @@ pub struct ProxySettings {
     #[schemars(length(min = 1, max = 512))]
     pub image: String,
 
-    /// Log level of the proxy: error, warn, info, debug or trace (a tracing filter also works).
+    /// Log level of the proxy: error, warn, info or debug (a tracing filter also works). The proxy
+    /// leaves trace-level events out of its build: they cost every request; it warns when asked.
     #[serde(default = "default_log_level")]
     #[schemars(length(min = 1, max = 256))]
     pub log_level: String,
