@@ -560,6 +560,17 @@ async fn two_sidecars_carry_http1_over_one_http2_connection_and_propagate_the_tr
 /// (http::coalesce): every byte of every response must still arrive, in order, whatever its size.
 #[tokio::test]
 async fn two_sidecars_return_every_byte_of_concurrent_responses_of_any_size() {
+    every_byte_of_concurrent_responses().await;
+}
+
+/// With more than one thread, each HTTP/2 stream is served on a task of its own
+/// (http::h2_server); on one thread the connection's task drives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sidecars_on_two_threads_return_every_byte_of_concurrent_responses() {
+    every_byte_of_concurrent_responses().await;
+}
+
+async fn every_byte_of_concurrent_responses() {
     let app = Upstream::start("app").await;
     let (client_side, server_side) = two_sidecars(app.addr).await;
     let (http1, http2) = (http1_client(), http2_client());

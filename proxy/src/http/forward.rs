@@ -573,14 +573,23 @@ fn client_response(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
 /// needs it end to end. Fields a Connection header names stay too, as in Linkerd: a client must
 /// not be able to strip fields such as host from what the next hop sees.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names costs less than a lookup of each.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name) || name == TE) {
-        return;
+    // One pass over the names finds which are present; only those are looked up again. Most
+    // requests carry none, and most HTTP/1.1 responses just `connection` (nginx: keep-alive).
+    let mut present = 0u8; // bit i: HOP_BY_HOP[i]
+    let mut te = false;
+    for name in headers.keys() {
+        if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            present |= 1 << index;
+        } else if name == TE {
+            te = true;
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(&name);
+    for (index, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << index) != 0 {
+            headers.remove(name);
+        }
     }
-    if headers.get(TE).is_some_and(|te| te != "trailers") {
+    if te && headers.get(TE).is_some_and(|te| te != "trailers") {
         headers.remove(TE);
     }
 }
@@ -704,5 +713,32 @@ mod tests {
         let mut names: Vec<&str> = response.headers().keys().map(|name| name.as_str()).collect();
         names.sort_unstable();
         assert_eq!(names, ["content-type", "grpc-status", "te"]);
+    }
+
+    #[test]
+    fn each_hop_by_hop_field_is_removed_alone_with_all_its_values() {
+        let alone = [
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("te", "gzip"),
+        ];
+        assert_eq!(alone.len(), HOP_BY_HOP.len() + 1, "every hop-by-hop field, and te");
+        for (name, value) in alone {
+            let mut headers = HeaderMap::new();
+            headers.append(name, HeaderValue::from_static("first"));
+            headers.append("etag", HeaderValue::from_static("\"v1\""));
+            headers.append(name, HeaderValue::from_str(value).expect("a valid value"));
+            strip_hop_by_hop(&mut headers);
+            assert!(!headers.contains_key(name), "{name} was kept: {headers:?}");
+            assert_eq!(headers.len(), 1, "{name}: {headers:?}");
+            assert_eq!(headers["etag"], "\"v1\"");
+        }
+        let mut te_trailers = HeaderMap::new();
+        te_trailers.insert(TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut te_trailers);
+        assert_eq!(te_trailers[TE], "trailers", "gRPC needs te: trailers end to end");
     }
 }
