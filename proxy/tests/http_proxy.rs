@@ -510,6 +510,44 @@ async fn an_http2_client_that_resets_its_stream_cancels_the_request_upstream() {
     assert_eq!(next, Some(AppSaw::Closed), "the request's upstream connection is closed, not reused");
 }
 
+/// On a one-thread runtime an HTTP/2 connection's task drives all its streams (http::h2_server):
+/// a stream whose app never answers must not hold up the others on the same connection.
+#[tokio::test]
+async fn a_stuck_http2_stream_does_not_hold_up_the_others_on_its_connection() {
+    let (stuck_app, mut seen) = silent_app().await;
+    let fast = Upstream::start("fast").await;
+    let config = one_service(&format!(
+        "{}    routes:\n      - {{ matches: [{{ path: {{ prefix: /stuck }} }}], backends: [{{ name: stuck }}] }}\n      - backends: [{{ name: fast }}]\n",
+        backends(&[("stuck", stuck_app), ("fast", fast.addr)])
+    ));
+    let proxy = Proxy::start(&config).await;
+    let io = TcpStream::connect(proxy.service("web.shop.svc.cluster.local")).await.unwrap();
+    let (client, connection) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(connection);
+    let within = Duration::from_secs(5);
+    let mut client = client.ready().await.unwrap();
+    let (stuck, _) =
+        client.send_request(Request::get(url(&proxy, "/stuck")).body(()).unwrap(), true).unwrap();
+    let first = tokio::time::timeout(within, seen.recv()).await.expect("the stuck request reaches its app");
+    assert_eq!(first, Some(AppSaw::RequestHead));
+    for i in 0..3 {
+        let mut client = client.clone().ready().await.unwrap();
+        let (answer, _) =
+            client.send_request(Request::get(url(&proxy, "/")).body(()).unwrap(), true).unwrap();
+        let answer =
+            tokio::time::timeout(within, answer).await.expect("answered while a stream is stuck").unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "request {i}");
+        let mut body = answer.into_body();
+        let data = tokio::time::timeout(within, body.data()).await.unwrap().unwrap().unwrap();
+        assert_eq!(data, "fast", "request {i}");
+    }
+    assert_eq!(fast.hits(), 3);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), stuck).await.is_err(),
+        "the stuck request is still waiting for its app"
+    );
+}
+
 /// The app's sidecar (inbound to `app`) and a client's sidecar whose service `web` has the
 /// app's sidecar as its one meshed endpoint: (client side, server side).
 async fn two_sidecars(app: std::net::SocketAddr) -> (Proxy, Proxy) {
