@@ -1,8 +1,9 @@
 //! HTTP/2 client connections served with the h2 crate directly: the connection's task accepts
 //! streams and writes all the frames of a turn at once (`coalesce`); each stream's handling (on
 //! the connection's task with one runtime thread, on a task of its own with more) reads the
-//! request body straight from the stream and sends the response with the peer's flow control. hyper's server did the same behind a conversion of every request
-//! and response, a service call and a larger task per stream.
+//! request body straight from the stream and sends the response with the peer's flow control.
+//! hyper's server did the same behind a conversion of every request and response, a service call
+//! and a larger task per stream.
 
 use std::future::{Future as _, poll_fn};
 use std::task::Poll;
