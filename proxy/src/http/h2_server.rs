@@ -87,6 +87,7 @@ pub async fn serve(io: impl Transport, handle: impl Handler, limits: &Limits, sh
                     }
                 }
                 Poll::Ready(Some(Err(error))) => {
+                    // The streams driven here end with it: none of them can answer any more.
                     debug!(%error, "client HTTP/2 connection ended with an error");
                     return Poll::Ready(());
                 }
