@@ -245,6 +245,11 @@ pub struct Limits {
     /// (server-speaks-first protocols send nothing).
     #[serde(default = "default_detect_timeout", with = "duration_text")]
     pub detect_timeout: Duration,
+    /// How long a client other than the pod's own app may take to send a request head, counted
+    /// from when the proxy starts waiting for it (slowloris): a partial head then gets 408, an
+    /// idle keep-alive connection is closed.
+    #[serde(default = "default_head_timeout", with = "duration_text")]
+    pub head_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -255,6 +260,7 @@ impl Default for Limits {
             max_concurrent_streams: default_max_concurrent_streams(),
             max_retry_body_bytes: default_max_retry_body_bytes(),
             detect_timeout: default_detect_timeout(),
+            head_timeout: default_head_timeout(),
         }
     }
 }
@@ -273,6 +279,10 @@ fn default_max_retry_body_bytes() -> usize {
 }
 fn default_detect_timeout() -> Duration {
     Duration::from_secs(1)
+}
+
+fn default_head_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// How the proxy treats a destination's connections.
@@ -616,6 +626,9 @@ impl Config {
         }
         if self.limits.max_concurrent_streams == 0 {
             return invalid("limits.maxConcurrentStreams".into(), "must be at least 1");
+        }
+        if self.limits.head_timeout < Duration::from_millis(100) {
+            return invalid("limits.headTimeout".into(), "must be at least 100ms");
         }
         if let Some(identity) = &self.identity {
             if crate::identity::SpiffeId::parse(&identity.identity).is_none() {
@@ -990,6 +1003,8 @@ services:
                 "unknown field",
             ),
             (&SEED.replace("address: \"10.0.0.2:8080\"", "address: \"10.0.0.2\""), "not valid"),
+            ("limits: { headTimeout: 0s }", "limits.headTimeout: must be at least 100ms"),
+            ("limits: { headTimeout: soon }", "is not a duration"),
         ];
         for (text, expected) in cases {
             let error = refused(text);

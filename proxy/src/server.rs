@@ -434,22 +434,18 @@ fn opaque_destination(shared: &Shared, target: &OutboundTarget) -> Option<Opaque
         .map(|endpoint| OpaqueDestination::Endpoint(endpoint.clone()))
 }
 
-/// How long a client on the inbound side may take to send a request head (slowloris).
-const INBOUND_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Who opened a client connection, which decides how its HTTP/1.1 is served.
+/// Who opened a client connection, which decides whether its request heads are timed.
 #[derive(Clone, Copy)]
 enum ClientKind {
-    /// The pod's own app (outbound): trusted to send its heads promptly, so it gets
-    /// `http::h1_server`, which sets no timer per request.
+    /// The pod's own app (outbound): trusted to send its heads promptly, so no head is timed.
     OwnApp,
-    /// Anyone else (inbound): hyper's server, with a header-read timeout.
+    /// Anyone else (inbound): each head must arrive within `limits.headTimeout` (slowloris).
     Remote,
 }
 
 /// Serves a client connection's HTTP requests, each answered by `handle`: HTTP/2 with the h2
-/// crate (`http::h2_server`); HTTP/1.1 from the pod's own app with `http::h1_server` until a
-/// request needs hyper's server, and all other HTTP/1.1 with hyper's.
+/// crate (`http::h2_server`); HTTP/1.1 with `http::h1_server` until a request needs hyper's
+/// server, which then serves the rest of the connection.
 async fn serve_http(
     detected: Detected,
     io: impl Transport,
@@ -462,18 +458,15 @@ async fn serve_http(
         return h2_server::serve(io, handle, limits, shutdown).await;
     }
     let max_head = limits.max_header_bytes.max(8192);
-    match client {
-        ClientKind::OwnApp => {
-            let Some(rest) = h1_server::serve(io, handle.clone(), max_head, &shutdown).await else {
-                return;
-            };
-            let io = ClientIo::replaying(rest.read, rest.io);
-            serve_hyper_http1(io, handle, max_head, shutdown, None).await;
-        }
-        ClientKind::Remote => {
-            serve_hyper_http1(io, handle, max_head, shutdown, Some(INBOUND_HEADER_TIMEOUT)).await;
-        }
-    }
+    let head_timeout = match client {
+        ClientKind::OwnApp => None,
+        ClientKind::Remote => Some(limits.head_timeout),
+    };
+    let Some(rest) = h1_server::serve(io, handle.clone(), max_head, head_timeout, &shutdown).await else {
+        return;
+    };
+    let io = ClientIo::replaying(rest.read, rest.io);
+    serve_hyper_http1(io, handle, max_head, shutdown, head_timeout).await;
 }
 
 async fn serve_hyper_http1(

@@ -772,3 +772,42 @@ async fn drain_closes_a_client_connection_that_never_sent_a_request() {
     let read = tokio::time::timeout(Duration::from_secs(1), silent.read(&mut byte)).await;
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the silent connection is still open: {read:?}");
 }
+
+/// Clients from outside the pod get `limits.headTimeout` for each request head (slowloris), with
+/// a 408 that says why; the pod's own app, on the outbound side, is not timed.
+#[tokio::test]
+async fn inbound_request_heads_are_timed_and_the_apps_own_are_not() {
+    let app = Upstream::start("app").await;
+    let config = one_backend_service("app", app.addr)
+        .replacen("admin:", "limits: { headTimeout: 300ms }\nadmin:", 1)
+        .replacen(
+            "inbound: { listen: 127.0.0.1:0 }",
+            &format!("inbound: {{ listen: 127.0.0.1:0, target: \"{}\" }}", app.addr),
+            1,
+        );
+    let proxy = Proxy::start(&config).await;
+
+    let mut inbound = TcpStream::connect(proxy.inbound()).await.unwrap();
+    inbound.write_all(b"GET /whole HTTP/1.1\r\nHost: app\r\n\r\n").await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), inbound.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("app"), "{answer}");
+    inbound.write_all(b"GET /slow HTTP/1.1\r\nHost: app\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), inbound.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("the request head did not arrive within 300ms"), "{answer}");
+    assert_eq!(app.hits(), 1);
+
+    let mut outbound = TcpStream::connect(proxy.service("web.shop.svc.cluster.local")).await.unwrap();
+    outbound.write_all(b"GET /slow HTTP/1.1\r\nHost: web\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    outbound.write_all(b"\r\n").await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), outbound.read(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("app"), "{answer}");
+    assert_eq!(app.hits(), 2);
+}

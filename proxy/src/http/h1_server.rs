@@ -1,11 +1,10 @@
-//! HTTP/1.1 connections from the pod's own app served by the proxy itself, for requests without a
-//! body (nearly every request an app sends through its sidecar): the connection's task parses the
-//! head, builds the request from slices of the bytes it read, runs the handler and writes the
-//! response, with nothing handed between tasks. hyper's server took 39 % of the outbound proxy's
-//! user time under load. The first request that is not that simple (a body, `Expect`, an
-//! upgrade, HTTP/1.0) hands the connection, and every byte read from it, to hyper's server for
-//! the rest of its life (`HandOver`).
-
+//! HTTP/1.1 client connections served by the proxy itself, for requests without a body (nearly
+//! every request an app sends, and most that reach it): the connection's task parses the head,
+//! builds the request from slices of the bytes it read, runs the handler and writes the response,
+//! with nothing handed between tasks. hyper's server took 39 % of the outbound proxy's user time
+//! under load. The first request that is not that simple (a body, `Expect`, an upgrade, HTTP/1.0)
+//! hands the connection, and every byte read from it, to hyper's server for the rest of its life
+//! (`HandOver`).
 use std::fmt::Write as _;
 use std::future::poll_fn;
 use std::io;
@@ -18,6 +17,7 @@ use http::header::{CONNECTION, CONTENT_LENGTH, DATE, EXPECT, TRANSFER_ENCODING, 
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -39,16 +39,24 @@ pub struct HandOver<I> {
 
 /// Serves `io` until the client closes it, or a drain (`shutdown`) finds it idle or has let its
 /// request finish. Returns the connection when a request needs hyper's server (`HandOver`).
-/// A request head larger than `max_head` bytes is answered with 431.
+/// A request head larger than `max_head` bytes is answered with 431. With a `head_timeout`, each
+/// head must arrive within it of when the server starts waiting for it: a partial head then gets
+/// 408, an idle connection is closed.
 pub async fn serve<I: Transport>(
     mut io: I,
     handle: impl Handler,
     max_head: usize,
+    head_timeout: Option<Duration>,
     shutdown: &CancellationToken,
 ) -> Option<HandOver<I>> {
     let mut read = BytesMut::with_capacity(READ_SIZE);
     let mut out = BytesMut::new();
+    // One timer for the connection, moved only when it fires before the head it guards is due:
+    // a request then costs a clock read, not a timer insertion and removal.
+    let head_timer = tokio::time::sleep(head_timeout.unwrap_or_default());
+    tokio::pin!(head_timer);
     loop {
+        let head_due = head_timeout.map(|timeout| Instant::now() + timeout);
         let (request, client_close) = loop {
             match parse_request(&mut read, max_head) {
                 Ok(Parsed::Request { request, close }) => break (request, close),
@@ -66,6 +74,20 @@ pub async fn serve<I: Transport>(
                 filled = poll_fn(|cx| poll_fill(&mut io, &mut read, READ_SIZE, cx)) => filled,
                 // An idle connection has nothing in flight: a drain closes it at once.
                 () = shutdown.cancelled(), if idle => return None,
+                () = &mut head_timer, if head_due.is_some() => {
+                    let (Some(due), Some(timeout)) = (head_due, head_timeout) else { continue };
+                    if Instant::now() < due {
+                        head_timer.as_mut().reset(due);
+                        continue;
+                    }
+                    if !idle {
+                        let refused = Refused::HeadTimeout(timeout);
+                        debug!(reason = refused.reason(), "refused a client's request head");
+                        let _ = io.write_all(&refusal(&refused)).await;
+                    }
+                    let _ = io.shutdown().await;
+                    return None;
+                }
             };
             match filled {
                 Ok(0) => return None,
@@ -129,6 +151,8 @@ pub enum Refused {
     HeadTooLarge(usize),
     #[error("the request has more than {MAX_HEADERS} header fields")]
     TooManyFields,
+    #[error("the request head did not arrive within {0:?}")]
+    HeadTimeout(Duration),
 }
 
 impl Refused {
@@ -136,6 +160,7 @@ impl Refused {
         match self {
             Self::Malformed(_) => StatusCode::BAD_REQUEST,
             Self::HeadTooLarge(_) | Self::TooManyFields => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::HeadTimeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -143,6 +168,7 @@ impl Refused {
         match self {
             Self::Malformed(_) => "malformed-request",
             Self::HeadTooLarge(_) | Self::TooManyFields => "request-head-too-large",
+            Self::HeadTimeout(_) => "request-head-timeout",
         }
     }
 }
@@ -445,13 +471,22 @@ mod tests {
         origin: Option<SocketAddr>,
         shutdown: CancellationToken,
     ) -> (TcpStream, tokio::task::JoinHandle<Option<Bytes>>) {
+        timed_server(origin, shutdown, None).await
+    }
+
+    /// `server`, with a head timeout (as for clients from outside the pod).
+    async fn timed_server(
+        origin: Option<SocketAddr>,
+        shutdown: CancellationToken,
+        head_timeout: Option<Duration>,
+    ) -> (TcpStream, tokio::task::JoinHandle<Option<Bytes>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let client = TcpStream::connect(listener.local_addr().expect("address")).await.expect("connect");
         let (stream, _) = listener.accept().await.expect("accept");
         let origin = origin.map(|addr| Arc::new(Pool::new(addr, UpstreamProtocol::Http1)));
         let task = tokio::spawn(async move {
             let handle = move |request| echo(request, origin.clone());
-            serve(stream, handle, MAX_HEAD, &shutdown).await.map(|rest| rest.read)
+            serve(stream, handle, MAX_HEAD, head_timeout, &shutdown).await.map(|rest| rest.read)
         });
         (client, task)
     }
@@ -660,6 +695,40 @@ mod tests {
         }
     }
 
+    /// Each head gets the timeout from when the server starts waiting for it, however long the
+    /// connection has lived (the one timer of the connection is moved on, not left to fire).
+    #[tokio::test]
+    async fn each_request_head_must_arrive_within_the_head_timeout() {
+        let timeout = Duration::from_millis(300);
+        let (mut client, task) = timed_server(None, CancellationToken::new(), Some(timeout)).await;
+        // Five requests 200 ms apart: a second in all, each head well within its 300 ms.
+        for i in 0..5 {
+            client
+                .write_all(format!("GET /{i} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+                .await
+                .expect("write");
+            let text = read_until(&mut client, |text| text.ends_with(&format!("GET /{i} host=a"))).await;
+            assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "request {i}: {text}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // A head that stops halfway: 408 with the reason, then the connection is closed.
+        client.write_all(b"GET /slow HTTP/1.1\r\nHost: a\r\n").await.expect("write");
+        let text =
+            read_until(&mut client, |text| text.ends_with('\n') && text.contains("braid-proxy: ")).await;
+        assert!(text.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{text}");
+        assert!(text.contains("braid-proxy-error: request-head-timeout\r\n"), "{text}");
+        assert!(text.contains("the request head did not arrive within 300ms"), "{text}");
+        assert!(is_closed(&mut client).await, "closed after the 408");
+        assert_eq!(task.await.expect("the server task"), None);
+
+        // An idle connection is closed without an answer.
+        let (mut idle, task) = timed_server(None, CancellationToken::new(), Some(timeout)).await;
+        let started = std::time::Instant::now();
+        assert!(is_closed(&mut idle).await, "an idle connection is closed");
+        assert!(started.elapsed() >= Duration::from_millis(250), "closed early: {:?}", started.elapsed());
+        assert_eq!(task.await.expect("the server task"), None);
+    }
+
     #[tokio::test]
     async fn a_client_that_closes_before_its_answer_cancels_the_request() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -684,7 +753,7 @@ mod tests {
         };
         let task = tokio::spawn(async move {
             let shutdown = CancellationToken::new();
-            serve(stream, handle, MAX_HEAD, &shutdown).await.is_none()
+            serve(stream, handle, MAX_HEAD, None, &shutdown).await.is_none()
         });
         client.write_all(b"GET /forever HTTP/1.1\r\nHost: a\r\n\r\n").await.expect("write");
         tokio::time::sleep(Duration::from_millis(100)).await;
