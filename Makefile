@@ -98,6 +98,10 @@ bench: tools ## Benchmarks: webhook admission, the sidecar pair beside HAProxy/n
 	@bash bench/proxy.sh instructions
 	@bash bench/discovery.sh
 
+.PHONY: pgo
+pgo: ## Rewrite proxy/pgo/braid-proxy.profdata.gz (the counts the proxy is built with) from an instrumented build carrying the benchmark pairs' load
+	@bash bench/proxy.sh pgo
+
 .PHONY: link-order
 link-order: ## Rewrite proxy/link-order.txt (the proxy's code layout: what it runs first) from a callgrind run of the benchmark pairs
 	@bash bench/proxy.sh link-order

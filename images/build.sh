@@ -221,7 +221,10 @@ for profile in "${!packages_of[@]}"; do
   read -r -a packages <<<"${packages_of[$profile]}"
   log "building ${packages[*]//-p /} (profile $profile)"
   t0=$SECONDS
-  nice "$CARGO" build --profile "$profile" --locked --manifest-path "$ROOT/Cargo.toml" "${packages[@]}"
+  flags=${RUSTFLAGS:-}
+  # The proxy is built with its recorded profile (profile-guided optimisation, proxy/pgo/).
+  if [ "$profile" = proxy ]; then flags=$(bash "$ROOT/proxy/pgo/rustflags.sh"); fi
+  RUSTFLAGS=$flags nice "$CARGO" build --profile "$profile" --locked --manifest-path "$ROOT/Cargo.toml" "${packages[@]}"
   log "binaries ready in $((SECONDS - t0)) s"
 done
 
