@@ -696,6 +696,15 @@ costs() {
   log "wrote bench/results/proxy-costs-$stamp.md and .json"
 }
 
+stop_proxies() { # PIDS...: SIGTERM, then wait for each to exit (drained; its records written)
+  local pid
+  kill "$@"
+  for pid in "$@"; do
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || continue 2; sleep 0.1; done
+    die "braid-proxy $pid did not exit within 30 s of SIGTERM"
+  done
+}
+
 # The functions braid-proxy runs, in the order the linker should lay them out (proxy/build.rs):
 # those of start-up and the first request through each pair, then those that only load adds. Both
 # pairs run under callgrind (exact: every function that ran, however briefly); each proxy's
@@ -712,11 +721,7 @@ link-order() {
     done
     alive "$peer"
   done
-  kill "${pids[@]}" # SIGTERM: each drains and exits, and callgrind writes its final record
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || continue 2; sleep 0.1; done
-    die "braid-proxy $pid did not exit within 30 s of SIGTERM"
-  done
+  stop_proxies "${pids[@]}" # each drains and exits, and callgrind writes its final record
   local record # the dumps after the first request (.1) first, then the final records
   for record in callgrind.out.1 callgrind.out; do
     for peer in $PEERS; do files+=("$work/$peer"-{a,b}/"$record"); done
@@ -769,11 +774,7 @@ pgo() {
     taskset -c 0 wrk -t1 -c"$CONNECTIONS" -d"$WRK_DURATION" "$url" >"$work/$peer.wrk.txt"
     alive "$peer"
   done
-  kill "${pids[@]}"
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || continue 2; sleep 0.1; done
-    die "braid-proxy $pid did not exit within 30 s of SIGTERM"
-  done
+  stop_proxies "${pids[@]}"
   local counts=("$raw"/*.profraw)
   [ "${#counts[@]}" = "${#pids[@]}" ] && [ -s "${counts[0]}" ] ||
     die "expected ${#pids[@]} count files from the proxies in $raw, found: $(ls "$raw")"
