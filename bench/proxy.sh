@@ -51,7 +51,7 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
 DURATION=${DURATION:-15s}
 RATES=${RATES:-"1000 4000"}
-PEERS=${PEERS:-"braid braid-mtls haproxy haproxy-mtls nginx nginx-mtls envoy envoy-mtls"}
+PEERS=${PEERS:-"braid braid-mtls haproxy haproxy-mtls nginx nginx-mtls envoy envoy-mtls floor"}
 WARMUP=${WARMUP:-3s}
 WRK_DURATION=${WRK_DURATION:-10s}
 PROFILE_RATE=${PROFILE_RATE:-1000}
@@ -86,12 +86,12 @@ case $MODE in
     [ -z "${BRAID_BIN:-}" ] || die "pgo builds its own instrumented braid-proxy: unset BRAID_BIN"
     PEERS="braid braid-mtls" BRAID=target/pgo-generate/proxy/braid-proxy
     ;;
-  *) die "usage: bench/proxy.sh [bench | profile [PEER] | costs | link-order | instructions | pgo]; PEER: braid haproxy nginx envoy, each also as PEER-mtls" ;;
+  *) die "usage: bench/proxy.sh [bench | profile [PEER] | costs | link-order | instructions | pgo]; PEER: braid haproxy nginx envoy, each also as PEER-mtls, or floor" ;;
 esac
 [[ $INSTRUCTION_REQUESTS =~ ^[1-9][0-9]*$ ]] || die "INSTRUCTION_REQUESTS must be a count of requests, not '$INSTRUCTION_REQUESTS'"
 for peer in $PEERS; do
-  [[ $peer =~ ^(braid|haproxy|nginx|envoy)(-mtls)?$ ]] ||
-    die "unknown peer '$peer' (braid haproxy nginx envoy, each also as PEER-mtls)"
+  [[ $peer =~ ^(braid|haproxy|nginx|envoy)(-mtls)?$|^floor$ ]] ||
+    die "unknown peer '$peer' (braid haproxy nginx envoy, each also as PEER-mtls, or floor)"
 done
 
 # ─── tools: installed when missing ────────────────────────────────────────────────────────────
@@ -115,7 +115,7 @@ install_tools() {
   for peer in $PEERS; do
     [[ $peer == *-mtls ]] && need_apt openssl openssl # the peers' test CA and certificates
     case $peer in
-      haproxy | haproxy-mtls) need_apt haproxy haproxy ;;
+      haproxy | haproxy-mtls | floor) need_apt haproxy haproxy ;;
       nginx | nginx-mtls) ;;
       envoy | envoy-mtls)
         if [ ! -x "$ENVOY_VENV/bin/envoy" ]; then
@@ -320,6 +320,16 @@ haproxy_hop() { # LINK SIDE PORT UPSTREAM
   HOP_PIDS=$REPLY HOP_READY=
 }
 
+# floor: HAProxy in TCP mode as A and as B (bench/proxy/floor.cfg), relaying bytes without parsing
+# them: what two user-space hops on CPU 1 cost on this machine before any HTTP work.
+hop_floor() { # SIDE PORT UPSTREAM
+  HOP_DIR=$work/floor-$1
+  mkdir -p "$HOP_DIR"
+  render floor.cfg "$HOP_DIR/haproxy.cfg" DIR="$HOP_DIR" PORT="$2" UPSTREAM="$3"
+  start 1 "$HOP_DIR/haproxy.log" haproxy -db -f "$HOP_DIR/haproxy.cfg"
+  HOP_PIDS=$REPLY HOP_READY=
+}
+
 hop_nginx() { nginx_hop plain "$@"; }
 hop_nginx-mtls() { nginx_hop mtls "$@"; }
 nginx_hop() { # LINK SIDE PORT UPSTREAM
@@ -385,6 +395,17 @@ identity_stub() {
 # Checks, after one request went through the pair, that it really took the path we claim.
 verify_haproxy() { :; } # B's `bind ... proto h2` refuses anything but HTTP/2 from A
 verify_nginx() { :; }
+# floor: while a client connection to A is open, A holds one to B and B one to the origin.
+verify_floor() {
+  local head
+  exec {conn}<>"/dev/tcp/127.0.0.1/${ENTRY[floor]}"
+  printf 'GET /1k HTTP/1.1\r\nHost: bench\r\n\r\n' >&"$conn"
+  read -r -t 3 head <&"$conn" || true
+  [[ $head == "HTTP/1.1 200"* ]] || die "floor answered '$head' to a keep-alive request"
+  ss -Htn state established "( sport = :${PORT_B[floor]} )" | grep -q . || die "floor A holds no connection to B"
+  ss -Htn state established "( dport = :$ORIGIN_PORT )" | grep -q . || die "floor B holds no connection to the origin"
+  exec {conn}>&-
+}
 verify_envoy() {
   local stats
   stats=$(curl -fs "http://127.0.0.1:${ENVOY_ADMIN[a]}/stats?filter=cluster.next_hop.upstream_(cx_http2_total|rq_200)")
@@ -435,8 +456,10 @@ start_pair() {
   local size
   size=$(curl -fs "http://127.0.0.1:$port_a/1k" | wc -c)
   [ "$size" = 1024 ] || die "$peer pair answered $size bytes instead of 1024"
-  ss -Htn state established "( sport = :$port_b )" | grep -q . || die "$peer A holds no connection to B"
   ENTRY[$peer]=$port_a PORT_B[$peer]=$port_b
+  # floor relays each client connection on its own connection to B: verify_floor checks it.
+  [ "$peer" = floor ] || ss -Htn state established "( sport = :$port_b )" | grep -q . ||
+    die "$peer A holds no connection to B"
   "verify_$peer"
   IDLE[$peer]="$(mem_kib ${PIDS_A[$peer]}) $(mem_kib ${PIDS_B[$peer]})"
   log "$peer pair up: A :$port_a (pids ${PIDS_A[$peer]}) → B :$port_b (pids ${PIDS_B[$peer]}) → origin :$ORIGIN_PORT"
@@ -580,7 +603,7 @@ versions() {
   for peer in $PEERS; do
     [[ $peer == *-mtls && " $PEERS " == *" ${peer%-mtls} "* ]] && continue # named once
     case ${peer%-mtls} in
-      haproxy) v+="; haproxy $(haproxy -v | awk 'NR==1 {print $3}')" ;;
+      haproxy | floor) [[ $v == *"; haproxy "* ]] || v+="; haproxy $(haproxy -v | awk 'NR==1 {print $3}')" ;;
       nginx) v+="; nginx $(nginx -v 2>&1 | sed 's|.*/||')" ;;
       envoy) v+="; envoy $("$ENVOY" --version | awk 'NF {print $3}' | cut -d/ -f2)" ;;
       braid)
