@@ -395,16 +395,9 @@ identity_stub() {
 # Checks, after one request went through the pair, that it really took the path we claim.
 verify_haproxy() { :; } # B's `bind ... proto h2` refuses anything but HTTP/2 from A
 verify_nginx() { :; }
-# floor: while a client connection to A is open, A holds one to B and B one to the origin.
+# floor: while start_pair holds its client connection open, B relays it to the origin.
 verify_floor() {
-  local head
-  exec {conn}<>"/dev/tcp/127.0.0.1/${ENTRY[floor]}"
-  printf 'GET /1k HTTP/1.1\r\nHost: bench\r\n\r\n' >&"$conn"
-  read -r -t 3 head <&"$conn" || true
-  [[ $head == "HTTP/1.1 200"* ]] || die "floor answered '$head' to a keep-alive request"
-  ss -Htn state established "( sport = :${PORT_B[floor]} )" | grep -q . || die "floor A holds no connection to B"
   ss -Htn state established "( dport = :$ORIGIN_PORT )" | grep -q . || die "floor B holds no connection to the origin"
-  exec {conn}>&-
 }
 verify_envoy() {
   local stats
@@ -456,11 +449,17 @@ start_pair() {
   local size
   size=$(curl -fs "http://127.0.0.1:$port_a/1k" | wc -c)
   [ "$size" = 1024 ] || die "$peer pair answered $size bytes instead of 1024"
+  # The links are checked while a keep-alive request is held open: a pooling peer keeps its
+  # connection to B anyway, a TCP relay (floor) holds one only while its client does.
+  local conn head=
+  exec {conn}<>"/dev/tcp/127.0.0.1/$port_a"
+  printf 'GET /1k HTTP/1.1\r\nHost: bench\r\n\r\n' >&"$conn"
+  read -r -t 3 head <&"$conn" || true
+  [[ $head == "HTTP/1.1 200"* ]] || die "$peer answered '$head' to a keep-alive request"
+  ss -Htn state established "( sport = :$port_b )" | grep -q . || die "$peer A holds no connection to B"
   ENTRY[$peer]=$port_a PORT_B[$peer]=$port_b
-  # floor relays each client connection on its own connection to B: verify_floor checks it.
-  [ "$peer" = floor ] || ss -Htn state established "( sport = :$port_b )" | grep -q . ||
-    die "$peer A holds no connection to B"
   "verify_$peer"
+  exec {conn}>&-
   IDLE[$peer]="$(mem_kib ${PIDS_A[$peer]}) $(mem_kib ${PIDS_B[$peer]})"
   log "$peer pair up: A :$port_a (pids ${PIDS_A[$peer]}) → B :$port_b (pids ${PIDS_B[$peer]}) → origin :$ORIGIN_PORT"
 }
