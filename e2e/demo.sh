@@ -4,8 +4,25 @@
 # second, an 80/20 MeshRoute), then what a user looks at: `kubectl get pods,meshroutes -A`, the
 # split the client measured, and the memory of each sidecar. Everything keeps running until
 # `make cluster-down`.
+#
+# Usage: e2e/demo.sh [--check]
+#   --check  also fail unless the demo works as shown: the MeshRoute Programmed, at least 200
+#            requests measured, none failed, and v2's share within 12-28 % of the 80/20 split;
+#            then remove the demo (the Helm release and namespace braid-demo; the CRDs stay), so
+#            the tests that follow start from the cluster as the demo found it. `make test` runs
+#            this first on the cluster it starts, which has never seen Braid.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+check=0
+case ${1:-} in
+--check) check=1 ;;
+"") ;;
+*)
+  echo "usage: e2e/demo.sh [--check]" >&2
+  exit 2
+  ;;
+esac
 
 started=$EPOCHSECONDS
 step() { printf '\n== %s (%d s)\n' "$*" "$((EPOCHSECONDS - started))"; }
@@ -17,12 +34,20 @@ STATE=$(dirname "$KUBECONFIG")
 kubectl() { "$STATE/bin/kubectl" "$@"; }
 helm() { "$STATE/bin/helm" "$@"; }
 
+if [ "$check" = 1 ] && kubectl get crd meshes.braid.dev >/dev/null 2>&1; then
+  echo "demo check: this cluster has had Braid's CRDs before, so it cannot show what a new user" \
+    "meets; run it on a fresh one: make cluster-down, then make test (or e2e/demo.sh --check)" >&2
+  exit 1
+fi
+
 step "images (make images: built from the workspace, imported into the node's containerd)"
 bash images/build.sh --no-check >/dev/null
 
 step "Braid, with its Helm chart"
-# A Mesh left by a test run belongs to no release; the chart brings its own.
-if ! helm status braid -n braid-system >/dev/null 2>&1; then
+# A Mesh left by a test run belongs to no release; the chart brings its own. On a cluster that
+# has never had Braid's CRDs there is no Mesh type at all, and nothing to remove.
+if ! helm status braid -n braid-system >/dev/null 2>&1 &&
+  kubectl get crd meshes.braid.dev >/dev/null 2>&1; then
   kubectl delete mesh default --ignore-not-found >/dev/null
 fi
 helm upgrade --install braid helm/braid -n braid-system --create-namespace \
@@ -55,9 +80,10 @@ echo
 echo "\$ kubectl get pods,meshroutes -A"
 kubectl get pods,meshroutes -A
 echo
-python3 - "$report" <<'PY'
+python3 - "$report" "$check" <<'PY'
 import json, sys
 r = json.loads(sys.argv[1])
+check = sys.argv[2] == "1"
 versions = {}
 for backend, n in r["backends"].items():
     versions[backend.rsplit("@", 1)[-1]] = versions.get(backend.rsplit("@", 1)[-1], 0) + n
@@ -65,6 +91,18 @@ total = max(r["total"], 1)
 split = ", ".join(f"{v} {n} ({100 * n / total:.1f}%)" for v, n in sorted(versions.items()))
 print(f"measured split over {r['total']} requests in {r['elapsed_secs']:.0f} s: {split}; "
       f"failed {r['failed']}; latency p50 {r['latency_ms']['p50']:.1f} ms, p99 {r['latency_ms']['p99']:.1f} ms")
+if check:
+    problems = []
+    if r["total"] < 200:
+        problems.append(f"only {r['total']} requests measured in {r['elapsed_secs']:.0f} s (expected about 400)")
+    if r["failed"]:
+        problems.append(f"{r['failed']} requests failed")
+    v2 = 100 * versions.get("v2", 0) / total
+    if not 12 <= v2 <= 28:
+        problems.append(f"v2 took {v2:.1f} % of the requests, not 20 % (12-28 %)")
+    for problem in problems:
+        print(f"demo check: {problem}", file=sys.stderr)
+    sys.exit(1 if problems else 0)
 PY
 echo
 echo "sidecar memory (VmRSS of each braid-proxy under this load):"
@@ -74,6 +112,13 @@ for pid in $(pgrep -x braid-proxy || true); do
   [ -n "$pod" ] && awk -v pod="$pod" -v kib="$rss" 'BEGIN { printf "  %-40s %6.1f MiB\n", pod, kib / 1024 }'
 
 done
+if [ "$check" = 1 ]; then
+  step "demo check passed; removing the demo"
+  helm uninstall braid -n braid-system --wait --timeout 5m >/dev/null
+  kubectl delete namespace braid-demo braid-system --wait --timeout=180s >/dev/null
+  echo "demo check: passed in $((EPOCHSECONDS - started)) s on a cluster that had no Braid before"
+  exit 0
+fi
 echo
 echo "demo ready in $((EPOCHSECONDS - started)) s. Try:  export KUBECONFIG=$KUBECONFIG"
 echo "  kubectl patch meshroute echo -n braid-demo --type=json -p '[{\"op\":\"replace\",\"path\":\"/spec/rules/0/backends/1/weight\",\"value\":50}]'"
