@@ -8,13 +8,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use braid_api::config::{
+    Config, ConfigError, DiscoveryConfig, IdentityConfig, default_initial_timeout, default_renew_at_percent,
+};
+use braid_api::contract::{self, env};
+use braid_api::identity::SpiffeId;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::admin::{self, Admin};
-use crate::config::Config;
 use crate::discovery::Discovery;
 use crate::http::Shared;
 use crate::identity::{self, IdentityStore};
@@ -25,35 +29,35 @@ use crate::table::{Table, TableError};
 /// The identity a proxy in an injected pod asks for, from the environment the webhook sets
 /// (BRAID_TRUST_DOMAIN, BRAID_POD_NAMESPACE, BRAID_SERVICE_ACCOUNT, BRAID_IDENTITY_ADDR) and the
 /// files it mounts. `None` when any is missing: then the proxy runs without an identity.
-pub fn identity_from_env(var: impl Fn(&str) -> Option<String>) -> Option<crate::config::IdentityConfig> {
+pub fn identity_from_env(var: impl Fn(&str) -> Option<String>) -> Option<IdentityConfig> {
     let non_empty = |name: &str| var(name).filter(|value| !value.is_empty());
-    let trust_domain = non_empty("BRAID_TRUST_DOMAIN")?;
-    let namespace = non_empty("BRAID_POD_NAMESPACE")?;
-    let service_account = non_empty("BRAID_SERVICE_ACCOUNT")?;
-    let endpoint = non_empty("BRAID_IDENTITY_ADDR")?;
+    let trust_domain = non_empty(env::TRUST_DOMAIN)?;
+    let namespace = non_empty(env::POD_NAMESPACE)?;
+    let service_account = non_empty(env::SERVICE_ACCOUNT)?;
+    let endpoint = non_empty(env::IDENTITY_ADDR)?;
     let server_name = endpoint.rsplit_once(':').map(|(host, _)| host.to_owned());
-    Some(crate::config::IdentityConfig {
-        identity: format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"),
+    Some(IdentityConfig {
+        identity: SpiffeId { trust_domain, namespace, service_account }.to_string(),
         endpoint,
         server_name,
-        token_file: "/var/run/braid/identity/token".into(),
-        trust_bundle_file: "/var/run/braid/trust/ca-bundle.crt".into(),
-        renew_at_percent: 70,
+        token_file: contract::token_path(),
+        trust_bundle_file: contract::trust_bundle_path(),
+        renew_at_percent: default_renew_at_percent(),
     })
 }
 
 /// Where a proxy in an injected pod gets its configuration, from the environment the webhook
 /// sets (BRAID_DISCOVERY_ADDR, BRAID_POD_NAMESPACE, BRAID_POD_NAME). `None` when any is missing:
 /// then the proxy runs from its file alone.
-pub fn discovery_from_env(var: impl Fn(&str) -> Option<String>) -> Option<crate::config::DiscoveryConfig> {
+pub fn discovery_from_env(var: impl Fn(&str) -> Option<String>) -> Option<DiscoveryConfig> {
     let non_empty = |name: &str| var(name).filter(|value| !value.is_empty());
-    Some(crate::config::DiscoveryConfig {
-        endpoint: non_empty("BRAID_DISCOVERY_ADDR")?,
+    Some(DiscoveryConfig {
+        endpoint: non_empty(env::DISCOVERY_ADDR)?,
         // The endpoint's host (DiscoveryConfig::server_name).
         server_name: None,
-        pod_namespace: non_empty("BRAID_POD_NAMESPACE")?,
-        pod_name: non_empty("BRAID_POD_NAME")?,
-        initial_timeout: crate::config::default_initial_timeout(),
+        pod_namespace: non_empty(env::POD_NAMESPACE)?,
+        pod_name: non_empty(env::POD_NAME)?,
+        initial_timeout: default_initial_timeout(),
     })
 }
 
@@ -64,9 +68,9 @@ pub struct Options {
     /// Overrides the file's admin address.
     pub admin: Option<SocketAddr>,
     /// Used when the file names no identity (see `identity_from_env`).
-    pub default_identity: Option<crate::config::IdentityConfig>,
+    pub default_identity: Option<IdentityConfig>,
     /// Used when the file has no discovery section (see `discovery_from_env`).
-    pub default_discovery: Option<crate::config::DiscoveryConfig>,
+    pub default_discovery: Option<DiscoveryConfig>,
     /// Extra outbound listeners (on 127.0.0.1, any port), one per address given: their
     /// connections are handled as if iptables had redirected them from that original
     /// destination. For tests and benchmarks, where there is no iptables.
@@ -78,7 +82,7 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] LoadError),
     #[error("the configuration was refused: {0}")]
-    Invalid(#[from] crate::config::ConfigError),
+    Invalid(#[from] ConfigError),
     #[error("the configuration could not be compiled: {0}")]
     Table(#[from] TableError),
     #[error("cannot listen on {addr} ({what}): {source}; is another process using it?")]

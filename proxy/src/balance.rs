@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::config::LoadBalancerConfig;
+use braid_api::config::LoadBalancerConfig;
+
 use crate::http::upstream::{Pool, TlsTarget, UpstreamProtocol};
 use crate::identity::{ALPN_H2, ALPN_OPAQUE, IdentityStore};
 use crate::metrics::Label;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use braid_api::contract;
 use braid_runtime::LogFormat;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -44,7 +45,7 @@ struct RunArgs {
     #[arg(long, default_value = "20s", value_parser = duration, global = true)]
     drain_timeout: Duration,
     /// Log filter (RUST_LOG syntax).
-    #[arg(long, env = "BRAID_LOG", default_value = "info", global = true)]
+    #[arg(long, env = contract::env::LOG, default_value = "info", global = true)]
     log: String,
     #[arg(long, env = "BRAID_LOG_FORMAT", value_enum, default_value = "plain", global = true)]
     log_format: LogFormat,

@@ -1,10 +1,9 @@
 //! Inbound authorization, as a MeshPolicy says it: the mTLS mode decides which connections are
 //! accepted at all; with a policy, a request is allowed only when a rule allows it (default deny).
 
+use braid_api::config::{MtlsMode, OperationConfig, PolicyConfig, SourceConfig};
+use braid_api::identity::SpiffeId;
 use http::Method;
-
-use crate::config::{MtlsMode, OperationConfig, PolicyConfig, SourceConfig};
-use crate::identity::SpiffeId;
 
 /// Who is calling: the SPIFFE id from an mTLS handshake, or nobody for plaintext.
 #[derive(Debug, Clone, Copy)]

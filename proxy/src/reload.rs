@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use braid_api::config::{Config, ConfigError};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Config, ConfigError};
 use crate::http::Shared;
 use crate::metrics::{ReloadLabels, ReloadResult};
 use crate::table::Table;

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use braid_api::config::{Limits, Protocol};
 use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -21,7 +22,6 @@ use tracing::{debug, warn};
 
 use crate::balance::{self, Endpoint};
 use crate::client_hello;
-use crate::config::{Limits, Protocol};
 use crate::detect::{self, Detected};
 use crate::http::body::ProxyBody;
 use crate::http::forward::{self, InboundConnection, OutboundConnection, OutboundTarget};

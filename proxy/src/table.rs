@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use braid_api::config::{
+    Config, FaultConfig, HeaderValueMatch, LoadBalancerConfig, PathMatch, Protocol, RetryOn, ServiceConfig,
+};
 use http::{HeaderMap, HeaderName, Method};
 use regex::Regex;
 use tower::retry::budget::TpsBudget;
 
 use crate::balance::Endpoint;
-use crate::config::{
-    Config, FaultConfig, HeaderValueMatch, LoadBalancerConfig, PathMatch, Protocol, RetryOn, ServiceConfig,
-};
 use crate::identity::IdentityStore;
 use crate::metrics::{Label, RequestMetrics};
 

@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use braid_proxy::config::{Config, PolicyConfig, ServiceConfig};
-use braid_proxy::discovery::api::Resource;
+use braid_api::config::{Config, PolicyConfig, ServiceConfig};
+use braid_api::discovery::Resource;
 use http::{Request, StatusCode};
 use support::discovery::{Answer, DiscoveryServer, SERVER_NAME};
 use support::identity::{Authority, IdentityFiles, IdentityServer};

@@ -5,6 +5,11 @@
 
 use std::collections::BTreeMap;
 
+use braid_api::contract::{
+    ADMIN_PORT, INBOUND_PORT, INJECT, INJECT_DISABLED, INJECT_ENABLED, INJECTED, OUTBOUND_PORT,
+    PROXY_CONTAINER, PROXY_UID, TOKEN_AUDIENCE, TOKEN_FILE, TOKEN_MOUNT, TRUST_BUNDLE_KEY, TRUST_CONFIG_MAP,
+    TRUST_MOUNT, env,
+};
 use braid_crds::mesh::{MeshSpec, ProxyResources};
 use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
 use k8s_openapi::{
@@ -23,12 +28,8 @@ use crate::{
     quantity::parse_quantity,
 };
 
-/// Namespace label and pod annotation that opt in (`enabled`) or out (`disabled`).
-pub const INJECT: &str = "braid.dev/inject";
-pub const INJECT_ENABLED: &str = "enabled";
-pub const INJECT_DISABLED: &str = "disabled";
-/// Set on injected pods, to the proxy version; its presence makes injection idempotent.
-pub const INJECTED: &str = "braid.dev/injected";
+// The names, paths and ports the proxy and the operator also rely on are the pod contract, in
+// braid_api::contract; what only injection uses is here.
 pub const SKIP_INBOUND_PORTS: &str = "braid.dev/skip-inbound-ports";
 pub const SKIP_OUTBOUND_PORTS: &str = "braid.dev/skip-outbound-ports";
 pub const PROXY_CPU_REQUEST: &str = "braid.dev/proxy-cpu-request";
@@ -38,26 +39,11 @@ pub const PROXY_MEMORY_LIMIT: &str = "braid.dev/proxy-memory-limit";
 pub const PROXY_LOG_LEVEL: &str = "braid.dev/proxy-log-level";
 pub const PROXY_IMAGE: &str = "braid.dev/proxy-image";
 
-pub const PROXY_CONTAINER: &str = "braid-proxy";
 pub const INIT_CONTAINER: &str = "braid-init";
-/// The proxy runs as this UID, and the iptables rules let its own traffic through untouched.
-pub const PROXY_UID: i64 = 2102;
-pub const INBOUND_PORT: u16 = 4143;
-pub const OUTBOUND_PORT: u16 = 4140;
-/// /live, /ready, /metrics; never redirected, so the kubelet's probes reach it.
-pub const ADMIN_PORT: u16 = 4191;
 
 pub const TOKEN_VOLUME: &str = "braid-identity-token";
-pub const TOKEN_MOUNT: &str = "/var/run/braid/identity";
-pub const TOKEN_AUDIENCE: &str = "braid";
 pub const TOKEN_EXPIRATION_SECONDS: i64 = 3600;
-pub const TOKEN_FILE: &str = "token";
 pub const TRUST_VOLUME: &str = "braid-trust-anchors";
-/// The operator publishes the trust anchors under this name in each meshed namespace (a ConfigMap
-/// volume can only name a ConfigMap of the pod's own namespace).
-pub const TRUST_CONFIG_MAP: &str = "braid-trust-anchors";
-pub const TRUST_KEY: &str = "ca-bundle.crt";
-pub const TRUST_MOUNT: &str = "/var/run/braid/trust";
 /// iptables takes a lock file under /run; the init container's root filesystem is read-only.
 pub const XTABLES_VOLUME: &str = "braid-xtables-lock";
 
@@ -405,18 +391,18 @@ fn proxy_container(settings: &PodSettings, config: &InjectConfig) -> Container {
         ..Default::default()
     };
     let mut env = vec![
-        field("BRAID_POD_NAME", "metadata.name"),
-        field("BRAID_POD_NAMESPACE", "metadata.namespace"),
-        field("BRAID_POD_IP", "status.podIP"),
-        field("BRAID_SERVICE_ACCOUNT", "spec.serviceAccountName"),
-        value("BRAID_IDENTITY_ADDR", &config.control_plane.identity_addr),
-        value("BRAID_DISCOVERY_ADDR", &config.control_plane.discovery_addr),
-        value("BRAID_TRUST_DOMAIN", &config.trust_domain),
-        value("BRAID_LOG", &settings.log_level),
-        value("BRAID_INBOUND_SKIP_PORTS", &ports::render(&settings.skip_inbound)),
+        field(env::POD_NAME, "metadata.name"),
+        field(env::POD_NAMESPACE, "metadata.namespace"),
+        field(env::POD_IP, "status.podIP"),
+        field(env::SERVICE_ACCOUNT, "spec.serviceAccountName"),
+        value(env::IDENTITY_ADDR, &config.control_plane.identity_addr),
+        value(env::DISCOVERY_ADDR, &config.control_plane.discovery_addr),
+        value(env::TRUST_DOMAIN, &config.trust_domain),
+        value(env::LOG, &settings.log_level),
+        value(env::INBOUND_SKIP_PORTS, &ports::render(&settings.skip_inbound)),
     ];
     if !settings.skip_outbound.is_empty() {
-        env.push(value("BRAID_OUTBOUND_SKIP_PORTS", &ports::render(&settings.skip_outbound)));
+        env.push(value(env::OUTBOUND_SKIP_PORTS, &ports::render(&settings.skip_outbound)));
     }
     let admin_get = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -447,7 +433,7 @@ fn proxy_container(settings: &PodSettings, config: &InjectConfig) -> Container {
         liveness_probe: Some(admin_get("/live", 10, 3)),
         resources: Some(settings.resources.clone()),
         security_context: Some(SecurityContext {
-            run_as_user: Some(PROXY_UID),
+            run_as_user: Some(PROXY_UID.into()),
             run_as_non_root: Some(true),
             read_only_root_filesystem: Some(true),
             allow_privilege_escalation: Some(false),
@@ -502,8 +488,8 @@ fn volumes() -> [Volume; 3] {
             config_map: Some(ConfigMapVolumeSource {
                 name: TRUST_CONFIG_MAP.to_owned(),
                 items: Some(vec![KeyToPath {
-                    key: TRUST_KEY.to_owned(),
-                    path: TRUST_KEY.to_owned(),
+                    key: TRUST_BUNDLE_KEY.to_owned(),
+                    path: TRUST_BUNDLE_KEY.to_owned(),
                     ..Default::default()
                 }]),
                 ..Default::default()

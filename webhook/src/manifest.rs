@@ -7,10 +7,11 @@
 
 use std::collections::BTreeMap;
 
+use braid_api::contract::{INJECT, INJECT_ENABLED};
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Map, Value};
 
-use crate::inject::{Decision, INJECT, INJECT_ENABLED, InjectConfig, InjectError, SkipReason, inject};
+use crate::inject::{Decision, InjectConfig, InjectError, SkipReason, inject};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {

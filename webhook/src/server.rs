@@ -58,7 +58,7 @@ pub struct AppState {
 /// The admission router (served over TLS).
 pub fn admission_router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/inject", post(inject))
+        .route(braid_api::contract::INJECT_PATH, post(inject))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

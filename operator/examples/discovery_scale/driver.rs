@@ -9,17 +9,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use braid_api::config::ServiceConfig;
+use braid_api::discovery::{self as api, Ack, ControlMessage, Hello, LineReader, ProxyMessage, Resource};
 use braid_operator::identity::authority::{Authority, AuthoritySource};
 use braid_operator::identity::ca::{self, Settings, Source, Stored};
 use braid_operator::identity::csr::{CheckedCsr, spiffe_id};
-use braid_proxy::config::ServiceConfig;
-use braid_proxy::discovery::api::{self, Ack, ControlMessage, Hello, LineReader, ProxyMessage, Resource};
-use braid_proxy::identity::tls;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -149,7 +148,7 @@ pub async fn main(world: World, args: Args) -> anyhow::Result<()> {
     );
 
     // Workload certificates, one per service account, issued by the same authority.
-    let roots = Arc::new(tls::roots_from_pem(bundle.as_bytes())?);
+    let roots = Arc::new(roots_from_pem(&bundle)?);
     let mut configs: HashMap<(String, String), Arc<rustls::ClientConfig>> = HashMap::new();
     let specs: Vec<ProxySpec> = (0..world.proxies).map(|p| world.proxy(p)).collect();
     for spec in &specs {
@@ -168,9 +167,7 @@ pub async fn main(world: World, args: Args) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?
             .map(|cert| CertificateDer::from(cert.der))
             .collect();
-        let certified = Arc::new(tls::certified_key(chain, key.serialize_der())?);
-        configs
-            .insert(identity, Arc::new(tls::control_plane_client_config(certified, roots.clone(), b"h2")?));
+        configs.insert(identity, Arc::new(client_config(chain, key.serialize_der(), roots.clone())?));
     }
 
     // Connect every proxy.
@@ -425,6 +422,31 @@ async fn proxy(
             send(&ProxyMessage::Ack(Ack { resource, version }));
         }
     }
+}
+
+/// The mesh roots of a PEM bundle, as a proxy trusts them.
+fn roots_from_pem(bundle: &str) -> anyhow::Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in ca::certs(bundle).map_err(anyhow::Error::msg)? {
+        roots.add(CertificateDer::from(cert.der))?;
+    }
+    Ok(roots)
+}
+
+/// What a proxy connects to the discovery server with: TLS 1.3, its workload certificate as the
+/// client certificate, the server's checked against the mesh roots, HTTP/2.
+fn client_config(
+    chain: Vec<CertificateDer<'static>>,
+    key_pkcs8: Vec<u8>,
+    roots: Arc<rustls::RootCertStore>,
+) -> anyhow::Result<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, PrivateKeyDer::Pkcs8(key_pkcs8.into()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
 }
 
 /// The weight of the `-v1` backend in the route's rule (not the default route).

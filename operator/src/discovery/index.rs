@@ -6,11 +6,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
-use braid_crds::{MeshPolicySpec, MeshRouteSpec};
-use braid_proxy::config::{
+use braid_api::config::{
     BackendConfig, EndpointConfig, LoadBalancerConfig, PolicyConfig, Protocol, RetryBudgetConfig,
     RouteConfig, ServiceConfig, WeightedBackend,
 };
+use braid_crds::{MeshPolicySpec, MeshRouteSpec};
 
 use super::translate::{self, Unsupported};
 
@@ -686,7 +686,7 @@ mod tests {
         let service = index.destination(&key("shop", "reviews"), 80).service.expect("known");
         let config = json!({"identity": {"identity": "spiffe://cluster.local/ns/shop/sa/web",
             "endpoint": "id:8080", "tokenFile": "/t", "trustBundleFile": "/b"}, "services": [service]});
-        braid_proxy::config::Config::parse(&config.to_string())
+        braid_api::config::Config::parse(&config.to_string())
             .expect("the proxy accepts what the server sends");
     }
 

@@ -8,7 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use braid_proxy::discovery::api;
+use braid_api::discovery as api;
+use braid_api::identity::{SpiffeId, spiffe_id_of};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::{Request, Response, StatusCode, body::Frame, body::Incoming, header};
@@ -72,8 +73,8 @@ pub fn tls_config(
 
 /// The identity a verified client certificate carries, if it is a workload of `trust_domain`.
 pub fn peer_of(certificate: &[u8], trust_domain: &str) -> Option<Peer> {
-    let id = braid_proxy::identity::spiffe_id_of(certificate)?;
-    let id = braid_proxy::identity::SpiffeId::parse(&id)?;
+    let id = spiffe_id_of(certificate)?;
+    let id = SpiffeId::parse(&id)?;
     (id.trust_domain == trust_domain)
         .then_some(Peer { namespace: id.namespace, service_account: id.service_account })
 }

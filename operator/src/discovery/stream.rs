@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
-use braid_proxy::config::PolicyConfig;
-use braid_proxy::discovery::api::{
-    self, ControlMessage, DestinationUpdate, InboundUpdate, LineReader, ProxyMessage, Refusal, Resource,
+use braid_api::config::PolicyConfig;
+use braid_api::discovery::{
+    self as api, ControlMessage, DestinationUpdate, InboundUpdate, LineReader, ProxyMessage, Refusal,
+    Resource,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};

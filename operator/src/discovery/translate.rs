@@ -3,15 +3,15 @@
 
 use std::collections::BTreeMap;
 
+use braid_api::config::{
+    AuthorizationRuleConfig, FaultAbort, FaultConfig, FaultDelay, HeaderMatch, HeaderValueMatch, MatchConfig,
+    MirrorConfig, MtlsMode as ProxyMtls, OperationConfig, PathMatch, PolicyConfig, ProbeConfig,
+    RetriesConfig, RetryOn, RouteConfig, ServiceAccountConfig, SourceConfig, WeightedBackend,
+};
 use braid_crds::{
     MeshPolicySpec,
     meshpolicy::MtlsMode,
     meshroute::{self, PathMatchType, RouteRule, ValueMatchType},
-};
-use braid_proxy::config::{
-    AuthorizationRuleConfig, FaultAbort, FaultConfig, FaultDelay, HeaderMatch, HeaderValueMatch, MatchConfig,
-    MirrorConfig, MtlsMode as ProxyMtls, OperationConfig, PathMatch, PolicyConfig, ProbeConfig,
-    RetriesConfig, RetryOn, RouteConfig, ServiceAccountConfig, SourceConfig, WeightedBackend,
 };
 
 /// A rule the proxy cannot apply as written. The route is then not programmed, and its status

@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use braid_api::contract::{INJECTED, PROXY_CONTAINER};
 use braid_crds::{Mesh, MeshPolicy, MeshRoute};
 use futures::{FutureExt as _, StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -23,9 +24,6 @@ use super::index::{
 };
 use super::stream::Discovery;
 
-/// Annotation the webhook sets on pods it injected the proxy into.
-const INJECTED: &str = "braid.dev/injected";
-const PROXY_CONTAINER: &str = "braid-proxy";
 /// The most events applied as one change.
 const BATCH: usize = 2_000;
 

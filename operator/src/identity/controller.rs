@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use braid_api::contract::{INJECT, INJECT_ENABLED, TRUST_BUNDLE_KEY, TRUST_CONFIG_MAP};
 use braid_crds::{
     Mesh,
     conditions::{self, reasons},
@@ -34,7 +35,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ANCHOR_SECRET, BUNDLE_KEY, INJECT_LABEL, ISSUER_SECRET, TRUST_CONFIG_MAP,
+    ANCHOR_SECRET, ISSUER_SECRET,
     ca::{self, ExternalCa, KeyedCert, Source, Stored},
 };
 use crate::{
@@ -152,7 +153,7 @@ pub async fn run(
 /// CA's, a labelled namespace, a published ConfigMap.
 fn triggers(client: &Client, settings: &CaSettings, external: Option<&str>) -> BoxStream<'static, ()> {
     let mesh = watcher::Config::default().fields("metadata.name=default");
-    let labelled = watcher::Config::default().labels(&format!("{INJECT_LABEL}=enabled"));
+    let labelled = watcher::Config::default().labels(&format!("{INJECT}={INJECT_ENABLED}"));
     let bundles = watcher::Config::default().fields(&format!("metadata.name={TRUST_CONFIG_MAP}"));
     // Metadata only: the loop re-reads what it needs, so events need carry no data.
     fn wake<K>(api: Api<PartialObjectMeta<K>>, config: watcher::Config) -> BoxStream<'static, ()>
@@ -436,8 +437,9 @@ async fn publish(
     owner: Option<&OwnerReference>,
 ) -> Result<usize, CaFailure> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let labelled =
-        namespaces.list_metadata(&ListParams::default().labels(&format!("{INJECT_LABEL}=enabled"))).await?;
+    let labelled = namespaces
+        .list_metadata(&ListParams::default().labels(&format!("{INJECT}={INJECT_ENABLED}")))
+        .await?;
     let mut targets: Vec<String> = labelled
         .items
         .into_iter()
@@ -461,8 +463,8 @@ async fn publish(
     for namespace in targets {
         let owner = owner.filter(|_| namespace == settings.mesh_namespace);
         let current = existing.get(&namespace);
-        let holds =
-            current.and_then(|cm| cm.data.as_ref()?.get(BUNDLE_KEY)).map(String::as_str) == Some(bundle);
+        let holds = current.and_then(|cm| cm.data.as_ref()?.get(TRUST_BUNDLE_KEY)).map(String::as_str)
+            == Some(bundle);
         let owned = owner.is_none_or(|owner| {
             current.and_then(|cm| cm.metadata.owner_references.as_deref())
                 == Some(std::slice::from_ref(owner))
@@ -479,7 +481,7 @@ async fn publish(
                 "namespace": namespace,
                 "labels": {"app.kubernetes.io/part-of": "braid"},
             },
-            "data": {BUNDLE_KEY: bundle},
+            "data": {TRUST_BUNDLE_KEY: bundle},
         });
         if let Some(owner) = owner {
             object["metadata"]["ownerReferences"] = json!([owner]);

@@ -21,9 +21,5 @@ pub mod tokens;
 pub const ANCHOR_SECRET: &str = "braid-trust-anchor";
 /// Secret of the mesh namespace: the issuer (tls.crt, tls.key) and the trust bundle (ca.crt).
 pub const ISSUER_SECRET: &str = "braid-issuer";
-/// ConfigMap with the trust bundle, in the mesh namespace and every meshed namespace (the
-/// webhook mounts it into each proxy).
-pub const TRUST_CONFIG_MAP: &str = "braid-trust-anchors";
-pub const BUNDLE_KEY: &str = "ca-bundle.crt";
-/// Namespaces with this label set to `enabled` are meshed, and get the trust bundle.
-pub const INJECT_LABEL: &str = "braid.dev/inject";
+// The ConfigMap the trust bundle is published in, which the webhook mounts into each proxy, is
+// part of the pod contract: braid_api::contract::TRUST_CONFIG_MAP.

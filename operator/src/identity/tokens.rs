@@ -3,6 +3,7 @@
 //! ServiceAccount was just deleted would still pass. The operator therefore also looks both up
 //! and compares their UIDs with the ones the review reported.
 
+use braid_api::contract::TOKEN_AUDIENCE;
 use futures::future::BoxFuture;
 use k8s_openapi::api::{
     authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus},
@@ -12,8 +13,6 @@ use kube::{Api, Client, api::PostParams};
 
 use super::csr::service_account_of;
 
-/// The audience proxies' projected tokens are minted for.
-pub const AUDIENCE: &str = "braid";
 const POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 const POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 
@@ -55,8 +54,8 @@ pub fn reviewed(status: Option<&TokenReviewStatus>) -> Result<Workload, AuthErro
     }
     // The API server answers with the audiences the token is valid for among those asked; an
     // authenticator that ignores audiences would answer none, and that is not good enough.
-    if !status.audiences.as_ref().is_some_and(|a| a.iter().any(|a| a == AUDIENCE)) {
-        return Err(AuthError::Unauthenticated(format!("the token is not for audience {AUDIENCE:?}")));
+    if !status.audiences.as_ref().is_some_and(|a| a.iter().any(|a| a == TOKEN_AUDIENCE)) {
+        return Err(AuthError::Unauthenticated(format!("the token is not for audience {TOKEN_AUDIENCE:?}")));
     }
     let user = status
         .user
@@ -69,7 +68,7 @@ pub fn reviewed(status: Option<&TokenReviewStatus>) -> Result<Workload, AuthErro
     let extra = |key: &str| user.extra.as_ref()?.get(key)?.first().filter(|v| !v.is_empty()).cloned();
     let (Some(pod_name), Some(pod_uid)) = (extra(POD_NAME), extra(POD_UID)) else {
         return Err(AuthError::Unauthenticated(format!(
-            "the token is not bound to a pod; mount a projected ServiceAccount token with audience {AUDIENCE:?}"
+            "the token is not bound to a pod; mount a projected ServiceAccount token with audience {TOKEN_AUDIENCE:?}"
         )));
     };
     Ok(Workload {
@@ -125,7 +124,7 @@ impl KubeVerifier {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
-                audiences: Some(vec![AUDIENCE.to_owned()]),
+                audiences: Some(vec![TOKEN_AUDIENCE.to_owned()]),
             },
             ..TokenReview::default()
         };

@@ -9,6 +9,7 @@
 //! kube-system and the mesh's own namespace match neither, so the control plane can always
 //! start, even while the webhook cannot.
 
+use braid_api::contract::{INJECT, INJECT_ENABLED, INJECT_PATH};
 use braid_crds::mesh::FailurePolicy;
 use k8s_openapi::{
     ByteString,
@@ -19,9 +20,6 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta},
 };
 
-/// The label, on namespaces, and the annotation, on pods, that opt into injection.
-pub const INJECT_KEY: &str = "braid.dev/inject";
-pub const INJECT_PATH: &str = "/inject";
 /// The entry for namespaces labelled for injection, with the Mesh's failure policy.
 pub const NAMESPACE_WEBHOOK: &str = "namespace.inject.braid.dev";
 /// The entry for pods elsewhere that opt in by annotation, always with Ignore.
@@ -96,9 +94,13 @@ pub fn desired(
             webhook(
                 NAMESPACE_WEBHOOK,
                 policy,
-                vec![requirement(INJECT_KEY, "In", &["enabled"]), never_these.clone()],
+                vec![requirement(INJECT, "In", &[INJECT_ENABLED]), never_these.clone()],
             ),
-            webhook(POD_WEBHOOK, "Ignore", vec![requirement(INJECT_KEY, "NotIn", &["enabled"]), never_these]),
+            webhook(
+                POD_WEBHOOK,
+                "Ignore",
+                vec![requirement(INJECT, "NotIn", &[INJECT_ENABLED]), never_these],
+            ),
         ]),
     }
 }

@@ -175,7 +175,7 @@ impl IdentityServer {
             Ok(certificate) => certificate,
             Err(e) => return refuse(StatusCode::BAD_REQUEST, "malformed-csr", &e),
         };
-        if braid_proxy::identity::spiffe_id_of(
+        if braid_api::identity::spiffe_id_of(
             &braid_proxy::identity::tls::parse_pem_certificates(certificate.as_bytes())[0],
         )
         .as_deref()

@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use braid_proxy::config::Config;
+use braid_api::config::Config;
 use braid_proxy::table::Table;
 use libfuzzer_sys::fuzz_target;
 

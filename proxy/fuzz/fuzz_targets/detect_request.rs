@@ -6,7 +6,7 @@
 
 use std::sync::OnceLock;
 
-use braid_proxy::config::Config;
+use braid_api::config::Config;
 use braid_proxy::detect::{Detected, HTTP2_PREFACE, detect};
 use braid_proxy::http::h1_server::{Parsed, parse_request};
 use braid_proxy::table::Table;

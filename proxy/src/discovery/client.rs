@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use braid_api::discovery::{self as api, ControlMessage, DecodeError, Hello, LineReader, ProxyMessage};
 use bytes::Bytes;
 use http::{Request, StatusCode, header};
 use http_body::{Body, Frame};
@@ -22,7 +23,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Discovery;
-use super::api::{self, ControlMessage, DecodeError, Hello, LineReader, ProxyMessage};
 use crate::http::Shared;
 use crate::identity::client::Backoff;
 use crate::identity::tls::{self, TlsError};

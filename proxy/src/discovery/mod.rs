@@ -1,7 +1,7 @@
-//! Configuration streamed from the operator (docs/proxy.md, Discovery): the wire format shared
-//! with the server, the state the proxy holds, and the client that keeps the stream open.
+//! Configuration streamed from the operator (docs/proxy.md, Discovery): the state the proxy
+//! holds, and the client that keeps the stream open. The wire format, shared with the server, is
+//! `braid_api::discovery`.
 
-pub mod api;
 pub mod client;
 pub mod state;
 

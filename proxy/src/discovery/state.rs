@@ -11,13 +11,15 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
+use braid_api::config::{Config, DiscoveryConfig, PolicyConfig, ServiceConfig};
+use braid_api::discovery::{
+    Ack, ControlMessage, DestinationUpdate, InboundUpdate, Nack, ProxyMessage, Resource,
+};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::api::{Ack, ControlMessage, DestinationUpdate, InboundUpdate, Nack, ProxyMessage, Resource};
-use crate::config::{Config, DiscoveryConfig, PolicyConfig, ServiceConfig};
 use crate::http::Shared;
 use crate::metrics::{DiscoveryUpdateLabels, ReloadResult};
 use crate::table::Table;
@@ -340,7 +342,7 @@ impl Discovery {
         let mut state = self.lock();
         let version = update.version;
         let check = Config {
-            inbound: crate::config::InboundConfig { policy: update.policy.clone(), ..Default::default() },
+            inbound: braid_api::config::InboundConfig { policy: update.policy.clone(), ..Default::default() },
             ..Config::empty()
         };
         let result = check
@@ -571,7 +573,7 @@ fn compose(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BackendConfig, EndpointConfig, RouteConfig, WeightedBackend};
+    use braid_api::config::{BackendConfig, EndpointConfig, RouteConfig, WeightedBackend};
 
     fn service(name: &str, endpoint: &str) -> ServiceConfig {
         ServiceConfig {
@@ -761,7 +763,7 @@ mod tests {
     fn a_stream_refusal_ends_the_stream_and_a_destination_refusal_settles_it() {
         let (discovery, shared) = setup("{}");
         let refusal = |resource| {
-            ControlMessage::Refused(super::super::api::Refusal { resource, reason: "not yours".into() })
+            ControlMessage::Refused(braid_api::discovery::Refusal { resource, reason: "not yours".into() })
         };
         assert_eq!(discovery.handle(&shared, refusal(None)), Err("not yours".into()));
         assert_eq!(discovery.handle(&shared, refusal(Some(Resource::Inbound))), Ok(None));
@@ -772,7 +774,7 @@ mod tests {
     fn the_discovered_inbound_policy_replaces_the_files() {
         let (discovery, shared) = setup("inbound: { policy: { mtls: PERMISSIVE, rules: [{}] } }");
         let policy =
-            PolicyConfig { mtls: crate::config::MtlsMode::Strict, rules: Vec::new(), probes: Vec::new() };
+            PolicyConfig { mtls: braid_api::config::MtlsMode::Strict, rules: Vec::new(), probes: Vec::new() };
         let answer = discovery.handle(
             &shared,
             ControlMessage::Inbound(InboundUpdate { version: 2, policy: Some(policy.clone()) }),

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use braid_api::config::RetryOn;
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::uri::{Authority, Scheme};
@@ -19,7 +20,6 @@ use super::Shared;
 use super::body::{BodyError, ProxyBody};
 use super::upstream::{Pool, UpstreamError, UpstreamProtocol};
 use crate::balance;
-use crate::config::RetryOn;
 use crate::metrics::{
     Classification, DenyLabels, DenyProtocol, Direction, Label, RequestLabels, RequestMetrics, RetryLabels,
     TimeoutKind, TimeoutLabels,

@@ -9,6 +9,7 @@ use std::future::{Future as _, poll_fn};
 use std::task::Poll;
 use std::time::Duration;
 
+use braid_api::config::Limits;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
@@ -23,7 +24,6 @@ use super::body::{Http2Body, ProxyBody};
 use super::coalesce::{FlushAfterPoll, coalesce};
 use super::upstream::send_body;
 use super::{Handler, Transport};
-use crate::config::Limits;
 
 /// How long the client has to send its preface and settings.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

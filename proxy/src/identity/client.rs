@@ -7,6 +7,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use braid_api::config::IdentityConfig;
+use braid_api::identity::spiffe_id_of;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -17,8 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::tls::{self, TlsError};
-use super::{Credentials, IdentityStore, spiffe_id_of};
-use crate::config::IdentityConfig;
+use super::{Credentials, IdentityStore};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RESPONSE_BYTES: usize = 256 * 1024;

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use braid_api::identity::spiffe_id_of;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -13,7 +14,7 @@ use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::{ALPN_H2, ALPN_OPAQUE, spiffe_id_of};
+use super::{ALPN_H2, ALPN_OPAQUE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {

@@ -1,6 +1,6 @@
 //! A stand-in for the operator's discovery server, driven by the test: HTTP/2 over mTLS (the
 //! proxy's workload certificate verified against the test CA), the wire format of
-//! `braid_proxy::discovery::api`. It answers subscriptions from a table the test fills, pushes
+//! `braid_api::discovery`. It answers subscriptions from a table the test fills, pushes
 //! updates, records every message the proxies send, and can end streams or refuse connections.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::large_enum_variant)]
 
@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use braid_proxy::config::{PolicyConfig, ServiceConfig};
-use braid_proxy::discovery::api::{
-    self, ControlMessage, DestinationUpdate, InboundUpdate, LineReader, ProxyMessage, Refusal, Resource,
+use braid_api::config::{PolicyConfig, ServiceConfig};
+use braid_api::discovery::{
+    self as api, ControlMessage, DestinationUpdate, InboundUpdate, LineReader, ProxyMessage, Refusal,
+    Resource,
 };
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -109,7 +110,7 @@ impl DiscoveryServer {
                         .1
                         .peer_certificates()
                         .and_then(|certs| certs.first())
-                        .and_then(|cert| braid_proxy::identity::spiffe_id_of(cert));
+                        .and_then(|cert| braid_api::identity::spiffe_id_of(cert));
                     let service = service_fn(move |request| this.clone().handle(request, client_id.clone()));
                     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)

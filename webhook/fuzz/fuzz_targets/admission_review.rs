@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
+use braid_api::contract::{INJECT, INJECT_ENABLED};
 use braid_webhook::{
     admission::{self, Outcome, Review},
     inject::{self, ControlPlane, Decision, InjectConfig, SkipReason},
@@ -26,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(answer.review["response"].get("patch").is_none());
         }
         Review::Pod(review) => {
-            let enabled = BTreeMap::from([(inject::INJECT.to_owned(), inject::INJECT_ENABLED.to_owned())]);
+            let enabled = BTreeMap::from([(INJECT.to_owned(), INJECT_ENABLED.to_owned())]);
             for labels in [BTreeMap::new(), enabled] {
                 let answer = admission::answer_pod(&review, &labels, &config);
                 let response = &answer.review["response"];

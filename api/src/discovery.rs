@@ -1,6 +1,6 @@
-//! The discovery wire format (docs/discovery.md), shared with the operator's server: the proxy
-//! owns it so that the proxy never links kube, and the server builds exactly the types the proxy
-//! parses.
+//! The discovery wire format (docs/discovery.md) between the proxy's client and the operator's
+//! server: both link these types, so the server builds exactly what the proxy parses, and
+//! neither links the other.
 //!
 //! One HTTP/2 stream per proxy, `POST /v1/discovery` over mTLS with the workload certificate.
 //! Both bodies are newline-delimited JSON: the request body carries [`ProxyMessage`]s, the

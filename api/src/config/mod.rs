@@ -1,13 +1,21 @@
-//! The proxy's configuration: the model the control plane will send (per destination service:
-//! routes, weighted backends, endpoints, timeouts, retries, faults, mirroring), read for now from
-//! a YAML or JSON file. `Config::parse` checks everything it can, so a bad file is refused whole,
-//! with the field that is wrong, and the proxy keeps the last good one.
+//! The proxy's configuration: the model the operator's discovery server streams to each proxy
+//! (per destination service: routes, weighted backends, endpoints, timeouts, retries, faults,
+//! mirroring; and the inbound policy) and the one a proxy may also read from a YAML or JSON file.
+//! Both arrive as these types and pass the same check, [`Config::validate`] (validate.rs), so a
+//! bad configuration is refused whole, with the field that is wrong, and the proxy keeps the last
+//! good one. Durations are written as in the mesh API ("2s", "500ms"; duration_text.rs).
 
-use std::collections::HashSet;
+mod duration_text;
+#[cfg(test)]
+mod tests;
+mod validate;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::contract;
 
 /// The whole configuration of one proxy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +78,7 @@ impl DiscoveryConfig {
     }
 }
 
+/// How long a first connection waits for discovery, when no `initialTimeout` is given.
 pub fn default_initial_timeout() -> Duration {
     Duration::from_secs(3)
 }
@@ -94,7 +103,8 @@ pub struct IdentityConfig {
     pub renew_at_percent: u8,
 }
 
-fn default_renew_at_percent() -> u8 {
+/// The share of a certificate's lifetime after which it is renewed, when none is given.
+pub fn default_renew_at_percent() -> u8 {
     70
 }
 
@@ -178,7 +188,7 @@ pub struct OperationConfig {
 }
 
 fn default_admin() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 4191))
+    SocketAddr::from(([0, 0, 0, 0], contract::ADMIN_PORT))
 }
 
 /// The listener that iptables redirects the app's outgoing connections to.
@@ -196,7 +206,7 @@ impl Default for OutboundConfig {
 }
 
 fn default_outbound_listen() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 4140))
+    SocketAddr::from(([127, 0, 0, 1], contract::OUTBOUND_PORT))
 }
 
 /// The listener that iptables redirects connections to the app to.
@@ -221,7 +231,7 @@ impl Default for InboundConfig {
 }
 
 fn default_inbound_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 4143))
+    SocketAddr::from(([0, 0, 0, 0], contract::INBOUND_PORT))
 }
 
 /// Bounds that keep one client from taking the proxy down.
@@ -361,7 +371,7 @@ pub struct RouteConfig {
     pub matches: Vec<MatchConfig>,
     pub backends: Vec<WeightedBackend>,
     /// The whole request, retries included; on expiry the client gets 504.
-    #[serde(default, with = "optional_duration_text", skip_serializing_if = "Option::is_none")]
+    #[serde(default, with = "duration_text::optional", skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<RetriesConfig>,
@@ -427,7 +437,7 @@ fn default_weight() -> u32 {
 pub struct RetriesConfig {
     /// Total tries, the first one included.
     pub attempts: u32,
-    #[serde(default, with = "optional_duration_text", skip_serializing_if = "Option::is_none")]
+    #[serde(default, with = "duration_text::optional", skip_serializing_if = "Option::is_none")]
     pub per_try_timeout: Option<Duration>,
     #[serde(default = "default_retry_on")]
     pub retry_on: Vec<RetryOn>,
@@ -595,450 +605,6 @@ impl Config {
             services: Vec::new(),
             identity: None,
             discovery: None,
-        }
-    }
-
-    /// Discovery is mTLS with the workload certificate: without an identity there is none.
-    /// Checked once the identity from the environment is known (`app::start`).
-    pub fn check_discovery_identity(&self) -> Result<(), ConfigError> {
-        if self.discovery.is_some() && self.identity.is_none() {
-            return Err(ConfigError::Invalid {
-                path: "discovery".into(),
-                reason:
-                    "discovery needs this proxy's identity for mTLS to the discovery server: add identity: \
-                         to the file, or run with the BRAID_TRUST_DOMAIN, BRAID_POD_NAMESPACE, \
-                         BRAID_SERVICE_ACCOUNT and BRAID_IDENTITY_ADDR environment"
-                        .into(),
-            });
-        }
-        Ok(())
-    }
-
-    /// What `parse` checks; also run on configurations composed from discovered parts.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid =
-            |path: String, reason: &str| Err(ConfigError::Invalid { path, reason: reason.to_owned() });
-        if self.limits.max_connections == 0 {
-            return invalid("limits.maxConnections".into(), "must be at least 1");
-        }
-        if self.limits.max_header_bytes < 1024 {
-            return invalid("limits.maxHeaderBytes".into(), "must be at least 1024");
-        }
-        if self.limits.max_concurrent_streams == 0 {
-            return invalid("limits.maxConcurrentStreams".into(), "must be at least 1");
-        }
-        if self.limits.head_timeout < Duration::from_millis(100) {
-            return invalid("limits.headTimeout".into(), "must be at least 100ms");
-        }
-        if let Some(identity) = &self.identity {
-            if crate::identity::SpiffeId::parse(&identity.identity).is_none() {
-                return invalid(
-                    "identity.identity".into(),
-                    "must be spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT",
-                );
-            }
-            if !(10..=95).contains(&identity.renew_at_percent) {
-                return invalid("identity.renewAtPercent".into(), "must be between 10 and 95");
-            }
-            if identity.endpoint.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
-                return invalid("identity.endpoint".into(), "must be host:port");
-            }
-        }
-        if let Some(discovery) = &self.discovery {
-            if discovery
-                .endpoint
-                .rsplit_once(':')
-                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
-            {
-                return invalid("discovery.endpoint".into(), "must be host:port");
-            }
-            if rustls_pki_types::ServerName::try_from(discovery.server_name()).is_err() {
-                return invalid("discovery.serverName".into(), "must be a DNS name or an IP address");
-            }
-            if discovery.pod_namespace.is_empty() {
-                return invalid("discovery.podNamespace".into(), "must not be empty");
-            }
-            if discovery.pod_name.is_empty() {
-                return invalid("discovery.podName".into(), "must not be empty");
-            }
-            if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&discovery.initial_timeout) {
-                return invalid("discovery.initialTimeout".into(), "must be between 1ms and 60s");
-            }
-        }
-        if let Some(policy) = &self.inbound.policy {
-            validate_policy(policy)?;
-        }
-        let mut names = HashSet::new();
-        let mut addresses = HashSet::new();
-        for (s, service) in self.services.iter().enumerate() {
-            let at = |field: &str| format!("services[{s}]{field}");
-            if service.name.is_empty() {
-                return invalid(at(".name"), "must not be empty");
-            }
-            for host in std::iter::once(&service.name).chain(&service.hosts) {
-                if !names.insert(host.to_ascii_lowercase()) {
-                    return invalid(at(""), &format!("the host name {host:?} is used by two services"));
-                }
-            }
-            for address in &service.addresses {
-                if !addresses.insert(*address) {
-                    return invalid(at(".addresses"), &format!("{address} belongs to two services"));
-                }
-            }
-            if service.backends.is_empty() {
-                return invalid(at(".backends"), "a service needs at least one backend");
-            }
-            let mut backend_names = HashSet::new();
-            for (b, backend) in service.backends.iter().enumerate() {
-                if !backend_names.insert(backend.name.as_str()) {
-                    return invalid(at(&format!(".backends[{b}].name")), "two backends have this name");
-                }
-                for (e, endpoint) in backend.endpoints.iter().enumerate() {
-                    let Some(identity) = &endpoint.identity else { continue };
-                    let at = at(&format!(".backends[{b}].endpoints[{e}].identity"));
-                    if crate::identity::SpiffeId::parse(identity).is_none() {
-                        return invalid(at, "must be spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT");
-                    }
-                    if self.identity.is_none() {
-                        return invalid(
-                            at,
-                            "mTLS to an endpoint needs this proxy's own identity (identity:)",
-                        );
-                    }
-                    if !endpoint.meshed {
-                        return invalid(at, "only a meshed endpoint (a braid proxy) can prove an identity");
-                    }
-                }
-            }
-            if service.routes.is_empty() {
-                return invalid(at(".routes"), "a service needs at least one route");
-            }
-            for (r, route) in service.routes.iter().enumerate() {
-                let at = |field: &str| format!("services[{s}].routes[{r}]{field}");
-                validate_route(route, &backend_names, &at)?;
-            }
-            let lb = &service.load_balancer;
-            if lb.base_ejection_time > lb.max_ejection_time {
-                return invalid(at(".loadBalancer"), "baseEjectionTime must not exceed maxEjectionTime");
-            }
-            if !(0.0..=1000.0).contains(&service.retry_budget.percent) {
-                return invalid(at(".retryBudget.percent"), "must be between 0 and 1000");
-            }
-            if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&service.retry_budget.ttl) {
-                return invalid(at(".retryBudget.ttl"), "must be between 1s and 60s");
-            }
-        }
-        Ok(())
-    }
-}
-
-fn validate_policy(policy: &PolicyConfig) -> Result<(), ConfigError> {
-    let invalid = |path: String, reason: String| Err(ConfigError::Invalid { path, reason });
-    for (r, rule) in policy.rules.iter().enumerate() {
-        for (f, source) in rule.from.iter().enumerate() {
-            let given =
-                [source.service_account.is_some(), source.namespace.is_some(), source.identity.is_some()];
-            if given.iter().filter(|&&g| g).count() != 1 {
-                return invalid(
-                    format!("inbound.policy.rules[{r}].from[{f}]"),
-                    "name exactly one of serviceAccount, namespace or identity".into(),
-                );
-            }
-            if let Some(identity) = &source.identity
-                && crate::identity::SpiffeId::parse(identity).is_none()
-            {
-                return invalid(
-                    format!("inbound.policy.rules[{r}].from[{f}].identity"),
-                    "must be spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT".into(),
-                );
-            }
-        }
-        for (t, operation) in rule.to.iter().enumerate() {
-            for path in &operation.paths {
-                if !path.starts_with('/') {
-                    return invalid(
-                        format!("inbound.policy.rules[{r}].to[{t}].paths"),
-                        format!("{path:?} must start with /"),
-                    );
-                }
-            }
-            for method in &operation.methods {
-                if http::Method::from_bytes(method.as_bytes()).is_err() {
-                    return invalid(
-                        format!("inbound.policy.rules[{r}].to[{t}].methods"),
-                        format!("{method:?} is not an HTTP method"),
-                    );
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-fn validate_route(
-    route: &RouteConfig,
-    backend_names: &HashSet<&str>,
-    at: &dyn Fn(&str) -> String,
-) -> Result<(), ConfigError> {
-    let invalid = |path: String, reason: String| Err(ConfigError::Invalid { path, reason });
-    if route.backends.is_empty() {
-        return invalid(at(".backends"), "a route needs at least one backend".into());
-    }
-    for (i, backend) in route.backends.iter().enumerate() {
-        if !backend_names.contains(backend.name.as_str()) {
-            return invalid(
-                at(&format!(".backends[{i}].name")),
-                format!("no backend named {:?} in this service", backend.name),
-            );
-        }
-        if backend.weight > 1_000_000 {
-            return invalid(at(&format!(".backends[{i}].weight")), "must be at most 1000000".into());
-        }
-    }
-    if route.backends.iter().all(|b| b.weight == 0) {
-        return invalid(at(".backends"), "the weights are all 0: give at least one backend a weight".into());
-    }
-    for (m, matching) in route.matches.iter().enumerate() {
-        let at = |field: &str| at(&format!(".matches[{m}]{field}"));
-        match &matching.path {
-            Some(PathMatch::Exact(path) | PathMatch::Prefix(path)) if !path.starts_with('/') => {
-                return invalid(at(".path"), format!("{path:?} must start with /"));
-            }
-            Some(PathMatch::Regex(pattern)) => {
-                if let Err(error) = regex::Regex::new(pattern) {
-                    return invalid(at(".path.regex"), format!("not a regular expression: {error}"));
-                }
-            }
-            _ => {}
-        }
-        if let Some(method) = &matching.method
-            && http::Method::from_bytes(method.as_bytes()).is_err()
-        {
-            return invalid(at(".method"), format!("{method:?} is not an HTTP method"));
-        }
-        for (h, header) in matching.headers.iter().enumerate() {
-            if http::HeaderName::from_bytes(header.name.as_bytes()).is_err() {
-                return invalid(at(&format!(".headers[{h}].name")), "not a header name".into());
-            }
-            if let HeaderValueMatch::Regex(pattern) = &header.value
-                && let Err(error) = regex::Regex::new(pattern)
-            {
-                return invalid(
-                    at(&format!(".headers[{h}].regex")),
-                    format!("not a regular expression: {error}"),
-                );
-            }
-        }
-    }
-    if let Some(retries) = &route.retries {
-        if !(1..=10).contains(&retries.attempts) {
-            return invalid(at(".retries.attempts"), "must be between 1 and 10".into());
-        }
-        if retries.per_try_timeout == Some(Duration::ZERO) {
-            return invalid(at(".retries.perTryTimeout"), "must be more than 0".into());
-        }
-    }
-    if route.timeout == Some(Duration::ZERO) {
-        return invalid(at(".timeout"), "must be more than 0 (leave it out for no timeout)".into());
-    }
-    if let Some(fault) = &route.fault {
-        if let Some(delay) = &fault.delay
-            && !(0.0..=100.0).contains(&delay.percent)
-        {
-            return invalid(at(".fault.delay.percent"), "must be between 0 and 100".into());
-        }
-        if let Some(abort) = &fault.abort {
-            if !(0.0..=100.0).contains(&abort.percent) {
-                return invalid(at(".fault.abort.percent"), "must be between 0 and 100".into());
-            }
-            if !(200..=599).contains(&abort.status) {
-                return invalid(
-                    at(".fault.abort.status"),
-                    "must be an HTTP status between 200 and 599".into(),
-                );
-            }
-        }
-    }
-    if let Some(mirror) = &route.mirror {
-        if !backend_names.contains(mirror.backend.as_str()) {
-            return invalid(
-                at(".mirror.backend"),
-                format!("no backend named {:?} in this service", mirror.backend),
-            );
-        }
-        if !(0.0..=100.0).contains(&mirror.percent) {
-            return invalid(at(".mirror.percent"), "must be between 0 and 100".into());
-        }
-    }
-    Ok(())
-}
-
-/// Durations spelled as in the mesh API ("2s", "500ms").
-mod duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
-        // Largest units first, so the text parses back (GEP-2257 allows five digits per unit).
-        let millis = value.as_millis();
-        let (hours, minutes, seconds, millis) =
-            (millis / 3_600_000, millis / 60_000 % 60, millis / 1000 % 60, millis % 1000);
-        let mut text = String::new();
-        for (amount, unit) in [(hours, "h"), (minutes, "m"), (seconds, "s"), (millis, "ms")] {
-            if amount > 0 {
-                text.push_str(&format!("{amount}{unit}"));
-            }
-        }
-        if text.is_empty() {
-            text.push_str("0s");
-        }
-        serializer.serialize_str(&text)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        braid_runtime::duration::parse_duration(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-mod optional_duration_text {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
-        match value {
-            Some(value) => super::duration_text::serialize(value, serializer),
-            None => serializer.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
-        let text = Option::<String>::deserialize(deserializer)?;
-        text.map(|text| braid_runtime::duration::parse_duration(&text).map_err(serde::de::Error::custom))
-            .transpose()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const SEED: &str = r#"
-admin: 127.0.0.1:9000
-services:
-  - name: reviews.default.svc.cluster.local
-    hosts: [reviews]
-    addresses: ["10.96.0.10:80"]
-    backends:
-      - name: v1
-        endpoints: [{ address: "10.0.0.1:8080", meshed: true }]
-      - name: v2
-        endpoints: [{ address: "10.0.0.2:8080" }]
-    routes:
-      - name: get-v1
-        matches: [{ path: { prefix: /v1 }, method: GET, headers: [{ name: x-user, regex: "a.*" }] }]
-        backends: [{ name: v1 }]
-        timeout: 5s
-        retries: { attempts: 3, perTryTimeout: 2s, retryOn: [5xx, connect-failure] }
-      - backends: [{ name: v1, weight: 80 }, { name: v2, weight: 20 }]
-"#;
-
-    #[test]
-    fn parses_the_seed_routes() {
-        let config = Config::parse(SEED).unwrap();
-        let service = &config.services[0];
-        assert_eq!(service.routes.len(), 2);
-        let retries = service.routes[0].retries.as_ref().unwrap();
-        assert_eq!(retries.attempts, 3);
-        assert_eq!(retries.per_try_timeout, Some(Duration::from_secs(2)));
-        assert_eq!(retries.retry_on, vec![RetryOn::FiveXx, RetryOn::ConnectFailure]);
-        assert_eq!(service.routes[0].timeout, Some(Duration::from_secs(5)));
-        assert_eq!(service.routes[1].backends[1].weight, 20);
-        assert!(service.backends[0].endpoints[0].meshed);
-        assert_eq!(config.inbound, InboundConfig::default());
-        assert_eq!(service.retry_budget.percent, 20.0);
-    }
-
-    #[test]
-    fn serializes_back_to_the_same_config() {
-        let config = Config::parse(SEED).unwrap();
-        let json = serde_json::to_string(&config).unwrap();
-        assert_eq!(Config::parse(&json).unwrap(), config);
-    }
-
-    fn refused(text: &str) -> String {
-        Config::parse(text).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn refuses_bad_files_with_the_field_and_the_reason() {
-        let cases = [
-            ("services: [", "not valid YAML"),
-            ("servics: []", "unknown field"),
-            (&SEED.replace("weight: 80", "weight: -1"), "not valid"),
-            (&SEED.replace("timeout: 5s", "timeout: 5 seconds"), "is not a duration"),
-            (
-                &SEED.replace("{ name: v1 }", "{ name: v3 }"),
-                "services[0].routes[0].backends[0].name: no backend named \"v3\"",
-            ),
-            (&SEED.replace("prefix: /v1", "prefix: v1"), "must start with /"),
-            (
-                &SEED.replace("a.*", "a("),
-                "services[0].routes[0].matches[0].headers[0].regex: not a regular expression",
-            ),
-            (&SEED.replace("method: GET", "method: \"G T\""), "is not an HTTP method"),
-            (&SEED.replace("attempts: 3", "attempts: 0"), "retries.attempts: must be between 1 and 10"),
-            (
-                &SEED.replace("weight: 80", "weight: 0").replace("weight: 20", "weight: 0"),
-                "weights are all 0",
-            ),
-            (
-                &SEED.replace("hosts: [reviews]", "hosts: [reviews.default.svc.cluster.local]"),
-                "used by two services",
-            ),
-            (
-                &SEED.replace("    routes:\n      - name: get-v1", "    routez:\n      - name: get-v1"),
-                "unknown field",
-            ),
-            (&SEED.replace("address: \"10.0.0.2:8080\"", "address: \"10.0.0.2\""), "not valid"),
-            ("limits: { headTimeout: 0s }", "limits.headTimeout: must be at least 100ms"),
-            ("limits: { headTimeout: soon }", "is not a duration"),
-        ];
-        for (text, expected) in cases {
-            let error = refused(text);
-            assert!(error.contains(expected), "expected {expected:?} in {error:?}");
-        }
-    }
-
-    #[test]
-    fn an_empty_file_is_an_empty_config() {
-        assert_eq!(Config::parse("{}").unwrap(), Config::empty());
-    }
-
-    #[test]
-    fn the_discovery_section_is_checked() {
-        let good = "discovery: { endpoint: \"braid-discovery.braid-system.svc:8086\", podNamespace: shop, podName: web-0 }";
-        let config = Config::parse(good).unwrap();
-        let discovery = config.discovery.as_ref().unwrap();
-        assert_eq!(discovery.server_name(), "braid-discovery.braid-system.svc");
-        assert_eq!(discovery.initial_timeout, Duration::from_secs(3));
-        let error = config.check_discovery_identity().unwrap_err().to_string();
-        assert!(error.contains("needs this proxy's identity"), "{error}");
-        let cases = [
-            (good.replace(":8086", ""), "discovery.endpoint: must be host:port"),
-            (good.replace("podName: web-0", "podName: \"\""), "discovery.podName: must not be empty"),
-            (
-                good.replace("podName: web-0", "podName: web-0, initialTimeout: 0s"),
-                "discovery.initialTimeout",
-            ),
-            (good.replace("podName: web-0", "podName: web-0, serverName: \"a b\""), "discovery.serverName"),
-            (good.replace("podName: web-0", "podName: web-0, bogus: 1"), "unknown field"),
-        ];
-        for (text, expected) in cases {
-            let error = refused(&text);
-            assert!(error.contains(expected), "expected {expected:?} in {error:?}");
         }
     }
 }

@@ -1,0 +1,115 @@
+//! The configuration as a file gives it: parsed, refused with the field and the reason, and
+//! written back.
+
+use super::*;
+
+const SEED: &str = r#"
+admin: 127.0.0.1:9000
+services:
+  - name: reviews.default.svc.cluster.local
+    hosts: [reviews]
+    addresses: ["10.96.0.10:80"]
+    backends:
+      - name: v1
+        endpoints: [{ address: "10.0.0.1:8080", meshed: true }]
+      - name: v2
+        endpoints: [{ address: "10.0.0.2:8080" }]
+    routes:
+      - name: get-v1
+        matches: [{ path: { prefix: /v1 }, method: GET, headers: [{ name: x-user, regex: "a.*" }] }]
+        backends: [{ name: v1 }]
+        timeout: 5s
+        retries: { attempts: 3, perTryTimeout: 2s, retryOn: [5xx, connect-failure] }
+      - backends: [{ name: v1, weight: 80 }, { name: v2, weight: 20 }]
+"#;
+
+#[test]
+fn parses_the_seed_routes() {
+    let config = Config::parse(SEED).unwrap();
+    let service = &config.services[0];
+    assert_eq!(service.routes.len(), 2);
+    let retries = service.routes[0].retries.as_ref().unwrap();
+    assert_eq!(retries.attempts, 3);
+    assert_eq!(retries.per_try_timeout, Some(Duration::from_secs(2)));
+    assert_eq!(retries.retry_on, vec![RetryOn::FiveXx, RetryOn::ConnectFailure]);
+    assert_eq!(service.routes[0].timeout, Some(Duration::from_secs(5)));
+    assert_eq!(service.routes[1].backends[1].weight, 20);
+    assert!(service.backends[0].endpoints[0].meshed);
+    assert_eq!(config.inbound, InboundConfig::default());
+    assert_eq!(service.retry_budget.percent, 20.0);
+}
+
+#[test]
+fn serializes_back_to_the_same_config() {
+    let config = Config::parse(SEED).unwrap();
+    let json = serde_json::to_string(&config).unwrap();
+    assert_eq!(Config::parse(&json).unwrap(), config);
+}
+
+fn refused(text: &str) -> String {
+    Config::parse(text).unwrap_err().to_string()
+}
+
+#[test]
+fn refuses_bad_files_with_the_field_and_the_reason() {
+    let cases = [
+        ("services: [", "not valid YAML"),
+        ("servics: []", "unknown field"),
+        (&SEED.replace("weight: 80", "weight: -1"), "not valid"),
+        (&SEED.replace("timeout: 5s", "timeout: 5 seconds"), "is not a duration"),
+        (
+            &SEED.replace("{ name: v1 }", "{ name: v3 }"),
+            "services[0].routes[0].backends[0].name: no backend named \"v3\"",
+        ),
+        (&SEED.replace("prefix: /v1", "prefix: v1"), "must start with /"),
+        (
+            &SEED.replace("a.*", "a("),
+            "services[0].routes[0].matches[0].headers[0].regex: not a regular expression",
+        ),
+        (&SEED.replace("method: GET", "method: \"G T\""), "is not an HTTP method"),
+        (&SEED.replace("attempts: 3", "attempts: 0"), "retries.attempts: must be between 1 and 10"),
+        (&SEED.replace("weight: 80", "weight: 0").replace("weight: 20", "weight: 0"), "weights are all 0"),
+        (
+            &SEED.replace("hosts: [reviews]", "hosts: [reviews.default.svc.cluster.local]"),
+            "used by two services",
+        ),
+        (
+            &SEED.replace("    routes:\n      - name: get-v1", "    routez:\n      - name: get-v1"),
+            "unknown field",
+        ),
+        (&SEED.replace("address: \"10.0.0.2:8080\"", "address: \"10.0.0.2\""), "not valid"),
+        ("limits: { headTimeout: 0s }", "limits.headTimeout: must be at least 100ms"),
+        ("limits: { headTimeout: soon }", "is not a duration"),
+    ];
+    for (text, expected) in cases {
+        let error = refused(text);
+        assert!(error.contains(expected), "expected {expected:?} in {error:?}");
+    }
+}
+
+#[test]
+fn an_empty_file_is_an_empty_config() {
+    assert_eq!(Config::parse("{}").unwrap(), Config::empty());
+}
+
+#[test]
+fn the_discovery_section_is_checked() {
+    let good = "discovery: { endpoint: \"braid-discovery.braid-system.svc:8086\", podNamespace: shop, podName: web-0 }";
+    let config = Config::parse(good).unwrap();
+    let discovery = config.discovery.as_ref().unwrap();
+    assert_eq!(discovery.server_name(), "braid-discovery.braid-system.svc");
+    assert_eq!(discovery.initial_timeout, Duration::from_secs(3));
+    let error = config.check_discovery_identity().unwrap_err().to_string();
+    assert!(error.contains("needs this proxy's identity"), "{error}");
+    let cases = [
+        (good.replace(":8086", ""), "discovery.endpoint: must be host:port"),
+        (good.replace("podName: web-0", "podName: \"\""), "discovery.podName: must not be empty"),
+        (good.replace("podName: web-0", "podName: web-0, initialTimeout: 0s"), "discovery.initialTimeout"),
+        (good.replace("podName: web-0", "podName: web-0, serverName: \"a b\""), "discovery.serverName"),
+        (good.replace("podName: web-0", "podName: web-0, bogus: 1"), "unknown field"),
+    ];
+    for (text, expected) in cases {
+        let error = refused(&text);
+        assert!(error.contains(expected), "expected {expected:?} in {error:?}");
+    }
+}

@@ -1,0 +1,289 @@
+//! What a configuration must satisfy beyond its shape: [`Config::validate`], run on every file
+//! the proxy reads and on every configuration it composes from discovered parts, so the proxy
+//! never applies one it cannot serve.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::{Config, ConfigError, HeaderValueMatch, PathMatch, PolicyConfig, RouteConfig};
+use crate::contract::env;
+use crate::identity::SpiffeId;
+
+impl Config {
+    /// Discovery is mTLS with the workload certificate: without an identity there is none.
+    /// The proxy checks it once the identity from the environment is known, at start-up.
+    pub fn check_discovery_identity(&self) -> Result<(), ConfigError> {
+        if self.discovery.is_some() && self.identity.is_none() {
+            return Err(ConfigError::Invalid {
+                path: "discovery".into(),
+                reason: format!(
+                    "discovery needs this proxy's identity for mTLS to the discovery server: add identity: \
+                     to the file, or run with the {}, {}, {} and {} environment",
+                    env::TRUST_DOMAIN,
+                    env::POD_NAMESPACE,
+                    env::SERVICE_ACCOUNT,
+                    env::IDENTITY_ADDR,
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// What `parse` checks; also run on configurations composed from discovered parts.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid =
+            |path: String, reason: &str| Err(ConfigError::Invalid { path, reason: reason.to_owned() });
+        if self.limits.max_connections == 0 {
+            return invalid("limits.maxConnections".into(), "must be at least 1");
+        }
+        if self.limits.max_header_bytes < 1024 {
+            return invalid("limits.maxHeaderBytes".into(), "must be at least 1024");
+        }
+        if self.limits.max_concurrent_streams == 0 {
+            return invalid("limits.maxConcurrentStreams".into(), "must be at least 1");
+        }
+        if self.limits.head_timeout < Duration::from_millis(100) {
+            return invalid("limits.headTimeout".into(), "must be at least 100ms");
+        }
+        if let Some(identity) = &self.identity {
+            if SpiffeId::parse(&identity.identity).is_none() {
+                return invalid(
+                    "identity.identity".into(),
+                    "must be spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT",
+                );
+            }
+            if !(10..=95).contains(&identity.renew_at_percent) {
+                return invalid("identity.renewAtPercent".into(), "must be between 10 and 95");
+            }
+            if identity.endpoint.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+                return invalid("identity.endpoint".into(), "must be host:port");
+            }
+        }
+        if let Some(discovery) = &self.discovery {
+            if discovery
+                .endpoint
+                .rsplit_once(':')
+                .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+            {
+                return invalid("discovery.endpoint".into(), "must be host:port");
+            }
+            if rustls_pki_types::ServerName::try_from(discovery.server_name()).is_err() {
+                return invalid("discovery.serverName".into(), "must be a DNS name or an IP address");
+            }
+            if discovery.pod_namespace.is_empty() {
+                return invalid("discovery.podNamespace".into(), "must not be empty");
+            }
+            if discovery.pod_name.is_empty() {
+                return invalid("discovery.podName".into(), "must not be empty");
+            }
+            if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&discovery.initial_timeout) {
+                return invalid("discovery.initialTimeout".into(), "must be between 1ms and 60s");
+            }
+        }
+        if let Some(policy) = &self.inbound.policy {
+            validate_policy(policy)?;
+        }
+        let mut names = HashSet::new();
+        let mut addresses = HashSet::new();
+        for (s, service) in self.services.iter().enumerate() {
+            let at = |field: &str| format!("services[{s}]{field}");
+            if service.name.is_empty() {
+                return invalid(at(".name"), "must not be empty");
+            }
+            for host in std::iter::once(&service.name).chain(&service.hosts) {
+                if !names.insert(host.to_ascii_lowercase()) {
+                    return invalid(at(""), &format!("the host name {host:?} is used by two services"));
+                }
+            }
+            for address in &service.addresses {
+                if !addresses.insert(*address) {
+                    return invalid(at(".addresses"), &format!("{address} belongs to two services"));
+                }
+            }
+            if service.backends.is_empty() {
+                return invalid(at(".backends"), "a service needs at least one backend");
+            }
+            let mut backend_names = HashSet::new();
+            for (b, backend) in service.backends.iter().enumerate() {
+                if !backend_names.insert(backend.name.as_str()) {
+                    return invalid(at(&format!(".backends[{b}].name")), "two backends have this name");
+                }
+                for (e, endpoint) in backend.endpoints.iter().enumerate() {
+                    let Some(identity) = &endpoint.identity else { continue };
+                    let at = at(&format!(".backends[{b}].endpoints[{e}].identity"));
+                    if SpiffeId::parse(identity).is_none() {
+                        return invalid(at, "must be spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT");
+                    }
+                    if self.identity.is_none() {
+                        return invalid(
+                            at,
+                            "mTLS to an endpoint needs this proxy's own identity (identity:)",
+                        );
+                    }
+                    if !endpoint.meshed {
+                        return invalid(at, "only a meshed endpoint (a braid proxy) can prove an identity");
+                    }
+                }
+            }
+            if service.routes.is_empty() {
+                return invalid(at(".routes"), "a service needs at least one route");
+            }
+            for (r, route) in service.routes.iter().enumerate() {
+                let at = |field: &str| format!("services[{s}].routes[{r}]{field}");
+                validate_route(route, &backend_names, &at)?;
+            }
+            let lb = &service.load_balancer;
+            if lb.base_ejection_time > lb.max_ejection_time {
+                return invalid(at(".loadBalancer"), "baseEjectionTime must not exceed maxEjectionTime");
+            }
+            if !(0.0..=1000.0).contains(&service.retry_budget.percent) {
+                return invalid(at(".retryBudget.percent"), "must be between 0 and 1000");
+            }
+            if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&service.retry_budget.ttl) {
+                return invalid(at(".retryBudget.ttl"), "must be between 1s and 60s");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_policy(policy: &PolicyConfig) -> Result<(), ConfigError> {
+    let invalid = |path: String, reason: String| Err(ConfigError::Invalid { path, reason });
+    for (r, rule) in policy.rules.iter().enumerate() {
+        for (f, source) in rule.from.iter().enumerate() {
+            let given =
+                [source.service_account.is_some(), source.namespace.is_some(), source.identity.is_some()];
+            if given.iter().filter(|&&g| g).count() != 1 {
+                return invalid(
+                    format!("inbound.policy.rules[{r}].from[{f}]"),
+                    "name exactly one of serviceAccount, namespace or identity".into(),
+                );
+            }
+            if let Some(identity) = &source.identity
+                && SpiffeId::parse(identity).is_none()
+            {
+                return invalid(
+                    format!("inbound.policy.rules[{r}].from[{f}].identity"),
+                    "must be spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT".into(),
+                );
+            }
+        }
+        for (t, operation) in rule.to.iter().enumerate() {
+            for path in &operation.paths {
+                if !path.starts_with('/') {
+                    return invalid(
+                        format!("inbound.policy.rules[{r}].to[{t}].paths"),
+                        format!("{path:?} must start with /"),
+                    );
+                }
+            }
+            for method in &operation.methods {
+                if http::Method::from_bytes(method.as_bytes()).is_err() {
+                    return invalid(
+                        format!("inbound.policy.rules[{r}].to[{t}].methods"),
+                        format!("{method:?} is not an HTTP method"),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_route(
+    route: &RouteConfig,
+    backend_names: &HashSet<&str>,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    let invalid = |path: String, reason: String| Err(ConfigError::Invalid { path, reason });
+    if route.backends.is_empty() {
+        return invalid(at(".backends"), "a route needs at least one backend".into());
+    }
+    for (i, backend) in route.backends.iter().enumerate() {
+        if !backend_names.contains(backend.name.as_str()) {
+            return invalid(
+                at(&format!(".backends[{i}].name")),
+                format!("no backend named {:?} in this service", backend.name),
+            );
+        }
+        if backend.weight > 1_000_000 {
+            return invalid(at(&format!(".backends[{i}].weight")), "must be at most 1000000".into());
+        }
+    }
+    if route.backends.iter().all(|b| b.weight == 0) {
+        return invalid(at(".backends"), "the weights are all 0: give at least one backend a weight".into());
+    }
+    for (m, matching) in route.matches.iter().enumerate() {
+        let at = |field: &str| at(&format!(".matches[{m}]{field}"));
+        match &matching.path {
+            Some(PathMatch::Exact(path) | PathMatch::Prefix(path)) if !path.starts_with('/') => {
+                return invalid(at(".path"), format!("{path:?} must start with /"));
+            }
+            Some(PathMatch::Regex(pattern)) => {
+                if let Err(error) = regex::Regex::new(pattern) {
+                    return invalid(at(".path.regex"), format!("not a regular expression: {error}"));
+                }
+            }
+            _ => {}
+        }
+        if let Some(method) = &matching.method
+            && http::Method::from_bytes(method.as_bytes()).is_err()
+        {
+            return invalid(at(".method"), format!("{method:?} is not an HTTP method"));
+        }
+        for (h, header) in matching.headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(header.name.as_bytes()).is_err() {
+                return invalid(at(&format!(".headers[{h}].name")), "not a header name".into());
+            }
+            if let HeaderValueMatch::Regex(pattern) = &header.value
+                && let Err(error) = regex::Regex::new(pattern)
+            {
+                return invalid(
+                    at(&format!(".headers[{h}].regex")),
+                    format!("not a regular expression: {error}"),
+                );
+            }
+        }
+    }
+    if let Some(retries) = &route.retries {
+        if !(1..=10).contains(&retries.attempts) {
+            return invalid(at(".retries.attempts"), "must be between 1 and 10".into());
+        }
+        if retries.per_try_timeout == Some(Duration::ZERO) {
+            return invalid(at(".retries.perTryTimeout"), "must be more than 0".into());
+        }
+    }
+    if route.timeout == Some(Duration::ZERO) {
+        return invalid(at(".timeout"), "must be more than 0 (leave it out for no timeout)".into());
+    }
+    if let Some(fault) = &route.fault {
+        if let Some(delay) = &fault.delay
+            && !(0.0..=100.0).contains(&delay.percent)
+        {
+            return invalid(at(".fault.delay.percent"), "must be between 0 and 100".into());
+        }
+        if let Some(abort) = &fault.abort {
+            if !(0.0..=100.0).contains(&abort.percent) {
+                return invalid(at(".fault.abort.percent"), "must be between 0 and 100".into());
+            }
+            if !(200..=599).contains(&abort.status) {
+                return invalid(
+                    at(".fault.abort.status"),
+                    "must be an HTTP status between 200 and 599".into(),
+                );
+            }
+        }
+    }
+    if let Some(mirror) = &route.mirror {
+        if !backend_names.contains(mirror.backend.as_str()) {
+            return invalid(
+                at(".mirror.backend"),
+                format!("no backend named {:?} in this service", mirror.backend),
+            );
+        }
+        if !(0.0..=100.0).contains(&mirror.percent) {
+            return invalid(at(".mirror.percent"), "must be between 0 and 100".into());
+        }
+    }
+    Ok(())
+}
