@@ -367,8 +367,8 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn stop_admin(admin: tokio::task::JoinHandle<std::io::Result<()>>) -> anyhow::Result<()> {
-    admin.await.context("admin server task failed")?.context("admin server failed")?;
+async fn stop_admin(admin: tokio::task::JoinHandle<()>) -> anyhow::Result<()> {
+    admin.await.context("admin server task failed")?;
     tracing::info!("braid-operator stopped");
     Ok(())
 }

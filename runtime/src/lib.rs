@@ -1,8 +1,13 @@
 //! What every Braid binary shares, so they log and stop alike: tracing setup and graceful
-//! shutdown on SIGTERM. Kept free of kube, for braid-proxy.
+//! shutdown on SIGTERM; behind features, the accept loop with graceful drain (`serve`) and the
+//! admin endpoints (`admin`) the control plane serves with. Kept free of kube, for braid-proxy.
 
+#[cfg(feature = "admin")]
+pub mod admin;
 pub mod duration;
 pub mod ports;
+#[cfg(feature = "serve")]
+pub mod serve;
 
 use std::io::IsTerminal as _;
 

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use braid_crds::mesh::Mesh;
 use braid_runtime::LogFormat;
 use braid_webhook::{
@@ -197,17 +197,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .inc();
         },
     ));
-    let admin = tokio::spawn(server::serve_admin(admin_listener, state.clone(), shutdown.clone()));
+    let admin = tokio::spawn(braid_runtime::admin::serve(admin_listener, state.clone(), shutdown.clone()));
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "braid-webhook starting");
     server::serve_tls(listener, tls_config, server::admission_router(state), shutdown.clone()).await;
 
     shutdown.cancel();
     reflectors.abort();
     reloads.await.context("certificate reload task failed")?;
-    match admin.await.context("admin server task failed")? {
-        Ok(()) => {}
-        Err(err) => bail!("admin server failed: {err}"),
-    }
+    admin.await.context("admin server task failed")?;
     tracing::info!("braid-webhook stopped");
     Ok(())
 }

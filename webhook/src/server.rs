@@ -5,12 +5,11 @@
 //! admin port like the operator's: Prometheus scrapes it without TLS configuration, and a scrape
 //! never queues behind admissions.
 //!
-//! TLS is tokio-rustls over hyper-util rather than axum-server: both are already in the tree
-//! through kube, the certificate resolver (tls.rs) makes reloads a pointer swap, and we keep
-//! control of the handshake timeout and of graceful shutdown.
+//! TLS is braid-runtime's accept loop (tokio-rustls over hyper-util) rather than axum-server: the
+//! certificate resolver (tls.rs) makes reloads a pointer swap, and we keep control of the
+//! handshake timeout and of graceful shutdown.
 
 use std::{
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -21,16 +20,15 @@ use axum::{
     extract::{DefaultBodyLimit, State, rejection::BytesRejection},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::post,
 };
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-    service::TowerToHyperService,
+use braid_runtime::{
+    admin,
+    serve::{self, Protocol, Settings},
 };
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
@@ -59,19 +57,28 @@ pub struct AppState {
 pub fn admission_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route(braid_api::contract::INJECT_PATH, post(inject))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(admin::probes(state))
 }
 
-/// The admin router (plain HTTP).
+/// The admin router (plain HTTP): /metrics, /healthz and /readyz.
 pub fn admin_router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(state)
+    admin::router(state)
+}
+
+impl admin::Status for AppState {
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn ready(&self) -> Result<(), &str> {
+        if self.cluster.is_synced() {
+            Ok(())
+        } else {
+            Err("not ready: namespaces and the Mesh have not been listed from the API server yet")
+        }
+    }
 }
 
 async fn inject(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -145,33 +152,6 @@ fn pod_name(pod: &k8s_openapi::api::core::v1::Pod) -> String {
         .unwrap_or_default()
 }
 
-async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.cluster.is_synced() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: namespaces and the Mesh have not been listed from the API server yet\n",
-        )
-            .into_response()
-    }
-}
-
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
-        Ok(()) => (
-            StatusCode::OK,
-            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-            body,
-        )
-            .into_response(),
-        Err(err) => {
-            (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {err}\n")).into_response()
-        }
-    }
-}
-
 /// Serves `router` over TLS on `listener` until `shutdown`, then lets open connections finish
 /// their requests (up to 15 s).
 pub async fn serve_tls(
@@ -180,54 +160,13 @@ pub async fn serve_tls(
     router: Router,
     shutdown: CancellationToken,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
     tracing::info!(addr = ?listener.local_addr().ok(), "admission server listening (HTTPS)");
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // EMFILE and the like: back off instead of spinning.
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(err)) => return tracing::debug!(%peer, %err, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-            };
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HANDSHAKE_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), service);
-            if let Err(err) = watcher.watch(connection).await {
-                tracing::debug!(%peer, %err, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("admission server drained"),
-        _ = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("admission server: connections still open after {DRAIN_TIMEOUT:?}; closing them"),
-    }
-}
-
-/// Serves the admin endpoints (plain HTTP) until `shutdown`.
-pub async fn serve_admin(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, "admin server listening (HTTP)");
-    axum::serve(listener, admin_router(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+    let settings = Settings {
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+        header_read_timeout: Some(HANDSHAKE_TIMEOUT),
+        drain_timeout: DRAIN_TIMEOUT,
+        ..Settings::new("admission server", Protocol::Http1)
+    };
+    let service = move |_: &serve::Connection<'_>| Some(TowerToHyperService::new(router.clone()));
+    serve::serve(listener, Some(Arc::new(tls)), service, settings, shutdown).await;
 }

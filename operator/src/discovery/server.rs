@@ -4,23 +4,22 @@
 //! and trust bundle as the identity endpoint publishes them.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use braid_api::discovery as api;
 use braid_api::identity::{SpiffeId, spiffe_id_of};
+use braid_runtime::serve::{self, Protocol, Settings, TlsSource};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::{Request, Response, StatusCode, body::Frame, body::Incoming, header};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use k8s_openapi::jiff::Timestamp;
 use rustls::{RootCertStore, ServerConfig, server::WebPkiClientVerifier};
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_rustls::TlsAcceptor;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio_util::sync::CancellationToken;
 
 use super::stream::{Discovery, Peer, serve as serve_stream};
 use crate::identity::{authority::Authority, ca, server::ServingCert};
@@ -28,6 +27,8 @@ use crate::identity::{authority::Authority, ca, server::ServingCert};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Finds proxies that vanished without closing their connection (a node lost).
 const KEEPALIVE: Duration = Duration::from_secs(30);
+/// Streams end on shutdown; their last lines get this long to leave.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -79,6 +80,23 @@ pub fn peer_of(certificate: &[u8], trust_domain: &str) -> Option<Peer> {
         .then_some(Peer { namespace: id.namespace, service_account: id.service_account })
 }
 
+/// The TLS configuration of the current issuer and the trust domain its clients must belong to.
+#[derive(Default)]
+struct Issued(RwLock<Option<(Arc<ServerConfig>, String)>>);
+
+impl Issued {
+    fn get(&self) -> Option<(Arc<ServerConfig>, String)> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl TlsSource for Issued {
+    // None before the first issuer: the connection is closed.
+    fn server_config(&self) -> Option<Arc<ServerConfig>> {
+        self.get().map(|(config, _)| config)
+    }
+}
+
 /// Serves discovery on `listener` until `shutdown`; nothing is accepted before the first issuer.
 pub async fn run(
     discovery: Arc<Discovery>,
@@ -87,7 +105,7 @@ pub async fn run(
     mut authorities: watch::Receiver<Option<Arc<Authority>>>,
     shutdown: CancellationToken,
 ) {
-    let current: Arc<RwLock<Option<(TlsAcceptor, String)>>> = Arc::default();
+    let current: Arc<Issued> = Arc::default();
     let serving = ServingCert::new();
     let keeper = {
         let current = current.clone();
@@ -98,8 +116,8 @@ pub async fn run(
                 if let Some(authority) = authority {
                     match tls_config(&authority, &settings, &serving) {
                         Ok(config) => {
-                            *current.write().unwrap_or_else(|p| p.into_inner()) =
-                                Some((TlsAcceptor::from(config), authority.trust_domain().to_owned()));
+                            *current.0.write().unwrap_or_else(|p| p.into_inner()) =
+                                Some((config, authority.trust_domain().to_owned()));
                             tracing::info!(trust_domain = %authority.trust_domain(), "discovery endpoint: issuer loaded");
                         }
                         Err(err) => tracing::warn!(%err, "discovery endpoint: cannot use the mesh issuer"),
@@ -114,69 +132,36 @@ pub async fn run(
     };
     tokio::spawn(keeper);
 
-    let connections = TaskTracker::new();
     tracing::info!(addr = ?listener.local_addr().ok(), "discovery endpoint listening (HTTP/2, mTLS)");
-    loop {
-        let (tcp, peer_addr) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+    let issued = current.clone();
+    let stop = shutdown.clone();
+    let make_service = move |connection: &serve::Connection<'_>| {
+        // The trust domain is read after the handshake: an issuer that changed trust domain
+        // meanwhile refuses the client, which reconnects to the new one.
+        let (_, trust_domain) = issued.get()?;
+        let peer = connection
+            .tls
+            .and_then(|tls| tls.peer_certificates())
+            .and_then(|certs| certs.first())
+            .and_then(|leaf| peer_of(leaf, &trust_domain));
+        let Some(peer) = peer else {
+            tracing::info!(peer_addr = %connection.peer, "discovery: the client certificate names no workload of this mesh");
+            return None;
         };
-        let Some((acceptor, trust_domain)) = current.read().unwrap_or_else(|p| p.into_inner()).clone() else {
-            tracing::debug!(%peer_addr, "no issuer yet; closing the connection");
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
         let discovery = discovery.clone();
-        let shutdown = shutdown.clone();
-        connections.spawn(async move {
-            serve_connection(discovery, acceptor, tcp, peer_addr, &trust_domain, shutdown).await;
-        });
-    }
-    connections.close();
-    // Streams end on shutdown; give their last lines a moment to leave.
-    let _ = tokio::time::timeout(Duration::from_secs(5), connections.wait()).await;
-}
-
-async fn serve_connection(
-    discovery: Arc<Discovery>,
-    acceptor: TlsAcceptor,
-    tcp: tokio::net::TcpStream,
-    peer_addr: SocketAddr,
-    trust_domain: &str,
-    shutdown: CancellationToken,
-) {
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(err)) => return tracing::debug!(%peer_addr, %err, "discovery TLS handshake failed"),
-        Err(_) => return tracing::debug!(%peer_addr, "discovery TLS handshake timed out"),
+        let shutdown = stop.clone();
+        Some(hyper::service::service_fn(move |request| {
+            let response = answer(discovery.clone(), peer.clone(), request, shutdown.clone());
+            async move { Ok::<_, Infallible>(response) }
+        }))
     };
-    let peer = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|certs| certs.first())
-        .and_then(|leaf| peer_of(leaf, trust_domain));
-    let Some(peer) = peer else {
-        return tracing::info!(%peer_addr, "discovery: the client certificate names no workload of this mesh");
+    let settings = Settings {
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+        keep_alive_interval: Some(KEEPALIVE),
+        drain_timeout: DRAIN_TIMEOUT,
+        ..Settings::new("discovery endpoint", Protocol::Http2)
     };
-    let service = hyper::service::service_fn(move |request| {
-        let response = answer(discovery.clone(), peer.clone(), request, shutdown.clone());
-        async move { Ok::<_, Infallible>(response) }
-    });
-    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(KEEPALIVE)
-        .serve_connection(TokioIo::new(tls), service);
-    if let Err(err) = connection.await {
-        tracing::debug!(%peer_addr, %err, "discovery connection ended with an error");
-    }
+    serve::serve(listener, Some(current), make_service, settings, shutdown).await;
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -226,9 +211,11 @@ mod tests {
     use crate::identity::authority::AuthoritySource;
     use crate::identity::ca::{self, Settings, Source, Stored};
     use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
     use rcgen::{CertificateParams, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
     use rustls::ClientConfig;
     use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use std::net::SocketAddr;
 
     struct Ca {
         authority: Arc<Authority>,

@@ -5,11 +5,11 @@
 //! every replica reads from the Secret, and nothing is written, so a standby behind the same
 //! Service answers as well as the leader. Only the CA controller (controller.rs) writes.
 //!
-//! TLS is tokio-rustls over hyper-util, as in braid-webhook: the certificate resolver makes a new
+//! TLS is braid-runtime's accept loop, as in braid-webhook: the certificate resolver makes a new
 //! serving certificate a pointer swap, and we keep control of timeouts and graceful shutdown.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::IpAddr,
     sync::{Arc, RwLock},
     time::{Duration, Instant},
 };
@@ -23,12 +23,9 @@ use axum::{
     routing::post,
 };
 use braid_crds::{Mesh, duration::parse_duration, mesh::IdentitySettings};
+use braid_runtime::serve::{self, Protocol, Settings};
 use futures::{FutureExt as _, StreamExt, stream::BoxStream};
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-    service::TowerToHyperService,
-};
+use hyper_util::service::TowerToHyperService;
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{
     Api, Client, Resource,
@@ -43,7 +40,6 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -488,50 +484,15 @@ pub async fn serve_tls(
     router: Router,
     shutdown: CancellationToken,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
-    let addr: Option<SocketAddr> = listener.local_addr().ok();
-    tracing::info!(?addr, "identity endpoint listening (HTTPS)");
-    loop {
-        let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // EMFILE and the like: back off instead of spinning.
-                    tracing::warn!(%err, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        // Small requests and answers: never hold a segment back waiting for an ACK.
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(%peer, %err, "cannot set TCP_NODELAY");
-        }
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(err)) => return tracing::debug!(%peer, %err, "TLS handshake failed"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-            };
-            let connection = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HANDSHAKE_TIMEOUT)
-                .serve_connection(TokioIo::new(tls), service);
-            if let Err(err) = watcher.watch(connection).await {
-                tracing::debug!(%peer, %err, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        () = graceful.shutdown() => tracing::info!("identity endpoint drained"),
-        () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("identity endpoint: connections still open after {DRAIN_TIMEOUT:?}; closing them"),
-    }
+    tracing::info!(addr = ?listener.local_addr().ok(), "identity endpoint listening (HTTPS)");
+    let settings = Settings {
+        handshake_timeout: HANDSHAKE_TIMEOUT,
+        header_read_timeout: Some(HANDSHAKE_TIMEOUT),
+        drain_timeout: DRAIN_TIMEOUT,
+        ..Settings::new("identity endpoint", Protocol::Http1)
+    };
+    let service = move |_: &serve::Connection<'_>| Some(TowerToHyperService::new(router.clone()));
+    serve::serve(listener, Some(Arc::new(tls)), service, settings, shutdown).await;
 }
 
 #[cfg(test)]
