@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Discovery at scale (issue 6, item 5): PROXIES simulated proxies, in-process clients of the real
+# Discovery at scale: PROXIES simulated proxies, in-process clients of the real
 # discovery server (operator/src/discovery/server.rs) over HTTP/2 + mTLS, on a synthetic index of
 # PODS pods and SERVICES Services. Measures how long a MeshRoute change takes to reach every
 # subscribed proxy and to be acked, and the server's memory and CPU per phase.
@@ -8,8 +8,8 @@
 # one core, as an operator with a 1-CPU limit would.
 #
 # Writes bench/results/discovery-<UTC timestamp>.md (also printed): figures, PASS/MISS per target
-# of issue 6 (at 1,000 proxies: p99 propagation under 1 s, operator RSS under 300 MiB), and the
-# machine's other load. Exits 0 whether or not the targets are met, like the other benchmarks.
+# (at 1,000 proxies: p99 propagation under 1 s, operator RSS under 300 MiB), and the machine's
+# other load. Exits 0 whether or not the targets are met, like the other benchmarks.
 #
 # Knobs: PROXIES (1000), PODS (10000), SERVICES (2000), ROUTES (300), CHANGES (20), SPACING_MS
 # (1000, between the starts of two changes), PIN (1; 0 lets both processes use every CPU),

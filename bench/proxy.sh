@@ -4,9 +4,10 @@
 # through braid-proxy, HAProxy, nginx (HTTP/1.1 keep-alive between the hops: it has no HTTP/2
 # upstream) and Envoy, next to `direct` (client ──▶ origin), in one run on this machine. Each peer
 # runs twice: plaintext between A and B, and as PEER-mtls with mutual TLS 1.3 between them (the
-# mesh's real link; the issue's reference figures for the peers were measured that way).
+# mesh's real link). A `floor` peer, HAProxy in TCP mode as A and B (bench/proxy/floor.cfg), relays
+# bytes without parsing them: what any two user-space hops cost on this machine.
 #
-# Method (shared/research/performance.md §4): origin = nginx, 1 worker, static 1 KiB body; load
+# Method (docs/benchmarks.md): origin = nginx, 1 worker, static 1 KiB body; load
 # generator and origin pinned to CPU 0, every proxy to CPU 1 with one worker. Open loop with
 # coordinated-omission correction (oha -c 16 -q RATE --latency-correction) at each of RATES after
 # a warm-up, and closed-loop maximum throughput (wrk -t1 -c16). Scenarios are interleaved
@@ -18,7 +19,7 @@
 # Writes bench/results/proxy-<UTC timestamp>.json and .md (the .md is also printed).
 #
 #   bench/proxy.sh                 the benchmark (peers: braid, haproxy, nginx, envoy, and each as
-#                                  PEER-mtls: mutual TLS 1.3 between A and B)
+#                                  PEER-mtls: mutual TLS 1.3 between A and B; floor)
 #   bench/proxy.sh profile [PEER]  perf profile of PEER's pair (default braid) at PROFILE_RATE
 #                                  req/s: bench/results/proxy-profile-<PEER>-<timestamp>.txt
 #   bench/proxy.sh costs           per request and proxy, COST_PEERS ("braid haproxy") side by side:
@@ -37,7 +38,7 @@
 #                                  pairs' load (each of RATES for DURATION, then the closed loop)
 #
 # Knobs: RUNS (5), DURATION (15s), RATES ("1000 4000"), PEERS ("braid braid-mtls haproxy
-# haproxy-mtls nginx nginx-mtls envoy envoy-mtls"), WARMUP (3s), WRK_DURATION (10s), PROFILE_RATE
+# haproxy-mtls nginx nginx-mtls envoy envoy-mtls floor"), WARMUP (3s), WRK_DURATION (10s), PROFILE_RATE
 # (1000), INSTRUCTION_REQUESTS (4000), BRAID_BIN (a braid-proxy binary to use instead of building
 # target/proxy/braid-proxy, Cargo profile `proxy`), KEEP_WORK (set: keep the scratch folder with
 # configs, logs and raw runs), NICE (0; e.g. -10 runs origin, load generator and proxies above

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Admission benchmark of braid-webhook (issue 3): 50 concurrent TLS clients POST the golden
+# Admission benchmark of braid-webhook: 50 concurrent TLS clients POST the golden
 # AdmissionReview of a plain pod to /inject, on the local cluster (the webhook reads namespace
 # labels and the Mesh from it). Closed loop for the throughput, then paced at a fixed rate with
 # coordinated-omission correction for the latency; 5 runs each, medians reported. The load

@@ -1,4 +1,4 @@
-//! Discovery at scale (issue 6, item 5; docs/benchmarks.md "Discovery at scale").
+//! Discovery at scale (`bench/discovery.sh`; docs/benchmarks.md "Discovery at scale").
 //!
 //! The driver (default) creates a mesh CA, starts this same binary as the server (`server`
 //! mode: a synthetic index of PODS pods and SERVICES Services served by the real discovery

@@ -78,7 +78,7 @@ impl UpstreamError {
     }
 }
 
-/// The transport under an upstream HTTP connection. Plain TCP today; TLS is another variant.
+/// The transport under an upstream HTTP connection: plain TCP, or mutual TLS to a meshed endpoint.
 pub enum UpstreamIo {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
