@@ -13,12 +13,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::http::Shared;
-use crate::http::body::ProxyBody;
+use crate::client::body::ProxyBody;
 use crate::reload::ReloadStatus;
+use crate::state::ProxyState;
 
 pub struct Admin {
-    pub shared: Arc<Shared>,
+    pub state: Arc<ProxyState>,
     pub ready: Arc<AtomicBool>,
     pub reload: Arc<Mutex<ReloadStatus>>,
 }
@@ -56,7 +56,7 @@ async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Result<Respons
         "/live" => text(StatusCode::OK, "live\n".to_owned()),
         "/ready" => {
             let has_certificate =
-                admin.shared.identity.as_ref().is_none_or(|identity| identity.current().is_some());
+                admin.state.identity.as_ref().is_none_or(|identity| identity.current().is_some());
             if !admin.ready.load(Ordering::Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n".to_owned())
             } else if !has_certificate {
@@ -66,7 +66,7 @@ async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Result<Respons
             }
         }
         "/metrics" => {
-            let mut response = text(StatusCode::OK, admin.shared.metrics.encode());
+            let mut response = text(StatusCode::OK, admin.state.metrics.encode());
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
@@ -74,9 +74,9 @@ async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Result<Respons
             response
         }
         "/config" => {
-            let table = admin.shared.table.load_full();
+            let table = admin.state.table.load_full();
             let reload = admin.reload.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            let discovery = admin.shared.discovery.as_ref().map(|discovery| discovery.status());
+            let discovery = admin.state.discovery.as_ref().map(|discovery| discovery.status());
             let body =
                 serde_json::json!({ "config": &*table.config, "file": reload, "discovery": discovery });
             let mut response = text(StatusCode::OK, format!("{body:#}\n"));

@@ -18,12 +18,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::accept::{self, ListenerKind};
 use crate::admin::{self, Admin};
 use crate::discovery::Discovery;
-use crate::http::Shared;
 use crate::identity::{self, IdentityStore};
 use crate::reload::{self, LoadError, ReloadStatus};
-use crate::server::{self, ListenerKind};
+use crate::state::ProxyState;
 use crate::table::{Table, TableError};
 
 /// The identity a proxy in an injected pod asks for, from the environment the webhook sets
@@ -98,7 +98,7 @@ pub struct Running {
     pub services: HashMap<String, SocketAddr>,
     /// The listeners of `Options::fixed_destinations`, by the original destination they stand for.
     pub fixed_destinations: HashMap<SocketAddr, SocketAddr>,
-    pub shared: Arc<Shared>,
+    pub state: Arc<ProxyState>,
     ready: Arc<AtomicBool>,
     accept: CancellationToken,
     background: CancellationToken,
@@ -132,9 +132,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         config.discovery.clone().map(|settings| Arc::new(Discovery::new(settings, config.clone())));
     let table = Table::build(config, None, identity.as_ref())?;
     let config = table.config.clone();
-    let mut shared = Shared::new(table, identity.clone());
-    shared.discovery = discovery.clone();
-    let shared = Arc::new(shared);
+    let state = Arc::new(ProxyState::new(table, identity.clone(), discovery.clone()));
 
     let (admin_listener, admin_addr) = bind("admin", config.admin).await?;
     let (outbound_listener, outbound_addr) = bind("outbound", config.outbound.listen).await?;
@@ -161,7 +159,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     let connections = TaskTracker::new();
     let listeners = [(outbound_listener, ListenerKind::Outbound), (inbound_listener, ListenerKind::Inbound)];
     for (listener, kind) in listeners.into_iter().chain(service_listeners) {
-        tokio::spawn(server::serve(listener, kind, shared.clone(), accept.clone(), connections.clone()));
+        tokio::spawn(accept::serve(listener, kind, state.clone(), accept.clone(), connections.clone()));
     }
     let reload_status = Arc::new(Mutex::new(ReloadStatus::applied(options.config.clone())));
     if let Some(path) = options.config {
@@ -169,20 +167,23 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
             path,
             bytes,
             options.config_poll,
-            shared.clone(),
+            state.clone(),
             reload_status.clone(),
             background.clone(),
         ));
     }
     if let (Some(discovery), Some(store)) = (discovery, identity.clone()) {
         info!(endpoint = %discovery.config.endpoint, "configuration from the discovery server, on top of the file");
-        tokio::spawn(crate::discovery::client::run(shared.clone(), discovery, store, background.clone()));
+        let (state, shutdown) = (state.clone(), background.clone());
+        tokio::spawn(async move {
+            crate::discovery::client::run(&state.table, &state.metrics, discovery, store, shutdown).await;
+        });
     }
     if let (Some(identity_config), Some(store)) = (config.identity.clone(), identity) {
         tokio::spawn(identity::client::maintain(identity_config, store, background.clone()));
     }
     let ready = Arc::new(AtomicBool::new(true));
-    let admin = Arc::new(Admin { shared: shared.clone(), ready: ready.clone(), reload: reload_status });
+    let admin = Arc::new(Admin { state: state.clone(), ready: ready.clone(), reload: reload_status });
     tokio::spawn(admin::serve(admin_listener, admin, background.clone()));
     info!(admin = %admin_addr, outbound = %outbound_addr, inbound = %inbound_addr, "braid-proxy listening");
     Ok(Running {
@@ -191,7 +192,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         inbound: inbound_addr,
         services,
         fixed_destinations,
-        shared,
+        state,
         ready,
         accept,
         background,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use braid_api::config::LoadBalancerConfig;
 
-use crate::http::upstream::{Pool, TlsTarget, UpstreamProtocol};
+use crate::client::{Pool, TlsTarget, UpstreamProtocol};
 use crate::identity::{ALPN_H2, ALPN_OPAQUE, IdentityStore};
 use crate::metrics::Label;
 

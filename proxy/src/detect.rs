@@ -1,5 +1,14 @@
 //! Protocol detection from a connection's first bytes: the HTTP/2 connection preface, an
-//! HTTP/1.x request line, or anything else (opaque TCP). Pure, so it is fuzzed directly.
+//! HTTP/1.x request line, or anything else (opaque TCP). `detect` is pure, so it is fuzzed
+//! directly; `read_prefix` reads a new connection until it decides.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt as _;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 /// The HTTP/2 client connection preface (RFC 9113, section 3.4).
 pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -61,6 +70,55 @@ fn detect_http1(prefix: &[u8]) -> Detected {
 /// RFC 9110 token characters.
 fn is_token(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// What a connection whose client sent nothing before the timeout becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Silence {
+    /// Opaque TCP: the server may speak first (an unknown destination, or inbound).
+    Opaque,
+    /// Closed: an idle HTTP client connection, which the client replaces when it needs one.
+    Close,
+}
+
+/// Reads until the protocol is known, or the client stays silent for `timeout` (then `silence`
+/// decides). `None` when the client closed without a byte, or was closed for its silence, or a
+/// drain began while a `Silence::Close` client had sent nothing (it has no request in flight, and
+/// would otherwise hold the drain until its deadline).
+pub async fn read_prefix(
+    mut stream: TcpStream,
+    timeout: Duration,
+    silence: Silence,
+    shutdown: &CancellationToken,
+) -> Option<(Detected, BytesMut, TcpStream)> {
+    let mut buffer = BytesMut::with_capacity(1024);
+    let deadline = Instant::now() + timeout;
+    loop {
+        match detect(&buffer) {
+            Detected::NeedMore if buffer.len() < MAX_DETECT_BYTES => {}
+            Detected::NeedMore => return Some((Detected::Opaque, buffer, stream)),
+            decided => return Some((decided, buffer, stream)),
+        }
+        if buffer.capacity() == buffer.len() {
+            buffer.reserve(buffer.len());
+        }
+        let closable = buffer.is_empty() && silence == Silence::Close;
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buffer)) => read,
+            () = shutdown.cancelled(), if closable => return None,
+        };
+        match read {
+            Err(_) if closable => return None,
+            Err(_) => return Some((Detected::Opaque, buffer, stream)),
+            Ok(Ok(0)) if buffer.is_empty() => return None,
+            Ok(Ok(0)) => return Some((Detected::Opaque, buffer, stream)),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                debug!(%error, "reading from a new connection failed");
+                return None;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -338,6 +338,14 @@ impl Metrics {
             responses: Arc::default(),
         }
     }
+
+    /// The byte counters of one client connection: (read, written).
+    pub fn tcp_bytes(&self, labels: &TcpLabels) -> (Counter, Counter) {
+        (
+            self.tcp_read_bytes.get_or_create(labels).clone(),
+            self.tcp_write_bytes.get_or_create(labels).clone(),
+        )
+    }
 }
 
 impl Default for Metrics {

@@ -11,9 +11,8 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::http::Shared;
 use crate::metrics::{ReloadLabels, ReloadResult};
-use crate::table::Table;
+use crate::state::ProxyState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -57,7 +56,7 @@ pub async fn watch(
     path: PathBuf,
     mut last: Vec<u8>,
     interval: Duration,
-    shared: Arc<Shared>,
+    state: Arc<ProxyState>,
     status: Arc<Mutex<ReloadStatus>>,
     shutdown: CancellationToken,
 ) {
@@ -82,7 +81,7 @@ pub async fn watch(
             Err(error) => {
                 let reason =
                     format!("cannot read {}: {error}; keeping the last good configuration", path.display());
-                reject(&shared, &status, reason);
+                reject(&state, &status, reason);
                 continue;
             }
         };
@@ -92,22 +91,12 @@ pub async fn watch(
         last = bytes;
         let parsed = Config::parse(&String::from_utf8_lossy(&last));
         let result = parsed.map_err(|e| e.to_string()).and_then(|config| {
-            let current = shared.table.load_full();
-            warn_on_listener_change(&current.config, &config);
-            match &shared.discovery {
-                // Composed with what discovery holds, and swapped in there.
-                Some(discovery) => discovery.set_file(&shared, config),
-                None => {
-                    let table = Table::build(config, Some(&current), shared.identity.as_ref())
-                        .map_err(|e| e.to_string())?;
-                    shared.table.store(Arc::new(table));
-                    Ok(())
-                }
-            }
+            warn_on_listener_change(&state.table.load().config, &config);
+            state.apply_file(config)
         });
         match result {
             Ok(()) => {
-                shared
+                state
                     .metrics
                     .config_reloads
                     .get_or_create(&ReloadLabels { result: ReloadResult::applied })
@@ -116,7 +105,7 @@ pub async fn watch(
                 info!(path = %path.display(), "configuration applied");
             }
             Err(error) => reject(
-                &shared,
+                &state,
                 &status,
                 format!("{} was refused, keeping the last good configuration: {error}", path.display()),
             ),
@@ -124,13 +113,13 @@ pub async fn watch(
     }
 }
 
-fn reject(shared: &Shared, status: &Mutex<ReloadStatus>, reason: String) {
+fn reject(state: &ProxyState, status: &Mutex<ReloadStatus>, reason: String) {
     let mut status = status.lock().unwrap_or_else(|p| p.into_inner());
     if status.last_error.as_deref() == Some(reason.as_str()) {
         return;
     }
     warn!(reason = %reason, "configuration not applied");
-    shared.metrics.config_reloads.get_or_create(&ReloadLabels { result: ReloadResult::rejected }).inc();
+    state.metrics.config_reloads.get_or_create(&ReloadLabels { result: ReloadResult::rejected }).inc();
     status.last_error = Some(reason);
 }
 

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, Guard};
 use braid_api::config::{
     Config, FaultConfig, HeaderValueMatch, LoadBalancerConfig, PathMatch, Protocol, RetryOn, ServiceConfig,
 };
@@ -82,6 +83,37 @@ enum ValueMatcher {
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct TableError(String);
+
+/// The table requests read now (lock-free), and the one road to a new one: `rebuild` compiles
+/// a checked configuration against the current table, so endpoints that stay keep their pools and
+/// statistics, and swaps it in whole.
+pub struct LiveTable {
+    current: ArcSwap<Table>,
+    identity: Option<Arc<IdentityStore>>,
+}
+
+impl LiveTable {
+    pub fn new(table: Table, identity: Option<Arc<IdentityStore>>) -> Self {
+        Self { current: ArcSwap::from_pointee(table), identity }
+    }
+
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<Table>> {
+        self.current.load()
+    }
+
+    #[inline]
+    pub fn load_full(&self) -> Arc<Table> {
+        self.current.load_full()
+    }
+
+    pub fn rebuild(&self, config: Config) -> Result<(), TableError> {
+        let current = self.current.load_full();
+        let table = Table::build(config, Some(&current), self.identity.as_ref())?;
+        self.current.store(Arc::new(table));
+        Ok(())
+    }
+}
 
 impl Table {
     /// Compiles `config`, reusing the endpoints of `previous` that are still there, so their

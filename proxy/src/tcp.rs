@@ -5,14 +5,14 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
-use crate::http::upstream::{self, TlsTarget};
+use crate::client::{self, TlsTarget};
 
 pub async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
     mut client: C,
     addr: SocketAddr,
     tls: Option<&TlsTarget>,
 ) {
-    let mut server = match upstream::connect(addr, tls).await {
+    let mut server = match client::connect(addr, tls).await {
         Ok(server) => server,
         Err(error) => {
             // Closing the client connection is all TCP can say.

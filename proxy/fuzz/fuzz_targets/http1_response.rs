@@ -4,7 +4,7 @@
 
 #![no_main]
 
-use braid_proxy::http::http1::parse_response;
+use braid_proxy::client::http1::parse_response;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

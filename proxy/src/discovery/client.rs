@@ -23,10 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Discovery;
-use crate::http::Shared;
 use crate::identity::client::Backoff;
 use crate::identity::tls::{self, TlsError};
 use crate::identity::{Credentials, IdentityStore};
+use crate::metrics::Metrics;
+use crate::table::LiveTable;
 
 pub const BACKOFF_BASE: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -57,7 +58,8 @@ pub enum StreamError {
 
 /// Keeps the stream open until `shutdown`.
 pub async fn run(
-    shared: Arc<Shared>,
+    table: &LiveTable,
+    metrics: &Metrics,
     discovery: Arc<Discovery>,
     identity: Arc<IdentityStore>,
     shutdown: CancellationToken,
@@ -79,14 +81,14 @@ pub async fn run(
             }
         };
         if attempts > 0 {
-            shared.metrics.discovery_reconnects.inc();
+            metrics.discovery_reconnects.inc();
         }
         attempts += 1;
         let result = tokio::select! {
-            result = stream(&shared, &discovery, &credentials, &mut outbox, &mut backoff) => result,
+            result = stream(table, metrics, &discovery, &credentials, &mut outbox, &mut backoff) => result,
             () = shutdown.cancelled() => return,
         };
-        shared.metrics.discovery_connected.set(0);
+        metrics.discovery_connected.set(0);
         let error = match result {
             Ok(never) => match never {},
             Err(error) => error,
@@ -106,7 +108,8 @@ pub async fn run(
 
 /// One stream, from connect to its end (always an error: the stream is meant to last).
 async fn stream(
-    shared: &Shared,
+    table: &LiveTable,
+    metrics: &Metrics,
     discovery: &Discovery,
     credentials: &Credentials,
     outbox: &mut mpsc::UnboundedReceiver<ProxyMessage>,
@@ -170,7 +173,7 @@ async fn stream(
         let text = body.map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_owned()).unwrap_or_default();
         return Err(StreamError::Status { status, body: text });
     }
-    shared.metrics.discovery_connected.set(1);
+    metrics.discovery_connected.set(1);
     discovery.set_connected(true, None);
     info!(endpoint = %config.endpoint, subscriptions = count, "discovery stream open");
 
@@ -192,7 +195,7 @@ async fn stream(
                     let message = message?;
                     // The server is talking sense: the next outage starts from a short wait.
                     backoff.reset();
-                    if let Some(answer) = discovery.handle(shared, message).map_err(StreamError::Refused)? {
+                    if let Some(answer) = discovery.handle(table, metrics, message).map_err(StreamError::Refused)? {
                         let _ = lines.send(Bytes::from(api::encode(&answer)));
                     }
                 }

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
 use braid_api::config::{Config, DiscoveryConfig, PolicyConfig, ServiceConfig};
@@ -20,9 +20,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::http::Shared;
-use crate::metrics::{DiscoveryUpdateLabels, ReloadResult};
-use crate::table::Table;
+use crate::metrics::{DiscoveryUpdateLabels, Metrics, ReloadResult};
+use crate::table::LiveTable;
 
 /// The discovery state of one proxy, shared by the client task, the connections that wait for a
 /// destination, the file watcher and the admin server.
@@ -188,7 +187,7 @@ impl Discovery {
     /// Called by a connection whose original destination the table does not know: subscribes
     /// to it (once, whoever asks first) and waits for its first answer until the shared
     /// deadline. Returns at once for a destination already answered, refused or timed out.
-    pub async fn resolve(&self, shared: &Shared, addr: SocketAddr) {
+    pub async fn resolve(&self, metrics: &Metrics, addr: SocketAddr) {
         if self.settled.load().contains(&addr) {
             return;
         }
@@ -215,11 +214,11 @@ impl Discovery {
         };
         let in_time = tokio::time::timeout_at(deadline, answered.wait_for(|answered| *answered)).await;
         if in_time.is_err() {
-            self.time_out(shared, addr);
+            self.time_out(metrics, addr);
         }
     }
 
-    fn time_out(&self, shared: &Shared, addr: SocketAddr) {
+    fn time_out(&self, metrics: &Metrics, addr: SocketAddr) {
         let mut state = self.lock();
         let connected = state.connected;
         let Some(destination) = state.destinations.get_mut(&addr.to_string()) else { return };
@@ -228,7 +227,7 @@ impl Discovery {
             return;
         }
         destination.timed_out = true;
-        shared.metrics.discovery_lookup_timeouts.inc();
+        metrics.discovery_lookup_timeouts.inc();
         warn!(
             destination = %addr,
             timeout = ?self.config.initial_timeout,
@@ -259,10 +258,15 @@ impl Discovery {
 
     /// One message from the server; the answers to send back. `Err` ends the stream (the server
     /// refused the whole stream).
-    pub fn handle(&self, shared: &Shared, message: ControlMessage) -> Result<Option<ProxyMessage>, String> {
+    pub fn handle(
+        &self,
+        table: &LiveTable,
+        metrics: &Metrics,
+        message: ControlMessage,
+    ) -> Result<Option<ProxyMessage>, String> {
         match message {
-            ControlMessage::Destination(update) => Ok(self.apply_destination(shared, update)),
-            ControlMessage::Inbound(update) => Ok(Some(self.apply_inbound(shared, update))),
+            ControlMessage::Destination(update) => Ok(self.apply_destination(table, metrics, update)),
+            ControlMessage::Inbound(update) => Ok(Some(self.apply_inbound(table, metrics, update))),
             ControlMessage::Refused(refusal) => match refusal.resource {
                 None => Err(refusal.reason),
                 Some(Resource::Inbound) => {
@@ -287,7 +291,12 @@ impl Discovery {
         }
     }
 
-    fn apply_destination(&self, shared: &Shared, update: DestinationUpdate) -> Option<ProxyMessage> {
+    fn apply_destination(
+        &self,
+        table: &LiveTable,
+        metrics: &Metrics,
+        update: DestinationUpdate,
+    ) -> Option<ProxyMessage> {
         let mut state = self.lock();
         let name = update.destination;
         let Some(mut destination) = state.destinations.remove(&name) else {
@@ -303,13 +312,12 @@ impl Discovery {
             if let Some(shadowed) = shadowed.iter().find(|s| s.destination == name) {
                 return Err(shadowed.reason.clone());
             }
-            build(shared, config)
+            rebuild(table, config)
         });
         let resource = Resource::Destination(name.clone());
         let answer = match result {
-            Ok(table) => {
-                shared.table.store(Arc::new(table));
-                count(shared, ReloadResult::applied);
+            Ok(()) => {
+                count(metrics, ReloadResult::applied);
                 info!(
                     destination = %name, version,
                     service = service.as_ref().map(|s| s.name.as_str()),
@@ -326,7 +334,7 @@ impl Discovery {
                 ProxyMessage::Ack(Ack { resource, version })
             }
             Err(reason) => {
-                count(shared, ReloadResult::rejected);
+                count(metrics, ReloadResult::rejected);
                 warn!(destination = %name, version, %reason, "discovered destination refused; keeping the previous state");
                 destination.snapshot.last = Some((version, Some(reason.clone())));
                 ProxyMessage::Nack(Nack { resource, version, reason })
@@ -338,7 +346,7 @@ impl Discovery {
         Some(answer)
     }
 
-    fn apply_inbound(&self, shared: &Shared, update: InboundUpdate) -> ProxyMessage {
+    fn apply_inbound(&self, table: &LiveTable, metrics: &Metrics, update: InboundUpdate) -> ProxyMessage {
         let mut state = self.lock();
         let version = update.version;
         let check = Config {
@@ -348,11 +356,10 @@ impl Discovery {
         let result = check
             .validate()
             .map_err(|e| e.to_string())
-            .and_then(|()| build(shared, compose(&state, None, Some(update.policy.as_ref())).0));
+            .and_then(|()| rebuild(table, compose(&state, None, Some(update.policy.as_ref())).0));
         match result {
-            Ok(table) => {
-                shared.table.store(Arc::new(table));
-                count(shared, ReloadResult::applied);
+            Ok(()) => {
+                count(metrics, ReloadResult::applied);
                 info!(version, policy = update.policy.is_some(), "discovered inbound policy applied");
                 state.inbound = Snapshot {
                     applied: Some((version, update.policy)),
@@ -362,7 +369,7 @@ impl Discovery {
                 ProxyMessage::Ack(Ack { resource: Resource::Inbound, version })
             }
             Err(reason) => {
-                count(shared, ReloadResult::rejected);
+                count(metrics, ReloadResult::rejected);
                 warn!(version, %reason, "discovered inbound policy refused; keeping the previous one");
                 state.inbound.last = Some((version, Some(reason.clone())));
                 ProxyMessage::Nack(Nack { resource: Resource::Inbound, version, reason })
@@ -373,7 +380,7 @@ impl Discovery {
     /// A changed configuration file, composed with what discovery holds. The file wins every
     /// collision: a discovered service it shadows leaves the table (and is nacked), one it no
     /// longer shadows comes back (and is acked).
-    pub fn set_file(&self, shared: &Shared, mut file: Config) -> Result<(), String> {
+    pub fn set_file(&self, table: &LiveTable, mut file: Config) -> Result<(), String> {
         let mut state = self.lock();
         // Identity and discovery connect at start; the file's changes to them wait for a restart.
         if file.discovery != state.file.discovery {
@@ -385,14 +392,10 @@ impl Discovery {
         }
         let previous = std::mem::replace(&mut state.file, file);
         let (config, shadowed) = compose(&state, None, None);
-        let table = match build(shared, config) {
-            Ok(table) => table,
-            Err(error) => {
-                state.file = previous;
-                return Err(error);
-            }
-        };
-        shared.table.store(Arc::new(table));
+        if let Err(error) = rebuild(table, config) {
+            state.file = previous;
+            return Err(error);
+        }
         let shadowed: HashMap<String, String> =
             shadowed.into_iter().map(|s| (s.destination, s.reason)).collect();
         for (name, destination) in &mut state.destinations {
@@ -456,14 +459,15 @@ impl Discovery {
     }
 }
 
-fn count(shared: &Shared, result: ReloadResult) {
-    shared.metrics.discovery_updates.get_or_create(&DiscoveryUpdateLabels { result }).inc();
+fn count(metrics: &Metrics, result: ReloadResult) {
+    metrics.discovery_updates.get_or_create(&DiscoveryUpdateLabels { result }).inc();
 }
 
-fn build(shared: &Shared, config: Config) -> Result<Table, String> {
+/// A composed configuration is checked as a whole (a file was checked when it was parsed), then
+/// the table is rebuilt from it.
+fn rebuild(table: &LiveTable, config: Config) -> Result<(), String> {
     config.validate().map_err(|e| e.to_string())?;
-    let current = shared.table.load_full();
-    Table::build(config, Some(&current), shared.identity.as_ref()).map_err(|e| e.to_string())
+    table.rebuild(config).map_err(|e| e.to_string())
 }
 
 /// A destination named `IP:PORT` belongs to its service even if the server left the address
@@ -573,7 +577,9 @@ fn compose(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::table::Table;
     use braid_api::config::{BackendConfig, EndpointConfig, RouteConfig, WeightedBackend};
+    use std::sync::Arc;
 
     fn service(name: &str, endpoint: &str) -> ServiceConfig {
         ServiceConfig {
@@ -600,7 +606,13 @@ mod tests {
         }
     }
 
-    fn setup(file: &str) -> (Discovery, Shared) {
+    /// What discovery is given by the proxy: its table and its metrics.
+    struct Given {
+        table: LiveTable,
+        metrics: Metrics,
+    }
+
+    fn setup(file: &str) -> (Discovery, Given) {
         let file = Config::parse(file).unwrap();
         let discovery = DiscoveryConfig {
             endpoint: "discovery.test:8086".into(),
@@ -609,7 +621,10 @@ mod tests {
             pod_name: "web-0".into(),
             initial_timeout: std::time::Duration::from_millis(200),
         };
-        let shared = Shared::new(Table::build(file.clone(), None, None).unwrap(), None);
+        let shared = Given {
+            table: LiveTable::new(Table::build(file.clone(), None, None).unwrap(), None),
+            metrics: Metrics::new(),
+        };
         (Discovery::new(discovery, file), shared)
     }
 
@@ -629,7 +644,7 @@ mod tests {
         let waiters: Vec<_> = (0..3)
             .map(|_| {
                 let (discovery, shared) = (discovery.clone(), shared.clone());
-                tokio::spawn(async move { discovery.resolve(&shared, addr).await })
+                tokio::spawn(async move { discovery.resolve(&shared.metrics, addr).await })
             })
             .collect();
         tokio::task::yield_now().await;
@@ -638,8 +653,11 @@ mod tests {
             ProxyMessage::Subscribe(Resource::Destination("10.96.0.2:80".into()))
         );
         assert!(outbox.try_recv().is_err(), "one subscription for three connections");
-        let answer =
-            discovery.handle(&shared, update("10.96.0.2:80", 4, Some(service("web.svc", "10.0.0.2:80"))));
+        let answer = discovery.handle(
+            &shared.table,
+            &shared.metrics,
+            update("10.96.0.2:80", 4, Some(service("web.svc", "10.0.0.2:80"))),
+        );
         assert_eq!(
             answer.unwrap(),
             Some(ProxyMessage::Ack(Ack {
@@ -654,7 +672,7 @@ mod tests {
         assert_eq!(table.service_by_address(addr).unwrap().name.as_str(), "web.svc");
         assert!(table.service_by_name("file.svc").is_some());
         // A later connection does not wait, and a reconnect resubscribes everything held.
-        discovery.resolve(&shared, addr).await;
+        discovery.resolve(&shared.metrics, addr).await;
         let subscriptions = discovery.subscriptions(&mut outbox);
         assert_eq!(
             subscriptions,
@@ -670,15 +688,19 @@ mod tests {
         let (discovery, shared) = setup("{}");
         let addr: SocketAddr = "10.96.0.3:80".parse().unwrap();
         let start = Instant::now();
-        discovery.resolve(&shared, addr).await;
+        discovery.resolve(&shared.metrics, addr).await;
         assert_eq!(start.elapsed(), std::time::Duration::from_millis(200));
-        discovery.resolve(&shared, addr).await;
+        discovery.resolve(&shared.metrics, addr).await;
         assert_eq!(start.elapsed(), std::time::Duration::from_millis(200), "no second wait");
         assert_eq!(shared.metrics.discovery_lookup_timeouts.get(), 1);
         assert_eq!(discovery.status().destinations[0].state, "timed-out");
         // The answer still counts when it comes.
         discovery
-            .handle(&shared, update("10.96.0.3:80", 1, Some(service("late.svc", "10.0.0.3:80"))))
+            .handle(
+                &shared.table,
+                &shared.metrics,
+                update("10.96.0.3:80", 1, Some(service("late.svc", "10.0.0.3:80"))),
+            )
             .unwrap();
         assert!(shared.table.load().service_by_address(addr).is_some());
     }
@@ -687,17 +709,20 @@ mod tests {
     async fn bad_and_colliding_updates_are_nacked_and_change_nothing() {
         let (discovery, shared) = setup(FILE);
         let addr: SocketAddr = "10.96.0.4:80".parse().unwrap();
-        let resolving = discovery.resolve(&shared, addr);
+        let resolving = discovery.resolve(&shared.metrics, addr);
         let good = service("web.svc", "10.0.0.4:80");
-        let answer =
-            async { discovery.handle(&shared, update("10.96.0.4:80", 1, Some(good.clone()))).unwrap() };
+        let answer = async {
+            discovery
+                .handle(&shared.table, &shared.metrics, update("10.96.0.4:80", 1, Some(good.clone())))
+                .unwrap()
+        };
         let ((), answer) = tokio::join!(resolving, answer);
         assert!(matches!(answer, Some(ProxyMessage::Ack(_))));
 
         let mut bad = good.clone();
         bad.routes[0].backends[0].name = "missing".into();
         let Some(ProxyMessage::Nack(nack)) =
-            discovery.handle(&shared, update("10.96.0.4:80", 2, Some(bad))).unwrap()
+            discovery.handle(&shared.table, &shared.metrics, update("10.96.0.4:80", 2, Some(bad))).unwrap()
         else {
             panic!("not a nack")
         };
@@ -709,8 +734,9 @@ mod tests {
         );
 
         let colliding = service("file.svc", "10.0.0.5:80");
-        let Some(ProxyMessage::Nack(nack)) =
-            discovery.handle(&shared, update("10.96.0.4:80", 3, Some(colliding))).unwrap()
+        let Some(ProxyMessage::Nack(nack)) = discovery
+            .handle(&shared.table, &shared.metrics, update("10.96.0.4:80", 3, Some(colliding)))
+            .unwrap()
         else {
             panic!("not a nack")
         };
@@ -743,18 +769,22 @@ mod tests {
         let answer = async {
             tokio::task::yield_now().await;
             discovery
-                .handle(&shared, update("10.96.0.6:80", 7, Some(service("web.svc", "10.0.0.6:80"))))
+                .handle(
+                    &shared.table,
+                    &shared.metrics,
+                    update("10.96.0.6:80", 7, Some(service("web.svc", "10.0.0.6:80"))),
+                )
                 .unwrap()
         };
-        let ((), _) = tokio::join!(discovery.resolve(&shared, addr), answer);
+        let ((), _) = tokio::join!(discovery.resolve(&shared.metrics, addr), answer);
         while outbox.try_recv().is_ok() {}
         let file = Config::parse(&FILE.replace("file.svc", "web.svc")).unwrap();
-        discovery.set_file(&shared, file).unwrap();
+        discovery.set_file(&shared.table, file).unwrap();
         let table = shared.table.load();
         assert!(table.service_by_address(addr).is_none(), "the file's service wins");
         assert!(table.service_by_address("10.96.0.1:80".parse().unwrap()).is_some());
         assert!(matches!(outbox.try_recv().unwrap(), ProxyMessage::Nack(Nack { version: 7, .. })));
-        discovery.set_file(&shared, Config::parse("{}").unwrap()).unwrap();
+        discovery.set_file(&shared.table, Config::parse("{}").unwrap()).unwrap();
         assert!(shared.table.load().service_by_address(addr).is_some(), "back when the file lets go");
         assert!(matches!(outbox.try_recv().unwrap(), ProxyMessage::Ack(Ack { version: 7, .. })));
     }
@@ -765,8 +795,11 @@ mod tests {
         let refusal = |resource| {
             ControlMessage::Refused(braid_api::discovery::Refusal { resource, reason: "not yours".into() })
         };
-        assert_eq!(discovery.handle(&shared, refusal(None)), Err("not yours".into()));
-        assert_eq!(discovery.handle(&shared, refusal(Some(Resource::Inbound))), Ok(None));
+        assert_eq!(discovery.handle(&shared.table, &shared.metrics, refusal(None)), Err("not yours".into()));
+        assert_eq!(
+            discovery.handle(&shared.table, &shared.metrics, refusal(Some(Resource::Inbound))),
+            Ok(None)
+        );
         assert_eq!(discovery.status().inbound.error.as_deref(), Some("not yours"));
     }
 
@@ -776,13 +809,17 @@ mod tests {
         let policy =
             PolicyConfig { mtls: braid_api::config::MtlsMode::Strict, rules: Vec::new(), probes: Vec::new() };
         let answer = discovery.handle(
-            &shared,
+            &shared.table,
+            &shared.metrics,
             ControlMessage::Inbound(InboundUpdate { version: 2, policy: Some(policy.clone()) }),
         );
         assert_eq!(answer, Ok(Some(ProxyMessage::Ack(Ack { resource: Resource::Inbound, version: 2 }))));
         assert_eq!(shared.table.load().config.inbound.policy.as_ref(), Some(&policy));
-        let answer =
-            discovery.handle(&shared, ControlMessage::Inbound(InboundUpdate { version: 3, policy: None }));
+        let answer = discovery.handle(
+            &shared.table,
+            &shared.metrics,
+            ControlMessage::Inbound(InboundUpdate { version: 3, policy: None }),
+        );
         assert!(matches!(answer, Ok(Some(ProxyMessage::Ack(_)))));
         assert_eq!(
             shared.table.load().config.inbound.policy,

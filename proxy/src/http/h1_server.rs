@@ -21,9 +21,10 @@ use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::body::ProxyBody;
-use super::http1::{FieldSpans, MAX_HEADERS, has_token, poll_fill};
+use super::respond::PROXY_ERROR;
 use super::{Handler, Transport};
+use crate::client::body::{BodyError, ProxyBody};
+use crate::client::http1::codec::{FieldSpans, MAX_HEADERS, has_token, poll_fill};
 
 /// How much room a read asks for: one read takes a whole request head.
 const READ_SIZE: usize = 8 * 1024;
@@ -246,7 +247,7 @@ fn refusal(refused: &Refused) -> Vec<u8> {
         "HTTP/1.1 {} {}\r\ncontent-type: text/plain; charset=utf-8\r\n{}: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
         status.as_str(),
         status.canonical_reason().unwrap_or(""),
-        super::forward::PROXY_ERROR,
+        PROXY_ERROR,
         refused.reason(),
         text.len(),
     )
@@ -309,7 +310,7 @@ enum WriteError {
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("the response body broke off: {0}")]
-    Body(super::body::BodyError),
+    Body(BodyError),
     #[error("the response body did not match its content-length")]
     WrongLength,
 }
@@ -444,7 +445,7 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
-    use crate::http::upstream::{Pool, UpstreamProtocol};
+    use crate::client::{Pool, UpstreamProtocol};
 
     const MAX_HEAD: usize = 16 * 1024;
 

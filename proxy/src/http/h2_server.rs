@@ -20,17 +20,17 @@ use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::body::{Http2Body, ProxyBody};
-use super::coalesce::{FlushAfterPoll, coalesce};
-use super::upstream::send_body;
 use super::{Handler, Transport};
+use crate::client::body::{Http2Body, ProxyBody};
+use crate::client::coalesce::{FlushAfterPoll, coalesce};
+use crate::client::send_body;
 
 /// How long the client has to send its preface and settings.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves one client connection that spoke HTTP/2 until it closes, or until `shutdown` fires and
 /// its open streams have finished (GOAWAY first, so the client sends new requests elsewhere).
-/// `handle`'s responses carry no connection-specific fields (`forward::strip_hop_by_hop`).
+/// `handle`'s responses carry no connection-specific fields (`headers::strip_hop_by_hop`).
 pub async fn serve(io: impl Transport, handle: impl Handler, limits: &Limits, shutdown: CancellationToken) {
     let (io, flusher) = coalesce(io);
     let handshake = h2::server::Builder::new()

@@ -1,31 +1,34 @@
-//! HTTP proxying: routing a request to a backend, retries, timeouts, faults, mirroring, and the
-//! metrics of every request.
+//! Serving client connections' HTTP, shared by inbound and outbound: HTTP/2 with the h2 crate
+//! (`h2_server`); HTTP/1.1 with the lean server (`h1_server`) until a request needs hyper's
+//! server, which then serves the rest of the connection. Below them, what every proxied request
+//! goes through: its rewriting (`headers`), the proxy's own responses (`respond`), and the
+//! forwarding and counting of one request (`forward`).
 
-pub mod body;
-pub mod coalesce;
 pub mod forward;
 pub mod h1_server;
 pub mod h2_server;
-pub mod http1;
-pub mod upstream;
+pub mod headers;
+pub mod respond;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::convert::Infallible;
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use braid_api::config::Limits;
 use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
-use crate::discovery::Discovery;
-use crate::identity::IdentityStore;
-use crate::metrics::Metrics;
-use crate::table::Table;
-use body::ProxyBody;
-use upstream::{Pool, UpstreamProtocol};
+use crate::client::body::ProxyBody;
+use crate::detect::Detected;
+use crate::io::ClientIo;
 
-/// What answers each request of one client connection (`forward::outbound` or `forward::inbound`
-/// bound to the connection): one name for the bounds every server of a connection needs.
+/// What answers each request of one client connection (`outbound::handle` or `inbound`'s
+/// `forward::handle` bound to the connection): one name for the bounds every server of a
+/// connection needs.
 pub trait Handler: Fn(Request<ProxyBody>) -> Self::Answer + Clone + Send + 'static {
     type Answer: Future<Output = Response<ProxyBody>> + Send + 'static;
 }
@@ -43,33 +46,68 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
 
-/// What every connection shares: the current routing table, the metrics, and the pools to
-/// addresses that are not endpoints of a configured service (the local app on inbound, unmeshed
-/// destinations on outbound).
-pub struct Shared {
-    pub table: ArcSwap<Table>,
-    pub metrics: Metrics,
-    /// The workload certificate, when the proxy has an identity.
-    pub identity: Option<Arc<IdentityStore>>,
-    /// What the proxy holds from the discovery server, when it has one.
-    pub discovery: Option<Arc<Discovery>>,
-    pools: Mutex<HashMap<(SocketAddr, UpstreamProtocol), Arc<Pool>>>,
+/// Who opened a client connection, which decides whether its request heads are timed.
+#[derive(Clone, Copy)]
+pub enum ClientKind {
+    /// The pod's own app (outbound): trusted to send its heads promptly, so no head is timed.
+    OwnApp,
+    /// Anyone else (inbound): each head must arrive within `limits.headTimeout` (slowloris).
+    Remote,
 }
 
-impl Shared {
-    pub fn new(table: Table, identity: Option<Arc<IdentityStore>>) -> Self {
-        Self {
-            table: ArcSwap::from_pointee(table),
-            metrics: Metrics::new(),
-            identity,
-            discovery: None,
-            pools: Mutex::new(HashMap::new()),
+/// Serves a client connection's HTTP requests, each answered by `handle`.
+pub async fn serve(
+    detected: Detected,
+    io: impl Transport,
+    handle: impl Handler,
+    limits: &Limits,
+    shutdown: CancellationToken,
+    client: ClientKind,
+) {
+    if detected == Detected::Http2 {
+        return h2_server::serve(io, handle, limits, shutdown).await;
+    }
+    let max_head = limits.max_header_bytes.max(8192);
+    let head_timeout = match client {
+        ClientKind::OwnApp => None,
+        ClientKind::Remote => Some(limits.head_timeout),
+    };
+    let Some(rest) = h1_server::serve(io, handle.clone(), max_head, head_timeout, &shutdown).await else {
+        return;
+    };
+    let io = ClientIo::replaying(rest.read, rest.io);
+    serve_hyper_http1(io, handle, max_head, shutdown, head_timeout).await;
+}
+
+async fn serve_hyper_http1(
+    io: impl Transport,
+    handle: impl Handler,
+    max_head: usize,
+    shutdown: CancellationToken,
+    header_timeout: Option<Duration>,
+) {
+    let service = service_fn(move |request: http::Request<Incoming>| {
+        let response = handle(request.map(ProxyBody::Streaming));
+        async move { Ok::<_, Infallible>(response.await) }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // Bounds the request head: a larger one is answered with 431.
+        .max_buf_size(max_head)
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => log_end(result),
+        () = shutdown.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            log_end(connection.await);
         }
     }
+}
 
-    /// The pool to a fixed address, made on first use. Called once per client connection.
-    pub fn pool(&self, addr: SocketAddr, protocol: UpstreamProtocol) -> Arc<Pool> {
-        let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        pools.entry((addr, protocol)).or_insert_with(|| Arc::new(Pool::new(addr, protocol))).clone()
+fn log_end(result: Result<(), hyper::Error>) {
+    if let Err(error) = result {
+        debug!(%error, "client connection ended with an error");
     }
 }

@@ -1,12 +1,16 @@
-//! Connections to one upstream address: pools of idle HTTP/1.1 connections (our lean client in
-//! `http1` for requests without a streaming body, hyper's client for the rest), or
-//! one multiplexed HTTP/2 connection (the h2 crate, driven here: each request is sent from its own
-//! task and its response awaited there, and the connection's task writes all the frames of a turn
-//! at once, see `coalesce`). The transport is made by `connect`, the one place mTLS slots in: it
-//! returns an `UpstreamIo` whose variants are the transports.
+//! The client side of the proxy, under both inbound and outbound: connections to one upstream
+//! address. A `Pool` keeps idle HTTP/1.1 connections (our lean client in `http1` for requests
+//! without a streaming body, hyper's client for the rest), or one multiplexed HTTP/2 connection
+//! (the h2 crate, driven here: each request is sent from its own task and its response awaited
+//! there, and the connection's task writes all the frames of a turn at once, see `coalesce`). The
+//! transport is made by `connect`, the one place mTLS slots in.
+
+pub mod body;
+pub mod coalesce;
+pub mod connect;
+pub mod http1;
 
 use std::future::poll_fn;
-use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,22 +20,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Body as _;
-use hyper::client::conn::http1;
+use hyper::client::conn::http1 as hyper_http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tracing::debug;
 
-use super::body::{Http2Body, ProxyBody};
-use super::coalesce::{FlushAfterPoll, coalesce};
-use super::http1::{self as lean, EncodedRequest, Http1Connection, Http1Error, IdleConnections};
-use crate::identity::{IdentityStore, tls};
-
-/// How long a TCP connect may take before the endpoint counts as unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Idle HTTP/1.1 connections kept per endpoint; more are closed when they return.
-pub(super) const MAX_IDLE_HTTP1: usize = 256;
+use body::{Http2Body, ProxyBody};
+use coalesce::{FlushAfterPoll, coalesce};
+pub use connect::{ConnectError, TlsTarget, UpstreamIo, connect};
+use http1::{self as lean, EncodedRequest, Http1Connection, Http1Error, IdleConnections, MAX_IDLE_HTTP1};
 /// An HTTP/2 connection is pinged this often, and closed when the answer takes longer than
 /// `KEEP_ALIVE_TIMEOUT`: a peer that vanished without a FIN (a node gone) is noticed.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -41,14 +38,9 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// request may be retried.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("could not connect to {addr}: {source}")]
-    Connect { addr: SocketAddr, source: io::Error },
-    #[error("connecting to {0} timed out")]
-    ConnectTimeout(SocketAddr),
-    #[error("no workload certificate yet, so no mTLS connection to {0} can be made")]
-    NoIdentity(SocketAddr),
-    #[error("the mTLS handshake with {addr} failed: {source}")]
-    Tls { addr: SocketAddr, source: io::Error },
+    /// No transport could be made (TCP, or the mTLS handshake).
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("HTTP/1.1 handshake with {addr} failed: {source}")]
     Handshake { addr: SocketAddr, source: hyper::Error },
     #[error("HTTP/2 handshake with {addr} failed: {source}")]
@@ -66,124 +58,8 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     pub fn is_connect(&self) -> bool {
-        matches!(
-            self,
-            Self::Connect { .. }
-                | Self::ConnectTimeout(_)
-                | Self::Handshake { .. }
-                | Self::Http2Handshake { .. }
-                | Self::NoIdentity(_)
-                | Self::Tls { .. }
-        )
+        matches!(self, Self::Connect(_) | Self::Handshake { .. } | Self::Http2Handshake { .. })
     }
-}
-
-/// The transport under an upstream HTTP connection: plain TCP, or mutual TLS to a meshed endpoint.
-pub enum UpstreamIo {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for UpstreamIo {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamIo {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Plain(stream) => stream.is_write_vectored(),
-            Self::Tls(stream) => stream.is_write_vectored(),
-        }
-    }
-}
-
-/// How to reach a meshed endpoint over mTLS: the identity it must prove and the ALPN of the
-/// inner protocol. The client configuration is cached until the credentials change.
-pub struct TlsTarget {
-    store: Arc<IdentityStore>,
-    expected: String,
-    alpn: &'static [u8],
-    cached: Mutex<Option<(u64, Arc<rustls::ClientConfig>)>>,
-}
-
-impl TlsTarget {
-    pub fn new(store: Arc<IdentityStore>, expected: String, alpn: &'static [u8]) -> Self {
-        Self { store, expected, alpn, cached: Mutex::new(None) }
-    }
-
-    fn client_config(&self, addr: SocketAddr) -> Result<Arc<rustls::ClientConfig>, UpstreamError> {
-        let credentials = self.store.current().ok_or(UpstreamError::NoIdentity(addr))?;
-        let mut cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((generation, config)) = cached.as_ref()
-            && *generation == credentials.generation
-        {
-            return Ok(config.clone());
-        }
-        let config = tls::client_config(
-            credentials.key.clone(),
-            credentials.roots.clone(),
-            self.expected.clone(),
-            self.alpn,
-        )
-        .map_err(|e| UpstreamError::Tls { addr, source: io::Error::other(e) })?;
-        let config = Arc::new(config);
-        *cached = Some((credentials.generation, config.clone()));
-        Ok(config)
-    }
-}
-
-/// Opens the transport to an upstream address: TCP, then mTLS when `tls` says so.
-pub async fn connect(addr: SocketAddr, tls: Option<&TlsTarget>) -> Result<UpstreamIo, UpstreamError> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
-        .await
-        .map_err(|_| UpstreamError::ConnectTimeout(addr))?
-        .map_err(|source| UpstreamError::Connect { addr, source })?;
-    // Requests are small and latency matters more than packet count.
-    stream.set_nodelay(true).map_err(|source| UpstreamError::Connect { addr, source })?;
-    let Some(tls) = tls else { return Ok(UpstreamIo::Plain(stream)) };
-    let connector = tokio_rustls::TlsConnector::from(tls.client_config(addr)?);
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(tls::mesh_server_name(), stream))
-        .await
-        .map_err(|_| UpstreamError::ConnectTimeout(addr))?
-        .map_err(|source| UpstreamError::Tls { addr, source })?;
-    Ok(UpstreamIo::Tls(Box::new(stream)))
 }
 
 /// Which protocol the proxy speaks to an upstream.
@@ -200,7 +76,7 @@ pub struct Pool {
     /// Idle connections for requests without a streaming body (`http1`, the common case).
     http1_lean_idle: IdleConnections,
     /// Idle connections of hyper's client, for requests that stream a body.
-    http1_idle: Mutex<Vec<http1::SendRequest<ProxyBody>>>,
+    http1_idle: Mutex<Vec<hyper_http1::SendRequest<ProxyBody>>>,
     http2: Mutex<Option<Http2Sender>>,
     /// Serialises HTTP/2 connects, so a burst of requests opens one connection, not many.
     http2_connecting: tokio::sync::Mutex<()>,
@@ -289,7 +165,7 @@ impl Pool {
     }
 
     async fn connect_lean(&self) -> Result<Http1Connection, UpstreamError> {
-        connect(self.addr, self.tls.as_ref()).await.map(Http1Connection::new)
+        Ok(Http1Connection::new(connect(self.addr, self.tls.as_ref()).await?))
     }
 
     async fn send_http1_streaming(
@@ -312,7 +188,7 @@ impl Pool {
         Ok(response.map(ProxyBody::Streaming))
     }
 
-    fn take_idle_http1(&self) -> Option<http1::SendRequest<ProxyBody>> {
+    fn take_idle_http1(&self) -> Option<hyper_http1::SendRequest<ProxyBody>> {
         let mut idle = self.http1_idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut i = 0;
         while i < idle.len() {
@@ -327,16 +203,16 @@ impl Pool {
         None
     }
 
-    fn return_http1(&self, sender: http1::SendRequest<ProxyBody>) {
+    fn return_http1(&self, sender: hyper_http1::SendRequest<ProxyBody>) {
         let mut idle = self.http1_idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if idle.len() < MAX_IDLE_HTTP1 {
             idle.push(sender);
         }
     }
 
-    async fn connect_http1(&self) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
+    async fn connect_http1(&self) -> Result<hyper_http1::SendRequest<ProxyBody>, UpstreamError> {
         let io = connect(self.addr, self.tls.as_ref()).await?;
-        let (sender, connection) = http1::Builder::new()
+        let (sender, connection) = hyper_http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
             .map_err(|source| UpstreamError::Handshake { addr: self.addr, source })?;
@@ -490,7 +366,7 @@ fn cancelled(cancel: &mut Option<tokio::sync::oneshot::Receiver<()>>, cx: &mut C
 /// Streams a body into its HTTP/2 stream as the peer's flow-control window allows, then its
 /// trailers. Resets the stream when the body fails or (a request body, with `cancel`) the request
 /// is given up, and stops when the peer resets it.
-pub(super) async fn send_body(
+pub async fn send_body(
     mut body: ProxyBody,
     mut stream: h2::SendStream<Bytes>,
     mut cancel: Option<tokio::sync::oneshot::Receiver<()>>,

@@ -1,0 +1,139 @@
+//! The transport to an upstream address: TCP, then mutual TLS to a meshed endpoint. The one
+//! place mTLS slots in; `UpstreamIo`'s variants are the transports.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::identity::{IdentityStore, tls};
+
+/// How long a TCP connect may take before the endpoint counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why no transport to an upstream address could be made. Every kind counts as a connect
+/// failure for retries and for the status the client gets.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("could not connect to {addr}: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    #[error("connecting to {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("no workload certificate yet, so no mTLS connection to {0} can be made")]
+    NoIdentity(SocketAddr),
+    #[error("the mTLS handshake with {addr} failed: {source}")]
+    Tls { addr: SocketAddr, source: io::Error },
+}
+
+/// The transport under an upstream HTTP connection: plain TCP, or mutual TLS to a meshed endpoint.
+pub enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for UpstreamIo {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(stream) => stream.is_write_vectored(),
+            Self::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+}
+
+/// How to reach a meshed endpoint over mTLS: the identity it must prove and the ALPN of the
+/// inner protocol. The client configuration is cached until the credentials change.
+pub struct TlsTarget {
+    store: Arc<IdentityStore>,
+    expected: String,
+    alpn: &'static [u8],
+    cached: Mutex<Option<(u64, Arc<rustls::ClientConfig>)>>,
+}
+
+impl TlsTarget {
+    pub fn new(store: Arc<IdentityStore>, expected: String, alpn: &'static [u8]) -> Self {
+        Self { store, expected, alpn, cached: Mutex::new(None) }
+    }
+
+    fn client_config(&self, addr: SocketAddr) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
+        let credentials = self.store.current().ok_or(ConnectError::NoIdentity(addr))?;
+        let mut cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((generation, config)) = cached.as_ref()
+            && *generation == credentials.generation
+        {
+            return Ok(config.clone());
+        }
+        let config = tls::client_config(
+            credentials.key.clone(),
+            credentials.roots.clone(),
+            self.expected.clone(),
+            self.alpn,
+        )
+        .map_err(|e| ConnectError::Tls { addr, source: io::Error::other(e) })?;
+        let config = Arc::new(config);
+        *cached = Some((credentials.generation, config.clone()));
+        Ok(config)
+    }
+}
+
+/// Opens the transport to an upstream address: TCP, then mTLS when `tls` says so.
+pub async fn connect(addr: SocketAddr, tls: Option<&TlsTarget>) -> Result<UpstreamIo, ConnectError> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout(addr))?
+        .map_err(|source| ConnectError::Connect { addr, source })?;
+    // Requests are small and latency matters more than packet count.
+    stream.set_nodelay(true).map_err(|source| ConnectError::Connect { addr, source })?;
+    let Some(tls) = tls else { return Ok(UpstreamIo::Plain(stream)) };
+    let connector = tokio_rustls::TlsConnector::from(tls.client_config(addr)?);
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(tls::mesh_server_name(), stream))
+        .await
+        .map_err(|_| ConnectError::Timeout(addr))?
+        .map_err(|source| ConnectError::Tls { addr, source })?;
+    Ok(UpstreamIo::Tls(Box::new(stream)))
+}

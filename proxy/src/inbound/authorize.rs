@@ -1,0 +1,83 @@
+//! Inbound authorisation, in one place: a connection when it is accepted (an opaque one whole,
+//! an HTTP one only for whether it may connect at all), then each HTTP request as it arrives, so
+//! that a denied request gets a 403 that says why. Every denial is counted here.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use http::{HeaderName, HeaderValue, Method, Response, StatusCode};
+use tracing::debug;
+
+use crate::client::body::ProxyBody;
+use crate::http::forward::record;
+use crate::http::respond::local;
+use crate::metrics::{DenyLabels, DenyProtocol, Label, Metrics, RequestLabels, RequestMetrics};
+use crate::policy;
+use crate::state::ProxyState;
+
+/// Why the policy denied a request.
+pub const DENY_REASON: HeaderName = HeaderName::from_static("braid-deny-reason");
+
+/// What a connection carries, as far as its authorisation goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carries {
+    /// Opaque bytes: the connection is all there is to check.
+    Opaque,
+    /// HTTP: its requests are checked one by one (`request`).
+    Http,
+}
+
+/// Whether a new connection from `client_id` (`None`: plaintext) to the app at `app` may go on.
+/// A denied one is counted and logged; the caller closes it.
+pub fn connection(
+    state: &ProxyState,
+    client_id: Option<&str>,
+    carries: Carries,
+    app: SocketAddr,
+    peer: SocketAddr,
+) -> bool {
+    let denied = {
+        let table = state.table.load();
+        let policy = table.config.inbound.policy.as_ref();
+        let client = policy::Client { identity: client_id };
+        match carries {
+            Carries::Opaque => policy::authorize(policy, client, None, None, app.port()),
+            Carries::Http => policy::admit_connection(policy, client, true),
+        }
+    };
+    let Err(denied) = denied else { return true };
+    count(&state.metrics, DenyProtocol::tcp, client_id.map_or_else(Label::empty, Label::new));
+    debug!(%peer, reason = %denied.0, "inbound connection denied by the policy: closed");
+    false
+}
+
+/// Whether one HTTP request may reach the app: `None` when it may. A denied one is answered
+/// here (a 403 with the reason), counted, and recorded like any other request of the connection.
+pub fn request(
+    state: &ProxyState,
+    client_id: Option<&str>,
+    method: &Method,
+    path: &str,
+    app: SocketAddr,
+    labels: &RequestLabels,
+    metrics: &RequestMetrics,
+) -> Option<Response<ProxyBody>> {
+    let denied = {
+        let table = state.table.load();
+        let client = policy::Client { identity: client_id };
+        policy::authorize(table.config.inbound.policy.as_ref(), client, Some(method), Some(path), app.port())
+    };
+    let Err(denied) = denied else { return None };
+    metrics.requests.inc();
+    count(&state.metrics, DenyProtocol::http, labels.client_id.clone());
+    let mut response = local(StatusCode::FORBIDDEN, "forbidden", format!("braid-proxy: {}\n", denied.0));
+    if let Ok(reason) = HeaderValue::from_str(&denied.0) {
+        response.headers_mut().insert(DENY_REASON, reason);
+    }
+    record(&state.metrics, labels, metrics, Label::empty(), &response, Instant::now());
+    Some(response)
+}
+
+fn count(registry: &Metrics, protocol: DenyProtocol, client_id: Label) {
+    registry.authz_denied.get_or_create(&DenyLabels { protocol, client_id }).inc();
+}

@@ -1,0 +1,67 @@
+//! The requests of an inbound connection: each authorised, then forwarded to the app in the
+//! protocol it came in (an HTTP/1.1 request another proxy carried over HTTP/2 goes as HTTP/1.1).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response, Version};
+
+use super::authorize;
+use crate::client::body::ProxyBody;
+use crate::client::{Pool, UpstreamProtocol};
+use crate::http::forward::forward_once;
+use crate::http::headers::ORIG_PROTO;
+use crate::metrics::{Direction, Label, RequestLabels, RequestMetrics};
+use crate::state::ProxyState;
+
+/// One inbound client connection, the app address its requests go to, and who the client is.
+pub struct InboundConnection {
+    pub state: Arc<ProxyState>,
+    pub app: SocketAddr,
+    /// The SPIFFE id the client proved with mTLS; `None` for plaintext.
+    pub client_id: Option<String>,
+    pub labels: RequestLabels,
+    pub metrics: RequestMetrics,
+    pub http1: Arc<Pool>,
+    pub http2: Arc<Pool>,
+}
+
+impl InboundConnection {
+    pub fn new(state: Arc<ProxyState>, app: SocketAddr, client_id: Option<String>) -> Self {
+        let labels = RequestLabels {
+            direction: Direction::inbound,
+            authority: Label::new(app.to_string()),
+            dst_service: Label::empty(),
+            route: Label::empty(),
+            client_id: client_id.as_deref().map_or_else(Label::empty, Label::new),
+        };
+        let http1 = state.pool(app, UpstreamProtocol::Http1);
+        let http2 = state.pool(app, UpstreamProtocol::Http2);
+        let metrics = state.metrics.request_metrics(&labels);
+        Self { state, app, client_id, labels, metrics, http1, http2 }
+    }
+}
+
+/// Handles one request that arrived for the local app.
+pub async fn handle(connection: Arc<InboundConnection>, request: Request<ProxyBody>) -> Response<ProxyBody> {
+    let (mut parts, body) = request.into_parts();
+    let state = &connection.state;
+    if let Some(denied) = authorize::request(
+        state,
+        connection.client_id.as_deref(),
+        &parts.method,
+        parts.uri.path(),
+        connection.app,
+        &connection.labels,
+        &connection.metrics,
+    ) {
+        return denied;
+    }
+    // A request another proxy upgraded to HTTP/2 goes to the app as the HTTP/1.1 it was.
+    let pool = if parts.headers.remove(&ORIG_PROTO).is_some() || parts.version != Version::HTTP_2 {
+        &connection.http1
+    } else {
+        &connection.http2
+    };
+    forward_once(&state.metrics, pool, &connection.labels, &connection.metrics, &mut parts, body).await
+}

@@ -1,0 +1,87 @@
+//! Mutual TLS from other proxies, terminated here. A ClientHello that offers a braid/* ALPN is
+//! another proxy's; any other TLS passes through to the app unread.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt as _;
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tracing::debug;
+
+use crate::client_hello;
+use crate::identity::{ALPN_H2, ALPN_OPAQUE, tls};
+use crate::io::ClientIo;
+use crate::state::ProxyState;
+
+/// How long an inbound mTLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a connection's first bytes may be a ClientHello (a TLS handshake record).
+pub fn may_be_tls(prefix: &[u8]) -> bool {
+    prefix.first() == Some(&0x16)
+}
+
+/// Reads the rest of the first TLS record and returns the ClientHello's ALPN protocols, or an
+/// empty list when it is not a ClientHello the proxy can read (then it passes through).
+pub async fn read_client_hello(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    timeout: Duration,
+) -> Option<Vec<Vec<u8>>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match client_hello::parse(buffer) {
+            client_hello::Hello::Alpn(alpn) => return Some(alpn),
+            client_hello::Hello::NotHello => return Some(Vec::new()),
+            client_hello::Hello::NeedBytes(needed) => {
+                buffer.reserve(needed.saturating_sub(buffer.len()));
+                match tokio::time::timeout_at(deadline.into(), stream.read_buf(buffer)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return None,
+                    Ok(Ok(_)) => {}
+                    Err(_) => return Some(Vec::new()),
+                }
+            }
+        }
+    }
+}
+
+/// Whether the ALPN protocols a ClientHello offers are another proxy's.
+pub fn from_a_proxy(alpn: &[Vec<u8>]) -> bool {
+    alpn.iter().any(|p| p == ALPN_H2 || p == ALPN_OPAQUE)
+}
+
+/// A terminated mTLS connection: who the client proved to be, and what it carries.
+pub struct Terminated {
+    pub stream: TlsStream<ClientIo<TcpStream>>,
+    /// The client's SPIFFE id.
+    pub client_id: Option<String>,
+    /// The client asked for opaque bytes (ALPN braid/opaque) rather than HTTP/2.
+    pub opaque: bool,
+}
+
+/// The handshake with this proxy's current certificate; `None` (logged) when there is none yet,
+/// or the handshake fails or times out.
+pub async fn terminate(state: &ProxyState, io: ClientIo<TcpStream>, peer: SocketAddr) -> Option<Terminated> {
+    let Some(credentials) = state.identity.as_ref().and_then(|identity| identity.current()) else {
+        debug!(%peer, "mTLS connection before this proxy has a certificate: closed");
+        return None;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(credentials.server.clone());
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            debug!(%peer, %error, "inbound mTLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            debug!(%peer, "inbound mTLS handshake timed out");
+            return None;
+        }
+    };
+    let (_, connection) = stream.get_ref();
+    let client_id = tls::peer_identity(connection);
+    let opaque = connection.alpn_protocol() == Some(ALPN_OPAQUE);
+    Some(Terminated { stream, client_id, opaque })
+}

@@ -1,0 +1,129 @@
+//! A request to a service: its route is chosen, then the route's fault, mirror, retries and
+//! timeout apply, and the request is counted under the route.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, StatusCode};
+use tower::retry::budget::Budget as _;
+use tracing::info;
+
+use super::fault::inject_fault;
+use super::mirror::mirror;
+use super::retry::{Kept, keep_small_body, send_with_retries};
+use crate::client::body::ProxyBody;
+use crate::http::forward::record;
+use crate::http::headers::{client_response, propagate_trace};
+use crate::http::respond::{Failure, failure_response, local};
+use crate::metrics::{Direction, Label, RequestLabels, TimeoutKind, TimeoutLabels};
+use crate::state::ProxyState;
+use crate::table::Service;
+
+/// Handles one request to `service`: the route that matches it, then the route's fault, mirror,
+/// retries and timeout; counted under the route, and logged when the access log is on.
+pub async fn route_request(
+    state: &ProxyState,
+    service: &Arc<Service>,
+    request: Request<ProxyBody>,
+    retry_body_limit: usize,
+    access_log: bool,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let (mut parts, body) = request.into_parts();
+    let Some(route) = service.route(&parts.method, parts.uri.path(), &parts.headers) else {
+        let labels = RequestLabels {
+            direction: Direction::outbound,
+            authority: service.name.clone(),
+            dst_service: service.name.clone(),
+            route: Label::empty(),
+            client_id: Label::empty(),
+        };
+        let metrics = state.metrics.request_metrics(&labels);
+        metrics.requests.inc();
+        let response = local(
+            StatusCode::NOT_FOUND,
+            "no-route",
+            format!(
+                "braid-proxy: no route of service {} matches {} {}\n",
+                service.name.as_str(),
+                parts.method,
+                parts.uri.path()
+            ),
+        );
+        record(&state.metrics, &labels, &metrics, Label::empty(), &response, start);
+        return response;
+    };
+    let labels = RequestLabels {
+        direction: Direction::outbound,
+        authority: service.name.clone(),
+        dst_service: service.name.clone(),
+        route: route.name.clone(),
+        client_id: Label::empty(),
+    };
+    let metrics = route.metrics.get_or_init(|| state.metrics.request_metrics(&labels));
+    metrics.requests.inc();
+    propagate_trace(&mut parts.headers);
+
+    if let Some(response) = inject_fault(route).await {
+        record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
+        return response;
+    }
+
+    // A body is kept for replay only when something may send it twice, and only when small.
+    let wants_copy = route.retries.as_ref().is_some_and(|r| r.attempts > 1) || route.mirror.is_some();
+    let body = if wants_copy { keep_small_body(body, retry_body_limit).await } else { Ok(Kept::No(body)) };
+    let body = match body {
+        Ok(body) => body,
+        Err(error) => {
+            let response = local(
+                StatusCode::BAD_REQUEST,
+                "request-body",
+                format!("braid-proxy: reading the request body failed: {error}\n"),
+            );
+            record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
+            return response;
+        }
+    };
+    if let (Some((backend, percent)), Kept::Yes(bytes)) = (route.mirror, &body)
+        && fastrand::f64() * 100.0 < percent
+    {
+        mirror(service, backend, &parts, bytes.clone());
+    }
+
+    service.budget.deposit();
+    let tries = send_with_retries(&state.metrics, service, route, &labels, parts, body);
+    let result = match route.timeout {
+        Some(timeout) => match tokio::time::timeout(timeout, tries).await {
+            Ok(result) => result,
+            Err(_) => {
+                state
+                    .metrics
+                    .timeouts
+                    .get_or_create(&TimeoutLabels {
+                        direction: Direction::outbound,
+                        dst_service: service.name.clone(),
+                        route: route.name.clone(),
+                        kind: TimeoutKind::total,
+                    })
+                    .inc();
+                Err(Failure::Timeout { service: service.name.clone(), timeout })
+            }
+        },
+        None => tries.await,
+    };
+    let (response, server_id) = match result {
+        Ok((response, server_id)) => (client_response(response), server_id),
+        Err(failure) => (failure_response(&failure), Label::empty()),
+    };
+    if access_log {
+        info!(
+            target: "braid_proxy::access",
+            service = service.name.as_str(),
+            route = route.name.as_str(),
+            status = response.status().as_u16(),
+            latency_us = start.elapsed().as_micros() as u64,
+        );
+    }
+    record(&state.metrics, &labels, metrics, server_id, &response, start);
+    response
+}
