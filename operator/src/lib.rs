@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod backoff;
+pub mod certs;
 pub mod conditions;
 pub mod discovery;
 pub mod identity;

@@ -9,9 +9,10 @@ use rcgen::{
 };
 
 use super::{
-    ca::{self, KeyedCert, random_serial, set_validity},
+    ca::{self, CaError, KeyedCert},
     csr::{CheckedCsr, spiffe_id},
 };
+use crate::certs::x509::{random_serial, secs, set_validity};
 
 /// The workload certificate's notBefore lies this far in the past, for clocks behind ours.
 pub const CLOCK_SKEW: i64 = 60;
@@ -118,8 +119,7 @@ impl Authority {
             vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial()?);
-        let not_after =
-            now.saturating_add(ca::secs(self.source.workload_lifetime)).min(self.issuer_not_after);
+        let not_after = now.saturating_add(secs(self.source.workload_lifetime)).min(self.issuer_not_after);
         params.not_before = timestamp(now - CLOCK_SKEW)?;
         params.not_after = timestamp(not_after)?;
         let cert = params.signed_by(&public_key, &self.issuer)?;
@@ -150,7 +150,7 @@ impl Authority {
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial()?);
         set_validity(&mut params, now, Duration::MAX, Some(self.issuer_not_after))
-            .map_err(|e| AuthorityError::Unusable(e.to_string()))?;
+            .map_err(|e| AuthorityError::Unusable(CaError::from(e).to_string()))?;
         let cert = params.signed_by(&key, &self.issuer)?;
         let mut chain = vec![cert.der().to_vec()];
         chain.extend(

@@ -1,46 +1,44 @@
 //! Keeps the mesh's CA current (only the leading operator runs this): reads the stored roots and
 //! issuer, runs the pure plan of ca.rs, writes Secrets braid-trust-anchor and braid-issuer,
-//! publishes the trust bundle as ConfigMap braid-trust-anchors in the mesh namespace and in every
-//! namespace labelled braid.dev/inject=enabled, and reports it all on Mesh default (CAReady and
-//! status.identity). Sleeps until the next renewal, propagation or expiry, or until something it
-//! reads or owns changes.
+//! publishes the trust bundle (trust_bundle.rs) as ConfigMap braid-trust-anchors in the mesh
+//! namespace and in every namespace labelled braid.dev/inject=enabled, and reports it all on Mesh
+//! default (CAReady and status.identity). The kit's rotation loop (crate::certs::shell) sleeps
+//! until the next renewal, propagation or expiry, or until something it reads or owns changes.
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use braid_api::contract::{INJECT, INJECT_ENABLED, TRUST_BUNDLE_KEY, TRUST_CONFIG_MAP};
+use braid_api::contract::{INJECT, INJECT_ENABLED, TRUST_CONFIG_MAP};
 use braid_crds::{
     Mesh,
     conditions::{self, reasons},
     duration::parse_duration,
     mesh::{IdentitySettings, IdentityStatus},
 };
-use futures::{FutureExt as _, StreamExt, stream::BoxStream};
+use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::{
-    ByteString,
     api::core::v1::{ConfigMap, Namespace, Secret, Service},
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time},
+    apimachinery::pkg::apis::meta::v1::{OwnerReference, Time},
     jiff::Timestamp,
 };
 use kube::{
     Api, Client, Resource,
-    api::{ListParams, Patch, PatchParams},
     core::PartialObjectMeta,
     runtime::{WatchStreamExt, watcher},
 };
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     ANCHOR_SECRET, ISSUER_SECRET,
-    ca::{self, ExternalCa, KeyedCert, Source, Stored},
+    ca::{self, Ca, ExternalCa, KeyedCert, Source, Stored},
+    trust_bundle,
 };
 use crate::{
-    backoff::FailureBackoff,
-    conditions::{Observed, Status, merge},
+    certs::{
+        Rotation as _,
+        secret::{self, OwnedSecrets, Owner, annotate_time, annotated_time, keyed, text},
+        shell::{self, Shell},
+    },
+    conditions::{Observed, Status},
     metrics::{IdentityMetrics, Metrics},
 };
 
@@ -96,56 +94,62 @@ pub async fn run(
     identity_metrics: Arc<IdentityMetrics>,
     shutdown: CancellationToken,
 ) {
-    let mut external = None;
-    let mut triggers = triggers(&client, &settings, external.as_deref());
-    let backoff = FailureBackoff::new(Duration::from_secs(1), Duration::from_secs(60));
-    let mut published = None;
-    loop {
-        let started = tokio::time::Instant::now();
-        let result = reconcile(&client, &settings, &identity_metrics, &mut published).await;
+    let triggers = triggers(&client, &settings, None);
+    let controller =
+        Controller { client, settings, identity_metrics, published: None, external: None, triggers };
+    shell::run(controller, metrics, shutdown).await;
+}
+
+/// The CA controller, as the kit's rotation loop runs it.
+struct Controller {
+    client: Client,
+    settings: CaSettings,
+    identity_metrics: Arc<IdentityMetrics>,
+    published: Option<Published>,
+    /// The external CA's Secret the triggers watch, once it is known.
+    external: Option<String>,
+    triggers: BoxStream<'static, ()>,
+}
+
+impl Shell for Controller {
+    type Error = CaFailure;
+    const CONTROLLER: &'static str = CONTROLLER;
+    const WHAT: &'static str = "identity CA";
+    const COALESCE_EVENTS: bool = true;
+
+    fn resync(&self) -> Duration {
+        self.settings.resync
+    }
+
+    async fn pass(&mut self) -> Result<Option<i64>, CaFailure> {
+        let result =
+            reconcile(&self.client, &self.settings, &self.identity_metrics, &mut self.published).await;
         // Watch the external CA's Secret too, by name (so RBAC can name it), once it is known.
         if let Ok((_, used)) = &result
-            && *used != external
+            && *used != self.external
         {
-            external.clone_from(used);
-            triggers = self::triggers(&client, &settings, external.as_deref());
+            self.external.clone_from(used);
+            self.triggers = triggers(&self.client, &self.settings, self.external.as_deref());
         }
-        let result = result.map(|(next_change, _)| next_change);
-        metrics.observe(CONTROLLER, started.elapsed());
-        let wait = match result {
-            Ok(next_change) => {
-                backoff.succeeded(CONTROLLER);
-                let now = Timestamp::now().as_second();
-                let until_change =
-                    next_change.map(|at| Duration::from_secs(u64::try_from(at - now).unwrap_or(0) + 1));
-                until_change.map_or(settings.resync, |d| d.min(settings.resync))
-            }
-            Err(err) => {
-                metrics.failed(CONTROLLER, err.metric_label());
-                let wait = backoff.failed(CONTROLLER);
-                tracing::warn!(error = %err, retry_in = ?wait, "identity CA reconcile failed");
-                report(
-                    &client,
-                    Observed {
-                        type_: conditions::CA_READY,
-                        status: Status::False,
-                        reason: reasons::CA_FAILED,
-                        message: err.to_string(),
-                    },
-                    None,
-                )
-                .await;
-                wait
-            }
+        result.map(|(next_change, _)| next_change)
+    }
+
+    fn metric_label(err: &CaFailure) -> &'static str {
+        err.metric_label()
+    }
+
+    async fn report_failure(&mut self, err: &CaFailure) {
+        let observed = Observed {
+            type_: conditions::CA_READY,
+            status: Status::False,
+            reason: reasons::CA_FAILED,
+            message: err.to_string(),
         };
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            Some(()) = triggers.next() => {
-                // A burst of events (the watches' initial lists, our own writes) makes one pass.
-                while let Some(Some(())) = triggers.next().now_or_never() {}
-            }
-            () = shutdown.cancelled() => return,
-        }
+        report(&self.client, observed, None).await;
+    }
+
+    fn triggers(&mut self) -> &mut BoxStream<'static, ()> {
+        &mut self.triggers
     }
 }
 
@@ -198,51 +202,42 @@ async fn reconcile(
     let meshes: Api<Mesh> = Api::all(client.clone());
     let mesh = meshes.get_opt("default").await?;
     let identity = mesh.as_ref().map(|m| m.spec.identity.clone()).unwrap_or_default();
-    let owner = match &settings.owner_service {
-        None => None,
-        Some(service) => {
-            let services: Api<Service> = Api::namespaced(client.clone(), &settings.mesh_namespace);
-            let Some(meta) = services.get_metadata_opt(service).await? else {
+    let owner =
+        match Owner::lookup(client, &settings.mesh_namespace, settings.owner_service.as_deref()).await? {
+            Owner::None => None,
+            Owner::Service(owner) => Some(owner),
+            Owner::Missing => {
                 // Not installed yet, or being uninstalled: what is written now would outlive it.
                 tracing::info!(
-                    service = %format!("{}/{service}", settings.mesh_namespace),
+                    service = %format!(
+                        "{}/{}",
+                        settings.mesh_namespace,
+                        settings.owner_service.as_deref().unwrap_or_default()
+                    ),
                     "the identity Service does not exist; waiting for it before writing the CA"
                 );
                 return Ok((None, identity.external_ca_secret));
-            };
-            Some(OwnerReference {
-                api_version: "v1".to_owned(),
-                kind: "Service".to_owned(),
-                name: service.clone(),
-                uid: meta.metadata.uid.unwrap_or_default(),
-                ..OwnerReference::default()
-            })
-        }
-    };
-    let owner = owner.as_ref();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.mesh_namespace);
-    let anchor_secret = secrets.get_opt(ANCHOR_SECRET).await?;
-    let issuer_secret = secrets.get_opt(ISSUER_SECRET).await?;
+            }
+        };
+    let secrets = OwnedSecrets::new(client, &settings.mesh_namespace, owner);
+    let anchor_secret = secrets.get(ANCHOR_SECRET).await?;
+    let issuer_secret = secrets.get(ISSUER_SECRET).await?;
     let stored = stored_from(anchor_secret.as_ref(), issuer_secret.as_ref());
 
     let now = Timestamp::now().as_second();
     let ca_settings = ca_settings(&identity, settings.propagation);
     let source = match &identity.external_ca_secret {
         None => Ok(Source::Generate),
-        Some(name) => external_source(&secrets, name, now).await?,
+        Some(name) => external_source(secrets.api(), name, now).await?,
     };
-    let since = published.as_ref().filter(|p| p.bundle == ca::bundle(&stored)).map(|p| p.since);
+    let since = published.as_ref().filter(|p| p.bundle == Ca::bundle(&stored)).map(|p| p.since);
     let (next, problem, plan_settings) = match (&ca_settings, &source) {
         (Ok(ca_settings), Ok(source)) => {
-            let changes = ca::plan(now, &stored, source, ca_settings, since);
+            let ca = Ca { source, settings: ca_settings, published_since: since };
+            let (changes, next) = ca.step(now, &stored)?;
             for change in &changes {
                 tracing::info!(?change, "identity CA change");
             }
-            let next = if changes.is_empty() {
-                stored.clone()
-            } else {
-                ca::apply(now, &stored, &changes, source, ca_settings)?
-            };
             (next, None, Some((ca_settings, source)))
         }
         (Err(problem), _) | (_, Err(problem)) => {
@@ -253,12 +248,15 @@ async fn reconcile(
 
     // Order matters: the roots are saved first (a generated root's key must never be lost), the
     // bundle is published next, and only then does the issuer change.
-    let params = PatchParams::apply(crate::FIELD_MANAGER).force();
-    if anchor_secret.is_none() || next != stored || !owned_by(anchor_secret.as_ref(), owner) {
-        secrets.patch(ANCHOR_SECRET, &params, &Patch::Apply(anchor_object(&next, settings, owner))).await?;
+    if anchor_secret.is_none() || next != stored || !secrets.owns(anchor_secret.as_ref()) {
+        secrets.write(&anchor_object(&next, &settings.mesh_namespace, secrets.owner())).await?;
     }
-    let bundle = ca::bundle(&next);
-    let namespaces = if bundle.is_empty() { 0 } else { publish(client, settings, &bundle, owner).await? };
+    let bundle = Ca::bundle(&next);
+    let namespaces = if bundle.is_empty() {
+        0
+    } else {
+        trust_bundle::publish(client, &settings.mesh_namespace, &bundle, secrets.owner()).await?
+    };
     if published.as_ref().is_none_or(|p| p.bundle != bundle) {
         *published = Some(Published { bundle: bundle.clone(), since: now });
     }
@@ -266,10 +264,9 @@ async fn reconcile(
         && (issuer_secret.is_none()
             || next.issuer != stored.issuer
             || text(issuer_secret.as_ref(), "ca.crt").as_deref() != Some(bundle.as_str())
-            || !owned_by(issuer_secret.as_ref(), owner))
+            || !secrets.owns(issuer_secret.as_ref()))
     {
-        let object = issuer_object(&next, &bundle, settings, owner);
-        secrets.patch(ISSUER_SECRET, &params, &Patch::Apply(object)).await?;
+        secrets.write(&issuer_object(&next, &bundle, &settings.mesh_namespace, secrets.owner())).await?;
     }
 
     let (observed, status) = observe(now, &next, &source, namespaces, settings.propagation, problem);
@@ -281,8 +278,9 @@ async fn reconcile(
         write_status(&meshes, mesh, observed, status).await?;
     }
     let since = published.as_ref().map(|p| p.since);
-    let next_change = plan_settings
-        .and_then(|(ca_settings, source)| ca::next_change(now, &next, source, ca_settings, since));
+    let next_change = plan_settings.and_then(|(ca_settings, source)| {
+        Ca { source, settings: ca_settings, published_since: since }.next_change(now, &next)
+    });
     Ok((next_change, identity.external_ca_secret))
 }
 
@@ -340,61 +338,19 @@ async fn external_source(
     }
 }
 
-fn text(secret: Option<&Secret>, key: &str) -> Option<String> {
-    let bytes = secret?.data.as_ref()?.get(key)?;
-    String::from_utf8(bytes.0.clone()).ok()
-}
-
 fn stored_from(anchor: Option<&Secret>, issuer: Option<&Secret>) -> Stored {
-    let previous_until = anchor
-        .and_then(|s| s.metadata.annotations.as_ref())
-        .and_then(|a| a.get(PREVIOUS_UNTIL_ANNOTATION))
-        .and_then(|v| v.parse::<Timestamp>().ok())
-        .map(|t| t.as_second());
-    let issuer = match (text(issuer, "tls.crt"), text(issuer, "tls.key")) {
-        (Some(cert_pem), Some(key_pem)) => Some(KeyedCert { cert_pem, key_pem }),
-        _ => None,
-    };
     Stored {
         roots_pem: text(anchor, "ca.crt").unwrap_or_default(),
         root_key_pem: text(anchor, "ca.key"),
         previous_pem: text(anchor, "previous.crt").unwrap_or_default(),
-        previous_until,
-        issuer,
-    }
-}
-
-/// Whether `object` carries exactly the owner reference wanted (none wanted counts as yes: the
-/// operator never removes references it did not set).
-fn owned_by(object: Option<&Secret>, owner: Option<&OwnerReference>) -> bool {
-    let (Some(object), Some(owner)) = (object, owner) else { return true };
-    object.metadata.owner_references.as_deref() == Some(std::slice::from_ref(owner))
-}
-
-fn secret(
-    name: &str,
-    settings: &CaSettings,
-    type_: &str,
-    data: BTreeMap<String, String>,
-    owner: Option<&OwnerReference>,
-) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(settings.mesh_namespace.clone()),
-            labels: Some([("app.kubernetes.io/part-of".to_owned(), "braid".to_owned())].into()),
-            owner_references: owner.map(|o| vec![o.clone()]),
-            ..ObjectMeta::default()
-        },
-        type_: Some(type_.to_owned()),
-        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
-        ..Secret::default()
+        previous_until: annotated_time(anchor, PREVIOUS_UNTIL_ANNOTATION),
+        issuer: keyed(issuer, "tls.crt", "tls.key"),
     }
 }
 
 /// braid-trust-anchor: the current roots (ca.crt), the generated root's key (ca.key), and the
 /// roots still trusted from before a rotation (previous.crt), with when they leave.
-fn anchor_object(stored: &Stored, settings: &CaSettings, owner: Option<&OwnerReference>) -> Secret {
+fn anchor_object(stored: &Stored, namespace: &str, owner: Option<&OwnerReference>) -> Secret {
     let mut data = BTreeMap::new();
     data.insert("ca.crt".to_owned(), stored.roots_pem.clone());
     if let Some(key) = &stored.root_key_pem {
@@ -403,106 +359,21 @@ fn anchor_object(stored: &Stored, settings: &CaSettings, owner: Option<&OwnerRef
     if !stored.previous_pem.is_empty() {
         data.insert("previous.crt".to_owned(), stored.previous_pem.clone());
     }
-    let mut object = secret(ANCHOR_SECRET, settings, "Opaque", data, owner);
-    if let Some(at) = stored.previous_until.and_then(|s| Timestamp::from_second(s).ok()) {
-        object.metadata.annotations = Some([(PREVIOUS_UNTIL_ANNOTATION.to_owned(), at.to_string())].into());
-    }
+    let mut object = secret::object(ANCHOR_SECRET, namespace, "Opaque", data, owner);
+    annotate_time(&mut object, PREVIOUS_UNTIL_ANNOTATION, stored.previous_until);
     object
 }
 
 /// braid-issuer, in the layout cert-manager writes: tls.crt, tls.key, and the bundle as ca.crt.
 /// What the identity endpoint of every replica reads.
-fn issuer_object(
-    stored: &Stored,
-    bundle: &str,
-    settings: &CaSettings,
-    owner: Option<&OwnerReference>,
-) -> Secret {
+fn issuer_object(stored: &Stored, bundle: &str, namespace: &str, owner: Option<&OwnerReference>) -> Secret {
     let mut data = BTreeMap::new();
     if let Some(issuer) = &stored.issuer {
         data.insert("tls.crt".to_owned(), issuer.cert_pem.clone());
         data.insert("tls.key".to_owned(), issuer.key_pem.clone());
     }
     data.insert("ca.crt".to_owned(), bundle.to_owned());
-    secret(ISSUER_SECRET, settings, "kubernetes.io/tls", data, owner)
-}
-
-/// Publishes `bundle` in the mesh namespace and every labelled namespace that lacks it; returns
-/// how many namespaces hold it. Only the mesh namespace's copy can be owned: an owner reference
-/// never crosses namespaces.
-async fn publish(
-    client: &Client,
-    settings: &CaSettings,
-    bundle: &str,
-    owner: Option<&OwnerReference>,
-) -> Result<usize, CaFailure> {
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let labelled = namespaces
-        .list_metadata(&ListParams::default().labels(&format!("{INJECT}={INJECT_ENABLED}")))
-        .await?;
-    let mut targets: Vec<String> = labelled
-        .items
-        .into_iter()
-        // A namespace being deleted refuses new objects, and needs none.
-        .filter(|ns| ns.metadata.deletion_timestamp.is_none())
-        .filter_map(|ns| ns.metadata.name)
-        .collect();
-    if !targets.contains(&settings.mesh_namespace) {
-        targets.push(settings.mesh_namespace.clone());
-    }
-    let config_maps: Api<ConfigMap> = Api::all(client.clone());
-    let existing: HashMap<String, ConfigMap> = config_maps
-        .list(&ListParams::default().fields(&format!("metadata.name={TRUST_CONFIG_MAP}")))
-        .await?
-        .items
-        .into_iter()
-        .filter_map(|cm| Some((cm.metadata.namespace.clone()?, cm)))
-        .collect();
-    let params = PatchParams::apply(crate::FIELD_MANAGER).force();
-    let mut holding = 0;
-    for namespace in targets {
-        let owner = owner.filter(|_| namespace == settings.mesh_namespace);
-        let current = existing.get(&namespace);
-        let holds = current.and_then(|cm| cm.data.as_ref()?.get(TRUST_BUNDLE_KEY)).map(String::as_str)
-            == Some(bundle);
-        let owned = owner.is_none_or(|owner| {
-            current.and_then(|cm| cm.metadata.owner_references.as_deref())
-                == Some(std::slice::from_ref(owner))
-        });
-        if holds && owned {
-            holding += 1;
-            continue;
-        }
-        let mut object = json!({
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {
-                "name": TRUST_CONFIG_MAP,
-                "namespace": namespace,
-                "labels": {"app.kubernetes.io/part-of": "braid"},
-            },
-            "data": {TRUST_BUNDLE_KEY: bundle},
-        });
-        if let Some(owner) = owner {
-            object["metadata"]["ownerReferences"] = json!([owner]);
-        }
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-        match api.patch(TRUST_CONFIG_MAP, &params, &Patch::Apply(&object)).await {
-            Ok(_) => {
-                tracing::info!(%namespace, "published the trust bundle");
-                holding += 1;
-            }
-            // Deleted, or being deleted, since the list: nothing there needs the bundle.
-            Err(kube::Error::Api(status))
-                if status.code == 404
-                    || (status.code == 403 && status.message.contains("being terminated")) =>
-            {
-                tracing::debug!(%namespace, "namespace gone; bundle not published there");
-            }
-            Err(err) => return Err(err.into()),
-        }
-    }
-    Ok(holding)
+    secret::object(ISSUER_SECRET, namespace, "kubernetes.io/tls", data, owner)
 }
 
 /// The CAReady condition and status.identity for what is stored now.
@@ -538,7 +409,7 @@ fn observe(
     let status = IdentityStatus {
         trust_anchor_not_after: time(anchor.map_or(issuer.not_after, |a| a.not_after)),
         issuer_not_after: time(issuer.not_after),
-        issuer_renew_at: (!external).then(|| time(issuer.renew_at())),
+        issuer_renew_at: (!external).then(|| time(issuer.renew_at(ca::RENEW_AT_PERCENT))),
         trust_bundle_roots: i32::try_from(roots.len() + previous.len()).unwrap_or(i32::MAX),
         external,
     };
@@ -601,26 +472,15 @@ async fn write_status(
     observed: Observed,
     identity: Option<IdentityStatus>,
 ) -> Result<(), CaFailure> {
-    let previous = mesh.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let conditions = merge(previous, vec![observed], mesh.metadata.generation, &Time(Timestamp::now()));
-    let current = previous.iter().find(|c| c.type_ == conditions::CA_READY);
-    let unchanged = current == conditions.first()
-        && mesh.status.as_ref().and_then(|s| s.identity.as_ref()) == identity.as_ref();
-    if unchanged {
-        return Ok(());
-    }
-    let patch = json!({
-        "apiVersion": Mesh::api_version(&()),
-        "kind": Mesh::kind(&()),
-        "status": {"conditions": conditions, "identity": identity},
-    });
-    meshes.patch_status("default", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    let current = mesh.status.as_ref().and_then(|s| s.identity.as_ref());
+    shell::write_mesh_status(meshes, mesh, FIELD_MANAGER, observed, "identity", identity, current).await?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::certs::secret::owned_by;
 
     fn stored(now: i64) -> Stored {
         let settings = ca::Settings {
@@ -649,15 +509,15 @@ mod tests {
         stored.previous_pem = stored.roots_pem.clone();
         stored.previous_until = Some(now + 3600);
         let bundle = ca::bundle(&stored);
-        let anchor = anchor_object(&stored, &settings(), None);
-        let issuer = issuer_object(&stored, &bundle, &settings(), None);
+        let anchor = anchor_object(&stored, &settings().mesh_namespace, None);
+        let issuer = issuer_object(&stored, &bundle, &settings().mesh_namespace, None);
         assert_eq!(issuer.type_.as_deref(), Some("kubernetes.io/tls"));
         assert_eq!(stored_from(Some(&anchor), Some(&issuer)), stored);
         assert_eq!(text(Some(&issuer), "ca.crt").as_deref(), Some(bundle.as_str()));
         // The Secret the endpoints read never holds the root's key.
         assert!(!issuer.data.as_ref().unwrap().contains_key("ca.key"));
 
-        // Owned by the chart's Service: rewritten until the reference is exactly that one.
+        // Owned by the chart's Service (what "owned" means is the kit's, tested there).
         let owner = OwnerReference {
             api_version: "v1".into(),
             kind: "Service".into(),
@@ -665,12 +525,9 @@ mod tests {
             uid: "uid-1".into(),
             ..OwnerReference::default()
         };
-        assert!(owned_by(Some(&issuer), None), "no owner wanted, none checked");
-        assert!(!owned_by(Some(&issuer), Some(&owner)));
-        let owned = issuer_object(&stored, &bundle, &settings(), Some(&owner));
+        let owned = issuer_object(&stored, &bundle, &settings().mesh_namespace, Some(&owner));
         assert!(owned_by(Some(&owned), Some(&owner)));
-        let recreated = OwnerReference { uid: "uid-2".into(), ..owner };
-        assert!(!owned_by(Some(&owned), Some(&recreated)), "a reinstalled chart's Service is a new owner");
+        assert_eq!(owned.metadata.namespace.as_deref(), Some("braid-system"));
     }
 
     #[test]

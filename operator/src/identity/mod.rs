@@ -2,9 +2,10 @@
 //! SPIFFE certificate, and the endpoint proxies ask.
 //!
 //! - ca.rs: the roots and the issuer as a pure state machine (first start, renewal, rotation
-//!   with an overlapping trust bundle, an external CA).
-//! - controller.rs: the leader's loop that stores them, publishes the trust bundle and reports
-//!   on the Mesh.
+//!   with an overlapping trust bundle, an external CA), on the operator's certificate kit
+//!   (crate::certs).
+//! - controller.rs: the leader's loop that stores them, has trust_bundle.rs publish the trust
+//!   bundle in every meshed namespace, and reports on the Mesh.
 //! - server.rs: POST /v1/certify on every replica; with csr.rs (what may be asked), tokens.rs
 //!   (who is asking), ratelimit.rs and authority.rs (signing).
 
@@ -15,6 +16,7 @@ pub mod csr;
 pub mod ratelimit;
 pub mod server;
 pub mod tokens;
+pub mod trust_bundle;
 
 /// Secret of the mesh namespace: the current roots and the generated root's key, and the roots
 /// still trusted from before a rotation.

@@ -9,11 +9,11 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
-};
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyUsagePurpose, SanType};
 use x509_parser::{extensions::GeneralName, pem::parse_x509_pem};
+
+use crate::certs::x509::{self, CaSpec, IssueError, secs};
+pub use crate::certs::{KeyedCert, Rotation, Validity};
 
 /// What is stored (in the operator's Secrets) between reconciles.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,14 +26,7 @@ pub struct Stored {
     pub serving: Option<KeyedCert>,
 }
 
-/// A PEM certificate and its PEM private key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyedCert {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-/// Lifetimes and names, from the Mesh and the operator's flags.
+/// Lifetimes and names, from the Mesh and the operator's flags; the webhook's [`Rotation`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     pub cert_lifetime: Duration,
@@ -62,16 +55,12 @@ pub enum CertError {
     UnusableCa(String),
 }
 
-/// Validity of a certificate, in Unix seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Validity {
-    pub not_before: i64,
-    pub not_after: i64,
-}
-
-impl Validity {
-    pub fn renew_at(self, percent: u32) -> i64 {
-        self.not_before + (self.not_after - self.not_before) * i64::from(percent) / 100
+impl From<IssueError> for CertError {
+    fn from(err: IssueError) -> Self {
+        match err {
+            IssueError::Generate(err) => CertError::Generate(err),
+            IssueError::UnusableSigner(why) => CertError::UnusableCa(why),
+        }
     }
 }
 
@@ -118,77 +107,73 @@ pub fn signed_by(cert_pem: &str, ca_pem: &str) -> bool {
     cert.verify_signature(Some(ca.public_key())).is_ok()
 }
 
-/// What to do now, in order.
-pub fn plan(now: i64, stored: &Stored, settings: &Settings) -> Vec<Change> {
-    let mut changes = Vec::new();
-    let ca = stored.ca.as_ref().and_then(|ca| parse(&ca.cert_pem).map(|p| (ca, p)));
-    let first_ca = ca.is_none();
-    match &ca {
-        None if stored.ca.is_some() => changes.push(Change::NewCa("the stored CA cannot be parsed")),
-        None => changes.push(Change::NewCa("no CA yet")),
-        Some((_, parsed)) if now >= parsed.validity.not_after => {
-            changes.push(Change::NewCa("the CA expired"))
+impl Rotation for Settings {
+    type Stored = Stored;
+    type Change = Change;
+    type Error = CertError;
+
+    fn plan(&self, now: i64, stored: &Stored) -> Vec<Change> {
+        let mut changes = Vec::new();
+        let ca = stored.ca.as_ref().and_then(|ca| parse(&ca.cert_pem).map(|p| (ca, p)));
+        let first_ca = ca.is_none();
+        match &ca {
+            None if stored.ca.is_some() => changes.push(Change::NewCa("the stored CA cannot be parsed")),
+            None => changes.push(Change::NewCa("no CA yet")),
+            Some((_, parsed)) if now >= parsed.validity.not_after => {
+                changes.push(Change::NewCa("the CA expired"))
+            }
+            // A second rollover before the serving certificate moved to the current CA would drop
+            // the CA that still signs it from the bundle; finish the first one.
+            Some((ca, parsed))
+                if now >= parsed.validity.renew_at(self.renew_at_percent)
+                    && stored.serving.as_ref().is_none_or(|s| signed_by(&s.cert_pem, &ca.cert_pem)) =>
+            {
+                changes.push(Change::NewCa("the CA reached its renewal time"));
+            }
+            Some(_) => {}
         }
-        // A second rollover before the serving certificate moved to the current CA would drop
-        // the CA that still signs it from the bundle; finish the first one.
-        Some((ca, parsed))
-            if now >= parsed.validity.renew_at(settings.renew_at_percent)
-                && stored.serving.as_ref().is_none_or(|s| signed_by(&s.cert_pem, &ca.cert_pem)) =>
+        // A serving certificate signed by a CA that joined the bundle less than `ca_propagation`
+        // ago would be refused by an API server that has not seen that bundle yet.
+        let rotating = !first_ca && !changes.is_empty();
+        let propagated =
+            !rotating && stored.ca_rotated_at.is_none_or(|at| now >= at + secs(self.ca_propagation));
+
+        let serving = stored.serving.as_ref().and_then(|s| parse(&s.cert_pem).map(|p| (s, p)));
+        let (reason, urgent) = match (&serving, &ca) {
+            (None, _) => (Some("no serving certificate yet"), true),
+            (Some((_, parsed)), _) if now >= parsed.validity.not_after => {
+                (Some("the serving certificate expired"), true)
+            }
+            (Some((_, parsed)), _) if now >= parsed.validity.renew_at(self.renew_at_percent) => {
+                (Some("the serving certificate reached its renewal time"), false)
+            }
+            (Some((_, parsed)), _) if !same_names(parsed, self) => {
+                (Some("the webhook's names changed"), false)
+            }
+            (Some((serving, _)), Some((ca, _))) if !signed_by(&serving.cert_pem, &ca.cert_pem) => {
+                (Some("the CA changed and the new bundle has had time to reach the API server"), false)
+            }
+            _ => (None, false),
+        };
+        // Nothing valid to serve with: waiting would not save an admission, so issue at once.
+        if let Some(reason) = reason
+            && (urgent || propagated)
         {
-            changes.push(Change::NewCa("the CA reached its renewal time"));
+            changes.push(Change::NewServing(reason));
         }
-        Some(_) => {}
-    }
-    // A serving certificate signed by a CA that joined the bundle less than `ca_propagation` ago
-    // would be refused by an API server that has not seen that bundle yet.
-    let rotating = !first_ca && !changes.is_empty();
-    let propagated =
-        !rotating && stored.ca_rotated_at.is_none_or(|at| now >= at + secs(settings.ca_propagation));
 
-    let serving = stored.serving.as_ref().and_then(|s| parse(&s.cert_pem).map(|p| (s, p)));
-    let (reason, urgent) = match (&serving, &ca) {
-        (None, _) => (Some("no serving certificate yet"), true),
-        (Some((_, parsed)), _) if now >= parsed.validity.not_after => {
-            (Some("the serving certificate expired"), true)
+        if let Some(previous) = &stored.previous_ca_pem
+            && parse(previous).is_none_or(|p| now >= p.validity.not_after)
+        {
+            changes.push(Change::DropPreviousCa);
         }
-        (Some((_, parsed)), _) if now >= parsed.validity.renew_at(settings.renew_at_percent) => {
-            (Some("the serving certificate reached its renewal time"), false)
-        }
-        (Some((_, parsed)), _) if !same_names(parsed, settings) => {
-            (Some("the webhook's names changed"), false)
-        }
-        (Some((serving, _)), Some((ca, _))) if !signed_by(&serving.cert_pem, &ca.cert_pem) => {
-            (Some("the CA changed and the new bundle has had time to reach the API server"), false)
-        }
-        _ => (None, false),
-    };
-    // Nothing valid to serve with: waiting would not save an admission, so issue at once.
-    if let Some(reason) = reason
-        && (urgent || propagated)
-    {
-        changes.push(Change::NewServing(reason));
+        changes
     }
 
-    if let Some(previous) = &stored.previous_ca_pem
-        && parse(previous).is_none_or(|p| now >= p.validity.not_after)
-    {
-        changes.push(Change::DropPreviousCa);
-    }
-    changes
-}
-
-/// Carries out `changes`, generating keys and certificates valid from `now`.
-pub fn apply(
-    now: i64,
-    stored: &Stored,
-    changes: &[Change],
-    settings: &Settings,
-) -> Result<Stored, CertError> {
-    let mut next = stored.clone();
-    for change in changes {
+    fn apply_change(&self, now: i64, next: &mut Stored, change: &Change) -> Result<(), CertError> {
         match change {
             Change::NewCa(_) => {
-                let ca = issue_ca(now, settings.ca_lifetime)?;
+                let ca = issue_ca(now, self.ca_lifetime)?;
                 if let Some(old) = next.ca.take().filter(|old| parse(&old.cert_pem).is_some()) {
                     next.previous_ca_pem = Some(old.cert_pem);
                     next.ca_rotated_at = Some(now);
@@ -198,34 +183,36 @@ pub fn apply(
             Change::NewServing(_) => {
                 let ca =
                     next.ca.as_ref().ok_or_else(|| CertError::UnusableCa("there is no CA".to_owned()))?;
-                next.serving = Some(issue_serving(now, ca, settings)?);
+                next.serving = Some(issue_serving(now, ca, self)?);
             }
             Change::DropPreviousCa => next.previous_ca_pem = None,
         }
+        Ok(())
     }
-    Ok(next)
-}
 
-/// The CAs the API server must trust: the current one, then the previous one during a rollover.
-pub fn bundle(stored: &Stored) -> String {
-    let mut pem = String::new();
-    for cert in stored.ca.as_ref().map(|c| &c.cert_pem).into_iter().chain(stored.previous_ca_pem.as_ref()) {
-        pem.push_str(cert.trim_end());
-        pem.push('\n');
+    /// The CAs the API server must trust: the current one, then the previous one during a
+    /// rollover.
+    fn bundle(stored: &Stored) -> String {
+        let mut pem = String::new();
+        for cert in stored.ca.as_ref().map(|c| &c.cert_pem).into_iter().chain(stored.previous_ca_pem.as_ref())
+        {
+            pem.push_str(cert.trim_end());
+            pem.push('\n');
+        }
+        pem
     }
-    pem
-}
 
-/// When the plan could next change: the earliest renewal, propagation or expiry ahead.
-pub fn next_change(now: i64, stored: &Stored, settings: &Settings) -> Option<i64> {
-    let renewals = [stored.ca.as_ref(), stored.serving.as_ref()]
-        .into_iter()
-        .flatten()
-        .filter_map(|c| parse(&c.cert_pem))
-        .map(|p| p.validity.renew_at(settings.renew_at_percent));
-    let propagation = stored.ca_rotated_at.map(|at| at + secs(settings.ca_propagation));
-    let previous_expiry = stored.previous_ca_pem.as_deref().and_then(parse).map(|p| p.validity.not_after);
-    renewals.chain(propagation).chain(previous_expiry).filter(|t| *t > now).min()
+    /// Renewals, the end of a propagation wait, and the previous CA's expiry.
+    fn deadlines(&self, stored: &Stored) -> Vec<i64> {
+        let renewals = [stored.ca.as_ref(), stored.serving.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|c| parse(&c.cert_pem))
+            .map(|p| p.validity.renew_at(self.renew_at_percent));
+        let propagation = stored.ca_rotated_at.map(|at| at + secs(self.ca_propagation));
+        let previous_expiry = stored.previous_ca_pem.as_deref().and_then(parse).map(|p| p.validity.not_after);
+        renewals.chain(propagation).chain(previous_expiry).collect()
+    }
 }
 
 fn same_names(parsed: &Parsed, settings: &Settings) -> bool {
@@ -241,53 +228,31 @@ fn same_names(parsed: &Parsed, settings: &Settings) -> bool {
 }
 
 fn issue_ca(now: i64, lifetime: Duration) -> Result<KeyedCert, CertError> {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name = name(&format!("braid-webhook-ca-{now}"));
-    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages =
-        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    set_validity(&mut params, now, lifetime)?;
-    let cert = params.self_signed(&key)?;
-    Ok(KeyedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    let spec = CaSpec {
+        common_name: &format!("braid-webhook-ca-{now}"),
+        path_len: 0,
+        key_usages: vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ],
+        lifetime,
+        cap: None,
+        random_serial: false,
+        authority_key_identifier: false,
+    };
+    Ok(x509::issue_ca(now, &spec, None)?)
 }
 
 fn issue_serving(now: i64, ca: &KeyedCert, settings: &Settings) -> Result<KeyedCert, CertError> {
-    let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(|e| CertError::UnusableCa(e.to_string()))?;
-    let issuer =
-        Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key).map_err(|e| CertError::UnusableCa(e.to_string()))?;
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::new(settings.dns_names.clone())?;
     params.subject_alt_names.extend(settings.ip_addresses.iter().map(|ip| SanType::IpAddress(*ip)));
-    params.distinguished_name = name(settings.dns_names.first().map_or("braid-webhook", String::as_str));
+    params.distinguished_name =
+        x509::name(settings.dns_names.first().map_or("braid-webhook", String::as_str));
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    set_validity(&mut params, now, settings.cert_lifetime)?;
-    let cert = params.signed_by(&key, &issuer)?;
-    Ok(KeyedCert { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
-}
-
-fn name(common_name: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common_name);
-    dn.push(DnType::OrganizationName, "braid");
-    dn
-}
-
-fn set_validity(params: &mut CertificateParams, now: i64, lifetime: Duration) -> Result<(), CertError> {
-    let at = |t: i64| {
-        time::OffsetDateTime::from_unix_timestamp(t)
-            .map_err(|_| CertError::UnusableCa(format!("time {t} out of range")))
-    };
-    // Backdated for clocks that run behind the operator's: a minute, or a tenth of a short
-    // lifetime, so that the renewal time (a share of not_before..not_after) stays ahead.
-    params.not_before = at(now - secs(lifetime / 10).min(60))?;
-    params.not_after = at(now.saturating_add(secs(lifetime)))?;
-    Ok(())
-}
-
-fn secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
+    x509::set_validity(&mut params, now, settings.cert_lifetime, None)?;
+    Ok(x509::sign(params, Some(ca))?)
 }
 
 #[cfg(test)]
@@ -309,8 +274,8 @@ mod tests {
 
     /// Runs plan+apply like the controller does.
     fn step(now: i64, stored: &Stored) -> (Vec<Change>, Stored) {
-        let changes = plan(now, stored, &settings());
-        let next = apply(now, stored, &changes, &settings()).unwrap();
+        let changes = settings().plan(now, stored);
+        let next = settings().apply(now, stored, &changes).unwrap();
         (changes, next)
     }
 
@@ -337,9 +302,9 @@ mod tests {
         assert_eq!(parsed.ip_addresses, ["127.0.0.1".parse::<IpAddr>().unwrap()]);
         assert_eq!(parsed.validity.not_after - 1_000_000, 90 * 24 * HOUR);
         assert_eq!(parsed.validity.not_before, 1_000_000 - 60);
-        assert_eq!(bundle(&stored).matches("BEGIN CERTIFICATE").count(), 1);
+        assert_eq!(Settings::bundle(&stored).matches("BEGIN CERTIFICATE").count(), 1);
         // Nothing more to do until the renewal time.
-        assert_eq!(plan(1_000_000 + HOUR, &stored, &settings()), []);
+        assert_eq!(settings().plan(1_000_000 + HOUR, &stored), []);
     }
 
     #[test]
@@ -347,19 +312,19 @@ mod tests {
         let start = 1_000_000;
         let (_, stored) = step(start, &Stored::default());
         let renew_at = parse(&stored.serving.as_ref().unwrap().cert_pem).unwrap().validity.renew_at(66);
-        assert_eq!(next_change(start, &stored, &settings()), Some(renew_at));
-        assert_eq!(plan(renew_at - 1, &stored, &settings()), []);
+        assert_eq!(settings().next_change(start, &stored), Some(renew_at));
+        assert_eq!(settings().plan(renew_at - 1, &stored), []);
         let (changes, renewed) = step(renew_at, &stored);
         assert_eq!(kinds(&changes), ["serving"]);
         assert_eq!(renewed.ca, stored.ca, "same CA, so the bundle does not change");
         assert_ne!(renewed.serving, stored.serving);
-        assert_eq!(bundle(&renewed), bundle(&stored));
+        assert_eq!(Settings::bundle(&renewed), Settings::bundle(&stored));
     }
 
     /// Steps through every planned change from `from` up to `until`, as the controller would.
     fn run_until(from: i64, until: i64, mut stored: Stored) -> Stored {
         let mut now = from;
-        while let Some(next) = next_change(now, &stored, &settings()).filter(|t| *t < until) {
+        while let Some(next) = settings().next_change(now, &stored).filter(|t| *t < until) {
             now = next;
             stored = step(now, &stored).1;
         }
@@ -381,11 +346,11 @@ mod tests {
         assert_eq!(kinds(&changes), ["ca"]);
         assert_eq!(rotated.previous_ca_pem.as_deref(), Some(old_ca.cert_pem.as_str()));
         assert_eq!(rotated.serving, stored.serving);
-        assert_eq!(bundle(&rotated).matches("BEGIN CERTIFICATE").count(), 2);
+        assert_eq!(Settings::bundle(&rotated).matches("BEGIN CERTIFICATE").count(), 2);
 
         // Phase 2: only once the bundle had time to propagate is the serving certificate reissued.
-        assert_eq!(plan(ca_renew + 59, &rotated, &settings()), []);
-        assert_eq!(next_change(ca_renew, &rotated, &settings()), Some(ca_renew + 60));
+        assert_eq!(settings().plan(ca_renew + 59, &rotated), []);
+        assert_eq!(settings().next_change(ca_renew, &rotated), Some(ca_renew + 60));
         let (changes, reissued) = step(ca_renew + 60, &rotated);
         assert_eq!(kinds(&changes), ["serving"]);
         let serving = reissued.serving.as_ref().unwrap();
@@ -396,7 +361,7 @@ mod tests {
         let old_expiry = parse(&old_ca.cert_pem).unwrap().validity.not_after;
         let done = run_until(ca_renew + 60, old_expiry + 1, reissued);
         assert!(done.previous_ca_pem.is_none());
-        assert_eq!(bundle(&done).matches("BEGIN CERTIFICATE").count(), 1);
+        assert_eq!(Settings::bundle(&done).matches("BEGIN CERTIFICATE").count(), 1);
     }
 
     #[test]
@@ -408,8 +373,8 @@ mod tests {
         // Pretend the serving certificate is due right now, inside the window.
         let serving_renew = parse(&rotated.serving.as_ref().unwrap().cert_pem).unwrap().validity.renew_at(66);
         rotated.ca_rotated_at = Some(serving_renew - 10);
-        assert_eq!(plan(serving_renew, &rotated, &settings()), [], "waits until the bundle propagated");
-        assert_eq!(kinds(&plan(serving_renew + 50, &rotated, &settings())), ["serving"]);
+        assert_eq!(settings().plan(serving_renew, &rotated), [], "waits until the bundle propagated");
+        assert_eq!(kinds(&settings().plan(serving_renew + 50, &rotated)), ["serving"]);
     }
 
     #[test]
@@ -418,9 +383,9 @@ mod tests {
         short.cert_lifetime = Duration::from_secs(20);
         short.ca_lifetime = Duration::from_secs(40);
         short.renew_at_percent = 50;
-        let changes = plan(1_000, &Stored::default(), &short);
-        let stored = apply(1_000, &Stored::default(), &changes, &short).unwrap();
-        assert_eq!(plan(1_000, &stored, &short), [], "nothing is due right after issuing");
+        let changes = short.plan(1_000, &Stored::default());
+        let stored = short.apply(1_000, &Stored::default(), &changes).unwrap();
+        assert_eq!(short.plan(1_000, &stored), [], "nothing is due right after issuing");
         let serving = parse(&stored.serving.as_ref().unwrap().cert_pem).unwrap().validity;
         assert_eq!((serving.not_before, serving.renew_at(50)), (998, 1_009));
     }
@@ -436,7 +401,7 @@ mod tests {
         let new_ca_renew = parse(&rotated.ca.as_ref().unwrap().cert_pem).unwrap().validity.renew_at(66);
         let mut frozen = rotated.clone();
         frozen.ca_rotated_at = Some(new_ca_renew);
-        let changes = plan(new_ca_renew, &frozen, &settings());
+        let changes = settings().plan(new_ca_renew, &frozen);
         assert!(!kinds(&changes).contains(&"ca"), "{changes:?}");
     }
 
@@ -447,7 +412,7 @@ mod tests {
         let expiry = parse(&stored.serving.as_ref().unwrap().cert_pem).unwrap().validity.not_after;
         let mut late = stored.clone();
         late.ca_rotated_at = Some(expiry - 1);
-        assert_eq!(kinds(&plan(expiry, &late, &settings())), ["serving"]);
+        assert_eq!(kinds(&settings().plan(expiry, &late)), ["serving"]);
     }
 
     #[test]
@@ -455,7 +420,7 @@ mod tests {
         let (_, stored) = step(1_000_000, &Stored::default());
         let mut other = settings();
         other.dns_names.push("braid-webhook.braid-system.svc.cluster.local".into());
-        assert_eq!(kinds(&plan(1_000_000, &stored, &other)), ["serving"]);
+        assert_eq!(kinds(&other.plan(1_000_000, &stored)), ["serving"]);
 
         let corrupt = Stored {
             ca: Some(KeyedCert { cert_pem: "not a certificate".into(), key_pem: "nor a key".into() }),
@@ -473,7 +438,7 @@ mod tests {
         broken.ca.as_mut().unwrap().key_pem =
             "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".into();
         broken.serving = None;
-        let err = apply(1_000_000, &broken, &[Change::NewServing("test")], &settings()).unwrap_err();
+        let err = settings().apply(1_000_000, &broken, &[Change::NewServing("test")]).unwrap_err();
         assert!(err.to_string().contains("delete Secret braid-webhook-ca"), "{err}");
     }
 }

@@ -7,7 +7,7 @@
 //! the operator only keeps its caBundle and failure policy, and never creates it, so that
 //! `helm uninstall` leaves no configuration behind even while the operator is still stopping.
 
-use std::{collections::BTreeMap, net::IpAddr, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
 
 use braid_crds::{
     Mesh,
@@ -17,12 +17,11 @@ use braid_crds::{
 };
 use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::{
-    ByteString,
     api::{
         admissionregistration::v1::MutatingWebhookConfiguration,
         core::v1::{Secret, Service},
     },
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time},
+    apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{
@@ -30,16 +29,18 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::{WatchStreamExt, watcher},
 };
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    certs::{self, KeyedCert, Stored},
+    certs::{self, KeyedCert, Rotation as _, Stored},
     config::{self, Endpoint},
 };
 use crate::{
-    backoff::FailureBackoff,
-    conditions::{Observed, Status, merge},
+    certs::{
+        secret::{OwnedSecrets, Owner, annotate_time, annotated_time, keyed, text},
+        shell::{self, Shell},
+    },
+    conditions::{Observed, Status},
     metrics::Metrics,
 };
 
@@ -101,36 +102,44 @@ impl WebhookError {
 pub async fn run(
     client: Client,
     settings: WebhookSettings,
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
-    let mut triggers = triggers(&client, &settings);
-    let backoff = FailureBackoff::new(Duration::from_secs(1), Duration::from_secs(60));
-    loop {
-        let started = tokio::time::Instant::now();
-        let result = reconcile(&client, &settings).await;
-        metrics.observe(CONTROLLER, started.elapsed());
-        let wait = match result {
-            Ok(next_change) => {
-                backoff.succeeded(CONTROLLER);
-                let now = Timestamp::now().as_second();
-                let until_change =
-                    next_change.map(|at| Duration::from_secs(u64::try_from(at - now).unwrap_or(0) + 1));
-                until_change.map_or(settings.resync, |d| d.min(settings.resync))
-            }
-            Err(err) => {
-                metrics.failed(CONTROLLER, err.metric_label());
-                let wait = backoff.failed(CONTROLLER);
-                tracing::warn!(error = %err, retry_in = ?wait, "webhook certificate reconcile failed");
-                report_failure(&client, &err).await;
-                wait
-            }
-        };
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            Some(()) = triggers.next() => {}
-            () = shutdown.cancelled() => return,
-        }
+    let triggers = triggers(&client, &settings);
+    shell::run(Certificates { client, settings, triggers }, metrics, shutdown).await;
+}
+
+/// The webhook certificate controller, as the kit's rotation loop runs it.
+struct Certificates {
+    client: Client,
+    settings: WebhookSettings,
+    triggers: BoxStream<'static, ()>,
+}
+
+impl Shell for Certificates {
+    type Error = WebhookError;
+    const CONTROLLER: &'static str = CONTROLLER;
+    const WHAT: &'static str = "webhook certificate";
+    const COALESCE_EVENTS: bool = false;
+
+    fn resync(&self) -> Duration {
+        self.settings.resync
+    }
+
+    async fn pass(&mut self) -> Result<Option<i64>, WebhookError> {
+        reconcile(&self.client, &self.settings).await
+    }
+
+    fn metric_label(err: &WebhookError) -> &'static str {
+        err.metric_label()
+    }
+
+    async fn report_failure(&mut self, err: &WebhookError) {
+        report_failure(&self.client, err).await;
+    }
+
+    fn triggers(&mut self) -> &mut BoxStream<'static, ()> {
+        &mut self.triggers
     }
 }
 
@@ -164,55 +173,44 @@ async fn reconcile(client: &Client, settings: &WebhookSettings) -> Result<Option
     let injection = mesh.as_ref().map(|m| m.spec.injection.clone()).unwrap_or_default();
     let cert_settings = cert_settings(&injection, settings)?;
 
-    let owner = match &settings.mode {
+    let service = match &settings.mode {
         ConfigMode::Full(_) => None,
-        ConfigMode::CaBundle { service } => {
-            let services: Api<Service> = Api::namespaced(client.clone(), &settings.mesh_namespace);
-            let Some(meta) = services.get_metadata_opt(service).await? else {
-                // Not installed yet, or being uninstalled: Secrets written now would outlive it.
-                tracing::info!(
-                    service = %format!("{}/{service}", settings.mesh_namespace),
-                    "the webhook's Service does not exist; waiting for it before writing certificates"
-                );
-                return Ok(None);
-            };
-            Some(OwnerReference {
-                api_version: "v1".to_owned(),
-                kind: "Service".to_owned(),
-                name: service.clone(),
-                uid: meta.metadata.uid.unwrap_or_default(),
-                ..OwnerReference::default()
-            })
+        ConfigMode::CaBundle { service } => Some(service.as_str()),
+    };
+    let owner = match Owner::lookup(client, &settings.mesh_namespace, service).await? {
+        Owner::None => None,
+        Owner::Service(owner) => Some(owner),
+        Owner::Missing => {
+            // Not installed yet, or being uninstalled: Secrets written now would outlive it.
+            tracing::info!(
+                service = %format!("{}/{}", settings.mesh_namespace, service.unwrap_or_default()),
+                "the webhook's Service does not exist; waiting for it before writing certificates"
+            );
+            return Ok(None);
         }
     };
 
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.mesh_namespace);
-    let ca_secret = secrets.get_opt(CA_SECRET).await?;
-    let tls_secret = secrets.get_opt(TLS_SECRET).await?;
+    let secrets = OwnedSecrets::new(client, &settings.mesh_namespace, owner);
+    let ca_secret = secrets.get(CA_SECRET).await?;
+    let tls_secret = secrets.get(TLS_SECRET).await?;
     let stored = stored_from(ca_secret.as_ref(), tls_secret.as_ref());
 
     let now = Timestamp::now().as_second();
-    let changes = certs::plan(now, &stored, &cert_settings);
-    let next = if changes.is_empty() {
-        stored.clone()
-    } else {
-        certs::apply(now, &stored, &changes, &cert_settings)?
-    };
+    let (changes, next) = cert_settings.step(now, &stored)?;
     for change in &changes {
         tracing::info!(?change, "webhook certificate change");
     }
 
     // Order matters for a rollover: the CA is saved first (its key must never be lost), the
     // bundle reaches the API server next, and only then does the webhook get a new certificate.
-    let params = PatchParams::apply(crate::FIELD_MANAGER).force();
-    let owner = owner.as_ref();
     if next.ca != stored.ca
         || next.previous_ca_pem != stored.previous_ca_pem
-        || !owned_by(ca_secret.as_ref(), owner)
+        || !secrets.owns(ca_secret.as_ref())
     {
-        secrets.patch(CA_SECRET, &params, &Patch::Apply(ca_secret_object(&next, settings, owner))).await?;
+        secrets.write(&ca_secret_object(&next, &secrets)).await?;
     }
-    let bundle = certs::bundle(&next);
+    let params = PatchParams::apply(crate::FIELD_MANAGER).force();
+    let bundle = certs::Settings::bundle(&next);
     let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     match &settings.mode {
         ConfigMode::Full(endpoint) => {
@@ -241,17 +239,15 @@ async fn reconcile(client: &Client, settings: &WebhookSettings) -> Result<Option
     }
     if next.serving != stored.serving
         || tls_bundle(tls_secret.as_ref()) != Some(bundle.as_str())
-        || !owned_by(tls_secret.as_ref(), owner)
+        || !secrets.owns(tls_secret.as_ref())
     {
-        secrets
-            .patch(TLS_SECRET, &params, &Patch::Apply(tls_secret_object(&next, &bundle, settings, owner)))
-            .await?;
+        secrets.write(&tls_secret_object(&next, &bundle, &secrets)).await?;
     }
 
     if let Some(mesh) = &mesh {
         report_ready(&meshes, mesh, &next, &cert_settings).await?;
     }
-    Ok(certs::next_change(now, &next, &cert_settings))
+    Ok(cert_settings.next_change(now, &next))
 }
 
 fn cert_settings(
@@ -285,22 +281,10 @@ fn cert_settings(
 }
 
 fn stored_from(ca: Option<&Secret>, tls: Option<&Secret>) -> Stored {
-    let text = |secret: Option<&Secret>, key: &str| -> Option<String> {
-        let bytes = secret?.data.as_ref()?.get(key)?;
-        String::from_utf8(bytes.0.clone()).ok()
-    };
-    let keyed = |secret: Option<&Secret>, cert: &str, key: &str| {
-        Some(KeyedCert { cert_pem: text(secret, cert)?, key_pem: text(secret, key)? })
-    };
-    let rotated_at = ca
-        .and_then(|s| s.metadata.annotations.as_ref())
-        .and_then(|a| a.get(ROTATED_AT_ANNOTATION))
-        .and_then(|v| v.parse::<Timestamp>().ok())
-        .map(|t| t.as_second());
     Stored {
         ca: keyed(ca, "ca.crt", "ca.key"),
         previous_ca_pem: text(ca, "previous-ca.crt"),
-        ca_rotated_at: rotated_at,
+        ca_rotated_at: annotated_time(ca, ROTATED_AT_ANNOTATION),
         serving: keyed(tls, "tls.crt", "tls.key"),
     }
 }
@@ -310,35 +294,7 @@ fn tls_bundle(tls: Option<&Secret>) -> Option<&str> {
     std::str::from_utf8(&bytes.0).ok()
 }
 
-/// Whether `secret` carries exactly the owner reference the operator wants on it (none wanted
-/// counts as yes: the operator never removes references it did not set).
-fn owned_by(secret: Option<&Secret>, owner: Option<&OwnerReference>) -> bool {
-    let (Some(secret), Some(owner)) = (secret, owner) else { return true };
-    secret.metadata.owner_references.as_deref() == Some(std::slice::from_ref(owner))
-}
-
-fn secret(
-    name: &str,
-    settings: &WebhookSettings,
-    type_: &str,
-    data: BTreeMap<String, String>,
-    owner: Option<&OwnerReference>,
-) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: Some(settings.mesh_namespace.clone()),
-            labels: Some([("app.kubernetes.io/part-of".to_owned(), "braid".to_owned())].into()),
-            owner_references: owner.map(|o| vec![o.clone()]),
-            ..ObjectMeta::default()
-        },
-        type_: Some(type_.to_owned()),
-        data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect()),
-        ..Secret::default()
-    }
-}
-
-fn ca_secret_object(stored: &Stored, settings: &WebhookSettings, owner: Option<&OwnerReference>) -> Secret {
+fn ca_secret_object(stored: &Stored, secrets: &OwnedSecrets) -> Secret {
     let mut data = BTreeMap::new();
     if let Some(ca) = &stored.ca {
         data.insert("ca.crt".to_owned(), ca.cert_pem.clone());
@@ -347,28 +303,21 @@ fn ca_secret_object(stored: &Stored, settings: &WebhookSettings, owner: Option<&
     if let Some(previous) = &stored.previous_ca_pem {
         data.insert("previous-ca.crt".to_owned(), previous.clone());
     }
-    let mut object = secret(CA_SECRET, settings, "Opaque", data, owner);
-    if let Some(at) = stored.ca_rotated_at.and_then(|s| Timestamp::from_second(s).ok()) {
-        object.metadata.annotations = Some([(ROTATED_AT_ANNOTATION.to_owned(), at.to_string())].into());
-    }
+    let mut object = secrets.object(CA_SECRET, "Opaque", data);
+    annotate_time(&mut object, ROTATED_AT_ANNOTATION, stored.ca_rotated_at);
     object
 }
 
 /// The Secret the webhook mounts: its certificate and key, and the bundle for reference. It
 /// never holds the CA's key.
-fn tls_secret_object(
-    stored: &Stored,
-    bundle: &str,
-    settings: &WebhookSettings,
-    owner: Option<&OwnerReference>,
-) -> Secret {
+fn tls_secret_object(stored: &Stored, bundle: &str, secrets: &OwnedSecrets) -> Secret {
     let mut data = BTreeMap::new();
     if let Some(serving) = &stored.serving {
         data.insert("tls.crt".to_owned(), serving.cert_pem.clone());
         data.insert("tls.key".to_owned(), serving.key_pem.clone());
     }
     data.insert("ca.crt".to_owned(), bundle.to_owned());
-    secret(TLS_SECRET, settings, "kubernetes.io/tls", data, owner)
+    secrets.object(TLS_SECRET, "kubernetes.io/tls", data)
 }
 
 async fn report_ready(
@@ -429,19 +378,16 @@ async fn write_condition(
     observed: Observed,
     certificate: Option<CertificateStatus>,
 ) -> Result<(), WebhookError> {
-    let previous = mesh.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
-    let conditions = merge(previous, vec![observed], mesh.metadata.generation, &Time(Timestamp::now()));
-    let current = previous.iter().find(|c| c.type_ == conditions::WEBHOOK_CERTIFICATE_READY);
-    let unchanged = current == conditions.first()
-        && mesh.status.as_ref().and_then(|s| s.webhook_certificate.as_ref()) == certificate.as_ref();
-    if unchanged {
-        return Ok(());
-    }
-    let patch = json!({
-        "apiVersion": Mesh::api_version(&()),
-        "kind": Mesh::kind(&()),
-        "status": {"conditions": conditions, "webhookCertificate": certificate},
-    });
-    meshes.patch_status("default", &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch)).await?;
+    let current = mesh.status.as_ref().and_then(|s| s.webhook_certificate.as_ref());
+    shell::write_mesh_status(
+        meshes,
+        mesh,
+        FIELD_MANAGER,
+        observed,
+        "webhookCertificate",
+        certificate,
+        current,
+    )
+    .await?;
     Ok(())
 }
