@@ -230,15 +230,19 @@ done
 
 # proxy/build.rs lays the proxy's start-up and per-request code out first, by the names in
 # proxy/link-order.txt; that keeps ~4 MiB of the binary out of every sidecar's RSS. A dependency
-# or toolchain change renames functions, and the layout would silently fall apart: stop here.
+# or toolchain change renames functions and the layout falls apart: the image still works, only
+# with a larger RSS, so say so loudly rather than fail the build.
 if [ -n "${packages_of[proxy]:-}" ]; then
   bin=$ROOT/target/proxy/braid-proxy
   wanted=$(grep -v '^#' "$ROOT/proxy/link-order.txt" | LC_ALL=C sort)
   listed=$(wc -l <<<"$wanted")
   present=$(LC_ALL=C comm -12 <(echo "$wanted") <(nm --defined-only "$bin" | awk '{print $3}' | LC_ALL=C sort) | wc -l)
-  ((present * 10 >= listed * 9)) ||
-    die "proxy/link-order.txt is stale: only $present of its $listed functions are in $bin; run 'make link-order' and commit the file"
-  log "link order: $present of $listed listed functions in braid-proxy"
+  if ((present * 10 >= listed * 9)); then
+    log "link order: $present of $listed listed functions in braid-proxy"
+  else
+    log "WARNING: proxy/link-order.txt is stale: only $present of its $listed functions are in $bin," \
+      "so the sidecar maps more of its binary; run 'make link-order' (and 'make pgo' first) and commit the files"
+  fi
 fi
 
 if [ "$import" = 1 ]; then
