@@ -388,7 +388,7 @@ async fn the_mesh_end_to_end_with_real_pods() {
     let v2 = share(&report);
     // (Runs of this test once measured 0.12 here: the load client's pooled connections that sat
     // idle past the proxy's 1 s protocol detection were tunnelled as opaque TCP to one endpoint.
-    // Silent clients of a known HTTP service are now waited for; see proxy/src/server.rs.)
+    // Silent clients of a known HTTP service are now waited for; see proxy/src/outbound/mod.rs.)
     assert!((0.17..=0.23).contains(&v2), "80/20 split measured v2 = {v2:.3}: {report}");
     assert_eq!(count(&report, "failed"), 0, "{report}");
     eprintln!("80/20: measured v2 share {v2:.3} of {} requests", count(&report, "total"));
