@@ -2,6 +2,7 @@
 //! The binary only parses flags and wires these parts together.
 
 pub mod admin;
+pub mod app;
 pub mod backoff;
 pub mod certs;
 pub mod conditions;

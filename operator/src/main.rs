@@ -1,28 +1,20 @@
 //! braid-operator: flags and wiring; the logic lives in the library.
 
-use std::{
-    net::SocketAddr,
-    sync::{Arc, atomic::Ordering},
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context as _;
 use braid_operator::{
-    admin::{self, AdminState},
-    backoff::FailureBackoff,
+    app::{self, DiscoverySettings, IdentitySettings, LEADER_RETRY_PERIOD, LeaderEndpoint, Settings},
     discovery, identity,
-    leader::{self, Elector, Held, LeaseSettings},
-    meshroute::controller::{self, Context, Scope},
-    metrics::{DiscoveryMetrics, IdentityMetrics, Metrics},
+    leader::{self, LeaseSettings},
+    meshroute::controller::Scope,
     webhook::{
-        self,
         config::Endpoint,
         controller::{ConfigMode, WebhookSettings},
     },
 };
 use braid_runtime::LogFormat;
 use clap::{Parser, ValueEnum};
-use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
 /// Reconciles the Braid mesh API (MeshRoute, MeshPolicy, Mesh) and reports status.
@@ -182,9 +174,6 @@ enum WebhookConfigMode {
     CaBundle,
 }
 
-/// A standby looks at the Lease this often, and a failed renewal is retried this soon.
-const LEADER_RETRY_PERIOD: Duration = Duration::from_secs(2);
-
 fn parse_duration(text: &str) -> Result<Duration, String> {
     braid_crds::duration::parse_duration(text).map_err(|e| e.to_string())
 }
@@ -193,184 +182,44 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     braid_runtime::init_logging(&args.log, args.log_format).context("invalid --log filter")?;
-    let lease_settings = args.leader_elect.then(|| lease_settings(&args)).transpose()?;
-    let webhook_settings = (!args.skip_webhook).then(|| webhook_settings(&args)).transpose()?;
-
-    let client = kube::Client::try_default()
-        .await
-        .context("cannot build a Kubernetes client: set KUBECONFIG or run inside a cluster")?;
-    let scope = args.namespace.clone().map_or(Scope::AllNamespaces, Scope::Namespace);
-    controller::check_crd(&client, &scope).await?;
-
-    let mut registry = Registry::default();
-    let metrics = Arc::new(Metrics::register(&mut registry));
-    let identity_metrics = args.identity.then(|| Arc::new(IdentityMetrics::register(&mut registry)));
-    let discovery_metrics = args.discovery.then(|| Arc::new(DiscoveryMetrics::register(&mut registry)));
-    let admin_state = Arc::new(AdminState { registry, ready: Default::default() });
-    let listener = tokio::net::TcpListener::bind(args.admin_addr)
-        .await
-        .with_context(|| format!("cannot listen on --admin-addr {}", args.admin_addr))?;
-
+    let settings = settings(&args)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(braid_runtime::cancel_on_signal(shutdown.clone()));
-    // The admin server runs from the start: a standby answers probes while it waits to lead.
-    let admin = tokio::spawn(admin::serve(listener, admin_state.clone(), shutdown.clone()));
-    // The identity endpoint too: it only reads the issuer, so every replica serves it.
-    let (authorities, authority_changes) = tokio::sync::watch::channel(None);
-    let identity_server = match &identity_metrics {
-        Some(identity_metrics) => {
-            let listener = tokio::net::TcpListener::bind(args.identity_addr)
-                .await
-                .with_context(|| format!("cannot listen on --identity-addr {}", args.identity_addr))?;
-            Some(tokio::spawn(identity::server::run(
-                client.clone(),
-                listener,
-                identity_server_settings(&args),
-                identity_metrics.clone(),
-                authorities,
-                shutdown.clone(),
-            )))
-        }
-        None => None,
-    };
-    tracing::info!(scope = ?scope, version = env!("CARGO_PKG_VERSION"), "braid-operator starting");
-
-    // What the leader runs stops on SIGTERM, and also when it loses the Lease.
-    let stop = shutdown.child_token();
-    let mut election = None;
-    if let Some(settings) = lease_settings {
-        let mut elector = Elector::new(client.clone(), settings);
-        // A standby is ready: it is healthy and can take over, and a Deployment's rollout must
-        // not wait for it to lead.
-        let standby_state = admin_state.clone();
-        let leading =
-            elector.acquire(&shutdown, |_| standby_state.ready.store(true, Ordering::Relaxed)).await;
-        if !leading {
-            return stop_admin(admin).await;
-        }
-        // Leading but not synced yet: not ready until the controllers have listed.
-        admin_state.ready.store(false, Ordering::Relaxed);
-        let holder_stop = stop.clone();
-        election = Some(tokio::spawn(async move {
-            let held = elector.hold(&holder_stop).await;
-            if let Held::Lost(reason) = &held {
-                tracing::error!(%reason, "lost the leader Lease; stopping the controllers");
-                holder_stop.cancel();
-            }
-            (elector, held)
-        }));
-    }
-    metrics.leader.set(1);
-
-    let discovery = if let Some(discovery_metrics) = discovery_metrics {
-        let listener = tokio::net::TcpListener::bind(args.discovery_addr)
-            .await
-            .with_context(|| format!("cannot listen on --discovery-addr {}", args.discovery_addr))?;
-        if args.discovery_leader_endpoint {
-            let (Some(pod_name), Some(pod_ip)) = (args.leader_election_identity.clone(), args.pod_ip.clone())
-            else {
-                anyhow::bail!(
-                    "--discovery-leader-endpoint needs BRAID_POD_NAME and BRAID_POD_IP (the downward API)"
-                );
-            };
-            tokio::spawn(discovery::endpoint::keep_pointing_at_self(
-                client.clone(),
-                args.mesh_namespace.clone(),
-                args.discovery_service.clone(),
-                pod_name,
-                pod_ip,
-                args.discovery_addr.port(),
-                stop.clone(),
-            ));
-        }
-        let index =
-            discovery::index::Index::new(&braid_crds::MeshSpec::default().trust_domain, &args.cluster_domain);
-        let state = discovery::stream::Discovery::with_metrics(index, discovery_metrics);
-        tokio::spawn(discovery::watch::run(client.clone(), state.clone(), stop.clone(), || {}));
-        tokio::spawn(discovery::mesh_status::run(client.clone(), state.clone(), stop.clone()));
-        tokio::spawn(discovery::server::run(
-            state.clone(),
-            listener,
-            discovery_server_settings(&args),
-            authority_changes,
-            stop.clone(),
-        ));
-        Some(state)
-    } else {
-        None
-    };
-    let ctx = Arc::new(Context {
-        client,
-        metrics,
-        backoff: FailureBackoff::new(Duration::from_secs(1), Duration::from_secs(300)),
-        discovery,
-    });
-    let webhook_task = webhook_settings.map(|settings| {
-        tokio::spawn(webhook::controller::run(
-            ctx.client.clone(),
-            settings,
-            ctx.metrics.clone(),
-            stop.clone(),
-        ))
-    });
-    let ca_task = identity_metrics.map(|identity_metrics| {
-        let settings = identity::controller::CaSettings {
-            mesh_namespace: args.mesh_namespace.clone(),
-            propagation: args.identity_propagation,
-            resync: Duration::from_secs(300),
-            owner_service: args.identity_owner_service.clone(),
-        };
-        tokio::spawn(identity::controller::run(
-            ctx.client.clone(),
-            settings,
-            ctx.metrics.clone(),
-            identity_metrics,
-            stop.clone(),
-        ))
-    });
-    let ready_state = admin_state.clone();
-    controller::run(ctx.clone(), scope, stop.clone().cancelled_owned(), move || {
-        ready_state.ready.store(true, Ordering::Relaxed);
-        tracing::info!("MeshRoutes listed; ready");
-    })
-    .await;
-    stop.cancel();
-    if let Some(task) = webhook_task {
-        task.await.context("webhook certificate task failed")?;
-    }
-    if let Some(task) = ca_task {
-        task.await.context("identity CA task failed")?;
-    }
-    ctx.metrics.leader.set(0);
-
-    // Released only after the controllers have stopped, so two leaders never act at once.
-    let lost = match election {
-        None => None,
-        Some(task) => match task.await.context("leader election task failed")? {
-            (mut elector, Held::Stopped) => {
-                elector.release().await;
-                None
-            }
-            (_, Held::Lost(reason)) => Some(reason),
-        },
-    };
-    shutdown.cancel();
-    if let Some(task) = identity_server {
-        task.await.context("identity endpoint task failed")?.context("identity endpoint failed")?;
-    }
-    stop_admin(admin).await?;
-    if let Some(reason) = lost {
-        // Exiting (rather than standing by again) is what client-go does too: the Deployment
-        // restarts the process, which starts over as a standby with fresh state.
-        anyhow::bail!("lost the leader Lease: {reason}");
-    }
+    app::run(settings, shutdown).await?;
     Ok(())
 }
 
-async fn stop_admin(admin: tokio::task::JoinHandle<()>) -> anyhow::Result<()> {
-    admin.await.context("admin server task failed")?;
-    tracing::info!("braid-operator stopped");
-    Ok(())
+fn settings(args: &Args) -> anyhow::Result<Settings> {
+    let leader_endpoint = if args.discovery_leader_endpoint {
+        let (Some(pod_name), Some(pod_ip)) = (args.leader_election_identity.clone(), args.pod_ip.clone())
+        else {
+            anyhow::bail!(
+                "--discovery-leader-endpoint needs BRAID_POD_NAME and BRAID_POD_IP (the downward API)"
+            );
+        };
+        Some(LeaderEndpoint { service: args.discovery_service.clone(), pod_name, pod_ip })
+    } else {
+        None
+    };
+    Ok(Settings {
+        admin_addr: args.admin_addr,
+        scope: args.namespace.clone().map_or(Scope::AllNamespaces, Scope::Namespace),
+        mesh_namespace: args.mesh_namespace.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        lease: args.leader_elect.then(|| lease_settings(args)).transpose()?,
+        webhook: (!args.skip_webhook).then(|| webhook_settings(args)).transpose()?,
+        identity: args.identity.then(|| IdentitySettings {
+            addr: args.identity_addr,
+            server: identity_server_settings(args),
+            propagation: args.identity_propagation,
+            owner_service: args.identity_owner_service.clone(),
+        }),
+        discovery: args.discovery.then(|| DiscoverySettings {
+            addr: args.discovery_addr,
+            server: discovery_server_settings(args),
+            leader_endpoint,
+        }),
+    })
 }
 
 fn lease_settings(args: &Args) -> anyhow::Result<LeaseSettings> {

@@ -108,6 +108,7 @@ async fn serve(
     let authority = Arc::new(Authority::new(source).context("the issuer the driver wrote")?);
     let (_authorities_tx, authorities) = watch::channel(Some(authority));
     let discovery = Discovery::new(index);
+    discovery.mark_synced();
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
     let addr = listener.local_addr()?;
     let settings = ServerSettings {

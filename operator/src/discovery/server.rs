@@ -132,6 +132,15 @@ pub async fn run(
     };
     tokio::spawn(keeper);
 
+    // Connections wait in the listen queue until the index is complete: a proxy told "no
+    // policy" or "unknown Service" by a half-listed index would open what its policy closes.
+    if !discovery.is_synced() {
+        tracing::info!("discovery endpoint: waiting for every watch to list before answering");
+        tokio::select! {
+            () = discovery.synced() => {}
+            () = shutdown.cancelled() => return,
+        }
+    }
     tracing::info!(addr = ?listener.local_addr().ok(), "discovery endpoint listening (HTTP/2, mTLS)");
     let issued = current.clone();
     let stop = shutdown.clone();
@@ -278,6 +287,13 @@ mod tests {
     }
 
     async fn start(ca: &Ca) -> (SocketAddr, CancellationToken) {
+        let (addr, discovery, shutdown) = start_unsynced(ca).await;
+        discovery.mark_synced();
+        (addr, shutdown)
+    }
+
+    /// The server over an index whose watches have not all listed yet.
+    async fn start_unsynced(ca: &Ca) -> (SocketAddr, Arc<Discovery>, CancellationToken) {
         let mut index = Index::new("cluster.local", "cluster.local");
         index.upsert_pod(
             ("web".into(), "client-0".into()),
@@ -295,11 +311,12 @@ mod tests {
         let shutdown = CancellationToken::new();
         let settings = ServerSettings { dns_names: vec!["discovery.test".into()], ip_addresses: vec![] };
         let stop = shutdown.clone();
+        let served = discovery.clone();
         tokio::spawn(async move {
-            run(discovery, listener, settings, changes, stop).await;
+            run(served, listener, settings, changes, stop).await;
             drop(authorities);
         });
-        (addr, shutdown)
+        (addr, discovery, shutdown)
     }
 
     type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
@@ -400,6 +417,36 @@ mod tests {
         ))));
         let (_, text) = call(&mut sender, "POST", api::PATH, &ok).await.expect("an answer");
         assert_eq!(text, "{\"destination\":{\"destination\":\"10.9.9.9:80\",\"version\":0}}\n");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn nothing_is_answered_from_an_index_that_has_not_listed_everything() {
+        let ca = ca();
+        let (addr, discovery, shutdown) = start_unsynced(&ca).await;
+        let config = client_config(&ca, Some("spiffe://cluster.local/ns/web/sa/client"));
+        let mut hello = api::encode(&api::ProxyMessage::Hello(api::Hello {
+            pod_namespace: "web".into(),
+            pod_name: "client-0".into(),
+            proxy_version: "test".into(),
+        }));
+        hello.extend(api::encode(&api::ProxyMessage::Subscribe(api::Resource::Inbound)));
+        let asked = tokio::spawn(async move {
+            let mut sender = connect(addr, config).await?;
+            call(&mut sender, "POST", api::PATH, &hello).await
+        });
+        // Held, not refused and not answered: the proxy keeps what it has until the index is whole.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        assert!(!asked.is_finished(), "answered before the watches listed: {:?}", asked.await);
+
+        discovery.mark_synced();
+        let (status, text) = tokio::time::timeout(Duration::from_secs(5), asked)
+            .await
+            .expect("answered once synced")
+            .expect("task")
+            .expect("an answer");
+        assert_eq!(status, StatusCode::OK);
+        assert!(text.starts_with("{\"inbound\":"), "{text}");
         shutdown.cancel();
     }
 }

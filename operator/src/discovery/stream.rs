@@ -36,6 +36,9 @@ struct Memo {
 pub struct Discovery {
     index: RwLock<Index>,
     revision: watch::Sender<u64>,
+    /// Whether every watch has listed once: until then the index is partial, and an answer from
+    /// it (no policy yet, an unknown Service) would be wrong rather than late.
+    synced: watch::Sender<bool>,
     memo: Mutex<HashMap<(Key, u16), Memo>>,
     pub registry: Registry,
     pub metrics: Arc<DiscoveryMetrics>,
@@ -53,6 +56,7 @@ impl Discovery {
         Arc::new(Self {
             index: RwLock::new(index),
             revision,
+            synced: watch::channel(false).0,
             memo: Mutex::default(),
             registry: Registry::default(),
             metrics,
@@ -72,6 +76,22 @@ impl Discovery {
             *current = revision;
             moved
         });
+    }
+
+    /// Marks the index complete: every watch has listed once.
+    pub fn mark_synced(&self) {
+        self.synced.send_replace(true);
+    }
+
+    pub fn is_synced(&self) -> bool {
+        *self.synced.borrow()
+    }
+
+    /// Returns once the index is complete.
+    pub async fn synced(&self) {
+        let mut synced = self.synced.subscribe();
+        // The sender lives as long as `self`, so this cannot fail while we are borrowed.
+        let _ = synced.wait_for(|synced| *synced).await;
     }
 
     pub fn read<T>(&self, f: impl FnOnce(&Index) -> T) -> T {

@@ -172,6 +172,8 @@ enum Kind {
     Slice,
     Route,
     Policy,
+    /// The Mesh named default (its trust domain); listed like the others before discovery serves.
+    Mesh,
 }
 
 fn key_of<K: Resource>(object: &K) -> Key {
@@ -285,19 +287,17 @@ fn apply(index: &mut Index, keys: &mut Keys, change: Change) {
                     Kind::Slice => index.remove_slice(&key),
                     Kind::Route => index.remove_route(&key),
                     Kind::Policy => index.remove_policy(&key),
+                    // Not keyed: a deleted Mesh leaves the trust domain as it was.
+                    Kind::Mesh => {}
                 }
             }
         }
     }
 }
 
-/// Runs the watches until `shutdown`, calling `on_synced` once every kind has listed.
-pub async fn run(
-    client: Client,
-    discovery: Arc<Discovery>,
-    shutdown: CancellationToken,
-    on_synced: impl FnOnce() + Send,
-) {
+/// Runs the watches until `shutdown`; marks `discovery` synced once every kind has listed, which
+/// is when the discovery server starts answering.
+pub async fn run(client: Client, discovery: Arc<Discovery>, shutdown: CancellationToken) {
     let mut changes = futures::stream::select_all([
         watch(Api::<Pod>::all(client.clone()), Kind::Pod, |key, pod| {
             Change::Pod(key, pod.and_then(pod_info))
@@ -321,15 +321,19 @@ pub async fn run(
                     Ok(watcher::Event::Apply(mesh) | watcher::Event::InitApply(mesh)) => {
                         Some(Change::TrustDomain(mesh.spec.trust_domain))
                     }
-                    _ => None,
+                    Ok(watcher::Event::InitDone) => Some(Change::Done(Kind::Mesh)),
+                    Ok(_) => None,
+                    Err(err) => {
+                        tracing::warn!(kind = ?Kind::Mesh, %err, "discovery watch failed; retrying");
+                        None
+                    }
                 })
             })
             .boxed(),
     ]);
     let mut keys = Keys::default();
     let mut pending_sync: HashSet<Kind> =
-        [Kind::Pod, Kind::Service, Kind::Slice, Kind::Route, Kind::Policy].into();
-    let mut on_synced = Some(on_synced);
+        [Kind::Pod, Kind::Service, Kind::Slice, Kind::Route, Kind::Policy, Kind::Mesh].into();
     loop {
         let first = tokio::select! {
             change = changes.next() => match change { Some(change) => change, None => return },
@@ -351,11 +355,9 @@ pub async fn run(
                 apply(index, &mut keys, change);
             }
         });
-        if pending_sync.is_empty()
-            && let Some(on_synced) = on_synced.take()
-        {
+        if pending_sync.is_empty() && !discovery.is_synced() {
             tracing::info!(pods = discovery.read(Index::pod_count), "discovery index synced");
-            on_synced();
+            discovery.mark_synced();
         }
     }
 }
