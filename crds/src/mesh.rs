@@ -49,8 +49,13 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct MeshSpec {
     /// SPIFFE trust domain: workloads are spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT.
+    /// Fixed once the Mesh exists: every certificate, policy and proxy of the mesh is bound to it.
     #[serde(default = "default_trust_domain")]
     #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self == oldSelf",
+        "message": "trustDomain cannot change while the Mesh exists: every workload certificate and policy is bound to it; to move to another trust domain, reinstall the mesh with it and restart the meshed workloads (docs/identity.md, Changing the trust domain)"
+    }]))]
     pub trust_domain: String,
 
     /// Certificate lifetimes and rotation.

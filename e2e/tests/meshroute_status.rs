@@ -309,3 +309,35 @@ async fn the_operator_stops_cleanly_on_sigterm() {
     assert!(log.contains("SIGTERM received, shutting down"), "{log}");
     assert!(log.contains("braid-operator stopped"), "{log}");
 }
+
+#[tokio::test]
+async fn the_trust_domain_of_a_mesh_cannot_change() {
+    let (cluster, client, _ns) = setup("e2e-mesh-domain").await;
+    let meshes: Api<DynamicObject> = Api::all_with(client, &mesh_resource());
+    // Another suite's Helm release may own the Mesh; this test borrows it, or makes one.
+    let created = meshes.get_opt("default").await.expect("read the Mesh").is_none();
+    if created {
+        let applied = cluster.kubectl_with_stdin(
+            &["apply", "-f", "-"],
+            Some("apiVersion: braid.dev/v1alpha1\nkind: Mesh\nmetadata: {name: default}\nspec: {trustDomain: cluster.local}\n"),
+        );
+        assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    }
+    let patch = |spec: &str| {
+        cluster.kubectl(&["patch", "mesh", "default", "--type", "merge", "--dry-run=server", "-p", spec])
+    };
+    let changed = patch(r#"{"spec":{"trustDomain":"other.example"}}"#);
+    let other = patch(r#"{"spec":{"identity":{"workloadLifetime":"12h"}}}"#);
+    if created {
+        meshes.delete("default", &DeleteParams::default()).await.expect("remove the Mesh this test made");
+    }
+    assert!(!changed.status.success(), "the API server accepted a new trust domain");
+    let stderr = String::from_utf8_lossy(&changed.stderr);
+    assert!(stderr.contains("trustDomain cannot change while the Mesh exists"), "{stderr}");
+    assert!(stderr.contains("docs/identity.md"), "the refusal says where the migration is described: {stderr}");
+    assert!(other.status.success(), "other fields stay editable: {}", String::from_utf8_lossy(&other.stderr));
+}
+
+fn mesh_resource() -> ApiResource {
+    ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk("braid.dev", "v1alpha1", "Mesh"))
+}
