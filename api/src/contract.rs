@@ -14,6 +14,11 @@ pub const INJECT_DISABLED: &str = "disabled";
 /// the operator's discovery that the pod's endpoints are meshed.
 pub const INJECTED: &str = "braid.dev/injected";
 
+/// Namespace or pod annotation choosing what a pod admits when no MeshPolicy selects it
+/// (`DefaultInboundPolicy`); the webhook writes the value it resolved (pod, else namespace, else
+/// the Mesh) onto each injected pod, where the operator's discovery reads it.
+pub const DEFAULT_INBOUND_POLICY: &str = "braid.dev/default-inbound-policy";
+
 /// The path the webhook serves AdmissionReviews on, and the operator registers.
 pub const INJECT_PATH: &str = "/inject";
 
@@ -66,6 +71,12 @@ pub mod env {
     pub const TRUST_DOMAIN: &str = "BRAID_TRUST_DOMAIN";
     /// The log filter (RUST_LOG syntax).
     pub const LOG: &str = "BRAID_LOG";
+    /// The pod's default inbound policy (`DefaultInboundPolicy`), applied until discovery sends
+    /// the pod's policy.
+    pub const DEFAULT_INBOUND_POLICY: &str = "BRAID_DEFAULT_INBOUND_POLICY";
+    /// The pod's HTTP probes as JSON (`[{"port":8080,"path":"/healthz"}]`): the kubelet's
+    /// plaintext probes pass before discovery has sent the pod's policy too.
+    pub const INBOUND_PROBES: &str = "BRAID_INBOUND_PROBES";
     /// The ports the redirect skips, as the init container was given them.
     pub const INBOUND_SKIP_PORTS: &str = "BRAID_INBOUND_SKIP_PORTS";
     pub const OUTBOUND_SKIP_PORTS: &str = "BRAID_OUTBOUND_SKIP_PORTS";

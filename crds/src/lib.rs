@@ -6,6 +6,7 @@ pub mod duration;
 pub mod mesh;
 pub mod meshpolicy;
 pub mod meshroute;
+pub mod pod;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+pub use braid_api::config::DefaultInboundPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -69,6 +70,14 @@ pub struct MeshSpec {
     /// How the admission webhook injects pods.
     #[serde(default)]
     pub injection: InjectionSettings,
+
+    /// What a meshed pod admits when no MeshPolicy selects it: all-unauthenticated (every
+    /// client, plaintext or mTLS), all-authenticated (meshed clients over mTLS) or deny (only
+    /// the kubelet's probes). A pod overrides it with the annotation
+    /// braid.dev/default-inbound-policy. Proxies also apply it from their start until discovery
+    /// sends the pod's policy.
+    #[serde(default)]
+    pub default_inbound_policy: DefaultInboundPolicy,
 }
 
 // By hand, so a MeshSpec built in code has the same defaults as one the API server filled in.
@@ -79,6 +88,7 @@ impl Default for MeshSpec {
             identity: IdentitySettings::default(),
             proxy: ProxySettings::default(),
             injection: InjectionSettings::default(),
+            default_inbound_policy: DefaultInboundPolicy::default(),
         }
     }
 }

@@ -1,7 +1,11 @@
 //! The admin server: /live, /ready, /metrics (Prometheus text), /config (the running
-//! configuration as JSON, and the state of the configuration file).
+//! configuration as JSON, and the state of the configuration file). The port is reachable from
+//! the pod network, for the kubelet's probes and Prometheus; /config names every destination,
+//! endpoint and identity the proxy knows (what export-to hides from other namespaces too), so it
+//! is answered on loopback only: `kubectl port-forward POD 4191` reaches it.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -25,9 +29,9 @@ pub struct Admin {
 
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     debug!(%error, "admin accept failed");
                     continue;
@@ -37,7 +41,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
         };
         let admin = admin.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| handle(admin.clone(), request));
+            let service = service_fn(move |request| handle(admin.clone(), request, peer));
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .serve_connection(TokioIo::new(stream), service);
@@ -48,7 +52,11 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
     }
 }
 
-async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
+async fn handle(
+    admin: Arc<Admin>,
+    request: Request<Incoming>,
+    peer: SocketAddr,
+) -> Result<Response<ProxyBody>, Infallible> {
     if request.method() != Method::GET {
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".to_owned()));
     }
@@ -57,10 +65,17 @@ async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Result<Respons
         "/ready" => {
             let has_certificate =
                 admin.state.identity.as_ref().is_none_or(|identity| identity.current().is_some());
+            let has_policy = admin.state.discovery.as_ref().is_none_or(|discovery| discovery.has_inbound_policy());
             if !admin.ready.load(Ordering::Relaxed) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready: draining\n".to_owned())
             } else if !has_certificate {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no workload certificate yet\n".to_owned())
+            } else if !has_policy {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: no inbound policy from discovery yet (inbound admits only the pod's default until then)\n"
+                        .to_owned(),
+                )
             } else {
                 text(StatusCode::OK, "ready\n".to_owned())
             }
@@ -73,6 +88,11 @@ async fn handle(admin: Arc<Admin>, request: Request<Incoming>) -> Result<Respons
             );
             response
         }
+        "/config" if !peer.ip().to_canonical().is_loopback() => text(
+            StatusCode::FORBIDDEN,
+            "/config is served on loopback only: kubectl port-forward POD 4191, then GET localhost:4191/config\n"
+                .to_owned(),
+        ),
         "/config" => {
             let table = admin.state.table.load_full();
             let reload = admin.reload.lock().unwrap_or_else(|p| p.into_inner()).clone();

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use braid_api::config::{
-    Config, ConfigError, DiscoveryConfig, IdentityConfig, default_initial_timeout, default_renew_at_percent,
+    Config, ConfigError, DefaultInboundPolicy, DiscoveryConfig, IdentityConfig, UnknownDefaultPolicy,
+    default_initial_timeout, default_renew_at_percent,
 };
 use braid_api::contract::{self, env};
 use braid_api::identity::SpiffeId;
@@ -47,18 +48,52 @@ pub fn identity_from_env(var: impl Fn(&str) -> Option<String>) -> Option<Identit
 }
 
 /// Where a proxy in an injected pod gets its configuration, from the environment the webhook
-/// sets (BRAID_DISCOVERY_ADDR, BRAID_POD_NAMESPACE, BRAID_POD_NAME). `None` when any is missing:
-/// then the proxy runs from its file alone.
-pub fn discovery_from_env(var: impl Fn(&str) -> Option<String>) -> Option<DiscoveryConfig> {
+/// sets (BRAID_DISCOVERY_ADDR, BRAID_POD_NAMESPACE, BRAID_POD_NAME; and the policy that holds
+/// until the server sends the pod's: BRAID_DEFAULT_INBOUND_POLICY, BRAID_INBOUND_PROBES).
+/// `None` when any address part is missing: then the proxy runs from its file alone.
+pub fn discovery_from_env(var: impl Fn(&str) -> Option<String>) -> Result<Option<DiscoveryConfig>, EnvError> {
     let non_empty = |name: &str| var(name).filter(|value| !value.is_empty());
-    Some(DiscoveryConfig {
-        endpoint: non_empty(env::DISCOVERY_ADDR)?,
+    let (Some(endpoint), Some(pod_namespace), Some(pod_name)) =
+        (non_empty(env::DISCOVERY_ADDR), non_empty(env::POD_NAMESPACE), non_empty(env::POD_NAME))
+    else {
+        return Ok(None);
+    };
+    let invalid =
+        |name: &'static str, value: &str, reason: String| EnvError { name, value: value.to_owned(), reason };
+    let probes = match non_empty(env::INBOUND_PROBES) {
+        None => Vec::new(),
+        Some(json) => {
+            serde_json::from_str(&json).map_err(|e| invalid(env::INBOUND_PROBES, &json, e.to_string()))?
+        }
+    };
+    let startup_policy = match non_empty(env::DEFAULT_INBOUND_POLICY) {
+        // Without it the proxy admits nobody until the server answers (see DiscoveryConfig).
+        None => None,
+        Some(name) => {
+            let default: DefaultInboundPolicy = name.parse().map_err(|e: UnknownDefaultPolicy| {
+                invalid(env::DEFAULT_INBOUND_POLICY, &name, e.to_string())
+            })?;
+            Some(default.policy(probes))
+        }
+    };
+    Ok(Some(DiscoveryConfig {
+        endpoint,
         // The endpoint's host (DiscoveryConfig::server_name).
         server_name: None,
-        pod_namespace: non_empty(env::POD_NAMESPACE)?,
-        pod_name: non_empty(env::POD_NAME)?,
+        pod_namespace,
+        pod_name,
         initial_timeout: default_initial_timeout(),
-    })
+        startup_policy,
+    }))
+}
+
+/// An environment variable the webhook sets holds something the proxy cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value:?}: {reason}")]
+pub struct EnvError {
+    pub name: &'static str,
+    pub value: String,
+    pub reason: String,
 }
 
 pub struct Options {
@@ -130,6 +165,11 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     let identity = config.identity.as_ref().map(|_| Arc::new(IdentityStore::default()));
     let discovery =
         config.discovery.clone().map(|settings| Arc::new(Discovery::new(settings, config.clone())));
+    // With discovery, inbound starts from the policy that holds until the server sends the pod's.
+    let config = match &discovery {
+        Some(discovery) => discovery.initial_config(),
+        None => config,
+    };
     let table = Table::build(config, None, identity.as_ref())?;
     let config = table.config.clone();
     let state = Arc::new(ProxyState::new(table, identity.clone(), discovery.clone()));
@@ -259,7 +299,7 @@ mod tests {
             };
             Some(value.to_owned())
         };
-        let discovery = discovery_from_env(env).unwrap();
+        let discovery = discovery_from_env(env).unwrap().unwrap();
         assert_eq!(discovery.endpoint, "braid-discovery.braid-system.svc:8086");
         assert_eq!(discovery.server_name(), "braid-discovery.braid-system.svc");
         assert_eq!(
@@ -267,7 +307,38 @@ mod tests {
             ("shop", "web-7d9f-abcde")
         );
         let missing = |name: &str| if name == "BRAID_POD_NAME" { Some(String::new()) } else { env(name) };
-        assert!(discovery_from_env(missing).is_none());
+        assert!(discovery_from_env(missing).unwrap().is_none());
+        assert_eq!(discovery.startup_policy, None, "no default from the webhook: closed until discovery");
+
+        let with_default = |name: &str| match name {
+            "BRAID_DEFAULT_INBOUND_POLICY" => Some("all-authenticated".to_owned()),
+            "BRAID_INBOUND_PROBES" => Some(r#"[{"port":8080,"path":"/healthz"}]"#.to_owned()),
+            _ => env(name),
+        };
+        let policy =
+            discovery_from_env(with_default).unwrap().unwrap().startup_policy.expect("a startup policy");
+        let probes = vec![braid_api::config::ProbeConfig { port: 8080, path: "/healthz".into() }];
+        assert_eq!(policy, DefaultInboundPolicy::AllAuthenticated.policy(probes));
+    }
+
+    #[test]
+    fn a_bad_default_policy_or_probe_list_stops_the_start_with_the_variable() {
+        let env = |policy: &'static str, probes: &'static str| {
+            move |name: &str| match name {
+                "BRAID_DISCOVERY_ADDR" => Some("d.test:8086".to_owned()),
+                "BRAID_POD_NAMESPACE" | "BRAID_POD_NAME" => Some("x".to_owned()),
+                "BRAID_DEFAULT_INBOUND_POLICY" => Some(policy.to_owned()),
+                "BRAID_INBOUND_PROBES" => Some(probes.to_owned()),
+                _ => None,
+            }
+        };
+        let error = discovery_from_env(env("open", "")).unwrap_err().to_string();
+        assert!(
+            error.starts_with("BRAID_DEFAULT_INBOUND_POLICY=\"open\"") && error.contains("deny"),
+            "{error}"
+        );
+        let error = discovery_from_env(env("deny", "[{\"port\":\"x\"}]")).unwrap_err().to_string();
+        assert!(error.starts_with("BRAID_INBOUND_PROBES="), "{error}");
     }
 
     #[tokio::test]
@@ -279,8 +350,10 @@ mod tests {
             default_identity: None,
             default_discovery: discovery_from_env(|name| match name {
                 "BRAID_DISCOVERY_ADDR" => Some("discovery.test:8086".into()),
+                "BRAID_DEFAULT_INBOUND_POLICY" | "BRAID_INBOUND_PROBES" => None,
                 _ => Some("x".into()),
-            }),
+            })
+            .unwrap(),
             fixed_destinations: Vec::new(),
         };
         let Err(error) = start(options).await else { panic!("started without an identity") };

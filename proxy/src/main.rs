@@ -77,7 +77,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             config_poll: args.config_poll,
             admin: args.admin,
             default_identity: braid_proxy::app::identity_from_env(|name| std::env::var(name).ok()),
-            default_discovery: braid_proxy::app::discovery_from_env(|name| std::env::var(name).ok()),
+            default_discovery: braid_proxy::app::discovery_from_env(|name| std::env::var(name).ok())
+                .context("the environment the webhook set is not usable")?,
             fixed_destinations: Vec::new(),
         };
         let running = braid_proxy::app::start(options).await?;

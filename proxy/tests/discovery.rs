@@ -310,7 +310,13 @@ async fn the_inbound_policy_follows_discovery() {
     let mesh =
         mesh(&[], "3s", &format!("inbound: {{ listen: 127.0.0.1:0, target: \"{}\" }}\n", app.addr)).await;
     let url = |path: &str| format!("http://{}{path}", mesh.proxy.inbound());
-    assert_eq!(get(&url("/closed")).await.0, StatusCode::OK, "no policy yet: every client may");
+    // No policy from the server yet and no default from the webhook: closed, and not ready.
+    let refused = http1_client().request(Request::get(url("/closed")).body(full("")).unwrap()).await;
+    assert!(refused.is_err(), "a plaintext client got through before any policy: {refused:?}");
+    assert_eq!(app.hits(), 0);
+    let (ready, reason) = mesh.proxy.admin("/ready").await;
+    assert_eq!(ready, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reason.contains("no inbound policy from discovery yet"), "{reason}");
 
     let policy: PolicyConfig = serde_json::from_value(serde_json::json!({
         "mtls": "PERMISSIVE",
@@ -319,6 +325,7 @@ async fn the_inbound_policy_follows_discovery() {
     .unwrap();
     let version = mesh.server.push_inbound(Some(policy));
     eventually("the policy is acked", || async { mesh.server.acked(&Resource::Inbound, version) }).await;
+    assert_eq!(mesh.proxy.admin("/ready").await.0, StatusCode::OK, "ready once the policy arrived");
     let (denied, headers, _) = get(&url("/closed")).await;
     assert_eq!(denied, StatusCode::FORBIDDEN);
     assert!(headers.contains_key("braid-deny-reason"));

@@ -811,3 +811,35 @@ async fn inbound_request_heads_are_timed_and_the_apps_own_are_not() {
     assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("app"), "{answer}");
     assert_eq!(app.hits(), 2);
 }
+
+/// An address of this machine that is not loopback, as a pod's admin port is reached from the
+/// pod network.
+fn non_loopback_address() -> std::net::IpAddr {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    // Connecting a UDP socket sends nothing; it only picks the source address of the route.
+    socket
+        .connect("192.0.2.1:9")
+        .expect("this test needs a network interface with a default route besides loopback");
+    let ip = socket.local_addr().unwrap().ip();
+    assert!(!ip.is_loopback(), "no address besides loopback: this test needs one");
+    ip
+}
+
+#[tokio::test]
+async fn config_is_answered_on_loopback_only_and_probes_and_metrics_everywhere() {
+    let proxy = Proxy::start(
+        "admin: 0.0.0.0:0\noutbound: { listen: 127.0.0.1:0 }\ninbound: { listen: 127.0.0.1:0 }\n",
+    )
+    .await;
+    let port = proxy.running().admin.port();
+    let outside = format!("http://{}:{port}", non_loopback_address());
+    let (status, _, body) = get(&format!("{outside}/config")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("loopback only") && body.contains("kubectl port-forward"), "{body}");
+    for path in ["/ready", "/live", "/metrics"] {
+        assert_eq!(get(&format!("{outside}{path}")).await.0, StatusCode::OK, "{path} from the pod network");
+    }
+    let (status, _, body) = get(&format!("http://127.0.0.1:{port}/config")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("\"config\""), "{body}");
+}

@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 
+use braid_api::config::{DefaultInboundPolicy, ProbeConfig};
 use braid_api::contract::{
-    ADMIN_PORT, INBOUND_PORT, INJECT, INJECT_DISABLED, INJECT_ENABLED, INJECTED, OUTBOUND_PORT,
-    PROXY_CONTAINER, PROXY_UID, TOKEN_AUDIENCE, TOKEN_FILE, TOKEN_MOUNT, TRUST_BUNDLE_KEY, TRUST_CONFIG_MAP,
-    TRUST_MOUNT, env,
+    ADMIN_PORT, DEFAULT_INBOUND_POLICY, INBOUND_PORT, INJECT, INJECT_DISABLED, INJECT_ENABLED, INJECTED,
+    OUTBOUND_PORT, PROXY_CONTAINER, PROXY_UID, TOKEN_AUDIENCE, TOKEN_FILE, TOKEN_MOUNT, TRUST_BUNDLE_KEY,
+    TRUST_CONFIG_MAP, TRUST_MOUNT, env,
 };
 use braid_crds::mesh::{MeshSpec, ProxyResources};
 use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
@@ -74,6 +75,8 @@ pub struct InjectConfig {
     pub log_level: String,
     pub resources: ProxyResources,
     pub trust_domain: String,
+    /// What the pod admits when no MeshPolicy selects it, unless its annotation says otherwise.
+    pub default_inbound_policy: DefaultInboundPolicy,
     pub control_plane: ControlPlane,
 }
 
@@ -85,6 +88,7 @@ impl InjectConfig {
             log_level: mesh.proxy.log_level.clone(),
             resources: mesh.proxy.resources.clone(),
             trust_domain: mesh.trust_domain.clone(),
+            default_inbound_policy: mesh.default_inbound_policy,
             control_plane: control_plane.clone(),
         }
     }
@@ -164,6 +168,8 @@ pub enum InjectError {
     RequestAboveLimit { resource: &'static str, request: String, limit: String },
     #[error("annotation {annotation}: {value:?} must be non-empty and contain no whitespace")]
     InvalidValue { annotation: &'static str, value: String },
+    #[error("annotation {DEFAULT_INBOUND_POLICY}: {0}")]
+    InvalidDefaultPolicy(#[from] braid_api::config::UnknownDefaultPolicy),
     #[error("the pod has no spec")]
     NoSpec,
     #[error("cannot build the patch: {0}; this is a bug in braid-webhook")]
@@ -178,6 +184,7 @@ impl InjectError {
             InjectError::InvalidQuantity { .. } => "invalid_quantity",
             InjectError::RequestAboveLimit { .. } => "request_above_limit",
             InjectError::InvalidValue { .. } => "invalid_value",
+            InjectError::InvalidDefaultPolicy(_) => "invalid_default_policy",
             InjectError::NoSpec => "no_spec",
             InjectError::Patch(_) => "patch",
         }
@@ -215,10 +222,10 @@ pub fn inject(
         return Ok(Decision::Skip(SkipReason::HostNetwork));
     }
 
-    let settings = PodSettings::read(&annotation, config)?;
+    let settings = PodSettings::read(&annotation, spec, config)?;
     let init_containers = [init_container(&settings), proxy_container(&settings, config)];
     let volumes = volumes();
-    let patch = build_patch(pod, &init_containers, &volumes, &config.proxy_version)?;
+    let patch = build_patch(pod, &init_containers, &volumes, &config.proxy_version, settings.default_policy)?;
     let pod = apply(pod, &patch)?;
     Ok(Decision::Inject(Box::new(Injection { patch, pod })))
 }
@@ -239,11 +246,16 @@ struct PodSettings {
     resources: ResourceRequirements,
     skip_inbound: Vec<PortRange>,
     skip_outbound: Vec<PortRange>,
+    /// Applied by the proxy from its start until discovery sends the pod's policy.
+    default_policy: DefaultInboundPolicy,
+    /// The kubelet's plaintext probes, which that policy admits too.
+    probes: Vec<ProbeConfig>,
 }
 
 impl PodSettings {
     fn read<'a>(
         annotation: &dyn Fn(&str) -> Option<&'a str>,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
         config: &InjectConfig,
     ) -> Result<Self, InjectError> {
         let plain = |key: &'static str, default: &str| -> Result<String, InjectError> {
@@ -308,6 +320,11 @@ impl PodSettings {
             },
             skip_inbound,
             skip_outbound: ports(SKIP_OUTBOUND_PORTS)?,
+            default_policy: match annotation(DEFAULT_INBOUND_POLICY) {
+                Some(value) => value.parse()?,
+                None => config.default_inbound_policy,
+            },
+            probes: braid_crds::pod::http_probes(spec),
         })
     }
 }
@@ -403,6 +420,13 @@ fn proxy_container(settings: &PodSettings, config: &InjectConfig) -> Container {
     ];
     if !settings.skip_outbound.is_empty() {
         env.push(value(env::OUTBOUND_SKIP_PORTS, &ports::render(&settings.skip_outbound)));
+    }
+    env.push(value(env::DEFAULT_INBOUND_POLICY, settings.default_policy.as_str()));
+    if !settings.probes.is_empty() {
+        // Serializing a Vec of plain structs cannot fail; an empty list would only mean the
+        // probes wait for discovery, not that anything more is let in.
+        let probes = serde_json::to_string(&settings.probes).unwrap_or_default();
+        env.push(value(env::INBOUND_PROBES, &probes));
     }
     let admin_get = |path: &str, period: i32, failures: i32| Probe {
         http_get: Some(HTTPGetAction {
@@ -512,6 +536,7 @@ fn build_patch(
     init_containers: &[Container; 2],
     volumes: &[Volume; 3],
     proxy_version: &str,
+    default_policy: DefaultInboundPolicy,
 ) -> Result<Patch, InjectError> {
     let spec = pod.spec.as_ref().ok_or(InjectError::NoSpec)?;
     let add = |tokens: &[&str], value: Value| {
@@ -535,10 +560,23 @@ fn build_patch(
             }
         }
     }
-    match pod.metadata.annotations {
-        None => ops.push(add(&["metadata", "annotations"], serde_json::json!({ INJECTED: proxy_version }))),
+    // The resolved default inbound policy is recorded on the pod, where discovery reads it and
+    // `kubectl get pod -o yaml` shows it.
+    match &pod.metadata.annotations {
+        None => ops.push(add(
+            &["metadata", "annotations"],
+            serde_json::json!({ INJECTED: proxy_version, DEFAULT_INBOUND_POLICY: default_policy.as_str() }),
+        )),
         // The token escapes the "/" in the key: /metadata/annotations/braid.dev~1injected.
-        Some(_) => ops.push(add(&["metadata", "annotations", INJECTED], Value::from(proxy_version))),
+        Some(annotations) => {
+            ops.push(add(&["metadata", "annotations", INJECTED], Value::from(proxy_version)));
+            if !annotations.contains_key(DEFAULT_INBOUND_POLICY) {
+                ops.push(add(
+                    &["metadata", "annotations", DEFAULT_INBOUND_POLICY],
+                    Value::from(default_policy.as_str()),
+                ));
+            }
+        }
     }
     Ok(Patch(ops))
 }
@@ -704,5 +742,55 @@ mod tests {
         assert_eq!(env("BRAID_LOG").as_deref(), Some("debug"));
         assert_eq!(proxy.resources.as_ref().unwrap().limits.as_ref().unwrap()["cpu"].0, "2");
         assert_eq!(injection.pod.metadata.annotations.unwrap()[INJECTED], "v2");
+    }
+
+    fn proxy_env(pod: &Pod) -> BTreeMap<String, String> {
+        let spec = pod.spec.as_ref().expect("spec");
+        let proxy = spec.init_containers.iter().flatten().find(|c| c.name == PROXY_CONTAINER).expect("proxy");
+        proxy.env.iter().flatten().filter_map(|e| Some((e.name.clone(), e.value.clone()?))).collect()
+    }
+
+    #[test]
+    fn the_default_inbound_policy_and_the_probes_reach_the_proxy_and_the_pod() {
+        let spec = json!({"containers": [{"name": "app", "image": "app:1",
+            "readinessProbe": {"httpGet": {"path": "/ready?full=1", "port": 8080}}}]});
+        let meshed = injected(inject(&pod(json!({}), spec.clone()), &enabled(), &config())).pod;
+        let env = proxy_env(&meshed);
+        assert_eq!(env[env::DEFAULT_INBOUND_POLICY], "all-unauthenticated", "the Mesh's default");
+        assert_eq!(env[env::INBOUND_PROBES], r#"[{"port":8080,"path":"/ready?full=1"}]"#);
+        let annotations = meshed.metadata.annotations.as_ref().expect("annotations");
+        assert_eq!(annotations[DEFAULT_INBOUND_POLICY], "all-unauthenticated", "recorded for discovery");
+
+        let closed = InjectConfig { default_inbound_policy: DefaultInboundPolicy::Deny, ..config() };
+        let meshed = injected(inject(&pod(json!({"a": "b"}), spec.clone()), &enabled(), &closed)).pod;
+        assert_eq!(proxy_env(&meshed)[env::DEFAULT_INBOUND_POLICY], "deny");
+        assert_eq!(
+            meshed.metadata.annotations.as_ref().expect("annotations")[DEFAULT_INBOUND_POLICY],
+            "deny"
+        );
+
+        let own = json!({DEFAULT_INBOUND_POLICY: "all-authenticated"});
+        let meshed = injected(inject(&pod(own, spec), &enabled(), &closed)).pod;
+        assert_eq!(
+            proxy_env(&meshed)[env::DEFAULT_INBOUND_POLICY],
+            "all-authenticated",
+            "the pod's own wins"
+        );
+
+        let no_probes = injected(inject(&pod(json!({}), app_spec()), &enabled(), &config())).pod;
+        assert!(!proxy_env(&no_probes).contains_key(env::INBOUND_PROBES));
+    }
+
+    #[test]
+    fn an_unknown_default_inbound_policy_refuses_the_pod_with_the_choices() {
+        let bad = json!({DEFAULT_INBOUND_POLICY: "allow-all"});
+        let err = inject(&pod(bad, app_spec()), &enabled(), &config()).unwrap_err();
+        assert_eq!(err.metric_label(), "invalid_default_policy");
+        let message = err.to_string();
+        assert!(
+            message.contains("braid.dev/default-inbound-policy")
+                && message.contains("all-unauthenticated, all-authenticated or deny"),
+            "{message}"
+        );
     }
 }

@@ -243,6 +243,7 @@ async fn existing_init_containers_volumes_and_annotations_are_extended() {
             "/spec/volumes/-",
             "/spec/volumes/-",
             "/metadata/annotations/braid.dev~1injected",
+            "/metadata/annotations/braid.dev~1default-inbound-policy",
         ]
     );
     // The redirect and the proxy come before the pod's own init containers, which therefore run

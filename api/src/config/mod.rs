@@ -63,6 +63,11 @@ pub struct DiscoveryConfig {
     /// it is forwarded unchanged (Linkerd's initialTimeout).
     #[serde(default = "default_initial_timeout", with = "duration_text")]
     pub initial_timeout: Duration,
+    /// The inbound policy until the discovery server sends the pod's (the webhook writes the
+    /// pod's default inbound policy here). Without it, and without `inbound.policy`, inbound
+    /// connections are refused until then: a proxy never admits more than its policy would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_policy: Option<PolicyConfig>,
 }
 
 impl DiscoveryConfig {
@@ -153,6 +158,72 @@ pub struct AuthorizationRuleConfig {
     /// Operations allowed; any one may match. Empty: everything.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to: Vec<OperationConfig>,
+}
+
+/// What a meshed pod admits when no MeshPolicy selects it, as Linkerd's default inbound policies
+/// (`config.linkerd.io/default-inbound-policy`) name them. Set mesh-wide in the Mesh, per
+/// pod by the annotation `braid.dev/default-inbound-policy`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum DefaultInboundPolicy {
+    /// Every client, meshed (mTLS) or not: the mesh does not change who may connect.
+    #[default]
+    AllUnauthenticated,
+    /// Only meshed clients, over mTLS.
+    AllAuthenticated,
+    /// Nobody but the kubelet's probes: every client needs a MeshPolicy that allows it.
+    Deny,
+}
+
+impl DefaultInboundPolicy {
+    pub const ALL: [Self; 3] = [Self::AllUnauthenticated, Self::AllAuthenticated, Self::Deny];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllUnauthenticated => "all-unauthenticated",
+            Self::AllAuthenticated => "all-authenticated",
+            Self::Deny => "deny",
+        }
+    }
+
+    /// The policy a proxy applies for it, admitting the pod's HTTP probes.
+    pub fn policy(self, probes: Vec<ProbeConfig>) -> PolicyConfig {
+        let (mtls, rules) = match self {
+            Self::AllUnauthenticated => (MtlsMode::Permissive, vec![AuthorizationRuleConfig::anyone()]),
+            Self::AllAuthenticated => (MtlsMode::Strict, vec![AuthorizationRuleConfig::anyone()]),
+            Self::Deny => (MtlsMode::Strict, Vec::new()),
+        };
+        PolicyConfig { mtls, rules, probes }
+    }
+}
+
+impl std::fmt::Display for DefaultInboundPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown default inbound policy {0:?}: use all-unauthenticated, all-authenticated or deny")]
+pub struct UnknownDefaultPolicy(pub String);
+
+impl std::str::FromStr for DefaultInboundPolicy {
+    type Err = UnknownDefaultPolicy;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|policy| policy.as_str() == text)
+            .ok_or_else(|| UnknownDefaultPolicy(text.to_owned()))
+    }
+}
+
+impl AuthorizationRuleConfig {
+    /// A rule that admits every client the mTLS mode admits.
+    pub fn anyone() -> Self {
+        Self { name: None, from: Vec::new(), to: Vec::new() }
+    }
 }
 
 /// One of: a service account, every service account of a namespace, or a SPIFFE id.

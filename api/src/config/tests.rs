@@ -107,9 +107,49 @@ fn the_discovery_section_is_checked() {
         (good.replace("podName: web-0", "podName: web-0, initialTimeout: 0s"), "discovery.initialTimeout"),
         (good.replace("podName: web-0", "podName: web-0, serverName: \"a b\""), "discovery.serverName"),
         (good.replace("podName: web-0", "podName: web-0, bogus: 1"), "unknown field"),
+        (
+            good.replace(
+                "podName: web-0",
+                "podName: web-0, startupPolicy: { probes: [{ port: 0, path: /h }] }",
+            ),
+            "discovery.startupPolicy.probes[0].port: must be between 1 and 65535",
+        ),
+        (
+            good.replace(
+                "podName: web-0",
+                "podName: web-0, startupPolicy: { probes: [{ port: 80, path: h }] }",
+            ),
+            "discovery.startupPolicy.probes[0].path: \"h\" must start with /",
+        ),
+        (
+            good.replace("podName: web-0", "podName: web-0, startupPolicy: { rules: [{ from: [{}] }] }"),
+            "discovery.startupPolicy.rules[0].from[0]: name exactly one of",
+        ),
+        (good.replace("podName: web-0", "podName: web-0, startupPolicy: { mtls: OPEN }"), "unknown variant"),
     ];
     for (text, expected) in cases {
         let error = refused(&text);
         assert!(error.contains(expected), "expected {expected:?} in {error:?}");
     }
+}
+
+#[test]
+fn default_inbound_policies_are_named_as_linkerd_names_them_and_open_no_more_than_they_say() {
+    for policy in DefaultInboundPolicy::ALL {
+        assert_eq!(policy.as_str().parse::<DefaultInboundPolicy>(), Ok(policy));
+    }
+    let error = "allow-all".parse::<DefaultInboundPolicy>().unwrap_err().to_string();
+    assert!(
+        error.contains("\"allow-all\"") && error.contains("all-unauthenticated, all-authenticated or deny"),
+        "{error}"
+    );
+
+    let probes = vec![ProbeConfig { port: 8080, path: "/healthz".into() }];
+    let open = DefaultInboundPolicy::AllUnauthenticated.policy(probes.clone());
+    assert_eq!((open.mtls, open.rules.len()), (MtlsMode::Permissive, 1));
+    let meshed = DefaultInboundPolicy::AllAuthenticated.policy(probes.clone());
+    assert_eq!((meshed.mtls, meshed.rules.len()), (MtlsMode::Strict, 1));
+    let closed = DefaultInboundPolicy::Deny.policy(probes.clone());
+    assert_eq!((closed.mtls, closed.rules.len()), (MtlsMode::Strict, 0));
+    assert_eq!(closed.probes, probes, "the kubelet's probes pass every default");
 }

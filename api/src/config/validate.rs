@@ -79,9 +79,12 @@ impl Config {
             if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&discovery.initial_timeout) {
                 return invalid("discovery.initialTimeout".into(), "must be between 1ms and 60s");
             }
+            if let Some(policy) = &discovery.startup_policy {
+                validate_policy("discovery.startupPolicy", policy)?;
+            }
         }
         if let Some(policy) = &self.inbound.policy {
-            validate_policy(policy)?;
+            validate_policy("inbound.policy", policy)?;
         }
         let mut names = HashSet::new();
         let mut addresses = HashSet::new();
@@ -147,15 +150,23 @@ impl Config {
     }
 }
 
-fn validate_policy(policy: &PolicyConfig) -> Result<(), ConfigError> {
+fn validate_policy(at: &str, policy: &PolicyConfig) -> Result<(), ConfigError> {
     let invalid = |path: String, reason: String| Err(ConfigError::Invalid { path, reason });
+    for (p, probe) in policy.probes.iter().enumerate() {
+        if probe.port == 0 {
+            return invalid(format!("{at}.probes[{p}].port"), "must be between 1 and 65535".into());
+        }
+        if !probe.path.starts_with('/') {
+            return invalid(format!("{at}.probes[{p}].path"), format!("{:?} must start with /", probe.path));
+        }
+    }
     for (r, rule) in policy.rules.iter().enumerate() {
         for (f, source) in rule.from.iter().enumerate() {
             let given =
                 [source.service_account.is_some(), source.namespace.is_some(), source.identity.is_some()];
             if given.iter().filter(|&&g| g).count() != 1 {
                 return invalid(
-                    format!("inbound.policy.rules[{r}].from[{f}]"),
+                    format!("{at}.rules[{r}].from[{f}]"),
                     "name exactly one of serviceAccount, namespace or identity".into(),
                 );
             }
@@ -163,7 +174,7 @@ fn validate_policy(policy: &PolicyConfig) -> Result<(), ConfigError> {
                 && SpiffeId::parse(identity).is_none()
             {
                 return invalid(
-                    format!("inbound.policy.rules[{r}].from[{f}].identity"),
+                    format!("{at}.rules[{r}].from[{f}].identity"),
                     "must be spiffe://TRUST_DOMAIN/ns/NAMESPACE/sa/SERVICE_ACCOUNT".into(),
                 );
             }
@@ -172,7 +183,7 @@ fn validate_policy(policy: &PolicyConfig) -> Result<(), ConfigError> {
             for path in &operation.paths {
                 if !path.starts_with('/') {
                     return invalid(
-                        format!("inbound.policy.rules[{r}].to[{t}].paths"),
+                        format!("{at}.rules[{r}].to[{t}].paths"),
                         format!("{path:?} must start with /"),
                     );
                 }
@@ -180,7 +191,7 @@ fn validate_policy(policy: &PolicyConfig) -> Result<(), ConfigError> {
             for method in &operation.methods {
                 if http::Method::from_bytes(method.as_bytes()).is_err() {
                     return invalid(
-                        format!("inbound.policy.rules[{r}].to[{t}].methods"),
+                        format!("{at}.rules[{r}].to[{t}].methods"),
                         format!("{method:?} is not an HTTP method"),
                     );
                 }

@@ -187,7 +187,8 @@ impl World {
             ]),
             meshed: true,
             // As a Deployment with an HTTP readiness probe would have.
-            probes: vec![(8080, "/healthz".to_owned())],
+            probes: vec![braid_api::config::ProbeConfig { port: 8080, path: "/healthz".to_owned() }],
+            default_policy: None,
         }
     }
 

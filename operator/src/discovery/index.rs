@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use braid_api::config::{
-    BackendConfig, EndpointConfig, LoadBalancerConfig, PolicyConfig, Protocol, RetryBudgetConfig,
-    RouteConfig, ServiceConfig, WeightedBackend,
+    BackendConfig, DefaultInboundPolicy, EndpointConfig, LoadBalancerConfig, PolicyConfig, ProbeConfig,
+    Protocol, RetryBudgetConfig, RouteConfig, ServiceConfig, WeightedBackend,
 };
 use braid_crds::{MeshPolicySpec, MeshRouteSpec};
 
@@ -28,9 +28,12 @@ pub struct PodInfo {
     pub service_account: String,
     pub labels: BTreeMap<String, String>,
     pub meshed: bool,
-    /// The app containers' HTTP probes (port, path): the kubelet's plaintext requests that a
-    /// STRICT policy must still let through.
-    pub probes: Vec<(u16, String)>,
+    /// The app containers' HTTP probes: the kubelet's plaintext requests that a STRICT policy
+    /// must still let through.
+    pub probes: Vec<ProbeConfig>,
+    /// The pod's annotation braid.dev/default-inbound-policy (the webhook writes the value it
+    /// resolved at injection); without it the Mesh's.
+    pub default_policy: Option<DefaultInboundPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -126,6 +129,7 @@ pub struct Index {
     routes: HashMap<Key, RouteInfo>,
     routes_of: HashMap<Key, BTreeSet<String>>,
     policies: HashMap<Key, MeshPolicySpec>,
+    default_policy: DefaultInboundPolicy,
     revision: u64,
 }
 
@@ -142,6 +146,7 @@ impl Index {
             routes: HashMap::new(),
             routes_of: HashMap::new(),
             policies: HashMap::new(),
+            default_policy: DefaultInboundPolicy::default(),
             revision: 1,
         }
     }
@@ -166,6 +171,14 @@ impl Index {
     pub fn set_trust_domain(&mut self, trust_domain: &str) {
         if self.trust_domain != trust_domain {
             trust_domain.clone_into(&mut self.trust_domain);
+            self.touch();
+        }
+    }
+
+    /// What pods no MeshPolicy selects admit, unless their annotation says otherwise.
+    pub fn set_default_policy(&mut self, policy: DefaultInboundPolicy) {
+        if self.default_policy != policy {
+            self.default_policy = policy;
             self.touch();
         }
     }
@@ -320,7 +333,8 @@ impl Index {
         format!("spiffe://{}/ns/{namespace}/sa/{service_account}", self.trust_domain)
     }
 
-    /// The inbound policy of pod `pod`: the MeshPolicies of its namespace that select it.
+    /// The inbound policy of pod `pod`: the MeshPolicies of its namespace that select it, or its
+    /// default inbound policy when none does. `None` for a pod the index does not know.
     pub fn inbound(&self, pod: &Key) -> Option<PolicyConfig> {
         let info = self.pods.get(pod)?;
         let labels = &info.labels;
@@ -333,7 +347,8 @@ impl Index {
             .map(|((_, name), policy)| (name.as_str(), policy))
             .collect();
         selecting.sort_by_key(|(name, _)| *name);
-        translate::inbound_policy(&pod.0, &selecting, &info.probes)
+        let default = info.default_policy.unwrap_or(self.default_policy);
+        Some(translate::inbound_policy(&pod.0, &selecting, &info.probes, default))
     }
 
     /// The configuration a proxy needs to call port `port` of Service `key`.
@@ -529,6 +544,7 @@ mod tests {
                     labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
                     meshed: true,
                     probes: Vec::new(),
+                    default_policy: None,
                 },
             );
             endpoints.push(EndpointInfo {
@@ -700,6 +716,7 @@ mod tests {
                 labels: BTreeMap::new(),
                 meshed: false,
                 probes: Vec::new(),
+                default_policy: None,
             },
         );
         index.upsert_slice(
@@ -759,7 +776,30 @@ mod tests {
         index.upsert_policy(key("other", "elsewhere"), policy);
         let v2 = index.inbound(&key("shop", "reviews-v2-a")).expect("selected");
         assert_eq!(v2.rules.len(), 1, "the other namespace's policy does not apply");
-        assert!(index.inbound(&key("shop", "reviews-v1-a")).is_none());
+        let unselected = index.inbound(&key("shop", "reviews-v1-a")).expect("a known pod has a policy");
+        assert_eq!(
+            unselected,
+            DefaultInboundPolicy::AllUnauthenticated.policy(Vec::new()),
+            "the Mesh's default"
+        );
+        assert!(index.inbound(&key("shop", "ghost")).is_none(), "an unknown pod has none");
+    }
+
+    #[test]
+    fn the_default_policy_is_the_pods_annotation_else_the_meshs() {
+        let mut index = shop();
+        index.set_default_policy(DefaultInboundPolicy::Deny);
+        let closed = index.inbound(&key("shop", "reviews-v1-a")).expect("known");
+        assert_eq!(closed, DefaultInboundPolicy::Deny.policy(Vec::new()));
+        let mut pod = index.pods[&key("shop", "reviews-v1-a")].clone();
+        pod.default_policy = Some(DefaultInboundPolicy::AllAuthenticated);
+        index.upsert_pod(key("shop", "reviews-v1-a"), pod);
+        let meshed = index.inbound(&key("shop", "reviews-v1-a")).expect("known");
+        assert_eq!(
+            meshed,
+            DefaultInboundPolicy::AllAuthenticated.policy(Vec::new()),
+            "the pod's annotation wins"
+        );
     }
 
     #[test]

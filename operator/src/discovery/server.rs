@@ -302,6 +302,7 @@ mod tests {
                 labels: Default::default(),
                 meshed: true,
                 probes: Vec::new(),
+                default_policy: None,
             },
         );
         let discovery = Discovery::new(index);

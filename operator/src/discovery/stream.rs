@@ -387,6 +387,7 @@ mod tests {
                 labels: Default::default(),
                 meshed: true,
                 probes: Vec::new(),
+                default_policy: None,
             },
         );
         index.upsert_pod(
@@ -396,6 +397,7 @@ mod tests {
                 labels: Default::default(),
                 meshed: true,
                 probes: Vec::new(),
+                default_policy: None,
             },
         );
         index.upsert_service(

@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 
 use braid_api::config::{
-    AuthorizationRuleConfig, FaultAbort, FaultConfig, FaultDelay, HeaderMatch, HeaderValueMatch, MatchConfig,
-    MirrorConfig, MtlsMode as ProxyMtls, OperationConfig, PathMatch, PolicyConfig, ProbeConfig,
-    RetriesConfig, RetryOn, RouteConfig, ServiceAccountConfig, SourceConfig, WeightedBackend,
+    AuthorizationRuleConfig, DefaultInboundPolicy, FaultAbort, FaultConfig, FaultDelay, HeaderMatch,
+    HeaderValueMatch, MatchConfig, MirrorConfig, MtlsMode as ProxyMtls, OperationConfig, PathMatch,
+    PolicyConfig, ProbeConfig, RetriesConfig, RetryOn, RouteConfig, ServiceAccountConfig, SourceConfig,
+    WeightedBackend,
 };
 use braid_crds::{
     MeshPolicySpec,
@@ -166,16 +167,17 @@ pub fn check_route(route_name: &str, spec: &braid_crds::MeshRouteSpec) -> Result
     Ok(())
 }
 
-/// The inbound policy for a pod selected by `policies` (each `(name, spec)`), or `None` when no
-/// policy selects it. Several policies add up: the union of their rules, and STRICT when any one
-/// asks for it.
+/// The inbound policy for a pod selected by `policies` (each `(name, spec)`), or its `default`
+/// when no policy selects it. Several policies add up: the union of their rules, and STRICT when
+/// any one asks for it.
 pub fn inbound_policy(
     namespace: &str,
     policies: &[(&str, &MeshPolicySpec)],
-    probes: &[(u16, String)],
-) -> Option<PolicyConfig> {
+    probes: &[ProbeConfig],
+    default: DefaultInboundPolicy,
+) -> PolicyConfig {
     if policies.is_empty() {
-        return None;
+        return default.policy(probes.to_vec());
     }
     let mtls = if policies.iter().any(|(_, p)| p.mtls == MtlsMode::STRICT) {
         ProxyMtls::Strict
@@ -213,8 +215,7 @@ pub fn inbound_policy(
             rules.push(AuthorizationRuleConfig { name: Some(format!("{name}-{r}")), from, to });
         }
     }
-    let probes = probes.iter().map(|(port, path)| ProbeConfig { port: *port, path: path.clone() }).collect();
-    Some(PolicyConfig { mtls, rules, probes })
+    PolicyConfig { mtls, rules, probes: probes.to_vec() }
 }
 
 #[cfg(test)]
@@ -280,9 +281,13 @@ mod tests {
         let permissive: MeshPolicySpec = serde_json::from_value(json!({"mtls": "PERMISSIVE", "rules": [
             {"from": [{"namespace": "ops"}]}]}))
         .unwrap();
-        let policy =
-            inbound_policy("shop", &[("a", &strict), ("b", &permissive)], &[(8080, "/healthz".to_owned())])
-                .expect("selected");
+        let probes = [ProbeConfig { port: 8080, path: "/healthz".into() }];
+        let policy = inbound_policy(
+            "shop",
+            &[("a", &strict), ("b", &permissive)],
+            &probes,
+            DefaultInboundPolicy::Deny,
+        );
         assert_eq!(policy.mtls, ProxyMtls::Strict);
         assert_eq!(policy.rules.len(), 2);
         let web = policy.rules[0].from[0].service_account.as_ref().expect("service account");
@@ -294,6 +299,13 @@ mod tests {
         assert_eq!(policy.rules[0].to[0].methods, ["GET"]);
         assert_eq!(policy.rules[1].from[0].namespace.as_deref(), Some("ops"));
         assert_eq!(policy.probes, [ProbeConfig { port: 8080, path: "/healthz".into() }]);
-        assert!(inbound_policy("shop", &[], &[]).is_none());
+    }
+
+    #[test]
+    fn a_pod_no_policy_selects_gets_its_default_with_its_probes() {
+        let probes = [ProbeConfig { port: 8080, path: "/healthz".into() }];
+        for default in DefaultInboundPolicy::ALL {
+            assert_eq!(inbound_policy("shop", &[], &probes, default), default.policy(probes.to_vec()));
+        }
     }
 }

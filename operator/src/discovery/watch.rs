@@ -7,12 +7,12 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use braid_api::contract::{INJECTED, PROXY_CONTAINER};
+use braid_api::config::DefaultInboundPolicy;
+use braid_api::contract::{DEFAULT_INBOUND_POLICY, INJECTED, PROXY_CONTAINER};
 use braid_crds::{Mesh, MeshPolicy, MeshRoute};
 use futures::{FutureExt as _, StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{WatchStreamExt, watcher},
@@ -31,31 +31,20 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
     let spec = pod.spec.as_ref()?;
     let meshed = pod.annotations().contains_key(INJECTED)
         || spec.init_containers.iter().flatten().chain(&spec.containers).any(|c| c.name == PROXY_CONTAINER);
-    let mut probes = Vec::new();
-    for container in spec.containers.iter().filter(|c| c.name != PROXY_CONTAINER) {
-        let declared = [&container.readiness_probe, &container.liveness_probe, &container.startup_probe];
-        for http in declared.into_iter().flatten().filter_map(|probe| probe.http_get.as_ref()) {
-            let port = match &http.port {
-                IntOrString::Int(port) => u16::try_from(*port).ok(),
-                IntOrString::String(name) => container
-                    .ports
-                    .iter()
-                    .flatten()
-                    .find(|p| p.name.as_deref() == Some(name.as_str()))
-                    .and_then(|p| u16::try_from(p.container_port).ok()),
-            };
-            if let Some(port) = port {
-                probes.push((port, http.path.clone().unwrap_or_else(|| "/".to_owned())));
-            }
-        }
-    }
-    probes.sort();
-    probes.dedup();
+    let probes = braid_crds::pod::http_probes(spec);
+    // A value the webhook did not write (edited later) closes rather than opens the pod.
+    let default_policy = pod.annotations().get(DEFAULT_INBOUND_POLICY).map(|value| {
+        value.parse().unwrap_or_else(|err| {
+            tracing::warn!(pod = ?pod.metadata.name, %err, "the pod's default inbound policy is refused; applying deny");
+            DefaultInboundPolicy::Deny
+        })
+    });
     Some(PodInfo {
         service_account: spec.service_account_name.clone().unwrap_or_else(|| "default".to_owned()),
         labels: pod.labels().clone(),
         meshed,
         probes,
+        default_policy,
     })
 }
 
@@ -159,7 +148,8 @@ enum Change {
     Slice(Key, Option<SliceInfo>),
     Route(Key, Option<RouteInfo>),
     Policy(Key, Option<braid_crds::MeshPolicySpec>),
-    TrustDomain(String),
+    /// The Mesh's trust domain and default inbound policy.
+    Mesh(String, DefaultInboundPolicy),
     /// A watch (re)listed: objects of this kind not seen since `Start` are gone.
     Start(Kind),
     Done(Kind),
@@ -275,7 +265,10 @@ fn apply(index: &mut Index, keys: &mut Keys, change: Change) {
                 None => index.remove_policy(&key),
             }
         }
-        Change::TrustDomain(domain) => index.set_trust_domain(&domain),
+        Change::Mesh(domain, default_policy) => {
+            index.set_trust_domain(&domain);
+            index.set_default_policy(default_policy);
+        }
         Change::Start(kind) => {
             keys.relisting.insert(kind, HashSet::new());
         }
@@ -319,7 +312,7 @@ pub async fn run(client: Client, discovery: Arc<Discovery>, shutdown: Cancellati
             .filter_map(|event| {
                 std::future::ready(match event {
                     Ok(watcher::Event::Apply(mesh) | watcher::Event::InitApply(mesh)) => {
-                        Some(Change::TrustDomain(mesh.spec.trust_domain))
+                        Some(Change::Mesh(mesh.spec.trust_domain, mesh.spec.default_inbound_policy))
                     }
                     Ok(watcher::Event::InitDone) => Some(Change::Done(Kind::Mesh)),
                     Ok(_) => None,
@@ -403,7 +396,20 @@ mod tests {
         let info = pod_info(&pod).expect("a spec");
         assert_eq!(info.service_account, "web");
         assert!(info.meshed);
-        assert_eq!(info.probes, [(8080, "/ready".to_owned()), (9000, "/".to_owned())]);
+        let probes: Vec<(u16, &str)> = info.probes.iter().map(|p| (p.port, p.path.as_str())).collect();
+        assert_eq!(probes, [(8080, "/ready"), (9000, "/")]);
+        assert_eq!(info.default_policy, None, "no annotation: the Mesh's default applies");
+        let annotated = |value: &str| {
+            let mut pod = pod.clone();
+            pod.annotations_mut().insert(DEFAULT_INBOUND_POLICY.to_owned(), value.to_owned());
+            pod_info(&pod).expect("a spec").default_policy
+        };
+        assert_eq!(annotated("all-authenticated"), Some(DefaultInboundPolicy::AllAuthenticated));
+        assert_eq!(
+            annotated("allow-everyone"),
+            Some(DefaultInboundPolicy::Deny),
+            "a bad value closes the pod"
+        );
         let bare: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "x"}})).expect("pod");
         assert!(pod_info(&bare).is_none(), "no spec: nothing to index");
     }

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
-use braid_api::config::{Config, DiscoveryConfig, PolicyConfig, ServiceConfig};
+use braid_api::config::{Config, DefaultInboundPolicy, DiscoveryConfig, PolicyConfig, ServiceConfig};
 use braid_api::discovery::{
     Ack, ControlMessage, DestinationUpdate, InboundUpdate, Nack, ProxyMessage, Resource,
 };
@@ -41,6 +41,8 @@ pub struct Discovery {
 struct State {
     /// The configuration file as running (with the identity and discovery settings of the start).
     file: Config,
+    /// The inbound policy until the server sends one (`DiscoveryConfig::startup_policy`).
+    startup_policy: Option<PolicyConfig>,
     destinations: BTreeMap<String, Destination>,
     inbound: Snapshot<Option<PolicyConfig>>,
     /// Gives each destination its order of first application: on a collision between two
@@ -139,8 +141,8 @@ impl Discovery {
     pub fn new(config: DiscoveryConfig, file: Config) -> Self {
         let (outbox, receiver) = mpsc::unbounded_channel();
         Self {
-            config,
             state: Mutex::new(State {
+                startup_policy: config.startup_policy.clone(),
                 file,
                 destinations: BTreeMap::new(),
                 inbound: Snapshot::default(),
@@ -148,10 +150,22 @@ impl Discovery {
                 connected: false,
                 last_error: None,
             }),
+            config,
             settled: ArcSwap::from_pointee(HashSet::new()),
             outbox,
             outbox_receiver: Mutex::new(Some(receiver)),
         }
+    }
+
+    /// The configuration to start with: the file, and the inbound policy that holds until the
+    /// server sends the pod's (see `compose`).
+    pub fn initial_config(&self) -> Config {
+        compose(&self.lock(), None, None).0
+    }
+
+    /// Whether the server has sent this pod's inbound policy: until then the proxy is not ready.
+    pub fn has_inbound_policy(&self) -> bool {
+        self.lock().inbound.applied.is_some()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -562,14 +576,17 @@ fn compose(
         }
         config.services.push(service.clone());
     }
-    // With discovery on, the inbound policy comes from the server once it has sent one.
-    match inbound {
-        Some(policy) => config.inbound.policy = policy.cloned(),
-        None => {
-            if let Some((_, policy)) = &state.inbound.applied {
-                config.inbound.policy = policy.clone();
-            }
+    // With discovery on, the inbound policy comes from the server once it has sent one. Until
+    // then: the file's, else the pod's default from the webhook, else nobody but the probes.
+    match (inbound, &state.inbound.applied) {
+        (Some(policy), _) => config.inbound.policy = policy.cloned(),
+        (None, Some((_, policy))) => config.inbound.policy = policy.clone(),
+        (None, None) if config.inbound.policy.is_none() => {
+            let startup = state.startup_policy.clone();
+            config.inbound.policy =
+                Some(startup.unwrap_or_else(|| DefaultInboundPolicy::Deny.policy(Vec::new())));
         }
+        (None, None) => {}
     }
     (config, shadowed)
 }
@@ -613,6 +630,10 @@ mod tests {
     }
 
     fn setup(file: &str) -> (Discovery, Given) {
+        setup_with(file, None)
+    }
+
+    fn setup_with(file: &str, startup_policy: Option<PolicyConfig>) -> (Discovery, Given) {
         let file = Config::parse(file).unwrap();
         let discovery = DiscoveryConfig {
             endpoint: "discovery.test:8086".into(),
@@ -620,6 +641,7 @@ mod tests {
             pod_namespace: "shop".into(),
             pod_name: "web-0".into(),
             initial_timeout: std::time::Duration::from_millis(200),
+            startup_policy,
         };
         let shared = Given {
             table: LiveTable::new(Table::build(file.clone(), None, None).unwrap(), None),
@@ -825,6 +847,39 @@ mod tests {
             shared.table.load().config.inbound.policy,
             None,
             "no MeshPolicy: every client may connect"
+        );
+    }
+
+    #[test]
+    fn until_the_server_sends_a_policy_inbound_admits_only_the_pods_default() {
+        let closed = DefaultInboundPolicy::Deny.policy(Vec::new());
+        let (discovery, _) = setup("{}");
+        assert_eq!(discovery.initial_config().inbound.policy, Some(closed), "no default given: closed");
+        assert!(!discovery.has_inbound_policy());
+
+        let meshed_only = DefaultInboundPolicy::AllAuthenticated.policy(Vec::new());
+        let (discovery, shared) = setup_with("{}", Some(meshed_only.clone()));
+        assert_eq!(discovery.initial_config().inbound.policy.as_ref(), Some(&meshed_only));
+        // A file reload before the first policy keeps the startup one rather than opening up.
+        discovery.set_file(&shared.table, Config::empty()).unwrap();
+        assert_eq!(shared.table.load().config.inbound.policy.as_ref(), Some(&meshed_only));
+
+        let allow = DefaultInboundPolicy::AllUnauthenticated.policy(Vec::new());
+        let answer = discovery.handle(
+            &shared.table,
+            &shared.metrics,
+            ControlMessage::Inbound(InboundUpdate { version: 1, policy: Some(allow.clone()) }),
+        );
+        assert!(matches!(answer, Ok(Some(ProxyMessage::Ack(_)))));
+        assert!(discovery.has_inbound_policy());
+        assert_eq!(shared.table.load().config.inbound.policy, Some(allow));
+
+        let (discovery, _) = setup("inbound: { policy: { mtls: PERMISSIVE, rules: [{}] } }");
+        let file_policy = discovery.initial_config().inbound.policy.expect("the file's");
+        assert_eq!(
+            file_policy.mtls,
+            braid_api::config::MtlsMode::Permissive,
+            "a file's policy is the operator's choice"
         );
     }
 }
