@@ -334,7 +334,10 @@ async fn the_trust_domain_of_a_mesh_cannot_change() {
     assert!(!changed.status.success(), "the API server accepted a new trust domain");
     let stderr = String::from_utf8_lossy(&changed.stderr);
     assert!(stderr.contains("trustDomain cannot change while the Mesh exists"), "{stderr}");
-    assert!(stderr.contains("docs/identity.md"), "the refusal says where the migration is described: {stderr}");
+    assert!(
+        stderr.contains("docs/identity.md"),
+        "the refusal says where the migration is described: {stderr}"
+    );
     assert!(other.status.success(), "other fields stay editable: {}", String::from_utf8_lossy(&other.stderr));
 }
 
