@@ -1,6 +1,6 @@
-//! `braid-proxy init` with real iptables in real network namespaces, run as the webhook's init
-//! container runs it. Needs root, `ip` (iproute2), iptables and `setpriv` (util-linux): `make deps`
-//! installs them; a missing one fails the test, saying so.
+//! `braid-proxy init` with real iptables and ip6tables in real network namespaces, run as the
+//! webhook's init container runs it. Needs root, `ip` (iproute2), iptables (with ip6tables) and
+//! `setpriv` (util-linux): `make deps` installs them; a missing one fails the test, saying so.
 //!
 //! Each test builds a dual-stack pod: a namespace with lo up and a veth `eth0` at 10.9.0.1/24 and
 //! fd00:9::1/64, whose other end is a peer namespace at 10.9.0.2/24 and fd00:9::2/64, standing for
@@ -783,6 +783,8 @@ fn require_tools() {
         ("ip", "iproute2"),
         ("iptables-restore", "iptables"),
         ("iptables-save", "iptables"),
+        ("ip6tables-restore", "iptables"),
+        ("ip6tables-save", "iptables"),
         ("setpriv", "util-linux"),
     ] {
         let path = std::env::var_os("PATH").unwrap_or_default();
