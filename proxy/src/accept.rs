@@ -1,7 +1,8 @@
 //! Listeners: accept connections (within the connection limit), find where each was going, and
 //! hand it to `outbound` or `inbound`. Every connection drains gracefully when `shutdown` fires.
 
-use std::net::SocketAddr;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::{Direction, TcpLabels};
 use crate::original_dst::original_dst;
@@ -41,6 +42,9 @@ impl ListenerKind {
 }
 
 /// Accepts connections until `shutdown`, each served on its own task tracked by `tracker`.
+///
+/// The redirect targets (`Outbound`, `Inbound`) bound to 127.0.0.1 or 0.0.0.0 also listen on
+/// ::1 or :: at the same port, where ip6tables sends IPv6 connections (see [`ipv6_twin`]).
 pub async fn serve(
     listener: TcpListener,
     kind: ListenerKind,
@@ -50,6 +54,79 @@ pub async fn serve(
 ) {
     let max_connections = state.table.load().config.limits.max_connections;
     let slots = Arc::new(Semaphore::new(max_connections));
+    let twin = match kind {
+        ListenerKind::Outbound | ListenerKind::Inbound => ipv6_twin(&listener),
+        ListenerKind::Service(_) | ListenerKind::Redirected(_) => None,
+    };
+    let ipv4 =
+        accept_loop(listener, kind.clone(), state.clone(), slots.clone(), shutdown.clone(), tracker.clone());
+    match twin {
+        // Both on this task, sharing the connection limit.
+        Some(ipv6) => {
+            tokio::join!(ipv4, accept_loop(ipv6, kind, state, slots, shutdown, tracker));
+        }
+        None => ipv4.await,
+    }
+}
+
+/// The IPv6 listener beside an IPv4 redirect target: ::1 beside 127.0.0.1, :: beside 0.0.0.0,
+/// same port, IPv6 only (IPv4 stays on its own socket, whose connections SO_ORIGINAL_DST
+/// answers). `None` for other addresses, and when the pod has no IPv6 (init then installed no
+/// ip6tables rules, and nothing is redirected there); a failure otherwise is logged: IPv6
+/// connections redirected to that port are then refused, never passed around the proxy.
+fn ipv6_twin(listener: &TcpListener) -> Option<TcpListener> {
+    let SocketAddr::V4(ipv4) = listener.local_addr().ok()? else { return None };
+    let ip = if *ipv4.ip() == Ipv4Addr::LOCALHOST {
+        Ipv6Addr::LOCALHOST
+    } else if ipv4.ip().is_unspecified() {
+        Ipv6Addr::UNSPECIFIED
+    } else {
+        return None;
+    };
+    let addr = SocketAddr::from((ip, ipv4.port()));
+    match bind_ipv6_only(addr) {
+        Ok(listener) => {
+            info!(%addr, "listening on IPv6 too");
+            Some(listener)
+        }
+        // No IPv6 in this network namespace (no ::1), or none in the kernel.
+        Err(error)
+            if error.kind() == io::ErrorKind::AddrNotAvailable
+                || error.raw_os_error() == Some(EAFNOSUPPORT) =>
+        {
+            info!(%addr, %error, "IPv6 is not available here: listening on IPv4 only");
+            None
+        }
+        Err(error) => {
+            warn!(%addr, %error, "cannot listen on IPv6: IPv6 connections redirected to this port will be refused");
+            None
+        }
+    }
+}
+
+/// Linux's errno for a socket of a family the kernel lacks (std has no ErrorKind for it).
+const EAFNOSUPPORT: i32 = 97;
+
+fn bind_ipv6_only(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
+    // Otherwise :: would also take IPv4 (as v4-mapped addresses) and collide with 0.0.0.0.
+    socket.set_only_v6(true)?;
+    // As tokio's TcpListener::bind: a restarted proxy rebinds at once.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    kind: ListenerKind,
+    state: Arc<ProxyState>,
+    slots: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
     loop {
         // At the limit, stop accepting: further clients wait in the kernel's backlog.
         let permit = tokio::select! {
@@ -130,4 +207,36 @@ async fn handle(
         }
     };
     outbound::serve(stream, peer, target, table, &state, &limits, shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn redirect_targets_get_an_ipv6_twin_on_the_same_port() {
+        for (ipv4, ipv6) in [("127.0.0.1", Ipv6Addr::LOCALHOST), ("0.0.0.0", Ipv6Addr::UNSPECIFIED)] {
+            let listener = TcpListener::bind((ipv4, 0)).await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let twin = ipv6_twin(&listener).unwrap();
+            assert_eq!(twin.local_addr().unwrap(), SocketAddr::from((ipv6, port)));
+            // Each family on its own socket: an IPv6 client reaches the twin, an IPv4 one the
+            // original.
+            let (v6, v4) = tokio::join!(
+                TcpStream::connect((Ipv6Addr::LOCALHOST, port)),
+                TcpStream::connect(("127.0.0.1", port))
+            );
+            let (accepted6, accepted4) = tokio::join!(twin.accept(), listener.accept());
+            assert_eq!(accepted6.unwrap().1, v6.unwrap().local_addr().unwrap());
+            assert_eq!(accepted4.unwrap().1, v4.unwrap().local_addr().unwrap());
+        }
+    }
+
+    #[tokio::test]
+    async fn other_addresses_get_no_twin() {
+        for addr in ["127.0.0.2:0", "[::1]:0"] {
+            let listener = TcpListener::bind(addr).await.unwrap();
+            assert!(ipv6_twin(&listener).is_none(), "{addr}");
+        }
+    }
 }

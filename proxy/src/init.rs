@@ -1,8 +1,9 @@
 //! `braid-proxy init`: the iptables rules that redirect a pod's traffic through the proxy.
 //!
 //! It runs once per pod, as the first init container, in the pod's network namespace, and edits
-//! only the nat table, through one `iptables-restore --noflush` transaction that replaces Braid's
-//! own chains and leaves every other rule alone (the layout of Linkerd's proxy-init and Istio's
+//! only the nat table, through one `iptables-restore --noflush` transaction per IP family
+//! (iptables for IPv4, ip6tables for IPv6, the same rules in both) that replaces Braid's own
+//! chains and leaves every other rule alone (the layout of Linkerd's proxy-init and Istio's
 //! istio-iptables):
 //!
 //! ```text
@@ -13,13 +14,20 @@
 //!                                  -> BRAID_OUTBOUND_REDIRECT -> outbound port
 //! ```
 //!
-//! The proxy finds where a redirected connection was going with SO_ORIGINAL_DST
-//! ([`crate::original_dst`]). IPv4 only: ip6tables is not touched.
+//! The proxy finds where a redirected connection was going with SO_ORIGINAL_DST, or
+//! IP6T_SO_ORIGINAL_DST for IPv6 ([`crate::original_dst`]).
 //!
-//! What the rules ask of the proxy: redirected outbound connections arrive at 127.0.0.1, where
-//! its outbound listener should bind (outsiders have no business reaching it); and since its own
-//! connections are never redirected, one it opens to an endpoint that is this very pod reaches
-//! the app directly, not the inbound side, so it must not speak mTLS to its own pod IP.
+//! IPv6 is never left open: rules a family lacks are a way around STRICT mTLS and every policy.
+//! When IPv6 is enabled in the namespace and ip6tables cannot install the rules, init fails and
+//! says what to do; when IPv6 is disabled there (`net.ipv6.conf.all.disable_ipv6 = 1`, or a
+//! kernel without IPv6) nothing can go around the proxy over it, and init says so and goes on
+//! with IPv4 alone. The IPv6 rules are applied first, so that a failure there leaves the IPv4
+//! side as it was too.
+//!
+//! What the rules ask of the proxy: redirected outbound connections arrive at 127.0.0.1 (::1 for
+//! IPv6), where its outbound listener should bind (outsiders have no business reaching it); and
+//! since its own connections are never redirected, one it opens to an endpoint that is this very
+//! pod reaches the app directly, not the inbound side, so it must not speak mTLS to its own pod IP.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -44,6 +52,31 @@ const MULTIPORT_MAX: usize = 15;
 /// How long iptables-restore waits for the xtables lock (iptables-legacy takes it; a pod has its
 /// own lock file, but a shared host /run would otherwise fail a concurrent run at once).
 const LOCK_WAIT_SECONDS: &str = "10";
+/// Per network namespace: a process reads the value of its own namespace.
+const IPV6_SYSCTLS: &str = "/proc/sys/net/ipv6";
+
+/// An IP family, and the iptables that handles it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn name(self) -> &'static str {
+        match self {
+            Self::V4 => "IPv4",
+            Self::V6 => "IPv6",
+        }
+    }
+
+    fn restore(self) -> &'static str {
+        match self {
+            Self::V4 => "iptables-restore",
+            Self::V6 => "ip6tables-restore",
+        }
+    }
+}
 
 /// `braid-proxy init`: the arguments the webhook's init container passes.
 #[derive(clap::Args, Debug, Clone)]
@@ -78,6 +111,90 @@ pub struct InitArgs {
     /// The iptables-save that reads the current nat table, by path or name on PATH.
     #[arg(long, value_name = "PATH", default_value = "iptables-save")]
     pub iptables_save: PathBuf,
+    /// The ip6tables-restore for the IPv6 rules [default: --iptables-restore's, with "iptables"
+    /// in its file name read as "ip6tables": iptables-legacy-restore gives ip6tables-legacy-restore].
+    #[arg(long, value_name = "PATH")]
+    pub ip6tables_restore: Option<PathBuf>,
+    /// The ip6tables-save that reads the current IPv6 nat table [default: derived from
+    /// --iptables-save as --ip6tables-restore is from --iptables-restore].
+    #[arg(long, value_name = "PATH")]
+    pub ip6tables_save: Option<PathBuf>,
+}
+
+impl InitArgs {
+    /// The restore and save programs of `family`.
+    fn tools(&self, family: Family) -> Tools {
+        match family {
+            Family::V4 => Tools {
+                restore: Tool { path: self.iptables_restore.clone(), flag: "iptables-restore" },
+                save: Tool { path: self.iptables_save.clone(), flag: "iptables-save" },
+            },
+            Family::V6 => Tools {
+                restore: Tool {
+                    path: self
+                        .ip6tables_restore
+                        .clone()
+                        .unwrap_or_else(|| ip6_counterpart(&self.iptables_restore)),
+                    flag: "ip6tables-restore",
+                },
+                save: Tool {
+                    path: self.ip6tables_save.clone().unwrap_or_else(|| ip6_counterpart(&self.iptables_save)),
+                    flag: "ip6tables-save",
+                },
+            },
+        }
+    }
+}
+
+/// A program to run, and the flag that names it (for the error when it is missing).
+#[derive(Debug, Clone)]
+struct Tool {
+    path: PathBuf,
+    flag: &'static str,
+}
+
+#[derive(Debug, Clone)]
+struct Tools {
+    restore: Tool,
+    save: Tool,
+}
+
+/// The ip6tables program that goes with an iptables one: the same path with the first
+/// "iptables" of its file name read as "ip6tables" (Debian names both backends' programs so).
+/// A name without "iptables" gives the plain "ip6tables-…" of the same suffix.
+pub fn ip6_counterpart(iptables: &Path) -> PathBuf {
+    let name = iptables.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let counterpart = match name.find("iptables") {
+        Some(at) if !name.contains("ip6tables") => format!("{}ip6tables{}", &name[..at], &name[at + 8..]),
+        Some(_) => name,
+        None if name.ends_with("-save") => "ip6tables-save".to_owned(),
+        None => "ip6tables-restore".to_owned(),
+    };
+    iptables.with_file_name(counterpart)
+}
+
+/// Whether IPv6 works in this network namespace: when it does not, nothing can go around the
+/// proxy over it and there is nothing for ip6tables to redirect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ipv6 {
+    Enabled,
+    /// Why it is off, for the log.
+    Disabled(&'static str),
+}
+
+impl Ipv6 {
+    /// Reads `net.ipv6.conf.all.disable_ipv6` under `sysctls` (/proc/sys/net/ipv6). A value it
+    /// cannot make sense of counts as enabled: then the rules are installed or init fails, and
+    /// IPv6 is never left open on a guess.
+    pub fn detect(sysctls: &Path) -> Self {
+        if !sysctls.exists() {
+            return Self::Disabled("the kernel has no IPv6 (booted with ipv6.disable=1)");
+        }
+        match std::fs::read_to_string(sysctls.join("conf/all/disable_ipv6")) {
+            Ok(value) if value.trim() == "1" => Self::Disabled("net.ipv6.conf.all.disable_ipv6 = 1"),
+            _ => Self::Enabled,
+        }
+    }
 }
 
 /// What went wrong in `braid-proxy init`.
@@ -114,6 +231,21 @@ pub enum InitError {
     ApplyFailed { program: String, status: ExitStatus, stderr: String },
     #[error("could not write the rules to stdout: {0}")]
     Stdout(io::Error),
+    #[error(
+        "IPv6 is enabled in this network namespace but its traffic cannot be redirected to the proxy, \
+         so it would bypass the mesh (mTLS and every policy): {cause}. Either make ip6tables work in \
+         the pod (ip6tables-restore and ip6tables-save, and IPv6 NAT in the node's kernel: nf_tables, \
+         or the ip6table_nat module for iptables-legacy), or disable IPv6 in the pod's network \
+         namespace (sysctl net.ipv6.conf.all.disable_ipv6=1)"
+    )]
+    Ipv6NotRedirected { cause: Box<InitError> },
+}
+
+impl InitError {
+    /// `self` as the reason IPv6 is left without rules.
+    fn ipv6(self) -> Self {
+        Self::Ipv6NotRedirected { cause: Box::new(self) }
+    }
 }
 
 pub use braid_runtime::ports::PortRange;
@@ -311,42 +443,117 @@ fn multiport_lists(ranges: &[PortRange]) -> Vec<String> {
     lists
 }
 
-/// Installs (or with `--remove` deletes) the redirect in the current network namespace.
+/// What init does in one family's nat table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub family: Family,
+    /// The `iptables-restore --noflush` input; `None` when there is nothing to remove.
+    pub input: Option<String>,
+    /// Comment lines a dry run prints above the input (why the table was taken as empty, or
+    /// that a real run skips this family).
+    pub notes: Vec<String>,
+}
+
+impl Step {
+    /// The step that installs `redirect` (or with `None` removes Braid's rules) over `current`.
+    pub fn plan(family: Family, redirect: Option<&Redirect>, current: &NatState) -> Self {
+        // The same rules for both families: no address appears in them, and REDIRECT sends
+        // IPv6 to ::1 (OUTPUT) or the receiving interface's address (PREROUTING) as it sends
+        // IPv4 to 127.0.0.1 or the interface's.
+        let input = match redirect {
+            Some(redirect) => Some(render_install(redirect, current)),
+            None => render_remove(current),
+        };
+        Self { family, input, notes: Vec::new() }
+    }
+}
+
+/// What `--dry-run` prints: each family's restore input under a heading naming the family.
+pub fn render_dry_run(steps: &[Step]) -> String {
+    let mut text = String::new();
+    for step in steps {
+        text.push_str(&format!("# {}: {} --noflush input\n", step.family.name(), step.family.restore()));
+        for note in &step.notes {
+            text.push_str(&format!("# {note}\n"));
+        }
+        match &step.input {
+            Some(input) => text.push_str(input),
+            None => text.push_str("# nothing of Braid's in the nat table: nothing to remove\n"),
+        }
+    }
+    text
+}
+
+/// Installs (or with `--remove` deletes) the redirect in the current network namespace, for
+/// IPv4 and, unless it is disabled here, IPv6.
 pub fn run(args: &InitArgs) -> Result<(), InitError> {
     let redirect = if args.remove { None } else { Some(Redirect::from_args(args)?) };
-    let mut header = String::new();
-    let current = match read_nat(&args.iptables_save) {
-        Ok(current) => current,
-        // A dry run is also how one reviews the rules on a machine without iptables or root.
-        Err(err) if args.dry_run => {
-            warn!(%err, "cannot read the nat table; rendering for a table without Braid's rules");
-            header = format!(
-                "# the nat table could not be read ({err}); rendered for one without Braid's rules\n"
+    let ipv6 = Ipv6::detect(Path::new(IPV6_SYSCTLS));
+    // Every table is read before any is changed: a family that cannot be done stops init first.
+    // An install that cannot cover IPv6 says what that means; a removal's errors speak alone.
+    let ipv6_error = |family, err: InitError| match (family, &redirect) {
+        (Family::V6, Some(_)) => err.ipv6(),
+        _ => err,
+    };
+    let mut steps = Vec::new();
+    let mut replaced = false;
+    for family in [Family::V4, Family::V6] {
+        let tools = args.tools(family);
+        let disabled = match (family, &ipv6) {
+            (Family::V6, Ipv6::Disabled(why)) => Some(*why),
+            _ => None,
+        };
+        if let (Some(why), false) = (disabled, args.dry_run) {
+            info!(
+                reason = why,
+                "IPv6 is disabled in this network namespace: no IPv6 traffic can go around the proxy, \
+                 so no ip6tables rules are needed and none are installed"
             );
-            NatState::default()
+            continue;
         }
-        Err(err) => return Err(err),
-    };
-    let input = match &redirect {
-        Some(redirect) => Some(render_install(redirect, &current)),
-        None => render_remove(&current),
-    };
+        let (current, note) = match read_nat(&tools.save) {
+            Ok(current) => (current, None),
+            // A dry run is also how one reviews the rules on a machine without iptables or root.
+            Err(err) if args.dry_run => {
+                warn!(%err, family = family.name(), "cannot read the nat table; rendering for a table without Braid's rules");
+                (
+                    NatState::default(),
+                    Some(format!(
+                        "the nat table could not be read ({err}); rendered for one without Braid's rules"
+                    )),
+                )
+            }
+            Err(err) => return Err(ipv6_error(family, err)),
+        };
+        replaced |= current.has_braid();
+        let mut step = Step::plan(family, redirect.as_ref(), &current);
+        step.notes.extend(note);
+        if let Some(why) = disabled {
+            step.notes
+                .push(format!("IPv6 is disabled in this network namespace ({why}): a real run skips these"));
+        }
+        steps.push((step, tools));
+    }
 
     if args.dry_run {
-        let text =
-            input.unwrap_or_else(|| "# nothing of Braid's in the nat table: nothing to remove\n".into());
+        let text = render_dry_run(&steps.into_iter().map(|(step, _)| step).collect::<Vec<_>>());
         let mut stdout = io::stdout().lock();
-        return stdout
-            .write_all(format!("{header}{text}").as_bytes())
-            .and_then(|()| stdout.flush())
-            .map_err(InitError::Stdout);
+        return stdout.write_all(text.as_bytes()).and_then(|()| stdout.flush()).map_err(InitError::Stdout);
     }
-    let Some(input) = input else {
-        info!("no Braid chains or jumps in the nat table: nothing to remove");
-        return Ok(());
-    };
-    debug!(rules = %input, "applying with iptables-restore --noflush");
-    apply(&args.iptables_restore, &input)?;
+    // IPv6 first: it is the family more likely to fail (a node without IPv6 NAT), and failing
+    // before IPv4 is touched leaves the namespace as it was.
+    for (step, tools) in steps.iter().rev() {
+        let Some(input) = &step.input else {
+            info!(
+                family = step.family.name(),
+                "no Braid chains or jumps in the nat table: nothing to remove"
+            );
+            continue;
+        };
+        debug!(family = step.family.name(), rules = %input, "applying with iptables-restore --noflush");
+        apply(&tools.restore, input).map_err(|err| ipv6_error(step.family, err))?;
+    }
+    let families = if steps.len() == 2 { "IPv4 and IPv6" } else { "IPv4" };
     match redirect {
         Some(redirect) => info!(
             inbound_port = redirect.inbound_port,
@@ -354,17 +561,18 @@ pub fn run(args: &InitArgs) -> Result<(), InitError> {
             outbound_port = redirect.outbound_port,
             skip_outbound_ports = %PortList(redirect.skip_outbound),
             proxy_uid = redirect.proxy_uid,
-            replaced = current.has_braid(),
+            replaced,
+            families,
             "installed the iptables redirect: inbound TCP to the inbound port, outbound TCP (except the \
              proxy's uid and lo) to the outbound port"
         ),
-        None => info!("removed Braid's chains and jumps from the nat table"),
+        None => info!(families, "removed Braid's chains and jumps from the nat table"),
     }
     Ok(())
 }
 
-fn read_nat(iptables_save: &Path) -> Result<NatState, InitError> {
-    let program = locate(iptables_save, "iptables-save")?;
+fn read_nat(save: &Tool) -> Result<NatState, InitError> {
+    let program = locate(save)?;
     let output = Command::new(&program)
         .args(["-t", "nat"])
         .stdin(Stdio::null())
@@ -380,8 +588,8 @@ fn read_nat(iptables_save: &Path) -> Result<NatState, InitError> {
     Ok(NatState::parse(&String::from_utf8_lossy(&output.stdout)))
 }
 
-fn apply(iptables_restore: &Path, input: &str) -> Result<(), InitError> {
-    let program = locate(iptables_restore, "iptables-restore")?;
+fn apply(restore: &Tool, input: &str) -> Result<(), InitError> {
+    let program = locate(restore)?;
     let name = program.display().to_string();
     let spawn_error = |source| InitError::Spawn { program: name.clone(), source };
     let mut child = Command::new(&program)
@@ -408,7 +616,8 @@ fn apply(iptables_restore: &Path, input: &str) -> Result<(), InitError> {
 
 /// The program to run: a path as given, or a name looked up on PATH and then in /usr/sbin and
 /// /sbin, where Debian installs iptables but which a non-root PATH often lacks.
-fn locate(program: &Path, flag: &'static str) -> Result<PathBuf, InitError> {
+fn locate(tool: &Tool) -> Result<PathBuf, InitError> {
+    let (program, flag) = (&tool.path, tool.flag);
     let missing = || InitError::ToolMissing { program: program.display().to_string(), flag };
     if program.components().count() > 1 {
         return if program.is_file() { Ok(program.to_owned()) } else { Err(missing()) };
@@ -614,8 +823,143 @@ COMMIT
             err.starts_with("/nonexistent/iptables-save not found: install the Debian package iptables"),
             "{err}"
         );
-        let err = apply(Path::new("braid-no-such-iptables-restore"), "").unwrap_err().to_string();
+        let tool = Tool { path: PathBuf::from("braid-no-such-iptables-restore"), flag: "iptables-restore" };
+        let err = apply(&tool, "").unwrap_err().to_string();
         assert!(err.contains("not found: install the Debian package iptables"), "{err}");
         assert!(err.contains("--iptables-restore"), "{err}");
+    }
+
+    /// What `ip6tables-save -t nat` (nf_tables) shows after an install with the webhook's
+    /// arguments, and an older tool's extra jump.
+    const INSTALLED6: &str = "# Generated by ip6tables-save v1.8.9 (nf_tables)
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:BRAID_INBOUND_REDIRECT - [0:0]
+:BRAID_OUTBOUND_REDIRECT - [0:0]
+:BRAID_OUTPUT - [0:0]
+:BRAID_PREROUTING - [0:0]
+-A PREROUTING -j BRAID_PREROUTING
+-A OUTPUT -j BRAID_OUTPUT
+-A OUTPUT -j BRAID_OUTPUT
+-A BRAID_INBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 4143
+-A BRAID_OUTBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 4140
+-A BRAID_OUTPUT -m owner --uid-owner 2102 -j RETURN
+-A BRAID_OUTPUT -o lo -j RETURN
+-A BRAID_OUTPUT -p tcp -j BRAID_OUTBOUND_REDIRECT
+-A BRAID_PREROUTING -p tcp -m multiport --dports 4143,4140 -j RETURN
+-A BRAID_PREROUTING -p tcp -m multiport --dports 4191,80 -j RETURN
+-A BRAID_PREROUTING -p tcp -j BRAID_INBOUND_REDIRECT
+COMMIT
+";
+
+    #[test]
+    fn both_families_get_the_same_rules_each_over_its_own_table() {
+        let redirect = webhook_redirect();
+        let empty = NatState::default();
+        let v4 = Step::plan(Family::V4, Some(&redirect), &empty);
+        let v6 = Step::plan(Family::V6, Some(&redirect), &empty);
+        assert_eq!(v4.input, Some(render_install(&redirect, &empty)));
+        assert_eq!(v6.input, v4.input, "the same exclusions and redirects for IPv6");
+        assert!(
+            v6.input.as_deref().is_some_and(|input| input.contains("-A PREROUTING -j BRAID_PREROUTING\n"))
+        );
+
+        // Each family's jumps are counted in its own table: IPv6's duplicate goes, IPv4's
+        // missing jumps are added.
+        let v6 = Step::plan(Family::V6, Some(&redirect), &NatState::parse(INSTALLED6)).input.unwrap();
+        let jumps: Vec<&str> =
+            v6.lines().filter(|l| l.starts_with("-D ") || l.starts_with("-A OUTPUT")).collect();
+        assert_eq!(jumps, ["-D OUTPUT -j BRAID_OUTPUT"]);
+        let v4 = Step::plan(Family::V4, Some(&redirect), &empty).input.unwrap();
+        assert!(
+            v4.ends_with("-A PREROUTING -j BRAID_PREROUTING\n-A OUTPUT -j BRAID_OUTPUT\nCOMMIT\n"),
+            "{v4}"
+        );
+
+        let remove = Step::plan(Family::V6, None, &NatState::parse(INSTALLED6));
+        assert!(remove.input.is_some_and(|input| input.contains("-X BRAID_PREROUTING")));
+        assert_eq!(Step::plan(Family::V6, None, &empty).input, None);
+    }
+
+    #[test]
+    fn the_dry_run_shows_both_families_with_their_notes() {
+        let redirect = webhook_redirect();
+        let v4 = Step::plan(Family::V4, Some(&redirect), &NatState::default());
+        let mut v6 = Step::plan(Family::V6, Some(&redirect), &NatState::default());
+        v6.notes.push("IPv6 is disabled in this network namespace (x): a real run skips these".into());
+        let text = render_dry_run(&[v4.clone(), v6]);
+        let rules = v4.input.unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "# IPv4: iptables-restore --noflush input\n{rules}\
+                 # IPv6: ip6tables-restore --noflush input\n\
+                 # IPv6 is disabled in this network namespace (x): a real run skips these\n{rules}"
+            )
+        );
+        let nothing = render_dry_run(&[Step::plan(Family::V6, None, &NatState::default())]);
+        assert_eq!(
+            nothing,
+            "# IPv6: ip6tables-restore --noflush input\n# nothing of Braid's in the nat table: nothing to remove\n"
+        );
+    }
+
+    #[test]
+    fn the_ip6tables_programs_follow_the_iptables_ones() {
+        for (iptables, ip6tables) in [
+            ("iptables-restore", "ip6tables-restore"),
+            ("iptables-legacy-save", "ip6tables-legacy-save"),
+            ("/usr/sbin/iptables-nft-restore", "/usr/sbin/ip6tables-nft-restore"),
+            ("/opt/bin/ip6tables-restore", "/opt/bin/ip6tables-restore"),
+            ("/opt/bin/restore-wrapper", "/opt/bin/ip6tables-restore"),
+            ("/opt/bin/nat-save", "/opt/bin/ip6tables-save"),
+        ] {
+            assert_eq!(ip6_counterpart(Path::new(iptables)), PathBuf::from(ip6tables), "{iptables}");
+        }
+        let args =
+            parse(&[&WEBHOOK_ARGS[..], &["--iptables-restore=iptables-legacy-restore"]].concat()).unwrap();
+        let tools = args.tools(Family::V6);
+        assert_eq!(tools.restore.path, PathBuf::from("ip6tables-legacy-restore"));
+        assert_eq!(tools.save.path, PathBuf::from("ip6tables-save"));
+        assert_eq!((tools.restore.flag, tools.save.flag), ("ip6tables-restore", "ip6tables-save"));
+        let args = parse(&[&WEBHOOK_ARGS[..], &["--ip6tables-save=/x/save6"]].concat()).unwrap();
+        assert_eq!(args.tools(Family::V6).save.path, PathBuf::from("/x/save6"));
+        assert_eq!(args.tools(Family::V4).save.path, PathBuf::from("iptables-save"));
+    }
+
+    #[test]
+    fn ipv6_counts_as_disabled_only_when_the_namespace_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let sysctls = dir.path().join("ipv6");
+        assert_eq!(
+            Ipv6::detect(&sysctls),
+            Ipv6::Disabled("the kernel has no IPv6 (booted with ipv6.disable=1)")
+        );
+        std::fs::create_dir_all(sysctls.join("conf/all")).unwrap();
+        // A value it cannot read is no reason to leave IPv6 without rules.
+        assert_eq!(Ipv6::detect(&sysctls), Ipv6::Enabled);
+        let value = sysctls.join("conf/all/disable_ipv6");
+        for (content, expected) in [
+            ("1\n", Ipv6::Disabled("net.ipv6.conf.all.disable_ipv6 = 1")),
+            ("0\n", Ipv6::Enabled),
+            ("", Ipv6::Enabled),
+            ("yes\n", Ipv6::Enabled),
+        ] {
+            std::fs::write(&value, content).unwrap();
+            assert_eq!(Ipv6::detect(&sysctls), expected, "{content:?}");
+        }
+    }
+
+    #[test]
+    fn an_ipv6_failure_says_ipv6_would_bypass_the_mesh_and_what_to_do() {
+        let cause = InitError::ToolMissing { program: "ip6tables-save".into(), flag: "ip6tables-save" };
+        let err = cause.ipv6().to_string();
+        assert!(err.starts_with("IPv6 is enabled in this network namespace"), "{err}");
+        assert!(err.contains("would bypass the mesh"), "{err}");
+        assert!(err.contains("ip6tables-save not found") && err.contains("--ip6tables-save"), "{err}");
+        assert!(err.contains("ip6table_nat") && err.contains("net.ipv6.conf.all.disable_ipv6=1"), "{err}");
     }
 }
