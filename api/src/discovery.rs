@@ -128,30 +128,53 @@ pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("a discovery message is longer than {MAX_MESSAGE_BYTES} bytes")]
-    TooLong,
+    #[error("a discovery message is longer than {0} bytes")]
+    TooLong(usize),
     #[error("a discovery message is not valid: {0}")]
     Invalid(#[from] serde_json::Error),
 }
 
 /// Splits a byte stream into messages: feed chunks with `push`, take messages with `next`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct LineReader {
     buffer: Vec<u8>,
+    /// The longest line accepted.
+    limit: usize,
+    /// Bytes of the line being received (after the buffer's last newline).
+    open_line: usize,
+}
+
+impl Default for LineReader {
+    fn default() -> Self {
+        Self::with_limit(MAX_MESSAGE_BYTES)
+    }
 }
 
 impl LineReader {
+    /// Lines up to `limit` bytes; a longer one is refused as it arrives, before it is buffered.
+    pub fn with_limit(limit: usize) -> Self {
+        Self { buffer: Vec::new(), limit, open_line: 0 }
+    }
+
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), DecodeError> {
-        self.buffer.extend_from_slice(chunk);
-        // Only an unterminated line can grow without bound.
-        let pending = self
-            .buffer
-            .iter()
-            .rposition(|&b| b == b'\n')
-            .map_or(self.buffer.len(), |i| self.buffer.len() - i - 1);
-        if pending > MAX_MESSAGE_BYTES {
-            return Err(DecodeError::TooLong);
+        // Each byte is looked at once, so a long line sent in small pieces costs linear time.
+        let mut open_line = self.open_line;
+        for &byte in chunk {
+            if byte == b'\n' {
+                open_line = 0;
+            } else {
+                open_line += 1;
+                if open_line > self.limit {
+                    return Err(DecodeError::TooLong(self.limit));
+                }
+            }
         }
+        self.open_line = open_line;
+        self.buffer.extend_from_slice(chunk);
         Ok(())
     }
 
@@ -215,6 +238,24 @@ mod tests {
         for _ in 0..5 {
             result = reader.push(&chunk);
         }
-        assert!(matches!(result, Err(DecodeError::TooLong)));
+        assert!(matches!(result, Err(DecodeError::TooLong(MAX_MESSAGE_BYTES))));
+    }
+
+    #[test]
+    fn a_lower_limit_refuses_a_long_line_as_it_arrives_and_lines_under_it_pass() {
+        let mut reader = LineReader::with_limit(16);
+        reader.push(b"{\"subscribe\":\"inbound\"}\n".get(..17).unwrap_or_default()).unwrap_err();
+        let mut reader = LineReader::with_limit(32);
+        reader.push(b"{\"subscribe\":\"inbound\"}\n{\"subscribe\":").unwrap();
+        assert!(matches!(
+            reader.next::<ProxyMessage>(),
+            Some(Ok(ProxyMessage::Subscribe(Resource::Inbound)))
+        ));
+        // The open line counts across pushes, one byte at a time too.
+        for _ in 0..19 {
+            reader.push(b"x").unwrap();
+        }
+        let error = reader.push(b"x").unwrap_err();
+        assert_eq!(error.to_string(), "a discovery message is longer than 32 bytes");
     }
 }

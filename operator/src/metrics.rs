@@ -139,6 +139,19 @@ pub struct DiscoveryMetrics {
     pub refusals: Counter,
     /// Pods in the index.
     pub pods: Gauge,
+    /// What a bound refused (connections, hellos, messages, subscriptions), by bound.
+    pub limited: Family<LimitLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
+}
+
+impl DiscoveryMetrics {
+    pub fn limited(&self, limit: &'static str) {
+        self.limited.get_or_create(&LimitLabels { limit }).inc();
+    }
 }
 
 impl DiscoveryMetrics {
@@ -159,6 +172,11 @@ impl DiscoveryMetrics {
         );
         sub.register("refusals", "Hellos and subscriptions the server refused", metrics.refusals.clone());
         sub.register("index_pods", "Pods in the discovery index", metrics.pods.clone());
+        sub.register(
+            "limited",
+            "Connections, streams and messages refused by a bound, by bound",
+            metrics.limited.clone(),
+        );
         metrics
     }
 }

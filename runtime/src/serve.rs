@@ -46,6 +46,8 @@ pub struct Settings {
     pub keep_alive_interval: Option<Duration>,
     /// After shutdown, open connections get this long to finish their requests.
     pub drain_timeout: Duration,
+    /// HTTP/2: streams one client may have open at once on a connection (hyper's default: 200).
+    pub http2_max_concurrent_streams: Option<u32>,
 }
 
 impl Settings {
@@ -58,6 +60,7 @@ impl Settings {
             header_read_timeout: None,
             keep_alive_interval: None,
             drain_timeout: Duration::from_secs(10),
+            http2_max_concurrent_streams: None,
         }
     }
 }
@@ -179,6 +182,9 @@ fn builder(settings: &Settings) -> auto::Builder<TokioExecutor> {
     }
     if let Some(interval) = settings.keep_alive_interval {
         builder.http2().timer(TokioTimer::new()).keep_alive_interval(interval);
+    }
+    if let Some(streams) = settings.http2_max_concurrent_streams {
+        builder.http2().max_concurrent_streams(streams);
     }
     match settings.protocol {
         Protocol::Http1 => builder.http1_only(),

@@ -1,6 +1,7 @@
 //! Discovery (docs/discovery.md): the operator's index of what proxies need, the mTLS server that
 //! streams it to them, and the count of proxies that run each MeshRoute generation.
 
+pub mod budget;
 pub mod endpoint;
 pub mod index;
 pub mod mesh_status;

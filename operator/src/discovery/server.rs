@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::budget::ConnectionBudget;
 use super::stream::{Discovery, Peer, serve as serve_stream};
 use crate::identity::{authority::Authority, ca, server::ServingCert};
 
@@ -29,6 +30,11 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE: Duration = Duration::from_secs(30);
 /// Streams end on shutdown; their last lines get this long to leave.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// A pod holds one stream on one connection; a few more streams cover a reconnect in flight.
+const MAX_STREAMS_PER_CONNECTION: u32 = 4;
+/// Connections in all (a proxy each) and from one address (a pod, or a node's SNAT).
+const MAX_CONNECTIONS: usize = 20_000;
+const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -144,7 +150,16 @@ pub async fn run(
     tracing::info!(addr = ?listener.local_addr().ok(), "discovery endpoint listening (HTTP/2, mTLS)");
     let issued = current.clone();
     let stop = shutdown.clone();
+    let budget = ConnectionBudget::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS);
     let make_service = move |connection: &serve::Connection<'_>| {
+        let slot = match budget.take(connection.peer.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                discovery.metrics.limited(refused.label());
+                tracing::info!(peer_addr = %connection.peer, bound = refused.label(), "discovery: connection refused by a bound");
+                return None;
+            }
+        };
         // The trust domain is read after the handshake: an issuer that changed trust domain
         // meanwhile refuses the client, which reconnects to the new one.
         let (_, trust_domain) = issued.get()?;
@@ -160,6 +175,8 @@ pub async fn run(
         let discovery = discovery.clone();
         let shutdown = stop.clone();
         Some(hyper::service::service_fn(move |request| {
+            // The service lives as long as the connection: so does its slot.
+            let _slot = &slot;
             let response = answer(discovery.clone(), peer.clone(), request, shutdown.clone());
             async move { Ok::<_, Infallible>(response) }
         }))
@@ -168,6 +185,7 @@ pub async fn run(
         handshake_timeout: HANDSHAKE_TIMEOUT,
         keep_alive_interval: Some(KEEPALIVE),
         drain_timeout: DRAIN_TIMEOUT,
+        http2_max_concurrent_streams: Some(MAX_STREAMS_PER_CONNECTION),
         ..Settings::new("discovery endpoint", Protocol::Http2)
     };
     serve::serve(listener, Some(current), make_service, settings, shutdown).await;

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use braid_api::config::PolicyConfig;
 use braid_api::discovery::{
@@ -126,6 +127,20 @@ impl Discovery {
     }
 }
 
+/// The hello is a few hundred bytes: a client that sends more before it has said who it is, or
+/// takes longer, is dropped before anything else is spent on it.
+pub const MAX_HELLO_BYTES: usize = 4 * 1024;
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the hello a proxy sends only subscriptions, acks and nacks.
+pub const MAX_PROXY_MESSAGE_BYTES: usize = 64 * 1024;
+/// Far above what one pod calls; each costs memory here and a line in the registry.
+pub const MAX_SUBSCRIPTIONS: usize = 10_000;
+/// Names are Kubernetes names; the version is shown in the Mesh status.
+const MAX_NAME_BYTES: usize = 253;
+const MAX_VERSION_BYTES: usize = 64;
+/// A nack's reason reaches the MeshRoute status: the rest is cut.
+pub const MAX_REASON_BYTES: usize = 1024;
+
 /// Why a stream ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -137,6 +152,8 @@ pub enum StreamError {
     Refused(String),
     #[error("the request body failed: {0}")]
     Body(String),
+    #[error("no hello within {HELLO_TIMEOUT:?}")]
+    HelloTimeout,
 }
 
 struct Destination {
@@ -157,7 +174,9 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let mut reader = LineReader::default();
+    let mut reader = LineReader::with_limit(MAX_HELLO_BYTES);
+    let hello_deadline = tokio::time::sleep(HELLO_TIMEOUT);
+    tokio::pin!(hello_deadline);
     let hello = loop {
         if let Some(message) = reader.next::<ProxyMessage>() {
             match message? {
@@ -167,18 +186,27 @@ where
         }
         let chunk = tokio::select! {
             chunk = incoming.next() => chunk,
+            () = &mut hello_deadline => {
+                discovery.metrics.limited("hello_timeout");
+                return Err(StreamError::HelloTimeout);
+            }
             () = shutdown.cancelled() => return Ok(()),
         };
         match chunk {
-            Some(Ok(bytes)) => reader.push(&bytes)?,
+            Some(Ok(bytes)) => {
+                reader.push(&bytes).inspect_err(|_| discovery.metrics.limited("hello_size"))?
+            }
             Some(Err(err)) => return Err(StreamError::Body(err.to_string())),
             None => return Ok(()),
         }
     };
+    reader.set_limit(MAX_PROXY_MESSAGE_BYTES);
     let pod: Key = (hello.pod_namespace.clone(), hello.pod_name.clone());
-    if let Err(reason) =
-        discovery.read(|index| index.check_pod((&peer.namespace, &peer.service_account), &pod))
-    {
+    let checked =
+        check_hello(&hello).inspect_err(|_| discovery.metrics.limited("hello_fields")).and_then(|()| {
+            discovery.read(|index| index.check_pod((&peer.namespace, &peer.service_account), &pod))
+        });
+    if let Err(reason) = checked {
         let _ = out
             .send(line(&ControlMessage::Refused(Refusal { resource: None, reason: reason.clone() })))
             .await;
@@ -211,6 +239,29 @@ struct Session<'a> {
     destinations: BTreeMap<String, Destination>,
     /// The inbound policy last sent, when subscribed.
     inbound: Option<Option<(u64, Option<PolicyConfig>)>>,
+}
+
+/// A hello whose fields could not name a pod (or would bloat the status) is refused.
+fn check_hello(hello: &api::Hello) -> Result<(), String> {
+    for (field, value, max) in [
+        ("podNamespace", &hello.pod_namespace, MAX_NAME_BYTES),
+        ("podName", &hello.pod_name, MAX_NAME_BYTES),
+        ("proxyVersion", &hello.proxy_version, MAX_VERSION_BYTES),
+    ] {
+        if value.len() > max || value.chars().any(char::is_control) {
+            return Err(format!("hello: {field} must be at most {max} bytes of printable text"));
+        }
+    }
+    Ok(())
+}
+
+/// Cuts `text` to at most `max` bytes, on a character boundary.
+fn truncate(text: &mut String, max: usize) {
+    if text.len() > max {
+        let cut = (0..=max).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(cut);
+        text.push('…');
+    }
 }
 
 fn line(message: &ControlMessage) -> Bytes {
@@ -266,6 +317,14 @@ impl Session<'_> {
     async fn handle(&mut self, message: ProxyMessage) -> bool {
         match message {
             ProxyMessage::Hello(_) => true,
+            ProxyMessage::Subscribe(Resource::Destination(name))
+                if self.destinations.len() >= MAX_SUBSCRIPTIONS && !self.destinations.contains_key(&name) =>
+            {
+                self.discovery.metrics.limited("subscriptions");
+                let reason = format!("more than {MAX_SUBSCRIPTIONS} destinations on one stream");
+                let resource = Some(Resource::Destination(name));
+                self.send(ControlMessage::Refused(Refusal { resource, reason })).await
+            }
             ProxyMessage::Subscribe(Resource::Destination(name)) => {
                 self.destinations.insert(name.clone(), Destination { sent: None, refused: false });
                 self.send_destination(&name).await
@@ -290,8 +349,9 @@ impl Session<'_> {
                 }
                 true
             }
-            ProxyMessage::Nack(nack) => {
+            ProxyMessage::Nack(mut nack) => {
                 self.discovery.metrics.nacks.inc();
+                truncate(&mut nack.reason, MAX_REASON_BYTES);
                 tracing::warn!(pod = %format!("{}/{}", self.pod.0, self.pod.1), resource = ?nack.resource,
                     version = nack.version, reason = %nack.reason, "a proxy refused a configuration");
                 if let Resource::Destination(name) = &nack.resource {
@@ -574,5 +634,73 @@ mod tests {
         proxy.to_server.send(Ok(Bytes::from_static(b"{\"subscribe\": 42}\n"))).expect("running");
         let error = proxy.task.await.expect("task").unwrap_err();
         assert!(error.to_string().contains("not valid"), "{error}");
+    }
+
+    fn limited(discovery: &Discovery, limit: &'static str) -> u64 {
+        discovery.metrics.limited.get_or_create(&crate::metrics::LimitLabels { limit }).get()
+    }
+
+    #[tokio::test]
+    async fn a_client_that_says_nothing_useful_is_dropped_early_and_counted() {
+        let discovery = cluster();
+        // Bytes without a newline before the hello: cut at MAX_HELLO_BYTES, not 4 MiB.
+        let proxy = start(&discovery, ("web", "client"));
+        proxy.to_server.send(Ok(Bytes::from(vec![b'{'; MAX_HELLO_BYTES + 1]))).expect("running");
+        let error = proxy.task.await.expect("task").unwrap_err();
+        assert!(error.to_string().contains(&format!("longer than {MAX_HELLO_BYTES} bytes")), "{error}");
+        assert_eq!(limited(&discovery, "hello_size"), 1);
+
+        // A hello whose version would bloat the Mesh status is refused with the reason.
+        let mut proxy = start(&discovery, ("web", "client"));
+        proxy.send(&ProxyMessage::Hello(api::Hello {
+            pod_namespace: "web".into(),
+            pod_name: "client".into(),
+            proxy_version: "v".repeat(65),
+        }));
+        let ControlMessage::Refused(refusal) = proxy.next().await else { panic!("a refusal") };
+        assert!(refusal.reason.contains("proxyVersion must be at most 64 bytes"), "{}", refusal.reason);
+        assert_eq!(limited(&discovery, "hello_fields"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_hello_in_time_ends_the_stream() {
+        let discovery = cluster();
+        let proxy = start(&discovery, ("web", "client"));
+        let error = proxy.task.await.expect("task").unwrap_err();
+        assert!(matches!(error, StreamError::HelloTimeout), "{error}");
+        assert_eq!(limited(&discovery, "hello_timeout"), 1);
+    }
+
+    #[tokio::test]
+    async fn subscriptions_beyond_the_bound_are_refused_one_by_one_and_the_stream_lives() {
+        let discovery = cluster();
+        let mut proxy = start(&discovery, ("web", "client"));
+        proxy.send(&hello("web", "client"));
+        let mut batch = Vec::new();
+        for i in 0..MAX_SUBSCRIPTIONS {
+            batch.extend(api::encode(&subscribe(&format!("10.200.{}.{}:80", i / 250, i % 250))));
+        }
+        proxy.to_server.send(Ok(Bytes::from(batch))).expect("running");
+        for _ in 0..MAX_SUBSCRIPTIONS {
+            proxy.next().await;
+        }
+        proxy.send(&subscribe("10.96.0.20:80"));
+        let ControlMessage::Refused(refusal) = proxy.next().await else { panic!("a refusal") };
+        assert_eq!(refusal.resource, Some(Resource::Destination("10.96.0.20:80".into())));
+        assert!(refusal.reason.contains("more than 10000 destinations"), "{}", refusal.reason);
+        assert_eq!(limited(&discovery, "subscriptions"), 1);
+        proxy.send(&ProxyMessage::Unsubscribe(Resource::Destination("10.200.0.0:80".into())));
+        proxy.send(&subscribe("10.96.0.20:80"));
+        assert!(destination(proxy.next().await).service.is_some(), "room again after an unsubscribe");
+    }
+
+    #[test]
+    fn long_reasons_are_cut_on_a_character_boundary() {
+        let mut reason = "é".repeat(MAX_REASON_BYTES);
+        truncate(&mut reason, MAX_REASON_BYTES);
+        assert!(reason.len() <= MAX_REASON_BYTES + '…'.len_utf8() && reason.ends_with('…'));
+        let mut short = "fine".to_owned();
+        truncate(&mut short, MAX_REASON_BYTES);
+        assert_eq!(short, "fine");
     }
 }
