@@ -223,7 +223,7 @@ pub fn inject(
     }
 
     let settings = PodSettings::read(&annotation, spec, config)?;
-    let init_containers = [init_container(&settings), proxy_container(&settings, config)];
+    let init_containers = [init_container(&settings, config), proxy_container(&settings, config)];
     let volumes = volumes();
     let patch = build_patch(pod, &init_containers, &volumes, &config.proxy_version, settings.default_policy)?;
     let pod = apply(pod, &patch)?;
@@ -349,7 +349,11 @@ fn quantity<'a>(
 
 /// `braid-init`: installs the iptables redirect, then exits. It runs first, before the proxy, so
 /// that no traffic of the pod (not even of other init containers) escapes the redirect.
-fn init_container(settings: &PodSettings) -> Container {
+///
+/// Its image is always the Mesh's: it runs as root with NET_ADMIN and NET_RAW, so a pod's
+/// `braid.dev/proxy-image` (which anyone who may create a pod can write) chooses only the
+/// unprivileged proxy's image.
+fn init_container(settings: &PodSettings, config: &InjectConfig) -> Container {
     let mut args = vec![
         format!("--proxy-uid={PROXY_UID}"),
         format!("--inbound-port={INBOUND_PORT}"),
@@ -361,7 +365,7 @@ fn init_container(settings: &PodSettings) -> Container {
     }
     Container {
         name: INIT_CONTAINER.to_owned(),
-        image: Some(settings.image.clone()),
+        image: Some(config.proxy_image.clone()),
         command: Some(vec!["braid-proxy".to_owned(), "init".to_owned()]),
         args: Some(args),
         // Counted in the pod's effective request like any init container; the proxy's figures
@@ -742,6 +746,25 @@ mod tests {
         assert_eq!(env("BRAID_LOG").as_deref(), Some("debug"));
         assert_eq!(proxy.resources.as_ref().unwrap().limits.as_ref().unwrap()["cpu"].0, "2");
         assert_eq!(injection.pod.metadata.annotations.unwrap()[INJECTED], "v2");
+    }
+
+    #[test]
+    fn a_pods_image_annotation_never_chooses_what_runs_as_root() {
+        let annotated = pod(json!({PROXY_IMAGE: "attacker.example/anything:1"}), app_spec());
+        let injection = injected(inject(&annotated, &enabled(), &config()));
+        let init = injection.pod.spec.unwrap().init_containers.unwrap();
+        assert_eq!(init[0].name, INIT_CONTAINER);
+        assert_eq!(
+            init[0].image.as_deref(),
+            Some("braid.dev/braid-proxy:dev"),
+            "the Mesh's image, with NET_ADMIN"
+        );
+        assert_eq!(
+            init[1].image.as_deref(),
+            Some("attacker.example/anything:1"),
+            "the unprivileged sidecar's"
+        );
+        assert_eq!(init[1].security_context.as_ref().unwrap().run_as_non_root, Some(true));
     }
 
     fn proxy_env(pod: &Pod) -> BTreeMap<String, String> {
