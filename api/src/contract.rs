@@ -19,6 +19,11 @@ pub const INJECTED: &str = "braid.dev/injected";
 /// the Mesh) onto each injected pod, where the operator's discovery reads it.
 pub const DEFAULT_INBOUND_POLICY: &str = "braid.dev/default-inbound-policy";
 
+/// Pod label the webhook sets on a pod meshed by its own annotation in a namespace that is not
+/// labelled for injection: the operator publishes the trust bundle in the namespaces of such
+/// pods too, which their proxies mount.
+pub const NEEDS_TRUST_BUNDLE: &str = "braid.dev/needs-trust-bundle";
+
 /// The path the webhook serves AdmissionReviews on, and the operator registers.
 pub const INJECT_PATH: &str = "/inject";
 

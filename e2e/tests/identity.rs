@@ -613,6 +613,26 @@ async fn the_endpoint_issues_for_a_bound_token_and_refuses_everything_else() {
         published_bundle(&client, &meshed.name)
     })
     .await;
+
+    // A pod meshed by its own annotation in a namespace nobody labelled: the webhook labels it,
+    // and the bundle its proxy mounts is published there too.
+    let unlabelled = TestNamespace::create(cluster, &client, "e2e-identity-annotated").await;
+    assert_eq!(published_bundle(&client, &unlabelled.name).await, None, "not published before a pod asks");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "asks", "labels": {"braid.dev/needs-trust-bundle": "true"}},
+        // Never scheduled: only its labels matter here.
+        "spec": {"nodeName": "no-such-node", "containers": [{"name": "app", "image": "none"}]},
+    }))
+    .unwrap();
+    Api::<Pod>::namespaced(client.clone(), &unlabelled.name)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let published = eventually(Duration::from_secs(15), "the trust bundle where a pod asks for it", || {
+        published_bundle(&client, &unlabelled.name)
+    })
+    .await;
+    assert_eq!(published, bundle);
     drop(operator);
 }
 

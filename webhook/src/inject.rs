@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use braid_api::config::{DefaultInboundPolicy, ProbeConfig};
 use braid_api::contract::{
     ADMIN_PORT, DEFAULT_INBOUND_POLICY, INBOUND_PORT, INJECT, INJECT_DISABLED, INJECT_ENABLED, INJECTED,
-    OUTBOUND_PORT, PROXY_CONTAINER, PROXY_UID, TOKEN_AUDIENCE, TOKEN_FILE, TOKEN_MOUNT, TRUST_BUNDLE_KEY,
-    TRUST_CONFIG_MAP, TRUST_MOUNT, env,
+    NEEDS_TRUST_BUNDLE, OUTBOUND_PORT, PROXY_CONTAINER, PROXY_UID, TOKEN_AUDIENCE, TOKEN_FILE, TOKEN_MOUNT,
+    TRUST_BUNDLE_KEY, TRUST_CONFIG_MAP, TRUST_MOUNT, env,
 };
 use braid_crds::mesh::{MeshSpec, ProxyResources};
 use json_patch::{AddOperation, Patch, PatchOperation, jsonptr::PointerBuf};
@@ -225,7 +225,16 @@ pub fn inject(
     let settings = PodSettings::read(&annotation, spec, config)?;
     let init_containers = [init_container(&settings, config), proxy_container(&settings, config)];
     let volumes = volumes();
-    let patch = build_patch(pod, &init_containers, &volumes, &config.proxy_version, settings.default_policy)?;
+    // The trust bundle is published where the namespace label is; elsewhere the pod asks for it.
+    let needs_bundle = !namespace_enabled;
+    let patch = build_patch(
+        pod,
+        &init_containers,
+        &volumes,
+        &config.proxy_version,
+        settings.default_policy,
+        needs_bundle,
+    )?;
     let pod = apply(pod, &patch)?;
     Ok(Decision::Inject(Box::new(Injection { patch, pod })))
 }
@@ -541,6 +550,7 @@ fn build_patch(
     volumes: &[Volume; 3],
     proxy_version: &str,
     default_policy: DefaultInboundPolicy,
+    needs_bundle: bool,
 ) -> Result<Patch, InjectError> {
     let spec = pod.spec.as_ref().ok_or(InjectError::NoSpec)?;
     let add = |tokens: &[&str], value: Value| {
@@ -562,6 +572,12 @@ fn build_patch(
             for volume in volumes {
                 ops.push(add(&["spec", "volumes", "-"], to_json(volume)?));
             }
+        }
+    }
+    if needs_bundle {
+        match &pod.metadata.labels {
+            None => ops.push(add(&["metadata", "labels"], serde_json::json!({ NEEDS_TRUST_BUNDLE: "true" }))),
+            Some(_) => ops.push(add(&["metadata", "labels", NEEDS_TRUST_BUNDLE], Value::from("true"))),
         }
     }
     // The resolved default inbound policy is recorded on the pod, where discovery reads it and
@@ -765,6 +781,20 @@ mod tests {
             "the unprivileged sidecar's"
         );
         assert_eq!(init[1].security_context.as_ref().unwrap().run_as_non_root, Some(true));
+    }
+
+    #[test]
+    fn a_pod_meshed_by_its_annotation_outside_a_meshed_namespace_asks_for_the_trust_bundle() {
+        let labels = |pod: &Pod| pod.metadata.labels.clone().unwrap_or_default();
+        let by_annotation =
+            injected(inject(&pod(json!({INJECT: "enabled"}), app_spec()), &BTreeMap::new(), &config()));
+        assert_eq!(labels(&by_annotation.pod).get(NEEDS_TRUST_BUNDLE).map(String::as_str), Some("true"));
+        let by_namespace = injected(inject(&pod(json!({}), app_spec()), &enabled(), &config()));
+        assert!(!labels(&by_namespace.pod).contains_key(NEEDS_TRUST_BUNDLE), "published there already");
+        let mut labelled = pod(json!({INJECT: "enabled"}), app_spec());
+        labelled.metadata.labels = Some(BTreeMap::from([("app".to_owned(), "web".to_owned())]));
+        let pod_labels = labels(&injected(inject(&labelled, &BTreeMap::new(), &config())).pod);
+        assert_eq!((pod_labels["app"].as_str(), pod_labels[NEEDS_TRUST_BUNDLE].as_str()), ("web", "true"));
     }
 
     fn proxy_env(pod: &Pod) -> BTreeMap<String, String> {

@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
-use braid_api::contract::{INJECT, INJECT_ENABLED, TRUST_CONFIG_MAP};
+use braid_api::contract::{INJECT, INJECT_ENABLED, NEEDS_TRUST_BUNDLE, TRUST_CONFIG_MAP};
 use braid_crds::{
     Mesh,
     conditions::{self, reasons},
@@ -16,7 +16,7 @@ use braid_crds::{
 };
 use futures::{StreamExt, stream::BoxStream};
 use k8s_openapi::{
-    api::core::v1::{ConfigMap, Namespace, Secret, Service},
+    api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service},
     apimachinery::pkg::apis::meta::v1::{OwnerReference, Time},
     jiff::Timestamp,
 };
@@ -159,6 +159,7 @@ fn triggers(client: &Client, settings: &CaSettings, external: Option<&str>) -> B
     let mesh = watcher::Config::default().fields("metadata.name=default");
     let labelled = watcher::Config::default().labels(&format!("{INJECT}={INJECT_ENABLED}"));
     let bundles = watcher::Config::default().fields(&format!("metadata.name={TRUST_CONFIG_MAP}"));
+    let asking = watcher::Config::default().labels(NEEDS_TRUST_BUNDLE);
     // Metadata only: the loop re-reads what it needs, so events need carry no data.
     fn wake<K>(api: Api<PartialObjectMeta<K>>, config: watcher::Config) -> BoxStream<'static, ()>
     where
@@ -172,6 +173,7 @@ fn triggers(client: &Client, settings: &CaSettings, external: Option<&str>) -> B
         wake(Api::<PartialObjectMeta<Mesh>>::all(client.clone()), mesh),
         wake(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), labelled),
         wake(Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()), bundles),
+        wake(Api::<PartialObjectMeta<Pod>>::all(client.clone()), asking),
     ];
     for name in [ANCHOR_SECRET, ISSUER_SECRET].into_iter().chain(external) {
         let by_name = watcher::Config::default().fields(&format!("metadata.name={name}"));

@@ -1,12 +1,13 @@
 //! Publishes the trust bundle as ConfigMap braid-trust-anchors (the pod contract's
-//! TRUST_CONFIG_MAP, which the webhook mounts into every proxy) in the mesh namespace and in every
-//! namespace labelled braid.dev/inject=enabled.
+//! TRUST_CONFIG_MAP, which the webhook mounts into every proxy) in the mesh namespace, in every
+//! namespace labelled braid.dev/inject=enabled, and in the namespace of every pod meshed by its
+//! own annotation (labelled braid.dev/needs-trust-bundle by the webhook).
 
 use std::collections::HashMap;
 
-use braid_api::contract::{INJECT, INJECT_ENABLED, TRUST_BUNDLE_KEY, TRUST_CONFIG_MAP};
+use braid_api::contract::{INJECT, INJECT_ENABLED, NEEDS_TRUST_BUNDLE, TRUST_BUNDLE_KEY, TRUST_CONFIG_MAP};
 use k8s_openapi::{
-    api::core::v1::{ConfigMap, Namespace},
+    api::core::v1::{ConfigMap, Namespace, Pod},
     apimachinery::pkg::apis::meta::v1::OwnerReference,
 };
 use kube::{
@@ -35,9 +36,13 @@ pub async fn publish(
         .filter(|ns| ns.metadata.deletion_timestamp.is_none())
         .filter_map(|ns| ns.metadata.name)
         .collect();
-    if !targets.iter().any(|t| t == mesh_namespace) {
-        targets.push(mesh_namespace.to_owned());
-    }
+    let asking = Api::<Pod>::all(client.clone())
+        .list_metadata(&ListParams::default().labels(NEEDS_TRUST_BUNDLE))
+        .await?;
+    targets.extend(asking.items.into_iter().filter_map(|pod| pod.metadata.namespace));
+    targets.push(mesh_namespace.to_owned());
+    targets.sort();
+    targets.dedup();
     let config_maps: Api<ConfigMap> = Api::all(client.clone());
     let existing: HashMap<String, ConfigMap> = config_maps
         .list(&ListParams::default().fields(&format!("metadata.name={TRUST_CONFIG_MAP}")))
