@@ -1,13 +1,14 @@
 //! Serving client connections' HTTP, shared by inbound and outbound: HTTP/2 with the h2 crate
 //! (`h2_server`); HTTP/1.1 with the lean server (`h1_server`) until a request needs hyper's
 //! server, which then serves the rest of the connection. Below them, what every proxied request
-//! goes through: its rewriting (`headers`), the proxy's own responses (`respond`), and the
+//! goes through: its path in normal form (`path`), its rewriting (`headers`), the proxy's own responses (`respond`), and the
 //! forwarding and counting of one request (`forward`).
 
 pub mod forward;
 pub mod h1_server;
 pub mod h2_server;
 pub mod headers;
+pub mod path;
 pub mod respond;
 
 use std::convert::Infallible;

@@ -30,6 +30,13 @@ pub struct Credentials {
     pub generation: u64,
 }
 
+impl Credentials {
+    /// The trust domain of this proxy's SPIFFE id: the mesh's.
+    pub fn trust_domain(&self) -> Option<&str> {
+        braid_api::identity::SpiffeIdRef::parse(&self.identity).map(|id| id.trust_domain)
+    }
+}
+
 /// The current credentials, swapped whole on renewal; readers never wait.
 #[derive(Default)]
 pub struct IdentityStore {
