@@ -122,6 +122,21 @@ pub enum DenyProtocol {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct IdentityRefusedLabels {
+    pub reason: IdentityRefusal,
+}
+
+/// Why an inbound mTLS client was refused after its certificate verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum IdentityRefusal {
+    /// A SPIFFE id of another trust domain, signed under a root the mesh trusts.
+    foreign_trust_domain,
+    /// No `spiffe://TD/ns/NS/sa/SA` id at all.
+    no_workload_identity,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub result: ReloadResult,
 }
@@ -163,6 +178,7 @@ pub struct Metrics {
     pub tcp_refused: Family<TcpLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub authz_denied: Family<DenyLabels, Counter>,
+    pub identity_refused: Family<IdentityRefusedLabels, Counter>,
     /// 1 while the discovery stream is open.
     pub discovery_connected: Gauge,
     pub discovery_updates: Family<DiscoveryUpdateLabels, Counter>,
@@ -223,6 +239,12 @@ impl Metrics {
             "Inbound requests and connections denied by the policy",
             authz_denied.clone(),
         );
+        let identity_refused = Family::default();
+        registry.register(
+            "inbound_identity_refused",
+            "Inbound mTLS connections closed after the handshake: the client's certificate names no identity of this mesh's trust domain",
+            identity_refused.clone(),
+        );
         let discovery_connected = Gauge::default();
         registry.register(
             "discovery_connected",
@@ -253,6 +275,7 @@ impl Metrics {
             discovery_reconnects,
             discovery_lookup_timeouts,
             authz_denied,
+            identity_refused,
             registry,
             requests,
             responses,
