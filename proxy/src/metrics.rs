@@ -94,11 +94,19 @@ pub struct TimeoutLabels {
 pub enum TimeoutKind {
     total,
     per_try,
+    /// A mirrored copy abandoned after `limits.mirrorTimeout`.
+    mirror,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RetryLabels {
     pub direction: Direction,
+    pub dst_service: Label,
+    pub route: Label,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct MirrorLabels {
     pub dst_service: Label,
     pub route: Label,
 }
@@ -171,6 +179,7 @@ pub struct Metrics {
     pub retries: Family<RetryLabels, Counter>,
     pub retry_budget_exhausted: Family<RetryLabels, Counter>,
     pub timeouts: Family<TimeoutLabels, Counter>,
+    pub mirror_dropped: Family<MirrorLabels, Counter>,
     pub tcp_open_connections: Family<TcpLabels, Gauge>,
     pub tcp_open_total: Family<TcpLabels, Counter>,
     pub tcp_read_bytes: Family<TcpLabels, Counter>,
@@ -209,6 +218,12 @@ impl Metrics {
         );
         let timeouts = Family::default();
         registry.register("timeout", "Requests or tries that timed out", timeouts.clone());
+        let mirror_dropped = Family::default();
+        registry.register(
+            "mirror_dropped",
+            "Mirrored copies not sent because limits.maxMirrorsInFlight copies were in flight",
+            mirror_dropped.clone(),
+        );
         let tcp_open_connections = Family::default();
         registry.register(
             "tcp_open_connections",
@@ -283,6 +298,7 @@ impl Metrics {
             retries,
             retry_budget_exhausted,
             timeouts,
+            mirror_dropped,
             tcp_open_connections,
             tcp_open_total,
             tcp_read_bytes,

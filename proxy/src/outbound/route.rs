@@ -97,7 +97,7 @@ pub async fn route_request(
     if let (Some((backend, percent)), Kept::Yes(bytes)) = (route.mirror, &body)
         && fastrand::f64() * 100.0 < percent
     {
-        mirror(service, backend, &parts, bytes.clone());
+        mirror(state, service, route, backend, &parts, bytes.clone());
     }
 
     service.budget.deposit();
