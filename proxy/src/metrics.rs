@@ -185,6 +185,8 @@ pub struct Metrics {
     pub tcp_read_bytes: Family<TcpLabels, Counter>,
     pub tcp_write_bytes: Family<TcpLabels, Counter>,
     pub tcp_refused: Family<TcpLabels, Counter>,
+    pub tcp_refused_client_limit: Family<TcpLabels, Counter>,
+    pub tcp_idle_timeout: Family<TcpLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub authz_denied: Family<DenyLabels, Counter>,
     pub identity_refused: Family<IdentityRefusedLabels, Counter>,
@@ -241,6 +243,18 @@ impl Metrics {
             "tcp_refused",
             "Client connections closed because no destination could take them",
             tcp_refused.clone(),
+        );
+        let tcp_refused_client_limit = Family::default();
+        registry.register(
+            "tcp_refused_client_limit",
+            "Client connections closed at once because their client address held limits.maxConnectionsPerClient",
+            tcp_refused_client_limit.clone(),
+        );
+        let tcp_idle_timeout = Family::default();
+        registry.register(
+            "tcp_idle_timeout",
+            "Client connections closed after limits.idleTimeout without a byte (opaque) or an open stream (HTTP/2)",
+            tcp_idle_timeout.clone(),
         );
         let config_reloads = Family::default();
         registry.register(
@@ -304,6 +318,8 @@ impl Metrics {
             tcp_read_bytes,
             tcp_write_bytes,
             tcp_refused,
+            tcp_refused_client_limit,
+            tcp_idle_timeout,
             config_reloads,
         }
     }

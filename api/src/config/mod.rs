@@ -265,9 +265,10 @@ pub struct Limits {
     /// idle keep-alive connection is closed.
     #[serde(default = "default_head_timeout", with = "duration_text")]
     pub head_timeout: Duration,
-    /// How long an inbound HTTP/2 connection with no open stream, or an opaque TCP connection
-    /// (inbound or outbound) with no byte either way, is kept before the proxy closes it (an
-    /// HTTP/2 one with GOAWAY). One hour, as Envoy's HTTP and TCP idle timeouts.
+    /// How long an inbound HTTP/2 connection with no open stream, or an inbound opaque TCP
+    /// connection with no byte either way, is kept before the proxy closes it (an HTTP/2 one with
+    /// GOAWAY). One hour, as Envoy's HTTP and TCP idle timeouts. (Inbound HTTP/1.1 connections
+    /// are bounded by `headTimeout`; the pod's own app is trusted to close what it opens.)
     #[serde(default = "default_idle_timeout", with = "duration_text")]
     pub idle_timeout: Duration,
     /// Mirrored copies of requests in flight at once, over the whole proxy; a copy beyond it is

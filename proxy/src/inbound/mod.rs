@@ -18,9 +18,11 @@ use crate::http::{ClientKind, Transport, serve as serve_http};
 use crate::io::ClientIo;
 use crate::metrics::{Direction, TcpLabels};
 use crate::state::ProxyState;
-use crate::tcp;
+use crate::tcp::{self, Idle};
 use authorize::Carries;
 use forward::InboundConnection;
+
+const INBOUND: TcpLabels = TcpLabels { direction: Direction::inbound };
 
 /// Serves one connection to the app at `app` (its original destination, or `inbound.target`).
 pub async fn serve(
@@ -34,7 +36,7 @@ pub async fn serve(
     // A client that stays silent may be talking to a server that speaks first: opaque TCP.
     let detected = detect::read_prefix(stream, limits.detect_timeout, Silence::Opaque, &shutdown).await;
     let Some((detected, mut prefix, mut stream)) = detected else { return };
-    let (read_bytes, write_bytes) = state.metrics.tcp_bytes(&TcpLabels { direction: Direction::inbound });
+    let (read_bytes, write_bytes) = state.metrics.tcp_bytes(&INBOUND);
     // The prefix was read before counting began.
     read_bytes.inc_by(prefix.len() as u64);
     let client = Client { app, peer, state, limits, shutdown };
@@ -77,11 +79,13 @@ impl Client<'_> {
         if !authorize::connection(state, client_id.as_deref(), carries, app, peer) {
             return;
         }
+        let idle_closed = state.metrics.tcp_idle_timeout.get_or_create(&INBOUND).clone();
         if carries == Carries::Opaque {
-            return tcp::forward(io, app, None).await;
+            let idle = Idle { timeout: limits.idle_timeout, closed: idle_closed };
+            return tcp::forward(io, app, None, Some(idle)).await;
         }
         let connection = Arc::new(InboundConnection::new(state.clone(), app, client_id));
         let handle = move |request| forward::handle(connection.clone(), request);
-        serve_http(detected, io, handle, limits, shutdown, ClientKind::Remote).await;
+        serve_http(detected, io, handle, limits, shutdown, ClientKind::Remote { idle_closed }).await;
     }
 }
