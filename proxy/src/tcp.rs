@@ -39,8 +39,10 @@ pub async fn forward<C: AsyncRead + AsyncWrite + Unpin>(
     };
     let start = Instant::now();
     let last = AtomicU64::new(0);
-    let mut client = Activity { inner: client, start, last: &last };
-    let mut server = Activity { inner: server, start, last: &last };
+    // Without an idle timeout nothing reads the activity: not even a clock read is spent on it.
+    let noted = idle.as_ref().map(|_| &last);
+    let mut client = Activity { inner: client, start, last: noted };
+    let mut server = Activity { inner: server, start, last: noted };
     let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
     let result = match idle {
         None => copy.await,
@@ -70,17 +72,19 @@ async fn idle_for(timeout: Duration, start: Instant, last: &AtomicU64) {
     }
 }
 
-/// One side of an opaque connection, noting when bytes last crossed it (milliseconds since
-/// `start`): one clock read per read or write, no timer moved.
+/// One side of an opaque connection, noting (when `last` is given) when bytes last crossed it,
+/// in milliseconds since `start`: one clock read per read or write, no timer moved.
 struct Activity<'a, T> {
     inner: T,
     start: Instant,
-    last: &'a AtomicU64,
+    last: Option<&'a AtomicU64>,
 }
 
 impl<T> Activity<'_, T> {
     fn seen(&self) {
-        self.last.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if let Some(last) = self.last {
+            last.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+        }
     }
 }
 

@@ -48,6 +48,11 @@ impl IdentityStore {
         self.current.load_full()
     }
 
+    /// The current credentials for a short look, without a reference count (per request).
+    pub fn peek(&self) -> arc_swap::Guard<Option<Arc<Credentials>>> {
+        self.current.load()
+    }
+
     pub fn set(&self, credentials: Credentials) {
         self.current.store(Some(Arc::new(credentials)));
     }

@@ -3,8 +3,10 @@
 //! that a denied request gets a 403 that says why. Every denial is counted here.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::Guard;
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 use tracing::debug;
 
@@ -41,7 +43,8 @@ pub fn connection(
         let table = state.table.load();
         let policy = table.config.inbound.policy.as_ref();
         let credentials = own_credentials(state, client_id);
-        let trust_domain = credentials.as_deref().and_then(Credentials::trust_domain);
+        let trust_domain =
+            credentials.as_ref().and_then(|c| c.as_deref()).and_then(Credentials::trust_domain);
         let client = policy::Client { identity: client_id, trust_domain };
         match carries {
             Carries::Opaque => policy::authorize(policy, client, None, app.port()),
@@ -67,7 +70,8 @@ pub fn request(
     let denied = {
         let table = state.table.load();
         let credentials = own_credentials(state, client_id);
-        let trust_domain = credentials.as_deref().and_then(Credentials::trust_domain);
+        let trust_domain =
+            credentials.as_ref().and_then(|c| c.as_deref()).and_then(Credentials::trust_domain);
         let client = policy::Client { identity: client_id, trust_domain };
         policy::authorize(table.config.inbound.policy.as_ref(), client, Some(request), app.port())
     };
@@ -84,9 +88,9 @@ pub fn request(
 
 /// This proxy's credentials, for the mesh's trust domain: only needed when the client proved
 /// an identity (which it can only have done with them).
-fn own_credentials(state: &ProxyState, client_id: Option<&str>) -> Option<std::sync::Arc<Credentials>> {
+fn own_credentials(state: &ProxyState, client_id: Option<&str>) -> Option<Guard<Option<Arc<Credentials>>>> {
     client_id?;
-    state.identity.as_ref()?.current()
+    Some(state.identity.as_ref()?.peek())
 }
 
 fn count(registry: &Metrics, protocol: DenyProtocol, client_id: Label) {
