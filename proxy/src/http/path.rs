@@ -258,6 +258,29 @@ mod tests {
         }
     }
 
+    /// The outbound proxy sends the normal form, and the inbound proxy must see it as normal
+    /// (not copy it, and not read it differently): the normal form is a fixed point.
+    #[test]
+    fn the_normal_form_of_any_path_is_normal() {
+        const PIECES: [&str; 14] =
+            ["/", "//", ".", "..", "%2e", "%2E", "a", "%61", "%c3%a9", "%7e", ";x", "%3b", "~", "-"];
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..20_000 {
+            let mut path = String::from("/");
+            for _ in 0..rng.usize(1..10) {
+                path.push_str(PIECES[rng.usize(..PIECES.len())]);
+            }
+            let Ok(normal) = normalize(&path) else { continue };
+            let again = normalize(&normal).unwrap_or_else(|e| panic!("{path} -> {normal} -> {e}"));
+            assert!(matches!(again, Cow::Borrowed(_)), "{path} -> {normal} -> {again}: not a fixed point");
+            assert!(
+                !normal.contains("//") && !normal.contains("/./") && !normal.contains("/../"),
+                "{path} -> {normal}"
+            );
+            assert!(!normal.ends_with("/.") && !normal.ends_with("/.."), "{path} -> {normal}");
+        }
+    }
+
     #[test]
     fn the_query_is_kept_as_it_was() {
         let mut uri: Uri = "/a/./b?next=/../x&y=%2e".parse().unwrap();
