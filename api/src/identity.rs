@@ -14,6 +14,25 @@ pub struct SpiffeId {
 
 impl SpiffeId {
     pub fn parse(text: &str) -> Option<Self> {
+        let id = SpiffeIdRef::parse(text)?;
+        Some(Self {
+            trust_domain: id.trust_domain.to_owned(),
+            namespace: id.namespace.to_owned(),
+            service_account: id.service_account.to_owned(),
+        })
+    }
+}
+
+/// A SPIFFE id read in place: what the proxy checks on every request, without allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpiffeIdRef<'a> {
+    pub trust_domain: &'a str,
+    pub namespace: &'a str,
+    pub service_account: &'a str,
+}
+
+impl<'a> SpiffeIdRef<'a> {
+    pub fn parse(text: &'a str) -> Option<Self> {
         let rest = text.strip_prefix("spiffe://")?;
         let mut parts = rest.split('/');
         let (trust_domain, ns, namespace, sa, service_account) =
@@ -29,11 +48,7 @@ impl SpiffeId {
         {
             return None;
         }
-        Some(Self {
-            trust_domain: trust_domain.to_owned(),
-            namespace: namespace.to_owned(),
-            service_account: service_account.to_owned(),
-        })
+        Some(Self { trust_domain, namespace, service_account })
     }
 }
 
@@ -64,6 +79,8 @@ mod tests {
         let id = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/web").unwrap();
         assert_eq!((id.namespace.as_str(), id.service_account.as_str()), ("shop", "web"));
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/shop/sa/web");
+        let borrowed = SpiffeIdRef::parse("spiffe://cluster.local/ns/shop/sa/web").unwrap();
+        assert_eq!(borrowed.trust_domain, "cluster.local");
         for bad in [
             "",
             "spiffe://cluster.local/ns/shop",
@@ -75,6 +92,7 @@ mod tests {
             "spiffe://cluster.local/ns/sh op/sa/web",
         ] {
             assert_eq!(SpiffeId::parse(bad), None, "{bad:?}");
+            assert_eq!(SpiffeIdRef::parse(bad), None, "{bad:?}");
         }
     }
 }

@@ -1,9 +1,11 @@
-//! Listeners: accept connections (within the connection limit), find where each was going, and
-//! hand it to `outbound` or `inbound`. Every connection drains gracefully when `shutdown` fires.
+//! Listeners: accept connections (within the connection limit, and on inbound within each client
+//! address's share of it), find where each was going, and hand it to `outbound` or `inbound`.
+//! Every connection drains gracefully when `shutdown` fires.
 
+use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -54,16 +56,19 @@ pub async fn serve(
 ) {
     let max_connections = state.table.load().config.limits.max_connections;
     let slots = Arc::new(Semaphore::new(max_connections));
+    // Only inbound clients are counted per address: outbound ones are all the pod's own app.
+    let per_client = matches!(kind, ListenerKind::Inbound).then(|| Arc::new(PerClient::default()));
     let twin = match kind {
         ListenerKind::Outbound | ListenerKind::Inbound => ipv6_twin(&listener),
         ListenerKind::Service(_) | ListenerKind::Redirected(_) => None,
     };
+    let limits = Limits { slots, per_client };
     let ipv4 =
-        accept_loop(listener, kind.clone(), state.clone(), slots.clone(), shutdown.clone(), tracker.clone());
+        accept_loop(listener, kind.clone(), state.clone(), limits.clone(), shutdown.clone(), tracker.clone());
     match twin {
-        // Both on this task, sharing the connection limit.
+        // Both on this task, sharing the connection limit and each client's share.
         Some(ipv6) => {
-            tokio::join!(ipv4, accept_loop(ipv6, kind, state, slots, shutdown, tracker));
+            tokio::join!(ipv4, accept_loop(ipv6, kind, state, limits, shutdown, tracker));
         }
         None => ipv4.await,
     }
@@ -119,14 +124,22 @@ fn bind_ipv6_only(addr: SocketAddr) -> io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// What the listeners of one kind share: the connection slots and each client's share of them.
+#[derive(Clone)]
+struct Limits {
+    slots: Arc<Semaphore>,
+    per_client: Option<Arc<PerClient>>,
+}
+
 async fn accept_loop(
     listener: TcpListener,
     kind: ListenerKind,
     state: Arc<ProxyState>,
-    slots: Arc<Semaphore>,
+    limits: Limits,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let Limits { slots, per_client } = limits;
     loop {
         // At the limit, stop accepting: further clients wait in the kernel's backlog.
         let permit = tokio::select! {
@@ -148,13 +161,66 @@ async fn accept_loop(
             },
             () = shutdown.cancelled() => return,
         };
+        let client_slot = match &per_client {
+            None => None,
+            Some(per_client) => {
+                let limit = state.table.load().config.limits.connections_per_client();
+                match per_client.take(peer.ip(), limit) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        let labels = TcpLabels { direction: kind.direction() };
+                        state.metrics.tcp_refused_client_limit.get_or_create(&labels).inc();
+                        debug!(%peer, limit, "the client address holds its share of the connections: closed");
+                        continue;
+                    }
+                }
+            }
+        };
         let kind = kind.clone();
         let state = state.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             handle(stream, peer, kind, state, shutdown).await;
+            drop(client_slot);
             drop(permit);
         });
+    }
+}
+
+/// The open connections of each client address on one listener.
+#[derive(Default)]
+struct PerClient(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection's place in its client address's share, given back when it ends.
+struct ClientSlot {
+    clients: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    /// A place for one more connection from `ip`, unless it has `limit` open already.
+    fn take(self: &Arc<Self>, ip: IpAddr, limit: usize) -> Option<ClientSlot> {
+        // An IPv4 client on a dual-stack listener is the same client either way.
+        let ip = ip.to_canonical();
+        let mut open = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot { clients: self.clone(), ip })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.clients.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -238,5 +304,22 @@ mod tests {
             let listener = TcpListener::bind(addr).await.unwrap();
             assert!(ipv6_twin(&listener).is_none(), "{addr}");
         }
+    }
+
+    #[test]
+    fn each_client_address_gets_its_share_and_gets_it_back() {
+        let clients = Arc::new(PerClient::default());
+        let one: IpAddr = "10.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let two: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = clients.take(one, 2).unwrap();
+        let second = clients.take(mapped, 2).expect("the second connection of 10.0.0.1");
+        assert!(clients.take(one, 2).is_none(), "a third from 10.0.0.1");
+        assert!(clients.take(mapped, 2).is_none(), "a third from 10.0.0.1, written as IPv6");
+        let other = clients.take(two, 2).expect("another client is not affected");
+        drop(first);
+        assert!(clients.take(one, 2).is_some(), "a slot came back");
+        drop((second, other));
+        assert!(clients.0.lock().unwrap().is_empty(), "no entry is kept for a client with no connection");
     }
 }

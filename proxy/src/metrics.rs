@@ -94,11 +94,19 @@ pub struct TimeoutLabels {
 pub enum TimeoutKind {
     total,
     per_try,
+    /// A mirrored copy abandoned after `limits.mirrorTimeout`.
+    mirror,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RetryLabels {
     pub direction: Direction,
+    pub dst_service: Label,
+    pub route: Label,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct MirrorLabels {
     pub dst_service: Label,
     pub route: Label,
 }
@@ -119,6 +127,21 @@ pub struct DenyLabels {
 pub enum DenyProtocol {
     http,
     tcp,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct IdentityRefusedLabels {
+    pub reason: IdentityRefusal,
+}
+
+/// Why an inbound mTLS client was refused after its certificate verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum IdentityRefusal {
+    /// A SPIFFE id of another trust domain, signed under a root the mesh trusts.
+    foreign_trust_domain,
+    /// No `spiffe://TD/ns/NS/sa/SA` id at all.
+    no_workload_identity,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -156,13 +179,17 @@ pub struct Metrics {
     pub retries: Family<RetryLabels, Counter>,
     pub retry_budget_exhausted: Family<RetryLabels, Counter>,
     pub timeouts: Family<TimeoutLabels, Counter>,
+    pub mirror_dropped: Family<MirrorLabels, Counter>,
     pub tcp_open_connections: Family<TcpLabels, Gauge>,
     pub tcp_open_total: Family<TcpLabels, Counter>,
     pub tcp_read_bytes: Family<TcpLabels, Counter>,
     pub tcp_write_bytes: Family<TcpLabels, Counter>,
     pub tcp_refused: Family<TcpLabels, Counter>,
+    pub tcp_refused_client_limit: Family<TcpLabels, Counter>,
+    pub tcp_idle_timeout: Family<TcpLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub authz_denied: Family<DenyLabels, Counter>,
+    pub identity_refused: Family<IdentityRefusedLabels, Counter>,
     /// 1 while the discovery stream is open.
     pub discovery_connected: Gauge,
     pub discovery_updates: Family<DiscoveryUpdateLabels, Counter>,
@@ -193,6 +220,12 @@ impl Metrics {
         );
         let timeouts = Family::default();
         registry.register("timeout", "Requests or tries that timed out", timeouts.clone());
+        let mirror_dropped = Family::default();
+        registry.register(
+            "mirror_dropped",
+            "Mirrored copies not sent because limits.maxMirrorsInFlight copies were in flight",
+            mirror_dropped.clone(),
+        );
         let tcp_open_connections = Family::default();
         registry.register(
             "tcp_open_connections",
@@ -211,6 +244,18 @@ impl Metrics {
             "Client connections closed because no destination could take them",
             tcp_refused.clone(),
         );
+        let tcp_refused_client_limit = Family::default();
+        registry.register(
+            "tcp_refused_client_limit",
+            "Client connections closed at once because their client address held limits.maxConnectionsPerClient",
+            tcp_refused_client_limit.clone(),
+        );
+        let tcp_idle_timeout = Family::default();
+        registry.register(
+            "tcp_idle_timeout",
+            "Client connections closed after limits.idleTimeout without a byte (opaque) or an open stream (HTTP/2)",
+            tcp_idle_timeout.clone(),
+        );
         let config_reloads = Family::default();
         registry.register(
             "config_reload",
@@ -222,6 +267,12 @@ impl Metrics {
             "inbound_authz_deny",
             "Inbound requests and connections denied by the policy",
             authz_denied.clone(),
+        );
+        let identity_refused = Family::default();
+        registry.register(
+            "inbound_identity_refused",
+            "Inbound mTLS connections closed after the handshake: the client's certificate names no identity of this mesh's trust domain",
+            identity_refused.clone(),
         );
         let discovery_connected = Gauge::default();
         registry.register(
@@ -253,6 +304,7 @@ impl Metrics {
             discovery_reconnects,
             discovery_lookup_timeouts,
             authz_denied,
+            identity_refused,
             registry,
             requests,
             responses,
@@ -260,11 +312,14 @@ impl Metrics {
             retries,
             retry_budget_exhausted,
             timeouts,
+            mirror_dropped,
             tcp_open_connections,
             tcp_open_total,
             tcp_read_bytes,
             tcp_write_bytes,
             tcp_refused,
+            tcp_refused_client_limit,
+            tcp_idle_timeout,
             config_reloads,
         }
     }

@@ -12,6 +12,7 @@ use crate::client::{Pool, UpstreamProtocol};
 use crate::discovery::Discovery;
 use crate::identity::IdentityStore;
 use crate::metrics::Metrics;
+use crate::outbound::mirror::InFlight;
 use crate::table::{LiveTable, Table};
 
 pub struct ProxyState {
@@ -21,6 +22,8 @@ pub struct ProxyState {
     pub identity: Option<Arc<IdentityStore>>,
     /// What the proxy holds from the discovery server, when it has one.
     pub discovery: Option<Arc<Discovery>>,
+    /// The mirrored copies of requests in flight (bounded by `limits.maxMirrorsInFlight`).
+    pub mirrors: InFlight,
     pools: Mutex<HashMap<(SocketAddr, UpstreamProtocol), Arc<Pool>>>,
 }
 
@@ -35,6 +38,7 @@ impl ProxyState {
             metrics: Metrics::new(),
             identity,
             discovery,
+            mirrors: InFlight::default(),
             pools: Mutex::new(HashMap::new()),
         }
     }

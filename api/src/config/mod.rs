@@ -312,6 +312,11 @@ pub struct Limits {
     /// Open client connections per listener; more wait in the kernel's accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Open inbound connections from one client IP address. A connection beyond it is closed as
+    /// soon as it is accepted (and counted in tcp_refused_client_limit), so that one client cannot
+    /// take every slot of `maxConnections`. A tenth of `maxConnections` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_client: Option<usize>,
     /// The request head (request line and headers); larger ones get 431.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
@@ -331,17 +336,43 @@ pub struct Limits {
     /// idle keep-alive connection is closed.
     #[serde(default = "default_head_timeout", with = "duration_text")]
     pub head_timeout: Duration,
+    /// How long an inbound HTTP/2 connection with no open stream, or an inbound opaque TCP
+    /// connection with no byte either way, is kept before the proxy closes it (an HTTP/2 one with
+    /// GOAWAY). One hour, as Envoy's HTTP and TCP idle timeouts. (Inbound HTTP/1.1 connections
+    /// are bounded by `headTimeout`; the pod's own app is trusted to close what it opens.)
+    #[serde(default = "default_idle_timeout", with = "duration_text")]
+    pub idle_timeout: Duration,
+    /// Mirrored copies of requests in flight at once, over the whole proxy; a copy beyond it is
+    /// not sent (counted in mirror_dropped).
+    #[serde(default = "default_max_mirrors_in_flight")]
+    pub max_mirrors_in_flight: usize,
+    /// How long a mirrored copy may take, its whole answer included; then it is abandoned.
+    #[serde(default = "default_mirror_timeout", with = "duration_text")]
+    pub mirror_timeout: Duration,
+}
+
+impl Limits {
+    /// The inbound connections one client IP address may hold open.
+    pub fn connections_per_client(&self) -> usize {
+        self.max_connections_per_client
+            .unwrap_or(self.max_connections / 10)
+            .clamp(1, self.max_connections.max(1))
+    }
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: default_max_connections(),
+            max_connections_per_client: None,
             max_header_bytes: default_max_header_bytes(),
             max_concurrent_streams: default_max_concurrent_streams(),
             max_retry_body_bytes: default_max_retry_body_bytes(),
             detect_timeout: default_detect_timeout(),
             head_timeout: default_head_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_mirrors_in_flight: default_max_mirrors_in_flight(),
+            mirror_timeout: default_mirror_timeout(),
         }
     }
 }
@@ -364,6 +395,18 @@ fn default_detect_timeout() -> Duration {
 
 fn default_head_timeout() -> Duration {
     Duration::from_secs(30)
+}
+
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_max_mirrors_in_flight() -> usize {
+    100
+}
+
+fn default_mirror_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// How the proxy treats a destination's connections.

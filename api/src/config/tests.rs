@@ -80,6 +80,16 @@ fn refuses_bad_files_with_the_field_and_the_reason() {
         (&SEED.replace("address: \"10.0.0.2:8080\"", "address: \"10.0.0.2\""), "not valid"),
         ("limits: { headTimeout: 0s }", "limits.headTimeout: must be at least 100ms"),
         ("limits: { headTimeout: soon }", "is not a duration"),
+        ("limits: { maxConnectionsPerClient: 0 }", "limits.maxConnectionsPerClient: must be between 1 and"),
+        (
+            "limits: { maxConnections: 10, maxConnectionsPerClient: 11 }",
+            "limits.maxConnectionsPerClient: must be between 1 and maxConnections",
+        ),
+        ("limits: { maxConnectionsPerClient: -1 }", "not valid"),
+        ("limits: { idleTimeout: 10ms }", "limits.idleTimeout: must be at least 100ms"),
+        ("limits: { idleTimeout: forever }", "is not a duration"),
+        ("limits: { maxMirrorsInFlight: 0 }", "limits.maxMirrorsInFlight: must be at least 1"),
+        ("limits: { mirrorTimeout: 0s }", "limits.mirrorTimeout: must be at least 1ms"),
     ];
     for (text, expected) in cases {
         let error = refused(text);
@@ -152,4 +162,22 @@ fn default_inbound_policies_are_named_as_linkerd_names_them_and_open_no_more_tha
     let closed = DefaultInboundPolicy::Deny.policy(probes.clone());
     assert_eq!((closed.mtls, closed.rules.len()), (MtlsMode::Strict, 0));
     assert_eq!(closed.probes, probes, "the kubelet's probes pass every default");
+}
+
+#[test]
+fn the_limits_that_bound_one_client_have_defaults_and_can_be_set() {
+    let limits = Config::parse("{}").unwrap().limits;
+    assert_eq!(limits.connections_per_client(), 1000, "a tenth of maxConnections");
+    assert_eq!(limits.idle_timeout, Duration::from_secs(3600));
+    assert_eq!((limits.max_mirrors_in_flight, limits.mirror_timeout), (100, Duration::from_secs(10)));
+    let small = Config::parse("limits: { maxConnections: 5 }").unwrap().limits;
+    assert_eq!(small.connections_per_client(), 1, "never 0");
+    let set = Config::parse(
+        "limits: { maxConnectionsPerClient: 7, idleTimeout: 2m, maxMirrorsInFlight: 3, mirrorTimeout: 250ms }",
+    )
+    .unwrap()
+    .limits;
+    assert_eq!(set.connections_per_client(), 7);
+    assert_eq!(set.idle_timeout, Duration::from_secs(120));
+    assert_eq!((set.max_mirrors_in_flight, set.mirror_timeout), (3, Duration::from_millis(250)));
 }

@@ -45,6 +45,20 @@ impl Config {
         if self.limits.head_timeout < Duration::from_millis(100) {
             return invalid("limits.headTimeout".into(), "must be at least 100ms");
         }
+        if let Some(per_client) = self.limits.max_connections_per_client
+            && !(1..=self.limits.max_connections).contains(&per_client)
+        {
+            return invalid("limits.maxConnectionsPerClient".into(), "must be between 1 and maxConnections");
+        }
+        if self.limits.idle_timeout < Duration::from_millis(100) {
+            return invalid("limits.idleTimeout".into(), "must be at least 100ms");
+        }
+        if self.limits.max_mirrors_in_flight == 0 {
+            return invalid("limits.maxMirrorsInFlight".into(), "must be at least 1");
+        }
+        if self.limits.mirror_timeout < Duration::from_millis(1) {
+            return invalid("limits.mirrorTimeout".into(), "must be at least 1ms");
+        }
         if let Some(identity) = &self.identity {
             if SpiffeId::parse(&identity.identity).is_none() {
                 return invalid(

@@ -5,8 +5,9 @@
 //! hyper's server did the same behind a conversion of every request and response, a service call
 //! and a larger task per stream.
 
-use std::future::{Future as _, poll_fn};
-use std::task::Poll;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use braid_api::config::Limits;
@@ -17,6 +18,8 @@ use http::header::{CONTENT_LENGTH, HeaderValue};
 use http::{Request, Response};
 use http_body::Body as _;
 use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -24,14 +27,52 @@ use super::{Handler, Transport};
 use crate::client::body::{Http2Body, ProxyBody};
 use crate::client::coalesce::{FlushAfterPoll, coalesce};
 use crate::client::send_body;
+use crate::tcp::Idle;
 
 /// How long the client has to send its preface and settings.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection closed for idleness has, after GOAWAY, to finish closing cleanly
+/// (h2 waits for the client's PING acknowledgement) before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(10);
 
-/// Serves one client connection that spoke HTTP/2 until it closes, or until `shutdown` fires and
-/// its open streams have finished (GOAWAY first, so the client sends new requests elsewhere).
+/// One stream of the connection: driven on the connection's task, or on its own.
+enum Stream<F> {
+    Local(Pin<Box<F>>),
+    Spawned(JoinHandle<()>),
+}
+
+impl<F: Future<Output = ()>> Future for Stream<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        match self.get_mut() {
+            Self::Local(stream) => stream.as_mut().poll(cx),
+            Self::Spawned(task) => Pin::new(task).poll(cx).map(|_| ()),
+        }
+    }
+}
+
+/// Where a connection is in its idle timeout.
+enum IdleState {
+    /// Streams are open.
+    Busy,
+    /// No stream is open since then.
+    Since(Instant),
+    /// Closed for idleness (GOAWAY sent); dropped if it has not finished closing by then.
+    Closing(Instant),
+}
+
+/// Serves one client connection that spoke HTTP/2 until it closes, until `shutdown` fires and
+/// its open streams have finished (GOAWAY first, so the client sends new requests elsewhere),
+/// or, with `idle`, until it has had no open stream for its timeout (GOAWAY too).
 /// `handle`'s responses carry no connection-specific fields (`headers::strip_hop_by_hop`).
-pub async fn serve(io: impl Transport, handle: impl Handler, limits: &Limits, shutdown: CancellationToken) {
+pub async fn serve(
+    io: impl Transport,
+    handle: impl Handler,
+    limits: &Limits,
+    idle: Option<Idle>,
+    shutdown: CancellationToken,
+) {
     let (io, flusher) = coalesce(io);
     let handshake = h2::server::Builder::new()
         .max_concurrent_streams(limits.max_concurrent_streams)
@@ -66,6 +107,11 @@ pub async fn serve(io: impl Transport, handle: impl Handler, limits: &Limits, sh
     let shutdown = shutdown.cancelled();
     tokio::pin!(shutdown);
     let mut draining = false;
+    // One timer for the connection, moved only when it fires before the moment it guards: a
+    // stream then costs a clock read when the connection goes idle, not a timer reset.
+    let idle_timer = tokio::time::sleep(idle.as_ref().map_or(Duration::ZERO, |idle| idle.timeout));
+    tokio::pin!(idle_timer);
+    let mut idle_state = IdleState::Since(Instant::now());
     let accept_loop = poll_fn(|cx| {
         // Once per wake-up, not per stream: each poll of it takes a lock.
         if !draining && shutdown.as_mut().poll(cx).is_ready() {
@@ -75,15 +121,51 @@ pub async fn serve(io: impl Transport, handle: impl Handler, limits: &Limits, sh
         loop {
             // Streams first: what they send this turn is written by the poll_accept below.
             while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            if let Some(idle) = &idle {
+                if streams.is_empty() && matches!(idle_state, IdleState::Busy) {
+                    idle_state = IdleState::Since(Instant::now());
+                }
+                let due = match idle_state {
+                    IdleState::Busy => None,
+                    IdleState::Since(since) => Some(since + idle.timeout),
+                    IdleState::Closing(deadline) => Some(deadline),
+                };
+                if let Some(due) = due
+                    && idle_timer.as_mut().poll(cx).is_ready()
+                {
+                    if Instant::now() < due {
+                        idle_timer.as_mut().reset(due);
+                        // Polled again so that it wakes this task when due.
+                        if idle_timer.as_mut().poll(cx).is_pending() {
+                            continue;
+                        }
+                    }
+                    if let IdleState::Closing(_) = idle_state {
+                        debug!("an idle HTTP/2 client did not finish closing: dropped");
+                        return Poll::Ready(());
+                    }
+                    debug!(timeout = ?idle.timeout, "HTTP/2 client connection idle: closing it");
+                    idle.closed.inc();
+                    connection.graceful_shutdown();
+                    let deadline = Instant::now() + IDLE_CLOSE_GRACE;
+                    idle_state = IdleState::Closing(deadline);
+                    idle_timer.as_mut().reset(deadline);
+                    continue;
+                }
+            }
             match connection.poll_accept(cx) {
                 Poll::Ready(Some(Ok((request, respond)))) => {
+                    if let IdleState::Since(_) = idle_state {
+                        idle_state = IdleState::Busy;
+                    }
                     // Boxed: the task holds a pointer, not the multi-KiB future, which would
                     // otherwise be copied whole on each move.
                     let stream = Box::pin(serve_stream(request, respond, handle.clone()));
                     if local {
-                        streams.push(stream);
+                        streams.push(Stream::Local(stream));
                     } else {
-                        tokio::spawn(stream);
+                        // Its end is still seen here: the connection is idle once none is open.
+                        streams.push(Stream::Spawned(tokio::spawn(stream)));
                     }
                 }
                 Poll::Ready(Some(Err(error))) => {

@@ -1,13 +1,14 @@
 //! Serving client connections' HTTP, shared by inbound and outbound: HTTP/2 with the h2 crate
 //! (`h2_server`); HTTP/1.1 with the lean server (`h1_server`) until a request needs hyper's
 //! server, which then serves the rest of the connection. Below them, what every proxied request
-//! goes through: its rewriting (`headers`), the proxy's own responses (`respond`), and the
+//! goes through: its path in normal form (`path`), its rewriting (`headers`), the proxy's own responses (`respond`), and the
 //! forwarding and counting of one request (`forward`).
 
 pub mod forward;
 pub mod h1_server;
 pub mod h2_server;
 pub mod headers;
+pub mod path;
 pub mod respond;
 
 use std::convert::Infallible;
@@ -18,6 +19,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -25,6 +27,7 @@ use tracing::debug;
 use crate::client::body::ProxyBody;
 use crate::detect::Detected;
 use crate::io::ClientIo;
+use crate::tcp::Idle;
 
 /// What answers each request of one client connection (`outbound::handle` or `inbound`'s
 /// `forward::handle` bound to the connection): one name for the bounds every server of a
@@ -46,13 +49,16 @@ pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
 
-/// Who opened a client connection, which decides whether its request heads are timed.
-#[derive(Clone, Copy)]
+/// Who opened a client connection, which decides whether it is timed.
+#[derive(Clone)]
 pub enum ClientKind {
-    /// The pod's own app (outbound): trusted to send its heads promptly, so no head is timed.
+    /// The pod's own app (outbound): trusted to send its heads promptly and to close what it
+    /// does not use, so nothing is timed.
     OwnApp,
-    /// Anyone else (inbound): each head must arrive within `limits.headTimeout` (slowloris).
-    Remote,
+    /// Anyone else (inbound): each HTTP/1.1 head must arrive within `limits.headTimeout`
+    /// (slowloris), and an HTTP/2 connection without open streams is closed after
+    /// `limits.idleTimeout`, counted in `idle_closed`.
+    Remote { idle_closed: Counter },
 }
 
 /// Serves a client connection's HTTP requests, each answered by `handle`.
@@ -64,14 +70,16 @@ pub async fn serve(
     shutdown: CancellationToken,
     client: ClientKind,
 ) {
+    let (head_timeout, idle) = match client {
+        ClientKind::OwnApp => (None, None),
+        ClientKind::Remote { idle_closed } => {
+            (Some(limits.head_timeout), Some(Idle { timeout: limits.idle_timeout, closed: idle_closed }))
+        }
+    };
     if detected == Detected::Http2 {
-        return h2_server::serve(io, handle, limits, shutdown).await;
+        return h2_server::serve(io, handle, limits, idle, shutdown).await;
     }
     let max_head = limits.max_header_bytes.max(8192);
-    let head_timeout = match client {
-        ClientKind::OwnApp => None,
-        ClientKind::Remote => Some(limits.head_timeout),
-    };
     let Some(rest) = h1_server::serve(io, handle.clone(), max_head, head_timeout, &shutdown).await else {
         return;
     };

@@ -30,6 +30,13 @@ pub struct Credentials {
     pub generation: u64,
 }
 
+impl Credentials {
+    /// The trust domain of this proxy's SPIFFE id: the mesh's.
+    pub fn trust_domain(&self) -> Option<&str> {
+        braid_api::identity::SpiffeIdRef::parse(&self.identity).map(|id| id.trust_domain)
+    }
+}
+
 /// The current credentials, swapped whole on renewal; readers never wait.
 #[derive(Default)]
 pub struct IdentityStore {
@@ -39,6 +46,11 @@ pub struct IdentityStore {
 impl IdentityStore {
     pub fn current(&self) -> Option<Arc<Credentials>> {
         self.current.load_full()
+    }
+
+    /// The current credentials for a short look, without a reference count (per request).
+    pub fn peek(&self) -> arc_swap::Guard<Option<Arc<Credentials>>> {
+        self.current.load()
     }
 
     pub fn set(&self, credentials: Credentials) {

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use braid_api::identity::spiffe_id_of;
+use braid_api::identity::{SpiffeIdRef, spiffe_id_of};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{ResolvesClientCert, verify_server_cert_signed_by_trust_anchor};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -83,7 +83,7 @@ pub fn server_config(
 }
 
 /// The outbound configuration for one endpoint: present our certificate, accept only a server
-/// certificate for `expected` signed by a mesh root.
+/// certificate for `expected`, in our own trust domain, signed by a mesh root.
 pub fn client_config(
     key: Arc<CertifiedKey>,
     roots: Arc<RootCertStore>,
@@ -91,8 +91,18 @@ pub fn client_config(
     alpn: &[u8],
 ) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
-    let verifier =
-        SpiffeServerVerifier { roots, expected, algorithms: provider.signature_verification_algorithms };
+    let trust_domain = key
+        .cert
+        .first()
+        .and_then(|leaf| spiffe_id_of(leaf))
+        .and_then(|id| SpiffeIdRef::parse(&id).map(|id| id.trust_domain.to_owned()))
+        .ok_or_else(|| TlsError::Key("our certificate names no SPIFFE id".into()))?;
+    let verifier = SpiffeServerVerifier {
+        roots,
+        expected,
+        trust_domain,
+        algorithms: provider.signature_verification_algorithms,
+    };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -150,6 +160,8 @@ impl ResolvesClientCert for ClientKey {
 struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
     expected: String,
+    /// Ours: a root the mesh trusts may sign for other trust domains too (a shared issuer).
+    trust_domain: String,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
@@ -170,7 +182,16 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.algorithms.all,
         )?;
-        match spiffe_id_of(end_entity) {
+        let found = spiffe_id_of(end_entity);
+        let found_domain = found.as_deref().and_then(SpiffeIdRef::parse).map(|id| id.trust_domain);
+        if found_domain.is_some_and(|domain| domain != self.trust_domain) {
+            let error =
+                ForeignTrustDomain { found: found.unwrap_or_default(), ours: self.trust_domain.clone() };
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                rustls::OtherError(Arc::new(error)),
+            )));
+        }
+        match found {
             Some(id) if id == self.expected => Ok(ServerCertVerified::assertion()),
             found => Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
                 rustls::OtherError(Arc::new(WrongIdentity { expected: self.expected.clone(), found })),
@@ -208,6 +229,13 @@ struct WrongIdentity {
     found: Option<String>,
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("the server proved {found}, which is not of this mesh's trust domain {ours}")]
+struct ForeignTrustDomain {
+    found: String,
+    ours: String,
+}
+
 /// The client's SPIFFE id after an inbound handshake.
 pub fn peer_identity(connection: &rustls::ServerConnection) -> Option<String> {
     connection.peer_certificates()?.first().and_then(|cert| spiffe_id_of(cert))
@@ -235,6 +263,76 @@ mod tests {
         roots.add(cert.der().clone()).unwrap();
         let certified = certified_key(vec![cert.der().clone()], key.serialize_der()).unwrap();
         (Arc::new(certified), Arc::new(roots))
+    }
+
+    /// A CA root, and workload certificates it signs for any SPIFFE id: one issuer shared by
+    /// several trust domains.
+    struct SharedRoot {
+        key: rcgen::KeyPair,
+        params: rcgen::CertificateParams,
+        roots: Arc<RootCertStore>,
+    }
+
+    impl SharedRoot {
+        fn new() -> Self {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut params = rcgen::CertificateParams::default();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+            let root = params.clone().self_signed(&key).unwrap();
+            let mut roots = RootCertStore::empty();
+            roots.add(root.der().clone()).unwrap();
+            Self { key, params, roots: Arc::new(roots) }
+        }
+
+        fn workload(&self, identity: &str) -> Arc<CertifiedKey> {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut params = rcgen::CertificateParams::default();
+            params.subject_alt_names =
+                vec![rcgen::SanType::URI(rcgen::string::Ia5String::try_from(identity).unwrap())];
+            params.extended_key_usages =
+                vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth, rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+            let cert = params.signed_by(&key, &issuer).unwrap();
+            Arc::new(certified_key(vec![cert.der().clone()], key.serialize_der()).unwrap())
+        }
+    }
+
+    /// Runs a handshake in memory until it ends; the client's error, if it refused the server.
+    fn handshake(client: rustls::ClientConfig, server: rustls::ServerConfig) -> Result<(), rustls::Error> {
+        let mut client = rustls::ClientConnection::new(Arc::new(client), mesh_server_name()).unwrap();
+        let mut server = rustls::ServerConnection::new(Arc::new(server)).unwrap();
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            client.write_tls(&mut wire).unwrap();
+            server.read_tls(&mut wire.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            wire.clear();
+            server.write_tls(&mut wire).unwrap();
+            client.read_tls(&mut wire.as_slice()).unwrap();
+            client.process_new_packets()?;
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(());
+            }
+        }
+        panic!("the handshake did not finish in 10 round trips");
+    }
+
+    #[test]
+    fn a_server_of_another_trust_domain_under_the_same_root_is_refused_even_when_expected() {
+        let shared = SharedRoot::new();
+        let ours = shared.workload("spiffe://test.local/ns/shop/sa/frontend");
+        let web = shared.workload(IDENTITY);
+        let foreign = "spiffe://other.domain/ns/shop/sa/web";
+        let foreign_web = shared.workload(foreign);
+        let client = |expected: &str| {
+            client_config(ours.clone(), shared.roots.clone(), expected.to_owned(), ALPN_H2).unwrap()
+        };
+        let server = |key: &Arc<CertifiedKey>| server_config(key.clone(), shared.roots.clone()).unwrap();
+        handshake(client(IDENTITY), server(&web)).expect("the mesh's own server");
+        let error = handshake(client(foreign), server(&foreign_web)).unwrap_err().to_string();
+        assert!(error.contains("ForeignTrustDomain") && error.contains("test.local"), "{error}");
+        assert!(error.contains(foreign), "{error}");
     }
 
     /// Runs a handshake in memory; the suite both ends agreed on.
@@ -271,6 +369,7 @@ mod tests {
         let verifier = SpiffeServerVerifier {
             roots: roots.clone(),
             expected: IDENTITY.to_owned(),
+            trust_domain: "test.local".to_owned(),
             algorithms: only_aes_256.signature_verification_algorithms,
         };
         let client = rustls::ClientConfig::builder_with_provider(Arc::new(only_aes_256))

@@ -3,16 +3,19 @@
 //! that a denied request gets a 403 that says why. Every denial is counted here.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderName, HeaderValue, Method, Response, StatusCode};
+use arc_swap::Guard;
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 use tracing::debug;
 
 use crate::client::body::ProxyBody;
 use crate::http::forward::record;
 use crate::http::respond::local;
+use crate::identity::Credentials;
 use crate::metrics::{DenyLabels, DenyProtocol, Label, Metrics, RequestLabels, RequestMetrics};
-use crate::policy;
+use crate::policy::{self, HttpRequest};
 use crate::state::ProxyState;
 
 /// Why the policy denied a request.
@@ -39,9 +42,12 @@ pub fn connection(
     let denied = {
         let table = state.table.load();
         let policy = table.config.inbound.policy.as_ref();
-        let client = policy::Client { identity: client_id };
+        let credentials = own_credentials(state, client_id);
+        let trust_domain =
+            credentials.as_ref().and_then(|c| c.as_deref()).and_then(Credentials::trust_domain);
+        let client = policy::Client { identity: client_id, trust_domain };
         match carries {
-            Carries::Opaque => policy::authorize(policy, client, None, None, app.port()),
+            Carries::Opaque => policy::authorize(policy, client, None, app.port()),
             Carries::Http => policy::admit_connection(policy, client, true),
         }
     };
@@ -56,16 +62,18 @@ pub fn connection(
 pub fn request(
     state: &ProxyState,
     client_id: Option<&str>,
-    method: &Method,
-    path: &str,
+    request: HttpRequest<'_>,
     app: SocketAddr,
     labels: &RequestLabels,
     metrics: &RequestMetrics,
 ) -> Option<Response<ProxyBody>> {
     let denied = {
         let table = state.table.load();
-        let client = policy::Client { identity: client_id };
-        policy::authorize(table.config.inbound.policy.as_ref(), client, Some(method), Some(path), app.port())
+        let credentials = own_credentials(state, client_id);
+        let trust_domain =
+            credentials.as_ref().and_then(|c| c.as_deref()).and_then(Credentials::trust_domain);
+        let client = policy::Client { identity: client_id, trust_domain };
+        policy::authorize(table.config.inbound.policy.as_ref(), client, Some(request), app.port())
     };
     let Err(denied) = denied else { return None };
     metrics.requests.inc();
@@ -76,6 +84,13 @@ pub fn request(
     }
     record(&state.metrics, labels, metrics, Label::empty(), &response, Instant::now());
     Some(response)
+}
+
+/// This proxy's credentials, for the mesh's trust domain: only needed when the client proved
+/// an identity (which it can only have done with them).
+fn own_credentials(state: &ProxyState, client_id: Option<&str>) -> Option<Guard<Option<Arc<Credentials>>>> {
+    client_id?;
+    Some(state.identity.as_ref()?.peek())
 }
 
 fn count(registry: &Metrics, protocol: DenyProtocol, client_id: Label) {

@@ -1,17 +1,22 @@
 //! The requests of an inbound connection: each authorised, then forwarded to the app in the
 //! protocol it came in (an HTTP/1.1 request another proxy carried over HTTP/2 goes as HTTP/1.1).
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::{Request, Response, Version};
+use tracing::debug;
 
 use super::authorize;
 use crate::client::body::ProxyBody;
 use crate::client::{Pool, UpstreamProtocol};
-use crate::http::forward::forward_once;
+use crate::http::forward::{forward_once, record};
 use crate::http::headers::ORIG_PROTO;
+use crate::http::path;
 use crate::metrics::{Direction, Label, RequestLabels, RequestMetrics};
+use crate::policy::HttpRequest;
 use crate::state::ProxyState;
 
 /// One inbound client connection, the app address its requests go to, and who the client is.
@@ -42,20 +47,31 @@ impl InboundConnection {
     }
 }
 
-/// Handles one request that arrived for the local app.
+/// Handles one request that arrived for the local app: its path is put in normal form, which is
+/// what the policy checks and what the app gets.
 pub async fn handle(connection: Arc<InboundConnection>, request: Request<ProxyBody>) -> Response<ProxyBody> {
     let (mut parts, body) = request.into_parts();
     let state = &connection.state;
+    let normal = match path::normalize(parts.uri.path()) {
+        Ok(normal) => normal,
+        Err(ambiguous) => return refuse(&connection, ambiguous),
+    };
+    let target = parts.uri.path_and_query().map_or("", |target| target.as_str());
+    let request = HttpRequest { method: &parts.method, path: &normal, target };
     if let Some(denied) = authorize::request(
         state,
         connection.client_id.as_deref(),
-        &parts.method,
-        parts.uri.path(),
+        request,
         connection.app,
         &connection.labels,
         &connection.metrics,
     ) {
         return denied;
+    }
+    if let Cow::Owned(normal) = normal
+        && let Err(ambiguous) = path::set_path(&mut parts.uri, normal)
+    {
+        return refuse(&connection, ambiguous);
     }
     // A request another proxy upgraded to HTTP/2 goes to the app as the HTTP/1.1 it was.
     let pool = if parts.headers.remove(&ORIG_PROTO).is_some() || parts.version != Version::HTTP_2 {
@@ -64,4 +80,14 @@ pub async fn handle(connection: Arc<InboundConnection>, request: Request<ProxyBo
         &connection.http2
     };
     forward_once(&state.metrics, pool, &connection.labels, &connection.metrics, &mut parts, body).await
+}
+
+/// A request refused for its path: answered here, and counted like any other.
+fn refuse(connection: &InboundConnection, ambiguous: path::Ambiguous) -> Response<ProxyBody> {
+    debug!(reason = %ambiguous, "refused an inbound request's path");
+    connection.metrics.requests.inc();
+    let response = path::refusal(ambiguous);
+    let (registry, labels, metrics) = (&connection.state.metrics, &connection.labels, &connection.metrics);
+    record(registry, labels, metrics, Label::empty(), &response, Instant::now());
+    response
 }

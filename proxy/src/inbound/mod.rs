@@ -14,13 +14,15 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::detect::{self, Detected, Silence};
-use crate::http::{ClientKind, serve as serve_http};
+use crate::http::{ClientKind, Transport, serve as serve_http};
 use crate::io::ClientIo;
 use crate::metrics::{Direction, TcpLabels};
 use crate::state::ProxyState;
-use crate::tcp;
+use crate::tcp::{self, Idle};
 use authorize::Carries;
 use forward::InboundConnection;
+
+const INBOUND: TcpLabels = TcpLabels { direction: Direction::inbound };
 
 /// Serves one connection to the app at `app` (its original destination, or `inbound.target`).
 pub async fn serve(
@@ -34,9 +36,10 @@ pub async fn serve(
     // A client that stays silent may be talking to a server that speaks first: opaque TCP.
     let detected = detect::read_prefix(stream, limits.detect_timeout, Silence::Opaque, &shutdown).await;
     let Some((detected, mut prefix, mut stream)) = detected else { return };
-    let (read_bytes, write_bytes) = state.metrics.tcp_bytes(&TcpLabels { direction: Direction::inbound });
+    let (read_bytes, write_bytes) = state.metrics.tcp_bytes(&INBOUND);
     // The prefix was read before counting began.
     read_bytes.inc_by(prefix.len() as u64);
+    let client = Client { app, peer, state, limits, shutdown };
     // Another proxy's mTLS (a ClientHello offering braid/* ALPN) is terminated here; everything
     // else is plaintext to the proxy, whatever it carries.
     if detected == Detected::Opaque && state.identity.is_some() && tls::may_be_tls(&prefix) {
@@ -47,52 +50,42 @@ pub async fn serve(
         read_bytes.inc_by((prefix.len() - before) as u64);
         if tls::from_a_proxy(&alpn) {
             let io = ClientIo::new(prefix.freeze(), stream, read_bytes, write_bytes);
-            return mtls(io, app, state, limits, shutdown, peer).await;
+            let Some(terminated) = tls::terminate(state, io, peer).await else { return };
+            let tls::Terminated { stream, client_id, opaque } = terminated;
+            // Another proxy sends HTTP/2, whatever its app spoke, or opaque bytes.
+            let detected = if opaque { Detected::Opaque } else { Detected::Http2 };
+            return client.serve(detected, stream, Some(client_id)).await;
         }
     }
     let io = ClientIo::new(prefix.freeze(), stream, read_bytes, write_bytes);
-    plaintext(detected, io, app, state, limits, shutdown, peer).await;
+    client.serve(detected, io, None).await;
 }
 
-async fn plaintext(
-    detected: Detected,
-    io: ClientIo<TcpStream>,
+/// A client connection to the app, plaintext or with its mTLS terminated.
+struct Client<'a> {
     app: SocketAddr,
-    state: &Arc<ProxyState>,
-    limits: &Limits,
-    shutdown: CancellationToken,
     peer: SocketAddr,
-) {
-    let carries = if detected == Detected::Opaque { Carries::Opaque } else { Carries::Http };
-    if !authorize::connection(state, None, carries, app, peer) {
-        return;
-    }
-    if carries == Carries::Opaque {
-        return tcp::forward(io, app, None).await;
-    }
-    let connection = Arc::new(InboundConnection::new(state.clone(), app, None));
-    let handle = move |request| forward::handle(connection.clone(), request);
-    serve_http(detected, io, handle, limits, shutdown, ClientKind::Remote).await;
+    state: &'a Arc<ProxyState>,
+    limits: &'a Limits,
+    shutdown: CancellationToken,
 }
 
-async fn mtls(
-    io: ClientIo<TcpStream>,
-    app: SocketAddr,
-    state: &Arc<ProxyState>,
-    limits: &Limits,
-    shutdown: CancellationToken,
-    peer: SocketAddr,
-) {
-    let Some(terminated) = tls::terminate(state, io, peer).await else { return };
-    let tls::Terminated { stream, client_id, opaque } = terminated;
-    if opaque {
-        if !authorize::connection(state, client_id.as_deref(), Carries::Opaque, app, peer) {
+impl Client<'_> {
+    /// Authorises the connection, then forwards its bytes (opaque) or serves its HTTP requests,
+    /// each authorised in turn. `client_id`: the SPIFFE id an mTLS client proved.
+    async fn serve(self, detected: Detected, io: impl Transport, client_id: Option<String>) {
+        let Self { app, peer, state, limits, shutdown } = self;
+        let carries = if detected == Detected::Opaque { Carries::Opaque } else { Carries::Http };
+        if !authorize::connection(state, client_id.as_deref(), carries, app, peer) {
             return;
         }
-        return tcp::forward(stream, app, None).await;
+        let idle_closed = state.metrics.tcp_idle_timeout.get_or_create(&INBOUND).clone();
+        if carries == Carries::Opaque {
+            let idle = Idle { timeout: limits.idle_timeout, closed: idle_closed };
+            return tcp::forward(io, app, None, Some(idle)).await;
+        }
+        let connection = Arc::new(InboundConnection::new(state.clone(), app, client_id));
+        let handle = move |request| forward::handle(connection.clone(), request);
+        serve_http(detected, io, handle, limits, shutdown, ClientKind::Remote { idle_closed }).await;
     }
-    // HTTP/2 from another proxy: its requests are authorised one by one.
-    let connection = Arc::new(InboundConnection::new(state.clone(), app, client_id));
-    let handle = move |request| forward::handle(connection.clone(), request);
-    serve_http(Detected::Http2, stream, handle, limits, shutdown, ClientKind::Remote).await;
 }

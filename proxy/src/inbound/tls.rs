@@ -4,15 +4,17 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use braid_api::identity::SpiffeIdRef;
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::client_hello;
 use crate::identity::{ALPN_H2, ALPN_OPAQUE, tls};
 use crate::io::ClientIo;
+use crate::metrics::{IdentityRefusal, IdentityRefusedLabels};
 use crate::state::ProxyState;
 
 /// How long an inbound mTLS handshake may take.
@@ -55,14 +57,15 @@ pub fn from_a_proxy(alpn: &[Vec<u8>]) -> bool {
 /// A terminated mTLS connection: who the client proved to be, and what it carries.
 pub struct Terminated {
     pub stream: TlsStream<ClientIo<TcpStream>>,
-    /// The client's SPIFFE id.
-    pub client_id: Option<String>,
+    /// The client's SPIFFE id, of this mesh's trust domain.
+    pub client_id: String,
     /// The client asked for opaque bytes (ALPN braid/opaque) rather than HTTP/2.
     pub opaque: bool,
 }
 
 /// The handshake with this proxy's current certificate; `None` (logged) when there is none yet,
-/// or the handshake fails or times out.
+/// the handshake fails or times out, or the client's certificate names no workload identity of
+/// this mesh's trust domain (also counted: a root the mesh trusts may sign for others too).
 pub async fn terminate(state: &ProxyState, io: ClientIo<TcpStream>, peer: SocketAddr) -> Option<Terminated> {
     let Some(credentials) = state.identity.as_ref().and_then(|identity| identity.current()) else {
         debug!(%peer, "mTLS connection before this proxy has a certificate: closed");
@@ -82,6 +85,26 @@ pub async fn terminate(state: &ProxyState, io: ClientIo<TcpStream>, peer: Socket
     };
     let (_, connection) = stream.get_ref();
     let client_id = tls::peer_identity(connection);
+    let found = client_id.as_deref().and_then(SpiffeIdRef::parse);
+    let refusal = match found {
+        None => Some(IdentityRefusal::no_workload_identity),
+        Some(id) if Some(id.trust_domain) != credentials.trust_domain() => {
+            Some(IdentityRefusal::foreign_trust_domain)
+        }
+        Some(_) => None,
+    };
+    if let Some(reason) = refusal {
+        state.metrics.identity_refused.get_or_create(&IdentityRefusedLabels { reason }).inc();
+        warn!(
+            %peer,
+            client_id = client_id.as_deref().unwrap_or(""),
+            trust_domain = credentials.trust_domain().unwrap_or(""),
+            ?reason,
+            "inbound mTLS client refused: its certificate names no identity of this mesh's trust domain"
+        );
+        return None;
+    }
+    let client_id = client_id?;
     let opaque = connection.alpn_protocol() == Some(ALPN_OPAQUE);
     Some(Terminated { stream, client_id, opaque })
 }

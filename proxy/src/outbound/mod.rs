@@ -105,9 +105,9 @@ pub async fn serve(
 
     if detected == Detected::Opaque {
         match opaque_destination(state, &target) {
-            Some(OpaqueDestination::Address(addr)) => tcp::forward(io, addr, None).await,
+            Some(OpaqueDestination::Address(addr)) => tcp::forward(io, addr, None, None).await,
             Some(OpaqueDestination::Endpoint(endpoint)) => {
-                tcp::forward(io, endpoint.addr, endpoint.opaque_tls.as_ref()).await;
+                tcp::forward(io, endpoint.addr, endpoint.opaque_tls.as_ref(), None).await;
             }
             None => {
                 state.metrics.tcp_refused.get_or_create(&labels).inc();

@@ -14,6 +14,7 @@ use super::retry::{Kept, keep_small_body, send_with_retries};
 use crate::client::body::ProxyBody;
 use crate::http::forward::record;
 use crate::http::headers::{client_response, propagate_trace};
+use crate::http::path;
 use crate::http::respond::{Failure, failure_response, local};
 use crate::metrics::{Direction, Label, RequestLabels, TimeoutKind, TimeoutLabels};
 use crate::state::ProxyState;
@@ -30,7 +31,11 @@ pub async fn route_request(
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let (mut parts, body) = request.into_parts();
-    let Some(route) = service.route(&parts.method, parts.uri.path(), &parts.headers) else {
+    // Routes match the path in the normal form the destination's inbound proxy authorises, and
+    // that is what goes upstream.
+    let normalized = path::normalize_uri(&mut parts.uri);
+    let route = normalized.ok().and_then(|()| service.route(&parts.method, parts.uri.path(), &parts.headers));
+    let Some(route) = route else {
         let labels = RequestLabels {
             direction: Direction::outbound,
             authority: service.name.clone(),
@@ -40,6 +45,11 @@ pub async fn route_request(
         };
         let metrics = state.metrics.request_metrics(&labels);
         metrics.requests.inc();
+        if let Err(ambiguous) = normalized {
+            let response = path::refusal(ambiguous);
+            record(&state.metrics, &labels, &metrics, Label::empty(), &response, start);
+            return response;
+        }
         let response = local(
             StatusCode::NOT_FOUND,
             "no-route",
@@ -87,7 +97,7 @@ pub async fn route_request(
     if let (Some((backend, percent)), Kept::Yes(bytes)) = (route.mirror, &body)
         && fastrand::f64() * 100.0 < percent
     {
-        mirror(service, backend, &parts, bytes.clone());
+        mirror(state, service, route, backend, &parts, bytes.clone());
     }
 
     service.budget.deposit();
