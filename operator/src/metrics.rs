@@ -97,10 +97,6 @@ impl IdentityMetrics {
             trust_anchor_expiry: Gauge::default(),
             issuer_expiry: Gauge::default(),
         };
-        // Every refusal's series exists from the start, so a rate() over it is never empty.
-        for reason in crate::identity::server::Refusal::CODES {
-            let _ = metrics.rejections.get_or_create(&ReasonLabels { reason });
-        }
         let sub = registry.sub_registry_with_prefix("braid_identity");
         sub.register("issued", "Workload certificates issued", metrics.issued.clone());
         sub.register("rejections", "Certify requests refused, by error code", metrics.rejections.clone());
@@ -120,6 +116,11 @@ impl IdentityMetrics {
             metrics.issuer_expiry.clone(),
         );
         metrics
+    }
+
+    /// Creates the series of `reason` at 0, so it is scraped before the first refusal.
+    pub fn zero(&self, reason: &'static str) {
+        let _ = self.rejections.get_or_create(&ReasonLabels { reason });
     }
 
     pub fn rejected(&self, reason: &'static str) {

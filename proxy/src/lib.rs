@@ -13,6 +13,7 @@ pub mod accept;
 pub mod admin;
 pub mod app;
 pub mod balance;
+pub mod bounded;
 pub mod client;
 pub mod client_hello;
 pub mod detect;

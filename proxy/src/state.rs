@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use braid_api::config::Config;
 
+use crate::bounded::InFlight;
 use crate::client::{Pool, UpstreamProtocol};
 use crate::discovery::Discovery;
 use crate::identity::IdentityStore;
 use crate::metrics::Metrics;
-use crate::outbound::mirror::InFlight;
 use crate::table::{LiveTable, Table};
 
 pub struct ProxyState {

@@ -74,6 +74,10 @@ pub struct IdentityState {
 
 impl IdentityState {
     pub fn new(verifier: Arc<dyn Verifier>, limiter: RateLimiter, metrics: Arc<IdentityMetrics>) -> Self {
+        // Every refusal's series exists from the start, so a rate() over it is never empty.
+        for reason in Refusal::CODES {
+            metrics.zero(reason);
+        }
         Self { authority: RwLock::new(None), verifier, limiter, metrics }
     }
 

@@ -4,7 +4,6 @@
 //! `limits.mirrorTimeout`, and its answer's frames are dropped as they arrive, never collected.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -18,32 +17,6 @@ use crate::http::headers::{clone_parts, upstream_request};
 use crate::metrics::{Direction, MirrorLabels, TimeoutKind, TimeoutLabels};
 use crate::state::ProxyState;
 use crate::table::{Route, Service};
-
-/// The copies in flight over the whole proxy.
-#[derive(Default)]
-pub struct InFlight(Arc<AtomicUsize>);
-
-/// One copy's place among those in flight, given back when it ends, however it ends.
-struct Slot(Arc<AtomicUsize>);
-
-impl InFlight {
-    /// A place for one more copy, unless `limit` are in flight already.
-    fn take(&self, limit: usize) -> Option<Slot> {
-        let taken =
-            self.0.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| (now < limit).then_some(now + 1));
-        taken.ok().map(|_| Slot(self.0.clone()))
-    }
-
-    pub fn now(&self) -> usize {
-        self.0.load(Ordering::Acquire)
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// Sends a copy of the request to the mirror backend and forgets the answer; counted in
 /// mirror_dropped instead when the proxy has as many copies in flight as it may.
@@ -102,20 +75,4 @@ pub fn mirror(
             debug!(service = service.name.as_str(), ?timeout, "a mirrored copy timed out: abandoned");
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn no_more_slots_than_the_limit_and_each_comes_back() {
-        let in_flight = InFlight::default();
-        let slots: Vec<Slot> = (0..3).map_while(|_| in_flight.take(3)).collect();
-        assert_eq!((slots.len(), in_flight.now()), (3, 3));
-        assert!(in_flight.take(3).is_none(), "a fourth copy over a limit of 3");
-        drop(slots);
-        assert_eq!(in_flight.now(), 0);
-        assert!(in_flight.take(3).is_some());
-    }
 }
