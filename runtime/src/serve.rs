@@ -85,6 +85,28 @@ impl TlsSource for RwLock<Option<Arc<ServerConfig>>> {
     }
 }
 
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A response body the accept loop can send from a connection's own task.
+pub trait ResponseBody: hyper::body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
+impl<B> ResponseBody for B where B: hyper::body::Body<Data: Send, Error: Into<BoxError>> + Send + 'static {}
+
+/// A service the accept loop runs on a connection's own task.
+pub trait ConnectionService<B: ResponseBody>:
+    Service<Request<Incoming>, Response = Response<B>, Future: Send + 'static, Error: Into<BoxError>>
+    + Send
+    + 'static
+{
+}
+
+impl<S, B: ResponseBody> ConnectionService<B> for S where
+    S: Service<Request<Incoming>, Response = Response<B>, Future: Send + 'static, Error: Into<BoxError>>
+        + Send
+        + 'static
+{
+}
+
 /// What a service factory knows of a connection before it serves it.
 #[derive(Debug)]
 pub struct Connection<'a> {
@@ -106,12 +128,8 @@ pub async fn serve<M, S, B>(
     shutdown: CancellationToken,
 ) where
     M: Fn(&Connection<'_>) -> Option<S> + Send + Sync + 'static,
-    S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn StdError + Send + Sync>>,
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+    S: ConnectionService<B>,
+    B: ResponseBody,
 {
     let name = settings.name;
     let drain = settings.drain_timeout;
@@ -202,12 +220,8 @@ impl<M> Server<M> {
         watcher: hyper_util::server::graceful::Watcher,
     ) where
         M: Fn(&Connection<'_>) -> Option<S>,
-        S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn StdError + Send + Sync>>,
-        B: hyper::body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+        S: ConnectionService<B>,
+        B: ResponseBody,
     {
         let name = self.settings.name;
         let Some(acceptor) = acceptor else {
@@ -234,12 +248,8 @@ impl<M> Server<M> {
         watcher: hyper_util::server::graceful::Watcher,
     ) where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-        S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn StdError + Send + Sync>>,
-        B: hyper::body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn StdError + Send + Sync>>,
+        S: ConnectionService<B>,
+        B: ResponseBody,
     {
         let connection = self.builder.serve_connection(TokioIo::new(io), service);
         if let Err(err) = watcher.watch(connection).await {
