@@ -236,7 +236,7 @@ mod tests {
     use super::*;
     use crate::discovery::index::{Index, PodInfo};
     use crate::identity::authority::AuthoritySource;
-    use crate::identity::ca::{self, Settings, Source, Stored};
+    use crate::identity::ca::{self, Stored};
     use http_body_util::BodyExt;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use rcgen::{CertificateParams, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
@@ -250,16 +250,7 @@ mod tests {
     }
 
     fn ca() -> Ca {
-        let now = Timestamp::now().as_second();
-        let settings = Settings {
-            trust_anchor_lifetime: Duration::from_secs(86400 * 365),
-            issuer_lifetime: Duration::from_secs(86400 * 30),
-            workload_lifetime: Duration::from_secs(86400),
-            propagation: Duration::from_secs(60),
-        };
-        let changes = ca::plan(now, &Stored::default(), &Source::Generate, &settings, None);
-        let stored =
-            ca::apply(now, &Stored::default(), &changes, &Source::Generate, &settings).expect("a new CA");
+        let (_, stored) = ca::generated_for_tests();
         let source = AuthoritySource {
             issuer: stored.issuer.clone().expect("an issuer"),
             bundle_pem: ca::bundle(&stored),

@@ -462,5 +462,20 @@ fn issue_issuer(now: i64, stored: &Stored, lifetime: Duration) -> Result<KeyedCe
     Ok(issue_ca(now, &spec, Some(&signer))?)
 }
 
+/// A CA generated now with the default lifetimes, for the tests of what uses one.
+#[cfg(test)]
+pub fn generated_for_tests() -> (Settings, Stored) {
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    let settings = Settings {
+        trust_anchor_lifetime: Duration::from_secs(86400 * 365),
+        issuer_lifetime: Duration::from_secs(86400 * 30),
+        workload_lifetime: Duration::from_secs(86400),
+        propagation: Duration::from_secs(60),
+    };
+    let changes = plan(now, &Stored::default(), &Source::Generate, &settings, None);
+    let stored = apply(now, &Stored::default(), &changes, &Source::Generate, &settings).expect("a new CA");
+    (settings, stored)
+}
+
 #[cfg(test)]
 mod tests;

@@ -503,7 +503,7 @@ pub async fn serve_tls(
 mod tests {
     use super::*;
     use crate::identity::{
-        ca::{self, Settings, Source, Stored},
+        ca::{self, Stored},
         tokens::Workload,
     };
     use axum::body::Body;
@@ -541,15 +541,7 @@ mod tests {
         let mut registry = Registry::default();
         let metrics = Arc::new(IdentityMetrics::register(&mut registry));
         let state = Arc::new(IdentityState::new(Arc::new(FakeVerifier), RateLimiter::new(10, 10), metrics));
-        let now = Timestamp::now().as_second();
-        let settings = Settings {
-            trust_anchor_lifetime: Duration::from_secs(86400 * 365),
-            issuer_lifetime: Duration::from_secs(86400 * 30),
-            workload_lifetime: Duration::from_secs(86400),
-            propagation: Duration::from_secs(60),
-        };
-        let changes = ca::plan(now, &Stored::default(), &Source::Generate, &settings, None);
-        let stored = ca::apply(now, &Stored::default(), &changes, &Source::Generate, &settings).unwrap();
+        let (_, stored) = ca::generated_for_tests();
         if with_authority {
             let source = AuthoritySource {
                 issuer: stored.issuer.clone().unwrap(),
