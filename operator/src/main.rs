@@ -96,8 +96,9 @@ struct Args {
     identity_ip_sans: Vec<std::net::IpAddr>,
 
     /// How long a changed trust bundle is published before an issuer signed by a new trust
-    /// anchor is used: the kubelet takes up to about a minute to update a mounted ConfigMap.
-    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    /// anchor is used: the kubelet's sync period (1 min by default) plus its cache's delay to
+    /// update a mounted ConfigMap, plus the proxies' poll of the file.
+    #[arg(long, value_parser = parse_duration, default_value = "2m")]
     identity_propagation: Duration,
 
     /// Have this Service of the mesh namespace (the Helm chart's identity Service) own the CA's

@@ -54,9 +54,17 @@ use crate::{backoff::FailureBackoff, metrics::IdentityMetrics};
 
 /// A token and a CSR fit in a few KiB; anything larger is refused with 413 before parsing.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
-/// Issuances per identity: a minute's worth on average, and at most this many at once.
+/// Issuances per pod: a minute's worth on average, and at most this many at once. Per pod, not
+/// per ServiceAccount: on a trust-bundle change every replica of a Deployment renews at once.
 pub const RATE_PER_MINUTE: u32 = 10;
 pub const RATE_BURST: u32 = 10;
+/// Token checks in flight at once (each is a TokenReview and two GETs to the API server); more
+/// requests are answered `busy` with Retry-After, so the endpoint cannot be turned against the
+/// API server.
+pub const MAX_VERIFYING: usize = 32;
+/// A token the API server refused is refused again from memory for this long, without asking.
+pub const REFUSAL_MEMORY: Duration = Duration::from_secs(10);
+const REMEMBERED_REFUSALS: usize = 4096;
 /// A client that has not finished its TLS handshake or request headers by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// In-flight requests get this long to finish after SIGTERM.
@@ -70,6 +78,10 @@ pub struct IdentityState {
     verifier: Arc<dyn Verifier>,
     limiter: RateLimiter,
     metrics: Arc<IdentityMetrics>,
+    verifying: tokio::sync::Semaphore,
+    /// Refusals by a keyed hash of the token, and when they were made.
+    refused: std::sync::Mutex<std::collections::HashMap<u64, (Refusal, Instant)>>,
+    token_hasher: std::collections::hash_map::RandomState,
 }
 
 impl IdentityState {
@@ -78,7 +90,35 @@ impl IdentityState {
         for reason in Refusal::CODES {
             metrics.zero(reason);
         }
-        Self { authority: RwLock::new(None), verifier, limiter, metrics }
+        Self {
+            authority: RwLock::new(None),
+            verifier,
+            limiter,
+            metrics,
+            verifying: tokio::sync::Semaphore::new(MAX_VERIFYING),
+            refused: Default::default(),
+            token_hasher: Default::default(),
+        }
+    }
+
+    fn token_key(&self, token: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.token_hasher.hash_one(token)
+    }
+
+    fn remembered(&self, key: u64, now: Instant) -> Option<Refusal> {
+        let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        refused.get(&key).filter(|(_, at)| now.duration_since(*at) < REFUSAL_MEMORY).map(|(r, _)| r.clone())
+    }
+
+    fn remember(&self, key: u64, refusal: &Refusal, now: Instant) {
+        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        if refused.len() >= REMEMBERED_REFUSALS {
+            refused.retain(|_, (_, at)| now.duration_since(*at) < REFUSAL_MEMORY);
+        }
+        if refused.len() < REMEMBERED_REFUSALS {
+            refused.insert(key, (refusal.clone(), now));
+        }
     }
 
     pub fn authority(&self) -> Option<Arc<Authority>> {
@@ -123,12 +163,14 @@ pub enum Refusal {
     IdentityMismatch(String),
     TooLarge,
     RateLimited(Duration),
+    /// Too many token checks in flight; retry in a second.
+    Busy,
     Unavailable(String),
 }
 
 impl Refusal {
     /// Every code, so each `braid_identity_rejections_total` series exists from the start.
-    pub const CODES: [&'static str; 8] = [
+    pub const CODES: [&'static str; 9] = [
         "malformed-request",
         "malformed-csr",
         "unauthenticated",
@@ -136,6 +178,7 @@ impl Refusal {
         "identity-mismatch",
         "request-too-large",
         "rate-limited",
+        "busy",
         "unavailable",
     ];
 
@@ -148,6 +191,7 @@ impl Refusal {
             Refusal::IdentityMismatch(_) => "identity-mismatch",
             Refusal::TooLarge => "request-too-large",
             Refusal::RateLimited(_) => "rate-limited",
+            Refusal::Busy => "busy",
             Refusal::Unavailable(_) => "unavailable",
         }
     }
@@ -159,7 +203,7 @@ impl Refusal {
             Refusal::IdentityGone(_) | Refusal::IdentityMismatch(_) => StatusCode::FORBIDDEN,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Busy | Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -173,9 +217,10 @@ impl Refusal {
             | Refusal::Unavailable(m) => m.clone(),
             Refusal::TooLarge => format!("the request body is over {MAX_BODY_BYTES} bytes"),
             Refusal::RateLimited(wait) => format!(
-                "more than {RATE_PER_MINUTE} certificates a minute for this identity; retry in {} s",
+                "more than {RATE_PER_MINUTE} certificates a minute for this pod; retry in {} s",
                 retry_secs(*wait)
             ),
+            Refusal::Busy => format!("{MAX_VERIFYING} requests are being checked already; retry in 1 s"),
         }
     }
 }
@@ -184,9 +229,12 @@ impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": self.code(), "message": self.message()});
         let mut response = json_response(self.status(), &body);
-        if let Refusal::RateLimited(wait) = self
-            && let Ok(value) = HeaderValue::from_str(&retry_secs(wait).to_string())
-        {
+        let retry = match self {
+            Refusal::RateLimited(wait) => Some(retry_secs(wait)),
+            Refusal::Busy => Some(1),
+            _ => None,
+        };
+        if let Some(Ok(value)) = retry.map(|secs| HeaderValue::from_str(&secs.to_string())) {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
@@ -260,10 +308,24 @@ async fn answer(
         )
     })?;
 
-    let workload = state.verifier.verify(request.token.trim()).await.map_err(|err| match err {
-        AuthError::Unauthenticated(m) => Refusal::Unauthenticated(m),
-        AuthError::Gone(m) => Refusal::IdentityGone(m),
-        AuthError::Unavailable(_) => Refusal::Unavailable(err.to_string()),
+    let token = request.token.trim();
+    let key = state.token_key(token);
+    if let Some(refusal) = state.remembered(key, Instant::now()) {
+        return Err(refusal);
+    }
+    let workload = {
+        let _permit = state.verifying.try_acquire().map_err(|_| Refusal::Busy)?;
+        state.verifier.verify(token).await.map_err(|err| match err {
+            AuthError::Unauthenticated(m) => Refusal::Unauthenticated(m),
+            AuthError::Gone(m) => Refusal::IdentityGone(m),
+            AuthError::Unavailable(_) => Refusal::Unavailable(err.to_string()),
+        })
+    };
+    let workload = workload.inspect_err(|refusal| {
+        // What the API server said of this token will not change in seconds; an outage might.
+        if matches!(refusal, Refusal::Unauthenticated(_) | Refusal::IdentityGone(_)) {
+            state.remember(key, refusal, Instant::now());
+        }
     })?;
     let identity = authority.identity(&workload.namespace, &workload.service_account);
     if checked.uri != identity {
@@ -272,7 +334,8 @@ async fn answer(
             checked.uri
         )));
     }
-    state.limiter.check(&identity, Instant::now()).map_err(Refusal::RateLimited)?;
+    let pod = format!("{}/{}", workload.namespace, workload.pod_uid);
+    state.limiter.check(&pod, Instant::now()).map_err(Refusal::RateLimited)?;
 
     let issued = authority
         .issue(Timestamp::now().as_second(), &checked)
@@ -519,13 +582,14 @@ mod tests {
     impl Verifier for FakeVerifier {
         fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Workload, AuthError>> {
             Box::pin(async move {
-                match token.split(':').collect::<Vec<_>>().as_slice() {
-                    ["good", ns, sa] => Ok(Workload {
+                let parts = token.split(':').collect::<Vec<_>>();
+                match parts.as_slice() {
+                    ["good", ns, sa, ..] => Ok(Workload {
                         namespace: (*ns).to_owned(),
                         service_account: (*sa).to_owned(),
                         service_account_uid: None,
                         pod_name: "pod".to_owned(),
-                        pod_uid: "uid".to_owned(),
+                        pod_uid: parts.get(3).unwrap_or(&"uid").to_string(),
                     }),
                     ["gone"] => Err(AuthError::Gone("pod shop/pod no longer exists".to_owned())),
                     ["down"] => Err(AuthError::Unavailable("connection refused".to_owned())),
@@ -537,10 +601,30 @@ mod tests {
         }
     }
 
+    /// FakeVerifier, counting the calls and taking `delay` over each.
+    struct Slow {
+        calls: std::sync::atomic::AtomicUsize,
+        delay: Duration,
+    }
+
+    impl Verifier for Slow {
+        fn verify<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Workload, AuthError>> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(self.delay).await;
+                FakeVerifier.verify(token).await
+            })
+        }
+    }
+
     fn state(with_authority: bool) -> (Arc<IdentityState>, Stored) {
+        state_with(with_authority, Arc::new(FakeVerifier))
+    }
+
+    fn state_with(with_authority: bool, verifier: Arc<dyn Verifier>) -> (Arc<IdentityState>, Stored) {
         let mut registry = Registry::default();
         let metrics = Arc::new(IdentityMetrics::register(&mut registry));
-        let state = Arc::new(IdentityState::new(Arc::new(FakeVerifier), RateLimiter::new(10, 10), metrics));
+        let state = Arc::new(IdentityState::new(verifier, RateLimiter::new(10, 10), metrics));
         let (_, stored) = ca::generated_for_tests();
         if with_authority {
             let source = AuthoritySource {
@@ -639,10 +723,60 @@ mod tests {
         let (status, answer, retry) = post(&state, certify_body("good:shop:web", &csr(WEB))).await;
         assert_eq!((status, answer["error"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("rate-limited")));
         assert_eq!(retry.as_deref(), Some("6"), "6 s until the next token");
-        // Refused requests do not spend tokens, and other identities are unaffected.
+        // Refused requests do not spend tokens, and other pods are unaffected.
         let db = "spiffe://cluster.local/ns/shop/sa/db";
-        let (status, _, _) = post(&state, certify_body("good:shop:db", &csr(db))).await;
+        let (status, _, _) = post(&state, certify_body("good:shop:db:uid-db", &csr(db))).await;
         assert_eq!(status, StatusCode::OK);
+        // Nor is another pod of the same ServiceAccount: on a trust-bundle change every replica
+        // renews at once.
+        let (status, answer, _) = post(&state, certify_body("good:shop:web:uid-2", &csr(WEB))).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_refused_again_without_asking_the_api_server() {
+        let slow = Arc::new(Slow { calls: Default::default(), delay: Duration::ZERO });
+        let (state, _) = state_with(true, slow.clone());
+        for _ in 0..3 {
+            let (status, answer, _) = post(&state, certify_body("forged", &csr(WEB))).await;
+            assert_eq!(
+                (status, answer["error"].as_str()),
+                (StatusCode::UNAUTHORIZED, Some("unauthenticated"))
+            );
+        }
+        assert_eq!(
+            slow.calls.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one TokenReview for three requests"
+        );
+        // An outage is not remembered: the next request asks again.
+        for _ in 0..2 {
+            post(&state, certify_body("down", &csr(WEB))).await;
+        }
+        assert_eq!(slow.calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn token_checks_beyond_the_bound_are_answered_busy_with_retry_after() {
+        let slow = Arc::new(Slow { calls: Default::default(), delay: Duration::from_millis(500) });
+        let (state, _) = state_with(true, slow.clone());
+        let requests: Vec<_> = (0..MAX_VERIFYING + 4)
+            .map(|i| {
+                let state = state.clone();
+                let body = certify_body(&format!("good:shop:web:pod-{i}"), &csr(WEB));
+                tokio::spawn(async move { post(&state, body).await })
+            })
+            .collect();
+        let mut busy = 0;
+        for request in requests {
+            let (status, answer, retry) = request.await.unwrap();
+            if answer["error"] == "busy" {
+                assert_eq!((status, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("1")));
+                busy += 1;
+            }
+        }
+        assert_eq!(busy, 4, "only the checks over {MAX_VERIFYING} wait");
+        assert_eq!(slow.calls.load(std::sync::atomic::Ordering::SeqCst), MAX_VERIFYING);
     }
 
     #[tokio::test]

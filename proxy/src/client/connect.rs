@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::identity::{IdentityStore, tls};
+use crate::identity::{Credentials, IdentityStore, tls};
 
 /// How long a TCP connect may take before the endpoint counts as unreachable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -92,7 +92,9 @@ pub struct TlsTarget {
     store: Arc<IdentityStore>,
     expected: String,
     alpn: &'static [u8],
-    cached: Mutex<Option<(u64, Arc<rustls::ClientConfig>)>>,
+    /// The configuration and the credentials it was built from (a new certificate or trust
+    /// bundle is a new `Credentials`).
+    cached: Mutex<Option<(Arc<Credentials>, Arc<rustls::ClientConfig>)>>,
 }
 
 impl TlsTarget {
@@ -103,8 +105,8 @@ impl TlsTarget {
     fn client_config(&self, addr: SocketAddr) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
         let credentials = self.store.current().ok_or(ConnectError::NoIdentity(addr))?;
         let mut cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((generation, config)) = cached.as_ref()
-            && *generation == credentials.generation
+        if let Some((built_from, config)) = cached.as_ref()
+            && Arc::ptr_eq(built_from, &credentials)
         {
             return Ok(config.clone());
         }
@@ -116,7 +118,7 @@ impl TlsTarget {
         )
         .map_err(|e| ConnectError::Tls { addr, source: io::Error::other(e) })?;
         let config = Arc::new(config);
-        *cached = Some((credentials.generation, config.clone()));
+        *cached = Some((credentials, config.clone()));
         Ok(config)
     }
 }

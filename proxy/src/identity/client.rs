@@ -36,7 +36,7 @@ pub enum IdentityError {
     #[error("cannot reach the identity endpoint {endpoint}: {reason}")]
     Unreachable { endpoint: String, reason: String },
     #[error("the identity endpoint refused the request ({status}, {code}): {message}")]
-    Refused { status: StatusCode, code: String, message: String },
+    Refused { status: StatusCode, code: String, message: String, retry_after: Option<Duration> },
     #[error("the identity endpoint answered something unusable: {0}")]
     BadAnswer(String),
     #[error(transparent)]
@@ -106,19 +106,23 @@ pub async fn certify(
     let bundle = read("the trust bundle", &config.trust_bundle_file)?;
     let roots = tls::roots_from_pem(&bundle)?;
     let body = serde_json::json!({ "token": token, "csr": key.csr_pem(&config.identity)? }).to_string();
-    let (status, answer) =
-        tokio::time::timeout(REQUEST_TIMEOUT, post(config, roots, body)).await.map_err(|_| {
-            IdentityError::Unreachable {
-                endpoint: config.endpoint.clone(),
-                reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
-            }
+    let (status, retry_after, answer) = tokio::time::timeout(REQUEST_TIMEOUT, post(config, roots, body))
+        .await
+        .map_err(|_| IdentityError::Unreachable {
+            endpoint: config.endpoint.clone(),
+            reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
         })??;
     if status != StatusCode::OK {
         let refusal: Refusal = serde_json::from_slice(&answer).unwrap_or(Refusal {
             error: "unknown".into(),
             message: String::from_utf8_lossy(&answer).chars().take(300).collect(),
         });
-        return Err(IdentityError::Refused { status, code: refusal.error, message: refusal.message });
+        return Err(IdentityError::Refused {
+            status,
+            code: refusal.error,
+            message: refusal.message,
+            retry_after,
+        });
     }
     let certified: Certified = serde_json::from_slice(&answer)
         .map_err(|e| IdentityError::BadAnswer(format!("not the expected JSON: {e}")))?;
@@ -166,7 +170,7 @@ async fn post(
     config: &IdentityConfig,
     roots: rustls::RootCertStore,
     body: String,
-) -> Result<(StatusCode, Bytes), IdentityError> {
+) -> Result<(StatusCode, Option<Duration>, Bytes), IdentityError> {
     let unreachable =
         |reason: String| IdentityError::Unreachable { endpoint: config.endpoint.clone(), reason };
     let host = config.endpoint.rsplit_once(':').map_or(config.endpoint.as_str(), |(host, _)| host);
@@ -194,12 +198,19 @@ async fn post(
         .map_err(|e| unreachable(e.to_string()))?;
     let response = sender.send_request(request).await.map_err(|e| unreachable(e.to_string()))?;
     let status = response.status();
+    let retry_after = retry_after(response.headers());
     let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
         .collect()
         .await
         .map_err(|e| IdentityError::BadAnswer(e.to_string()))?
         .to_bytes();
-    Ok((status, body))
+    Ok((status, retry_after, body))
+}
+
+/// Retry-After in seconds (the endpoint sends no dates), at most an hour.
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let seconds: u64 = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(seconds.min(3600)))
 }
 
 /// When to renew a certificate valid from `not_before` to `not_after`: at `percent` of its
@@ -293,7 +304,12 @@ pub async fn renewal_loop<C, F, B>(
                 wait
             }
             Err(error) => {
-                let wait = backoff.next_wait();
+                // The endpoint knows when it will have room: never sooner than it says.
+                let asked = match &error {
+                    IdentityError::Refused { retry_after: Some(wait), .. } => *wait,
+                    _ => Duration::ZERO,
+                };
+                let wait = backoff.next_wait().max(asked);
                 let valid = store.current().is_some_and(|c| c.not_after > SystemTime::now());
                 warn!(%error, retry_in = ?wait, keeping_valid_certificate = valid, "certificate request failed");
                 wait
@@ -311,7 +327,17 @@ pub async fn renewal_loop<C, F, B>(
                 break;
             }
             let current = read_bundle();
-            if current.is_some() && current != bundle {
+            if let Some(pem) = current.as_ref().filter(|_| current != bundle) {
+                // Trust the new roots now: the renewal below may be refused or rate-limited
+                // while the rest of the mesh already presents certificates under them.
+                match (store.current(), tls::roots_from_pem(pem)) {
+                    (Some(credentials), Ok(roots)) => match credentials.with_roots(roots) {
+                        Ok(refreshed) => store.set(refreshed),
+                        Err(error) => warn!(%error, "cannot use the changed trust bundle"),
+                    },
+                    (_, Err(error)) => warn!(%error, "the changed trust bundle is not usable"),
+                    (None, Ok(_)) => {}
+                }
                 info!("the trust bundle changed; renewing the certificate now");
                 bundle = current;
                 break;
@@ -428,6 +454,96 @@ mod tests {
         *bundle.lock().unwrap() = b"bundle-2".to_vec();
         tokio::time::sleep(BUNDLE_POLL + Duration::from_secs(1)).await;
         assert_eq!(calls.lock().unwrap().len(), before + 1);
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_bounded() {
+        let headers = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::RETRY_AFTER, value.parse().unwrap());
+            headers
+        };
+        assert_eq!(retry_after(&headers("6")), Some(Duration::from_secs(6)));
+        assert_eq!(retry_after(&headers("999999")), Some(Duration::from_secs(3600)));
+        assert_eq!(retry_after(&headers("Wed, 21 Oct 2015 07:28:00 GMT")), None);
+        assert_eq!(retry_after(&http::HeaderMap::new()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_with_retry_after_waits_that_long_not_the_backoff() {
+        let start = tokio::time::Instant::now();
+        let calls: Arc<Mutex<Vec<Duration>>> = Arc::default();
+        let store = Arc::new(IdentityStore::default());
+        let shutdown = CancellationToken::new();
+        let task = {
+            let (calls, store, shutdown) = (calls.clone(), store.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let certify = || {
+                    calls.lock().unwrap().push(start.elapsed());
+                    async {
+                        Err(IdentityError::Refused {
+                            status: StatusCode::TOO_MANY_REQUESTS,
+                            code: "rate-limited".into(),
+                            message: "retry in 6 s".into(),
+                            retry_after: Some(Duration::from_secs(6)),
+                        })
+                    }
+                };
+                renewal_loop(certify, &store, 70, || None, shutdown).await;
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(13)).await;
+        let calls = calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 3, "at 0, 6 and 12 s: {calls:?}");
+        assert!(calls.windows(2).all(|w| w[1] - w[0] >= Duration::from_secs(6)), "{calls:?}");
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_trust_bundle_is_trusted_at_once_even_when_renewal_is_refused() {
+        let store = Arc::new(IdentityStore::default());
+        let first = Arc::new(Mutex::new(true));
+        let new_root = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap())
+            .unwrap();
+        let bundle: Arc<Mutex<Option<Vec<u8>>>> = Arc::new(Mutex::new(Some(b"old".to_vec())));
+        let shutdown = CancellationToken::new();
+        let task = {
+            let (store, first, bundle, shutdown) =
+                (store.clone(), first.clone(), bundle.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let certify = || {
+                    let ok = std::mem::replace(&mut *first.lock().unwrap(), false);
+                    async move {
+                        if ok {
+                            Ok(self_signed("spiffe://td/ns/a/sa/b", Duration::from_secs(3600), 1))
+                        } else {
+                            Err(IdentityError::Refused {
+                                status: StatusCode::TOO_MANY_REQUESTS,
+                                code: "rate-limited".into(),
+                                message: "later".into(),
+                                retry_after: Some(Duration::from_secs(600)),
+                            })
+                        }
+                    }
+                };
+                renewal_loop(certify, &store, 70, || bundle.lock().unwrap().clone(), shutdown).await;
+            })
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let before = store.current().unwrap();
+        assert_eq!(before.roots.len(), 1);
+        *bundle.lock().unwrap() = Some(new_root.pem().into_bytes());
+        tokio::time::sleep(BUNDLE_POLL + Duration::from_secs(1)).await;
+        let after = store.current().unwrap();
+        assert!(!Arc::ptr_eq(&before.roots, &after.roots), "the new bundle is trusted");
+        let expected = tls::roots_from_pem(new_root.pem().as_bytes()).unwrap();
+        assert_eq!(after.roots.roots, expected.roots);
+        assert!(Arc::ptr_eq(&before.key, &after.key), "with the same certificate");
         shutdown.cancel();
         task.await.unwrap();
     }

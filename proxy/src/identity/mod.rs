@@ -31,6 +31,21 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// The same certificate trusting `roots` (a trust bundle that changed on disk), so a new root
+    /// is trusted at once, without waiting for a new certificate.
+    pub fn with_roots(&self, roots: rustls::RootCertStore) -> Result<Self, tls::TlsError> {
+        let roots = Arc::new(roots);
+        Ok(Self {
+            identity: self.identity.clone(),
+            key: self.key.clone(),
+            server: Arc::new(tls::server_config(self.key.clone(), roots.clone())?),
+            roots,
+            not_before: self.not_before,
+            not_after: self.not_after,
+            generation: self.generation,
+        })
+    }
+
     /// The trust domain of this proxy's SPIFFE id: the mesh's.
     pub fn trust_domain(&self) -> Option<&str> {
         braid_api::identity::SpiffeIdRef::parse(&self.identity).map(|id| id.trust_domain)
