@@ -35,6 +35,12 @@ use crate::meshroute::HttpMethod;
         json_path = ".status.conditions[?(@.type==\"Accepted\")].status",
         description = "Whether the policy is valid"
     ),
+    printcolumn(
+        name = "Pods",
+        type_ = "integer",
+        json_path = ".status.pods",
+        description = "Meshed pods the policy selects"
+    ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -147,4 +153,8 @@ pub struct MeshPolicyStatus {
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+
+    /// How many meshed pods the policy selects now (their proxies apply it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<i32>,
 }

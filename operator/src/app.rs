@@ -267,6 +267,7 @@ async fn start_discovery(
     let state = Discovery::with_metrics(index, metrics);
     tokio::spawn(discovery::watch::run(client.clone(), state.clone(), stop.clone()));
     tokio::spawn(discovery::mesh_status::run(client.clone(), state.clone(), stop.clone()));
+    tokio::spawn(discovery::policy_status::run(client.clone(), state.clone(), stop.clone()));
     tokio::spawn(discovery::server::run(state.clone(), listener, settings.server, authorities, stop.clone()));
     Ok(state)
 }

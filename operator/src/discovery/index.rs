@@ -129,6 +129,8 @@ pub struct Index {
     routes: HashMap<Key, RouteInfo>,
     routes_of: HashMap<Key, BTreeSet<String>>,
     policies: HashMap<Key, MeshPolicySpec>,
+    /// metadata.generation of each policy, for its status.
+    policy_generations: HashMap<Key, Option<i64>>,
     default_policy: DefaultInboundPolicy,
     revision: u64,
 }
@@ -146,6 +148,7 @@ impl Index {
             routes: HashMap::new(),
             routes_of: HashMap::new(),
             policies: HashMap::new(),
+            policy_generations: HashMap::new(),
             default_policy: DefaultInboundPolicy::default(),
             revision: 1,
         }
@@ -273,9 +276,39 @@ impl Index {
     }
 
     pub fn remove_policy(&mut self, key: &Key) {
+        self.policy_generations.remove(key);
         if self.policies.remove(key).is_some() {
             self.touch();
         }
+    }
+
+    pub fn set_policy_generation(&mut self, key: Key, generation: Option<i64>) {
+        if self.policy_generations.get(&key) != Some(&generation) {
+            self.policy_generations.insert(key, generation);
+            self.touch();
+        }
+    }
+
+    /// Each policy, its generation and how many meshed pods of its namespace it selects.
+    pub fn policy_selections(&self) -> Vec<(Key, Option<i64>, usize)> {
+        let mut selections: Vec<_> = self
+            .policies
+            .iter()
+            .map(|(key, policy)| {
+                let pods = self
+                    .pods
+                    .iter()
+                    .filter(|((namespace, _), pod)| {
+                        *namespace == key.0
+                            && pod.meshed
+                            && policy.pod_selector.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+                    })
+                    .count();
+                (key.clone(), self.policy_generations.get(key).copied().flatten(), pods)
+            })
+            .collect();
+        selections.sort();
+        selections
     }
 
     /// What a subscribed name means: `IP:PORT` of a Service's cluster IP, or
@@ -783,6 +816,31 @@ mod tests {
             "the Mesh's default"
         );
         assert!(index.inbound(&key("shop", "ghost")).is_none(), "an unknown pod has none");
+    }
+
+    #[test]
+    fn each_policy_counts_the_meshed_pods_it_selects_in_its_namespace() {
+        let mut index = shop();
+        let v2: MeshPolicySpec = serde_json::from_value(json!({"podSelector": {"version": "v2"}})).unwrap();
+        let everyone: MeshPolicySpec = serde_json::from_value(json!({})).unwrap();
+        index.upsert_policy(key("shop", "v2-only"), v2);
+        index.set_policy_generation(key("shop", "v2-only"), Some(3));
+        index.upsert_policy(key("other", "everyone"), everyone);
+        let selections = index.policy_selections();
+        let meshed_in_shop = index.pods.iter().filter(|((ns, _), p)| ns == "shop" && p.meshed).count();
+        let v2_pods = index
+            .pods
+            .iter()
+            .filter(|((ns, _), p)| {
+                ns == "shop" && p.meshed && p.labels.get("version").map(String::as_str) == Some("v2")
+            })
+            .count();
+        assert!(v2_pods > 0 && v2_pods < meshed_in_shop, "the fixture has v2 pods and others");
+        assert_eq!(
+            selections,
+            [(key("other", "everyone"), None, 0), (key("shop", "v2-only"), Some(3), v2_pods)],
+            "no pod of another namespace counts"
+        );
     }
 
     #[test]

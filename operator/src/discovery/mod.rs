@@ -5,6 +5,7 @@ pub mod budget;
 pub mod endpoint;
 pub mod index;
 pub mod mesh_status;
+pub mod policy_status;
 pub mod registry;
 pub mod server;
 pub mod stream;

@@ -99,7 +99,7 @@ impl Discovery {
         f(&self.index.read().unwrap_or_else(|p| p.into_inner()))
     }
 
-    fn revisions(&self) -> watch::Receiver<u64> {
+    pub fn revisions(&self) -> watch::Receiver<u64> {
         self.revision.subscribe()
     }
 

@@ -147,7 +147,7 @@ enum Change {
     Service(Key, Option<ServiceInfo>),
     Slice(Key, Option<SliceInfo>),
     Route(Key, Option<RouteInfo>),
-    Policy(Key, Option<braid_crds::MeshPolicySpec>),
+    Policy(Key, Option<(braid_crds::MeshPolicySpec, Option<i64>)>),
     /// The Mesh's trust domain and default inbound policy.
     Mesh(String, DefaultInboundPolicy),
     /// A watch (re)listed: objects of this kind not seen since `Start` are gone.
@@ -261,7 +261,10 @@ fn apply(index: &mut Index, keys: &mut Keys, change: Change) {
         Change::Policy(key, info) => {
             keys.record(Kind::Policy, &key, info.is_some());
             match info {
-                Some(info) => index.upsert_policy(key, info),
+                Some((spec, generation)) => {
+                    index.set_policy_generation(key.clone(), generation);
+                    index.upsert_policy(key, spec);
+                }
                 None => index.remove_policy(&key),
             }
         }
@@ -305,7 +308,7 @@ pub async fn run(client: Client, discovery: Arc<Discovery>, shutdown: Cancellati
             Change::Route(key, r.map(route_info))
         }),
         watch(Api::<MeshPolicy>::all(client.clone()), Kind::Policy, |key, p| {
-            Change::Policy(key, p.map(|p| p.spec.clone()))
+            Change::Policy(key, p.map(|p| (p.spec.clone(), p.metadata.generation)))
         }),
         watcher(Api::<Mesh>::all(client), watcher::Config::default().fields("metadata.name=default"))
             .default_backoff()
