@@ -887,3 +887,30 @@ async fn an_external_ca_secret_is_used_instead_of_a_generated_one() {
     let answer = certify(addr, &bundle, &web, &csr(&spiffe(&apps.name, "web"))).await;
     assert_eq!(answer.status, 200, "the stored issuer keeps issuing: {answer:?}");
 }
+
+/// A replica that lost the Lease in the middle of a pass writes over what it read, or not at all:
+/// its write of a Secret that changed since fails, and so does creating one that appeared since.
+#[tokio::test]
+async fn a_certificate_write_over_a_stale_read_is_refused() {
+    use braid_operator::certs::secret::OwnedSecrets;
+    let (_cluster, client, ns) = setup("e2e-identity-fence").await;
+    let secrets = OwnedSecrets::new(&client, &ns.name, None);
+    let data = |value: &str| std::collections::BTreeMap::from([("ca.crt".to_owned(), value.to_owned())]);
+    let first = secrets.object("braid-issuer", "Opaque", data("one"));
+    secrets.write(&first, None).await.expect("created when nothing was read");
+    let read = secrets.get("braid-issuer").await.unwrap().expect("there");
+
+    // The next leader writes meanwhile.
+    secrets.write(&secrets.object("braid-issuer", "Opaque", data("newer")), Some(&read)).await.unwrap();
+    // The old leader's write, over its stale read, is refused, and the newer value stays.
+    let stale = secrets.write(&secrets.object("braid-issuer", "Opaque", data("stale")), Some(&read)).await;
+    match stale {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 409, "{status:?}"),
+        other => panic!("a write over a stale read went through: {other:?}"),
+    }
+    let kept = secrets.get("braid-issuer").await.unwrap().unwrap();
+    assert_eq!(kept.data.unwrap()["ca.crt"].0, b"newer");
+    // Creating over a read that found nothing is refused too when the Secret exists now.
+    let late = secrets.write(&secrets.object("braid-issuer", "Opaque", data("late")), None).await;
+    assert!(matches!(late, Err(kube::Error::Api(ref status)) if status.code == 409), "{late:?}");
+}

@@ -89,12 +89,24 @@ impl OwnedSecrets {
         owned_by(current, self.owner.as_ref())
     }
 
-    /// Writes `object` (from [`OwnedSecrets::object`]) with server-side apply, taking over any
-    /// field another manager set: the operator is the only writer these Secrets have.
-    pub async fn write(&self, object: &Secret) -> Result<(), kube::Error> {
-        let name = object.metadata.name.as_deref().unwrap_or_default();
-        let params = PatchParams::apply(crate::FIELD_MANAGER).force();
-        self.api.patch(name, &params, &Patch::Apply(object)).await?;
+    /// Writes `object` (from [`OwnedSecrets::object`]) over `read`, the Secret as this pass read
+    /// it: created when there was none, else applied (taking over any field another manager set)
+    /// on the condition that it has not changed since. So a replica that lost the Lease while a
+    /// pass was in flight cannot overwrite the newer root or issuer of the next leader: its write
+    /// fails with 409 Conflict and its next pass, if it still leads, starts from what is there.
+    pub async fn write(&self, object: &Secret, read: Option<&Secret>) -> Result<(), kube::Error> {
+        let mut object = object.clone();
+        match read.and_then(|secret| secret.metadata.resource_version.clone()) {
+            None => {
+                self.api.create(&kube::api::PostParams::default(), &object).await?;
+            }
+            Some(version) => {
+                object.metadata.resource_version = Some(version);
+                let name = object.metadata.name.clone().unwrap_or_default();
+                let params = PatchParams::apply(crate::FIELD_MANAGER).force();
+                self.api.patch(&name, &params, &Patch::Apply(&object)).await?;
+            }
+        }
         Ok(())
     }
 }

@@ -59,7 +59,11 @@ pub async fn run<S: Shell>(mut shell: S, metrics: Arc<Metrics>, shutdown: Cancel
     let backoff = FailureBackoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         let started = tokio::time::Instant::now();
-        let result = shell.pass().await;
+        // A pass in flight stops with the Lease: what it has not written yet, it never writes.
+        let result = tokio::select! {
+            result = shell.pass() => result,
+            () = shutdown.cancelled() => return,
+        };
         metrics.observe(S::CONTROLLER, started.elapsed());
         let wait = match result {
             Ok(next_change) => {

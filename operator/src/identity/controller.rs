@@ -251,7 +251,9 @@ async fn reconcile(
     // Order matters: the roots are saved first (a generated root's key must never be lost), the
     // bundle is published next, and only then does the issuer change.
     if anchor_secret.is_none() || next != stored || !secrets.owns(anchor_secret.as_ref()) {
-        secrets.write(&anchor_object(&next, &settings.mesh_namespace, secrets.owner())).await?;
+        secrets
+            .write(&anchor_object(&next, &settings.mesh_namespace, secrets.owner()), anchor_secret.as_ref())
+            .await?;
     }
     let bundle = Ca::bundle(&next);
     let namespaces = if bundle.is_empty() {
@@ -268,7 +270,8 @@ async fn reconcile(
             || text(issuer_secret.as_ref(), "ca.crt").as_deref() != Some(bundle.as_str())
             || !secrets.owns(issuer_secret.as_ref()))
     {
-        secrets.write(&issuer_object(&next, &bundle, &settings.mesh_namespace, secrets.owner())).await?;
+        let issuer = issuer_object(&next, &bundle, &settings.mesh_namespace, secrets.owner());
+        secrets.write(&issuer, issuer_secret.as_ref()).await?;
     }
 
     let (observed, status) = observe(now, &next, &source, namespaces, settings.propagation, problem);

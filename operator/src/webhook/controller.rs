@@ -207,7 +207,7 @@ async fn reconcile(client: &Client, settings: &WebhookSettings) -> Result<Option
         || next.previous_ca_pem != stored.previous_ca_pem
         || !secrets.owns(ca_secret.as_ref())
     {
-        secrets.write(&ca_secret_object(&next, &secrets)).await?;
+        secrets.write(&ca_secret_object(&next, &secrets), ca_secret.as_ref()).await?;
     }
     let params = PatchParams::apply(crate::FIELD_MANAGER).force();
     let bundle = certs::Settings::bundle(&next);
@@ -241,7 +241,7 @@ async fn reconcile(client: &Client, settings: &WebhookSettings) -> Result<Option
         || tls_bundle(tls_secret.as_ref()) != Some(bundle.as_str())
         || !secrets.owns(tls_secret.as_ref())
     {
-        secrets.write(&tls_secret_object(&next, &bundle, &secrets)).await?;
+        secrets.write(&tls_secret_object(&next, &bundle, &secrets), tls_secret.as_ref()).await?;
     }
 
     if let Some(mesh) = &mesh {
