@@ -12,7 +12,7 @@ use crate::bounded::InFlight;
 use crate::client::{Pool, UpstreamProtocol};
 use crate::discovery::Discovery;
 use crate::identity::IdentityStore;
-use crate::metrics::Metrics;
+use crate::metrics::{Label, Metrics};
 use crate::table::{LiveTable, Table};
 
 pub struct ProxyState {
@@ -25,7 +25,16 @@ pub struct ProxyState {
     /// The mirrored copies of requests in flight (bounded by `limits.maxMirrorsInFlight`).
     pub mirrors: InFlight,
     pools: Mutex<HashMap<(SocketAddr, UpstreamProtocol), Arc<Pool>>>,
+    /// The metric label of each address traffic went to unchanged, up to a bound.
+    passthrough_labels: Mutex<HashMap<SocketAddr, Label>>,
 }
+
+/// Pools to fixed addresses kept before the unused ones are dropped: an app that calls many
+/// addresses outside the mesh must not grow the proxy without bound.
+const POOLS_BEFORE_SWEEP: usize = 1024;
+/// Passthrough addresses with a label of their own; the rest share `other`, so an app that calls
+/// thousands of addresses does not make thousands of series.
+const PASSTHROUGH_LABELS: usize = 256;
 
 impl ProxyState {
     pub fn new(
@@ -40,13 +49,32 @@ impl ProxyState {
             discovery,
             mirrors: InFlight::default(),
             pools: Mutex::new(HashMap::new()),
+            passthrough_labels: Mutex::new(HashMap::new()),
         }
     }
 
     /// The pool to a fixed address, made on first use. Called once per client connection.
     pub fn pool(&self, addr: SocketAddr, protocol: UpstreamProtocol) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if pools.len() >= POOLS_BEFORE_SWEEP && !pools.contains_key(&(addr, protocol)) {
+            // Held only here: no connection uses it now; its idle upstream connections close.
+            pools.retain(|_, pool| Arc::strong_count(pool) > 1);
+        }
         pools.entry((addr, protocol)).or_insert_with(|| Arc::new(Pool::new(addr, protocol))).clone()
+    }
+
+    /// The `authority` label of traffic forwarded unchanged to `addr`: the address itself for the
+    /// first few hundred addresses, `other` after that.
+    pub fn passthrough_label(&self, addr: SocketAddr) -> Label {
+        let mut labels = self.passthrough_labels.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(label) = labels.get(&addr) {
+            return label.clone();
+        }
+        if labels.len() >= PASSTHROUGH_LABELS {
+            static OTHER: std::sync::OnceLock<Label> = std::sync::OnceLock::new();
+            return OTHER.get_or_init(|| Label::new("other")).clone();
+        }
+        labels.entry(addr).or_insert_with(|| Label::new(addr.to_string())).clone()
     }
 
     /// A changed configuration file, checked. With discovery it is composed with what discovery
@@ -56,5 +84,40 @@ impl ProxyState {
             Some(discovery) => discovery.set_file(&self.table, config),
             None => self.table.rebuild(config).map_err(|e| e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> ProxyState {
+        ProxyState::new(Table::build(Config::empty(), None, None).expect("an empty table"), None, None)
+    }
+
+    #[test]
+    fn passthrough_addresses_get_a_bounded_number_of_labels() {
+        let state = state();
+        let addr = |i: usize| SocketAddr::from(([10, 1, (i / 256) as u8, (i % 256) as u8], 80));
+        for i in 0..PASSTHROUGH_LABELS {
+            assert_eq!(state.passthrough_label(addr(i)).as_str(), addr(i).to_string());
+        }
+        assert_eq!(state.passthrough_label(addr(PASSTHROUGH_LABELS)).as_str(), "other");
+        assert_eq!(state.passthrough_label(addr(3)).as_str(), addr(3).to_string(), "kept");
+    }
+
+    #[test]
+    fn unused_pools_are_dropped_once_there_are_many_and_used_ones_stay() {
+        let state = state();
+        let addr = |i: usize| SocketAddr::from(([10, 2, (i / 256) as u8, (i % 256) as u8], 80));
+        let in_use = state.pool(addr(0), UpstreamProtocol::Http1);
+        for i in 1..POOLS_BEFORE_SWEEP {
+            state.pool(addr(i), UpstreamProtocol::Http1);
+        }
+        assert_eq!(state.pools.lock().unwrap().len(), POOLS_BEFORE_SWEEP);
+        state.pool(addr(POOLS_BEFORE_SWEEP), UpstreamProtocol::Http1);
+        let pools = state.pools.lock().unwrap();
+        assert_eq!(pools.len(), 2, "the one in use and the new one");
+        assert!(Arc::ptr_eq(&pools[&(addr(0), UpstreamProtocol::Http1)], &in_use));
     }
 }

@@ -187,7 +187,7 @@ async fn passthrough(
     let pool = state.pool(addr, protocol);
     let labels = RequestLabels {
         direction: Direction::outbound,
-        authority: Label::new(addr.to_string()),
+        authority: state.passthrough_label(addr),
         dst_service: Label::empty(),
         route: Label::empty(),
         client_id: Label::empty(),
