@@ -25,15 +25,43 @@ pub fn http_probes(spec: &PodSpec) -> Vec<ProbeConfig> {
                     .and_then(|p| u16::try_from(p.container_port).ok()),
             };
             if let Some(port) = port {
-                let path =
-                    http.path.clone().filter(|path| !path.is_empty()).unwrap_or_else(|| "/".to_owned());
-                probes.push(ProbeConfig { port, path });
+                let path = http.path.as_deref().filter(|path| !path.is_empty()).unwrap_or("/");
+                probes.push(ProbeConfig { port, path: kubelet_request_target(path) });
             }
         }
     }
     probes.sort_by(|a, b| (a.port, &a.path).cmp(&(b.port, &b.path)));
     probes.dedup();
     probes
+}
+
+/// The request target the kubelet (Go's net/url) sends for a probe's `path`: bytes a path may
+/// not carry are percent-encoded, escapes already written stay as written, and the query (after
+/// `?`) is sent as it is. The proxy admits exactly this target.
+pub fn kubelet_request_target(path: &str) -> String {
+    let (path, query) = match path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path, None),
+    };
+    let bytes = path.as_bytes();
+    let mut target = String::with_capacity(path.len() + 2);
+    if !path.starts_with('/') {
+        target.push('/');
+    }
+    for (i, &byte) in bytes.iter().enumerate() {
+        let escape =
+            byte == b'%' && bytes.get(i + 1..i + 3).is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit));
+        if escape || byte.is_ascii_alphanumeric() || b"-_.~$&+,/:;=@!*'()".contains(&byte) {
+            target.push(char::from(byte));
+        } else {
+            target.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    if let Some(query) = query {
+        target.push('?');
+        target.push_str(query);
+    }
+    target
 }
 
 #[cfg(test)]
@@ -57,5 +85,19 @@ mod tests {
         let probes = http_probes(&spec);
         let found: Vec<(u16, &str)> = probes.iter().map(|p| (p.port, p.path.as_str())).collect();
         assert_eq!(found, [(8080, "/ready"), (9000, "/")]);
+    }
+
+    #[test]
+    fn probe_paths_are_what_the_kubelet_puts_on_the_wire() {
+        for (path, sent) in [
+            ("/healthz", "/healthz"),
+            ("/ready?full=1&x=a b", "/ready?full=1&x=a b"),
+            ("/a b/\u{fc}", "/a%20b/%C3%BC"),
+            ("/already%20escaped", "/already%20escaped"),
+            ("/100%", "/100%25"),
+            ("healthz", "/healthz"),
+        ] {
+            assert_eq!(kubelet_request_target(path), sent, "{path}");
+        }
     }
 }
