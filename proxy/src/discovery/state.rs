@@ -31,11 +31,45 @@ pub struct Discovery {
     /// Destinations that are not waiting for their first answer: a connection to one that the
     /// table does not know goes straight to its original destination. Read lock-free, so a table
     /// miss costs no lock and no allocation once the destination has been asked about.
-    settled: ArcSwap<HashSet<SocketAddr>>,
+    settled: Settled,
     /// Subscriptions (and nacks of shadowed services) made outside the client task; the client
     /// sends them on the open stream, and drops them when it reconnects (it resubscribes all).
     outbox: mpsc::UnboundedSender<ProxyMessage>,
     outbox_receiver: Mutex<Option<mpsc::UnboundedReceiver<ProxyMessage>>>,
+}
+
+/// The destinations that no longer wait: a set read without a lock, plus the few settled since
+/// it was last rebuilt, under a lock. The set is rebuilt when the recent ones reach an eighth of
+/// it, so settling n destinations copies O(n) addresses in all (copying the whole set on each,
+/// as before, was O(n²) for a proxy that calls thousands of addresses).
+#[derive(Default)]
+struct Settled {
+    frozen: ArcSwap<HashSet<SocketAddr>>,
+    recent: Mutex<HashSet<SocketAddr>>,
+}
+
+impl Settled {
+    fn contains(&self, addr: &SocketAddr) -> bool {
+        self.frozen.load().contains(addr) || self.lock_recent().contains(addr)
+    }
+
+    fn insert(&self, addr: SocketAddr) {
+        let mut recent = self.lock_recent();
+        if self.frozen.load().contains(&addr) || !recent.insert(addr) {
+            return;
+        }
+        let frozen = self.frozen.load_full();
+        if recent.len() >= frozen.len() / 8 + 16 {
+            let mut merged = HashSet::with_capacity(frozen.len() + recent.len());
+            merged.extend(frozen.iter().copied());
+            merged.extend(recent.drain());
+            self.frozen.store(std::sync::Arc::new(merged));
+        }
+    }
+
+    fn lock_recent(&self) -> MutexGuard<'_, HashSet<SocketAddr>> {
+        self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 struct State {
@@ -151,7 +185,7 @@ impl Discovery {
                 last_error: None,
             }),
             config,
-            settled: ArcSwap::from_pointee(HashSet::new()),
+            settled: Settled::default(),
             outbox,
             outbox_receiver: Mutex::new(Some(receiver)),
         }
@@ -202,7 +236,7 @@ impl Discovery {
     /// to it (once, whoever asks first) and waits for its first answer until the shared
     /// deadline. Returns at once for a destination already answered, refused or timed out.
     pub async fn resolve(&self, metrics: &Metrics, addr: SocketAddr) {
-        if self.settled.load().contains(&addr) {
+        if self.settled.contains(&addr) {
             return;
         }
         let (mut answered, deadline) = {
@@ -253,11 +287,7 @@ impl Discovery {
     }
 
     fn settle(&self, addr: SocketAddr) {
-        self.settled.rcu(|settled| {
-            let mut settled = HashSet::clone(settled);
-            settled.insert(addr);
-            settled
-        });
+        self.settled.insert(addr);
     }
 
     fn answered(&self, name: &str, destination: &mut Destination) {
@@ -881,5 +911,20 @@ mod tests {
             braid_api::config::MtlsMode::Permissive,
             "a file's policy is the operator's choice"
         );
+    }
+
+    #[test]
+    fn settled_destinations_are_found_whether_recent_or_merged() {
+        let settled = Settled::default();
+        let addr = |i: u32| SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i), 80));
+        for i in 0..5_000 {
+            settled.insert(addr(i));
+            settled.insert(addr(i));
+        }
+        assert!((0..5_000).all(|i| settled.contains(&addr(i))));
+        assert!(!settled.contains(&addr(5_000)));
+        let (frozen, recent) = (settled.frozen.load().len(), settled.lock_recent().len());
+        assert_eq!(frozen + recent, 5_000, "each address once");
+        assert!(recent < frozen / 8 + 16, "most are in the lock-free set: {recent} recent, {frozen} merged");
     }
 }
