@@ -5,17 +5,7 @@
 # inside this machine (node.sh says what it creates and where). No Docker and no registry: images are
 # imported into the node's containerd (`cluster.sh ctr images import`).
 #
-# Usage: cluster.sh COMMAND
-#   up                 start the cluster, or reuse the one already running; the last stdout line is the
-#                      absolute path of the admin kubeconfig (KUBECONFIG=$(cluster.sh up) works)
-#   down               stop every process that `up` started and delete the state directory
-#   status             exit 0 when the API server answers /readyz, non-zero otherwise
-#   restart-apiserver  stop kube-apiserver and start it again with the same command line
-#   kubeconfig         print the admin kubeconfig path (fails when the cluster is not up)
-#   run NAME CMD...    start CMD in the background against the cluster (the demo's operator, say), replacing
-#                      a previous NAME; `down` stops it before the control plane. Log: logs/NAME.log
-#   ctr ARGS...        Debian's ctr on the node's containerd, namespace k8s.io (the one kubelet uses), e.g.
-#                      `cluster.sh ctr images import --base-name braid.dev/NAME image.tar`; `images ls`
+# `cluster.sh help` lists the commands.
 #
 # State directory, $BRAID_CLUSTER_DIR (default $XDG_CACHE_HOME/braid/cluster, i.e. ~/.cache/braid/cluster):
 #   admin.kubeconfig  client certificate of user "admin" in group system:masters
@@ -33,6 +23,8 @@ set -euo pipefail
 umask 077 # the state directory holds private keys, and Helm warns about group-readable kubeconfigs
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# The configuration files of the cluster's components, with ${NAME} where a value goes (render).
+TEMPLATES=$HERE/templates
 STATE=$(realpath -m "${BRAID_CLUSTER_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/cluster}")
 API_PORT=${BRAID_API_PORT:-16443}
 ETCD_PORT=${BRAID_ETCD_PORT:-23790}
@@ -57,6 +49,41 @@ die() {
   exit 1
 }
 need() { command -v "$1" >/dev/null || die "'$1' not found: apt-get install -y $2"; }
+
+usage() {
+  cat <<'EOF'
+Usage: cluster.sh COMMAND
+  up                 start the cluster, or reuse the one already running; the last stdout line is the
+                     absolute path of the admin kubeconfig (KUBECONFIG=$(cluster.sh up) works)
+  down               stop every process that `up` started and delete the state directory
+  status             exit 0 when the API server answers /readyz, non-zero otherwise
+  restart-apiserver  stop kube-apiserver and start it again with the same command line
+  kubeconfig         print the admin kubeconfig path (fails when the cluster is not up)
+  run NAME CMD...    start CMD in the background against the cluster (the demo's operator, say), replacing
+                     a previous NAME; `down` stops it before the control plane. Log: logs/NAME.log
+  ctr ARGS...        Debian's ctr on the node's containerd, namespace k8s.io (the one kubelet uses), e.g.
+                     `cluster.sh ctr images import --base-name braid.dev/NAME image.tar`; `images ls`
+  help               this text
+EOF
+}
+
+# Writes templates/$1 to file $2 with each ${NAME} replaced by the value of the shell variable NAME, for
+# the NAMEs "$3"... only. A ${...} left over is an error: a template and its caller cannot drift apart
+# unnoticed. (Plain bash rather than envsubst, which is not in a minimal Debian.)
+render() {
+  local template=$TEMPLATES/$1 out=$2 text name
+  shift 2
+  text=$(<"$template") || die "cannot read $template"
+  for name in "$@"; do
+    [[ -v $name ]] || die "render $template: the variable $name is not set"
+    # Quoted replacement: a value's '&' stays itself (bash 5.2's patsub_replacement).
+    text=${text//"\${$name}"/"${!name}"}
+  done
+  if [[ $text == *'${'* ]]; then
+    die "render $template: no value given for $(grep -o '\${[^}]*}' <<<"$text" | sort -u | tr '\n' ' ')"
+  fi
+  printf '%s\n' "$text" >"$out"
+}
 
 # Microseconds since the epoch (EPOCHREALTIME's decimal separator follows the locale), and the seconds
 # elapsed since such a value $1, with one decimal.
@@ -229,14 +256,8 @@ make_pki() (
   cd "$PKI"
   genkey ca.key
   ossl req -x509 -new -key ca.key -out ca.crt -days 3650 -subj /CN=braid-e2e-ca
-  # Go and rustls ignore the CN: every name and IP a client dials must be a SAN.
-  cat >apiserver.ext <<EOF
-basicConstraints=CA:FALSE
-keyUsage=digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:10.96.0.1,IP:$NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
-EOF
-  printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' >client.ext
+  render apiserver.ext apiserver.ext NODE_IP
+  render client.ext client.ext
   issue apiserver /CN=kube-apiserver apiserver.ext
   # system:masters is the group that RBAC never denies.
   issue admin /O=system:masters/CN=admin client.ext
@@ -250,26 +271,11 @@ EOF
 
 # Kubeconfig $1 for the client certificate $PKI/$2.{crt,key}, with everything embedded so that it stands alone.
 write_kubeconfig() {
-  cat >"$1" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: braid-e2e
-  cluster:
-    server: https://127.0.0.1:$API_PORT
-    certificate-authority-data: $(base64 -w0 "$PKI/ca.crt")
-users:
-- name: $2
-  user:
-    client-certificate-data: $(base64 -w0 "$PKI/$2.crt")
-    client-key-data: $(base64 -w0 "$PKI/$2.key")
-contexts:
-- name: braid-e2e
-  context:
-    cluster: braid-e2e
-    user: $2
-current-context: braid-e2e
-EOF
+  local USER_NAME=$2 CA_DATA CERT_DATA KEY_DATA
+  CA_DATA=$(base64 -w0 "$PKI/ca.crt")
+  CERT_DATA=$(base64 -w0 "$PKI/$2.crt")
+  KEY_DATA=$(base64 -w0 "$PKI/$2.key")
+  render kubeconfig "$1" USER_NAME API_PORT CA_DATA CERT_DATA KEY_DATA
 }
 
 cmd_up() {
@@ -463,8 +469,9 @@ ctr)
   shift
   cmd_ctr "$@"
   ;;
+help | -h | --help) usage ;;
 *)
-  sed -n '8,18p' "${BASH_SOURCE[0]}" | cut -c3- >&2
+  usage >&2
   exit 2
   ;;
 esac

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # The node of the local cluster, sourced by cluster.sh (which defines STATE, PKI, log, die, start, stop,
-# running, launch, wait_until, report_failure, issue, write_kubeconfig): containerd and runc from Debian,
+# running, launch, wait_until, report_failure, issue, render, write_kubeconfig): containerd and runc from Debian,
 # kubelet and kube-proxy (iptables mode) from the pinned Kubernetes, the CNI bridge on a private range that
 # lives only inside this machine, and CoreDNS serving the cluster domain from the API.
 #
@@ -19,6 +19,9 @@
 # Images come only from `cluster.sh ctr images import`: there is no registry, and containerd is given a
 # proxy that refuses (127.0.0.1:9), so a pull fails at once ("proxyconnect tcp: ... 127.0.0.1:9") instead of
 # going off the machine.
+#
+# The node's configuration files are templates/{containerd.toml,cni.conflist,kubelet.yaml,...}, rendered
+# into the state directory with the variables below (render, in cluster.sh).
 
 NODE_NAME=braid-e2e
 BRIDGE=braid0
@@ -89,12 +92,7 @@ node_check_network() {
 
 # Certificates of the node's components, signed by the cluster CA (run inside $PKI, after make_pki).
 node_pki() {
-  cat >kubelet-serving.ext <<EOF
-basicConstraints=CA:FALSE
-keyUsage=digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth
-subjectAltName=IP:$NODE_IP,DNS:$NODE_NAME
-EOF
+  render kubelet-serving.ext kubelet-serving.ext NODE_IP NODE_NAME
   # Node authorizer: user system:node:NAME in group system:nodes may act for that node only.
   issue kubelet "/O=system:nodes/CN=system:node:$NODE_NAME" client.ext
   issue kubelet-serving "/CN=$NODE_NAME" kubelet-serving.ext
@@ -202,198 +200,30 @@ node_import_images() {
   [[ $'\n'$images$'\n' == *$'\n'$PAUSE_IMAGE$'\n'* ]] || die "$PAUSE_IMAGE is not in containerd after the import: $images"
 }
 
+# The node's configuration files, rendered from templates/ into the state directory.
 node_write_configs() {
   mkdir -p "$NODE"/{containerd,cni,cni-ipam,kubelet,pod-logs}
-  cat >"$NODE/containerd/config.toml" <<EOF
-# containerd of the local cluster's node (written by e2e/cluster/node.sh): everything under the state
-# directory, cgroupfs like kubelet, CNI from Debian's plugins.
-version = 2
-root = "$NODE/containerd/root"
-state = "$NODE/containerd/state"
-# Snapshotters this machine cannot use, and "opt", which would create /opt/containerd.
-disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp",
-  "io.containerd.internal.v1.tracing"]
-
-[grpc]
-  address = "$CONTAINERD_SOCK"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "$PAUSE_IMAGE"
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-  # Without CAP_SYS_RESOURCE (sandboxes like this one drop it) no process may lower its oom_score_adj, and
-  # the sandboxes' -998 makes runc fail ("can't get final child's PID from pipe"); this clamps such values
-  # to containerd's own instead.
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        Root = "$NODE/containerd/runc"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "$NODE/cni"
-    max_conf_num = 1
-EOF
+  render containerd.toml "$NODE/containerd/config.toml" NODE CONTAINERD_SOCK PAUSE_IMAGE
   # ipMasq off and no portmap: nothing leaves the machine (BRAID-NODE-FORWARD drops it anyway), so there
   # is nothing to masquerade. hairpinMode: a pod reaches itself through its own Service.
-  cat >"$NODE/cni/10-braid.conflist" <<EOF
-{
-  "cniVersion": "1.0.0",
-  "name": "$CNI_NETWORK",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "$BRIDGE",
-      "isDefaultGateway": true,
-      "ipMasq": false,
-      "hairpinMode": true,
-      "ipam": {
-        "type": "host-local",
-        "ranges": [[{"subnet": "$POD_SUBNET", "gateway": "$NODE_IP"}]],
-        "dataDir": "$NODE/cni-ipam"
-      }
-    }
-  ]
-}
-EOF
+  render cni.conflist "$NODE/cni/10-braid.conflist" CNI_NETWORK BRIDGE POD_SUBNET NODE_IP NODE
   # Pods get the cluster's DNS and search path only: the host's resolver is not theirs to use.
-  printf '# no host name servers for pods: CoreDNS on %s serves %s\n' "$NODE_IP" "$CLUSTER_DOMAIN" >"$NODE/resolv.conf"
-  cat >"$NODE/kubelet/config.yaml" <<EOF
-apiVersion: kubelet.config.k8s.io/v1beta1
-kind: KubeletConfiguration
-address: $NODE_IP
-port: 10250
-readOnlyPort: 0
-healthzBindAddress: 127.0.0.1
-healthzPort: $KUBELET_HEALTHZ_PORT
-tlsCertFile: $PKI/kubelet-serving.crt
-tlsPrivateKeyFile: $PKI/kubelet-serving.key
-authentication:
-  anonymous: {enabled: false}
-  webhook: {enabled: true}
-  x509: {clientCAFile: $PKI/ca.crt}
-authorization: {mode: Webhook}
-containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
-cgroupDriver: cgroupfs
-# This machine has cgroup v1 hierarchies; kubelet 1.34 still runs on them when told to.
-failCgroupV1: false
-failSwapOn: false
-clusterDNS: [$DNS_IP]
-clusterDomain: $CLUSTER_DOMAIN
-resolvConf: $NODE/resolv.conf
-podLogsDir: $NODE/pod-logs
-volumePluginDir: $NODE/kubelet/volume-plugins
-# The images exist only as imported: image GC would delete the unused ones, and nothing could pull them
-# back. Eviction by disk: absolute floors, as the disk is shared with builds and its percentage says little.
-imageGCHighThresholdPercent: 100
-imageGCLowThresholdPercent: 99
-evictionHard:
-  memory.available: 200Mi
-  nodefs.available: 1Gi
-  imagefs.available: 1Gi
-  nodefs.inodesFree: 1%
-serializeImagePulls: false
-rotateCertificates: false
-EOF
-  cat >"$NODE/kube-proxy.yaml" <<EOF
-apiVersion: kubeproxy.config.k8s.io/v1alpha1
-kind: KubeProxyConfiguration
-mode: iptables
-hostnameOverride: $NODE_NAME
-clientConnection:
-  kubeconfig: $PKI/kube-proxy.kubeconfig
-clusterCIDR: $CLUSTER_CIDR
-healthzBindAddress: 127.0.0.1:$KUBE_PROXY_HEALTHZ_PORT
-metricsBindAddress: 127.0.0.1:$KUBE_PROXY_METRICS_PORT
-# NodePorts on the node's IP only, not on every address of the machine; no localhost NodePorts, which
-# would need route_localnet.
-nodePortAddresses: [primary]
-iptables:
-  localhostNodePorts: false
-# 0: leave the machine's conntrack table size and timeouts as they are.
-conntrack:
-  maxPerCore: 0
-  min: 0
-  tcpEstablishedTimeout: 0s
-  tcpCloseWaitTimeout: 0s
-EOF
-  # Names outside the cluster domain are refused: nothing is forwarded off this machine.
-  cat >"$NODE/Corefile" <<EOF
-$CLUSTER_DOMAIN in-addr.arpa ip6.arpa {
-    bind $NODE_IP
-    errors
-    ready 127.0.0.1:$COREDNS_READY_PORT
-    kubernetes $CLUSTER_DOMAIN in-addr.arpa ip6.arpa {
-        kubeconfig $PKI/coredns.kubeconfig braid-e2e
-        pods insecure
-        ttl 5
-    }
-    cache 5
-    loadbalance
-}
-EOF
+  render resolv.conf "$NODE/resolv.conf" NODE_IP CLUSTER_DOMAIN
+  render kubelet.yaml "$NODE/kubelet/config.yaml" NODE_IP KUBELET_HEALTHZ_PORT PKI CONTAINERD_SOCK DNS_IP \
+    CLUSTER_DOMAIN NODE
+  render kube-proxy.yaml "$NODE/kube-proxy.yaml" NODE_NAME PKI CLUSTER_CIDR KUBE_PROXY_HEALTHZ_PORT \
+    KUBE_PROXY_METRICS_PORT
+  render Corefile "$NODE/Corefile" CLUSTER_DOMAIN NODE_IP COREDNS_READY_PORT PKI
+  render cluster-objects.yaml "$NODE/cluster-objects.yaml" DNS_IP NODE_IP NODE_NAME
   write_kubeconfig "$PKI/kubelet.kubeconfig" kubelet
   write_kubeconfig "$PKI/kube-proxy.kubeconfig" kube-proxy
   write_kubeconfig "$PKI/coredns.kubeconfig" coredns
 }
 
-# CoreDNS's read access, and the kube-dns Service at kubelet's clusterDNS address with CoreDNS on the
-# node's IP as its endpoint (CoreDNS is a host process, so there is no selector).
+# CoreDNS's read access and the kube-dns Service with its endpoint (templates/cluster-objects.yaml).
 node_cluster_objects() {
-  kubectl_admin apply --server-side --force-conflicts --field-manager=braid-cluster -f - >/dev/null <<EOF
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: "system:coredns"}
-rules:
-- apiGroups: [""]
-  resources: [endpoints, services, pods, namespaces]
-  verbs: [list, watch]
-- apiGroups: [discovery.k8s.io]
-  resources: [endpointslices]
-  verbs: [list, watch]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: "system:coredns"}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
-subjects:
-- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:coredns"}
----
-apiVersion: v1
-kind: Service
-metadata:
-  name: kube-dns
-  namespace: kube-system
-  labels: {k8s-app: kube-dns, kubernetes.io/name: CoreDNS}
-spec:
-  clusterIP: $DNS_IP
-  ports:
-  - {name: dns, port: 53, protocol: UDP}
-  - {name: dns-tcp, port: 53, protocol: TCP}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: kube-dns-node
-  namespace: kube-system
-  labels:
-    kubernetes.io/service-name: kube-dns
-    endpointslice.kubernetes.io/managed-by: braid.dev-cluster-sh
-addressType: IPv4
-endpoints:
-- addresses: [$NODE_IP]
-  conditions: {ready: true}
-  nodeName: $NODE_NAME
-ports:
-- {name: dns, port: 53, protocol: UDP}
-- {name: dns-tcp, port: 53, protocol: TCP}
-EOF
+  kubectl_admin apply --server-side --force-conflicts --field-manager=braid-cluster \
+    -f "$NODE/cluster-objects.yaml" >/dev/null
 }
 
 node_ready() {

@@ -388,11 +388,22 @@ pub fn free_local_addr() -> SocketAddr {
     listener.local_addr().unwrap_or_else(|err| panic!("no local address: {err}"))
 }
 
-/// A plain HTTP/1.0 GET on loopback: status code and body, or None when nothing answers.
+/// A plain HTTP/1.0 GET (to loopback, or a pod IP): status code and body, or None when nothing
+/// answers within 5 s.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path, Duration::from_secs(5))
+}
+
+/// A plain HTTP/1.0 POST with no body, for endpoints that may take up to `timeout` to answer.
+pub fn http_post(addr: SocketAddr, path: &str, timeout: Duration) -> Option<(u16, String)> {
+    http_request(addr, "POST", path, timeout)
+}
+
+fn http_request(addr: SocketAddr, method: &str, path: &str, timeout: Duration) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    let length = if method == "POST" { "Content-Length: 0\r\n" } else { "" };
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{length}\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let code = response.split_whitespace().nth(1)?.parse().ok()?;
@@ -416,7 +427,61 @@ where
     }
 }
 
-/// The value of a Prometheus sample line `name{labels} value`, or 0 when absent.
-pub fn metric_value(metrics: &str, series: &str) -> f64 {
-    metrics.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+/// The value of the sample of `series` (`name`, or `name{labels}` with the labels as exposed)
+/// in Prometheus text, or None when there is no such sample: a renamed metric must not read as 0.
+/// (prometheus-client exposes a labelled series, and even its metric's `# TYPE` line, only from
+/// its first increment: a test that expects none must see the series appear at some point.)
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    let series = series.trim();
+    metrics.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        // Exactly this series: `name 1` matches `name`, `name_total 1` and `name{a="b"} 1` do not.
+        let value = rest.strip_prefix(' ')?.split_whitespace().next()?;
+        value.parse().ok()
+    })
+}
+
+/// The value of the sample of `series`; panics, with the metrics, when it is not exposed.
+pub fn metric(metrics: &str, series: &str) -> f64 {
+    metric_value(metrics, series)
+        .unwrap_or_else(|| panic!("no sample {series} in the metrics (renamed or removed?):\n{metrics}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const METRICS: &str = "# HELP braid_operator_reconciles Reconciles run, by controller.
+# TYPE braid_operator_reconciles counter
+braid_operator_reconciles_total{controller=\"meshroute\"} 3
+# HELP braid_operator_leader Whether this replica runs the controllers.
+# TYPE braid_operator_leader gauge
+braid_operator_leader 0
+# TYPE braid_identity_issued counter
+braid_identity_issued_total 65
+# EOF
+";
+
+    #[test]
+    fn a_sample_is_read_by_its_exact_series() {
+        assert_eq!(metric_value(METRICS, "braid_operator_leader"), Some(0.0));
+        assert_eq!(metric_value(METRICS, "braid_operator_leader "), Some(0.0));
+        assert_eq!(metric_value(METRICS, "braid_identity_issued_total"), Some(65.0));
+        assert_eq!(
+            metric_value(METRICS, "braid_operator_reconciles_total{controller=\"meshroute\"}"),
+            Some(3.0)
+        );
+        // A prefix of a name, a name without its labels, a comment: no sample.
+        assert_eq!(metric_value(METRICS, "braid_operator_lead"), None);
+        assert_eq!(metric_value(METRICS, "braid_operator_reconciles_total"), None);
+        assert_eq!(metric_value(METRICS, "braid_operator_reconciles"), None);
+        assert_eq!(metric_value("braid_x not-a-number\n", "braid_x"), None);
+    }
+
+    #[test]
+    fn a_missing_metric_is_not_zero() {
+        assert_eq!(metric(METRICS, "braid_identity_issued_total"), 65.0);
+        let missing = std::panic::catch_unwind(|| metric(METRICS, "braid_identity_issued"));
+        assert!(missing.is_err(), "a missing sample must fail");
+    }
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use braid_crds::MeshRoute;
 use braid_e2e::{
-    Cluster, Component, TestNamespace, eventually, free_local_addr, http_get, metric_value, own_mesh, setup,
+    Cluster, Component, TestNamespace, eventually, free_local_addr, http_get, metric, own_mesh, setup,
 };
 use braid_proxy::app::{self, Options, Running};
 use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
@@ -412,8 +412,8 @@ async fn routes_reach_proxies_through_discovery_and_status_counts_them() {
     answered_by(listener, "v2", &proxy).await;
     programmed(&client, ns, "1/1", 3).await;
     let metrics = operator_process.metrics();
-    assert_eq!(metric_value(&metrics, "braid_discovery_proxies "), 1.0, "operator metrics:\n{metrics}");
-    assert!(metric_value(&metrics, "braid_discovery_acks_total ") >= 1.0, "operator metrics:\n{metrics}");
+    assert_eq!(metric(&metrics, "braid_discovery_proxies"), 1.0, "operator metrics:\n{metrics}");
+    assert!(metric(&metrics, "braid_discovery_acks_total") >= 1.0, "operator metrics:\n{metrics}");
 
     // A proxy restart: the new proxy subscribes again on its first connection.
     assert!(proxy.drain(Duration::from_secs(5)).await, "the proxy drained");

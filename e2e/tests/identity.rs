@@ -20,9 +20,7 @@ use std::{
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use braid_crds::Mesh;
-use braid_e2e::{
-    Cluster, Component, TestNamespace, eventually, free_local_addr, metric_value, own_mesh, setup,
-};
+use braid_e2e::{Cluster, Component, TestNamespace, eventually, free_local_addr, metric, own_mesh, setup};
 use k8s_openapi::api::{
     authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
     core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount},
@@ -556,7 +554,7 @@ async fn the_endpoint_issues_for_a_bound_token_and_refuses_everything_else() {
 
     // The metrics count what happened.
     let metrics = operator.metrics();
-    let issued = metric_value(&metrics, "braid_identity_issued_total");
+    let issued = metric(&metrics, "braid_identity_issued_total");
     assert!(issued >= 65.0, "braid_identity_issued_total {issued}:\n{metrics}");
     for (reason, at_least) in [
         ("malformed-request", 2.0),
@@ -567,8 +565,7 @@ async fn the_endpoint_issues_for_a_bound_token_and_refuses_everything_else() {
         ("identity-gone", 2.0),
         ("rate-limited", 1.0),
     ] {
-        let count =
-            metric_value(&metrics, &format!("braid_identity_rejections_total{{reason=\"{reason}\"}}"));
+        let count = metric(&metrics, &format!("braid_identity_rejections_total{{reason=\"{reason}\"}}"));
         assert!(count >= at_least, "rejections {reason}: {count} < {at_least}:\n{metrics}");
     }
 

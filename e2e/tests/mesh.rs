@@ -6,7 +6,8 @@
 //! A test binary of its own: it installs the chart, which owns the cluster's single Mesh.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use braid_e2e::{Cluster, TestNamespace, eventually, repo_root, setup};
 use k8s_openapi::api::core::v1::Pod;
@@ -172,15 +173,8 @@ spec:
     )
 }
 
-/// A load run in a meshed pod as `account`: its JSON report (e2e/apps load --json).
-async fn load(
-    cluster: &Cluster,
-    client: &Client,
-    ns: &str,
-    name: &str,
-    account: &str,
-    args: &[&str],
-) -> Value {
+/// The pod of a load client (e2e/apps `load --json ARGS`), meshed, running as `account`.
+fn start_load_pod(cluster: &Cluster, ns: &str, name: &str, account: &str, args: &[&str]) {
     let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
     apply(
         cluster,
@@ -201,11 +195,12 @@ spec:
             args.join(", ")
         ),
     );
+}
+
+/// The IP of load pod `name` once its load container has started.
+async fn load_pod_ip(client: &Client, ns: &str, name: &str) -> String {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    // What the pod's proxy routes with, read from its admin port while the load runs: the first
-    // thing to look at when a figure is off.
-    let running = format!("load pod {name} to run");
-    let ip = eventually(Duration::from_secs(120), &running, || {
+    eventually(Duration::from_secs(120), &format!("load pod {name} to run"), || {
         let pods = pods.clone();
         let name = name.to_owned();
         async move {
@@ -218,9 +213,13 @@ spec:
             load_started.then_some(status.pod_ip).flatten()
         }
     })
-    .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let routing = braid_e2e::http_get(format!("{ip}:4191").parse().expect("pod address"), "/config")
+    .await
+}
+
+/// What the proxy of the pod at `ip` routes with, from its admin port: the first thing to look
+/// at when a figure of a load run is off.
+fn proxy_routing(ip: &str) -> Option<Value> {
+    braid_e2e::http_get(addr(ip, 4191), "/config")
         .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
         .map(|config| {
             let services: Vec<Value> = config["config"]["services"]
@@ -230,7 +229,43 @@ spec:
                 .map(|s| serde_json::json!({"routes": s["routes"], "backends": s["backends"]}))
                 .collect();
             serde_json::json!({"services": services, "destinations": config["discovery"]["destinations"]})
-        });
+        })
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    format!("{ip}:{port}").parse().unwrap_or_else(|err| panic!("pod address {ip}:{port}: {err}"))
+}
+
+/// Prints a load run's summary (and its proxy's log when a request failed), deletes its pod,
+/// and returns its report with `routing` added.
+fn finish_load(cluster: &Cluster, ns: &str, name: &str, mut report: Value, routing: Option<Value>) -> Value {
+    report["proxy"] = routing.unwrap_or(Value::Null);
+    let summary = ["total", "failed", "statuses", "errors", "backends", "latency_ms"]
+        .map(|k| format!("{k}={}", report[k]));
+    eprintln!("{name}: {}", summary.join(" "));
+    if count(&report, "failed") > 0 {
+        let proxy = cluster.kubectl(&["logs", "-n", ns, name, "-c", "braid-proxy", "--tail", "20"]);
+        eprintln!("{name}: its proxy's log:\n{}", String::from_utf8_lossy(&proxy.stdout));
+    }
+    let _ = cluster.kubectl(&["delete", "pod", "-n", ns, name, "--wait=false"]);
+    report
+}
+
+/// A load run of fixed length (`--duration` in `args`) in a meshed pod as `account`: its JSON
+/// report (e2e/apps load --json).
+async fn load(
+    cluster: &Cluster,
+    client: &Client,
+    ns: &str,
+    name: &str,
+    account: &str,
+    args: &[&str],
+) -> Value {
+    start_load_pod(cluster, ns, name, account, args);
+    let ip = load_pod_ip(client, ns, name).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let routing = proxy_routing(&ip);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let what = format!("load pod {name} to finish");
     eventually(Duration::from_secs(180), &what, || {
         let pods = pods.clone();
@@ -247,18 +282,97 @@ spec:
     // The report is the JSON document at the end of the log (pretty-printed).
     let start = logs.rfind("\n{").map(|i| i + 1).or_else(|| logs.starts_with('{').then_some(0));
     let report = start.map(|i| &logs[i..]).unwrap_or_else(|| panic!("no JSON report in:\n{logs}"));
-    let mut report: Value =
-        serde_json::from_str(report).unwrap_or_else(|err| panic!("bad report {err}: {logs}"));
-    report["proxy"] = routing.unwrap_or(Value::Null);
-    let summary = ["total", "failed", "statuses", "errors", "backends", "latency_ms"]
-        .map(|k| format!("{k}={}", report[k]));
-    eprintln!("{name}: {}", summary.join(" "));
-    if count(&report, "failed") > 0 {
-        let proxy = cluster.kubectl(&["logs", "-n", ns, name, "-c", "braid-proxy", "--tail", "20"]);
-        eprintln!("{name}: its proxy's log:\n{}", String::from_utf8_lossy(&proxy.stdout));
-    }
-    let _ = cluster.kubectl(&["delete", "pod", "-n", ns, name, "--wait=false"]);
-    report
+    let report = serde_json::from_str(report).unwrap_or_else(|err| panic!("bad report {err}: {logs}"));
+    finish_load(cluster, ns, name, report, routing)
+}
+
+/// The port a load client started by `load_while` serves its report on (GET /report, POST /stop).
+const LOAD_REPORT_PORT: u16 = 9090;
+
+/// Milliseconds since the Unix epoch: the clock the load pods date their answers with (they run
+/// on this machine).
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// When a change made by `load_while` ran, on the test's clock.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    change_started_ms: u64,
+    change_ended_ms: u64,
+}
+
+/// How long a load run of `load_while` sends before the change (on connections made under the
+/// old state) and after it (on the new state).
+const LOAD_BEFORE_CHANGE: Duration = Duration::from_secs(3);
+const LOAD_AFTER_CHANGE: Duration = Duration::from_secs(5);
+
+/// Runs `change` while a load client (pod `name`, the `client` identity, `rate` requests per
+/// second to the echo Service) sends: starts the load pod, waits until its report shows a
+/// successful answer (so the load really runs, on its own clock, before the change), lets it
+/// run LOAD_BEFORE_CHANGE more, runs `change`, lets the load run LOAD_AFTER_CHANGE on the changed
+/// state, stops it (POST /stop: the final report once every request sent has finished) and
+/// returns the report and what `change` returned. Asserts that the change overlapped the load:
+/// the load pod's first successful answer came before the change started and its last one
+/// after the change ended.
+async fn load_while<T>(
+    cluster: &Cluster,
+    client: &Client,
+    ns: &str,
+    name: &str,
+    rate: u32,
+    change: impl std::future::Future<Output = T>,
+) -> (Value, T) {
+    let url = url(ns, "/");
+    let serve = format!("0.0.0.0:{LOAD_REPORT_PORT}");
+    let rate = rate.to_string();
+    start_load_pod(cluster, ns, name, "client", &["--url", &url, "--rate", &rate, "--serve", &serve]);
+    let ip = load_pod_ip(client, ns, name).await;
+    let reports = addr(&ip, LOAD_REPORT_PORT);
+    let first_ok =
+        eventually(Duration::from_secs(60), &format!("load {name} to get a 2xx answer"), || async {
+            let (_, body) = braid_e2e::http_get(reports, "/report").filter(|(code, _)| *code == 200)?;
+            let report: Value = serde_json::from_str(&body).ok()?;
+            report["first_ok_unix_ms"].as_u64()
+        })
+        .await;
+    eprintln!(
+        "{name}: sending, first 2xx answer {} ms before the test saw it",
+        unix_ms().saturating_sub(first_ok)
+    );
+    let routing = proxy_routing(&ip);
+    tokio::time::sleep(LOAD_BEFORE_CHANGE).await;
+
+    let change_started_ms = unix_ms();
+    let out = change.await;
+    let change_ended_ms = unix_ms();
+    let window = Window { change_started_ms, change_ended_ms };
+    tokio::time::sleep(LOAD_AFTER_CHANGE).await;
+
+    // Each request in flight may take up to the load client's 10 s timeout.
+    let (code, body) = braid_e2e::http_post(reports, "/stop", Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("load {name}: POST /stop got no answer from {reports}"));
+    assert_eq!(code, 200, "load {name}: POST /stop: {body}");
+    let report: Value = serde_json::from_str(&body).unwrap_or_else(|err| panic!("bad report {err}: {body}"));
+    let report = finish_load(cluster, ns, name, report, routing);
+    assert_eq!(
+        (report["running"].as_bool(), report["in_flight"].as_u64()),
+        (Some(false), Some(0)),
+        "load {name} stopped with every request finished: {report}"
+    );
+    let first = report["first_ok_unix_ms"].as_u64();
+    let last = report["last_ok_unix_ms"].as_u64();
+    assert!(
+        first.is_some_and(|first| first <= window.change_started_ms)
+            && last.is_some_and(|last| last >= window.change_ended_ms),
+        "load {name} must be answered before and after the change ({window:?}): first 2xx at {first:?}, last at {last:?}"
+    );
+    eprintln!(
+        "{name}: the change took {} ms, inside {} ms of answered load",
+        window.change_ended_ms - window.change_started_ms,
+        last.unwrap_or(0) - first.unwrap_or(0)
+    );
+    (report, out)
 }
 
 /// Requests the echo pods' sidecars took in over mTLS from the `client` identity, summed over
@@ -327,186 +441,188 @@ async fn programmed(cluster: &Cluster, ns: &str) -> String {
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_mesh_end_to_end_with_real_pods() {
-    let started = Instant::now();
-    let (cluster, client, _unused) = setup("e2e-mesh-unused").await;
-    check_prerequisites(cluster);
-    install(cluster);
-    let _uninstall = Uninstall(cluster);
-    eprintln!("installed in {:?}", started.elapsed());
+/// The installed mesh and the echo apps in a labelled namespace, which each step below checks
+/// something of. Dropped in field order: the apps' namespace, then the release.
+struct Mesh {
+    apps: TestNamespace,
+    _uninstall: Uninstall<'static>,
+    _unused: TestNamespace,
+    cluster: &'static Cluster,
+    client: Client,
+}
 
-    let apps = TestNamespace::create(cluster, &client, "e2e-mesh").await;
-    let ns = apps.name.as_str();
-    kubectl(cluster, &["label", "namespace", ns, "braid.dev/inject=enabled"]);
-    apply(cluster, &workloads(ns));
-    for deployment in ["echo-v1", "echo-v2"] {
-        kubectl(
-            cluster,
-            &["rollout", "status", "-n", ns, &format!("deployment/{deployment}"), "--timeout=180s"],
-        );
-    }
-
-    // Every app pod has the sidecar, injected by the API server calling the webhook.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    for pod in pods.list(&ListParams::default().labels("app=echo")).await.expect("list pods") {
-        let spec = pod.spec.expect("spec");
-        let containers: Vec<_> = spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
-        assert!(
-            containers.contains(&"braid-proxy"),
-            "pod {:?} has no braid-proxy: {containers:?}",
-            pod.metadata.name
-        );
-    }
-
-    // 80/20 within statistical tolerance, then 50/50 under load with no failed request.
-    let split = |v1: u32, v2: u32, extra: &str| {
-        route(
-            ns,
-            &format!(
-                "    - backends: [{{ service: echo-v1, weight: {v1} }}, {{ service: echo-v2, weight: {v2} }}]\n{extra}"
-            ),
-        )
-    };
-    apply(cluster, &split(80, 20, ""));
-    programmed(cluster, ns).await;
-    let meshed_before = inbound_from_client(&client, ns).await;
-    let report = load(
-        cluster,
-        &client,
+/// The v1/v2 weights of the echo route, with `extra` lines appended to its one rule.
+fn split(ns: &str, v1: u32, v2: u32, extra: &str) -> String {
+    route(
         ns,
-        "split-80-20",
-        "client",
-        &["--url", &url(ns, "/"), "--rate", "100", "--duration", "20s"],
-    )
-    .await;
-    let share = |report: &Value| {
-        *by_version(report).get("v2").unwrap_or(&0) as f64 / count(report, "total").max(1) as f64
-    };
-    assert_all_meshed(&client, ns, meshed_before, &report).await;
-    // 2000 requests: the standard deviation of the share is 0.009; 0.03 is over 3 of them.
-    let v2 = share(&report);
-    // (Runs of this test once measured 0.12 here: the load client's pooled connections that sat
-    // idle past the proxy's 1 s protocol detection were tunnelled as opaque TCP to one endpoint.
-    // Silent clients of a known HTTP service are now waited for; see proxy/src/outbound/mod.rs.)
-    assert!((0.17..=0.23).contains(&v2), "80/20 split measured v2 = {v2:.3}: {report}");
-    assert_eq!(count(&report, "failed"), 0, "{report}");
-    eprintln!("80/20: measured v2 share {v2:.3} of {} requests", count(&report, "total"));
-
-    let during = {
-        let client = client.clone();
-        let ns = ns.to_owned();
-        let url = url(&ns, "/");
-        tokio::spawn(async move {
-            load(
-                cluster,
-                &client,
-                &ns,
-                "split-change",
-                "client",
-                &["--url", &url, "--rate", "100", "--duration", "25s"],
-            )
-            .await
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    apply(cluster, &split(50, 50, ""));
-    // The load pod's proxy routes to echo: the status counts it.
-    let proxies = programmed(cluster, ns).await;
-    let listing = kubectl(cluster, &["get", "meshroutes", "-n", ns]);
-    eprintln!("$ kubectl get meshroutes -n {ns}\n{listing}");
-    assert!(
-        proxies != "0/0" && listing.contains(&proxies),
-        "a proxy routes to echo during the load: {listing}"
-    );
-    let report = during.await.expect("load task");
-    assert_eq!(count(&report, "failed"), 0, "changing the split fails no request: {report}");
-    let meshed_before = inbound_from_client(&client, ns).await;
-    let report = load(
-        cluster,
-        &client,
-        ns,
-        "split-50-50",
-        "client",
-        &["--url", &url(ns, "/"), "--rate", "100", "--duration", "20s"],
-    )
-    .await;
-    assert_all_meshed(&client, ns, meshed_before, &report).await;
-    let v2 = share(&report);
-    // 2000 requests at p = 0.5: the standard deviation is 0.011; 0.04 is over 3.5 of them.
-    assert!((0.46..=0.54).contains(&v2), "50/50 split measured v2 = {v2:.3}: {report}");
-    eprintln!("50/50: measured v2 share {v2:.3} of {} requests", count(&report, "total"));
-
-    // v2 now fails 30% of its requests: without retries clients see it, the retry route hides it.
-    kubectl(cluster, &["set", "env", "-n", ns, "deployment/echo-v2", "FAIL_RATE=0.3"]);
-    kubectl(cluster, &["rollout", "status", "-n", ns, "deployment/echo-v2", "--timeout=180s"]);
-    let bare = load(
-        cluster,
-        &client,
-        ns,
-        "no-retries",
-        "client",
-        &["--url", &url(ns, "/"), "--rate", "100", "--duration", "10s"],
-    )
-    .await;
-    let bare_failed = count(&bare, "failed") as f64 / count(&bare, "total").max(1) as f64;
-    assert!((0.10..=0.20).contains(&bare_failed), "half the requests reach a v2 failing 30%: {bare}");
-    apply(cluster, &split(50, 50, "      retries: { attempts: 3, retryOn: [\"5xx\"] }"));
-    programmed(cluster, ns).await;
-    let retried = load(
-        cluster,
-        &client,
-        ns,
-        "retries",
-        "client",
-        &["--url", &url(ns, "/"), "--rate", "100", "--duration", "20s"],
-    )
-    .await;
-    let retried_failed = count(&retried, "failed") as f64 / count(&retried, "total").max(1) as f64;
-    eprintln!(
-        "v2 failing 30%: {:.1}% failed without retries, {:.2}% with",
-        bare_failed * 100.0,
-        retried_failed * 100.0
-    );
-    assert!(retried_failed <= 0.01, "retries hide v2's failures: {retried}");
-    kubectl(cluster, &["set", "env", "-n", ns, "deployment/echo-v2", "FAIL_RATE-"]);
-    kubectl(cluster, &["rollout", "status", "-n", ns, "deployment/echo-v2", "--timeout=180s"]);
-    let retries = "      retries: { attempts: 3, retryOn: [\"5xx\"] }";
-
-    // The timeout answers a deliberately slow route: 504 after 5 s, not 6.
-    apply(
-        cluster,
-        &route(
-            ns,
-            &format!(
-                "    - matches: [{{ path: {{ type: PathPrefix, value: /slow }} }}]\n      backends: [{{ service: echo-v1 }}]\n      timeout: 5s\n    - backends: [{{ service: echo-v1, weight: 50 }}, {{ service: echo-v2, weight: 50 }}]\n{retries}"
-            ),
-        ),
-    );
-    programmed(cluster, ns).await;
-    let report = load(
-        cluster,
-        &client,
-        ns,
-        "slow",
-        "client",
-        &["--url", &url(ns, "/slow"), "--rate", "1", "--duration", "3s", "--header", "x-echo-delay: 6s"],
-    )
-    .await;
-    assert_eq!(
-        report["statuses"]["504"].as_u64(),
-        Some(count(&report, "total")),
-        "every slow request gets 504: {report}"
-    );
-    let p50 = report["latency_ms"]["p50"].as_f64().unwrap_or(0.0);
-    assert!((4900.0..5900.0).contains(&p50), "504 after the 5 s timeout, measured {p50} ms: {report}");
-
-    // mTLS: the server side names the client's SPIFFE id; a plaintext client to a pod IP is refused
-    // under STRICT, and a MeshPolicy admits the client identity but not the intruder.
-    apply(
-        cluster,
         &format!(
-            r#"
+            "    - backends: [{{ service: echo-v1, weight: {v1} }}, {{ service: echo-v2, weight: {v2} }}]\n{extra}"
+        ),
+    )
+}
+
+const RETRIES: &str = "      retries: { attempts: 3, retryOn: [\"5xx\"] }";
+
+/// The share of a load run's requests that echo v2 answered.
+fn v2_share(report: &Value) -> f64 {
+    *by_version(report).get("v2").unwrap_or(&0) as f64 / count(report, "total").max(1) as f64
+}
+
+fn failed_share(report: &Value) -> f64 {
+    count(report, "failed") as f64 / count(report, "total").max(1) as f64
+}
+
+impl Mesh {
+    /// Braid from its Helm chart, a namespace labelled for injection, and echo v1 and v2 rolled out.
+    async fn install() -> Mesh {
+        let started = Instant::now();
+        let (cluster, client, unused) = setup("e2e-mesh-unused").await;
+        check_prerequisites(cluster);
+        install(cluster);
+        let uninstall = Uninstall(cluster);
+        eprintln!("installed in {:?}", started.elapsed());
+        let apps = TestNamespace::create(cluster, &client, "e2e-mesh").await;
+        let ns = apps.name.as_str();
+        kubectl(cluster, &["label", "namespace", ns, "braid.dev/inject=enabled"]);
+        apply(cluster, &workloads(ns));
+        for deployment in ["echo-v1", "echo-v2"] {
+            kubectl(
+                cluster,
+                &["rollout", "status", "-n", ns, &format!("deployment/{deployment}"), "--timeout=180s"],
+            );
+        }
+        Mesh { apps, _uninstall: uninstall, _unused: unused, cluster, client }
+    }
+
+    fn ns(&self) -> &str {
+        &self.apps.name
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), self.ns())
+    }
+
+    /// A fixed-length load run as the `client` identity to `path` of the echo Service.
+    async fn load(&self, name: &str, path: &str, rate: &str, duration: &str, extra: &[&str]) -> Value {
+        let url = url(self.ns(), path);
+        let mut args = vec!["--url", url.as_str(), "--rate", rate, "--duration", duration];
+        args.extend_from_slice(extra);
+        load(self.cluster, &self.client, self.ns(), name, "client", &args).await
+    }
+
+    /// Applies a MeshRoute and waits until the operator reports it Programmed.
+    async fn route(&self, yaml: &str) -> String {
+        apply(self.cluster, yaml);
+        programmed(self.cluster, self.ns()).await
+    }
+
+    /// Every app pod has the sidecar, injected by the API server calling the webhook.
+    async fn every_app_pod_has_the_sidecar(&self) {
+        for pod in self.pods().list(&ListParams::default().labels("app=echo")).await.expect("list pods") {
+            let spec = pod.spec.expect("spec");
+            let containers: Vec<_> = spec.init_containers.iter().flatten().map(|c| c.name.as_str()).collect();
+            assert!(
+                containers.contains(&"braid-proxy"),
+                "pod {:?} has no braid-proxy: {containers:?}",
+                pod.metadata.name
+            );
+        }
+    }
+
+    /// 80/20 within statistical tolerance, every request through both sidecars, none failed.
+    async fn an_80_20_split_holds_and_every_request_crosses_both_sidecars(&self) {
+        let ns = self.ns();
+        self.route(&split(ns, 80, 20, "")).await;
+        let meshed_before = inbound_from_client(&self.client, ns).await;
+        let report = self.load("split-80-20", "/", "100", "20s", &[]).await;
+        assert_all_meshed(&self.client, ns, meshed_before, &report).await;
+        // 2000 requests: the standard deviation of the share is 0.009; 0.03 is over 3 of them.
+        let v2 = v2_share(&report);
+        // (Runs of this test once measured 0.12 here: the load client's pooled connections that sat
+        // idle past the proxy's 1 s protocol detection were tunnelled as opaque TCP to one endpoint.
+        // Silent clients of a known HTTP service are now waited for; see proxy/src/outbound/mod.rs.)
+        assert!((0.17..=0.23).contains(&v2), "80/20 split measured v2 = {v2:.3}: {report}");
+        assert_eq!(count(&report, "failed"), 0, "{report}");
+        eprintln!("80/20: measured v2 share {v2:.3} of {} requests", count(&report, "total"));
+    }
+
+    /// Changing the split to 50/50 while a client sends fails no request, and the route's
+    /// status counts the load pod's proxy among those that route to echo.
+    async fn changing_the_split_under_load_fails_no_request(&self) {
+        let ns = self.ns();
+        let change = async {
+            let proxies = self.route(&split(ns, 50, 50, "")).await;
+            let listing = kubectl(self.cluster, &["get", "meshroutes", "-n", ns]);
+            (proxies, listing)
+        };
+        let (report, (proxies, listing)) =
+            load_while(self.cluster, &self.client, ns, "split-change", 100, change).await;
+        eprintln!("$ kubectl get meshroutes -n {ns}\n{listing}");
+        assert!(
+            proxies != "0/0" && listing.contains(&proxies),
+            "a proxy routes to echo during the load: {listing}"
+        );
+        assert_eq!(count(&report, "failed"), 0, "changing the split fails no request: {report}");
+    }
+
+    /// 50/50 within statistical tolerance, every request through both sidecars.
+    async fn the_new_50_50_split_holds(&self) {
+        let meshed_before = inbound_from_client(&self.client, self.ns()).await;
+        let report = self.load("split-50-50", "/", "100", "20s", &[]).await;
+        assert_all_meshed(&self.client, self.ns(), meshed_before, &report).await;
+        let v2 = v2_share(&report);
+        // 2000 requests at p = 0.5: the standard deviation is 0.011; 0.04 is over 3.5 of them.
+        assert!((0.46..=0.54).contains(&v2), "50/50 split measured v2 = {v2:.3}: {report}");
+        eprintln!("50/50: measured v2 share {v2:.3} of {} requests", count(&report, "total"));
+    }
+
+    /// v2 fails 30% of its requests: without retries clients see it, the retry route hides it.
+    /// Leaves the retry route in place, and v2 healthy again.
+    async fn retries_hide_a_failing_version(&self) {
+        let (cluster, ns) = (self.cluster, self.ns());
+        kubectl(cluster, &["set", "env", "-n", ns, "deployment/echo-v2", "FAIL_RATE=0.3"]);
+        kubectl(cluster, &["rollout", "status", "-n", ns, "deployment/echo-v2", "--timeout=180s"]);
+        let bare = self.load("no-retries", "/", "100", "10s", &[]).await;
+        let bare_failed = failed_share(&bare);
+        assert!((0.10..=0.20).contains(&bare_failed), "half the requests reach a v2 failing 30%: {bare}");
+        self.route(&split(ns, 50, 50, RETRIES)).await;
+        let retried = self.load("retries", "/", "100", "20s", &[]).await;
+        let retried_failed = failed_share(&retried);
+        eprintln!(
+            "v2 failing 30%: {:.1}% failed without retries, {:.2}% with",
+            bare_failed * 100.0,
+            retried_failed * 100.0
+        );
+        assert!(retried_failed <= 0.01, "retries hide v2's failures: {retried}");
+        kubectl(cluster, &["set", "env", "-n", ns, "deployment/echo-v2", "FAIL_RATE-"]);
+        kubectl(cluster, &["rollout", "status", "-n", ns, "deployment/echo-v2", "--timeout=180s"]);
+    }
+
+    /// The timeout answers a deliberately slow route: 504 after 5 s, not 6.
+    async fn a_route_timeout_answers_504_on_time(&self) {
+        let slow_rule = "    - matches: [{ path: { type: PathPrefix, value: /slow } }]\n      backends: [{ service: echo-v1 }]\n      timeout: 5s\n";
+        let rest = format!(
+            "    - backends: [{{ service: echo-v1, weight: 50 }}, {{ service: echo-v2, weight: 50 }}]\n{RETRIES}"
+        );
+        self.route(&route(self.ns(), &format!("{slow_rule}{rest}"))).await;
+        let report = self.load("slow", "/slow", "1", "3s", &["--header", "x-echo-delay: 6s"]).await;
+        assert_eq!(
+            report["statuses"]["504"].as_u64(),
+            Some(count(&report, "total")),
+            "every slow request gets 504: {report}"
+        );
+        let p50 = report["latency_ms"]["p50"].as_f64().unwrap_or(0.0);
+        assert!((4900.0..5900.0).contains(&p50), "504 after the 5 s timeout, measured {p50} ms: {report}");
+    }
+
+    /// mTLS: the server side names the client's SPIFFE id; a plaintext client to a pod IP is
+    /// refused under STRICT, and a MeshPolicy admits the client identity but not the intruder.
+    async fn strict_mtls_admits_the_client_identity_and_denies_the_intruder(&self) {
+        let (cluster, ns) = (self.cluster, self.ns());
+        apply(
+            cluster,
+            &format!(
+                r#"
 apiVersion: braid.dev/v1alpha1
 kind: MeshPolicy
 metadata: {{ name: echo, namespace: {ns} }}
@@ -516,110 +632,114 @@ spec:
   rules:
     - from: [{{ serviceAccount: {{ name: client }} }}]
 "#
-        ),
-    );
-    let pod =
-        pods.list(&ListParams::default().labels("app=echo,version=v1")).await.expect("pods").items.remove(0);
-    let pod_ip = pod.status.and_then(|s| s.pod_ip).expect("pod IP");
-    let plain = braid_e2e::http_get(format!("{pod_ip}:8080").parse().expect("addr"), "/");
-    let what = "a plaintext request to the pod IP to be refused under STRICT";
-    eventually(Duration::from_secs(30), what, || async {
-        let answer = braid_e2e::http_get(format!("{pod_ip}:8080").parse().expect("addr"), "/");
-        answer.as_ref().is_none_or(|(code, _)| *code != 200).then_some(())
-    })
-    .await;
-    eprintln!("plaintext to {pod_ip}:8080 before the policy took: {plain:?}");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let admitted = load(
-        cluster,
-        &client,
-        ns,
-        "admitted",
-        "client",
-        &["--url", &url(ns, "/"), "--rate", "20", "--duration", "5s"],
-    )
-    .await;
-    let server_log = || {
-        cluster
-            .kubectl(&["logs", "-n", ns, "-l", "app=echo,version=v1", "-c", "braid-proxy", "--tail", "20"])
-            .stdout
-    };
-    assert_eq!(
-        count(&admitted, "failed"),
-        0,
-        "the client identity is admitted: {admitted}\nserver proxies:\n{}",
-        String::from_utf8_lossy(&server_log())
-    );
-    let denied = load(
-        cluster,
-        &client,
-        ns,
-        "denied",
-        "intruder",
-        &["--url", &url(ns, "/"), "--rate", "20", "--duration", "5s"],
-    )
-    .await;
-    assert_eq!(count(&denied, "ok"), 0, "the intruder identity is denied: {denied}");
-    assert!(denied["statuses"]["403"].as_u64().unwrap_or(0) > 0, "denied with 403: {denied}");
-    let metrics = braid_e2e::http_get(format!("{pod_ip}:4191").parse().expect("addr"), "/metrics")
-        .map(|(_, b)| b)
-        .unwrap_or_default();
-    let client_id = format!("client_id=\"spiffe://cluster.local/ns/{ns}/sa/client\"");
-    assert!(
-        metrics.lines().any(|l| l.starts_with("response_total{") && l.contains(&client_id)),
-        "server metrics:\n{metrics}"
-    );
-    kubectl(cluster, &["delete", "meshpolicy", "echo", "-n", ns]);
-
-    // The operator away for 30 s breaks no traffic; rolling the app under load loses no
-    // request beyond what retries cover.
-    let during = {
-        let client = client.clone();
-        let ns = ns.to_owned();
-        let url = url(&ns, "/");
-        tokio::spawn(async move {
-            load(
-                cluster,
-                &client,
-                &ns,
-                "operator-away",
-                "client",
-                &["--url", &url, "--rate", "50", "--duration", "45s"],
-            )
+            ),
+        );
+        let pod = self
+            .pods()
+            .list(&ListParams::default().labels("app=echo,version=v1"))
             .await
+            .expect("pods")
+            .items
+            .remove(0);
+        let pod_ip = pod.status.and_then(|s| s.pod_ip).expect("pod IP");
+        let plain = braid_e2e::http_get(addr(&pod_ip, 8080), "/");
+        let what = "a plaintext request to the pod IP to be refused under STRICT";
+        eventually(Duration::from_secs(30), what, || async {
+            let answer = braid_e2e::http_get(addr(&pod_ip, 8080), "/");
+            answer.as_ref().is_none_or(|(code, _)| *code != 200).then_some(())
         })
-    };
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    kubectl(cluster, &["scale", "-n", "braid-system", "deployment", "braid-operator", "--replicas=0"]);
-    tokio::time::sleep(Duration::from_secs(30)).await;
-    kubectl(cluster, &["scale", "-n", "braid-system", "deployment", "braid-operator", "--replicas=2"]);
-    let report = during.await.expect("load task");
-    assert_eq!(count(&report, "failed"), 0, "no request fails while the operator is away: {report}");
+        .await;
+        eprintln!("plaintext to {pod_ip}:8080 before the policy took: {plain:?}");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let admitted = self.load("admitted", "/", "20", "5s", &[]).await;
+        let server_log = || {
+            cluster
+                .kubectl(&[
+                    "logs",
+                    "-n",
+                    ns,
+                    "-l",
+                    "app=echo,version=v1",
+                    "-c",
+                    "braid-proxy",
+                    "--tail",
+                    "20",
+                ])
+                .stdout
+        };
+        assert_eq!(
+            count(&admitted, "failed"),
+            0,
+            "the client identity is admitted: {admitted}\nserver proxies:\n{}",
+            String::from_utf8_lossy(&server_log())
+        );
+        let url = url(ns, "/");
+        let denied = load(
+            cluster,
+            &self.client,
+            ns,
+            "denied",
+            "intruder",
+            &["--url", &url, "--rate", "20", "--duration", "5s"],
+        )
+        .await;
+        assert_eq!(count(&denied, "ok"), 0, "the intruder identity is denied: {denied}");
+        assert!(denied["statuses"]["403"].as_u64().unwrap_or(0) > 0, "denied with 403: {denied}");
+        let metrics =
+            braid_e2e::http_get(addr(&pod_ip, 4191), "/metrics").map(|(_, b)| b).unwrap_or_default();
+        let client_id = format!("client_id=\"spiffe://cluster.local/ns/{ns}/sa/client\"");
+        assert!(
+            metrics.lines().any(|l| l.starts_with("response_total{") && l.contains(&client_id)),
+            "server metrics:\n{metrics}"
+        );
+        kubectl(cluster, &["delete", "meshpolicy", "echo", "-n", ns]);
+    }
 
-    let during = {
-        let client = client.clone();
-        let ns = ns.to_owned();
-        let url = url(&ns, "/");
-        tokio::spawn(async move {
-            load(
-                cluster,
-                &client,
-                &ns,
-                "rollout",
-                "client",
-                &["--url", &url, "--rate", "50", "--duration", "40s"],
-            )
-            .await
-        })
-    };
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    kubectl(cluster, &["rollout", "restart", "-n", ns, "deployment/echo-v1"]);
-    kubectl(cluster, &["rollout", "status", "-n", ns, "deployment/echo-v1", "--timeout=120s"]);
-    let report = during.await.expect("load task");
-    let failed = count(&report, "failed");
-    assert!(
-        failed * 100 <= count(&report, "total"),
-        "a rollout loses at most 1% of requests, lost {failed}: {report}"
-    );
+    /// The operator away for 30 s (scaled to 0, then back) breaks no traffic.
+    async fn the_operator_away_for_30_s_breaks_no_request(&self) {
+        let cluster = self.cluster;
+        let scale = |replicas: &str| {
+            let replicas = format!("--replicas={replicas}");
+            kubectl(cluster, &["scale", "-n", "braid-system", "deployment", "braid-operator", &replicas]);
+        };
+        let away = async {
+            scale("0");
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            scale("2");
+        };
+        let ns = self.ns();
+        let (report, ()) = load_while(cluster, &self.client, ns, "operator-away", 50, away).await;
+        assert_eq!(count(&report, "failed"), 0, "no request fails while the operator is away: {report}");
+    }
+
+    /// Rolling the app under load loses no request beyond what retries cover.
+    async fn rolling_the_app_under_load_loses_at_most_1_percent(&self) {
+        let (cluster, ns) = (self.cluster, self.ns());
+        let rollout = async {
+            kubectl(cluster, &["rollout", "restart", "-n", ns, "deployment/echo-v1"]);
+            kubectl(cluster, &["rollout", "status", "-n", ns, "deployment/echo-v1", "--timeout=120s"]);
+        };
+        let (report, ()) = load_while(cluster, &self.client, ns, "rollout", 50, rollout).await;
+        let failed = count(&report, "failed");
+        assert!(
+            failed * 100 <= count(&report, "total"),
+            "a rollout loses at most 1% of requests, lost {failed}: {report}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_end_to_end_with_real_pods() {
+    let started = Instant::now();
+    let mesh = Mesh::install().await;
+    mesh.every_app_pod_has_the_sidecar().await;
+    mesh.an_80_20_split_holds_and_every_request_crosses_both_sidecars().await;
+    mesh.changing_the_split_under_load_fails_no_request().await;
+    mesh.the_new_50_50_split_holds().await;
+    mesh.retries_hide_a_failing_version().await;
+    mesh.a_route_timeout_answers_504_on_time().await;
+    mesh.strict_mtls_admits_the_client_identity_and_denies_the_intruder().await;
+    mesh.the_operator_away_for_30_s_breaks_no_request().await;
+    mesh.rolling_the_app_under_load_loses_at_most_1_percent().await;
     eprintln!("mesh e2e done in {:?}", started.elapsed());
 }

@@ -110,7 +110,18 @@ async fn the_operator_issues_renews_and_rolls_over_the_webhook_certificates() {
     // Someone (a Helm upgrade, say) overwrites the caBundle: the operator puts it back.
     let broken =
         json!({"webhooks": [{"name": "namespace.inject.braid.dev", "clientConfig": {"caBundle": ""}}]});
-    let _ = configs.patch(&config_name, &PatchParams::default(), &Patch::Strategic(&broken)).await;
+    let patched = configs
+        .patch(&config_name, &PatchParams::default(), &Patch::Strategic(&broken))
+        .await
+        .unwrap_or_else(|err| panic!("the API server refused the patch that empties the caBundle: {err}"));
+    // The patch took: the entry that `published` reads (the first) has no caBundle now, so the
+    // repair below is the operator's work and not a patch that never applied.
+    let hooks = patched.webhooks.unwrap_or_default();
+    let first = hooks.first().map(|hook| {
+        let bundle = hook.client_config.ca_bundle.as_ref().map_or(0, |bundle| bundle.0.len());
+        (hook.name.as_str(), bundle)
+    });
+    assert_eq!(first, Some(("namespace.inject.braid.dev", 0)), "the caBundle after the patch");
     eventually(Duration::from_secs(15), "the caBundle to be repaired", || async {
         let (cert, bundle) = published(&secrets, &configs, &config_name).await?;
         verifies(&cert, &bundle).then_some(())

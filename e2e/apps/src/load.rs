@@ -1,12 +1,14 @@
 //! The load client: requests at a fixed rate (open loop: a slow server does not slow the
 //! schedule, and each request's latency counts from when it was due, so queueing shows), and a
 //! report of what came back: status codes, errors, latency, and answers per backend (the echo
-//! servers' name and version) and per pod.
+//! servers' name and version) and per pod. With `--serve`, the report is read and the sending
+//! stopped over HTTP, and the report dates the first and last successful answers (Unix time, so a
+//! test on the same machine can place a change it made inside the load's window).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
@@ -16,7 +18,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -148,6 +150,12 @@ pub struct Report {
     pub pods: BTreeMap<String, u64>,
     /// Of the answers (any status), from when each request was due to the end of its body.
     pub latency_ms: Latency,
+    /// When the first and the last 2xx answer of the period arrived, milliseconds since the Unix
+    /// epoch; None before the first one.
+    #[serde(default)]
+    pub first_ok_unix_ms: Option<u64>,
+    #[serde(default)]
+    pub last_ok_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -219,6 +227,8 @@ struct Stats {
     backends: BTreeMap<String, u64>,
     pods: BTreeMap<String, u64>,
     latency: Histogram,
+    first_ok: Option<SystemTime>,
+    last_ok: Option<SystemTime>,
 }
 
 /// The counts, shared by the requests in flight and whoever reads the report.
@@ -228,6 +238,8 @@ pub struct Recorder {
     stats: Mutex<(Instant, Stats)>,
     in_flight: AtomicU64,
     running: AtomicBool,
+    /// Set by `run` once it has stopped sending and every request it sent has finished.
+    finished: watch::Sender<bool>,
 }
 
 impl Recorder {
@@ -238,7 +250,15 @@ impl Recorder {
             stats: Mutex::new((Instant::now(), Stats::default())),
             in_flight: AtomicU64::new(0),
             running: AtomicBool::new(false),
+            finished: watch::Sender::new(false),
         })
+    }
+
+    /// Returns once `run` has stopped sending and every request it sent has finished.
+    pub async fn finished(&self) {
+        let mut finished = self.finished.subscribe();
+        // An error means the sender is gone, which cannot happen while `self` is alive.
+        let _ = finished.wait_for(|done| *done).await;
     }
 
     pub fn report(&self) -> Report {
@@ -281,6 +301,8 @@ impl Recorder {
                 p99: millis(stats.latency.quantile(0.99)),
                 max: millis(stats.latency.max()),
             },
+            first_ok_unix_ms: stats.first_ok.map(unix_ms),
+            last_ok_unix_ms: stats.last_ok.map(unix_ms),
         }
     }
 
@@ -292,6 +314,9 @@ impl Recorder {
             Outcome::Answer { status, latency, backend } => {
                 if status.is_success() {
                     stats.ok += 1;
+                    let now = SystemTime::now();
+                    stats.first_ok.get_or_insert(now);
+                    stats.last_ok = Some(now);
                 }
                 *stats.statuses.entry(status.as_u16()).or_default() += 1;
                 stats.latency.record(latency);
@@ -354,6 +379,12 @@ pub async fn run(config: Arc<LoadConfig>, recorder: Arc<Recorder>, stop: Cancell
     recorder.running.store(false, Ordering::SeqCst);
     tasks.close();
     tasks.wait().await;
+    recorder.finished.send_replace(true);
+}
+
+/// Milliseconds since the Unix epoch (0 for a clock set before it).
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
 }
 
 async fn send(client: &Client<HttpConnector, Body>, config: &LoadConfig, due: Instant) -> Outcome {
@@ -395,19 +426,25 @@ fn chain(err: &dyn std::error::Error) -> String {
 }
 
 /// The report over HTTP, for a load client that runs in a pod: `GET /report` (JSON), `POST
-/// /reset` (the report so far, then zero), `GET /healthz`.
-pub fn report_handler(recorder: Arc<Recorder>) -> Handler {
+/// /reset` (the report so far, then zero), `POST /stop` (cancels `stop`, which must stop `run`,
+/// and answers the final report once every request sent has finished), `GET /healthz`.
+pub fn report_handler(recorder: Arc<Recorder>, stop: CancellationToken) -> Handler {
     Arc::new(move |request, _peer| {
-        let recorder = recorder.clone();
+        let (recorder, stop) = (recorder.clone(), stop.clone());
         Box::pin(async move {
             let report = match (request.method(), request.uri().path()) {
                 (&Method::GET, "/report") => recorder.report(),
                 (&Method::POST, "/reset") => recorder.reset(),
+                (&Method::POST, "/stop") => {
+                    stop.cancel();
+                    recorder.finished().await;
+                    recorder.report()
+                }
                 (&Method::GET, "/healthz") => {
                     return answer(StatusCode::OK, "text/plain", Bytes::from_static(b"ok\n"));
                 }
                 _ => {
-                    let text = "GET /report, POST /reset or GET /healthz\n";
+                    let text = "GET /report, POST /reset, POST /stop or GET /healthz\n";
                     return answer(StatusCode::NOT_FOUND, "text/plain", Bytes::from_static(text.as_bytes()));
                 }
             };

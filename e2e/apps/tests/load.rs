@@ -176,3 +176,70 @@ async fn the_binary_serves_its_report_until_sigterm() {
     assert!(last.total >= 10 && last.failed == 0, "counts start again after the reset: {last:#?}");
     assert_eq!(last.backends.get("web@v1"), Some(&last.total));
 }
+
+#[tokio::test]
+async fn post_stop_ends_the_sending_and_the_report_dates_the_first_and_last_answers() {
+    let server = start_echo(config("web", "v1")).await;
+    let report_addr = format!("127.0.0.1:{}", free_port());
+    let unix_ms =
+        || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let spawned = unix_ms();
+    let child = binary("load")
+        .args([
+            "--url",
+            &format!("http://{}/", server.addr),
+            "--rate",
+            "100",
+            "--serve",
+            &report_addr,
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(report_addr.parse().unwrap(), "/healthz").await;
+    let client = http1();
+    let report_url = format!("http://{report_addr}/report");
+    let first: Report = loop {
+        let report: Report = serde_json::from_slice(&get(&client, &report_url, &[]).await.1).unwrap();
+        if report.ok > 0 {
+            break report;
+        }
+        assert_eq!(report.first_ok_unix_ms, None, "no answer yet, no date: {report:#?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let first_ok = first.first_ok_unix_ms.expect("dated once answered");
+    assert!(spawned <= first_ok && first_ok <= unix_ms(), "{spawned} {first_ok}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let before_stop = unix_ms();
+    let (status, bytes) =
+        request(&client, "POST", &format!("http://{report_addr}/stop"), &[], braid_testapps::body::empty())
+            .await;
+    let after_stop = unix_ms();
+    assert_eq!(status, http::StatusCode::OK);
+    let stopped: Report = serde_json::from_slice(&bytes).unwrap();
+    assert!(!stopped.running && stopped.in_flight == 0, "final once stopped: {stopped:#?}");
+    assert_eq!(stopped.first_ok_unix_ms, Some(first_ok));
+    let last_ok = stopped.last_ok_unix_ms.expect("dated");
+    assert!(before_stop - 100 <= last_ok && last_ok <= after_stop, "{before_stop} {last_ok} {after_stop}");
+    assert!(stopped.total >= 30 && stopped.failed == 0, "{stopped:#?}");
+
+    // Stopped means stopped: nothing is sent any more, and the report stays served.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later: Report = serde_json::from_slice(&get(&client, &report_url, &[]).await.1).unwrap();
+    assert_eq!(later.total, stopped.total, "{later:#?}");
+    // A reset starts a period with no answer yet.
+    let (_, bytes) =
+        request(&client, "POST", &format!("http://{report_addr}/reset"), &[], braid_testapps::body::empty())
+            .await;
+    assert_eq!(serde_json::from_slice::<Report>(&bytes).unwrap().total, stopped.total);
+    let reset: Report = serde_json::from_slice(&get(&client, &report_url, &[]).await.1).unwrap();
+    assert_eq!((reset.total, reset.first_ok_unix_ms, reset.last_ok_unix_ms), (0, None, None), "{reset:#?}");
+
+    sigterm(&child);
+    let output =
+        tokio::task::spawn_blocking(move || wait_with_timeout(child, Duration::from_secs(15))).await.unwrap();
+    assert!(output.status.success(), "{output:?}");
+}

@@ -45,7 +45,8 @@ struct Cli {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
-    /// Serve the report on this address (GET /report, POST /reset) and run until SIGTERM.
+    /// Serve the report on this address (GET /report, POST /reset, POST /stop) and run until
+    /// SIGTERM.
     #[arg(long, env = "LOAD_SERVE")]
     serve: Option<SocketAddr>,
     #[command(flatten)]
@@ -75,13 +76,15 @@ async fn main() -> anyhow::Result<()> {
 
     let signal = CancellationToken::new();
     tokio::spawn(braid_runtime::cancel_on_signal(signal.clone()));
+    // Stops the sending: on SIGTERM, or on POST /stop, after which the report stays served.
+    let sending = signal.child_token();
     let stop_server = CancellationToken::new();
     let server = match cli.serve {
         Some(addr) => {
             let listener =
                 TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
             tracing::info!(addr = %listener.local_addr()?, "serving the report on /report");
-            let handler = load::report_handler(recorder.clone());
+            let handler = load::report_handler(recorder.clone(), sending.clone());
             Some(tokio::spawn(braid_testapps::serve::serve(
                 listener,
                 handler,
@@ -92,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     tracing::info!(url = %config.url, rate = config.rate, duration = ?config.duration, "sending");
-    load::run(config.clone(), recorder.clone(), signal.clone()).await;
+    load::run(config.clone(), recorder.clone(), sending).await;
     if let Some(server) = server {
         // The report stays readable until the pod is stopped.
         signal.cancelled().await;
