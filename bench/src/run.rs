@@ -137,7 +137,8 @@ pub fn established(filter: &str) -> Result<usize> {
 impl Bench {
     pub fn new(knobs: Knobs, root: PathBuf, tools: Tools, recorder: Recorder) -> Result<Bench> {
         let scratch = tempfile::Builder::new().prefix("braid-bench.").tempdir()?;
-        let keep = knobs.keep_work.is_some();
+        // Like the shell knobs it replaces: set and not empty.
+        let keep = knobs.keep_work.as_deref().is_some_and(|v| !v.is_empty());
         let (work, scratch) =
             if keep { (scratch.keep(), None) } else { (scratch.path().to_path_buf(), Some(scratch)) };
         // nginx workers run as nobody and read the origin's file.
