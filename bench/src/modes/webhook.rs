@@ -35,6 +35,7 @@ const CLIENTS: u32 = 50;
 struct Cleanup {
     webhook: Option<Child>,
     kubectl: PathBuf,
+    kubeconfig: PathBuf,
 }
 
 impl Drop for Cleanup {
@@ -45,6 +46,7 @@ impl Drop for Cleanup {
         }
         let _ = Command::new(&self.kubectl)
             .args(["delete", "namespace", "meshed", "--ignore-not-found", "--wait=false"])
+            .env("KUBECONFIG", &self.kubeconfig)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -80,7 +82,7 @@ pub fn run(root: &Path, oha: &Path, knobs: &WebhookKnobs) -> Result<()> {
     )?;
     let scratch = tempfile::Builder::new().prefix("braid-bench-webhook.").tempdir()?;
     let work = scratch.path();
-    let mut cleanup = Cleanup { webhook: None, kubectl: kubectl.clone() };
+    let mut cleanup = Cleanup { webhook: None, kubectl: kubectl.clone(), kubeconfig: kubeconfig.clone() };
     // The review names namespace "meshed": make it exist, labelled, so no request waits on the API.
     let manifest = kube(&["create", "namespace", "meshed", "--dry-run=client", "-o", "yaml"])?;
     let applied = work.join("namespace.yaml");
