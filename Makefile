@@ -6,6 +6,8 @@ SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 CLUSTER := bash e2e/cluster/cluster.sh
+# The proxy benchmark's driver (bench/src): `make bench`, `make pgo`, `make link-order`.
+BENCH = $(CARGO) run --release --locked -q -p braid-bench --
 # The Kubernetes release the local cluster runs and k8s-openapi's feature (Cargo.toml) targets.
 KUBERNETES_VERSION := v1.34.3
 
@@ -105,18 +107,18 @@ test: fmt-check lint helm-lint unit e2e ## Everything: format, lint, unit, integ
 
 .PHONY: bench
 bench: tools ## Benchmarks: webhook admission, the sidecar pair beside HAProxy/nginx/Envoy, discovery at 1,000 proxies; results in bench/results/
-	@bash bench/webhook.sh
-	@bash bench/proxy.sh
-	@bash bench/proxy.sh instructions
+	$(BENCH) webhook
+	$(BENCH) pairs
+	$(BENCH) instructions
 	@bash bench/discovery.sh
 
 .PHONY: pgo
 pgo: ## Rewrite proxy/pgo/braid-proxy.profdata.gz (the counts the proxy is built with) from an instrumented build carrying the benchmark pairs' load
-	@bash bench/proxy.sh pgo
+	$(BENCH) pgo
 
 .PHONY: link-order
 link-order: ## Rewrite proxy/link-order.txt (the proxy's code layout: what it runs first) from a callgrind run of the benchmark pairs
-	@bash bench/proxy.sh link-order
+	$(BENCH) link-order
 
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz

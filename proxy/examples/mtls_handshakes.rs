@@ -1,7 +1,7 @@
 //! The cost of a new connection between two proxies: full TLS 1.3 mutual handshakes with the
 //! proxy's own configurations (ECDSA P-256 workload certificates under an issuer, SPIFFE id
 //! verification), client and server on one thread over an in-memory pipe, so the figure is
-//! handshakes per second per core for both ends together. Used by bench/proxy.sh.
+//! handshakes per second per core for both ends together. Used by the proxy benchmark (bench/, braid-bench pairs).
 //!
 //!   cargo run --release -p braid-proxy --example mtls_handshakes [SECONDS]
 

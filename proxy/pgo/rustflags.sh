@@ -2,7 +2,7 @@
 # Prints the RUSTFLAGS that build braid-proxy (Cargo profile `proxy`) with profile-guided
 # optimisation: proxy/pgo/braid-proxy.profdata.gz holds the branch and call counts that
 # `make pgo` recorded while the benchmark's proxy pairs carried traffic, and LLVM lays out
-# branches, inlines and separates hot from cold code by them. Used by bench/proxy.sh and
+# branches, inlines and separates hot from cold code by them. Used by braid-bench (bench/) and
 # images/build.sh; a plain `cargo build --profile proxy` is the same proxy without them, slower.
 #
 # The profile is unpacked under the target directory (rewritten only when it changed, so cargo

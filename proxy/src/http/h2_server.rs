@@ -100,7 +100,7 @@ pub async fn serve(
     // On a one-thread runtime (a sidecar's default) the connection's task drives its streams
     // itself: a task per stream bought no parallelism there, and spawning one (a 128-byte-aligned
     // allocation, a scheduling round, a completion) cost the serving proxy about 2.5 % of each
-    // request's instructions (bench/proxy.sh instructions). With more threads, each stream gets a
+    // request's instructions (braid-bench instructions). With more threads, each stream gets a
     // task of its own, so that one client connection's streams can use every thread.
     let local = Handle::current().runtime_flavor() == RuntimeFlavor::CurrentThread;
     let mut streams = FuturesUnordered::new();

@@ -1,0 +1,177 @@
+//! The benchmark's knobs as people type them (`DURATION=3`, `PEERS="braid haproxy-mtls"`).
+
+use std::fmt;
+
+use crate::Error;
+
+/// A duration as oha and wrk take it: "15s", "2m"; a bare number is seconds.
+pub fn duration(text: &str, knob: &str) -> Result<String, Error> {
+    let text = text.trim();
+    let digits = text.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &text[digits.len()..];
+    let ok = !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && digits != "0"
+        && matches!(unit, "" | "s" | "m" | "h");
+    if !ok {
+        return Err(Error::parse(knob, format!("{text:?} is not a duration such as 15s, 2m or 15")));
+    }
+    Ok(if unit.is_empty() { format!("{digits}s") } else { text.to_string() })
+}
+
+/// Rates in requests per second, space-separated: "1000 4000".
+pub fn rates(text: &str) -> Result<Vec<u32>, Error> {
+    let rates: Vec<u32> =
+        text.split_whitespace()
+            .map(|r| {
+                r.parse::<u32>().ok().filter(|r| *r > 0).ok_or_else(|| {
+                    Error::parse("RATES", format!("{r:?} is not a rate in requests per second"))
+                })
+            })
+            .collect::<Result<_, _>>()?;
+    if rates.is_empty() {
+        return Err(Error::parse("RATES", "no rate given"));
+    }
+    Ok(rates)
+}
+
+/// The proxies a pair can be made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Braid,
+    /// braid-proxy of another build (--braid-baseline), measured beside this one.
+    BraidBaseline,
+    Haproxy,
+    Nginx,
+    Envoy,
+    /// HAProxy in TCP mode: two hops that parse nothing.
+    Floor,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Braid => "braid",
+            Kind::BraidBaseline => "braid-baseline",
+            Kind::Haproxy => "haproxy",
+            Kind::Nginx => "nginx",
+            Kind::Envoy => "envoy",
+            Kind::Floor => "floor",
+        }
+    }
+
+    pub fn is_braid(self) -> bool {
+        matches!(self, Kind::Braid | Kind::BraidBaseline)
+    }
+}
+
+/// A peer of the benchmark: a kind of proxy, with plaintext or mutual TLS between A and B.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub kind: Kind,
+    pub mtls: bool,
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind.name())?;
+        if self.mtls {
+            f.write_str("-mtls")?;
+        }
+        Ok(())
+    }
+}
+
+const PEER_HELP: &str = "braid haproxy nginx envoy, each also as PEER-mtls, or floor";
+
+impl Peer {
+    pub fn parse(text: &str) -> Result<Peer, Error> {
+        let (name, mtls) = match text.strip_suffix("-mtls") {
+            Some(name) => (name, true),
+            None => (text, false),
+        };
+        let kind = match name {
+            "braid" => Kind::Braid,
+            "braid-baseline" => Kind::BraidBaseline,
+            "haproxy" => Kind::Haproxy,
+            "nginx" => Kind::Nginx,
+            "envoy" => Kind::Envoy,
+            "floor" if !mtls => Kind::Floor,
+            _ => return Err(Error::parse("PEERS", format!("unknown peer {text:?} ({PEER_HELP})"))),
+        };
+        Ok(Peer { kind, mtls })
+    }
+
+    /// A space-separated list; with a baseline, braid-baseline follows braid and
+    /// braid-baseline-mtls follows braid-mtls, so that they are measured side by side.
+    pub fn list(text: &str, baseline: bool) -> Result<Vec<Peer>, Error> {
+        let mut peers = Vec::new();
+        for word in text.split_whitespace() {
+            let peer = Peer::parse(word)?;
+            if peer.kind == Kind::BraidBaseline && !baseline {
+                return Err(Error::parse("PEERS", format!("{word} needs --braid-baseline")));
+            }
+            if peers.contains(&peer) {
+                continue;
+            }
+            peers.push(peer);
+            if baseline && peer.kind == Kind::Braid {
+                let twin = Peer { kind: Kind::BraidBaseline, mtls: peer.mtls };
+                if !peers.contains(&twin) {
+                    peers.push(twin);
+                }
+            }
+        }
+        if peers.is_empty() {
+            return Err(Error::parse("PEERS", format!("no peer given ({PEER_HELP})")));
+        }
+        Ok(peers)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_as_oha_and_wrk_take_them() {
+        assert_eq!(duration("3", "DURATION").expect("ok"), "3s");
+        assert_eq!(duration("15s", "DURATION").expect("ok"), "15s");
+        assert_eq!(duration("2m", "DURATION").expect("ok"), "2m");
+        for bad in ["", "s", "0", "1.5s", "3 s", "-3", "10ms", "fast"] {
+            let error = duration(bad, "WARMUP").expect_err(bad);
+            assert!(error.to_string().starts_with("WARMUP: "), "{error}");
+        }
+    }
+
+    #[test]
+    fn rates_are_positive_counts() {
+        assert_eq!(rates(" 1000  4000 ").expect("ok"), [1000, 4000]);
+        assert!(rates("").is_err());
+        assert!(rates("1000 fast").expect_err("bad").to_string().contains("\"fast\""));
+        assert!(rates("0").is_err());
+    }
+
+    #[test]
+    fn peers_parse_and_the_baseline_follows_braid() {
+        let peers = Peer::list("braid braid-mtls haproxy floor", true).expect("ok");
+        let names: Vec<String> = peers.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            names,
+            ["braid", "braid-baseline", "braid-mtls", "braid-baseline-mtls", "haproxy", "floor"]
+        );
+        let names: Vec<String> =
+            Peer::list("envoy-mtls envoy-mtls", false).expect("ok").iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["envoy-mtls"]);
+        let error = Peer::list("braid linkerd", false).expect_err("unknown");
+        assert!(error.to_string().contains("unknown peer \"linkerd\""), "{error}");
+        assert!(Peer::list("floor-mtls", false).is_err());
+        assert!(
+            Peer::list("braid-baseline", false)
+                .expect_err("no baseline")
+                .to_string()
+                .contains("--braid-baseline")
+        );
+        assert!(Peer::list("  ", false).is_err());
+    }
+}
