@@ -548,7 +548,7 @@ async fn the_rendered_chart_passes_a_server_side_dry_run_and_the_crds_apply_as_i
         "--identity-addr=0.0.0.0:8080",
         "--identity-service=braid-identity",
         "--identity-owner-service=braid-identity",
-        "--identity-propagation=60s",
+        "--identity-propagation=2m",
     ] {
         assert!(operator_args.iter().any(|a| a == expected), "{expected} not in {operator_args:?}");
     }
