@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::identity::{Authority, IdentityFiles, IdentityServer};
 use support::*;
@@ -44,18 +43,7 @@ impl App {
             delay,
         });
         let server = app.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| server.clone().handle(request));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        serve_http(listener, move |request| server.clone().handle(request));
         app
     }
 

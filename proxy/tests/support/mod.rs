@@ -55,18 +55,7 @@ impl Upstream {
             last_version: Mutex::new(None),
         });
         let server = upstream.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |request| server.clone().handle(request));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        serve_http(listener, move |request| server.clone().handle(request));
         upstream
     }
 
@@ -243,4 +232,23 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on `listener`, each request answered by `handle`, until the test ends.
+pub fn serve_http<F, Fut>(listener: tokio::net::TcpListener, handle: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service_fn(handle))
+                    .await;
+            });
+        }
+    });
 }
