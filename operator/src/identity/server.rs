@@ -15,7 +15,7 @@ use std::{
 };
 
 use axum::{
-    Router,
+    Extension, Router,
     body::Bytes,
     extract::{DefaultBodyLimit, State, rejection::BytesRejection},
     http::{HeaderValue, StatusCode, header},
@@ -62,6 +62,9 @@ pub const RATE_BURST: u32 = 10;
 /// requests are answered `busy` with Retry-After, so the endpoint cannot be turned against the
 /// API server.
 pub const MAX_VERIFYING: usize = 32;
+/// Of those, at most this many from one source address: a single client (or a node's host-network
+/// pods behind one address) cannot take every slot from the rest of the mesh.
+pub const MAX_VERIFYING_PER_SOURCE: usize = 4;
 /// A token the API server refused is refused again from memory for this long, without asking.
 pub const REFUSAL_MEMORY: Duration = Duration::from_secs(10);
 const REMEMBERED_REFUSALS: usize = 4096;
@@ -79,6 +82,8 @@ pub struct IdentityState {
     limiter: RateLimiter,
     metrics: Arc<IdentityMetrics>,
     verifying: tokio::sync::Semaphore,
+    /// Token checks in flight per source address (entries leave at 0).
+    verifying_by_source: std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>,
     /// Refusals by a keyed hash of the token, and when they were made.
     refused: std::sync::Mutex<std::collections::HashMap<u64, (Refusal, Instant)>>,
     token_hasher: std::collections::hash_map::RandomState,
@@ -96,6 +101,7 @@ impl IdentityState {
             limiter,
             metrics,
             verifying: tokio::sync::Semaphore::new(MAX_VERIFYING),
+            verifying_by_source: Default::default(),
             refused: Default::default(),
             token_hasher: Default::default(),
         }
@@ -121,6 +127,17 @@ impl IdentityState {
         }
     }
 
+    /// A slot for one token check from `source`, or None when it has MAX_VERIFYING_PER_SOURCE.
+    fn source_slot(&self, source: IpAddr) -> Option<SourceSlot<'_>> {
+        let mut counts = self.verifying_by_source.lock().unwrap_or_else(|p| p.into_inner());
+        let count = counts.entry(source).or_default();
+        if *count >= MAX_VERIFYING_PER_SOURCE {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot { state: self, source })
+    }
+
     pub fn authority(&self) -> Option<Arc<Authority>> {
         self.authority.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
     }
@@ -129,6 +146,28 @@ impl IdentityState {
         *self.authority.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(authority);
     }
 }
+
+/// Held while a token check from `source` runs.
+struct SourceSlot<'a> {
+    state: &'a IdentityState,
+    source: IpAddr,
+}
+
+impl Drop for SourceSlot<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.state.verifying_by_source.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = counts.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// The client's address, added to each request by the accept loop (`serve_tls`).
+#[derive(Debug, Clone, Copy)]
+pub struct Source(pub IpAddr);
 
 pub fn router(state: Arc<IdentityState>) -> Router {
     Router::new()
@@ -165,6 +204,8 @@ pub enum Refusal {
     RateLimited(Duration),
     /// Too many token checks in flight; retry in a second.
     Busy,
+    /// Too many token checks in flight from this client's address.
+    SourceBusy(IpAddr),
     Unavailable(String),
 }
 
@@ -191,7 +232,7 @@ impl Refusal {
             Refusal::IdentityMismatch(_) => "identity-mismatch",
             Refusal::TooLarge => "request-too-large",
             Refusal::RateLimited(_) => "rate-limited",
-            Refusal::Busy => "busy",
+            Refusal::Busy | Refusal::SourceBusy(_) => "busy",
             Refusal::Unavailable(_) => "unavailable",
         }
     }
@@ -203,7 +244,9 @@ impl Refusal {
             Refusal::IdentityGone(_) | Refusal::IdentityMismatch(_) => StatusCode::FORBIDDEN,
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::Busy | Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::Busy | Refusal::SourceBusy(_) | Refusal::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -221,6 +264,9 @@ impl Refusal {
                 retry_secs(*wait)
             ),
             Refusal::Busy => format!("{MAX_VERIFYING} requests are being checked already; retry in 1 s"),
+            Refusal::SourceBusy(source) => format!(
+                "{MAX_VERIFYING_PER_SOURCE} requests from {source} are being checked already; retry in 1 s"
+            ),
         }
     }
 }
@@ -231,7 +277,7 @@ impl IntoResponse for Refusal {
         let mut response = json_response(self.status(), &body);
         let retry = match self {
             Refusal::RateLimited(wait) => Some(retry_secs(wait)),
-            Refusal::Busy => Some(1),
+            Refusal::Busy | Refusal::SourceBusy(_) => Some(1),
             _ => None,
         };
         if let Some(Ok(value)) = retry.map(|secs| HeaderValue::from_str(&secs.to_string())) {
@@ -256,9 +302,13 @@ fn retry_secs(wait: Duration) -> u64 {
     (wait.as_secs_f64().ceil() as u64).max(1)
 }
 
-async fn certify(State(state): State<Arc<IdentityState>>, body: Result<Bytes, BytesRejection>) -> Response {
+async fn certify(
+    State(state): State<Arc<IdentityState>>,
+    source: Option<Extension<Source>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let started = Instant::now();
-    let outcome = answer(&state, body).await;
+    let outcome = answer(&state, source.map(|Extension(Source(ip))| ip), body).await;
     state.metrics.certify_duration.observe(started.elapsed().as_secs_f64());
     match outcome {
         Ok((workload, answer)) => {
@@ -289,6 +339,7 @@ async fn certify(State(state): State<Arc<IdentityState>>, body: Result<Bytes, By
 /// the identity, and the rate limit, which counts only requests that would be issued.
 async fn answer(
     state: &IdentityState,
+    source: Option<IpAddr>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(Workload, CertifyResponse), Refusal> {
     let body = body.map_err(|rejection| match rejection.status() {
@@ -314,6 +365,7 @@ async fn answer(
         return Err(refusal);
     }
     let workload = {
+        let _source = source.map(|ip| state.source_slot(ip).ok_or(Refusal::SourceBusy(ip))).transpose()?;
         let _permit = state.verifying.try_acquire().map_err(|_| Refusal::Busy)?;
         state.verifier.verify(token).await.map_err(|err| match err {
             AuthError::Unauthenticated(m) => Refusal::Unauthenticated(m),
@@ -558,7 +610,9 @@ pub async fn serve_tls(
         drain_timeout: DRAIN_TIMEOUT,
         ..Settings::new("identity endpoint", Protocol::Http1)
     };
-    let service = move |_: &serve::Connection<'_>| Some(TowerToHyperService::new(router.clone()));
+    let service = move |connection: &serve::Connection<'_>| {
+        Some(TowerToHyperService::new(router.clone().layer(Extension(Source(connection.peer.ip())))))
+    };
     serve::serve(listener, Some(Arc::new(tls)), service, settings, shutdown).await;
 }
 
@@ -649,11 +703,24 @@ mod tests {
         state: &Arc<IdentityState>,
         body: Vec<u8>,
     ) -> (StatusCode, serde_json::Value, Option<String>) {
+        post_from(state, body, None).await
+    }
+
+    /// As the accept loop passes it: with the client's address.
+    async fn post_from(
+        state: &Arc<IdentityState>,
+        body: Vec<u8>,
+        source: Option<IpAddr>,
+    ) -> (StatusCode, serde_json::Value, Option<String>) {
         let request = axum::http::Request::post("/v1/certify")
             .header("content-type", "application/json")
             .body(Body::from(body))
             .unwrap();
-        let response = router(state.clone()).oneshot(request).await.unwrap();
+        let mut router = router(state.clone());
+        if let Some(ip) = source {
+            router = router.layer(Extension(Source(ip)));
+        }
+        let response = router.oneshot(request).await.unwrap();
         let status = response.status();
         let retry = response.headers().get(header::RETRY_AFTER).map(|v| v.to_str().unwrap().to_owned());
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
@@ -777,6 +844,39 @@ mod tests {
         }
         assert_eq!(busy, 4, "only the checks over {MAX_VERIFYING} wait");
         assert_eq!(slow.calls.load(std::sync::atomic::Ordering::SeqCst), MAX_VERIFYING);
+    }
+
+    #[tokio::test]
+    async fn one_source_cannot_take_every_token_check() {
+        let slow = Arc::new(Slow { calls: Default::default(), delay: Duration::from_millis(500) });
+        let (state, _) = state_with(true, slow.clone());
+        let noisy: IpAddr = "10.0.0.7".parse().unwrap();
+        let send = |i: usize, source: IpAddr| {
+            let state = state.clone();
+            let body = certify_body(&format!("good:shop:web:pod-{i}"), &csr(WEB));
+            tokio::spawn(async move { post_from(&state, body, Some(source)).await })
+        };
+        let from_noisy: Vec<_> = (0..MAX_VERIFYING_PER_SOURCE + 3).map(|i| send(i, noisy)).collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let other = send(100, "10.0.0.8".parse().unwrap());
+        let mut busy = 0;
+        for request in from_noisy {
+            let (status, answer, retry) = request.await.unwrap();
+            if answer["error"] == "busy" {
+                assert_eq!((status, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("1")));
+                assert!(answer["message"].as_str().unwrap().contains("from 10.0.0.7"), "{answer}");
+                busy += 1;
+            } else {
+                assert_eq!(status, StatusCode::OK, "{answer}");
+            }
+        }
+        assert_eq!(busy, 3, "only the checks over {MAX_VERIFYING_PER_SOURCE} from one address wait");
+        let (status, answer, _) = other.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "another address is unaffected: {answer}");
+        // The slots are given back: the address may send again, and nothing is left behind.
+        let (status, answer, _) = send(200, noisy).await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        assert!(state.verifying_by_source.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
