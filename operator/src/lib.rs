@@ -33,11 +33,28 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every value of `metric_label`, so the failure series exist at 0 before the first failure:
+    /// an alert on `increase(...) > 0` and a test of "none failed" then read a sample, not nothing.
+    pub const METRIC_LABELS: [&'static str; 3] = ["kube", "crd_missing", "missing_namespace"];
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(_) => "kube",
             Error::CrdMissing => "crd_missing",
             Error::MissingNamespace => "missing_namespace",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn every_failure_label_is_listed() {
+        let kube = Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded);
+        for error in [kube, Error::CrdMissing, Error::MissingNamespace] {
+            assert!(Error::METRIC_LABELS.contains(&error.metric_label()), "{error:?}");
         }
     }
 }

@@ -66,6 +66,13 @@ impl Metrics {
         self.duration.get_or_create(&labels).observe(took.as_secs_f64());
     }
 
+    /// Exposes `controller`'s failure series for each of `errors` at 0.
+    pub fn expose_failures(&self, controller: &'static str, errors: &[&'static str]) {
+        for &error in errors {
+            drop(self.failures.get_or_create(&ErrorLabels { controller, error }));
+        }
+    }
+
     pub fn failed(&self, controller: &'static str, error: &'static str) {
         self.failures.get_or_create(&ErrorLabels { controller, error }).inc();
     }

@@ -95,6 +95,7 @@ pub async fn run(
             }
         })
         .touched_objects();
+    ctx.metrics.expose_failures(CONTROLLER, &Error::METRIC_LABELS);
     let controller = Controller::for_stream(routes_stream, store.clone());
     let acks = match &ctx.discovery {
         Some(discovery) => ack_triggers(discovery.clone(), store.clone()),
