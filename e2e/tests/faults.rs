@@ -27,11 +27,13 @@ use kube::Client;
 use serde_json::Value;
 
 /// Short certificate lifetimes, so that a trust-anchor rotation (at two thirds of 8 min, then the
-/// chart's default 2 min for the new root to reach every pod, then one workload lifetime before the
-/// old root leaves) falls inside the suite and issuers rotate every 80 s throughout.
+/// chart's default 2 min for the new root to reach every pod before it signs, then one workload
+/// lifetime before the old root leaves) falls inside the suite. The issuer lives 6 min: the last
+/// third of its life (when it is renewed) must be longer than those 2 min, or it could expire
+/// while a new root is still on its way to the pods.
 const LIFETIMES: [&str; 3] = [
     "mesh.spec.identity.trustAnchorLifetime=8m",
-    "mesh.spec.identity.issuerLifetime=2m",
+    "mesh.spec.identity.issuerLifetime=6m",
     "mesh.spec.identity.workloadLifetime=1m",
 ];
 /// Replicas of each echo version: 20 meshed servers.
@@ -223,8 +225,9 @@ spec:
         figures
     }
 
-    /// SIGKILL to the leading operator while echo v1's ten pods are replaced one by one: new pods
-    /// start under a control plane that is failing over, and none lets a probe in.
+    /// SIGKILL to the leading operator, and its pod deleted, while echo v1's ten pods are replaced
+    /// one by one: new pods start under a control plane that is failing over (the standby takes
+    /// the lease once it expires), and none lets a probe in.
     async fn the_leader_killed(&self) -> Figures {
         let (cluster, ns) = (self.cluster, self.ns());
         let failover = async {
@@ -232,14 +235,23 @@ spec:
             cluster.kubectl_ok(&["rollout", "restart", "-n", ns, "deployment/echo-v1"]);
             tokio::time::sleep(Duration::from_secs(2)).await;
             let killed = kill_container_process(&leader, "braid-operator");
-            eprintln!("leader-killed: SIGKILL to {leader} (pid {killed}), echo-v1 rolling");
-            // A renewal the killed process sent just before it died lands within a second.
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let frozen = lease(cluster)["spec"]["renewTime"].clone();
+            // Its pod goes too, so the kubelet cannot restart it under the same name and take the
+            // lease back: the standby must notice the silence and take over.
+            cluster.kubectl_ok(&[
+                "delete",
+                "pod",
+                "-n",
+                "braid-system",
+                &leader,
+                "--grace-period=0",
+                "--force",
+            ]);
+            eprintln!("leader-killed: SIGKILL to {leader} (pid {killed}), its pod deleted, echo-v1 rolling");
             let started = Instant::now();
-            let next = eventually(Duration::from_secs(90), "a live operator to renew the lease", || async {
+            let next = eventually(Duration::from_secs(90), "another operator to take the lease", || async {
                 let lease = lease(cluster);
-                (lease["spec"]["renewTime"] != frozen).then(|| lease["spec"]["holderIdentity"].clone())
+                let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default().to_owned();
+                (!holder.is_empty() && holder != leader).then_some(holder)
             })
             .await;
             eprintln!("leader-killed: {next} leads, {:?} after the kill", started.elapsed());
@@ -293,6 +305,7 @@ spec:
                 tokio::time::sleep(Duration::from_secs(2)).await;
             };
             eprintln!("trust-anchor: rotated; {} issuers seen during it", issuers.len());
+            // The old root's issuer, then the new root's: the rotation moved the issuer too.
             assert!(issuers.len() >= 2, "an issuer rotation during the trust-anchor rotation: {issuers:?}");
             // Each pod renews within one workload lifetime of the new issuer, which is when the old
             // root left; a pod that has not is caught here.
