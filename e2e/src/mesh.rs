@@ -169,6 +169,22 @@ spec:
     )
 }
 
+/// MeshPolicy `echo`: the echo pods take mTLS only (STRICT), from the `client` ServiceAccount only.
+pub fn strict_policy(ns: &str) -> String {
+    format!(
+        r#"
+apiVersion: braid.dev/v1alpha1
+kind: MeshPolicy
+metadata: {{ name: echo, namespace: {ns} }}
+spec:
+  podSelector: {{ app: echo }}
+  mtls: STRICT
+  rules:
+    - from: [{{ serviceAccount: {{ name: client }} }}]
+"#
+    )
+}
+
 /// MeshRoute `echo` for Service echo with `rules` (YAML list items, indented by four).
 pub fn route(ns: &str, rules: &str) -> String {
     format!(

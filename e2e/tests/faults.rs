@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use braid_e2e::mesh::{
     LoadRun, LoadSpec, Release, Sidecar, Window, apply, assert_overlaps, check_prerequisites, count, install,
-    programmed, split, url, workloads,
+    programmed, split, strict_policy, url, workloads,
 };
 use braid_e2e::{Cluster, TestNamespace, eventually, setup};
 use kube::Client;
@@ -68,21 +68,7 @@ impl Faults {
         let ns = apps.name.as_str();
         cluster.kubectl_ok(&["label", "namespace", ns, "braid.dev/inject=enabled"]);
         apply(cluster, &workloads(ns, REPLICAS));
-        apply(
-            cluster,
-            &format!(
-                r#"
-apiVersion: braid.dev/v1alpha1
-kind: MeshPolicy
-metadata: {{ name: echo, namespace: {ns} }}
-spec:
-  podSelector: {{ app: echo }}
-  mtls: STRICT
-  rules:
-    - from: [{{ serviceAccount: {{ name: client }} }}]
-"#
-            ),
-        );
+        apply(cluster, &strict_policy(ns));
         apply(
             cluster,
             &split(ns, 50, 50, "      retries: { attempts: 3, retryOn: [\"connect-failure\"] }\n"),

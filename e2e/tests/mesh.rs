@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use braid_e2e::mesh::{
     LoadRun, LoadSpec, Release, Sidecar, Window, addr, apply, assert_overlaps, by_version,
-    check_prerequisites, count, inbound_from_client, install, load, programmed, route, split, url, workloads,
+    check_prerequisites, count, inbound_from_client, install, load, programmed, route, split, strict_policy,
+    url, workloads,
 };
 use braid_e2e::{Cluster, TestNamespace, eventually, setup};
 use k8s_openapi::api::core::v1::Pod;
@@ -240,21 +241,7 @@ impl Mesh {
     /// refused under STRICT, and a MeshPolicy admits the client identity but not the intruder.
     async fn strict_mtls_admits_the_client_identity_and_denies_the_intruder(&self) {
         let (cluster, ns) = (self.cluster, self.ns());
-        apply(
-            cluster,
-            &format!(
-                r#"
-apiVersion: braid.dev/v1alpha1
-kind: MeshPolicy
-metadata: {{ name: echo, namespace: {ns} }}
-spec:
-  podSelector: {{ app: echo }}
-  mtls: STRICT
-  rules:
-    - from: [{{ serviceAccount: {{ name: client }} }}]
-"#
-            ),
-        );
+        apply(cluster, &strict_policy(ns));
         self.the_policy_reports_the_pods_it_selects(4).await;
         let pod = self
             .pods()
