@@ -2,8 +2,8 @@
 //! identity token, the trust anchors and the xtables lock directory.
 
 use braid_api::contract::{
-    ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT, PROXY_CONTAINER, PROXY_UID, TOKEN_AUDIENCE, TOKEN_FILE,
-    TOKEN_MOUNT, TRUST_BUNDLE_KEY, TRUST_CONFIG_MAP, TRUST_MOUNT, env,
+    ADMIN_PORT, INBOUND_PORT, LIVE_PATH, OUTBOUND_PORT, PROXY_CONTAINER, PROXY_UID, READY_PATH,
+    TOKEN_AUDIENCE, TOKEN_FILE, TOKEN_MOUNT, TRUST_BUNDLE_KEY, TRUST_CONFIG_MAP, TRUST_MOUNT, env,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
@@ -133,9 +133,9 @@ pub(super) fn proxy_container(settings: &PodSettings, config: &InjectConfig) -> 
         env: Some(env),
         ports: Some(vec![port("braid-inbound", INBOUND_PORT), port("braid-admin", ADMIN_PORT)]),
         // Polled every second for up to two minutes: the app containers wait for it.
-        startup_probe: Some(admin_get("/ready", 1, 120)),
-        readiness_probe: Some(admin_get("/ready", 10, 3)),
-        liveness_probe: Some(admin_get("/live", 10, 3)),
+        startup_probe: Some(admin_get(READY_PATH, 1, 120)),
+        readiness_probe: Some(admin_get(READY_PATH, 10, 3)),
+        liveness_probe: Some(admin_get(LIVE_PATH, 10, 3)),
         resources: Some(settings.resources.clone()),
         security_context: Some(SecurityContext {
             run_as_user: Some(PROXY_UID.into()),
