@@ -38,6 +38,9 @@ pub const INBOUND_PORT: u16 = 4143;
 pub const OUTBOUND_PORT: u16 = 4140;
 /// /live, /ready, /metrics; never redirected, so the kubelet's probes reach it.
 pub const ADMIN_PORT: u16 = 4191;
+/// The proxy's readiness and liveness on the admin port, which the webhook's probes ask.
+pub const READY_PATH: &str = "/ready";
+pub const LIVE_PATH: &str = "/live";
 
 /// The projected ServiceAccount token the proxy trades for its workload certificate: mounted
 /// at `TOKEN_MOUNT/TOKEN_FILE`, for an audience only the operator's identity endpoint accepts.

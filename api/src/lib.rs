@@ -4,8 +4,10 @@
 //! - [`config`]: the proxy's configuration model and its validation.
 //! - [`discovery`]: the discovery stream's messages, which carry that model.
 //! - [`identity`]: SPIFFE ids, as issued, proven and named in policies.
+//! - [`certify`]: the identity endpoint's request and answers, which carry them.
 //! - [`contract`]: the pod contract: env names, mount paths, ports, annotation and ConfigMap names.
 
+pub mod certify;
 pub mod config;
 pub mod contract;
 pub mod discovery;

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use braid_api::contract::{LIVE_PATH, READY_PATH};
 use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -61,8 +62,8 @@ async fn handle(
         return Ok(text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".to_owned()));
     }
     let response = match request.uri().path() {
-        "/live" => text(StatusCode::OK, "live\n".to_owned()),
-        "/ready" => {
+        LIVE_PATH => text(StatusCode::OK, "live\n".to_owned()),
+        READY_PATH => {
             let has_certificate =
                 admin.state.identity.as_ref().is_none_or(|identity| identity.current().is_some());
             let has_policy = admin.state.discovery.as_ref().is_none_or(|discovery| discovery.has_inbound_policy());

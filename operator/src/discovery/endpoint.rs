@@ -11,7 +11,8 @@ use kube::{
 };
 use serde_json::json;
 
-const FIELD_MANAGER: &str = "braid-operator-discovery";
+use super::FIELD_MANAGER;
+
 pub const MANAGED_BY: &str = "braid-operator";
 
 #[derive(Debug, thiserror::Error)]

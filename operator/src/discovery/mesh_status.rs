@@ -11,9 +11,8 @@ use kube::{
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{registry::Summary, stream::Discovery};
+use super::{FIELD_MANAGER, registry::Summary, stream::Discovery};
 
-const FIELD_MANAGER: &str = "braid-operator-discovery";
 const PERIOD: Duration = Duration::from_secs(2);
 
 pub fn proxies_status(summary: &Summary) -> ProxiesStatus {

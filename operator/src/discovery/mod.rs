@@ -11,3 +11,7 @@ pub mod server;
 pub mod stream;
 pub mod translate;
 pub mod watch;
+
+/// The field manager of every write discovery makes (its EndpointSlice, the MeshPolicy and Mesh
+/// status conditions it owns), so server-side apply keeps its fields apart from the controllers'.
+const FIELD_MANAGER: &str = "braid-operator-discovery";

@@ -14,10 +14,9 @@ use kube::{
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::{index::Key, stream::Discovery};
+use super::{FIELD_MANAGER, index::Key, stream::Discovery};
 use crate::conditions::{self, Observed, Status};
 
-const FIELD_MANAGER: &str = "braid-operator-discovery";
 /// Changes that come together (a rollout's pods) make one write per policy.
 const SETTLE: Duration = Duration::from_secs(1);
 

@@ -22,6 +22,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
+use braid_api::certify::{CertifyRefusal, CertifyRequest, CertifyResponse, PATH as CERTIFY_PATH};
 use braid_crds::{Mesh, duration::parse_duration, mesh::IdentitySettings};
 use braid_runtime::serve::{self, Protocol, Settings};
 use futures::{FutureExt as _, StreamExt, stream::BoxStream};
@@ -38,7 +39,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -171,25 +172,9 @@ pub struct Source(pub IpAddr);
 
 pub fn router(state: Arc<IdentityState>) -> Router {
     Router::new()
-        .route("/v1/certify", post(certify))
+        .route(CERTIFY_PATH, post(certify))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
-}
-
-#[derive(Debug, Deserialize)]
-struct CertifyRequest {
-    token: String,
-    csr: String,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-struct CertifyResponse {
-    identity: String,
-    certificate: String,
-    chain: String,
-    trust_bundle: String,
-    not_after: String,
 }
 
 /// Why a request is refused: the table of docs/identity.md.
@@ -273,7 +258,7 @@ impl Refusal {
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": self.code(), "message": self.message()});
+        let body = CertifyRefusal { error: self.code().to_owned(), message: self.message() };
         let mut response = json_response(self.status(), &body);
         let retry = match self {
             Refusal::RateLimited(wait) => Some(retry_secs(wait)),

@@ -7,13 +7,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use braid_api::certify::{CertifyRefusal, CertifyRequest, CertifyResponse, PATH as CERTIFY_PATH};
 use braid_api::config::IdentityConfig;
 use braid_api::identity::spiffe_id_of;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -71,23 +71,6 @@ impl WorkloadKey {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Certified {
-    identity: String,
-    certificate: String,
-    #[serde(default)]
-    chain: String,
-    #[serde(default)]
-    trust_bundle: String,
-}
-
-#[derive(Deserialize)]
-struct Refusal {
-    error: String,
-    message: String,
-}
-
 /// One round trip to the identity endpoint: the credentials for `key`.
 pub async fn certify(
     config: &IdentityConfig,
@@ -105,7 +88,9 @@ pub async fn certify(
         String::from_utf8_lossy(&read("the ServiceAccount token", &config.token_file)?).trim().to_owned();
     let bundle = read("the trust bundle", &config.trust_bundle_file)?;
     let roots = tls::roots_from_pem(&bundle)?;
-    let body = serde_json::json!({ "token": token, "csr": key.csr_pem(&config.identity)? }).to_string();
+    let request = CertifyRequest { token, csr: key.csr_pem(&config.identity)? };
+    // Two strings: serializing them cannot fail.
+    let body = serde_json::to_string(&request).unwrap_or_default();
     let (status, retry_after, answer) = tokio::time::timeout(REQUEST_TIMEOUT, post(config, roots, body))
         .await
         .map_err(|_| IdentityError::Unreachable {
@@ -113,7 +98,7 @@ pub async fn certify(
             reason: format!("no answer within {REQUEST_TIMEOUT:?}"),
         })??;
     if status != StatusCode::OK {
-        let refusal: Refusal = serde_json::from_slice(&answer).unwrap_or(Refusal {
+        let refusal: CertifyRefusal = serde_json::from_slice(&answer).unwrap_or(CertifyRefusal {
             error: "unknown".into(),
             message: String::from_utf8_lossy(&answer).chars().take(300).collect(),
         });
@@ -124,7 +109,7 @@ pub async fn certify(
             retry_after,
         });
     }
-    let certified: Certified = serde_json::from_slice(&answer)
+    let certified: CertifyResponse = serde_json::from_slice(&answer)
         .map_err(|e| IdentityError::BadAnswer(format!("not the expected JSON: {e}")))?;
     if certified.identity != config.identity {
         return Err(IdentityError::BadAnswer(format!(
@@ -191,7 +176,7 @@ async fn post(
         .await
         .map_err(|e| unreachable(e.to_string()))?;
     tokio::spawn(connection);
-    let request = Request::post("/v1/certify")
+    let request = Request::post(CERTIFY_PATH)
         .header(http::header::HOST, config.endpoint.as_str())
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))

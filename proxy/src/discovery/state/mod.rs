@@ -5,23 +5,32 @@
 //! Every change builds a whole new `Config` (the file, plus the discovered services, plus the
 //! discovered inbound policy), checks and compiles it like a file, and swaps the table; requests
 //! in flight keep the table they started with. A change that fails is nacked and changes nothing.
+//!
+//! Here: [`Discovery`] and the messages it handles; `compose` (the file and the discovered
+//! services and policy made into one checked `Config`), `settled` (the lock-free set of
+//! destinations that no longer wait) and `status` (what /config shows).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+mod compose;
+mod settled;
+mod status;
+
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 
-use arc_swap::ArcSwap;
-use braid_api::config::{Config, DefaultInboundPolicy, DiscoveryConfig, PolicyConfig, ServiceConfig};
+use braid_api::config::{Config, DiscoveryConfig, PolicyConfig, ServiceConfig};
 use braid_api::discovery::{
     Ack, ControlMessage, DestinationUpdate, InboundUpdate, Nack, ProxyMessage, Resource,
 };
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::metrics::{DiscoveryUpdateLabels, Metrics, ReloadResult};
 use crate::table::LiveTable;
+use compose::{check_service, compose, rebuild, with_own_address};
+use settled::Settled;
+pub use status::{DestinationStatus, SnapshotStatus, Status};
 
 /// The discovery state of one proxy, shared by the client task, the connections that wait for a
 /// destination, the file watcher and the admin server.
@@ -36,40 +45,6 @@ pub struct Discovery {
     /// sends them on the open stream, and drops them when it reconnects (it resubscribes all).
     outbox: mpsc::UnboundedSender<ProxyMessage>,
     outbox_receiver: Mutex<Option<mpsc::UnboundedReceiver<ProxyMessage>>>,
-}
-
-/// The destinations that no longer wait: a set read without a lock, plus the few settled since
-/// it was last rebuilt, under a lock. The set is rebuilt when the recent ones reach an eighth of
-/// it, so settling n destinations copies O(n) addresses in all (copying the whole set on each,
-/// as before, was O(n²) for a proxy that calls thousands of addresses).
-#[derive(Default)]
-struct Settled {
-    frozen: ArcSwap<HashSet<SocketAddr>>,
-    recent: Mutex<HashSet<SocketAddr>>,
-}
-
-impl Settled {
-    fn contains(&self, addr: &SocketAddr) -> bool {
-        self.frozen.load().contains(addr) || self.lock_recent().contains(addr)
-    }
-
-    fn insert(&self, addr: SocketAddr) {
-        let mut recent = self.lock_recent();
-        if self.frozen.load().contains(&addr) || !recent.insert(addr) {
-            return;
-        }
-        let frozen = self.frozen.load_full();
-        if recent.len() >= frozen.len() / 8 + 16 {
-            let mut merged = HashSet::with_capacity(frozen.len() + recent.len());
-            merged.extend(frozen.iter().copied());
-            merged.extend(recent.drain());
-            self.frozen.store(std::sync::Arc::new(merged));
-        }
-    }
-
-    fn lock_recent(&self) -> MutexGuard<'_, HashSet<SocketAddr>> {
-        self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
 }
 
 struct State {
@@ -114,60 +89,6 @@ struct Destination {
 struct Waiting {
     answered: watch::Sender<bool>,
     deadline: Instant,
-}
-
-/// What /config shows.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Status {
-    pub endpoint: String,
-    pub server_name: String,
-    pub connected: bool,
-    pub last_error: Option<String>,
-    pub inbound: SnapshotStatus,
-    pub destinations: Vec<DestinationStatus>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SnapshotStatus {
-    /// The version running now.
-    pub version: Option<u64>,
-    /// The newest version received, and whether it was acked (applied) or nacked.
-    pub last_version: Option<u64>,
-    pub acked: bool,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DestinationStatus {
-    pub destination: String,
-    /// `service` (routed by the mesh), `passthrough` (not a mesh Service), `pending` (no answer
-    /// yet), `timed-out` (no answer within initialTimeout: forwarded unchanged until it comes),
-    /// `refused`, `shadowed` (the file's service wins).
-    pub state: &'static str,
-    pub service: Option<String>,
-    #[serde(flatten)]
-    pub snapshot: SnapshotStatus,
-}
-
-impl<T> Snapshot<T> {
-    fn status(&self) -> SnapshotStatus {
-        SnapshotStatus {
-            version: self.applied.as_ref().map(|(version, _)| *version),
-            last_version: self.last.as_ref().map(|(version, _)| *version),
-            acked: self.last.as_ref().is_some_and(|(_, error)| error.is_none()),
-            error: self.refused.clone().or_else(|| self.last.as_ref().and_then(|(_, error)| error.clone())),
-        }
-    }
-}
-
-/// A discovered service that cannot join the table because another one holds its name, one of
-/// its hosts or addresses.
-struct Shadowed {
-    destination: String,
-    reason: String,
 }
 
 impl Discovery {
@@ -460,171 +381,17 @@ impl Discovery {
         }
         Ok(())
     }
-
-    pub fn status(&self) -> Status {
-        let state = self.lock();
-        Status {
-            endpoint: self.config.endpoint.clone(),
-            server_name: self.config.server_name().to_owned(),
-            connected: state.connected,
-            last_error: state.last_error.clone(),
-            inbound: state.inbound.status(),
-            destinations: state
-                .destinations
-                .iter()
-                .map(|(name, destination)| {
-                    let service = destination.snapshot.applied.as_ref().and_then(|(_, s)| s.as_ref());
-                    let state = if destination.waiting.is_some() {
-                        "pending"
-                    } else if destination.shadowed.is_some() {
-                        "shadowed"
-                    } else if service.is_some() {
-                        "service"
-                    } else if destination.snapshot.refused.is_some() {
-                        "refused"
-                    } else if destination.timed_out {
-                        "timed-out"
-                    } else {
-                        "passthrough"
-                    };
-                    let mut snapshot = destination.snapshot.status();
-                    if let Some(reason) = &destination.shadowed {
-                        snapshot.error = Some(reason.clone());
-                    }
-                    DestinationStatus {
-                        destination: name.clone(),
-                        state,
-                        service: service.map(|s| s.name.clone()),
-                        snapshot,
-                    }
-                })
-                .collect(),
-        }
-    }
 }
 
 fn count(metrics: &Metrics, result: ReloadResult) {
     metrics.discovery_updates.get_or_create(&DiscoveryUpdateLabels { result }).inc();
 }
 
-/// A composed configuration is checked as a whole (a file was checked when it was parsed), then
-/// the table is rebuilt from it.
-fn rebuild(table: &LiveTable, config: Config) -> Result<(), String> {
-    config.validate().map_err(|e| e.to_string())?;
-    table.rebuild(config).map_err(|e| e.to_string())
-}
-
-/// A destination named `IP:PORT` belongs to its service even if the server left the address
-/// out: otherwise every connection to it would miss the table and ask again.
-fn with_own_address(name: &str, mut service: ServiceConfig) -> ServiceConfig {
-    if let Ok(addr) = name.parse::<SocketAddr>()
-        && !service.addresses.contains(&addr)
-    {
-        service.addresses.push(addr);
-    }
-    service
-}
-
-/// A discovered service checked on its own, so the reason names its fields, not its place in
-/// the composed list.
-fn check_service(file: &Config, service: Option<&ServiceConfig>) -> Result<(), String> {
-    let Some(service) = service else { return Ok(()) };
-    if service.listen.is_some() {
-        return Err("listen: a discovered service cannot open a listener (they are bound at start)".into());
-    }
-    let alone =
-        Config { identity: file.identity.clone(), services: vec![service.clone()], ..Config::empty() };
-    alone.validate().map_err(|e| {
-        let text = e.to_string();
-        match text.strip_prefix("services[0]") {
-            Some(rest) => format!("service {}{rest}", service.name),
-            None => text,
-        }
-    })
-}
-
-/// The file, then the discovered services in the order they were first applied (each one that
-/// collides with what is already there is left out and reported), then the inbound policy.
-/// `candidate` replaces (or adds) one destination's service; `inbound` replaces the policy.
-fn compose(
-    state: &State,
-    candidate: Option<(&str, u64, Option<&ServiceConfig>)>,
-    inbound: Option<Option<&PolicyConfig>>,
-) -> (Config, Vec<Shadowed>) {
-    let mut config = state.file.clone();
-    let mut hosts: HashMap<String, String> = HashMap::new();
-    let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
-    for service in &config.services {
-        let owner = format!("the configuration file's service {}", service.name);
-        for host in std::iter::once(&service.name).chain(&service.hosts) {
-            hosts.insert(host.to_ascii_lowercase(), owner.clone());
-        }
-        for address in &service.addresses {
-            addresses.insert(*address, owner.clone());
-        }
-    }
-    let mut discovered: Vec<(u64, &str, &ServiceConfig)> = state
-        .destinations
-        .iter()
-        .filter(|(name, _)| candidate.is_none_or(|(candidate, ..)| candidate != name.as_str()))
-        .filter_map(|(name, d)| {
-            let service = d.snapshot.applied.as_ref()?.1.as_ref()?;
-            Some((d.seq, name.as_str(), service))
-        })
-        .collect();
-    if let Some((name, seq, Some(service))) = candidate {
-        discovered.push((seq, name, service));
-    }
-    discovered.sort_by_key(|(seq, name, _)| (*seq, *name));
-    let mut shadowed = Vec::new();
-    for (_, destination, service) in discovered {
-        let names: Vec<String> =
-            std::iter::once(&service.name).chain(&service.hosts).map(|h| h.to_ascii_lowercase()).collect();
-        let taken = names
-            .iter()
-            .find_map(|host| {
-                hosts.get(host).map(|owner| format!("the host name {host:?} belongs to {owner}"))
-            })
-            .or_else(|| {
-                service.addresses.iter().find_map(|address| {
-                    addresses.get(address).map(|owner| format!("the address {address} belongs to {owner}"))
-                })
-            });
-        if let Some(taken) = taken {
-            shadowed.push(Shadowed {
-                destination: destination.to_owned(),
-                reason: format!("service {}: {taken}, which wins", service.name),
-            });
-            continue;
-        }
-        let owner = format!("the service {} of destination {destination}", service.name);
-        for host in names {
-            hosts.insert(host, owner.clone());
-        }
-        for address in &service.addresses {
-            addresses.insert(*address, owner.clone());
-        }
-        config.services.push(service.clone());
-    }
-    // With discovery on, the inbound policy comes from the server once it has sent one. Until
-    // then: the file's, else the pod's default from the webhook, else nobody but the probes.
-    match (inbound, &state.inbound.applied) {
-        (Some(policy), _) => config.inbound.policy = policy.cloned(),
-        (None, Some((_, policy))) => config.inbound.policy = policy.clone(),
-        (None, None) if config.inbound.policy.is_none() => {
-            let startup = state.startup_policy.clone();
-            config.inbound.policy =
-                Some(startup.unwrap_or_else(|| DefaultInboundPolicy::Deny.policy(Vec::new())));
-        }
-        (None, None) => {}
-    }
-    (config, shadowed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::table::Table;
+    use braid_api::config::DefaultInboundPolicy;
     use braid_api::config::{BackendConfig, EndpointConfig, RouteConfig, WeightedBackend};
     use std::sync::Arc;
 
@@ -911,20 +678,5 @@ mod tests {
             braid_api::config::MtlsMode::Permissive,
             "a file's policy is the operator's choice"
         );
-    }
-
-    #[test]
-    fn settled_destinations_are_found_whether_recent_or_merged() {
-        let settled = Settled::default();
-        let addr = |i: u32| SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 + i), 80));
-        for i in 0..5_000 {
-            settled.insert(addr(i));
-            settled.insert(addr(i));
-        }
-        assert!((0..5_000).all(|i| settled.contains(&addr(i))));
-        assert!(!settled.contains(&addr(5_000)));
-        let (frozen, recent) = (settled.frozen.load().len(), settled.lock_recent().len());
-        assert_eq!(frozen + recent, 5_000, "each address once");
-        assert!(recent < frozen / 8 + 16, "most are in the lock-free set: {recent} recent, {frozen} merged");
     }
 }

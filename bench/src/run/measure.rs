@@ -1,0 +1,145 @@
+//! The load generators (oha, wrk) pinned to CPU 0, and one measured run of a scenario.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use braid_bench::report::{Run, RunMeta};
+use braid_bench::settings::Peer;
+use braid_bench::{load, report};
+use tracing::info;
+
+use super::Bench;
+use super::commands::established;
+use super::usage::{cpu1, loadavg};
+
+pub const CONNECTIONS: u32 = 16;
+
+impl Bench {
+    /// The oha command of an open-loop run at `rate` for `duration`, pinned to CPU 0.
+    pub fn oha_paced(&self, url: &str, rate: u32, duration: &str) -> Command {
+        let mut command = self.on_cpu0(&self.tools.oha);
+        command.args([
+            "-c",
+            &CONNECTIONS.to_string(),
+            "-q",
+            &rate.to_string(),
+            "--latency-correction",
+            "-z",
+            duration,
+            "-w",
+            "--no-tui",
+            "--output-format",
+            "json",
+            url,
+        ]);
+        command
+    }
+
+    pub fn wrk(&self, url: &str, duration: &str) -> Command {
+        let mut command = self.on_cpu0(Path::new("wrk"));
+        command.args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{duration}"), url]);
+        command
+    }
+
+    fn on_cpu0(&self, program: &Path) -> Command {
+        let mut command = Command::new("taskset");
+        command
+            .args(["-c", "0", "nice", "-n", &self.knobs.nice.to_string()])
+            .arg(program)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit());
+        command
+    }
+
+    /// The oha command of `requests` requests in the closed loop, pinned to CPU 0.
+    pub fn oha_closed(&self, url: &str, requests: u64, json: bool) -> Command {
+        let mut command = self.on_cpu0(&self.tools.oha);
+        command.args(["-c", &CONNECTIONS.to_string(), "-n", &requests.to_string(), "--no-tui"]);
+        if json {
+            command.args(["--output-format", "json"]);
+        }
+        command.arg(url);
+        command
+    }
+
+    /// Runs a load generator to its end, its stdout into `out` (or dropped).
+    pub fn load_command(&mut self, command: &mut Command, out: Option<&Path>) -> Result<()> {
+        let pid = self.spawn_load(command, out)?;
+        self.finish_load(pid, "the load generator")
+    }
+
+    /// One measured run of `scenario` ("direct" or a peer) at `point` (a rate, or "max").
+    pub fn measure(&mut self, scenario: &str, point: &str, run: u32) -> Result<Run> {
+        let peer = if scenario == "direct" { None } else { Some(Peer::parse(scenario)?) };
+        let (entry, pids_a, pids_b, port_b) = match peer {
+            None => (self.origin_port, vec![], vec![], 0),
+            Some(peer) => {
+                let pair = self.pair(peer)?;
+                (pair.entry, pair.a.pids.clone(), pair.b.pids.clone(), pair.port_b)
+            }
+        };
+        let url = format!("http://127.0.0.1:{entry}/1k");
+        let k = &self.knobs;
+        let warm_rate = if point == "max" { *k.rates.last().context("no rate")? } else { point.parse()? };
+        let (warmup, duration, wrk_duration) = (k.warmup.clone(), k.duration.clone(), k.wrk_duration.clone());
+        let mut warm = self.oha_paced(&url, warm_rate, &warmup);
+        self.load_command(&mut warm, None)?;
+        let prefix = self.work.join(format!("runs/{point}-{scenario}-{run}"));
+        let cpu_a = self.cpu_ticks(&pids_a)?;
+        let cpu_b = self.cpu_ticks(&pids_b)?;
+        let cpu1_before = cpu1()?;
+        let t0 = Instant::now();
+        let (mut command, out) = if point == "max" {
+            (self.wrk(&url, &wrk_duration), PathBuf::from(format!("{}.wrk.txt", prefix.display())))
+        } else {
+            (
+                self.oha_paced(&url, warm_rate, &duration),
+                PathBuf::from(format!("{}.oha.json", prefix.display())),
+            )
+        };
+        let pid = self.spawn_load(&mut command, Some(&out))?;
+        let (mut peak_a, mut peak_b, mut conns) = ((0, 0), (0, 0), 0);
+        while self.load_running(pid) {
+            if !pids_a.is_empty() {
+                let m = self.mem_kib(&pids_a)?;
+                peak_a = (peak_a.0.max(m.0), peak_a.1.max(m.1));
+                let m = self.mem_kib(&pids_b)?;
+                peak_b = (peak_b.0.max(m.0), peak_b.1.max(m.1));
+                // Connections from A to B: 1 when A multiplexes everything over one HTTP/2 connection.
+                conns = conns.max(established(&format!("( dport = :{port_b} )"))?);
+            }
+            sleep(Duration::from_millis(500));
+        }
+        self.finish_load(pid, &format!("the load generator ({scenario}, {point}, run {run})"))?;
+        let ms = t0.elapsed().as_millis() as u64;
+        if let Some(peer) = peer {
+            self.alive(peer)?;
+        }
+        let meta = RunMeta {
+            scenario: scenario.into(),
+            point: point.into(),
+            run,
+            ms,
+            clk_tck: self.clk_tck,
+            cpu_ticks: [self.cpu_ticks(&pids_a)? - cpu_a, self.cpu_ticks(&pids_b)? - cpu_b],
+            peak_kib: [[peak_a.0, peak_a.1], [peak_b.0, peak_b.1]],
+            cpu1_before,
+            // CPU 1 as a whole too: what else ran there shows as noise.
+            cpu1_after: cpu1()?,
+            loadavg: loadavg()?,
+            a_to_b_connections: conns as u32,
+        };
+        fs::write(format!("{}.meta.json", prefix.display()), serde_json::to_string(&meta)?)?;
+        let text = fs::read_to_string(&out)?;
+        let what = out.display().to_string();
+        let load =
+            if point == "max" { load::parse_wrk(&text, &what)? } else { load::parse_oha(&text, &what)? };
+        let run = report::load_run(&meta, &load)?;
+        info!("  {}", report::line(&run));
+        Ok(run)
+    }
+}

@@ -1,0 +1,160 @@
+//! The origin and the pairs of proxies: free ports, starting them, and checking that each pair
+//! carries requests the way it claims.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::thread::sleep;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use braid_bench::settings::Peer;
+use braid_bench::system;
+use tracing::info;
+
+use super::commands::{established, nginx_args, output, succeeds, tail_logs};
+use super::{Bench, Pair, Side};
+
+impl Bench {
+    /// `n` ports free now, none handed out before in this run, below the ephemeral range, so no
+    /// client connection (ours or anyone's) can take one meanwhile.
+    pub fn free_ports(&mut self, n: usize) -> Result<Vec<u16>> {
+        let range = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")?;
+        let high = system::parse_port_range_start(&range)?;
+        let low = if high > 22_000 { 20_000 } else { 1024 };
+        let mut held = Vec::new();
+        let mut ports = Vec::new();
+        for _ in 0..100_000 {
+            if ports.len() == n {
+                break;
+            }
+            let port = fastrand::u16(low..high);
+            if self.used_ports.contains(&port) || ports.contains(&port) {
+                continue;
+            }
+            if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+                held.push(listener);
+                ports.push(port);
+            }
+        }
+        if ports.len() < n {
+            bail!("found only {} free ports between {low} and {high}", ports.len());
+        }
+        self.used_ports.extend(&ports);
+        Ok(ports)
+    }
+
+    /// Waits until `url` answers 2xx; else shows the logs in `dir` and fails.
+    pub fn wait_http(&self, url: &str, dir: &Path) -> Result<()> {
+        for _ in 0..self.ready_seconds * 10 {
+            if succeeds("curl", &["-fs", "-o", "/dev/null", url]) {
+                return Ok(());
+            }
+            sleep(Duration::from_millis(100));
+        }
+        bail!("no answer from {url}; logs in {}:\n{}", dir.display(), tail_logs(dir))
+    }
+
+    pub fn children(&self, pid: u32) -> Vec<u32> {
+        output("pgrep", &["-P", &pid.to_string()])
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    /// The origin: nginx, one worker on CPU 0, a static 1 KiB body at /1k.
+    pub fn start_origin(&mut self) -> Result<()> {
+        let dir = self.work.join("origin");
+        fs::create_dir_all(dir.join("www"))?;
+        fs::create_dir_all(dir.join("tmp"))?;
+        fs::write(dir.join("www/1k"), [b'x'; 1024])?;
+        let port = self.free_ports(1)?[0];
+        let conf = dir.join("nginx.conf");
+        self.render(
+            "origin-nginx.conf",
+            &conf,
+            &[("DIR", dir.display().to_string()), ("PORT", port.to_string())],
+        )?;
+        let args = nginx_args(&dir, &conf);
+        let master = self.start(0, &dir.join("stderr.log"), Path::new("nginx"), &args, &[])?;
+        self.wait_http(&format!("http://127.0.0.1:{port}/1k"), &dir)?;
+        for worker in self.children(master) {
+            self.adopt(worker);
+        }
+        self.origin_port = port;
+        Ok(())
+    }
+
+    /// Starts B (inbound, to the origin), then A (outbound, to B), sends one request through
+    /// both, and checks while a keep-alive request is held open that the path is the one claimed.
+    pub fn start_pair(&mut self, peer: Peer) -> Result<()> {
+        let ports = self.free_ports(2)?;
+        let (port_a, port_b) = (ports[0], ports[1]);
+        let origin = self.origin_port;
+        let b = crate::peers::start_hop(self, peer, Side::B, port_b, origin)?;
+        let a = crate::peers::start_hop(self, peer, Side::A, port_a, port_b)?;
+        let (dir_a, dir_b) = (self.hop_dir(peer, Side::A)?, self.hop_dir(peer, Side::B)?);
+        if let Some(ready) = &b.ready {
+            self.wait_http(ready, &dir_b)?;
+        }
+        if let Some(ready) = &a.ready {
+            self.wait_http(ready, &dir_a)?;
+        }
+        let url = format!("http://127.0.0.1:{port_a}/1k");
+        self.wait_http(&url, &dir_a)?;
+        let body = Command::new("curl").args(["-fs", &url]).output()?.stdout;
+        if body.len() != 1024 {
+            bail!("{peer} pair answered {} bytes instead of 1024", body.len());
+        }
+        // The links are checked while a keep-alive request is held open: a pooling peer keeps
+        // its connection to B anyway, a TCP relay (floor) holds one only while its client does.
+        let mut held = TcpStream::connect(("127.0.0.1", port_a))?;
+        held.set_read_timeout(Some(Duration::from_secs(3)))?;
+        held.write_all(b"GET /1k HTTP/1.1\r\nHost: bench\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        let read = held.read(&mut head).unwrap_or(0);
+        let head = String::from_utf8_lossy(&head[..read]).into_owned();
+        if !head.starts_with("HTTP/1.1 200") {
+            bail!("{peer} answered {head:?} to a keep-alive request");
+        }
+        if established(&format!("( sport = :{port_b} )"))? == 0 {
+            bail!("{peer} A holds no connection to B");
+        }
+        let idle = [self.mem_kib(&a.pids)?, self.mem_kib(&b.pids)?];
+        let pair =
+            Pair { entry: port_a, port_b, a, b, idle: [[idle[0].0, idle[0].1], [idle[1].0, idle[1].1]] };
+        crate::peers::verify(self, peer, &pair)?;
+        drop(held);
+        info!(
+            "{peer} pair up: A :{port_a} (pids {:?}) → B :{port_b} (pids {:?}) → origin :{origin}",
+            pair.a.pids, pair.b.pids
+        );
+        self.pairs.insert(peer, pair);
+        Ok(())
+    }
+
+    pub fn pair(&self, peer: Peer) -> Result<&Pair> {
+        self.pairs.get(&peer).with_context(|| format!("the {peer} pair is not up"))
+    }
+
+    /// Fails when one of the proxies of `peer` has exited.
+    pub fn alive(&mut self, peer: Peer) -> Result<()> {
+        let pids: Vec<u32> = {
+            let pair = self.pair(peer)?;
+            pair.a.pids.iter().chain(&pair.b.pids).copied().collect()
+        };
+        for pid in pids {
+            if !self.alive_pid(pid) {
+                let mut logs = String::new();
+                for side in [Side::A, Side::B] {
+                    logs += &tail_logs(&self.hop_dir(peer, side)?);
+                }
+                bail!("{peer}: proxy process {pid} exited; its logs:\n{logs}");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,226 @@
+//! The driver: a CA, the server child, PROXIES simulated proxies, the route changes, the report.
+//!
+//! Here: the run's phases, in order; `pki` (the CA and the proxies' certificates),
+//! `server_child` (starting and commanding the server), `sim_proxy` (one simulated proxy) and
+//! `report` (the figures as Markdown).
+
+mod pki;
+mod report;
+mod server_child;
+mod sim_proxy;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::io::AsyncWriteExt as _;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::Args;
+use crate::procfs;
+use crate::world::{HOT, INITIAL_WEIGHT, ProxySpec, World};
+use pki::MeshCa;
+use report::{Change, Report, mib, ms};
+use server_child::ServerChild;
+use sim_proxy::{Event, proxy};
+
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub async fn main(world: World, args: Args) -> anyhow::Result<()> {
+    let needed = world.proxies as u64 + 256;
+    if let Some(limit) = procfs::open_files_limit()
+        && limit < needed
+    {
+        anyhow::bail!(
+            "the open-files limit is {limit}, {} proxies need about {needed} (one socket each in the \
+             driver and in the server): run `ulimit -n 65536` first (bench/discovery.sh does)",
+            world.proxies
+        );
+    }
+    let rustc_before = procfs::count_named("rustc");
+    let load_before = procfs::loadavg();
+
+    let ca = MeshCa::create()?;
+    let (mut server, addr, phases) = ServerChild::start(&args, &world, &ca.dir).await?;
+    let server_pid = server.pid.clone();
+    let _ = std::fs::remove_dir_all(&ca.dir);
+    eprintln!(
+        "discovery_scale: server {server_pid} on {addr}: index of {} pods built in {:.2} s, RSS {:.1} MiB",
+        world.pods,
+        phases.index_build_seconds,
+        mib(phases.serving.vm_rss_kib)
+    );
+    let specs: Vec<ProxySpec> = (0..world.proxies).map(|p| world.proxy(p)).collect();
+    let configs = ca.client_configs(&specs)?;
+
+    // Connect every proxy.
+    let before_connect = server.stats().await?;
+    let (machine_before, steal_before) = procfs::machine();
+    let driver_before = procfs::cpu_seconds("self");
+    let shutdown = CancellationToken::new();
+    let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
+    let handshakes = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let connect_started = Instant::now();
+    for (p, spec) in specs.iter().enumerate() {
+        let identity = (spec.namespace.clone(), spec.service_account.clone());
+        let config = configs.get(&identity).context("a certificate per identity")?.clone();
+        let (spec, events, handshakes, shutdown) =
+            (spec.clone(), events_tx.clone(), handshakes.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(error) = proxy(p, spec, config, addr, &events, handshakes, shutdown).await {
+                let _ = events.send(Event::Failed(p, format!("{error:#}")));
+            }
+        });
+    }
+    let mut ready = 0;
+    let mut failures: Vec<String> = Vec::new();
+    let connect_deadline = connect_started + CONNECT_TIMEOUT;
+    while ready + failures.len() < world.proxies {
+        let left = connect_deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.recv()).await {
+            Ok(Some(Event::Ready)) => ready += 1,
+            Ok(Some(Event::Failed(p, error))) => failures.push(format!("proxy {p}: {error}")),
+            Ok(Some(Event::Update { .. })) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let connect_seconds = connect_started.elapsed().as_secs_f64();
+    let server_connect_cpu = procfs::cpu_seconds(&server_pid) - before_connect.cpu_seconds;
+    let driver_connect_cpu = procfs::cpu_seconds("self") - driver_before;
+    let (machine_after, steal_after) = procfs::machine();
+    let connect_other = (machine_after - machine_before) - server_connect_cpu - driver_connect_cpu;
+    let connect_steal = steal_after - steal_before;
+    if !failures.is_empty() {
+        eprintln!("discovery_scale: {} proxies failed, first: {}", failures.len(), failures[0]);
+    }
+    anyhow::ensure!(
+        ready == world.proxies,
+        "only {ready} of {} proxies connected and got their snapshots ({} failed{})",
+        world.proxies,
+        failures.len(),
+        failures.first().map(|f| format!(", first: {f}")).unwrap_or_default()
+    );
+    eprintln!("discovery_scale: {ready} proxies connected and subscribed in {connect_seconds:.1} s");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while events.try_recv().is_ok() {}
+    let connected = server.stats().await?;
+
+    // Change routes, one at a time, and time each.
+    let mut weights = [INITIAL_WEIGHT; HOT];
+    let mut results: Vec<Change> = Vec::new();
+    let changes_cpu_before = procfs::cpu_seconds(&server_pid);
+    let driver_changes_before = procfs::cpu_seconds("self");
+    let (machine_before, steal_before) = procfs::machine();
+    let changes_started = Instant::now();
+    let mut next_start = Instant::now();
+    for seq in 0..args.changes {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(next_start)).await;
+        let route = seq % HOT;
+        let mut weight = 11 + (seq as u32 * 37) % 80;
+        if weight == weights[route] {
+            weight += 1;
+        }
+        weights[route] = weight;
+        let mut pending: HashSet<usize> = world.subscribers(route).into_iter().collect();
+        let proxies = pending.len();
+        let mut change = Change {
+            route,
+            weight,
+            proxies,
+            latencies: Vec::with_capacity(proxies),
+            all_received: None,
+            all_acked: None,
+            server_acked: None,
+            server_total: 0,
+        };
+        let sent = Instant::now();
+        next_start = sent + Duration::from_millis(args.spacing_ms);
+        server.commands.write_all(format!("route {seq} {route} {weight}\n").as_bytes()).await?;
+        server.commands.flush().await?;
+        let deadline = tokio::time::Instant::from_std(sent + CHANGE_TIMEOUT);
+        let acked_prefix = format!("acked {seq} ");
+        while !pending.is_empty() || change.all_acked.is_none() {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(Event::Update { proxy, route: r, weight: w, at }) => {
+                        if r == route && w == Some(weight) && pending.remove(&proxy) {
+                            change.latencies.push(at.saturating_duration_since(sent));
+                            if pending.is_empty() {
+                                change.all_received = Some(sent.elapsed());
+                            }
+                        }
+                    }
+                    Some(Event::Failed(p, error)) => anyhow::bail!("proxy {p} failed during the changes: {error}"),
+                    Some(Event::Ready) => {}
+                    None => anyhow::bail!("every proxy task ended"),
+                },
+                line = server.lines.recv() => {
+                    let line = line.context("the server exited")?;
+                    if let Some(rest) = line.strip_prefix(&acked_prefix) {
+                        change.all_acked = Some(sent.elapsed());
+                        let fields: Vec<&str> = rest.split_whitespace().collect();
+                        change.server_total = fields.first().and_then(|f| f.parse().ok()).unwrap_or(0);
+                        change.server_acked =
+                            fields.get(2).and_then(|f| f.parse().ok()).map(Duration::from_micros);
+                        if change.server_acked.is_none() {
+                            eprintln!("discovery_scale: change {seq}: the server saw no full ack: {line}");
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    eprintln!("discovery_scale: change {seq} timed out: {} proxies never got it", pending.len());
+                    break;
+                }
+            }
+        }
+        eprintln!(
+            "discovery_scale: change {seq} (route {route} → v1 {weight}%): {proxies} proxies, last received {}, all acked {}",
+            ms(change.all_received),
+            ms(change.all_acked)
+        );
+        results.push(change);
+    }
+    let changes_seconds = changes_started.elapsed().as_secs_f64();
+    let server_changes_cpu = procfs::cpu_seconds(&server_pid) - changes_cpu_before;
+    let driver_changes_cpu = procfs::cpu_seconds("self") - driver_changes_before;
+    let (machine_after, steal_after) = procfs::machine();
+    let changes_other = (machine_after - machine_before) - server_changes_cpu - driver_changes_cpu;
+    let changes_steal = steal_after - steal_before;
+    let after = server.stats().await?;
+    let driver = procfs::process("self");
+
+    shutdown.cancel();
+    server.stop().await?;
+
+    let report = Report {
+        world,
+        args: &args,
+        phases,
+        before_connect,
+        connected,
+        after,
+        driver,
+        connect_seconds,
+        server_connect_cpu,
+        driver_connect_cpu,
+        connect_other,
+        connect_steal,
+        changes_seconds,
+        server_changes_cpu,
+        driver_changes_cpu,
+        changes_other,
+        changes_steal,
+        results,
+        rustc: (rustc_before, procfs::count_named("rustc")),
+        load: (load_before, procfs::loadavg()),
+    };
+    let markdown = report.markdown();
+    if let Some(out) = &args.out {
+        std::fs::write(out, &markdown).with_context(|| format!("writing {}", out.display()))?;
+    }
+    println!("{markdown}");
+    Ok(())
+}
