@@ -1,6 +1,7 @@
 //! braid-bench: the benchmarks' driver. `make bench` runs `webhook`, `pairs` and `instructions`,
 //! `make pgo` runs `pgo`, `make link-order` runs `link-order`; docs/benchmarks.md has the method.
 
+mod commands;
 mod modes;
 mod peers;
 mod run;

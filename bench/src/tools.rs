@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use braid_bench::settings::Kind;
 use tracing::info;
 
-use crate::run::{output, succeeds};
+use crate::commands::{output, succeeds};
 use crate::{Knobs, ModeKind};
 
 /// Paths of the programs the run uses.

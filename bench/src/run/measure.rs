@@ -13,8 +13,8 @@ use braid_bench::{load, report};
 use tracing::info;
 
 use super::Bench;
-use super::commands::established;
 use super::usage::{cpu1, loadavg};
+use crate::commands::established;
 
 pub const CONNECTIONS: u32 = 16;
 

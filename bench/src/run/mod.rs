@@ -3,9 +3,8 @@
 //!
 //! Here: [`Bench`] and what a pair is made of; `processes` (starting and stopping them),
 //! `pairs` (the origin and the pairs of proxies), `measure` (load generators and one measured
-//! run), `usage` (memory and CPU from /proc) and `commands` (running one command to its end).
+//! run) and `usage` (memory and CPU from /proc); commands run to their end are in `crate::commands`.
 
-mod commands;
 mod measure;
 mod pairs;
 mod processes;
@@ -20,8 +19,8 @@ use braid_bench::settings::Peer;
 use braid_bench::template;
 
 use crate::Knobs;
+pub use crate::commands::{established, nginx_args, output, run_ok, succeeds, tail_logs};
 use crate::tools::Tools;
-pub use commands::{established, nginx_args, output, run_ok, succeeds, tail_logs};
 pub use measure::CONNECTIONS;
 use processes::Proc;
 

@@ -14,8 +14,8 @@ use braid_bench::settings::Peer;
 use braid_bench::system;
 use tracing::info;
 
-use super::commands::{established, nginx_args, output, succeeds, tail_logs};
 use super::{Bench, Pair, Side};
+use crate::commands::{established, nginx_args, output, succeeds, tail_logs};
 
 impl Bench {
     /// `n` ports free now, none handed out before in this run, below the ephemeral range, so no

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use tracing::info;
 
 use super::Bench;
-use super::commands::output;
+use crate::commands::output;
 
 pub(super) struct Proc {
     pid: u32,
