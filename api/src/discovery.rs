@@ -93,8 +93,9 @@ pub struct DestinationUpdate {
     pub destination: String,
     /// Grows with every change the server makes; acks and nacks name it.
     pub version: u64,
-    /// How to reach the destination; `None` when it is not a Service the mesh knows (a pod IP,
-    /// something outside the cluster): connections to it are forwarded unchanged.
+    /// How to reach the destination: a Service, or for a meshed pod's IP that pod alone with its
+    /// identity; `None` when it is neither (outside the cluster, a pod without a proxy):
+    /// connections to it are forwarded unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceConfig>,
 }

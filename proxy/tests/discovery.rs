@@ -1,6 +1,7 @@
 //! The proxy fed by a discovery server (tests/support/discovery.rs) over real mTLS on loopback:
 //! on-demand subscription on the first connection to a destination, updates under load, nacks,
-//! outages, passthrough answers, refusals, the inbound policy, and garbage from the server.
+//! outages, passthrough answers, refusals, the inbound policy, garbage from the server, and a
+//! pod IP answered with the pod's identity (mTLS to a STRICT pod's proxy).
 //! Redirected connections come through `fixed_destinations` listeners (no iptables here): each
 //! stands for a connection the app made to one original destination.
 
@@ -41,6 +42,17 @@ async fn mesh(fixed: &[SocketAddr], initial_timeout: &str, extra: &str) -> Mesh 
     let authority = Authority::new();
     let server = DiscoveryServer::start(&authority).await;
     let identity = IdentityServer::start(authority).await;
+    client_of(server, identity, fixed, initial_timeout, extra).await
+}
+
+/// The proxy of `mesh`, fed by `server`, with its certificate from `identity`.
+async fn client_of(
+    server: Arc<DiscoveryServer>,
+    identity: Arc<IdentityServer>,
+    fixed: &[SocketAddr],
+    initial_timeout: &str,
+    extra: &str,
+) -> Mesh {
     let files = IdentityFiles::new(&identity.bundle.lock().unwrap(), FRONTEND);
     let config = format!(
         "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\n{}discovery: {{ endpoint: \"{}\", serverName: {SERVER_NAME}, podNamespace: shop, podName: frontend-0, initialTimeout: {initial_timeout} }}\n{extra}",
@@ -400,4 +412,85 @@ async fn a_changed_file_is_composed_with_what_discovery_holds() {
     })
     .await;
     assert_eq!(destination_status(&mesh.proxy, CLUSTER_IP).await["state"], "shadowed");
+}
+
+const WEB: &str = "spiffe://test.local/ns/shop/sa/web";
+
+/// What the operator answers for a meshed pod's IP:PORT (operator/src/discovery/index.rs,
+/// `Index::address`): the pod alone, with the identity its proxy must prove.
+fn pod_answer(addr: SocketAddr, pod: &str, identity: &str) -> ServiceConfig {
+    let name = format!("{}.shop.pod.cluster.local:{}", addr.ip().to_string().replace('.', "-"), addr.port());
+    serde_json::from_value(serde_json::json!({
+        "name": name,
+        "addresses": [addr],
+        "backends": [{"name": pod, "endpoints": [{"address": addr, "meshed": true, "identity": identity}]}],
+        "routes": [{"name": "default", "backends": [{"name": pod}]}],
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_pod_ip_known_from_discovery_is_mtls_to_its_identity_and_an_unknown_one_passes_through() {
+    let authority = Authority::new();
+    let server = DiscoveryServer::start(&authority).await;
+    let identity = IdentityServer::start(authority).await;
+    // The pod: its proxy admits only mTLS (a STRICT MeshPolicy) in front of its app.
+    let app = Upstream::start("web-0").await;
+    let pod_files = IdentityFiles::new(&identity.bundle.lock().unwrap(), WEB);
+    let pod_config = format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound:\n  listen: 127.0.0.1:0\n  target: \"{}\"\n  policy: {{ mtls: STRICT, rules: [{{}}] }}\n{}",
+        app.addr,
+        pod_files.config(WEB, identity.addr)
+    );
+    let pod = Proxy::start(&pod_config).await;
+    eventually("the pod's proxy is ready", || async { pod.admin("/ready").await.0 == StatusCode::OK }).await;
+    // Its address stands for the pod IP the app dialled (a headless Service's DNS answer).
+    let pod_ip = pod.inbound();
+    let outside = Upstream::start("outside").await;
+    let mesh = client_of(server, identity, &[pod_ip, outside.addr], "3s", "").await;
+    mesh.server.set(&pod_ip.to_string(), Answer::Service(pod_answer(pod_ip, "web-0", WEB)));
+    mesh.server.set(&outside.addr.to_string(), Answer::NotMesh);
+
+    for _ in 0..3 {
+        assert_eq!(get_via(&mesh, pod_ip, "/").await, (StatusCode::OK, "web-0".to_owned()));
+    }
+    // The pod's proxy saw the client's identity; the client's saw the pod's.
+    let pod_metrics = pod.metrics().await;
+    let inbound = [("direction", "inbound"), ("client_id", FRONTEND), ("status_code", "200")];
+    assert_eq!(metric(&pod_metrics, "response_total", &inbound), Some(3.0), "{pod_metrics}");
+    let client_metrics = mesh.proxy.metrics().await;
+    let outbound = [("direction", "outbound"), ("server_id", WEB), ("status_code", "200")];
+    assert_eq!(metric(&client_metrics, "response_total", &outbound), Some(3.0), "{client_metrics}");
+    assert_eq!(destination_status(&mesh.proxy, &pod_ip.to_string()).await["state"], "service");
+
+    // An IP discovery knows no meshed pod at: forwarded unchanged, as before.
+    assert_eq!(get_via(&mesh, outside.addr, "/").await, (StatusCode::OK, "outside".to_owned()));
+    assert_eq!(destination_status(&mesh.proxy, &outside.addr.to_string()).await["state"], "passthrough");
+    assert_eq!(outside.hits(), 1);
+
+    // The IP goes to a pod of another identity: the proxy expects that one at once (so the pod
+    // still proving WEB is refused) and keeps no connection made for the old one.
+    let other = "spiffe://test.local/ns/jobs/sa/batch";
+    let version =
+        mesh.server.push(&pod_ip.to_string(), Answer::Service(pod_answer(pod_ip, "batch-1", other)));
+    eventually("the new identity is applied", || async {
+        mesh.server.acked(&web(&pod_ip.to_string()), version)
+    })
+    .await;
+    let (status, body) = get_via(&mesh, pod_ip, "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("batch"), "the refusal names the identity expected: {body}");
+    assert_eq!(app.hits(), 3, "nothing reached the pod under the wrong identity");
+
+    // No meshed pod there any more: plaintext, which the STRICT pod refuses.
+    let version = mesh.server.push(&pod_ip.to_string(), Answer::NotMesh);
+    eventually("the passthrough answer is applied", || async {
+        mesh.server.acked(&web(&pod_ip.to_string()), version)
+    })
+    .await;
+    let (status, _) = get_via(&mesh, pod_ip, "/").await;
+    assert_ne!(status, StatusCode::OK, "plaintext to a STRICT pod is refused");
+    assert_eq!(app.hits(), 3);
+    let denied = metric(&pod.metrics().await, "inbound_authz_deny_total", &[("protocol", "tcp")]);
+    assert_eq!(denied, Some(1.0), "the pod's proxy refused the plaintext connection");
 }

@@ -188,7 +188,9 @@ impl World {
             meshed: true,
             // As a Deployment with an HTTP readiness probe would have.
             probes: vec![braid_api::config::ProbeConfig { port: 8080, path: "/healthz".to_owned() }],
-            default_policy: None,
+            ips: vec![self.pod_ip(pod)],
+            created: "2026-01-01T00:00:00Z".to_owned(),
+            ..Default::default()
         }
     }
 
@@ -268,6 +270,7 @@ impl World {
             known.push(key.clone());
             let info = ServiceInfo {
                 cluster_ips: vec![self.cluster_ip(service)],
+                headless: false,
                 ports: self.ports(service),
                 export_to: None,
             };

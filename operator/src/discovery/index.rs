@@ -10,7 +10,9 @@ use braid_api::config::{
     BackendConfig, DefaultInboundPolicy, EndpointConfig, LoadBalancerConfig, PolicyConfig, ProbeConfig,
     Protocol, RetryBudgetConfig, RouteConfig, ServiceConfig, WeightedBackend,
 };
+use braid_api::contract::ADMIN_PORT;
 use braid_crds::{MeshPolicySpec, MeshRouteSpec};
+use braid_runtime::ports::PortRange;
 
 use super::translate::{self, Unsupported};
 
@@ -21,9 +23,9 @@ pub type Key = (String, String);
 /// Istio's exportTo: a comma-separated list of namespaces, `.` for the Service's own, `*` for all.
 pub const EXPORT_TO: &str = "braid.dev/export-to";
 
-/// What a pod contributes: its identity (service account), labels (subsets, policies) and
-/// whether a braid proxy runs in it.
-#[derive(Debug, Clone, PartialEq)]
+/// What a pod contributes: its identity (service account), labels (subsets, policies), whether
+/// a braid proxy runs in it, and the IPs it holds (a connection to one is a connection to it).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct PodInfo {
     pub service_account: String,
     pub labels: BTreeMap<String, String>,
@@ -34,11 +36,33 @@ pub struct PodInfo {
     /// The pod's annotation braid.dev/default-inbound-policy (the webhook writes the value it
     /// resolved at injection); without it the Mesh's.
     pub default_policy: Option<DefaultInboundPolicy>,
+    /// The pod's IPs (status.podIPs) while it holds them: none for a pod on the node's network
+    /// (the IP is the node's), none once it has finished (Succeeded, Failed: the IP may already be
+    /// another pod's).
+    pub ips: Vec<IpAddr>,
+    /// Creation time in RFC 3339 (the API server's second-precision UTC form, so the text
+    /// orders as the time): of two pods that claim one IP, the one created later holds it.
+    pub created: String,
+    /// The inbound ports its redirect leaves alone (the proxy container's
+    /// BRAID_INBOUND_SKIP_PORTS): a connection to one reaches the app, not the proxy.
+    pub skip_inbound: Vec<PortRange>,
+}
+
+impl PodInfo {
+    /// Whether a connection to `port` of the pod reaches its proxy. The admin port never does,
+    /// whatever the pod says (the webhook always skips it).
+    pub fn proxied(&self, port: u16) -> bool {
+        self.meshed
+            && port != ADMIN_PORT
+            && !self.skip_inbound.iter().any(|range| (range.first..=range.last).contains(&port))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceInfo {
     pub cluster_ips: Vec<IpAddr>,
+    /// `clusterIP: None`: DNS answers with the pods' IPs, so clients connect to pods directly.
+    pub headless: bool,
     pub ports: Vec<PortInfo>,
     /// `None`: every namespace.
     pub export_to: Option<BTreeSet<String>>,
@@ -99,7 +123,10 @@ pub enum Target {
         key: Key,
         port: u16,
     },
-    /// Not a Service address or name: the proxy forwards such connections unchanged.
+    /// An IP that is no Service's: while a meshed pod holds it, the answer is that pod alone,
+    /// with its identity (`Index::address`); otherwise the proxy forwards unchanged.
+    Address(SocketAddr),
+    /// Not a Service name: the proxy forwards such connections unchanged.
     Unknown,
 }
 
@@ -124,8 +151,13 @@ pub struct Index {
     pods: HashMap<Key, PodInfo>,
     services: HashMap<Key, ServiceInfo>,
     by_cluster_ip: HashMap<IpAddr, Key>,
+    /// The pods that claim each IP: one, but for the moment between an IP's reuse by a new pod
+    /// and the old pod's deletion reaching the index (see `pod_at`).
+    by_pod_ip: HashMap<IpAddr, Vec<Key>>,
     slices: HashMap<Key, SliceInfo>,
     slices_of: HashMap<Key, BTreeSet<String>>,
+    /// The slices that list each endpoint address: the Services a pod IP serves.
+    slices_by_ip: HashMap<IpAddr, BTreeSet<Key>>,
     routes: HashMap<Key, RouteInfo>,
     routes_of: HashMap<Key, BTreeSet<String>>,
     policies: HashMap<Key, MeshPolicySpec>,
@@ -143,8 +175,10 @@ impl Index {
             pods: HashMap::new(),
             services: HashMap::new(),
             by_cluster_ip: HashMap::new(),
+            by_pod_ip: HashMap::new(),
             slices: HashMap::new(),
             slices_of: HashMap::new(),
+            slices_by_ip: HashMap::new(),
             routes: HashMap::new(),
             routes_of: HashMap::new(),
             policies: HashMap::new(),
@@ -187,16 +221,53 @@ impl Index {
     }
 
     pub fn upsert_pod(&mut self, key: Key, pod: PodInfo) {
-        if self.pods.get(&key) != Some(&pod) {
-            self.pods.insert(key, pod);
-            self.touch();
+        if self.pods.get(&key) == Some(&pod) {
+            return;
         }
+        self.remove_pod(&key);
+        for ip in &pod.ips {
+            let claims = self.by_pod_ip.entry(*ip).or_default();
+            if !claims.contains(&key) {
+                claims.push(key.clone());
+            }
+        }
+        self.pods.insert(key, pod);
+        self.touch();
     }
 
     pub fn remove_pod(&mut self, key: &Key) {
-        if self.pods.remove(key).is_some() {
-            self.touch();
+        let Some(old) = self.pods.remove(key) else { return };
+        for ip in old.ips {
+            if let Some(claims) = self.by_pod_ip.get_mut(&ip) {
+                claims.retain(|claim| claim != key);
+                if claims.is_empty() {
+                    self.by_pod_ip.remove(&ip);
+                }
+            }
         }
+        self.touch();
+    }
+
+    /// The pod that holds `ip` now. An IP is reused once its pod is gone, but the watch may
+    /// bring the new pod before the old one's deletion (or final status): of the pods that claim
+    /// it, the one created last holds it, since the IP was free when it got it. Two created in
+    /// the same second cannot be told apart: `None` (no identity) rather than maybe the wrong one.
+    pub fn pod_at(&self, ip: IpAddr) -> Option<(&Key, &PodInfo)> {
+        let claims = self.by_pod_ip.get(&ip)?;
+        let mut newest: Option<(&Key, &PodInfo)> = None;
+        let mut tied = false;
+        for key in claims {
+            let Some(pod) = self.pods.get(key) else { continue };
+            match newest {
+                Some((_, best)) if best.created > pod.created => {}
+                Some((_, best)) if best.created == pod.created => tied = true,
+                _ => {
+                    newest = Some((key, pod));
+                    tied = false;
+                }
+            }
+        }
+        if tied { None } else { newest }
     }
 
     pub fn upsert_service(&mut self, key: Key, service: ServiceInfo) {
@@ -228,12 +299,23 @@ impl Index {
         }
         self.remove_slice(&key);
         self.slices_of.entry((key.0.clone(), slice.service.clone())).or_default().insert(key.1.clone());
+        for ip in slice.endpoints.iter().flat_map(|e| &e.addresses) {
+            self.slices_by_ip.entry(*ip).or_default().insert(key.clone());
+        }
         self.slices.insert(key, slice);
         self.touch();
     }
 
     pub fn remove_slice(&mut self, key: &Key) {
         if let Some(old) = self.slices.remove(key) {
+            for ip in old.endpoints.iter().flat_map(|e| &e.addresses) {
+                if let Some(slices) = self.slices_by_ip.get_mut(ip) {
+                    slices.remove(key);
+                    if slices.is_empty() {
+                        self.slices_by_ip.remove(ip);
+                    }
+                }
+            }
             let service = (key.0.clone(), old.service);
             if let Some(names) = self.slices_of.get_mut(&service) {
                 names.remove(&key.1);
@@ -311,12 +393,15 @@ impl Index {
         selections
     }
 
-    /// What a subscribed name means: `IP:PORT` of a Service's cluster IP, or
-    /// `NAME.NAMESPACE[.svc[.CLUSTER_DOMAIN]]:PORT`. A name of a Service that does not exist (yet)
-    /// still resolves to it, so the proxy learns when it appears.
+    /// What a subscribed name means: `IP:PORT` of a Service's cluster IP, any other `IP:PORT`
+    /// (a pod's, or outside the mesh), or `NAME.NAMESPACE[.svc[.CLUSTER_DOMAIN]]:PORT`. A name of
+    /// a Service that does not exist (yet) still resolves to it, so the proxy learns when it
+    /// appears; likewise an IP no pod holds yet.
     pub fn resolve(&self, destination: &str) -> Result<Target, String> {
         if let Ok(address) = destination.parse::<SocketAddr>() {
-            let Some(key) = self.by_cluster_ip.get(&address.ip()) else { return Ok(Target::Unknown) };
+            let Some(key) = self.by_cluster_ip.get(&address.ip()) else {
+                return Ok(Target::Address(address));
+            };
             return Ok(Target::Service { key: key.clone(), port: address.port() });
         }
         let malformed = || format!("{destination:?} is neither IP:PORT nor a Service's DNS name with :PORT");
@@ -345,6 +430,39 @@ impl Index {
             )),
             _ => Ok(()),
         }
+    }
+
+    /// Whether a proxy of namespace `client` may know who holds `ip`: unless the pod serves only
+    /// Services that are not exported to `client` (the pod IP would be a way around export-to).
+    pub fn visible_address(&self, ip: IpAddr, client: &str) -> Result<(), String> {
+        let mut services: Vec<Key> = self.endpoint_ports(ip).into_iter().map(|(key, _)| key).collect();
+        services.dedup();
+        if services.is_empty() {
+            return Ok(());
+        }
+        let mut hidden = Vec::new();
+        for key in services {
+            match self.visible(&key, client) {
+                Ok(()) => return Ok(()),
+                Err(reason) => hidden.push(reason),
+            }
+        }
+        Err(format!("{ip} is an endpoint only of Services hidden from {client}: {}", hidden.join("; ")))
+    }
+
+    /// Each Service that lists `ip` as an endpoint, with each port of the slices that list it;
+    /// sorted by Service.
+    fn endpoint_ports(&self, ip: IpAddr) -> Vec<(Key, &PortInfo)> {
+        let mut found: Vec<(Key, &PortInfo)> = Vec::new();
+        for key in self.slices_by_ip.get(&ip).into_iter().flatten() {
+            let Some(slice) = self.slices.get(key) else { continue };
+            for port in &slice.ports {
+                found.push(((key.0.clone(), slice.service.clone()), port));
+            }
+        }
+        found.sort_by(|a, b| (&a.0, a.1.port, &a.1.name).cmp(&(&b.0, b.1.port, &b.1.name)));
+        found.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+        found
     }
 
     /// Whether a client proving namespace/service account may speak for pod `pod`.
@@ -470,6 +588,99 @@ impl Index {
         Snapshot { service: Some(config), routes: applied, unsupported }
     }
 
+    /// The configuration a proxy needs to call `addr`, an IP that is no Service's: a headless
+    /// Service's DNS answer, a StatefulSet pod's own name, any pod IP. While a meshed pod holds
+    /// the IP and its proxy takes that port: one endpoint, the pod, with the identity it must
+    /// prove. The protocol is that of the Service ports that target the pod's port; a headless
+    /// Service's routes apply with the pod as their only backend (docs/discovery.md). Otherwise
+    /// `UNKNOWN`: the proxy forwards the connection unchanged, as before.
+    pub fn address(&self, addr: SocketAddr) -> Snapshot {
+        let port = addr.port();
+        let Some(((namespace, pod_name), pod)) = self.pod_at(addr.ip()) else { return Snapshot::UNKNOWN };
+        if !pod.proxied(port) {
+            return Snapshot::UNKNOWN;
+        }
+        // The Service ports whose endpoints are this port of the pod.
+        let serving: Vec<(Key, &ServiceInfo, &PortInfo)> = self
+            .endpoint_ports(addr.ip())
+            .into_iter()
+            .filter(|(_, slice_port)| slice_port.port == port)
+            .filter_map(|(key, slice_port)| {
+                let service = self.services.get(&key)?;
+                let service_port = service.ports.iter().find(|p| p.name == slice_port.name)?;
+                Some((key, service, service_port))
+            })
+            .collect();
+        // A server-speaks-first protocol must not wait for detection, whichever Service says so.
+        let opaque = serving.iter().any(|(_, _, p)| p.opaque);
+        let http2 = serving.iter().any(|(_, _, p)| p.http2);
+        let backend = pod_name.clone();
+        let mut routes = Vec::new();
+        let mut applied = Vec::new();
+        let mut unsupported = Vec::new();
+        let mut retry_budget = RetryBudgetConfig::default();
+        // A headless Service's clients reach its pods only by their IPs: its routes are about
+        // this traffic. They keep their matches, timeouts, retries and faults; the pod stays the
+        // only backend (the client chose it, as a StatefulSet's clients must) and nothing is
+        // mirrored. The first such Service by name, when several are.
+        let headless = serving
+            .iter()
+            .find(|(key, service, p)| service.headless && !self.routes_for(key, p.port).is_empty());
+        if let Some((key, _, service_port)) = headless {
+            for (name, route) in self.routes_for(key, service_port.port) {
+                let reference = RouteRef {
+                    namespace: key.0.clone(),
+                    name: name.to_owned(),
+                    generation: route.generation,
+                };
+                let translated: Result<Vec<RouteConfig>, Unsupported> = route
+                    .spec
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, rule)| translate::route_rule(name, i, rule, &key.1, service_port.port))
+                    .collect();
+                match translated {
+                    Ok(rules) => {
+                        routes.extend(rules.into_iter().map(|mut rule| {
+                            rule.backends = vec![WeightedBackend { name: backend.clone(), weight: 1 }];
+                            rule.mirror = None;
+                            rule
+                        }));
+                        applied.push(reference);
+                    }
+                    Err(why) => unsupported.push((reference, why)),
+                }
+            }
+            retry_budget = self.retry_budget(key, service_port.port);
+        }
+        routes.push(RouteConfig {
+            name: Some("default".to_owned()),
+            backends: vec![WeightedBackend { name: backend.clone(), weight: 1 }],
+            ..RouteConfig::default()
+        });
+        let config = ServiceConfig {
+            name: format!("{}.{namespace}.pod.{}:{port}", dashed(addr.ip()), self.cluster_domain),
+            hosts: Vec::new(),
+            addresses: vec![addr],
+            listen: None,
+            protocol: if opaque { Protocol::Opaque } else { Protocol::Auto },
+            backends: vec![BackendConfig {
+                name: backend,
+                endpoints: vec![EndpointConfig {
+                    address: addr,
+                    meshed: true,
+                    http2,
+                    identity: Some(self.spiffe_id(namespace, &pod.service_account)),
+                }],
+            }],
+            routes,
+            load_balancer: LoadBalancerConfig::default(),
+            retry_budget,
+        };
+        Snapshot { service: Some(config), routes: applied, unsupported }
+    }
+
     /// The accepted routes of a Service that apply to `port`, oldest first.
     fn routes_for<'a>(&'a self, key: &Key, port: u16) -> Vec<(&'a str, &'a RouteInfo)> {
         let mut routes: Vec<(&str, &RouteInfo)> = self
@@ -524,15 +735,21 @@ impl Index {
                 {
                     continue;
                 }
-                let meshed = pod.is_some_and(|pod| pod.meshed);
+                let meshed = pod.filter(|pod| pod.proxied(slice_port.port));
                 for ip in &endpoint.addresses {
+                    // The slice names a pod, but another one holds the IP now: the IP was reused
+                    // before the slice caught up. Whoever that is, it gets neither the old pod's
+                    // traffic nor its identity.
+                    if let (Some(name), Some(((namespace, holder), _))) = (&endpoint.pod, self.pod_at(*ip))
+                        && (namespace != &key.0 || holder != name)
+                    {
+                        continue;
+                    }
                     endpoints.push(EndpointConfig {
                         address: SocketAddr::new(*ip, slice_port.port),
-                        meshed,
+                        meshed: meshed.is_some(),
                         http2: service_port.http2 || slice_port.http2,
-                        identity: pod
-                            .filter(|pod| pod.meshed)
-                            .map(|pod| self.spiffe_id(&key.0, &pod.service_account)),
+                        identity: meshed.map(|pod| self.spiffe_id(&key.0, &pod.service_account)),
                     });
                 }
             }
@@ -541,6 +758,11 @@ impl Index {
         endpoints.dedup_by_key(|e| e.address);
         endpoints
     }
+}
+
+/// An IP as the label of a pod's DNS name (`10-1-0-5`, `fd00--5`), as Kubernetes spells it.
+fn dashed(ip: IpAddr) -> String {
+    ip.to_string().replace(['.', ':'], "-")
 }
 
 #[cfg(test)]
@@ -566,7 +788,12 @@ mod tests {
     fn add_service(index: &mut Index, name: &str, cluster_ip: &str, pods: &[TestPod<'_>]) {
         index.upsert_service(
             key("shop", name),
-            ServiceInfo { cluster_ips: vec![ip(cluster_ip)], ports: vec![http_port(80)], export_to: None },
+            ServiceInfo {
+                cluster_ips: vec![ip(cluster_ip)],
+                headless: false,
+                ports: vec![http_port(80)],
+                export_to: None,
+            },
         );
         let mut endpoints = Vec::new();
         for (pod, address, labels) in pods {
@@ -576,8 +803,9 @@ mod tests {
                     service_account: "reviews".to_owned(),
                     labels: labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect(),
                     meshed: true,
-                    probes: Vec::new(),
-                    default_policy: None,
+                    ips: vec![ip(address)],
+                    created: "2026-01-01T00:00:00Z".to_owned(),
+                    ..Default::default()
                 },
             );
             endpoints.push(EndpointInfo {
@@ -635,7 +863,11 @@ mod tests {
         assert_eq!(index.resolve("reviews.shop.svc.cluster.local:80"), Ok(reviews.clone()));
         assert_eq!(index.resolve("reviews.shop.svc:80"), Ok(reviews.clone()));
         assert_eq!(index.resolve("reviews.shop:80"), Ok(reviews));
-        assert_eq!(index.resolve("10.1.0.1:8080"), Ok(Target::Unknown), "a pod IP is not a Service");
+        assert_eq!(
+            index.resolve("10.1.0.1:8080"),
+            Ok(Target::Address("10.1.0.1:8080".parse().unwrap())),
+            "a pod IP is not a Service"
+        );
         assert_eq!(
             index.resolve("example.com:443"),
             Ok(Target::Service { key: key("com", "example"), port: 443 })
@@ -749,7 +981,7 @@ mod tests {
                 labels: BTreeMap::new(),
                 meshed: false,
                 probes: Vec::new(),
-                default_policy: None,
+                ..Default::default()
             },
         );
         index.upsert_slice(
@@ -873,5 +1105,248 @@ mod tests {
         assert_eq!(index.revision(), before, "the same objects again change nothing");
         index.remove_pod(&key("shop", "reviews-v1-a"));
         assert!(index.revision() > before);
+    }
+
+    fn pod_at_ip(service_account: &str, address: &str, created: &str) -> PodInfo {
+        PodInfo {
+            service_account: service_account.to_owned(),
+            meshed: true,
+            ips: vec![ip(address)],
+            created: created.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("test address")
+    }
+
+    /// The identity the answer for `address` sends the proxy to, `None` for passthrough.
+    fn identity_at(index: &Index, address: &str) -> Option<String> {
+        let service = index.address(addr(address)).service?;
+        assert_eq!(service.backends.len(), 1, "one backend: the pod");
+        assert_eq!(service.backends[0].endpoints.len(), 1, "one endpoint: the pod");
+        service.backends[0].endpoints[0].identity.clone()
+    }
+
+    #[test]
+    fn a_meshed_pods_ip_is_answered_with_that_pod_alone_and_its_identity() {
+        let index = shop();
+        let snapshot = index.address(addr("10.1.0.1:8080"));
+        let service = snapshot.service.expect("a meshed pod");
+        assert_eq!(service.name, "10-1-0-1.shop.pod.cluster.local:8080");
+        assert_eq!(service.addresses, [addr("10.1.0.1:8080")]);
+        assert_eq!(service.protocol, Protocol::Auto);
+        assert_eq!(service.backends.len(), 1);
+        assert_eq!(service.backends[0].name, "reviews-v1-a");
+        assert_eq!(
+            service.backends[0].endpoints,
+            [EndpointConfig {
+                address: addr("10.1.0.1:8080"),
+                meshed: true,
+                http2: false,
+                identity: Some("spiffe://cluster.local/ns/shop/sa/reviews".to_owned()),
+            }]
+        );
+        let routes: Vec<_> = service.routes.iter().map(|r| r.name.as_deref()).collect();
+        assert_eq!(routes, [Some("default")], "no headless Service: no route but the pod");
+        // What the proxy is sent passes its own check.
+        let config = json!({"identity": {"identity": "spiffe://cluster.local/ns/shop/sa/web",
+            "endpoint": "id:8080", "tokenFile": "/t", "trustBundleFile": "/b"}, "services": [service]});
+        braid_api::config::Config::parse(&config.to_string()).expect("the proxy accepts it");
+        // Any port of the pod reaches its proxy, but the admin port.
+        assert!(identity_at(&index, "10.1.0.1:9000").is_some());
+        assert_eq!(index.address(addr("10.1.0.1:4191")), Snapshot::UNKNOWN, "the admin port");
+        assert_eq!(index.address(addr("10.9.9.9:8080")), Snapshot::UNKNOWN, "no pod holds it");
+        assert_eq!(index.address(addr("10.96.0.10:80")), Snapshot::UNKNOWN, "a cluster IP is no pod's");
+    }
+
+    #[test]
+    fn an_unmeshed_pod_or_a_skipped_port_is_forwarded_unchanged() {
+        let mut index = shop();
+        let mut plain = pod_at_ip("batch", "10.1.0.7", "2026-01-01T00:00:00Z");
+        plain.meshed = false;
+        index.upsert_pod(key("shop", "batch"), plain);
+        assert_eq!(index.address(addr("10.1.0.7:8080")), Snapshot::UNKNOWN, "no proxy in the pod");
+        let mut skipping = pod_at_ip("db", "10.1.0.8", "2026-01-01T00:00:00Z");
+        skipping.skip_inbound = braid_runtime::ports::parse_port_list("4191,5432,9000-9100").unwrap();
+        index.upsert_pod(key("shop", "db"), skipping);
+        assert_eq!(index.address(addr("10.1.0.8:5432")), Snapshot::UNKNOWN, "a skipped port");
+        assert_eq!(index.address(addr("10.1.0.8:9050")), Snapshot::UNKNOWN, "inside a skipped range");
+        assert!(identity_at(&index, "10.1.0.8:8080").is_some(), "other ports reach the proxy");
+    }
+
+    #[test]
+    fn a_reused_ip_is_never_answered_with_the_old_pods_identity() {
+        let mut index = shop();
+        let old = "spiffe://cluster.local/ns/shop/sa/reviews";
+        let new = "spiffe://cluster.local/ns/jobs/sa/batch";
+        assert_eq!(identity_at(&index, "10.1.0.2:8080").as_deref(), Some(old));
+        // The old pod is gone, but its deletion has not reached the index when the new pod,
+        // given the freed IP, does.
+        index.upsert_pod(key("jobs", "batch-1"), pod_at_ip("batch", "10.1.0.2", "2026-01-01T00:05:00Z"));
+        assert_eq!(identity_at(&index, "10.1.0.2:8080").as_deref(), Some(new), "the later pod holds it");
+        let reviews = index.destination(&key("shop", "reviews"), 80).service.expect("known");
+        let addresses: Vec<String> =
+            reviews.backends[0].endpoints.iter().map(|e| e.address.to_string()).collect();
+        assert_eq!(
+            addresses,
+            ["10.1.0.1:8080"],
+            "the Service's slice still lists the old pod at the IP: that endpoint is left out"
+        );
+        index.remove_pod(&key("shop", "reviews-v2-a"));
+        assert_eq!(identity_at(&index, "10.1.0.2:8080").as_deref(), Some(new));
+        index.remove_pod(&key("jobs", "batch-1"));
+        assert_eq!(index.address(addr("10.1.0.2:8080")), Snapshot::UNKNOWN, "nobody holds it now");
+
+        // Deletion first, then the new pod: the same.
+        let mut index = shop();
+        index.remove_pod(&key("shop", "reviews-v2-a"));
+        assert_eq!(index.address(addr("10.1.0.2:8080")), Snapshot::UNKNOWN);
+        index.upsert_pod(key("jobs", "batch-1"), pod_at_ip("batch", "10.1.0.2", "2026-01-01T00:05:00Z"));
+        assert_eq!(identity_at(&index, "10.1.0.2:8080").as_deref(), Some(new));
+
+        // A pod that moves off an IP (its status loses it) lets go of it.
+        let mut moved = pod_at_ip("batch", "10.1.0.3", "2026-01-01T00:05:00Z");
+        index.upsert_pod(key("jobs", "batch-1"), moved.clone());
+        assert_eq!(index.address(addr("10.1.0.2:8080")), Snapshot::UNKNOWN);
+        moved.ips.clear();
+        index.upsert_pod(key("jobs", "batch-1"), moved);
+        assert_eq!(index.address(addr("10.1.0.3:8080")), Snapshot::UNKNOWN);
+
+        // Two pods created in the same second claim one IP: which one holds it cannot be told.
+        let mut index = shop();
+        index.upsert_pod(key("jobs", "twin"), pod_at_ip("batch", "10.1.0.1", "2026-01-01T00:00:00Z"));
+        assert_eq!(index.address(addr("10.1.0.1:8080")), Snapshot::UNKNOWN, "no identity when unsure");
+        // An unmeshed newer pod holds the IP: forwarded unchanged, not to the old identity.
+        let mut index = shop();
+        let mut plain = pod_at_ip("batch", "10.1.0.1", "2026-01-02T00:00:00Z");
+        plain.meshed = false;
+        index.upsert_pod(key("jobs", "plain"), plain);
+        assert_eq!(index.address(addr("10.1.0.1:8080")), Snapshot::UNKNOWN);
+    }
+
+    /// StatefulSet `web` behind headless Service `web` (port http 80 → 8080 on the pods).
+    fn statefulset() -> Index {
+        let mut index = Index::new("cluster.local", "cluster.local");
+        index.upsert_service(
+            key("shop", "web"),
+            ServiceInfo {
+                cluster_ips: Vec::new(),
+                headless: true,
+                ports: vec![http_port(80)],
+                export_to: None,
+            },
+        );
+        let mut endpoints = Vec::new();
+        for (name, address) in [("web-0", "10.1.1.10"), ("web-1", "10.1.1.11")] {
+            index.upsert_pod(key("shop", name), pod_at_ip("web", address, "2026-01-01T00:00:00Z"));
+            endpoints.push(EndpointInfo {
+                addresses: vec![ip(address)],
+                ready: true,
+                pod: Some(name.to_owned()),
+            });
+        }
+        index.upsert_slice(
+            key("shop", "web-xyz"),
+            SliceInfo { service: "web".to_owned(), ports: vec![http_port(8080)], endpoints },
+        );
+        index
+    }
+
+    #[test]
+    fn a_headless_services_routes_apply_with_the_pod_as_their_only_backend() {
+        let mut index = statefulset();
+        let spec = json!({"service": "web", "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/slow"}}], "timeout": "5s",
+             "backends": [{"service": "elsewhere", "weight": 100}]},
+            {"retries": {"attempts": 3, "retryOn": ["5xx"]}, "mirror": {"service": "shadow", "percent": 10},
+             "backends": [{"subset": {"version": "v2"}, "weight": 1}]}]});
+        let spec: MeshRouteSpec = serde_json::from_value(spec).expect("route");
+        index.upsert_route(
+            key("shop", "web"),
+            RouteInfo { generation: 4, created: "2026-01-01T00:00:00Z".into(), accepted: true, spec },
+        );
+        let snapshot = index.address(addr("10.1.1.11:8080"));
+        assert_eq!(
+            snapshot.routes,
+            [RouteRef { namespace: "shop".into(), name: "web".into(), generation: 4 }]
+        );
+        let service = snapshot.service.expect("a meshed pod");
+        assert_eq!(service.backends.len(), 1, "only the pod, whatever the route names");
+        assert_eq!(service.backends[0].name, "web-1");
+        assert_eq!(service.routes.len(), 3, "two rules and the default");
+        for route in &service.routes {
+            let backends: Vec<_> = route.backends.iter().map(|b| b.name.as_str()).collect();
+            assert_eq!(backends, ["web-1"], "the client chose the pod: {route:?}");
+            assert!(route.mirror.is_none(), "nothing mirrored");
+        }
+        assert_eq!(service.routes[0].timeout, Some(std::time::Duration::from_secs(5)));
+        assert_eq!(service.routes[1].retries.as_ref().map(|r| r.attempts), Some(3));
+        assert_eq!(service.routes[2].name.as_deref(), Some("default"));
+        let config = json!({"identity": {"identity": "spiffe://cluster.local/ns/shop/sa/client",
+            "endpoint": "id:8080", "tokenFile": "/t", "trustBundleFile": "/b"}, "services": [service]});
+        braid_api::config::Config::parse(&config.to_string()).expect("the proxy accepts it");
+
+        // The same pods behind a Service with a cluster IP: its routes are for the cluster IP;
+        // a client that dials a pod directly gets that pod, untouched.
+        let mut index = index.clone();
+        let mut with_ip = index.services[&key("shop", "web")].clone();
+        with_ip.headless = false;
+        with_ip.cluster_ips = vec![ip("10.96.1.1")];
+        index.upsert_service(key("shop", "web"), with_ip);
+        let service = index.address(addr("10.1.1.11:8080")).service.expect("a meshed pod");
+        assert_eq!(service.routes.len(), 1, "only the default route");
+        assert!(service.routes[0].retries.is_none());
+    }
+
+    #[test]
+    fn the_services_port_says_whether_a_pod_port_is_opaque_or_http2() {
+        let mut index = statefulset();
+        let mut service = index.services[&key("shop", "web")].clone();
+        service.ports = vec![PortInfo { name: "http".into(), port: 80, http2: true, opaque: false }];
+        index.upsert_service(key("shop", "web"), service.clone());
+        let config = index.address(addr("10.1.1.10:8080")).service.expect("meshed");
+        assert!(config.backends[0].endpoints[0].http2);
+        service.ports = vec![PortInfo { name: "http".into(), port: 80, http2: false, opaque: true }];
+        index.upsert_service(key("shop", "web"), service);
+        let config = index.address(addr("10.1.1.10:8080")).service.expect("meshed");
+        assert_eq!(config.protocol, Protocol::Opaque, "a database port is not held for detection");
+        let other = index.address(addr("10.1.1.10:9090")).service.expect("meshed");
+        assert_eq!(other.protocol, Protocol::Auto, "a port no Service names is detected");
+    }
+
+    #[test]
+    fn a_pod_ip_is_hidden_only_behind_services_all_hidden_from_the_client() {
+        let mut index = statefulset();
+        assert!(index.visible_address(ip("10.1.1.10"), "elsewhere").is_ok());
+        assert!(index.visible_address(ip("10.9.9.9"), "elsewhere").is_ok(), "no Service: nothing to hide");
+        let mut private = index.services[&key("shop", "web")].clone();
+        private.export_to = Some(BTreeSet::from(["shop".to_owned()]));
+        index.upsert_service(key("shop", "web"), private);
+        let refused = index.visible_address(ip("10.1.1.10"), "elsewhere").unwrap_err();
+        assert!(refused.contains("exported only to namespace(s) shop"), "{refused}");
+        assert!(index.visible_address(ip("10.1.1.10"), "shop").is_ok());
+        // Also behind a Service everyone may see: no secret to keep.
+        index.upsert_service(
+            key("shop", "web-public"),
+            ServiceInfo {
+                cluster_ips: Vec::new(),
+                headless: true,
+                ports: vec![http_port(80)],
+                export_to: None,
+            },
+        );
+        let slice = index.slices[&key("shop", "web-xyz")].clone();
+        index
+            .upsert_slice(key("shop", "web-public-abc"), SliceInfo { service: "web-public".into(), ..slice });
+        assert!(index.visible_address(ip("10.1.1.10"), "elsewhere").is_ok());
+        // The slice index lets go of addresses with their slices.
+        index.remove_slice(&key("shop", "web-public-abc"));
+        index.remove_slice(&key("shop", "web-xyz"));
+        assert!(index.slices_by_ip.is_empty(), "{:?}", index.slices_by_ip);
+        index.remove_pod(&key("shop", "web-0"));
+        index.remove_pod(&key("shop", "web-1"));
+        assert!(index.by_pod_ip.is_empty(), "{:?}", index.by_pod_ip);
     }
 }

@@ -159,6 +159,9 @@ pub enum StreamError {
 struct Destination {
     /// Version sent last, to send only what changed.
     sent: Option<u64>,
+    /// The answer sent last for a pod-IP destination: computed per stream (one endpoint, no
+    /// shared memo to grow with every IP asked), so compared rather than versioned.
+    sent_address: Option<Arc<Snapshot>>,
     refused: bool,
 }
 
@@ -326,7 +329,8 @@ impl Session<'_> {
                 self.send(ControlMessage::Refused(Refusal { resource, reason })).await
             }
             ProxyMessage::Subscribe(Resource::Destination(name)) => {
-                self.destinations.insert(name.clone(), Destination { sent: None, refused: false });
+                self.destinations
+                    .insert(name.clone(), Destination { sent: None, sent_address: None, refused: false });
                 self.send_destination(&name).await
             }
             ProxyMessage::Subscribe(Resource::Inbound) => {
@@ -376,8 +380,10 @@ impl Session<'_> {
     async fn send_destination(&mut self, name: &str) -> bool {
         let resolved = self.discovery.read(|index| {
             let target = index.resolve(name)?;
-            if let Target::Service { key, .. } = &target {
-                index.visible(key, &self.peer.namespace)?;
+            match &target {
+                Target::Service { key, .. } => index.visible(key, &self.peer.namespace)?,
+                Target::Address(addr) => index.visible_address(addr.ip(), &self.peer.namespace)?,
+                Target::Unknown => {}
             }
             Ok::<_, String>(target)
         });
@@ -390,6 +396,7 @@ impl Session<'_> {
                 }
                 state.refused = true;
                 state.sent = None;
+                state.sent_address = None;
                 self.discovery.registry.unsubscribe(self.id, name);
                 let resource = Some(Resource::Destination(name.to_owned()));
                 return self.send(ControlMessage::Refused(Refusal { resource, reason })).await;
@@ -397,8 +404,26 @@ impl Session<'_> {
         };
         state.refused = false;
         let (version, snapshot) = match &target {
-            Target::Service { key, port } => self.discovery.snapshot(key, *port),
-            Target::Unknown => (0, Arc::new(Snapshot::UNKNOWN)),
+            Target::Service { key, port } => {
+                state.sent_address = None;
+                self.discovery.snapshot(key, *port)
+            }
+            Target::Address(addr) => {
+                let (revision, fresh) = self.discovery.read(|index| (index.revision(), index.address(*addr)));
+                if let (Some(sent), Some(last)) = (state.sent, &state.sent_address)
+                    && **last == fresh
+                {
+                    (sent, last.clone())
+                } else {
+                    let fresh = Arc::new(fresh);
+                    state.sent_address = Some(fresh.clone());
+                    (revision, fresh)
+                }
+            }
+            Target::Unknown => {
+                state.sent_address = None;
+                (0, Arc::new(Snapshot::UNKNOWN))
+            }
         };
         if state.sent == Some(version) {
             return true;
@@ -437,6 +462,16 @@ mod tests {
         (ns.to_owned(), name.to_owned())
     }
 
+    fn index_pod(service_account: &str, ip: &str, created: &str) -> PodInfo {
+        PodInfo {
+            service_account: service_account.into(),
+            meshed: true,
+            ips: vec![ip.parse().unwrap()],
+            created: created.into(),
+            ..Default::default()
+        }
+    }
+
     fn cluster() -> Arc<Discovery> {
         let mut index = Index::new("cluster.local", "cluster.local");
         let port = || PortInfo { name: String::new(), port: 80, http2: false, opaque: false };
@@ -447,7 +482,7 @@ mod tests {
                 labels: Default::default(),
                 meshed: true,
                 probes: Vec::new(),
-                default_policy: None,
+                ..Default::default()
             },
         );
         index.upsert_pod(
@@ -457,13 +492,14 @@ mod tests {
                 labels: Default::default(),
                 meshed: true,
                 probes: Vec::new(),
-                default_policy: None,
+                ..Default::default()
             },
         );
         index.upsert_service(
             key("shop", "api"),
             ServiceInfo {
                 cluster_ips: vec!["10.96.0.20".parse().unwrap()],
+                headless: false,
                 ports: vec![port()],
                 export_to: None,
             },
@@ -472,6 +508,7 @@ mod tests {
             key("shop", "private"),
             ServiceInfo {
                 cluster_ips: vec!["10.96.0.21".parse().unwrap()],
+                headless: false,
                 ports: vec![port()],
                 export_to: Some(BTreeSet::from(["shop".to_owned()])),
             },
@@ -586,6 +623,46 @@ mod tests {
         drop(proxy.to_server);
         proxy.task.await.expect("task").expect("ends cleanly when the proxy hangs up");
         assert_eq!(discovery.registry.summary().connected, 0);
+    }
+
+    /// The identity the proxy is told to expect at the pod-IP destination of `update`.
+    fn identity(update: &DestinationUpdate) -> Option<&str> {
+        update.service.as_ref()?.backends.first()?.endpoints.first()?.identity.as_deref()
+    }
+
+    #[tokio::test]
+    async fn a_pod_ip_follows_whoever_holds_it_and_an_unchanged_answer_is_not_resent() {
+        let discovery = cluster();
+        let mut proxy = start(&discovery, ("web", "client"));
+        proxy.send(&hello("web", "client"));
+        discovery.update(|index| {
+            let mut pod = index_pod("api", "10.1.0.5", "2026-01-01T00:00:00Z");
+            pod.labels.insert("app".into(), "api".into());
+            index.upsert_pod(key("shop", "api-1"), pod);
+        });
+        proxy.send(&subscribe("10.1.0.5:8080"));
+        let first = destination(proxy.next().await);
+        assert_eq!(identity(&first), Some("spiffe://cluster.local/ns/shop/sa/api"));
+
+        // A change that leaves the answer as it was sends nothing; the next message is the
+        // answer to the reuse below.
+        discovery.update(|index| index.remove_pod(&key("web", "client-gone")));
+        discovery.update(|index| {
+            index.upsert_pod(key("shop", "other"), index_pod("api", "10.1.0.99", "2026-01-01T00:00:00Z"))
+        });
+        // The IP is reused by a pod of another identity before the old pod's deletion arrives.
+        discovery.update(|index| {
+            index.upsert_pod(key("jobs", "batch-1"), index_pod("batch", "10.1.0.5", "2026-01-01T00:09:00Z"))
+        });
+        let reused = destination(proxy.next().await);
+        assert!(reused.version > first.version);
+        assert_eq!(identity(&reused), Some("spiffe://cluster.local/ns/jobs/sa/batch"));
+        discovery.update(|index| {
+            index.remove_pod(&key("shop", "api-1"));
+            index.remove_pod(&key("jobs", "batch-1"));
+        });
+        let gone = destination(proxy.next().await);
+        assert_eq!((gone.destination.as_str(), gone.service), ("10.1.0.5:8080", None), "forwarded unchanged");
     }
 
     #[tokio::test]

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use braid_api::config::DefaultInboundPolicy;
-use braid_api::contract::{DEFAULT_INBOUND_POLICY, INJECTED, PROXY_CONTAINER};
+use braid_api::contract::{DEFAULT_INBOUND_POLICY, INJECTED, PROXY_CONTAINER, env::INBOUND_SKIP_PORTS};
 use braid_crds::{Mesh, MeshPolicy, MeshRoute};
 use futures::{FutureExt as _, StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::{Pod, Service};
@@ -45,6 +45,50 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
         meshed,
         probes,
         default_policy,
+        ips: pod_ips(pod),
+        created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
+        skip_inbound: skip_inbound(pod),
+    })
+}
+
+/// The IPs a pod holds: a finished pod keeps them in its status after the node has freed them,
+/// and a pod on the node's network has the node's.
+fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
+    let Some(status) = &pod.status else { return Vec::new() };
+    let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
+    if host_network || matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return Vec::new();
+    }
+    let mut ips: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .map(|ip| ip.ip.as_str())
+        .chain(status.pod_ip.as_deref())
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// The inbound ports the pod's redirect skips, as the webhook gave them to its proxy.
+fn skip_inbound(pod: &Pod) -> Vec<braid_runtime::ports::PortRange> {
+    let Some(spec) = &pod.spec else { return Vec::new() };
+    let value = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .filter(|c| c.name == PROXY_CONTAINER)
+        .flat_map(|c| c.env.iter().flatten())
+        .find(|e| e.name == INBOUND_SKIP_PORTS)
+        .and_then(|e| e.value.as_deref());
+    let Some(value) = value else { return Vec::new() };
+    braid_runtime::ports::parse_port_list(value).unwrap_or_else(|err| {
+        // braid-proxy init refuses the same list, so such a pod does not start.
+        tracing::warn!(pod = ?pod.metadata.name, %err, "the pod's skipped inbound ports are unreadable");
+        Vec::new()
     })
 }
 
@@ -96,7 +140,8 @@ pub fn service_info(service: &Service) -> Option<ServiceInfo> {
             .map(|n| if n == "." { namespace.clone() } else { n.to_owned() })
             .collect::<BTreeSet<_>>()
     });
-    Some(ServiceInfo { cluster_ips, ports, export_to })
+    let headless = spec.cluster_ip.as_deref() == Some("None");
+    Some(ServiceInfo { cluster_ips, headless, ports, export_to })
 }
 
 pub fn slice_info(slice: &EndpointSlice) -> Option<SliceInfo> {
@@ -415,5 +460,51 @@ mod tests {
         );
         let bare: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "x"}})).expect("pod");
         assert!(pod_info(&bare).is_none(), "no spec: nothing to index");
+    }
+
+    #[test]
+    fn a_pod_holds_its_ips_while_it_runs_off_the_nodes_network() {
+        let pod = |phase: &str, host_network: bool| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web-0", "namespace": "shop", "creationTimestamp": "2026-03-01T10:00:00Z"},
+                "spec": {"hostNetwork": host_network, "initContainers": [{"name": "braid-proxy", "image": "p",
+                    "env": [{"name": "BRAID_INBOUND_SKIP_PORTS", "value": "4191,5432,9000-9100"}]}],
+                    "containers": [{"name": "app", "image": "x"}]},
+                "status": {"phase": phase, "podIP": "10.1.0.5",
+                           "podIPs": [{"ip": "10.1.0.5"}, {"ip": "fd00::5"}]},
+            }))
+            .expect("pod")
+        };
+        let info = pod_info(&pod("Running", false)).expect("a spec");
+        let ips: Vec<String> = info.ips.iter().map(ToString::to_string).collect();
+        assert_eq!(ips, ["10.1.0.5", "fd00::5"]);
+        assert_eq!(info.created, "2026-03-01T10:00:00Z");
+        assert!(info.proxied(8080));
+        assert!(!info.proxied(5432) && !info.proxied(9050) && !info.proxied(4191), "{:?}", info.skip_inbound);
+        assert!(pod_info(&pod("Succeeded", false)).expect("a spec").ips.is_empty(), "a finished pod let go");
+        assert!(pod_info(&pod("Failed", false)).expect("a spec").ips.is_empty());
+        assert!(pod_info(&pod("Running", true)).expect("a spec").ips.is_empty(), "the node's IP is no pod's");
+        let mut bad = pod("Running", false);
+        if let Some(env) =
+            bad.spec.as_mut().and_then(|s| s.init_containers.as_mut()).and_then(|c| c[0].env.as_mut())
+        {
+            env[0].value = Some("http".into());
+        }
+        let info = pod_info(&bad).expect("a spec");
+        assert!(info.skip_inbound.is_empty() && !info.proxied(4191), "unreadable: only the admin port");
+    }
+
+    #[test]
+    fn a_headless_service_is_told_apart() {
+        let service = |cluster_ip: &str| -> Service {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web", "namespace": "shop"},
+                "spec": {"clusterIP": cluster_ip, "ports": [{"name": "http", "port": 80}]}
+            }))
+            .expect("service")
+        };
+        let headless = service_info(&service("None")).expect("a spec");
+        assert!(headless.headless && headless.cluster_ips.is_empty());
+        assert!(!service_info(&service("10.96.0.9")).expect("a spec").headless);
     }
 }
