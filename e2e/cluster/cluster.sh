@@ -131,12 +131,18 @@ all_running() {
 
 # Starts component $1 from its recorded command line. setsid gives it a session of its own, so it outlives
 # the calling shell and gets none of its terminal's signals (Ctrl-C, SIGHUP). The log is appended to, so a
-# restart keeps the previous run's output. 9>&- : the component must not inherit the lock, or it would hold
-# it for as long as it runs.
+# restart keeps the previous run's output. Every descriptor beyond stdio is closed first: the component must
+# not inherit our lock, nor a caller's (a `flock FILE make test`), nor a CI runner's pipe, or it would hold
+# them for as long as it runs.
 launch() {
-  local args
+  local args fd
   mapfile -t args <"$STATE/cmd/$1.args"
-  setsid "${args[@]}" </dev/null >>"$STATE/logs/$1.log" 2>&1 9>&- &
+  (
+    for fd in $(ls "/proc/$BASHPID/fd"); do
+      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    exec setsid "${args[@]}" </dev/null >>"$STATE/logs/$1.log" 2>&1
+  ) &
   echo "$!" >"$STATE/pids/$1.pid"
 }
 

@@ -5,301 +5,20 @@
 //! mTLS. Needs the node (`make cluster-up`) and the images (`make images`); `make e2e` does both.
 //! A test binary of its own: it installs the chart, which owns the cluster's single Mesh.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use braid_e2e::{Cluster, TestNamespace, eventually, repo_root, setup};
+use braid_e2e::mesh::{
+    LoadRun, LoadSpec, Release, Sidecar, Window, addr, apply, assert_overlaps, by_version,
+    check_prerequisites, count, inbound_from_client, install, load, programmed, route, split, url, workloads,
+};
+use braid_e2e::{Cluster, TestNamespace, eventually, setup};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use serde_json::Value;
 
-const RELEASE: &str = "braid";
-const IMAGES: [&str; 4] = [
-    "braid.dev/braid-operator:0.1.0",
-    "braid.dev/braid-webhook:0.1.0",
-    "braid.dev/braid-proxy:dev",
-    "braid.dev/braid-testapps:dev",
-];
-
 fn kubectl(cluster: &Cluster, args: &[&str]) -> String {
     cluster.kubectl_ok(args)
-}
-
-fn apply(cluster: &Cluster, yaml: &str) {
-    let output = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(yaml));
-    assert!(
-        output.status.success(),
-        "kubectl apply failed: {}\n{yaml}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// Fails with what to run when the node or the images are missing.
-fn check_prerequisites(cluster: &Cluster) {
-    let nodes = kubectl(
-        cluster,
-        &["get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type==\"Ready\")].status}"],
-    );
-    assert!(
-        nodes.split_whitespace().any(|s| s == "True"),
-        "no Ready node: this test runs real pods; start the cluster with its node: make cluster-up"
-    );
-    let script = repo_root().join("e2e/cluster/cluster.sh");
-    let output = std::process::Command::new("bash")
-        .arg(&script)
-        .args(["ctr", "images", "ls", "-q"])
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run cluster.sh ctr: {err}"));
-    let listed = String::from_utf8_lossy(&output.stdout);
-    for image in IMAGES {
-        assert!(
-            listed.lines().any(|l| l == image),
-            "image {image} is not on the node: build and import the images with: make images"
-        );
-    }
-}
-
-fn install(cluster: &Cluster) {
-    let _ = cluster.helm(&["uninstall", RELEASE, "-n", "braid-system", "--ignore-not-found", "--wait"]);
-    let _ = cluster.kubectl(&["delete", "mesh", "default", "--ignore-not-found"]);
-    let chart = repo_root().join("helm/braid");
-    let output = cluster.helm(&[
-        "install",
-        RELEASE,
-        &chart.to_string_lossy(),
-        "-n",
-        "braid-system",
-        "--create-namespace",
-        "--set",
-        "image.pullPolicy=Never",
-        "--wait",
-        "--timeout",
-        "5m",
-    ]);
-    assert!(
-        output.status.success(),
-        "helm install failed: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        kubectl(cluster, &["get", "pods", "-n", "braid-system", "-o", "wide"])
-    );
-}
-
-struct Uninstall<'a>(&'a Cluster);
-
-impl Drop for Uninstall<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.helm(&["uninstall", RELEASE, "-n", "braid-system", "--ignore-not-found"]);
-    }
-}
-
-fn echo(ns: &str, version: &str, env: &str) -> String {
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{ name: echo-{version}, namespace: {ns} }}
-spec:
-  replicas: 2
-  selector: {{ matchLabels: {{ app: echo, version: {version} }} }}
-  strategy: {{ rollingUpdate: {{ maxUnavailable: 0, maxSurge: 1 }} }}
-  template:
-    metadata: {{ labels: {{ app: echo, version: {version} }} }}
-    spec:
-      serviceAccountName: echo
-      terminationGracePeriodSeconds: 20
-      containers:
-        - name: echo
-          image: braid.dev/braid-testapps:dev
-          imagePullPolicy: Never
-          command: [echo, --name, echo, --app-version, {version}, --shutdown-delay, 3s]
-          env: [{{ name: POD_NAME, valueFrom: {{ fieldRef: {{ fieldPath: metadata.name }} }} }}{env}]
-          ports: [{{ name: http, containerPort: 8080 }}]
-          readinessProbe: {{ httpGet: {{ path: /healthz, port: 8080 }}, periodSeconds: 1 }}
----
-apiVersion: v1
-kind: Service
-metadata: {{ name: echo-{version}, namespace: {ns} }}
-spec:
-  selector: {{ app: echo, version: {version} }}
-  ports: [{{ name: http, port: 8080, targetPort: http }}]
-"#
-    )
-}
-
-fn workloads(ns: &str) -> String {
-    format!(
-        r#"
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{ name: echo, namespace: {ns} }}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{ name: client, namespace: {ns} }}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{ name: intruder, namespace: {ns} }}
----
-apiVersion: v1
-kind: Service
-metadata: {{ name: echo, namespace: {ns} }}
-spec:
-  selector: {{ app: echo }}
-  ports: [{{ name: http, port: 8080, targetPort: http }}]
----
-{}
----
-{}
-"#,
-        echo(ns, "v1", ""),
-        echo(ns, "v2", "")
-    )
-}
-
-fn route(ns: &str, rules: &str) -> String {
-    format!(
-        r#"
-apiVersion: braid.dev/v1alpha1
-kind: MeshRoute
-metadata: {{ name: echo, namespace: {ns} }}
-spec:
-  service: echo
-  rules:
-{rules}
-"#
-    )
-}
-
-/// The pod of a load client (e2e/apps `load --json ARGS`), meshed, running as `account`.
-fn start_load_pod(cluster: &Cluster, ns: &str, name: &str, account: &str, args: &[&str]) {
-    let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
-    apply(
-        cluster,
-        &format!(
-            r#"
-apiVersion: v1
-kind: Pod
-metadata: {{ name: {name}, namespace: {ns}, labels: {{ app: load }} }}
-spec:
-  serviceAccountName: {account}
-  restartPolicy: Never
-  containers:
-    - name: load
-      image: braid.dev/braid-testapps:dev
-      imagePullPolicy: Never
-      command: [load, --json, {}]
-"#,
-            args.join(", ")
-        ),
-    );
-}
-
-/// The IP of load pod `name` once its load container has started.
-async fn load_pod_ip(client: &Client, ns: &str, name: &str) -> String {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    eventually(Duration::from_secs(120), &format!("load pod {name} to run"), || {
-        let pods = pods.clone();
-        let name = name.to_owned();
-        async move {
-            let pod = pods.get(&name).await.ok()?;
-            let status = pod.status?;
-            let load_started = status.container_statuses?.iter().any(|s| {
-                s.name == "load"
-                    && s.state.as_ref().is_some_and(|st| st.running.is_some() || st.terminated.is_some())
-            });
-            load_started.then_some(status.pod_ip).flatten()
-        }
-    })
-    .await
-}
-
-/// What the proxy of the pod at `ip` routes with, from its admin port: the first thing to look
-/// at when a figure of a load run is off.
-fn proxy_routing(ip: &str) -> Option<Value> {
-    braid_e2e::http_get(addr(ip, 4191), "/config")
-        .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
-        .map(|config| {
-            let services: Vec<Value> = config["config"]["services"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|s| serde_json::json!({"routes": s["routes"], "backends": s["backends"]}))
-                .collect();
-            serde_json::json!({"services": services, "destinations": config["discovery"]["destinations"]})
-        })
-}
-
-fn addr(ip: &str, port: u16) -> SocketAddr {
-    format!("{ip}:{port}").parse().unwrap_or_else(|err| panic!("pod address {ip}:{port}: {err}"))
-}
-
-/// Prints a load run's summary (and its proxy's log when a request failed), deletes its pod,
-/// and returns its report with `routing` added.
-fn finish_load(cluster: &Cluster, ns: &str, name: &str, mut report: Value, routing: Option<Value>) -> Value {
-    report["proxy"] = routing.unwrap_or(Value::Null);
-    let summary = ["total", "failed", "statuses", "errors", "backends", "latency_ms"]
-        .map(|k| format!("{k}={}", report[k]));
-    eprintln!("{name}: {}", summary.join(" "));
-    if count(&report, "failed") > 0 {
-        let proxy = cluster.kubectl(&["logs", "-n", ns, name, "-c", "braid-proxy", "--tail", "20"]);
-        eprintln!("{name}: its proxy's log:\n{}", String::from_utf8_lossy(&proxy.stdout));
-    }
-    let _ = cluster.kubectl(&["delete", "pod", "-n", ns, name, "--wait=false"]);
-    report
-}
-
-/// A load run of fixed length (`--duration` in `args`) in a meshed pod as `account`: its JSON
-/// report (e2e/apps load --json).
-async fn load(
-    cluster: &Cluster,
-    client: &Client,
-    ns: &str,
-    name: &str,
-    account: &str,
-    args: &[&str],
-) -> Value {
-    start_load_pod(cluster, ns, name, account, args);
-    let ip = load_pod_ip(client, ns, name).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let routing = proxy_routing(&ip);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let what = format!("load pod {name} to finish");
-    eventually(Duration::from_secs(180), &what, || {
-        let pods = pods.clone();
-        let name = name.to_owned();
-        async move {
-            let pod = pods.get(&name).await.ok()?;
-            let statuses = pod.status?.container_statuses?;
-            let load = statuses.iter().find(|s| s.name == "load")?;
-            load.state.as_ref()?.terminated.as_ref().map(|_| ())
-        }
-    })
-    .await;
-    let logs = kubectl(cluster, &["logs", "-n", ns, name, "-c", "load"]);
-    // The report is the JSON document at the end of the log (pretty-printed).
-    let start = logs.rfind("\n{").map(|i| i + 1).or_else(|| logs.starts_with('{').then_some(0));
-    let report = start.map(|i| &logs[i..]).unwrap_or_else(|| panic!("no JSON report in:\n{logs}"));
-    let report = serde_json::from_str(report).unwrap_or_else(|err| panic!("bad report {err}: {logs}"));
-    finish_load(cluster, ns, name, report, routing)
-}
-
-/// The port a load client started by `load_while` serves its report on (GET /report, POST /stop).
-const LOAD_REPORT_PORT: u16 = 9090;
-
-/// Milliseconds since the Unix epoch: the clock the load pods date their answers with (they run
-/// on this machine).
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// When a change made by `load_while` ran, on the test's clock.
-#[derive(Debug, Clone, Copy)]
-struct Window {
-    change_started_ms: u64,
-    change_ended_ms: u64,
 }
 
 /// How long a load run of `load_while` sends before the change (on connections made under the
@@ -311,10 +30,9 @@ const LOAD_AFTER_CHANGE: Duration = Duration::from_secs(5);
 /// second to the echo Service) sends: starts the load pod, waits until its report shows a
 /// successful answer (so the load really runs, on its own clock, before the change), lets it
 /// run LOAD_BEFORE_CHANGE more, runs `change`, lets the load run LOAD_AFTER_CHANGE on the changed
-/// state, stops it (POST /stop: the final report once every request sent has finished) and
-/// returns the report and what `change` returned. Asserts that the change overlapped the load:
-/// the load pod's first successful answer came before the change started and its last one
-/// after the change ended.
+/// state, stops it and returns the report and what `change` returned. Asserts that the change
+/// overlapped the load: the load pod's first successful answer came before the change started
+/// and its last one after the change ended.
 async fn load_while<T>(
     cluster: &Cluster,
     client: &Client,
@@ -324,75 +42,24 @@ async fn load_while<T>(
     change: impl std::future::Future<Output = T>,
 ) -> (Value, T) {
     let url = url(ns, "/");
-    let serve = format!("0.0.0.0:{LOAD_REPORT_PORT}");
-    let rate = rate.to_string();
-    start_load_pod(cluster, ns, name, "client", &["--url", &url, "--rate", &rate, "--serve", &serve]);
-    let ip = load_pod_ip(client, ns, name).await;
-    let reports = addr(&ip, LOAD_REPORT_PORT);
-    let first_ok =
-        eventually(Duration::from_secs(60), &format!("load {name} to get a 2xx answer"), || async {
-            let (_, body) = braid_e2e::http_get(reports, "/report").filter(|(code, _)| *code == 200)?;
-            let report: Value = serde_json::from_str(&body).ok()?;
-            report["first_ok_unix_ms"].as_u64()
-        })
-        .await;
-    eprintln!(
-        "{name}: sending, first 2xx answer {} ms before the test saw it",
-        unix_ms().saturating_sub(first_ok)
-    );
-    let routing = proxy_routing(&ip);
+    let spec = LoadSpec {
+        name,
+        account: "client",
+        sidecar: Sidecar::Meshed,
+        url: &url,
+        rate,
+        extra: &[],
+        probe: false,
+    };
+    let run = LoadRun::start(cluster, client, ns, spec).await;
+    run.answered().await;
     tokio::time::sleep(LOAD_BEFORE_CHANGE).await;
-
-    let change_started_ms = unix_ms();
-    let out = change.await;
-    let change_ended_ms = unix_ms();
-    let window = Window { change_started_ms, change_ended_ms };
+    let (out, window) = Window::of(change).await;
     tokio::time::sleep(LOAD_AFTER_CHANGE).await;
-
-    // Each request in flight may take up to the load client's 10 s timeout.
-    let (code, body) = braid_e2e::http_post(reports, "/stop", Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("load {name}: POST /stop got no answer from {reports}"));
-    assert_eq!(code, 200, "load {name}: POST /stop: {body}");
-    let report: Value = serde_json::from_str(&body).unwrap_or_else(|err| panic!("bad report {err}: {body}"));
-    let report = finish_load(cluster, ns, name, report, routing);
-    assert_eq!(
-        (report["running"].as_bool(), report["in_flight"].as_u64()),
-        (Some(false), Some(0)),
-        "load {name} stopped with every request finished: {report}"
-    );
-    let first = report["first_ok_unix_ms"].as_u64();
-    let last = report["last_ok_unix_ms"].as_u64();
-    assert!(
-        first.is_some_and(|first| first <= window.change_started_ms)
-            && last.is_some_and(|last| last >= window.change_ended_ms),
-        "load {name} must be answered before and after the change ({window:?}): first 2xx at {first:?}, last at {last:?}"
-    );
-    eprintln!(
-        "{name}: the change took {} ms, inside {} ms of answered load",
-        window.change_ended_ms - window.change_started_ms,
-        last.unwrap_or(0) - first.unwrap_or(0)
-    );
+    let report = run.stop();
+    assert_overlaps(&report, "ok", window, &format!("load {name}"));
+    eprintln!("{name}: the change took {} ms", window.ended_ms - window.started_ms);
     (report, out)
-}
-
-/// Requests the echo pods' sidecars took in over mTLS from the `client` identity, summed over
-/// the pods: what proves a load run crossed both sidecars rather than going around them.
-async fn inbound_from_client(client: &Client, ns: &str) -> u64 {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    let client_id = format!("client_id=\"spiffe://cluster.local/ns/{ns}/sa/client\"");
-    let mut total = 0;
-    for pod in pods.list(&ListParams::default().labels("app=echo")).await.expect("list echo pods") {
-        let Some(ip) = pod.status.and_then(|s| s.pod_ip) else { continue };
-        let (_, metrics) =
-            braid_e2e::http_get(format!("{ip}:4191").parse().expect("pod address"), "/metrics")
-                .unwrap_or_else(|| panic!("no /metrics from the sidecar of echo pod {ip}"));
-        total += metrics
-            .lines()
-            .filter(|l| l.starts_with("request_total{direction=\"inbound\"") && l.contains(&client_id))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64;
-    }
-    total
 }
 
 /// Asserts that every request of a load run crossed both sidecars: the echo pods' proxies
@@ -406,59 +73,14 @@ async fn assert_all_meshed(client: &Client, ns: &str, before: u64, report: &Valu
     );
 }
 
-fn count(report: &Value, field: &str) -> u64 {
-    report[field].as_u64().unwrap_or(0)
-}
-
-/// Requests answered by each echo version.
-fn by_version(report: &Value) -> BTreeMap<String, u64> {
-    let mut versions = BTreeMap::new();
-    for (backend, n) in report["backends"].as_object().into_iter().flatten() {
-        let version = backend.rsplit('@').next().unwrap_or(backend).to_owned();
-        *versions.entry(version).or_default() += n.as_u64().unwrap_or(0);
-    }
-    versions
-}
-
-fn url(ns: &str, path: &str) -> String {
-    format!("http://echo.{ns}.svc.cluster.local:8080{path}")
-}
-
-async fn programmed(cluster: &Cluster, ns: &str) -> String {
-    eventually(Duration::from_secs(60), "MeshRoute echo Programmed=True", || async {
-        let out = cluster.kubectl(&["get", "meshroute", "echo", "-n", ns, "-o", "json"]);
-        let route: Value = serde_json::from_slice(&out.stdout).ok()?;
-        let generation = route["metadata"]["generation"].as_i64()?;
-        let conditions = route["status"]["conditions"].as_array()?;
-        let ok = |t: &str| {
-            conditions
-                .iter()
-                .any(|c| c["type"] == t && c["status"] == "True" && c["observedGeneration"] == generation)
-        };
-        (ok("Accepted") && ok("Programmed"))
-            .then(|| route["status"]["proxies"].as_str().unwrap_or_default().to_owned())
-    })
-    .await
-}
-
 /// The installed mesh and the echo apps in a labelled namespace, which each step below checks
 /// something of. Dropped in field order: the apps' namespace, then the release.
 struct Mesh {
     apps: TestNamespace,
-    _uninstall: Uninstall<'static>,
+    _release: Release,
     _unused: TestNamespace,
     cluster: &'static Cluster,
     client: Client,
-}
-
-/// The v1/v2 weights of the echo route, with `extra` lines appended to its one rule.
-fn split(ns: &str, v1: u32, v2: u32, extra: &str) -> String {
-    route(
-        ns,
-        &format!(
-            "    - backends: [{{ service: echo-v1, weight: {v1} }}, {{ service: echo-v2, weight: {v2} }}]\n{extra}"
-        ),
-    )
 }
 
 const RETRIES: &str = "      retries: { attempts: 3, retryOn: [\"5xx\"] }";
@@ -478,20 +100,19 @@ impl Mesh {
         let started = Instant::now();
         let (cluster, client, unused) = setup("e2e-mesh-unused").await;
         check_prerequisites(cluster);
-        install(cluster);
-        let uninstall = Uninstall(cluster);
+        let release = install(cluster, &[]);
         eprintln!("installed in {:?}", started.elapsed());
         let apps = TestNamespace::create(cluster, &client, "e2e-mesh").await;
         let ns = apps.name.as_str();
         kubectl(cluster, &["label", "namespace", ns, "braid.dev/inject=enabled"]);
-        apply(cluster, &workloads(ns));
+        apply(cluster, &workloads(ns, 2));
         for deployment in ["echo-v1", "echo-v2"] {
             kubectl(
                 cluster,
                 &["rollout", "status", "-n", ns, &format!("deployment/{deployment}"), "--timeout=180s"],
             );
         }
-        Mesh { apps, _uninstall: uninstall, _unused: unused, cluster, client }
+        Mesh { apps, _release: release, _unused: unused, cluster, client }
     }
 
     fn ns(&self) -> &str {
@@ -634,6 +255,7 @@ spec:
 "#
             ),
         );
+        self.the_policy_reports_the_pods_it_selects(4).await;
         let pod = self
             .pods()
             .list(&ListParams::default().labels("app=echo,version=v1"))
@@ -693,6 +315,28 @@ spec:
             "server metrics:\n{metrics}"
         );
         kubectl(cluster, &["delete", "meshpolicy", "echo", "-n", ns]);
+    }
+
+    /// MeshPolicy echo is Accepted at its generation and counts the `pods` meshed echo pods it
+    /// selects, as `kubectl get meshpolicies` shows.
+    async fn the_policy_reports_the_pods_it_selects(&self, pods: u64) {
+        let (cluster, ns) = (self.cluster, self.ns());
+        eventually(Duration::from_secs(30), "MeshPolicy echo Accepted, selecting the echo pods", || async {
+            let out = cluster.kubectl(&["get", "meshpolicy", "echo", "-n", ns, "-o", "json"]);
+            let policy: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let generation = policy["metadata"]["generation"].as_i64()?;
+            let accepted = policy["status"]["conditions"].as_array()?.iter().any(|c| {
+                c["type"] == "Accepted" && c["status"] == "True" && c["observedGeneration"] == generation
+            });
+            (accepted && policy["status"]["pods"].as_u64() == Some(pods)).then_some(())
+        })
+        .await;
+        let listing = kubectl(cluster, &["get", "meshpolicies", "-n", ns]);
+        eprintln!("$ kubectl get meshpolicies -n {ns}\n{listing}");
+        assert!(
+            listing.lines().skip(1).any(|l| l.split_whitespace().any(|w| w == pods.to_string())),
+            "the PODS column shows {pods}: {listing}"
+        );
     }
 
     /// The operator away for 30 s (scaled to 0, then back) breaks no traffic.

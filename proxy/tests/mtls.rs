@@ -357,3 +357,120 @@ async fn a_weighted_split_over_mtls_endpoints_holds_its_weights() {
     // 2,000 draws at p = 0.5: the standard deviation of the share is 0.011; 0.04 is over 3.5 of them.
     assert!((0.46..=0.54).contains(&v2), "v2 share {v2:.3}; hits {names:?} = {hits:?}");
 }
+
+/// An app serving `size` bytes on every request, in 64 KiB chunks made as they are read, on
+/// HTTP/1.1 and HTTP/2; counts the connections it accepted.
+async fn download_server(size: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request| async move {
+                    const CHUNK: usize = 64 << 10;
+                    let chunks = futures_util::stream::iter((0..size.div_ceil(CHUNK)).map(move |i| {
+                        let len = CHUNK.min(size - i * CHUNK);
+                        Ok::<_, hyper::Error>(hyper::body::Frame::data(bytes::Bytes::from(vec![b'x'; len])))
+                    }));
+                    let body: Body = http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(chunks));
+                    Ok::<_, std::convert::Infallible>(http::Response::new(body))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// Clients that go away with downloads in flight cancel their streams on the HTTP/2 connections
+/// the proxies share (A→B over mTLS, B→app). h2 ends a connection once it has reset 1,024
+/// streams in its life; ordinary cancellations must never get there, nor cut off a bystander's
+/// download on the same connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_cancelled_downloads_leave_the_shared_connections_up() {
+    const SIZE: usize = 10 << 20;
+    const ROUNDS: usize = 25;
+    const PER_ROUND: usize = 100;
+    let identity = IdentityServer::start(Authority::new()).await;
+    let (app, app_connections) = download_server(SIZE).await;
+    let (b, _b_files) = server_proxy(&identity, app, "").await;
+    let (a, _a_files) = client_proxy(&identity, FRONTEND, &b, WEB, "").await;
+    ready(&a).await;
+    ready(&b).await;
+
+    // A bystander on its own connection reads one download slowly through every round.
+    let url = web(&a, "/download");
+    let bystander = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let response = http2_client().request(Request::get(&url).body(full("")).unwrap()).await;
+            let mut body = response.map_err(|err| err.to_string())?.into_body();
+            let mut read = 0;
+            while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+                read += frame
+                    .map_err(|err| format!("after {read} bytes: {err}"))?
+                    .data_ref()
+                    .map_or(0, |d| d.len());
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            Ok::<_, String>(read)
+        })
+    };
+
+    for round in 0..ROUNDS {
+        // One client connection per round: its downloads read until each has some data, then
+        // the client goes away with all of them in flight.
+        let client = http2_client();
+        let started = Arc::new(AtomicUsize::new(0));
+        let downloads: Vec<_> = (0..PER_ROUND)
+            .map(|_| {
+                let request = client.request(Request::get(&url).body(full("")).unwrap());
+                let started = started.clone();
+                tokio::spawn(async move {
+                    let mut body = request.await.expect("the download's response").into_body();
+                    let mut read = 0;
+                    while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut body).await {
+                        let before = read;
+                        read += frame.data_ref().map_or(0, |data| data.len());
+                        if before < 64 << 10 && read >= 64 << 10 {
+                            started.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while started.load(Ordering::SeqCst) < PER_ROUND {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: {} of {PER_ROUND} downloads got 64 KiB in 30 s",
+                started.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for download in &downloads {
+            download.abort();
+        }
+        drop(client);
+        eprintln!("round {round}: {PER_ROUND} downloads under way, then cancelled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let read = bystander.await.unwrap().expect("the bystander's download is not cut off");
+    assert_eq!(read, SIZE, "the bystander read the whole download");
+    let b_metrics = b.metrics().await;
+    let from_a = metric(&b_metrics, "tcp_open_total", &[("direction", "inbound")]).unwrap_or(0.0);
+    assert_eq!(
+        from_a,
+        1.0,
+        "A kept its one HTTP/2 connection to B through {} cancellations",
+        ROUNDS * PER_ROUND
+    );
+    assert_eq!(app_connections.load(Ordering::SeqCst), 1, "B kept its one HTTP/2 connection to the app");
+}

@@ -156,6 +156,12 @@ pub struct Report {
     pub first_ok_unix_ms: Option<u64>,
     #[serde(default)]
     pub last_ok_unix_ms: Option<u64>,
+    /// When the first and the last request of the period finished, whatever the outcome: what a
+    /// probe that should be refused every time proves its run with.
+    #[serde(default)]
+    pub first_done_unix_ms: Option<u64>,
+    #[serde(default)]
+    pub last_done_unix_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,6 +235,8 @@ struct Stats {
     latency: Histogram,
     first_ok: Option<SystemTime>,
     last_ok: Option<SystemTime>,
+    first_done: Option<SystemTime>,
+    last_done: Option<SystemTime>,
 }
 
 /// The counts, shared by the requests in flight and whoever reads the report.
@@ -303,6 +311,8 @@ impl Recorder {
             },
             first_ok_unix_ms: stats.first_ok.map(unix_ms),
             last_ok_unix_ms: stats.last_ok.map(unix_ms),
+            first_done_unix_ms: stats.first_done.map(unix_ms),
+            last_done_unix_ms: stats.last_done.map(unix_ms),
         }
     }
 
@@ -310,6 +320,9 @@ impl Recorder {
         let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
         let stats = &mut stats.1;
         stats.total += 1;
+        let done = SystemTime::now();
+        stats.first_done.get_or_insert(done);
+        stats.last_done = Some(done);
         match outcome {
             Outcome::Answer { status, latency, backend } => {
                 if status.is_success() {

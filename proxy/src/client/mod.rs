@@ -288,6 +288,10 @@ impl Pool {
         let (send, connection) = h2::client::Builder::new()
             // Larger windows than the 64 KiB default: a meshed connection carries many streams.
             .initial_window_size(1 << 20)
+            // The connection is shared by every client of this upstream, and each request a client
+            // cancels resets a stream; h2's bound (1,024 in the connection's life, never lowered)
+            // would end it, with everyone's requests in flight, after that many cancellations.
+            .max_local_error_reset_streams(None)
             .initial_connection_window_size(4 << 20)
             .enable_push(false)
             .handshake::<_, Bytes>(io)

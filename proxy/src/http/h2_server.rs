@@ -62,6 +62,20 @@ enum IdleState {
     Closing(Instant),
 }
 
+/// How many streams the server may reset for a client's errors before it gives the connection
+/// up (h2's `max_local_error_reset_streams`). The count never decreases, and a stream the
+/// server drops because its client went away counts too: on a connection shared by many
+/// clients, ordinary cancellations reach any bound in time and the connection dies with
+/// everyone's requests. So the bound, a defence against a client that makes the server reset
+/// streams on purpose, is kept only for clients outside the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resets {
+    /// The pod's own app, or another proxy of the mesh.
+    Unbounded,
+    /// h2's default (1,024 in a connection's life).
+    Bounded,
+}
+
 /// Serves one client connection that spoke HTTP/2 until it closes, until `shutdown` fires and
 /// its open streams have finished (GOAWAY first, so the client sends new requests elsewhere),
 /// or, with `idle`, until it has had no open stream for its timeout (GOAWAY too).
@@ -71,10 +85,15 @@ pub async fn serve(
     handle: impl Handler,
     limits: &Limits,
     idle: Option<Idle>,
+    resets: Resets,
     shutdown: CancellationToken,
 ) {
     let (io, flusher) = coalesce(io);
-    let handshake = h2::server::Builder::new()
+    let mut builder = h2::server::Builder::new();
+    if resets == Resets::Unbounded {
+        builder.max_local_error_reset_streams(None);
+    }
+    let handshake = builder
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .initial_window_size(1 << 20)

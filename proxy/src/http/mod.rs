@@ -57,8 +57,9 @@ pub enum ClientKind {
     OwnApp,
     /// Anyone else (inbound): each HTTP/1.1 head must arrive within `limits.headTimeout`
     /// (slowloris), and an HTTP/2 connection without open streams is closed after
-    /// `limits.idleTimeout`, counted in `idle_closed`.
-    Remote { idle_closed: Counter },
+    /// `limits.idleTimeout`, counted in `idle_closed`. `mesh_peer`: another proxy, which proved
+    /// an identity of the mesh over mTLS.
+    Remote { idle_closed: Counter, mesh_peer: bool },
 }
 
 /// Serves a client connection's HTTP requests, each answered by `handle`.
@@ -70,14 +71,16 @@ pub async fn serve(
     shutdown: CancellationToken,
     client: ClientKind,
 ) {
-    let (head_timeout, idle) = match client {
-        ClientKind::OwnApp => (None, None),
-        ClientKind::Remote { idle_closed } => {
-            (Some(limits.head_timeout), Some(Idle { timeout: limits.idle_timeout, closed: idle_closed }))
-        }
+    let (head_timeout, idle, resets) = match client {
+        ClientKind::OwnApp => (None, None, h2_server::Resets::Unbounded),
+        ClientKind::Remote { idle_closed, mesh_peer } => (
+            Some(limits.head_timeout),
+            Some(Idle { timeout: limits.idle_timeout, closed: idle_closed }),
+            if mesh_peer { h2_server::Resets::Unbounded } else { h2_server::Resets::Bounded },
+        ),
     };
     if detected == Detected::Http2 {
-        return h2_server::serve(io, handle, limits, idle, shutdown).await;
+        return h2_server::serve(io, handle, limits, idle, resets, shutdown).await;
     }
     let max_head = limits.max_header_bytes.max(8192);
     let Some(rest) = h1_server::serve(io, handle.clone(), max_head, head_timeout, &shutdown).await else {

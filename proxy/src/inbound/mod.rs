@@ -84,8 +84,10 @@ impl Client<'_> {
             let idle = Idle { timeout: limits.idle_timeout, closed: idle_closed };
             return tcp::forward(io, app, None, Some(idle)).await;
         }
+        let mesh_peer = client_id.is_some();
         let connection = Arc::new(InboundConnection::new(state.clone(), app, client_id));
         let handle = move |request| forward::handle(connection.clone(), request);
-        serve_http(detected, io, handle, limits, shutdown, ClientKind::Remote { idle_closed }).await;
+        serve_http(detected, io, handle, limits, shutdown, ClientKind::Remote { idle_closed, mesh_peer })
+            .await;
     }
 }
