@@ -362,6 +362,14 @@ fn a_meshroute_on_the_same_port_wins_and_both_say_so() {
     let verdict = &verdicts("shop", "r", &route, &index)[0];
     assert_eq!((verdict.accepted.status, verdict.accepted.reason), (Status::False, "OverriddenByMeshRoute"));
     assert!(verdict.accepted.message.contains("MeshRoute legacy (port 80)"), "{}", verdict.accepted.message);
+    // What the MeshRoute's status names, by the MeshRoute's port.
+    assert_eq!(index.gateway_routes_on(&key("shop", "reviews"), Some(80)), ["HTTPRoute shop/r"]);
+    assert_eq!(index.gateway_routes_on(&key("shop", "reviews"), None), ["HTTPRoute shop/r"]);
+    assert!(
+        index.gateway_routes_on(&key("shop", "reviews"), Some(81)).is_empty(),
+        "the HTTPRoute is for port 80"
+    );
+    assert!(index.gateway_routes_on(&key("shop", "reviews-v1"), None).is_empty());
 }
 
 fn verdict_of(index: &Index, spec: Value) -> Vec<Verdict> {

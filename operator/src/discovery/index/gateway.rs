@@ -144,3 +144,25 @@ impl Index {
         part
     }
 }
+
+impl Index {
+    /// The HTTPRoutes and GRPCRoutes (`KIND namespace/name`) attached to Service `key` on `port`
+    /// (`None`: any port) that a MeshRoute there keeps from applying: the MeshRoute's status
+    /// names them.
+    pub fn gateway_routes_on(&self, key: &Key, port: Option<u16>) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .gateway
+            .routes
+            .iter()
+            .filter(|((_, route_key), _)| route_key.0 == key.0)
+            .filter(|((_, route_key), route)| {
+                translate::service_parents(&route_key.0, &route.spec)
+                    .into_iter()
+                    .any(|(service, p)| service == key.1 && (port.is_none() || p.is_none() || p == port))
+            })
+            .map(|((kind, (namespace, name)), _)| format!("{} {namespace}/{name}", kind.as_str()))
+            .collect();
+        names.sort();
+        names
+    }
+}
