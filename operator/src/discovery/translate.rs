@@ -87,7 +87,7 @@ pub fn route_rule(
         let method = matching.method.as_ref().map(|m| {
             serde_json::to_value(m).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
         });
-        matches.push(MatchConfig { path, method, headers });
+        matches.push(MatchConfig { path, method, headers, ..MatchConfig::default() });
     }
     let backends = rule
         .backends
@@ -155,6 +155,7 @@ pub fn route_rule(
         retries,
         fault,
         mirror,
+        ..RouteConfig::default()
     })
 }
 

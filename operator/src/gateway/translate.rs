@@ -12,8 +12,8 @@ use std::cmp::Reverse;
 use std::time::Duration;
 
 use braid_api::config::{
-    FaultAbort, FaultConfig, HeaderMatch, HeaderValueMatch, MatchConfig, MirrorConfig, PathMatch,
-    RetriesConfig, RouteConfig, WeightedBackend,
+    FaultAbort, FaultConfig, HeaderEditsConfig, HeaderMatch, HeaderValueMatch, MatchConfig, MirrorConfig,
+    PathMatch, RetriesConfig, RouteConfig, WeightedBackend,
 };
 
 use super::types::{
@@ -242,7 +242,33 @@ fn no_other(other: &Other, field: &str) -> Result<(), Refusal> {
     }
 }
 
-/// The mirror of a rule's filters (the one filter Braid applies), or the first filter it cannot.
+/// What a rule's filters ask of the proxy.
+#[derive(Default)]
+struct Filters {
+    mirror: Option<(MirrorConfig, BackendSource)>,
+    request_headers: Option<HeaderEditsConfig>,
+    response_headers: Option<HeaderEditsConfig>,
+}
+
+/// A RequestHeaderModifier or ResponseHeaderModifier as the proxy's header edits.
+fn header_edits(value: Option<&serde_json::Value>, field: &str) -> Result<HeaderEditsConfig, Refusal> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Modifier {
+        #[serde(default)]
+        set: Vec<braid_api::config::HeaderValueConfig>,
+        #[serde(default)]
+        add: Vec<braid_api::config::HeaderValueConfig>,
+        #[serde(default)]
+        remove: Vec<String>,
+    }
+    let value = value.ok_or_else(|| unsupported(field.to_owned(), "the filter's settings are missing"))?;
+    let modifier: Modifier =
+        serde_json::from_value(value.clone()).map_err(|e| unsupported(field.to_owned(), e.to_string()))?;
+    Ok(HeaderEditsConfig { set: modifier.set, add: modifier.add, remove: modifier.remove })
+}
+
+/// What a rule's filters ask for, or the first filter the proxy cannot apply.
 fn filters(
     kind: RouteKind,
     namespace: &str,
@@ -250,12 +276,21 @@ fn filters(
     field: &str,
     target_port: u16,
     lookup: &dyn Lookup,
-) -> Result<Option<(MirrorConfig, BackendSource)>, Refusal> {
-    let mut mirror = None;
+) -> Result<Filters, Refusal> {
+    let mut out = Filters::default();
     for (f, filter) in list.iter().enumerate() {
         let at = format!("{field}[{f}]");
         match (filter.type_.as_str(), &filter.request_mirror) {
-            ("RequestMirror", Some(request)) if mirror.is_none() => {
+            ("RequestHeaderModifier", _) if out.request_headers.is_none() => {
+                let field = format!("{at}.requestHeaderModifier");
+                out.request_headers = Some(header_edits(filter.other.get("requestHeaderModifier"), &field)?);
+            }
+            ("ResponseHeaderModifier", _) if out.response_headers.is_none() => {
+                let field = format!("{at}.responseHeaderModifier");
+                out.response_headers =
+                    Some(header_edits(filter.other.get("responseHeaderModifier"), &field)?);
+            }
+            ("RequestMirror", Some(request)) if out.mirror.is_none() => {
                 // An unresolvable mirror is reported in ResolvedRefs (status.rs); the rule routes
                 // without it.
                 let Ok(source) = resolve_backend(
@@ -282,7 +317,7 @@ fn filters(
                     (None, None) => 100.0,
                 };
                 let name = backend_name(namespace, target_port, &source);
-                mirror = Some((MirrorConfig { backend: name, percent }, source));
+                out.mirror = Some((MirrorConfig { backend: name, percent }, source));
             }
             ("RequestMirror", Some(_)) => {
                 return Err(unsupported(at, "Braid mirrors to one backend per rule"));
@@ -295,7 +330,7 @@ fn filters(
             }
         }
     }
-    Ok(mirror)
+    Ok(out)
 }
 
 /// The weighted backends of a rule: the resolvable ones, and the refusal of each other one.
@@ -381,7 +416,8 @@ pub fn translate(
             for (r, rule) in spec.rules.iter().enumerate() {
                 let at = format!("spec.rules[{r}]");
                 no_other(&rule.other, &at)?;
-                let mirror = filters(kind, namespace, &rule.filters, &format!("{at}.filters"), port, lookup)?;
+                let Filters { mirror, request_headers, response_headers } =
+                    filters(kind, namespace, &rule.filters, &format!("{at}.filters"), port, lookup)?;
                 let (backends, fault) = weighted(
                     kind,
                     namespace,
@@ -439,6 +475,8 @@ pub fn translate(
                             retries: retries.clone(),
                             fault: fault.clone(),
                             mirror: mirror_config.clone(),
+                            request_headers: request_headers.clone(),
+                            response_headers: response_headers.clone(),
                         },
                     ));
                 }
@@ -448,7 +486,8 @@ pub fn translate(
             for (r, rule) in spec.rules.iter().enumerate() {
                 let at = format!("spec.rules[{r}]");
                 no_other(&rule.other, &at)?;
-                let mirror = filters(kind, namespace, &rule.filters, &format!("{at}.filters"), port, lookup)?;
+                let Filters { mirror, request_headers, response_headers } =
+                    filters(kind, namespace, &rule.filters, &format!("{at}.filters"), port, lookup)?;
                 let (backends, fault) = weighted(
                     kind,
                     namespace,
@@ -479,6 +518,8 @@ pub fn translate(
                             retries: None,
                             fault: fault.clone(),
                             mirror: mirror_config.clone(),
+                            request_headers: request_headers.clone(),
+                            response_headers: response_headers.clone(),
                         },
                     ));
                 }
@@ -504,12 +545,6 @@ fn headers(list: &[NameValueMatch], field: &str) -> Result<Vec<HeaderMatch>, Ref
 }
 
 fn http_match(matching: &HttpRouteMatch, field: &str) -> Result<MatchConfig, Refusal> {
-    if !matching.query_params.is_empty() {
-        return Err(unsupported(
-            format!("{field}.queryParams"),
-            "query parameter matches are not applied by this version of the proxy",
-        ));
-    }
     let path = match &matching.path {
         None => None,
         Some(path) => {
@@ -529,7 +564,23 @@ fn http_match(matching: &HttpRouteMatch, field: &str) -> Result<MatchConfig, Ref
     };
     // PathPrefix "/" matches every path: the same as no path match, and cheaper for the proxy.
     let path = path.filter(|p| *p != PathMatch::Prefix("/".to_owned()));
-    Ok(MatchConfig { path, method: matching.method.clone(), headers: headers(&matching.headers, field)? })
+    let query_params = matching
+        .query_params
+        .iter()
+        .enumerate()
+        .map(|(q, query)| {
+            Ok(HeaderMatch {
+                name: query.name.clone(),
+                value: value_match(query, &format!("{field}.queryParams[{q}]"))?,
+            })
+        })
+        .collect::<Result<_, Refusal>>()?;
+    Ok(MatchConfig {
+        path,
+        method: matching.method.clone(),
+        headers: headers(&matching.headers, field)?,
+        query_params,
+    })
 }
 
 fn grpc_match(matching: &GrpcRouteMatch, field: &str) -> Result<MatchConfig, Refusal> {
@@ -561,7 +612,12 @@ fn grpc_match(matching: &GrpcRouteMatch, field: &str) -> Result<MatchConfig, Ref
             })
         }
     };
-    Ok(MatchConfig { path, method: None, headers: headers(&matching.headers, field)? })
+    Ok(MatchConfig {
+        path,
+        method: None,
+        headers: headers(&matching.headers, field)?,
+        ..MatchConfig::default()
+    })
 }
 
 /// gRPC method names are identifiers (`[A-Za-z_][A-Za-z_0-9]*`, the CRD checks): nothing to
