@@ -726,13 +726,13 @@ mod tests {
     #[test]
     fn an_unsupported_route_is_left_out_and_reported() {
         let mut index = shop();
-        route(
-            &mut index,
-            "q",
-            2,
-            json!({"service": "reviews", "rules": [{
-            "matches": [{"queryParams": [{"name": "a", "value": "b"}]}],
-            "backends": [{"service": "reviews-v2"}]}]}),
+        // A duration the proxy cannot read, as a route written before the CRD checked it would be.
+        let spec: MeshRouteSpec = serde_json::from_value(json!({"service": "reviews", "rules": [{
+            "backends": [{"service": "reviews-v2"}], "timeout": "soon"}]}))
+        .expect("spec");
+        index.upsert_route(
+            key("shop", "q"),
+            RouteInfo { generation: 2, created: "2026-01-01T00:00:00Z".into(), accepted: true, spec },
         );
         let snapshot = index.destination(&key("shop", "reviews"), 80);
         assert!(snapshot.routes.is_empty());
