@@ -201,7 +201,14 @@ async fn write_statuses(client: Client, discovery: Arc<Discovery>, shutdown: Can
                     written.insert(route, verdict);
                 }
                 Err(err) => {
-                    tracing::debug!(route = %format!("{}/{}", route.1.0, route.1.1), %err, "cannot write route status");
+                    let route = format!("{} {}/{}", route.0.as_str(), route.1.0, route.1.1);
+                    // A conflict (another writer of status.parents, or a newer generation) is
+                    // retried at once; anything else is worth a warning.
+                    if matches!(&err, kube::Error::Api(status) if status.code == 409) {
+                        tracing::debug!(%route, %err, "route status changed meanwhile; retrying");
+                    } else {
+                        tracing::warn!(%route, %err, "cannot write the route's status; retrying");
+                    }
                     failed = true;
                 }
             }
@@ -232,7 +239,7 @@ async fn write(
     match kind {
         RouteKind::Http => {
             let api: Api<HTTPRoute> = Api::namespaced(client.clone(), namespace);
-            let current = api.get_status(name).await?;
+            let current = api.get(name).await?;
             patch(
                 &api,
                 name,
@@ -246,7 +253,7 @@ async fn write(
         }
         RouteKind::Grpc => {
             let api: Api<GRPCRoute> = Api::namespaced(client.clone(), namespace);
-            let current = api.get_status(name).await?;
+            let current = api.get(name).await?;
             patch(
                 &api,
                 name,
