@@ -46,6 +46,10 @@ fmt-check: ## Fail when the code is not formatted
 lint: ## clippy on every target, warnings are errors
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+.PHONY: gateway-api-crds
+gateway-api-crds: ## Refresh the chart's copy of the Gateway API CRDs (the release e2e/tools/gateway-api/go.mod pins)
+	@bash e2e/cluster/gateway-api.sh chart
+
 .PHONY: helm-lint
 helm-lint: tools ## Lint the Helm chart (strict; values.schema.json checks the default values)
 	@"$$(bash e2e/cluster/build-tools.sh 2>/dev/null | tail -n 1)/helm" lint --strict helm/braid

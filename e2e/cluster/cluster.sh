@@ -294,6 +294,8 @@ cmd_up() {
   lock
   if [ -e "$MARKER" ]; then
     if api_ready && all_running; then
+      # A cluster started before the Gateway API CRDs were part of it gets them now (a no-op otherwise).
+      "$HERE/gateway-api.sh" apply "$KUBECONFIG_PATH"
       log "already up (checked in $(since "$t0") s)"
       echo "$KUBECONFIG_PATH"
       return
@@ -397,6 +399,12 @@ cmd_up() {
       abort_up
     fi
   done
+  # The Gateway API's CRDs, as a cluster of a platform that offers them: Braid routes HTTPRoutes and
+  # GRPCRoutes whose parent is a Service (docs/gateway-api.md).
+  if ! "$HERE/gateway-api.sh" apply "$KUBECONFIG_PATH"; then
+    report_failure kube-apiserver "the Gateway API CRDs could not be installed"
+    abort_up
+  fi
   log "up in $(since "$t0") s: https://127.0.0.1:$API_PORT, state in $STATE"
   echo "$KUBECONFIG_PATH"
 }

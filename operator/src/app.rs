@@ -268,6 +268,7 @@ async fn start_discovery(
     tokio::spawn(discovery::watch::run(client.clone(), state.clone(), stop.clone()));
     tokio::spawn(discovery::mesh_status::run(client.clone(), state.clone(), stop.clone()));
     tokio::spawn(discovery::policy_status::run(client.clone(), state.clone(), stop.clone()));
+    tokio::spawn(crate::gateway::watch::run(client.clone(), state.clone(), stop.clone()));
     tokio::spawn(discovery::server::run(state.clone(), listener, settings.server, authorities, stop.clone()));
     Ok(state)
 }

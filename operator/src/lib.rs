@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod certs;
 pub mod conditions;
 pub mod discovery;
+pub mod gateway;
 pub mod identity;
 pub mod leader;
 pub mod meshroute;

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
 use braid_api::config::{
-    Config, FaultConfig, HeaderValueMatch, LoadBalancerConfig, PathMatch, Protocol, RetryOn, ServiceConfig,
+    Config, FaultConfig, HeaderEditsConfig, HeaderValueConfig, HeaderValueMatch, LoadBalancerConfig,
+    PathMatch, Protocol, RetryOn, ServiceConfig,
 };
-use http::{HeaderMap, HeaderName, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::Regex;
 use tower::retry::budget::TpsBudget;
 
@@ -51,6 +52,8 @@ pub struct Route {
     pub retries: Option<Retries>,
     pub fault: Option<FaultConfig>,
     pub mirror: Option<(usize, f64)>,
+    pub request_headers: Option<HeaderEdits>,
+    pub response_headers: Option<HeaderEdits>,
     /// This route's request metrics, looked up on its first request.
     pub metrics: std::sync::OnceLock<RequestMetrics>,
 }
@@ -65,6 +68,61 @@ struct Match {
     path: Option<PathMatcher>,
     method: Option<Method>,
     headers: Vec<(HeaderName, ValueMatcher)>,
+    query: Vec<(String, ValueMatcher)>,
+}
+
+/// A route's header edits, names and values checked once: set, then add, then remove.
+pub struct HeaderEdits {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl HeaderEdits {
+    fn compile(config: &HeaderEditsConfig) -> Result<Self, TableError> {
+        let pair = |p: &HeaderValueConfig| {
+            Ok((
+                HeaderName::from_bytes(p.name.as_bytes()).map_err(|e| TableError(e.to_string()))?,
+                HeaderValue::from_str(&p.value).map_err(|e| TableError(e.to_string()))?,
+            ))
+        };
+        Ok(Self {
+            set: config.set.iter().map(pair).collect::<Result<_, TableError>>()?,
+            add: config.add.iter().map(pair).collect::<Result<_, TableError>>()?,
+            remove: config
+                .remove
+                .iter()
+                .map(|name| HeaderName::from_bytes(name.as_bytes()).map_err(|e| TableError(e.to_string())))
+                .collect::<Result<_, TableError>>()?,
+        })
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            // Appended to the values there as one comma-separated value, as the Gateway API
+            // specifies (`foo` + `bar` is `foo,bar`).
+            let mut joined: Vec<u8> = Vec::new();
+            for existing in headers.get_all(name) {
+                joined.extend_from_slice(existing.as_bytes());
+                joined.push(b',');
+            }
+            if joined.is_empty() {
+                headers.insert(name.clone(), value.clone());
+            } else {
+                joined.extend_from_slice(value.as_bytes());
+                // Valid header values joined by a comma are a valid header value.
+                if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+                    headers.insert(name.clone(), joined);
+                }
+            }
+        }
+        for name in &self.remove {
+            headers.remove(name);
+        }
+    }
 }
 
 enum PathMatcher {
@@ -291,6 +349,17 @@ fn compile_service(
                             Ok((name, value))
                         })
                         .collect::<Result<_, TableError>>()?,
+                    query: m
+                        .query_params
+                        .iter()
+                        .map(|query| {
+                            let value = match &query.value {
+                                HeaderValueMatch::Exact(value) => ValueMatcher::Exact(value.clone()),
+                                HeaderValueMatch::Regex(pattern) => ValueMatcher::Regex(whole(pattern)?),
+                            };
+                            Ok((query.name.clone(), value))
+                        })
+                        .collect::<Result<_, TableError>>()?,
                 })
             })
             .collect::<Result<_, TableError>>()?;
@@ -311,6 +380,8 @@ fn compile_service(
                 .as_ref()
                 .map(|mirror| Ok::<_, TableError>((backend_index(&mirror.backend)?, mirror.percent)))
                 .transpose()?,
+            request_headers: route.request_headers.as_ref().map(HeaderEdits::compile).transpose()?,
+            response_headers: route.response_headers.as_ref().map(HeaderEdits::compile).transpose()?,
             metrics: std::sync::OnceLock::new(),
         });
     }
@@ -332,8 +403,14 @@ fn whole(pattern: &str) -> Result<Regex, TableError> {
 
 impl Service {
     /// The first route that matches the request, in configuration order.
-    pub fn route(&self, method: &Method, path: &str, headers: &HeaderMap) -> Option<&Route> {
-        self.routes.iter().find(|route| route.matches(method, path, headers))
+    pub fn route(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &HeaderMap,
+    ) -> Option<&Route> {
+        self.routes.iter().find(|route| route.matches(method, path, query, headers))
     }
 
     /// The route opaque TCP connections use: the first one.
@@ -343,8 +420,8 @@ impl Service {
 }
 
 impl Route {
-    fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
-        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(method, path, headers))
+    fn matches(&self, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap) -> bool {
+        self.matches.is_empty() || self.matches.iter().any(|m| m.matches(method, path, query, headers))
     }
 
     /// The backend for one request: a weighted draw.
@@ -360,8 +437,17 @@ fn pick_weighted(backends: &[(usize, u64)], total: u64, draw: u64) -> usize {
     backends.get(position).or(backends.last()).map_or(0, |&(index, _)| index)
 }
 
+/// The raw value of the first parameter named `name` in query string `query` (`a=1&b`: `b` is
+/// ""), without allocating.
+fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query?.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then_some(value)
+    })
+}
+
 impl Match {
-    fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+    fn matches(&self, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap) -> bool {
         if let Some(expected) = &self.method
             && expected != method
         {
@@ -387,6 +473,12 @@ impl Match {
                         ValueMatcher::Exact(expected) => value == expected,
                         ValueMatcher::Regex(regex) => regex.is_match(value),
                     }
+                })
+            })
+            && self.query.iter().all(|(name, matcher)| {
+                query_param(query, name).is_some_and(|value| match matcher {
+                    ValueMatcher::Exact(expected) => value == expected,
+                    ValueMatcher::Regex(regex) => regex.is_match(value),
                 })
             })
     }
@@ -439,7 +531,68 @@ services:
             map.append(*name, http::HeaderValue::from_static(value));
         }
         let service = table.service_by_host("web:8080").unwrap();
-        service.route(&method, path, &map).unwrap().name.as_str().to_owned()
+        let (path, query) = path.split_once('?').map_or((path, None), |(p, q)| (p, Some(q)));
+        service.route(&method, path, query, &map).unwrap().name.as_str().to_owned()
+    }
+
+    const QUERIES: &str = r#"
+services:
+  - name: web.shop.svc.cluster.local
+    hosts: [web]
+    backends: [{ name: a, endpoints: [{ address: "127.0.0.1:1" }] }]
+    routes:
+      - name: exact
+        matches: [{ queryParams: [{ name: animal, exact: whale }, { name: color, exact: blue }] }]
+        backends: [{ name: a }]
+      - name: regex
+        matches: [{ queryParams: [{ name: animal, regex: "d.g" }] }]
+        backends: [{ name: a }]
+      - name: default
+        backends: [{ name: a }]
+"#;
+
+    #[test]
+    fn routes_by_query_parameters_the_first_of_a_name_counting() {
+        let table = table(QUERIES);
+        assert_eq!(route_name(&table, Method::GET, "/?animal=whale&color=blue", &[]), "exact");
+        assert_eq!(route_name(&table, Method::GET, "/?color=blue&x&animal=whale", &[]), "exact");
+        assert_eq!(route_name(&table, Method::GET, "/?animal=whale", &[]), "default", "all must hold");
+        assert_eq!(route_name(&table, Method::GET, "/?animal=dog&animal=whale&color=blue", &[]), "regex");
+        assert_eq!(route_name(&table, Method::GET, "/?animal=dogs", &[]), "default", "the whole value");
+        assert_eq!(
+            route_name(&table, Method::GET, "/?Animal=dog", &[]),
+            "default",
+            "names are case-sensitive"
+        );
+        assert_eq!(route_name(&table, Method::GET, "/", &[]), "default");
+    }
+
+    #[test]
+    fn header_edits_set_then_append_then_remove() {
+        let pair = |name: &str, value: &str| HeaderValueConfig { name: name.into(), value: value.into() };
+        let edits = HeaderEdits::compile(&HeaderEditsConfig {
+            set: vec![pair("X-Set", "new")],
+            add: vec![pair("x-add", "added"), pair("x-fresh", "1")],
+            remove: vec!["X-Remove".into()],
+        })
+        .expect("valid edits");
+        let mut headers = HeaderMap::new();
+        headers.append("x-set", HeaderValue::from_static("old"));
+        headers.append("x-set", HeaderValue::from_static("older"));
+        headers.append("x-add", HeaderValue::from_static("there"));
+        headers.append("x-remove", HeaderValue::from_static("gone"));
+        headers.append("x-keep", HeaderValue::from_static("kept"));
+        edits.apply(&mut headers);
+        let all = |name: &str| {
+            headers.get_all(name).iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>()
+        };
+        assert_eq!(all("x-set"), ["new"], "set replaces every value");
+        assert_eq!(all("x-add"), ["there,added"], "add appends, comma-separated");
+        assert_eq!(all("x-fresh"), ["1"]);
+        assert!(headers.get("x-remove").is_none());
+        assert_eq!(all("x-keep"), ["kept"]);
+        let bad = HeaderEditsConfig { set: vec![pair("bad name", "x")], ..HeaderEditsConfig::default() };
+        assert!(HeaderEdits::compile(&bad).is_err());
     }
 
     #[test]

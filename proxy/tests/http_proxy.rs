@@ -362,6 +362,40 @@ async fn fault_injection_and_mirroring() {
 }
 
 #[tokio::test]
+async fn query_parameter_matches_and_header_edits() {
+    let (edited, plain) = tokio::join!(Upstream::start("edited"), Upstream::start("plain"));
+    let config = one_service(&format!(
+        "{}    routes:
+      - name: edited
+        matches: [{{ queryParams: [{{ name: animal, exact: whale }}] }}]
+        backends: [{{ name: edited }}]
+        requestHeaders: {{ set: [{{ name: x-set, value: new }}], add: [{{ name: x-add, value: added }}], remove: [x-secret] }}
+        responseHeaders: {{ add: [{{ name: x-served-by, value: edited }}] }}
+      - {{ name: plain, backends: [{{ name: plain }}] }}
+",
+        backends(&[("edited", edited.addr), ("plain", plain.addr)])
+    ));
+    let proxy = Proxy::start(&config).await;
+    let client = http1_client();
+    let request = Request::get(url(&proxy, "/zoo?size=big&animal=whale"))
+        .header("x-set", "old")
+        .header("x-add", "there")
+        .header("x-secret", "s3cret")
+        .body(full(""))
+        .unwrap();
+    let (status, headers, body) = send(&client, request).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "edited"));
+    assert_eq!(headers["x-served-by"], "edited", "the response edit reached the client");
+    let seen = edited.last_headers.lock().unwrap().clone().expect("the upstream saw the request");
+    assert_eq!(seen["x-set"], "new");
+    assert_eq!(seen["x-add"], "there,added");
+    assert!(seen.get("x-secret").is_none(), "removed before it left the proxy");
+    let (status, headers, body) = get(&url(&proxy, "/zoo?animal=whales")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "plain"), "the value must match whole");
+    assert!(headers.get("x-served-by").is_none(), "edits belong to their route");
+}
+
+#[tokio::test]
 async fn malformed_http_gets_400_and_the_connection_is_closed() {
     let a = Upstream::start("a").await;
     let config = one_backend_service("a", a.addr);

@@ -493,6 +493,34 @@ pub struct RouteConfig {
     pub fault: Option<FaultConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<MirrorConfig>,
+    /// Header edits on the request before it goes to a backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderEditsConfig>,
+    /// Header edits on the response before it goes back to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<HeaderEditsConfig>,
+}
+
+/// Edits of a request's or a response's headers, applied in this order: set, add, remove.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderEditsConfig {
+    /// Replaces every value of the header (adds it when absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<HeaderValueConfig>,
+    /// Appends to the header's values, comma-separated (adds it when absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<HeaderValueConfig>,
+    /// Header names to remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderValueConfig {
+    pub name: String,
+    pub value: String,
 }
 
 /// All conditions given must hold.
@@ -505,6 +533,9 @@ pub struct MatchConfig {
     pub method: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<HeaderMatch>,
+    /// Query parameters by name (case-sensitive, the first of a name counts) and raw value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub query_params: Vec<HeaderMatch>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

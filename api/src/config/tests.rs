@@ -90,6 +90,32 @@ fn refuses_bad_files_with_the_field_and_the_reason() {
         ("limits: { idleTimeout: forever }", "is not a duration"),
         ("limits: { maxMirrorsInFlight: 0 }", "limits.maxMirrorsInFlight: must be at least 1"),
         ("limits: { mirrorTimeout: 0s }", "limits.mirrorTimeout: must be at least 1ms"),
+        (
+            &SEED.replace(
+                "timeout: 5s",
+                "timeout: 5s\n        requestHeaders: { set: [{ name: \"x y\", value: a }] }",
+            ),
+            "services[0].routes[0].requestHeaders.set: \"x y\" is not a header name",
+        ),
+        (
+            &SEED.replace(
+                "timeout: 5s",
+                "timeout: 5s\n        responseHeaders: { add: [{ name: x, value: \"a\\nb\" }] }",
+            ),
+            "services[0].routes[0].responseHeaders.add: the value of \"x\" is not a header value",
+        ),
+        (
+            &SEED.replace("timeout: 5s", "timeout: 5s\n        responseHeaders: { remove: [\"\"] }"),
+            "services[0].routes[0].responseHeaders.remove: \"\" is not a header name",
+        ),
+        (
+            &SEED.replace("method: GET,", "method: GET, queryParams: [{ name: q, regex: \"a(\" }],"),
+            "services[0].routes[0].matches[0].queryParams[0].regex: not a regular expression",
+        ),
+        (
+            &SEED.replace("timeout: 5s", "timeout: 5s\n        requestHeaders: { rename: [] }"),
+            "unknown field",
+        ),
     ];
     for (text, expected) in cases {
         let error = refused(text);

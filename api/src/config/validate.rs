@@ -270,6 +270,44 @@ fn validate_route(
             }
         }
     }
+    for (m, matching) in route.matches.iter().enumerate() {
+        for (q, query) in matching.query_params.iter().enumerate() {
+            let at = |field: &str| at(&format!(".matches[{m}].queryParams[{q}]{field}"));
+            if query.name.is_empty() {
+                return invalid(at(".name"), "must not be empty".into());
+            }
+            if let HeaderValueMatch::Regex(pattern) = &query.value
+                && let Err(error) = regex::Regex::new(pattern)
+            {
+                return invalid(at(".regex"), format!("not a regular expression: {error}"));
+            }
+        }
+    }
+    for (field, edits) in
+        [("requestHeaders", &route.request_headers), ("responseHeaders", &route.response_headers)]
+    {
+        let Some(edits) = edits else { continue };
+        let pairs = edits.set.iter().map(|p| ("set", p)).chain(edits.add.iter().map(|p| ("add", p)));
+        for (i, (kind, pair)) in pairs.enumerate() {
+            if http::HeaderName::from_bytes(pair.name.as_bytes()).is_err() {
+                return invalid(
+                    at(&format!(".{field}.{kind}")),
+                    format!("{:?} is not a header name", pair.name),
+                );
+            }
+            if http::HeaderValue::from_str(&pair.value).is_err() {
+                return invalid(
+                    at(&format!(".{field}.{kind}")),
+                    format!("the value of {:?} is not a header value (entry {i})", pair.name),
+                );
+            }
+        }
+        for name in &edits.remove {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return invalid(at(&format!(".{field}.remove")), format!("{name:?} is not a header name"));
+            }
+        }
+    }
     if let Some(retries) = &route.retries {
         if !(1..=10).contains(&retries.attempts) {
             return invalid(at(".retries.attempts"), "must be between 1 and 10".into());

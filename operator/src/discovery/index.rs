@@ -16,6 +16,9 @@ use braid_runtime::ports::PortRange;
 
 use super::translate::{self, Unsupported};
 
+mod gateway;
+pub use gateway::{GatewayPart, GatewayRouteInfo};
+
 /// Namespace and name.
 pub type Key = (String, String);
 
@@ -165,6 +168,8 @@ pub struct Index {
     policy_generations: HashMap<Key, Option<i64>>,
     default_policy: DefaultInboundPolicy,
     revision: u64,
+    /// HTTPRoutes, GRPCRoutes and ReferenceGrants (index/gateway.rs).
+    gateway: gateway::GatewayState,
 }
 
 impl Index {
@@ -185,6 +190,7 @@ impl Index {
             policy_generations: HashMap::new(),
             default_policy: DefaultInboundPolicy::default(),
             revision: 1,
+            gateway: gateway::GatewayState::default(),
         }
     }
 
@@ -561,19 +567,32 @@ impl Index {
                 Err(why) => unsupported.push((reference, why)),
             }
         }
+        // Without a MeshRoute on this port, the Gateway API routes attached to it apply: MeshRoutes
+        // win (docs/gateway-api.md), and both statuses say so.
+        let mut gateway_backends = Vec::new();
+        if applied.is_empty() && unsupported.is_empty() {
+            let part = self.gateway_destination(key, port);
+            routes.extend(part.routes);
+            gateway_backends = part.backends;
+        }
         // A request that no rule matches goes to the Service as if there were no route.
         routes.push(RouteConfig {
             name: Some("default".to_owned()),
             backends: vec![WeightedBackend { name: target.clone(), weight: 1 }],
             ..RouteConfig::default()
         });
-        let backends = backends
+        let mut backends: Vec<BackendConfig> = backends
             .into_iter()
             .map(|(name, (service, backend_port, subset))| BackendConfig {
                 endpoints: self.endpoints(&(namespace.clone(), service), backend_port, subset.as_ref()),
                 name,
             })
             .collect();
+        for backend in gateway_backends {
+            if !backends.iter().any(|b| b.name == backend.name) {
+                backends.push(backend);
+            }
+        }
         let config = ServiceConfig {
             name: format!("{target}.{namespace}.svc.{}:{port}", self.cluster_domain),
             hosts: Vec::new(),
@@ -939,13 +958,13 @@ mod tests {
     #[test]
     fn an_unsupported_route_is_left_out_and_reported() {
         let mut index = shop();
-        route(
-            &mut index,
-            "q",
-            2,
-            json!({"service": "reviews", "rules": [{
-            "matches": [{"queryParams": [{"name": "a", "value": "b"}]}],
-            "backends": [{"service": "reviews-v2"}]}]}),
+        // A duration the proxy cannot read, as a route written before the CRD checked it would be.
+        let spec: MeshRouteSpec = serde_json::from_value(json!({"service": "reviews", "rules": [{
+            "backends": [{"service": "reviews-v2"}], "timeout": "soon"}]}))
+        .expect("spec");
+        index.upsert_route(
+            key("shop", "q"),
+            RouteInfo { generation: 2, created: "2026-01-01T00:00:00Z".into(), accepted: true, spec },
         );
         let snapshot = index.destination(&key("shop", "reviews"), 80);
         assert!(snapshot.routes.is_empty());

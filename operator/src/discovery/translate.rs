@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 
 use braid_api::config::{
-    AuthorizationRuleConfig, DefaultInboundPolicy, FaultAbort, FaultConfig, FaultDelay, HeaderMatch,
-    HeaderValueMatch, MatchConfig, MirrorConfig, MtlsMode as ProxyMtls, OperationConfig, PathMatch,
-    PolicyConfig, ProbeConfig, RetriesConfig, RetryOn, RouteConfig, ServiceAccountConfig, SourceConfig,
-    WeightedBackend,
+    AuthorizationRuleConfig, DefaultInboundPolicy, FaultAbort, FaultConfig, FaultDelay, HeaderEditsConfig,
+    HeaderMatch, HeaderValueConfig, HeaderValueMatch, MatchConfig, MirrorConfig, MtlsMode as ProxyMtls,
+    OperationConfig, PathMatch, PolicyConfig, ProbeConfig, RetriesConfig, RetryOn, RouteConfig,
+    ServiceAccountConfig, SourceConfig, WeightedBackend,
 };
 use braid_crds::{
     MeshPolicySpec,
@@ -54,20 +54,8 @@ pub fn route_rule(
     port: u16,
 ) -> Result<RouteConfig, Unsupported> {
     let at = |field: &str| format!("spec.rules[{index}]{field}");
-    if rule.request_headers.is_some() || rule.response_headers.is_some() {
-        return Err(Unsupported {
-            field: at(if rule.request_headers.is_some() { ".requestHeaders" } else { ".responseHeaders" }),
-            reason: "header edits are not applied by this proxy version".to_owned(),
-        });
-    }
     let mut matches = Vec::with_capacity(rule.matches.len());
-    for (m, matching) in rule.matches.iter().enumerate() {
-        if !matching.query_params.is_empty() {
-            return Err(Unsupported {
-                field: at(&format!(".matches[{m}].queryParams")),
-                reason: "query parameter matches are not applied by this proxy version".to_owned(),
-            });
-        }
+    for matching in &rule.matches {
         let path = matching.path.as_ref().map(|path| match path.match_type {
             PathMatchType::Exact => PathMatch::Exact(path.value.clone()),
             PathMatchType::PathPrefix => PathMatch::Prefix(path.value.clone()),
@@ -87,7 +75,18 @@ pub fn route_rule(
         let method = matching.method.as_ref().map(|m| {
             serde_json::to_value(m).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
         });
-        matches.push(MatchConfig { path, method, headers });
+        let query_params = matching
+            .query_params
+            .iter()
+            .map(|query| HeaderMatch {
+                name: query.name.clone(),
+                value: match query.match_type {
+                    ValueMatchType::Exact => HeaderValueMatch::Exact(query.value.clone()),
+                    ValueMatchType::RegularExpression => HeaderValueMatch::Regex(query.value.clone()),
+                },
+            })
+            .collect();
+        matches.push(MatchConfig { path, method, headers, query_params });
     }
     let backends = rule
         .backends
@@ -155,7 +154,20 @@ pub fn route_rule(
         retries,
         fault,
         mirror,
+        request_headers: rule.request_headers.as_ref().map(header_edits),
+        response_headers: rule.response_headers.as_ref().map(header_edits),
     })
+}
+
+fn header_edits(modifier: &meshroute::HeaderModifier) -> HeaderEditsConfig {
+    let pairs = |list: &[meshroute::HeaderValue]| {
+        list.iter().map(|h| HeaderValueConfig { name: h.name.clone(), value: h.value.clone() }).collect()
+    };
+    HeaderEditsConfig {
+        set: pairs(&modifier.set),
+        add: pairs(&modifier.add),
+        remove: modifier.remove.clone(),
+    }
 }
 
 /// Whether the proxy can apply every rule of a route; the first rule it cannot, otherwise.
@@ -264,13 +276,25 @@ mod tests {
     }
 
     #[test]
-    fn what_the_proxy_cannot_do_is_refused_with_the_field() {
-        let queries = rule(json!({"matches": [{"queryParams": [{"name": "a", "value": "b"}]}],
-            "backends": [{"service": "x"}]}));
-        let err = route_rule("r", 2, &queries, "t", 80).unwrap_err();
-        assert_eq!(err.field, "spec.rules[2].matches[0].queryParams");
-        let headers = rule(json!({"backends": [{"service": "x"}], "requestHeaders": {"remove": ["a"]}}));
-        assert_eq!(route_rule("r", 0, &headers, "t", 80).unwrap_err().field, "spec.rules[0].requestHeaders");
+    fn query_parameter_matches_and_header_edits_translate() {
+        let rule = rule(json!({"matches": [{"queryParams": [{"name": "a", "value": "b"},
+                {"name": "c", "type": "RegularExpression", "value": "d.*"}]}],
+            "backends": [{"service": "x"}],
+            "requestHeaders": {"set": [{"name": "x-set", "value": "1"}], "remove": ["x-gone"]},
+            "responseHeaders": {"add": [{"name": "x-by", "value": "x"}]}}));
+        let route = route_rule("r", 2, &rule, "t", 80).expect("supported");
+        let queries: Vec<_> =
+            route.matches[0].query_params.iter().map(|q| (q.name.as_str(), &q.value)).collect();
+        assert_eq!(
+            queries,
+            [("a", &HeaderValueMatch::Exact("b".into())), ("c", &HeaderValueMatch::Regex("d.*".into()))]
+        );
+        let request = route.request_headers.expect("request edits");
+        assert_eq!(
+            (request.set[0].name.as_str(), request.remove.as_slice()),
+            ("x-set", &["x-gone".to_owned()][..])
+        );
+        assert_eq!(route.response_headers.expect("response edits").add[0].value, "x");
     }
 
     #[test]

@@ -101,8 +101,13 @@ pub async fn run(
         Some(discovery) => ack_triggers(discovery.clone(), store.clone()),
         None => futures::stream::pending().boxed(),
     };
+    let gateway = match &ctx.discovery {
+        Some(discovery) => gateway_triggers(discovery.clone(), store.clone()),
+        None => futures::stream::pending().boxed(),
+    };
     controller
         .reconcile_on(acks)
+        .reconcile_on(gateway)
         .watches(services, watcher::Config::default(), move |service| routes_naming(&store, &service))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -141,6 +146,42 @@ fn ack_triggers(
     })
     .flatten()
     .boxed()
+}
+
+/// Routes to re-check because the HTTPRoutes and GRPCRoutes they override changed (their
+/// Accepted message names them), at most every second.
+fn gateway_triggers(
+    discovery: Arc<Discovery>,
+    store: Store<MeshRoute>,
+) -> futures::stream::BoxStream<'static, ObjectRef<MeshRoute>> {
+    let revisions = discovery.revisions();
+    let named: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    futures::stream::unfold(
+        (revisions, discovery, store, named),
+        |(mut revisions, discovery, store, mut named)| async move {
+            revisions.changed().await.ok()?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            revisions.mark_unchanged();
+            let mut changed = Vec::new();
+            for route in store.state() {
+                let now = overridden(&discovery, &route);
+                if named.get(&key(&route)).map_or(&[][..], Vec::as_slice) != now.as_slice() {
+                    named.insert(key(&route), now);
+                    changed.push(ObjectRef::from_obj(&*route));
+                }
+            }
+            Some((futures::stream::iter(changed), (revisions, discovery, store, named)))
+        },
+    )
+    .flatten()
+    .boxed()
+}
+
+/// The Gateway API routes this route keeps from applying (docs/gateway-api.md: a MeshRoute wins).
+fn overridden(discovery: &Discovery, route: &MeshRoute) -> Vec<String> {
+    let service = (route.namespace().unwrap_or_default(), route.spec.service.clone());
+    let port = route.spec.port.and_then(|p| u16::try_from(p).ok());
+    discovery.read(|index| index.gateway_routes_on(&service, port))
 }
 
 /// The routes, in the Service's namespace, that name it: they must be re-checked when it
@@ -199,7 +240,20 @@ async fn apply_status(route: &MeshRoute, ctx: &Context) -> Result<(), Error> {
             }
         },
     };
-    let status = desired_status(route, &existing, &programming, &Time(Timestamp::now()));
+    let mut status = desired_status(route, &existing, &programming, &Time(Timestamp::now()));
+    // Never silent: an HTTPRoute or GRPCRoute this route overrides is named in Accepted.
+    if let Some(discovery) = &ctx.discovery
+        && let overridden = overridden(discovery, route)
+        && !overridden.is_empty()
+        && let Some(accepted) =
+            status.conditions.iter_mut().find(|c| c.type_ == "Accepted" && c.status == "True")
+    {
+        accepted.message = format!(
+            "{}; it wins over {} on this Service (docs/gateway-api.md)",
+            accepted.message,
+            overridden.join(", ")
+        );
+    }
     if route.status.as_ref() == Some(&status) {
         return Ok(());
     }

@@ -34,7 +34,9 @@ pub async fn route_request(
     // Routes match the path in the normal form the destination's inbound proxy authorises, and
     // that is what goes upstream.
     let normalized = path::normalize_uri(&mut parts.uri);
-    let route = normalized.ok().and_then(|()| service.route(&parts.method, parts.uri.path(), &parts.headers));
+    let route = normalized
+        .ok()
+        .and_then(|()| service.route(&parts.method, parts.uri.path(), parts.uri.query(), &parts.headers));
     let Some(route) = route else {
         let labels = RequestLabels {
             direction: Direction::outbound,
@@ -73,6 +75,9 @@ pub async fn route_request(
     let metrics = route.metrics.get_or_init(|| state.metrics.request_metrics(&labels));
     metrics.requests.inc();
     propagate_trace(&mut parts.headers);
+    if let Some(edits) = &route.request_headers {
+        edits.apply(&mut parts.headers);
+    }
 
     if let Some(response) = inject_fault(route).await {
         record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
@@ -121,10 +126,13 @@ pub async fn route_request(
         },
         None => tries.await,
     };
-    let (response, server_id) = match result {
+    let (mut response, server_id) = match result {
         Ok((response, server_id)) => (client_response(response), server_id),
         Err(failure) => (failure_response(&failure), Label::empty()),
     };
+    if let Some(edits) = &route.response_headers {
+        edits.apply(response.headers_mut());
+    }
     if access_log {
         info!(
             target: "braid_proxy::access",

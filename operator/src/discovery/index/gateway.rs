@@ -1,0 +1,168 @@
+//! The Gateway API routes of the index (HTTPRoute and GRPCRoute with Service parents) and the
+//! ReferenceGrants that let them refer to Services of other namespaces. A child of index.rs, so
+//! that a destination's answer is built from one consistent view (docs/gateway-api.md).
+
+use std::collections::{BTreeMap, HashMap};
+
+use braid_api::config::{BackendConfig, RouteConfig};
+
+use super::{Index, Key};
+use crate::gateway::translate::{self, Lookup, Precedence, Refusal, RouteKind, RouteSpec};
+use crate::gateway::types::ReferenceGrantSpec;
+
+/// A Gateway API route as the index keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayRouteInfo {
+    pub generation: i64,
+    /// Creation time in RFC 3339: older routes win ties.
+    pub created: String,
+    pub spec: RouteSpec,
+}
+
+/// The Gateway API part of the index.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayState {
+    routes: HashMap<(RouteKind, Key), GatewayRouteInfo>,
+    grants: HashMap<Key, ReferenceGrantSpec>,
+}
+
+/// The Gateway API routes for one Service port, ready to join its configuration.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GatewayPart {
+    pub routes: Vec<RouteConfig>,
+    pub backends: Vec<BackendConfig>,
+    /// Routes left out, and why.
+    pub refused: Vec<((RouteKind, Key), Refusal)>,
+}
+
+impl Lookup for Index {
+    fn service_exists(&self, key: &Key) -> bool {
+        self.services.contains_key(key)
+    }
+
+    fn ref_permitted(&self, kind: RouteKind, from: &str, to: &Key) -> bool {
+        self.gateway.grants.iter().any(|((namespace, _), grant)| {
+            namespace == &to.0
+                && grant.from.iter().any(|f| {
+                    f.group == "gateway.networking.k8s.io" && f.kind == kind.as_str() && f.namespace == from
+                })
+                && grant.to.iter().any(|t| {
+                    matches!(t.group.as_str(), "" | "core")
+                        && t.kind == "Service"
+                        && t.name.as_ref().is_none_or(|name| *name == to.1)
+                })
+        })
+    }
+}
+
+impl Index {
+    pub fn upsert_gateway_route(&mut self, kind: RouteKind, key: Key, route: GatewayRouteInfo) {
+        if self.gateway.routes.get(&(kind, key.clone())) != Some(&route) {
+            self.gateway.routes.insert((kind, key), route);
+            self.touch();
+        }
+    }
+
+    pub fn remove_gateway_route(&mut self, kind: RouteKind, key: &Key) {
+        if self.gateway.routes.remove(&(kind, key.clone())).is_some() {
+            self.touch();
+        }
+    }
+
+    pub fn upsert_reference_grant(&mut self, key: Key, grant: ReferenceGrantSpec) {
+        if self.gateway.grants.get(&key) != Some(&grant) {
+            self.gateway.grants.insert(key, grant);
+            self.touch();
+        }
+    }
+
+    pub fn remove_reference_grant(&mut self, key: &Key) {
+        if self.gateway.grants.remove(key).is_some() {
+            self.touch();
+        }
+    }
+
+    /// Every Gateway API route the index holds, for their status.
+    pub fn gateway_routes(&self) -> Vec<((RouteKind, Key), GatewayRouteInfo)> {
+        let mut routes: Vec<_> = self.gateway.routes.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        routes.sort_by(|a, b| a.0.cmp(&b.0));
+        routes
+    }
+
+    /// The ports of Service `key`, `None` when it does not exist.
+    pub fn service_ports(&self, key: &Key) -> Option<Vec<u16>> {
+        self.services.get(key).map(|s| s.ports.iter().map(|p| p.port).collect())
+    }
+
+    /// The accepted MeshRoutes of Service `key` that apply to `port`: when there is one, the
+    /// Gateway API routes of that port are not applied (MeshRoutes win, docs/gateway-api.md).
+    pub fn meshroutes_on(&self, key: &Key, port: u16) -> Vec<String> {
+        self.routes_for(key, port).into_iter().map(|(name, _)| name.to_owned()).collect()
+    }
+
+    /// The proxy routes and backends of the Gateway API routes attached to port `port` of
+    /// Service `key`, in the API's precedence order.
+    pub fn gateway_destination(&self, key: &Key, port: u16) -> GatewayPart {
+        let mut part = GatewayPart::default();
+        let mut ordered: Vec<(Precedence, RouteConfig)> = Vec::new();
+        let mut sources: BTreeMap<String, translate::BackendSource> = BTreeMap::new();
+        for ((kind, route_key), route) in &self.gateway.routes {
+            if route_key.0 != key.0 {
+                continue;
+            }
+            let attached = translate::service_parents(&route_key.0, &route.spec)
+                .into_iter()
+                .any(|(service, p)| service == key.1 && p.is_none_or(|p| p == port));
+            if !attached {
+                continue;
+            }
+            match translate::translate(
+                &route_key.0,
+                &route_key.1,
+                &route.created,
+                &route.spec,
+                &key.1,
+                port,
+                self,
+            ) {
+                Ok(translated) => {
+                    ordered.extend(translated.routes);
+                    sources.extend(translated.backends);
+                }
+                Err(refusal) => part.refused.push(((*kind, route_key.clone()), refusal)),
+            }
+        }
+        ordered.sort_by(|a, b| a.0.cmp(&b.0));
+        part.routes = ordered.into_iter().map(|(_, route)| route).collect();
+        part.backends = sources
+            .into_iter()
+            .map(|(name, (namespace, service, backend_port))| BackendConfig {
+                endpoints: self.endpoints(&(namespace, service), backend_port, None),
+                name,
+            })
+            .collect();
+        part
+    }
+}
+
+impl Index {
+    /// The HTTPRoutes and GRPCRoutes (`KIND namespace/name`) attached to Service `key` on `port`
+    /// (`None`: any port) that a MeshRoute there keeps from applying: the MeshRoute's status
+    /// names them.
+    pub fn gateway_routes_on(&self, key: &Key, port: Option<u16>) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .gateway
+            .routes
+            .iter()
+            .filter(|((_, route_key), _)| route_key.0 == key.0)
+            .filter(|((_, route_key), route)| {
+                translate::service_parents(&route_key.0, &route.spec)
+                    .into_iter()
+                    .any(|(service, p)| service == key.1 && (port.is_none() || p.is_none() || p == port))
+            })
+            .map(|((kind, (namespace, name)), _)| format!("{} {namespace}/{name}", kind.as_str()))
+            .collect();
+        names.sort();
+        names
+    }
+}
