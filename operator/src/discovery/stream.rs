@@ -43,6 +43,8 @@ pub struct Discovery {
     memo: Mutex<HashMap<(Key, u16), Memo>>,
     pub registry: Registry,
     pub metrics: Arc<DiscoveryMetrics>,
+    /// What the proxies report of their requests to each backend (the canary checks).
+    pub measurements: crate::canary::measure::Measurements,
 }
 
 impl Discovery {
@@ -61,6 +63,7 @@ impl Discovery {
             memo: Mutex::default(),
             registry: Registry::default(),
             metrics,
+            measurements: Default::default(),
         })
     }
 
@@ -135,6 +138,11 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_PROXY_MESSAGE_BYTES: usize = 64 * 1024;
 /// Far above what one pod calls; each costs memory here and a line in the registry.
 pub const MAX_SUBSCRIPTIONS: usize = 10_000;
+/// How often proxies report their requests per backend: a tenth of a short canary interval, and
+/// at 1,000 proxies a couple of hundred small messages a second at most.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(2);
+/// Backends per report taken into account; a destination has a handful.
+const MAX_REPORT_BACKENDS: usize = 64;
 /// Names are Kubernetes names; the version is shown in the Mesh status.
 const MAX_NAME_BYTES: usize = 253;
 const MAX_VERSION_BYTES: usize = 64;
@@ -223,6 +231,7 @@ where
         out: &out,
         destinations: BTreeMap::new(),
         inbound: None,
+        services: HashMap::new(),
     };
     let result = session.run(&mut reader, &mut incoming, &shutdown).await;
     discovery.registry.disconnect(id);
@@ -239,6 +248,9 @@ struct Session<'a> {
     destinations: BTreeMap<String, Destination>,
     /// The inbound policy last sent, when subscribed.
     inbound: Option<Option<(u64, Option<PolicyConfig>)>>,
+    /// The destinations sent, by configuration name: a report counts only for a destination
+    /// this proxy was given, and only for that destination's backends.
+    services: HashMap<String, (Key, Arc<Snapshot>)>,
 }
 
 /// A hello whose fields could not name a pod (or would bloat the status) is refused.
@@ -349,6 +361,10 @@ impl Session<'_> {
                 }
                 true
             }
+            ProxyMessage::Report(report) => {
+                self.report(&report);
+                true
+            }
             ProxyMessage::Nack(mut nack) => {
                 self.discovery.metrics.nacks.inc();
                 truncate(&mut nack.reason, MAX_REASON_BYTES);
@@ -358,6 +374,20 @@ impl Session<'_> {
                     self.discovery.registry.nack(self.id, name, nack.version, &nack.reason);
                 }
                 true
+            }
+        }
+    }
+
+    /// Adds a report to the measurements, for backends of destinations this proxy was sent.
+    fn report(&self, report: &api::Report) {
+        let Some(((namespace, target), snapshot)) = self.services.get(&report.service) else {
+            self.discovery.metrics.limited("report_unknown_service");
+            return;
+        };
+        let Some(config) = &snapshot.service else { return };
+        for backend in report.backends.iter().take(MAX_REPORT_BACKENDS) {
+            if config.backends.iter().any(|b| b.name == backend.backend) {
+                self.discovery.measurements.add(namespace, target, backend);
             }
         }
     }
@@ -405,6 +435,9 @@ impl Session<'_> {
         }
         state.sent = Some(version);
         let service = snapshot.service.clone();
+        if let (Some(config), Target::Service { key, .. }) = (&service, &target) {
+            self.services.insert(config.name.clone(), (key.clone(), snapshot.clone()));
+        }
         self.discovery.registry.sent(self.id, name, target, version, snapshot);
         self.send(ControlMessage::Destination(DestinationUpdate {
             destination: name.to_owned(),
