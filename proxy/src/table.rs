@@ -17,7 +17,7 @@ use tower::retry::budget::TpsBudget;
 
 use crate::balance::Endpoint;
 use crate::identity::IdentityStore;
-use crate::metrics::{Label, RequestMetrics};
+use crate::metrics::{BackendMetrics, Label, RequestMetrics};
 
 pub struct Table {
     pub config: Arc<Config>,
@@ -39,6 +39,8 @@ pub struct Service {
 pub struct Backend {
     pub name: Label,
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// This backend's series (the canary checks' measurements), looked up on its first try.
+    pub metrics: std::sync::OnceLock<BackendMetrics>,
 }
 
 pub struct Route {
@@ -242,6 +244,7 @@ fn compile_service(
                     })
                 })
                 .collect(),
+            metrics: std::sync::OnceLock::new(),
         })
         .collect();
     let backend_index = |name: &str| {

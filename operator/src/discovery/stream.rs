@@ -727,6 +727,40 @@ mod tests {
         assert!(destination(proxy.next().await).service.is_some(), "room again after an unsubscribe");
     }
 
+    #[tokio::test]
+    async fn reports_count_only_for_destinations_and_backends_the_proxy_was_sent() {
+        let discovery = cluster();
+        let mut proxy = start(&discovery, ("web", "client"));
+        proxy.send(&hello("web", "client"));
+        let report = |service: &str, backend: &str| {
+            ProxyMessage::Report(api::Report {
+                service: service.into(),
+                backends: vec![api::BackendReport {
+                    backend: backend.into(),
+                    requests: 10,
+                    failures: 2,
+                    latency_ms: vec![0, 10],
+                }],
+            })
+        };
+        // Before the destination was sent: not counted.
+        proxy.send(&report("api.shop.svc.cluster.local:80", "api"));
+        proxy.send(&subscribe("10.96.0.20:80"));
+        let sent = destination(proxy.next().await).service.expect("a mesh service");
+        assert_eq!(sent.name, "api.shop.svc.cluster.local:80");
+        proxy.send(&report("api.shop.svc.cluster.local:80", "api"));
+        proxy.send(&report("api.shop.svc.cluster.local:80", "made-up"));
+        proxy.send(&report("private.shop.svc.cluster.local:80", "private"));
+        // A round trip, so the reports before it were handled.
+        proxy.send(&subscribe("10.1.2.3:80"));
+        proxy.next().await;
+        let totals = discovery.measurements.totals("shop", "api", "api");
+        assert_eq!((totals.requests, totals.failures, totals.latency[1]), (10, 2, 10));
+        assert_eq!(discovery.measurements.totals("shop", "api", "made-up").requests, 0);
+        assert_eq!(discovery.measurements.totals("shop", "private", "private").requests, 0);
+        assert_eq!(limited(&discovery, "report_unknown_service"), 2);
+    }
+
     #[test]
     fn long_reasons_are_cut_on_a_character_boundary() {
         let mut reason = "é".repeat(MAX_REASON_BYTES);
