@@ -360,6 +360,35 @@ impl Mesh {
         &self.apps.name
     }
 
+    /// Steps that do not increase are refused by the API server; a canary on two rules is not
+    /// accepted, with the field named, and no rollout runs for it.
+    async fn bad_canaries_get_a_clear_answer(&self) {
+        let (cluster, ns) = (self.cluster, self.ns());
+        let decreasing = canary_route(ns, "[50, 10]", 2).replace("name: echo,", "name: echo-bad-steps,");
+        let output = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&decreasing));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains("steps must increase"), "{stderr}");
+        let two_rules = canary_route(ns, "[10, 50]", 2).replace("name: echo,", "name: echo-two-rules,").replace(
+            "  rules:\n",
+            "  rules:\n    - matches: [{ path: { value: /admin } }]\n      backends: [{ service: echo-v1 }, { service: echo-v2, weight: 0 }]\n",
+        );
+        apply(cluster, &two_rules);
+        let message = eventually(Duration::from_secs(30), "echo-two-rules Accepted=False", || async {
+            let out = cluster.kubectl(&["get", "meshroute", "echo-two-rules", "-n", ns, "-o", "json"]);
+            let route: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let accepted =
+                route["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Accepted")?.clone();
+            (accepted["status"] == "False")
+                .then(|| accepted["message"].as_str().unwrap_or_default().to_owned())
+        })
+        .await;
+        assert!(
+            message.contains("spec.rules[1].backends") && message.contains("exactly one rule"),
+            "{message}"
+        );
+        kubectl(cluster, &["delete", "meshroute", "echo-two-rules", "-n", ns]);
+    }
+
     /// A healthy v2 is promoted through every step; the split at each step is the step's weight;
     /// no request fails; `kubectl wait --for=condition=Promoted` returns.
     async fn a_healthy_canary_is_promoted_step_by_step(&self) {
@@ -479,6 +508,7 @@ impl Mesh {
 #[tokio::test]
 async fn canary_rollouts_promote_a_healthy_version_and_roll_back_a_failing_one() {
     let mesh = Mesh::install("").await;
+    mesh.bad_canaries_get_a_clear_answer().await;
     mesh.a_healthy_canary_is_promoted_step_by_step().await;
     mesh.a_failing_canary_is_rolled_back().await;
 }

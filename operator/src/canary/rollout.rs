@@ -169,3 +169,73 @@ pub fn forget_metrics(namespace: &str, name: &str, metrics: &Metrics) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use braid_api::discovery::BackendReport;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use serde_json::json;
+
+    fn route(status: Option<serde_json::Value>) -> MeshRoute {
+        let mut route = json!({
+            "apiVersion": "braid.dev/v1alpha1", "kind": "MeshRoute",
+            "metadata": {"name": "web", "namespace": "shop"},
+            "spec": {"service": "web", "rules": [{"backends": [
+                {"service": "web-v1", "weight": 100}, {"service": "web-v2", "weight": 0}]}],
+                "canary": {"stable": "web-v1", "canary": "web-v2", "steps": [10, 50], "interval": "10s"}},
+        });
+        if let Some(status) = status {
+            route["status"] = json!({"canary": status});
+        }
+        serde_json::from_value(route).expect("route")
+    }
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(2_000_000 + seconds).expect("timestamp")
+    }
+
+    fn traffic(measurements: &Measurements, backend: &str, requests: u64, failures: u64) {
+        let report =
+            BackendReport { backend: backend.into(), requests, failures, latency_ms: vec![0, requests] };
+        measurements.add("shop", "web", &report);
+    }
+
+    #[test]
+    fn a_new_leader_measures_from_when_it_took_over_and_then_judges_that_window() {
+        let revision = super::super::weights::revision(&route(None).spec).expect("canary");
+        let at_step_one = |last_check: i64| {
+            route(Some(json!({"phase": "Progressing", "revision": revision, "step": 1, "weight": 10,
+                "failedChecks": 0, "lastCheckTime": Time(at(last_check)), "message": ""})))
+        };
+        let measurements = Measurements::default();
+        let baselines = Baselines::default();
+        // What the proxies reported to the old leader is not this one's to judge.
+        traffic(&measurements, "web-v2", 1000, 1000);
+
+        // Taking over 3 s into the step: nothing changes, the next check is on time.
+        let step = super::step(&at_step_one(0), Some(&measurements), &baselines, at(3)).expect("a rollout");
+        assert_eq!((step.decision.status.step, step.next_check), (1, Some(Duration::from_secs(7))));
+        assert!(step.events.is_empty());
+
+        traffic(&measurements, "web-v2", 100, 0);
+        traffic(&measurements, "web-v1", 900, 0);
+        let step = super::step(&at_step_one(0), Some(&measurements), &baselines, at(10)).expect("a rollout");
+        let canary = step.decision.status.canary_metrics.clone().expect("judged");
+        assert_eq!((canary.requests, canary.success_rate.as_deref()), (100, Some("100.00%")));
+        assert_eq!((step.decision.status.step, step.decision.status.weight), (2, 50));
+
+        // The next window starts where that one ended.
+        traffic(&measurements, "web-v2", 30, 0);
+        let advanced = route(Some(serde_json::to_value(&step.decision.status).expect("status")));
+        let step = super::step(&advanced, Some(&measurements), &baselines, at(20)).expect("a rollout");
+        assert_eq!(step.decision.status.canary_metrics.map(|m| m.requests), Some(30));
+    }
+
+    #[test]
+    fn a_route_without_a_canary_has_no_rollout() {
+        let mut plain = route(None);
+        plain.spec.canary = None;
+        assert!(super::step(&plain, None, &Baselines::default(), at(0)).is_none());
+    }
+}
