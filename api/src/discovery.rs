@@ -19,6 +19,15 @@ pub const CONTENT_TYPE: &str = "application/x-ndjson";
 /// Longest line either side accepts; a longer one ends the stream with an error.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// Upper bounds, in milliseconds, of the latency buckets a [`Report`] counts in (Linkerd's);
+/// one more bucket counts what is slower than the last.
+pub const LATENCY_BUCKETS_MS: [u64; 22] =
+    [1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500, 1000, 2000, 3000, 4000, 5000, 10000, 30000];
+/// A response header of the server: how often, in seconds, it wants a [`Report`] of each
+/// destination the proxy sent requests to. A proxy sends none unless the server asks, so a
+/// newer proxy never sends a server something it does not know.
+pub const REPORT_INTERVAL_HEADER: &str = "braid-report-interval";
+
 /// From the proxy. The first message must be `hello`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -34,6 +43,34 @@ pub enum ProxyMessage {
     Ack(Ack),
     /// The proxy could not apply this version and keeps the previous one.
     Nack(Nack),
+    /// What the proxy's requests to a destination's backends did since its last report (the
+    /// canary checks are made of these).
+    Report(Report),
+}
+
+/// Requests to the backends of one destination since the proxy's previous report: deltas, so
+/// the server adds them up across proxies without remembering each one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Report {
+    /// The destination's name as the server sent it (`ServiceConfig::name`).
+    pub service: String,
+    pub backends: Vec<BackendReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendReport {
+    /// The backend's name in the destination (`BackendConfig::name`).
+    pub backend: String,
+    /// Tries sent to the backend (a retried request counts once per try).
+    pub requests: u64,
+    /// Tries that failed: a 5xx, a gRPC status other than OK, or no answer at all.
+    pub failures: u64,
+    /// Tries per latency bucket ([`LATENCY_BUCKETS_MS`], then one for slower); trailing empty
+    /// buckets are left out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub latency_ms: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,6 +249,23 @@ mod tests {
             service: None,
         });
         assert_eq!(encode(&none), b"{\"destination\":{\"destination\":\"10.1.2.3:80\",\"version\":3}}\n");
+    }
+
+    #[test]
+    fn a_report_has_the_documented_shape() {
+        let report = ProxyMessage::Report(Report {
+            service: "web.shop.svc.cluster.local:80".into(),
+            backends: vec![BackendReport {
+                backend: "web-v2".into(),
+                requests: 3,
+                failures: 1,
+                latency_ms: vec![0, 2, 1],
+            }],
+        });
+        assert_eq!(
+            String::from_utf8(encode(&report)).unwrap(),
+            "{\"report\":{\"service\":\"web.shop.svc.cluster.local:80\",\"backends\":[{\"backend\":\"web-v2\",\"requests\":3,\"failures\":1,\"latencyMs\":[0,2,1]}]}}\n"
+        );
     }
 
     #[test]

@@ -8,6 +8,20 @@ pub const RESOLVED_REFS: &str = "ResolvedRefs";
 /// The proxies that route to the Service run this generation.
 pub const PROGRAMMED: &str = "Programmed";
 
+/// Canary: a rollout is under way and moving (False when paused or finished).
+pub const PROGRESSING: &str = "Progressing";
+/// Canary: the last judged interval met the success-rate and latency thresholds.
+pub const CANARY_HEALTHY: &str = "CanaryHealthy";
+/// Canary: the run ended with the canary taking all of its rule's traffic.
+pub const PROMOTED: &str = "Promoted";
+/// Canary: the run ended with the canary taking none of it.
+pub const ROLLED_BACK: &str = "RolledBack";
+
+/// The annotation that steers a canary: `pause`, `resume`, `promote` or `abort`. An annotation
+/// rather than a spec field, so that the GitOps tool that owns the spec sees no drift and does
+/// not undo it.
+pub const CANARY_ANNOTATION: &str = "braid.dev/canary";
+
 /// Mesh: the admission webhook serves with a valid certificate the API server trusts.
 pub const WEBHOOK_CERTIFICATE_READY: &str = "WebhookCertificateReady";
 /// Mesh: the certificate authority has a valid issuer and publishes the trust bundle.
@@ -36,6 +50,32 @@ pub mod reasons {
     pub const PENDING: &str = "Pending";
     /// Programmed=False: the route uses a feature the proxy does not apply.
     pub const UNSUPPORTED: &str = "Unsupported";
+    /// Progressing=True: at a step, checked every interval.
+    pub const STEP_PROGRESSING: &str = "StepProgressing";
+    /// Progressing=True and CanaryHealthy=Unknown: too few requests to the canary to judge.
+    pub const NOT_ENOUGH_REQUESTS: &str = "NotEnoughRequests";
+    /// Progressing=False: held by the braid.dev/canary annotation.
+    pub const PAUSED: &str = "Paused";
+    /// Progressing=False, Promoted=True: every step passed.
+    pub const PROMOTED: &str = "Promoted";
+    /// Progressing=False, Promoted=True: promoted by the braid.dev/canary annotation.
+    pub const PROMOTED_BY_USER: &str = "PromotedByUser";
+    /// Progressing=False, RolledBack=True: failureThreshold failed checks in a row.
+    pub const FAILED_CHECKS: &str = "FailedChecks";
+    /// Progressing=False, RolledBack=True: aborted by the braid.dev/canary annotation.
+    pub const ABORTED: &str = "Aborted";
+    /// Promoted=False or RolledBack=False while a run goes on.
+    pub const IN_PROGRESS: &str = "InProgress";
+    /// Promoted=False: the run was rolled back; RolledBack=False: it was promoted.
+    pub const OTHER_OUTCOME: &str = "OtherOutcome";
+    /// CanaryHealthy=True: the last judged interval met the thresholds.
+    pub const CHECK_PASSED: &str = "CheckPassed";
+    /// CanaryHealthy=False: the last judged interval missed a threshold.
+    pub const CHECK_FAILED: &str = "CheckFailed";
+    /// CanaryHealthy=Unknown: no interval judged yet in this run.
+    pub const NOT_CHECKED: &str = "NotChecked";
+    /// Progressing=False: the route is not accepted, so no rollout runs.
+    pub const ROUTE_NOT_ACCEPTED: &str = "RouteNotAccepted";
     /// WebhookCertificateReady=True: issued and published.
     pub const CERTIFICATE_ISSUED: &str = "CertificateIssued";
     /// WebhookCertificateReady=False: issuing or publishing failed.

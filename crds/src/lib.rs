@@ -13,7 +13,7 @@ use kube::CustomResourceExt;
 
 pub use mesh::{Mesh, MeshSpec, MeshStatus};
 pub use meshpolicy::{MeshPolicy, MeshPolicySpec, MeshPolicyStatus};
-pub use meshroute::{MeshRoute, MeshRouteSpec, MeshRouteStatus};
+pub use meshroute::{CanaryPhase, CanaryStatus, MeshRoute, MeshRouteSpec, MeshRouteStatus};
 
 /// Every CRD of the API, each with the file name it is committed under.
 pub fn crds() -> Vec<(String, CustomResourceDefinition)> {

@@ -29,22 +29,34 @@ use serde::{Deserialize, Serialize};
         description = "The Service whose traffic this route governs"
     ),
     printcolumn(
-        name = "Accepted",
+        name = "Canary",
         type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Accepted\")].status",
-        description = "Whether the route is valid"
+        json_path = ".spec.canary.canary",
+        description = "The canary backend Service, when the route has a canary"
     ),
     printcolumn(
-        name = "Resolved",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"ResolvedRefs\")].status",
-        description = "Whether every referenced Service exists"
+        name = "Weight",
+        type_ = "integer",
+        json_path = ".status.canary.weight",
+        description = "Percent of the canary rule's traffic the proxies send to the canary now"
     ),
     printcolumn(
-        name = "Programmed",
+        name = "Phase",
         type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Programmed\")].status",
-        description = "Whether the proxies run this generation"
+        json_path = ".status.canary.phase",
+        description = "Waiting, Progressing, Paused, Promoted or RolledBack"
+    ),
+    printcolumn(
+        name = "Success",
+        type_ = "string",
+        json_path = ".status.canary.canaryMetrics.successRate",
+        description = "The canary's success rate in the last check"
+    ),
+    printcolumn(
+        name = "P99",
+        type_ = "string",
+        json_path = ".status.canary.canaryMetrics.p99",
+        description = "The canary's p99 latency in the last check"
     ),
     printcolumn(
         name = "Proxies",
@@ -53,10 +65,45 @@ use serde::{Deserialize, Serialize};
         description = "Proxies running this generation / proxies that route to the Service"
     ),
     printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status",
+        description = "Whether the route is valid",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Resolved",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"ResolvedRefs\")].status",
+        description = "Whether every referenced Service exists",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Programmed",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].status",
+        description = "Whether the proxies run this generation",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Healthy",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"CanaryHealthy\")].status",
+        description = "Whether the canary passed its last check",
+        priority = 1
+    ),
+    printcolumn(
         name = "Reason",
         type_ = "string",
         json_path = ".status.conditions[?(@.status!=\"True\")].reason",
         description = "Why a condition is not True",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.canary.message",
+        description = "What the rollout is doing, in words",
         priority = 1
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
@@ -437,7 +484,9 @@ pub struct HeaderValue {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "self.stable != self.canary", "message": "stable and canary must be different Services"}
+    {"rule": "self.stable != self.canary", "message": "stable and canary must be different Services"},
+    {"rule": "self.steps.isSorted() && self.steps.all(s, self.steps.filter(t, t == s).size() == 1)",
+     "message": "steps must increase, like [10, 25, 50]", "fieldPath": ".steps"}
 ]))]
 pub struct Canary {
     /// The Service that serves production traffic now.
@@ -473,6 +522,16 @@ pub struct Canary {
     #[serde(default = "default_failure_threshold")]
     #[schemars(range(min = 1, max = 100))]
     pub failure_threshold: i32,
+
+    /// Requests to the canary an interval needs before it is judged; an interval with fewer is
+    /// neither a pass nor a failure, and the rollout waits at its step.
+    #[serde(default = "default_min_requests")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub min_requests: i32,
+}
+
+fn default_min_requests() -> i32 {
+    20
 }
 
 fn default_canary_interval() -> String {
@@ -504,4 +563,95 @@ pub struct MeshRouteStatus {
     /// Proxies running this generation over proxies routing to the Service, like "12/12".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxies: Option<String>,
+
+    /// The canary's rollout, when the route has a canary: where it is and what the last check
+    /// measured. The rollout's whole state lives here, so an operator that restarts or takes
+    /// over the lead carries on from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryStatus>,
+}
+
+/// Where a canary rollout is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CanaryPhase {
+    /// At a step, but the last interval had fewer than minRequests to the canary to judge.
+    #[default]
+    Waiting,
+    /// At a step, checked every interval, moving to the next step while the checks pass.
+    Progressing,
+    /// Held at its weight by the braid.dev/canary annotation; no checks run.
+    Paused,
+    /// Passed every step (or was promoted by hand): the canary takes all of the rule's traffic.
+    Promoted,
+    /// Failed failureThreshold checks in a row (or was aborted by hand): the canary gets nothing.
+    RolledBack,
+}
+
+impl CanaryPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Waiting => "Waiting",
+            Self::Progressing => "Progressing",
+            Self::Paused => "Paused",
+            Self::Promoted => "Promoted",
+            Self::RolledBack => "RolledBack",
+        }
+    }
+
+    /// Promoted and RolledBack end a run: it stays so until the canary block changes.
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Promoted | Self::RolledBack)
+    }
+}
+
+/// The state of a canary rollout and what its last check measured.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CanaryStatus {
+    /// Waiting, Progressing, Paused, Promoted or RolledBack.
+    pub phase: CanaryPhase,
+    /// Which canary block this run is for (a digest of spec.canary and the canary's backend):
+    /// when the spec changes, a new run starts.
+    pub revision: String,
+    /// The current step, from 1 to the number of steps.
+    pub step: i32,
+    /// The canary's effective weight in percent: what the proxies use, whatever the spec's
+    /// static weights say. The stable backend gets the rest.
+    pub weight: i32,
+    /// Failed checks in a row; failureThreshold of them roll the canary back.
+    pub failed_checks: i32,
+    /// When the rollout last moved to a new step or was last checked; the next check is one
+    /// interval later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// When the phase last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// The canary backend in the last judged interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_metrics: Option<BackendMetrics>,
+    /// The stable backend in the same interval, for comparison.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_metrics: Option<BackendMetrics>,
+    /// The braid.dev/canary annotation value last acted on in this run (promote and abort act
+    /// once per run, when the annotation takes that value).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steering: Option<String>,
+    /// What the rollout is doing, in words.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// What the proxies measured for one backend over one interval.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendMetrics {
+    /// Requests (tries) sent to the backend.
+    pub requests: i64,
+    /// Share of them that did not fail (no 5xx, gRPC OK, an answer came), like "99.50%".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<String>,
+    /// 99th percentile of the time to response headers, like "12ms".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99: Option<String>,
 }

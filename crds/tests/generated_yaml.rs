@@ -29,7 +29,33 @@ fn meshroute_columns_answer_is_my_route_healthy() {
     let version = &crd.spec.versions[0];
     let columns: Vec<&str> =
         version.additional_printer_columns.iter().flatten().map(|c| c.name.as_str()).collect();
-    assert_eq!(columns, ["Service", "Accepted", "Resolved", "Programmed", "Proxies", "Reason", "Age"]);
+    assert_eq!(
+        columns,
+        [
+            "Service",
+            "Canary",
+            "Weight",
+            "Phase",
+            "Success",
+            "P99",
+            "Proxies",
+            "Accepted",
+            "Resolved",
+            "Programmed",
+            "Healthy",
+            "Reason",
+            "Message",
+            "Age"
+        ]
+    );
+    let wide: Vec<&str> = version
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .filter(|c| c.priority == Some(1))
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(wide, ["Accepted", "Resolved", "Programmed", "Healthy", "Reason", "Message"], "-o wide only");
     assert_eq!(crd.spec.names.short_names, Some(vec!["mr".to_owned()]));
     assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "status subresource");
     let json = serde_json::to_string(&crd).expect("CRD serializes");

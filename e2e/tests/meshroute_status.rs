@@ -65,12 +65,37 @@ async fn the_examples_are_accepted_resolved_and_shown_by_kubectl() {
         assert_eq!(reason, "DiscoveryPending");
     }
 
-    let table = cluster.kubectl_ok(&["get", "meshroutes", "-n", &ns.name]);
+    // The default columns show a rollout at a glance (no canary here: <none>); the conditions
+    // are in -o wide.
+    let narrow = cluster.kubectl_ok(&["get", "meshroutes", "-n", &ns.name]);
+    let header: Vec<&str> = narrow.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "SERVICE", "CANARY", "WEIGHT", "PHASE", "SUCCESS", "P99", "PROXIES", "AGE"],
+        "{narrow}"
+    );
+    let table = cluster.kubectl_ok(&["get", "meshroutes", "-n", &ns.name, "-o", "wide"]);
     let lines: Vec<&str> = table.lines().collect();
     let header: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(
         header,
-        ["NAME", "SERVICE", "ACCEPTED", "RESOLVED", "PROGRAMMED", "PROXIES", "AGE"],
+        [
+            "NAME",
+            "SERVICE",
+            "CANARY",
+            "WEIGHT",
+            "PHASE",
+            "SUCCESS",
+            "P99",
+            "PROXIES",
+            "ACCEPTED",
+            "RESOLVED",
+            "PROGRAMMED",
+            "HEALTHY",
+            "REASON",
+            "MESSAGE",
+            "AGE"
+        ],
         "{table}"
     );
     let row = |name: &str| -> Vec<String> {
@@ -78,8 +103,10 @@ async fn the_examples_are_accepted_resolved_and_shown_by_kubectl() {
             lines.iter().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing:\n{table}"));
         line.split_whitespace().map(str::to_owned).collect()
     };
-    assert_eq!(row("reviews-split")[1..5], ["reviews", "True", "True", "Unknown"], "{table}");
-    assert_eq!(row("ratings-retries")[1..5], ["ratings", "True", "True", "Unknown"], "{table}");
+    // SERVICE, then six <none> (no canary, no discovery), then ACCEPTED RESOLVED PROGRAMMED.
+    assert_eq!(row("reviews-split")[7..11], ["<none>", "True", "True", "Unknown"], "{table}");
+    assert_eq!(row("reviews-split")[1], "reviews", "{table}");
+    assert_eq!(row("ratings-retries")[7..11], ["<none>", "True", "True", "Unknown"], "{table}");
     // The short name works too.
     assert!(
         cluster

@@ -168,10 +168,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         _ => None,
     };
     let ctx = Arc::new(Context {
-        client,
+        client: client.clone(),
         metrics,
         backoff: FailureBackoff::new(Duration::from_secs(1), Duration::from_secs(300)),
         discovery: discovery.clone(),
+        recorder: Some(kube::runtime::events::Recorder::new(
+            client.clone(),
+            kube::runtime::events::Reporter {
+                controller: crate::FIELD_MANAGER.to_owned(),
+                instance: std::env::var("BRAID_POD_NAME").ok(),
+            },
+        )),
+        baselines: Default::default(),
     });
     let webhook_task = settings.webhook.map(|webhook| {
         tokio::spawn(webhook::controller::run(ctx.client.clone(), webhook, ctx.metrics.clone(), stop.clone()))

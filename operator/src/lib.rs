@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod app;
 pub mod backoff;
+pub mod canary;
 pub mod certs;
 pub mod conditions;
 pub mod discovery;

@@ -19,6 +19,26 @@ pub struct ErrorLabels {
     pub error: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    pub namespace: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutPhaseLabels {
+    pub namespace: String,
+    pub route: String,
+    pub phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutCheckLabels {
+    pub namespace: String,
+    pub route: String,
+    pub result: &'static str,
+}
+
 /// Reconcile counts, failures by cause, and durations.
 #[derive(Debug)]
 pub struct Metrics {
@@ -27,6 +47,12 @@ pub struct Metrics {
     pub duration: Family<ControllerLabels, Histogram>,
     /// 1 while this replica holds the leader Lease (or runs without leader election), else 0.
     pub leader: Gauge,
+    /// Per canary rollout: the canary's effective weight in percent.
+    pub canary_weight: Family<RolloutLabels, Gauge>,
+    /// Per canary rollout: 1 for its current phase, 0 for the others.
+    pub canary_phase: Family<RolloutPhaseLabels, Gauge>,
+    /// Per canary rollout: intervals judged, by result.
+    pub canary_checks: Family<RolloutCheckLabels, Counter>,
 }
 
 impl Metrics {
@@ -39,6 +65,9 @@ impl Metrics {
                 Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
             }),
             leader: Gauge::default(),
+            canary_weight: Family::default(),
+            canary_phase: Family::default(),
+            canary_checks: Family::default(),
         };
         let sub = registry.sub_registry_with_prefix("braid_operator");
         sub.register("reconciles", "Reconciles run, by controller", metrics.reconciles.clone());
@@ -56,6 +85,21 @@ impl Metrics {
             "leader",
             "Whether this replica runs the controllers (holds the leader Lease)",
             metrics.leader.clone(),
+        );
+        sub.register(
+            "canary_weight",
+            "Effective weight of each canary rollout's canary backend, in percent",
+            metrics.canary_weight.clone(),
+        );
+        sub.register(
+            "canary_phase",
+            "1 for the current phase of each canary rollout (Waiting, Progressing, Paused, Promoted, RolledBack)",
+            metrics.canary_phase.clone(),
+        );
+        sub.register(
+            "canary_checks",
+            "Intervals of each canary rollout judged, by result (passed, failed, too_few_requests)",
+            metrics.canary_checks.clone(),
         );
         metrics
     }

@@ -2,14 +2,20 @@
 //! classification and status_code, response_latency_ms, tcp_*), so existing dashboards and
 //! Flagger's Linkerd queries work on Braid.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::{
+    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 /// A label value shared by reference: cloning it costs a reference count, not an allocation.
@@ -161,14 +167,75 @@ pub struct DiscoveryUpdateLabels {
     pub result: ReloadResult,
 }
 
-/// Linkerd's latency buckets, in milliseconds.
-const LATENCY_BUCKETS_MS: [f64; 22] = [
-    1.0, 2.0, 3.0, 4.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 100.0, 200.0, 300.0, 400.0, 500.0, 1000.0, 2000.0,
-    3000.0, 4000.0, 5000.0, 10000.0, 30000.0,
-];
+/// Linkerd's latency buckets, in milliseconds (the discovery reports count in the same ones).
+const LATENCY_BUCKETS_MS: [u64; 22] = braid_api::discovery::LATENCY_BUCKETS_MS;
 
 fn latency_histogram() -> Histogram {
-    Histogram::new(LATENCY_BUCKETS_MS)
+    Histogram::new(LATENCY_BUCKETS_MS.map(|ms| ms as f64))
+}
+
+/// One outbound backend of one destination: the labels of the per-backend series.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// The destination (the Service the client called).
+    pub dst_service: Label,
+    /// The backend the route sent the try to (a canary's stable or canary Service).
+    pub backend: Label,
+}
+
+/// A latency histogram of atomic buckets: an observation is a handful of relaxed atomic adds,
+/// no lock, no allocation; and the buckets can be read back for the discovery reports.
+#[derive(Clone, Debug, Default)]
+pub struct AtomicHistogram(Arc<HistogramCells>);
+
+#[derive(Debug, Default)]
+pub struct HistogramCells {
+    /// Per bucket (LATENCY_BUCKETS_MS, then slower), not cumulative.
+    buckets: [AtomicU64; LATENCY_BUCKETS_MS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl AtomicHistogram {
+    pub fn observe(&self, latency: std::time::Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        let index = LATENCY_BUCKETS_MS.partition_point(|&bound| bound * 1000 < micros);
+        self.0.buckets[index].fetch_add(1, Ordering::Relaxed);
+        self.0.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The count of each bucket.
+    pub fn buckets(&self) -> [u64; LATENCY_BUCKETS_MS.len() + 1] {
+        std::array::from_fn(|i| self.0.buckets[i].load(Ordering::Relaxed))
+    }
+}
+
+impl TypedMetric for AtomicHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for AtomicHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut cumulative = 0;
+        let mut buckets = [(0.0, 0); LATENCY_BUCKETS_MS.len() + 1];
+        for (i, count) in self.buckets().into_iter().enumerate() {
+            cumulative += count;
+            buckets[i] = (LATENCY_BUCKETS_MS.get(i).map_or(f64::MAX, |&b| b as f64), cumulative);
+        }
+        let sum = self.0.sum_micros.load(Ordering::Relaxed) as f64 / 1000.0;
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, cumulative, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// The series of one backend, looked up once per routing table rather than per request.
+#[derive(Clone, Debug)]
+pub struct BackendMetrics {
+    pub requests: Counter,
+    pub failures: Counter,
+    pub latency: AtomicHistogram,
 }
 
 pub struct Metrics {
@@ -195,6 +262,11 @@ pub struct Metrics {
     pub discovery_updates: Family<DiscoveryUpdateLabels, Counter>,
     pub discovery_reconnects: Counter,
     pub discovery_lookup_timeouts: Counter,
+    pub backend_requests: Family<BackendLabels, Counter>,
+    pub backend_failures: Family<BackendLabels, Counter>,
+    pub backend_latency: Family<BackendLabels, AtomicHistogram>,
+    /// Every backend with series, for the discovery reports (which the families cannot list).
+    backends: Mutex<HashMap<BackendLabels, BackendMetrics>>,
 }
 
 impl Metrics {
@@ -298,7 +370,29 @@ impl Metrics {
             "New destinations forwarded unchanged because no discovery answer came within initialTimeout",
             discovery_lookup_timeouts.clone(),
         );
+        let backend_requests = Family::default();
+        registry.register(
+            "outbound_backend_requests",
+            "Outbound tries sent to each backend of a destination (a retried request counts once per try)",
+            backend_requests.clone(),
+        );
+        let backend_failures = Family::default();
+        registry.register(
+            "outbound_backend_failures",
+            "Outbound tries to each backend that failed: a 5xx, a gRPC status other than OK, or no answer",
+            backend_failures.clone(),
+        );
+        let backend_latency = Family::default();
+        registry.register(
+            "outbound_backend_response_latency_ms",
+            "Time to response headers of the tries to each backend, in milliseconds",
+            backend_latency.clone(),
+        );
         Self {
+            backend_requests,
+            backend_failures,
+            backend_latency,
+            backends: Mutex::default(),
             discovery_connected,
             discovery_updates,
             discovery_reconnects,
@@ -392,6 +486,26 @@ impl Metrics {
             latency: self.latency.get_or_create(labels).clone(),
             responses: Arc::default(),
         }
+    }
+
+    /// The series of one backend of a destination (created on first use).
+    pub fn backend_metrics(&self, dst_service: &Label, backend: &Label) -> BackendMetrics {
+        let labels = BackendLabels { dst_service: dst_service.clone(), backend: backend.clone() };
+        let mut backends = self.backends.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        backends
+            .entry(labels.clone())
+            .or_insert_with(|| BackendMetrics {
+                requests: self.backend_requests.get_or_create(&labels).clone(),
+                failures: self.backend_failures.get_or_create(&labels).clone(),
+                latency: self.backend_latency.get_or_create(&labels).clone(),
+            })
+            .clone()
+    }
+
+    /// Every backend with series: (destination, backend, series).
+    pub fn backends(&self) -> Vec<(BackendLabels, BackendMetrics)> {
+        let backends = self.backends.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        backends.iter().map(|(labels, metrics)| (labels.clone(), metrics.clone())).collect()
     }
 
     /// The byte counters of one client connection: (read, written).

@@ -18,7 +18,7 @@ use tower::retry::budget::TpsBudget;
 
 use crate::balance::Endpoint;
 use crate::identity::IdentityStore;
-use crate::metrics::{Label, RequestMetrics};
+use crate::metrics::{BackendMetrics, Label, RequestMetrics};
 
 pub struct Table {
     pub config: Arc<Config>,
@@ -40,6 +40,8 @@ pub struct Service {
 pub struct Backend {
     pub name: Label,
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// This backend's series (the canary checks' measurements), looked up on its first try.
+    pub metrics: std::sync::OnceLock<BackendMetrics>,
 }
 
 pub struct Route {
@@ -300,6 +302,7 @@ fn compile_service(
                     })
                 })
                 .collect(),
+            metrics: std::sync::OnceLock::new(),
         })
         .collect();
     let backend_index = |name: &str| {

@@ -144,6 +144,48 @@ async fn the_first_request_waits_for_the_snapshot_then_follows_its_weights() {
 }
 
 #[tokio::test]
+async fn the_proxy_reports_tries_per_backend_when_the_server_asks_and_only_then() {
+    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let authority_asks = mesh(&[cluster_ip()], "3s", "").await;
+    *authority_asks.server.report_interval.lock().unwrap() = Some(1);
+    // The header is read when the stream opens: make the proxy open a new one.
+    authority_asks.server.end_streams();
+    eventually("the proxy reconnects", || async { authority_asks.server.hellos() >= 2 }).await;
+    let name = "web.shop.svc.cluster.local:80";
+    authority_asks
+        .server
+        .set(CLUSTER_IP, Answer::Service(service(name, &[("v1", a.addr, 1), ("v2", b.addr, 1)])));
+    for _ in 0..40 {
+        let (status, _) = get_via(&authority_asks, cluster_ip(), "/").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let sum = |server: &DiscoveryServer, backend: &str| -> (u64, u64, u64) {
+        server.reports().iter().flat_map(|r| r.backends.clone()).filter(|b| b.backend == backend).fold(
+            (0, 0, 0),
+            |(requests, failures, timed), b| {
+                (requests + b.requests, failures + b.failures, timed + b.latency_ms.iter().sum::<u64>())
+            },
+        )
+    };
+    let server = authority_asks.server.clone();
+    eventually("every try is reported", || async { sum(&server, "v1").0 + sum(&server, "v2").0 == 40 }).await;
+    assert!(server.reports().iter().all(|r| r.service == name), "{:?}", server.reports());
+    let (v1, v2) = (sum(&server, "v1"), sum(&server, "v2"));
+    assert_eq!((v1.0, v2.0), (a.hits() as u64, b.hits() as u64), "per backend, as routed");
+    assert_eq!((v1.1, v2.1), (0, 0), "no failures");
+    assert_eq!((v1.2, v2.2), (v1.0, v2.0), "each try is in a latency bucket");
+
+    // A server that does not ask gets no report (an older operator would refuse the message).
+    let silent = mesh(&[cluster_ip()], "3s", "").await;
+    silent.server.set(CLUSTER_IP, Answer::Service(service(name, &[("v1", a.addr, 1)])));
+    for _ in 0..5 {
+        get_via(&silent, cluster_ip(), "/").await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(silent.server.reports().is_empty(), "{:?}", silent.server.reports());
+}
+
+#[tokio::test]
 async fn concurrent_first_connections_share_one_subscription() {
     let a = Upstream::start("a").await;
     let mesh = mesh(&[cluster_ip()], "3s", "").await;

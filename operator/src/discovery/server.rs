@@ -228,6 +228,11 @@ fn answer(
     });
     let mut response = Response::new(BodyExt::boxed(StreamBody::new(frames)));
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(api::CONTENT_TYPE));
+    // Proxies report their requests per backend only when asked (the canary checks use them).
+    response.headers_mut().insert(
+        api::REPORT_INTERVAL_HEADER,
+        header::HeaderValue::from(super::stream::REPORT_INTERVAL.as_secs()),
+    );
     response
 }
 

@@ -43,6 +43,8 @@ pub struct Discovery {
     memo: Mutex<HashMap<(Key, u16), Memo>>,
     pub registry: Registry,
     pub metrics: Arc<DiscoveryMetrics>,
+    /// What the proxies report of their requests to each backend (the canary checks).
+    pub measurements: crate::canary::measure::Measurements,
 }
 
 impl Discovery {
@@ -61,6 +63,7 @@ impl Discovery {
             memo: Mutex::default(),
             registry: Registry::default(),
             metrics,
+            measurements: Default::default(),
         })
     }
 
@@ -135,6 +138,11 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_PROXY_MESSAGE_BYTES: usize = 64 * 1024;
 /// Far above what one pod calls; each costs memory here and a line in the registry.
 pub const MAX_SUBSCRIPTIONS: usize = 10_000;
+/// How often proxies report their requests per backend: a tenth of a short canary interval, and
+/// at 1,000 proxies a couple of hundred small messages a second at most.
+pub const REPORT_INTERVAL: Duration = Duration::from_secs(2);
+/// Backends per report taken into account; a destination has a handful.
+const MAX_REPORT_BACKENDS: usize = 64;
 /// Names are Kubernetes names; the version is shown in the Mesh status.
 const MAX_NAME_BYTES: usize = 253;
 const MAX_VERSION_BYTES: usize = 64;
@@ -226,6 +234,7 @@ where
         out: &out,
         destinations: BTreeMap::new(),
         inbound: None,
+        services: HashMap::new(),
     };
     let result = session.run(&mut reader, &mut incoming, &shutdown).await;
     discovery.registry.disconnect(id);
@@ -242,6 +251,9 @@ struct Session<'a> {
     destinations: BTreeMap<String, Destination>,
     /// The inbound policy last sent, when subscribed.
     inbound: Option<Option<(u64, Option<PolicyConfig>)>>,
+    /// The destinations sent, by configuration name: a report counts only for a destination
+    /// this proxy was given, and only for that destination's backends.
+    services: HashMap<String, (Key, Arc<Snapshot>)>,
 }
 
 /// A hello whose fields could not name a pod (or would bloat the status) is refused.
@@ -353,6 +365,10 @@ impl Session<'_> {
                 }
                 true
             }
+            ProxyMessage::Report(report) => {
+                self.report(&report);
+                true
+            }
             ProxyMessage::Nack(mut nack) => {
                 self.discovery.metrics.nacks.inc();
                 truncate(&mut nack.reason, MAX_REASON_BYTES);
@@ -362,6 +378,20 @@ impl Session<'_> {
                     self.discovery.registry.nack(self.id, name, nack.version, &nack.reason);
                 }
                 true
+            }
+        }
+    }
+
+    /// Adds a report to the measurements, for backends of destinations this proxy was sent.
+    fn report(&self, report: &api::Report) {
+        let Some(((namespace, target), snapshot)) = self.services.get(&report.service) else {
+            self.discovery.metrics.limited("report_unknown_service");
+            return;
+        };
+        let Some(config) = &snapshot.service else { return };
+        for backend in report.backends.iter().take(MAX_REPORT_BACKENDS) {
+            if config.backends.iter().any(|b| b.name == backend.backend) {
+                self.discovery.measurements.add(namespace, target, backend);
             }
         }
     }
@@ -430,6 +460,9 @@ impl Session<'_> {
         }
         state.sent = Some(version);
         let service = snapshot.service.clone();
+        if let (Some(config), Target::Service { key, .. }) = (&service, &target) {
+            self.services.insert(config.name.clone(), (key.clone(), snapshot.clone()));
+        }
         self.discovery.registry.sent(self.id, name, target, version, snapshot);
         self.send(ControlMessage::Destination(DestinationUpdate {
             destination: name.to_owned(),
@@ -769,6 +802,40 @@ mod tests {
         proxy.send(&ProxyMessage::Unsubscribe(Resource::Destination("10.200.0.0:80".into())));
         proxy.send(&subscribe("10.96.0.20:80"));
         assert!(destination(proxy.next().await).service.is_some(), "room again after an unsubscribe");
+    }
+
+    #[tokio::test]
+    async fn reports_count_only_for_destinations_and_backends_the_proxy_was_sent() {
+        let discovery = cluster();
+        let mut proxy = start(&discovery, ("web", "client"));
+        proxy.send(&hello("web", "client"));
+        let report = |service: &str, backend: &str| {
+            ProxyMessage::Report(api::Report {
+                service: service.into(),
+                backends: vec![api::BackendReport {
+                    backend: backend.into(),
+                    requests: 10,
+                    failures: 2,
+                    latency_ms: vec![0, 10],
+                }],
+            })
+        };
+        // Before the destination was sent: not counted.
+        proxy.send(&report("api.shop.svc.cluster.local:80", "api"));
+        proxy.send(&subscribe("10.96.0.20:80"));
+        let sent = destination(proxy.next().await).service.expect("a mesh service");
+        assert_eq!(sent.name, "api.shop.svc.cluster.local:80");
+        proxy.send(&report("api.shop.svc.cluster.local:80", "api"));
+        proxy.send(&report("api.shop.svc.cluster.local:80", "made-up"));
+        proxy.send(&report("private.shop.svc.cluster.local:80", "private"));
+        // A round trip, so the reports before it were handled.
+        proxy.send(&subscribe("10.1.2.3:80"));
+        proxy.next().await;
+        let totals = discovery.measurements.totals("shop", "api", "api");
+        assert_eq!((totals.requests, totals.failures, totals.latency[1]), (10, 2, 10));
+        assert_eq!(discovery.measurements.totals("shop", "api", "made-up").requests, 0);
+        assert_eq!(discovery.measurements.totals("shop", "private", "private").requests, 0);
+        assert_eq!(limited(&discovery, "report_unknown_service"), 2);
     }
 
     #[test]

@@ -182,7 +182,8 @@ pub fn route_info(route: &MeshRoute) -> RouteInfo {
         generation: route.metadata.generation.unwrap_or(0),
         created: route.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
         accepted: crate::meshroute::validate::validate(&route.spec).is_empty(),
-        spec: route.spec.clone(),
+        // A canary's weights are the rollout's (status.canary), not the spec's.
+        spec: crate::canary::weights::effective_spec(route),
     }
 }
 

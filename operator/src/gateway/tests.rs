@@ -33,7 +33,12 @@ fn cluster() -> Index {
         let port = |port| PortInfo { name: "http".into(), port, http2: false, opaque: false };
         index.upsert_service(
             key(ns, name),
-            ServiceInfo { cluster_ips: vec![cluster_ip], ports: vec![port(80)], export_to: None },
+            ServiceInfo {
+                cluster_ips: vec![cluster_ip],
+                headless: false,
+                ports: vec![port(80)],
+                export_to: None,
+            },
         );
         let pod = format!("{name}-0");
         index.upsert_pod(
@@ -44,6 +49,9 @@ fn cluster() -> Index {
                 meshed: true,
                 probes: Vec::new(),
                 default_policy: None,
+                ips: vec![pod_ip],
+                created: "2026-01-01T00:00:00Z".to_owned(),
+                skip_inbound: Vec::new(),
             },
         );
         index.upsert_slice(

@@ -37,6 +37,10 @@ pub struct Context {
     pub backoff: FailureBackoff,
     /// The discovery server of this operator, whose proxies' acks make the Programmed condition.
     pub discovery: Option<Arc<Discovery>>,
+    /// Records canary transitions as Events on the route.
+    pub recorder: Option<kube::runtime::events::Recorder>,
+    /// Where each rollout's current interval started.
+    pub baselines: crate::canary::rollout::Baselines,
 }
 
 /// Which namespaces the controller watches.
@@ -209,10 +213,15 @@ async fn reconcile(route: Arc<MeshRoute>, ctx: Arc<Context>) -> Result<Action, E
     if result.is_ok() {
         ctx.backoff.succeeded(&key(&route));
     }
-    result.map(|()| Action::requeue(RESYNC))
+    // A rollout comes back for its next check; a little late rather than early, so the check
+    // is due when it runs.
+    result.map(|next_check| {
+        Action::requeue(next_check.map_or(RESYNC, |next| (next + Duration::from_millis(200)).min(RESYNC)))
+    })
 }
 
-async fn apply_status(route: &MeshRoute, ctx: &Context) -> Result<(), Error> {
+/// Writes the route's status; returns when its rollout wants the next check.
+async fn apply_status(route: &MeshRoute, ctx: &Context) -> Result<Option<Duration>, Error> {
     let namespace = route.namespace().ok_or(Error::MissingNamespace)?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut existing = BTreeSet::new();
@@ -240,7 +249,28 @@ async fn apply_status(route: &MeshRoute, ctx: &Context) -> Result<(), Error> {
             }
         },
     };
-    let mut status = desired_status(route, &existing, &programming, &Time(Timestamp::now()));
+    // Whole seconds: what the status keeps of a time, so a re-read status compares equal.
+    let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now());
+    let rollout = if crate::meshroute::validate::validate(&route.spec).is_empty() {
+        crate::canary::rollout::step(
+            route,
+            ctx.discovery.as_ref().map(|d| &d.measurements),
+            &ctx.baselines,
+            now,
+        )
+    } else {
+        None
+    };
+    if rollout.is_none() {
+        ctx.baselines.forget(&key(route));
+        crate::canary::rollout::forget_metrics(&namespace, &route.name_any(), &ctx.metrics);
+    }
+    let next_check = rollout.as_ref().and_then(|r| r.next_check);
+    let mut status =
+        desired_status(route, &existing, &programming, rollout.as_ref().map(|r| &r.decision), &Time(now));
+    if let Some(rollout) = &rollout {
+        rollout.observe(route, &ctx.metrics);
+    }
     // Never silent: an HTTPRoute or GRPCRoute this route overrides is named in Accepted.
     if let Some(discovery) = &ctx.discovery
         && let overridden = overridden(discovery, route)
@@ -255,7 +285,7 @@ async fn apply_status(route: &MeshRoute, ctx: &Context) -> Result<(), Error> {
         );
     }
     if route.status.as_ref() == Some(&status) {
-        return Ok(());
+        return Ok(next_check);
     }
     let patch = json!({
         "apiVersion": MeshRoute::api_version(&()),
@@ -268,7 +298,11 @@ async fn apply_status(route: &MeshRoute, ctx: &Context) -> Result<(), Error> {
         .await?;
     let accepted = status.conditions.first().map(|c| c.status.as_str()).unwrap_or("Unknown");
     tracing::info!(generation = ?status.observed_generation, accepted, "status updated");
-    Ok(())
+    // Only once the status says so: a failed write is retried, and must not record twice.
+    if let (Some(rollout), Some(recorder)) = (&rollout, &ctx.recorder) {
+        rollout.publish(route, recorder).await;
+    }
+    Ok(next_check)
 }
 
 fn error_policy(route: Arc<MeshRoute>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -41,12 +41,22 @@ pub enum Programming {
     Counted(crate::discovery::registry::Programming),
 }
 
+/// A canary rollout's next state, as the machine decided it (see `crate::canary`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryDecision {
+    pub status: braid_crds::CanaryStatus,
+    /// Why the run ended, when it ended in this decision.
+    pub outcome: Option<crate::canary::machine::Outcome>,
+}
+
 /// The status to write for `route`, given the names of the Services that exist in its namespace
-/// (only the referenced ones need to be in `existing`) and the proxies' progress.
+/// (only the referenced ones need to be in `existing`), the proxies' progress and, for a route
+/// with a canary, the rollout's next state.
 pub fn desired_status(
     route: &MeshRoute,
     existing: &BTreeSet<String>,
     programming: &Programming,
+    canary: Option<&CanaryDecision>,
     now: &Time,
 ) -> MeshRouteStatus {
     let spec = &route.spec;
@@ -152,10 +162,36 @@ pub fn desired_status(
         }
     };
 
+    let mut observed = vec![accepted, resolved, programmed];
+    let mut canary_status = None;
+    if spec.canary.is_some() {
+        match canary {
+            Some(decision) if problems.is_empty() => {
+                observed.extend(crate::canary::observed_conditions(
+                    &decision.status,
+                    previous,
+                    decision.outcome,
+                ));
+                canary_status = Some(decision.status.clone());
+            }
+            _ => {
+                let why = if problems.is_empty() {
+                    "the rollout has not started yet".to_owned()
+                } else {
+                    "the route is not accepted, so its canary does not run; proxies keep routing as before"
+                        .to_owned()
+                };
+                observed.extend(crate::canary::not_running(&why));
+                canary_status = route.status.as_ref().and_then(|s| s.canary.clone());
+            }
+        }
+    }
+
     MeshRouteStatus {
         observed_generation: generation,
-        conditions: merge(previous, vec![accepted, resolved, programmed], generation, now),
+        conditions: merge(previous, observed, generation, now),
         proxies,
+        canary: canary_status,
     }
 }
 
@@ -200,6 +236,7 @@ mod tests {
             &split(),
             &existing(&["reviews", "reviews-v1", "reviews-v2"]),
             &Programming::Off,
+            None,
             &now(),
         );
         assert_eq!(status.observed_generation, Some(4));
@@ -219,7 +256,7 @@ mod tests {
     #[test]
     fn a_missing_backend_is_named_with_its_field() {
         let status =
-            desired_status(&split(), &existing(&["reviews", "reviews-v1"]), &Programming::Off, &now());
+            desired_status(&split(), &existing(&["reviews", "reviews-v1"]), &Programming::Off, None, &now());
         let resolved = condition(&status, "ResolvedRefs");
         assert_eq!(resolved.status, "False");
         assert_eq!(resolved.reason, "BackendNotFound");
@@ -233,7 +270,7 @@ mod tests {
 
     #[test]
     fn a_missing_target_takes_precedence_in_the_reason() {
-        let status = desired_status(&split(), &existing(&["reviews-v1"]), &Programming::Off, &now());
+        let status = desired_status(&split(), &existing(&["reviews-v1"]), &Programming::Off, None, &now());
         let resolved = condition(&status, "ResolvedRefs");
         assert_eq!(resolved.reason, "TargetNotFound");
         assert_eq!(
@@ -246,7 +283,7 @@ mod tests {
     fn an_invalid_route_says_which_field_and_is_not_programmed() {
         let bad = route(json!({"service": "a", "rules": [{"backends": [{"service": "b"}], "timeout": "1s",
             "retries": {"attempts": 3, "perTryTimeout": "2s"}}]}));
-        let status = desired_status(&bad, &existing(&["a", "b"]), &Programming::Off, &now());
+        let status = desired_status(&bad, &existing(&["a", "b"]), &Programming::Off, None, &now());
         let accepted = condition(&status, "Accepted");
         assert_eq!((accepted.status.as_str(), accepted.reason.as_str()), ("False", "Invalid"));
         assert!(
@@ -261,10 +298,10 @@ mod tests {
     fn recomputing_an_unchanged_route_yields_the_same_status() {
         let mut r = split();
         let names = existing(&["reviews", "reviews-v1", "reviews-v2"]);
-        r.status = Some(desired_status(&r, &names, &Programming::Off, &now()));
+        r.status = Some(desired_status(&r, &names, &Programming::Off, None, &now()));
         let later = Time(Timestamp::from_second(9_999).expect("valid timestamp"));
         assert_eq!(
-            Some(desired_status(&r, &names, &Programming::Off, &later)),
+            Some(desired_status(&r, &names, &Programming::Off, None, &later)),
             r.status,
             "no write when nothing changed"
         );
@@ -281,18 +318,19 @@ mod tests {
                 refusals: refusals.iter().map(|r| (*r).to_owned()).collect(),
             })
         };
-        let done = desired_status(&split(), &names, &counted(12, 12, &[]), &now());
+        let done = desired_status(&split(), &names, &counted(12, 12, &[]), None, &now());
         let programmed = condition(&done, "Programmed");
         assert_eq!((programmed.status.as_str(), programmed.reason.as_str()), ("True", "Programmed"));
         assert_eq!(programmed.message, "12/12 proxies run generation 4");
         assert_eq!(done.proxies.as_deref(), Some("12/12"));
 
-        let pending = desired_status(&split(), &names, &counted(3, 12, &["services[0]: bad weight"]), &now());
+        let pending =
+            desired_status(&split(), &names, &counted(3, 12, &["services[0]: bad weight"]), None, &now());
         let programmed = condition(&pending, "Programmed");
         assert_eq!((programmed.status.as_str(), programmed.reason.as_str()), ("False", "Pending"));
         assert_eq!(programmed.message, "3/12 proxies run generation 4; refused: services[0]: bad weight");
 
-        let idle = desired_status(&split(), &names, &counted(0, 0, &[]), &now());
+        let idle = desired_status(&split(), &names, &counted(0, 0, &[]), None, &now());
         assert_eq!(condition(&idle, "Programmed").reason, "NoProxies");
         assert_eq!(idle.proxies.as_deref(), Some("0/0"));
 
@@ -300,9 +338,70 @@ mod tests {
             &split(),
             &names,
             &Programming::Unsupported("spec.rules[0].requestHeaders: no".into()),
+            None,
             &now(),
         );
         assert_eq!(condition(&unsupported, "Programmed").reason, "Unsupported");
+    }
+
+    #[test]
+    fn a_rollout_shows_in_the_status_and_its_conditions() {
+        use braid_crds::meshroute::{CanaryPhase, CanaryStatus};
+        let canary = route(json!({"service": "web", "rules": [{"backends": [
+            {"service": "web-v1", "weight": 100}, {"service": "web-v2", "weight": 0}]}],
+            "canary": {"stable": "web-v1", "canary": "web-v2", "steps": [10, 50]}}));
+        let names = existing(&["web", "web-v1", "web-v2"]);
+        let kind = |status: &MeshRouteStatus, type_: &str| {
+            let c = condition(status, type_);
+            (c.status.clone(), c.reason.clone())
+        };
+        let pair = |s: &str, r: &str| (s.to_owned(), r.to_owned());
+
+        let not_started = desired_status(&canary, &names, &Programming::Off, None, &now());
+        assert_eq!(kind(&not_started, "Progressing"), pair("False", "RouteNotAccepted"));
+
+        let running = CanaryDecision {
+            status: CanaryStatus {
+                phase: CanaryPhase::Progressing,
+                step: 1,
+                weight: 10,
+                ..Default::default()
+            },
+            outcome: None,
+        };
+        let status = desired_status(&canary, &names, &Programming::Off, Some(&running), &now());
+        assert_eq!(status.canary.as_ref().map(|c| c.weight), Some(10));
+        assert_eq!(kind(&status, "Progressing"), pair("True", "StepProgressing"));
+        assert_eq!(kind(&status, "CanaryHealthy"), pair("Unknown", "NotChecked"));
+        assert_eq!(kind(&status, "Promoted"), pair("False", "InProgress"));
+        assert!(status.conditions.iter().all(|c| c.observed_generation == Some(4)));
+
+        let promoted = CanaryDecision {
+            status: CanaryStatus { phase: CanaryPhase::Promoted, weight: 100, ..Default::default() },
+            outcome: Some(reasons::PROMOTED_BY_USER),
+        };
+        let mut after = canary.clone();
+        after.status = Some(desired_status(&canary, &names, &Programming::Off, Some(&promoted), &now()));
+        assert_eq!(kind(after.status.as_ref().expect("status"), "Promoted"), pair("True", "PromotedByUser"));
+        // Later decisions carry no outcome: the reason stays.
+        let later = CanaryDecision { outcome: None, ..promoted };
+        let again = desired_status(&after, &names, &Programming::Off, Some(&later), &now());
+        assert_eq!(kind(&again, "Promoted"), pair("True", "PromotedByUser"));
+        assert_eq!(kind(&again, "RolledBack"), pair("False", "OtherOutcome"));
+        assert_eq!(kind(&again, "Progressing"), pair("False", "PromotedByUser"));
+    }
+
+    #[test]
+    fn a_route_without_a_canary_has_no_canary_conditions() {
+        let status = desired_status(
+            &split(),
+            &existing(&["reviews", "reviews-v1", "reviews-v2"]),
+            &Programming::Off,
+            None,
+            &now(),
+        );
+        assert_eq!(status.conditions.len(), 3);
+        assert_eq!(status.canary, None);
     }
 
     #[test]

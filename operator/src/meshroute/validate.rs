@@ -40,21 +40,52 @@ pub fn validate(spec: &MeshRouteSpec) -> Vec<Invalid> {
         validate_rule(&at, rule, &mut problems);
     }
     if let Some(canary) = &spec.canary {
-        if let Err(err) = parse_duration(&canary.interval) {
-            problems.push(invalid("spec.canary.interval", err.to_string()));
+        match parse_duration(&canary.interval) {
+            Err(err) => problems.push(invalid("spec.canary.interval", err.to_string())),
+            Ok(interval) if interval.is_zero() => {
+                problems.push(invalid("spec.canary.interval", "must be longer than 0"))
+            }
+            Ok(_) => {}
         }
         if canary.steps.windows(2).any(|w| w[0] >= w[1]) {
             problems.push(invalid("spec.canary.steps", "steps must increase, like [10, 25, 50]"));
         }
+        let mut named_everywhere = true;
         for (field, service) in [("stable", &canary.stable), ("canary", &canary.canary)] {
             let named =
                 spec.rules.iter().flat_map(|r| &r.backends).any(|b| b.service.as_ref() == Some(service));
             if !named {
+                named_everywhere = false;
                 problems.push(invalid(
                     format!("spec.canary.{field}"),
                     format!("Service {service:?} is not a backend of any rule; the canary moves weight between backends"),
                 ));
             }
+        }
+        let names = |rule: &RouteRule, service: &str| {
+            rule.backends.iter().any(|b| b.service.as_deref() == Some(service))
+        };
+        let carrying: Vec<usize> =
+            spec.rules.iter().enumerate().filter(|(_, r)| names(r, &canary.canary)).map(|(i, _)| i).collect();
+        if let [_, second, ..] = carrying[..] {
+            problems.push(invalid(
+                format!("spec.rules[{second}].backends"),
+                format!(
+                    "the canary Service {:?} is a backend of rules {carrying:?}; exactly one rule may carry the canary",
+                    canary.canary
+                ),
+            ));
+        } else if let [only] = carrying[..]
+            && named_everywhere
+            && !names(&spec.rules[only], &canary.stable)
+        {
+            problems.push(invalid(
+                format!("spec.rules[{only}].backends"),
+                format!(
+                    "the rule that carries the canary {:?} must also have the stable Service {:?} as a backend",
+                    canary.canary, canary.stable
+                ),
+            ));
         }
     }
     problems
@@ -243,5 +274,34 @@ mod tests {
             "canary": {"stable": "a-stable", "canary": "a-next", "steps": [10, 50, 50], "interval": "1m"}}),
         );
         assert_eq!(fields(&s), ["spec.canary.steps", "spec.canary.canary"]);
+    }
+
+    #[test]
+    fn exactly_one_rule_carries_the_canary_with_the_stable_beside_it() {
+        let canary = json!({"stable": "a-v1", "canary": "a-v2", "steps": [10, 50]});
+        let two = spec(json!({"service": "a", "canary": canary, "rules": [
+            {"matches": [{"path": {"value": "/api"}}], "backends": [{"service": "a-v1"}, {"service": "a-v2", "weight": 0}]},
+            {"backends": [{"service": "a-v1"}, {"service": "a-v2", "weight": 0}]}]}));
+        let problems = validate(&two);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "spec.rules[1].backends");
+        assert!(
+            problems[0].reason.contains("exactly one rule may carry the canary"),
+            "{}",
+            problems[0].reason
+        );
+
+        let apart = spec(json!({"service": "a", "canary": canary, "rules": [
+            {"matches": [{"path": {"value": "/api"}}], "backends": [{"service": "a-v1"}]},
+            {"backends": [{"service": "a-v2"}]}]}));
+        let problems = validate(&apart);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "spec.rules[1].backends");
+        assert!(problems[0].reason.contains("must also have the stable Service"), "{}", problems[0].reason);
+
+        let good = spec(json!({"service": "a", "canary": canary, "rules": [
+            {"matches": [{"path": {"value": "/admin"}}], "backends": [{"service": "a-v1"}]},
+            {"backends": [{"service": "a-v1", "weight": 100}, {"service": "a-v2", "weight": 0}]}]}));
+        assert_eq!(validate(&good), []);
     }
 }

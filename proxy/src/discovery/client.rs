@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::Discovery;
+use super::report::Reporter;
 use crate::identity::client::Backoff;
 use crate::identity::tls::{self, TlsError};
 use crate::identity::{Credentials, IdentityStore};
@@ -69,6 +70,7 @@ pub async fn run(
         return;
     };
     let mut backoff = Backoff::between(BACKOFF_BASE, BACKOFF_MAX);
+    let mut reporter = Reporter::default();
     let mut attempts = 0u64;
     loop {
         let credentials = loop {
@@ -85,7 +87,7 @@ pub async fn run(
         }
         attempts += 1;
         let result = tokio::select! {
-            result = stream(table, metrics, &discovery, &credentials, &mut outbox, &mut backoff) => result,
+            result = stream(table, metrics, &discovery, &credentials, &mut outbox, &mut backoff, &mut reporter) => result,
             () = shutdown.cancelled() => return,
         };
         metrics.discovery_connected.set(0);
@@ -114,6 +116,7 @@ async fn stream(
     credentials: &Credentials,
     outbox: &mut mpsc::UnboundedReceiver<ProxyMessage>,
     backoff: &mut Backoff,
+    reporter: &mut Reporter,
 ) -> Result<Infallible, StreamError> {
     let config = &discovery.config;
     let connect_error = |reason: String| StreamError::Connect { endpoint: config.endpoint.clone(), reason };
@@ -173,6 +176,16 @@ async fn stream(
         let text = body.map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_owned()).unwrap_or_default();
         return Err(StreamError::Status { status, body: text });
     }
+    // The server asks for reports (and says how often) with a header; an older one does not.
+    let mut reports = response
+        .headers()
+        .get(api::REPORT_INTERVAL_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map(|seconds| {
+            let mut ticker = tokio::time::interval(Duration::from_secs(seconds.clamp(1, 300)));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker
+        });
     metrics.discovery_connected.set(1);
     discovery.set_connected(true, None);
     info!(endpoint = %config.endpoint, subscriptions = count, "discovery stream open");
@@ -202,6 +215,18 @@ async fn stream(
             }
             Some(message) = outbox.recv() => {
                 let _ = lines.send(Bytes::from(api::encode(&message)));
+            }
+            () = async {
+                match reports.as_mut() {
+                    Some(ticker) => {
+                        ticker.tick().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            } => {
+                for report in reporter.reports(metrics) {
+                    let _ = lines.send(Bytes::from(api::encode(&report)));
+                }
             }
         }
     }

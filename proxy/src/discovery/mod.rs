@@ -3,6 +3,7 @@
 //! `braid_api::discovery`.
 
 pub mod client;
+pub mod report;
 pub mod state;
 
 pub use state::Discovery;

@@ -35,6 +35,13 @@ pub async fn forward_once(
     response
 }
 
+/// A 5xx, or a gRPC status other than OK: gRPC carries failures in grpc-status, which a
+/// trailers-only response has in the headers.
+pub fn is_failure<B>(response: &Response<B>) -> bool {
+    response.status().is_server_error()
+        || response.headers().get(GRPC_STATUS).is_some_and(|value| value.as_bytes() != b"0")
+}
+
 /// Records a request's latency and its response's status, class and server identity.
 pub fn record(
     registry: &Metrics,
@@ -45,13 +52,7 @@ pub fn record(
     start: Instant,
 ) {
     let status = response.status();
-    // gRPC carries failures in grpc-status; a trailers-only response has it in the headers.
-    let grpc_failed = response.headers().get(GRPC_STATUS).is_some_and(|value| value.as_bytes() != b"0");
-    let classification = if status.is_server_error() || grpc_failed {
-        Classification::failure
-    } else {
-        Classification::success
-    };
+    let classification = if is_failure(response) { Classification::failure } else { Classification::success };
     metrics.latency.observe(start.elapsed().as_secs_f64() * 1000.0);
     metrics.response(registry, labels, status.as_u16(), classification, &server_id).inc();
 }

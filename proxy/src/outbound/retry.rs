@@ -12,6 +12,7 @@ use tower::retry::budget::Budget as _;
 
 use crate::balance;
 use crate::client::body::{BodyError, ProxyBody};
+use crate::http::forward::is_failure;
 use crate::http::headers::{clone_parts, empty_parts, upstream_request};
 use crate::http::respond::Failure;
 use crate::metrics::{Direction, Label, Metrics, RequestLabels, RetryLabels, TimeoutKind, TimeoutLabels};
@@ -101,6 +102,13 @@ pub async fn send_with_retries(
         drop(in_flight);
         let healthy = matches!(&outcome, Ok(response) if !response.status().is_server_error());
         let done = Instant::now();
+        // Per try and per backend: what a canary check judges the canary by.
+        let series = backend.metrics.get_or_init(|| registry.backend_metrics(&service.name, &backend.name));
+        series.requests.inc();
+        if !matches!(&outcome, Ok(response) if !is_failure(response)) {
+            series.failures.inc();
+        }
+        series.latency.observe(done.saturating_duration_since(now));
         endpoint.record(done.saturating_duration_since(now), healthy, &service.load_balancer, done);
         if !last && should_retry(&outcome, retry_on) {
             let retry_labels = RetryLabels {

@@ -58,6 +58,8 @@ pub struct DiscoveryServer {
     accepting: AtomicBool,
     /// How long to wait before answering a subscription.
     pub answer_delay: Mutex<Duration>,
+    /// Asks for reports this often (seconds), as the operator does; None: never, as an older one.
+    pub report_interval: Mutex<Option<u64>>,
 }
 
 impl DiscoveryServer {
@@ -90,6 +92,7 @@ impl DiscoveryServer {
             streams: Mutex::default(),
             accepting: AtomicBool::new(true),
             answer_delay: Mutex::new(Duration::ZERO),
+            report_interval: Mutex::new(None),
         });
         let this = server.clone();
         tokio::spawn(async move {
@@ -173,6 +176,17 @@ impl DiscoveryServer {
 
     pub fn messages(&self) -> Vec<ProxyMessage> {
         self.received.lock().unwrap().iter().map(|(_, message)| message.clone()).collect()
+    }
+
+    /// Every report received, in order.
+    pub fn reports(&self) -> Vec<api::Report> {
+        self.messages()
+            .into_iter()
+            .filter_map(|m| match m {
+                ProxyMessage::Report(report) => Some(report),
+                _ => None,
+            })
+            .collect()
     }
 
     pub fn hellos(&self) -> usize {
@@ -276,11 +290,11 @@ impl DiscoveryServer {
         });
         let stream = tokio_stream::wrappers::UnboundedReceiverStream::new(receiver)
             .map(|bytes| Ok::<_, Infallible>(Frame::data(bytes)));
-        let response = Response::builder()
-            .header(http::header::CONTENT_TYPE, api::CONTENT_TYPE)
-            .body(StreamBody::new(stream).boxed())
-            .unwrap();
-        Ok(response)
+        let mut response = Response::builder().header(http::header::CONTENT_TYPE, api::CONTENT_TYPE);
+        if let Some(seconds) = *self.report_interval.lock().unwrap() {
+            response = response.header(api::REPORT_INTERVAL_HEADER, seconds);
+        }
+        Ok(response.body(StreamBody::new(stream).boxed()).unwrap())
     }
 }
 

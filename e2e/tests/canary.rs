@@ -1,0 +1,514 @@
+//! Canary rollouts end to end, with real pods on the local cluster: Braid from its Helm chart,
+//! echo v1 and v2 with injected sidecars, and a meshed load client sending throughout. A healthy
+//! v2 is promoted through every step (the measured split at each step within 3 points of the
+//! step's weight, no request failed); a v2 answering 20% 500s is rolled back within
+//! failureThreshold x interval plus one interval, after which every request reaches v1. The
+//! `kubectl get mr -w` output of both runs is printed. Needs the node and the images (`make
+//! e2e` does both). A test binary of its own: it installs the chart, which owns the Mesh.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use braid_e2e::{Cluster, TestNamespace, eventually, repo_root, setup};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, Client};
+use serde_json::Value;
+
+const RELEASE: &str = "braid";
+/// Short, so the test is: three steps and a promotion take four intervals.
+const INTERVAL_SECONDS: u64 = 10;
+/// Requests per second of the load client: over 1,000 requests per step.
+const RATE: u32 = 150;
+const LOAD_REPORT_PORT: u16 = 9090;
+
+fn kubectl(cluster: &Cluster, args: &[&str]) -> String {
+    cluster.kubectl_ok(args)
+}
+
+fn apply(cluster: &Cluster, yaml: &str) {
+    let output = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(yaml));
+    assert!(
+        output.status.success(),
+        "kubectl apply failed: {}\n{yaml}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn install(cluster: &Cluster) {
+    let _ = cluster.helm(&["uninstall", RELEASE, "-n", "braid-system", "--ignore-not-found", "--wait"]);
+    let _ = cluster.kubectl(&["delete", "mesh", "default", "--ignore-not-found"]);
+    let chart = repo_root().join("helm/braid");
+    let output = cluster.helm(&[
+        "install",
+        RELEASE,
+        &chart.to_string_lossy(),
+        "-n",
+        "braid-system",
+        "--create-namespace",
+        "--set",
+        "image.pullPolicy=Never",
+        "--wait",
+        "--timeout",
+        "5m",
+    ]);
+    assert!(
+        output.status.success(),
+        "helm install failed: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        kubectl(cluster, &["get", "pods", "-n", "braid-system", "-o", "wide"])
+    );
+}
+
+struct Uninstall(&'static Cluster);
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        let _ = self.0.helm(&["uninstall", RELEASE, "-n", "braid-system", "--ignore-not-found"]);
+    }
+}
+
+/// echo `version` (its own Service echo-VERSION), with `env` added to its container.
+fn echo(ns: &str, version: &str, env: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{ name: echo-{version}, namespace: {ns} }}
+spec:
+  replicas: 1
+  selector: {{ matchLabels: {{ app: echo, version: {version} }} }}
+  template:
+    metadata: {{ labels: {{ app: echo, version: {version} }} }}
+    spec:
+      serviceAccountName: echo
+      containers:
+        - name: echo
+          image: braid.dev/braid-testapps:dev
+          imagePullPolicy: Never
+          command: [echo, --name, echo, --app-version, {version}]
+          env: [{{ name: POD_NAME, valueFrom: {{ fieldRef: {{ fieldPath: metadata.name }} }} }}{env}]
+          ports: [{{ name: http, containerPort: 8080 }}]
+          readinessProbe: {{ httpGet: {{ path: /healthz, port: 8080 }}, periodSeconds: 1 }}
+---
+apiVersion: v1
+kind: Service
+metadata: {{ name: echo-{version}, namespace: {ns} }}
+spec:
+  selector: {{ app: echo, version: {version} }}
+  ports: [{{ name: http, port: 8080, targetPort: http }}]
+"#
+    )
+}
+
+/// The echo Service clients call (v1's pods, so that what no route sends elsewhere reaches v1),
+/// the identities, and echo v1 and v2 (`v2_env`: v2's faults).
+fn workloads(ns: &str, v2_env: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{ name: echo, namespace: {ns} }}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{ name: client, namespace: {ns} }}
+---
+apiVersion: v1
+kind: Service
+metadata: {{ name: echo, namespace: {ns} }}
+spec:
+  selector: {{ app: echo, version: v1 }}
+  ports: [{{ name: http, port: 8080, targetPort: http }}]
+---
+{}
+---
+{}
+"#,
+        echo(ns, "v1", ""),
+        echo(ns, "v2", v2_env)
+    )
+}
+
+/// The route a user writes for a canary of echo-v2: the spec keeps v1 at 100, the rollout moves
+/// the effective weights.
+fn canary_route(ns: &str, steps: &str, failure_threshold: u32) -> String {
+    format!(
+        r#"
+apiVersion: braid.dev/v1alpha1
+kind: MeshRoute
+metadata: {{ name: echo, namespace: {ns} }}
+spec:
+  service: echo
+  rules:
+    - backends: [{{ service: echo-v1, weight: 100 }}, {{ service: echo-v2, weight: 0 }}]
+  canary:
+    stable: echo-v1
+    canary: echo-v2
+    steps: {steps}
+    interval: {INTERVAL_SECONDS}s
+    minSuccessRate: 99
+    maxLatencyMs: 500
+    failureThreshold: {failure_threshold}
+    minRequests: 50
+"#
+    )
+}
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    format!("{ip}:{port}").parse().unwrap_or_else(|err| panic!("pod address {ip}:{port}: {err}"))
+}
+
+/// A meshed load client sending `RATE` requests a second to the echo Service until stopped,
+/// serving its report (POST /reset: the report since the last reset).
+struct Load {
+    name: String,
+    reports: SocketAddr,
+}
+
+impl Load {
+    async fn start(cluster: &Cluster, client: &Client, ns: &str, name: &str) -> Load {
+        apply(
+            cluster,
+            &format!(
+                r#"
+apiVersion: v1
+kind: Pod
+metadata: {{ name: {name}, namespace: {ns}, labels: {{ app: load }} }}
+spec:
+  serviceAccountName: client
+  restartPolicy: Never
+  containers:
+    - name: load
+      image: braid.dev/braid-testapps:dev
+      imagePullPolicy: Never
+      command: [load, --json, --url, "http://echo.{ns}.svc.cluster.local:8080/", --rate, "{RATE}", --serve, "0.0.0.0:{LOAD_REPORT_PORT}"]
+"#
+            ),
+        );
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let ip = eventually(Duration::from_secs(120), &format!("load pod {name} to run"), || {
+            let pods = pods.clone();
+            let name = name.to_owned();
+            async move {
+                let status = pods.get(&name).await.ok()?.status?;
+                let running = status
+                    .container_statuses?
+                    .iter()
+                    .any(|s| s.name == "load" && s.state.as_ref().is_some_and(|st| st.running.is_some()));
+                running.then_some(status.pod_ip).flatten()
+            }
+        })
+        .await;
+        let load = Load { name: name.to_owned(), reports: addr(&ip, LOAD_REPORT_PORT) };
+        eventually(Duration::from_secs(60), &format!("load {name} to get a 2xx answer"), || async {
+            let (_, body) = braid_e2e::http_get(load.reports, "/report").filter(|(code, _)| *code == 200)?;
+            let report: Value = serde_json::from_str(&body).ok()?;
+            report["first_ok_unix_ms"].as_u64()
+        })
+        .await;
+        load
+    }
+
+    /// The report since the last reset, and a new start.
+    fn reset(&self) -> Value {
+        let (code, body) = braid_e2e::http_post(self.reports, "/reset", Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("load {}: POST /reset got no answer", self.name));
+        assert_eq!(code, 200, "load {}: POST /reset: {body}", self.name);
+        serde_json::from_str(&body).unwrap_or_else(|err| panic!("bad report {err}: {body}"))
+    }
+
+    /// The last report, once every request sent has finished.
+    fn stop(self, cluster: &Cluster, ns: &str) -> Value {
+        let (code, body) = braid_e2e::http_post(self.reports, "/stop", Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("load {}: POST /stop got no answer", self.name));
+        assert_eq!(code, 200, "load {}: POST /stop: {body}", self.name);
+        let _ = cluster.kubectl(&["delete", "pod", "-n", ns, &self.name, "--wait=false"]);
+        serde_json::from_str(&body).unwrap_or_else(|err| panic!("bad report {err}: {body}"))
+    }
+}
+
+fn count(report: &Value, field: &str) -> u64 {
+    report[field].as_u64().unwrap_or(0)
+}
+
+/// Requests answered by echo `version` (backends are named POD@VERSION).
+fn answered_by(report: &Value, version: &str) -> u64 {
+    report["backends"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(backend, _)| backend.rsplit('@').next() == Some(version))
+        .map(|(_, n)| n.as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// `kubectl get mr -w` running in the background; its lines as they come.
+struct Watch {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Watch {
+    fn start(cluster: &Cluster, ns: &str) -> Watch {
+        let mut child = Command::new(cluster.bin_dir.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .args(["get", "mr", "-n", ns, "-w"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot run kubectl get mr -w: {err}"));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        if let Some(stdout) = child.stdout.take() {
+            let sink = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    sink.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+                }
+            });
+        }
+        Watch { child, lines }
+    }
+
+    fn finish(mut self, title: &str) -> String {
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let text = self.lines.lock().unwrap_or_else(|p| p.into_inner()).join("\n");
+        eprintln!("--- {title}: kubectl get mr -w\n{text}\n---");
+        text
+    }
+}
+
+async fn route_json(cluster: &Cluster, ns: &str) -> Option<Value> {
+    let out = cluster.kubectl(&["get", "meshroute", "echo", "-n", ns, "-o", "json"]);
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn canary_status(route: &Value) -> (String, i64) {
+    let canary = &route["status"]["canary"];
+    (canary["phase"].as_str().unwrap_or_default().to_owned(), canary["weight"].as_i64().unwrap_or(-1))
+}
+
+/// Waits until the rollout is at `weight` (or finished), and returns its phase.
+async fn at_weight(cluster: &Cluster, ns: &str, weight: i64, within: Duration) -> String {
+    eventually(within, &format!("the canary at weight {weight}"), || async {
+        let route = route_json(cluster, ns).await?;
+        let (phase, now) = canary_status(&route);
+        (now == weight).then_some(phase)
+    })
+    .await
+}
+
+fn condition(route: &Value, type_: &str) -> Option<(String, String)> {
+    route["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
+        (
+            c["status"].as_str().unwrap_or_default().to_owned(),
+            c["reason"].as_str().unwrap_or_default().to_owned(),
+        )
+    })
+}
+
+fn events(cluster: &Cluster, ns: &str) -> Vec<String> {
+    let out = kubectl(
+        cluster,
+        &[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            "involvedObject.kind=MeshRoute,involvedObject.name=echo",
+            "-o",
+            "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+        ],
+    );
+    out.lines().map(str::to_owned).collect()
+}
+
+struct Mesh {
+    apps: TestNamespace,
+    _uninstall: Uninstall,
+    _unused: TestNamespace,
+    cluster: &'static Cluster,
+    client: Client,
+}
+
+impl Mesh {
+    async fn install(v2_env: &str) -> Mesh {
+        let (cluster, client, unused) = setup("e2e-canary-unused").await;
+        install(cluster);
+        let uninstall = Uninstall(cluster);
+        let apps = TestNamespace::create(cluster, &client, "e2e-canary").await;
+        let ns = apps.name.as_str();
+        kubectl(cluster, &["label", "namespace", ns, "braid.dev/inject=enabled"]);
+        apply(cluster, &workloads(ns, v2_env));
+        for deployment in ["echo-v1", "echo-v2"] {
+            kubectl(
+                cluster,
+                &["rollout", "status", "-n", ns, &format!("deployment/{deployment}"), "--timeout=180s"],
+            );
+        }
+        Mesh { apps, _uninstall: uninstall, _unused: unused, cluster, client }
+    }
+
+    fn ns(&self) -> &str {
+        &self.apps.name
+    }
+
+    /// Steps that do not increase are refused by the API server; a canary on two rules is not
+    /// accepted, with the field named, and no rollout runs for it.
+    async fn bad_canaries_get_a_clear_answer(&self) {
+        let (cluster, ns) = (self.cluster, self.ns());
+        let decreasing = canary_route(ns, "[50, 10]", 2).replace("name: echo,", "name: echo-bad-steps,");
+        let output = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&decreasing));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains("steps must increase"), "{stderr}");
+        let two_rules = canary_route(ns, "[10, 50]", 2).replace("name: echo,", "name: echo-two-rules,").replace(
+            "  rules:\n",
+            "  rules:\n    - matches: [{ path: { value: /admin } }]\n      backends: [{ service: echo-v1 }, { service: echo-v2, weight: 0 }]\n",
+        );
+        apply(cluster, &two_rules);
+        let message = eventually(Duration::from_secs(30), "echo-two-rules Accepted=False", || async {
+            let out = cluster.kubectl(&["get", "meshroute", "echo-two-rules", "-n", ns, "-o", "json"]);
+            let route: Value = serde_json::from_slice(&out.stdout).ok()?;
+            let accepted =
+                route["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == "Accepted")?.clone();
+            (accepted["status"] == "False")
+                .then(|| accepted["message"].as_str().unwrap_or_default().to_owned())
+        })
+        .await;
+        assert!(
+            message.contains("spec.rules[1].backends") && message.contains("exactly one rule"),
+            "{message}"
+        );
+        kubectl(cluster, &["delete", "meshroute", "echo-two-rules", "-n", ns]);
+    }
+
+    /// A healthy v2 is promoted through every step; the split at each step is the step's weight;
+    /// no request fails; `kubectl wait --for=condition=Promoted` returns.
+    async fn a_healthy_canary_is_promoted_step_by_step(&self) {
+        let (cluster, ns) = (self.cluster, self.ns());
+        let load = Load::start(cluster, &self.client, ns, "load-healthy").await;
+        let watch = Watch::start(cluster, ns);
+        let started = Instant::now();
+        apply(cluster, &canary_route(ns, "[10, 25, 50]", 2));
+        let mut failed = 0;
+        let mut total = 0;
+        let mut figures = Vec::new();
+        let slack = Duration::from_secs(INTERVAL_SECONDS * 3);
+        for (step, weight) in [10, 25, 50].into_iter().enumerate() {
+            let phase = at_weight(cluster, ns, weight, slack).await;
+            assert!(["Progressing", "Waiting"].contains(&phase.as_str()), "step {}: {phase}", step + 1);
+            // What happened before the weight reached the proxies is not this step's.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let between = load.reset();
+            failed += count(&between, "failed");
+            total += count(&between, "total");
+            let next = if weight == 50 { 100 } else { [10, 25, 50][step + 1] };
+            at_weight(cluster, ns, next, slack).await;
+            let report = load.reset();
+            failed += count(&report, "failed");
+            total += count(&report, "total");
+            let requests = count(&report, "total");
+            let share = answered_by(&report, "v2") as f64 * 100.0 / requests.max(1) as f64;
+            eprintln!("step {} ({weight}%): v2 answered {share:.1}% of {requests} requests", step + 1);
+            figures.push((weight, share, requests));
+            assert!(requests >= 1000, "step {}: only {requests} requests measured: {report}", step + 1);
+            assert!(
+                (share - weight as f64).abs() <= 3.0,
+                "step {}: v2 share {share:.1}% at weight {weight}: {report}",
+                step + 1
+            );
+        }
+        let wait = kubectl(
+            cluster,
+            &["wait", "-n", ns, "--for=condition=Promoted", "meshroute/echo", "--timeout=60s"],
+        );
+        eprintln!("$ kubectl wait --for=condition=Promoted meshroute/echo\n{wait}");
+        eprintln!("promoted {:?} after the route was applied", started.elapsed());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let promoted = load.reset();
+        let last = load.stop(cluster, ns);
+        for report in [&promoted, &last] {
+            failed += count(report, "failed");
+            total += count(report, "total");
+        }
+        assert_eq!(answered_by(&last, "v1"), 0, "promoted: everything to v2: {last}");
+        assert_eq!(failed, 0, "requests failed during the healthy rollout ({total} sent)");
+        eprintln!(
+            "healthy rollout: {total} requests, {failed} failed; per step (weight, v2 %, requests): {figures:?}"
+        );
+
+        let route = route_json(cluster, ns).await.expect("route");
+        assert_eq!(condition(&route, "Promoted"), Some(("True".into(), "Promoted".into())), "{route}");
+        assert_eq!(condition(&route, "RolledBack"), Some(("False".into(), "OtherOutcome".into())), "{route}");
+        assert_eq!(condition(&route, "CanaryHealthy").map(|c| c.0), Some("True".into()), "{route}");
+        let seen = events(cluster, ns);
+        for reason in ["RolloutStarted", "StepAdvanced", "Promoted"] {
+            assert!(seen.iter().any(|r| r == reason), "event {reason} missing: {seen:?}");
+        }
+        let table = watch.finish("promotion");
+        assert!(table.contains("Promoted"), "{table}");
+    }
+
+    /// v2 answering 20% 500s is rolled back within failureThreshold x interval plus one, and
+    /// then every request reaches v1.
+    async fn a_failing_canary_is_rolled_back(&self) {
+        let (cluster, ns) = (self.cluster, self.ns());
+        // The user starts over: a new route (a new run) for a v2 that fails 20% of requests.
+        kubectl(cluster, &["delete", "meshroute", "echo", "-n", ns, "--wait=true"]);
+        kubectl(cluster, &["set", "env", "-n", ns, "deployment/echo-v2", "FAIL_RATE=0.2"]);
+        kubectl(cluster, &["rollout", "status", "-n", ns, "deployment/echo-v2", "--timeout=180s"]);
+        let load = Load::start(cluster, &self.client, ns, "load-failing").await;
+        let watch = Watch::start(cluster, ns);
+        let threshold = 2;
+        apply(cluster, &canary_route(ns, "[10, 25, 50]", threshold));
+        let started = Instant::now();
+        let bound = Duration::from_secs(INTERVAL_SECONDS * (u64::from(threshold) + 1));
+        let phase = at_weight(cluster, ns, 0, bound + Duration::from_secs(INTERVAL_SECONDS)).await;
+        let took = started.elapsed();
+        assert_eq!(phase, "RolledBack");
+        eprintln!("rolled back {took:?} after the route was applied (bound {bound:?})");
+        let route = route_json(cluster, ns).await.expect("route");
+        assert_eq!(condition(&route, "RolledBack"), Some(("True".into(), "FailedChecks".into())), "{route}");
+        assert_eq!(condition(&route, "CanaryHealthy").map(|c| c.0), Some("False".into()), "{route}");
+        // Within the bound, measured on the operator's own clock: from the run's start to the
+        // phase change.
+        let canary = &route["status"]["canary"];
+        eprintln!("status.canary: {canary}");
+        assert!(took <= bound + Duration::from_secs(2), "rolled back after {took:?}, bound {bound:?}");
+
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        load.reset();
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let after = load.stop(cluster, ns);
+        let requests = count(&after, "total");
+        assert!(requests >= 500, "{after}");
+        assert_eq!(
+            answered_by(&after, "v1"),
+            requests,
+            "after the rollback every request reaches v1: {after}"
+        );
+        assert_eq!(count(&after, "failed"), 0, "{after}");
+        eprintln!("after the rollback: {requests} requests, all to v1");
+        let seen = events(cluster, ns);
+        for reason in ["RolloutStarted", "CheckFailed", "RolledBack"] {
+            assert!(seen.iter().any(|r| r == reason), "event {reason} missing: {seen:?}");
+        }
+        let table = watch.finish("rollback");
+        assert!(table.contains("RolledBack"), "{table}");
+    }
+}
+
+#[tokio::test]
+async fn canary_rollouts_promote_a_healthy_version_and_roll_back_a_failing_one() {
+    let mesh = Mesh::install("").await;
+    mesh.bad_canaries_get_a_clear_answer().await;
+    mesh.a_healthy_canary_is_promoted_step_by_step().await;
+    mesh.a_failing_canary_is_rolled_back().await;
+}
