@@ -233,7 +233,7 @@ done
 # or toolchain change renames functions and the layout falls apart: the image still works, only
 # with a larger RSS, so say so loudly rather than fail the build.
 if [ -n "${packages_of[proxy]:-}" ]; then
-  bin=$ROOT/target/proxy/braid-proxy
+  bin=$TARGET/proxy/braid-proxy
   wanted=$(grep -v '^#' "$ROOT/proxy/link-order.txt" | LC_ALL=C sort)
   listed=$(wc -l <<<"$wanted")
   present=$(LC_ALL=C comm -12 <(echo "$wanted") <(nm --defined-only "$bin" | awk '{print $3}' | LC_ALL=C sort) | wc -l)

@@ -237,11 +237,14 @@ pub struct Component {
 }
 
 impl Component {
-    /// Path of a workspace binary: $BRAID_BIN_DIR/NAME, or target/debug/NAME.
+    /// Path of a workspace binary: $BRAID_BIN_DIR/NAME, or debug/NAME in cargo's target folder
+    /// ($CARGO_TARGET_DIR, or target/ of the repository).
     pub fn binary(name: &str) -> PathBuf {
-        let dir = std::env::var_os("BRAID_BIN_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target/debug"));
+        let dir = std::env::var_os("BRAID_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| repo_root().join("target"), PathBuf::from)
+                .join("debug")
+        });
         let path = dir.join(name);
         assert!(
             path.is_file(),
