@@ -251,7 +251,11 @@ fn discovery_server_settings(args: &Args) -> discovery::server::ServerSettings {
     let service = format!("{}.{}.svc", args.discovery_service, args.mesh_namespace);
     let mut dns_names = vec![service.clone(), format!("{service}.{}", args.cluster_domain)];
     dns_names.extend(args.discovery_dns_sans.iter().cloned());
-    discovery::server::ServerSettings { dns_names, ip_addresses: args.discovery_ip_sans.clone() }
+    discovery::server::ServerSettings {
+        dns_names,
+        ip_addresses: args.discovery_ip_sans.clone(),
+        max_connections_per_address: discovery::server::MAX_CONNECTIONS_PER_ADDRESS,
+    }
 }
 
 fn webhook_settings(args: &Args) -> anyhow::Result<WebhookSettings> {

@@ -114,6 +114,8 @@ async fn serve(
     let settings = ServerSettings {
         dns_names: vec![world::SERVER_NAME.to_owned()],
         ip_addresses: vec![IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        // Every simulated proxy connects from 127.0.0.1; in a cluster each pod has its own address.
+        max_connections_per_address: usize::MAX,
     };
     let shutdown = CancellationToken::new();
     let server =

@@ -34,12 +34,16 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_STREAMS_PER_CONNECTION: u32 = 4;
 /// Connections in all (a proxy each) and from one address (a pod, or a node's SNAT).
 const MAX_CONNECTIONS: usize = 20_000;
-const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+/// Connections one client address may hold: a pod's proxy needs one.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub dns_names: Vec<String>,
     pub ip_addresses: Vec<IpAddr>,
+    /// MAX_CONNECTIONS_PER_ADDRESS in a cluster; raised only where many simulated proxies share
+    /// one address (the discovery benchmark).
+    pub max_connections_per_address: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +117,7 @@ pub async fn run(
 ) {
     let current: Arc<Issued> = Arc::default();
     let serving = ServingCert::new();
+    let per_address = settings.max_connections_per_address;
     let keeper = {
         let current = current.clone();
         let shutdown = shutdown.clone();
@@ -150,7 +155,7 @@ pub async fn run(
     tracing::info!(addr = ?listener.local_addr().ok(), "discovery endpoint listening (HTTP/2, mTLS)");
     let issued = current.clone();
     let stop = shutdown.clone();
-    let budget = ConnectionBudget::new(MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS);
+    let budget = ConnectionBudget::new(MAX_CONNECTIONS, per_address);
     let make_service = move |connection: &serve::Connection<'_>| {
         let slot = match budget.take(connection.peer.ip()) {
             Ok(slot) => slot,
@@ -324,7 +329,11 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let (authorities, changes) = watch::channel(Some(ca.authority.clone()));
         let shutdown = CancellationToken::new();
-        let settings = ServerSettings { dns_names: vec!["discovery.test".into()], ip_addresses: vec![] };
+        let settings = ServerSettings {
+            dns_names: vec!["discovery.test".into()],
+            ip_addresses: vec![],
+            max_connections_per_address: MAX_CONNECTIONS_PER_ADDRESS,
+        };
         let stop = shutdown.clone();
         let served = discovery.clone();
         tokio::spawn(async move {
