@@ -50,6 +50,12 @@ lint: ## clippy on every target, warnings are errors
 gateway-api-crds: ## Refresh the chart's copy of the Gateway API CRDs (the release e2e/tools/gateway-api/go.mod pins)
 	@bash e2e/cluster/gateway-api.sh chart
 
+.PHONY: conformance
+conformance: tools ## The Gateway API conformance suite's mesh profiles against Braid on the local cluster (Braid installed; see docs/gateway-api.md)
+	@bash e2e/conformance/conformance.sh build
+	@bash e2e/conformance/conformance.sh images
+	@bash e2e/conformance/conformance.sh run
+
 .PHONY: helm-lint
 helm-lint: tools ## Lint the Helm chart (strict; values.schema.json checks the default values)
 	@"$$(bash e2e/cluster/build-tools.sh 2>/dev/null | tail -n 1)/helm" lint --strict helm/braid

@@ -242,17 +242,14 @@ async fn an_httproute_with_a_service_parent_splits_80_20_through_the_sidecars() 
         cluster,
         &http_route(
             ns,
-            "rewrite",
+            "cors",
             "echo-v1",
-            "    - filters: [{ type: URLRewrite, urlRewrite: { path: { type: ReplacePrefixMatch, replacePrefixMatch: /v2 } } }]\n      backendRefs: [{ name: echo-v1, port: 8080 }]",
+            "    - filters: [{ type: CORS, cors: { allowOrigins: [\"https://example.com\"] } }]\n      backendRefs: [{ name: echo-v1, port: 8080 }]",
         ),
     );
-    let rewrite = braid_conditions(cluster, ns, "rewrite").await;
-    assert_eq!(condition(&rewrite, "Accepted"), ("False", "UnsupportedValue"), "{rewrite:?}");
-    assert!(
-        rewrite.iter().any(|c| c.3.contains("spec.rules[0].filters[0].type")),
-        "names the field: {rewrite:?}"
-    );
+    let cors = braid_conditions(cluster, ns, "cors").await;
+    assert_eq!(condition(&cors, "Accepted"), ("False", "UnsupportedValue"), "{cors:?}");
+    assert!(cors.iter().any(|c| c.3.contains("spec.rules[0].filters[0].type")), "names the field: {cors:?}");
     apply(cluster, &http_route(ns, "ghost", "echo-v2", "    - backendRefs: [{ name: ghost, port: 8080 }]"));
     let ghost = braid_conditions(cluster, ns, "ghost").await;
     assert_eq!(condition(&ghost, "ResolvedRefs"), ("False", "BackendNotFound"), "{ghost:?}");

@@ -56,6 +56,8 @@ pub struct Route {
     pub mirror: Option<(usize, f64)>,
     pub request_headers: Option<HeaderEdits>,
     pub response_headers: Option<HeaderEdits>,
+    pub redirect: Option<braid_api::config::RedirectConfig>,
+    pub rewrite: Option<braid_api::config::RewriteConfig>,
     /// This route's request metrics, looked up on its first request.
     pub metrics: std::sync::OnceLock<RequestMetrics>,
 }
@@ -385,6 +387,8 @@ fn compile_service(
                 .transpose()?,
             request_headers: route.request_headers.as_ref().map(HeaderEdits::compile).transpose()?,
             response_headers: route.response_headers.as_ref().map(HeaderEdits::compile).transpose()?,
+            redirect: route.redirect.clone(),
+            rewrite: route.rewrite.clone(),
             metrics: std::sync::OnceLock::new(),
         });
     }

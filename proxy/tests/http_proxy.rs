@@ -396,6 +396,34 @@ async fn query_parameter_matches_and_header_edits() {
 }
 
 #[tokio::test]
+async fn a_redirect_is_answered_by_the_proxy_and_a_rewrite_reaches_the_backend() {
+    let app = Upstream::start("app").await;
+    let config = one_service(&format!(
+        "{}    routes:
+      - name: moved
+        matches: [{{ path: {{ prefix: /old }} }}]
+        backends: [{{ name: app }}]
+        redirect: {{ hostname: example.org, status: 301, path: {{ replacePrefixMatch: {{ prefix: /old, with: /new }} }} }}
+      - name: rewritten
+        backends: [{{ name: app }}]
+        rewrite: {{ hostname: app.internal }}
+",
+        backends(&[("app", app.addr)])
+    ));
+    let proxy = Proxy::start(&config).await;
+    let (status, headers, _) = get(&url(&proxy, "/old/page?x=1")).await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    // The host and path change; the port is the one the client called, as the redirect names none.
+    let port = proxy.service("web.shop.svc.cluster.local").port();
+    assert_eq!(headers["location"], format!("http://example.org:{port}/new/page?x=1").as_str());
+    assert_eq!(app.hits(), 0, "a redirect never reaches the backend");
+    let (status, _, body) = get(&url(&proxy, "/other")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "app"));
+    let seen = app.last_headers.lock().unwrap().clone().expect("the upstream saw the request");
+    assert!(seen["host"].to_str().unwrap().starts_with("app.internal"), "{seen:?}");
+}
+
+#[tokio::test]
 async fn malformed_http_gets_400_and_the_connection_is_closed() {
     let a = Upstream::start("a").await;
     let config = one_backend_service("a", a.addr);

@@ -499,6 +499,70 @@ pub struct RouteConfig {
     /// Header edits on the response before it goes back to the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<HeaderEditsConfig>,
+    /// Answers with a redirect instead of sending the request on (the backends are not used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<RedirectConfig>,
+    /// Rewrites the host and path of the request before it goes to a backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<RewriteConfig>,
+}
+
+/// Where a redirect points: each part not given is the request's own. A scheme given without a
+/// port means that scheme's well-known port, which the Location leaves out, as it does 80 for
+/// http and 443 for https.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedirectConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheme: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathRewriteConfig>,
+    /// 301, 302 (the default), 303, 307 or 308.
+    #[serde(default = "default_redirect_status")]
+    pub status: u16,
+}
+
+fn default_redirect_status() -> u16 {
+    302
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RewriteConfig {
+    /// The Host (`:authority`) the backend sees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathRewriteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum PathRewriteConfig {
+    /// The whole path becomes this.
+    ReplaceFullPath(String),
+    /// The part of the path that `prefix` matches (whole segments) becomes `with`.
+    ReplacePrefixMatch { prefix: String, with: String },
+}
+
+impl PathRewriteConfig {
+    /// `path` rewritten: `/foo/bar` with the prefix `/foo` replaced by `/xyz` is `/xyz/bar`, and by
+    /// `/` is `/bar`; a path the prefix does not start is left as it is.
+    pub fn apply(&self, path: &str) -> String {
+        match self {
+            PathRewriteConfig::ReplaceFullPath(full) => full.clone(),
+            PathRewriteConfig::ReplacePrefixMatch { prefix, with } => {
+                let prefix = prefix.trim_end_matches('/');
+                let Some(rest) = path.strip_prefix(prefix) else { return path.to_owned() };
+                let joined = format!("{}{rest}", with.trim_end_matches('/'));
+                if joined.starts_with('/') { joined } else { format!("/{joined}") }
+            }
+        }
+    }
 }
 
 /// Edits of a request's or a response's headers, applied in this order: set, add, remove.

@@ -116,6 +116,22 @@ fn refuses_bad_files_with_the_field_and_the_reason() {
             &SEED.replace("timeout: 5s", "timeout: 5s\n        requestHeaders: { rename: [] }"),
             "unknown field",
         ),
+        (
+            &SEED.replace("timeout: 5s", "timeout: 5s\n        redirect: { status: 200 }"),
+            "services[0].routes[0].redirect.status: 200 is not 301, 302, 303, 307 or 308",
+        ),
+        (
+            &SEED.replace("timeout: 5s", "timeout: 5s\n        redirect: { scheme: ftp }"),
+            "services[0].routes[0].redirect.scheme: \"ftp\" is not http or https",
+        ),
+        (
+            &SEED.replace("timeout: 5s", "timeout: 5s\n        rewrite: { path: { replaceFullPath: v2 } }"),
+            "services[0].routes[0].rewrite.path: \"v2\" must start with /",
+        ),
+        (
+            &SEED.replace("timeout: 5s", "timeout: 5s\n        rewrite: { hostname: \"a b\" }"),
+            "services[0].routes[0].rewrite.hostname: \"a b\" is not a host name",
+        ),
     ];
     for (text, expected) in cases {
         let error = refused(text);

@@ -308,6 +308,46 @@ fn validate_route(
             }
         }
     }
+    if let Some(redirect) = &route.redirect {
+        if !matches!(redirect.status, 301 | 302 | 303 | 307 | 308) {
+            return invalid(
+                at(".redirect.status"),
+                format!("{} is not 301, 302, 303, 307 or 308", redirect.status),
+            );
+        }
+        if let Some(scheme) = &redirect.scheme
+            && !matches!(scheme.as_str(), "http" | "https")
+        {
+            return invalid(at(".redirect.scheme"), format!("{scheme:?} is not http or https"));
+        }
+    }
+    let paths = [
+        ("redirect", route.redirect.as_ref().and_then(|r| r.path.as_ref())),
+        ("rewrite", route.rewrite.as_ref().and_then(|r| r.path.as_ref())),
+    ];
+    for (field, path) in paths {
+        let text = match path {
+            Some(super::PathRewriteConfig::ReplaceFullPath(p)) => p,
+            Some(super::PathRewriteConfig::ReplacePrefixMatch { with, .. }) => with,
+            None => continue,
+        };
+        if !text.starts_with('/') {
+            return invalid(at(&format!(".{field}.path")), format!("{text:?} must start with /"));
+        }
+    }
+    let hosts = [
+        ("redirect", route.redirect.as_ref().and_then(|r| r.hostname.as_ref())),
+        ("rewrite", route.rewrite.as_ref().and_then(|r| r.hostname.as_ref())),
+    ];
+    for (field, host) in hosts {
+        if let Some(host) = host
+            && (host.is_empty()
+                || http::uri::Authority::try_from(host.as_str()).is_err()
+                || host.contains(':'))
+        {
+            return invalid(at(&format!(".{field}.hostname")), format!("{host:?} is not a host name"));
+        }
+    }
     if let Some(retries) = &route.retries {
         if !(1..=10).contains(&retries.attempts) {
             return invalid(at(".retries.attempts"), "must be between 1 and 10".into());

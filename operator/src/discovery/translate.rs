@@ -156,6 +156,7 @@ pub fn route_rule(
         mirror,
         request_headers: rule.request_headers.as_ref().map(header_edits),
         response_headers: rule.response_headers.as_ref().map(header_edits),
+        ..RouteConfig::default()
     })
 }
 

@@ -207,6 +207,32 @@ fn query_parameters_and_header_modifiers_translate() {
 }
 
 #[test]
+fn redirects_and_rewrites_translate_per_match() {
+    use braid_api::config::PathRewriteConfig;
+    let index = cluster();
+    let spec = http(json!([
+        {"matches": [{"path": {"value": "/old"}}],
+         "filters": [{"type": "RequestRedirect", "requestRedirect": {"hostname": "example.org", "statusCode": 301,
+             "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}}}]},
+        {"matches": [{"path": {"value": "/api"}}],
+         "filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "api.internal",
+             "path": {"type": "ReplaceFullPath", "replaceFullPath": "/v2"}}}],
+         "backendRefs": [backend("reviews-v1", 80, None)]}
+    ]));
+    let routes = routes(&index, &spec);
+    let redirect = routes[0].redirect.as_ref().expect("redirect");
+    assert_eq!((redirect.hostname.as_deref(), redirect.status), (Some("example.org"), 301));
+    assert_eq!(
+        redirect.path,
+        Some(PathRewriteConfig::ReplacePrefixMatch { prefix: "/old".into(), with: "/new".into() })
+    );
+    assert!(routes[0].fault.is_none(), "a redirect needs no backend: no 500");
+    let rewrite = routes[1].rewrite.as_ref().expect("rewrite");
+    assert_eq!(rewrite.hostname.as_deref(), Some("api.internal"));
+    assert_eq!(rewrite.path, Some(PathRewriteConfig::ReplaceFullPath("/v2".into())));
+}
+
+#[test]
 fn a_rule_with_nothing_to_send_to_answers_500() {
     let index = cluster();
     for rule in [
@@ -252,12 +278,14 @@ fn what_the_proxy_cannot_do_is_refused_with_its_field() {
             "spec.rules[0].filters[0].requestHeaderModifier",
         ),
         (
-            json!({"filters": [{"type": "URLRewrite", "urlRewrite": {"hostname": "a"}}], "backendRefs": [v1]}),
+            json!({"filters": [{"type": "CORS", "cors": {"allowOrigins": ["*"]}}], "backendRefs": [v1]}),
             "spec.rules[0].filters[0].type",
         ),
         (
-            json!({"filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 301}}]}),
-            "spec.rules[0].filters[0].type",
+            json!({"matches": [{"path": {"type": "Exact", "value": "/a"}}],
+                   "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/b"}}}],
+                   "backendRefs": [v1]}),
+            "spec.rules[0].filters.urlRewrite.path",
         ),
         (
             json!({"backendRefs": [{"name": "reviews-v1", "port": 80,
@@ -445,7 +473,7 @@ fn the_status_of_each_refusal() {
             (Status::True, "ResolvedRefs"),
         ),
         (
-            json!({"parentRefs": [service("reviews", Some(80))], "rules": [{"filters": [{"type": "URLRewrite", "urlRewrite": {}}],
+            json!({"parentRefs": [service("reviews", Some(80))], "rules": [{"filters": [{"type": "ExtensionRef", "extensionRef": {}}],
             "backendRefs": [backend("reviews-v1", 80, None)]}]}),
             (Status::False, "UnsupportedValue"),
             (Status::True, "ResolvedRefs"),

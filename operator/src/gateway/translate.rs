@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use braid_api::config::{
     FaultAbort, FaultConfig, HeaderEditsConfig, HeaderMatch, HeaderValueMatch, MatchConfig, MirrorConfig,
-    PathMatch, RetriesConfig, RouteConfig, WeightedBackend,
+    PathMatch, PathRewriteConfig, RedirectConfig, RetriesConfig, RewriteConfig, RouteConfig, WeightedBackend,
 };
 
 use super::types::{
@@ -248,6 +248,109 @@ struct Filters {
     mirror: Option<(MirrorConfig, BackendSource)>,
     request_headers: Option<HeaderEditsConfig>,
     response_headers: Option<HeaderEditsConfig>,
+    redirect: Option<GatewayRedirect>,
+    rewrite: Option<GatewayRewrite>,
+}
+
+/// A path modifier as the Gateway API spells it.
+#[derive(serde::Deserialize, Clone)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GatewayPath {
+    #[serde(rename = "type")]
+    type_: String,
+    #[serde(default)]
+    replace_full_path: Option<String>,
+    #[serde(default)]
+    replace_prefix_match: Option<String>,
+}
+
+#[derive(serde::Deserialize, Clone)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GatewayRedirect {
+    #[serde(default)]
+    scheme: Option<String>,
+    #[serde(default)]
+    hostname: Option<String>,
+    #[serde(default)]
+    path: Option<GatewayPath>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    status_code: Option<u16>,
+}
+
+#[derive(serde::Deserialize, Clone)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct GatewayRewrite {
+    #[serde(default)]
+    hostname: Option<String>,
+    #[serde(default)]
+    path: Option<GatewayPath>,
+}
+
+fn settings<T: serde::de::DeserializeOwned>(
+    value: Option<&serde_json::Value>,
+    field: &str,
+) -> Result<T, Refusal> {
+    let value = value.ok_or_else(|| unsupported(field.to_owned(), "the filter's settings are missing"))?;
+    serde_json::from_value(value.clone()).map_err(|e| unsupported(field.to_owned(), e.to_string()))
+}
+
+/// A path modifier for a match whose path is `matched` (a prefix; `None`: every path).
+fn path_rewrite(
+    path: &GatewayPath,
+    matched: Option<&PathMatch>,
+    field: &str,
+) -> Result<PathRewriteConfig, Refusal> {
+    match (path.type_.as_str(), &path.replace_full_path, &path.replace_prefix_match) {
+        ("ReplaceFullPath", Some(full), _) => Ok(PathRewriteConfig::ReplaceFullPath(full.clone())),
+        ("ReplacePrefixMatch", _, Some(with)) => match matched {
+            None => Ok(PathRewriteConfig::ReplacePrefixMatch { prefix: "/".into(), with: with.clone() }),
+            Some(PathMatch::Prefix(prefix)) => {
+                Ok(PathRewriteConfig::ReplacePrefixMatch { prefix: prefix.clone(), with: with.clone() })
+            }
+            Some(_) => {
+                Err(unsupported(format!("{field}.path"), "ReplacePrefixMatch needs a PathPrefix match"))
+            }
+        },
+        (other, _, _) => {
+            Err(unsupported(format!("{field}.path.type"), format!("{other:?} without its value")))
+        }
+    }
+}
+
+/// The redirect and rewrite of a rule's filters for one of its matches.
+fn redirect_and_rewrite(
+    filters: &Filters,
+    matched: Option<&PathMatch>,
+    field: &str,
+) -> Result<(Option<RedirectConfig>, Option<RewriteConfig>), Refusal> {
+    let redirect = match &filters.redirect {
+        None => None,
+        Some(r) => Some(RedirectConfig {
+            scheme: r.scheme.clone(),
+            hostname: r.hostname.clone(),
+            port: r.port,
+            path: r
+                .path
+                .as_ref()
+                .map(|p| path_rewrite(p, matched, &format!("{field}.requestRedirect")))
+                .transpose()?,
+            status: r.status_code.unwrap_or(302),
+        }),
+    };
+    let rewrite = match &filters.rewrite {
+        None => None,
+        Some(r) => Some(RewriteConfig {
+            hostname: r.hostname.clone(),
+            path: r
+                .path
+                .as_ref()
+                .map(|p| path_rewrite(p, matched, &format!("{field}.urlRewrite")))
+                .transpose()?,
+        }),
+    };
+    Ok((redirect, rewrite))
 }
 
 /// A RequestHeaderModifier or ResponseHeaderModifier as the proxy's header edits.
@@ -284,6 +387,13 @@ fn filters(
             ("RequestHeaderModifier", _) if out.request_headers.is_none() => {
                 let field = format!("{at}.requestHeaderModifier");
                 out.request_headers = Some(header_edits(filter.other.get("requestHeaderModifier"), &field)?);
+            }
+            ("RequestRedirect", _) if out.redirect.is_none() => {
+                out.redirect =
+                    Some(settings(filter.other.get("requestRedirect"), &format!("{at}.requestRedirect"))?);
+            }
+            ("URLRewrite", _) if out.rewrite.is_none() => {
+                out.rewrite = Some(settings(filter.other.get("urlRewrite"), &format!("{at}.urlRewrite"))?);
             }
             ("ResponseHeaderModifier", _) if out.response_headers.is_none() => {
                 let field = format!("{at}.responseHeaderModifier");
@@ -416,8 +526,13 @@ pub fn translate(
             for (r, rule) in spec.rules.iter().enumerate() {
                 let at = format!("spec.rules[{r}]");
                 no_other(&rule.other, &at)?;
-                let Filters { mirror, request_headers, response_headers } =
+                let mut rule_filters =
                     filters(kind, namespace, &rule.filters, &format!("{at}.filters"), port, lookup)?;
+                let (mirror, request_headers, response_headers) = (
+                    rule_filters.mirror.take(),
+                    rule_filters.request_headers.take(),
+                    rule_filters.response_headers.take(),
+                );
                 let (backends, fault) = weighted(
                     kind,
                     namespace,
@@ -465,6 +580,8 @@ pub fn translate(
                         r,
                         m,
                     );
+                    let (redirect, rewrite) =
+                        redirect_and_rewrite(&rule_filters, config.path.as_ref(), &format!("{at}.filters"))?;
                     out.routes.push((
                         key,
                         RouteConfig {
@@ -473,10 +590,13 @@ pub fn translate(
                             backends: backends.clone(),
                             timeout,
                             retries: retries.clone(),
-                            fault: fault.clone(),
+                            // A redirect answers every request itself: a rule without backends is fine.
+                            fault: if redirect.is_some() { None } else { fault.clone() },
                             mirror: mirror_config.clone(),
                             request_headers: request_headers.clone(),
                             response_headers: response_headers.clone(),
+                            redirect,
+                            rewrite,
                         },
                     ));
                 }
@@ -486,7 +606,7 @@ pub fn translate(
             for (r, rule) in spec.rules.iter().enumerate() {
                 let at = format!("spec.rules[{r}]");
                 no_other(&rule.other, &at)?;
-                let Filters { mirror, request_headers, response_headers } =
+                let Filters { mirror, request_headers, response_headers, .. } =
                     filters(kind, namespace, &rule.filters, &format!("{at}.filters"), port, lookup)?;
                 let (backends, fault) = weighted(
                     kind,
@@ -520,6 +640,7 @@ pub fn translate(
                             mirror: mirror_config.clone(),
                             request_headers: request_headers.clone(),
                             response_headers: response_headers.clone(),
+                            ..RouteConfig::default()
                         },
                     ));
                 }

@@ -83,6 +83,17 @@ pub async fn route_request(
         record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
         return response;
     }
+    if let Some(redirect) = &route.redirect {
+        let mut response = super::redirect::redirect_response(redirect, &parts);
+        if let Some(edits) = &route.response_headers {
+            edits.apply(response.headers_mut());
+        }
+        record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
+        return response;
+    }
+    if let Some(rewrite) = &route.rewrite {
+        super::redirect::rewrite(rewrite, &mut parts);
+    }
 
     // A body is kept for replay only when something may send it twice, and only when small.
     let wants_copy = route.retries.as_ref().is_some_and(|r| r.attempts > 1) || route.mirror.is_some();

@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# The Gateway API conformance suite's mesh profiles (MESH-HTTP, MESH-GRPC) against Braid on the local
+# cluster, at the release e2e/tools/gateway-api/go.mod pins.
+#
+#   conformance.sh build    build the suite (a Go test binary), echo-basic (from the gateway-api module)
+#                           and Istio's echo server and client (the echo-advanced image the mesh tests
+#                           exec into; e2e/tools/istio-echo pins them) into the tools cache
+#   conformance.sh images   make them images under the names the suite's manifests use and import them
+#                           into the node's containerd (no registry can be pulled from here)
+#   conformance.sh run      run the suite against the cluster (Braid installed, e.g. by Helm), with the
+#                           test namespaces labelled for injection; the report goes to
+#                           $BRAID_CONFORMANCE_REPORT (default: the tools cache, conformance-report.yaml)
+#
+# Environment: KUBECONFIG (default: the local cluster's), BRAID_TOOLS_DIR as for build-tools.sh.
+set -euo pipefail
+umask 022
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+TOOLS=$ROOT/e2e/tools
+
+log() { printf 'conformance: %s\n' "$*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+
+if ! command -v go >/dev/null; then
+  [ -x /usr/local/go/bin/go ] || die "no 'go' on PATH (see e2e/cluster/build-tools.sh)"
+  PATH=/usr/local/go/bin:$PATH
+fi
+export GOTOOLCHAIN=local CGO_ENABLED=0
+
+VERSION=$(cd "$TOOLS/gateway-api" && go list -mod=readonly -m -f '{{.Version}}' sigs.k8s.io/gateway-api)
+OUT=${BRAID_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/tools}/gateway-api-$VERSION
+mkdir -p "$OUT"
+
+# The image names and tags the suite's manifests (base/ and mesh/ of the conformance module) use.
+manifest_images() {
+  local dir
+  dir=$(cd "$TOOLS/gateway-api" && go list -mod=readonly -m -f '{{.Dir}}' sigs.k8s.io/gateway-api/conformance)
+  grep -ho 'image: registry.k8s.io/gateway-api/[a-z-]*:[^ ]*' "$dir"/base/manifests.yaml "$dir"/mesh/manifests.yaml |
+    sed 's/^image: //' | sort -u
+}
+
+cmd_build() {
+  local t0=$SECONDS istio
+  log "building the suite, echo-basic and Istio's echo app into $OUT ..."
+  (cd "$TOOLS/gateway-api" &&
+    go test -c -mod=readonly -trimpath -o "$OUT/conformance.test" sigs.k8s.io/gateway-api/conformance &&
+    go build -mod=readonly -trimpath -ldflags='-s -w' -o "$OUT/echo-basic" sigs.k8s.io/gateway-api/conformance/echo-basic)
+  (cd "$TOOLS/istio-echo" &&
+    go build -mod=readonly -trimpath -ldflags='-s -w' -o "$OUT/" \
+      istio.io/istio/pkg/test/echo/cmd/server istio.io/istio/pkg/test/echo/cmd/client)
+  # The echo server's TLS port serves Istio's test certificate, as the upstream image does.
+  istio=$(cd "$TOOLS/istio-echo" && go list -mod=readonly -m -f '{{.Dir}}' istio.io/istio)
+  install -m 0644 "$istio/tests/testdata/certs/dns/cert-chain.pem" "$OUT/echo-cert.crt"
+  install -m 0644 "$istio/tests/testdata/certs/dns/key.pem" "$OUT/echo-cert.key"
+  log "built in $((SECONDS - t0)) s"
+}
+
+# One-layer OCI archive $2 of root filesystem $1, tagged $3, with entrypoint $4.
+archive() {
+  local rootfs=$1 tar=$2 tag=$3 entrypoint=$4 layout
+  layout=$(mktemp -d)
+  umoci init --layout "$layout" >/dev/null
+  umoci new --image "$layout:$tag" >/dev/null
+  umoci insert --image "$layout:$tag" "$rootfs" / >/dev/null
+  umoci config --image "$layout:$tag" --config.entrypoint "$entrypoint" --config.workingdir / \
+    --config.env PATH=/usr/local/bin:/usr/bin:/bin >/dev/null
+  umoci gc --layout "$layout" >/dev/null
+  tar -C "$layout" -cf "$tar" .
+  rm -rf "$layout"
+}
+
+cmd_images() {
+  command -v umoci >/dev/null || die "umoci is missing: apt-get install umoci"
+  local image name tag work
+  for image in $(manifest_images); do
+    name=${image%%:*}
+    tag=${image##*:}
+    work=$(mktemp -d)
+    mkdir -p "$work/rootfs/usr/local/bin" "$work/rootfs/tmp"
+    chmod 1777 "$work/rootfs/tmp"
+    case ${name##*/} in
+    echo-basic)
+      [ -x "$OUT/echo-basic" ] || die "run: conformance.sh build"
+      install -m 0755 "$OUT/echo-basic" "$work/rootfs/echo-basic"
+      archive "$work/rootfs" "$work/image.tar" "$tag" /echo-basic
+      ;;
+    echo-advanced)
+      [ -x "$OUT/server" ] || die "run: conformance.sh build"
+      install -m 0755 "$OUT/server" "$OUT/client" "$work/rootfs/usr/local/bin/"
+      install -m 0644 "$OUT/echo-cert.crt" "$work/rootfs/cert.crt"
+      install -m 0644 "$OUT/echo-cert.key" "$work/rootfs/cert.key"
+      archive "$work/rootfs" "$work/image.tar" "$tag" /usr/local/bin/server
+      ;;
+    *) die "no recipe for image $image" ;;
+    esac
+    bash "$ROOT/e2e/cluster/cluster.sh" ctr images import --base-name "$name" "$work/image.tar" >/dev/null
+    log "imported $image"
+    rm -rf "$work"
+  done
+}
+
+# Features Braid claims beyond the profiles' core (docs/gateway-api.md says what each field does).
+FEATURES=Mesh,HTTPRoute,GRPCRoute,MeshClusterIPMatching,MeshHTTPRouteQueryParamMatching,MeshHTTPRouteNamedRouteRule
+
+cmd_run() {
+  local report=${BRAID_CONFORMANCE_REPORT:-$OUT/conformance-report.yaml}
+  export KUBECONFIG=${KUBECONFIG:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/cluster/admin.kubeconfig}
+  [ -x "$OUT/conformance.test" ] || die "run: conformance.sh build"
+  # The suite reads its manifests relative to its own package directory.
+  cd "$(cd "$TOOLS/gateway-api" && go list -mod=readonly -m -f '{{.Dir}}' sigs.k8s.io/gateway-api/conformance)"
+  "$OUT/conformance.test" -test.run TestConformance -test.v -test.timeout 40m \
+    --conformance-profiles=MESH-HTTP,MESH-GRPC \
+    --supported-features="$FEATURES" \
+    --namespace-labels=braid.dev/inject=enabled \
+    --organization=braid --project=braid --url=https://braid.dev --version="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$ROOT/helm/braid/Chart.yaml")" \
+    --contact=braid-maintainers \
+    --report-output="$report" "$@"
+}
+
+case ${1:-} in
+build) cmd_build ;;
+images) cmd_images ;;
+run)
+  shift
+  cmd_run "$@"
+  ;;
+*) die "usage: conformance.sh build | images | run [SUITE FLAGS]" ;;
+esac
