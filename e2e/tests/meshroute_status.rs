@@ -103,10 +103,12 @@ async fn the_examples_are_accepted_resolved_and_shown_by_kubectl() {
             lines.iter().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing:\n{table}"));
         line.split_whitespace().map(str::to_owned).collect()
     };
-    // SERVICE, then six <none> (no canary, no discovery), then ACCEPTED RESOLVED PROGRAMMED.
-    assert_eq!(row("reviews-split")[7..11], ["<none>", "True", "True", "Unknown"], "{table}");
+    // ACCEPTED RESOLVED PROGRAMMED in a row. The canary and discovery columns before them are
+    // empty here, and kubectl prints an empty cell as blanks (or <none>), so count no positions.
+    let conditions = |row: &[String]| row.windows(3).any(|w| w == ["True", "True", "Unknown"]);
+    assert!(conditions(&row("reviews-split")), "{table}");
     assert_eq!(row("reviews-split")[1], "reviews", "{table}");
-    assert_eq!(row("ratings-retries")[7..11], ["<none>", "True", "True", "Unknown"], "{table}");
+    assert!(conditions(&row("ratings-retries")), "{table}");
     // The short name works too.
     assert!(
         cluster
