@@ -2,7 +2,8 @@
 //! echo v1 and v2 with injected sidecars, and a meshed load client sending throughout. A healthy
 //! v2 is promoted through every step (the measured split at each step within 3 points of the
 //! step's weight, no request failed); a v2 answering 20% 500s is rolled back within
-//! failureThreshold x interval plus one interval, after which every request reaches v1. The
+//! failureThreshold x interval plus one interval, after which every request reaches v1, and so
+//! is a v2 that adds 200 ms to every answer (judged on p99). The
 //! `kubectl get mr -w` output of both runs is printed. Needs the node and the images (`make
 //! e2e` does both). A test binary of its own: it installs the chart, which owns the Mesh.
 
@@ -134,7 +135,7 @@ spec:
 
 /// The route a user writes for a canary of echo-v2: the spec keeps v1 at 100, the rollout moves
 /// the effective weights.
-fn canary_route(ns: &str, steps: &str, failure_threshold: u32) -> String {
+fn canary_route(ns: &str, steps: &str, failure_threshold: u32, max_latency_ms: u32) -> String {
     format!(
         r#"
 apiVersion: braid.dev/v1alpha1
@@ -150,7 +151,7 @@ spec:
     steps: {steps}
     interval: {INTERVAL_SECONDS}s
     minSuccessRate: 99
-    maxLatencyMs: 500
+    maxLatencyMs: {max_latency_ms}
     failureThreshold: {failure_threshold}
     minRequests: 50
 "#
@@ -364,11 +365,11 @@ impl Mesh {
     /// accepted, with the field named, and no rollout runs for it.
     async fn bad_canaries_get_a_clear_answer(&self) {
         let (cluster, ns) = (self.cluster, self.ns());
-        let decreasing = canary_route(ns, "[50, 10]", 2).replace("name: echo,", "name: echo-bad-steps,");
+        let decreasing = canary_route(ns, "[50, 10]", 2, 500).replace("name: echo,", "name: echo-bad-steps,");
         let output = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(&decreasing));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success() && stderr.contains("steps must increase"), "{stderr}");
-        let two_rules = canary_route(ns, "[10, 50]", 2).replace("name: echo,", "name: echo-two-rules,").replace(
+        let two_rules = canary_route(ns, "[10, 50]", 2, 500).replace("name: echo,", "name: echo-two-rules,").replace(
             "  rules:\n",
             "  rules:\n    - matches: [{ path: { value: /admin } }]\n      backends: [{ service: echo-v1 }, { service: echo-v2, weight: 0 }]\n",
         );
@@ -396,7 +397,7 @@ impl Mesh {
         let load = Load::start(cluster, &self.client, ns, "load-healthy").await;
         let watch = Watch::start(cluster, ns);
         let started = Instant::now();
-        apply(cluster, &canary_route(ns, "[10, 25, 50]", 2));
+        apply(cluster, &canary_route(ns, "[10, 25, 50]", 2, 500));
         let mut failed = 0;
         let mut total = 0;
         let mut figures = Vec::new();
@@ -456,18 +457,21 @@ impl Mesh {
         assert!(table.contains("Promoted"), "{table}");
     }
 
-    /// v2 answering 20% 500s is rolled back within failureThreshold x interval plus one, and
-    /// then every request reaches v1.
-    async fn a_failing_canary_is_rolled_back(&self) {
+    /// A v2 with `env` (its faults) is rolled back within failureThreshold x interval plus
+    /// one, the check saying `why`, and then every request reaches v1.
+    async fn a_failing_canary_is_rolled_back(&self, env: &[&str], max_latency_ms: u32, why: &str) {
         let (cluster, ns) = (self.cluster, self.ns());
-        // The user starts over: a new route (a new run) for a v2 that fails 20% of requests.
+        let title = format!("rollback ({})", env.join(" "));
+        // The user starts over: a new route (a new run) for the faulty v2.
         kubectl(cluster, &["delete", "meshroute", "echo", "-n", ns, "--wait=true"]);
-        kubectl(cluster, &["set", "env", "-n", ns, "deployment/echo-v2", "FAIL_RATE=0.2"]);
+        let mut set_env = vec!["set", "env", "-n", ns, "deployment/echo-v2"];
+        set_env.extend_from_slice(env);
+        kubectl(cluster, &set_env);
         kubectl(cluster, &["rollout", "status", "-n", ns, "deployment/echo-v2", "--timeout=180s"]);
-        let load = Load::start(cluster, &self.client, ns, "load-failing").await;
+        let load = Load::start(cluster, &self.client, ns, &format!("load-failing-{}", max_latency_ms)).await;
         let watch = Watch::start(cluster, ns);
         let threshold = 2;
-        apply(cluster, &canary_route(ns, "[10, 25, 50]", threshold));
+        apply(cluster, &canary_route(ns, "[10, 25, 50]", threshold, max_latency_ms));
         let started = Instant::now();
         let bound = Duration::from_secs(INTERVAL_SECONDS * (u64::from(threshold) + 1));
         let phase = at_weight(cluster, ns, 0, bound + Duration::from_secs(INTERVAL_SECONDS)).await;
@@ -477,6 +481,8 @@ impl Mesh {
         let route = route_json(cluster, ns).await.expect("route");
         assert_eq!(condition(&route, "RolledBack"), Some(("True".into(), "FailedChecks".into())), "{route}");
         assert_eq!(condition(&route, "CanaryHealthy").map(|c| c.0), Some("False".into()), "{route}");
+        let message = route["status"]["canary"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(why), "{message}");
         // Within the bound, measured on the operator's own clock: from the run's start to the
         // phase change.
         let canary = &route["status"]["canary"];
@@ -500,8 +506,9 @@ impl Mesh {
         for reason in ["RolloutStarted", "CheckFailed", "RolledBack"] {
             assert!(seen.iter().any(|r| r == reason), "event {reason} missing: {seen:?}");
         }
-        let table = watch.finish("rollback");
+        let table = watch.finish(&title);
         assert!(table.contains("RolledBack"), "{table}");
+        kubectl(cluster, &["delete", "events", "-n", ns, "--field-selector", "involvedObject.name=echo"]);
     }
 }
 
@@ -510,5 +517,7 @@ async fn canary_rollouts_promote_a_healthy_version_and_roll_back_a_failing_one()
     let mesh = Mesh::install("").await;
     mesh.bad_canaries_get_a_clear_answer().await;
     mesh.a_healthy_canary_is_promoted_step_by_step().await;
-    mesh.a_failing_canary_is_rolled_back().await;
+    mesh.a_failing_canary_is_rolled_back(&["FAIL_RATE=0.2"], 500, "success rate").await;
+    // Slow rather than failing: 200 ms added to every answer, 100 ms allowed.
+    mesh.a_failing_canary_is_rolled_back(&["FAIL_RATE=0", "DELAY=200ms"], 100, "p99").await;
 }
