@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use braid_api::config::{
     Config, ConfigError, DefaultInboundPolicy, DiscoveryConfig, IdentityConfig, UnknownDefaultPolicy,
-    default_initial_timeout, default_renew_at_percent,
+    default_destination_idle_timeout, default_initial_timeout, default_renew_at_percent,
 };
 use braid_api::contract::{self, env};
 use braid_api::identity::SpiffeId;
@@ -83,6 +83,7 @@ pub fn discovery_from_env(var: impl Fn(&str) -> Option<String>) -> Result<Option
         pod_namespace,
         pod_name,
         initial_timeout: default_initial_timeout(),
+        idle_timeout: default_destination_idle_timeout(),
         startup_policy,
     }))
 }
@@ -214,6 +215,10 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     }
     if let (Some(discovery), Some(store)) = (discovery, identity.clone()) {
         info!(endpoint = %discovery.config.endpoint, "configuration from the discovery server, on top of the file");
+        let (evicting, state_of_eviction, shutdown) = (discovery.clone(), state.clone(), background.clone());
+        tokio::spawn(async move {
+            evicting.evict_idle_until(&state_of_eviction.table, &state_of_eviction.metrics, shutdown).await;
+        });
         let (state, shutdown) = (state.clone(), background.clone());
         tokio::spawn(async move {
             crate::discovery::client::run(&state.table, &state.metrics, discovery, store, shutdown).await;

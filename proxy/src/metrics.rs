@@ -262,6 +262,7 @@ pub struct Metrics {
     pub discovery_updates: Family<DiscoveryUpdateLabels, Counter>,
     pub discovery_reconnects: Counter,
     pub discovery_lookup_timeouts: Counter,
+    pub discovery_evictions: Counter,
     pub backend_requests: Family<BackendLabels, Counter>,
     pub backend_failures: Family<BackendLabels, Counter>,
     pub backend_latency: Family<BackendLabels, AtomicHistogram>,
@@ -370,6 +371,12 @@ impl Metrics {
             "New destinations forwarded unchanged because no discovery answer came within initialTimeout",
             discovery_lookup_timeouts.clone(),
         );
+        let discovery_evictions = Counter::default();
+        registry.register(
+            "discovery_evictions",
+            "Discovered destinations let go after idleTimeout with no connection open (asked for again on next use)",
+            discovery_evictions.clone(),
+        );
         let backend_requests = Family::default();
         registry.register(
             "outbound_backend_requests",
@@ -397,6 +404,7 @@ impl Metrics {
             discovery_updates,
             discovery_reconnects,
             discovery_lookup_timeouts,
+            discovery_evictions,
             authz_denied,
             identity_refused,
             registry,

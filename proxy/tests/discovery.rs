@@ -1,6 +1,6 @@
 //! The proxy fed by a discovery server (tests/support/discovery.rs) over real mTLS on loopback:
 //! on-demand subscription on the first connection to a destination, updates under load, nacks,
-//! outages, passthrough answers, refusals, the inbound policy, garbage from the server, and a
+//! outages, passthrough answers, refusals, idle destinations let go, the inbound policy, garbage from the server, and a
 //! pod IP answered with the pod's identity (mTLS to a STRICT pod's proxy).
 //! Redirected connections come through `fixed_destinations` listeners (no iptables here): each
 //! stands for a connection the app made to one original destination.
@@ -38,11 +38,12 @@ struct Mesh {
 }
 
 /// A discovery server and a proxy that uses it; `extra` is more configuration file (lines).
-async fn mesh(fixed: &[SocketAddr], initial_timeout: &str, extra: &str) -> Mesh {
+/// `timeouts` is the discovery section's timeouts as written (`3s` is initialTimeout alone).
+async fn mesh(fixed: &[SocketAddr], timeouts: &str, extra: &str) -> Mesh {
     let authority = Authority::new();
     let server = DiscoveryServer::start(&authority).await;
     let identity = IdentityServer::start(authority).await;
-    client_of(server, identity, fixed, initial_timeout, extra).await
+    client_of(server, identity, fixed, timeouts, extra).await
 }
 
 /// The proxy of `mesh`, fed by `server`, with its certificate from `identity`.
@@ -50,12 +51,12 @@ async fn client_of(
     server: Arc<DiscoveryServer>,
     identity: Arc<IdentityServer>,
     fixed: &[SocketAddr],
-    initial_timeout: &str,
+    timeouts: &str,
     extra: &str,
 ) -> Mesh {
     let files = IdentityFiles::new(&identity.bundle.lock().unwrap(), FRONTEND);
     let config = format!(
-        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\n{}discovery: {{ endpoint: \"{}\", serverName: {SERVER_NAME}, podNamespace: shop, podName: frontend-0, initialTimeout: {initial_timeout} }}\n{extra}",
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\n{}discovery: {{ endpoint: \"{}\", serverName: {SERVER_NAME}, podNamespace: shop, podName: frontend-0, initialTimeout: {timeouts} }}\n{extra}",
         files.config(FRONTEND, identity.addr),
         server.addr,
     );
@@ -308,6 +309,63 @@ async fn the_last_config_serves_while_the_server_is_away_and_the_proxy_resubscri
     eventually("the fresh snapshot routes", || async { get_via(&mesh, cluster_ip(), "/").await.1 == "b" })
         .await;
     assert!(connected(&mesh.proxy).await);
+}
+
+/// One HTTP/1.1 request on a connection the caller keeps open; the response's body.
+async fn request_on(connection: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    connection.write_all(b"GET / HTTP/1.1\r\nhost: web\r\n\r\n").await.unwrap();
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 1024];
+    loop {
+        let n = connection.read(&mut buffer).await.unwrap();
+        assert!(n > 0, "the proxy closed the connection: {:?}", String::from_utf8_lossy(&response));
+        response.extend_from_slice(&buffer[..n]);
+        let text = String::from_utf8_lossy(&response);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|line| {
+                    line.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned)
+                })
+                .and_then(|length| length.trim().parse::<usize>().ok())
+                .expect("a content-length");
+            if body.len() >= length {
+                assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+                return body[..length].to_owned();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_idle_destination_is_let_go_and_asked_for_again_but_never_while_a_connection_is_open() {
+    let a = Upstream::start("a").await;
+    let mesh = mesh(&[cluster_ip()], "3s, idleTimeout: 1s", "").await;
+    mesh.server.set(CLUSTER_IP, Answer::Service(service("web.shop.svc.cluster.local", &[("v1", a.addr, 1)])));
+    let listener = mesh.proxy.running().fixed_destinations[&cluster_ip()];
+
+    // A connection held open for three idle timeouts keeps its destination.
+    let mut held = tokio::net::TcpStream::connect(listener).await.unwrap();
+    assert_eq!(request_on(&mut held).await, "a");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(mesh.server.unsubscriptions_of(CLUSTER_IP), 0, "let go while a connection was open");
+    assert_eq!(destination_status(&mesh.proxy, CLUSTER_IP).await["state"], "service");
+    assert_eq!(request_on(&mut held).await, "a", "still routed to the discovered backend");
+    drop(held);
+
+    // Closed, it goes after the idle timeout: unsubscribed, off /config, counted.
+    let started = Instant::now();
+    while mesh.server.unsubscriptions_of(CLUSTER_IP) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "never let go of the idle destination");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(destination_status(&mesh.proxy, CLUSTER_IP).await.is_null(), "still on /config");
+    assert_eq!(metric(&mesh.proxy.metrics().await, "discovery_evictions_total", &[]), Some(1.0));
+
+    // The next connection subscribes again, waits for the answer, and is routed as before.
+    assert_eq!(get_via(&mesh, cluster_ip(), "/").await, (StatusCode::OK, "a".to_owned()));
+    assert_eq!(mesh.server.subscriptions_of(CLUSTER_IP), 2);
 }
 
 #[tokio::test]

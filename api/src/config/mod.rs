@@ -63,6 +63,11 @@ pub struct DiscoveryConfig {
     /// it is forwarded unchanged (Linkerd's initialTimeout).
     #[serde(default = "default_initial_timeout", with = "duration_text")]
     pub initial_timeout: Duration,
+    /// How long a discovered destination stays held with no connection open to it before the
+    /// proxy lets it go (unsubscribes, and drops it from its table); the next connection asks
+    /// again. Bounds what a proxy holds for an app that calls many short-lived pods.
+    #[serde(default = "default_destination_idle_timeout", with = "duration_text")]
+    pub idle_timeout: Duration,
     /// The inbound policy until the discovery server sends the pod's (the webhook writes the
     /// pod's default inbound policy here). Without it, and without `inbound.policy`, inbound
     /// connections are refused until then: a proxy never admits more than its policy would.
@@ -86,6 +91,11 @@ impl DiscoveryConfig {
 /// How long a first connection waits for discovery, when no `initialTimeout` is given.
 pub fn default_initial_timeout() -> Duration {
     Duration::from_secs(3)
+}
+
+/// How long an unused discovered destination is held, when no `idleTimeout` is given.
+pub fn default_destination_idle_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// How the proxy obtains and renews its workload certificate (docs/identity.md).

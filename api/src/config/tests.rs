@@ -151,12 +151,14 @@ fn the_discovery_section_is_checked() {
     let discovery = config.discovery.as_ref().unwrap();
     assert_eq!(discovery.server_name(), "braid-discovery.braid-system.svc");
     assert_eq!(discovery.initial_timeout, Duration::from_secs(3));
+    assert_eq!(discovery.idle_timeout, Duration::from_secs(600));
     let error = config.check_discovery_identity().unwrap_err().to_string();
     assert!(error.contains("needs this proxy's identity"), "{error}");
     let cases = [
         (good.replace(":8086", ""), "discovery.endpoint: must be host:port"),
         (good.replace("podName: web-0", "podName: \"\""), "discovery.podName: must not be empty"),
         (good.replace("podName: web-0", "podName: web-0, initialTimeout: 0s"), "discovery.initialTimeout"),
+        (good.replace("podName: web-0", "podName: web-0, idleTimeout: 500ms"), "discovery.idleTimeout"),
         (good.replace("podName: web-0", "podName: web-0, serverName: \"a b\""), "discovery.serverName"),
         (good.replace("podName: web-0", "podName: web-0, bogus: 1"), "unknown field"),
         (

@@ -93,6 +93,9 @@ impl Config {
             if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&discovery.initial_timeout) {
                 return invalid("discovery.initialTimeout".into(), "must be between 1ms and 60s");
             }
+            if discovery.idle_timeout < Duration::from_secs(1) {
+                return invalid("discovery.idleTimeout".into(), "must be at least 1s");
+            }
             if let Some(policy) = &discovery.startup_policy {
                 validate_policy("discovery.startupPolicy", policy)?;
             }

@@ -68,11 +68,14 @@ pub async fn serve(
     // A destination the table does not know may be one discovery has not been asked about yet:
     // hold the connection (its bytes wait in the socket) until the answer or initialTimeout.
     // Known destinations never get here, and settled unknown ones cost one lock-free lookup.
-    if let (Some(discovery), OutboundTarget::Original(addr)) = (&state.discovery, &target)
-        && table.service_by_address(*addr).is_none()
-    {
-        discovery.resolve(&state.metrics, *addr).await;
-        table = state.table.load_full();
+    // The connection then holds its destination: one in use is never evicted (`evict_idle`).
+    let mut _in_use = None;
+    if let (Some(discovery), OutboundTarget::Original(addr)) = (&state.discovery, &target) {
+        if table.service_by_address(*addr).is_none() {
+            discovery.resolve(&state.metrics, *addr).await;
+            table = state.table.load_full();
+        }
+        _in_use = discovery.in_use(addr);
     }
     let service_protocol = match &target {
         OutboundTarget::Service(name) => table.service_by_name(name).map(|s| s.protocol),
@@ -148,12 +151,27 @@ fn opaque_destination(state: &ProxyState, target: &OutboundTarget) -> Option<Opa
 /// Handles one request from the app to a destination.
 pub async fn handle(connection: Arc<OutboundConnection>, request: Request<ProxyBody>) -> Response<ProxyBody> {
     let state = &connection.state;
-    let table = state.table.load_full();
+    let mut table = state.table.load_full();
     let service = match &connection.target {
         OutboundTarget::Service(name) => table.service_by_name(name),
         OutboundTarget::Original(addr) => match table.service_by_address(*addr) {
             Some(service) => Some(service),
-            None => return passthrough(state, *addr, request).await,
+            None => {
+                // Let go of by discovery just as this connection opened: asked for again (a
+                // settled passthrough destination returns at once).
+                if let Some(discovery) = &state.discovery {
+                    drop(table);
+                    discovery.resolve(&state.metrics, *addr).await;
+                    table = state.table.load_full();
+                    if let Some(service) = table.service_by_address(*addr).cloned() {
+                        let (limit, access_log) =
+                            (table.config.limits.max_retry_body_bytes, table.config.access_log);
+                        drop(table);
+                        return route::route_request(state, &service, request, limit, access_log).await;
+                    }
+                }
+                return passthrough(state, *addr, request).await;
+            }
         },
         OutboundTarget::Unknown => {
             authority_of(&request).and_then(|authority| table.service_by_host(authority))

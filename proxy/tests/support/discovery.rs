@@ -198,6 +198,11 @@ impl DiscoveryServer {
         self.messages().iter().filter(|m| **m == wanted).count()
     }
 
+    pub fn unsubscriptions_of(&self, destination: &str) -> usize {
+        let wanted = ProxyMessage::Unsubscribe(Resource::Destination(destination.to_owned()));
+        self.messages().iter().filter(|m| **m == wanted).count()
+    }
+
     /// Whether the proxy acked this version of the resource.
     pub fn acked(&self, resource: &Resource, version: u64) -> bool {
         self.messages().iter().any(

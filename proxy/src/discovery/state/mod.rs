@@ -14,7 +14,7 @@ mod compose;
 mod settled;
 mod status;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 
@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use crate::metrics::{DiscoveryUpdateLabels, Metrics, ReloadResult};
 use crate::table::LiveTable;
 use compose::{check_service, compose, rebuild, with_own_address};
+pub use settled::InUse;
 use settled::Settled;
 pub use status::{DestinationStatus, SnapshotStatus, Status};
 
@@ -205,6 +206,71 @@ impl Discovery {
         );
         drop(state);
         self.settle(addr);
+    }
+
+    /// Marks a connection open to `addr`, a discovered destination (else `None`): the
+    /// destination is not evicted while it is held. Lock-free for destinations settled a while.
+    pub fn in_use(&self, addr: &SocketAddr) -> Option<InUse> {
+        self.settled.in_use(addr)
+    }
+
+    /// Lets go of every answered destination that has had no connection open for
+    /// `idle_timeout`: it leaves the table, the server is told (unsubscribe), and the next
+    /// connection to it subscribes and waits again. Returns how many went.
+    pub fn evict_idle(&self, table: &LiveTable, metrics: &Metrics) -> usize {
+        let mut state = self.lock();
+        let idle: Vec<(String, SocketAddr)> = state
+            .destinations
+            .iter()
+            .filter(|(_, destination)| destination.waiting.is_none())
+            .filter_map(|(name, _)| name.parse::<SocketAddr>().ok().map(|addr| (name.clone(), addr)))
+            .filter(|(_, addr)| self.settled.is_idle(addr, self.config.idle_timeout))
+            .collect();
+        if idle.is_empty() {
+            return 0;
+        }
+        let evicted: Vec<(String, Destination)> =
+            idle.iter().filter_map(|(name, _)| state.destinations.remove_entry(name)).collect();
+        if let Err(reason) = rebuild(table, compose(&state, None, None).0) {
+            // Only removals, so this should not happen; if it does, nothing is let go.
+            warn!(%reason, "the table without idle destinations was refused; keeping them");
+            state.destinations.extend(evicted);
+            return 0;
+        }
+        // Forgotten under the state lock, so a connection that misses the new table subscribes
+        // again rather than finding the destination settled.
+        self.settled.remove(&idle.iter().map(|(_, addr)| *addr).collect::<HashSet<_>>());
+        drop(state);
+        for (name, _) in &evicted {
+            let _ = self.outbox.send(ProxyMessage::Unsubscribe(Resource::Destination(name.clone())));
+        }
+        metrics.discovery_evictions.inc_by(evicted.len() as u64);
+        debug!(
+            evicted = evicted.len(), idle_timeout = ?self.config.idle_timeout,
+            "let go of discovered destinations with no connection open"
+        );
+        evicted.len()
+    }
+
+    /// Evicts idle destinations (`evict_idle`) at a quarter of the idle timeout until shutdown.
+    pub async fn evict_idle_until(
+        &self,
+        table: &LiveTable,
+        metrics: &Metrics,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) {
+        let every = (self.config.idle_timeout / 4)
+            .clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(60));
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {
+                    self.evict_idle(table, metrics);
+                }
+            }
+        }
     }
 
     fn settle(&self, addr: SocketAddr) {
@@ -438,6 +504,7 @@ mod tests {
             pod_namespace: "shop".into(),
             pod_name: "web-0".into(),
             initial_timeout: std::time::Duration::from_millis(200),
+            idle_timeout: std::time::Duration::from_secs(60),
             startup_policy,
         };
         let shared = Given {
@@ -500,6 +567,80 @@ mod tests {
                 ProxyMessage::Subscribe(Resource::Destination("10.96.0.2:80".into()))
             ]
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn destinations_idle_for_the_timeout_are_let_go_and_asked_for_again_on_next_use() {
+        let (discovery, shared) = setup(FILE);
+        let mut outbox = discovery.take_outbox().unwrap();
+        let (used, idle): (SocketAddr, SocketAddr) =
+            ("10.96.0.7:80".parse().unwrap(), "10.96.0.8:80".parse().unwrap());
+        for (addr, name) in [(used, "used.svc"), (idle, "idle.svc")] {
+            let answer = async {
+                tokio::task::yield_now().await;
+                discovery
+                    .handle(
+                        &shared.table,
+                        &shared.metrics,
+                        update(&addr.to_string(), 1, Some(service(name, "10.0.0.7:80"))),
+                    )
+                    .unwrap()
+            };
+            let ((), _) = tokio::join!(discovery.resolve(&shared.metrics, addr), answer);
+        }
+        while outbox.try_recv().is_ok() {}
+        let connection = discovery.in_use(&used).expect("a discovered destination");
+        assert!(
+            discovery.in_use(&"10.96.0.1:80".parse().unwrap()).is_none(),
+            "the file's service is not discovery's"
+        );
+
+        tokio::time::advance(std::time::Duration::from_secs(59)).await;
+        assert_eq!(discovery.evict_idle(&shared.table, &shared.metrics), 0, "not idle long enough");
+        tokio::time::advance(std::time::Duration::from_secs(1)).await;
+        assert_eq!(discovery.evict_idle(&shared.table, &shared.metrics), 1);
+        assert_eq!(
+            outbox.try_recv().unwrap(),
+            ProxyMessage::Unsubscribe(Resource::Destination("10.96.0.8:80".into()))
+        );
+        let table = shared.table.load();
+        assert!(table.service_by_address(idle).is_none(), "gone from the table");
+        assert!(table.service_by_address(used).is_some(), "an open connection holds its destination");
+        assert!(table.service_by_name("file.svc").is_some(), "the file's services stay");
+        assert_eq!(shared.metrics.discovery_evictions.get(), 1);
+        assert_eq!(
+            discovery.subscriptions(&mut outbox),
+            vec![
+                ProxyMessage::Subscribe(Resource::Inbound),
+                ProxyMessage::Subscribe(Resource::Destination("10.96.0.7:80".into()))
+            ],
+            "a reconnect resubscribes only what is held"
+        );
+
+        // The next connection to the evicted one subscribes and waits again.
+        let resolving = discovery.resolve(&shared.metrics, idle);
+        let answer = async {
+            tokio::task::yield_now().await;
+            assert_eq!(
+                outbox.try_recv().unwrap(),
+                ProxyMessage::Subscribe(Resource::Destination("10.96.0.8:80".into()))
+            );
+            discovery
+                .handle(
+                    &shared.table,
+                    &shared.metrics,
+                    update("10.96.0.8:80", 2, Some(service("idle.svc", "10.0.0.8:80"))),
+                )
+                .unwrap()
+        };
+        let ((), answer) = tokio::join!(resolving, answer);
+        assert!(matches!(answer, Some(ProxyMessage::Ack(_))));
+        assert!(shared.table.load().service_by_address(idle).is_some());
+
+        drop(connection);
+        tokio::time::advance(std::time::Duration::from_secs(60)).await;
+        assert_eq!(discovery.evict_idle(&shared.table, &shared.metrics), 2, "both idle now");
+        assert!(discovery.status().destinations.is_empty());
     }
 
     #[tokio::test(start_paused = true)]
