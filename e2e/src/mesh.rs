@@ -442,6 +442,14 @@ impl<'a> LoadRun<'a> {
         .await;
     }
 
+    /// The report since the last reset (or the start), and a new start (POST /reset).
+    pub fn reset(&self) -> Value {
+        let (code, body) = crate::http_post(self.reports, "/reset", Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("load {}: POST /reset got no answer from {}", self.name, self.reports));
+        assert_eq!(code, 200, "load {}: POST /reset: {body}", self.name);
+        serde_json::from_str(&body).unwrap_or_else(|err| panic!("bad report {err}: {body}"))
+    }
+
     /// Stops the client (POST /stop: the final report once every request sent has finished),
     /// deletes its pod and returns the report.
     pub fn stop(self) -> Value {
@@ -506,4 +514,58 @@ pub fn by_version(report: &Value) -> BTreeMap<String, u64> {
         *versions.entry(version).or_default() += n.as_u64().unwrap_or(0);
     }
     versions
+}
+
+/// The operators' leader election Lease.
+pub fn lease(cluster: &Cluster) -> Value {
+    let out = cluster.kubectl_ok(&["get", "lease", "braid-operator", "-n", "braid-system", "-o", "json"]);
+    serde_json::from_str(&out).unwrap_or_else(|err| panic!("lease braid-operator: {err}: {out}"))
+}
+
+/// The pod of the operator that leads.
+pub fn lease_holder(cluster: &Cluster) -> String {
+    let lease = lease(cluster);
+    lease["spec"]["holderIdentity"]
+        .as_str()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| panic!("no operator holds the lease: {lease}"))
+        .to_owned()
+}
+
+/// SIGKILL to the leading operator `leader`, and its pod deleted, so the kubelet cannot restart
+/// it under the same name and take the lease back: the standby must notice the silence and take
+/// over. Returns the new leader and how long after the kill it took the lease.
+pub async fn kill_leader(cluster: &Cluster, leader: &str) -> (String, Duration) {
+    let killed = kill_container_process(leader, "braid-operator");
+    cluster.kubectl_ok(&["delete", "pod", "-n", "braid-system", leader, "--grace-period=0", "--force"]);
+    eprintln!("SIGKILL to the leading operator {leader} (pid {killed}), its pod deleted");
+    let started = std::time::Instant::now();
+    let next = eventually(Duration::from_secs(90), "another operator to take the lease", || async {
+        let lease = lease(cluster);
+        let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default().to_owned();
+        (!holder.is_empty() && holder != leader).then_some(holder)
+    })
+    .await;
+    (next, started.elapsed())
+}
+
+/// Sends SIGKILL to the process of container `binary` in pod `pod` (found on this machine, where
+/// the node runs its containers, by its HOSTNAME) and returns its pid.
+pub fn kill_container_process(pod: &str, binary: &str) -> u32 {
+    let hostname = format!("HOSTNAME={pod}");
+    let pid = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let first = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            String::from_utf8_lossy(first).ends_with(binary)
+                && environ.split(|b| *b == 0).any(|var| var == hostname.as_bytes())
+        })
+        .unwrap_or_else(|| panic!("no {binary} process of pod {pod} on this machine"));
+    let status =
+        std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().expect("kill runs");
+    assert!(status.success(), "kill -KILL {pid}: {status}");
+    pid
 }

@@ -3,106 +3,28 @@
 //! v2 is promoted through every step (the measured split at each step within 3 points of the
 //! step's weight, no request failed); a v2 answering 20% 500s is rolled back within
 //! failureThreshold x interval plus one interval, after which every request reaches v1, and so
-//! is a v2 that adds 200 ms to every answer (judged on p99). The
-//! `kubectl get mr -w` output of both runs is printed. Needs the node and the images (`make
+//! is a v2 that adds 200 ms to every answer (judged on p99); with the leading operator killed
+//! mid-rollout the new leader resumes at the same step and no request fails. The
+//! `kubectl get mr -w` output of each run is printed. Needs the node and the images (`make
 //! e2e` does both). A test binary of its own: it installs the chart, which owns the Mesh.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use braid_e2e::{Cluster, TestNamespace, eventually, repo_root, setup};
-use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, Client};
+use braid_e2e::mesh::{
+    LoadRun, LoadSpec, Release, Sidecar, apply, check_prerequisites, count, echo, install, kill_leader,
+    lease_holder,
+};
+use braid_e2e::{Cluster, TestNamespace, eventually, setup};
+use kube::Client;
 use serde_json::Value;
 
-const RELEASE: &str = "braid";
 /// Short, so the test is: three steps and a promotion take four intervals.
 const INTERVAL_SECONDS: u64 = 10;
 /// Requests per second of the load client: over 1,000 requests per step.
 const RATE: u32 = 150;
-const LOAD_REPORT_PORT: u16 = 9090;
-
-fn kubectl(cluster: &Cluster, args: &[&str]) -> String {
-    cluster.kubectl_ok(args)
-}
-
-fn apply(cluster: &Cluster, yaml: &str) {
-    let output = cluster.kubectl_with_stdin(&["apply", "-f", "-"], Some(yaml));
-    assert!(
-        output.status.success(),
-        "kubectl apply failed: {}\n{yaml}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn install(cluster: &Cluster) {
-    let _ = cluster.helm(&["uninstall", RELEASE, "-n", "braid-system", "--ignore-not-found", "--wait"]);
-    let _ = cluster.kubectl(&["delete", "mesh", "default", "--ignore-not-found"]);
-    let chart = repo_root().join("helm/braid");
-    let output = cluster.helm(&[
-        "install",
-        RELEASE,
-        &chart.to_string_lossy(),
-        "-n",
-        "braid-system",
-        "--create-namespace",
-        "--set",
-        "image.pullPolicy=Never",
-        "--wait",
-        "--timeout",
-        "5m",
-    ]);
-    assert!(
-        output.status.success(),
-        "helm install failed: {}\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        kubectl(cluster, &["get", "pods", "-n", "braid-system", "-o", "wide"])
-    );
-}
-
-struct Uninstall(&'static Cluster);
-
-impl Drop for Uninstall {
-    fn drop(&mut self) {
-        let _ = self.0.helm(&["uninstall", RELEASE, "-n", "braid-system", "--ignore-not-found"]);
-    }
-}
-
-/// echo `version` (its own Service echo-VERSION), with `env` added to its container.
-fn echo(ns: &str, version: &str, env: &str) -> String {
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{ name: echo-{version}, namespace: {ns} }}
-spec:
-  replicas: 1
-  selector: {{ matchLabels: {{ app: echo, version: {version} }} }}
-  template:
-    metadata: {{ labels: {{ app: echo, version: {version} }} }}
-    spec:
-      serviceAccountName: echo
-      containers:
-        - name: echo
-          image: braid.dev/braid-testapps:dev
-          imagePullPolicy: Never
-          command: [echo, --name, echo, --app-version, {version}]
-          env: [{{ name: POD_NAME, valueFrom: {{ fieldRef: {{ fieldPath: metadata.name }} }} }}{env}]
-          ports: [{{ name: http, containerPort: 8080 }}]
-          readinessProbe: {{ httpGet: {{ path: /healthz, port: 8080 }}, periodSeconds: 1 }}
----
-apiVersion: v1
-kind: Service
-metadata: {{ name: echo-{version}, namespace: {ns} }}
-spec:
-  selector: {{ app: echo, version: {version} }}
-  ports: [{{ name: http, port: 8080, targetPort: http }}]
-"#
-    )
-}
 
 /// The echo Service clients call (v1's pods, so that what no route sends elsewhere reaches v1),
 /// the identities, and echo v1 and v2 (`v2_env`: v2's faults).
@@ -128,8 +50,8 @@ spec:
 ---
 {}
 "#,
-        echo(ns, "v1", ""),
-        echo(ns, "v2", v2_env)
+        echo(ns, "v1", 1, ""),
+        echo(ns, "v2", 1, v2_env)
     )
 }
 
@@ -158,81 +80,22 @@ spec:
     )
 }
 
-fn addr(ip: &str, port: u16) -> SocketAddr {
-    format!("{ip}:{port}").parse().unwrap_or_else(|err| panic!("pod address {ip}:{port}: {err}"))
-}
-
 /// A meshed load client sending `RATE` requests a second to the echo Service until stopped,
-/// serving its report (POST /reset: the report since the last reset).
-struct Load {
-    name: String,
-    reports: SocketAddr,
-}
-
-impl Load {
-    async fn start(cluster: &Cluster, client: &Client, ns: &str, name: &str) -> Load {
-        apply(
-            cluster,
-            &format!(
-                r#"
-apiVersion: v1
-kind: Pod
-metadata: {{ name: {name}, namespace: {ns}, labels: {{ app: load }} }}
-spec:
-  serviceAccountName: client
-  restartPolicy: Never
-  containers:
-    - name: load
-      image: braid.dev/braid-testapps:dev
-      imagePullPolicy: Never
-      command: [load, --json, --url, "http://echo.{ns}.svc.cluster.local:8080/", --rate, "{RATE}", --serve, "0.0.0.0:{LOAD_REPORT_PORT}"]
-"#
-            ),
-        );
-        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-        let ip = eventually(Duration::from_secs(120), &format!("load pod {name} to run"), || {
-            let pods = pods.clone();
-            let name = name.to_owned();
-            async move {
-                let status = pods.get(&name).await.ok()?.status?;
-                let running = status
-                    .container_statuses?
-                    .iter()
-                    .any(|s| s.name == "load" && s.state.as_ref().is_some_and(|st| st.running.is_some()));
-                running.then_some(status.pod_ip).flatten()
-            }
-        })
-        .await;
-        let load = Load { name: name.to_owned(), reports: addr(&ip, LOAD_REPORT_PORT) };
-        eventually(Duration::from_secs(60), &format!("load {name} to get a 2xx answer"), || async {
-            let (_, body) = braid_e2e::http_get(load.reports, "/report").filter(|(code, _)| *code == 200)?;
-            let report: Value = serde_json::from_str(&body).ok()?;
-            report["first_ok_unix_ms"].as_u64()
-        })
-        .await;
-        load
-    }
-
-    /// The report since the last reset, and a new start.
-    fn reset(&self) -> Value {
-        let (code, body) = braid_e2e::http_post(self.reports, "/reset", Duration::from_secs(10))
-            .unwrap_or_else(|| panic!("load {}: POST /reset got no answer", self.name));
-        assert_eq!(code, 200, "load {}: POST /reset: {body}", self.name);
-        serde_json::from_str(&body).unwrap_or_else(|err| panic!("bad report {err}: {body}"))
-    }
-
-    /// The last report, once every request sent has finished.
-    fn stop(self, cluster: &Cluster, ns: &str) -> Value {
-        let (code, body) = braid_e2e::http_post(self.reports, "/stop", Duration::from_secs(30))
-            .unwrap_or_else(|| panic!("load {}: POST /stop got no answer", self.name));
-        assert_eq!(code, 200, "load {}: POST /stop: {body}", self.name);
-        let _ = cluster.kubectl(&["delete", "pod", "-n", ns, &self.name, "--wait=false"]);
-        serde_json::from_str(&body).unwrap_or_else(|err| panic!("bad report {err}: {body}"))
-    }
-}
-
-fn count(report: &Value, field: &str) -> u64 {
-    report[field].as_u64().unwrap_or(0)
+/// once it got a first answer.
+async fn start_load<'a>(cluster: &'a Cluster, client: &Client, ns: &str, name: &str) -> LoadRun<'a> {
+    let url = format!("http://echo.{ns}.svc.cluster.local:8080/");
+    let spec = LoadSpec {
+        name,
+        account: "client",
+        sidecar: Sidecar::Meshed,
+        url: &url,
+        rate: RATE,
+        extra: &[],
+        probe: false,
+    };
+    let load = LoadRun::start(cluster, client, ns, spec).await;
+    load.answered().await;
+    load
 }
 
 /// Requests answered by echo `version` (backends are named POD@VERSION).
@@ -315,25 +178,22 @@ fn condition(route: &Value, type_: &str) -> Option<(String, String)> {
 }
 
 fn events(cluster: &Cluster, ns: &str) -> Vec<String> {
-    let out = kubectl(
-        cluster,
-        &[
-            "get",
-            "events",
-            "-n",
-            ns,
-            "--field-selector",
-            "involvedObject.kind=MeshRoute,involvedObject.name=echo",
-            "-o",
-            "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
-        ],
-    );
+    let out = cluster.kubectl_ok(&[
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        "involvedObject.kind=MeshRoute,involvedObject.name=echo",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+    ]);
     out.lines().map(str::to_owned).collect()
 }
 
 struct Mesh {
     apps: TestNamespace,
-    _uninstall: Uninstall,
+    _release: Release,
     _unused: TestNamespace,
     cluster: &'static Cluster,
     client: Client,
@@ -342,19 +202,23 @@ struct Mesh {
 impl Mesh {
     async fn install(v2_env: &str) -> Mesh {
         let (cluster, client, unused) = setup("e2e-canary-unused").await;
-        install(cluster);
-        let uninstall = Uninstall(cluster);
+        check_prerequisites(cluster);
+        let release = install(cluster, &[]);
         let apps = TestNamespace::create(cluster, &client, "e2e-canary").await;
         let ns = apps.name.as_str();
-        kubectl(cluster, &["label", "namespace", ns, "braid.dev/inject=enabled"]);
+        cluster.kubectl_ok(&["label", "namespace", ns, "braid.dev/inject=enabled"]);
         apply(cluster, &workloads(ns, v2_env));
         for deployment in ["echo-v1", "echo-v2"] {
-            kubectl(
-                cluster,
-                &["rollout", "status", "-n", ns, &format!("deployment/{deployment}"), "--timeout=180s"],
-            );
+            cluster.kubectl_ok(&[
+                "rollout",
+                "status",
+                "-n",
+                ns,
+                &format!("deployment/{deployment}"),
+                "--timeout=180s",
+            ]);
         }
-        Mesh { apps, _uninstall: uninstall, _unused: unused, cluster, client }
+        Mesh { apps, _release: release, _unused: unused, cluster, client }
     }
 
     fn ns(&self) -> &str {
@@ -387,14 +251,14 @@ impl Mesh {
             message.contains("spec.rules[1].backends") && message.contains("exactly one rule"),
             "{message}"
         );
-        kubectl(cluster, &["delete", "meshroute", "echo-two-rules", "-n", ns]);
+        cluster.kubectl_ok(&["delete", "meshroute", "echo-two-rules", "-n", ns]);
     }
 
     /// A healthy v2 is promoted through every step; the split at each step is the step's weight;
     /// no request fails; `kubectl wait --for=condition=Promoted` returns.
     async fn a_healthy_canary_is_promoted_step_by_step(&self) {
         let (cluster, ns) = (self.cluster, self.ns());
-        let load = Load::start(cluster, &self.client, ns, "load-healthy").await;
+        let load = start_load(cluster, &self.client, ns, "load-healthy").await;
         let watch = Watch::start(cluster, ns);
         let started = Instant::now();
         apply(cluster, &canary_route(ns, "[10, 25, 50]", 2, 500));
@@ -426,15 +290,19 @@ impl Mesh {
                 step + 1
             );
         }
-        let wait = kubectl(
-            cluster,
-            &["wait", "-n", ns, "--for=condition=Promoted", "meshroute/echo", "--timeout=60s"],
-        );
+        let wait = cluster.kubectl_ok(&[
+            "wait",
+            "-n",
+            ns,
+            "--for=condition=Promoted",
+            "meshroute/echo",
+            "--timeout=60s",
+        ]);
         eprintln!("$ kubectl wait --for=condition=Promoted meshroute/echo\n{wait}");
         eprintln!("promoted {:?} after the route was applied", started.elapsed());
         tokio::time::sleep(Duration::from_secs(2)).await;
         let promoted = load.reset();
-        let last = load.stop(cluster, ns);
+        let last = load.stop();
         for report in [&promoted, &last] {
             failed += count(report, "failed");
             total += count(report, "total");
@@ -457,18 +325,70 @@ impl Mesh {
         assert!(table.contains("Promoted"), "{table}");
     }
 
+    /// The leading operator killed mid-rollout: the new leader resumes at the step the status
+    /// holds (it neither starts over nor skips a step), the proxies keep the last effective
+    /// weights while no operator leads, and no request fails.
+    async fn a_rollout_resumes_at_its_step_after_the_leader_is_killed(&self) {
+        let (cluster, ns) = (self.cluster, self.ns());
+        cluster.kubectl_ok(&["delete", "meshroute", "echo", "-n", ns, "--wait=true"]);
+        let load = start_load(cluster, &self.client, ns, "load-failover").await;
+        let watch = Watch::start(cluster, ns);
+        apply(cluster, &canary_route(ns, "[10, 25, 50]", 2, 500));
+        let slack = Duration::from_secs(INTERVAL_SECONDS * 3);
+        at_weight(cluster, ns, 25, slack).await;
+        let before = route_json(cluster, ns).await.expect("route")["status"]["canary"].clone();
+        let mut reports = vec![load.reset()];
+        let (next, took) = kill_leader(cluster, &lease_holder(cluster)).await;
+        eprintln!("leader killed at step {} (weight 25): {next} leads {took:?} later", before["step"]);
+        let leaderless = load.reset();
+        let requests = count(&leaderless, "total");
+        let share = answered_by(&leaderless, "v2") as f64 * 100.0 / requests.max(1) as f64;
+        eprintln!("while no operator led: v2 answered {share:.1}% of {requests} requests");
+        assert!(requests >= 500, "{leaderless}");
+        assert!((share - 25.0).abs() <= 5.0, "the proxies kept the last weights: {share:.1}%: {leaderless}");
+        reports.push(leaderless);
+
+        // Every weight the rollout shows from here on, until it is promoted.
+        let mut weights = vec![25];
+        let deadline = Instant::now() + Duration::from_secs(INTERVAL_SECONDS * 6) + slack;
+        let after = loop {
+            let route = route_json(cluster, ns).await.expect("route");
+            let (phase, weight) = canary_status(&route);
+            if weights.last() != Some(&weight) {
+                weights.push(weight);
+            }
+            if phase == "Promoted" {
+                break route["status"]["canary"].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not promoted after the failover: weights {weights:?}, {route}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert_eq!(weights, [25, 50, 100], "resumed at its step, one step per interval");
+        assert_eq!(after["revision"], before["revision"], "the same run, not a new one: {after}");
+        reports.push(load.reset());
+        reports.push(load.stop());
+        let (total, failed): (u64, u64) =
+            reports.iter().fold((0, 0), |(t, f), r| (t + count(r, "total"), f + count(r, "failed")));
+        assert_eq!(failed, 0, "requests failed across the failover ({total} sent)");
+        eprintln!("failover mid-rollout: weights {weights:?}, {total} requests, 0 failed");
+        watch.finish("leader killed mid-rollout");
+    }
+
     /// A v2 with `env` (its faults) is rolled back within failureThreshold x interval plus
     /// one, the check saying `why`, and then every request reaches v1.
     async fn a_failing_canary_is_rolled_back(&self, env: &[&str], max_latency_ms: u32, why: &str) {
         let (cluster, ns) = (self.cluster, self.ns());
         let title = format!("rollback ({})", env.join(" "));
         // The user starts over: a new route (a new run) for the faulty v2.
-        kubectl(cluster, &["delete", "meshroute", "echo", "-n", ns, "--wait=true"]);
+        cluster.kubectl_ok(&["delete", "meshroute", "echo", "-n", ns, "--wait=true"]);
         let mut set_env = vec!["set", "env", "-n", ns, "deployment/echo-v2"];
         set_env.extend_from_slice(env);
-        kubectl(cluster, &set_env);
-        kubectl(cluster, &["rollout", "status", "-n", ns, "deployment/echo-v2", "--timeout=180s"]);
-        let load = Load::start(cluster, &self.client, ns, &format!("load-failing-{}", max_latency_ms)).await;
+        cluster.kubectl_ok(&set_env);
+        cluster.kubectl_ok(&["rollout", "status", "-n", ns, "deployment/echo-v2", "--timeout=180s"]);
+        let load = start_load(cluster, &self.client, ns, &format!("load-failing-{max_latency_ms}")).await;
         let watch = Watch::start(cluster, ns);
         let threshold = 2;
         apply(cluster, &canary_route(ns, "[10, 25, 50]", threshold, max_latency_ms));
@@ -492,7 +412,7 @@ impl Mesh {
         tokio::time::sleep(Duration::from_secs(2)).await;
         load.reset();
         tokio::time::sleep(Duration::from_secs(8)).await;
-        let after = load.stop(cluster, ns);
+        let after = load.stop();
         let requests = count(&after, "total");
         assert!(requests >= 500, "{after}");
         assert_eq!(
@@ -508,7 +428,7 @@ impl Mesh {
         }
         let table = watch.finish(&title);
         assert!(table.contains("RolledBack"), "{table}");
-        kubectl(cluster, &["delete", "events", "-n", ns, "--field-selector", "involvedObject.name=echo"]);
+        cluster.kubectl_ok(&["delete", "events", "-n", ns, "--field-selector", "involvedObject.name=echo"]);
     }
 }
 
@@ -517,6 +437,7 @@ async fn canary_rollouts_promote_a_healthy_version_and_roll_back_a_failing_one()
     let mesh = Mesh::install("").await;
     mesh.bad_canaries_get_a_clear_answer().await;
     mesh.a_healthy_canary_is_promoted_step_by_step().await;
+    mesh.a_rollout_resumes_at_its_step_after_the_leader_is_killed().await;
     mesh.a_failing_canary_is_rolled_back(&["FAIL_RATE=0.2"], 500, "success rate").await;
     // Slow rather than failing: 200 ms added to every answer, 100 ms allowed.
     mesh.a_failing_canary_is_rolled_back(&["FAIL_RATE=0", "DELAY=200ms"], 100, "p99").await;

@@ -20,11 +20,10 @@ use std::time::{Duration, Instant};
 
 use braid_e2e::mesh::{
     LoadRun, LoadSpec, Release, Sidecar, Window, apply, assert_overlaps, check_prerequisites, count, install,
-    programmed, split, strict_policy, url, workloads,
+    kill_leader, lease_holder, programmed, split, strict_policy, url, workloads,
 };
 use braid_e2e::{Cluster, TestNamespace, eventually, setup};
 use kube::Client;
-use serde_json::Value;
 
 /// Short certificate lifetimes, so that a trust-anchor rotation (at two thirds of 8 min, then the
 /// chart's default 2 min for the new root to reach every pod before it signs, then one workload
@@ -220,27 +219,10 @@ impl Faults {
             let leader = lease_holder(cluster);
             cluster.kubectl_ok(&["rollout", "restart", "-n", ns, "deployment/echo-v1"]);
             tokio::time::sleep(Duration::from_secs(2)).await;
-            let killed = kill_container_process(&leader, "braid-operator");
-            // Its pod goes too, so the kubelet cannot restart it under the same name and take the
-            // lease back: the standby must notice the silence and take over.
-            cluster.kubectl_ok(&[
-                "delete",
-                "pod",
-                "-n",
-                "braid-system",
-                &leader,
-                "--grace-period=0",
-                "--force",
-            ]);
-            eprintln!("leader-killed: SIGKILL to {leader} (pid {killed}), its pod deleted, echo-v1 rolling");
-            let started = Instant::now();
-            let next = eventually(Duration::from_secs(90), "another operator to take the lease", || async {
-                let lease = lease(cluster);
-                let holder = lease["spec"]["holderIdentity"].as_str().unwrap_or_default().to_owned();
-                (!holder.is_empty() && holder != leader).then_some(holder)
-            })
-            .await;
-            eprintln!("leader-killed: {next} leads, {:?} after the kill", started.elapsed());
+            let (next, took) = kill_leader(cluster, &leader).await;
+            eprintln!(
+                "leader-killed: {leader} killed while echo-v1 rolled; {next} leads, {took:?} after the kill"
+            );
             cluster.kubectl_ok(&["rollout", "status", "-n", ns, "deployment/echo-v1", "--timeout=300s"]);
         };
         let ((), figures) = self.under_load("leader-killed", failover).await;
@@ -374,41 +356,6 @@ spec:
     - {{ name: sleep, image: braid.dev/braid-testapps:dev, imagePullPolicy: Never, command: [echo, --name, sleep] }}
 "#
     )
-}
-
-fn lease(cluster: &Cluster) -> Value {
-    let out = cluster.kubectl_ok(&["get", "lease", "braid-operator", "-n", "braid-system", "-o", "json"]);
-    serde_json::from_str(&out).unwrap_or_else(|err| panic!("lease braid-operator: {err}: {out}"))
-}
-
-fn lease_holder(cluster: &Cluster) -> String {
-    let lease = lease(cluster);
-    lease["spec"]["holderIdentity"]
-        .as_str()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| panic!("no operator holds the lease: {lease}"))
-        .to_owned()
-}
-
-/// Sends SIGKILL to the process of container `binary` in pod `pod` (found on this machine, where
-/// the node runs its containers, by its HOSTNAME) and returns its pid.
-fn kill_container_process(pod: &str, binary: &str) -> u32 {
-    let hostname = format!("HOSTNAME={pod}");
-    let pid = std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let first = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            String::from_utf8_lossy(first).ends_with(binary)
-                && environ.split(|b| *b == 0).any(|var| var == hostname.as_bytes())
-        })
-        .unwrap_or_else(|| panic!("no {binary} process of pod {pod} on this machine"));
-    let status =
-        std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().expect("kill runs");
-    assert!(status.success(), "kill -KILL {pid}: {status}");
-    pid
 }
 
 /// The trust bundle published in `ns`.
