@@ -61,8 +61,10 @@ cmd_build() {
 
 # One-layer OCI archive $2 of root filesystem $1, tagged $3, with entrypoint $4.
 archive() {
-  local rootfs=$1 tar=$2 tag=$3 entrypoint=$4 layout
-  layout=$(mktemp -d)
+  local rootfs=$1 tar=$2 tag=$3 entrypoint=$4 scratch layout
+  scratch=$(mktemp -d)
+  # umoci creates the layout directory itself and refuses one that exists.
+  layout=$scratch/layout
   umoci init --layout "$layout" >/dev/null
   umoci new --image "$layout:$tag" >/dev/null
   umoci insert --image "$layout:$tag" "$rootfs" / >/dev/null
@@ -70,7 +72,7 @@ archive() {
     --config.env PATH=/usr/local/bin:/usr/bin:/bin >/dev/null
   umoci gc --layout "$layout" >/dev/null
   tar -C "$layout" -cf "$tar" .
-  rm -rf "$layout"
+  rm -rf "$scratch"
 }
 
 cmd_images() {

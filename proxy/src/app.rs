@@ -66,6 +66,12 @@ pub fn discovery_from_env(var: impl Fn(&str) -> Option<String>) -> Result<Option
             serde_json::from_str(&json).map_err(|e| invalid(env::INBOUND_PROBES, &json, e.to_string()))?
         }
     };
+    let pod_ips = match non_empty(env::POD_IP) {
+        None => Vec::new(),
+        Some(ip) => {
+            vec![ip.parse().map_err(|e: std::net::AddrParseError| invalid(env::POD_IP, &ip, e.to_string()))?]
+        }
+    };
     let startup_policy = match non_empty(env::DEFAULT_INBOUND_POLICY) {
         // Without it the proxy admits nobody until the server answers (see DiscoveryConfig).
         None => None,
@@ -84,6 +90,7 @@ pub fn discovery_from_env(var: impl Fn(&str) -> Option<String>) -> Result<Option
         pod_name,
         initial_timeout: default_initial_timeout(),
         idle_timeout: default_destination_idle_timeout(),
+        pod_ips,
         startup_policy,
     }))
 }
@@ -300,6 +307,7 @@ mod tests {
                 "BRAID_DISCOVERY_ADDR" => "braid-discovery.braid-system.svc:8086",
                 "BRAID_POD_NAMESPACE" => "shop",
                 "BRAID_POD_NAME" => "web-7d9f-abcde",
+                "BRAID_POD_IP" => "10.244.0.7",
                 _ => return None,
             };
             Some(value.to_owned())
@@ -311,6 +319,10 @@ mod tests {
             (discovery.pod_namespace.as_str(), discovery.pod_name.as_str()),
             ("shop", "web-7d9f-abcde")
         );
+        assert_eq!(discovery.pod_ips, ["10.244.0.7".parse::<std::net::IpAddr>().unwrap()]);
+        let bad_ip = |name: &str| if name == "BRAID_POD_IP" { Some("10.244.0".to_owned()) } else { env(name) };
+        let error = discovery_from_env(bad_ip).unwrap_err().to_string();
+        assert!(error.starts_with("BRAID_POD_IP=\"10.244.0\": invalid IP address"), "{error}");
         let missing = |name: &str| if name == "BRAID_POD_NAME" { Some(String::new()) } else { env(name) };
         assert!(discovery_from_env(missing).unwrap().is_none());
         assert_eq!(discovery.startup_policy, None, "no default from the webhook: closed until discovery");
@@ -355,7 +367,7 @@ mod tests {
             default_identity: None,
             default_discovery: discovery_from_env(|name| match name {
                 "BRAID_DISCOVERY_ADDR" => Some("discovery.test:8086".into()),
-                "BRAID_DEFAULT_INBOUND_POLICY" | "BRAID_INBOUND_PROBES" => None,
+                "BRAID_DEFAULT_INBOUND_POLICY" | "BRAID_INBOUND_PROBES" | "BRAID_POD_IP" => None,
                 _ => Some("x".into()),
             })
             .unwrap(),

@@ -28,6 +28,9 @@ pub struct Endpoint {
     /// The SPIFFE id the endpoint must prove (mTLS), or empty (plaintext).
     pub identity: Label,
     pub pool: Pool,
+    /// For this pod itself (`EndpointConfig::local`): the pool of HTTP/2 connections to the app,
+    /// for requests that came in as HTTP/2 (`pool` is then HTTP/1.1), as on the inbound side.
+    local_http2: Option<Pool>,
     /// How opaque TCP reaches it: TLS with ALPN braid/opaque when it has an identity.
     pub opaque_tls: Option<TlsTarget>,
     pending: AtomicU32,
@@ -52,6 +55,23 @@ impl Endpoint {
         store: Option<&Arc<IdentityStore>>,
     ) -> Self {
         let protocol = if meshed || http2 { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
+        Self::with_protocol(addr, meshed, protocol, identity, store)
+    }
+
+    /// This pod itself: requests go straight to the app, each in the protocol it came in.
+    pub fn local(addr: SocketAddr) -> Self {
+        let mut endpoint = Self::with_protocol(addr, false, UpstreamProtocol::Http1, None, None);
+        endpoint.local_http2 = Some(Pool::new(addr, UpstreamProtocol::Http2));
+        endpoint
+    }
+
+    fn with_protocol(
+        addr: SocketAddr,
+        meshed: bool,
+        protocol: UpstreamProtocol,
+        identity: Option<&str>,
+        store: Option<&Arc<IdentityStore>>,
+    ) -> Self {
         let tls = |alpn| match (identity, store) {
             (Some(identity), Some(store)) => Some(TlsTarget::new(store.clone(), identity.to_owned(), alpn)),
             _ => None,
@@ -61,6 +81,7 @@ impl Endpoint {
             meshed,
             identity: Label::new(identity.unwrap_or("")),
             pool: Pool::with_tls(addr, protocol, tls(ALPN_H2)),
+            local_http2: None,
             opaque_tls: tls(ALPN_OPAQUE),
             pending: AtomicU32::new(0),
             health: Mutex::new(Health {
@@ -71,6 +92,20 @@ impl Endpoint {
                 ejections: 0,
             }),
         }
+    }
+
+    /// The pool a request of `version` goes through.
+    #[inline]
+    pub fn pool_for(&self, version: http::Version) -> &Pool {
+        match &self.local_http2 {
+            Some(http2) if version == http::Version::HTTP_2 => http2,
+            _ => &self.pool,
+        }
+    }
+
+    /// Whether this endpoint is this pod itself.
+    pub fn is_local(&self) -> bool {
+        self.local_http2.is_some()
     }
 
     fn health(&self) -> Health {

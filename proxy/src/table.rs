@@ -193,7 +193,7 @@ impl Table {
                         let key = (
                             service.name.as_str().to_owned(),
                             endpoint.addr,
-                            endpoint.meshed,
+                            endpoint.meshed || endpoint.is_local(),
                             endpoint.identity.as_str().to_owned(),
                         );
                         reusable.insert(key, endpoint.clone());
@@ -269,7 +269,8 @@ fn authority_host(authority: &str) -> &str {
     authority.rsplit_once(':').map_or(authority, |(host, _)| host)
 }
 
-/// What makes an endpoint the same across a reload: service, address, and how it is reached.
+/// What makes an endpoint the same across a reload: service, address, and how it is reached
+/// (through a proxy or directly to this pod's app: either way, never plain HTTP to a remote).
 type EndpointKey = (String, SocketAddr, bool, String);
 
 fn compile_service(
@@ -290,18 +291,26 @@ fn compile_service(
                     let key = (
                         service.name.clone(),
                         endpoint.address,
-                        endpoint.meshed,
+                        endpoint.meshed || endpoint.local,
                         expected.unwrap_or("").to_owned(),
                     );
-                    reusable.get(&key).cloned().unwrap_or_else(|| {
-                        Arc::new(Endpoint::new(
-                            endpoint.address,
-                            endpoint.meshed,
-                            endpoint.http2,
-                            expected,
-                            identity,
-                        ))
-                    })
+                    reusable
+                        .get(&key)
+                        .filter(|reused| reused.is_local() == endpoint.local)
+                        .cloned()
+                        .unwrap_or_else(|| {
+                            Arc::new(if endpoint.local {
+                                Endpoint::local(endpoint.address)
+                            } else {
+                                Endpoint::new(
+                                    endpoint.address,
+                                    endpoint.meshed,
+                                    endpoint.http2,
+                                    expected,
+                                    identity,
+                                )
+                            })
+                        })
                 })
                 .collect(),
             metrics: std::sync::OnceLock::new(),

@@ -594,3 +594,27 @@ async fn a_pod_ip_known_from_discovery_is_mtls_to_its_identity_and_an_unknown_on
     let denied = metric(&pod.metrics().await, "inbound_authz_deny_total", &[("protocol", "tcp")]);
     assert_eq!(denied, Some(1.0), "the pod's proxy refused the plaintext connection");
 }
+
+#[tokio::test]
+async fn an_endpoint_at_the_pods_own_ip_is_its_app_reached_directly_in_the_requests_protocol() {
+    // The operator names every pod of a Service as a meshed endpoint with its identity, this pod
+    // included. The proxy's own connections are not redirected, so mTLS to its own pod IP would
+    // reach the app's port, which does not speak TLS: the app calling its own Service would fail
+    // whenever the balancer picked this pod.
+    let app = Upstream::start("self").await;
+    let mesh = mesh(&[cluster_ip()], "3s, podIps: [\"127.0.0.1\"]", "").await;
+    let mut service = pod_answer(app.addr, "self-0", FRONTEND);
+    service.name = "web.shop.svc.cluster.local".into();
+    service.addresses = vec![cluster_ip()];
+    mesh.server.set(CLUSTER_IP, Answer::Service(service));
+
+    assert_eq!(get_via(&mesh, cluster_ip(), "/").await, (StatusCode::OK, "self".to_owned()));
+    assert_eq!(*app.last_version.lock().unwrap(), Some(http::Version::HTTP_11));
+    // gRPC and other HTTP/2 clients keep HTTP/2 to the app, whatever the Service port says.
+    let listener = mesh.proxy.running().fixed_destinations[&cluster_ip()];
+    let request = Request::get(format!("http://{listener}/")).body(full("")).unwrap();
+    let (status, _, body) = send(&http2_client(), request).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "self"));
+    assert_eq!(*app.last_version.lock().unwrap(), Some(http::Version::HTTP_2));
+    assert_eq!(app.hits(), 2);
+}

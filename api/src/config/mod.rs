@@ -68,6 +68,10 @@ pub struct DiscoveryConfig {
     /// again. Bounds what a proxy holds for an app that calls many short-lived pods.
     #[serde(default = "default_destination_idle_timeout", with = "duration_text")]
     pub idle_timeout: Duration,
+    /// This pod's IPs (the webhook passes `status.podIP`): a discovered endpoint at one of them
+    /// is this pod itself, reached directly (`EndpointConfig::local`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_ips: Vec<std::net::IpAddr>,
     /// The inbound policy until the discovery server sends the pod's (the webhook writes the
     /// pod's default inbound policy here). Without it, and without `inbound.policy`, inbound
     /// connections are refused until then: a proxy never admits more than its policy would.
@@ -482,6 +486,12 @@ pub struct EndpointConfig {
     /// when its certificate names anyone else. Needs `identity` and `meshed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// The endpoint is this pod itself (its own pod IP): a request the balancer gives it goes
+    /// straight to the app, in the protocol the request came in, as the app calling itself by
+    /// pod IP would. Through mTLS it would reach the app's port directly (the proxy's own
+    /// connections are not redirected), which does not speak TLS. Not with `meshed`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -67,6 +67,10 @@ fn refuses_bad_files_with_the_field_and_the_reason() {
             "services[0].routes[0].matches[0].headers[0].regex: not a regular expression",
         ),
         (&SEED.replace("method: GET", "method: \"G T\""), "is not an HTTP method"),
+        (
+            &SEED.replace("meshed: true", "meshed: true, local: true"),
+            "services[0].backends[0].endpoints[0].local: a local endpoint is this pod's own app",
+        ),
         (&SEED.replace("attempts: 3", "attempts: 0"), "retries.attempts: must be between 1 and 10"),
         (&SEED.replace("weight: 80", "weight: 0").replace("weight: 20", "weight: 0"), "weights are all 0"),
         (

@@ -129,6 +129,12 @@ impl Config {
                     return invalid(at(&format!(".backends[{b}].name")), "two backends have this name");
                 }
                 for (e, endpoint) in backend.endpoints.iter().enumerate() {
+                    if endpoint.local && endpoint.meshed {
+                        return invalid(
+                            at(&format!(".backends[{b}].endpoints[{e}].local")),
+                            "a local endpoint is this pod's own app, reached directly: it cannot be meshed too",
+                        );
+                    }
                     let Some(identity) = &endpoint.identity else { continue };
                     let at = at(&format!(".backends[{b}].endpoints[{e}].identity"));
                     if SpiffeId::parse(identity).is_none() {

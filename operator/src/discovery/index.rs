@@ -691,6 +691,7 @@ impl Index {
                     meshed: true,
                     http2,
                     identity: Some(self.spiffe_id(namespace, &pod.service_account)),
+                    local: false,
                 }],
             }],
             routes,
@@ -769,6 +770,7 @@ impl Index {
                         meshed: meshed.is_some(),
                         http2: service_port.http2 || slice_port.http2,
                         identity: meshed.map(|pod| self.spiffe_id(&key.0, &pod.service_account)),
+                        local: false,
                     });
                 }
             }
@@ -1165,6 +1167,7 @@ mod tests {
                 meshed: true,
                 http2: false,
                 identity: Some("spiffe://cluster.local/ns/shop/sa/reviews".to_owned()),
+                local: false,
             }]
         );
         let routes: Vec<_> = service.routes.iter().map(|r| r.name.as_deref()).collect();

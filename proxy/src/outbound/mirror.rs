@@ -53,15 +53,11 @@ pub fn mirror(
         let _slot = slot;
         let Some(backend) = service.backends.get(backend) else { return };
         let Some(endpoint) = balance::pick(&backend.endpoints, Instant::now()) else { return };
-        let request = upstream_request(
-            &mut parts,
-            ProxyBody::text(body),
-            endpoint.pool.protocol(),
-            endpoint.meshed,
-            false,
-        );
+        let pool = endpoint.pool_for(parts.version);
+        let request =
+            upstream_request(&mut parts, ProxyBody::text(body), pool.protocol(), endpoint.meshed, false);
         let copy = async {
-            let Ok(response) = endpoint.pool.send(request).await else { return };
+            let Ok(response) = pool.send(request).await else { return };
             // Read through, so that the connection returns to the pool; nothing is kept.
             let mut body = response.into_body();
             while let Some(frame) = body.frame().await {

@@ -78,11 +78,11 @@ pub async fn send_with_retries(
         };
         let mut try_parts =
             if last { std::mem::replace(&mut parts, empty_parts()) } else { clone_parts(&parts) };
-        let request =
-            upstream_request(&mut try_parts, request_body, endpoint.pool.protocol(), endpoint.meshed, false);
+        let pool = endpoint.pool_for(try_parts.version);
+        let request = upstream_request(&mut try_parts, request_body, pool.protocol(), endpoint.meshed, false);
         let in_flight = endpoint.start();
         let outcome = match per_try_timeout {
-            Some(timeout) => match tokio::time::timeout(timeout, endpoint.pool.send(request)).await {
+            Some(timeout) => match tokio::time::timeout(timeout, pool.send(request)).await {
                 Ok(result) => result.map_err(Failure::Upstream),
                 Err(_) => {
                     registry
@@ -97,7 +97,7 @@ pub async fn send_with_retries(
                     Err(Failure::PerTryTimeout { addr: endpoint.addr, timeout })
                 }
             },
-            None => endpoint.pool.send(request).await.map_err(Failure::Upstream),
+            None => pool.send(request).await.map_err(Failure::Upstream),
         };
         drop(in_flight);
         let healthy = matches!(&outcome, Ok(response) if !response.status().is_server_error());

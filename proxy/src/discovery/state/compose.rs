@@ -2,7 +2,7 @@
 //! collide with it or each other, and the inbound policy, checked as a whole.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use braid_api::config::{Config, DefaultInboundPolicy, PolicyConfig, ServiceConfig};
 
@@ -30,6 +30,20 @@ pub(super) fn with_own_address(name: &str, mut service: ServiceConfig) -> Servic
         && !service.addresses.contains(&addr)
     {
         service.addresses.push(addr);
+    }
+    service
+}
+
+/// `service` as this pod reaches it: its endpoints at one of the pod's own IPs are the pod
+/// itself, reached directly rather than through mTLS to its own proxy (`EndpointConfig::local`).
+fn as_seen_from(service: &ServiceConfig, pod_ips: &[IpAddr]) -> ServiceConfig {
+    let mut service = service.clone();
+    for endpoint in service.backends.iter_mut().flat_map(|backend| backend.endpoints.iter_mut()) {
+        if pod_ips.contains(&endpoint.address.ip()) {
+            endpoint.local = true;
+            endpoint.meshed = false;
+            endpoint.identity = None;
+        }
     }
     service
 }
@@ -85,6 +99,7 @@ pub(super) fn compose(
         discovered.push((seq, name, service));
     }
     discovered.sort_by_key(|(seq, name, _)| (*seq, *name));
+    let pod_ips = state.file.discovery.as_ref().map_or(&[][..], |discovery| &discovery.pod_ips[..]);
     let mut shadowed = Vec::new();
     for (_, destination, service) in discovered {
         let names: Vec<String> =
@@ -113,7 +128,7 @@ pub(super) fn compose(
         for address in &service.addresses {
             addresses.insert(*address, owner.clone());
         }
-        config.services.push(service.clone());
+        config.services.push(as_seen_from(service, pod_ips));
     }
     // With discovery on, the inbound policy comes from the server once it has sent one. Until
     // then: the file's, else the pod's default from the webhook, else nobody but the probes.

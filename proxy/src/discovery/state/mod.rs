@@ -475,6 +475,7 @@ mod tests {
                     meshed: false,
                     http2: false,
                     identity: None,
+                    local: false,
                 }],
             }],
             routes: vec![RouteConfig {
@@ -505,6 +506,7 @@ mod tests {
             pod_name: "web-0".into(),
             initial_timeout: std::time::Duration::from_millis(200),
             idle_timeout: std::time::Duration::from_secs(60),
+            pod_ips: vec!["10.0.0.9".parse().unwrap()],
             startup_policy,
         };
         let shared = Given {
