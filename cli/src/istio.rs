@@ -211,7 +211,12 @@ pub fn virtual_service(
         }
     }
     let mut out = Vec::new();
+    // What the VirtualService as a whole loses heads every MeshRoute; what a rule loses heads
+    // the MeshRoute of the host it was converted for.
+    let common = std::mem::take(&mut ctx.left_out);
+    let mut all = common.clone();
     for target in &targets {
+        ctx.left_out = common.clone();
         let mut names = RuleNames::default();
         let mut route_rules = Vec::new();
         for (r, rule) in http.iter().enumerate() {
@@ -232,6 +237,7 @@ pub fn virtual_service(
                 "spec.http",
                 format!("no rule for {} could be converted, so no MeshRoute is written for it", target.name),
             );
+            merge(&mut all, &ctx.left_out);
             continue;
         }
         if route_rules.len() > 32 {
@@ -244,18 +250,23 @@ pub fn virtual_service(
             MeshRouteSpec { service: target.name.clone(), port: None, rules: route_rules, canary: None },
         );
         route.metadata.namespace.clone_from(&target.namespace);
-        out.push(route);
-    }
-    let converted = out
-        .into_iter()
-        .map(|route| Converted {
+        merge(&mut all, &ctx.left_out);
+        out.push(Converted {
             document: ctx.document,
             object: ctx.object.clone(),
             body: Body::MeshRoute(Box::new(route)),
-            left_out: ctx.left_out.clone(),
-        })
-        .collect();
-    Ok((converted, ctx.left_out))
+            left_out: std::mem::take(&mut ctx.left_out),
+        });
+    }
+    Ok((out, all))
+}
+
+fn merge(all: &mut Vec<LeftOut>, items: &[LeftOut]) {
+    for item in items {
+        if !all.contains(item) {
+            all.push(item.clone());
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -78,8 +78,8 @@ impl fmt::Display for LeftOut {
 #[derive(Debug, Clone)]
 pub enum Body {
     MeshRoute(Box<MeshRoute>),
-    /// A `gateway.networking.k8s.io/v1` HTTPRoute.
-    HttpRoute(Value),
+    /// A `gateway.networking.k8s.io/v1` HTTPRoute, in the operator's own type: what Braid reads.
+    HttpRoute(Box<braid_operator::gateway::types::HTTPRoute>),
 }
 
 /// One output document and what its source lost on the way.
@@ -115,7 +115,7 @@ impl Conversion {
             }
             let rendered = match &doc.body {
                 Body::MeshRoute(route) => serde_saphyr::to_string(route.as_ref()),
-                Body::HttpRoute(value) => serde_saphyr::to_string(value),
+                Body::HttpRoute(route) => serde_saphyr::to_string(route.as_ref()),
             }
             .map_err(|err| invalid(doc.document, 0, &doc.object, "", format!("cannot write YAML: {err}")))?;
             out.push_str(&rendered);
@@ -323,17 +323,25 @@ fn parse(input: &str) -> Result<Vec<Source>, ConvertError> {
             let at = err
                 .location()
                 .map_or(line, |l| line + usize::try_from(l.line()).unwrap_or(1).saturating_sub(1));
-            ConvertError::Yaml {
-                document,
-                line: at,
-                reason: err.to_string().lines().next().unwrap_or("").to_owned(),
-            }
+            ConvertError::Yaml { document, line: at, reason: yaml_reason(&err.to_string()) }
         })?;
         let first_content =
             text.lines().position(|l| !(l.trim().is_empty() || l.trim_start().starts_with('#')));
         sources.push(Source { document, line: line + first_content.unwrap_or(0), value });
     }
     Ok(sources)
+}
+
+/// The parser's message without its own position, which counts lines from the document's start
+/// and would contradict the line of the whole stream given beside it.
+fn yaml_reason(message: &str) -> String {
+    let first = message.lines().next().unwrap_or_default();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let position = regex::Regex::new(r"^line \d+ column (\d+): (.*)$").ok();
+    match position.and_then(|re| re.captures(first).map(|c| (c[1].to_owned(), c[2].to_owned()))) {
+        Some((column, reason)) => format!("{reason} (column {column})"),
+        None => first.to_owned(),
+    }
 }
 
 /// What the cluster would do with a converted MeshRoute: read it back with the API type and run

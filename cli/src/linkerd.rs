@@ -577,7 +577,7 @@ pub fn http_route(source: &Source) -> Result<(Vec<Converted>, Vec<LeftOut>), Con
     let converted = Converted {
         document: ctx.document,
         object: ctx.object.clone(),
-        body: Body::HttpRoute(out),
+        body: Body::HttpRoute(Box::new(parsed)),
         left_out: ctx.left_out.clone(),
     };
     Ok((vec![converted], ctx.left_out))

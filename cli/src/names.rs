@@ -15,7 +15,8 @@ pub fn service_host(host: &str) -> Result<ServiceHost, String> {
     if host.contains('*') {
         return Err(format!("{host:?} is a wildcard host; a MeshRoute governs one Service"));
     }
-    let labels: Vec<&str> = host.split('.').collect();
+    // A fully qualified name may end with the root's dot.
+    let labels: Vec<&str> = host.strip_suffix('.').unwrap_or(host).split('.').collect();
     let (name, namespace) = match labels[..] {
         [name] => (name, None),
         [name, namespace] => (name, Some(namespace)),
@@ -83,6 +84,7 @@ mod tests {
         assert_eq!(host("reviews"), Ok(("reviews".into(), None)));
         assert_eq!(host("reviews.shop"), Ok(("reviews".into(), Some("shop".into()))));
         assert_eq!(host("reviews.shop.svc.cluster.local"), Ok(("reviews".into(), Some("shop".into()))));
+        assert_eq!(host("reviews.shop.svc.cluster.local."), Ok(("reviews".into(), Some("shop".into()))));
         assert!(host("api.example.com").is_err());
         assert!(host("*.shop.svc.cluster.local").is_err());
         assert!(host("Reviews").is_err());
