@@ -196,7 +196,7 @@ pub fn convert(input: &str, options: &Options) -> Result<Conversion, ConvertErro
         duration::to_braid(per_try)
             .map_err(|reason| ConvertError::Option { option: "--linkerd-per-try-timeout", reason })?;
     }
-    let sources = parse(input)?;
+    let sources = expand_lists(parse(input)?);
     let mut kinds = Vec::with_capacity(sources.len());
     for source in &sources {
         kinds.push(kind_of(source)?);
@@ -330,6 +330,25 @@ fn parse(input: &str) -> Result<Vec<Source>, ConvertError> {
         sources.push(Source { document, line: line + first_content.unwrap_or(0), value });
     }
     Ok(sources)
+}
+
+/// The items of a `kind: List` (what `kubectl get -o yaml` writes) as documents of their own,
+/// under the List's document number.
+fn expand_lists(sources: Vec<Source>) -> Vec<Source> {
+    let mut out = Vec::with_capacity(sources.len());
+    for source in sources {
+        let is_list = source.value.get("kind").and_then(Value::as_str) == Some("List")
+            && source.value.get("apiVersion").and_then(Value::as_str) == Some("v1");
+        match source.value.get("items").and_then(Value::as_array) {
+            Some(items) if is_list => out.extend(items.iter().map(|item| Source {
+                document: source.document,
+                line: source.line,
+                value: item.clone(),
+            })),
+            _ => out.push(source),
+        }
+    }
+    out
 }
 
 /// The parser's message without its own position, which counts lines from the document's start
