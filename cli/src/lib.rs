@@ -402,12 +402,40 @@ fn schema_problems(route: &MeshRoute) -> Option<(String, String)> {
         return Some(("spec.rules".into(), format!("{} rules; a MeshRoute has 1 to 32", spec.rules.len())));
     }
     let percent = |v: i32| (0..=100).contains(&v);
+    let header_name = regex::Regex::new(r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$").ok()?;
     for (i, rule) in spec.rules.iter().enumerate() {
         let at = format!("spec.rules[{i}]");
+        for (m, matching) in rule.matches.iter().enumerate() {
+            if let Some((h, header)) =
+                matching.headers.iter().enumerate().find(|(_, h)| !header_name.is_match(&h.name))
+            {
+                return Some((
+                    format!("{at}.matches[{m}].headers[{h}].name"),
+                    format!("{:?} is not a header name", header.name),
+                ));
+            }
+        }
+        for (side, edits) in
+            [("requestHeaders", &rule.request_headers), ("responseHeaders", &rule.response_headers)]
+        {
+            let names =
+                edits.iter().flat_map(|e| e.set.iter().chain(&e.add).map(|v| &v.name).chain(&e.remove));
+            if let Some(name) = names.into_iter().find(|n| !header_name.is_match(n)) {
+                return Some((format!("{at}.{side}"), format!("{name:?} is not a header name")));
+            }
+        }
         if rule.matches.len() > 16 || rule.backends.is_empty() || rule.backends.len() > 16 {
             return Some((at, "a rule has at most 16 matches and 1 to 16 backends".into()));
         }
         for (b, backend) in rule.backends.iter().enumerate() {
+            if let Some(service) = &backend.service
+                && (service.len() > 63 || !dns_label.is_match(service))
+            {
+                return Some((
+                    format!("{at}.backends[{b}].service"),
+                    format!("{service:?} is not a Service name"),
+                ));
+            }
             if !percent(backend.weight) {
                 return Some((
                     format!("{at}.backends[{b}].weight"),

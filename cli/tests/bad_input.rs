@@ -203,3 +203,22 @@ fn the_binary_exits_1_with_the_error_on_stderr_and_nothing_on_stdout() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot read /nonexistent/routes.yaml"));
 }
+
+#[test]
+fn names_the_api_would_refuse_are_caught_before_they_are_written() {
+    let input = format!(
+        "{VS_HEAD}spec:\n  hosts: [reviews]\n  http:\n  - match: [{{headers: {{\":authority\": {{exact: a}}}}}}]\n    route:\n    - destination: {{host: reviews}}\n"
+    );
+    assert_says(
+        &error(&input),
+        &["spec.rules[0].matches[0].headers[0].name", "\":authority\" is not a header name"],
+    );
+    // A subset of another Service becomes a Service named HOST-SUBSET, which must be a name.
+    let input = format!(
+        "{VS_HEAD}spec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {{host: ratings, subset: V1_beta}}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: ratings}}\nspec: {{host: ratings, subsets: [{{name: V1_beta, labels: {{version: v1}}}}]}}\n"
+    );
+    assert_says(
+        &error(&input),
+        &["spec.rules[0].backends[0].service", "\"ratings-V1_beta\" is not a Service name"],
+    );
+}
