@@ -37,6 +37,8 @@ pub enum ConvertError {
     Yaml { document: usize, line: usize, reason: String },
     #[error("document {document} (line {line}){object}: {field}: {reason}")]
     Invalid { document: usize, line: usize, object: Object, field: String, reason: String },
+    #[error("the input holds no YAML document")]
+    Empty,
     #[error("the option {option}: {reason}")]
     Option { option: &'static str, reason: String },
 }
@@ -196,7 +198,12 @@ pub fn convert(input: &str, options: &Options) -> Result<Conversion, ConvertErro
         duration::to_braid(per_try)
             .map_err(|reason| ConvertError::Option { option: "--linkerd-per-try-timeout", reason })?;
     }
-    let sources = expand_lists(parse(input)?);
+    let sources = parse(input)?;
+    if sources.is_empty() {
+        // An empty file or a wrong pipe would otherwise look like a clean conversion.
+        return Err(ConvertError::Empty);
+    }
+    let sources = expand_lists(sources);
     let mut kinds = Vec::with_capacity(sources.len());
     for source in &sources {
         kinds.push(kind_of(source)?);

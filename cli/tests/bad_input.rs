@@ -40,6 +40,15 @@ fn yaml_that_does_not_parse_names_its_document_and_line() {
 }
 
 #[test]
+fn an_empty_input_is_refused() {
+    assert_eq!(error(""), "the input holds no YAML document");
+    assert_eq!(error("# only a comment\n---\n\n---\n"), "the input holds no YAML document");
+    // An empty List (kubectl found nothing) is a valid, empty conversion.
+    let conversion = convert("apiVersion: v1\nkind: List\nitems: []\n", &Options::default()).unwrap();
+    assert!(conversion.documents.is_empty() && conversion.left_out.is_empty());
+}
+
+#[test]
 fn documents_that_are_not_objects_are_refused() {
     assert_says(&error("- a\n- b\n"), &["document 1", "must be a Kubernetes object (a mapping), not a list"]);
     assert_says(&error("kind: VirtualService\n"), &["document 1", "apiVersion: missing"]);
