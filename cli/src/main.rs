@@ -1,0 +1,75 @@
+//! `braid`: the command line. `braid convert` reads Istio and Linkerd routing resources and
+//! writes Braid's; the work is in the library.
+
+use std::{
+    io::{Read, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use anyhow::Context;
+use braid_cli::{Options, convert};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "braid", version, about = "The Braid service mesh command line")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Convert Istio VirtualServices and DestinationRules, and Linkerd ServiceProfiles and
+    /// HTTPRoutes, into MeshRoutes and Gateway API HTTPRoutes, written to stdout.
+    ///
+    /// What cannot be carried over is listed on stderr, one line per field, and as comments on
+    /// the output document it concerns. Exit status: 0 when everything was converted, 2 when
+    /// something was left out, 1 when the input cannot be converted.
+    Convert {
+        /// A multi-document YAML file; `-` or nothing reads stdin.
+        file: Option<PathBuf>,
+        /// Tries (the first one included) for a retryable ServiceProfile route, 1 to 10.
+        #[arg(long, default_value_t = 3)]
+        linkerd_attempts: i32,
+        /// Time for each try of a retryable ServiceProfile route, like 2s; none by default.
+        #[arg(long)]
+        linkerd_per_try_timeout: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(err) => {
+            let _ = writeln!(std::io::stderr(), "braid: error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let Command::Convert { file, linkerd_attempts, linkerd_per_try_timeout } = Cli::parse().command;
+    let input = match file.as_deref() {
+        None => read_stdin()?,
+        Some(path) if path.as_os_str() == "-" => read_stdin()?,
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?
+        }
+    };
+    let options = Options { linkerd_attempts, linkerd_per_try_timeout };
+    let conversion = convert(&input, &options)?;
+    let yaml = conversion.to_yaml()?;
+    std::io::stdout().write_all(yaml.as_bytes()).context("cannot write to stdout")?;
+    let mut stderr = std::io::stderr().lock();
+    for item in &conversion.left_out {
+        writeln!(stderr, "braid convert: {item}")?;
+    }
+    Ok(if conversion.left_out.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
+
+fn read_stdin() -> anyhow::Result<String> {
+    let mut input = String::new();
+    std::io::stdin().read_to_string(&mut input).context("cannot read stdin")?;
+    Ok(input)
+}
