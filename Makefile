@@ -51,10 +51,8 @@ gateway-api-crds: ## Refresh the chart's copy of the Gateway API CRDs (the relea
 	@bash e2e/cluster/gateway-api.sh chart
 
 .PHONY: conformance
-conformance: tools ## The Gateway API conformance suite's mesh profiles against Braid on the local cluster (Braid installed; see docs/gateway-api.md)
-	@bash e2e/conformance/conformance.sh build
-	@bash e2e/conformance/conformance.sh images
-	@bash e2e/conformance/conformance.sh run
+conformance: tools ## The Gateway API conformance suite's mesh profiles against Braid, installed by Helm on the local cluster (up; images built); see docs/gateway-api.md
+	@bash e2e/conformance/conformance.sh check
 
 .PHONY: helm-lint
 helm-lint: tools ## Lint the Helm chart (strict; values.schema.json checks the default values)
@@ -85,6 +83,7 @@ integration: build ## Tests against the local Kubernetes (which must be up: make
 	@$(CLUSTER) status >/dev/null || { echo "the local cluster is not up: run 'make cluster-up' (or 'make test', which starts it)" >&2; exit 1; }
 	@bash images/build.sh
 	$(CARGO) test -p braid-e2e --locked -- --nocapture
+	@bash e2e/conformance/conformance.sh check
 
 .PHONY: e2e
 e2e: ## Start the local Kubernetes if needed, run the tests against it, stop it if it was started here

@@ -10,6 +10,9 @@
 #   conformance.sh run      run the suite against the cluster (Braid installed, e.g. by Helm), with the
 #                           test namespaces labelled for injection; the report goes to
 #                           $BRAID_CONFORMANCE_REPORT (default: the tools cache, conformance-report.yaml)
+#   conformance.sh check    what `make test` runs: build (when the pinned modules changed), images,
+#                           Braid installed by Helm from the local images, run, the report's summary,
+#                           Braid uninstalled; fails when a test of the profiles fails
 #
 # Environment: KUBECONFIG (default: the local cluster's), BRAID_TOOLS_DIR as for build-tools.sh.
 set -euo pipefail
@@ -43,6 +46,11 @@ manifest_images() {
     sed 's/^image: //' | sort -u
 }
 
+# What the binaries were built from: both pinned module lists.
+build_stamp() {
+  cat "$TOOLS/gateway-api/go.sum" "$TOOLS/istio-echo/go.sum" | sha256sum | cut -d' ' -f1
+}
+
 cmd_build() {
   local t0=$SECONDS istio
   log "building the suite, echo-basic and Istio's echo app into $OUT ..."
@@ -56,6 +64,7 @@ cmd_build() {
   istio=$(cd "$TOOLS/istio-echo" && go list -mod=readonly -m -f '{{.Dir}}' istio.io/istio)
   install -m 0644 "$istio/tests/testdata/certs/dns/cert-chain.pem" "$OUT/echo-cert.crt"
   install -m 0644 "$istio/tests/testdata/certs/dns/key.pem" "$OUT/echo-cert.key"
+  build_stamp >"$OUT/.built"
   log "built in $((SECONDS - t0)) s"
 }
 
@@ -106,7 +115,7 @@ cmd_images() {
 }
 
 # Features Braid claims beyond the profiles' core (docs/gateway-api.md says what each field does).
-FEATURES=Mesh,HTTPRoute,GRPCRoute,MeshClusterIPMatching,MeshHTTPRouteQueryParamMatching,MeshHTTPRouteNamedRouteRule
+FEATURES=Mesh,HTTPRoute,GRPCRoute,MeshClusterIPMatching,MeshHTTPRouteQueryParamMatching,MeshHTTPRouteNamedRouteRule,MeshHTTPRouteRewritePath,MeshHTTPRouteSchemeRedirect,MeshHTTPRouteRedirectPort,MeshHTTPRouteRedirectPath,HTTPRoute303RedirectStatusCode,HTTPRoute307RedirectStatusCode,HTTPRoute308RedirectStatusCode
 
 cmd_run() {
   local report=${BRAID_CONFORMANCE_REPORT:-$OUT/conformance-report.yaml}
@@ -123,12 +132,37 @@ cmd_run() {
     --report-output="$report" "$@"
 }
 
+# The summary of a report: each profile's core and extended results.
+summarize() {
+  sed -n '/^profiles:/,$p' "$1" | grep -E '^ *(- )?(name|result|Passed|Failed|Skipped|core|extended):|^ *- [A-Z][A-Za-z0-9]*$' || true
+}
+
+cmd_check() {
+  local t0=$SECONDS report=${BRAID_CONFORMANCE_REPORT:-$ROOT/target/conformance/report.yaml} status=0
+  local state=${XDG_CACHE_HOME:-$HOME/.cache}/braid/cluster
+  export KUBECONFIG=${KUBECONFIG:-$state/admin.kubeconfig}
+  [ -x "$state/bin/helm" ] || die "the local cluster is not up: make cluster-up"
+  if [ "$(cat "$OUT/.built" 2>/dev/null)" != "$(build_stamp)" ]; then cmd_build; fi
+  cmd_images
+  mkdir -p "$(dirname "$report")"
+  "$state/bin/kubectl" delete mesh default --ignore-not-found >/dev/null 2>&1 || true
+  "$state/bin/helm" upgrade --install braid "$ROOT/helm/braid" -n braid-system --create-namespace \
+    --set image.pullPolicy=Never --wait --timeout 5m >/dev/null
+  BRAID_CONFORMANCE_REPORT=$report cmd_run || status=$?
+  "$state/bin/helm" uninstall braid -n braid-system --wait >/dev/null 2>&1 || true
+  [ -f "$report" ] || die "the suite wrote no report (exit $status)"
+  log "report: $report (Gateway API $VERSION, mesh profiles), $((SECONDS - t0)) s in all:"
+  summarize "$report" >&2
+  [ "$status" = 0 ] || die "a conformance test failed (exit $status): see the test output above and $report"
+}
+
 case ${1:-} in
 build) cmd_build ;;
+check) cmd_check ;;
 images) cmd_images ;;
 run)
   shift
   cmd_run "$@"
   ;;
-*) die "usage: conformance.sh build | images | run [SUITE FLAGS]" ;;
+*) die "usage: conformance.sh build | images | run [SUITE FLAGS] | check" ;;
 esac

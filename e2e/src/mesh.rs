@@ -100,6 +100,18 @@ impl Drop for Release {
     }
 }
 
+/// Labels `ns` for injection, applies `yaml` (the echo apps and what goes with them) and waits
+/// until echo v1 and v2 have rolled out (`timeout`, as kubectl writes it), so their pods have
+/// sidecars.
+pub fn deploy_meshed_echo(cluster: &Cluster, ns: &str, yaml: &str, timeout: &str) {
+    cluster.kubectl_ok(&["label", "namespace", ns, "braid.dev/inject=enabled", "--overwrite"]);
+    apply(cluster, yaml);
+    for deployment in ["echo-v1", "echo-v2"] {
+        let deployment = format!("deployment/{deployment}");
+        cluster.kubectl_ok(&["rollout", "status", "-n", ns, &deployment, &format!("--timeout={timeout}")]);
+    }
+}
+
 /// Deployment and Service `echo-VERSION`: `replicas` echo servers as ServiceAccount `echo`, with
 /// `env` (`, {name: .., value: ..}` items) added to their environment.
 pub fn echo(ns: &str, version: &str, replicas: u32, env: &str) -> String {

@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use braid_e2e::mesh::{
-    LoadRun, LoadSpec, Release, Sidecar, apply, check_prerequisites, count, echo, install, kill_leader,
-    lease_holder,
+    LoadRun, LoadSpec, Release, Sidecar, apply, check_prerequisites, count, deploy_meshed_echo, echo,
+    install, kill_leader, lease_holder,
 };
 use braid_e2e::{Cluster, TestNamespace, eventually, setup};
 use kube::Client;
@@ -206,18 +206,7 @@ impl Mesh {
         let release = install(cluster, &[]);
         let apps = TestNamespace::create(cluster, &client, "e2e-canary").await;
         let ns = apps.name.as_str();
-        cluster.kubectl_ok(&["label", "namespace", ns, "braid.dev/inject=enabled"]);
-        apply(cluster, &workloads(ns, v2_env));
-        for deployment in ["echo-v1", "echo-v2"] {
-            cluster.kubectl_ok(&[
-                "rollout",
-                "status",
-                "-n",
-                ns,
-                &format!("deployment/{deployment}"),
-                "--timeout=180s",
-            ]);
-        }
+        deploy_meshed_echo(cluster, ns, &workloads(ns, v2_env), "180s");
         Mesh { apps, _release: release, _unused: unused, cluster, client }
     }
 

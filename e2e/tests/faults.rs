@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use braid_e2e::mesh::{
-    LoadRun, LoadSpec, Release, Sidecar, Window, apply, assert_overlaps, check_prerequisites, count, install,
-    kill_leader, lease_holder, programmed, split, strict_policy, url, workloads,
+    LoadRun, LoadSpec, Release, Sidecar, Window, assert_overlaps, check_prerequisites, count,
+    deploy_meshed_echo, install, kill_leader, lease_holder, programmed, split, strict_policy, url, workloads,
 };
 use braid_e2e::{Cluster, TestNamespace, eventually, setup};
 use kube::Client;
@@ -65,23 +65,9 @@ impl Faults {
         let release = install(cluster, &LIFETIMES);
         let apps = TestNamespace::create(cluster, &client, "e2e-faults").await;
         let ns = apps.name.as_str();
-        cluster.kubectl_ok(&["label", "namespace", ns, "braid.dev/inject=enabled"]);
-        apply(cluster, &workloads(ns, REPLICAS));
-        apply(cluster, &strict_policy(ns));
-        apply(
-            cluster,
-            &split(ns, 50, 50, "      retries: { attempts: 3, retryOn: [\"connect-failure\"] }\n"),
-        );
-        for deployment in ["echo-v1", "echo-v2"] {
-            cluster.kubectl_ok(&[
-                "rollout",
-                "status",
-                "-n",
-                ns,
-                &format!("deployment/{deployment}"),
-                "--timeout=300s",
-            ]);
-        }
+        let retries = "      retries: { attempts: 3, retryOn: [\"connect-failure\"] }\n";
+        let yaml = [workloads(ns, REPLICAS), strict_policy(ns), split(ns, 50, 50, retries)].join("\n---\n");
+        deploy_meshed_echo(cluster, ns, &yaml, "300s");
         programmed(cluster, ns).await;
         Faults { cluster, client, apps, plain, _release: release }
     }

@@ -11,7 +11,8 @@
 use std::time::{Duration, Instant};
 
 use braid_e2e::mesh::{
-    apply, by_version, check_prerequisites, count, inbound_from_client, install, load, split, url, workloads,
+    apply, by_version, check_prerequisites, count, deploy_meshed_echo, inbound_from_client, install, load,
+    split, url, workloads,
 };
 use braid_e2e::{Cluster, TestNamespace, eventually, setup};
 use kube::Client;
@@ -187,18 +188,7 @@ async fn an_httproute_with_a_service_parent_splits_80_20_through_the_sidecars() 
     let release = install(cluster, &[]);
     let apps = TestNamespace::create(cluster, &client, "e2e-gamma").await;
     let ns = apps.name.as_str();
-    cluster.kubectl_ok(&["label", "namespace", ns, "braid.dev/inject=enabled"]);
-    apply(cluster, &workloads(ns, 2));
-    for deployment in ["echo-v1", "echo-v2"] {
-        cluster.kubectl_ok(&[
-            "rollout",
-            "status",
-            "-n",
-            ns,
-            &format!("deployment/{deployment}"),
-            "--timeout=180s",
-        ]);
-    }
+    deploy_meshed_echo(cluster, ns, &workloads(ns, 2), "180s");
     eprintln!("installed in {:?}", started.elapsed());
 
     // The split, and its status.

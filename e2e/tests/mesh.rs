@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use braid_e2e::mesh::{
     LoadRun, LoadSpec, Release, Sidecar, Window, addr, apply, assert_overlaps, by_version,
-    check_prerequisites, count, inbound_from_client, install, load, programmed, route, split, strict_policy,
-    url, workloads,
+    check_prerequisites, count, deploy_meshed_echo, inbound_from_client, install, load, programmed, route,
+    split, strict_policy, url, workloads,
 };
 use braid_e2e::{Cluster, TestNamespace, eventually, setup};
 use k8s_openapi::api::core::v1::Pod;
@@ -105,14 +105,7 @@ impl Mesh {
         eprintln!("installed in {:?}", started.elapsed());
         let apps = TestNamespace::create(cluster, &client, "e2e-mesh").await;
         let ns = apps.name.as_str();
-        kubectl(cluster, &["label", "namespace", ns, "braid.dev/inject=enabled"]);
-        apply(cluster, &workloads(ns, 2));
-        for deployment in ["echo-v1", "echo-v2"] {
-            kubectl(
-                cluster,
-                &["rollout", "status", "-n", ns, &format!("deployment/{deployment}"), "--timeout=180s"],
-            );
-        }
+        deploy_meshed_echo(cluster, ns, &workloads(ns, 2), "180s");
         Mesh { apps, _release: release, _unused: unused, cluster, client }
     }
 

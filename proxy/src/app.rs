@@ -320,7 +320,8 @@ mod tests {
             ("shop", "web-7d9f-abcde")
         );
         assert_eq!(discovery.pod_ips, ["10.244.0.7".parse::<std::net::IpAddr>().unwrap()]);
-        let bad_ip = |name: &str| if name == "BRAID_POD_IP" { Some("10.244.0".to_owned()) } else { env(name) };
+        let bad_ip =
+            |name: &str| if name == "BRAID_POD_IP" { Some("10.244.0".to_owned()) } else { env(name) };
         let error = discovery_from_env(bad_ip).unwrap_err().to_string();
         assert!(error.starts_with("BRAID_POD_IP=\"10.244.0\": invalid IP address"), "{error}");
         let missing = |name: &str| if name == "BRAID_POD_NAME" { Some(String::new()) } else { env(name) };
