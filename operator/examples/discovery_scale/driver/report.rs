@@ -66,7 +66,8 @@ impl Report<'_> {
         };
         let unacked = self.results.iter().filter(|c| c.server_acked.is_none()).count();
         let p99 = percentile(&all, 0.99);
-        let rss_peak = mib(self.after.vm_hwm_kib);
+        // The rollouts run last: their peak is the run's.
+        let rss_peak = mib(self.rollouts.as_ref().map_or(&self.after, |r| &r.after).vm_hwm_kib);
         let pass = |ok: bool| if ok { "**PASS**" } else { "**MISS**" };
         let at_target = w.proxies >= 1000;
         let delta = |a: &ProcStats, b: &ProcStats| (a.rss_anon_kib as f64 - b.rss_anon_kib as f64) * 1024.0;
@@ -75,7 +76,7 @@ impl Report<'_> {
         let _ = writeln!(s, "# Discovery at scale\n");
         let _ = writeln!(
             s,
-            "{} proxies · {} pods · {} Services ({} MeshRoutes) · {} namespaces · {} changes, {} ms apart{}\n",
+            "{} proxies · {} pods · {} Services ({} MeshRoutes) · {} namespaces · {} changes, {} ms apart{}{}\n",
             w.proxies,
             w.pods,
             w.services,
@@ -83,6 +84,10 @@ impl Report<'_> {
             w.namespaces,
             self.args.changes,
             self.args.spacing_ms,
+            match &self.rollouts {
+                Some(r) => format!(" · {} rollouts, interval {}", r.started, r.interval),
+                None => String::new(),
+            },
             if self.args.label.is_empty() { String::new() } else { format!(" · {}", self.args.label) }
         );
         let _ = writeln!(
@@ -362,7 +367,8 @@ fn rollouts_section(s: &mut String, r: &Rollouts, proxies: usize) {
     let _ = writeln!(
         s,
         "- Server CPU per interval ({} intervals of {}): median {}, max {}; {:.2} s over the phase \
-         ({:.1}% of one core). The driver (the proxies) used {:.2} s.",
+         ({:.1}% of one core). The driver (the proxies) used {:.2} s; other processes on the \
+         machine {:.1} core-s.",
         cpu.len(),
         r.interval,
         median_cpu.map_or_else(|| "—".to_owned(), |c| format!("{c:.2} s")),
@@ -370,6 +376,7 @@ fn rollouts_section(s: &mut String, r: &Rollouts, proxies: usize) {
         r.server_cpu,
         r.server_cpu * 100.0 / r.seconds.max(f64::EPSILON),
         r.driver_cpu,
+        r.other_cpu,
     );
     let _ = writeln!(
         s,

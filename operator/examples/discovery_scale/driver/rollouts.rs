@@ -52,6 +52,8 @@ pub struct Rollouts {
     pub seconds: f64,
     pub server_cpu: f64,
     pub driver_cpu: f64,
+    /// CPU of every other process on the machine during the phase, core-seconds.
+    pub other_cpu: f64,
     /// Report messages the proxies sent.
     pub reports: u64,
 }
@@ -88,6 +90,7 @@ pub async fn run(
     let before = server.stats().await?;
     let driver_before = procfs::cpu_seconds("self");
     let server_before = procfs::cpu_seconds(&server.pid);
+    let (machine_before, _) = procfs::machine();
     traffic.on.store(true, Ordering::Relaxed);
     let reports_before = traffic.reports.load(Ordering::Relaxed);
     let started_at = Instant::now();
@@ -166,6 +169,8 @@ pub async fn run(
     traffic.on.store(false, Ordering::Relaxed);
     let server_cpu = procfs::cpu_seconds(&server.pid) - server_before;
     let driver_cpu = procfs::cpu_seconds("self") - driver_before;
+    let (machine_after, _) = procfs::machine();
+    let other_cpu = (machine_after - machine_before - server_cpu - driver_cpu).max(0.0);
     let reports = traffic.reports.load(Ordering::Relaxed) - reports_before;
     let after = server.stats().await?;
 
@@ -197,6 +202,7 @@ pub async fn run(
         seconds,
         server_cpu,
         driver_cpu,
+        other_cpu,
         reports,
     })
 }
