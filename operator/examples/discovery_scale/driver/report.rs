@@ -389,14 +389,18 @@ fn rollouts_section(s: &mut String, r: &Rollouts, proxies: usize) {
         mib(r.after.vm_hwm_kib),
     );
     let by_size = |fanout: bool| {
-        let mut v: Vec<Duration> = r
-            .steps
-            .iter()
-            .filter(|step| (step.subscriptions >= 100) == fanout)
-            .filter_map(|step| step.all_received)
-            .collect();
+        let steps: Vec<&super::rollouts::Step> =
+            r.steps.iter().filter(|step| (step.subscriptions >= 100) == fanout).collect();
+        let mut v: Vec<Duration> = steps.iter().filter_map(|step| step.all_received).collect();
         v.sort();
-        (v.len(), percentile(&v, 0.5), percentile(&v, 0.99), v.last().copied())
+        let subscriptions = match (
+            steps.iter().map(|step| step.subscriptions).min(),
+            steps.iter().map(|step| step.subscriptions).max(),
+        ) {
+            (Some(low), Some(high)) => format!("{low}–{high}"),
+            _ => "—".to_owned(),
+        };
+        (steps.len(), subscriptions, percentile(&v, 0.5), percentile(&v, 0.99), v.last().copied())
     };
     if let Some(slowest) =
         r.steps.iter().filter(|step| step.all_received.is_some()).max_by_key(|step| step.all_received)
@@ -410,10 +414,13 @@ fn rollouts_section(s: &mut String, r: &Rollouts, proxies: usize) {
             ms(slowest.all_received)
         );
     }
-    let _ = writeln!(s, "\n| steps of routes with | steps | p50 | p99 | max |\n|---|---|---|---|---|");
+    let _ = writeln!(
+        s,
+        "\n| steps of routes with | steps | subscriptions per route | p50 | p99 | max |\n|---|---|---|---|---|---|"
+    );
     for (name, fanout) in [("100 or more subscriptions", true), ("fewer", false)] {
-        let (n, p50, p99, max) = by_size(fanout);
-        let _ = writeln!(s, "| {name} | {n} | {} | {} | {} |", ms(p50), ms(p99), ms(max));
+        let (n, subscriptions, p50, p99, max) = by_size(fanout);
+        let _ = writeln!(s, "| {name} | {n} | {subscriptions} | {} | {} | {} |", ms(p50), ms(p99), ms(max));
     }
 }
 
