@@ -84,9 +84,7 @@ fn main() -> anyhow::Result<()> {
     };
     world.check().map_err(anyhow::Error::msg)?;
     if args.rollouts > 0 {
-        let interval = braid_crds::duration::parse_duration(&args.rollout_interval)
-            .map_err(|e| anyhow::anyhow!("--rollout-interval {:?}: {e}", args.rollout_interval))?;
-        anyhow::ensure!(!interval.is_zero(), "--rollout-interval must be longer than 0");
+        check_rollout_interval(&args.rollout_interval).map_err(anyhow::Error::msg)?;
     }
     match args.mode.as_str() {
         "server" => {
@@ -98,5 +96,29 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(driver::main(world, args))
         }
         other => anyhow::bail!("unknown mode {other:?}: drive or server"),
+    }
+}
+
+/// The interval goes into every canary's spec: refused here rather than by the server later.
+fn check_rollout_interval(text: &str) -> Result<(), String> {
+    let interval = braid_crds::duration::parse_duration(text)
+        .map_err(|e| format!("--rollout-interval {text:?}: {e}"))?;
+    if interval.is_zero() {
+        return Err("--rollout-interval must be longer than 0".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_rollout_interval_must_be_a_duration_longer_than_zero() {
+        assert_eq!(super::check_rollout_interval("3s"), Ok(()));
+        let bad = super::check_rollout_interval("3x").expect_err("not a duration");
+        assert!(bad.starts_with("--rollout-interval \"3x\""), "{bad}");
+        assert_eq!(
+            super::check_rollout_interval("0s"),
+            Err("--rollout-interval must be longer than 0".to_owned())
+        );
     }
 }

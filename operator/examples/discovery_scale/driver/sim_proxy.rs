@@ -39,6 +39,7 @@ pub enum Event {
 }
 
 /// One simulated proxy: connect, hello, subscribe, ack everything, tell route updates, report.
+// Each argument is a different thing the task needs; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 pub async fn proxy(
     p: usize,
