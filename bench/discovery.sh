@@ -2,7 +2,9 @@
 # Discovery at scale: PROXIES simulated proxies, in-process clients of the real
 # discovery server (operator/src/discovery/server.rs) over HTTP/2 + mTLS, on a synthetic index of
 # PODS pods and SERVICES Services. Measures how long a MeshRoute change takes to reach every
-# subscribed proxy and to be acked, and the server's memory and CPU per phase.
+# subscribed proxy and to be acked, and the server's memory and CPU per phase; then ROLLOUTS canary
+# rollouts at once, run by the operator's rollout code on what the proxies report: how long each
+# weight step takes to reach every proxy, the server's CPU per interval and its memory.
 # The driver and the proxies run in operator/examples/discovery_scale (driver mode) pinned to
 # CPU 0; it starts the server (the same binary, server mode) pinned to CPU 1, so the server has
 # one core, as an operator with a 1-CPU limit would.
@@ -12,7 +14,8 @@
 # other load. Exits 0 whether or not the targets are met, like the other benchmarks.
 #
 # Knobs: PROXIES (1000), PODS (10000), SERVICES (2000), ROUTES (300), CHANGES (20), SPACING_MS
-# (1000, between the starts of two changes), PIN (1; 0 lets both processes use every CPU),
+# (1000, between the starts of two changes), ROLLOUTS (100; 0 skips the phase), ROLLOUT_INTERVAL
+# (3s, each rollout's spec.canary.interval), PIN (1; 0 lets both processes use every CPU),
 # NICE (0), BIN (a discovery_scale binary to use instead of building it).
 #
 # Every proxy holds one socket in the driver and one in the server: the open-files limit is
@@ -26,6 +29,8 @@ SERVICES=${SERVICES:-2000}
 ROUTES=${ROUTES:-300}
 CHANGES=${CHANGES:-20}
 SPACING_MS=${SPACING_MS:-1000}
+ROLLOUTS=${ROLLOUTS:-100}
+ROLLOUT_INTERVAL=${ROLLOUT_INTERVAL:-3s}
 PIN=${PIN:-1}
 NICE=${NICE:-0}
 BIN=${BIN:-target/release/examples/discovery_scale}
@@ -61,7 +66,8 @@ fi
 
 nice -n "$NICE" "${pin_driver[@]}" "$BIN" drive \
   --proxies "$PROXIES" --pods "$PODS" --services "$SERVICES" --routes "$ROUTES" \
-  --changes "$CHANGES" --spacing-ms "$SPACING_MS" "${pin_server[@]}" \
+  --changes "$CHANGES" --spacing-ms "$SPACING_MS" \
+  --rollouts "$ROLLOUTS" --rollout-interval "$ROLLOUT_INTERVAL" "${pin_server[@]}" \
   --label "$label" --out "$out" >/dev/null
 
 cat "$out"

@@ -5,15 +5,19 @@
 //! server over mTLS), connects PROXIES simulated proxies to it as real clients (each its own
 //! HTTP/2 + TLS 1.3 connection with a workload certificate of that CA, hello as an existing pod,
 //! five subscriptions plus its inbound policy, an ack for every update), then changes MeshRoutes
-//! and measures how long each change takes to reach every subscribed proxy and to be acked.
+//! and measures how long each change takes to reach every subscribed proxy and to be acked. Then
+//! ROLLOUTS routes get a canary (rollouts.rs): the server runs the operator's rollout code on
+//! what the proxies report, and the driver measures how long each weight step takes to reach
+//! every proxy, the server's CPU per interval and its memory.
 //!
 //!   cargo run --release -p braid-operator --example discovery_scale -- \
-//!       --proxies 1000 --pods 10000 --services 2000 --changes 20 --out FILE.md
+//!       --proxies 1000 --pods 10000 --services 2000 --changes 20 --rollouts 100 --out FILE.md
 //!
 //! bench/discovery.sh runs it (and raises the open-files limit it needs: two sockets per proxy).
 
 mod driver;
 mod procfs;
+mod rollouts;
 mod server;
 mod world;
 
@@ -43,6 +47,15 @@ struct Args {
     /// Time between the starts of two changes.
     #[arg(long, default_value_t = 1000)]
     spacing_ms: u64,
+    /// Canary rollouts run at once after the changes (0: none), on the first routes some proxy calls.
+    #[arg(long, default_value_t = 100)]
+    rollouts: usize,
+    /// Each rollout's spec.canary.interval (steps 10, 25, 50, then promoted).
+    #[arg(long, default_value = "3s")]
+    rollout_interval: String,
+    /// Requests per second each proxy sends to each destination during the rollouts (reported).
+    #[arg(long, default_value_t = 50)]
+    rollout_rps: u64,
     /// Handshakes in flight at once while the proxies connect.
     #[arg(long, default_value_t = 32)]
     connect_concurrency: usize,
@@ -70,6 +83,9 @@ fn main() -> anyhow::Result<()> {
         proxies: args.proxies,
     };
     world.check().map_err(anyhow::Error::msg)?;
+    if args.rollouts > 0 {
+        check_rollout_interval(&args.rollout_interval).map_err(anyhow::Error::msg)?;
+    }
     match args.mode.as_str() {
         "server" => {
             let dir = args.ca_dir.ok_or_else(|| anyhow::anyhow!("server mode needs --ca-dir"))?;
@@ -80,5 +96,29 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(driver::main(world, args))
         }
         other => anyhow::bail!("unknown mode {other:?}: drive or server"),
+    }
+}
+
+/// The interval goes into every canary's spec: refused here rather than by the server later.
+fn check_rollout_interval(text: &str) -> Result<(), String> {
+    let interval = braid_crds::duration::parse_duration(text)
+        .map_err(|e| format!("--rollout-interval {text:?}: {e}"))?;
+    if interval.is_zero() {
+        return Err("--rollout-interval must be longer than 0".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_rollout_interval_must_be_a_duration_longer_than_zero() {
+        assert_eq!(super::check_rollout_interval("3s"), Ok(()));
+        let bad = super::check_rollout_interval("3x").expect_err("not a duration");
+        assert!(bad.starts_with("--rollout-interval \"3x\""), "{bad}");
+        assert_eq!(
+            super::check_rollout_interval("0s"),
+            Err("--rollout-interval must be longer than 0".to_owned())
+        );
     }
 }

@@ -6,6 +6,8 @@
 //!                        Programmed condition counts it) prints `acked SEQ TOTAL ACKED MICROS`
 //!                        (MICROS from the command, or `timeout` after 60 s)
 //!   stats                prints `stats JSON` (memory and CPU of this process)
+//!   rollouts COUNT INTERVAL  starts COUNT canary rollouts with that interval (rollouts.rs says
+//!                        what it prints)
 //! and exits at the end of stdin.
 
 use std::collections::HashSet;
@@ -25,6 +27,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::procfs::{self, ProcStats};
+use crate::rollouts;
 use crate::world::{self, World};
 
 /// Memory as the index grows, each step cumulative.
@@ -139,6 +142,10 @@ async fn serve(
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["stats"] => println!("stats {}", serde_json::to_string(&procfs::process("self"))?),
+            ["rollouts", count, interval] => {
+                let routes = world.canary_routes(count.parse()?);
+                rollouts::start(&discovery, &world, &routes, &mut generations, interval)?;
+            }
             ["route", seq, route, weight] => {
                 let received = Instant::now();
                 let (seq, route, weight): (u64, usize, u32) = (seq.parse()?, route.parse()?, weight.parse()?);

@@ -21,7 +21,7 @@ pub const TRUST_DOMAIN: &str = "cluster.local";
 pub const SERVER_NAME: &str = "braid-discovery.bench";
 /// The v1 weight every route starts with.
 pub const INITIAL_WEIGHT: u32 = 90;
-const CREATED: &str = "2026-01-01T00:00:00Z";
+pub const CREATED: &str = "2026-01-01T00:00:00Z";
 
 #[derive(Debug, Clone, Copy)]
 pub struct World {
@@ -32,8 +32,8 @@ pub struct World {
     pub proxies: usize,
 }
 
-/// One simulated proxy: the pod it speaks for and its subscriptions, each with the hot route
-/// whose changes it must see (`None`: not a hot route's Service).
+/// One simulated proxy: the pod it speaks for and its subscriptions, each with the route whose
+/// target Service it is (`None`: not a route's target).
 #[derive(Debug, Clone)]
 pub struct ProxySpec {
     pub namespace: String,
@@ -324,7 +324,11 @@ impl World {
                 format!("{name}.{ns}.svc.{CLUSTER_DOMAIN}:{port}")
             };
             if !destinations.iter().any(|(d, _)| *d == name) {
-                destinations.push((name, None));
+                let route = match self.role(service) {
+                    Role::Root(r) => Some(r),
+                    _ => None,
+                };
+                destinations.push((name, route));
             }
         }
         ProxySpec { namespace, pod: pod_name, service_account, destinations }
@@ -333,6 +337,20 @@ impl World {
     /// The proxies that subscribe to hot route `route`'s Service.
     pub fn subscribers(&self, route: usize) -> Vec<usize> {
         (0..self.proxies).filter(|&p| route == 0 || 1 + p % (HOT - 1) == route).collect()
+    }
+
+    /// The routes of the rollouts phase: the first `count` routes whose Service at least one
+    /// proxy calls (a route nobody calls gets no measurements, so its rollout would only wait).
+    pub fn canary_routes(&self, count: usize) -> Vec<usize> {
+        let mut called = vec![false; self.routes];
+        for p in 0..self.proxies {
+            for (_, route) in self.proxy(p).destinations {
+                if let Some(r) = route {
+                    called[r] = true;
+                }
+            }
+        }
+        (0..self.routes).filter(|&r| called[r]).take(count).collect()
     }
 }
 

@@ -1,13 +1,17 @@
-//! The driver: a CA, the server child, PROXIES simulated proxies, the route changes, the report.
+//! The driver: a CA, the server child, PROXIES simulated proxies, the route changes, the
+//! rollouts, the report.
 //!
 //! Here: the run's phases, in order; `pki` (the CA and the proxies' certificates),
-//! `server_child` (starting and commanding the server), `sim_proxy` (one simulated proxy) and
-//! `report` (the figures as Markdown).
+//! `server_child` (starting and commanding the server), `sim_proxy` (one simulated proxy),
+//! `traffic` (what the proxies report), `rollouts` (the rollouts phase) and `report` (the
+//! figures as Markdown).
 
 mod pki;
 mod report;
+mod rollouts;
 mod server_child;
 mod sim_proxy;
+mod traffic;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -25,6 +29,7 @@ use pki::MeshCa;
 use report::{Change, Report, mib, ms};
 use server_child::ServerChild;
 use sim_proxy::{Event, proxy};
+use traffic::Traffic;
 
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -63,14 +68,15 @@ pub async fn main(world: World, args: Args) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let (events_tx, mut events) = mpsc::unbounded_channel::<Event>();
     let handshakes = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let traffic = Arc::new(Traffic { per_second: args.rollout_rps, ..Traffic::default() });
     let connect_started = Instant::now();
     for (p, spec) in specs.iter().enumerate() {
         let identity = (spec.namespace.clone(), spec.service_account.clone());
         let config = configs.get(&identity).context("a certificate per identity")?.clone();
-        let (spec, events, handshakes, shutdown) =
-            (spec.clone(), events_tx.clone(), handshakes.clone(), shutdown.clone());
+        let (spec, events, handshakes, traffic, shutdown) =
+            (spec.clone(), events_tx.clone(), handshakes.clone(), traffic.clone(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(error) = proxy(p, spec, config, addr, &events, handshakes, shutdown).await {
+            if let Err(error) = proxy(p, spec, config, addr, &events, handshakes, traffic, shutdown).await {
                 let _ = events.send(Event::Failed(p, format!("{error:#}")));
             }
         });
@@ -145,7 +151,7 @@ pub async fn main(world: World, args: Args) -> anyhow::Result<()> {
         while !pending.is_empty() || change.all_acked.is_none() {
             tokio::select! {
                 event = events.recv() => match event {
-                    Some(Event::Update { proxy, route: r, weight: w, at }) => {
+                    Some(Event::Update { proxy, route: r, weight: w, at, .. }) => {
                         if r == route && w == Some(weight) && pending.remove(&proxy) {
                             change.latencies.push(at.saturating_duration_since(sent));
                             if pending.is_empty() {
@@ -190,6 +196,12 @@ pub async fn main(world: World, args: Args) -> anyhow::Result<()> {
     let changes_other = (machine_after - machine_before) - server_changes_cpu - driver_changes_cpu;
     let changes_steal = steal_after - steal_before;
     let after = server.stats().await?;
+
+    let rollouts = if args.rollouts > 0 {
+        Some(rollouts::run(&mut server, &mut events, &specs, &args, &traffic).await?)
+    } else {
+        None
+    };
     let driver = procfs::process("self");
 
     shutdown.cancel();
@@ -214,6 +226,7 @@ pub async fn main(world: World, args: Args) -> anyhow::Result<()> {
         changes_other,
         changes_steal,
         results,
+        rollouts,
         rustc: (rustc_before, procfs::count_named("rustc")),
         load: (load_before, procfs::loadavg()),
     };

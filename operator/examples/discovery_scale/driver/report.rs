@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use super::rollouts::Rollouts;
 use crate::Args;
 use crate::procfs::ProcStats;
 use crate::server::Phases;
@@ -46,6 +47,7 @@ pub struct Report<'a> {
     pub changes_other: f64,
     pub changes_steal: f64,
     pub results: Vec<Change>,
+    pub rollouts: Option<Rollouts>,
     pub rustc: (usize, usize),
     pub load: (String, String),
 }
@@ -64,7 +66,8 @@ impl Report<'_> {
         };
         let unacked = self.results.iter().filter(|c| c.server_acked.is_none()).count();
         let p99 = percentile(&all, 0.99);
-        let rss_peak = mib(self.after.vm_hwm_kib);
+        // The rollouts run last: their peak is the run's.
+        let rss_peak = mib(self.rollouts.as_ref().map_or(&self.after, |r| &r.after).vm_hwm_kib);
         let pass = |ok: bool| if ok { "**PASS**" } else { "**MISS**" };
         let at_target = w.proxies >= 1000;
         let delta = |a: &ProcStats, b: &ProcStats| (a.rss_anon_kib as f64 - b.rss_anon_kib as f64) * 1024.0;
@@ -73,7 +76,7 @@ impl Report<'_> {
         let _ = writeln!(s, "# Discovery at scale\n");
         let _ = writeln!(
             s,
-            "{} proxies · {} pods · {} Services ({} MeshRoutes) · {} namespaces · {} changes, {} ms apart{}\n",
+            "{} proxies · {} pods · {} Services ({} MeshRoutes) · {} namespaces · {} changes, {} ms apart{}{}\n",
             w.proxies,
             w.pods,
             w.services,
@@ -81,6 +84,10 @@ impl Report<'_> {
             w.namespaces,
             self.args.changes,
             self.args.spacing_ms,
+            match &self.rollouts {
+                Some(r) => format!(" · {} rollouts, interval {}", r.started, r.interval),
+                None => String::new(),
+            },
             if self.args.label.is_empty() { String::new() } else { format!(" · {}", self.args.label) }
         );
         let _ = writeln!(
@@ -226,6 +233,13 @@ impl Report<'_> {
             ),
             (format!("after {} changes", self.results.len()), &self.after, Some(&self.connected)),
         ];
+        let rows: Vec<_> = match &self.rollouts {
+            Some(r) => rows
+                .into_iter()
+                .chain([(format!("after {} rollouts", r.started), &r.after, Some(&self.after))])
+                .collect(),
+            None => rows,
+        };
         for (name, stats, base) in rows {
             let _ = writeln!(
                 s,
@@ -284,7 +298,129 @@ impl Report<'_> {
             "\nThe driver process (all simulated proxies) peaked at {:.1} MiB VmRSS.",
             mib(self.driver.vm_hwm_kib)
         );
+        if let Some(rollouts) = &self.rollouts {
+            rollouts_section(&mut s, rollouts, w.proxies);
+        }
         s
+    }
+}
+
+/// The rollouts phase: steps' propagation, the server's CPU per interval and memory, outcomes.
+fn rollouts_section(s: &mut String, r: &Rollouts, proxies: usize) {
+    let mut all: Vec<Duration> = r.steps.iter().filter_map(|step| step.all_received).collect();
+    all.sort();
+    let mut each: Vec<Duration> = r.steps.iter().flat_map(|step| step.latencies.iter().copied()).collect();
+    each.sort();
+    let incomplete = r.steps.iter().filter(|step| step.all_received.is_none()).count();
+    let mut cpu = r.interval_cpu.clone();
+    cpu.sort_by(f64::total_cmp);
+    let median_cpu = cpu.get(cpu.len() / 2).copied();
+    let promoted: Vec<Duration> = {
+        let mut v: Vec<Duration> =
+            r.ended.iter().filter(|(_, phase, _)| phase == "Promoted").map(|(_, _, t)| *t).collect();
+        v.sort();
+        v
+    };
+    let others: Vec<String> = r
+        .ended
+        .iter()
+        .filter(|(_, phase, _)| phase != "Promoted")
+        .map(|(route, phase, _)| format!("route-{route} {phase}"))
+        .collect();
+    let secs =
+        |d: Option<Duration>| d.map_or_else(|| "—".to_owned(), |d| format!("{:.1} s", d.as_secs_f64()));
+    let _ = writeln!(s, "\n## Rollouts\n");
+    let _ = writeln!(
+        s,
+        "{} canary rollouts at once across {proxies} proxies (steps 10, 25, 50 then promoted; interval {}; \
+         minRequests 5), run by the operator's rollout code in the server on what the proxies \
+         reported: every proxy sent {} req/s to each of its destinations while they ran, split by \
+         the weights it last received, and reported them every report interval the server asked \
+         for ({} report messages in {:.1} s).\n",
+        r.started, r.interval, r.per_second, r.reports, r.seconds,
+    );
+    let _ = writeln!(
+        s,
+        "- Promoted: {} of {} (from the start: first {}, median {}, last {}){}.",
+        promoted.len(),
+        r.started,
+        secs(promoted.first().copied()),
+        secs(percentile(&promoted, 0.5)),
+        secs(promoted.last().copied()),
+        if others.is_empty() { String::new() } else { format!("; not promoted: {}", others.join(", ")) },
+    );
+    let _ = writeln!(
+        s,
+        "- A weight step, from the server applying it to the index until every subscribed proxy \
+         had it ({} steps{}): p50 {}, p99 {}, max {}. Per proxy subscription ({} updates): p50 {}, \
+         p99 {}, max {}.",
+        r.steps.len(),
+        if incomplete > 0 { format!(", **{incomplete} never reached every proxy**") } else { String::new() },
+        ms(percentile(&all, 0.5)),
+        ms(percentile(&all, 0.99)),
+        ms(all.last().copied()),
+        each.len(),
+        ms(percentile(&each, 0.5)),
+        ms(percentile(&each, 0.99)),
+        ms(each.last().copied()),
+    );
+    let _ = writeln!(
+        s,
+        "- Server CPU per interval ({} intervals of {}): median {}, max {}; {:.2} s over the phase \
+         ({:.1}% of one core). The driver (the proxies) used {:.2} s; other processes on the \
+         machine {:.1} core-s.",
+        cpu.len(),
+        r.interval,
+        median_cpu.map_or_else(|| "—".to_owned(), |c| format!("{c:.2} s")),
+        cpu.last().map_or_else(|| "—".to_owned(), |c| format!("{c:.2} s")),
+        r.server_cpu,
+        r.server_cpu * 100.0 / r.seconds.max(f64::EPSILON),
+        r.driver_cpu,
+        r.other_cpu,
+    );
+    let _ = writeln!(
+        s,
+        "- Server memory: VmRSS {:.1} MiB before, {:.1} MiB after (RssAnon {:.1} → {:.1} MiB); peak \
+         (VmHWM) {:.1} MiB.",
+        mib(r.before.vm_rss_kib),
+        mib(r.after.vm_rss_kib),
+        mib(r.before.rss_anon_kib),
+        mib(r.after.rss_anon_kib),
+        mib(r.after.vm_hwm_kib),
+    );
+    let by_size = |fanout: bool| {
+        let steps: Vec<&super::rollouts::Step> =
+            r.steps.iter().filter(|step| (step.subscriptions >= 100) == fanout).collect();
+        let mut v: Vec<Duration> = steps.iter().filter_map(|step| step.all_received).collect();
+        v.sort();
+        let subscriptions = match (
+            steps.iter().map(|step| step.subscriptions).min(),
+            steps.iter().map(|step| step.subscriptions).max(),
+        ) {
+            (Some(low), Some(high)) => format!("{low}–{high}"),
+            _ => "—".to_owned(),
+        };
+        (steps.len(), subscriptions, percentile(&v, 0.5), percentile(&v, 0.99), v.last().copied())
+    };
+    if let Some(slowest) =
+        r.steps.iter().filter(|step| step.all_received.is_some()).max_by_key(|step| step.all_received)
+    {
+        let _ = writeln!(
+            s,
+            "- Slowest step: route-{} to canary {}%, {} subscriptions, {}.",
+            slowest.route,
+            slowest.weight,
+            slowest.subscriptions,
+            ms(slowest.all_received)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n| steps of routes with | steps | subscriptions per route | p50 | p99 | max |\n|---|---|---|---|---|---|"
+    );
+    for (name, fanout) in [("100 or more subscriptions", true), ("fewer", false)] {
+        let (n, subscriptions, p50, p99, max) = by_size(fanout);
+        let _ = writeln!(s, "| {name} | {n} | {subscriptions} | {} | {} | {} |", ms(p50), ms(p99), ms(max));
     }
 }
 
@@ -297,7 +433,7 @@ pub fn ms(d: Option<Duration>) -> String {
 }
 
 /// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[Duration], q: f64) -> Option<Duration> {
+pub fn percentile(sorted: &[Duration], q: f64) -> Option<Duration> {
     if sorted.is_empty() {
         return None;
     }

@@ -1,11 +1,12 @@
 //! One simulated proxy: a real discovery client over HTTP/2 and mTLS that subscribes, acks every
-//! update and reports when the hot routes' updates arrive.
+//! update, tells the driver when the routes' updates arrive, and reports its traffic when the
+//! server asks (traffic.rs).
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use braid_api::config::ServiceConfig;
@@ -18,15 +19,18 @@ use rustls::pki_types::ServerName;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use super::traffic::{Calls, Traffic};
 use crate::world::{self, ProxySpec};
 
 /// What a simulated proxy tells the driver.
 pub enum Event {
     /// The proxy has its first answer for every subscription.
     Ready,
-    /// A destination update for hot route `route` carrying v1 weight `weight`, received at `at`.
+    /// An update of destination `subscription` (its index in the spec), route `route`'s target
+    /// Service, carrying v1 weight `weight`, received at `at`.
     Update {
         proxy: usize,
+        subscription: usize,
         route: usize,
         weight: Option<u32>,
         at: Instant,
@@ -34,7 +38,9 @@ pub enum Event {
     Failed(usize, String),
 }
 
-/// One simulated proxy: connect, hello, subscribe, ack everything, report hot-route updates.
+/// One simulated proxy: connect, hello, subscribe, ack everything, tell route updates, report.
+// Each argument is a different thing the task needs; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub async fn proxy(
     p: usize,
     spec: ProxySpec,
@@ -42,6 +48,7 @@ pub async fn proxy(
     addr: SocketAddr,
     events: &mpsc::UnboundedSender<Event>,
     handshakes: Arc<Semaphore>,
+    traffic: Arc<Traffic>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let permit = handshakes.acquire_owned().await?;
@@ -79,9 +86,24 @@ pub async fn proxy(
     let response = sender.send_request(request).await.context("the discovery request")?;
     anyhow::ensure!(response.status() == hyper::StatusCode::OK, "the server answered {}", response.status());
     drop(permit);
+    // As the real proxy: reports only when the server asks, as often as it says.
+    let mut reports = response
+        .headers()
+        .get(api::REPORT_INTERVAL_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map(|seconds| {
+            let mut ticker = tokio::time::interval(Duration::from_secs(seconds.clamp(1, 300)));
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker
+        });
+    let mut calls = Calls::default();
 
-    let hot: HashMap<&str, usize> =
-        spec.destinations.iter().filter_map(|(d, route)| Some((d.as_str(), (*route)?))).collect();
+    let routes: HashMap<&str, (usize, usize)> = spec
+        .destinations
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (d, route))| Some((d.as_str(), (i, (*route)?))))
+        .collect();
     let mut waiting: HashSet<Resource> =
         spec.destinations.iter().map(|(d, _)| Resource::Destination(d.clone())).collect();
     waiting.insert(Resource::Inbound);
@@ -91,6 +113,20 @@ pub async fn proxy(
         let frame = tokio::select! {
             frame = body.frame() => frame,
             () = shutdown.cancelled() => return Ok(()),
+            period = async {
+                match reports.as_mut() {
+                    Some(ticker) => {
+                        ticker.tick().await;
+                        ticker.period()
+                    }
+                    None => std::future::pending().await,
+                }
+            } => {
+                for report in calls.reports(&traffic, period) {
+                    send(&report);
+                }
+                continue;
+            }
         };
         let at = Instant::now();
         let Some(frame) = frame else { anyhow::bail!("the server ended the stream") };
@@ -99,10 +135,11 @@ pub async fn proxy(
         while let Some(message) = reader.next::<ControlMessage>() {
             let (resource, version) = match message? {
                 ControlMessage::Destination(update) => {
-                    if let Some(&route) = hot.get(update.destination.as_str()) {
+                    if let Some(&(subscription, route)) = routes.get(update.destination.as_str()) {
                         let weight = update.service.as_ref().and_then(v1_weight);
-                        let _ = events.send(Event::Update { proxy: p, route, weight, at });
+                        let _ = events.send(Event::Update { proxy: p, subscription, route, weight, at });
                     }
+                    calls.update(&update.destination, update.service.as_ref());
                     (Resource::Destination(update.destination), update.version)
                 }
                 ControlMessage::Inbound(update) => (Resource::Inbound, update.version),
