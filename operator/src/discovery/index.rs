@@ -570,17 +570,23 @@ impl Index {
         // Without a MeshRoute on this port, the Gateway API routes attached to it apply: MeshRoutes
         // win (docs/gateway-api.md), and both statuses say so.
         let mut gateway_backends = Vec::new();
+        let mut gateway_routes = false;
         if applied.is_empty() && unsupported.is_empty() {
             let part = self.gateway_destination(key, port);
+            gateway_routes = !part.routes.is_empty();
             routes.extend(part.routes);
             gateway_backends = part.backends;
         }
-        // A request that no rule matches goes to the Service as if there were no route.
-        routes.push(RouteConfig {
-            name: Some("default".to_owned()),
-            backends: vec![WeightedBackend { name: target.clone(), weight: 1 }],
-            ..RouteConfig::default()
-        });
+        // A request that no rule matches goes to the Service as if there were no route; with
+        // Gateway API routes attached, it gets a 404, as GAMMA specifies (the proxy answers
+        // `no-route` when no rule matches).
+        if !gateway_routes {
+            routes.push(RouteConfig {
+                name: Some("default".to_owned()),
+                backends: vec![WeightedBackend { name: target.clone(), weight: 1 }],
+                ..RouteConfig::default()
+            });
+        }
         let mut backends: Vec<BackendConfig> = backends
             .into_iter()
             .map(|(name, (service, backend_port, subset))| BackendConfig {

@@ -361,9 +361,9 @@ fn routes_of_a_service_are_ordered_by_the_apis_precedence() {
             "prefix-short",
             "newer-prefix-short",
             "regex",
-            "default"
         ],
-        "exact (longer first), then longer prefixes, a method match first among equal paths, the older route on a tie"
+        "exact (longer first), then longer prefixes, a method match first among equal paths, the older route on a \
+         tie; no route to the Service after them: a request no rule matches gets a 404 (GAMMA)"
     );
     let config = json!({"identity": {"identity": "spiffe://cluster.local/ns/shop/sa/web",
         "endpoint": "id:8080", "tokenFile": "/t", "trustBundleFile": "/b"}, "services": [service]});
