@@ -115,7 +115,7 @@ cmd_images() {
 }
 
 # Features Braid claims beyond the profiles' core (docs/gateway-api.md says what each field does).
-FEATURES=Mesh,HTTPRoute,GRPCRoute,MeshClusterIPMatching,MeshHTTPRouteQueryParamMatching,MeshHTTPRouteNamedRouteRule,MeshHTTPRouteRewritePath,MeshHTTPRouteSchemeRedirect,MeshHTTPRouteRedirectPort,MeshHTTPRouteRedirectPath,HTTPRoute303RedirectStatusCode,HTTPRoute307RedirectStatusCode,HTTPRoute308RedirectStatusCode
+FEATURES=Mesh,HTTPRoute,GRPCRoute,HTTPRouteResponseHeaderModification,HTTPRouteParentRefPort,MeshClusterIPMatching,MeshHTTPRouteQueryParamMatching,MeshHTTPRouteNamedRouteRule,MeshHTTPRouteRewritePath,MeshHTTPRouteSchemeRedirect,MeshHTTPRouteRedirectPort,MeshHTTPRouteRedirectPath,HTTPRoute303RedirectStatusCode,HTTPRoute307RedirectStatusCode,HTTPRoute308RedirectStatusCode
 
 cmd_run() {
   local report=${BRAID_CONFORMANCE_REPORT:-$OUT/conformance-report.yaml}
@@ -134,7 +134,7 @@ cmd_run() {
 
 # The summary of a report: each profile's core and extended results.
 summarize() {
-  sed -n '/^profiles:/,$p' "$1" | grep -E '^ *(- )?(name|result|Passed|Failed|Skipped|core|extended):|^ *- [A-Z][A-Za-z0-9]*$' || true
+  sed -n '/^profiles:/,$p' "$1" | grep -E '^ *(- )?(name|result|statistics|Passed|Failed|Skipped|core|extended|supportedFeatures|unsupportedFeatures|failedTests|skippedTests):|^ *- [A-Z][A-Za-z0-9]*$' || true
 }
 
 cmd_check() {
