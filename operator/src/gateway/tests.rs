@@ -353,15 +353,7 @@ fn routes_of_a_service_are_ordered_by_the_apis_precedence() {
     let order: Vec<&str> = service.routes.iter().filter_map(|r| r.name.as_deref()).collect();
     assert_eq!(
         order,
-        [
-            "grpc-exact",
-            "exact",
-            "prefix-long",
-            "method",
-            "prefix-short",
-            "newer-prefix-short",
-            "regex",
-        ],
+        ["grpc-exact", "exact", "prefix-long", "method", "prefix-short", "newer-prefix-short", "regex"],
         "exact (longer first), then longer prefixes, a method match first among equal paths, the older route on a \
          tie; no route to the Service after them: a request no rule matches gets a 404 (GAMMA)"
     );
