@@ -69,8 +69,11 @@ apply)
     exit 0
   fi
   log "installing the Gateway API $VERSION standard-channel CRDs"
+  # The CRD files by name: nothing else in the folder is applied.
+  files=()
+  for file in "$dir"/gateway.networking.k8s.io_*.yaml; do files+=(-f "$file"); done
   "$kubectl" --kubeconfig="$kubeconfig" apply --server-side --force-conflicts \
-    --field-manager=braid-cluster -f "$dir" >/dev/null
+    --field-manager=braid-cluster "${files[@]}" >/dev/null
   "$kubectl" --kubeconfig="$kubeconfig" wait --for=condition=Established --timeout=60s \
     crd/httproutes.gateway.networking.k8s.io crd/grpcroutes.gateway.networking.k8s.io \
     crd/referencegrants.gateway.networking.k8s.io >/dev/null

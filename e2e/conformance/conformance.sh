@@ -9,7 +9,7 @@
 #                           into the node's containerd (no registry can be pulled from here)
 #   conformance.sh run      run the suite against the cluster (Braid installed, e.g. by Helm), with the
 #                           test namespaces labelled for injection; the report goes to
-#                           $BRAID_CONFORMANCE_REPORT (default: the tools cache, conformance-report.yaml)
+#                           $BRAID_CONFORMANCE_REPORT (default: target/conformance/report.yaml)
 #   conformance.sh check    what `make test` runs: build (when the pinned modules changed), images,
 #                           Braid installed by Helm from the local images, run, the report's summary,
 #                           Braid uninstalled; fails when a test of the profiles fails
@@ -35,7 +35,8 @@ fi
 export GOTOOLCHAIN=local CGO_ENABLED=0
 
 VERSION=$(cd "$TOOLS/gateway-api" && go list -mod=readonly -m -f '{{.Version}}' sigs.k8s.io/gateway-api)
-OUT=${BRAID_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/tools}/gateway-api-$VERSION
+# Its own folder: the one of the Gateway API's CRDs (e2e/cluster/gateway-api.sh) is applied whole.
+OUT=${BRAID_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/tools}/gateway-api-conformance-$VERSION
 mkdir -p "$OUT"
 
 # The image names and tags the suite's manifests (base/ and mesh/ of the conformance module) use.
@@ -118,9 +119,10 @@ cmd_images() {
 FEATURES=Mesh,HTTPRoute,GRPCRoute,HTTPRouteResponseHeaderModification,HTTPRouteParentRefPort,MeshClusterIPMatching,MeshHTTPRouteQueryParamMatching,MeshHTTPRouteNamedRouteRule,MeshHTTPRouteRewritePath,MeshHTTPRouteSchemeRedirect,MeshHTTPRouteRedirectPort,MeshHTTPRouteRedirectPath,HTTPRoute303RedirectStatusCode,HTTPRoute307RedirectStatusCode,HTTPRoute308RedirectStatusCode
 
 cmd_run() {
-  local report=${BRAID_CONFORMANCE_REPORT:-$OUT/conformance-report.yaml}
+  local report=${BRAID_CONFORMANCE_REPORT:-$ROOT/target/conformance/report.yaml}
   export KUBECONFIG=${KUBECONFIG:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/cluster/admin.kubeconfig}
   [ -x "$OUT/conformance.test" ] || die "run: conformance.sh build"
+  mkdir -p "$(dirname "$report")"
   # The suite reads its manifests relative to its own package directory.
   cd "$(cd "$TOOLS/gateway-api" && go list -mod=readonly -m -f '{{.Dir}}' sigs.k8s.io/gateway-api/conformance)"
   "$OUT/conformance.test" -test.run TestConformance -test.v -test.timeout 40m \
