@@ -340,7 +340,20 @@ pub async fn load(
     account: &str,
     args: &[&str],
 ) -> Value {
-    start_load_pod(cluster, ns, name, account, Sidecar::Meshed, args);
+    load_with(cluster, client, ns, name, account, Sidecar::Meshed, args).await
+}
+
+/// `load`, in a pod with or without a sidecar.
+pub async fn load_with(
+    cluster: &Cluster,
+    client: &Client,
+    ns: &str,
+    name: &str,
+    account: &str,
+    sidecar: Sidecar,
+    args: &[&str],
+) -> Value {
+    start_load_pod(cluster, ns, name, account, sidecar, args);
     load_pod_ip(client, ns, name).await;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let what = format!("load pod {name} to finish");
@@ -360,7 +373,8 @@ pub async fn load(
     let start = logs.rfind("\n{").map(|i| i + 1).or_else(|| logs.starts_with('{').then_some(0));
     let report = start.map(|i| &logs[i..]).unwrap_or_else(|| panic!("no JSON report in:\n{logs}"));
     let report = serde_json::from_str(report).unwrap_or_else(|err| panic!("bad report {err}: {logs}"));
-    finish_load(cluster, ns, name, report, false)
+    // A pod without a sidecar has no proxy log to show.
+    finish_load(cluster, ns, name, report, sidecar == Sidecar::None)
 }
 
 /// The port a running load client serves its report on (GET /report, POST /stop).
@@ -498,20 +512,28 @@ pub fn assert_overlaps(report: &Value, field: &str, window: Window, what: &str) 
 /// Requests the echo pods' sidecars took in over mTLS from the `client` identity, summed over
 /// the pods: what proves a load run crossed both sidecars rather than going around them.
 pub async fn inbound_from_client(client: &Client, ns: &str) -> u64 {
+    inbound_from_client_by_pod(client, ns, "app=echo").await.values().sum()
+}
+
+/// Requests each pod of `selector` took in through its sidecar over mTLS from the `client`
+/// identity, by pod name.
+pub async fn inbound_from_client_by_pod(client: &Client, ns: &str, selector: &str) -> BTreeMap<String, u64> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let client_id = format!("client_id=\"spiffe://cluster.local/ns/{ns}/sa/client\"");
-    let mut total = 0;
-    for pod in pods.list(&ListParams::default().labels("app=echo")).await.expect("list echo pods") {
+    let mut counts = BTreeMap::new();
+    for pod in pods.list(&ListParams::default().labels(selector)).await.expect("list pods") {
+        let name = pod.metadata.name.unwrap_or_default();
         let Some(ip) = pod.status.and_then(|s| s.pod_ip) else { continue };
         let (_, metrics) = crate::http_get(addr(&ip, 4191), "/metrics")
-            .unwrap_or_else(|| panic!("no /metrics from the sidecar of echo pod {ip}"));
-        total += metrics
+            .unwrap_or_else(|| panic!("no /metrics from the sidecar of pod {name} at {ip}"));
+        let total = metrics
             .lines()
             .filter(|l| l.starts_with("request_total{direction=\"inbound\"") && l.contains(&client_id))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64;
+            .sum::<f64>();
+        counts.insert(name, total as u64);
     }
-    total
+    counts
 }
 
 pub fn count(report: &Value, field: &str) -> u64 {

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use braid_e2e::mesh::{
-    Release, Sidecar, addr, apply, check_prerequisites, count, finish_load, install, load,
+    Release, Sidecar, apply, check_prerequisites, count, inbound_from_client_by_pod, install, load, load_with,
 };
 use braid_e2e::{Cluster, TestNamespace, eventually, setup};
 use k8s_openapi::api::core::v1::Pod;
@@ -88,24 +88,6 @@ async fn web_ips(client: &Client, ns: &str) -> BTreeMap<String, String> {
     ips
 }
 
-/// Requests each web pod's proxy took in over mTLS from the `client` identity, by pod: what
-/// proves a run crossed both sidecars with mTLS rather than going around them or in plaintext.
-async fn inbound_from_client(client: &Client, ns: &str) -> BTreeMap<String, u64> {
-    let client_id = format!("client_id=\"spiffe://cluster.local/ns/{ns}/sa/client\"");
-    let mut counts = BTreeMap::new();
-    for (name, ip) in web_ips(client, ns).await {
-        let (_, metrics) = braid_e2e::http_get(addr(&ip, 4191), "/metrics")
-            .unwrap_or_else(|| panic!("no /metrics from the sidecar of {name} at {ip}"));
-        let total: f64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("request_total{direction=\"inbound\"") && l.contains(&client_id))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        counts.insert(name, total as u64);
-    }
-    counts
-}
-
 /// What each pod's proxy counted since `before`.
 fn since(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     after.iter().map(|(pod, n)| (pod.clone(), n - before.get(pod).copied().unwrap_or(0))).collect()
@@ -145,11 +127,11 @@ impl Mesh {
     /// A meshed run as the `client` identity: 100 requests over 5 s to `url`, with the requests
     /// the web pods' proxies took in from the client meanwhile.
     async fn meshed_load(&self, name: &str, url: &str, extra: &[&str]) -> (Value, BTreeMap<String, u64>) {
-        let before = inbound_from_client(&self.client, self.ns()).await;
+        let before = inbound_from_client_by_pod(&self.client, self.ns(), "app=web").await;
         let mut args = vec!["--url", url, "--rate", "20", "--duration", "5s"];
         args.extend_from_slice(extra);
         let report = load(self.cluster, &self.client, self.ns(), name, "client", &args).await;
-        let seen = since(&inbound_from_client(&self.client, self.ns()).await, &before);
+        let seen = since(&inbound_from_client_by_pod(&self.client, self.ns(), "app=web").await, &before);
         assert!(count(&report, "total") >= 90, "the run sent its requests: {report}");
         (report, seen)
     }
@@ -241,18 +223,7 @@ spec:
         let (ns, name) = (self.ns(), "unmeshed");
         let url = self.url("web-0.web");
         let args = ["--url", url.as_str(), "--rate", "10", "--duration", "3s"];
-        braid_e2e::mesh::start_load_pod(self.cluster, ns, name, "default", Sidecar::None, &args);
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-        eventually(Duration::from_secs(120), "the unmeshed load pod to finish", || async {
-            let statuses = pods.get(name).await.ok()?.status?.container_statuses?;
-            statuses.iter().find(|s| s.name == "load")?.state.as_ref()?.terminated.as_ref().map(|_| ())
-        })
-        .await;
-        let logs = self.cluster.kubectl_ok(&["logs", "-n", ns, name, "-c", "load"]);
-        let start = logs.rfind("\n{").map_or(0, |i| i + 1);
-        let report: Value = serde_json::from_str(&logs[start..])
-            .unwrap_or_else(|err| panic!("no JSON report ({err}) in:\n{logs}"));
-        let report = finish_load(self.cluster, ns, name, report, true);
+        let report = load_with(self.cluster, &self.client, ns, name, "default", Sidecar::None, &args).await;
         assert!(count(&report, "total") > 0, "{report}");
         assert_eq!(count(&report, "ok"), 0, "plaintext is refused under STRICT: {report}");
         eprintln!("unmeshed: {} plaintext requests to web-0, 0 answered", count(&report, "total"));

@@ -258,32 +258,30 @@ pub fn decide(input: Input<'_>) -> Output {
 
     if new_command {
         status.steering = annotation.map(str::to_owned);
-        match wanted {
+        // Promote or abort now: the run ends with everything to one side.
+        let ending = match wanted {
             Some(Steering::Promote) => {
-                let message = format!(
-                    "promoted by the {} annotation at step {}/{steps}: 100% to {}",
-                    braid_crds::conditions::CANARY_ANNOTATION,
-                    status.step,
-                    settings.canary
-                );
-                finish(&mut status, CanaryPhase::Promoted, now, message);
-                events.push(Event { warning: false, reason: "Promoted", message: status.message.clone() });
-                outcome = Some(reasons::PROMOTED_BY_USER);
-                return Output { status, events, judged: false, next_check: None, outcome, check: None };
+                Some(("promoted", CanaryPhase::Promoted, &settings.canary, reasons::PROMOTED_BY_USER))
             }
             Some(Steering::Abort) => {
-                let message = format!(
-                    "aborted by the {} annotation at step {}/{steps}: 100% to {}",
-                    braid_crds::conditions::CANARY_ANNOTATION,
-                    status.step,
-                    settings.stable
-                );
-                finish(&mut status, CanaryPhase::RolledBack, now, message);
-                events.push(Event { warning: true, reason: "RolledBack", message: status.message.clone() });
-                outcome = Some(reasons::ABORTED);
-                return Output { status, events, judged: false, next_check: None, outcome, check: None };
+                Some(("aborted", CanaryPhase::RolledBack, &settings.stable, reasons::ABORTED))
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some((verb, phase, to, reason)) = ending {
+            let message = format!(
+                "{verb} by the {} annotation at step {}/{steps}: 100% to {to}",
+                braid_crds::conditions::CANARY_ANNOTATION,
+                status.step,
+            );
+            finish(&mut status, phase, now, message);
+            let (warning, event) = match phase {
+                CanaryPhase::Promoted => (false, "Promoted"),
+                _ => (true, "RolledBack"),
+            };
+            events.push(Event { warning, reason: event, message: status.message.clone() });
+            outcome = Some(reason);
+            return Output { status, events, judged: false, next_check: None, outcome, check: None };
         }
     }
 

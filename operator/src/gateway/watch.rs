@@ -240,30 +240,14 @@ async fn write(
         RouteKind::Http => {
             let api: Api<HTTPRoute> = Api::namespaced(client.clone(), namespace);
             let current = api.get(name).await?;
-            patch(
-                &api,
-                name,
-                current.resource_version(),
-                current.status.unwrap_or_default(),
-                verdicts,
-                generation,
-                &now,
-            )
-            .await
+            let (version, status) = (current.resource_version(), current.status);
+            patch(&api, name, version, status.unwrap_or_default(), verdicts, generation, &now).await
         }
         RouteKind::Grpc => {
             let api: Api<GRPCRoute> = Api::namespaced(client.clone(), namespace);
             let current = api.get(name).await?;
-            patch(
-                &api,
-                name,
-                current.resource_version(),
-                current.status.unwrap_or_default(),
-                verdicts,
-                generation,
-                &now,
-            )
-            .await
+            let (version, status) = (current.resource_version(), current.status);
+            patch(&api, name, version, status.unwrap_or_default(), verdicts, generation, &now).await
         }
     }
 }

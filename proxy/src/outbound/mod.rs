@@ -60,23 +60,18 @@ pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     target: OutboundTarget,
-    mut table: Arc<Table>,
+    table: Arc<Table>,
     state: &Arc<ProxyState>,
     limits: &Limits,
     shutdown: CancellationToken,
 ) {
-    // A destination the table does not know may be one discovery has not been asked about yet:
-    // hold the connection (its bytes wait in the socket) until the answer or initialTimeout.
-    // Known destinations never get here, and settled unknown ones cost one lock-free lookup.
-    // The connection then holds its destination: one in use is never evicted (`evict_idle`).
-    let mut _in_use = None;
-    if let (Some(discovery), OutboundTarget::Original(addr)) = (&state.discovery, &target) {
-        if table.service_by_address(*addr).is_none() {
-            discovery.resolve(&state.metrics, *addr).await;
-            table = state.table.load_full();
-        }
-        _in_use = discovery.in_use(addr);
-    }
+    // The connection's bytes wait in the socket while discovery is asked; then the connection
+    // holds its destination: one in use is never evicted (`evict_idle`).
+    let table = resolved_table(state, &target, table).await;
+    let _in_use = match (&state.discovery, &target) {
+        (Some(discovery), OutboundTarget::Original(addr)) => discovery.in_use(addr),
+        _ => None,
+    };
     let service_protocol = match &target {
         OutboundTarget::Service(name) => table.service_by_name(name).map(|s| s.protocol),
         OutboundTarget::Original(addr) => table.service_by_address(*addr).map(|s| s.protocol),
@@ -148,30 +143,30 @@ fn opaque_destination(state: &ProxyState, target: &OutboundTarget) -> Option<Opa
         .map(|endpoint| OpaqueDestination::Endpoint(endpoint.clone()))
 }
 
+/// `table`, or the table after discovery answered, when `target` is an original destination it
+/// does not know: one discovery has not been asked about yet (or has let go of) waits for its
+/// answer or initialTimeout. Settled unknown destinations cost one lock-free lookup.
+async fn resolved_table(state: &ProxyState, target: &OutboundTarget, table: Arc<Table>) -> Arc<Table> {
+    match (&state.discovery, target) {
+        (Some(discovery), OutboundTarget::Original(addr)) if table.service_by_address(*addr).is_none() => {
+            drop(table);
+            discovery.resolve(&state.metrics, *addr).await;
+            state.table.load_full()
+        }
+        _ => table,
+    }
+}
+
 /// Handles one request from the app to a destination.
 pub async fn handle(connection: Arc<OutboundConnection>, request: Request<ProxyBody>) -> Response<ProxyBody> {
     let state = &connection.state;
-    let mut table = state.table.load_full();
+    // A destination discovery let go of just as this connection opened is asked for again.
+    let table = resolved_table(state, &connection.target, state.table.load_full()).await;
     let service = match &connection.target {
         OutboundTarget::Service(name) => table.service_by_name(name),
         OutboundTarget::Original(addr) => match table.service_by_address(*addr) {
             Some(service) => Some(service),
-            None => {
-                // Let go of by discovery just as this connection opened: asked for again (a
-                // settled passthrough destination returns at once).
-                if let Some(discovery) = &state.discovery {
-                    drop(table);
-                    discovery.resolve(&state.metrics, *addr).await;
-                    table = state.table.load_full();
-                    if let Some(service) = table.service_by_address(*addr).cloned() {
-                        let (limit, access_log) =
-                            (table.config.limits.max_retry_body_bytes, table.config.access_log);
-                        drop(table);
-                        return route::route_request(state, &service, request, limit, access_log).await;
-                    }
-                }
-                return passthrough(state, *addr, request).await;
-            }
+            None => return passthrough(state, *addr, request).await,
         },
         OutboundTarget::Unknown => {
             authority_of(&request).and_then(|authority| table.service_by_host(authority))

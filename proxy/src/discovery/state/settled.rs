@@ -76,25 +76,24 @@ impl Settled {
         }
     }
 
+    /// How `addr` is used, if it is a settled destination.
+    fn uses(&self, addr: &SocketAddr) -> Option<Arc<Use>> {
+        match self.frozen.load().get(addr) {
+            Some(used) => Some(used.clone()),
+            None => self.lock_recent().get(addr).cloned(),
+        }
+    }
+
     /// Marks a connection open to `addr`, if it is a settled destination.
     pub(super) fn in_use(&self, addr: &SocketAddr) -> Option<InUse> {
-        let used = match self.frozen.load().get(addr) {
-            Some(used) => used.clone(),
-            None => self.lock_recent().get(addr)?.clone(),
-        };
+        let used = self.uses(addr)?;
         used.open.fetch_add(1, Ordering::Acquire);
         Some(InUse { used, epoch: self.epoch })
     }
 
     /// Whether `addr` has had no connection open for `idle_for` or longer.
     pub(super) fn is_idle(&self, addr: &SocketAddr, idle_for: Duration) -> bool {
-        let used = match self.frozen.load().get(addr) {
-            Some(used) => used.clone(),
-            None => match self.lock_recent().get(addr) {
-                Some(used) => used.clone(),
-                None => return false,
-            },
-        };
+        let Some(used) = self.uses(addr) else { return false };
         let idle_since = used.idle_since_ms.load(Ordering::Relaxed);
         used.open.load(Ordering::Acquire) == 0
             && millis_since(self.epoch).saturating_sub(idle_since)
