@@ -29,15 +29,8 @@ die() {
   exit 1
 }
 
-if ! command -v go >/dev/null; then
-  # The polyglot machine image installs Go in /usr/local/go, which a non-login shell may lack on PATH.
-  [ -x /usr/local/go/bin/go ] || die "no 'go' on PATH. The pinned etcd and Helm need Go >= 1.26 (Kubernetes 1.34: >= 1.24;
-  Debian's golang-go is 1.19, too old). Use the 'polyglot' machine kind, whose image has Go in /usr/local/go,
-  or install a Go >= 1.26 toolchain and put its bin/ directory on PATH."
-  PATH=/usr/local/go/bin:$PATH
-fi
-
-export GOTOOLCHAIN=local # never let the go command fetch another toolchain behind our back
+# shellcheck source=e2e/cluster/go-env.sh
+. "$(dirname "${BASH_SOURCE[0]}")/go-env.sh"
 export CGO_ENABLED=0     # static binaries, as upstream builds the control plane
 
 # Version that module $1 (a directory under e2e/tools) pins for module path $2: go.mod is the single

@@ -25,11 +25,8 @@ die() {
   exit 1
 }
 
-if ! command -v go >/dev/null; then
-  [ -x /usr/local/go/bin/go ] || die "no 'go' on PATH (see e2e/cluster/build-tools.sh)"
-  PATH=/usr/local/go/bin:$PATH
-fi
-export GOTOOLCHAIN=local
+# shellcheck source=e2e/cluster/go-env.sh
+. "$(dirname "${BASH_SOURCE[0]}")/go-env.sh"
 
 VERSION=$(cd "$MODULE_DIR" && go list -mod=readonly -m -f '{{.Version}}' sigs.k8s.io/gateway-api)
 OUT=${BRAID_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/tools}/gateway-api-$VERSION

@@ -28,14 +28,12 @@ die() {
   exit 1
 }
 
-if ! command -v go >/dev/null; then
-  [ -x /usr/local/go/bin/go ] || die "no 'go' on PATH (see e2e/cluster/build-tools.sh)"
-  PATH=/usr/local/go/bin:$PATH
-fi
-export GOTOOLCHAIN=local CGO_ENABLED=0
+# shellcheck source=e2e/cluster/go-env.sh
+. "$ROOT/e2e/cluster/go-env.sh"
+export CGO_ENABLED=0
 
 VERSION=$(cd "$TOOLS/gateway-api" && go list -mod=readonly -m -f '{{.Version}}' sigs.k8s.io/gateway-api)
-# Its own folder: the one of the Gateway API's CRDs (e2e/cluster/gateway-api.sh) is applied whole.
+# Its own folder, apart from the Gateway API's CRDs (e2e/cluster/gateway-api.sh).
 OUT=${BRAID_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/tools}/gateway-api-conformance-$VERSION
 mkdir -p "$OUT"
 

@@ -19,6 +19,9 @@ use super::translate::{self, Unsupported};
 mod gateway;
 pub use gateway::{GatewayPart, GatewayRouteInfo};
 
+/// A MeshRoute's rules in the proxies' model, or why they cannot be.
+type Translated = Result<Vec<RouteConfig>, Unsupported>;
+
 /// Namespace and name.
 pub type Key = (String, String);
 
@@ -522,19 +525,7 @@ impl Index {
         // (service, port, subset) of every backend name the routes use.
         let mut backends: BTreeMap<String, BackendSource> = BTreeMap::new();
         backends.insert(target.clone(), (target.clone(), port, None));
-        for (name, route) in self.routes_for(key, port) {
-            let reference = RouteRef {
-                namespace: namespace.clone(),
-                name: name.to_owned(),
-                generation: route.generation,
-            };
-            let translated: Result<Vec<RouteConfig>, Unsupported> = route
-                .spec
-                .rules
-                .iter()
-                .enumerate()
-                .map(|(i, rule)| translate::route_rule(name, i, rule, target, port))
-                .collect();
+        for (reference, route, translated) in self.translated_routes(key, port) {
             match translated {
                 Ok(rules) => {
                     for rule in &route.spec.rules {
@@ -652,19 +643,7 @@ impl Index {
             .iter()
             .find(|(key, service, p)| service.headless && !self.routes_for(key, p.port).is_empty());
         if let Some((key, _, service_port)) = headless {
-            for (name, route) in self.routes_for(key, service_port.port) {
-                let reference = RouteRef {
-                    namespace: key.0.clone(),
-                    name: name.to_owned(),
-                    generation: route.generation,
-                };
-                let translated: Result<Vec<RouteConfig>, Unsupported> = route
-                    .spec
-                    .rules
-                    .iter()
-                    .enumerate()
-                    .map(|(i, rule)| translate::route_rule(name, i, rule, &key.1, service_port.port))
-                    .collect();
+            for (reference, _, translated) in self.translated_routes(key, service_port.port) {
                 match translated {
                     Ok(rules) => {
                         routes.extend(rules.into_iter().map(|mut rule| {
@@ -708,6 +687,30 @@ impl Index {
     }
 
     /// The accepted routes of a Service that apply to `port`, oldest first.
+    /// Each MeshRoute on port `port` of Service `key`: its reference, itself, and its rules in
+    /// the proxies' model (or why they cannot be).
+    fn translated_routes<'a>(&'a self, key: &Key, port: u16) -> Vec<(RouteRef, &'a RouteInfo, Translated)> {
+        let (namespace, target) = key;
+        self.routes_for(key, port)
+            .into_iter()
+            .map(|(name, route)| {
+                let reference = RouteRef {
+                    namespace: namespace.clone(),
+                    name: name.to_owned(),
+                    generation: route.generation,
+                };
+                let translated = route
+                    .spec
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, rule)| translate::route_rule(name, i, rule, target, port))
+                    .collect();
+                (reference, route, translated)
+            })
+            .collect()
+    }
+
     fn routes_for<'a>(&'a self, key: &Key, port: u16) -> Vec<(&'a str, &'a RouteInfo)> {
         let mut routes: Vec<(&str, &RouteInfo)> = self
             .routes_of
