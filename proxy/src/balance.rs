@@ -136,17 +136,7 @@ impl Endpoint {
 
     /// Records one request's outcome: its latency feeds the EWMA; a failure counts towards
     /// ejection, a success resets the count.
-    /// Records a try; `unreachable` (no TCP connection could be made) ejects the endpoint at once
-    /// rather than after `consecutiveFailures`: each further pick would cost a client a connect
-    /// timeout, and a pod that is gone does not come back at its address.
-    pub fn record(
-        &self,
-        latency: Duration,
-        success: bool,
-        unreachable: bool,
-        config: &LoadBalancerConfig,
-        now: Instant,
-    ) {
+    pub fn record(&self, latency: Duration, success: bool, config: &LoadBalancerConfig, now: Instant) {
         let mut health = self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let sample = latency.as_nanos() as f64;
         // Peak-sensitive: a slower answer is believed at once, a faster one only gradually.
@@ -170,9 +160,7 @@ impl Endpoint {
             return;
         }
         health.consecutive_failures += 1;
-        if config.consecutive_failures > 0
-            && (unreachable || health.consecutive_failures >= config.consecutive_failures)
-        {
+        if config.consecutive_failures > 0 && health.consecutive_failures >= config.consecutive_failures {
             let factor = 1u32 << health.ejections.min(16);
             let ejection = (config.base_ejection_time * factor).min(config.max_ejection_time);
             health.ejected_until = Some(now + ejection);
@@ -235,8 +223,8 @@ mod tests {
     fn prefers_the_faster_endpoint() {
         let endpoints = endpoints(2);
         let now = Instant::now();
-        endpoints[0].record(Duration::from_millis(50), true, false, &config(), now);
-        endpoints[1].record(Duration::from_millis(1), true, false, &config(), now);
+        endpoints[0].record(Duration::from_millis(50), true, &config(), now);
+        endpoints[1].record(Duration::from_millis(1), true, &config(), now);
         let picks = (0..100).filter(|_| pick(&endpoints, now).unwrap().addr == endpoints[1].addr).count();
         assert_eq!(picks, 100, "with two endpoints, P2C always compares both");
     }
@@ -246,9 +234,9 @@ mod tests {
         let endpoints = endpoints(2);
         let start = Instant::now();
         // Its only request was slow (a new connection); the other keeps answering fast.
-        endpoints[0].record(Duration::from_millis(50), true, false, &config(), start);
+        endpoints[0].record(Duration::from_millis(50), true, &config(), start);
         let later = start + Duration::from_secs(60);
-        endpoints[1].record(Duration::from_millis(1), true, false, &config(), later);
+        endpoints[1].record(Duration::from_millis(1), true, &config(), later);
         assert_eq!(pick(&endpoints, start).unwrap().addr, endpoints[1].addr, "slow just now");
         assert_eq!(
             pick(&endpoints, later).unwrap().addr,
@@ -271,7 +259,7 @@ mod tests {
         let config = config();
         let start = Instant::now();
         for _ in 0..3 {
-            endpoints[0].record(Duration::from_millis(1), false, false, &config, start);
+            endpoints[0].record(Duration::from_millis(1), false, &config, start);
         }
         assert!(endpoints[0].is_ejected(start + Duration::from_secs(9)));
         assert!(!endpoints[0].is_ejected(start + Duration::from_secs(11)));
@@ -281,13 +269,13 @@ mod tests {
         // Fails again after coming back: ejected twice as long, then capped at the maximum.
         let later = start + Duration::from_secs(11);
         for _ in 0..3 {
-            endpoints[0].record(Duration::from_millis(1), false, false, &config, later);
+            endpoints[0].record(Duration::from_millis(1), false, &config, later);
         }
         assert!(endpoints[0].is_ejected(later + Duration::from_secs(19)));
         assert!(!endpoints[0].is_ejected(later + Duration::from_secs(21)));
         let third = later + Duration::from_secs(21);
         for _ in 0..3 {
-            endpoints[0].record(Duration::from_millis(1), false, false, &config, third);
+            endpoints[0].record(Duration::from_millis(1), false, &config, third);
         }
         assert!(endpoints[0].is_ejected(third + Duration::from_secs(34)));
         assert!(!endpoints[0].is_ejected(third + Duration::from_secs(36)));
@@ -298,28 +286,11 @@ mod tests {
         let endpoints = endpoints(1);
         let now = Instant::now();
         for _ in 0..10 {
-            endpoints[0].record(Duration::from_millis(1), false, false, &config(), now);
-            endpoints[0].record(Duration::from_millis(1), false, false, &config(), now);
-            endpoints[0].record(Duration::from_millis(1), true, false, &config(), now);
+            endpoints[0].record(Duration::from_millis(1), false, &config(), now);
+            endpoints[0].record(Duration::from_millis(1), false, &config(), now);
+            endpoints[0].record(Duration::from_millis(1), true, &config(), now);
         }
         assert!(!endpoints[0].is_ejected(now));
-    }
-
-    #[test]
-    fn an_endpoint_no_connection_can_reach_is_ejected_at_its_first_failure() {
-        let endpoints = endpoints(2);
-        let now = Instant::now();
-        endpoints[0].record(Duration::from_secs(3), false, true, &config(), now);
-        assert!(endpoints[0].is_ejected(now), "a connect that failed outright: gone at once");
-        endpoints[1].record(Duration::from_millis(1), false, false, &config(), now);
-        assert!(!endpoints[1].is_ejected(now), "an answer that failed counts toward consecutiveFailures");
-        for _ in 0..100 {
-            assert!(std::ptr::eq(pick(&endpoints, now).unwrap(), &endpoints[1]));
-        }
-        let off = LoadBalancerConfig { consecutive_failures: 0, ..config() };
-        let endpoints = self::endpoints(1);
-        endpoints[0].record(Duration::from_secs(3), false, true, &off, now);
-        assert!(!endpoints[0].is_ejected(now), "consecutiveFailures 0 turns ejection off, this one included");
     }
 
     #[test]
@@ -328,7 +299,7 @@ mod tests {
         let now = Instant::now();
         for endpoint in &endpoints {
             for _ in 0..3 {
-                endpoint.record(Duration::from_millis(1), false, false, &config(), now);
+                endpoint.record(Duration::from_millis(1), false, &config(), now);
             }
         }
         assert!(endpoints.iter().all(|endpoint| endpoint.is_ejected(now)));

@@ -57,12 +57,6 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// No TCP connection could be made at all (refused, unreachable, timed out): the endpoint is
-    /// gone, as a deleted pod's address is until discovery says so.
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, Self::Connect(ConnectError::Connect { .. } | ConnectError::Timeout(_)))
-    }
-
     pub fn is_connect(&self) -> bool {
         matches!(self, Self::Connect(_) | Self::Handshake { .. } | Self::Http2Handshake { .. })
     }

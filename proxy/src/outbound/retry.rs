@@ -109,14 +109,7 @@ pub async fn send_with_retries(
             series.failures.inc();
         }
         series.latency.observe(done.saturating_duration_since(now));
-        let unreachable = matches!(&outcome, Err(Failure::Upstream(error)) if error.is_unreachable());
-        endpoint.record(
-            done.saturating_duration_since(now),
-            healthy,
-            unreachable,
-            &service.load_balancer,
-            done,
-        );
+        endpoint.record(done.saturating_duration_since(now), healthy, &service.load_balancer, done);
         if !last && should_retry(&outcome, retry_on) {
             let retry_labels = RetryLabels {
                 direction: Direction::outbound,
