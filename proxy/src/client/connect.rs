@@ -13,8 +13,12 @@ use tokio::net::TcpStream;
 
 use crate::identity::{Credentials, IdentityStore, tls};
 
-/// How long a TCP connect may take before the endpoint counts as unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a TCP connect may take before the endpoint counts as unreachable. Inside a cluster a
+/// live pod answers a SYN in well under a millisecond; a deleted pod's address does not answer at
+/// all, and every request picked for it waits this long (Linkerd uses 1 s too).
+const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the mTLS handshake may take: it costs CPU on both sides, which a busy node lacks.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Why no transport to an upstream address could be made. Every kind counts as a connect
 /// failure for retries and for the status the client gets.
@@ -125,7 +129,7 @@ impl TlsTarget {
 
 /// Opens the transport to an upstream address: TCP, then mTLS when `tls` says so.
 pub async fn connect(addr: SocketAddr, tls: Option<&TlsTarget>) -> Result<UpstreamIo, ConnectError> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+    let stream = tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::Timeout(addr))?
         .map_err(|source| ConnectError::Connect { addr, source })?;
@@ -133,7 +137,7 @@ pub async fn connect(addr: SocketAddr, tls: Option<&TlsTarget>) -> Result<Upstre
     stream.set_nodelay(true).map_err(|source| ConnectError::Connect { addr, source })?;
     let Some(tls) = tls else { return Ok(UpstreamIo::Plain(stream)) };
     let connector = tokio_rustls::TlsConnector::from(tls.client_config(addr)?);
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(tls::mesh_server_name(), stream))
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(tls::mesh_server_name(), stream))
         .await
         .map_err(|_| ConnectError::Timeout(addr))?
         .map_err(|source| ConnectError::Tls { addr, source })?;

@@ -60,6 +60,15 @@ impl UpstreamError {
     pub fn is_connect(&self) -> bool {
         matches!(self, Self::Connect(_) | Self::Handshake { .. } | Self::Http2Handshake { .. })
     }
+
+    /// Whether the endpoint itself could not be reached (refused, unreachable, timed out, or its
+    /// mTLS handshake failed), as opposed to this proxy having no certificate yet.
+    pub fn is_endpoint_unreachable(&self) -> bool {
+        match self {
+            Self::Connect(ConnectError::NoIdentity(_)) => false,
+            other => other.is_connect(),
+        }
+    }
 }
 
 /// Which protocol the proxy speaks to an upstream.

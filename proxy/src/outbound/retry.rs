@@ -100,7 +100,11 @@ pub async fn send_with_retries(
             None => pool.send(request).await.map_err(Failure::Upstream),
         };
         drop(in_flight);
-        let healthy = matches!(&outcome, Ok(response) if !response.status().is_server_error());
+        let judged = match &outcome {
+            Ok(response) if !response.status().is_server_error() => balance::Outcome::Healthy,
+            Err(Failure::Upstream(error)) if error.is_endpoint_unreachable() => balance::Outcome::Unreachable,
+            _ => balance::Outcome::Failed,
+        };
         let done = Instant::now();
         // Per try and per backend: what a canary check judges the canary by.
         let series = backend.metrics.get_or_init(|| registry.backend_metrics(&service.name, &backend.name));
@@ -109,7 +113,7 @@ pub async fn send_with_retries(
             series.failures.inc();
         }
         series.latency.observe(done.saturating_duration_since(now));
-        endpoint.record(done.saturating_duration_since(now), healthy, &service.load_balancer, done);
+        endpoint.record(done.saturating_duration_since(now), judged, &service.load_balancer, done);
         if !last && should_retry(&outcome, retry_on) {
             let retry_labels = RetryLabels {
                 direction: Direction::outbound,
