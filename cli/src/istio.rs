@@ -290,6 +290,7 @@ fn http_rule(
         mirror: None,
         request_headers: None,
         response_headers: None,
+        rate_limit: None,
     };
     for key in rule.keys() {
         let why = match key.as_str() {

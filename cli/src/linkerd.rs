@@ -285,6 +285,7 @@ pub fn service_profile(
             mirror: None,
             request_headers: None,
             response_headers: None,
+            rate_limit: None,
         });
     }
     // dstOverrides split all of the Service's traffic, not only the routes' requests.
@@ -299,6 +300,7 @@ pub fn service_profile(
             mirror: None,
             request_headers: None,
             response_headers: None,
+            rate_limit: None,
         });
     }
     if rules.is_empty() {

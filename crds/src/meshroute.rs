@@ -178,6 +178,11 @@ pub struct RouteRule {
     /// Edits to response headers before they reach the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_headers: Option<HeaderModifier>,
+
+    /// Limit the rule's requests from each client pod: a token bucket in every client's proxy.
+    /// Requests over it get 429 with `retry-after`, and never reach the Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Conditions on a request; every field given must fit.
@@ -449,6 +454,20 @@ pub struct Mirror {
 
 fn default_mirror_percent() -> i32 {
     100
+}
+
+/// A token bucket: a sustained rate, and a burst the bucket holds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Requests per second each client pod may send on this rule, sustained.
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub requests_per_second: i32,
+    /// Requests a client pod may send at once after a quiet spell; `requestsPerSecond` when
+    /// omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub burst: Option<i32>,
 }
 
 /// Edits to a set of HTTP headers.

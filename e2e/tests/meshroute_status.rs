@@ -275,6 +275,16 @@ async fn the_api_server_rejects_invalid_routes_with_a_clear_message() {
             "should be less than or equal to 10",
         ),
         (
+            "rate limit of zero",
+            json!({"service": "a", "rules": [{"backends": [{"service": "b"}], "rateLimit": {"requestsPerSecond": 0}}]}),
+            "spec.rules[0].rateLimit.requestsPerSecond: Invalid value: 0: spec.rules[0].rateLimit.requestsPerSecond in body should be greater than or equal to 1",
+        ),
+        (
+            "rate limit without a rate",
+            json!({"service": "a", "rules": [{"backends": [{"service": "b"}], "rateLimit": {"burst": 5}}]}),
+            "spec.rules[0].rateLimit.requestsPerSecond: Required value",
+        ),
+        (
             "canary onto itself",
             json!({"service": "a", "rules": [{"backends": [{"service": "b"}]}], "canary": {"stable": "b", "canary": "b", "steps": [10]}}),
             "stable and canary must be different Services",

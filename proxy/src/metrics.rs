@@ -245,6 +245,7 @@ pub struct Metrics {
     pub latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
     pub retries: Family<RetryLabels, Counter>,
     pub retry_budget_exhausted: Family<RetryLabels, Counter>,
+    pub rate_limited: Family<RetryLabels, Counter>,
     pub timeouts: Family<TimeoutLabels, Counter>,
     pub mirror_dropped: Family<MirrorLabels, Counter>,
     pub tcp_open_connections: Family<TcpLabels, Gauge>,
@@ -290,6 +291,12 @@ impl Metrics {
             "retry_budget_exhausted",
             "Retries not made because the retry budget was spent",
             retry_budget_exhausted.clone(),
+        );
+        let rate_limited = Family::default();
+        registry.register(
+            "rate_limited",
+            "Requests answered 429 because the route's rateLimit was reached",
+            rate_limited.clone(),
         );
         let timeouts = Family::default();
         registry.register("timeout", "Requests or tries that timed out", timeouts.clone());
@@ -413,6 +420,7 @@ impl Metrics {
             latency,
             retries,
             retry_budget_exhausted,
+            rate_limited,
             timeouts,
             mirror_dropped,
             tcp_open_connections,

@@ -19,6 +19,7 @@ use tower::retry::budget::TpsBudget;
 use crate::balance::Endpoint;
 use crate::identity::IdentityStore;
 use crate::metrics::{BackendMetrics, Label, RequestMetrics};
+use crate::outbound::rate_limit::RateLimiter;
 
 pub struct Table {
     pub config: Arc<Config>,
@@ -58,6 +59,8 @@ pub struct Route {
     pub response_headers: Option<HeaderEdits>,
     pub redirect: Option<braid_api::config::RedirectConfig>,
     pub rewrite: Option<braid_api::config::RewriteConfig>,
+    /// Kept across reloads while the route keeps its name and limit, so a reload refills nothing.
+    pub rate_limit: Option<Arc<RateLimiter>>,
     /// This route's request metrics, looked up on its first request.
     pub metrics: std::sync::OnceLock<RequestMetrics>,
 }
@@ -186,6 +189,7 @@ impl Table {
         identity: Option<&Arc<IdentityStore>>,
     ) -> Result<Self, TableError> {
         let mut reusable: HashMap<EndpointKey, Arc<Endpoint>> = HashMap::new();
+        let mut limiters: HashMap<(String, String), Arc<RateLimiter>> = HashMap::new();
         if let Some(previous) = previous {
             for service in &previous.services {
                 for backend in &service.backends {
@@ -199,6 +203,12 @@ impl Table {
                         reusable.insert(key, endpoint.clone());
                     }
                 }
+                for route in &service.routes {
+                    if let Some(limiter) = &route.rate_limit {
+                        let key = (service.name.as_str().to_owned(), route.name.as_str().to_owned());
+                        limiters.insert(key, limiter.clone());
+                    }
+                }
             }
         }
         let mut services = Vec::with_capacity(config.services.len());
@@ -206,7 +216,7 @@ impl Table {
         let mut by_host = HashMap::new();
         let mut by_address = HashMap::new();
         for (index, service) in config.services.iter().enumerate() {
-            let compiled = compile_service(service, &reusable, identity)?;
+            let compiled = compile_service(service, &reusable, &limiters, identity)?;
             by_name.insert(compiled.name.arc(), index);
             by_host.insert(service.name.to_ascii_lowercase(), index);
             for host in &service.hosts {
@@ -276,6 +286,7 @@ type EndpointKey = (String, SocketAddr, bool, String);
 fn compile_service(
     service: &ServiceConfig,
     reusable: &HashMap<EndpointKey, Arc<Endpoint>>,
+    limiters: &HashMap<(String, String), Arc<RateLimiter>>,
     identity: Option<&Arc<IdentityStore>>,
 ) -> Result<Service, TableError> {
     let backends: Vec<Backend> = service
@@ -377,8 +388,16 @@ fn compile_service(
                 })
             })
             .collect::<Result<_, TableError>>()?;
+        let name = route.name.clone().unwrap_or_else(|| format!("rule-{r}"));
+        let rate_limit = route.rate_limit.as_ref().map(|config| {
+            limiters
+                .get(&(service.name.clone(), name.clone()))
+                .filter(|kept| kept.config() == config)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(RateLimiter::new(config.clone(), std::time::Instant::now())))
+        });
         routes.push(Route {
-            name: Label::new(route.name.clone().unwrap_or_else(|| format!("rule-{r}"))),
+            name: Label::new(name),
             matches,
             backends: weighted,
             total_weight: cumulative,
@@ -398,6 +417,7 @@ fn compile_service(
             response_headers: route.response_headers.as_ref().map(HeaderEdits::compile).transpose()?,
             redirect: route.redirect.clone(),
             rewrite: route.rewrite.clone(),
+            rate_limit,
             metrics: std::sync::OnceLock::new(),
         });
     }

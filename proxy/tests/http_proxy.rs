@@ -362,6 +362,57 @@ async fn fault_injection_and_mirroring() {
 }
 
 #[tokio::test]
+async fn a_route_over_its_rate_limit_gets_429_with_retry_after_and_a_reload_refills_nothing() {
+    let app = Upstream::start("app").await;
+    let config = one_service(&format!(
+        "{}    routes:
+      - {{ name: limited, matches: [{{ path: {{ prefix: /limited }} }}], backends: [{{ name: app }}], rateLimit: {{ requestsPerSecond: 1, burst: 3 }} }}
+      - {{ name: open, backends: [{{ name: app }}] }}
+",
+        backends(&[("app", app.addr)])
+    ));
+    let proxy = Proxy::start(&config).await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let (status, headers, _) = get(&url(&proxy, "/limited")).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(headers["retry-after"], "1", "one request per second: the next in at most 1 s");
+            assert_eq!(headers["braid-proxy-error"], "rate-limited");
+        }
+        statuses.push(status.as_u16());
+    }
+    // Six requests well within a second: the burst of 3 passes, the rest wait.
+    assert_eq!(statuses, [200, 200, 200, 429, 429, 429]);
+    assert_eq!(app.hits(), 3, "a limited request never reaches the app");
+    // Other routes of the service are not limited.
+    for _ in 0..5 {
+        assert_eq!(get(&url(&proxy, "/other")).await.0, StatusCode::OK);
+    }
+    let metrics = proxy.metrics().await;
+    let limited = [("direction", "outbound"), ("route", "limited")];
+    assert_eq!(metric(&metrics, "rate_limited_total", &limited), Some(3.0), "{metrics}");
+    assert_eq!(
+        metric(&metrics, "response_total", &[("route", "limited"), ("status_code", "429")]),
+        Some(3.0),
+        "{metrics}"
+    );
+
+    // A reload that keeps the route and its limit keeps its bucket: still empty.
+    std::fs::write(&proxy.config_path, config.replace("name: open", "name: open-renamed")).unwrap();
+    eventually("the reload applies", || async {
+        proxy.metrics().await.contains("route=\"open-renamed\"") || {
+            let _ = get(&url(&proxy, "/other")).await;
+            false
+        }
+    })
+    .await;
+    assert_eq!(get(&url(&proxy, "/limited")).await.0, StatusCode::TOO_MANY_REQUESTS);
+    // A second later the bucket has one request more.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(get(&url(&proxy, "/limited")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn query_parameter_matches_and_header_edits() {
     let (edited, plain) = tokio::join!(Upstream::start("edited"), Upstream::start("plain"));
     let config = one_service(&format!(

@@ -525,6 +525,18 @@ pub struct RouteConfig {
     /// Rewrites the host and path of the request before it goes to a backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<RewriteConfig>,
+    /// At most this many of the route's requests per second from this proxy; the rest get 429
+    /// with `retry-after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+/// A token bucket: `requestsPerSecond` sustained, up to `burst` at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub requests_per_second: u32,
+    pub burst: u32,
 }
 
 /// Where a redirect points: each part not given is the request's own. A scheme given without a

@@ -136,6 +136,27 @@ fn refuses_bad_files_with_the_field_and_the_reason() {
             &SEED.replace("timeout: 5s", "timeout: 5s\n        rewrite: { hostname: \"a b\" }"),
             "services[0].routes[0].rewrite.hostname: \"a b\" is not a host name",
         ),
+        (
+            &SEED
+                .replace("timeout: 5s", "timeout: 5s\n        rateLimit: { requestsPerSecond: 0, burst: 1 }"),
+            "services[0].routes[0].rateLimit.requestsPerSecond: must be from 1 to 1000000",
+        ),
+        (
+            &SEED
+                .replace("timeout: 5s", "timeout: 5s\n        rateLimit: { requestsPerSecond: 5, burst: 0 }"),
+            "services[0].routes[0].rateLimit.burst: must be from 1 to 1000000",
+        ),
+        (
+            &SEED.replace("timeout: 5s", "timeout: 5s\n        rateLimit: { requestsPerSecond: 5 }"),
+            "missing field `burst`",
+        ),
+        (
+            &SEED.replace(
+                "timeout: 5s",
+                "timeout: 5s\n        rateLimit: { requestsPerSecond: -5, burst: 1 }",
+            ),
+            "not valid",
+        ),
     ];
     for (text, expected) in cases {
         let error = refused(text);

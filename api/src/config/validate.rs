@@ -317,6 +317,14 @@ fn validate_route(
             }
         }
     }
+    if let Some(limit) = &route.rate_limit {
+        if !(1..=1_000_000).contains(&limit.requests_per_second) {
+            return invalid(at(".rateLimit.requestsPerSecond"), "must be from 1 to 1000000".into());
+        }
+        if !(1..=1_000_000).contains(&limit.burst) {
+            return invalid(at(".rateLimit.burst"), "must be from 1 to 1000000".into());
+        }
+    }
     if let Some(redirect) = &route.redirect {
         if !matches!(redirect.status, 301 | 302 | 303 | 307 | 308) {
             return invalid(

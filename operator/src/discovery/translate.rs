@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use braid_api::config::{
     AuthorizationRuleConfig, DefaultInboundPolicy, FaultAbort, FaultConfig, FaultDelay, HeaderEditsConfig,
     HeaderMatch, HeaderValueConfig, HeaderValueMatch, MatchConfig, MirrorConfig, MtlsMode as ProxyMtls,
-    OperationConfig, PathMatch, PolicyConfig, ProbeConfig, RetriesConfig, RetryOn, RouteConfig,
-    ServiceAccountConfig, SourceConfig, WeightedBackend,
+    OperationConfig, PathMatch, PolicyConfig, ProbeConfig, RateLimitConfig, RetriesConfig, RetryOn,
+    RouteConfig, ServiceAccountConfig, SourceConfig, WeightedBackend,
 };
 use braid_crds::{
     MeshPolicySpec,
@@ -156,6 +156,13 @@ pub fn route_rule(
         mirror,
         request_headers: rule.request_headers.as_ref().map(header_edits),
         response_headers: rule.response_headers.as_ref().map(header_edits),
+        rate_limit: rule.rate_limit.as_ref().map(|limit| {
+            // The CRD's schema keeps both from 1 to 1,000,000; out-of-range values from an
+            // older schema are clamped rather than refused.
+            let clamp = |n: i32| u32::try_from(n).unwrap_or(1).clamp(1, 1_000_000);
+            let requests_per_second = clamp(limit.requests_per_second);
+            RateLimitConfig { requests_per_second, burst: limit.burst.map_or(requests_per_second, clamp) }
+        }),
         ..RouteConfig::default()
     })
 }
@@ -265,6 +272,22 @@ mod tests {
         assert_eq!(retries.retry_on, [RetryOn::FiveXx, RetryOn::Reset]);
         assert_eq!(route.fault.and_then(|f| f.abort).map(|a| a.status), Some(503));
         assert_eq!(route.mirror.map(|m| m.backend), Some("shadow".to_owned()));
+    }
+
+    #[test]
+    fn a_rate_limit_translates_and_its_burst_defaults_to_the_rate() {
+        let limited = |limit: serde_json::Value| {
+            let rule = rule(json!({"backends": [{"service": "reviews-v1"}], "rateLimit": limit}));
+            route_rule("reviews", 0, &rule, "reviews", 8080).expect("supported").rate_limit
+        };
+        assert_eq!(
+            limited(json!({"requestsPerSecond": 100, "burst": 20})),
+            Some(RateLimitConfig { requests_per_second: 100, burst: 20 })
+        );
+        assert_eq!(
+            limited(json!({"requestsPerSecond": 50})),
+            Some(RateLimitConfig { requests_per_second: 50, burst: 50 })
+        );
     }
 
     #[test]

@@ -597,6 +597,8 @@ pub fn translate(
                             response_headers: response_headers.clone(),
                             redirect,
                             rewrite,
+                            // The Gateway API has no rate limit field.
+                            rate_limit: None,
                         },
                     ));
                 }

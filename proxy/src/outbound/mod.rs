@@ -6,6 +6,7 @@
 
 pub mod fault;
 pub mod mirror;
+pub mod rate_limit;
 pub mod redirect;
 pub mod retry;
 pub mod route;

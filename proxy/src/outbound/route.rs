@@ -10,13 +10,14 @@ use tracing::info;
 
 use super::fault::inject_fault;
 use super::mirror::mirror;
+use super::rate_limit::retry_after_seconds;
 use super::retry::{Kept, keep_small_body, send_with_retries};
 use crate::client::body::ProxyBody;
 use crate::http::forward::record;
 use crate::http::headers::{client_response, propagate_trace};
 use crate::http::path;
 use crate::http::respond::{Failure, failure_response, local};
-use crate::metrics::{Direction, Label, RequestLabels, TimeoutKind, TimeoutLabels};
+use crate::metrics::{Direction, Label, RequestLabels, RetryLabels, TimeoutKind, TimeoutLabels};
 use crate::state::ProxyState;
 use crate::table::Service;
 
@@ -79,6 +80,13 @@ pub async fn route_request(
         edits.apply(&mut parts.headers);
     }
 
+    if let Some(limiter) = &route.rate_limit
+        && let Err(wait) = limiter.acquire(Instant::now())
+    {
+        let response = rate_limited(state, &labels, wait);
+        record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
+        return response;
+    }
     if let Some(response) = inject_fault(route).await {
         record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
         return response;
@@ -154,5 +162,34 @@ pub async fn route_request(
         );
     }
     record(&state.metrics, &labels, metrics, server_id, &response, start);
+    response
+}
+
+/// The answer to a request over the route's rate limit: 429, and when to try again.
+fn rate_limited(
+    state: &ProxyState,
+    labels: &RequestLabels,
+    wait: std::time::Duration,
+) -> Response<ProxyBody> {
+    state
+        .metrics
+        .rate_limited
+        .get_or_create(&RetryLabels {
+            direction: Direction::outbound,
+            dst_service: labels.dst_service.clone(),
+            route: labels.route.clone(),
+        })
+        .inc();
+    let seconds = retry_after_seconds(wait);
+    let mut response = local(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        format!(
+            "braid-proxy: route {} of service {} is over its rate limit; retry after {seconds} s\n",
+            labels.route.as_str(),
+            labels.dst_service.as_str()
+        ),
+    );
+    response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
     response
 }
