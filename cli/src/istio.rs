@@ -247,7 +247,13 @@ pub fn virtual_service(
         let route_name = if targets.len() == 1 { name.clone() } else { format!("{name}-{}", target.name) };
         let mut route = MeshRoute::new(
             &route_name,
-            MeshRouteSpec { service: target.name.clone(), port: None, rules: route_rules, canary: None },
+            MeshRouteSpec {
+                service: target.name.clone(),
+                port: None,
+                rules: route_rules,
+                canary: None,
+                load_balancer: None,
+            },
         );
         route.metadata.namespace.clone_from(&target.namespace);
         merge(&mut all, &ctx.left_out);

@@ -313,7 +313,7 @@ pub fn service_profile(
     }
     let mut route = MeshRoute::new(
         &host.name,
-        MeshRouteSpec { service: host.name.clone(), port: None, rules, canary: None },
+        MeshRouteSpec { service: host.name.clone(), port: None, rules, canary: None, load_balancer: None },
     );
     route.metadata.namespace = namespace;
     let converted = Converted {

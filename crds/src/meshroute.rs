@@ -124,6 +124,11 @@ pub struct MeshRouteSpec {
     #[schemars(length(min = 1, max = 32))]
     pub rules: Vec<RouteRule>,
 
+    /// How every client's proxy chooses among the Service's endpoints, and when it ejects one.
+    /// Applies to the whole port; when several MeshRoutes of the port set it, the oldest's holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<LoadBalancer>,
+
     /// Progressive delivery: shift traffic from the stable to the canary backend in steps while
     /// the canary meets its success-rate and latency thresholds, and roll back when it does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -454,6 +459,84 @@ pub struct Mirror {
 
 fn default_mirror_percent() -> i32 {
     100
+}
+
+/// Endpoint choice and outlier ejection for a Service port.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancer {
+    /// EWMA (the default: power of two choices over latency times outstanding requests),
+    /// LeastRequest (power of two choices over outstanding requests), or RoundRobin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<LoadBalancerAlgorithm>,
+    /// Session affinity: requests with the same key go to the same endpoint while it is
+    /// available; when endpoints come and go only their keys move. Requests without the key
+    /// are balanced by `algorithm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
+    /// When an endpoint is taken out of the balancing for a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// How endpoints are picked.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum LoadBalancerAlgorithm {
+    #[serde(rename = "EWMA")]
+    Ewma,
+    LeastRequest,
+    RoundRobin,
+}
+
+/// Where the session-affinity key comes from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.type == 'SourceIP' ? !has(self.name) : has(self.name)",
+     "message": "a Header or Cookie key needs a name; a SourceIP key has none"}
+]))]
+pub struct HashOn {
+    /// Header (a request header's value), Cookie (a cookie's value) or SourceIP (the client
+    /// pod's address).
+    #[serde(rename = "type")]
+    pub key_type: HashOnType,
+    /// The header's or cookie's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"))]
+    pub name: Option<String>,
+}
+
+/// The kinds of session-affinity key.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum HashOnType {
+    Header,
+    Cookie,
+    #[serde(rename = "SourceIP")]
+    SourceIp,
+}
+
+/// Ejection after consecutive failures (5xx answers or connection errors), for a time that
+/// doubles each time the endpoint is ejected again.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    /// Failures in a row that eject an endpoint; 0 turns ejection off. Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub consecutive_failures: Option<i32>,
+    /// The first ejection's length, like "30s" (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    pub base_ejection_time: Option<String>,
+    /// The longest an ejection lasts, like "5m" (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^([0-9]{1,5}(h|m|s|ms)){1,4}$"))]
+    pub max_ejection_time: Option<String>,
+    /// At most this percentage of the Service's endpoints is ejected at once (one always may
+    /// be). Default 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_ejected_percent: Option<i32>,
 }
 
 /// A token bucket: a sustained rate, and a burst the bucket holds.

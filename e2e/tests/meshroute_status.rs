@@ -285,6 +285,21 @@ async fn the_api_server_rejects_invalid_routes_with_a_clear_message() {
             "spec.rules[0].rateLimit.requestsPerSecond: Required value",
         ),
         (
+            "session affinity on a header without a name",
+            json!({"service": "a", "rules": [{"backends": [{"service": "b"}]}], "loadBalancer": {"hashOn": {"type": "Header"}}}),
+            "a Header or Cookie key needs a name; a SourceIP key has none",
+        ),
+        (
+            "more than all endpoints ejected",
+            json!({"service": "a", "rules": [{"backends": [{"service": "b"}]}], "loadBalancer": {"outlierDetection": {"maxEjectedPercent": 150}}}),
+            "should be less than or equal to 100",
+        ),
+        (
+            "unknown algorithm",
+            json!({"service": "a", "rules": [{"backends": [{"service": "b"}]}], "loadBalancer": {"algorithm": "Random"}}),
+            "Unsupported value: \"Random\"",
+        ),
+        (
             "canary onto itself",
             json!({"service": "a", "rules": [{"backends": [{"service": "b"}]}], "canary": {"stable": "b", "canary": "b", "steps": [10]}}),
             "stable and canary must be different Services",

@@ -6,11 +6,11 @@
 //! request picked for it a connect timeout.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use braid_api::config::LoadBalancerConfig;
+use braid_api::config::{Algorithm, LoadBalancerConfig};
 
 use crate::client::{Pool, TlsTarget, UpstreamProtocol};
 use crate::identity::{ALPN_H2, ALPN_OPAQUE, IdentityStore};
@@ -56,6 +56,8 @@ pub struct Endpoint {
     pub opaque_tls: Option<TlsTarget>,
     pending: AtomicU32,
     health: Mutex<Health>,
+    /// The address, hashed once, for rendezvous hashing.
+    addr_hash: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -114,6 +116,7 @@ impl Endpoint {
             local_http2: None,
             opaque_tls: tls(ALPN_OPAQUE),
             pending: AtomicU32::new(0),
+            addr_hash: hash_of(&addr),
             health: Mutex::new(Health {
                 ewma_nanos: INITIAL_LATENCY_NANOS,
                 last_sample: None,
@@ -173,7 +176,16 @@ impl Endpoint {
 
     /// Records one request's outcome: its latency feeds the EWMA; a failure counts towards
     /// ejection, a success resets the count; an endpoint not reached is backed off from at once.
-    pub fn record(&self, latency: Duration, outcome: Outcome, config: &LoadBalancerConfig, now: Instant) {
+    /// `siblings` are the backend's endpoints (this one among them): at most
+    /// `maxEjectedPercent` of them are ejected at once.
+    pub fn record<E: std::borrow::Borrow<Endpoint>>(
+        &self,
+        latency: Duration,
+        outcome: Outcome,
+        config: &LoadBalancerConfig,
+        siblings: &[E],
+        now: Instant,
+    ) {
         let mut health = self.health.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if outcome == Outcome::Unreachable {
             let backoff = (UNREACHABLE_BACKOFF_MIN * (1u32 << health.unreachable_streak.min(16)))
@@ -208,7 +220,10 @@ impl Endpoint {
             return;
         }
         health.consecutive_failures += 1;
-        if config.consecutive_failures > 0 && health.consecutive_failures >= config.consecutive_failures {
+        if config.consecutive_failures > 0
+            && health.consecutive_failures >= config.consecutive_failures
+            && may_eject_another(siblings, self, config.max_ejected_percent, now)
+        {
             let factor = 1u32 << health.ejections.min(16);
             let ejection = (config.base_ejection_time * factor).min(config.max_ejection_time);
             health.ejected_until = Some(now + ejection);
@@ -229,11 +244,128 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Power of two choices: two distinct endpoints at random, the cheaper one wins. When both are
-/// passed over (ejected or backing off), the cheapest endpoint that is not wins instead, so one
-/// passed over is picked only when every endpoint is; then the balancer still picks one rather
-/// than failing every request (Envoy's panic threshold does the same).
+/// Whether one more of `siblings` may be ejected: fewer than `max_percent` of them are (one
+/// always may be). Counted only when an ejection is due, so never on the request path.
+fn may_eject_another<E: std::borrow::Borrow<Endpoint>>(
+    siblings: &[E],
+    this: &Endpoint,
+    max_percent: u32,
+    now: Instant,
+) -> bool {
+    let allowed = (siblings.len() * max_percent.min(100) as usize / 100).max(1);
+    let ejected = siblings
+        .iter()
+        .map(std::borrow::Borrow::borrow)
+        .filter(|other| !std::ptr::eq(*other, this))
+        .filter(|other| other.health().ejected_until.is_some_and(|until| until > now))
+        .count();
+    ejected < allowed
+}
+
+/// How a backend's endpoints are chosen: its load-balancer settings and its round-robin cursor.
+pub struct Balancer<'a> {
+    pub config: &'a LoadBalancerConfig,
+    pub cursor: &'a AtomicUsize,
+}
+
+impl Balancer<'_> {
+    /// The endpoint for one request: the one its affinity key (`hashOn`) hashes to among the
+    /// available endpoints, when it has a key; otherwise as the algorithm picks.
+    pub fn choose<'e, E: std::borrow::Borrow<Endpoint>>(
+        &self,
+        endpoints: &'e [E],
+        key: Option<u64>,
+        now: Instant,
+    ) -> Option<&'e E> {
+        if let Some(key) = key
+            && endpoints.len() > 1
+        {
+            return rendezvous(endpoints, key, now);
+        }
+        match self.config.algorithm {
+            Algorithm::Ewma => pick(endpoints, now),
+            Algorithm::LeastRequest => two_choices(endpoints, now, |endpoint| {
+                let passed_over = if endpoint.passed_over(now) { 1e12 } else { 0.0 };
+                f64::from(endpoint.pending.load(Ordering::Relaxed)) + passed_over
+            }),
+            Algorithm::RoundRobin => {
+                let len = endpoints.len();
+                if len == 0 {
+                    return None;
+                }
+                let start = self.cursor.fetch_add(1, Ordering::Relaxed);
+                // The next available one in turn; when none is, the next one anyway.
+                (0..len)
+                    .map(|i| &endpoints[(start + i) % len])
+                    .find(|endpoint| !endpoint.borrow().passed_over(now))
+                    .or_else(|| endpoints.get(start % len))
+            }
+        }
+    }
+}
+
+/// Rendezvous (highest random weight) hashing: each available endpoint scores the key, the highest
+/// wins; when endpoints come or go only the keys they win move. When none is available, all score.
+fn rendezvous<E: std::borrow::Borrow<Endpoint>>(endpoints: &[E], key: u64, now: Instant) -> Option<&E> {
+    let best = |available: bool| {
+        endpoints
+            .iter()
+            .filter(|endpoint| !available || !endpoint.borrow().passed_over(now))
+            .max_by_key(|endpoint| mix(key ^ endpoint.borrow().addr_hash))
+    };
+    best(true).or_else(|| best(false))
+}
+
+/// The session-affinity key of a request under `hash_on`, hashed: the header's value, the
+/// cookie's value, or the client's IP address. None when the request has no such key.
+pub fn affinity_key(
+    hash_on: Option<&braid_api::config::HashOn>,
+    headers: &http::HeaderMap,
+    client: Option<std::net::IpAddr>,
+) -> Option<u64> {
+    use braid_api::config::HashOn;
+    match hash_on? {
+        HashOn::Header(name) => headers.get(name.as_str()).map(|value| hash_of(value.as_bytes())),
+        HashOn::Cookie(name) => headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|cookies| cookies.split(';'))
+            .find_map(|pair| {
+                let (key, value) = pair.trim().split_once('=')?;
+                (key == name).then(|| hash_of(value.as_bytes()))
+            }),
+        HashOn::SourceIp => client.map(|ip| hash_of(&ip)),
+    }
+}
+
+/// A session-affinity key's hash.
+pub fn hash_of<T: std::hash::Hash + ?Sized>(value: &T) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(value)
+}
+
+/// SplitMix64's finaliser: spreads a key-endpoint pair over all 64 bits.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// Power of two choices over EWMA latency: two distinct endpoints at random, the cheaper one wins.
+/// When both are passed over (ejected or backing off), the cheapest endpoint that is not wins
+/// instead, so one passed over is picked only when every endpoint is; then the balancer still
+/// picks one rather than failing every request (Envoy's panic threshold does the same).
 pub fn pick<E: std::borrow::Borrow<Endpoint>>(endpoints: &[E], now: Instant) -> Option<&E> {
+    two_choices(endpoints, now, |endpoint| endpoint.cost(now))
+}
+
+/// Power of two choices under `cost`, in which a passed-over endpoint costs more than any other.
+fn two_choices<E: std::borrow::Borrow<Endpoint>>(
+    endpoints: &[E],
+    now: Instant,
+    cost: impl Fn(&Endpoint) -> f64,
+) -> Option<&E> {
     match endpoints.len() {
         0 => None,
         1 => endpoints.first(),
@@ -244,7 +376,7 @@ pub fn pick<E: std::borrow::Borrow<Endpoint>>(endpoints: &[E], now: Instant) -> 
                 b += 1;
             }
             let (first, second) = (&endpoints[a], &endpoints[b]);
-            let winner = if first.borrow().cost(now) <= second.borrow().cost(now) { first } else { second };
+            let winner = if cost(first.borrow()) <= cost(second.borrow()) { first } else { second };
             if !winner.borrow().passed_over(now) {
                 return Some(winner);
             }
@@ -252,7 +384,7 @@ pub fn pick<E: std::borrow::Borrow<Endpoint>>(endpoints: &[E], now: Instant) -> 
             let fallback = endpoints
                 .iter()
                 .filter(|endpoint| !endpoint.borrow().passed_over(now))
-                .map(|endpoint| (endpoint.borrow().cost(now), endpoint))
+                .map(|endpoint| (cost(endpoint.borrow()), endpoint))
                 .min_by(|x, y| x.0.total_cmp(&y.0));
             Some(fallback.map_or(winner, |(_, endpoint)| endpoint))
         }
@@ -282,8 +414,8 @@ mod tests {
     fn prefers_the_faster_endpoint() {
         let endpoints = endpoints(2);
         let now = Instant::now();
-        endpoints[0].record(Duration::from_millis(50), Outcome::Healthy, &config(), now);
-        endpoints[1].record(Duration::from_millis(1), Outcome::Healthy, &config(), now);
+        endpoints[0].record(Duration::from_millis(50), Outcome::Healthy, &config(), &endpoints, now);
+        endpoints[1].record(Duration::from_millis(1), Outcome::Healthy, &config(), &endpoints, now);
         let picks = (0..100).filter(|_| pick(&endpoints, now).unwrap().addr == endpoints[1].addr).count();
         assert_eq!(picks, 100, "with two endpoints, P2C always compares both");
     }
@@ -293,9 +425,9 @@ mod tests {
         let endpoints = endpoints(2);
         let start = Instant::now();
         // Its only request was slow (a new connection); the other keeps answering fast.
-        endpoints[0].record(Duration::from_millis(50), Outcome::Healthy, &config(), start);
+        endpoints[0].record(Duration::from_millis(50), Outcome::Healthy, &config(), &endpoints, start);
         let later = start + Duration::from_secs(60);
-        endpoints[1].record(Duration::from_millis(1), Outcome::Healthy, &config(), later);
+        endpoints[1].record(Duration::from_millis(1), Outcome::Healthy, &config(), &endpoints, later);
         assert_eq!(pick(&endpoints, start).unwrap().addr, endpoints[1].addr, "slow just now");
         assert_eq!(
             pick(&endpoints, later).unwrap().addr,
@@ -318,7 +450,7 @@ mod tests {
         let config = config();
         let start = Instant::now();
         for _ in 0..3 {
-            endpoints[0].record(Duration::from_millis(1), Outcome::Failed, &config, start);
+            endpoints[0].record(Duration::from_millis(1), Outcome::Failed, &config, &endpoints, start);
         }
         assert!(endpoints[0].is_ejected(start + Duration::from_secs(9)));
         assert!(!endpoints[0].is_ejected(start + Duration::from_secs(11)));
@@ -328,13 +460,13 @@ mod tests {
         // Fails again after coming back: ejected twice as long, then capped at the maximum.
         let later = start + Duration::from_secs(11);
         for _ in 0..3 {
-            endpoints[0].record(Duration::from_millis(1), Outcome::Failed, &config, later);
+            endpoints[0].record(Duration::from_millis(1), Outcome::Failed, &config, &endpoints, later);
         }
         assert!(endpoints[0].is_ejected(later + Duration::from_secs(19)));
         assert!(!endpoints[0].is_ejected(later + Duration::from_secs(21)));
         let third = later + Duration::from_secs(21);
         for _ in 0..3 {
-            endpoints[0].record(Duration::from_millis(1), Outcome::Failed, &config, third);
+            endpoints[0].record(Duration::from_millis(1), Outcome::Failed, &config, &endpoints, third);
         }
         assert!(endpoints[0].is_ejected(third + Duration::from_secs(34)));
         assert!(!endpoints[0].is_ejected(third + Duration::from_secs(36)));
@@ -345,9 +477,9 @@ mod tests {
         let endpoints = endpoints(1);
         let now = Instant::now();
         for _ in 0..10 {
-            endpoints[0].record(Duration::from_millis(1), Outcome::Failed, &config(), now);
-            endpoints[0].record(Duration::from_millis(1), Outcome::Failed, &config(), now);
-            endpoints[0].record(Duration::from_millis(1), Outcome::Healthy, &config(), now);
+            endpoints[0].record(Duration::from_millis(1), Outcome::Failed, &config(), &endpoints, now);
+            endpoints[0].record(Duration::from_millis(1), Outcome::Failed, &config(), &endpoints, now);
+            endpoints[0].record(Duration::from_millis(1), Outcome::Healthy, &config(), &endpoints, now);
         }
         assert!(!endpoints[0].is_ejected(now));
     }
@@ -358,7 +490,7 @@ mod tests {
         let now = Instant::now();
         for endpoint in &endpoints {
             for _ in 0..3 {
-                endpoint.record(Duration::from_millis(1), Outcome::Failed, &config(), now);
+                endpoint.record(Duration::from_millis(1), Outcome::Failed, &config(), &endpoints, now);
             }
         }
         assert!(endpoints.iter().all(|endpoint| endpoint.is_ejected(now)));
@@ -371,7 +503,7 @@ mod tests {
         let start = Instant::now();
         // Half the endpoints are addresses of deleted pods: each was tried once and not reached.
         for endpoint in &endpoints[..5] {
-            endpoint.record(Duration::from_secs(1), Outcome::Unreachable, &config(), start);
+            endpoint.record(Duration::from_secs(1), Outcome::Unreachable, &config(), &endpoints, start);
         }
         let dead = |addr: SocketAddr| endpoints[..5].iter().any(|endpoint| endpoint.addr == addr);
         let soon = start + Duration::from_millis(900);
@@ -381,10 +513,10 @@ mod tests {
         // long; any answer ends the backoff at once.
         let retry = start + Duration::from_millis(1100);
         assert!(!endpoints[0].passed_over(retry));
-        endpoints[0].record(Duration::from_secs(1), Outcome::Unreachable, &config(), retry);
+        endpoints[0].record(Duration::from_secs(1), Outcome::Unreachable, &config(), &endpoints, retry);
         assert!(endpoints[0].passed_over(retry + Duration::from_millis(1900)));
         assert!(!endpoints[0].passed_over(retry + Duration::from_millis(2100)));
-        endpoints[1].record(Duration::from_millis(1), Outcome::Healthy, &config(), retry);
+        endpoints[1].record(Duration::from_millis(1), Outcome::Healthy, &config(), &endpoints, retry);
         assert!(!endpoints[1].passed_over(retry));
         assert!(!endpoints[0].is_ejected(retry), "not reached twice is not an ejection");
     }
@@ -396,9 +528,113 @@ mod tests {
         let config = LoadBalancerConfig { consecutive_failures: 0, ..config() };
         let mut now = Instant::now();
         for _ in 0..20 {
-            endpoints[0].record(Duration::from_secs(1), Outcome::Unreachable, &config, now);
+            endpoints[0].record(Duration::from_secs(1), Outcome::Unreachable, &config, &endpoints, now);
             now += UNREACHABLE_BACKOFF_MAX + Duration::from_millis(1);
             assert!(!endpoints[0].passed_over(now), "tried again within {UNREACHABLE_BACKOFF_MAX:?}");
         }
+    }
+
+    fn balancer<'a>(config: &'a LoadBalancerConfig, cursor: &'a AtomicUsize) -> Balancer<'a> {
+        Balancer { config, cursor }
+    }
+
+    #[test]
+    fn round_robin_takes_each_available_endpoint_in_turn() {
+        let endpoints = endpoints(3);
+        let config = LoadBalancerConfig { algorithm: Algorithm::RoundRobin, ..config() };
+        let cursor = AtomicUsize::new(0);
+        let balancer = balancer(&config, &cursor);
+        let now = Instant::now();
+        let order: Vec<u16> =
+            (0..6).map(|_| balancer.choose(&endpoints, None, now).unwrap().addr.port()).collect();
+        assert_eq!(order, [1000, 1001, 1002, 1000, 1001, 1002]);
+        endpoints[1].record(Duration::from_secs(1), Outcome::Unreachable, &config, &endpoints, now);
+        let order: Vec<u16> =
+            (0..4).map(|_| balancer.choose(&endpoints, None, now).unwrap().addr.port()).collect();
+        assert!(!order.contains(&1001), "an endpoint backing off is skipped: {order:?}");
+    }
+
+    #[test]
+    fn least_request_goes_to_the_endpoint_with_fewer_outstanding_requests_whatever_its_latency() {
+        let endpoints = endpoints(2);
+        let config = LoadBalancerConfig { algorithm: Algorithm::LeastRequest, ..config() };
+        let cursor = AtomicUsize::new(0);
+        let balancer = balancer(&config, &cursor);
+        let now = Instant::now();
+        // Slow but idle beats fast but busy (EWMA would weigh the latency).
+        endpoints[0].record(Duration::from_millis(500), Outcome::Healthy, &config, &endpoints, now);
+        let _busy: Vec<_> = (0..3).map(|_| endpoints[1].start()).collect();
+        assert!((0..50).all(|_| balancer.choose(&endpoints, None, now).unwrap().addr.port() == 1000));
+    }
+
+    #[test]
+    fn a_key_sticks_to_one_endpoint_and_only_the_keys_of_a_removed_endpoint_move() {
+        let all = endpoints(5);
+        let (config, cursor) = (config(), AtomicUsize::new(0));
+        let balancer = balancer(&config, &cursor);
+        let now = Instant::now();
+        let owner =
+            |endpoints: &[Endpoint], key: u64| balancer.choose(endpoints, Some(key), now).unwrap().addr;
+        let keys: Vec<u64> = (0..1000).map(|i| hash_of(&format!("user-{i}"))).collect();
+        for &key in &keys[..20] {
+            assert!((0..20).all(|_| owner(&all, key) == owner(&all, key)), "the same key, the same endpoint");
+        }
+        let mut per_endpoint = std::collections::HashMap::new();
+        for &key in &keys {
+            *per_endpoint.entry(owner(&all, key)).or_insert(0) += 1;
+        }
+        assert_eq!(per_endpoint.len(), 5, "keys spread over every endpoint: {per_endpoint:?}");
+        assert!(per_endpoint.values().all(|&n| n > 120), "roughly even: {per_endpoint:?}");
+        // Endpoint 2 leaves: its keys move, no other key does.
+        let rest: Vec<Endpoint> = endpoints(5).into_iter().filter(|e| e.addr.port() != 1002).collect();
+        let moved = keys.iter().filter(|&&key| owner(&all, key) != owner(&rest, key)).count();
+        assert_eq!(moved, per_endpoint[&all[2].addr]);
+        // While its endpoint backs off, a key goes elsewhere, and comes back after.
+        let key = keys[0];
+        let home = owner(&all, key);
+        let home_endpoint = all.iter().find(|e| e.addr == home).unwrap();
+        home_endpoint.record(Duration::from_secs(1), Outcome::Unreachable, &config, &all, now);
+        assert_ne!(balancer.choose(&all, Some(key), now).unwrap().addr, home);
+        let later = now + Duration::from_secs(2);
+        assert_eq!(balancer.choose(&all, Some(key), later).unwrap().addr, home);
+    }
+
+    #[test]
+    fn affinity_keys_come_from_the_header_the_cookie_or_the_client_address() {
+        use braid_api::config::HashOn;
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-session", "abc".parse().unwrap());
+        headers.append(http::header::COOKIE, "theme=dark; session=s1".parse().unwrap());
+        headers.append(http::header::COOKIE, "other=1".parse().unwrap());
+        let ip = Some(std::net::IpAddr::from([10, 0, 0, 7]));
+        let header = HashOn::Header("x-session".into());
+        assert_eq!(affinity_key(Some(&header), &headers, ip), Some(hash_of(b"abc".as_slice())));
+        let cookie = HashOn::Cookie("session".into());
+        assert_eq!(affinity_key(Some(&cookie), &headers, ip), Some(hash_of(b"s1".as_slice())));
+        assert_eq!(affinity_key(Some(&HashOn::Cookie("missing".into())), &headers, ip), None);
+        assert_eq!(affinity_key(Some(&HashOn::Header("x-none".into())), &headers, ip), None);
+        assert!(affinity_key(Some(&HashOn::SourceIp), &headers, ip).is_some());
+        assert_eq!(affinity_key(None, &headers, ip), None);
+    }
+
+    #[test]
+    fn at_most_max_ejected_percent_of_a_backends_endpoints_are_ejected_at_once() {
+        let endpoints = endpoints(4);
+        let config = LoadBalancerConfig { max_ejected_percent: 50, ..config() };
+        let now = Instant::now();
+        for endpoint in &endpoints {
+            for _ in 0..3 {
+                endpoint.record(Duration::from_millis(1), Outcome::Failed, &config, &endpoints, now);
+            }
+        }
+        let ejected = endpoints.iter().filter(|e| e.is_ejected(now)).count();
+        assert_eq!(ejected, 2, "half of four");
+        // One is always allowed, even under a small percentage.
+        let two = self::endpoints(2);
+        let config = LoadBalancerConfig { max_ejected_percent: 10, ..config };
+        for _ in 0..3 {
+            two[0].record(Duration::from_millis(1), Outcome::Failed, &config, &two, now);
+        }
+        assert!(two[0].is_ejected(now));
     }
 }

@@ -41,6 +41,8 @@ pub struct Service {
 pub struct Backend {
     pub name: Label,
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// Where round robin goes next.
+    pub cursor: std::sync::atomic::AtomicUsize,
     /// This backend's series (the canary checks' measurements), looked up on its first try.
     pub metrics: std::sync::OnceLock<BackendMetrics>,
 }
@@ -324,6 +326,7 @@ fn compile_service(
                         })
                 })
                 .collect(),
+            cursor: std::sync::atomic::AtomicUsize::new(0),
             metrics: std::sync::OnceLock::new(),
         })
         .collect();
@@ -447,6 +450,11 @@ impl Service {
         headers: &HeaderMap,
     ) -> Option<&Route> {
         self.routes.iter().find(|route| route.matches(method, path, query, headers))
+    }
+
+    /// How this service's backends choose endpoints.
+    pub fn balancer<'a>(&'a self, backend: &'a Backend) -> crate::balance::Balancer<'a> {
+        crate::balance::Balancer { config: &self.load_balancer, cursor: &backend.cursor }
     }
 
     /// The route opaque TCP connections use: the first one.

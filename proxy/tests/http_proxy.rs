@@ -362,6 +362,44 @@ async fn fault_injection_and_mirroring() {
 }
 
 #[tokio::test]
+async fn round_robin_takes_endpoints_in_turn_and_a_session_header_sticks_to_one() {
+    let (e1, e2, e3) = tokio::join!(Upstream::start("e1"), Upstream::start("e2"), Upstream::start("e3"));
+    let config = one_service(&format!(
+        "    backends:
+      - {{ name: pool, endpoints: [{{ address: \"{}\" }}, {{ address: \"{}\" }}, {{ address: \"{}\" }}] }}
+    routes:
+      - backends: [{{ name: pool }}]
+    loadBalancer: {{ algorithm: round-robin, hashOn: {{ header: x-session }} }}
+",
+        e1.addr, e2.addr, e3.addr
+    ));
+    let proxy = Proxy::start(&config).await;
+    let client = http1_client();
+    // Without the key: each endpoint in turn.
+    for _ in 0..6 {
+        assert_eq!(get(&url(&proxy, "/")).await.0, StatusCode::OK);
+    }
+    assert_eq!((e1.hits(), e2.hits(), e3.hits()), (2, 2, 2), "round robin");
+    // With it: every request of a session to one endpoint, the sessions spread over them.
+    let mut homes = std::collections::BTreeMap::new();
+    for session in 0..12 {
+        let mut answered_by = std::collections::BTreeSet::new();
+        for _ in 0..5 {
+            let request = Request::get(url(&proxy, "/"))
+                .header("x-session", format!("user-{session}"))
+                .body(full(""))
+                .unwrap();
+            let (status, _, body) = send(&client, request).await;
+            assert_eq!(status, StatusCode::OK);
+            answered_by.insert(body);
+        }
+        assert_eq!(answered_by.len(), 1, "session {session} went to {answered_by:?}");
+        *homes.entry(answered_by.into_iter().next().unwrap_or_default()).or_insert(0) += 1;
+    }
+    assert!(homes.len() >= 2, "12 sessions all on one endpoint: {homes:?}");
+}
+
+#[tokio::test]
 async fn a_route_over_its_rate_limit_gets_429_with_retry_after_and_a_reload_refills_nothing() {
     let app = Upstream::start("app").await;
     let config = one_service(&format!(

@@ -743,10 +743,17 @@ fn default_mirror_percent() -> f64 {
     100.0
 }
 
-/// Power of two choices over EWMA latency, and outlier ejection.
+/// How an endpoint is chosen for each request, and outlier ejection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoadBalancerConfig {
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    /// Session affinity: requests with the same key go to the same endpoint while it is
+    /// available (rendezvous hashing: when endpoints come and go, only their keys move). Requests
+    /// without the key are balanced by `algorithm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<HashOn>,
     /// How fast the latency average forgets: the time constant of its decay.
     #[serde(default = "default_ewma_decay", with = "duration_text")]
     pub ewma_decay: Duration,
@@ -758,17 +765,52 @@ pub struct LoadBalancerConfig {
     pub base_ejection_time: Duration,
     #[serde(default = "default_max_ejection", with = "duration_text")]
     pub max_ejection_time: Duration,
+    /// At most this share of a backend's endpoints is ejected at once (at least one may be).
+    #[serde(default = "default_max_ejected_percent")]
+    pub max_ejected_percent: u32,
+}
+
+/// How the balancer picks among available endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    /// Power of two choices over a peak-sensitive EWMA of latency times outstanding requests.
+    #[default]
+    Ewma,
+    /// Power of two choices over outstanding requests alone.
+    LeastRequest,
+    /// Each endpoint in turn.
+    RoundRobin,
+}
+
+/// What a session-affinity key is read from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum HashOn {
+    /// A request header's value.
+    Header(String),
+    /// A cookie's value.
+    Cookie(String),
+    /// The client's IP address.
+    SourceIp,
 }
 
 impl Default for LoadBalancerConfig {
     fn default() -> Self {
         Self {
+            algorithm: Algorithm::default(),
+            hash_on: None,
             ewma_decay: default_ewma_decay(),
             consecutive_failures: default_consecutive_failures(),
             base_ejection_time: default_base_ejection(),
             max_ejection_time: default_max_ejection(),
+            max_ejected_percent: default_max_ejected_percent(),
         }
     }
+}
+
+fn default_max_ejected_percent() -> u32 {
+    100
 }
 
 fn default_ewma_decay() -> Duration {

@@ -46,6 +46,27 @@ fn serializes_back_to_the_same_config() {
     assert_eq!(Config::parse(&json).unwrap(), config);
 }
 
+/// The seed with the service's `loadBalancer` set to `value`.
+fn with_load_balancer(value: &str) -> String {
+    SEED.replace("    routes:\n", &format!("    loadBalancer: {value}\n    routes:\n"))
+}
+
+#[test]
+fn parses_load_balancing_choices() {
+    let config = Config::parse(&with_load_balancer(
+        "{ algorithm: round-robin, hashOn: { header: x-session }, maxEjectedPercent: 10 }",
+    ))
+    .unwrap();
+    let lb = &config.services[0].load_balancer;
+    assert_eq!(lb.algorithm, Algorithm::RoundRobin);
+    assert_eq!(lb.hash_on, Some(HashOn::Header("x-session".into())));
+    assert_eq!(lb.max_ejected_percent, 10);
+    let config =
+        Config::parse(&with_load_balancer("{ algorithm: least-request, hashOn: sourceIp }")).unwrap();
+    assert_eq!(config.services[0].load_balancer.hash_on, Some(HashOn::SourceIp));
+    assert_eq!(Config::parse(SEED).unwrap().services[0].load_balancer, LoadBalancerConfig::default());
+}
+
 fn refused(text: &str) -> String {
     Config::parse(text).unwrap_err().to_string()
 }
@@ -157,6 +178,17 @@ fn refuses_bad_files_with_the_field_and_the_reason() {
             ),
             "not valid",
         ),
+        (
+            &with_load_balancer("{ maxEjectedPercent: 101 }"),
+            "services[0].loadBalancer.maxEjectedPercent: must be between 0 and 100",
+        ),
+        (
+            &with_load_balancer("{ hashOn: { header: \"x user\" } }"),
+            "services[0].loadBalancer.hashOn: the header or cookie name must be a token",
+        ),
+        (&with_load_balancer("{ hashOn: { cookie: \"\" } }"), "services[0].loadBalancer.hashOn"),
+        (&with_load_balancer("{ algorithm: random }"), "unknown variant `random`"),
+        (&with_load_balancer("{ hashOn: { body: x } }"), "unknown variant `body`"),
     ];
     for (text, expected) in cases {
         let error = refused(text);

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::{Config, ConfigError, HeaderValueMatch, PathMatch, PolicyConfig, RouteConfig};
+use super::{Config, ConfigError, HashOn, HeaderValueMatch, PathMatch, PolicyConfig, RouteConfig};
 use crate::contract::env;
 use crate::identity::SpiffeId;
 
@@ -161,6 +161,14 @@ impl Config {
             let lb = &service.load_balancer;
             if lb.base_ejection_time > lb.max_ejection_time {
                 return invalid(at(".loadBalancer"), "baseEjectionTime must not exceed maxEjectionTime");
+            }
+            if lb.max_ejected_percent > 100 {
+                return invalid(at(".loadBalancer.maxEjectedPercent"), "must be between 0 and 100");
+            }
+            if let Some(HashOn::Header(name) | HashOn::Cookie(name)) = &lb.hash_on
+                && (name.is_empty() || http::HeaderName::from_bytes(name.as_bytes()).is_err())
+            {
+                return invalid(at(".loadBalancer.hashOn"), "the header or cookie name must be a token");
             }
             if !(0.0..=1000.0).contains(&service.retry_budget.percent) {
                 return invalid(at(".retryBudget.percent"), "must be between 0 and 1000");

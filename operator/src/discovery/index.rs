@@ -598,7 +598,7 @@ impl Index {
             protocol,
             backends,
             routes,
-            load_balancer: LoadBalancerConfig::default(),
+            load_balancer: self.load_balancer(key, port),
             retry_budget: self.retry_budget(key, port),
         };
         Snapshot { service: Some(config), routes: applied, unsupported }
@@ -726,6 +726,15 @@ impl Index {
             .collect();
         routes.sort_by(|a, b| (a.1.created.as_str(), a.0).cmp(&(b.1.created.as_str(), b.0)));
         routes
+    }
+
+    /// The load balancing the oldest MeshRoute of the port that sets it asks for, or the default.
+    fn load_balancer(&self, key: &Key, port: u16) -> LoadBalancerConfig {
+        self.routes_for(key, port)
+            .into_iter()
+            .find_map(|(_, route)| route.spec.load_balancer.as_ref())
+            .map(translate::load_balancer)
+            .unwrap_or_default()
     }
 
     /// The first retry budget a route of the Service sets, or the default.
@@ -947,6 +956,23 @@ mod tests {
         let v2 = service.backends.iter().find(|b| b.name == "reviews-v2").expect("backend v2");
         assert_eq!(v2.endpoints.iter().map(|e| e.address.to_string()).collect::<Vec<_>>(), ["10.1.0.2:8080"]);
         assert_eq!(service.routes.last().and_then(|r| r.name.as_deref()), Some("default"));
+    }
+
+    #[test]
+    fn the_oldest_route_that_sets_load_balancing_sets_it_for_the_port() {
+        let mut index = shop();
+        let destination =
+            |index: &Index| index.destination(&key("shop", "reviews"), 80).service.expect("known");
+        assert_eq!(destination(&index).load_balancer, LoadBalancerConfig::default());
+        route(
+            &mut index,
+            "sticky",
+            1,
+            json!({"service": "reviews", "loadBalancer": {"hashOn": {"type": "Cookie", "name": "sid"}},
+                   "rules": [{"backends": [{"service": "reviews-v1"}]}]}),
+        );
+        let config = destination(&index).load_balancer;
+        assert_eq!(config.hash_on, Some(braid_api::config::HashOn::Cookie("sid".into())));
     }
 
     #[test]

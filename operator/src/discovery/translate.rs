@@ -4,10 +4,11 @@
 use std::collections::BTreeMap;
 
 use braid_api::config::{
-    AuthorizationRuleConfig, DefaultInboundPolicy, FaultAbort, FaultConfig, FaultDelay, HeaderEditsConfig,
-    HeaderMatch, HeaderValueConfig, HeaderValueMatch, MatchConfig, MirrorConfig, MtlsMode as ProxyMtls,
-    OperationConfig, PathMatch, PolicyConfig, ProbeConfig, RateLimitConfig, RetriesConfig, RetryOn,
-    RouteConfig, ServiceAccountConfig, SourceConfig, WeightedBackend,
+    Algorithm, AuthorizationRuleConfig, DefaultInboundPolicy, FaultAbort, FaultConfig, FaultDelay, HashOn,
+    HeaderEditsConfig, HeaderMatch, HeaderValueConfig, HeaderValueMatch, LoadBalancerConfig, MatchConfig,
+    MirrorConfig, MtlsMode as ProxyMtls, OperationConfig, PathMatch, PolicyConfig, ProbeConfig,
+    RateLimitConfig, RetriesConfig, RetryOn, RouteConfig, ServiceAccountConfig, SourceConfig,
+    WeightedBackend,
 };
 use braid_crds::{
     MeshPolicySpec,
@@ -167,6 +168,49 @@ pub fn route_rule(
     })
 }
 
+/// A MeshRoute's `loadBalancer` in the proxies' model; what it leaves out keeps the default.
+/// The schema and validation keep the fields in range; a value out of it falls back to the
+/// default rather than reaching a proxy.
+pub fn load_balancer(spec: &meshroute::LoadBalancer) -> LoadBalancerConfig {
+    let defaults = LoadBalancerConfig::default();
+    let outlier = spec.outlier_detection.clone().unwrap_or_default();
+    let time = |text: &Option<String>, default| {
+        text.as_deref().and_then(|t| braid_crds::duration::parse_duration(t).ok()).unwrap_or(default)
+    };
+    let (base_ejection_time, max_ejection_time) = match (
+        time(&outlier.base_ejection_time, defaults.base_ejection_time),
+        time(&outlier.max_ejection_time, defaults.max_ejection_time),
+    ) {
+        (base, max) if base <= max => (base, max),
+        _ => (defaults.base_ejection_time, defaults.max_ejection_time),
+    };
+    LoadBalancerConfig {
+        algorithm: match spec.algorithm {
+            None | Some(meshroute::LoadBalancerAlgorithm::Ewma) => Algorithm::Ewma,
+            Some(meshroute::LoadBalancerAlgorithm::LeastRequest) => Algorithm::LeastRequest,
+            Some(meshroute::LoadBalancerAlgorithm::RoundRobin) => Algorithm::RoundRobin,
+        },
+        hash_on: spec.hash_on.as_ref().and_then(|hash| match (hash.key_type, &hash.name) {
+            (meshroute::HashOnType::Header, Some(name)) => Some(HashOn::Header(name.to_ascii_lowercase())),
+            (meshroute::HashOnType::Cookie, Some(name)) => Some(HashOn::Cookie(name.clone())),
+            (meshroute::HashOnType::SourceIp, _) => Some(HashOn::SourceIp),
+            _ => None,
+        }),
+        consecutive_failures: outlier
+            .consecutive_failures
+            .and_then(|n| u32::try_from(n).ok())
+            .unwrap_or(defaults.consecutive_failures),
+        base_ejection_time,
+        max_ejection_time,
+        max_ejected_percent: outlier
+            .max_ejected_percent
+            .and_then(|n| u32::try_from(n).ok())
+            .filter(|&n| n <= 100)
+            .unwrap_or(defaults.max_ejected_percent),
+        ..defaults
+    }
+}
+
 fn header_edits(modifier: &meshroute::HeaderModifier) -> HeaderEditsConfig {
     let pairs = |list: &[meshroute::HeaderValue]| {
         list.iter().map(|h| HeaderValueConfig { name: h.name.clone(), value: h.value.clone() }).collect()
@@ -272,6 +316,31 @@ mod tests {
         assert_eq!(retries.retry_on, [RetryOn::FiveXx, RetryOn::Reset]);
         assert_eq!(route.fault.and_then(|f| f.abort).map(|a| a.status), Some(503));
         assert_eq!(route.mirror.map(|m| m.backend), Some("shadow".to_owned()));
+    }
+
+    #[test]
+    fn load_balancing_translates_and_what_is_left_out_keeps_the_default() {
+        let lb = |value: serde_json::Value| {
+            load_balancer(&serde_json::from_value(value).expect("test load balancer deserializes"))
+        };
+        let config = lb(json!({"algorithm": "RoundRobin", "hashOn": {"type": "Header", "name": "X-Session"},
+            "outlierDetection": {"consecutiveFailures": 3, "baseEjectionTime": "10s", "maxEjectedPercent": 20}}));
+        assert_eq!(config.algorithm, Algorithm::RoundRobin);
+        assert_eq!(config.hash_on, Some(HashOn::Header("x-session".into())), "header names in lower case");
+        assert_eq!(config.consecutive_failures, 3);
+        assert_eq!(config.base_ejection_time, std::time::Duration::from_secs(10));
+        assert_eq!(config.max_ejection_time, LoadBalancerConfig::default().max_ejection_time);
+        assert_eq!(config.max_ejected_percent, 20);
+        assert_eq!(lb(json!({})), LoadBalancerConfig::default());
+        assert_eq!(lb(json!({"hashOn": {"type": "SourceIP"}})).hash_on, Some(HashOn::SourceIp));
+        assert_eq!(
+            lb(json!({"hashOn": {"type": "Cookie", "name": "sid"}})).hash_on,
+            Some(HashOn::Cookie("sid".into()))
+        );
+        assert_eq!(lb(json!({"algorithm": "LeastRequest"})).algorithm, Algorithm::LeastRequest);
+        // Out of order (validation refuses it): the defaults, never a proxy config it would refuse.
+        let odd = lb(json!({"outlierDetection": {"baseEjectionTime": "1h", "maxEjectionTime": "1m"}}));
+        assert_eq!(odd.base_ejection_time, LoadBalancerConfig::default().base_ejection_time);
     }
 
     #[test]

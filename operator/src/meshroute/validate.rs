@@ -39,6 +39,25 @@ pub fn validate(spec: &MeshRouteSpec) -> Vec<Invalid> {
         }
         validate_rule(&at, rule, &mut problems);
     }
+    if let Some(outlier) = spec.load_balancer.as_ref().and_then(|lb| lb.outlier_detection.as_ref()) {
+        let at = "spec.loadBalancer.outlierDetection";
+        let parsed = |field: &str, text: &Option<String>, problems: &mut Vec<Invalid>| match text {
+            None => None,
+            Some(text) => parse_duration(text)
+                .map_err(|err| problems.push(invalid(format!("{at}.{field}"), err.to_string())))
+                .ok(),
+        };
+        let base = parsed("baseEjectionTime", &outlier.base_ejection_time, &mut problems);
+        let max = parsed("maxEjectionTime", &outlier.max_ejection_time, &mut problems);
+        let base = base.unwrap_or(Duration::from_secs(30));
+        let max = max.unwrap_or(Duration::from_secs(300));
+        if base > max {
+            problems.push(invalid(
+                format!("{at}.baseEjectionTime"),
+                format!("{base:?} is longer than maxEjectionTime ({max:?})"),
+            ));
+        }
+    }
     if let Some(canary) = &spec.canary {
         match parse_duration(&canary.interval) {
             Err(err) => problems.push(invalid("spec.canary.interval", err.to_string())),
@@ -245,6 +264,24 @@ mod tests {
         let s = spec(json!({"service": "a", "rules": [{"backends": [{"service": "b"}], "timeout": "1s1h",
             "fault": {"delay": {"duration": "5s5s", "percent": 10}}}]}));
         assert_eq!(fields(&s), ["spec.rules[0].timeout", "spec.rules[0].fault.delay.duration"]);
+    }
+
+    #[test]
+    fn outlier_durations_that_cannot_be_read_or_are_out_of_order_are_refused() {
+        let with = |outlier: serde_json::Value| {
+            spec(json!({"service": "a", "rules": [{"backends": [{"service": "b"}]}],
+                "loadBalancer": {"outlierDetection": outlier}}))
+        };
+        assert_eq!(
+            fields(&with(json!({"baseEjectionTime": "5s5s"}))),
+            ["spec.loadBalancer.outlierDetection.baseEjectionTime"]
+        );
+        let problems = validate(&with(json!({"baseEjectionTime": "10m", "maxEjectionTime": "1m"})));
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].reason.contains("longer than maxEjectionTime"), "{}", problems[0]);
+        // Against the default maximum (5m) too.
+        assert_eq!(fields(&with(json!({"baseEjectionTime": "10m"}))).len(), 1);
+        assert!(validate(&with(json!({"baseEjectionTime": "10s", "maxEjectionTime": "1m"}))).is_empty());
     }
 
     #[test]

@@ -11,7 +11,6 @@ use http::request;
 use http_body_util::BodyExt as _;
 use tracing::debug;
 
-use crate::balance;
 use crate::client::body::ProxyBody;
 use crate::http::headers::{clone_parts, upstream_request};
 use crate::metrics::{Direction, MirrorLabels, TimeoutKind, TimeoutLabels};
@@ -52,7 +51,10 @@ pub fn mirror(
     tokio::spawn(async move {
         let _slot = slot;
         let Some(backend) = service.backends.get(backend) else { return };
-        let Some(endpoint) = balance::pick(&backend.endpoints, Instant::now()) else { return };
+        let Some(endpoint) = service.balancer(backend).choose(&backend.endpoints, None, Instant::now())
+        else {
+            return;
+        };
         let pool = endpoint.pool_for(parts.version);
         let request =
             upstream_request(&mut parts, ProxyBody::text(body), pool.protocol(), endpoint.meshed, false);

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::balance::{self, Endpoint};
+use crate::balance::Endpoint;
 use crate::client::UpstreamProtocol;
 use crate::client::body::ProxyBody;
 use crate::detect::{self, Detected, Silence};
@@ -54,6 +54,8 @@ pub enum OutboundTarget {
 pub struct OutboundConnection {
     pub state: Arc<ProxyState>,
     pub target: OutboundTarget,
+    /// The app's address: the key of `hashOn: sourceIp`.
+    pub peer: SocketAddr,
 }
 
 /// Serves one connection from the app. `table` is the one loaded when it was accepted.
@@ -116,7 +118,7 @@ pub async fn serve(
         }
         return;
     }
-    let connection = Arc::new(OutboundConnection { state: state.clone(), target });
+    let connection = Arc::new(OutboundConnection { state: state.clone(), target, peer });
     let handle = move |request| self::handle(connection.clone(), request);
     serve_http(detected, io, handle, limits, shutdown, ClientKind::OwnApp).await;
 }
@@ -140,7 +142,9 @@ fn opaque_destination(state: &ProxyState, target: &OutboundTarget) -> Option<Opa
     };
     let route = service.default_route()?;
     let backend = service.backends.get(route.pick_backend())?;
-    balance::pick(&backend.endpoints, Instant::now())
+    service
+        .balancer(backend)
+        .choose(&backend.endpoints, None, Instant::now())
         .map(|endpoint| OpaqueDestination::Endpoint(endpoint.clone()))
 }
 
@@ -187,7 +191,7 @@ pub async fn handle(connection: Arc<OutboundConnection>, request: Request<ProxyB
     let limit = table.config.limits.max_retry_body_bytes;
     let access_log = table.config.access_log;
     drop(table);
-    route::route_request(state, &service, request, limit, access_log).await
+    route::route_request(state, &service, Some(connection.peer.ip()), request, limit, access_log).await
 }
 
 /// An outbound request to an address no service claims: forwarded unchanged, and counted.

@@ -39,6 +39,7 @@ pub async fn keep_small_body(body: ProxyBody, limit: usize) -> Result<Kept, Body
 /// Sends the request to an endpoint of a backend the route picks, again (to a fresh pick) while
 /// the outcome is one the route retries on, attempts remain, the body was kept and the budget
 /// allows. The response comes with the identity of the endpoint that answered.
+/// `affinity` is the request's session-affinity key (`hashOn`), if it has one.
 pub async fn send_with_retries(
     registry: &Metrics,
     service: &Service,
@@ -46,6 +47,7 @@ pub async fn send_with_retries(
     labels: &RequestLabels,
     parts: request::Parts,
     body: Kept,
+    affinity: Option<u64>,
 ) -> Result<(Response<ProxyBody>, Label), Failure> {
     let (attempts, per_try_timeout, retry_on) = match (&route.retries, &body) {
         (Some(retries), Kept::Yes(_)) => {
@@ -59,7 +61,7 @@ pub async fn send_with_retries(
     for attempt in 1..=attempts {
         let backend = &service.backends[route.pick_backend()];
         let now = Instant::now();
-        let Some(endpoint) = balance::pick(&backend.endpoints, now) else {
+        let Some(endpoint) = service.balancer(backend).choose(&backend.endpoints, affinity, now) else {
             return Err(Failure::NoEndpoints {
                 service: service.name.clone(),
                 backend: backend.name.clone(),
@@ -113,7 +115,13 @@ pub async fn send_with_retries(
             series.failures.inc();
         }
         series.latency.observe(done.saturating_duration_since(now));
-        endpoint.record(done.saturating_duration_since(now), judged, &service.load_balancer, done);
+        endpoint.record(
+            done.saturating_duration_since(now),
+            judged,
+            &service.load_balancer,
+            &backend.endpoints,
+            done,
+        );
         if !last && should_retry(&outcome, retry_on) {
             let retry_labels = RetryLabels {
                 direction: Direction::outbound,

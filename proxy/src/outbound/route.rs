@@ -12,6 +12,7 @@ use super::fault::inject_fault;
 use super::mirror::mirror;
 use super::rate_limit::retry_after_seconds;
 use super::retry::{Kept, keep_small_body, send_with_retries};
+use crate::balance;
 use crate::client::body::ProxyBody;
 use crate::http::forward::record;
 use crate::http::headers::{client_response, propagate_trace};
@@ -26,6 +27,7 @@ use crate::table::Service;
 pub async fn route_request(
     state: &ProxyState,
     service: &Arc<Service>,
+    client: Option<std::net::IpAddr>,
     request: Request<ProxyBody>,
     retry_body_limit: usize,
     access_log: bool,
@@ -125,7 +127,8 @@ pub async fn route_request(
     }
 
     service.budget.deposit();
-    let tries = send_with_retries(&state.metrics, service, route, &labels, parts, body);
+    let affinity = balance::affinity_key(service.load_balancer.hash_on.as_ref(), &parts.headers, client);
+    let tries = send_with_retries(&state.metrics, service, route, &labels, parts, body, affinity);
     let result = match route.timeout {
         Some(timeout) => match tokio::time::timeout(timeout, tries).await {
             Ok(result) => result,
