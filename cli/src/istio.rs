@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use braid_crds::{
     MeshRoute, MeshRouteSpec,
     meshroute::{
-        Backend, FaultAbort, FaultDelay, FaultInjection, HeaderMatch, HeaderModifier, HeaderValue,
-        HttpMethod, Mirror, PathMatch, PathMatchType, QueryParamMatch, RetryOn, RetryPolicy, RouteMatch,
-        RouteRule, ValueMatchType,
+        Backend, FaultAbort, FaultDelay, FaultInjection, HashOn, HashOnType, HeaderMatch, HeaderModifier,
+        HeaderValue, HttpMethod, LoadBalancer, LoadBalancerAlgorithm, Mirror, OutlierDetection, PathMatch,
+        PathMatchType, QueryParamMatch, RetryOn, RetryPolicy, RouteMatch, RouteRule, ValueMatchType,
     },
 };
 use serde_json::{Map, Value};
@@ -28,10 +28,21 @@ pub struct DestinationRules {
 pub struct DestinationRule {
     /// Subset name to pod labels.
     pub subsets: BTreeMap<String, BTreeMap<String, String>>,
+    /// What of its `trafficPolicy` a MeshRoute's `loadBalancer` can say.
+    pub load_balancer: Option<LoadBalancer>,
     pub left_out: Vec<LeftOut>,
 }
 
 impl DestinationRules {
+    fn load_balancer(&self, host: &ServiceHost) -> Option<LoadBalancer> {
+        self.by_host
+            .iter()
+            .filter(|((ns, name), _)| {
+                *name == host.name && same_namespace(ns.as_deref(), host.namespace.as_deref())
+            })
+            .find_map(|(_, rule)| rule.load_balancer.clone())
+    }
+
     fn subset(&self, host: &ServiceHost, subset: &str) -> Option<&BTreeMap<String, String>> {
         self.by_host
             .iter()
@@ -113,14 +124,20 @@ pub fn destination_rules<'a>(
                 }
             }
             if subset.contains_key("trafficPolicy") {
-                ctx.leave_out(format!("{at}.trafficPolicy"), TRAFFIC_POLICY);
+                ctx.leave_out(
+                    format!("{at}.trafficPolicy"),
+                    "a MeshRoute's loadBalancer holds for the whole Service port, not for one subset",
+                );
             }
             subsets.insert(name.to_owned(), labels);
         }
+        let load_balancer = match spec.get("trafficPolicy") {
+            Some(policy) => traffic_policy(&mut ctx, policy)?,
+            None => None,
+        };
         for key in spec.keys() {
             match key.as_str() {
-                "host" | "subsets" => {}
-                "trafficPolicy" => ctx.leave_out("spec.trafficPolicy", TRAFFIC_POLICY),
+                "host" | "subsets" | "trafficPolicy" => {}
                 "exportTo" => ctx.leave_out("spec.exportTo", EXPORT_TO),
                 "workloadSelector" => ctx.leave_out(
                     "spec.workloadSelector",
@@ -130,14 +147,139 @@ pub fn destination_rules<'a>(
             }
         }
         let namespace = host.namespace.clone().or(namespace);
-        rules.by_host.insert((namespace, host.name), DestinationRule { subsets, left_out: ctx.left_out });
+        rules.by_host.insert(
+            (namespace, host.name),
+            DestinationRule { subsets, load_balancer, left_out: ctx.left_out },
+        );
     }
     Ok(rules)
 }
 
-const TRAFFIC_POLICY: &str = "connection pools, load-balancer choice, outlier detection and TLS settings have no \
-                              MeshRoute field: the Braid proxy balances with P2C-EWMA, ejects failing endpoints \
-                              itself and always speaks mTLS between meshed pods";
+/// A DestinationRule's `trafficPolicy`: its load balancer and outlier detection become a
+/// MeshRoute's `loadBalancer`; the rest is said to be left out.
+fn traffic_policy(ctx: &mut Ctx, policy: &Value) -> Result<Option<LoadBalancer>, ConvertError> {
+    let at = "spec.trafficPolicy";
+    let policy = mapping(ctx, policy, at)?;
+    let mut out = LoadBalancer::default();
+    for (key, value) in policy {
+        match key.as_str() {
+            "loadBalancer" => load_balancer(ctx, &format!("{at}.loadBalancer"), value, &mut out)?,
+            "outlierDetection" => {
+                out.outlier_detection = Some(outlier_detection(ctx, &format!("{at}.outlierDetection"), value)?);
+            }
+            "tls" => ctx.leave_out(
+                format!("{at}.tls"),
+                "Braid always speaks mTLS between meshed pods with the mesh's own certificates",
+            ),
+            "connectionPool" => ctx.leave_out(
+                format!("{at}.connectionPool"),
+                "MeshRoute has no connection-pool limits; the Braid proxy multiplexes one HTTP/2 connection per endpoint",
+            ),
+            other => ctx.leave_out(format!("{at}.{other}"), "MeshRoute has no equivalent"),
+        }
+    }
+    Ok((out != LoadBalancer::default()).then_some(out))
+}
+
+fn load_balancer(ctx: &mut Ctx, at: &str, value: &Value, out: &mut LoadBalancer) -> Result<(), ConvertError> {
+    for (key, value) in mapping(ctx, value, at)? {
+        let field = format!("{at}.{key}");
+        match key.as_str() {
+            "simple" => match string(ctx, value, &field)? {
+                "ROUND_ROBIN" => out.algorithm = Some(LoadBalancerAlgorithm::RoundRobin),
+                "LEAST_REQUEST" | "LEAST_CONN" => out.algorithm = Some(LoadBalancerAlgorithm::LeastRequest),
+                other => ctx.leave_out(
+                    field,
+                    format!("{other}: MeshRoute balances by EWMA (the default), LeastRequest or RoundRobin"),
+                ),
+            },
+            "consistentHash" => {
+                for (hash_key, hash_value) in mapping(ctx, value, &field)? {
+                    let hash_field = format!("{field}.{hash_key}");
+                    let hash = match hash_key.as_str() {
+                        "httpHeaderName" => Some(HashOn {
+                            key_type: HashOnType::Header,
+                            name: Some(string(ctx, hash_value, &hash_field)?.to_owned()),
+                        }),
+                        "httpCookie" => {
+                            let cookie = mapping(ctx, hash_value, &hash_field)?;
+                            let name = string(
+                                ctx,
+                                cookie.get("name").unwrap_or(&Value::Null),
+                                &format!("{hash_field}.name"),
+                            )?;
+                            if cookie.contains_key("ttl") || cookie.contains_key("path") {
+                                ctx.leave_out(
+                                    format!("{hash_field}.ttl"),
+                                    "Braid hashes on a cookie the application sets; it does not set one itself",
+                                );
+                            }
+                            Some(HashOn { key_type: HashOnType::Cookie, name: Some(name.to_owned()) })
+                        }
+                        "useSourceIp" if hash_value.as_bool() == Some(true) => {
+                            Some(HashOn { key_type: HashOnType::SourceIp, name: None })
+                        }
+                        _ => {
+                            ctx.leave_out(
+                                hash_field,
+                                "MeshRoute hashes on a header, a cookie or the source IP, with rendezvous hashing",
+                            );
+                            None
+                        }
+                    };
+                    if hash.is_some() {
+                        out.hash_on = hash;
+                    }
+                }
+            }
+            _ => ctx.leave_out(field, "MeshRoute has no equivalent"),
+        }
+    }
+    Ok(())
+}
+
+fn outlier_detection(ctx: &mut Ctx, at: &str, value: &Value) -> Result<OutlierDetection, ConvertError> {
+    let mut out = OutlierDetection::default();
+    for (key, value) in mapping(ctx, value, at)? {
+        let field = format!("{at}.{key}");
+        match key.as_str() {
+            "consecutive5xxErrors" | "consecutiveGatewayErrors" | "consecutiveErrors" => {
+                let count = value
+                    .as_i64()
+                    .filter(|n| (0..=1000).contains(n))
+                    .ok_or_else(|| ctx.invalid(&field, "must be a whole number from 0 to 1000"))?;
+                // Braid counts 5xx answers and connection errors alike: the strictest count wins.
+                let count = i32::try_from(count).unwrap_or(1000);
+                out.consecutive_failures = Some(out.consecutive_failures.map_or(count, |n| n.min(count)));
+            }
+            "baseEjectionTime" => {
+                let text = string(ctx, value, &field)?;
+                let parsed = duration::parse_go(text).map_err(|why| ctx.invalid(&field, why))?;
+                let rendered = duration::render(parsed).map_err(|why| ctx.invalid(&field, why))?;
+                // Envoy caps ejections at 5 minutes unless told otherwise, as Braid does; a longer
+                // base needs the cap raised with it.
+                if parsed > std::time::Duration::from_secs(300) {
+                    out.max_ejection_time = Some(rendered.clone());
+                }
+                out.base_ejection_time = Some(rendered);
+            }
+            "maxEjectionPercent" => {
+                let percent = value
+                    .as_i64()
+                    .filter(|n| (0..=100).contains(n))
+                    .ok_or_else(|| ctx.invalid(&field, "must be a whole number from 0 to 100"))?;
+                out.max_ejected_percent = i32::try_from(percent).ok();
+            }
+            "interval" => ctx.leave_out(
+                field,
+                "Braid ejects at the failure that completes the count, not at a periodic sweep",
+            ),
+            _ => ctx.leave_out(field, "MeshRoute has no equivalent"),
+        }
+    }
+    Ok(out)
+}
+
 const EXPORT_TO: &str = "a MeshRoute applies to every meshed client in the cluster";
 
 /// One VirtualService: a MeshRoute per host it routes.
@@ -252,7 +394,7 @@ pub fn virtual_service(
                 port: None,
                 rules: route_rules,
                 canary: None,
-                load_balancer: None,
+                load_balancer: rules.load_balancer(target),
             },
         );
         route.metadata.namespace.clone_from(&target.namespace);

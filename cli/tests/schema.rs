@@ -29,6 +29,13 @@ fn cel(rule: &str, value: &Value) -> bool {
         "self.type == 'RegularExpression' || self.value.startsWith('/')" => {
             value["type"] == "RegularExpression" || value["value"].as_str().unwrap().starts_with('/')
         }
+        "self.type == 'SourceIP' ? !has(self.name) : has(self.name)" => {
+            if value["type"] == "SourceIP" {
+                !has("name")
+            } else {
+                has("name")
+            }
+        }
         // Canary rules: the converter never writes a canary.
         "self.stable != self.canary" => true,
         other if other.starts_with("self.steps.isSorted()") => true,
