@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use braid_crds::{
     MeshRoute, MeshRouteSpec,
     meshroute::{
-        Backend, FaultAbort, FaultDelay, FaultInjection, HashOn, HashOnType, HeaderMatch, HeaderModifier,
-        HeaderValue, HttpMethod, LoadBalancer, LoadBalancerAlgorithm, Mirror, OutlierDetection, PathMatch,
-        PathMatchType, QueryParamMatch, RetryOn, RetryPolicy, RouteMatch, RouteRule, ValueMatchType,
+        Backend, ConnectionPool, FaultAbort, FaultDelay, FaultInjection, HashOn, HashOnType, HeaderMatch,
+        HeaderModifier, HeaderValue, HttpMethod, LoadBalancer, LoadBalancerAlgorithm, Mirror,
+        OutlierDetection, PathMatch, PathMatchType, QueryParamMatch, RetryOn, RetryPolicy, RouteMatch,
+        RouteRule, ValueMatchType,
     },
 };
 use serde_json::{Map, Value};
@@ -28,19 +29,20 @@ pub struct DestinationRules {
 pub struct DestinationRule {
     /// Subset name to pod labels.
     pub subsets: BTreeMap<String, BTreeMap<String, String>>,
-    /// What of its `trafficPolicy` a MeshRoute's `loadBalancer` can say.
+    /// What of its `trafficPolicy` a MeshRoute's `loadBalancer` and `connectionPool` can say.
     pub load_balancer: Option<LoadBalancer>,
+    pub connection_pool: Option<ConnectionPool>,
     pub left_out: Vec<LeftOut>,
 }
 
 impl DestinationRules {
-    fn load_balancer(&self, host: &ServiceHost) -> Option<LoadBalancer> {
+    fn rule(&self, host: &ServiceHost) -> Option<&DestinationRule> {
         self.by_host
             .iter()
-            .filter(|((ns, name), _)| {
+            .find(|((ns, name), _)| {
                 *name == host.name && same_namespace(ns.as_deref(), host.namespace.as_deref())
             })
-            .find_map(|(_, rule)| rule.load_balancer.clone())
+            .map(|(_, rule)| rule)
     }
 
     fn subset(&self, host: &ServiceHost, subset: &str) -> Option<&BTreeMap<String, String>> {
@@ -131,9 +133,9 @@ pub fn destination_rules<'a>(
             }
             subsets.insert(name.to_owned(), labels);
         }
-        let load_balancer = match spec.get("trafficPolicy") {
+        let (load_balancer, connection_pool) = match spec.get("trafficPolicy") {
             Some(policy) => traffic_policy(&mut ctx, policy)?,
-            None => None,
+            None => (None, None),
         };
         for key in spec.keys() {
             match key.as_str() {
@@ -149,36 +151,74 @@ pub fn destination_rules<'a>(
         let namespace = host.namespace.clone().or(namespace);
         rules.by_host.insert(
             (namespace, host.name),
-            DestinationRule { subsets, load_balancer, left_out: ctx.left_out },
+            DestinationRule { subsets, load_balancer, connection_pool, left_out: ctx.left_out },
         );
     }
     Ok(rules)
 }
 
 /// A DestinationRule's `trafficPolicy`: its load balancer and outlier detection become a
-/// MeshRoute's `loadBalancer`; the rest is said to be left out.
-fn traffic_policy(ctx: &mut Ctx, policy: &Value) -> Result<Option<LoadBalancer>, ConvertError> {
+/// MeshRoute's `loadBalancer`, its HTTP/2 request limit `connectionPool.maxRequests`; the rest is
+/// said to be left out.
+fn traffic_policy(
+    ctx: &mut Ctx,
+    policy: &Value,
+) -> Result<(Option<LoadBalancer>, Option<ConnectionPool>), ConvertError> {
     let at = "spec.trafficPolicy";
     let policy = mapping(ctx, policy, at)?;
     let mut out = LoadBalancer::default();
+    let mut pool = ConnectionPool::default();
     for (key, value) in policy {
         match key.as_str() {
             "loadBalancer" => load_balancer(ctx, &format!("{at}.loadBalancer"), value, &mut out)?,
             "outlierDetection" => {
-                out.outlier_detection = Some(outlier_detection(ctx, &format!("{at}.outlierDetection"), value)?);
+                out.outlier_detection =
+                    Some(outlier_detection(ctx, &format!("{at}.outlierDetection"), value)?);
             }
             "tls" => ctx.leave_out(
                 format!("{at}.tls"),
                 "Braid always speaks mTLS between meshed pods with the mesh's own certificates",
             ),
-            "connectionPool" => ctx.leave_out(
-                format!("{at}.connectionPool"),
-                "MeshRoute has no connection-pool limits; the Braid proxy multiplexes one HTTP/2 connection per endpoint",
-            ),
+            "connectionPool" => connection_pool(ctx, &format!("{at}.connectionPool"), value, &mut pool)?,
             other => ctx.leave_out(format!("{at}.{other}"), "MeshRoute has no equivalent"),
         }
     }
-    Ok((out != LoadBalancer::default()).then_some(out))
+    Ok(((out != LoadBalancer::default()).then_some(out), (pool != ConnectionPool::default()).then_some(pool)))
+}
+
+/// `connectionPool.http.http2MaxRequests` (requests in flight, Envoy's max_requests) is
+/// `maxRequests`; the connection counts and queue lengths have no equivalent, since the Braid
+/// proxy multiplexes one HTTP/2 connection per meshed endpoint and does not queue.
+fn connection_pool(
+    ctx: &mut Ctx,
+    at: &str,
+    value: &Value,
+    pool: &mut ConnectionPool,
+) -> Result<(), ConvertError> {
+    for (key, value) in mapping(ctx, value, at)? {
+        let field = format!("{at}.{key}");
+        if key != "http" {
+            ctx.leave_out(field, "MeshRoute limits requests in flight, not connections");
+            continue;
+        }
+        for (http_key, http_value) in mapping(ctx, value, &field)? {
+            let http_field = format!("{field}.{http_key}");
+            if http_key == "http2MaxRequests" {
+                let max = http_value
+                    .as_i64()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| ctx.invalid(&http_field, "must be a whole number from 1 to 1000000"))?;
+                pool.max_requests = i32::try_from(max).ok();
+            } else {
+                ctx.leave_out(
+                    http_field,
+                    "the Braid proxy multiplexes one HTTP/2 connection per meshed endpoint and does not queue; only \
+                     http2MaxRequests has an equivalent (connectionPool.maxRequests)",
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn load_balancer(ctx: &mut Ctx, at: &str, value: &Value, out: &mut LoadBalancer) -> Result<(), ConvertError> {
@@ -394,7 +434,8 @@ pub fn virtual_service(
                 port: None,
                 rules: route_rules,
                 canary: None,
-                load_balancer: rules.load_balancer(target),
+                load_balancer: rules.rule(target).and_then(|rule| rule.load_balancer.clone()),
+                connection_pool: rules.rule(target).and_then(|rule| rule.connection_pool.clone()),
             },
         );
         route.metadata.namespace.clone_from(&target.namespace);

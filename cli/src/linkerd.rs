@@ -313,7 +313,14 @@ pub fn service_profile(
     }
     let mut route = MeshRoute::new(
         &host.name,
-        MeshRouteSpec { service: host.name.clone(), port: None, rules, canary: None, load_balancer: None },
+        MeshRouteSpec {
+            service: host.name.clone(),
+            port: None,
+            rules,
+            canary: None,
+            load_balancer: None,
+            connection_pool: None,
+        },
     );
     route.metadata.namespace = namespace;
     let converted = Converted {

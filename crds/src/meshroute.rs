@@ -129,6 +129,12 @@ pub struct MeshRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancer>,
 
+    /// Limits on what each client pod has in flight to the Service port; over them requests get
+    /// 503 at once instead of queueing. When several MeshRoutes of the port set it, the oldest's
+    /// holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_pool: Option<ConnectionPool>,
+
     /// Progressive delivery: shift traffic from the stable to the canary backend in steps while
     /// the canary meets its success-rate and latency thresholds, and roll back when it does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -459,6 +465,17 @@ pub struct Mirror {
 
 fn default_mirror_percent() -> i32 {
     100
+}
+
+/// Limits per client pod for a Service port.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionPool {
+    /// Requests in flight from one client pod (until their response headers, retries
+    /// included); more are answered 503 with `braid-proxy-error: overloaded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_requests: Option<i32>,
 }
 
 /// Endpoint choice and outlier ejection for a Service port.

@@ -295,6 +295,11 @@ async fn the_api_server_rejects_invalid_routes_with_a_clear_message() {
             "should be less than or equal to 100",
         ),
         (
+            "no request at all in flight",
+            json!({"service": "a", "rules": [{"backends": [{"service": "b"}]}], "connectionPool": {"maxRequests": 0}}),
+            "should be greater than or equal to 1",
+        ),
+        (
             "unknown algorithm",
             json!({"service": "a", "rules": [{"backends": [{"service": "b"}]}], "loadBalancer": {"algorithm": "Random"}}),
             "Unsupported value: \"Random\"",

@@ -1,6 +1,7 @@
 //! A MeshRoute's traffic policy end to end, through real sidecars: a rule's rate limit answers
-//! the excess with 429 in the client's pod, and session affinity on a header keeps each session
-//! on one echo pod while requests without the header spread over all of them.
+//! the excess with 429 in the client's pod, session affinity on a header keeps each session on
+//! one echo pod while requests without the header spread over all of them, and requests over
+//! `connectionPool.maxRequests` in flight get 503 at once.
 //!
 //! Braid is installed with its Helm chart from the local images, as in mesh.rs: needs the node
 //! (`make cluster-up`) and the images (`make images`). A test binary of its own: it installs the
@@ -21,6 +22,8 @@ const REPLICAS: u32 = 2;
 /// The limited rule's bucket: 10 requests at once, then 10 per second.
 const RATE: u64 = 10;
 const BURST: u64 = 10;
+/// Requests one client pod may have in flight to the echo Service.
+const MAX_REQUESTS: u64 = 5;
 
 /// MeshRoute `echo`: session affinity on `x-session` for the port; `/limited` limited to RATE
 /// per second with BURST, everything else open.
@@ -34,6 +37,8 @@ spec:
   service: echo
   loadBalancer:
     hashOn: {{ type: Header, name: x-session }}
+  connectionPool:
+    maxRequests: {MAX_REQUESTS}
   rules:
     - name: limited
       matches: [{{ path: {{ type: PathPrefix, value: /limited }} }}]
@@ -121,11 +126,35 @@ impl Mesh {
         eprintln!("without a session: answered by {pods:?}");
         assert!(pods.len() >= 3, "requests without the header spread over the pods: {pods:?}");
     }
+
+    /// 20 requests a second for 5 s, each answered after 1 s: about MAX_REQUESTS a second fit,
+    /// the rest get 503 `overloaded` from the client's proxy without waiting.
+    async fn requests_over_max_requests_get_503_at_once(&self) {
+        let slow = ["--header", "x-echo-delay: 1s", "--header", "x-echo-delay-rate: 1"];
+        let report = self.run("overload", "/", 20, 5, &slow).await;
+        let statuses: BTreeMap<String, u64> =
+            serde_json::from_value(report["statuses"].clone()).unwrap_or_default();
+        let (passed, refused) =
+            (statuses.get("200").copied().unwrap_or(0), statuses.get("503").copied().unwrap_or(0));
+        eprintln!(
+            "maxRequests {MAX_REQUESTS}, 1 s answers: {} sent, {passed} answered 200, {refused} got 503; latency {}",
+            count(&report, "total"),
+            report["latency_ms"]
+        );
+        assert_eq!(passed + refused, count(&report, "total"), "only 200s and 503s: {report}");
+        // MAX_REQUESTS slots of 1 s each over 5 s, give or take the first and last second.
+        let expected = MAX_REQUESTS * 5;
+        assert!(
+            (expected - MAX_REQUESTS..=expected + MAX_REQUESTS).contains(&passed),
+            "{passed} passed, expected {expected} ± {MAX_REQUESTS}: {report}"
+        );
+    }
 }
 
 #[tokio::test]
-async fn a_routes_rate_limit_and_session_affinity_hold_through_the_sidecars() {
+async fn a_routes_rate_limit_session_affinity_and_request_limit_hold_through_the_sidecars() {
     let mesh = Mesh::install().await;
     mesh.the_rate_limit_answers_the_excess_with_429_in_the_clients_pod().await;
     mesh.a_session_header_sticks_to_one_pod_and_requests_without_it_spread().await;
+    mesh.requests_over_max_requests_get_503_at_once().await;
 }

@@ -246,6 +246,7 @@ pub struct Metrics {
     pub retries: Family<RetryLabels, Counter>,
     pub retry_budget_exhausted: Family<RetryLabels, Counter>,
     pub rate_limited: Family<RetryLabels, Counter>,
+    pub overloaded: Family<RetryLabels, Counter>,
     pub timeouts: Family<TimeoutLabels, Counter>,
     pub mirror_dropped: Family<MirrorLabels, Counter>,
     pub tcp_open_connections: Family<TcpLabels, Gauge>,
@@ -297,6 +298,12 @@ impl Metrics {
             "rate_limited",
             "Requests answered 429 because the route's rateLimit was reached",
             rate_limited.clone(),
+        );
+        let overloaded = Family::default();
+        registry.register(
+            "overloaded",
+            "Requests answered 503 because the service's maxRequests were in flight",
+            overloaded.clone(),
         );
         let timeouts = Family::default();
         registry.register("timeout", "Requests or tries that timed out", timeouts.clone());
@@ -421,6 +428,7 @@ impl Metrics {
             retries,
             retry_budget_exhausted,
             rate_limited,
+            overloaded,
             timeouts,
             mirror_dropped,
             tcp_open_connections,

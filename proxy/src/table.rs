@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
@@ -36,6 +37,27 @@ pub struct Service {
     pub routes: Vec<Route>,
     pub load_balancer: LoadBalancerConfig,
     pub budget: TpsBudget,
+    /// Requests in flight to the service (`maxRequests`); shared with the service of the same
+    /// name in the next table, so a reload does not forget the requests under way.
+    pub in_flight: Arc<AtomicU32>,
+    pub max_requests: Option<u32>,
+}
+
+/// Whether a request may go on to the service.
+pub enum Admission {
+    Unlimited,
+    /// Counted until the guard, held only for its drop, goes.
+    Counted(#[allow(dead_code)] Admitted),
+    Refused,
+}
+
+/// A request counted in its service's `in_flight` until dropped.
+pub struct Admitted(Arc<AtomicU32>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub struct Backend {
@@ -192,6 +214,7 @@ impl Table {
     ) -> Result<Self, TableError> {
         let mut reusable: HashMap<EndpointKey, Arc<Endpoint>> = HashMap::new();
         let mut limiters: HashMap<(String, String), Arc<RateLimiter>> = HashMap::new();
+        let mut in_flight: HashMap<String, Arc<AtomicU32>> = HashMap::new();
         if let Some(previous) = previous {
             for service in &previous.services {
                 for backend in &service.backends {
@@ -205,6 +228,7 @@ impl Table {
                         reusable.insert(key, endpoint.clone());
                     }
                 }
+                in_flight.insert(service.name.as_str().to_owned(), service.in_flight.clone());
                 for route in &service.routes {
                     if let Some(limiter) = &route.rate_limit {
                         let key = (service.name.as_str().to_owned(), route.name.as_str().to_owned());
@@ -218,7 +242,8 @@ impl Table {
         let mut by_host = HashMap::new();
         let mut by_address = HashMap::new();
         for (index, service) in config.services.iter().enumerate() {
-            let compiled = compile_service(service, &reusable, &limiters, identity)?;
+            let compiled =
+                compile_service(service, &reusable, &limiters, in_flight.get(&service.name), identity)?;
             by_name.insert(compiled.name.arc(), index);
             by_host.insert(service.name.to_ascii_lowercase(), index);
             for host in &service.hosts {
@@ -289,6 +314,7 @@ fn compile_service(
     service: &ServiceConfig,
     reusable: &HashMap<EndpointKey, Arc<Endpoint>>,
     limiters: &HashMap<(String, String), Arc<RateLimiter>>,
+    in_flight: Option<&Arc<AtomicU32>>,
     identity: Option<&Arc<IdentityStore>>,
 ) -> Result<Service, TableError> {
     let backends: Vec<Backend> = service
@@ -432,6 +458,8 @@ fn compile_service(
         routes,
         load_balancer: service.load_balancer.clone(),
         budget: TpsBudget::new(budget.ttl, budget.min_per_second, budget.percent / 100.0),
+        in_flight: in_flight.cloned().unwrap_or_default(),
+        max_requests: service.max_requests,
     })
 }
 
@@ -450,6 +478,15 @@ impl Service {
         headers: &HeaderMap,
     ) -> Option<&Route> {
         self.routes.iter().find(|route| route.matches(method, path, query, headers))
+    }
+
+    /// Counts a request in flight, or refuses it when `maxRequests` are; costs nothing when the
+    /// service has no `maxRequests`.
+    pub fn admit(&self) -> Admission {
+        let Some(max) = self.max_requests else { return Admission::Unlimited };
+        let before = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let counted = Admitted(self.in_flight.clone());
+        if before >= max { Admission::Refused } else { Admission::Counted(counted) }
     }
 
     /// How this service's backends choose endpoints.

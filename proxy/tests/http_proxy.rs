@@ -400,6 +400,40 @@ async fn round_robin_takes_endpoints_in_turn_and_a_session_header_sticks_to_one(
 }
 
 #[tokio::test]
+async fn requests_over_max_requests_in_flight_get_503_at_once_and_the_rest_pass() {
+    let app = Upstream::start("app").await;
+    *app.delay.lock().unwrap() = Duration::from_millis(500);
+    let config = one_service(&format!(
+        "{}    routes:\n      - backends: [{{ name: app }}]\n    maxRequests: 2\n",
+        backends(&[("app", app.addr)])
+    ));
+    let proxy = Proxy::start(&config).await;
+    let started = Instant::now();
+    let requests: Vec<_> = (0..5)
+        .map(|_| {
+            let url = url(&proxy, "/");
+            tokio::spawn(async move { get(&url).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for request in requests {
+        let (status, headers, _) = request.await.unwrap();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(headers["braid-proxy-error"], "overloaded");
+        }
+        statuses.push(status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 503, 503, 503], "two in flight, three refused");
+    assert!(started.elapsed() < Duration::from_millis(1500), "the refused ones did not wait");
+    assert_eq!(app.hits(), 2);
+    let metrics = proxy.metrics().await;
+    assert_eq!(metric(&metrics, "overloaded_total", &[("direction", "outbound")]), Some(3.0), "{metrics}");
+    // Once they are done, the next ones pass.
+    assert_eq!(get(&url(&proxy, "/")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
 async fn a_route_over_its_rate_limit_gets_429_with_retry_after_and_a_reload_refills_nothing() {
     let app = Upstream::start("app").await;
     let config = one_service(&format!(

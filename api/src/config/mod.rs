@@ -461,6 +461,10 @@ pub struct ServiceConfig {
     pub load_balancer: LoadBalancerConfig,
     #[serde(default)]
     pub retry_budget: RetryBudgetConfig,
+    /// At most this many requests to the service in flight from this proxy (until their
+    /// response headers, retries included); more get 503 at once. Unbounded when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
 }
 
 /// A named set of endpoints (a Kubernetes Service, or a subset of its pods like `v2`).

@@ -188,6 +188,10 @@ fn refuses_bad_files_with_the_field_and_the_reason() {
         ),
         (&with_load_balancer("{ hashOn: { cookie: \"\" } }"), "services[0].loadBalancer.hashOn"),
         (&with_load_balancer("{ algorithm: random }"), "unknown variant `random`"),
+        (
+            &SEED.replace("    routes:\n", "    maxRequests: 0\n    routes:\n"),
+            "services[0].maxRequests: must be from 1 to 1000000",
+        ),
         (&with_load_balancer("{ hashOn: { body: x } }"), "unknown variant `body`"),
     ];
     for (text, expected) in cases {

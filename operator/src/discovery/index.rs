@@ -600,6 +600,7 @@ impl Index {
             routes,
             load_balancer: self.load_balancer(key, port),
             retry_budget: self.retry_budget(key, port),
+            max_requests: self.max_requests(key, port),
         };
         Snapshot { service: Some(config), routes: applied, unsupported }
     }
@@ -682,6 +683,7 @@ impl Index {
             routes,
             load_balancer: LoadBalancerConfig::default(),
             retry_budget,
+            max_requests: None,
         };
         Snapshot { service: Some(config), routes: applied, unsupported }
     }
@@ -735,6 +737,14 @@ impl Index {
             .find_map(|(_, route)| route.spec.load_balancer.as_ref())
             .map(translate::load_balancer)
             .unwrap_or_default()
+    }
+
+    /// The in-flight limit the oldest MeshRoute of the port that sets one asks for.
+    fn max_requests(&self, key: &Key, port: u16) -> Option<u32> {
+        self.routes_for(key, port)
+            .into_iter()
+            .find_map(|(_, route)| route.spec.connection_pool.as_ref()?.max_requests)
+            .map(|max| u32::try_from(max).unwrap_or(1).clamp(1, 1_000_000))
     }
 
     /// The first retry budget a route of the Service sets, or the default.
@@ -973,6 +983,15 @@ mod tests {
         );
         let config = destination(&index).load_balancer;
         assert_eq!(config.hash_on, Some(braid_api::config::HashOn::Cookie("sid".into())));
+        assert_eq!(destination(&index).max_requests, None);
+        route(
+            &mut index,
+            "limits",
+            1,
+            json!({"service": "reviews", "connectionPool": {"maxRequests": 64},
+                   "rules": [{"backends": [{"service": "reviews-v1"}]}]}),
+        );
+        assert_eq!(destination(&index).max_requests, Some(64));
     }
 
     #[test]

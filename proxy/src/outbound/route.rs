@@ -20,7 +20,7 @@ use crate::http::path;
 use crate::http::respond::{Failure, failure_response, local};
 use crate::metrics::{Direction, Label, RequestLabels, RetryLabels, TimeoutKind, TimeoutLabels};
 use crate::state::ProxyState;
-use crate::table::Service;
+use crate::table::{Admission, Service};
 
 /// Handles one request to `service`: the route that matches it, then the route's fault, mirror,
 /// retries and timeout; counted under the route, and logged when the access log is on.
@@ -86,6 +86,12 @@ pub async fn route_request(
         && let Err(wait) = limiter.acquire(Instant::now())
     {
         let response = rate_limited(state, &labels, wait);
+        record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
+        return response;
+    }
+    let admission = service.admit();
+    if let Admission::Refused = admission {
+        let response = overloaded(state, service, &labels);
         record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
         return response;
     }
@@ -195,4 +201,26 @@ fn rate_limited(
     );
     response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
     response
+}
+
+/// The answer to a request over the service's `maxRequests`: 503 at once.
+fn overloaded(state: &ProxyState, service: &Service, labels: &RequestLabels) -> Response<ProxyBody> {
+    state
+        .metrics
+        .overloaded
+        .get_or_create(&RetryLabels {
+            direction: Direction::outbound,
+            dst_service: labels.dst_service.clone(),
+            route: labels.route.clone(),
+        })
+        .inc();
+    local(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "overloaded",
+        format!(
+            "braid-proxy: {} requests to service {} are in flight from this pod (its maxRequests); try again later\n",
+            service.max_requests.unwrap_or_default(),
+            labels.dst_service.as_str()
+        ),
+    )
 }

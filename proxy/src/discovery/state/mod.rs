@@ -484,6 +484,7 @@ mod tests {
             }],
             load_balancer: Default::default(),
             retry_budget: Default::default(),
+            max_requests: None,
         }
     }
 
