@@ -94,12 +94,10 @@ pub fn empty_parts() -> request::Parts {
     Request::new(()).into_parts().0
 }
 
+/// Passes a well-formed `traceparent` on as it came, and drops a malformed one.
 pub fn propagate_trace(headers: &mut http::HeaderMap) {
-    if let Some(received) = headers.get(trace_context::TRACEPARENT) {
-        match trace_context::next_hop(received) {
-            Some(next) => headers.insert(trace_context::TRACEPARENT, next),
-            None => headers.remove(trace_context::TRACEPARENT),
-        };
+    if headers.get(trace_context::TRACEPARENT).is_some_and(|received| !trace_context::is_valid(received)) {
+        headers.remove(trace_context::TRACEPARENT);
     }
 }
 
