@@ -242,10 +242,19 @@ async fn existing_init_containers_volumes_and_annotations_are_extended() {
             "/spec/volumes/-",
             "/spec/volumes/-",
             "/spec/volumes/-",
+            "/metadata/labels/braid.dev~1proxy-deployment",
             "/metadata/annotations/braid.dev~1injected",
             "/metadata/annotations/braid.dev~1default-inbound-policy",
+            "/metadata/annotations/prometheus.io~1scrape",
+            "/metadata/annotations/prometheus.io~1port",
+            "/metadata/annotations/prometheus.io~1path",
         ]
     );
+    // The Deployment that owns the pod (through its ReplicaSet) names it for metrics queries,
+    // and a standard scrape job finds the proxy's admin port.
+    let labels = pod.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["braid.dev/proxy-deployment"], "web");
+    assert_eq!(pod.metadata.annotations.as_ref().unwrap()["prometheus.io/port"], "4191");
     // The redirect and the proxy come before the pod's own init containers, which therefore run
     // inside the mesh.
     assert_eq!(init_names(&pod), ["braid-init", "braid-proxy", "migrate"]);

@@ -12,6 +12,7 @@ mod containers;
 mod error;
 mod patch;
 mod settings;
+pub mod workload;
 
 use std::collections::BTreeMap;
 

@@ -19,6 +19,15 @@ pub(super) fn build_patch(
     default_policy: DefaultInboundPolicy,
     needs_bundle: bool,
 ) -> Result<Patch, InjectError> {
+    let mut labels = super::workload::workload_labels(pod);
+    if needs_bundle {
+        labels.push((NEEDS_TRUST_BUNDLE.to_owned(), "true".to_owned()));
+    }
+    let mut annotations: Vec<(&str, String)> = vec![(INJECTED, proxy_version.to_owned())];
+    if !pod.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(DEFAULT_INBOUND_POLICY)) {
+        annotations.push((DEFAULT_INBOUND_POLICY, default_policy.as_str().to_owned()));
+    }
+    annotations.extend(super::workload::scrape_annotations(pod));
     let spec = pod.spec.as_ref().ok_or(InjectError::NoSpec)?;
     let add = |tokens: &[&str], value: Value| {
         PatchOperation::Add(AddOperation { path: PointerBuf::from_tokens(tokens.iter().copied()), value })
@@ -41,30 +50,30 @@ pub(super) fn build_patch(
             }
         }
     }
-    if needs_bundle {
-        match &pod.metadata.labels {
-            None => ops.push(add(&["metadata", "labels"], serde_json::json!({ NEEDS_TRUST_BUNDLE: "true" }))),
-            Some(_) => ops.push(add(&["metadata", "labels", NEEDS_TRUST_BUNDLE], Value::from("true"))),
-        }
-    }
-    // The resolved default inbound policy is recorded on the pod, where discovery reads it and
+    // A map the pod lacks is added whole; into an existing one each key goes on its own (the
+    // token escapes the "/" in a key: /metadata/annotations/braid.dev~1injected). The resolved
+    // default inbound policy is recorded on the pod, where discovery reads it and
     // `kubectl get pod -o yaml` shows it.
-    match &pod.metadata.annotations {
-        None => ops.push(add(
-            &["metadata", "annotations"],
-            serde_json::json!({ INJECTED: proxy_version, DEFAULT_INBOUND_POLICY: default_policy.as_str() }),
-        )),
-        // The token escapes the "/" in the key: /metadata/annotations/braid.dev~1injected.
-        Some(annotations) => {
-            ops.push(add(&["metadata", "annotations", INJECTED], Value::from(proxy_version)));
-            if !annotations.contains_key(DEFAULT_INBOUND_POLICY) {
-                ops.push(add(
-                    &["metadata", "annotations", DEFAULT_INBOUND_POLICY],
-                    Value::from(default_policy.as_str()),
-                ));
-            }
+    let mut add_entries = |map: &str, exists: bool, entries: Vec<(String, String)>| {
+        if entries.is_empty() {
+            return;
         }
-    }
+        if exists {
+            for (key, value) in entries {
+                ops.push(add(&["metadata", map, &key], Value::from(value)));
+            }
+        } else {
+            let whole: serde_json::Map<String, Value> =
+                entries.into_iter().map(|(key, value)| (key, Value::from(value))).collect();
+            ops.push(add(&["metadata", map], Value::Object(whole)));
+        }
+    };
+    add_entries("labels", pod.metadata.labels.is_some(), labels);
+    add_entries(
+        "annotations",
+        pod.metadata.annotations.is_some(),
+        annotations.into_iter().map(|(key, value)| (key.to_owned(), value)).collect(),
+    );
     Ok(Patch(ops))
 }
 
