@@ -14,7 +14,9 @@ use braid_e2e::mesh::{
     url, workloads,
 };
 use braid_e2e::{Cluster, TestNamespace, setup};
-use kube::Client;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use kube::{Api, Client};
 use serde_json::Value;
 
 /// Echo pods per version: four endpoints behind Service `echo`.
@@ -67,6 +69,18 @@ impl Mesh {
         let yaml = [workloads(ns, REPLICAS), policy_route(ns)].join("\n---\n");
         deploy_meshed_echo(cluster, ns, &yaml, "300s");
         programmed(cluster, ns).await;
+        // The webhook named each pod's Deployment, for metrics queries by workload.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        for pod in pods.list(&ListParams::default().labels("app=echo")).await.expect("list echo pods") {
+            let labels = pod.metadata.labels.unwrap_or_default();
+            let version = labels.get("version").cloned().unwrap_or_default();
+            assert_eq!(
+                labels.get("braid.dev/proxy-deployment"),
+                Some(&format!("echo-{version}")),
+                "pod {:?}: {labels:?}",
+                pod.metadata.name
+            );
+        }
         Mesh { apps, _release: release, cluster, client }
     }
 
