@@ -357,8 +357,9 @@ pub struct RetryPolicy {
     #[schemars(length(min = 1, max = 4))]
     pub retry_on: Vec<RetryOn>,
 
-    /// Limit on retries so that they cannot multiply an outage; 20% of requests plus 10 per
-    /// second when omitted.
+    /// Limit on this rule's retries so that they cannot multiply an outage, counted over the
+    /// rule's own requests. Rules without one share the Service's budget: 20% of requests plus
+    /// 10 per second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RetryBudget>,
 }

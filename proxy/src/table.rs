@@ -85,6 +85,8 @@ pub struct Route {
     pub rewrite: Option<braid_api::config::RewriteConfig>,
     /// Kept across reloads while the route keeps its name and limit, so a reload refills nothing.
     pub rate_limit: Option<Arc<RateLimiter>>,
+    /// The route's own retry budget, when it has one; otherwise the service's applies.
+    own_budget: Option<TpsBudget>,
     /// This route's request metrics, looked up on its first request.
     pub metrics: std::sync::OnceLock<RequestMetrics>,
 }
@@ -447,20 +449,24 @@ fn compile_service(
             redirect: route.redirect.clone(),
             rewrite: route.rewrite.clone(),
             rate_limit,
+            own_budget: route.retry_budget.as_ref().map(tps_budget),
             metrics: std::sync::OnceLock::new(),
         });
     }
-    let budget = &service.retry_budget;
     Ok(Service {
         name: Label::new(&service.name),
         protocol: service.protocol,
         backends,
         routes,
         load_balancer: service.load_balancer.clone(),
-        budget: TpsBudget::new(budget.ttl, budget.min_per_second, budget.percent / 100.0),
+        budget: tps_budget(&service.retry_budget),
         in_flight: in_flight.cloned().unwrap_or_default(),
         max_requests: service.max_requests,
     })
+}
+
+fn tps_budget(budget: &braid_api::config::RetryBudgetConfig) -> TpsBudget {
+    TpsBudget::new(budget.ttl, budget.min_per_second, budget.percent / 100.0)
 }
 
 /// Regexes in routes match the whole value, as in Gateway API and Istio.
@@ -503,6 +509,11 @@ impl Service {
 impl Route {
     fn matches(&self, method: &Method, path: &str, query: Option<&str>, headers: &HeaderMap) -> bool {
         self.matches.is_empty() || self.matches.iter().any(|m| m.matches(method, path, query, headers))
+    }
+
+    /// The retry budget this route's retries draw on: its own, or its service's.
+    pub fn budget<'a>(&'a self, service: &'a Service) -> &'a TpsBudget {
+        self.own_budget.as_ref().unwrap_or(&service.budget)
     }
 
     /// The backend for one request: a weighted draw.

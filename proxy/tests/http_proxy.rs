@@ -234,6 +234,46 @@ async fn the_retry_budget_stops_retries_from_amplifying_an_outage() {
 }
 
 #[tokio::test]
+async fn a_routes_own_retry_budget_binds_that_route_only() {
+    let down = Upstream::start("down").await;
+    down.fail_first.store(usize::MAX, std::sync::atomic::Ordering::SeqCst);
+    let config = one_service(&format!(
+        "{}    retryBudget: {{ percent: 100, minPerSecond: 100, ttl: 10s }}
+    routes:
+      - name: strict
+        matches: [{{ path: {{ prefix: /strict }} }}]
+        backends: [{{ name: down }}]
+        retries: {{ attempts: 3, retryOn: [5xx] }}
+        retryBudget: {{ percent: 0, minPerSecond: 0, ttl: 10s }}
+      - name: open
+        backends: [{{ name: down }}]
+        retries: {{ attempts: 3, retryOn: [5xx] }}
+",
+        backends(&[("down", down.addr)])
+    ));
+    let proxy = Proxy::start(&config).await;
+    let client = http1_client();
+    for _ in 0..10 {
+        let (status, _, _) =
+            send(&client, Request::get(url(&proxy, "/strict")).body(full("")).unwrap()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(down.hits(), 10, "the strict route's own budget allows no retry");
+    for _ in 0..10 {
+        let (status, _, _) = send(&client, Request::get(url(&proxy, "/open")).body(full("")).unwrap()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(down.hits(), 10 + 30, "the other route retries under the service's budget");
+    let metrics = proxy.metrics().await;
+    assert_eq!(
+        metric(&metrics, "retry_budget_exhausted_total", &[("route", "strict")]),
+        Some(10.0),
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "retry_total", &[("route", "open")]), Some(20.0), "{metrics}");
+}
+
+#[tokio::test]
 async fn per_try_timeout_retries_a_slow_try_and_total_timeout_answers_504() {
     let slow = Upstream::start("slow").await;
     *slow.delay.lock().unwrap() = Duration::from_secs(3);

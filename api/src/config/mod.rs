@@ -533,6 +533,9 @@ pub struct RouteConfig {
     /// with `retry-after`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
+    /// This route's own retry budget; routes without one share the service's `retryBudget`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget: Option<RetryBudgetConfig>,
 }
 
 /// A token bucket: `requestsPerSecond` sustained, up to `burst` at once.

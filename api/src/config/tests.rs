@@ -189,6 +189,10 @@ fn refuses_bad_files_with_the_field_and_the_reason() {
         (&with_load_balancer("{ hashOn: { cookie: \"\" } }"), "services[0].loadBalancer.hashOn"),
         (&with_load_balancer("{ algorithm: random }"), "unknown variant `random`"),
         (
+            &SEED.replace("timeout: 5s", "timeout: 5s\n        retryBudget: { ttl: 0s }"),
+            "services[0].routes[0].retryBudget.ttl: must be between 1s and 60s",
+        ),
+        (
             &SEED.replace("    routes:\n", "    maxRequests: 0\n    routes:\n"),
             "services[0].maxRequests: must be from 1 to 1000000",
         ),

@@ -5,7 +5,9 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::{Config, ConfigError, HashOn, HeaderValueMatch, PathMatch, PolicyConfig, RouteConfig};
+use super::{
+    Config, ConfigError, HashOn, HeaderValueMatch, PathMatch, PolicyConfig, RetryBudgetConfig, RouteConfig,
+};
 use crate::contract::env;
 use crate::identity::SpiffeId;
 
@@ -173,12 +175,7 @@ impl Config {
             {
                 return invalid(at(".loadBalancer.hashOn"), "the header or cookie name must be a token");
             }
-            if !(0.0..=1000.0).contains(&service.retry_budget.percent) {
-                return invalid(at(".retryBudget.percent"), "must be between 0 and 1000");
-            }
-            if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&service.retry_budget.ttl) {
-                return invalid(at(".retryBudget.ttl"), "must be between 1s and 60s");
-            }
+            validate_budget(&service.retry_budget, &|field| at(&format!(".retryBudget{field}")))?;
         }
         Ok(())
     }
@@ -231,6 +228,17 @@ fn validate_policy(at: &str, policy: &PolicyConfig) -> Result<(), ConfigError> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+fn validate_budget(budget: &RetryBudgetConfig, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    let invalid = |path: String, reason: &str| Err(ConfigError::Invalid { path, reason: reason.to_owned() });
+    if !(0.0..=1000.0).contains(&budget.percent) {
+        return invalid(at(".percent"), "must be between 0 and 1000");
+    }
+    if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&budget.ttl) {
+        return invalid(at(".ttl"), "must be between 1s and 60s");
     }
     Ok(())
 }
@@ -327,6 +335,9 @@ fn validate_route(
                 return invalid(at(&format!(".{field}.remove")), format!("{name:?} is not a header name"));
             }
         }
+    }
+    if let Some(budget) = &route.retry_budget {
+        validate_budget(budget, &|field| at(&format!(".retryBudget{field}")))?;
     }
     if let Some(limit) = &route.rate_limit {
         if !(1..=1_000_000).contains(&limit.requests_per_second) {

@@ -599,7 +599,8 @@ impl Index {
             backends,
             routes,
             load_balancer: self.load_balancer(key, port),
-            retry_budget: self.retry_budget(key, port),
+            // Each rule with a budget of its own carries it; the others share Linkerd's default.
+            retry_budget: RetryBudgetConfig::default(),
             max_requests: self.max_requests(key, port),
         };
         Snapshot { service: Some(config), routes: applied, unsupported }
@@ -635,7 +636,6 @@ impl Index {
         let mut routes = Vec::new();
         let mut applied = Vec::new();
         let mut unsupported = Vec::new();
-        let mut retry_budget = RetryBudgetConfig::default();
         // A headless Service's clients reach its pods only by their IPs: its routes are about
         // this traffic. They keep their matches, timeouts, retries and faults; the pod stays the
         // only backend (the client chose it, as a StatefulSet's clients must) and nothing is
@@ -657,7 +657,6 @@ impl Index {
                     Err(why) => unsupported.push((reference, why)),
                 }
             }
-            retry_budget = self.retry_budget(key, service_port.port);
         }
         routes.push(RouteConfig {
             name: Some("default".to_owned()),
@@ -682,7 +681,7 @@ impl Index {
             }],
             routes,
             load_balancer: LoadBalancerConfig::default(),
-            retry_budget,
+            retry_budget: RetryBudgetConfig::default(),
             max_requests: None,
         };
         Snapshot { service: Some(config), routes: applied, unsupported }
@@ -745,20 +744,6 @@ impl Index {
             .into_iter()
             .find_map(|(_, route)| route.spec.connection_pool.as_ref()?.max_requests)
             .map(|max| u32::try_from(max).unwrap_or(1).clamp(1, 1_000_000))
-    }
-
-    /// The first retry budget a route of the Service sets, or the default.
-    fn retry_budget(&self, key: &Key, port: u16) -> RetryBudgetConfig {
-        self.routes_for(key, port)
-            .into_iter()
-            .flat_map(|(_, route)| &route.spec.rules)
-            .find_map(|rule| rule.retries.as_ref()?.budget.as_ref())
-            .map(|budget| RetryBudgetConfig {
-                percent: budget.percent as f32,
-                min_per_second: u32::try_from(budget.min_retries_per_second).unwrap_or(0),
-                ..RetryBudgetConfig::default()
-            })
-            .unwrap_or_default()
     }
 
     /// The ready endpoints of Service `key` behind its port `port`, optionally only the pods with

@@ -7,8 +7,8 @@ use braid_api::config::{
     Algorithm, AuthorizationRuleConfig, DefaultInboundPolicy, FaultAbort, FaultConfig, FaultDelay, HashOn,
     HeaderEditsConfig, HeaderMatch, HeaderValueConfig, HeaderValueMatch, LoadBalancerConfig, MatchConfig,
     MirrorConfig, MtlsMode as ProxyMtls, OperationConfig, PathMatch, PolicyConfig, ProbeConfig,
-    RateLimitConfig, RetriesConfig, RetryOn, RouteConfig, ServiceAccountConfig, SourceConfig,
-    WeightedBackend,
+    RateLimitConfig, RetriesConfig, RetryBudgetConfig, RetryOn, RouteConfig, ServiceAccountConfig,
+    SourceConfig, WeightedBackend,
 };
 use braid_crds::{
     MeshPolicySpec,
@@ -157,6 +157,13 @@ pub fn route_rule(
         mirror,
         request_headers: rule.request_headers.as_ref().map(header_edits),
         response_headers: rule.response_headers.as_ref().map(header_edits),
+        retry_budget: rule.retries.as_ref().and_then(|retries| retries.budget.as_ref()).map(|budget| {
+            RetryBudgetConfig {
+                percent: budget.percent.clamp(0, 100) as f32,
+                min_per_second: u32::try_from(budget.min_retries_per_second).unwrap_or(0),
+                ..RetryBudgetConfig::default()
+            }
+        }),
         rate_limit: rule.rate_limit.as_ref().map(|limit| {
             // The CRD's schema keeps both from 1 to 1,000,000; out-of-range values from an
             // older schema are clamped rather than refused.
@@ -341,6 +348,17 @@ mod tests {
         // Out of order (validation refuses it): the defaults, never a proxy config it would refuse.
         let odd = lb(json!({"outlierDetection": {"baseEjectionTime": "1h", "maxEjectionTime": "1m"}}));
         assert_eq!(odd.base_ejection_time, LoadBalancerConfig::default().base_ejection_time);
+    }
+
+    #[test]
+    fn a_retry_budget_belongs_to_its_rule_alone() {
+        let with_budget = rule(json!({"backends": [{"service": "reviews-v1"}],
+            "retries": {"attempts": 3, "budget": {"percent": 5, "minRetriesPerSecond": 1}}}));
+        let budget = route_rule("reviews", 0, &with_budget, "reviews", 8080).expect("supported").retry_budget;
+        assert_eq!(budget.as_ref().map(|b| (b.percent, b.min_per_second)), Some((5.0, 1)));
+        let without = rule(json!({"backends": [{"service": "reviews-v1"}], "retries": {"attempts": 3}}));
+        let route = route_rule("reviews", 1, &without, "reviews", 8080).expect("supported");
+        assert_eq!(route.retry_budget, None, "a rule without a budget uses the service's default");
     }
 
     #[test]

@@ -597,8 +597,9 @@ pub fn translate(
                             response_headers: response_headers.clone(),
                             redirect,
                             rewrite,
-                            // The Gateway API has no rate limit field.
+                            // The Gateway API has no rate limit or retry budget field.
                             rate_limit: None,
+                            retry_budget: None,
                         },
                     ));
                 }

@@ -1,5 +1,5 @@
-//! Sending a routed request, with retries under the service's budget and per-try timeouts; the
-//! body is kept in memory for replay when it is small enough.
+//! Sending a routed request, with retries under the route's budget (or its service's) and per-try
+//! timeouts; the body is kept in memory for replay when it is small enough.
 
 use std::time::Instant;
 
@@ -128,7 +128,7 @@ pub async fn send_with_retries(
                 dst_service: labels.dst_service.clone(),
                 route: labels.route.clone(),
             };
-            if service.budget.withdraw() {
+            if route.budget(service).withdraw() {
                 registry.retries.get_or_create(&retry_labels).inc();
                 continue;
             }

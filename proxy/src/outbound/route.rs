@@ -132,7 +132,7 @@ pub async fn route_request(
         mirror(state, service, route, backend, &parts, bytes.clone());
     }
 
-    service.budget.deposit();
+    route.budget(service).deposit();
     let affinity = balance::affinity_key(service.load_balancer.hash_on.as_ref(), &parts.headers, client);
     let tries = send_with_retries(&state.metrics, service, route, &labels, parts, body, affinity);
     let result = match route.timeout {
