@@ -945,10 +945,15 @@ fn retry_policy(
                 "gateway-error" => RetryOn::GatewayError,
                 "connect-failure" => RetryOn::ConnectFailure,
                 "reset" => RetryOn::Reset,
+                "cancelled" => RetryOn::Cancelled,
+                "deadline-exceeded" => RetryOn::DeadlineExceeded,
+                "resource-exhausted" => RetryOn::ResourceExhausted,
+                "unavailable" => RetryOn::Unavailable,
                 other => {
                     ctx.leave_out(
                         format!("{field} ({other})"),
-                        "MeshRoute retries 5xx, gateway-error, connect-failure and reset only",
+                        "MeshRoute retries 5xx, gateway-error, connect-failure, reset and the gRPC statuses \
+                         cancelled, deadline-exceeded, resource-exhausted and unavailable only",
                     );
                     continue;
                 }

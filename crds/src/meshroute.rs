@@ -354,7 +354,7 @@ pub struct RetryPolicy {
     /// Which failures are retried. Defaults to gateway-error and connect-failure, which are safe
     /// for any method: the request did not reach the application or was refused before it.
     #[serde(default = "default_retry_on")]
-    #[schemars(length(min = 1, max = 4))]
+    #[schemars(length(min = 1, max = 8))]
     pub retry_on: Vec<RetryOn>,
 
     /// Limit on this rule's retries so that they cannot multiply an outage, counted over the
@@ -383,6 +383,18 @@ pub enum RetryOn {
     /// The backend reset the connection or stream before answering.
     #[serde(rename = "reset")]
     Reset,
+    /// A gRPC answer without a body whose grpc-status is CANCELLED.
+    #[serde(rename = "cancelled")]
+    Cancelled,
+    /// ... DEADLINE_EXCEEDED.
+    #[serde(rename = "deadline-exceeded")]
+    DeadlineExceeded,
+    /// ... RESOURCE_EXHAUSTED.
+    #[serde(rename = "resource-exhausted")]
+    ResourceExhausted,
+    /// ... UNAVAILABLE.
+    #[serde(rename = "unavailable")]
+    Unavailable,
 }
 
 /// A cap on retries relative to ordinary requests, as in Linkerd.

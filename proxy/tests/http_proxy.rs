@@ -273,6 +273,72 @@ async fn a_routes_own_retry_budget_binds_that_route_only() {
     assert_eq!(metric(&metrics, "retry_total", &[("route", "open")]), Some(20.0), "{metrics}");
 }
 
+/// An app that answers its first `failures` requests with `failure` (status and headers), then
+/// 200 "ok"; the number of requests it got.
+async fn failing_app(
+    failures: usize,
+    failure: (u16, &'static [(&'static str, &'static str)]),
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    serve_http(listener, move |_request| {
+        let hit = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        async move {
+            let mut response = http::Response::builder();
+            if hit <= failures {
+                response = response.status(failure.0);
+                for (name, value) in failure.1 {
+                    response = response.header(*name, *value);
+                }
+                return Ok(response.body(full("")).unwrap());
+            }
+            Ok(response.body(full("ok")).unwrap())
+        }
+    });
+    (addr, hits)
+}
+
+#[tokio::test]
+async fn a_grpc_unavailable_answer_is_retried_when_the_route_asks_and_retry_after_is_waited_for() {
+    let unavailable: &[(&str, &str)] = &[("content-type", "application/grpc"), ("grpc-status", "14")];
+    for (retry_on, expected_hits) in [("[unavailable]", 2), ("[5xx, deadline-exceeded]", 1)] {
+        let (app, hits) = failing_app(1, (200, unavailable)).await;
+        let config = one_service(&format!(
+            "{}    routes:\n      - backends: [{{ name: app }}]\n        retries: {{ attempts: 3, retryOn: {retry_on} }}\n",
+            backends(&[("app", app)])
+        ));
+        let proxy = Proxy::start(&config).await;
+        let (_, headers, _) = get(&url(&proxy, "/")).await;
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), expected_hits, "retryOn {retry_on}");
+        let retried = expected_hits == 2;
+        assert_eq!(headers.get("grpc-status").is_none(), retried, "retryOn {retry_on}: {headers:?}");
+    }
+
+    // 503 with retry-after: 1 is tried again a second later; retry-after: 60 is not waited for.
+    for (after, expected_hits, at_least) in [("1", 2, Duration::from_secs(1)), ("60", 1, Duration::ZERO)] {
+        let headers: &'static [(&'static str, &'static str)] =
+            if after == "1" { &[("retry-after", "1")] } else { &[("retry-after", "60")] };
+        let (app, hits) = failing_app(1, (503, headers)).await;
+        let config = one_service(&format!(
+            "{}    routes:\n      - backends: [{{ name: app }}]\n        retries: {{ attempts: 3, retryOn: [5xx] }}\n",
+            backends(&[("app", app)])
+        ));
+        let proxy = Proxy::start(&config).await;
+        let started = Instant::now();
+        let (status, _, _) = get(&url(&proxy, "/")).await;
+        let took = started.elapsed();
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), expected_hits, "retry-after {after}");
+        assert!(
+            took >= at_least && took < at_least + Duration::from_secs(1),
+            "retry-after {after}: {took:?}"
+        );
+        let expected = if expected_hits == 2 { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+        assert_eq!(status, expected);
+    }
+}
+
 #[tokio::test]
 async fn per_try_timeout_retries_a_slow_try_and_total_timeout_answers_504() {
     let slow = Upstream::start("slow").await;

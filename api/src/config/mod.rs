@@ -708,6 +708,27 @@ pub enum RetryOn {
     ConnectFailure,
     /// The upstream connection broke before a response.
     Reset,
+    /// A gRPC answer without a body (trailers-only) whose `grpc-status` is CANCELLED (1).
+    Cancelled,
+    /// ... DEADLINE_EXCEEDED (4).
+    DeadlineExceeded,
+    /// ... RESOURCE_EXHAUSTED (8).
+    ResourceExhausted,
+    /// ... UNAVAILABLE (14).
+    Unavailable,
+}
+
+impl RetryOn {
+    /// The gRPC status code a gRPC condition retries, or None for the HTTP ones.
+    pub fn grpc_status(self) -> Option<u8> {
+        match self {
+            Self::Cancelled => Some(1),
+            Self::DeadlineExceeded => Some(4),
+            Self::ResourceExhausted => Some(8),
+            Self::Unavailable => Some(14),
+            Self::FiveXx | Self::GatewayError | Self::ConnectFailure | Self::Reset => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -115,6 +115,10 @@ pub fn route_rule(
                     meshroute::RetryOn::GatewayError => RetryOn::GatewayError,
                     meshroute::RetryOn::ConnectFailure => RetryOn::ConnectFailure,
                     meshroute::RetryOn::Reset => RetryOn::Reset,
+                    meshroute::RetryOn::Cancelled => RetryOn::Cancelled,
+                    meshroute::RetryOn::DeadlineExceeded => RetryOn::DeadlineExceeded,
+                    meshroute::RetryOn::ResourceExhausted => RetryOn::ResourceExhausted,
+                    meshroute::RetryOn::Unavailable => RetryOn::Unavailable,
                 })
                 .collect(),
         }),

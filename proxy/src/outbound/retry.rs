@@ -1,7 +1,7 @@
 //! Sending a routed request, with retries under the route's budget (or its service's) and per-try
 //! timeouts; the body is kept in memory for replay when it is small enough.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use braid_api::config::RetryOn;
 use bytes::Bytes;
@@ -122,7 +122,10 @@ pub async fn send_with_retries(
             &backend.endpoints,
             done,
         );
-        if !last && should_retry(&outcome, retry_on) {
+        if !last
+            && should_retry(&outcome, retry_on)
+            && let Some(pause) = pause_before_retry(attempt, &outcome)
+        {
             let retry_labels = RetryLabels {
                 direction: Direction::outbound,
                 dst_service: labels.dst_service.clone(),
@@ -130,6 +133,8 @@ pub async fn send_with_retries(
             };
             if route.budget(service).withdraw() {
                 registry.retries.get_or_create(&retry_labels).inc();
+                drop(outcome);
+                tokio::time::sleep(pause).await;
                 continue;
             }
             registry.retry_budget_exhausted.get_or_create(&retry_labels).inc();
@@ -140,6 +145,33 @@ pub async fn send_with_retries(
     Err(Failure::NoEndpoints { service: service.name.clone(), backend: Label::empty() })
 }
 
+/// Between tries: an exponential backoff from 25 ms up to 250 ms with full jitter (Envoy's
+/// defaults), so that retries of many clients do not arrive in step; or what the answer's
+/// `retry-after` asks, in whole seconds, up to `MAX_RETRY_AFTER`. None when it asks for more:
+/// then the answer goes back to the client rather than holding the request that long.
+fn pause_before_retry(attempt: u32, outcome: &Result<Response<ProxyBody>, Failure>) -> Option<Duration> {
+    if let Ok(response) = outcome
+        && let Some(value) = response.headers().get(http::header::RETRY_AFTER)
+        && let Some(seconds) = value.to_str().ok().and_then(|text| text.trim().parse::<u64>().ok())
+    {
+        let asked = Duration::from_secs(seconds);
+        return (asked <= MAX_RETRY_AFTER).then_some(asked);
+    }
+    let ceiling = (BACKOFF_BASE * 2u32.saturating_pow(attempt.saturating_sub(1))).min(BACKOFF_MAX);
+    Some(Duration::from_micros(fastrand::u64(..=ceiling.as_micros() as u64)))
+}
+
+const BACKOFF_BASE: Duration = Duration::from_millis(25);
+const BACKOFF_MAX: Duration = Duration::from_millis(250);
+/// The longest `retry-after` a retry waits for.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// The `grpc-status` of a trailers-only gRPC answer (the status in its headers): the only gRPC
+/// failure known before any of the answer went to the client.
+fn grpc_status(response: &Response<ProxyBody>) -> Option<u8> {
+    response.headers().get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
 fn should_retry(outcome: &Result<Response<ProxyBody>, Failure>, retry_on: &[RetryOn]) -> bool {
     let on = |condition: RetryOn| retry_on.contains(&condition);
     match outcome {
@@ -147,6 +179,9 @@ fn should_retry(outcome: &Result<Response<ProxyBody>, Failure>, retry_on: &[Retr
             let status = response.status();
             (status.is_server_error() && on(RetryOn::FiveXx))
                 || (matches!(status.as_u16(), 502..=504) && on(RetryOn::GatewayError))
+                || grpc_status(response).is_some_and(|code| {
+                    retry_on.iter().any(|condition| condition.grpc_status() == Some(code))
+                })
         }
         Err(Failure::Upstream(error)) if error.is_connect() => {
             on(RetryOn::ConnectFailure) || on(RetryOn::FiveXx)
@@ -154,5 +189,58 @@ fn should_retry(outcome: &Result<Response<ProxyBody>, Failure>, retry_on: &[Retr
         Err(Failure::Upstream(_)) => on(RetryOn::Reset) || on(RetryOn::FiveXx),
         Err(Failure::PerTryTimeout { .. }) => on(RetryOn::GatewayError) || on(RetryOn::FiveXx),
         Err(Failure::Timeout { .. } | Failure::NoEndpoints { .. }) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(headers: &[(&str, &str)]) -> Result<Response<ProxyBody>, Failure> {
+        let mut builder = Response::builder().status(503);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        Ok(builder.body(ProxyBody::empty()).expect("test response"))
+    }
+
+    #[test]
+    fn the_pause_grows_with_the_attempt_within_the_jittered_ceiling() {
+        for (attempt, ceiling_ms) in [(1, 25), (2, 50), (3, 100), (4, 200), (5, 250), (30, 250)] {
+            let pauses: Vec<Duration> =
+                (0..200).filter_map(|_| pause_before_retry(attempt, &answer(&[]))).collect();
+            assert_eq!(pauses.len(), 200);
+            assert!(pauses.iter().all(|p| *p <= Duration::from_millis(ceiling_ms)), "attempt {attempt}");
+            // Full jitter: spread over the range, not a fixed step.
+            let distinct: std::collections::BTreeSet<_> = pauses.iter().collect();
+            assert!(distinct.len() > 100, "attempt {attempt}: {} distinct pauses", distinct.len());
+        }
+    }
+
+    #[test]
+    fn retry_after_in_seconds_is_waited_for_up_to_its_bound_and_a_longer_one_is_not_retried() {
+        assert_eq!(pause_before_retry(1, &answer(&[("retry-after", "2")])), Some(Duration::from_secs(2)));
+        assert_eq!(pause_before_retry(1, &answer(&[("retry-after", "11")])), None);
+        // An HTTP date (or anything else) is not read: the usual backoff applies.
+        let dated = answer(&[("retry-after", "Wed, 21 Oct 2026 07:28:00 GMT")]);
+        assert!(pause_before_retry(1, &dated).is_some_and(|p| p <= BACKOFF_BASE));
+    }
+
+    #[test]
+    fn grpc_conditions_retry_their_status_in_a_trailers_only_answer() {
+        let unavailable = {
+            let response = Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", "14")
+                .body(ProxyBody::empty());
+            Ok(response.expect("test response"))
+        };
+        assert!(should_retry(&unavailable, &[RetryOn::Unavailable]));
+        assert!(!should_retry(&unavailable, &[RetryOn::DeadlineExceeded, RetryOn::FiveXx]));
+        let ok = Ok(Response::builder()
+            .header("grpc-status", "0")
+            .body(ProxyBody::empty())
+            .expect("test response"));
+        assert!(!should_retry(&ok, &[RetryOn::Unavailable, RetryOn::Cancelled]));
     }
 }
