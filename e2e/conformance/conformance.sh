@@ -114,7 +114,7 @@ cmd_images() {
 }
 
 # Features Braid claims beyond the profiles' core (docs/gateway-api.md says what each field does).
-FEATURES=Mesh,HTTPRoute,GRPCRoute,HTTPRouteResponseHeaderModification,HTTPRouteParentRefPort,MeshClusterIPMatching,MeshHTTPRouteQueryParamMatching,MeshHTTPRouteNamedRouteRule,MeshHTTPRouteRewritePath,MeshHTTPRouteSchemeRedirect,MeshHTTPRouteRedirectPort,MeshHTTPRouteRedirectPath,HTTPRoute303RedirectStatusCode,HTTPRoute307RedirectStatusCode,HTTPRoute308RedirectStatusCode
+FEATURES=Mesh,HTTPRoute,GRPCRoute,HTTPRouteResponseHeaderModification,HTTPRouteParentRefPort,MeshClusterIPMatching,MeshHTTPRouteQueryParamMatching,MeshHTTPRouteNamedRouteRule,MeshHTTPRouteRewritePath,MeshHTTPRouteSchemeRedirect,MeshHTTPRouteRedirectPort,MeshHTTPRouteRedirectPath,MeshConsumerRoute,HTTPRoute303RedirectStatusCode,HTTPRoute307RedirectStatusCode,HTTPRoute308RedirectStatusCode
 
 cmd_run() {
   local report=${BRAID_CONFORMANCE_REPORT:-$ROOT/target/conformance/report.yaml}

@@ -513,6 +513,14 @@ impl Index {
 
     /// The configuration a proxy needs to call port `port` of Service `key`.
     pub fn destination(&self, key: &Key, port: u16) -> Snapshot {
+        self.destination_for(key, port, None)
+    }
+
+    /// The same for a proxy of namespace `client`: the consumer routes of that namespace (Gateway
+    /// API routes there whose parent is this Service) replace the Service's own Gateway API
+    /// routes. Callers pass `client` only when `has_consumer_routes` says there are some, so
+    /// every other client shares one answer.
+    pub fn destination_for(&self, key: &Key, port: u16, client: Option<&str>) -> Snapshot {
         let Some(service) = self.services.get(key) else { return Snapshot::UNKNOWN };
         let Some(service_port) = service.ports.iter().find(|p| p.port == port) else {
             return Snapshot::UNKNOWN;
@@ -563,7 +571,7 @@ impl Index {
         let mut gateway_backends = Vec::new();
         let mut gateway_routes = false;
         if applied.is_empty() && unsupported.is_empty() {
-            let part = self.gateway_destination(key, port);
+            let part = self.gateway_destination(key, port, client);
             gateway_routes = !part.routes.is_empty();
             routes.extend(part.routes);
             gateway_backends = part.backends;

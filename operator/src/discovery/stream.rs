@@ -40,7 +40,8 @@ pub struct Discovery {
     /// Whether every watch has listed once: until then the index is partial, and an answer from
     /// it (no policy yet, an unknown Service) would be wrong rather than late.
     synced: watch::Sender<bool>,
-    memo: Mutex<HashMap<(Key, u16), Memo>>,
+    /// Answers by Service port, and by client namespace for one that has consumer routes there.
+    memo: Mutex<HashMap<(Key, u16, Option<String>), Memo>>,
     pub registry: Registry,
     pub metrics: Arc<DiscoveryMetrics>,
     /// What the proxies report of their requests to each backend (the canary checks).
@@ -106,18 +107,21 @@ impl Discovery {
         self.revision.subscribe()
     }
 
-    /// The current answer for a Service port and its version: the revision that last changed it.
-    pub fn snapshot(&self, key: &Key, port: u16) -> (u64, Arc<Snapshot>) {
+    /// The current answer for a Service port, as a proxy of namespace `client` gets it, and its
+    /// version: the revision that last changed it. Clients of a namespace with consumer routes
+    /// for the port get an answer of their own; all others share one.
+    pub fn snapshot(&self, key: &Key, port: u16, client: &str) -> (u64, Arc<Snapshot>) {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         let revision = index.revision();
+        let consumer = index.has_consumer_routes(key, port, client).then(|| client.to_owned());
         let mut memo = self.memo.lock().unwrap_or_else(|p| p.into_inner());
-        let slot = (key.clone(), port);
+        let slot = (key.clone(), port, consumer);
         if let Some(found) = memo.get(&slot)
             && found.revision == revision
         {
             return (found.version, found.snapshot.clone());
         }
-        let fresh = index.destination(key, port);
+        let fresh = index.destination_for(key, port, slot.2.as_deref());
         let entry = match memo.remove(&slot) {
             Some(old) if *old.snapshot == fresh => {
                 Memo { revision, version: old.version, snapshot: old.snapshot }
@@ -436,7 +440,7 @@ impl Session<'_> {
         let (version, snapshot) = match &target {
             Target::Service { key, port } => {
                 state.sent_address = None;
-                self.discovery.snapshot(key, *port)
+                self.discovery.snapshot(key, *port, &self.peer.namespace)
             }
             Target::Address(addr) => {
                 let (revision, fresh) = self.discovery.read(|index| (index.revision(), index.address(*addr)));

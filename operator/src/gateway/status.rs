@@ -68,7 +68,7 @@ fn accepted(
     index: &Index,
 ) -> Observed {
     let accepted = crd_conditions::ACCEPTED;
-    if let Some(refusal) = translate::parent_refusal(namespace, parent) {
+    if let Some(refusal) = translate::parent_refusal(parent) {
         return refused(accepted, &refusal);
     }
     let no_parent = |message: String| Observed {
@@ -96,7 +96,7 @@ fn accepted(
         return no_parent(format!("Service {}/{} has no TCP port", target.0, target.1));
     };
     if let Err(refusal) =
-        translate::translate(namespace, name, &route.created, &route.spec, &target.1, first, index)
+        translate::translate(namespace, name, &route.created, &route.spec, target, first, index)
     {
         return refused(accepted, &refusal);
     }
@@ -139,9 +139,10 @@ fn accepted(
 fn resolved(namespace: &str, route: &GatewayRouteInfo, index: &Index) -> Observed {
     let kind = route.spec.kind();
     let refs = backend_refs(&route.spec);
+    let lookup = translate::RouteLookup::new(namespace, &route.spec, index);
     let mut problems: Vec<Refusal> = Vec::new();
     for (field, backend) in &refs {
-        if let Err(refusal) = translate::resolve_backend(kind, namespace, backend, field, index) {
+        if let Err(refusal) = translate::resolve_backend(kind, namespace, backend, field, &lookup) {
             problems.push(refusal);
         }
     }

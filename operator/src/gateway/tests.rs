@@ -84,7 +84,8 @@ fn grpc(rules: Value) -> RouteSpec {
 
 fn routes(index: &Index, spec: &RouteSpec) -> Vec<RouteConfig> {
     let translated =
-        translate("shop", "r", "2026-01-01T00:00:00Z", spec, "reviews", 80, index).expect("supported");
+        translate("shop", "r", "2026-01-01T00:00:00Z", spec, &("shop".into(), "reviews".into()), 80, index)
+            .expect("supported");
     translated.routes.into_iter().map(|(_, r)| r).collect()
 }
 
@@ -300,8 +301,16 @@ fn what_the_proxy_cannot_do_is_refused_with_its_field() {
         (json!({"backendRefs": [v1], "timeouts": {"request": "soon"}}), "spec.rules[0].timeouts.request"),
     ];
     for (rule, field) in cases {
-        let refusal = translate("shop", "r", "", &http(json!([rule.clone()])), "reviews", 80, &index)
-            .expect_err(&rule.to_string());
+        let refusal = translate(
+            "shop",
+            "r",
+            "",
+            &http(json!([rule.clone()])),
+            &("shop".into(), "reviews".into()),
+            80,
+            &index,
+        )
+        .expect_err(&rule.to_string());
         assert_eq!((refusal.reason, refusal.field.as_str()), ("UnsupportedValue", field), "{rule}");
     }
 }
@@ -360,6 +369,57 @@ fn routes_of_a_service_are_ordered_by_the_apis_precedence() {
     let config = json!({"identity": {"identity": "spiffe://cluster.local/ns/shop/sa/web",
         "endpoint": "id:8080", "tokenFile": "/t", "trustBundleFile": "/b"}, "services": [service]});
     braid_api::config::Config::parse(&config.to_string()).expect("the proxy accepts what the server sends");
+}
+
+#[test]
+fn a_consumer_route_applies_to_its_namespaces_clients_only_and_replaces_the_producer_routes_there() {
+    let mut index = cluster();
+    let ratings = key("other", "ratings");
+    // The producer's own route, in other: every client gets it.
+    index.upsert_gateway_route(
+        RouteKind::Http,
+        key("other", "producer"),
+        GatewayRouteInfo {
+            generation: 1,
+            created: "2026-01-01T00:00:00Z".into(),
+            spec: serde_json::from_value(
+                json!({"parentRefs": [{"group": "", "kind": "Service", "name": "ratings"}],
+                "rules": [{"name": "producer-rule", "backendRefs": [{"name": "ratings", "port": 80}]}]}),
+            )
+            .map(RouteSpec::Http)
+            .unwrap(),
+        },
+    );
+    // shop's consumer route for other/ratings: a response header, and the parent Service itself
+    // as its backend, which needs no ReferenceGrant.
+    let consumer = json!({"parentRefs": [{"group": "", "kind": "Service", "name": "ratings", "namespace": "other", "port": 80}],
+        "rules": [{"name": "consumer-rule", "filters": [{"type": "ResponseHeaderModifier",
+            "responseHeaderModifier": {"set": [{"name": "x-consumer", "value": "shop"}]}}],
+            "backendRefs": [{"name": "ratings", "namespace": "other", "port": 80}]}]});
+    install(
+        &mut index,
+        RouteKind::Http,
+        "consumer",
+        "2026-01-02T00:00:00Z",
+        RouteSpec::Http(serde_json::from_value(consumer).unwrap()),
+    );
+    assert!(index.has_consumer_routes(&ratings, 80, "shop"));
+    assert!(!index.has_consumer_routes(&ratings, 80, "other"), "the producer's own namespace has none");
+    assert!(!index.has_consumer_routes(&ratings, 80, "elsewhere"));
+
+    let names = |client: Option<&str>| {
+        let service = index.destination_for(&ratings, 80, client).service.expect("known");
+        let names: Vec<String> = service.routes.iter().filter_map(|r| r.name.clone()).collect();
+        (names, service)
+    };
+    let (for_shop, service) = names(Some("shop"));
+    assert_eq!(for_shop, ["consumer-rule"], "shop's clients: their own route only");
+    let backend = &service.routes[0].backends[0].name;
+    let endpoints = &service.backends.iter().find(|b| &b.name == backend).expect("backend").endpoints;
+    assert_eq!(endpoints[0].address.to_string(), "10.1.0.4:8080", "the parent Service's own pods");
+    assert_eq!(service.routes[0].response_headers.as_ref().map(|h| h.set[0].value.as_str()), Some("shop"));
+    assert_eq!(names(Some("elsewhere")).0, ["producer-rule"], "other clients: the producer's route");
+    assert_eq!(names(None).0, ["producer-rule"]);
 }
 
 #[test]
@@ -460,8 +520,14 @@ fn the_status_of_each_refusal() {
             (Status::True, "ResolvedRefs"),
         ),
         (
+            // A consumer route: shop's route for other/ratings.
             json!({"parentRefs": [{"group": "core", "kind": "Service", "name": "ratings", "namespace": "other"}], "rules": ok}),
-            (Status::False, "UnsupportedValue"),
+            (Status::True, "Accepted"),
+            (Status::True, "ResolvedRefs"),
+        ),
+        (
+            json!({"parentRefs": [{"group": "core", "kind": "Service", "name": "ghost", "namespace": "other"}], "rules": ok}),
+            (Status::False, "NoMatchingParent"),
             (Status::True, "ResolvedRefs"),
         ),
         (

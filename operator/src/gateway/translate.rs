@@ -95,25 +95,45 @@ impl RouteSpec {
 /// The Services of the route's namespace it attaches to, each with its port (`None`: every
 /// port). A Service parent of another namespace (a consumer route) is not among them: see
 /// `parent_refusal`.
-pub fn service_parents(namespace: &str, spec: &RouteSpec) -> Vec<(String, Option<u16>)> {
+pub fn service_parents(namespace: &str, spec: &RouteSpec) -> Vec<(Key, Option<u16>)> {
     spec.parent_refs()
         .iter()
-        .filter(|p| p.is_service() && p.namespace.as_deref().is_none_or(|ns| ns == namespace))
-        .map(|p| (p.name.clone(), p.port.and_then(|port| u16::try_from(port).ok())))
+        .filter(|p| p.is_service())
+        .map(|p| {
+            let target = (p.namespace.clone().unwrap_or_else(|| namespace.to_owned()), p.name.clone());
+            (target, p.port.and_then(|port| u16::try_from(port).ok()))
+        })
         .collect()
 }
 
-/// Why Braid does not take a Service parent, or `None` when it does.
-pub fn parent_refusal(namespace: &str, parent: &ParentReference) -> Option<Refusal> {
-    if parent.namespace.as_deref().is_some_and(|ns| ns != namespace) {
-        return Some(Refusal {
-            reason: reasons::UNSUPPORTED_VALUE,
-            field: "spec.parentRefs.namespace".into(),
-            message: "a route for a Service of another namespace (a consumer route) is not supported \
-                      yet: create it in the Service's namespace"
-                .into(),
-        });
+/// A route's view of what it may refer to: a consumer route (in another namespace than its
+/// Service parent) may name that Service as a backend without a ReferenceGrant, since it names
+/// it as its parent already (the Gateway API's mesh conformance does so); anything else needs
+/// one, as for every route.
+pub struct RouteLookup<'a> {
+    inner: &'a dyn Lookup,
+    parents: Vec<Key>,
+}
+
+impl<'a> RouteLookup<'a> {
+    pub fn new(namespace: &str, spec: &RouteSpec, inner: &'a dyn Lookup) -> Self {
+        let parents = service_parents(namespace, spec).into_iter().map(|(target, _)| target).collect();
+        Self { inner, parents }
     }
+}
+
+impl Lookup for RouteLookup<'_> {
+    fn service_exists(&self, key: &Key) -> bool {
+        self.inner.service_exists(key)
+    }
+
+    fn ref_permitted(&self, kind: RouteKind, from: &str, to: &Key) -> bool {
+        self.parents.contains(to) || self.inner.ref_permitted(kind, from, to)
+    }
+}
+
+/// Why Braid does not take a Service parent, or `None` when it does.
+pub fn parent_refusal(parent: &ParentReference) -> Option<Refusal> {
     if parent.section_name.is_some() {
         return Some(unsupported(
             "spec.parentRefs.sectionName".into(),
@@ -488,20 +508,24 @@ fn weighted(
 }
 
 /// The proxy routes of route `namespace/name` (created at `created`, RFC 3339) for Service
-/// `target` on `port`, or the first field the proxy cannot apply.
+/// `target` (its namespace and name: another namespace for a consumer route) on `port`, or the
+/// first field the proxy cannot apply.
 pub fn translate(
     namespace: &str,
     name: &str,
     created: &str,
     spec: &RouteSpec,
-    target: &str,
+    target: &Key,
     port: u16,
     lookup: &dyn Lookup,
 ) -> Result<Translated, Refusal> {
     let kind = spec.kind();
     let mut out = Translated::default();
+    let lookup = &RouteLookup::new(namespace, spec, lookup);
     // The target itself, for the 500 of a rule without backends.
-    out.backends.push((target.to_owned(), (namespace.to_owned(), target.to_owned(), port)));
+    let itself: BackendSource = (target.0.clone(), target.1.clone(), port);
+    let target = &backend_name(namespace, port, &itself);
+    out.backends.push((target.clone(), itself));
     let precedence = |path: &Option<PathMatch>, method: bool, headers: usize, query: usize, rule, m| {
         let (path_kind, path_len) = match path {
             Some(PathMatch::Exact(p)) => (0, p.len()),

@@ -100,20 +100,29 @@ impl Index {
         self.routes_for(key, port).into_iter().map(|(name, _)| name.to_owned()).collect()
     }
 
+    /// Whether routes of namespace `client` (another namespace than the Service's) are attached
+    /// to port `port` of Service `key`: consumer routes, which replace the Service's own routes
+    /// for the clients of that namespace (GAMMA).
+    pub fn has_consumer_routes(&self, key: &Key, port: u16, client: &str) -> bool {
+        client != key.0
+            && self.gateway.routes.iter().any(|((_, route_key), route)| {
+                route_key.0 == client && attached(&route_key.0, route, key, Some(port))
+            })
+    }
+
     /// The proxy routes and backends of the Gateway API routes attached to port `port` of
-    /// Service `key`, in the API's precedence order.
-    pub fn gateway_destination(&self, key: &Key, port: u16) -> GatewayPart {
+    /// Service `key`, in the API's precedence order: the consumer routes of namespace `client`
+    /// when it has any, otherwise the producer routes (those of the Service's namespace).
+    pub fn gateway_destination(&self, key: &Key, port: u16, client: Option<&str>) -> GatewayPart {
+        let from = match client {
+            Some(client) if self.has_consumer_routes(key, port, client) => client,
+            _ => key.0.as_str(),
+        };
         let mut part = GatewayPart::default();
         let mut ordered: Vec<(Precedence, RouteConfig)> = Vec::new();
         let mut sources: BTreeMap<String, translate::BackendSource> = BTreeMap::new();
         for ((kind, route_key), route) in &self.gateway.routes {
-            if route_key.0 != key.0 {
-                continue;
-            }
-            let attached = translate::service_parents(&route_key.0, &route.spec)
-                .into_iter()
-                .any(|(service, p)| service == key.1 && p.is_none_or(|p| p == port));
-            if !attached {
+            if route_key.0 != from || !attached(&route_key.0, route, key, Some(port)) {
                 continue;
             }
             match translate::translate(
@@ -121,7 +130,7 @@ impl Index {
                 &route_key.1,
                 &route.created,
                 &route.spec,
-                &key.1,
+                key,
                 port,
                 self,
             ) {
@@ -154,15 +163,18 @@ impl Index {
             .gateway
             .routes
             .iter()
-            .filter(|((_, route_key), _)| route_key.0 == key.0)
-            .filter(|((_, route_key), route)| {
-                translate::service_parents(&route_key.0, &route.spec)
-                    .into_iter()
-                    .any(|(service, p)| service == key.1 && (port.is_none() || p.is_none() || p == port))
-            })
+            .filter(|((_, route_key), route)| attached(&route_key.0, route, key, port))
             .map(|((kind, (namespace, name)), _)| format!("{} {namespace}/{name}", kind.as_str()))
             .collect();
         names.sort();
         names
     }
+}
+
+/// Whether route `route` of namespace `namespace` has Service `key` as a parent, on `port` (or
+/// on any port when `port` is None).
+fn attached(namespace: &str, route: &GatewayRouteInfo, key: &Key, port: Option<u16>) -> bool {
+    translate::service_parents(namespace, &route.spec)
+        .into_iter()
+        .any(|(target, p)| target == *key && (port.is_none() || p.is_none() || p == port))
 }
