@@ -41,7 +41,7 @@ pub struct Discovery {
     /// it (no policy yet, an unknown Service) would be wrong rather than late.
     synced: watch::Sender<bool>,
     /// Answers by Service port, and by client namespace for one that has consumer routes there.
-    memo: Mutex<HashMap<(Key, u16, Option<String>), Memo>>,
+    memo: Mutex<HashMap<MemoSlot, Memo>>,
     pub registry: Registry,
     pub metrics: Arc<DiscoveryMetrics>,
     /// What the proxies report of their requests to each backend (the canary checks).
@@ -133,6 +133,9 @@ impl Discovery {
         answer
     }
 }
+
+/// A Service port, and the client namespace when it has consumer routes there.
+type MemoSlot = (Key, u16, Option<String>);
 
 /// The hello is a few hundred bytes: a client that sends more before it has said who it is, or
 /// takes longer, is dropped before anything else is spent on it.
