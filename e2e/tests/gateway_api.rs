@@ -11,8 +11,8 @@
 use std::time::{Duration, Instant};
 
 use braid_e2e::mesh::{
-    apply, by_version, check_prerequisites, count, deploy_meshed_echo, inbound_from_client, install, load,
-    split, url, workloads,
+    LoadRun, LoadSpec, Sidecar, apply, by_version, check_prerequisites, count, deploy_meshed_echo,
+    inbound_from_client, install, load, split, url, workloads,
 };
 use braid_e2e::{Cluster, TestNamespace, eventually, setup};
 use kube::Client;
@@ -226,6 +226,28 @@ async fn an_httproute_with_a_service_parent_splits_80_20_through_the_sidecars() 
     let v2 = *by_version(&report).get("v2").unwrap_or(&0) as f64 / count(&report, "total") as f64;
     eprintln!("HTTPRoute 80/20: measured v2 share {v2:.3} of {} requests", count(&report, "total"));
     assert!((0.17..=0.23).contains(&v2), "80/20 split measured v2 = {v2:.3}: {report}");
+
+    // While a client calls the Service, its proxy is counted as running the route, as a
+    // MeshRoute's PROXIES column counts it.
+    let spec = LoadSpec {
+        name: "gamma-programmed",
+        account: "client",
+        sidecar: Sidecar::Meshed,
+        url: &target,
+        rate: 5,
+        extra: &[],
+        probe: false,
+    };
+    let caller = LoadRun::start(cluster, &client, ns, spec).await;
+    caller.answered().await;
+    let programmed = eventually(Duration::from_secs(60), "echo-split braid.dev/Programmed 1/1", || async {
+        let conditions = braid_conditions(cluster, ns, "echo-split").await;
+        let found = conditions.iter().find(|c| c.0 == "braid.dev/Programmed")?.clone();
+        (found.1 == "True" && found.2 == "Programmed" && found.3.starts_with("1/1 proxies")).then_some(found)
+    })
+    .await;
+    eprintln!("$ kubectl get httproute echo-split -n {ns}: braid.dev/Programmed {programmed:?}");
+    caller.stop();
 
     // Refusals say which field and why.
     apply(

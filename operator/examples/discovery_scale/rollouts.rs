@@ -130,6 +130,7 @@ async fn run(
     let existing: BTreeSet<String> = referenced_services(&object.spec).into_keys().collect();
     let service: Key = (key.0.clone(), object.spec.service.clone());
     let reference = RouteRef {
+        kind: None,
         namespace: key.0.clone(),
         name: key.1.clone(),
         generation: object.metadata.generation.unwrap_or(0),

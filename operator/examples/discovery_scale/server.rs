@@ -156,7 +156,7 @@ async fn serve(
                 discovery.update(|index| {
                     index.upsert_route(key.clone(), world.route_info(route, generation, weight))
                 });
-                let reference = RouteRef { namespace: key.0.clone(), name: key.1, generation };
+                let reference = RouteRef { kind: None, namespace: key.0.clone(), name: key.1, generation };
                 let service: Key = (key.0, format!("app-{route}"));
                 tokio::spawn(await_acks(discovery.clone(), seq, service, reference, received));
             }

@@ -15,6 +15,7 @@ use braid_crds::{MeshPolicySpec, MeshRouteSpec};
 use braid_runtime::ports::PortRange;
 
 use super::translate::{self, Unsupported};
+use crate::gateway::translate::RouteKind;
 
 mod gateway;
 pub use gateway::{GatewayPart, GatewayRouteInfo};
@@ -114,9 +115,12 @@ pub struct RouteInfo {
 /// Where a backend name of a destination's configuration points: Service, port, pod subset.
 type BackendSource = (String, u16, Option<BTreeMap<String, String>>);
 
-/// A MeshRoute generation that a destination's configuration carries.
+/// A route generation that a destination's configuration carries: a MeshRoute's, or a Gateway
+/// API route's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteRef {
+    /// None for a MeshRoute; the kind of a Gateway API route.
+    pub kind: Option<RouteKind>,
     pub namespace: String,
     pub name: String,
     pub generation: i64,
@@ -574,6 +578,7 @@ impl Index {
             let part = self.gateway_destination(key, port, client);
             gateway_routes = !part.routes.is_empty();
             routes.extend(part.routes);
+            applied.extend(part.applied);
             gateway_backends = part.backends;
         }
         // A request that no rule matches goes to the Service as if there were no route; with
@@ -704,6 +709,7 @@ impl Index {
             .into_iter()
             .map(|(name, route)| {
                 let reference = RouteRef {
+                    kind: None,
                     namespace: namespace.clone(),
                     name: name.to_owned(),
                     generation: route.generation,
@@ -950,7 +956,7 @@ mod tests {
         let snapshot = index.destination(&key("shop", "reviews"), 80);
         assert_eq!(
             snapshot.routes,
-            [RouteRef { namespace: "shop".into(), name: "split".into(), generation: 3 }]
+            [RouteRef { kind: None, namespace: "shop".into(), name: "split".into(), generation: 3 }]
         );
         let service = snapshot.service.expect("known");
         let weights: Vec<_> =
@@ -1339,7 +1345,7 @@ mod tests {
         let snapshot = index.address(addr("10.1.1.11:8080"));
         assert_eq!(
             snapshot.routes,
-            [RouteRef { namespace: "shop".into(), name: "web".into(), generation: 4 }]
+            [RouteRef { kind: None, namespace: "shop".into(), name: "web".into(), generation: 4 }]
         );
         let service = snapshot.service.expect("a meshed pod");
         assert_eq!(service.backends.len(), 1, "only the pod, whatever the route names");

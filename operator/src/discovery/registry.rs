@@ -214,7 +214,7 @@ mod tests {
     }
 
     fn route(generation: i64) -> RouteRef {
-        RouteRef { namespace: "shop".into(), name: "split".into(), generation }
+        RouteRef { kind: None, namespace: "shop".into(), name: "split".into(), generation }
     }
 
     fn snapshot(generation: i64) -> Arc<Snapshot> {

@@ -9,13 +9,65 @@ use super::translate::{self, CONTROLLER_NAME, Key, Refusal, RouteSpec, reasons};
 use super::types::{BackendRef, ParentReference, RouteParentStatus, RouteStatus};
 use crate::conditions::{Observed, Status, merge};
 use crate::discovery::index::{GatewayRouteInfo, Index};
+use crate::discovery::registry::Programming;
+
+/// The implementation-specific condition that counts the proxies running the route, as a
+/// MeshRoute's `Programmed` does (Kubernetes condition types may carry a domain prefix).
+pub const PROGRAMMED: &str = "braid.dev/Programmed";
 
 /// What Braid concludes about one Service parent of a route.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub parent_ref: ParentReference,
+    /// The Service the parent names.
+    pub target: Key,
     pub accepted: Observed,
     pub resolved: Observed,
+    /// Set by the status writer, which knows the proxies (`programmed`).
+    pub programmed: Option<Observed>,
+}
+
+/// The `braid.dev/Programmed` condition of a parent: how many of the proxies that call the
+/// Service run this generation of the route.
+pub fn programmed(verdict: &Verdict, counts: &Programming, generation: i64) -> Observed {
+    let observed = |status, reason, message: String| Observed { type_: PROGRAMMED, status, reason, message };
+    let (namespace, service) = &verdict.target;
+    if verdict.accepted.status != Status::True {
+        return observed(
+            Status::False,
+            crd_conditions::reasons::NOT_ACCEPTED,
+            "the route is not accepted for this parent; proxies keep routing as before".to_owned(),
+        );
+    }
+    let fraction = format!("{}/{}", counts.acked, counts.total);
+    if counts.total == 0 {
+        observed(
+            Status::True,
+            crd_conditions::reasons::NO_PROXIES,
+            format!(
+                "no proxy routes to Service {namespace}/{service} yet; each gets generation {generation} when it first does"
+            ),
+        )
+    } else if counts.acked == counts.total {
+        observed(
+            Status::True,
+            crd_conditions::reasons::PROGRAMMED,
+            format!("{fraction} proxies that call Service {namespace}/{service} run generation {generation}"),
+        )
+    } else {
+        let refused = if counts.refusals.is_empty() {
+            String::new()
+        } else {
+            format!("; refused: {}", counts.refusals.join("; "))
+        };
+        observed(
+            Status::False,
+            crd_conditions::reasons::PENDING,
+            format!(
+                "{fraction} proxies that call Service {namespace}/{service} run generation {generation}{refused}"
+            ),
+        )
+    }
 }
 
 fn refused(type_: &'static str, refusal: &Refusal) -> Observed {
@@ -54,7 +106,7 @@ pub fn verdicts(namespace: &str, name: &str, route: &GatewayRouteInfo, index: &I
             (parent.namespace.clone().unwrap_or_else(|| namespace.to_owned()), parent.name.clone());
         let resolved = resolved(namespace, route, index);
         let accepted = accepted(namespace, name, route, parent, &target, index);
-        out.push(Verdict { parent_ref: parent.clone(), accepted, resolved });
+        out.push(Verdict { parent_ref: parent.clone(), target, accepted, resolved, programmed: None });
     }
     out
 }
@@ -184,7 +236,10 @@ pub fn desired_status(
             controller_name: CONTROLLER_NAME.to_owned(),
             conditions: merge(
                 before,
-                vec![verdict.accepted.clone(), verdict.resolved.clone()],
+                [verdict.accepted.clone(), verdict.resolved.clone()]
+                    .into_iter()
+                    .chain(verdict.programmed.clone())
+                    .collect(),
                 Some(generation),
                 now,
             ),

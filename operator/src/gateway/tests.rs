@@ -601,3 +601,52 @@ fn the_status_keeps_other_controllers_entries_and_transition_times() {
         json!({"group": "", "kind": "Service", "name": "reviews", "port": 80})
     );
 }
+
+#[test]
+fn programmed_counts_the_proxies_that_run_the_routes_generation() {
+    use super::status::{PROGRAMMED, programmed};
+    use crate::discovery::registry::Programming;
+    let index = cluster();
+    let mut verdicts = verdict_of(
+        &index,
+        json!({"parentRefs": [{"group": "", "kind": "Service", "name": "reviews", "port": 80}],
+        "rules": [{"backendRefs": [backend("reviews-v1", 80, None)]}]}),
+    );
+    let counts = |acked, total, refusals: &[&str]| Programming {
+        acked,
+        total,
+        refusals: refusals.iter().map(|r| (*r).to_owned()).collect(),
+    };
+    let cases = [
+        (counts(0, 0, &[]), Status::True, "NoProxies", "no proxy routes to Service shop/reviews yet"),
+        (
+            counts(3, 3, &[]),
+            Status::True,
+            "Programmed",
+            "3/3 proxies that call Service shop/reviews run generation 7",
+        ),
+        (
+            counts(1, 3, &["bad regex"]),
+            Status::False,
+            "Pending",
+            "1/3 proxies that call Service shop/reviews run generation 7; refused: bad regex",
+        ),
+    ];
+    for (counts, status, reason, message) in cases {
+        let observed = programmed(&verdicts[0], &counts, 7);
+        assert_eq!((observed.type_, observed.status, observed.reason), (PROGRAMMED, status, reason));
+        assert!(observed.message.starts_with(message), "{}", observed.message);
+    }
+    // Not accepted: nothing to program.
+    let ghost = verdict_of(
+        &index,
+        json!({"parentRefs": [{"group": "", "kind": "Service", "name": "ghost"}], "rules": []}),
+    );
+    assert_eq!(programmed(&ghost[0], &counts(0, 0, &[]), 1).reason, "NotAccepted");
+    // Written as a third condition of the parent's entry.
+    verdicts[0].programmed = Some(programmed(&verdicts[0], &counts(2, 2, &[]), 7));
+    let t0 = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time("2026-01-01T00:00:00Z".parse().unwrap());
+    let status = desired_status(&RouteStatus::default(), &verdicts, 7, &t0);
+    let types: Vec<_> = status.parents[0].conditions.iter().map(|c| c.type_.as_str()).collect();
+    assert_eq!(types, ["Accepted", "ResolvedRefs", "braid.dev/Programmed"]);
+}

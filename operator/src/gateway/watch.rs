@@ -17,15 +17,18 @@ use kube::{
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::status::{Verdict, desired_status, verdicts};
+use super::status::{Verdict, desired_status, programmed, verdicts};
 use super::translate::{Key, RouteKind, RouteSpec};
 use super::types::{GRPCRoute, HTTPRoute, ReferenceGrant, RouteStatus};
 use crate::discovery::index::GatewayRouteInfo;
+use crate::discovery::index::RouteRef;
 use crate::discovery::stream::Discovery;
 
 const FIELD_MANAGER: &str = "braid-operator-gateway";
 /// Changes that come together make one status write per route.
 const SETTLE: Duration = Duration::from_secs(1);
+/// How often the proxies running each route are counted again while nothing else changes.
+const PROGRAMMED_RECOUNT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
@@ -184,7 +187,18 @@ async fn write_statuses(client: Client, discovery: Arc<Discovery>, shutdown: Can
                 .gateway_routes()
                 .into_iter()
                 .map(|((kind, key), route)| {
-                    let verdicts = verdicts(&key.0, &key.1, &route, index);
+                    let mut verdicts = verdicts(&key.0, &key.1, &route, index);
+                    let reference = RouteRef {
+                        kind: Some(kind),
+                        namespace: key.0.clone(),
+                        name: key.1.clone(),
+                        generation: route.generation,
+                    };
+                    for verdict in &mut verdicts {
+                        let port = verdict.parent_ref.port.and_then(|port| u16::try_from(port).ok());
+                        let counts = discovery.registry.programming(&verdict.target, port, &reference);
+                        verdict.programmed = Some(programmed(verdict, &counts, route.generation));
+                    }
                     ((kind, key), (route.generation, verdicts))
                 })
                 .collect::<Vec<_>>()
@@ -215,8 +229,9 @@ async fn write_statuses(client: Client, discovery: Arc<Discovery>, shutdown: Can
         }
         tokio::select! {
             changed = revisions.changed() => if changed.is_err() { return },
-            // A write that failed (a conflict, the API server away) is retried.
-            () = tokio::time::sleep(Duration::from_secs(5)), if failed => {}
+            // A write that failed (a conflict, the API server away) is retried; proxies' acks,
+            // which change no revision, are counted again.
+            () = tokio::time::sleep(if failed { Duration::from_secs(5) } else { PROGRAMMED_RECOUNT }) => {}
             () = shutdown.cancelled() => return,
         }
         tokio::select! {

@@ -236,6 +236,7 @@ async fn apply_status(route: &MeshRoute, ctx: &Context) -> Result<Option<Duratio
             Err(why) => Programming::Unsupported(why.to_string()),
             Ok(()) => {
                 let reference = RouteRef {
+                    kind: None,
                     namespace: namespace.clone(),
                     name: route.name_any(),
                     generation: route.metadata.generation.unwrap_or(0),

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use braid_api::config::{BackendConfig, RouteConfig};
 
-use super::{Index, Key};
+use super::{Index, Key, RouteRef};
 use crate::gateway::translate::{self, Lookup, Precedence, Refusal, RouteKind, RouteSpec};
 use crate::gateway::types::ReferenceGrantSpec;
 
@@ -31,6 +31,8 @@ pub struct GatewayState {
 pub struct GatewayPart {
     pub routes: Vec<RouteConfig>,
     pub backends: Vec<BackendConfig>,
+    /// The routes applied, for the Programmed counts.
+    pub applied: Vec<RouteRef>,
     /// Routes left out, and why.
     pub refused: Vec<((RouteKind, Key), Refusal)>,
 }
@@ -137,6 +139,12 @@ impl Index {
                 Ok(translated) => {
                     ordered.extend(translated.routes);
                     sources.extend(translated.backends);
+                    part.applied.push(RouteRef {
+                        kind: Some(*kind),
+                        namespace: route_key.0.clone(),
+                        name: route_key.1.clone(),
+                        generation: route.generation,
+                    });
                 }
                 Err(refusal) => part.refused.push(((*kind, route_key.clone()), refusal)),
             }
