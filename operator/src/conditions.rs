@@ -29,6 +29,35 @@ impl Status {
     }
 }
 
+/// A `Programmed` condition (of type `type_`) from the proxies' acks of a route generation, for
+/// a route of Service `service` (`namespace/name`); `generation` reads " generation N" or "".
+pub fn programmed(
+    type_: &'static str,
+    counts: &crate::discovery::registry::Programming,
+    service: &str,
+    generation: &str,
+) -> Observed {
+    use braid_crds::conditions::reasons;
+    let observed = |status, reason, message: String| Observed { type_, status, reason, message };
+    let fraction = format!("{}/{}", counts.acked, counts.total);
+    if counts.total == 0 {
+        observed(
+            Status::True,
+            reasons::NO_PROXIES,
+            format!("no proxy routes to Service {service} yet; each gets{generation} when it first does"),
+        )
+    } else if counts.acked == counts.total {
+        observed(Status::True, reasons::PROGRAMMED, format!("{fraction} proxies run{generation}"))
+    } else {
+        let refused = if counts.refusals.is_empty() {
+            String::new()
+        } else {
+            format!("; refused: {}", counts.refusals.join("; "))
+        };
+        observed(Status::False, reasons::PENDING, format!("{fraction} proxies run{generation}{refused}"))
+    }
+}
+
 /// The conditions to write: one per observed condition, in the order given. A condition whose
 /// status did not change keeps its previous lastTransitionTime.
 pub fn merge(

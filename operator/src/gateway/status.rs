@@ -39,35 +39,12 @@ pub fn programmed(verdict: &Verdict, counts: &Programming, generation: i64) -> O
             "the route is not accepted for this parent; proxies keep routing as before".to_owned(),
         );
     }
-    let fraction = format!("{}/{}", counts.acked, counts.total);
-    if counts.total == 0 {
-        observed(
-            Status::True,
-            crd_conditions::reasons::NO_PROXIES,
-            format!(
-                "no proxy routes to Service {namespace}/{service} yet; each gets generation {generation} when it first does"
-            ),
-        )
-    } else if counts.acked == counts.total {
-        observed(
-            Status::True,
-            crd_conditions::reasons::PROGRAMMED,
-            format!("{fraction} proxies that call Service {namespace}/{service} run generation {generation}"),
-        )
-    } else {
-        let refused = if counts.refusals.is_empty() {
-            String::new()
-        } else {
-            format!("; refused: {}", counts.refusals.join("; "))
-        };
-        observed(
-            Status::False,
-            crd_conditions::reasons::PENDING,
-            format!(
-                "{fraction} proxies that call Service {namespace}/{service} run generation {generation}{refused}"
-            ),
-        )
-    }
+    crate::conditions::programmed(
+        PROGRAMMED,
+        counts,
+        &format!("{namespace}/{service}"),
+        &format!(" generation {generation}"),
+    )
 }
 
 fn refused(type_: &'static str, refusal: &Refusal) -> Observed {

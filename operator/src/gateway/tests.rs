@@ -619,17 +619,12 @@ fn programmed_counts_the_proxies_that_run_the_routes_generation() {
     };
     let cases = [
         (counts(0, 0, &[]), Status::True, "NoProxies", "no proxy routes to Service shop/reviews yet"),
-        (
-            counts(3, 3, &[]),
-            Status::True,
-            "Programmed",
-            "3/3 proxies that call Service shop/reviews run generation 7",
-        ),
+        (counts(3, 3, &[]), Status::True, "Programmed", "3/3 proxies run generation 7"),
         (
             counts(1, 3, &["bad regex"]),
             Status::False,
             "Pending",
-            "1/3 proxies that call Service shop/reviews run generation 7; refused: bad regex",
+            "1/3 proxies run generation 7; refused: bad regex",
         ),
     ];
     for (counts, status, reason, message) in cases {

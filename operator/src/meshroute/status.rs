@@ -131,33 +131,9 @@ pub fn desired_status(
         ),
         Programming::Counted(counts) => {
             let fraction = format!("{}/{}", counts.acked, counts.total);
-            let programmed = if counts.total == 0 {
-                observed(
-                    Status::True,
-                    reasons::NO_PROXIES,
-                    format!(
-                        "no proxy routes to Service {namespace}/{} yet; each gets{generation_text} when it first does",
-                        spec.service
-                    ),
-                )
-            } else if counts.acked == counts.total {
-                observed(
-                    Status::True,
-                    reasons::PROGRAMMED,
-                    format!("{fraction} proxies run{generation_text}"),
-                )
-            } else {
-                let refused = if counts.refusals.is_empty() {
-                    String::new()
-                } else {
-                    format!("; refused: {}", counts.refusals.join("; "))
-                };
-                observed(
-                    Status::False,
-                    reasons::PENDING,
-                    format!("{fraction} proxies run{generation_text}{refused}"),
-                )
-            };
+            let service = format!("{namespace}/{}", spec.service);
+            let programmed =
+                crate::conditions::programmed(conditions::PROGRAMMED, counts, &service, &generation_text);
             (programmed, Some(fraction))
         }
     };
