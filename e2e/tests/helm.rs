@@ -424,6 +424,10 @@ async fn the_chart_lints_and_refuses_bad_values_with_the_schema_message() {
             "mesh.spec.identity.externalCaSecret=braid-issuer",
             "mesh.spec.identity.externalCaSecret \"braid-issuer\" is a Secret the operator writes itself",
         ),
+        (
+            "metrics.podMonitor.interval=soon",
+            "at '/metrics/podMonitor/interval': 'soon' does not match pattern",
+        ),
     ];
     let release = format!("braid-bad-{}", ns.name.rsplit('-').next().unwrap_or("x"));
     for (value, message) in cases {
@@ -433,6 +437,13 @@ async fn the_chart_lints_and_refuses_bad_values_with_the_schema_message() {
         assert!(err.contains(message), "helm install --set {value}: expected {message:?} in:\n{err}");
         eprintln!("--set {value}:\n{}", err.trim());
     }
+    // The PodMonitor is rendered only where its API exists: asked for on a cluster without the
+    // prometheus-operator, it is left out rather than failing the install.
+    let monitor = ["template", "t", &chart, "--set", "metrics.podMonitor.enabled=true"];
+    assert!(!helm_ok(cluster, &monitor).contains("kind: PodMonitor"));
+    let with_api = [&monitor[..], &["--api-versions", "monitoring.coreos.com/v1/PodMonitor"]].concat();
+    let rendered = helm_ok(cluster, &with_api);
+    assert!(rendered.contains("kind: PodMonitor") && rendered.contains("port: braid-admin"), "{rendered}");
     let releases = helm_ok(cluster, &["list", "-n", &ns.name, "-a", "-q"]);
     assert!(releases.trim().is_empty(), "a refused install left a release: {releases}");
     let roles = cluster.kubectl_ok(&["get", "clusterroles", "-o", "name"]);
