@@ -22,6 +22,9 @@ const INITIAL_LATENCY_NANOS: f64 = 1_000_000.0;
 /// was slow once (its first request paid for the TLS handshake) is tried again instead of being
 /// starved forever: peak-EWMA's decay, applied at read time as Finagle and Linkerd do.
 const IDLE_DECAY_SECS: f64 = 10.0;
+/// Added to the cost of an endpoint passed over (ejected or backing off): more than any real
+/// cost, so it loses to every other.
+const PASSED_OVER_PENALTY: f64 = 1e12;
 /// An endpoint no connection reached is passed over this long, doubling while its connects keep
 /// failing, up to `UNREACHABLE_BACKOFF_MAX`; the first request after the backoff tries it again,
 /// and any answer ends it. Short, unlike an ejection: a pod that refused while starting is back
@@ -162,7 +165,7 @@ impl Endpoint {
         let pending = f64::from(self.pending.load(Ordering::Relaxed));
         let health = self.health();
         // One passed over is chosen only when every other one is passed over too.
-        let penalty = if health.passed_over(now) { 1e12 } else { 0.0 };
+        let penalty = if health.passed_over(now) { PASSED_OVER_PENALTY } else { 0.0 };
         let idle = health.last_sample.map_or(0.0, |last| now.saturating_duration_since(last).as_secs_f64());
         let ewma = health.ewma_nanos * (-idle / IDLE_DECAY_SECS).exp();
         ewma * (pending + 1.0) + penalty
@@ -285,7 +288,7 @@ impl Balancer<'_> {
         match self.config.algorithm {
             Algorithm::Ewma => pick(endpoints, now),
             Algorithm::LeastRequest => two_choices(endpoints, now, |endpoint| {
-                let passed_over = if endpoint.passed_over(now) { 1e12 } else { 0.0 };
+                let passed_over = if endpoint.passed_over(now) { PASSED_OVER_PENALTY } else { 0.0 };
                 f64::from(endpoint.pending.load(Ordering::Relaxed)) + passed_over
             }),
             Algorithm::RoundRobin => {
@@ -376,8 +379,11 @@ fn two_choices<E: std::borrow::Borrow<Endpoint>>(
                 b += 1;
             }
             let (first, second) = (&endpoints[a], &endpoints[b]);
-            let winner = if cost(first.borrow()) <= cost(second.borrow()) { first } else { second };
-            if !winner.borrow().passed_over(now) {
+            let (first_cost, second_cost) = (cost(first.borrow()), cost(second.borrow()));
+            let (winner, winner_cost) =
+                if first_cost <= second_cost { (first, first_cost) } else { (second, second_cost) };
+            // The cost carries the penalty of an endpoint passed over: no second look at its health.
+            if winner_cost < PASSED_OVER_PENALTY {
                 return Some(winner);
             }
             // Rare (two picks passed over): a scan over the rest costs less than a doomed try.
