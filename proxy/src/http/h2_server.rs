@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use http::header::{CONTENT_LENGTH, HeaderValue};
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::task::JoinHandle;
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::respond::local;
 use super::{Handler, Transport};
 use crate::client::body::{Http2Body, ProxyBody};
 use crate::client::coalesce::{FlushAfterPoll, coalesce};
@@ -95,7 +96,9 @@ pub async fn serve(
     }
     let handshake = builder
         .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_header_list_size(
+            u32::try_from(decoded_header_limit(limits.max_header_bytes)).unwrap_or(u32::MAX),
+        )
         .initial_window_size(1 << 20)
         .initial_connection_window_size(4 << 20)
         .handshake::<_, Bytes>(io);
@@ -179,7 +182,8 @@ pub async fn serve(
                     }
                     // Boxed: the task holds a pointer, not the multi-KiB future, which would
                     // otherwise be copied whole on each move.
-                    let stream = Box::pin(serve_stream(request, respond, handle.clone()));
+                    let stream =
+                        Box::pin(serve_stream(request, respond, handle.clone(), limits.max_header_bytes));
                     if local {
                         streams.push(Stream::Local(stream));
                     } else {
@@ -203,21 +207,57 @@ pub async fn serve(
     FlushAfterPoll::new(accept_loop.as_mut(), &flusher).await;
 }
 
+/// How large a header block h2 decodes before it gives up on the request itself. h2 answers a
+/// block over its limit with a 431 only up to a few times that limit, and ends the whole
+/// connection (GOAWAY ENHANCE_YOUR_CALM or COMPRESSION_ERROR) past it: a 100 KiB header against a
+/// 16 KiB limit took every stream of the connection down. So h2 decodes up to 8 times
+/// `maxHeaderBytes`, and the proxy answers what is over `maxHeaderBytes` with 431 itself
+/// (`header_list_size`), as HTTP/1.1 does.
+fn decoded_header_limit(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_mul(8)
+}
+
+/// The size of a request's header list as HTTP/2 counts it (RFC 9113 §6.5.2): each field's name
+/// and value, and 32 bytes, pseudo-header fields included.
+fn header_list_size(parts: &http::request::Parts) -> usize {
+    const FIELD: usize = 32;
+    let pseudo = ":method".len()
+        + parts.method.as_str().len()
+        + ":path".len()
+        + parts.uri.path_and_query().map_or(0, |path| path.as_str().len())
+        + ":authority".len()
+        + parts.uri.authority().map_or(0, |authority| authority.as_str().len())
+        + ":scheme".len()
+        + parts.uri.scheme_str().map_or(0, str::len)
+        + 4 * FIELD;
+    parts.headers.iter().fold(pseudo, |size, (name, value)| size + name.as_str().len() + value.len() + FIELD)
+}
+
 async fn serve_stream(
     request: Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
     handle: impl Handler,
+    max_header_bytes: usize,
 ) {
     let (parts, stream) = request.into_parts();
-    let body = ProxyBody::Http2(Http2Body::new(stream, &parts.headers));
-    let handling = handle(Request::from_parts(parts, body));
-    tokio::pin!(handling);
-    // A client that resets its stream has given the request up: stop handling it.
-    let response = tokio::select! {
-        response = &mut handling => response,
-        reset = poll_fn(|cx| respond.poll_reset(cx)) => {
-            debug!(?reset, "the client reset a stream before its response");
-            return;
+    let response = if header_list_size(&parts) > max_header_bytes {
+        debug!(max_header_bytes, "refused an HTTP/2 request whose header fields are too large");
+        local(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request-head-too-large",
+            format!("braid-proxy: the request's header fields are larger than {max_header_bytes} bytes\n"),
+        )
+    } else {
+        let body = ProxyBody::Http2(Http2Body::new(stream, &parts.headers));
+        let handling = handle(Request::from_parts(parts, body));
+        tokio::pin!(handling);
+        // A client that resets its stream has given the request up: stop handling it.
+        tokio::select! {
+            response = &mut handling => response,
+            reset = poll_fn(|cx| respond.poll_reset(cx)) => {
+                debug!(?reset, "the client reset a stream before its response");
+                return;
+            }
         }
     };
     let (mut head, body) = response.into_parts();
