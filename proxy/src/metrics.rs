@@ -60,6 +60,9 @@ pub enum Direction {
 pub enum Classification {
     success,
     failure,
+    /// The client's own error, which the proxy answered itself: a request body it broke
+    /// (malformed chunked framing, or cut off). Held against no endpoint.
+    client_error,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -68,3 +68,108 @@ async fn an_oversized_header_over_http2_gets_431_not_a_refused_stream() {
     let response = tokio::time::timeout(WITHIN, response).await.expect("an answer in time").unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
+
+/// A client's chunked request bodies that break the framing: a size that is not hex, a bare LF
+/// after the size, chunk data not followed by CRLF.
+const BAD_CHUNKED: [&str; 3] = ["zz\r\nhello\r\n0\r\n\r\n", "5\nhello\r\n0\r\n\r\n", "5\r\nhelloXX0\r\n\r\n"];
+
+fn chunked_post(host: &str, body: &str) -> Vec<u8> {
+    format!("POST /body HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n{body}").into_bytes()
+}
+
+#[tokio::test]
+async fn a_clients_malformed_chunked_body_is_its_own_400_and_no_failure_of_the_endpoint() {
+    let app = Upstream::start("app").await;
+    let proxy = Proxy::start(&web_service(app.addr, "")).await;
+    // Six in a row: more than the five consecutive failures that eject an endpoint.
+    for body in BAD_CHUNKED.iter().chain(&BAD_CHUNKED) {
+        let answer = raw_exchange(proxy.service("web"), &chunked_post("web", body)).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{body:?}: {answer}");
+        assert!(answer.contains("braid-proxy-error: request-body"), "{body:?}: {answer}");
+    }
+    let answer = raw_exchange(
+        proxy.service("web"),
+        &chunked_post("web\r\nConnection: close", "5\r\nhello\r\n0\r\n\r\n"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("app got 5 bytes"), "{answer}");
+    let metrics = proxy.metrics().await;
+    let client_errors =
+        [("direction", "outbound"), ("status_code", "400"), ("classification", "client_error")];
+    assert_eq!(metric(&metrics, "response_total", &client_errors), Some(6.0), "{metrics}");
+    let failures = [("direction", "outbound"), ("classification", "failure")];
+    assert_eq!(metric(&metrics, "response_total", &failures), None, "{metrics}");
+    let backend = [("dst_service", "web"), ("backend", "app")];
+    assert_eq!(metric(&metrics, "outbound_backend_failures_total", &backend), Some(0.0), "{metrics}");
+    assert_eq!(metric(&metrics, "outbound_backend_requests_total", &backend), Some(7.0), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_clients_malformed_chunked_body_on_the_inbound_side_is_a_400_and_no_failure() {
+    let app = Upstream::start("app").await;
+    let proxy = Proxy::start(&format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0, target: \"{}\" }}\n",
+        app.addr
+    ))
+    .await;
+    for body in BAD_CHUNKED.iter().chain(&BAD_CHUNKED) {
+        let answer = raw_exchange(proxy.inbound(), &chunked_post("app", body)).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{body:?}: {answer}");
+    }
+    let answer =
+        raw_exchange(proxy.inbound(), &chunked_post("app\r\nConnection: close", "5\r\nhello\r\n0\r\n\r\n"))
+            .await;
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("app got 5 bytes"), "{answer}");
+    let metrics = proxy.metrics().await;
+    let client_errors =
+        [("direction", "inbound"), ("status_code", "400"), ("classification", "client_error")];
+    assert_eq!(metric(&metrics, "response_total", &client_errors), Some(6.0), "{metrics}");
+    let failures = [("direction", "inbound"), ("classification", "failure")];
+    assert_eq!(metric(&metrics, "response_total", &failures), None, "{metrics}");
+}
+
+/// Between two proxies the body crosses HTTP/2: A's body task resets the stream to B when the
+/// client's body breaks, and that reset must not read as B's failure.
+#[tokio::test]
+async fn a_clients_malformed_chunked_body_sent_across_two_proxies_is_a_400_and_no_failure() {
+    let app = Upstream::start("app").await;
+    let b = Proxy::start(&format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0, target: \"{}\" }}\n",
+        app.addr
+    ))
+    .await;
+    let a = Proxy::start(&web_service(b.inbound(), ", meshed: true")).await;
+    // A good request first, so that the bad ones go on an open HTTP/2 connection to B.
+    let (status, _, body) = send(
+        &http1_client(),
+        Request::post(format!("http://{}/body", a.service("web"))).body(full("hello")).unwrap(),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "app got 5 bytes"));
+    for body in BAD_CHUNKED.iter().chain(&BAD_CHUNKED) {
+        // The head and the first bytes go first, so the request is under way upstream.
+        let mut stream = TcpStream::connect(a.service("web")).await.unwrap();
+        stream.write_all(&chunked_post("web", "3\r\nabc\r\n")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _ = stream.write_all(body.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(WITHIN, stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{body:?}: {answer}");
+    }
+    let (status, _, body) = send(
+        &http1_client(),
+        Request::post(format!("http://{}/body", a.service("web"))).body(full("hello")).unwrap(),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "app got 5 bytes"));
+    let a_metrics = a.metrics().await;
+    let client_errors =
+        [("direction", "outbound"), ("status_code", "400"), ("classification", "client_error")];
+    assert_eq!(metric(&a_metrics, "response_total", &client_errors), Some(6.0), "{a_metrics}");
+    let backend = [("dst_service", "web"), ("backend", "app")];
+    assert_eq!(metric(&a_metrics, "outbound_backend_failures_total", &backend), Some(0.0), "{a_metrics}");
+    let b_metrics = b.metrics().await;
+    let failures = [("direction", "inbound"), ("classification", "failure")];
+    assert_eq!(metric(&b_metrics, "response_total", &failures), None, "{b_metrics}");
+}

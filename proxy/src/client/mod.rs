@@ -54,11 +54,45 @@ pub enum UpstreamError {
     /// The HTTP/2 stream or its connection broke before a response arrived.
     #[error("the HTTP/2 connection to {addr} failed before a response: {source}")]
     Http2Reset { addr: SocketAddr, source: h2::Error },
+    /// The client's request body broke off while it was being sent (its chunked framing was
+    /// malformed, or the client went away): the client's error, which says nothing of the
+    /// upstream's health.
+    #[error("the request body from the client broke off while it was sent to {addr}: {reason}")]
+    RequestBody { addr: SocketAddr, reason: String },
 }
 
 impl UpstreamError {
     pub fn is_connect(&self) -> bool {
         matches!(self, Self::Connect(_) | Self::Handshake { .. } | Self::Http2Handshake { .. })
+    }
+
+    /// Whether the client, not the upstream, caused the failure.
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, Self::RequestBody { .. })
+    }
+
+    /// What hyper's client reported: the request body it was writing failed (it holds our
+    /// `BodyError`, which only the client's side of the proxy produces), or the exchange did.
+    fn hyper(addr: SocketAddr, source: hyper::Error) -> Self {
+        use std::error::Error as _;
+        match source.source().and_then(|cause| cause.downcast_ref::<body::BodyError>()) {
+            Some(cause) if source.is_user() => Self::RequestBody { addr, reason: cause.to_string() },
+            _ => Self::Reset { addr, source },
+        }
+    }
+
+    /// What h2 reported for a request whose body was streaming (`streaming_body`): a reset of
+    /// our own with CANCEL is the body task's (`send_body`) when the client's request body
+    /// failed; anything else is the upstream's or the connection's.
+    fn http2(addr: SocketAddr, source: h2::Error, streaming_body: bool) -> Self {
+        let own_cancel = source.is_reset()
+            && !source.is_remote()
+            && !source.is_library()
+            && source.reason() == Some(h2::Reason::CANCEL);
+        if streaming_body && own_cancel {
+            return Self::RequestBody { addr, reason: "the client's body failed".to_owned() };
+        }
+        Self::Http2Reset { addr, source }
     }
 }
 
@@ -178,10 +212,8 @@ impl Pool {
             // otherwise make every request's future, moved on each spawn, several KiB larger.
             None => Box::pin(self.connect_http1()).await?,
         };
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|source| UpstreamError::Reset { addr: self.addr, source })?;
+        let response =
+            sender.send_request(request).await.map_err(|source| UpstreamError::hyper(self.addr, source))?;
         // Back to the pool at once: it becomes ready again when the response body is read, and
         // take_idle_http1 skips it until then.
         self.return_http1(sender);
@@ -248,7 +280,8 @@ impl Pool {
             tokio::spawn(send_body(body, stream, Some(cancelled)));
             CancelOnDrop(Some(cancel))
         });
-        let response = response.await.map_err(reset)?;
+        let response =
+            response.await.map_err(|source| UpstreamError::http2(self.addr, source, cancel.is_some()))?;
         // Answered: the body goes on streaming for as long as it lasts (gRPC bidi streams).
         if let Some(cancel) = cancel {
             cancel.disarm();

@@ -3,10 +3,10 @@
 
 use std::time::Instant;
 
-use http::{HeaderName, Response, request};
+use http::{HeaderName, Response, StatusCode, request};
 
 use super::headers::{client_response, propagate_trace, upstream_request};
-use super::respond::{Failure, failure_response};
+use super::respond::{Failure, PROXY_ERROR, REQUEST_BODY, failure_response};
 use crate::client::Pool;
 use crate::client::body::ProxyBody;
 use crate::metrics::{Classification, Label, Metrics, RequestLabels, RequestMetrics};
@@ -42,6 +42,21 @@ pub fn is_failure<B>(response: &Response<B>) -> bool {
         || response.headers().get(GRPC_STATUS).is_some_and(|value| value.as_bytes() != b"0")
 }
 
+/// A failure (`is_failure`); a 400 of the proxy's own for a request body the client broke is
+/// the client's error; anything else (4xx of the app's included, as Linkerd counts them) a
+/// success.
+pub fn classify<B>(response: &Response<B>) -> Classification {
+    if is_failure(response) {
+        Classification::failure
+    } else if response.status() == StatusCode::BAD_REQUEST
+        && response.headers().get(PROXY_ERROR).is_some_and(|reason| reason == REQUEST_BODY)
+    {
+        Classification::client_error
+    } else {
+        Classification::success
+    }
+}
+
 /// Records a request's latency and its response's status, class and server identity.
 pub fn record(
     registry: &Metrics,
@@ -52,7 +67,7 @@ pub fn record(
     start: Instant,
 ) {
     let status = response.status();
-    let classification = if is_failure(response) { Classification::failure } else { Classification::success };
+    let classification = classify(response);
     metrics.latency.observe(start.elapsed().as_secs_f64() * 1000.0);
     metrics.response(registry, labels, status.as_u16(), classification, &server_id).inc();
 }

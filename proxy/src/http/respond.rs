@@ -13,6 +13,10 @@ use crate::metrics::Label;
 /// Names the reason of a response the proxy made itself, for people and tests.
 pub const PROXY_ERROR: HeaderName = HeaderName::from_static("braid-proxy-error");
 
+/// The reason of a 400 for a request body the client broke: its own error, classified as
+/// `client_error` and held against no endpoint.
+pub const REQUEST_BODY: &str = "request-body";
+
 /// Why a request got no response from upstream.
 pub enum Failure {
     Upstream(UpstreamError),
@@ -29,6 +33,9 @@ pub fn failure_response(failure: &Failure) -> Response<ProxyBody> {
             "connect-failure",
             format!("braid-proxy: {error}: the endpoint refused or did not answer\n"),
         ),
+        Failure::Upstream(error) if error.is_client_error() => {
+            local(StatusCode::BAD_REQUEST, REQUEST_BODY, format!("braid-proxy: {error}\n"))
+        }
         Failure::Upstream(error) => {
             local(StatusCode::BAD_GATEWAY, "upstream-reset", format!("braid-proxy: {error}\n"))
         }

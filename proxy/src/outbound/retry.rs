@@ -105,10 +105,16 @@ pub async fn send_with_retries(
         // Per try and per backend: what a canary check judges the canary by.
         let series = backend.metrics.get_or_init(|| registry.backend_metrics(&service.name, &backend.name));
         series.requests.inc();
-        if !matches!(&outcome, Ok(response) if !is_failure(response)) {
+        let clients_error = matches!(&outcome, Err(Failure::Upstream(error)) if error.is_client_error());
+        if !clients_error && !matches!(&outcome, Ok(response) if !is_failure(response)) {
             series.failures.inc();
         }
         series.latency.observe(done.saturating_duration_since(now));
+        // A request body the client broke says nothing of the endpoint: it is not held against
+        // it (five in a row would eject a healthy endpoint).
+        if clients_error {
+            return outcome.map(|response| (response, endpoint.identity.clone()));
+        }
         endpoint.record(done.saturating_duration_since(now), healthy, &service.load_balancer, done);
         if !last && should_retry(&outcome, retry_on) {
             let retry_labels = RetryLabels {

@@ -15,7 +15,7 @@ use crate::client::body::ProxyBody;
 use crate::http::forward::record;
 use crate::http::headers::{client_response, propagate_trace};
 use crate::http::path;
-use crate::http::respond::{Failure, failure_response, local};
+use crate::http::respond::{Failure, REQUEST_BODY, failure_response, local};
 use crate::metrics::{Direction, Label, RequestLabels, TimeoutKind, TimeoutLabels};
 use crate::state::ProxyState;
 use crate::table::Service;
@@ -103,7 +103,7 @@ pub async fn route_request(
         Err(error) => {
             let response = local(
                 StatusCode::BAD_REQUEST,
-                "request-body",
+                REQUEST_BODY,
                 format!("braid-proxy: reading the request body failed: {error}\n"),
             );
             record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
