@@ -173,3 +173,170 @@ async fn a_clients_malformed_chunked_body_sent_across_two_proxies_is_a_400_and_n
     let failures = [("direction", "inbound"), ("classification", "failure")];
     assert_eq!(metric(&b_metrics, "response_total", &failures), None, "{b_metrics}");
 }
+
+/// An HTTP/2 origin (the h2 crate's server) that resets each stream before any response
+/// header: `/cancel` with CANCEL (as a gRPC server whose deadline passed), `/refused` with
+/// REFUSED_STREAM; `/midway` answers, sends a few bytes, then resets with INTERNAL_ERROR;
+/// anything else gets 200.
+async fn resetting_origin() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(socket).await else { return };
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    match request.uri().path() {
+                        "/cancel" => respond.send_reset(h2::Reason::CANCEL),
+                        "/refused" => respond.send_reset(h2::Reason::REFUSED_STREAM),
+                        "/midway" => {
+                            let Ok(mut stream) = respond.send_response(http::Response::new(()), false) else {
+                                return;
+                            };
+                            let _ = stream.send_data(bytes::Bytes::from_static(b"part"), false);
+                            // Later, while the connection is driven: the head and bytes go first.
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                stream.send_reset(h2::Reason::INTERNAL_ERROR);
+                            });
+                        }
+                        _ => {
+                            let _ = respond.send_response(http::Response::new(()), true);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `request` on a new HTTP/2 connection to `addr`: the response head, or the error.
+async fn h2_request(
+    addr: std::net::SocketAddr,
+    request: Request<()>,
+) -> Result<http::Response<h2::RecvStream>, h2::Error> {
+    let io = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    tokio::time::timeout(WITHIN, response).await.expect("an answer in time")
+}
+
+#[tokio::test]
+async fn an_upstream_reset_before_headers_reaches_an_http2_client_as_the_same_reset() {
+    let origin = resetting_origin().await;
+    // One proxy in front of the origin, and two (A to B over HTTP/2, B to the origin).
+    let alone = Proxy::start(&web_service(origin, ", http2: true")).await;
+    let b = Proxy::start(&format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0, target: \"{origin}\" }}\n"
+    ))
+    .await;
+    let a = Proxy::start(&web_service(b.inbound(), ", meshed: true")).await;
+    for (proxy, what) in [(&alone, "one proxy"), (&a, "A then B")] {
+        let ok = h2_request(proxy.service("web"), Request::get("http://web/").body(()).unwrap()).await;
+        assert_eq!(ok.map(|r| r.status()).ok(), Some(StatusCode::OK), "{what}");
+        for (path, reason) in [("/cancel", h2::Reason::CANCEL), ("/refused", h2::Reason::REFUSED_STREAM)] {
+            let request = Request::post(format!("http://web{path}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            let error = match h2_request(proxy.service("web"), request).await {
+                Ok(response) => {
+                    panic!("{what} {path}: answered {:?} {:?}", response.status(), response.headers())
+                }
+                Err(error) => error,
+            };
+            assert!(error.is_reset() && error.is_remote(), "{what} {path}: {error:?}");
+            assert_eq!(error.reason(), Some(reason), "{what} {path}");
+        }
+    }
+    // A reset after the response began reaches the client's body with the same reason.
+    for (proxy, what) in [(&alone, "one proxy"), (&a, "A then B")] {
+        let response = h2_request(proxy.service("web"), Request::get("http://web/midway").body(()).unwrap())
+            .await
+            .expect("the response head");
+        let mut body = response.into_body();
+        let first = tokio::time::timeout(WITHIN, body.data()).await.unwrap();
+        assert_eq!(first.map(Result::unwrap).as_deref(), Some(&b"part"[..]), "{what}");
+        let error = tokio::time::timeout(WITHIN, body.data()).await.unwrap().expect("an error").unwrap_err();
+        assert_eq!(error.reason(), Some(h2::Reason::INTERNAL_ERROR), "{what}: {error:?}");
+    }
+    // An HTTP/1.1 client cannot take a reset: it gets a 502 that says why.
+    let (status, headers, body) = get(&format!("http://{}/cancel", alone.service("web"))).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["braid-proxy-error"], "upstream-reset");
+    assert!(body.contains("CANCEL"), "{body}");
+}
+
+/// A gRPC call the proxy itself cannot complete: HTTP 200, `application/grpc` and a
+/// grpc-status in the headers alone (trailers-only), with the reason in grpc-message.
+async fn grpc_error(addr: std::net::SocketAddr, path: &str) -> (String, String, String) {
+    let request = Request::post(format!("http://web{path}"))
+        .header("content-type", "application/grpc+proto")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let response = h2_request(addr, request).await.expect("a response, not a reset");
+    assert_eq!(response.status(), StatusCode::OK, "{path}: {:?}", response.headers());
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "application/grpc", "{path}");
+    assert!(response.body().is_end_stream(), "{path}: trailers-only, no body");
+    let text = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    (text("grpc-status"), text("grpc-message"), text("braid-proxy-error"))
+}
+
+#[tokio::test]
+async fn grpc_clients_get_the_proxys_own_errors_as_grpc_statuses() {
+    let slow = Upstream::start("slow").await;
+    *slow.delay.lock().unwrap() = Duration::from_secs(3);
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gone = closed.local_addr().unwrap();
+    drop(closed);
+    let proxy = Proxy::start(&format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0 }}\n\
+         services:\n  - name: web\n    listen: 127.0.0.1:0\n    backends:\n      - {{ name: gone, endpoints: [{{ address: \"{gone}\" }}] }}\n      - {{ name: slow, endpoints: [{{ address: \"{}\" }}] }}\n    routes:\n      - {{ matches: [{{ path: {{ prefix: /gone }} }}], backends: [{{ name: gone }}] }}\n      - {{ matches: [{{ path: {{ prefix: /slow }} }}], backends: [{{ name: slow }}], timeout: 200ms }}\n",
+        slow.addr
+    ))
+    .await;
+    let web = proxy.service("web");
+    let (status, message, reason) = grpc_error(web, "/gone/Call").await;
+    assert_eq!((status.as_str(), reason.as_str()), ("14", "connect-failure"), "UNAVAILABLE: {message}");
+    assert!(
+        message.contains(&format!("could not connect to {gone}")) && !message.contains('\n'),
+        "{message}"
+    );
+    let (status, message, reason) = grpc_error(web, "/slow/Call").await;
+    assert_eq!((status.as_str(), reason.as_str()), ("4", "timeout"), "DEADLINE_EXCEEDED: {message}");
+    let (status, _, reason) = grpc_error(web, "/pkg.Other/Call").await;
+    assert_eq!((status.as_str(), reason.as_str()), ("12", "no-route"), "UNIMPLEMENTED");
+    let request = Request::post("http://web/pkg.Other/Call")
+        .header("content-type", "application/grpc")
+        .header("x-huge", "a".repeat(20 * 1024))
+        .body(())
+        .unwrap();
+    let response = h2_request(web, request).await.expect("a response");
+    assert_eq!(response.headers()["grpc-status"], "8", "RESOURCE_EXHAUSTED: {:?}", response.headers());
+    // Not gRPC: the HTTP status, as before.
+    let response = h2_request(web, Request::get("http://web/gone").body(()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // The failures count as failures.
+    let metrics = proxy.metrics().await;
+    let failures = [("direction", "outbound"), ("classification", "failure")];
+    assert!(metric(&metrics, "response_total", &failures).is_some(), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_grpc_call_the_inbound_policy_denies_gets_permission_denied() {
+    let app = Upstream::start("app").await;
+    let proxy = Proxy::start(&format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound:\n  listen: 127.0.0.1:0\n  target: \"{}\"\n  policy: {{ mtls: PERMISSIVE, rules: [{{ to: [{{ paths: [\"/allowed\"] }}] }}] }}\n",
+        app.addr
+    ))
+    .await;
+    let (status, message, reason) = grpc_error(proxy.inbound(), "/pkg.Svc/Call").await;
+    assert_eq!((status.as_str(), reason.as_str()), ("7", "forbidden"), "PERMISSION_DENIED: {message}");
+    assert_eq!(app.hits(), 0);
+}

@@ -33,6 +33,16 @@ pub enum BodyError {
     Http1(#[from] Http1Error),
 }
 
+impl BodyError {
+    /// The reason of a reset the sender of the body sent for its HTTP/2 stream.
+    pub fn stream_reset(&self) -> Option<h2::Reason> {
+        match self {
+            Self::Http2(error) if error.is_reset() && error.is_remote() => error.reason(),
+            _ => None,
+        }
+    }
+}
+
 impl ProxyBody {
     pub fn empty() -> Self {
         Self::Full(None)

@@ -66,6 +66,15 @@ impl UpstreamError {
         matches!(self, Self::Connect(_) | Self::Handshake { .. } | Self::Http2Handshake { .. })
     }
 
+    /// The reason of the upstream's own reset of the request's HTTP/2 stream, when that is
+    /// how the request failed.
+    pub fn stream_reset(&self) -> Option<h2::Reason> {
+        match self {
+            Self::Http2Reset { source, .. } if source.is_reset() && source.is_remote() => source.reason(),
+            _ => None,
+        }
+    }
+
     /// Whether the client, not the upstream, caused the failure.
     pub fn is_client_error(&self) -> bool {
         matches!(self, Self::RequestBody { .. })
@@ -428,8 +437,9 @@ pub async fn send_body(
                 return;
             }
             Some(Some(Err(error))) => {
-                debug!(%error, "a request body failed while it was sent");
-                stream.send_reset(h2::Reason::CANCEL);
+                debug!(%error, "a body failed while it was sent");
+                // The peer of the other side reset its stream: this one gets the same reason.
+                stream.send_reset(error.stream_reset().unwrap_or(h2::Reason::CANCEL));
                 return;
             }
             Some(Some(Ok(frame))) => frame,

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::respond::local;
+use super::respond::{ResetStream, grpc_error, is_grpc, local};
 use super::{Handler, Transport};
 use crate::client::body::{Http2Body, ProxyBody};
 use crate::client::coalesce::{FlushAfterPoll, coalesce};
@@ -240,6 +240,7 @@ async fn serve_stream(
     max_header_bytes: usize,
 ) {
     let (parts, stream) = request.into_parts();
+    let grpc = is_grpc(&parts.headers);
     let response = if header_list_size(&parts) > max_header_bytes {
         debug!(max_header_bytes, "refused an HTTP/2 request whose header fields are too large");
         local(
@@ -260,6 +261,11 @@ async fn serve_stream(
             }
         }
     };
+    if let Some(&ResetStream(reason)) = response.extensions().get() {
+        respond.send_reset(reason);
+        return;
+    }
+    let response = if grpc { grpc_error(response) } else { response };
     let (mut head, body) = response.into_parts();
     if let Some(length) = body.size_hint().exact()
         && !head.headers.contains_key(CONTENT_LENGTH)
