@@ -63,6 +63,20 @@ pub enum Classification {
     /// The client's own error, which the proxy answered itself: a request body it broke
     /// (malformed chunked framing, or cut off). Held against no endpoint.
     client_error,
+    /// The client gave the request up (reset its stream, closed its connection) before the
+    /// response's end: neither a success nor the server's failure.
+    cancelled,
+}
+
+/// How a response body ended (`PendingResponse::finish`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Whole: counted as classified from its head.
+    Complete,
+    /// Broken off by the upstream, or gRPC trailers with a status other than OK: a failure.
+    Failed,
+    /// Dropped unfinished: the client went away.
+    Cancelled,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -445,33 +459,51 @@ impl Metrics {
 pub struct RequestMetrics {
     pub requests: Counter,
     pub latency: Histogram,
-    responses: Arc<std::sync::Mutex<Vec<RememberedResponse>>>,
+    responses: Arc<ResponseSeries>,
+}
+
+/// The response_total series of one label set.
+struct ResponseSeries {
+    family: Family<ResponseLabels, Counter>,
+    labels: RequestLabels,
+    remembered: Mutex<Vec<RememberedResponse>>,
 }
 
 /// status code, classification, server_id, and the response_total counter of that combination.
 type RememberedResponse = (u16, Classification, Label, Counter);
 
 /// Distinct (status, classification, server) combinations remembered per label set.
-const REMEMBERED_RESPONSES: usize = 8;
+const REMEMBERED_RESPONSES: usize = 12;
 
 impl RequestMetrics {
     /// The response_total counter for this label set and an answer.
-    pub fn response(
+    pub fn response(&self, status_code: u16, classification: Classification, server_id: &Label) -> Counter {
+        self.responses.counter(status_code, classification, server_id)
+    }
+
+    /// A response to count when its body has ended (`ProxyBody::count_at_end`): two reference
+    /// counts, no allocation.
+    pub fn pending(
         &self,
-        metrics: &Metrics,
-        labels: &RequestLabels,
         status_code: u16,
         classification: Classification,
-        server_id: &Label,
-    ) -> Counter {
-        let mut remembered = self.responses.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        server_id: Label,
+    ) -> PendingResponse {
+        PendingResponse { series: self.responses.clone(), status_code, classification, server_id }
+    }
+}
+
+impl ResponseSeries {
+    fn counter(&self, status_code: u16, classification: Classification, server_id: &Label) -> Counter {
+        let mut remembered = self.remembered.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((.., counter)) = remembered.iter().find(|(status, class, server, _)| {
             *status == status_code && *class == classification && server == server_id
         }) {
             return counter.clone();
         }
-        let counter = metrics
-            .responses
+        let labels = &self.labels;
+        let counter = self
+            .family
             .get_or_create(&ResponseLabels {
                 direction: labels.direction,
                 authority: labels.authority.clone(),
@@ -490,12 +522,35 @@ impl RequestMetrics {
     }
 }
 
+/// A response whose response_total entry waits for the end of its body.
+pub struct PendingResponse {
+    series: Arc<ResponseSeries>,
+    status_code: u16,
+    classification: Classification,
+    server_id: Label,
+}
+
+impl PendingResponse {
+    pub fn finish(self, end: End) {
+        let classification = match end {
+            End::Complete => self.classification,
+            End::Failed => Classification::failure,
+            End::Cancelled => Classification::cancelled,
+        };
+        self.series.counter(self.status_code, classification, &self.server_id).inc();
+    }
+}
+
 impl Metrics {
     pub fn request_metrics(&self, labels: &RequestLabels) -> RequestMetrics {
         RequestMetrics {
             requests: self.requests.get_or_create(labels).clone(),
             latency: self.latency.get_or_create(labels).clone(),
-            responses: Arc::default(),
+            responses: Arc::new(ResponseSeries {
+                family: self.responses.clone(),
+                labels: labels.clone(),
+                remembered: Mutex::default(),
+            }),
         }
     }
 

@@ -340,3 +340,72 @@ async fn a_grpc_call_the_inbound_policy_denies_gets_permission_denied() {
     assert_eq!((status.as_str(), reason.as_str()), ("7", "forbidden"), "PERMISSION_DENIED: {message}");
     assert_eq!(app.hits(), 0);
 }
+
+/// An app (HTTP/1.1 and HTTP/2) that answers `/download` with 10 MiB in 64 KiB chunks, made as
+/// they are read, and anything else with `ok`.
+async fn download_app() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    serve_http(listener, |request: Request<hyper::body::Incoming>| async move {
+        if request.uri().path() != "/download" {
+            return Ok(http::Response::new(full("ok")));
+        }
+        const CHUNK: usize = 64 << 10;
+        let chunks =
+            futures_util::stream::iter((0..160).map(|_| {
+                Ok::<_, hyper::Error>(hyper::body::Frame::data(bytes::Bytes::from(vec![b'x'; CHUNK])))
+            }));
+        Ok(http::Response::new(http_body_util::BodyExt::boxed(http_body_util::StreamBody::new(chunks))))
+    });
+    addr
+}
+
+/// Two proxies, A (the client's, service `web`) to B (the app's, plaintext between them).
+async fn a_and_b(app: std::net::SocketAddr) -> (Proxy, Proxy) {
+    let b = Proxy::start(&format!(
+        "limits: {{ idleTimeout: 300ms }}\nadmin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0, target: \"{app}\" }}\n"
+    ))
+    .await;
+    let a = Proxy::start(&web_service(b.inbound(), ", meshed: true")).await;
+    (a, b)
+}
+
+#[tokio::test]
+async fn responses_the_client_gives_up_midway_count_as_cancelled_on_both_proxies() {
+    let app = download_app().await;
+    let (a, b) = a_and_b(app).await;
+    let (status, _, body) = get(&format!("http://{}/", a.service("web"))).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    // Three HTTP/1.1 and three HTTP/2 clients read part of a download, then go away.
+    for client in
+        [http1_client(), http1_client(), http1_client(), http2_client(), http2_client(), http2_client()]
+    {
+        let request = Request::get(format!("http://{}/download", a.service("web"))).body(full("")).unwrap();
+        let response = tokio::time::timeout(WITHIN, client.request(request)).await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        let mut read = 0;
+        while read < 64 << 10 {
+            let frame =
+                tokio::time::timeout(WITHIN, http_body_util::BodyExt::frame(&mut body)).await.unwrap();
+            read += frame.unwrap().unwrap().data_ref().map_or(0, |data| data.len());
+        }
+        drop(body);
+        drop(client);
+    }
+    let cancelled =
+        |direction| [("direction", direction), ("status_code", "200"), ("classification", "cancelled")];
+    let success =
+        |direction| [("direction", direction), ("status_code", "200"), ("classification", "success")];
+    eventually("A counts six cancelled responses", || async {
+        metric(&a.metrics().await, "response_total", &cancelled("outbound")) == Some(6.0)
+    })
+    .await;
+    eventually("B counts six cancelled responses", || async {
+        metric(&b.metrics().await, "response_total", &cancelled("inbound")) == Some(6.0)
+    })
+    .await;
+    let (a_metrics, b_metrics) = (a.metrics().await, b.metrics().await);
+    assert_eq!(metric(&a_metrics, "response_total", &success("outbound")), Some(1.0), "{a_metrics}");
+    assert_eq!(metric(&b_metrics, "response_total", &success("inbound")), Some(1.0), "{b_metrics}");
+}

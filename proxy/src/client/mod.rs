@@ -157,10 +157,11 @@ impl Pool {
     }
 
     async fn send_http1(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
-        let whole_body = match request.body() {
-            ProxyBody::Full(bytes) => Some(bytes.clone()),
-            body if body.is_end_stream() => Some(None),
-            _ => None,
+        let body = request.body();
+        let whole_body = match body.in_memory() {
+            Some(bytes) => Some(bytes.cloned()),
+            None if body.is_end_stream() => Some(None),
+            None => None,
         };
         match whole_body {
             Some(body) => {
@@ -179,7 +180,7 @@ impl Pool {
         };
         let reused = connection.reused;
         let source = match lean::send(connection, request, &self.http1_lean_idle).await {
-            Ok(response) => return Ok(response.map(ProxyBody::Http1)),
+            Ok(response) => return Ok(response.map(ProxyBody::http1)),
             Err((source, answered)) => {
                 if answered || !reused || !request.is_idempotent() {
                     return Err(UpstreamError::Http1 { addr: self.addr, source });
@@ -193,7 +194,7 @@ impl Pool {
         let connection = Box::pin(self.connect_lean()).await?;
         lean::send(connection, request, &self.http1_lean_idle)
             .await
-            .map(|response| response.map(ProxyBody::Http1))
+            .map(|response| response.map(ProxyBody::http1))
             .map_err(|(source, _)| UpstreamError::Http1 { addr: self.addr, source })
     }
 
@@ -226,7 +227,7 @@ impl Pool {
         // Back to the pool at once: it becomes ready again when the response body is read, and
         // take_idle_http1 skips it until then.
         self.return_http1(sender);
-        Ok(response.map(ProxyBody::Streaming))
+        Ok(response.map(ProxyBody::streaming))
     }
 
     fn take_idle_http1(&self) -> Option<hyper_http1::SendRequest<ProxyBody>> {
@@ -297,7 +298,7 @@ impl Pool {
         }
         let (parts, stream) = response.into_parts();
         let body = Http2Body::new(stream, &parts.headers);
-        Ok(Response::from_parts(parts, ProxyBody::Http2(body)))
+        Ok(Response::from_parts(parts, ProxyBody::http2(body)))
     }
 
     async fn reconnect_http2(&self) -> Result<Http2Sender, UpstreamError> {

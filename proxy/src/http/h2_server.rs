@@ -249,7 +249,7 @@ async fn serve_stream(
             format!("braid-proxy: the request's header fields are larger than {max_header_bytes} bytes\n"),
         )
     } else {
-        let body = ProxyBody::Http2(Http2Body::new(stream, &parts.headers));
+        let body = ProxyBody::http2(Http2Body::new(stream, &parts.headers));
         let handling = handle(Request::from_parts(parts, body));
         tokio::pin!(handling);
         // A client that resets its stream has given the request up: stop handling it.

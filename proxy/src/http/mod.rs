@@ -98,7 +98,7 @@ async fn serve_hyper_http1(
     header_timeout: Option<Duration>,
 ) {
     let service = service_fn(move |request: http::Request<Incoming>| {
-        let response = handle(request.map(ProxyBody::Streaming));
+        let response = handle(request.map(ProxyBody::streaming));
         async move { Ok::<_, Infallible>(response.await) }
     });
     let connection = hyper::server::conn::http1::Builder::new()

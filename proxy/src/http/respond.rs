@@ -127,8 +127,8 @@ pub fn grpc_error(response: Response<ProxyBody>) -> Response<ProxyBody> {
     let Some(reason) = response.headers().get(PROXY_ERROR) else { return response };
     let code = grpc_status(reason.as_bytes(), response.status());
     let (mut head, body) = response.into_parts();
-    let message = match &body {
-        ProxyBody::Full(Some(text)) => grpc_message(text),
+    let message = match body.in_memory() {
+        Some(Some(text)) => grpc_message(text),
         _ => HeaderValue::from_static(""),
     };
     head.status = StatusCode::OK;

@@ -207,5 +207,5 @@ async fn passthrough(
         client_id: Label::empty(),
     };
     let metrics = state.metrics.request_metrics(&labels);
-    forward_once(&state.metrics, &pool, &labels, &metrics, &mut parts, body).await
+    forward_once(&pool, &metrics, &mut parts, body).await
 }

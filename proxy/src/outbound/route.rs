@@ -12,7 +12,7 @@ use super::fault::inject_fault;
 use super::mirror::mirror;
 use super::retry::{Kept, keep_small_body, send_with_retries};
 use crate::client::body::ProxyBody;
-use crate::http::forward::record;
+use crate::http::forward::{record, record_at_end};
 use crate::http::headers::{client_response, propagate_trace};
 use crate::http::path;
 use crate::http::respond::{Failure, REQUEST_BODY, failure_response, local};
@@ -49,7 +49,7 @@ pub async fn route_request(
         metrics.requests.inc();
         if let Err(ambiguous) = normalized {
             let response = path::refusal(ambiguous);
-            record(&state.metrics, &labels, &metrics, Label::empty(), &response, start);
+            record(&metrics, Label::empty(), &response, start);
             return response;
         }
         let response = local(
@@ -62,7 +62,7 @@ pub async fn route_request(
                 parts.uri.path()
             ),
         );
-        record(&state.metrics, &labels, &metrics, Label::empty(), &response, start);
+        record(&metrics, Label::empty(), &response, start);
         return response;
     };
     let labels = RequestLabels {
@@ -80,7 +80,7 @@ pub async fn route_request(
     }
 
     if let Some(response) = inject_fault(route).await {
-        record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
+        record(metrics, Label::empty(), &response, start);
         return response;
     }
     if let Some(redirect) = &route.redirect {
@@ -88,7 +88,7 @@ pub async fn route_request(
         if let Some(edits) = &route.response_headers {
             edits.apply(response.headers_mut());
         }
-        record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
+        record(metrics, Label::empty(), &response, start);
         return response;
     }
     if let Some(rewrite) = &route.rewrite {
@@ -106,7 +106,7 @@ pub async fn route_request(
                 REQUEST_BODY,
                 format!("braid-proxy: reading the request body failed: {error}\n"),
             );
-            record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
+            record(metrics, Label::empty(), &response, start);
             return response;
         }
     };
@@ -153,6 +153,6 @@ pub async fn route_request(
             latency_us = start.elapsed().as_micros() as u64,
         );
     }
-    record(&state.metrics, &labels, metrics, server_id, &response, start);
+    record_at_end(metrics, server_id, &mut response, start);
     response
 }
