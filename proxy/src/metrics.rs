@@ -140,6 +140,60 @@ pub struct TcpLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TeardownLabels {
+    pub direction: Direction,
+    pub peer: Peer,
+    pub reason: TeardownReason,
+}
+
+/// Which end of the proxy an HTTP/2 connection is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Peer {
+    /// A client's connection to the proxy (the app's on outbound, another proxy's on inbound).
+    client,
+    /// The proxy's connection to an upstream (an endpoint on outbound, the app on inbound).
+    upstream,
+}
+
+/// How an HTTP/2 connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum TeardownReason {
+    /// The proxy sent GOAWAY: a drain, the idle timeout (inbound clients), or an upstream
+    /// connection no endpoint uses any more.
+    goaway_sent,
+    /// The peer sent GOAWAY with an error code, or (upstream) a request met the GOAWAY of a
+    /// server that was draining.
+    goaway_received,
+    /// The connection failed: a protocol error (the proxy's GOAWAY for it included) or an I/O
+    /// error.
+    error,
+    /// An upstream that did not answer the keep-alive ping in time.
+    ping_timeout,
+    /// The peer closed it without an error (h2 does not tell a GOAWAY without error from a
+    /// plain close).
+    closed,
+}
+
+/// The teardown counter of one kind of HTTP/2 connection (its direction and peer): cloned into
+/// each connection, counted once when it ends.
+#[derive(Clone, Debug)]
+pub struct Teardowns {
+    family: Family<TeardownLabels, Counter>,
+    direction: Direction,
+    peer: Peer,
+}
+
+impl Teardowns {
+    pub fn count(&self, reason: TeardownReason) {
+        self.family
+            .get_or_create(&TeardownLabels { direction: self.direction, peer: self.peer, reason })
+            .inc();
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct DenyLabels {
     pub protocol: DenyProtocol,
     pub client_id: Label,
@@ -271,6 +325,7 @@ pub struct Metrics {
     pub tcp_refused: Family<TcpLabels, Counter>,
     pub tcp_refused_client_limit: Family<TcpLabels, Counter>,
     pub tcp_idle_timeout: Family<TcpLabels, Counter>,
+    pub teardowns: Family<TeardownLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub authz_denied: Family<DenyLabels, Counter>,
     pub identity_refused: Family<IdentityRefusedLabels, Counter>,
@@ -345,6 +400,12 @@ impl Metrics {
             "tcp_idle_timeout",
             "Client connections closed after limits.idleTimeout without a byte (opaque) or an open stream (HTTP/2)",
             tcp_idle_timeout.clone(),
+        );
+        let teardowns = Family::default();
+        registry.register(
+            "http_connection_teardowns",
+            "HTTP/2 connections ended, by the proxy's side (peer) and how (reason)",
+            teardowns.clone(),
         );
         let config_reloads = Family::default();
         registry.register(
@@ -439,6 +500,7 @@ impl Metrics {
             tcp_refused,
             tcp_refused_client_limit,
             tcp_idle_timeout,
+            teardowns,
             config_reloads,
         }
     }
@@ -572,6 +634,11 @@ impl Metrics {
     pub fn backends(&self) -> Vec<(BackendLabels, BackendMetrics)> {
         let backends = self.backends.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         backends.iter().map(|(labels, metrics)| (labels.clone(), metrics.clone())).collect()
+    }
+
+    /// The teardown counter of the HTTP/2 connections of one direction and peer.
+    pub fn teardowns(&self, direction: Direction, peer: Peer) -> Teardowns {
+        Teardowns { family: self.teardowns.clone(), direction, peer }
     }
 
     /// The byte counters of one client connection: (read, written).

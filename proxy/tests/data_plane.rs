@@ -409,3 +409,76 @@ async fn responses_the_client_gives_up_midway_count_as_cancelled_on_both_proxies
     assert_eq!(metric(&a_metrics, "response_total", &success("outbound")), Some(1.0), "{a_metrics}");
     assert_eq!(metric(&b_metrics, "response_total", &success("inbound")), Some(1.0), "{b_metrics}");
 }
+
+/// An HTTP/2 origin that answers each request with 200, then ends its connection with GOAWAY
+/// ENHANCE_YOUR_CALM (as a server does that finds its client abusive).
+async fn goaway_origin() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(socket).await else { return };
+                if let Some(Ok((_, mut respond))) = connection.accept().await {
+                    let _ = respond.send_response(http::Response::new(()), true);
+                    // The answer goes out first, while the connection is driven.
+                    let _ = tokio::time::timeout(Duration::from_millis(100), connection.accept()).await;
+                    connection.abrupt_shutdown(h2::Reason::ENHANCE_YOUR_CALM);
+                }
+                while connection.accept().await.is_some() {}
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn http2_connection_teardowns_are_counted_by_direction_peer_and_reason() {
+    let app = download_app().await;
+    let (a, b) = a_and_b(app).await;
+    let teardowns = |text: &str, direction, peer, reason| {
+        metric(
+            text,
+            "http_connection_teardowns_total",
+            &[("direction", direction), ("peer", peer), ("reason", reason)],
+        )
+    };
+    // A client's HTTP/2 connection to A, closed by the client after one request.
+    let ok = h2_request(a.service("web"), Request::get("http://web/").body(()).unwrap()).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    drop(ok);
+    eventually("A counts the client's connection closed", || async {
+        teardowns(&a.metrics().await, "outbound", "client", "closed") == Some(1.0)
+    })
+    .await;
+    // A client's HTTP/2 connection to B left idle past B's idleTimeout (300 ms): B sends GOAWAY.
+    let io = TcpStream::connect(b.inbound()).await.unwrap();
+    let (client, connection) = h2::client::handshake(io).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let (response, _) = client.send_request(Request::get("http://app/").body(()).unwrap(), true).unwrap();
+    assert_eq!(tokio::time::timeout(WITHIN, response).await.unwrap().unwrap().status(), StatusCode::OK);
+    let ended = tokio::time::timeout(WITHIN, connection).await.expect("B closes the idle connection");
+    assert!(ended.unwrap().is_ok(), "a graceful GOAWAY");
+    // B also closed A's connection, idle since the first request: A counts that as closed, as
+    // h2 does not tell a GOAWAY without error from a plain close.
+    eventually("B counts the GOAWAYs it sent", || async {
+        teardowns(&b.metrics().await, "inbound", "client", "goaway_sent") == Some(2.0)
+    })
+    .await;
+    eventually("A counts its upstream connection closed", || async {
+        teardowns(&a.metrics().await, "outbound", "upstream", "closed") == Some(1.0)
+    })
+    .await;
+    // A's connection to an upstream that ends it with GOAWAY ENHANCE_YOUR_CALM.
+    let origin = goaway_origin().await;
+    let c = Proxy::start(&web_service(origin, ", http2: true")).await;
+    let (status, _, _) = get(&format!("http://{}/", c.service("web"))).await;
+    assert_eq!(status, StatusCode::OK);
+    eventually("C counts the GOAWAY its upstream sent", || async {
+        teardowns(&c.metrics().await, "outbound", "upstream", "goaway_received") == Some(1.0)
+    })
+    .await;
+    let a_metrics = a.metrics().await;
+    assert_eq!(teardowns(&a_metrics, "outbound", "upstream", "error"), None, "{a_metrics}");
+}

@@ -14,7 +14,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +24,9 @@ use hyper::client::conn::http1 as hyper_http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
+
+use crate::http::h2_server::teardown_reason;
+use crate::metrics::{TeardownReason, Teardowns};
 
 use body::{Http2Body, ProxyBody};
 use coalesce::{FlushAfterPoll, coalesce};
@@ -124,6 +127,8 @@ pub struct Pool {
     /// Serialises HTTP/2 connects, so a burst of requests opens one connection, not many.
     http2_connecting: tokio::sync::Mutex<()>,
     tls: Option<TlsTarget>,
+    /// Where the end of each HTTP/2 connection is counted, once the owner says (`count_teardowns`).
+    teardowns: OnceLock<Teardowns>,
 }
 
 impl Pool {
@@ -140,7 +145,13 @@ impl Pool {
             http2: Mutex::new(None),
             http2_connecting: tokio::sync::Mutex::new(()),
             tls,
+            teardowns: OnceLock::new(),
         }
+    }
+
+    /// Counts the ends of this pool's HTTP/2 connections in `teardowns` (the first call wins).
+    pub fn count_teardowns(&self, teardowns: impl FnOnce() -> Teardowns) {
+        self.teardowns.get_or_init(teardowns);
     }
 
     pub fn protocol(&self) -> UpstreamProtocol {
@@ -277,7 +288,10 @@ impl Pool {
                 // The peer sent GOAWAY (it is draining) or the connection failed. Nothing of this
                 // request was sent, so it goes on a new connection, whatever its method.
                 debug!(addr = %self.addr, %error, "HTTP/2 connection refuses new streams; reconnecting");
-                closed.store(true, Ordering::Release);
+                if error.is_go_away() {
+                    closed.goaway.store(true, Ordering::Release);
+                }
+                closed.closed.store(true, Ordering::Release);
                 Box::pin(self.reconnect_http2()).await?.send.ready().await.map_err(reset)?
             }
         };
@@ -315,7 +329,7 @@ impl Pool {
     fn live_http2(&self) -> Option<Http2Sender> {
         let mut slot = self.http2.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match slot.as_ref() {
-            Some(sender) if !sender.closed.load(Ordering::Acquire) => Some(sender.clone()),
+            Some(sender) if !sender.closed.closed.load(Ordering::Acquire) => Some(sender.clone()),
             Some(_) => {
                 *slot = None;
                 None
@@ -340,19 +354,36 @@ impl Pool {
             .handshake::<_, Bytes>(io)
             .await
             .map_err(|source| UpstreamError::Http2Handshake { addr, source })?;
-        let closed = Arc::new(AtomicBool::new(false));
+        let closed = Arc::new(Http2State::default());
         let sender = Http2Sender { send, closed: closed.clone() };
+        let teardowns = self.teardowns.get().cloned();
         tokio::spawn(async move {
             let mut connection = connection;
             let ping_pong = connection.ping_pong();
             tokio::pin!(connection);
             let ended = tokio::select! {
-                result = FlushAfterPoll::new(connection.as_mut(), &flusher) => result.err().map(|e| e.to_string()),
-                () = keep_alive(ping_pong) => Some("no answer to a keep-alive ping".to_owned()),
+                result = FlushAfterPoll::new(connection.as_mut(), &flusher) => result.map_err(Some),
+                () = keep_alive(ping_pong) => Err(None),
             };
-            closed.store(true, Ordering::Release);
-            if let Some(error) = ended {
-                debug!(%addr, %error, protocol = "HTTP/2", "upstream connection ended");
+            closed.closed.store(true, Ordering::Release);
+            let reason = match &ended {
+                Err(None) => TeardownReason::ping_timeout,
+                Err(Some(error)) => teardown_reason(error),
+                _ if closed.goaway.load(Ordering::Acquire) => TeardownReason::goaway_received,
+                // h2 ends a connection on its own, with GOAWAY, only once no sender is left: the
+                // pool let it go. With senders left, the server closed it.
+                Ok(()) if Arc::strong_count(&closed) == 1 => TeardownReason::goaway_sent,
+                Ok(()) => TeardownReason::closed,
+            };
+            if let Some(teardowns) = teardowns {
+                teardowns.count(reason);
+            }
+            match ended {
+                Err(None) => {
+                    debug!(%addr, protocol = "HTTP/2", "upstream connection: no answer to a keep-alive ping")
+                }
+                Err(Some(error)) => debug!(%addr, %error, protocol = "HTTP/2", "upstream connection ended"),
+                Ok(()) => {}
             }
         });
         Ok(sender)
@@ -363,7 +394,16 @@ impl Pool {
 #[derive(Clone)]
 struct Http2Sender {
     send: h2::client::SendRequest<Bytes>,
-    closed: Arc<AtomicBool>,
+    closed: Arc<Http2State>,
+}
+
+/// What the requests and the task of an HTTP/2 connection know of its end.
+#[derive(Default)]
+struct Http2State {
+    /// It takes no more requests (its task ended, or it refused a stream).
+    closed: AtomicBool,
+    /// A request met the server's GOAWAY.
+    goaway: AtomicBool,
 }
 
 /// Pings every `KEEP_ALIVE_INTERVAL`; returns when an answer does not come in time.

@@ -28,6 +28,7 @@ use super::{Handler, Transport};
 use crate::client::body::{Http2Body, ProxyBody};
 use crate::client::coalesce::{FlushAfterPoll, coalesce};
 use crate::client::send_body;
+use crate::metrics::{TeardownReason, Teardowns};
 use crate::tcp::Idle;
 
 /// How long the client has to send its preface and settings.
@@ -88,6 +89,7 @@ pub async fn serve(
     idle: Option<Idle>,
     resets: Resets,
     shutdown: CancellationToken,
+    teardowns: Teardowns,
 ) {
     let (io, flusher) = coalesce(io);
     let mut builder = h2::server::Builder::new();
@@ -129,6 +131,8 @@ pub async fn serve(
     let shutdown = shutdown.cancelled();
     tokio::pin!(shutdown);
     let mut draining = false;
+    // Whether this side sent GOAWAY (a drain, the idle timeout): how the connection then ends.
+    let mut goaway_sent = false;
     // One timer for the connection, moved only when it fires before the moment it guards: a
     // stream then costs a clock read when the connection goes idle, not a timer reset.
     let idle_timer = tokio::time::sleep(idle.as_ref().map_or(Duration::ZERO, |idle| idle.timeout));
@@ -138,6 +142,7 @@ pub async fn serve(
         // Once per wake-up, not per stream: each poll of it takes a lock.
         if !draining && shutdown.as_mut().poll(cx).is_ready() {
             draining = true;
+            goaway_sent = true;
             connection.graceful_shutdown();
         }
         loop {
@@ -164,10 +169,11 @@ pub async fn serve(
                     }
                     if let IdleState::Closing(_) = idle_state {
                         debug!("an idle HTTP/2 client did not finish closing: dropped");
-                        return Poll::Ready(());
+                        return Poll::Ready(TeardownReason::goaway_sent);
                     }
                     debug!(timeout = ?idle.timeout, "HTTP/2 client connection idle: closing it");
                     idle.closed.inc();
+                    goaway_sent = true;
                     connection.graceful_shutdown();
                     let deadline = Instant::now() + IDLE_CLOSE_GRACE;
                     idle_state = IdleState::Closing(deadline);
@@ -194,17 +200,29 @@ pub async fn serve(
                 Poll::Ready(Some(Err(error))) => {
                     // The streams driven here end with it: none of them can answer any more.
                     debug!(%error, "client HTTP/2 connection ended with an error");
-                    return Poll::Ready(());
+                    return Poll::Ready(teardown_reason(&error));
                 }
                 // Closed. After GOAWAY (drain) h2 waits for the streams in flight, here or on
                 // their tasks, to finish first; after the client's EOF none can answer any more.
-                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Ready(None) if goaway_sent => return Poll::Ready(TeardownReason::goaway_sent),
+                Poll::Ready(None) => return Poll::Ready(TeardownReason::closed),
                 Poll::Pending => return Poll::Pending,
             }
         }
     });
     tokio::pin!(accept_loop);
-    FlushAfterPoll::new(accept_loop.as_mut(), &flusher).await;
+    let reason = FlushAfterPoll::new(accept_loop.as_mut(), &flusher).await;
+    teardowns.count(reason);
+}
+
+/// How an HTTP/2 connection that failed ended: the peer's GOAWAY with an error code, or an error
+/// (I/O, or a protocol error h2 answered with its own GOAWAY). A GOAWAY without error is a close.
+pub fn teardown_reason(error: &h2::Error) -> TeardownReason {
+    match (error.is_go_away() && error.is_remote(), error.reason()) {
+        (true, Some(h2::Reason::NO_ERROR)) => TeardownReason::closed,
+        (true, _) => TeardownReason::goaway_received,
+        (false, _) => TeardownReason::error,
+    }
 }
 
 /// How large a header block h2 decodes before it gives up on the request itself. h2 answers a

@@ -27,6 +27,7 @@ use tracing::debug;
 use crate::client::body::ProxyBody;
 use crate::detect::Detected;
 use crate::io::ClientIo;
+use crate::metrics::Teardowns;
 use crate::tcp::Idle;
 
 /// What answers each request of one client connection (`outbound::handle` or `inbound`'s
@@ -62,7 +63,8 @@ pub enum ClientKind {
     Remote { idle_closed: Counter, mesh_peer: bool },
 }
 
-/// Serves a client connection's HTTP requests, each answered by `handle`.
+/// Serves a client connection's HTTP requests, each answered by `handle`; an HTTP/2 connection's
+/// end is counted in `teardowns`.
 pub async fn serve(
     detected: Detected,
     io: impl Transport,
@@ -70,6 +72,7 @@ pub async fn serve(
     limits: &Limits,
     shutdown: CancellationToken,
     client: ClientKind,
+    teardowns: Teardowns,
 ) {
     let (head_timeout, idle, resets) = match client {
         ClientKind::OwnApp => (None, None, h2_server::Resets::Unbounded),
@@ -80,7 +83,7 @@ pub async fn serve(
         ),
     };
     if detected == Detected::Http2 {
-        return h2_server::serve(io, handle, limits, idle, resets, shutdown).await;
+        return h2_server::serve(io, handle, limits, idle, resets, shutdown, teardowns).await;
     }
     let max_head = limits.max_header_bytes.max(8192);
     let Some(rest) = h1_server::serve(io, handle.clone(), max_head, head_timeout, &shutdown).await else {

@@ -40,8 +40,8 @@ impl InboundConnection {
             route: Label::empty(),
             client_id: client_id.as_deref().map_or_else(Label::empty, Label::new),
         };
-        let http1 = state.pool(app, UpstreamProtocol::Http1);
-        let http2 = state.pool(app, UpstreamProtocol::Http2);
+        let http1 = state.app_pool(app, UpstreamProtocol::Http1);
+        let http2 = state.app_pool(app, UpstreamProtocol::Http2);
         let metrics = state.metrics.request_metrics(&labels);
         Self { state, app, client_id, labels, metrics, http1, http2 }
     }
