@@ -338,6 +338,12 @@ async fn a_grpc_call_the_inbound_policy_denies_gets_permission_denied() {
     .await;
     let (status, message, reason) = grpc_error(proxy.inbound(), "/pkg.Svc/Call").await;
     assert_eq!((status.as_str(), reason.as_str()), ("7", "forbidden"), "PERMISSION_DENIED: {message}");
+    // Through a client's proxy: B's gRPC answer reaches the client as B wrote it.
+    let a = Proxy::start(&web_service(proxy.inbound(), ", meshed: true")).await;
+    let (status, through_a, reason) = grpc_error(a.service("web"), "/pkg.Svc/Call").await;
+    assert_eq!((status.as_str(), reason.as_str()), ("7", "forbidden"));
+    assert_eq!(through_a, message);
+    assert!(message.contains("no rule of the policy allows"), "{message}");
     assert_eq!(app.hits(), 0);
 }
 

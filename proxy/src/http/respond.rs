@@ -125,6 +125,10 @@ fn grpc_status(reason: &[u8], status: StatusCode) -> u8 {
 /// and no body (trailers-only). Any other response is returned as it is.
 pub fn grpc_error(response: Response<ProxyBody>) -> Response<ProxyBody> {
     let Some(reason) = response.headers().get(PROXY_ERROR) else { return response };
+    // Already written for gRPC by the proxy that made it (the other side of the mesh).
+    if response.headers().contains_key(GRPC_STATUS) {
+        return response;
+    }
     let code = grpc_status(reason.as_bytes(), response.status());
     let (mut head, body) = response.into_parts();
     let message = match body.in_memory() {
