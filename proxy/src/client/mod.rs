@@ -281,7 +281,7 @@ impl Pool {
         };
         let reset = |source| UpstreamError::Http2Reset { addr: self.addr, source };
         // Waits while the peer's limit of concurrent streams is reached.
-        let Http2Sender { send, closed } = sender;
+        let Http2Sender { send, state } = sender;
         let mut send = match send.ready().await {
             Ok(send) => send,
             Err(error) => {
@@ -289,9 +289,9 @@ impl Pool {
                 // request was sent, so it goes on a new connection, whatever its method.
                 debug!(addr = %self.addr, %error, "HTTP/2 connection refuses new streams; reconnecting");
                 if error.is_go_away() {
-                    closed.goaway.store(true, Ordering::Release);
+                    state.goaway.store(true, Ordering::Release);
                 }
-                closed.closed.store(true, Ordering::Release);
+                state.closed.store(true, Ordering::Release);
                 Box::pin(self.reconnect_http2()).await?.send.ready().await.map_err(reset)?
             }
         };
@@ -329,7 +329,7 @@ impl Pool {
     fn live_http2(&self) -> Option<Http2Sender> {
         let mut slot = self.http2.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match slot.as_ref() {
-            Some(sender) if !sender.closed.closed.load(Ordering::Acquire) => Some(sender.clone()),
+            Some(sender) if !sender.state.closed.load(Ordering::Acquire) => Some(sender.clone()),
             Some(_) => {
                 *slot = None;
                 None
@@ -354,8 +354,8 @@ impl Pool {
             .handshake::<_, Bytes>(io)
             .await
             .map_err(|source| UpstreamError::Http2Handshake { addr, source })?;
-        let closed = Arc::new(Http2State::default());
-        let sender = Http2Sender { send, closed: closed.clone() };
+        let state = Arc::new(Http2State::default());
+        let sender = Http2Sender { send, state: state.clone() };
         let teardowns = self.teardowns.get().cloned();
         tokio::spawn(async move {
             let mut connection = connection;
@@ -365,14 +365,14 @@ impl Pool {
                 result = FlushAfterPoll::new(connection.as_mut(), &flusher) => result.map_err(Some),
                 () = keep_alive(ping_pong) => Err(None),
             };
-            closed.closed.store(true, Ordering::Release);
+            state.closed.store(true, Ordering::Release);
             let reason = match &ended {
                 Err(None) => TeardownReason::ping_timeout,
                 Err(Some(error)) => teardown_reason(error),
-                _ if closed.goaway.load(Ordering::Acquire) => TeardownReason::goaway_received,
+                _ if state.goaway.load(Ordering::Acquire) => TeardownReason::goaway_received,
                 // h2 ends a connection on its own, with GOAWAY, only once no sender is left: the
                 // pool let it go. With senders left, the server closed it.
-                Ok(()) if Arc::strong_count(&closed) == 1 => TeardownReason::goaway_sent,
+                Ok(()) if Arc::strong_count(&state) == 1 => TeardownReason::goaway_sent,
                 Ok(()) => TeardownReason::closed,
             };
             if let Some(teardowns) = teardowns {
@@ -394,7 +394,7 @@ impl Pool {
 #[derive(Clone)]
 struct Http2Sender {
     send: h2::client::SendRequest<Bytes>,
-    closed: Arc<Http2State>,
+    state: Arc<Http2State>,
 }
 
 /// What the requests and the task of an HTTP/2 connection know of its end.
