@@ -14,7 +14,7 @@ use braid_api::config::Limits;
 use bytes::Bytes;
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
-use http::header::{CONTENT_LENGTH, HeaderValue};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -230,14 +230,15 @@ pub fn teardown_reason(error: &h2::Error) -> TeardownReason {
 /// connection (GOAWAY ENHANCE_YOUR_CALM or COMPRESSION_ERROR) past it: a 100 KiB header against a
 /// 16 KiB limit took every stream of the connection down. So h2 decodes up to 8 times
 /// `maxHeaderBytes`, and the proxy answers what is over `maxHeaderBytes` with 431 itself
-/// (`header_list_size`), as HTTP/1.1 does.
+/// (`read_fields`), as HTTP/1.1 does.
 fn decoded_header_limit(max_header_bytes: usize) -> usize {
     max_header_bytes.saturating_mul(8)
 }
 
-/// The size of a request's header list as HTTP/2 counts it (RFC 9113 §6.5.2): each field's name
-/// and value, and 32 bytes, pseudo-header fields included.
-fn header_list_size(parts: &http::request::Parts) -> usize {
+/// What the proxy reads of a request's header fields, in one pass over them: the size of its
+/// header list as HTTP/2 counts it (RFC 9113 §6.5.2: each field's name and value, and 32 bytes,
+/// pseudo-header fields included), and whether it is a gRPC call.
+fn read_fields(parts: &http::request::Parts) -> (usize, bool) {
     const FIELD: usize = 32;
     let pseudo = ":method".len()
         + parts.method.as_str().len()
@@ -248,7 +249,14 @@ fn header_list_size(parts: &http::request::Parts) -> usize {
         + ":scheme".len()
         + parts.uri.scheme_str().map_or(0, str::len)
         + 4 * FIELD;
-    parts.headers.iter().fold(pseudo, |size, (name, value)| size + name.as_str().len() + value.len() + FIELD)
+    let mut grpc = false;
+    let size = parts.headers.iter().fold(pseudo, |size, (name, value)| {
+        if name == CONTENT_TYPE {
+            grpc = is_grpc(value);
+        }
+        size + name.as_str().len() + value.len() + FIELD
+    });
+    (size, grpc)
 }
 
 async fn serve_stream(
@@ -258,8 +266,8 @@ async fn serve_stream(
     max_header_bytes: usize,
 ) {
     let (parts, stream) = request.into_parts();
-    let grpc = is_grpc(&parts.headers);
-    let response = if header_list_size(&parts) > max_header_bytes {
+    let (header_list_size, grpc) = read_fields(&parts);
+    let response = if header_list_size > max_header_bytes {
         debug!(max_header_bytes, "refused an HTTP/2 request whose header fields are too large");
         local(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

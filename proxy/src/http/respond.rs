@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::client::UpstreamError;
 use crate::client::body::ProxyBody;
@@ -85,10 +85,10 @@ pub fn failure_response(failure: &Failure) -> Response<ProxyBody> {
 #[derive(Debug, Clone, Copy)]
 pub struct ResetStream(pub h2::Reason);
 
-/// Whether a request is a gRPC call: its content-type is `application/grpc` or
+/// Whether a request's content-type makes it a gRPC call: `application/grpc` or
 /// `application/grpc+…` / `application/grpc-web…`.
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.get(CONTENT_TYPE).is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
+pub fn is_grpc(content_type: &HeaderValue) -> bool {
+    content_type.as_bytes().starts_with(b"application/grpc")
 }
 
 /// The gRPC status of an answer the proxy made itself: by its reason, else by its HTTP status
