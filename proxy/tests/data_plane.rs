@@ -264,6 +264,14 @@ async fn an_upstream_reset_before_headers_reaches_an_http2_client_as_the_same_re
         let error = tokio::time::timeout(WITHIN, body.data()).await.unwrap().expect("an error").unwrap_err();
         assert_eq!(error.reason(), Some(h2::Reason::INTERNAL_ERROR), "{what}: {error:?}");
     }
+    // Counted as the upstream's failures, not as cancellations by the client.
+    for (proxy, direction) in [(&alone, "outbound"), (&a, "outbound"), (&b, "inbound")] {
+        let metrics = proxy.metrics().await;
+        let cancelled = [("direction", direction), ("classification", "cancelled")];
+        assert_eq!(metric(&metrics, "response_total", &cancelled), None, "{metrics}");
+        let failed = [("direction", direction), ("status_code", "502"), ("classification", "failure")];
+        assert_eq!(metric(&metrics, "response_total", &failed), Some(2.0), "{metrics}");
+    }
     // An HTTP/1.1 client cannot take a reset: it gets a 502 that says why.
     let (status, headers, body) = get(&format!("http://{}/cancel", alone.service("web"))).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
@@ -322,10 +330,15 @@ async fn grpc_clients_get_the_proxys_own_errors_as_grpc_statuses() {
     // Not gRPC: the HTTP status, as before.
     let response = h2_request(web, Request::get("http://web/gone").body(()).unwrap()).await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-    // The failures count as failures.
+    // The failures count as failures, under the HTTP status the answer had before it was
+    // written for gRPC; none as cancelled.
     let metrics = proxy.metrics().await;
-    let failures = [("direction", "outbound"), ("classification", "failure")];
-    assert!(metric(&metrics, "response_total", &failures).is_some(), "{metrics}");
+    let failures =
+        |status| [("direction", "outbound"), ("status_code", status), ("classification", "failure")];
+    assert_eq!(metric(&metrics, "response_total", &failures("503")), Some(2.0), "{metrics}");
+    assert_eq!(metric(&metrics, "response_total", &failures("504")), Some(1.0), "{metrics}");
+    let cancelled = [("direction", "outbound"), ("classification", "cancelled")];
+    assert_eq!(metric(&metrics, "response_total", &cancelled), None, "{metrics}");
 }
 
 #[tokio::test]
@@ -487,4 +500,35 @@ async fn http2_connection_teardowns_are_counted_by_direction_peer_and_reason() {
     .await;
     let a_metrics = a.metrics().await;
     assert_eq!(teardowns(&a_metrics, "outbound", "upstream", "error"), None, "{a_metrics}");
+}
+
+#[tokio::test]
+async fn an_answer_to_head_is_counted_as_sent_not_as_cancelled() {
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gone = closed.local_addr().unwrap();
+    drop(closed);
+    let app = Upstream::start("app").await;
+    let proxy = Proxy::start(&format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0 }}\n\
+         services:\n  - name: web\n    listen: 127.0.0.1:0\n    backends:\n      - {{ name: gone, endpoints: [{{ address: \"{gone}\" }}] }}\n      - {{ name: app, endpoints: [{{ address: \"{}\" }}] }}\n    routes:\n      - {{ matches: [{{ path: {{ prefix: /gone }} }}], backends: [{{ name: gone }}] }}\n      - {{ backends: [{{ name: app }}] }}\n",
+        app.addr
+    ))
+    .await;
+    // The lean server answers HEAD; after a request with a body, hyper's server does.
+    let answer = raw_exchange(
+        proxy.service("web"),
+        b"HEAD /gone HTTP/1.1\r\nHost: web\r\n\r\nHEAD / HTTP/1.1\r\nHost: web\r\n\r\n\
+          POST /body HTTP/1.1\r\nHost: web\r\ncontent-length: 2\r\n\r\nhi\
+          HEAD /gone HTTP/1.1\r\nHost: web\r\n\r\nHEAD / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 503").count(), 2, "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 3, "{answer}");
+    let metrics = proxy.metrics().await;
+    let counted = |status, classification| {
+        metric(&metrics, "response_total", &[("status_code", status), ("classification", classification)])
+    };
+    assert_eq!(counted("503", "failure"), Some(2.0), "{metrics}");
+    assert_eq!(counted("200", "success"), Some(3.0), "{metrics}");
+    assert_eq!(metric(&metrics, "response_total", &[("classification", "cancelled")]), None, "{metrics}");
 }

@@ -95,6 +95,18 @@ impl ProxyBody {
         self.pending = Some(pending);
     }
 
+    /// The same body with nothing in it: a response the proxy rewrites keeps its pending count.
+    pub fn emptied(mut self) -> Self {
+        self.kind = Kind::Full(None);
+        self
+    }
+
+    /// Counts the response now, as if its body had ended whole: one the client gets in another
+    /// form (a stream reset passed on).
+    pub fn count_now(mut self) {
+        self.finish(End::Complete);
+    }
+
     fn finish(&mut self, end: End) {
         if let Some(pending) = self.pending.take() {
             pending.finish(end);

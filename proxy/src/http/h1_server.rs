@@ -346,6 +346,8 @@ async fn write_response<I: AsyncWrite + Unpin>(
     let mut remaining = match framing {
         Framing::None => {
             io.write_all(out).await?;
+            // Whole without a body: not a response the client dropped.
+            body.count_now();
             return Ok(());
         }
         Framing::Length(length) => length,

@@ -289,6 +289,8 @@ async fn serve_stream(
     };
     if let Some(&ResetStream(reason)) = response.extensions().get() {
         respond.send_reset(reason);
+        // Counted as the 502 it stands for, not as a response the client dropped.
+        response.into_body().count_now();
         return;
     }
     let response = if grpc { grpc_error(response) } else { response };

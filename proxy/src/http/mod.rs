@@ -101,8 +101,14 @@ async fn serve_hyper_http1(
     header_timeout: Option<Duration>,
 ) {
     let service = service_fn(move |request: http::Request<Incoming>| {
+        let head_request = request.method() == http::Method::HEAD;
         let response = handle(request.map(ProxyBody::streaming));
-        async move { Ok::<_, Infallible>(response.await) }
+        async move {
+            let response = response.await;
+            // hyper never reads the body of an answer to HEAD: emptied, it is not counted as a
+            // response the client dropped.
+            Ok::<_, Infallible>(if head_request { response.map(ProxyBody::emptied) } else { response })
+        }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

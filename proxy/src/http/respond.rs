@@ -140,7 +140,7 @@ pub fn grpc_error(response: Response<ProxyBody>) -> Response<ProxyBody> {
     head.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     head.headers.insert(GRPC_STATUS, HeaderValue::from(u16::from(code)));
     head.headers.insert(GRPC_MESSAGE, message);
-    Response::from_parts(head, ProxyBody::empty())
+    Response::from_parts(head, body.emptied())
 }
 
 /// The text as grpc-message carries it: percent-encoded outside printable ASCII (and `%`
