@@ -102,19 +102,18 @@ pub async fn send_with_retries(
         drop(in_flight);
         let healthy = matches!(&outcome, Ok(response) if !response.status().is_server_error());
         let done = Instant::now();
+        // A request body the client broke says nothing of the endpoint or its backend: it is
+        // counted against neither (five in a row would eject a healthy endpoint), nor retried.
+        if matches!(&outcome, Err(Failure::Upstream(error)) if error.is_client_error()) {
+            return outcome.map(|response| (response, endpoint.identity.clone()));
+        }
         // Per try and per backend: what a canary check judges the canary by.
         let series = backend.metrics.get_or_init(|| registry.backend_metrics(&service.name, &backend.name));
         series.requests.inc();
-        let clients_error = matches!(&outcome, Err(Failure::Upstream(error)) if error.is_client_error());
-        if !clients_error && !matches!(&outcome, Ok(response) if !is_failure(response)) {
+        if !matches!(&outcome, Ok(response) if !is_failure(response)) {
             series.failures.inc();
         }
         series.latency.observe(done.saturating_duration_since(now));
-        // A request body the client broke says nothing of the endpoint: it is not held against
-        // it (five in a row would eject a healthy endpoint).
-        if clients_error {
-            return outcome.map(|response| (response, endpoint.identity.clone()));
-        }
         endpoint.record(done.saturating_duration_since(now), healthy, &service.load_balancer, done);
         if !last && should_retry(&outcome, retry_on) {
             let retry_labels = RetryLabels {
