@@ -177,7 +177,7 @@ async fn a_clients_malformed_chunked_body_sent_across_two_proxies_is_a_400_and_n
 /// An HTTP/2 origin (the h2 crate's server) that resets each stream before any response
 /// header: `/cancel` with CANCEL (as a gRPC server whose deadline passed), `/refused` with
 /// REFUSED_STREAM; `/midway` answers, sends a few bytes, then resets with INTERNAL_ERROR;
-/// anything else gets 200.
+/// `/pkg.Svc/Fails` answers 200 with grpc-status 14 in its trailers; anything else gets 200.
 async fn resetting_origin() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -199,6 +199,14 @@ async fn resetting_origin() -> std::net::SocketAddr {
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                                 stream.send_reset(h2::Reason::INTERNAL_ERROR);
                             });
+                        }
+                        "/pkg.Svc/Fails" => {
+                            let Ok(mut stream) = respond.send_response(http::Response::new(()), false) else {
+                                return;
+                            };
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static("14"));
+                            let _ = stream.send_trailers(trailers);
                         }
                         _ => {
                             let _ = respond.send_response(http::Response::new(()), true);
@@ -531,4 +539,29 @@ async fn an_answer_to_head_is_counted_as_sent_not_as_cancelled() {
     assert_eq!(counted("503", "failure"), Some(2.0), "{metrics}");
     assert_eq!(counted("200", "success"), Some(3.0), "{metrics}");
     assert_eq!(metric(&metrics, "response_total", &[("classification", "cancelled")]), None, "{metrics}");
+}
+
+#[tokio::test]
+async fn a_grpc_status_other_than_ok_in_the_trailers_counts_as_a_failure() {
+    let origin = resetting_origin().await;
+    let proxy = Proxy::start(&web_service(origin, ", http2: true")).await;
+    let request = Request::post("http://web/pkg.Svc/Fails")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let mut body = h2_request(proxy.service("web"), request).await.expect("a response").into_body();
+    let trailers = tokio::time::timeout(WITHIN, body.trailers()).await.unwrap().unwrap().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "14");
+    let ok = h2_request(proxy.service("web"), Request::get("http://web/").body(()).unwrap()).await.unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    drop(ok);
+    eventually("the call counts as a failure", || async {
+        let metrics = proxy.metrics().await;
+        let failed = [("status_code", "200"), ("classification", "failure")];
+        let succeeded = [("status_code", "200"), ("classification", "success")];
+        metric(&metrics, "response_total", &failed) == Some(1.0)
+            && metric(&metrics, "response_total", &succeeded) == Some(1.0)
+    })
+    .await;
 }
