@@ -60,6 +60,23 @@ pub enum Direction {
 pub enum Classification {
     success,
     failure,
+    /// The client's own error, which the proxy answered itself: a request body it broke
+    /// (malformed chunked framing, or cut off). Held against no endpoint.
+    client_error,
+    /// The client gave the request up (reset its stream, closed its connection) before the
+    /// response's end: neither a success nor the server's failure.
+    cancelled,
+}
+
+/// How a response body ended (`PendingResponse::finish`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Whole: counted as classified from its head.
+    Complete,
+    /// Broken off by the upstream, or gRPC trailers with a status other than OK: a failure.
+    Failed,
+    /// Dropped unfinished: the client went away.
+    Cancelled,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -120,6 +137,60 @@ pub struct MirrorLabels {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TcpLabels {
     pub direction: Direction,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TeardownLabels {
+    pub direction: Direction,
+    pub peer: Peer,
+    pub reason: TeardownReason,
+}
+
+/// Which end of the proxy an HTTP/2 connection is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Peer {
+    /// A client's connection to the proxy (the app's on outbound, another proxy's on inbound).
+    client,
+    /// The proxy's connection to an upstream (an endpoint on outbound, the app on inbound).
+    upstream,
+}
+
+/// How an HTTP/2 connection ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum TeardownReason {
+    /// The proxy sent GOAWAY: a drain, the idle timeout (inbound clients), or an upstream
+    /// connection no endpoint uses any more.
+    goaway_sent,
+    /// The peer sent GOAWAY with an error code, or (upstream) a request met the GOAWAY of a
+    /// server that was draining.
+    goaway_received,
+    /// The connection failed: a protocol error (the proxy's GOAWAY for it included) or an I/O
+    /// error.
+    error,
+    /// An upstream that did not answer the keep-alive ping in time.
+    ping_timeout,
+    /// The peer closed it without an error (h2 does not tell a GOAWAY without error from a
+    /// plain close).
+    closed,
+}
+
+/// The teardown counter of one kind of HTTP/2 connection (its direction and peer): cloned into
+/// each connection, counted once when it ends.
+#[derive(Clone, Debug)]
+pub struct Teardowns {
+    family: Family<TeardownLabels, Counter>,
+    direction: Direction,
+    peer: Peer,
+}
+
+impl Teardowns {
+    pub fn count(&self, reason: TeardownReason) {
+        self.family
+            .get_or_create(&TeardownLabels { direction: self.direction, peer: self.peer, reason })
+            .inc();
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -256,6 +327,7 @@ pub struct Metrics {
     pub tcp_refused: Family<TcpLabels, Counter>,
     pub tcp_refused_client_limit: Family<TcpLabels, Counter>,
     pub tcp_idle_timeout: Family<TcpLabels, Counter>,
+    pub teardowns: Family<TeardownLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub authz_denied: Family<DenyLabels, Counter>,
     pub identity_refused: Family<IdentityRefusedLabels, Counter>,
@@ -342,6 +414,12 @@ impl Metrics {
             "tcp_idle_timeout",
             "Client connections closed after limits.idleTimeout without a byte (opaque) or an open stream (HTTP/2)",
             tcp_idle_timeout.clone(),
+        );
+        let teardowns = Family::default();
+        registry.register(
+            "http_connection_teardowns",
+            "HTTP/2 connections ended, by the proxy's side (peer) and how (reason)",
+            teardowns.clone(),
         );
         let config_reloads = Family::default();
         registry.register(
@@ -438,6 +516,7 @@ impl Metrics {
             tcp_refused,
             tcp_refused_client_limit,
             tcp_idle_timeout,
+            teardowns,
             config_reloads,
         }
     }
@@ -458,33 +537,51 @@ impl Metrics {
 pub struct RequestMetrics {
     pub requests: Counter,
     pub latency: Histogram,
-    responses: Arc<std::sync::Mutex<Vec<RememberedResponse>>>,
+    responses: Arc<ResponseSeries>,
+}
+
+/// The response_total series of one label set.
+struct ResponseSeries {
+    family: Family<ResponseLabels, Counter>,
+    labels: RequestLabels,
+    remembered: Mutex<Vec<RememberedResponse>>,
 }
 
 /// status code, classification, server_id, and the response_total counter of that combination.
 type RememberedResponse = (u16, Classification, Label, Counter);
 
 /// Distinct (status, classification, server) combinations remembered per label set.
-const REMEMBERED_RESPONSES: usize = 8;
+const REMEMBERED_RESPONSES: usize = 12;
 
 impl RequestMetrics {
     /// The response_total counter for this label set and an answer.
-    pub fn response(
+    pub fn response(&self, status_code: u16, classification: Classification, server_id: &Label) -> Counter {
+        self.responses.counter(status_code, classification, server_id)
+    }
+
+    /// A response to count when its body has ended (`ProxyBody::count_at_end`): two reference
+    /// counts, no allocation.
+    pub fn pending(
         &self,
-        metrics: &Metrics,
-        labels: &RequestLabels,
         status_code: u16,
         classification: Classification,
-        server_id: &Label,
-    ) -> Counter {
-        let mut remembered = self.responses.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        server_id: Label,
+    ) -> PendingResponse {
+        PendingResponse { series: self.responses.clone(), status_code, classification, server_id }
+    }
+}
+
+impl ResponseSeries {
+    fn counter(&self, status_code: u16, classification: Classification, server_id: &Label) -> Counter {
+        let mut remembered = self.remembered.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((.., counter)) = remembered.iter().find(|(status, class, server, _)| {
             *status == status_code && *class == classification && server == server_id
         }) {
             return counter.clone();
         }
-        let counter = metrics
-            .responses
+        let labels = &self.labels;
+        let counter = self
+            .family
             .get_or_create(&ResponseLabels {
                 direction: labels.direction,
                 authority: labels.authority.clone(),
@@ -503,12 +600,35 @@ impl RequestMetrics {
     }
 }
 
+/// A response whose response_total entry waits for the end of its body.
+pub struct PendingResponse {
+    series: Arc<ResponseSeries>,
+    status_code: u16,
+    classification: Classification,
+    server_id: Label,
+}
+
+impl PendingResponse {
+    pub fn finish(self, end: End) {
+        let classification = match end {
+            End::Complete => self.classification,
+            End::Failed => Classification::failure,
+            End::Cancelled => Classification::cancelled,
+        };
+        self.series.counter(self.status_code, classification, &self.server_id).inc();
+    }
+}
+
 impl Metrics {
     pub fn request_metrics(&self, labels: &RequestLabels) -> RequestMetrics {
         RequestMetrics {
             requests: self.requests.get_or_create(labels).clone(),
             latency: self.latency.get_or_create(labels).clone(),
-            responses: Arc::default(),
+            responses: Arc::new(ResponseSeries {
+                family: self.responses.clone(),
+                labels: labels.clone(),
+                remembered: Mutex::default(),
+            }),
         }
     }
 
@@ -530,6 +650,11 @@ impl Metrics {
     pub fn backends(&self) -> Vec<(BackendLabels, BackendMetrics)> {
         let backends = self.backends.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         backends.iter().map(|(labels, metrics)| (labels.clone(), metrics.clone())).collect()
+    }
+
+    /// The teardown counter of the HTTP/2 connections of one direction and peer.
+    pub fn teardowns(&self, direction: Direction, peer: Peer) -> Teardowns {
+        Teardowns { family: self.teardowns.clone(), direction, peer }
     }
 
     /// The byte counters of one client connection: (read, written).

@@ -12,7 +12,7 @@ use crate::bounded::InFlight;
 use crate::client::{Pool, UpstreamProtocol};
 use crate::discovery::Discovery;
 use crate::identity::IdentityStore;
-use crate::metrics::{Label, Metrics};
+use crate::metrics::{Direction, Label, Metrics, Peer};
 use crate::table::{LiveTable, Table};
 
 pub struct ProxyState {
@@ -42,9 +42,11 @@ impl ProxyState {
         identity: Option<Arc<IdentityStore>>,
         discovery: Option<Arc<Discovery>>,
     ) -> Self {
+        let metrics = Metrics::new();
+        let teardowns = metrics.teardowns(Direction::outbound, Peer::upstream);
         Self {
-            table: LiveTable::new(table, identity.clone()),
-            metrics: Metrics::new(),
+            table: LiveTable::new(table, identity.clone(), Some(teardowns)),
+            metrics,
             identity,
             discovery,
             mirrors: InFlight::default(),
@@ -53,14 +55,26 @@ impl ProxyState {
         }
     }
 
-    /// The pool to a fixed address, made on first use. Called once per client connection.
+    /// The pool to an address outside the mesh (outbound passthrough), made on first use.
     pub fn pool(&self, addr: SocketAddr, protocol: UpstreamProtocol) -> Arc<Pool> {
+        self.fixed_pool(addr, protocol, Direction::outbound)
+    }
+
+    /// The pool to the local app (inbound), made on first use.
+    pub fn app_pool(&self, addr: SocketAddr, protocol: UpstreamProtocol) -> Arc<Pool> {
+        self.fixed_pool(addr, protocol, Direction::inbound)
+    }
+
+    /// The pool to a fixed address, made on first use. Called once per client connection.
+    fn fixed_pool(&self, addr: SocketAddr, protocol: UpstreamProtocol, direction: Direction) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if pools.len() >= POOLS_BEFORE_SWEEP && !pools.contains_key(&(addr, protocol)) {
             // Held only here: no connection uses it now; its idle upstream connections close.
             pools.retain(|_, pool| Arc::strong_count(pool) > 1);
         }
-        pools.entry((addr, protocol)).or_insert_with(|| Arc::new(Pool::new(addr, protocol))).clone()
+        let pool = pools.entry((addr, protocol)).or_insert_with(|| Arc::new(Pool::new(addr, protocol)));
+        pool.count_teardowns(|| self.metrics.teardowns(direction, Peer::upstream));
+        pool.clone()
     }
 
     /// The `authority` label of traffic forwarded unchanged to `addr`: the address itself for the

@@ -19,7 +19,7 @@ use tower::retry::budget::TpsBudget;
 
 use crate::balance::Endpoint;
 use crate::identity::IdentityStore;
-use crate::metrics::{BackendMetrics, Label, RequestMetrics};
+use crate::metrics::{BackendMetrics, Label, RequestMetrics, Teardowns};
 use crate::outbound::rate_limit::RateLimiter;
 
 pub struct Table {
@@ -181,11 +181,27 @@ pub struct TableError(String);
 pub struct LiveTable {
     current: ArcSwap<Table>,
     identity: Option<Arc<IdentityStore>>,
+    /// Where the endpoints' HTTP/2 connections count their ends.
+    teardowns: Option<Teardowns>,
 }
 
 impl LiveTable {
-    pub fn new(table: Table, identity: Option<Arc<IdentityStore>>) -> Self {
-        Self { current: ArcSwap::from_pointee(table), identity }
+    pub fn new(table: Table, identity: Option<Arc<IdentityStore>>, teardowns: Option<Teardowns>) -> Self {
+        let live = Self { current: ArcSwap::from_pointee(table), identity, teardowns };
+        live.count_teardowns(&live.current.load());
+        live
+    }
+
+    /// Gives the endpoints new in `table` the teardown counter (once per endpoint and table).
+    fn count_teardowns(&self, table: &Table) {
+        let Some(teardowns) = &self.teardowns else { return };
+        let endpoints =
+            table.services.iter().flat_map(|service| &service.backends).flat_map(|b| &b.endpoints);
+        for endpoint in endpoints {
+            endpoint.pool.count_teardowns(|| teardowns.clone());
+            // This pod's own endpoint has a second pool, for HTTP/2 requests.
+            endpoint.pool_for(http::Version::HTTP_2).count_teardowns(|| teardowns.clone());
+        }
     }
 
     #[inline]
@@ -201,6 +217,7 @@ impl LiveTable {
     pub fn rebuild(&self, config: Config) -> Result<(), TableError> {
         let current = self.current.load_full();
         let table = Table::build(config, Some(&current), self.identity.as_ref())?;
+        self.count_teardowns(&table);
         self.current.store(Arc::new(table));
         Ok(())
     }

@@ -12,8 +12,16 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::http1::{Http1Body, Http1Error};
+use crate::metrics::{End, PendingResponse};
 
-pub enum ProxyBody {
+pub struct ProxyBody {
+    kind: Kind,
+    /// A response's entry in response_total, counted when its body ends, fails or is dropped
+    /// unfinished (the client went away): how the exchange ended is known only then.
+    pending: Option<PendingResponse>,
+}
+
+enum Kind {
     Streaming(Incoming),
     /// The response body of a request the proxy sent over its own HTTP/2 client connection.
     Http2(Http2Body),
@@ -33,14 +41,97 @@ pub enum BodyError {
     Http1(#[from] Http1Error),
 }
 
+impl BodyError {
+    /// The reason of a reset the sender of the body sent for its HTTP/2 stream.
+    pub fn stream_reset(&self) -> Option<h2::Reason> {
+        match self {
+            Self::Http2(error) if error.is_reset() && error.is_remote() => error.reason(),
+            _ => None,
+        }
+    }
+}
+
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 impl ProxyBody {
+    fn of(kind: Kind) -> Self {
+        Self { kind, pending: None }
+    }
+
     pub fn empty() -> Self {
-        Self::Full(None)
+        Self::of(Kind::Full(None))
     }
 
     pub fn text(text: impl Into<Bytes>) -> Self {
         let bytes = text.into();
-        Self::Full((!bytes.is_empty()).then_some(bytes))
+        Self::of(Kind::Full((!bytes.is_empty()).then_some(bytes)))
+    }
+
+    /// A body hyper's server or client reads from its connection.
+    pub fn streaming(body: Incoming) -> Self {
+        Self::of(Kind::Streaming(body))
+    }
+
+    pub fn http2(body: Http2Body) -> Self {
+        Self::of(Kind::Http2(body))
+    }
+
+    pub fn http1(body: Http1Body) -> Self {
+        Self::of(Kind::Http1(body))
+    }
+
+    /// The whole body, when it is held in memory (`Some(None)`: empty).
+    pub fn in_memory(&self) -> Option<Option<&Bytes>> {
+        match &self.kind {
+            Kind::Full(bytes) => Some(bytes.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// Counts the response this is the body of in response_total when the body ends: as
+    /// `pending` says when it ends whole, as a failure when it breaks off (or its gRPC trailers
+    /// carry a status other than OK), as cancelled when it is dropped unfinished.
+    pub fn count_at_end(&mut self, pending: PendingResponse) {
+        self.pending = Some(pending);
+    }
+
+    /// The same body with nothing in it: a response the proxy rewrites keeps its pending count.
+    pub fn emptied(mut self) -> Self {
+        self.kind = Kind::Full(None);
+        self
+    }
+
+    /// Counts the response now, as if its body had ended whole: one the client gets in another
+    /// form (a stream reset passed on).
+    pub fn count_now(mut self) {
+        self.finish(End::Complete);
+    }
+
+    fn finish(&mut self, end: End) {
+        if let Some(pending) = self.pending.take() {
+            pending.finish(end);
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if self.pending.is_some() {
+            // A server stops polling a body that says it has ended (HEAD, a last DATA frame).
+            let end = if self.kind.is_end_stream() { End::Complete } else { End::Cancelled };
+            self.finish(end);
+        }
+    }
+}
+
+impl Kind {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Streaming(body) => body.is_end_stream(),
+            Self::Http2(body) => body.stream.is_end_stream(),
+            Self::Http1(body) => body.is_end_stream(),
+            Self::Full(bytes) => bytes.is_none(),
+        }
     }
 }
 
@@ -52,30 +143,41 @@ impl Body for ProxyBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.get_mut() {
-            Self::Streaming(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::from),
-            Self::Http2(body) => body.poll_frame(cx),
-            Self::Http1(body) => body.poll_frame(cx).map_err(BodyError::from),
-            Self::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            Kind::Streaming(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::from),
+            Kind::Http2(body) => body.poll_frame(cx),
+            Kind::Http1(body) => body.poll_frame(cx).map_err(BodyError::from),
+            Kind::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
+        };
+        if this.pending.is_some() {
+            match &polled {
+                Poll::Ready(None) => this.finish(End::Complete),
+                Poll::Ready(Some(Err(_))) => this.finish(End::Failed),
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers end the body; gRPC says there how the call went.
+                    if let Some(trailers) = frame.trailers_ref() {
+                        let failed = trailers.get(GRPC_STATUS).is_some_and(|status| status != "0");
+                        this.finish(if failed { End::Failed } else { End::Complete });
+                    }
+                }
+                Poll::Pending => {}
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Streaming(body) => body.is_end_stream(),
-            Self::Http2(body) => body.stream.is_end_stream(),
-            Self::Http1(body) => body.is_end_stream(),
-            Self::Full(bytes) => bytes.is_none(),
-        }
+        self.kind.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Streaming(body) => body.size_hint(),
-            Self::Http2(body) => body.content_length.map_or_else(SizeHint::default, SizeHint::with_exact),
-            Self::Http1(body) => body.remaining().map_or_else(SizeHint::default, SizeHint::with_exact),
-            Self::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
-            Self::Full(None) => SizeHint::with_exact(0),
+        match &self.kind {
+            Kind::Streaming(body) => body.size_hint(),
+            Kind::Http2(body) => body.content_length.map_or_else(SizeHint::default, SizeHint::with_exact),
+            Kind::Http1(body) => body.remaining().map_or_else(SizeHint::default, SizeHint::with_exact),
+            Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Kind::Full(None) => SizeHint::with_exact(0),
         }
     }
 }

@@ -14,7 +14,7 @@ use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +24,9 @@ use hyper::client::conn::http1 as hyper_http1;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tracing::debug;
+
+use crate::http::h2_server::teardown_reason;
+use crate::metrics::{TeardownReason, Teardowns};
 
 use body::{Http2Body, ProxyBody};
 use coalesce::{FlushAfterPoll, coalesce};
@@ -54,6 +57,11 @@ pub enum UpstreamError {
     /// The HTTP/2 stream or its connection broke before a response arrived.
     #[error("the HTTP/2 connection to {addr} failed before a response: {source}")]
     Http2Reset { addr: SocketAddr, source: h2::Error },
+    /// The client's request body broke off while it was being sent (its chunked framing was
+    /// malformed, or the client went away): the client's error, which says nothing of the
+    /// upstream's health.
+    #[error("the request body from the client broke off while it was sent to {addr}: {reason}")]
+    RequestBody { addr: SocketAddr, reason: String },
 }
 
 impl UpstreamError {
@@ -68,6 +76,43 @@ impl UpstreamError {
             Self::Connect(ConnectError::NoIdentity(_)) => false,
             other => other.is_connect(),
         }
+    }
+    /// The reason of the upstream's own reset of the request's HTTP/2 stream, when that is
+    /// how the request failed.
+    pub fn stream_reset(&self) -> Option<h2::Reason> {
+        match self {
+            Self::Http2Reset { source, .. } if source.is_reset() && source.is_remote() => source.reason(),
+            _ => None,
+        }
+    }
+
+    /// Whether the client, not the upstream, caused the failure.
+    pub fn is_client_error(&self) -> bool {
+        matches!(self, Self::RequestBody { .. })
+    }
+
+    /// What hyper's client reported: the request body it was writing failed (it holds our
+    /// `BodyError`, which only the client's side of the proxy produces), or the exchange did.
+    fn hyper(addr: SocketAddr, source: hyper::Error) -> Self {
+        use std::error::Error as _;
+        match source.source().and_then(|cause| cause.downcast_ref::<body::BodyError>()) {
+            Some(cause) if source.is_user() => Self::RequestBody { addr, reason: cause.to_string() },
+            _ => Self::Reset { addr, source },
+        }
+    }
+
+    /// What h2 reported for a request whose body was streaming (`streaming_body`): a reset of
+    /// our own with CANCEL is the body task's (`send_body`) when the client's request body
+    /// failed; anything else is the upstream's or the connection's.
+    fn http2(addr: SocketAddr, source: h2::Error, streaming_body: bool) -> Self {
+        let own_cancel = source.is_reset()
+            && !source.is_remote()
+            && !source.is_library()
+            && source.reason() == Some(h2::Reason::CANCEL);
+        if streaming_body && own_cancel {
+            return Self::RequestBody { addr, reason: "the client's body failed".to_owned() };
+        }
+        Self::Http2Reset { addr, source }
     }
 }
 
@@ -90,6 +135,8 @@ pub struct Pool {
     /// Serialises HTTP/2 connects, so a burst of requests opens one connection, not many.
     http2_connecting: tokio::sync::Mutex<()>,
     tls: Option<TlsTarget>,
+    /// Where the end of each HTTP/2 connection is counted, once the owner says (`count_teardowns`).
+    teardowns: OnceLock<Teardowns>,
 }
 
 impl Pool {
@@ -106,7 +153,13 @@ impl Pool {
             http2: Mutex::new(None),
             http2_connecting: tokio::sync::Mutex::new(()),
             tls,
+            teardowns: OnceLock::new(),
         }
+    }
+
+    /// Counts the ends of this pool's HTTP/2 connections in `teardowns` (the first call wins).
+    pub fn count_teardowns(&self, teardowns: impl FnOnce() -> Teardowns) {
+        self.teardowns.get_or_init(teardowns);
     }
 
     pub fn protocol(&self) -> UpstreamProtocol {
@@ -123,10 +176,11 @@ impl Pool {
     }
 
     async fn send_http1(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
-        let whole_body = match request.body() {
-            ProxyBody::Full(bytes) => Some(bytes.clone()),
-            body if body.is_end_stream() => Some(None),
-            _ => None,
+        let body = request.body();
+        let whole_body = match body.in_memory() {
+            Some(bytes) => Some(bytes.cloned()),
+            None if body.is_end_stream() => Some(None),
+            None => None,
         };
         match whole_body {
             Some(body) => {
@@ -145,7 +199,7 @@ impl Pool {
         };
         let reused = connection.reused;
         let source = match lean::send(connection, request, &self.http1_lean_idle).await {
-            Ok(response) => return Ok(response.map(ProxyBody::Http1)),
+            Ok(response) => return Ok(response.map(ProxyBody::http1)),
             Err((source, answered)) => {
                 if answered || !reused || !request.is_idempotent() {
                     return Err(UpstreamError::Http1 { addr: self.addr, source });
@@ -159,7 +213,7 @@ impl Pool {
         let connection = Box::pin(self.connect_lean()).await?;
         lean::send(connection, request, &self.http1_lean_idle)
             .await
-            .map(|response| response.map(ProxyBody::Http1))
+            .map(|response| response.map(ProxyBody::http1))
             .map_err(|(source, _)| UpstreamError::Http1 { addr: self.addr, source })
     }
 
@@ -187,14 +241,12 @@ impl Pool {
             // otherwise make every request's future, moved on each spawn, several KiB larger.
             None => Box::pin(self.connect_http1()).await?,
         };
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|source| UpstreamError::Reset { addr: self.addr, source })?;
+        let response =
+            sender.send_request(request).await.map_err(|source| UpstreamError::hyper(self.addr, source))?;
         // Back to the pool at once: it becomes ready again when the response body is read, and
         // take_idle_http1 skips it until then.
         self.return_http1(sender);
-        Ok(response.map(ProxyBody::Streaming))
+        Ok(response.map(ProxyBody::streaming))
     }
 
     fn take_idle_http1(&self) -> Option<hyper_http1::SendRequest<ProxyBody>> {
@@ -237,14 +289,17 @@ impl Pool {
         };
         let reset = |source| UpstreamError::Http2Reset { addr: self.addr, source };
         // Waits while the peer's limit of concurrent streams is reached.
-        let Http2Sender { send, closed } = sender;
+        let Http2Sender { send, state } = sender;
         let mut send = match send.ready().await {
             Ok(send) => send,
             Err(error) => {
                 // The peer sent GOAWAY (it is draining) or the connection failed. Nothing of this
                 // request was sent, so it goes on a new connection, whatever its method.
                 debug!(addr = %self.addr, %error, "HTTP/2 connection refuses new streams; reconnecting");
-                closed.store(true, Ordering::Release);
+                if error.is_go_away() {
+                    state.goaway.store(true, Ordering::Release);
+                }
+                state.closed.store(true, Ordering::Release);
                 Box::pin(self.reconnect_http2()).await?.send.ready().await.map_err(reset)?
             }
         };
@@ -257,14 +312,15 @@ impl Pool {
             tokio::spawn(send_body(body, stream, Some(cancelled)));
             CancelOnDrop(Some(cancel))
         });
-        let response = response.await.map_err(reset)?;
+        let response =
+            response.await.map_err(|source| UpstreamError::http2(self.addr, source, cancel.is_some()))?;
         // Answered: the body goes on streaming for as long as it lasts (gRPC bidi streams).
         if let Some(cancel) = cancel {
             cancel.disarm();
         }
         let (parts, stream) = response.into_parts();
         let body = Http2Body::new(stream, &parts.headers);
-        Ok(Response::from_parts(parts, ProxyBody::Http2(body)))
+        Ok(Response::from_parts(parts, ProxyBody::http2(body)))
     }
 
     async fn reconnect_http2(&self) -> Result<Http2Sender, UpstreamError> {
@@ -281,7 +337,7 @@ impl Pool {
     fn live_http2(&self) -> Option<Http2Sender> {
         let mut slot = self.http2.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match slot.as_ref() {
-            Some(sender) if !sender.closed.load(Ordering::Acquire) => Some(sender.clone()),
+            Some(sender) if !sender.state.closed.load(Ordering::Acquire) => Some(sender.clone()),
             Some(_) => {
                 *slot = None;
                 None
@@ -306,19 +362,36 @@ impl Pool {
             .handshake::<_, Bytes>(io)
             .await
             .map_err(|source| UpstreamError::Http2Handshake { addr, source })?;
-        let closed = Arc::new(AtomicBool::new(false));
-        let sender = Http2Sender { send, closed: closed.clone() };
+        let state = Arc::new(Http2State::default());
+        let sender = Http2Sender { send, state: state.clone() };
+        let teardowns = self.teardowns.get().cloned();
         tokio::spawn(async move {
             let mut connection = connection;
             let ping_pong = connection.ping_pong();
             tokio::pin!(connection);
             let ended = tokio::select! {
-                result = FlushAfterPoll::new(connection.as_mut(), &flusher) => result.err().map(|e| e.to_string()),
-                () = keep_alive(ping_pong) => Some("no answer to a keep-alive ping".to_owned()),
+                result = FlushAfterPoll::new(connection.as_mut(), &flusher) => result.map_err(Some),
+                () = keep_alive(ping_pong) => Err(None),
             };
-            closed.store(true, Ordering::Release);
-            if let Some(error) = ended {
-                debug!(%addr, %error, protocol = "HTTP/2", "upstream connection ended");
+            state.closed.store(true, Ordering::Release);
+            let reason = match &ended {
+                Err(None) => TeardownReason::ping_timeout,
+                Err(Some(error)) => teardown_reason(error),
+                _ if state.goaway.load(Ordering::Acquire) => TeardownReason::goaway_received,
+                // h2 ends a connection on its own, with GOAWAY, only once no sender is left: the
+                // pool let it go. With senders left, the server closed it.
+                Ok(()) if Arc::strong_count(&state) == 1 => TeardownReason::goaway_sent,
+                Ok(()) => TeardownReason::closed,
+            };
+            if let Some(teardowns) = teardowns {
+                teardowns.count(reason);
+            }
+            match ended {
+                Err(None) => {
+                    debug!(%addr, protocol = "HTTP/2", "upstream connection: no answer to a keep-alive ping")
+                }
+                Err(Some(error)) => debug!(%addr, %error, protocol = "HTTP/2", "upstream connection ended"),
+                Ok(()) => {}
             }
         });
         Ok(sender)
@@ -329,7 +402,16 @@ impl Pool {
 #[derive(Clone)]
 struct Http2Sender {
     send: h2::client::SendRequest<Bytes>,
-    closed: Arc<AtomicBool>,
+    state: Arc<Http2State>,
+}
+
+/// What the requests and the task of an HTTP/2 connection know of its end.
+#[derive(Default)]
+struct Http2State {
+    /// It takes no more requests (its task ended, or it refused a stream).
+    closed: AtomicBool,
+    /// A request met the server's GOAWAY.
+    goaway: AtomicBool,
 }
 
 /// Pings every `KEEP_ALIVE_INTERVAL`; returns when an answer does not come in time.
@@ -404,8 +486,9 @@ pub async fn send_body(
                 return;
             }
             Some(Some(Err(error))) => {
-                debug!(%error, "a request body failed while it was sent");
-                stream.send_reset(h2::Reason::CANCEL);
+                debug!(%error, "a body failed while it was sent");
+                // The peer of the other side reset its stream: this one gets the same reason.
+                stream.send_reset(error.stream_reset().unwrap_or(h2::Reason::CANCEL));
                 return;
             }
             Some(Some(Ok(frame))) => frame,

@@ -3,22 +3,20 @@
 
 use std::time::Instant;
 
-use http::{HeaderName, Response, request};
+use http::{HeaderName, Response, StatusCode, request};
 
 use super::headers::{client_response, propagate_trace, upstream_request};
-use super::respond::{Failure, failure_response};
+use super::respond::{Failure, PROXY_ERROR, REQUEST_BODY, failure_response};
 use crate::client::Pool;
 use crate::client::body::ProxyBody;
-use crate::metrics::{Classification, Label, Metrics, RequestLabels, RequestMetrics};
+use crate::metrics::{Classification, Label, RequestMetrics};
 
 /// Where gRPC says how a call ended (a trailers-only answer carries it in the headers).
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Sends one request to `pool` as it came (no route, no retry), and records it.
 pub async fn forward_once(
-    registry: &Metrics,
     pool: &Pool,
-    labels: &RequestLabels,
     metrics: &RequestMetrics,
     parts: &mut request::Parts,
     body: ProxyBody,
@@ -27,11 +25,11 @@ pub async fn forward_once(
     metrics.requests.inc();
     propagate_trace(&mut parts.headers);
     let request = upstream_request(parts, body, pool.protocol(), false, true);
-    let response = match pool.send(request).await {
+    let mut response = match pool.send(request).await {
         Ok(response) => client_response(response),
         Err(error) => failure_response(&Failure::Upstream(error)),
     };
-    record(registry, labels, metrics, Label::empty(), &response, start);
+    record_at_end(metrics, Label::empty(), &mut response, start);
     response
 }
 
@@ -42,17 +40,39 @@ pub fn is_failure<B>(response: &Response<B>) -> bool {
         || response.headers().get(GRPC_STATUS).is_some_and(|value| value.as_bytes() != b"0")
 }
 
+/// A failure (`is_failure`); a 400 of the proxy's own for a request body the client broke is
+/// the client's error; anything else (4xx of the app's included, as Linkerd counts them) a
+/// success.
+pub fn classify<B>(response: &Response<B>) -> Classification {
+    if is_failure(response) {
+        Classification::failure
+    } else if response.status() == StatusCode::BAD_REQUEST
+        && response.headers().get(PROXY_ERROR).is_some_and(|reason| reason == REQUEST_BODY)
+    {
+        Classification::client_error
+    } else {
+        Classification::success
+    }
+}
+
 /// Records a request's latency and its response's status, class and server identity.
-pub fn record(
-    registry: &Metrics,
-    labels: &RequestLabels,
+pub fn record(metrics: &RequestMetrics, server_id: Label, response: &Response<ProxyBody>, start: Instant) {
+    let status = response.status();
+    let classification = classify(response);
+    metrics.latency.observe(start.elapsed().as_secs_f64() * 1000.0);
+    metrics.response(status.as_u16(), classification, &server_id).inc();
+}
+
+/// Records a request's latency now, and its response in response_total when the response body
+/// ends: whole (classified as `record` does), broken off (a failure), or dropped unfinished
+/// because the client went away (cancelled).
+pub fn record_at_end(
     metrics: &RequestMetrics,
     server_id: Label,
-    response: &Response<ProxyBody>,
+    response: &mut Response<ProxyBody>,
     start: Instant,
 ) {
-    let status = response.status();
-    let classification = if is_failure(response) { Classification::failure } else { Classification::success };
     metrics.latency.observe(start.elapsed().as_secs_f64() * 1000.0);
-    metrics.response(registry, labels, status.as_u16(), classification, &server_id).inc();
+    let pending = metrics.pending(response.status().as_u16(), classify(response), server_id);
+    response.body_mut().count_at_end(pending);
 }

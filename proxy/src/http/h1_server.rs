@@ -190,6 +190,7 @@ pub fn parse_request(read: &mut BytesMut, max_head: usize) -> Result<Parsed, Ref
         }
         Ok(httparse::Status::Partial) => return Ok(Parsed::NeedMore),
         Err(httparse::Error::TooManyHeaders) => return Err(Refused::TooManyFields),
+        Err(httparse::Error::HeaderName) if has_obs_fold(read) => return Err(Refused::Malformed(OBS_FOLD)),
         Err(error) => return Err(Refused::Malformed(parse_error(error))),
     };
     let (Some(method), Some(target), Some(minor)) = (request.method, request.path, request.version) else {
@@ -226,6 +227,20 @@ fn is_lean(fields: &[httparse::Header<'_>]) -> bool {
             .iter()
             .any(|other| name.eq_ignore_ascii_case(other.as_str().as_bytes()))
     })
+}
+
+/// Why a head whose field line starts with a space or tab is refused: httparse reports it as an
+/// invalid name, which sent people looking for a bad character.
+const OBS_FOLD: &str =
+    "obs-fold: a header field continued on the next line (line folding, refused by RFC 9112 §5.2)";
+
+/// Whether a field line of the head at the front of `read` starts with a space or tab: a
+/// continuation of the line before it (obs-fold). Only looked at for a head already refused.
+fn has_obs_fold(read: &[u8]) -> bool {
+    read.split(|&b| b == b'\n')
+        .skip(1)
+        .take_while(|line| !line.is_empty() && *line != b"\r")
+        .any(|line| line.starts_with(b" ") || line.starts_with(b"\t"))
 }
 
 fn parse_error(error: httparse::Error) -> &'static str {
@@ -331,6 +346,8 @@ async fn write_response<I: AsyncWrite + Unpin>(
     let mut remaining = match framing {
         Framing::None => {
             io.write_all(out).await?;
+            // Whole without a body: not a response the client dropped.
+            body.count_now();
             return Ok(());
         }
         Framing::Length(length) => length,
@@ -670,6 +687,11 @@ mod tests {
                 b"GET / HTTP/1.1\r\nHost: a\r\nx: \x01\r\n\r\n".to_vec(),
                 "400 Bad Request",
                 "an invalid header value",
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nx-a: one\r\n\ttwo\r\n\r\n".to_vec(),
+                "400 Bad Request",
+                "obs-fold: a header field continued on the next line",
             ),
             (b"GET / HTTP/9.9\r\nHost: a\r\n\r\n".to_vec(), "400 Bad Request", "not HTTP/1.x"),
             (b"G(T / HTTP/1.1\r\n\r\n".to_vec(), "400 Bad Request", "an invalid method"),

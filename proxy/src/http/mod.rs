@@ -27,6 +27,7 @@ use tracing::debug;
 use crate::client::body::ProxyBody;
 use crate::detect::Detected;
 use crate::io::ClientIo;
+use crate::metrics::Teardowns;
 use crate::tcp::Idle;
 
 /// What answers each request of one client connection (`outbound::handle` or `inbound`'s
@@ -62,7 +63,8 @@ pub enum ClientKind {
     Remote { idle_closed: Counter, mesh_peer: bool },
 }
 
-/// Serves a client connection's HTTP requests, each answered by `handle`.
+/// Serves a client connection's HTTP requests, each answered by `handle`; an HTTP/2 connection's
+/// end is counted in `teardowns`.
 pub async fn serve(
     detected: Detected,
     io: impl Transport,
@@ -70,6 +72,7 @@ pub async fn serve(
     limits: &Limits,
     shutdown: CancellationToken,
     client: ClientKind,
+    teardowns: Teardowns,
 ) {
     let (head_timeout, idle, resets) = match client {
         ClientKind::OwnApp => (None, None, h2_server::Resets::Unbounded),
@@ -80,7 +83,7 @@ pub async fn serve(
         ),
     };
     if detected == Detected::Http2 {
-        return h2_server::serve(io, handle, limits, idle, resets, shutdown).await;
+        return h2_server::serve(io, handle, limits, idle, resets, shutdown, teardowns).await;
     }
     let max_head = limits.max_header_bytes.max(8192);
     let Some(rest) = h1_server::serve(io, handle.clone(), max_head, head_timeout, &shutdown).await else {
@@ -98,8 +101,14 @@ async fn serve_hyper_http1(
     header_timeout: Option<Duration>,
 ) {
     let service = service_fn(move |request: http::Request<Incoming>| {
-        let response = handle(request.map(ProxyBody::Streaming));
-        async move { Ok::<_, Infallible>(response.await) }
+        let head_request = request.method() == http::Method::HEAD;
+        let response = handle(request.map(ProxyBody::streaming));
+        async move {
+            let response = response.await;
+            // hyper never reads the body of an answer to HEAD: emptied, it is not counted as a
+            // response the client dropped.
+            Ok::<_, Infallible>(if head_request { response.map(ProxyBody::emptied) } else { response })
+        }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Response, StatusCode};
 
 use crate::client::UpstreamError;
@@ -12,6 +13,13 @@ use crate::metrics::Label;
 
 /// Names the reason of a response the proxy made itself, for people and tests.
 pub const PROXY_ERROR: HeaderName = HeaderName::from_static("braid-proxy-error");
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// The reason of a 400 for a request body the client broke: its own error, classified as
+/// `client_error` and held against no endpoint.
+pub const REQUEST_BODY: &str = "request-body";
 
 /// Why a request got no response from upstream.
 pub enum Failure {
@@ -29,8 +37,21 @@ pub fn failure_response(failure: &Failure) -> Response<ProxyBody> {
             "connect-failure",
             format!("braid-proxy: {error}: the endpoint refused or did not answer\n"),
         ),
+        Failure::Upstream(error) if error.is_client_error() => {
+            local(StatusCode::BAD_REQUEST, REQUEST_BODY, format!("braid-proxy: {error}\n"))
+        }
         Failure::Upstream(error) => {
-            local(StatusCode::BAD_GATEWAY, "upstream-reset", format!("braid-proxy: {error}\n"))
+            let Some(reason) = error.stream_reset() else {
+                return local(StatusCode::BAD_GATEWAY, "upstream-reset", format!("braid-proxy: {error}\n"));
+            };
+            // h2 words the reasons for people ("stream no longer needed"): the code goes first.
+            let text = format!(
+                "braid-proxy: the upstream reset the request's HTTP/2 stream with {reason:?}: {error}\n"
+            );
+            let mut response = local(StatusCode::BAD_GATEWAY, "upstream-reset", text);
+            // An HTTP/2 client gets the upstream's reset itself (`ResetStream`).
+            response.extensions_mut().insert(ResetStream(reason));
+            response
         }
         Failure::PerTryTimeout { addr, timeout } => local(
             StatusCode::GATEWAY_TIMEOUT,
@@ -57,6 +78,86 @@ pub fn failure_response(failure: &Failure) -> Response<ProxyBody> {
     }
 }
 
+/// Marks the answer to a request whose upstream reset its HTTP/2 stream before any response:
+/// an HTTP/2 client's stream is reset with the same reason (a gRPC server's CANCEL stays a
+/// CANCEL, REFUSED_STREAM stays safe to retry); an HTTP/1.1 client gets the 502 it is attached
+/// to. An extension: it costs nothing on the responses that do not carry it.
+#[derive(Debug, Clone, Copy)]
+pub struct ResetStream(pub h2::Reason);
+
+/// Whether a request's content-type makes it a gRPC call: `application/grpc` or
+/// `application/grpc+…` / `application/grpc-web…`.
+pub fn is_grpc(content_type: &HeaderValue) -> bool {
+    content_type.as_bytes().starts_with(b"application/grpc")
+}
+
+/// The gRPC status of an answer the proxy made itself: by its reason, else by its HTTP status
+/// as gRPC maps HTTP statuses (doc/http-grpc-status-mapping.md of the gRPC project), as
+/// linkerd2-proxy does.
+fn grpc_status(reason: &[u8], status: StatusCode) -> u8 {
+    const UNKNOWN: u8 = 2;
+    const DEADLINE_EXCEEDED: u8 = 4;
+    const PERMISSION_DENIED: u8 = 7;
+    const RESOURCE_EXHAUSTED: u8 = 8;
+    const UNIMPLEMENTED: u8 = 12;
+    const INTERNAL: u8 = 13;
+    const UNAVAILABLE: u8 = 14;
+    const UNAUTHENTICATED: u8 = 16;
+    match reason {
+        b"connect-failure" | b"upstream-reset" | b"no-endpoints" | b"no-destination" => UNAVAILABLE,
+        b"timeout" | b"per-try-timeout" => DEADLINE_EXCEEDED,
+        b"forbidden" => PERMISSION_DENIED,
+        b"no-route" => UNIMPLEMENTED,
+        b"request-head-too-large" => RESOURCE_EXHAUSTED,
+        _ => match status.as_u16() {
+            400 => INTERNAL,
+            401 => UNAUTHENTICATED,
+            403 => PERMISSION_DENIED,
+            404 => UNIMPLEMENTED,
+            429 | 502..=504 => UNAVAILABLE,
+            _ => UNKNOWN,
+        },
+    }
+}
+
+/// An answer the proxy made itself (it carries `braid-proxy-error`) as a gRPC client reads one:
+/// HTTP 200, `application/grpc`, the status and the reason in `grpc-status` and `grpc-message`,
+/// and no body (trailers-only). Any other response is returned as it is.
+pub fn grpc_error(response: Response<ProxyBody>) -> Response<ProxyBody> {
+    let Some(reason) = response.headers().get(PROXY_ERROR) else { return response };
+    // Already written for gRPC by the proxy that made it (the other side of the mesh).
+    if response.headers().contains_key(GRPC_STATUS) {
+        return response;
+    }
+    let code = grpc_status(reason.as_bytes(), response.status());
+    let (mut head, body) = response.into_parts();
+    let message = match body.in_memory() {
+        Some(Some(text)) => grpc_message(text),
+        _ => HeaderValue::from_static(""),
+    };
+    head.status = StatusCode::OK;
+    head.headers.remove(CONTENT_LENGTH);
+    head.headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    head.headers.insert(GRPC_STATUS, HeaderValue::from(u16::from(code)));
+    head.headers.insert(GRPC_MESSAGE, message);
+    Response::from_parts(head, body.emptied())
+}
+
+/// The text as grpc-message carries it: percent-encoded outside printable ASCII (and `%`
+/// itself), without the final newline.
+fn grpc_message(text: &[u8]) -> HeaderValue {
+    let text = text.trim_ascii_end();
+    let mut encoded = Vec::with_capacity(text.len());
+    for &byte in text {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            encoded.push(byte);
+        } else {
+            encoded.extend_from_slice(format!("%{byte:02X}").as_bytes());
+        }
+    }
+    HeaderValue::from_bytes(&encoded).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 /// A response the proxy makes itself.
 pub fn local(status: StatusCode, reason: &'static str, text: String) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody::text(text));
@@ -65,4 +166,29 @@ pub fn local(status: StatusCode, reason: &'static str, text: String) -> Response
     headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     headers.insert(PROXY_ERROR, HeaderValue::from_static(reason));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_messages_are_percent_encoded_outside_printable_ascii() {
+        assert_eq!(grpc_message(b"braid-proxy: no route 100% sure\n"), "braid-proxy: no route 100%25 sure");
+        assert_eq!(grpc_message("caf\u{e9}\ttab".as_bytes()), "caf%C3%A9%09tab");
+    }
+
+    #[test]
+    fn a_response_of_the_apps_own_is_not_turned_into_a_grpc_status() {
+        let mut response = Response::new(ProxyBody::text("app's 503"));
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        let response = grpc_error(response);
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!response.headers().contains_key(GRPC_STATUS));
+        let fault = grpc_error(local(StatusCode::INTERNAL_SERVER_ERROR, "fault-injected", "x".into()));
+        assert_eq!(
+            (fault.status(), &fault.headers()[GRPC_STATUS]),
+            (StatusCode::OK, &HeaderValue::from(2u16))
+        );
+    }
 }

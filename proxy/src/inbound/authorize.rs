@@ -82,7 +82,7 @@ pub fn request(
     if let Ok(reason) = HeaderValue::from_str(&denied.0) {
         response.headers_mut().insert(DENY_REASON, reason);
     }
-    record(&state.metrics, labels, metrics, Label::empty(), &response, Instant::now());
+    record(metrics, Label::empty(), &response, Instant::now());
     Some(response)
 }
 

@@ -40,8 +40,8 @@ impl InboundConnection {
             route: Label::empty(),
             client_id: client_id.as_deref().map_or_else(Label::empty, Label::new),
         };
-        let http1 = state.pool(app, UpstreamProtocol::Http1);
-        let http2 = state.pool(app, UpstreamProtocol::Http2);
+        let http1 = state.app_pool(app, UpstreamProtocol::Http1);
+        let http2 = state.app_pool(app, UpstreamProtocol::Http2);
         let metrics = state.metrics.request_metrics(&labels);
         Self { state, app, client_id, labels, metrics, http1, http2 }
     }
@@ -79,7 +79,7 @@ pub async fn handle(connection: Arc<InboundConnection>, request: Request<ProxyBo
     } else {
         &connection.http2
     };
-    forward_once(&state.metrics, pool, &connection.labels, &connection.metrics, &mut parts, body).await
+    forward_once(pool, &connection.metrics, &mut parts, body).await
 }
 
 /// A request refused for its path: answered here, and counted like any other.
@@ -87,7 +87,6 @@ fn refuse(connection: &InboundConnection, ambiguous: path::Ambiguous) -> Respons
     debug!(reason = %ambiguous, "refused an inbound request's path");
     connection.metrics.requests.inc();
     let response = path::refusal(ambiguous);
-    let (registry, labels, metrics) = (&connection.state.metrics, &connection.labels, &connection.metrics);
-    record(registry, labels, metrics, Label::empty(), &response, Instant::now());
+    record(&connection.metrics, Label::empty(), &response, Instant::now());
     response
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::detect::{self, Detected, Silence};
 use crate::http::{ClientKind, Transport, serve as serve_http};
 use crate::io::ClientIo;
-use crate::metrics::{Direction, TcpLabels};
+use crate::metrics::{Direction, Peer, TcpLabels};
 use crate::state::ProxyState;
 use crate::tcp::{self, Idle};
 use authorize::Carries;
@@ -87,7 +87,8 @@ impl Client<'_> {
         let mesh_peer = client_id.is_some();
         let connection = Arc::new(InboundConnection::new(state.clone(), app, client_id));
         let handle = move |request| forward::handle(connection.clone(), request);
-        serve_http(detected, io, handle, limits, shutdown, ClientKind::Remote { idle_closed, mesh_peer })
-            .await;
+        let client = ClientKind::Remote { idle_closed, mesh_peer };
+        let teardowns = state.metrics.teardowns(Direction::inbound, Peer::client);
+        serve_http(detected, io, handle, limits, shutdown, client, teardowns).await;
     }
 }

@@ -31,7 +31,7 @@ use crate::http::headers::authority_of;
 use crate::http::respond::local;
 use crate::http::{ClientKind, serve as serve_http};
 use crate::io::ClientIo;
-use crate::metrics::{Direction, Label, RequestLabels, TcpLabels};
+use crate::metrics::{Direction, Label, Peer, RequestLabels, TcpLabels};
 use crate::state::ProxyState;
 use crate::table::Table;
 use crate::tcp;
@@ -120,7 +120,8 @@ pub async fn serve(
     }
     let connection = Arc::new(OutboundConnection { state: state.clone(), target, peer });
     let handle = move |request| self::handle(connection.clone(), request);
-    serve_http(detected, io, handle, limits, shutdown, ClientKind::OwnApp).await;
+    let teardowns = state.metrics.teardowns(Direction::outbound, Peer::client);
+    serve_http(detected, io, handle, limits, shutdown, ClientKind::OwnApp, teardowns).await;
 }
 
 enum OpaqueDestination {
@@ -212,5 +213,5 @@ async fn passthrough(
         client_id: Label::empty(),
     };
     let metrics = state.metrics.request_metrics(&labels);
-    forward_once(&state.metrics, &pool, &labels, &metrics, &mut parts, body).await
+    forward_once(&pool, &metrics, &mut parts, body).await
 }

@@ -108,6 +108,11 @@ pub async fn send_with_retries(
             _ => balance::Outcome::Failed,
         };
         let done = Instant::now();
+        // A request body the client broke says nothing of the endpoint or its backend: it is
+        // counted against neither (five in a row would eject a healthy endpoint), nor retried.
+        if matches!(&outcome, Err(Failure::Upstream(error)) if error.is_client_error()) {
+            return outcome.map(|response| (response, endpoint.identity.clone()));
+        }
         // Per try and per backend: what a canary check judges the canary by.
         let series = backend.metrics.get_or_init(|| registry.backend_metrics(&service.name, &backend.name));
         series.requests.inc();

@@ -14,10 +14,10 @@ use super::rate_limit::retry_after_seconds;
 use super::retry::{Kept, keep_small_body, send_with_retries};
 use crate::balance;
 use crate::client::body::ProxyBody;
-use crate::http::forward::record;
+use crate::http::forward::{record, record_at_end};
 use crate::http::headers::{client_response, propagate_trace};
 use crate::http::path;
-use crate::http::respond::{Failure, failure_response, local};
+use crate::http::respond::{Failure, REQUEST_BODY, failure_response, local};
 use crate::metrics::{Direction, Label, RequestLabels, RetryLabels, TimeoutKind, TimeoutLabels};
 use crate::state::ProxyState;
 use crate::table::{Admission, Service};
@@ -52,7 +52,7 @@ pub async fn route_request(
         metrics.requests.inc();
         if let Err(ambiguous) = normalized {
             let response = path::refusal(ambiguous);
-            record(&state.metrics, &labels, &metrics, Label::empty(), &response, start);
+            record(&metrics, Label::empty(), &response, start);
             return response;
         }
         let response = local(
@@ -65,7 +65,7 @@ pub async fn route_request(
                 parts.uri.path()
             ),
         );
-        record(&state.metrics, &labels, &metrics, Label::empty(), &response, start);
+        record(&metrics, Label::empty(), &response, start);
         return response;
     };
     let labels = RequestLabels {
@@ -86,17 +86,17 @@ pub async fn route_request(
         && let Err(wait) = limiter.acquire(Instant::now())
     {
         let response = rate_limited(state, &labels, wait);
-        record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
+        record(metrics, Label::empty(), &response, start);
         return response;
     }
     let admission = service.admit();
     if let Admission::Refused = admission {
         let response = overloaded(state, service, &labels);
-        record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
+        record(metrics, Label::empty(), &response, start);
         return response;
     }
     if let Some(response) = inject_fault(route).await {
-        record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
+        record(metrics, Label::empty(), &response, start);
         return response;
     }
     if let Some(redirect) = &route.redirect {
@@ -104,7 +104,7 @@ pub async fn route_request(
         if let Some(edits) = &route.response_headers {
             edits.apply(response.headers_mut());
         }
-        record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
+        record(metrics, Label::empty(), &response, start);
         return response;
     }
     if let Some(rewrite) = &route.rewrite {
@@ -119,10 +119,10 @@ pub async fn route_request(
         Err(error) => {
             let response = local(
                 StatusCode::BAD_REQUEST,
-                "request-body",
+                REQUEST_BODY,
                 format!("braid-proxy: reading the request body failed: {error}\n"),
             );
-            record(&state.metrics, &labels, metrics, Label::empty(), &response, start);
+            record(metrics, Label::empty(), &response, start);
             return response;
         }
     };
@@ -170,7 +170,7 @@ pub async fn route_request(
             latency_us = start.elapsed().as_micros() as u64,
         );
     }
-    record(&state.metrics, &labels, metrics, server_id, &response, start);
+    record_at_end(metrics, server_id, &mut response, start);
     response
 }
 

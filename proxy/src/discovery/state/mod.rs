@@ -511,7 +511,7 @@ mod tests {
             startup_policy,
         };
         let shared = Given {
-            table: LiveTable::new(Table::build(file.clone(), None, None).unwrap(), None),
+            table: LiveTable::new(Table::build(file.clone(), None, None).unwrap(), None, None),
             metrics: Metrics::new(),
         };
         (Discovery::new(discovery, file), shared)
