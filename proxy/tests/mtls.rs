@@ -191,6 +191,117 @@ async fn opaque_tcp_crosses_mtls_and_a_denied_connection_is_closed() {
     );
 }
 
+/// An app that takes HTTP/1.1 upgrades as a WebSocket server would: a request with `Upgrade:
+/// websocket` on `/chat` gets 101 and then every byte it sends comes back in upper case; any
+/// other request gets `200 no upgrade here`. Each head it read is kept.
+async fn upgrading_app() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let mut byte = [0u8; 1];
+                    if stream.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                seen.lock().unwrap().push(head.clone());
+                if !(head.starts_with("get /chat ") && head.contains("upgrade: websocket")) {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 16\r\n\r\nno upgrade here\n")
+                        .await;
+                    return;
+                }
+                let switch = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+                stream.write_all(switch.as_bytes()).await.unwrap();
+                let mut buffer = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buffer).await {
+                    if n == 0 || stream.write_all(&buffer[..n].to_ascii_uppercase()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut byte)).await.unwrap().unwrap();
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_crosses_both_proxies_over_mtls_and_its_bytes_are_counted() {
+    let identity = IdentityServer::start(Authority::new()).await;
+    let (app, heads) = upgrading_app().await;
+    let (b, _b_files) = server_proxy(&identity, app, "").await;
+    let (a, _a_files) = client_proxy(&identity, FRONTEND, &b, WEB, "").await;
+    ready(&a).await;
+    ready(&b).await;
+
+    let mut stream = TcpStream::connect(a.service("web")).await.unwrap();
+    let upgrade = "GET /chat HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    stream.write_all(upgrade.as_bytes()).await.unwrap();
+    let head = read_head(&mut stream).await.to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket") && head.contains("connection: upgrade"), "{head}");
+    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="), "{head}");
+    // Many exchanges on the one tunnel, both ways, binary included.
+    let mut sent = 0;
+    for round in 0..50u8 {
+        let message = [b"frame-".as_slice(), &[round, 0xff, 0x00], b"-end"].concat();
+        stream.write_all(&message).await.unwrap();
+        let mut back = vec![0u8; message.len()];
+        tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back)).await.unwrap().unwrap();
+        assert_eq!(back, message.to_ascii_uppercase(), "round {round}");
+        sent += message.len();
+    }
+    drop(stream);
+
+    let app_head = heads.lock().unwrap()[0].clone();
+    assert!(
+        app_head.contains("upgrade: websocket") && app_head.contains("connection: upgrade"),
+        "{app_head}"
+    );
+    assert!(app_head.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq=="), "{app_head}");
+    // A request that does not upgrade still gets its answer, and an upgrade the app declines too.
+    let (status, _, body) = get(&web(&a, "/plain")).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "no upgrade here\n"));
+    let mut declined = TcpStream::connect(a.service("web")).await.unwrap();
+    declined.write_all(upgrade.replace("/chat", "/elsewhere").as_bytes()).await.unwrap();
+    let head = read_head(&mut declined).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    let b_metrics = b.metrics().await;
+    let switched = [("direction", "inbound"), ("client_id", FRONTEND), ("status_code", "101")];
+    assert_eq!(metric(&b_metrics, "response_total", &switched), Some(1.0), "{b_metrics}");
+    eventually("the tunnel's bytes are counted on both proxies' client connections", || async {
+        let a_read = metric(&a.metrics().await, "tcp_read_bytes_total", &[("direction", "outbound")]);
+        let b_read = metric(&b.metrics().await, "tcp_read_bytes_total", &[("direction", "inbound")]);
+        let counted = |read: Option<f64>| read.is_some_and(|read| read >= (sent + upgrade.len()) as f64);
+        counted(a_read) && counted(b_read)
+    })
+    .await;
+    let a_metrics = a.metrics().await;
+    let switched = [("direction", "outbound"), ("status_code", "101"), ("classification", "success")];
+    assert_eq!(metric(&a_metrics, "response_total", &switched), Some(1.0), "{a_metrics}");
+}
+
 #[tokio::test]
 async fn not_ready_until_it_holds_a_certificate() {
     let authority = Authority::new();

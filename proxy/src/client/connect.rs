@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::identity::{Credentials, IdentityStore, tls};
+use crate::identity::{ALPN_HTTP1, Credentials, IdentityStore, tls};
 
 /// How long a TCP connect may take before the endpoint counts as unreachable. Inside a cluster a
 /// live pod answers a SYN in well under a millisecond; a deleted pod's address does not answer at
@@ -106,6 +106,20 @@ impl TlsTarget {
         Self { store, expected, alpn, cached: Mutex::new(None) }
     }
 
+    /// A configuration offering `braid/http1` instead, for an upgrade's own connection: built
+    /// each time, as upgrades are rare next to the handshake they cost.
+    fn upgrade_config(&self, addr: SocketAddr) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
+        let credentials = self.store.current().ok_or(ConnectError::NoIdentity(addr))?;
+        tls::client_config(
+            credentials.key.clone(),
+            credentials.roots.clone(),
+            self.expected.clone(),
+            ALPN_HTTP1,
+        )
+        .map(Arc::new)
+        .map_err(|e| ConnectError::Tls { addr, source: io::Error::other(e) })
+    }
+
     fn client_config(&self, addr: SocketAddr) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
         let credentials = self.store.current().ok_or(ConnectError::NoIdentity(addr))?;
         let mut cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -129,14 +143,32 @@ impl TlsTarget {
 
 /// Opens the transport to an upstream address: TCP, then mTLS when `tls` says so.
 pub async fn connect(addr: SocketAddr, tls: Option<&TlsTarget>) -> Result<UpstreamIo, ConnectError> {
+    let config = tls.map(|tls| tls.client_config(addr)).transpose()?;
+    connect_with(addr, config).await
+}
+
+/// Opens the transport for an HTTP/1.1 upgrade: as `connect`, but an mTLS connection asks the
+/// other proxy for HTTP/1.1 (`braid/http1`).
+pub async fn connect_for_upgrade(
+    addr: SocketAddr,
+    tls: Option<&TlsTarget>,
+) -> Result<UpstreamIo, ConnectError> {
+    let config = tls.map(|tls| tls.upgrade_config(addr)).transpose()?;
+    connect_with(addr, config).await
+}
+
+async fn connect_with(
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<UpstreamIo, ConnectError> {
     let stream = tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
         .map_err(|_| ConnectError::Timeout(addr))?
         .map_err(|source| ConnectError::Connect { addr, source })?;
     // Requests are small and latency matters more than packet count.
     stream.set_nodelay(true).map_err(|source| ConnectError::Connect { addr, source })?;
-    let Some(tls) = tls else { return Ok(UpstreamIo::Plain(stream)) };
-    let connector = tokio_rustls::TlsConnector::from(tls.client_config(addr)?);
+    let Some(config) = tls else { return Ok(UpstreamIo::Plain(stream)) };
+    let connector = tokio_rustls::TlsConnector::from(config);
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(tls::mesh_server_name(), stream))
         .await
         .map_err(|_| ConnectError::Timeout(addr))?

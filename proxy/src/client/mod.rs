@@ -30,7 +30,7 @@ use crate::metrics::{TeardownReason, Teardowns};
 
 use body::{Http2Body, ProxyBody};
 use coalesce::{FlushAfterPoll, coalesce};
-pub use connect::{ConnectError, TlsTarget, UpstreamIo, connect};
+pub use connect::{ConnectError, TlsTarget, UpstreamIo, connect, connect_for_upgrade};
 use http1::{self as lean, EncodedRequest, Http1Connection, Http1Error, IdleConnections, MAX_IDLE_HTTP1};
 /// An HTTP/2 connection is pinged this often, and closed when the answer takes longer than
 /// `KEEP_ALIVE_TIMEOUT`: a peer that vanished without a FIN (a node gone) is noticed.
@@ -169,6 +169,9 @@ impl Pool {
     /// Sends a request; the request's URI must suit the protocol (origin-form for HTTP/1.1,
     /// absolute for HTTP/2).
     pub async fn send(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
+        if request.extensions().get::<crate::http::upgrade::Upgrading>().is_some() {
+            return Box::pin(self.send_upgrade(request)).await;
+        }
         match self.protocol {
             UpstreamProtocol::Http1 => self.send_http1(request).await,
             UpstreamProtocol::Http2 => self.send_http2(request).await,
@@ -279,6 +282,26 @@ impl Pool {
             .map_err(|source| UpstreamError::Handshake { addr: self.addr, source })?;
         drive_http1(self.addr, connection);
         Ok(sender)
+    }
+
+    /// Sends an upgrade request on an HTTP/1.1 connection of its own (another proxy's inbound
+    /// takes it with ALPN braid/http1), never pooled: after a 101 the connection is the tunnel's.
+    /// The response carries the connection for the tunnel (`hyper::upgrade::on`).
+    async fn send_upgrade(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
+        let io = connect_for_upgrade(self.addr, self.tls.as_ref()).await?;
+        let (mut sender, connection) = hyper_http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| UpstreamError::Handshake { addr: self.addr, source })?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(error) = connection.with_upgrades().await {
+                debug!(%addr, %error, "upstream upgrade connection ended");
+            }
+        });
+        let response =
+            sender.send_request(request).await.map_err(|source| UpstreamError::hyper(self.addr, source))?;
+        Ok(response.map(ProxyBody::streaming))
     }
 
     async fn send_http2(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {

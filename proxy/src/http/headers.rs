@@ -28,9 +28,12 @@ pub fn upstream_request(
     meshed: bool,
     inbound: bool,
 ) -> Request<ProxyBody> {
+    let upgrade = super::upgrade::requested(parts.version, &parts.headers);
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     let was_http1 = parts.version != Version::HTTP_2;
+    // An upgrade goes as HTTP/1.1 on a connection of its own, whatever the pool speaks.
+    let protocol = if upgrade.is_some() { UpstreamProtocol::Http1 } else { protocol };
     match protocol {
         UpstreamProtocol::Http1 => {
             if parts.uri.authority().is_some() {
@@ -74,6 +77,10 @@ pub fn upstream_request(
         }
     }
     let mut request = Request::new(body);
+    if let Some(upgrade) = upgrade {
+        super::upgrade::restore(&mut parts.headers, upgrade);
+        request.extensions_mut().insert(super::upgrade::Upgrading);
+    }
     *request.method_mut() = std::mem::take(&mut parts.method);
     *request.uri_mut() = std::mem::take(&mut parts.uri);
     *request.version_mut() = parts.version;
@@ -105,9 +112,15 @@ pub fn authority_of<B>(request: &Request<B>) -> Option<&str> {
     request.uri().authority().map(|a| a.as_str()).or_else(|| request.headers().get(HOST)?.to_str().ok())
 }
 
-/// The upstream response as the client gets it: connection-level headers are the proxy's own.
+/// The upstream response as the client gets it: connection-level headers are the proxy's own,
+/// but for a 101's, which say what the connection switches to.
 pub fn client_response(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    let switched_to =
+        super::upgrade::is_switching(&response).then(|| response.headers().get(UPGRADE).cloned()).flatten();
     strip_hop_by_hop(response.headers_mut());
+    if let Some(protocol) = switched_to {
+        super::upgrade::restore(response.headers_mut(), protocol);
+    }
     response
 }
 

@@ -10,6 +10,7 @@ pub mod h2_server;
 pub mod headers;
 pub mod path;
 pub mod respond;
+pub mod upgrade;
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -100,14 +101,21 @@ async fn serve_hyper_http1(
     shutdown: CancellationToken,
     header_timeout: Option<Duration>,
 ) {
-    let service = service_fn(move |request: http::Request<Incoming>| {
+    let service = service_fn(move |mut request: http::Request<Incoming>| {
         let head_request = request.method() == http::Method::HEAD;
+        let client_upgrade = upgrade::requested(request.version(), request.headers())
+            .map(|_| hyper::upgrade::on(&mut request));
         let response = handle(request.map(ProxyBody::streaming));
         async move {
             let response = response.await;
+            if let Some(client) = client_upgrade
+                && upgrade::is_switching(&response)
+            {
+                return Ok::<_, Infallible>(upgrade::switch(client, response));
+            }
             // hyper never reads the body of an answer to HEAD: emptied, it is not counted as a
             // response the client dropped.
-            Ok::<_, Infallible>(if head_request { response.map(ProxyBody::emptied) } else { response })
+            Ok(if head_request { response.map(ProxyBody::emptied) } else { response })
         }
     });
     let connection = hyper::server::conn::http1::Builder::new()
@@ -115,7 +123,8 @@ async fn serve_hyper_http1(
         // Bounds the request head: a larger one is answered with 431.
         .max_buf_size(max_head)
         .header_read_timeout(header_timeout)
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     tokio::pin!(connection);
     tokio::select! {
         result = connection.as_mut() => log_end(result),

@@ -14,6 +14,8 @@ use rustls::sign::CertifiedKey;
 
 /// ALPN of an HTTP/2 connection between proxies.
 pub const ALPN_H2: &[u8] = b"braid/h2";
+/// ALPN of an HTTP/1.1 connection between proxies, which carries one upgrade (WebSocket).
+pub const ALPN_HTTP1: &[u8] = b"braid/http1";
 /// ALPN of an opaque TCP connection between proxies.
 pub const ALPN_OPAQUE: &[u8] = b"braid/opaque";
 

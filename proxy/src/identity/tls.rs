@@ -14,7 +14,7 @@ use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use super::{ALPN_H2, ALPN_OPAQUE};
+use super::{ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -78,7 +78,7 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(ServerKey(key)));
-    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_OPAQUE.to_vec()];
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_OPAQUE.to_vec(), ALPN_HTTP1.to_vec()];
     Ok(config)
 }
 

@@ -51,10 +51,9 @@ pub async fn serve(
         if tls::from_a_proxy(&alpn) {
             let io = ClientIo::new(prefix.freeze(), stream, read_bytes, write_bytes);
             let Some(terminated) = tls::terminate(state, io, peer).await else { return };
-            let tls::Terminated { stream, client_id, opaque } = terminated;
-            // Another proxy sends HTTP/2, whatever its app spoke, or opaque bytes.
-            let detected = if opaque { Detected::Opaque } else { Detected::Http2 };
-            return client.serve(detected, stream, Some(client_id)).await;
+            let tls::Terminated { stream, client_id, carries } = terminated;
+            // Another proxy sends HTTP/2 whatever its app spoke, opaque bytes, or an upgrade.
+            return client.serve(carries, stream, Some(client_id)).await;
         }
     }
     let io = ClientIo::new(prefix.freeze(), stream, read_bytes, write_bytes);

@@ -12,7 +12,8 @@ use tokio_rustls::server::TlsStream;
 use tracing::{debug, warn};
 
 use crate::client_hello;
-use crate::identity::{ALPN_H2, ALPN_OPAQUE, tls};
+use crate::detect::Detected;
+use crate::identity::{ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE, tls};
 use crate::io::ClientIo;
 use crate::metrics::{IdentityRefusal, IdentityRefusedLabels};
 use crate::state::ProxyState;
@@ -51,7 +52,7 @@ pub async fn read_client_hello(
 
 /// Whether the ALPN protocols a ClientHello offers are another proxy's.
 pub fn from_a_proxy(alpn: &[Vec<u8>]) -> bool {
-    alpn.iter().any(|p| p == ALPN_H2 || p == ALPN_OPAQUE)
+    alpn.iter().any(|p| p == ALPN_H2 || p == ALPN_OPAQUE || p == ALPN_HTTP1)
 }
 
 /// A terminated mTLS connection: who the client proved to be, and what it carries.
@@ -59,8 +60,9 @@ pub struct Terminated {
     pub stream: TlsStream<ClientIo<TcpStream>>,
     /// The client's SPIFFE id, of this mesh's trust domain.
     pub client_id: String,
-    /// The client asked for opaque bytes (ALPN braid/opaque) rather than HTTP/2.
-    pub opaque: bool,
+    /// What the client asked to send: HTTP/2 (ALPN braid/h2), opaque bytes (braid/opaque), or
+    /// HTTP/1.1 for an upgrade (braid/http1).
+    pub carries: Detected,
 }
 
 /// The handshake with this proxy's current certificate; `None` (logged) when there is none yet,
@@ -105,6 +107,10 @@ pub async fn terminate(state: &ProxyState, io: ClientIo<TcpStream>, peer: Socket
         return None;
     }
     let client_id = client_id?;
-    let opaque = connection.alpn_protocol() == Some(ALPN_OPAQUE);
-    Some(Terminated { stream, client_id, opaque })
+    let carries = match connection.alpn_protocol() {
+        Some(ALPN_OPAQUE) => Detected::Opaque,
+        Some(ALPN_HTTP1) => Detected::Http1,
+        _ => Detected::Http2,
+    };
+    Some(Terminated { stream, client_id, carries })
 }

@@ -126,8 +126,10 @@ pub async fn route_request(
             return response;
         }
     };
+    // An upgrade is not mirrored: the copy's 101 would open a tunnel nobody reads.
     if let (Some((backend, percent)), Kept::Yes(bytes)) = (route.mirror, &body)
         && fastrand::f64() * 100.0 < percent
+        && crate::http::upgrade::requested(parts.version, &parts.headers).is_none()
     {
         mirror(state, service, route, backend, &parts, bytes.clone());
     }
