@@ -206,6 +206,69 @@ async fn retries_are_off_unless_the_route_asks_and_large_bodies_are_not_replayed
     assert_eq!(flaky.hits(), 2);
 }
 
+/// A request body of unknown length (chunked, or an HTTP/2 stream without content-length):
+/// `count` chunks of `size` bytes, each sent 2 ms after the one before, while the proxy is
+/// already sending the request on.
+fn streamed_body(count: usize, size: usize) -> Body {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(1);
+    tokio::spawn(async move {
+        for _ in 0..count {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            if tx.send(Ok(Frame::data(Bytes::from(vec![b'x'; size])))).await.is_err() {
+                return;
+            }
+        }
+    });
+    StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)).boxed()
+}
+
+#[tokio::test]
+async fn a_streamed_body_is_replayed_on_retries_up_to_the_bound_and_sent_once_past_it() {
+    let flaky = Upstream::start("flaky").await;
+    let config = one_service(&format!(
+        "{}    routes:\n      - name: retried\n        backends: [{{ name: flaky }}]\n        retries: {{ attempts: 3, retryOn: [5xx] }}\n",
+        backends(&[("flaky", flaky.addr)])
+    ))
+    .replacen("admin:", "limits: { maxRetryBodyBytes: 4096 }\nadmin:", 1);
+    let proxy = Proxy::start(&config).await;
+    for (client, protocol) in [(http1_client(), "HTTP/1.1 chunked"), (http2_client(), "HTTP/2")] {
+        // 3,000 bytes, under the bound: the two failed tries (answered before the body was all
+        // read) and the third each get the whole body.
+        let hits_before = flaky.hits();
+        flaky.fail_first.store(hits_before + 2, std::sync::atomic::Ordering::SeqCst);
+        let request = Request::post(url(&proxy, "/body")).body(streamed_body(30, 100)).unwrap();
+        let (status, _, body) = send(&client, request).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "flaky got 3000 bytes"), "{protocol}");
+        assert_eq!(flaky.hits() - hits_before, 3, "{protocol}");
+
+        // 6,000 bytes, over the 4 KiB bound, failed at once: when the retry starts only a few
+        // chunks were read, all kept, so it replays them and streams the rest.
+        let hits_before = flaky.hits();
+        flaky.fail_first.store(hits_before + 1, std::sync::atomic::Ordering::SeqCst);
+        let request = Request::post(url(&proxy, "/body")).body(streamed_body(60, 100)).unwrap();
+        let (status, _, body) = send(&client, request).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "flaky got 6000 bytes"), "{protocol}");
+        assert_eq!(flaky.hits() - hits_before, 2, "{protocol}");
+
+        // The same body failed after all of it was sent: past the bound, the copy is gone, so it
+        // is sent once and the failure reaches the client.
+        *flaky.delay.lock().unwrap() = Duration::from_millis(500);
+        let hits_before = flaky.hits();
+        flaky.fail_first.store(hits_before + 1, std::sync::atomic::Ordering::SeqCst);
+        let request = Request::post(url(&proxy, "/body")).body(streamed_body(60, 100)).unwrap();
+        let (status, _, _) = send(&client, request).await;
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{protocol}: a body past the bound is not replayed"
+        );
+        assert_eq!(flaky.hits() - hits_before, 1, "{protocol}");
+        *flaky.delay.lock().unwrap() = Duration::ZERO;
+    }
+    let metrics = proxy.metrics().await;
+    assert_eq!(metric(&metrics, "retry_total", &[("route", "retried")]), Some(6.0), "{metrics}");
+}
+
 #[tokio::test]
 async fn the_retry_budget_stops_retries_from_amplifying_an_outage() {
     let down = Upstream::start("down").await;

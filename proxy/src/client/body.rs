@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::http1::{Http1Body, Http1Error};
+use super::replay::ReplayBody;
 use crate::metrics::{End, PendingResponse};
 
 pub struct ProxyBody {
@@ -28,6 +29,8 @@ enum Kind {
     /// The response body of a request sent over a lean HTTP/1.1 connection (`http1`).
     Http1(Http1Body),
     Full(Option<Bytes>),
+    /// A request body of unknown length, kept as it streams so that a retry can send it again.
+    Replay(ReplayBody),
 }
 
 /// Why a forwarded body broke off: the connection or stream it came on failed.
@@ -39,6 +42,8 @@ pub enum BodyError {
     Http2(#[from] h2::Error),
     #[error("the HTTP/1.1 response body failed: {0}")]
     Http1(#[from] Http1Error),
+    #[error("the request body was sent on by a later try and is no longer kept for this one")]
+    NotReplayable,
 }
 
 impl BodyError {
@@ -78,6 +83,10 @@ impl ProxyBody {
 
     pub fn http1(body: Http1Body) -> Self {
         Self::of(Kind::Http1(body))
+    }
+
+    pub fn replay(body: ReplayBody) -> Self {
+        Self::of(Kind::Replay(body))
     }
 
     /// The whole body, when it is held in memory (`Some(None)`: empty).
@@ -131,6 +140,7 @@ impl Kind {
             Self::Http2(body) => body.stream.is_end_stream(),
             Self::Http1(body) => body.is_end_stream(),
             Self::Full(bytes) => bytes.is_none(),
+            Self::Replay(body) => body.is_end_stream(),
         }
     }
 }
@@ -149,6 +159,7 @@ impl Body for ProxyBody {
             Kind::Http2(body) => body.poll_frame(cx),
             Kind::Http1(body) => body.poll_frame(cx).map_err(BodyError::from),
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
+            Kind::Replay(body) => Pin::new(body).poll_frame(cx),
         };
         if this.pending.is_some() {
             match &polled {
@@ -178,6 +189,7 @@ impl Body for ProxyBody {
             Kind::Http1(body) => body.remaining().map_or_else(SizeHint::default, SizeHint::with_exact),
             Kind::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
             Kind::Full(None) => SizeHint::with_exact(0),
+            Kind::Replay(body) => body.size_hint(),
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod body;
 pub mod coalesce;
 pub mod connect;
 pub mod http1;
+pub mod replay;
 
 use std::future::poll_fn;
 use std::net::SocketAddr;

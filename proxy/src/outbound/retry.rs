@@ -1,5 +1,5 @@
 //! Sending a routed request, with retries under the route's budget (or its service's) and per-try
-//! timeouts; the body is kept in memory for replay when it is small enough.
+//! timeouts; the body is kept for replay when it is small enough.
 
 use std::time::{Duration, Instant};
 
@@ -12,26 +12,42 @@ use tower::retry::budget::Budget as _;
 
 use crate::balance;
 use crate::client::body::{BodyError, ProxyBody};
+use crate::client::replay::ReplayBody;
 use crate::http::forward::is_failure;
 use crate::http::headers::{clone_parts, empty_parts, upstream_request};
 use crate::http::respond::Failure;
 use crate::metrics::{Direction, Label, Metrics, RequestLabels, RetryLabels, TimeoutKind, TimeoutLabels};
 use crate::table::{Route, Service};
 
-/// A request body: kept in memory (so it can be sent again), or left streaming.
+/// A request body: kept in memory (so it can be sent again), kept as it streams (up to the
+/// bound, for a retry to replay), or left streaming.
 pub enum Kept {
     Yes(Bytes),
+    Replay(ReplayBody),
     No(ProxyBody),
 }
 
-/// Reads the body into memory when it is known to be at most `limit` bytes; otherwise leaves it
-/// streaming (and the request is then not retried or mirrored).
-pub async fn keep_small_body(body: ProxyBody, limit: usize) -> Result<Kept, BodyError> {
+impl Kept {
+    /// Whether another try can send the whole body again.
+    fn can_send_again(&self) -> bool {
+        match self {
+            Self::Yes(_) => true,
+            Self::Replay(body) => body.replay().is_some(),
+            Self::No(_) => false,
+        }
+    }
+}
+
+/// Reads the body into memory when it is known to be at most `limit` bytes. A body of unknown
+/// length is kept as it streams when the request may be `retried` (a retry replays it unless it
+/// grew past `limit`); a larger one, or one nothing may send twice, is left streaming.
+pub async fn keep_for_replay(body: ProxyBody, limit: usize, retried: bool) -> Result<Kept, BodyError> {
     if body.is_end_stream() {
         return Ok(Kept::Yes(Bytes::new()));
     }
     match body.size_hint().upper() {
         Some(upper) if upper <= limit as u64 => Ok(Kept::Yes(body.collect().await?.to_bytes())),
+        None if retried => Ok(Kept::Replay(ReplayBody::new(body, limit))),
         _ => Ok(Kept::No(body)),
     }
 }
@@ -50,7 +66,7 @@ pub async fn send_with_retries(
     affinity: Option<u64>,
 ) -> Result<(Response<ProxyBody>, Label), Failure> {
     let (attempts, per_try_timeout, retry_on) = match (&route.retries, &body) {
-        (Some(retries), Kept::Yes(_)) => {
+        (Some(retries), Kept::Yes(_) | Kept::Replay(_)) => {
             (retries.attempts, retries.per_try_timeout, retries.retry_on.as_slice())
         }
         (Some(retries), Kept::No(_)) => (1, retries.per_try_timeout, &[][..]),
@@ -74,6 +90,12 @@ pub async fn send_with_retries(
                     body = Some(Kept::Yes(bytes.clone()));
                 }
                 ProxyBody::text(bytes)
+            }
+            Some(Kept::Replay(replay)) => {
+                if !last {
+                    body = replay.replay().map(Kept::Replay);
+                }
+                ProxyBody::replay(replay)
             }
             Some(Kept::No(body)) => body,
             None => ProxyBody::empty(),
@@ -129,6 +151,7 @@ pub async fn send_with_retries(
         );
         if !last
             && should_retry(&outcome, retry_on)
+            && body.as_ref().is_some_and(Kept::can_send_again)
             && let Some(pause) = pause_before_retry(attempt, &outcome)
         {
             let retry_labels = RetryLabels {

@@ -11,7 +11,7 @@ use tracing::info;
 use super::fault::inject_fault;
 use super::mirror::mirror;
 use super::rate_limit::retry_after_seconds;
-use super::retry::{Kept, keep_small_body, send_with_retries};
+use super::retry::{Kept, keep_for_replay, send_with_retries};
 use crate::balance;
 use crate::client::body::ProxyBody;
 use crate::http::forward::{record, record_at_end};
@@ -111,9 +111,11 @@ pub async fn route_request(
         super::redirect::rewrite(rewrite, &mut parts);
     }
 
-    // A body is kept for replay only when something may send it twice, and only when small.
-    let wants_copy = route.retries.as_ref().is_some_and(|r| r.attempts > 1) || route.mirror.is_some();
-    let body = if wants_copy { keep_small_body(body, retry_body_limit).await } else { Ok(Kept::No(body)) };
+    // A body is kept for replay only when something may send it twice, and only up to the bound.
+    let retried = route.retries.as_ref().is_some_and(|r| r.attempts > 1);
+    let wants_copy = retried || route.mirror.is_some();
+    let body =
+        if wants_copy { keep_for_replay(body, retry_body_limit, retried).await } else { Ok(Kept::No(body)) };
     let body = match body {
         Ok(body) => body,
         Err(error) => {
