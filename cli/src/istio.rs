@@ -187,8 +187,9 @@ fn traffic_policy(
 }
 
 /// `connectionPool.http.http2MaxRequests` (requests in flight, Envoy's max_requests) is
-/// `maxRequests`; the connection counts and queue lengths have no equivalent, since the Braid
-/// proxy multiplexes one HTTP/2 connection per meshed endpoint and does not queue.
+/// `maxRequests` and `maxRequestsPerConnection` is itself; the connection counts and queue
+/// lengths have no equivalent, since the Braid proxy multiplexes one HTTP/2 connection per meshed
+/// endpoint and does not queue.
 fn connection_pool(
     ctx: &mut Ctx,
     at: &str,
@@ -209,11 +210,18 @@ fn connection_pool(
                     .filter(|n| (1..=1_000_000).contains(n))
                     .ok_or_else(|| ctx.invalid(&http_field, "must be a whole number from 1 to 1000000"))?;
                 pool.max_requests = i32::try_from(max).ok();
+            } else if http_key == "maxRequestsPerConnection" {
+                let max = http_value
+                    .as_i64()
+                    .filter(|n| (1..=1_000_000).contains(n))
+                    .ok_or_else(|| ctx.invalid(&http_field, "must be a whole number from 1 to 1000000"))?;
+                pool.max_requests_per_connection = i32::try_from(max).ok();
             } else {
                 ctx.leave_out(
                     http_field,
                     "the Braid proxy multiplexes one HTTP/2 connection per meshed endpoint and does not queue; only \
-                     http2MaxRequests has an equivalent (connectionPool.maxRequests)",
+                     http2MaxRequests and maxRequestsPerConnection have equivalents (connectionPool.maxRequests, \
+                     connectionPool.maxRequestsPerConnection)",
                 );
             }
         }

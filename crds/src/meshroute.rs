@@ -489,6 +489,13 @@ pub struct ConnectionPool {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1_000_000))]
     pub max_requests: Option<i32>,
+    /// Requests one upstream connection carries before the client's proxy closes it (after its
+    /// last answer) and opens another, so that long-lived clients spread over new endpoints
+    /// (Envoy's max_requests_per_connection; 1 turns keep-alive off). Between two proxies it
+    /// counts the streams of their HTTP/2 connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_requests_per_connection: Option<i32>,
 }
 
 /// Endpoint choice and outlier ejection for a Service port.

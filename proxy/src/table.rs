@@ -352,7 +352,7 @@ fn compile_service(
                         endpoint.meshed || endpoint.local,
                         expected.unwrap_or("").to_owned(),
                     );
-                    reusable
+                    let compiled = reusable
                         .get(&key)
                         .filter(|reused| reused.is_local() == endpoint.local)
                         .cloned()
@@ -368,7 +368,14 @@ fn compile_service(
                                     identity,
                                 )
                             })
-                        })
+                        });
+                    // Set on kept endpoints too: a reload may change it.
+                    for version in [http::Version::HTTP_11, http::Version::HTTP_2] {
+                        compiled
+                            .pool_for(version)
+                            .set_max_requests_per_connection(service.max_requests_per_connection);
+                    }
+                    compiled
                 })
                 .collect(),
             cursor: std::sync::atomic::AtomicUsize::new(0),

@@ -6,6 +6,8 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Request, StatusCode};
@@ -562,6 +564,73 @@ async fn a_grpc_status_other_than_ok_in_the_trailers_counts_as_a_failure() {
         let succeeded = [("status_code", "200"), ("classification", "success")];
         metric(&metrics, "response_total", &failed) == Some(1.0)
             && metric(&metrics, "response_total", &succeeded) == Some(1.0)
+    })
+    .await;
+}
+
+/// An HTTP/1.1 app that answers `ok` and counts the connections it accepted.
+async fn counting_app() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let service = hyper::service::service_fn(|_request: Request<hyper::body::Incoming>| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(full("ok")))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+            );
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn max_requests_per_connection_moves_requests_to_new_connections() {
+    const REQUESTS: usize = 6;
+    let per_connection = "    listen: 127.0.0.1:0\n    maxRequestsPerConnection: 2\n";
+    // Straight to an HTTP/1.1 app: 6 requests, 2 on each connection.
+    let (app, accepted) = counting_app().await;
+    let proxy =
+        Proxy::start(&web_service(app, "").replacen("    listen: 127.0.0.1:0\n", per_connection, 1)).await;
+    let client = http1_client();
+    for _ in 0..REQUESTS {
+        let (status, _, body) =
+            send(&client, Request::get(format!("http://{}/", proxy.service("web"))).body(full("")).unwrap())
+                .await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), REQUESTS / 2, "HTTP/1.1: two requests per connection");
+
+    // Across two proxies: 6 streams, 2 on each HTTP/2 connection from A to B.
+    let (app, _) = counting_app().await;
+    let b = Proxy::start(&format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0, target: \"{app}\" }}\n"
+    ))
+    .await;
+    let a = Proxy::start(&web_service(b.inbound(), ", meshed: true").replacen(
+        "    listen: 127.0.0.1:0\n",
+        per_connection,
+        1,
+    ))
+    .await;
+    for _ in 0..REQUESTS {
+        let (status, _, body) =
+            send(&client, Request::get(format!("http://{}/", a.service("web"))).body(full("")).unwrap())
+                .await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+    }
+    let opened = metric(&b.metrics().await, "tcp_open_total", &[("direction", "inbound")]);
+    assert_eq!(opened, Some((REQUESTS / 2) as f64), "HTTP/2 between the proxies: two streams per connection");
+    // Each connection, the last one too, is closed once it carried its two streams.
+    eventually("A closed every connection that carried its share", || async {
+        let a_metrics = a.metrics().await;
+        let closed = [("peer", "upstream"), ("reason", "goaway_sent")];
+        metric(&a_metrics, "http_connection_teardowns_total", &closed) == Some((REQUESTS / 2) as f64)
     })
     .await;
 }

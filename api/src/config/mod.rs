@@ -465,6 +465,10 @@ pub struct ServiceConfig {
     /// response headers, retries included); more get 503 at once. Unbounded when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests: Option<u32>,
+    /// Requests (HTTP/2: streams) each connection to an endpoint of the service carries before
+    /// the proxy closes it after its last answer and opens another. Unbounded when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_connection: Option<u32>,
 }
 
 /// A named set of endpoints (a Kubernetes Service, or a subset of its pods like `v2`).

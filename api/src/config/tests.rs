@@ -196,6 +196,10 @@ fn refuses_bad_files_with_the_field_and_the_reason() {
             &SEED.replace("    routes:\n", "    maxRequests: 0\n    routes:\n"),
             "services[0].maxRequests: must be from 1 to 1000000",
         ),
+        (
+            &SEED.replace("    routes:\n", "    maxRequestsPerConnection: 0\n    routes:\n"),
+            "services[0].maxRequestsPerConnection: must be from 1 to 1000000",
+        ),
         (&with_load_balancer("{ hashOn: { body: x } }"), "unknown variant `body`"),
     ];
     for (text, expected) in cases {

@@ -167,6 +167,9 @@ impl Config {
             if service.max_requests.is_some_and(|max| !(1..=1_000_000).contains(&max)) {
                 return invalid(at(".maxRequests"), "must be from 1 to 1000000");
             }
+            if service.max_requests_per_connection.is_some_and(|max| !(1..=1_000_000).contains(&max)) {
+                return invalid(at(".maxRequestsPerConnection"), "must be from 1 to 1000000");
+            }
             if lb.max_ejected_percent > 100 {
                 return invalid(at(".loadBalancer.maxEjectedPercent"), "must be between 0 and 100");
             }

@@ -615,6 +615,7 @@ impl Index {
             // Each rule with a budget of its own carries it; the others share Linkerd's default.
             retry_budget: RetryBudgetConfig::default(),
             max_requests: self.max_requests(key, port),
+            max_requests_per_connection: self.max_requests_per_connection(key, port),
         };
         Snapshot { service: Some(config), routes: applied, unsupported }
     }
@@ -696,6 +697,7 @@ impl Index {
             load_balancer: LoadBalancerConfig::default(),
             retry_budget: RetryBudgetConfig::default(),
             max_requests: None,
+            max_requests_per_connection: None,
         };
         Snapshot { service: Some(config), routes: applied, unsupported }
     }
@@ -757,6 +759,14 @@ impl Index {
         self.routes_for(key, port)
             .into_iter()
             .find_map(|(_, route)| route.spec.connection_pool.as_ref()?.max_requests)
+            .map(|max| u32::try_from(max).unwrap_or(1).clamp(1, 1_000_000))
+    }
+
+    /// The connection reuse limit the oldest MeshRoute of the port that sets one asks for.
+    fn max_requests_per_connection(&self, key: &Key, port: u16) -> Option<u32> {
+        self.routes_for(key, port)
+            .into_iter()
+            .find_map(|(_, route)| route.spec.connection_pool.as_ref()?.max_requests_per_connection)
             .map(|max| u32::try_from(max).unwrap_or(1).clamp(1, 1_000_000))
     }
 
@@ -987,10 +997,11 @@ mod tests {
             &mut index,
             "limits",
             1,
-            json!({"service": "reviews", "connectionPool": {"maxRequests": 64},
+            json!({"service": "reviews", "connectionPool": {"maxRequests": 64, "maxRequestsPerConnection": 100},
                    "rules": [{"backends": [{"service": "reviews-v1"}]}]}),
         );
         assert_eq!(destination(&index).max_requests, Some(64));
+        assert_eq!(destination(&index).max_requests_per_connection, Some(100));
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod replay;
 use std::future::poll_fn;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -130,14 +130,17 @@ pub struct Pool {
     protocol: UpstreamProtocol,
     /// Idle connections for requests without a streaming body (`http1`, the common case).
     http1_lean_idle: IdleConnections,
-    /// Idle connections of hyper's client, for requests that stream a body.
-    http1_idle: Mutex<Vec<hyper_http1::SendRequest<ProxyBody>>>,
+    /// Idle connections of hyper's client, for requests that stream a body, with the requests
+    /// each has carried.
+    http1_idle: Mutex<Vec<(hyper_http1::SendRequest<ProxyBody>, u32)>>,
     http2: Mutex<Option<Http2Sender>>,
     /// Serialises HTTP/2 connects, so a burst of requests opens one connection, not many.
     http2_connecting: tokio::sync::Mutex<()>,
     tls: Option<TlsTarget>,
     /// Where the end of each HTTP/2 connection is counted, once the owner says (`count_teardowns`).
     teardowns: OnceLock<Teardowns>,
+    /// Requests (HTTP/2: streams) a connection carries before it is let go; 0: no limit.
+    max_requests_per_connection: AtomicU32,
 }
 
 impl Pool {
@@ -155,7 +158,18 @@ impl Pool {
             http2_connecting: tokio::sync::Mutex::new(()),
             tls,
             teardowns: OnceLock::new(),
+            max_requests_per_connection: AtomicU32::new(0),
         }
+    }
+
+    /// How many requests each connection carries before it is closed after its last answer and
+    /// another one opened (the service's `maxRequestsPerConnection`); `None`: no limit.
+    pub fn set_max_requests_per_connection(&self, max: Option<u32>) {
+        self.max_requests_per_connection.store(max.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    fn requests_per_connection(&self) -> Option<u32> {
+        Some(self.max_requests_per_connection.load(Ordering::Relaxed)).filter(|&max| max != 0)
     }
 
     /// Counts the ends of this pool's HTTP/2 connections in `teardowns` (the first call wins).
@@ -223,6 +237,10 @@ impl Pool {
 
     fn take_idle_lean(&self) -> Option<Http1Connection> {
         let mut idle = self.http1_lean_idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(max) = self.requests_per_connection() {
+            // Those that carried their share are closed, not kept for later.
+            idle.retain(|connection| connection.served < max);
+        }
         while let Some(mut connection) = idle.pop() {
             if connection.is_usable() {
                 return Some(connection);
@@ -239,27 +257,27 @@ impl Pool {
         &self,
         request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
-        let mut sender = match self.take_idle_http1() {
-            Some(sender) => sender,
+        let (mut sender, served) = match self.take_idle_http1() {
+            Some(idle) => idle,
             // Boxed: connecting (TCP, maybe TLS, the handshake) is rare, and its state would
             // otherwise make every request's future, moved on each spawn, several KiB larger.
-            None => Box::pin(self.connect_http1()).await?,
+            None => (Box::pin(self.connect_http1()).await?, 0),
         };
         let response =
             sender.send_request(request).await.map_err(|source| UpstreamError::hyper(self.addr, source))?;
         // Back to the pool at once: it becomes ready again when the response body is read, and
         // take_idle_http1 skips it until then.
-        self.return_http1(sender);
+        self.return_http1(sender, served + 1);
         Ok(response.map(ProxyBody::streaming))
     }
 
-    fn take_idle_http1(&self) -> Option<hyper_http1::SendRequest<ProxyBody>> {
+    fn take_idle_http1(&self) -> Option<(hyper_http1::SendRequest<ProxyBody>, u32)> {
         let mut idle = self.http1_idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut i = 0;
         while i < idle.len() {
-            if idle[i].is_closed() {
+            if idle[i].0.is_closed() {
                 idle.swap_remove(i);
-            } else if idle[i].is_ready() {
+            } else if idle[i].0.is_ready() {
                 return Some(idle.swap_remove(i));
             } else {
                 i += 1;
@@ -268,10 +286,15 @@ impl Pool {
         None
     }
 
-    fn return_http1(&self, sender: hyper_http1::SendRequest<ProxyBody>) {
+    /// Keeps a connection for later unless the pool is full or it carried its share: dropped,
+    /// hyper closes it once its response is read.
+    fn return_http1(&self, sender: hyper_http1::SendRequest<ProxyBody>, served: u32) {
+        if self.requests_per_connection().is_some_and(|max| served >= max) {
+            return;
+        }
         let mut idle = self.http1_idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if idle.len() < MAX_IDLE_HTTP1 {
-            idle.push(sender);
+            idle.push((sender, served));
         }
     }
 
@@ -306,11 +329,7 @@ impl Pool {
     }
 
     async fn send_http2(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
-        let sender = match self.live_http2() {
-            Some(sender) => sender,
-            // Boxed, as in send_http1: the rare path stays out of every request's future.
-            None => Box::pin(self.reconnect_http2()).await?,
-        };
+        let sender = self.http2_sender().await?;
         let reset = |source| UpstreamError::Http2Reset { addr: self.addr, source };
         // Waits while the peer's limit of concurrent streams is reached.
         let Http2Sender { send, state } = sender;
@@ -345,6 +364,32 @@ impl Pool {
         let (parts, stream) = response.into_parts();
         let body = Http2Body::new(stream, &parts.headers);
         Ok(Response::from_parts(parts, ProxyBody::http2(body)))
+    }
+
+    /// The connection the next stream goes on. With `maxRequestsPerConnection`, the stream that
+    /// reaches it closes the connection to new ones (it ends once its streams have), and any
+    /// stream past it goes on a new connection.
+    async fn http2_sender(&self) -> Result<Http2Sender, UpstreamError> {
+        loop {
+            let sender = match self.live_http2() {
+                Some(sender) => sender,
+                // Boxed, as in send_http1: the rare path stays out of every request's future.
+                None => Box::pin(self.reconnect_http2()).await?,
+            };
+            let Some(max) = self.requests_per_connection() else { return Ok(sender) };
+            let streams = sender.state.streams.fetch_add(1, Ordering::Relaxed) + 1;
+            if streams >= max {
+                sender.state.closed.store(true, Ordering::Release);
+                // Let go now, so it closes when its streams end rather than at the next request.
+                let mut slot = self.http2.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if slot.as_ref().is_some_and(|kept| Arc::ptr_eq(&kept.state, &sender.state)) {
+                    *slot = None;
+                }
+            }
+            if streams <= max {
+                return Ok(sender);
+            }
+        }
     }
 
     async fn reconnect_http2(&self) -> Result<Http2Sender, UpstreamError> {
@@ -432,8 +477,11 @@ struct Http2Sender {
 /// What the requests and the task of an HTTP/2 connection know of its end.
 #[derive(Default)]
 struct Http2State {
-    /// It takes no more requests (its task ended, or it refused a stream).
+    /// It takes no more requests (its task ended, it refused a stream, or it carried
+    /// `maxRequestsPerConnection`).
     closed: AtomicBool,
+    /// Streams opened on it, counted only under `maxRequestsPerConnection`.
+    streams: AtomicU32,
     /// A request met the server's GOAWAY.
     goaway: AtomicBool,
 }

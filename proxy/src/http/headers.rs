@@ -28,9 +28,11 @@ pub fn upstream_request(
     meshed: bool,
     inbound: bool,
 ) -> Request<ProxyBody> {
-    let upgrade = super::upgrade::requested(parts.version, &parts.headers);
     let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
+    let present = hop_by_hop_present(headers);
+    // Only a request with an Upgrade field is looked at again.
+    let upgrade = if present.upgrade { super::upgrade::requested(parts.version, headers) } else { None };
+    remove_hop_by_hop(headers, present);
     let was_http1 = parts.version != Version::HTTP_2;
     // An upgrade goes as HTTP/1.1 on a connection of its own, whatever the pool speaks.
     let protocol = if upgrade.is_some() { UpstreamProtocol::Http1 } else { protocol };
@@ -130,23 +132,41 @@ pub fn client_response(mut response: Response<ProxyBody>) -> Response<ProxyBody>
 /// needs it end to end. Fields a Connection header names stay too, as in Linkerd: a client must
 /// not be able to strip fields such as host from what the next hop sees.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names finds which are present; only those are looked up again. Most
-    // requests carry none, and most HTTP/1.1 responses just `connection` (nginx: keep-alive).
-    let mut present = 0u8; // bit i: HOP_BY_HOP[i]
-    let mut te = false;
+    let present = hop_by_hop_present(headers);
+    remove_hop_by_hop(headers, present);
+}
+
+/// Which hop-by-hop fields a head has, found in one pass over its names: most requests carry
+/// none, and most HTTP/1.1 responses just `connection` (nginx: keep-alive), so only those
+/// present are looked up again.
+#[derive(Clone, Copy)]
+struct HopByHop {
+    /// Bit i: HOP_BY_HOP[i].
+    fields: u8,
+    te: bool,
+    upgrade: bool,
+}
+
+fn hop_by_hop_present(headers: &HeaderMap) -> HopByHop {
+    let mut present = HopByHop { fields: 0, te: false, upgrade: false };
     for name in headers.keys() {
         if let Some(index) = HOP_BY_HOP.iter().position(|hop| hop == name) {
-            present |= 1 << index;
+            present.fields |= 1 << index;
+            present.upgrade |= name == UPGRADE;
         } else if name == TE {
-            te = true;
+            present.te = true;
         }
     }
+    present
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap, present: HopByHop) {
     for (index, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << index) != 0 {
+        if present.fields & (1 << index) != 0 {
             headers.remove(name);
         }
     }
-    if te && headers.get(TE).is_some_and(|te| te != "trailers") {
+    if present.te && headers.get(TE).is_some_and(|te| te != "trailers") {
         headers.remove(TE);
     }
 }

@@ -37,6 +37,8 @@ pub struct Http1Connection {
     read: BytesMut,
     /// It served a request before, so the server may have closed it while it sat idle.
     pub reused: bool,
+    /// Requests it has carried.
+    pub served: u32,
 }
 
 /// Where connections wait between requests; a response body puts its connection back here.
@@ -44,7 +46,7 @@ pub type IdleConnections = Arc<Mutex<Vec<Http1Connection>>>;
 
 impl Http1Connection {
     pub fn new(io: UpstreamIo) -> Self {
-        Self { io, read: BytesMut::new(), reused: false }
+        Self { io, read: BytesMut::new(), reused: false, served: 0 }
     }
 
     /// Whether an idle connection can take a request: the server has not closed it and sent
@@ -153,6 +155,7 @@ pub async fn send(
         && !matches!(state, BodyState::Close)
         && !has_token(&head.headers, CONNECTION, "close");
     connection.reused = true;
+    connection.served = connection.served.saturating_add(1);
     let mut body = Http1Body { connection: Some(connection), state, idle: idle.clone(), keep_alive };
     body.finish_if_done();
     let mut response = Response::new(body);

@@ -485,6 +485,7 @@ mod tests {
             load_balancer: Default::default(),
             retry_budget: Default::default(),
             max_requests: None,
+            max_requests_per_connection: None,
         }
     }
 
