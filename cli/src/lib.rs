@@ -1,8 +1,11 @@
+//! The `braid` command line's library. `check` tells whether the mesh in a cluster is healthy.
+//!
 //! `braid convert`: the routing resources of Istio (VirtualService, DestinationRule) and Linkerd
 //! (ServiceProfile, policy.linkerd.io HTTPRoute) turned into Braid's MeshRoute and the Gateway
 //! API's HTTPRoute. A pure function from YAML text to YAML text plus the list of what could not
 //! be carried over, so every mapping is covered by a golden test.
 
+pub mod check;
 mod duration;
 mod istio;
 mod linkerd;

@@ -1,5 +1,6 @@
-//! `braid`: the command line. `braid convert` reads Istio and Linkerd routing resources and
-//! writes Braid's; the work is in the library.
+//! `braid`: the command line. `braid check` reads the cluster and says whether the mesh is
+//! healthy; `braid convert` reads Istio and Linkerd routing resources and writes Braid's. The
+//! work is in the library.
 
 use std::{
     io::{Read, Write},
@@ -8,7 +9,7 @@ use std::{
 };
 
 use anyhow::Context;
-use braid_cli::{Options, convert};
+use braid_cli::{Options, check, convert};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -20,6 +21,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Check that the mesh in the current kubectl context is healthy: the CRDs, the operator and
+    /// its leader, the webhook and its registration, the Mesh's conditions and certificates, the
+    /// proxies' discovery streams and versions, and pods that should have a proxy.
+    ///
+    /// One line per check, each failure with the command that helps. Exit status: 0 when no
+    /// check failed (warnings allowed), 1 otherwise.
+    Check {
+        /// Namespace Braid is installed in.
+        #[arg(long, short = 'n', default_value = "braid-system")]
+        namespace: String,
+        /// Helm release name of the installation (its objects are named RELEASE-operator, ...).
+        #[arg(long, default_value = "braid")]
+        release: String,
+        /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Convert Istio VirtualServices and DestinationRules, and Linkerd ServiceProfiles and
     /// HTTPRoutes, into MeshRoutes and Gateway API HTTPRoutes, written to stdout.
     ///
@@ -48,8 +66,19 @@ fn main() -> ExitCode {
     }
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
 fn run() -> anyhow::Result<ExitCode> {
-    let Command::Convert { file, linkerd_attempts, linkerd_per_try_timeout } = Cli::parse().command;
+    let (file, linkerd_attempts, linkerd_per_try_timeout) = match Cli::parse().command {
+        Command::Check { namespace, release, output } => return check(&namespace, &release, output),
+        Command::Convert { file, linkerd_attempts, linkerd_per_try_timeout } => {
+            (file, linkerd_attempts, linkerd_per_try_timeout)
+        }
+    };
     let input = match file.as_deref() {
         None => read_stdin()?,
         Some(path) if path.as_os_str() == "-" => read_stdin()?,
@@ -72,4 +101,22 @@ fn read_stdin() -> anyhow::Result<String> {
     let mut input = String::new();
     std::io::stdin().read_to_string(&mut input).context("cannot read stdin")?;
     Ok(input)
+}
+
+fn check(namespace: &str, release: &str, output: Output) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let snapshot = runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot reach a Kubernetes API server: set KUBECONFIG or the current kubectl context")?;
+        check::gather(&client, namespace, release).await.context("is the kubectl context the right cluster?")
+    })?;
+    let checks = check::evaluate(&snapshot, jiff::Timestamp::now());
+    let text = match output {
+        Output::Text => check::render_text(&checks, std::io::stdout().is_terminal()),
+        Output::Json => check::render_json(&checks),
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(if check::failed(&checks) { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }

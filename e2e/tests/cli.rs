@@ -1,0 +1,97 @@
+//! `braid check` against the local cluster: every check passes on a fresh installation with a
+//! meshed workload (as text and as JSON, exit status 0), and when the webhook is scaled to zero
+//! the check names it, says how to look into it, and exits 1.
+//!
+//! Braid is installed with its Helm chart from the local images, as in mesh.rs: needs the node
+//! (`make cluster-up`), the images (`make images`) and the `braid` binary (`cargo build
+//! --workspace --bins`). A test binary of its own: it installs the chart, which owns the
+//! cluster's single Mesh.
+
+use std::process::Command;
+use std::time::Duration;
+
+use braid_e2e::mesh::{apply, check_prerequisites, echo, install};
+use braid_e2e::{Cluster, Component, eventually, setup};
+use serde_json::Value;
+
+/// Runs `braid check ARGS` against the cluster: exit code and stdout.
+fn braid_check(cluster: &Cluster, args: &[&str]) -> (i32, String) {
+    let output = Command::new(Component::binary("braid"))
+        .arg("check")
+        .args(args)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run braid check: {err}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    eprintln!(
+        "braid check {args:?} (exit {:?}):\n{stdout}{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code().unwrap_or(-1), stdout)
+}
+
+fn outcome_of<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|check| check["name"] == name))
+        .map_or(&Value::Null, |check| &check["outcome"])
+}
+
+#[tokio::test]
+async fn braid_check_passes_on_a_healthy_mesh_and_names_a_stopped_webhook() {
+    let (cluster, _client, apps) = setup("e2e-cli").await;
+    check_prerequisites(cluster);
+    let _release = install(cluster, &[]);
+    let ns = apps.name.as_str();
+    cluster.kubectl_ok(&["label", "namespace", ns, "braid.dev/inject=enabled", "--overwrite"]);
+    let account =
+        format!("apiVersion: v1\nkind: ServiceAccount\nmetadata: {{ name: echo, namespace: {ns} }}\n");
+    apply(cluster, &[account, echo(ns, "v1", 1, "")].join("\n---\n"));
+    cluster.kubectl_ok(&["rollout", "status", "-n", ns, "deployment/echo-v1", "--timeout=300s"]);
+
+    // The operator counts connected proxies every few seconds: wait for a clean bill.
+    let report: Value = eventually(Duration::from_secs(60), "braid check to pass every check", || async {
+        let (code, stdout) = braid_check(cluster, &["-o", "json"]);
+        let report: Value = serde_json::from_str(&stdout).ok()?;
+        let all_pass = report["checks"].as_array()?.iter().all(|check| check["outcome"] == "pass");
+        (code == 0 && all_pass).then_some(report)
+    })
+    .await;
+    assert_eq!(report["healthy"], true);
+    for name in [
+        "CRDs installed",
+        "operator leader",
+        "webhook registered",
+        "Mesh CAReady",
+        "trust anchor",
+        "proxies connected",
+    ] {
+        assert_eq!(outcome_of(&report, name), "pass", "{name}: {report}");
+    }
+    let (code, text) = braid_check(cluster, &[]);
+    assert_eq!(code, 0);
+    assert!(text.contains("√ operator leader:") && text.contains(" 0 failed"), "{text}");
+    assert!(!text.contains('\x1b'), "no colour without a terminal: {text}");
+
+    // A pod of the injected namespace started without a proxy is a warning, not a failure.
+    apply(
+        cluster,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{ name: bare, namespace: {ns}, annotations: {{ braid.dev/inject: disabled }} }}\n\
+             spec: {{ containers: [{{ name: sleep, image: braid.dev/braid-testapps:dev, imagePullPolicy: Never }}] }}\n"
+        ),
+    );
+
+    cluster.kubectl_ok(&["scale", "-n", "braid-system", "deployment/braid-webhook", "--replicas=0"]);
+    let text = eventually(Duration::from_secs(60), "braid check to notice the stopped webhook", || async {
+        let (code, text) = braid_check(cluster, &[]);
+        (code == 1 && text.contains("× webhook running: scaled to 0 replicas")).then_some(text)
+    })
+    .await;
+    assert!(
+        text.contains("fix: kubectl -n braid-system scale deployment/braid-webhook --replicas=2"),
+        "{text}"
+    );
+    assert!(text.contains("√ pods injected:"), "an opted-out pod is not a missing proxy: {text}");
+}
