@@ -13,6 +13,17 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PGO=$ROOT/proxy/pgo
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 
+# A recording of other sources still helps (LLVM matches functions by a hash of their control
+# flow and skips those that changed), but less each time: say so, once per build.
+sources=$(bash "$PGO/sources.sh")
+for recording in "pgo/sources.sha256:the profile (make pgo)" "link-order.sha256:the link order (make link-order)"; do
+  file=$ROOT/proxy/${recording%%:*}
+  if [ -f "$file" ] && [ "$(cat "$file")" != "$sources" ]; then
+    echo "proxy: ${recording#*:} was recorded from other sources than these; record it again" \
+      "after changes to the request path or Cargo.lock" >&2
+  fi
+done
+
 recorded=$(cat "$PGO/llvm-version")
 llvm=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
 if [ "$llvm" != "$recorded" ]; then

@@ -2,6 +2,8 @@
 //! table names no metric the proxy does not register: the table is what users build queries and
 //! dashboards from.
 
+#![allow(clippy::expect_used)] // test helpers outside #[test] functions
+
 use std::collections::BTreeSet;
 use std::path::Path;
 

@@ -59,6 +59,8 @@ pub fn run(b: &mut Bench) -> Result<()> {
     let commit = output("git", &["-C", &b.root.display().to_string(), "rev-parse", "--short", "HEAD"])?;
     let text = link_order::render(&order, &format!("{}, commit {}", rustc.trim(), commit.trim()))?;
     fs::write(b.path("proxy/link-order.txt"), text)?;
+    let sources = output("bash", &[&b.path("proxy/pgo/sources.sh").display().to_string()])?;
+    fs::write(b.path("proxy/link-order.sha256"), format!("{}\n", sources.trim()))?;
     info!(
         "wrote proxy/link-order.txt ({} functions): rebuild braid-proxy (cargo build --profile proxy -p braid-proxy) and commit it",
         order.len()

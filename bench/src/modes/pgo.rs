@@ -71,6 +71,9 @@ pub fn run(b: &mut Bench) -> Result<()> {
         .find_map(|l| l.strip_prefix("LLVM version: ").map(|v| v.split('.').next().unwrap_or("").to_string()))
         .context("rustc -vV names no LLVM version")?;
     fs::write(b.path("proxy/pgo/llvm-version"), format!("{llvm}\n"))?;
+    // What it was recorded from: proxy/pgo/rustflags.sh warns once the sources differ.
+    let sources = output("bash", &[&b.path("proxy/pgo/sources.sh").display().to_string()])?;
+    fs::write(b.path("proxy/pgo/sources.sha256"), format!("{}\n", sources.trim()))?;
     info!(
         "wrote proxy/pgo/braid-proxy.profdata.gz ({} bytes) from {} proxies: rebuild braid-proxy, check it with \
          'braid-bench instructions', then 'make link-order', and commit",
