@@ -6,8 +6,8 @@
 #
 # What it puts outside the state directory, and `down` removes again: the bridge braid0 (and the pods'
 # veths), the pods' network namespaces (/var/run/netns/cni-*, containerd 1.6 puts them there), iptables
-# chains KUBE-*, CNI-* and BRAID-* in both address families, cgroups /sys/fs/cgroup/*/kubepods, and the
-# sysctls it sets (the original values are restored). Paths that kubelet and containerd hard-code, and
+# chains KUBE-*, CNI-* and BRAID-* in both address families, cgroups /sys/fs/cgroup/*/kubepods (v1)
+# or /sys/fs/cgroup/kubepods (v2), and the sysctls it sets (the original values are restored). Paths that kubelet and containerd hard-code, and
 # which `down` removes when `up` found them absent (HOST_DIRS): kubelet's device plugin socket in
 # /var/lib/kubelet, its log links in /var/log/containers, CNI result caches in /var/lib/cni, and shim
 # sockets in /run/containerd.
@@ -65,7 +65,36 @@ node_check_deps() {
   { [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] && [ -x /usr/lib/cni/loopback ]; } ||
     missing+=(containernetworking-plugins)
   [ ${#missing[@]} -eq 0 ] || die "the node needs: apt-get install -y ${missing[*]} (or run 'make deps')"
-  [ -d /sys/fs/cgroup/memory ] || die "no cgroup v1 memory hierarchy at /sys/fs/cgroup/memory: kubelet and runc need cgroups"
+  case "$(cgroup_mode)" in
+    v1) ;;
+    v2)
+      # kubelet (cgroupfs driver) creates /sys/fs/cgroup/kubepods and needs these controllers there.
+      local controller
+      for controller in cpu memory pids; do
+        grep -qw "$controller" /sys/fs/cgroup/cgroup.controllers ||
+          die "cgroup v2 without the $controller controller (/sys/fs/cgroup/cgroup.controllers): kubelet needs cpu, memory and pids"
+      done
+      ;;
+    *) die "no cgroups found at /sys/fs/cgroup (neither a v1 memory hierarchy nor a v2 unified one): kubelet and runc need them" ;;
+  esac
+}
+
+# v1 (separate hierarchies such as /sys/fs/cgroup/memory, a hybrid setup included) or v2 (one unified
+# hierarchy, as on Debian 12, Ubuntu 22.04 and later); kubelet and containerd use the cgroupfs driver
+# on both, so they agree whatever the mode.
+cgroup_mode() {
+  if [ -d /sys/fs/cgroup/memory ]; then
+    echo v1
+  elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+    echo v2
+  else
+    echo none
+  fi
+}
+
+# Where kubelet puts the pods' cgroups: one directory per v1 hierarchy, or the one of v2.
+kubepods_cgroups() {
+  find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods -maxdepth 0 -type d 2>/dev/null || true
 }
 
 # Fails when the pod range is routed here already (another cluster, a VPN): the bridge would shadow it.
@@ -308,7 +337,8 @@ node_kill_containers() {
   fi
   # Whatever is left in the pods' cgroups (a shim that containerd lost) is a container of this node.
   local procs
-  mapfile -t procs < <(find /sys/fs/cgroup/pids/kubepods -name cgroup.procs -exec cat {} + 2>/dev/null || true)
+  mapfile -t procs < <(find /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/kubepods -name cgroup.procs \
+    -exec cat {} + 2>/dev/null || true)
   [ ${#procs[@]} -eq 0 ] || kill -KILL "${procs[@]}" 2>/dev/null || true
   [ "$started" = 0 ] || stop containerd
 }
@@ -346,7 +376,7 @@ node_teardown() {
     [ -n "$(ss -Hxl "src = $shim" 2>/dev/null)" ] || rm -f "$shim"
   done
   # kubelet's cgroups, innermost first (empty by now).
-  find /sys/fs/cgroup/*/kubepods -depth -type d -exec rmdir {} + 2>/dev/null || true
+  find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods -depth -type d -exec rmdir {} + 2>/dev/null || true
   find /var/log/containers -maxdepth 1 -lname "$NODE/*" -delete 2>/dev/null || true
   # libcni's result caches of this node's sandboxes: NETWORK-CONTAINERID-IFNAME (the bridge network and
   # containerd's cni-loopback).
@@ -399,7 +429,7 @@ node_verify_gone() {
     out=$("$t-save" 2>/dev/null | grep -E 'KUBE|CNI|BRAID' || true)
     [ -z "$out" ] || leftovers+=("$t rules: $out")
   done
-  out=$(find /sys/fs/cgroup/*/kubepods -maxdepth 0 2>/dev/null || true)
+  out=$(kubepods_cgroups)
   [ -z "$out" ] || leftovers+=("cgroups: $out")
   if [ -f "$NODE/netns.list" ]; then
     while read -r t; do [ -z "$t" ] || [ ! -e "$t" ] || leftovers+=("network namespace $t"); done <"$NODE/netns.list"
