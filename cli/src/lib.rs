@@ -1,4 +1,5 @@
-//! The `braid` command line's library. `check` tells whether the mesh in a cluster is healthy.
+//! The `braid` command line's library. `check` tells whether the mesh in a cluster is healthy;
+//! `stat` how its workloads are doing, from their proxies' counters.
 //!
 //! `braid convert`: the routing resources of Istio (VirtualService, DestinationRule) and Linkerd
 //! (ServiceProfile, policy.linkerd.io HTTPRoute) turned into Braid's MeshRoute and the Gateway
@@ -6,10 +7,11 @@
 //! be carried over, so every mapping is covered by a golden test.
 
 pub mod check;
-mod duration;
+pub mod duration;
 mod istio;
 mod linkerd;
 mod names;
+pub mod stat;
 
 use std::fmt;
 

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Context;
-use braid_cli::{Options, check, convert};
+use braid_cli::{Options, check, convert, stat};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -35,6 +35,24 @@ enum Command {
         #[arg(long, default_value = "braid")]
         release: String,
         /// Output format.
+        #[arg(long, short = 'o', value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Success rate, requests per second and latency percentiles of each meshed Deployment (or of
+    /// the namespace), from the proxies' own counters over a window: no Prometheus needed.
+    ///
+    /// Each meshed pod's proxy metrics are read twice through the API server, WINDOW apart; the
+    /// figures are what the workloads answered (their inbound side), as `linkerd viz stat` shows.
+    Stat {
+        /// What a row is: `deploy` (each Deployment) or `ns` (the namespace).
+        #[arg(value_enum)]
+        kind: StatKind,
+        /// Namespace of the workloads.
+        #[arg(long, short = 'n', default_value = "default")]
+        namespace: String,
+        /// How long to count, like 10s or 1m.
+        #[arg(long, default_value = "10s", value_parser = braid_cli::duration::parse_go)]
+        window: std::time::Duration,
         #[arg(long, short = 'o', value_enum, default_value = "text")]
         output: Output,
     },
@@ -67,6 +85,14 @@ fn main() -> ExitCode {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum StatKind {
+    #[value(alias = "deployment", alias = "deployments")]
+    Deploy,
+    #[value(alias = "namespace")]
+    Ns,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum Output {
     Text,
     Json,
@@ -75,6 +101,7 @@ enum Output {
 fn run() -> anyhow::Result<ExitCode> {
     let (file, linkerd_attempts, linkerd_per_try_timeout) = match Cli::parse().command {
         Command::Check { namespace, release, output } => return check(&namespace, &release, output),
+        Command::Stat { kind, namespace, window, output } => return stat(kind, &namespace, window, output),
         Command::Convert { file, linkerd_attempts, linkerd_per_try_timeout } => {
             (file, linkerd_attempts, linkerd_per_try_timeout)
         }
@@ -119,4 +146,34 @@ fn check(namespace: &str, release: &str, output: Output) -> anyhow::Result<ExitC
     };
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(if check::failed(&checks) { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn stat(
+    kind: StatKind,
+    namespace: &str,
+    window: std::time::Duration,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let by = match kind {
+        StatKind::Deploy => stat::By::Deployment,
+        StatKind::Ns => stat::By::Namespace,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (rows, problems) = runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot reach a Kubernetes API server: set KUBECONFIG or the current kubectl context")?;
+        stat::gather(&client, namespace, by, window)
+            .await
+            .context("is the kubectl context the right cluster?")
+    })?;
+    for problem in &problems {
+        writeln!(std::io::stderr(), "braid stat: {problem}")?;
+    }
+    let text = match output {
+        Output::Text => stat::render_table(&rows),
+        Output::Json => serde_json::to_string_pretty(&rows)? + "\n",
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
 }
