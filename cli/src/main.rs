@@ -132,13 +132,7 @@ fn read_stdin() -> anyhow::Result<String> {
 
 fn check(namespace: &str, release: &str, output: Output) -> anyhow::Result<ExitCode> {
     use std::io::IsTerminal as _;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let snapshot = runtime.block_on(async {
-        let client = kube::Client::try_default()
-            .await
-            .context("cannot reach a Kubernetes API server: set KUBECONFIG or the current kubectl context")?;
-        check::gather(&client, namespace, release).await.context("is the kubectl context the right cluster?")
-    })?;
+    let snapshot = with_cluster(|client| async move { check::gather(&client, namespace, release).await })?;
     let checks = check::evaluate(&snapshot, jiff::Timestamp::now());
     let text = match output {
         Output::Text => check::render_text(&checks, std::io::stdout().is_terminal()),
@@ -158,15 +152,8 @@ fn stat(
         StatKind::Deploy => stat::By::Deployment,
         StatKind::Ns => stat::By::Namespace,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (rows, problems) = runtime.block_on(async {
-        let client = kube::Client::try_default()
-            .await
-            .context("cannot reach a Kubernetes API server: set KUBECONFIG or the current kubectl context")?;
-        stat::gather(&client, namespace, by, window)
-            .await
-            .context("is the kubectl context the right cluster?")
-    })?;
+    let (rows, problems) =
+        with_cluster(|client| async move { stat::gather(&client, namespace, by, window).await })?;
     for problem in &problems {
         writeln!(std::io::stderr(), "braid stat: {problem}")?;
     }
@@ -176,4 +163,19 @@ fn stat(
     };
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `read` with a client of the current kubectl context's cluster, on a runtime of its own.
+fn with_cluster<T, E, F>(read: impl FnOnce(kube::Client) -> F) -> anyhow::Result<T>
+where
+    F: Future<Output = Result<T, E>>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot reach a Kubernetes API server: set KUBECONFIG or the current kubectl context")?;
+        read(client).await.context("is the kubectl context the right cluster?")
+    })
 }

@@ -16,21 +16,23 @@ use braid_e2e::mesh::{Sidecar, apply, check_prerequisites, echo, install, load_p
 use braid_e2e::{Cluster, Component, eventually, setup};
 use serde_json::Value;
 
-/// Runs `braid check ARGS` against the cluster: exit code and stdout.
-fn braid_check(cluster: &Cluster, args: &[&str]) -> (i32, String) {
+/// Runs `braid ARGS` against the cluster, prints what it wrote, and returns its exit code and
+/// stdout.
+fn braid(cluster: &Cluster, args: &[&str]) -> (i32, String) {
     let output = Command::new(Component::binary("braid"))
-        .arg("check")
         .args(args)
         .env("KUBECONFIG", &cluster.kubeconfig)
         .output()
-        .unwrap_or_else(|err| panic!("cannot run braid check: {err}"));
+        .unwrap_or_else(|err| panic!("cannot run braid {args:?}: {err}"));
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    eprintln!(
-        "braid check {args:?} (exit {:?}):\n{stdout}{}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("braid {args:?} (exit {:?}):\n{stdout}{stderr}", output.status.code());
     (output.status.code().unwrap_or(-1), stdout)
+}
+
+/// Runs `braid check ARGS`: exit code and stdout.
+fn braid_check(cluster: &Cluster, args: &[&str]) -> (i32, String) {
+    braid(cluster, &[&["check"], args].concat())
 }
 
 fn outcome_of<'a>(report: &'a Value, name: &str) -> &'a Value {
@@ -40,17 +42,10 @@ fn outcome_of<'a>(report: &'a Value, name: &str) -> &'a Value {
         .map_or(&Value::Null, |check| &check["outcome"])
 }
 
-/// Runs `braid stat ARGS` against the cluster: its stdout, which must be a success.
+/// Runs `braid stat ARGS`, which must succeed: its stdout.
 fn braid_stat(cluster: &Cluster, args: &[&str]) -> String {
-    let output = Command::new(Component::binary("braid"))
-        .arg("stat")
-        .args(args)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run braid stat: {err}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    eprintln!("braid stat {args:?}:\n{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "braid stat failed: {}", String::from_utf8_lossy(&output.stderr));
+    let (code, stdout) = braid(cluster, &[&["stat"], args].concat());
+    assert_eq!(code, 0, "braid stat {args:?} failed (its stderr is above)");
     stdout
 }
 

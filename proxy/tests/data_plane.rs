@@ -25,6 +25,13 @@ fn web_service(addr: std::net::SocketAddr, endpoint: &str) -> String {
     )
 }
 
+/// A proxy in front of the app at `app` (its inbound side), as a meshed pod's.
+fn app_side(app: std::net::SocketAddr) -> String {
+    format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0, target: \"{app}\" }}\n"
+    )
+}
+
 /// Writes `request` on a new connection to `addr` and reads until the peer closes (or 5 s).
 async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -109,11 +116,7 @@ async fn a_clients_malformed_chunked_body_is_its_own_400_and_no_failure_of_the_e
 #[tokio::test]
 async fn a_clients_malformed_chunked_body_on_the_inbound_side_is_a_400_and_no_failure() {
     let app = Upstream::start("app").await;
-    let proxy = Proxy::start(&format!(
-        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0, target: \"{}\" }}\n",
-        app.addr
-    ))
-    .await;
+    let proxy = Proxy::start(&app_side(app.addr)).await;
     for body in BAD_CHUNKED.iter().chain(&BAD_CHUNKED) {
         let answer = raw_exchange(proxy.inbound(), &chunked_post("app", body)).await;
         assert!(answer.starts_with("HTTP/1.1 400"), "{body:?}: {answer}");
@@ -135,11 +138,7 @@ async fn a_clients_malformed_chunked_body_on_the_inbound_side_is_a_400_and_no_fa
 #[tokio::test]
 async fn a_clients_malformed_chunked_body_sent_across_two_proxies_is_a_400_and_no_failure() {
     let app = Upstream::start("app").await;
-    let b = Proxy::start(&format!(
-        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0, target: \"{}\" }}\n",
-        app.addr
-    ))
-    .await;
+    let b = Proxy::start(&app_side(app.addr)).await;
     let a = Proxy::start(&web_service(b.inbound(), ", meshed: true")).await;
     // A good request first, so that the bad ones go on an open HTTP/2 connection to B.
     let (status, _, body) = send(
@@ -239,10 +238,7 @@ async fn an_upstream_reset_before_headers_reaches_an_http2_client_as_the_same_re
     let origin = resetting_origin().await;
     // One proxy in front of the origin, and two (A to B over HTTP/2, B to the origin).
     let alone = Proxy::start(&web_service(origin, ", http2: true")).await;
-    let b = Proxy::start(&format!(
-        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0, target: \"{origin}\" }}\n"
-    ))
-    .await;
+    let b = Proxy::start(&app_side(origin)).await;
     let a = Proxy::start(&web_service(b.inbound(), ", meshed: true")).await;
     for (proxy, what) in [(&alone, "one proxy"), (&a, "A then B")] {
         let ok = h2_request(proxy.service("web"), Request::get("http://web/").body(()).unwrap()).await;
@@ -391,10 +387,7 @@ async fn download_app() -> std::net::SocketAddr {
 
 /// Two proxies, A (the client's, service `web`) to B (the app's, plaintext between them).
 async fn a_and_b(app: std::net::SocketAddr) -> (Proxy, Proxy) {
-    let b = Proxy::start(&format!(
-        "limits: {{ idleTimeout: 300ms }}\nadmin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0, target: \"{app}\" }}\n"
-    ))
-    .await;
+    let b = Proxy::start(&format!("limits: {{ idleTimeout: 300ms }}\n{}", app_side(app))).await;
     let a = Proxy::start(&web_service(b.inbound(), ", meshed: true")).await;
     (a, b)
 }
@@ -608,10 +601,7 @@ async fn max_requests_per_connection_moves_requests_to_new_connections() {
 
     // Across two proxies: 6 streams, 2 on each HTTP/2 connection from A to B.
     let (app, _) = counting_app().await;
-    let b = Proxy::start(&format!(
-        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0, target: \"{app}\" }}\n"
-    ))
-    .await;
+    let b = Proxy::start(&app_side(app)).await;
     let a = Proxy::start(&web_service(b.inbound(), ", meshed: true").replacen(
         "    listen: 127.0.0.1:0\n",
         per_connection,

@@ -300,12 +300,22 @@ impl Pool {
 
     async fn connect_http1(&self) -> Result<hyper_http1::SendRequest<ProxyBody>, UpstreamError> {
         let io = connect(self.addr, self.tls.as_ref()).await?;
-        let (sender, connection) = hyper_http1::Builder::new()
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|source| UpstreamError::Handshake { addr: self.addr, source })?;
+        let (sender, connection) = self.handshake_http1(io).await?;
         drive_http1(self.addr, connection);
         Ok(sender)
+    }
+
+    async fn handshake_http1(
+        &self,
+        io: UpstreamIo,
+    ) -> Result<
+        (hyper_http1::SendRequest<ProxyBody>, hyper_http1::Connection<TokioIo<UpstreamIo>, ProxyBody>),
+        UpstreamError,
+    > {
+        hyper_http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| UpstreamError::Handshake { addr: self.addr, source })
     }
 
     /// Sends an upgrade request on an HTTP/1.1 connection of its own (another proxy's inbound
@@ -313,16 +323,8 @@ impl Pool {
     /// The response carries the connection for the tunnel (`hyper::upgrade::on`).
     async fn send_upgrade(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
         let io = connect_for_upgrade(self.addr, self.tls.as_ref()).await?;
-        let (mut sender, connection) = hyper_http1::Builder::new()
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|source| UpstreamError::Handshake { addr: self.addr, source })?;
-        let addr = self.addr;
-        tokio::spawn(async move {
-            if let Err(error) = connection.with_upgrades().await {
-                debug!(%addr, %error, "upstream upgrade connection ended");
-            }
-        });
+        let (mut sender, connection) = self.handshake_http1(io).await?;
+        drive_http1(self.addr, connection.with_upgrades());
         let response =
             sender.send_request(request).await.map_err(|source| UpstreamError::hyper(self.addr, source))?;
         Ok(response.map(ProxyBody::streaming))

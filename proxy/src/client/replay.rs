@@ -58,12 +58,13 @@ impl ReplayBody {
 
     /// The body for another try, from its start; `None` once it cannot be sent whole again.
     pub fn replay(&self) -> Option<Self> {
+        self.can_replay().then(|| Self { shared: self.shared.clone(), next: 0, trailers_sent: false })
+    }
+
+    /// Whether another try could still send the whole body.
+    pub fn can_replay(&self) -> bool {
         let shared = self.lock();
-        (!shared.overflowed && !shared.failed).then(|| Self {
-            shared: self.shared.clone(),
-            next: 0,
-            trailers_sent: false,
-        })
+        !shared.overflowed && !shared.failed
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
@@ -81,6 +82,7 @@ impl Body for ReplayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let mut shared = this.shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // (Not `lock()`: the guard borrows `this.shared` only, so `this.next` stays writable.)
         if this.next < shared.read {
             let Some(chunk) = this.next.checked_sub(shared.first).and_then(|i| shared.kept.get(i)) else {
                 // An earlier try still sending, after a later one outran the bound.

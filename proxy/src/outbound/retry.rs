@@ -32,7 +32,7 @@ impl Kept {
     fn can_send_again(&self) -> bool {
         match self {
             Self::Yes(_) => true,
-            Self::Replay(body) => body.replay().is_some(),
+            Self::Replay(body) => body.can_replay(),
             Self::No(_) => false,
         }
     }
