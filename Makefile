@@ -75,11 +75,26 @@ cluster-down: ## Stop the local Kubernetes and everything started against it; re
 	@$(CLUSTER) down
 
 .PHONY: images
-images: deps ## Build the images (braid-proxy, -operator, -webhook, -testapps) and import them into the cluster's containerd
+images: deps tools ## Build the images (braid-proxy, -operator, -webhook, -testapps) and push them to the local cluster's registry
 	@bash images/build.sh
 
+# Where `make push` and `make chart` publish: a repository such as registry.example.com/braid, and a CA
+# file to trust for it when its certificate is not from a public CA.
+IMAGE_REPO ?=
+REGISTRY_CA ?=
+
+.PHONY: push
+push: deps tools ## Push braid-proxy, -operator and -webhook (linux/amd64) to IMAGE_REPO, tagged with the chart's appVersion
+	@[ -n "$(IMAGE_REPO)" ] || { echo "usage: make push IMAGE_REPO=registry.example.com/braid [REGISTRY_CA=ca.crt]" >&2; exit 2; }
+	@REGISTRY_CA="$(REGISTRY_CA)" bash images/build.sh --push-to "$(IMAGE_REPO)" braid-proxy braid-operator braid-webhook
+
+.PHONY: chart
+chart: tools ## Package the Helm chart for IMAGE_REPO's images and push it to oci://IMAGE_REPO/charts
+	@[ -n "$(IMAGE_REPO)" ] || { echo "usage: make chart IMAGE_REPO=registry.example.com/braid [REGISTRY_CA=ca.crt]" >&2; exit 2; }
+	@REGISTRY_CA="$(REGISTRY_CA)" bash helm/publish.sh "$(IMAGE_REPO)"
+
 .PHONY: integration
-integration: build ## Tests against the local Kubernetes (which must be up: make cluster-up); builds and imports the images first
+integration: build ## Tests against the local Kubernetes (which must be up: make cluster-up); builds and pushes the images first
 	@$(CLUSTER) status >/dev/null || { echo "the local cluster is not up: run 'make cluster-up' (or 'make test', which starts it)" >&2; exit 1; }
 	@bash images/build.sh
 	$(CARGO) test -p braid-e2e --locked -- --nocapture

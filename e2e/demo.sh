@@ -33,6 +33,7 @@ export KUBECONFIG
 STATE=$(dirname "$KUBECONFIG")
 kubectl() { "$STATE/bin/kubectl" "$@"; }
 helm() { "$STATE/bin/helm" "$@"; }
+images_dir() { echo "${BRAID_IMAGES_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/images}"; }
 
 if [ "$check" = 1 ] && kubectl get crd meshes.braid.dev >/dev/null 2>&1; then
   echo "demo check: this cluster has had Braid's CRDs before, so it cannot show what a new user" \
@@ -40,22 +41,31 @@ if [ "$check" = 1 ] && kubectl get crd meshes.braid.dev >/dev/null 2>&1; then
   exit 1
 fi
 
-step "images (make images: built from the workspace, imported into the node's containerd)"
+step "images (make images: built from the workspace, pushed to the cluster's registry)"
 bash images/build.sh --no-check >/dev/null
 
-step "Braid, with its Helm chart"
+# The README's install, on this cluster: the images and the chart published to a registry (here
+# the cluster's own, whose certificate the cluster CA signed), then helm install from it.
+{ read -r registry; read -r registry_ca; } < <(bash e2e/cluster/cluster.sh registry)
+version=$(sed -n 's/^version: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' helm/braid/Chart.yaml)
+step "make push IMAGE_REPO=$registry/braid && make chart IMAGE_REPO=$registry/braid"
+make --no-print-directory push IMAGE_REPO="$registry/braid" REGISTRY_CA="$registry_ca" >/dev/null
+make --no-print-directory chart IMAGE_REPO="$registry/braid" REGISTRY_CA="$registry_ca" >/dev/null
+
+step "helm install braid oci://$registry/braid/charts/braid --version $version"
 # A Mesh left by a test run belongs to no release; the chart brings its own. On a cluster that
 # has never had Braid's CRDs there is no Mesh type at all, and nothing to remove.
 if ! helm status braid -n braid-system >/dev/null 2>&1 &&
   kubectl get crd meshes.braid.dev >/dev/null 2>&1; then
   kubectl delete mesh default --ignore-not-found >/dev/null
 fi
-helm upgrade --install braid helm/braid -n braid-system --create-namespace \
-  --set image.pullPolicy=Never --wait --timeout 5m >/dev/null
-# A rebuilt image has the same tag: restart so the pods run it.
-kubectl rollout restart -n braid-system deployment/braid-operator deployment/braid-webhook >/dev/null
-kubectl rollout status -n braid-system deployment/braid-operator --timeout=120s >/dev/null
-kubectl rollout status -n braid-system deployment/braid-webhook --timeout=120s >/dev/null
+# The digests pin the images just built: a rebuild keeps the version's tag, and a re-run must
+# still roll the pods onto it.
+helm upgrade --install braid "oci://$registry/braid/charts/braid" --version "$version" --ca-file "$registry_ca" \
+  -n braid-system --create-namespace -f "$(images_dir)/digests.values.yaml" --wait --timeout 5m >/dev/null
+images=$(kubectl get pods -n braid-system -o jsonpath='{.items[*].spec.containers[*].image}')
+[[ $images == *"$registry/braid/braid-operator@sha256:"* ]] ||
+  { echo "demo: the operator does not run the image pushed to $registry/braid: $images" >&2; exit 1; }
 
 step "the demo apps in namespace braid-demo (labelled for injection)"
 kubectl create namespace braid-demo --dry-run=client -o yaml | kubectl apply -f - >/dev/null

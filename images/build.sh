@@ -1,30 +1,31 @@
 #!/usr/bin/env bash
-# Braid's container images, built from the workspace's release binaries without Docker or a
-# registry, and imported into the local cluster's containerd under the names the Helm chart and
-# the webhook use (`make images`).
+# Braid's container images, built from the workspace's release binaries without Docker, and pushed to a
+# registry: the local cluster's (`make images`), whose node pulls braid.dev/NAME from it, or yours
+# (`make push IMAGE_REPO=registry.example.com/braid`).
 #
-# Each image (images/NAME.conf says what goes in) is one layer: the binaries, the shared libraries
-# `ldd` lists for them (glibc and the dynamic loader at their paths), /etc/passwd and /etc/group
-# with the user it runs as, /etc/nsswitch.conf, /tmp, CA certificates where the binary may need
-# them, and for braid-proxy Debian's iptables (nft and legacy, with their modules), which
-# `braid-proxy init` runs. umoci (Debian) makes the OCI layout; `ctr images import` (through
-# `e2e/cluster/cluster.sh ctr`) puts it in the node's containerd, replacing an older image of the
-# same name.
+# Each image (images/NAME.conf says what goes in) is one layer for linux/amd64: the binaries, the shared
+# libraries `ldd` lists for them (glibc and the dynamic loader at their paths), /etc/passwd and /etc/group
+# with the user it runs as, /etc/nsswitch.conf, /tmp, CA certificates where the binary may need them, the
+# crates it is built from (/usr/share/doc/braid/NAME.dependencies: name, version and licence of each, from
+# Cargo.lock), and for braid-proxy Debian's iptables (nft and legacy, with their modules), which
+# `braid-proxy init` runs. Its config carries the OCI labels org.opencontainers.image.{title,version,
+# revision,licenses} and .source when Cargo.toml names the repository. umoci (Debian) makes the OCI layout; crane (go-containerregistry, built by
+# e2e/cluster/build-tools.sh) pushes it, checks the digest the registry answers with, and adds the other tags.
 #
-# Incremental: an image whose root filesystem is byte for byte what the cached archive holds is not
-# rebuilt, and not imported again when containerd already has that very image. A changed binary
-# (or library, or conf) rebuilds and replaces it.
+# Incremental: an image whose root filesystem and labels are byte for byte what the cached archive holds
+# is not rebuilt, and not pushed again when the registry has that very manifest under every tag.
 #
-# Usage: images/build.sh [--no-import] [--no-check] [NAME...]   (NAME: braid-proxy, braid-operator,
-#        braid-webhook, braid-testapps; default all)
-#   --no-import  build the archives only (in the cache directory); no cluster needed
-#   --no-check   skip running each imported image's binaries (`--version`) with `ctr run`
+# Usage: images/build.sh [--no-push] [--no-check] [--push-to REPO] [NAME...]   (NAME: braid-proxy,
+#        braid-operator, braid-webhook, braid-testapps; default all)
+#   --no-push        build the archives only (in the cache directory); no cluster needed
+#   --no-check       skip pulling each image into the node's containerd and running its binaries
+#   --push-to REPO   push to REPO/NAME:VERSION (VERSION: the chart's appVersion) instead of the local
+#                    cluster's registry; crane logs in as `crane auth login` or `docker login` did, and
+#                    trusts the system's CAs, or REGISTRY_CA (a CA certificate file). No check runs.
 # Environment:
-#   BRAID_IMAGES_DIR   where the archives and their input hashes are kept
-#                      (default ${XDG_CACHE_HOME:-~/.cache}/braid/images)
-#   BRAID_CTR          the ctr command line to import with (default: bash e2e/cluster/cluster.sh ctr,
-#                      i.e. the node's containerd, namespace k8s.io); e.g. for another containerd:
-#                      BRAID_CTR="ctr --address /run/x/containerd.sock --namespace k8s.io"
+#   BRAID_IMAGES_DIR   where the archives, their input hashes and digests are kept
+#                      (default ${XDG_CACHE_HOME:-~/.cache}/braid/images); digests.values.yaml there is a
+#                      Helm values file that pins the chart's images to the last ones pushed (image.digests)
 #   BRAID_IPTABLES     which iptables `iptables-restore` is in braid-proxy's image: nft or legacy
 #                      (default: the host's choice, Debian's alternatives; both are in the image)
 #   CARGO, CARGO_TARGET_DIR  as for cargo
@@ -36,7 +37,7 @@ CONF_DIR=$ROOT/images
 CACHE=${BRAID_IMAGES_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/images}
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 CARGO=${CARGO:-cargo}
-read -r -a CTR <<<"${BRAID_CTR:-bash $ROOT/e2e/cluster/cluster.sh ctr}"
+CLUSTER="bash $ROOT/e2e/cluster/cluster.sh"
 APP_VERSION=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' "$ROOT/helm/braid/Chart.yaml")
 IMAGE_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
@@ -46,11 +47,18 @@ die() {
   exit 1
 }
 
-import=1 check=1 names=()
+push=1 check=1 push_to="" names=()
 while [ $# -gt 0 ]; do
   case $1 in
-  --no-import) import=0 ;;
+  --no-push) push=0 ;;
   --no-check) check=0 ;;
+  --push-to)
+    [ $# -ge 2 ] && [[ $2 =~ ^[a-zA-Z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*$ ]] ||
+      die "--push-to needs a repository like registry.example.com/braid (no tag, no trailing /), got '${2:-}'"
+    push_to=$2
+    check=0
+    shift
+    ;;
   -h | --help)
     sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | cut -c3-
     exit 0
@@ -152,6 +160,14 @@ make_rootfs() {
     install -D -m 0644 /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
   fi
   [ "$IPTABLES" != 1 ] || add_iptables "$rootfs"
+  install -D -m 0644 "$CACHE/.deps/$PACKAGE" "$rootfs/usr/share/doc/braid/$PACKAGE.dependencies"
+}
+
+# The crates PACKAGE is built from, as Cargo.lock resolves them (normal dependencies, host platform):
+# "name version licence" a line, sorted; the workspace's own crates without their paths.
+dependency_list() {
+  "$CARGO" tree --locked --manifest-path "$ROOT/Cargo.toml" -p "$1" -e normal --prefix none \
+    --format '{p} {l}' 2>/dev/null | sed -e 's/ (\*)$//' -e 's/^\([^ ]* v[^ ]*\) ([^)]*)/\1/' | LC_ALL=C sort -u
 }
 
 # A hash of everything the image is made of: each path's type, mode and content (or link target),
@@ -161,15 +177,16 @@ inputs_hash() {
   {
     (cd "$rootfs" && find . -printf '%p %y %m %l\n' | LC_ALL=C sort)
     (cd "$rootfs" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
-    printf 'config %s|%s|%s|%s|%s\n' "$REPOSITORY" "$TAGS" "$ENTRYPOINT" "${CMD:-}" "$USER"
+    printf 'config %s|%s|%s|%s|%s|%s\n' "$REPOSITORY" "$TAGS" "$ENTRYPOINT" "${CMD:-}" "$USER" "$REVISION"
     # The umoci steps below are inputs too.
     sed -n '/^build_archive()/,/^}/p' "${BASH_SOURCE[0]}"
   } | sha256sum | cut -d' ' -f1
 }
 
-# The OCI archive $CACHE/NAME.tar of $work/rootfs, with every tag of TAGS.
+# The OCI archive $CACHE/NAME.tar of $work/rootfs, tagged with the first of TAGS (one image per layout:
+# crane pushes it under that tag and adds the others in the registry).
 build_archive() {
-  local name=$1 work=$2 first tag
+  local name=$1 work=$2 first
   local layout=$work/layout
   first=${TAGS%% *}
   {
@@ -179,11 +196,13 @@ build_archive() {
     local config=(--config.user "$USER" --config.workingdir / --config.env "PATH=$IMAGE_PATH"
       --config.label "org.opencontainers.image.title=$name"
       --config.label "org.opencontainers.image.version=$APP_VERSION"
+      --config.label "org.opencontainers.image.revision=$REVISION"
+      --config.label "org.opencontainers.image.licenses=$LICENSE"
       --config.label "dev.braid.image.inputs=$3")
+    if [ -n "$SOURCE" ]; then config+=(--config.label "org.opencontainers.image.source=$SOURCE"); fi
     if [ -n "$ENTRYPOINT" ]; then config+=(--config.entrypoint "$ENTRYPOINT"); fi
     if [ -n "${CMD:-}" ]; then config+=(--config.cmd "$CMD"); fi
     umoci config --image "$layout:$first" "${config[@]}"
-    for tag in ${TAGS#"$first"}; do umoci tag --image "$layout:$first" "$tag"; done
     umoci gc --layout "$layout"
     tar -C "$layout" -cf "$work/image.tar" .
   } >"$work/umoci.log" 2>&1 || {
@@ -201,19 +220,19 @@ archive_digest() {
   echo "$digests"
 }
 
-# The digest containerd has for image REF, empty if none.
-ctr_digest() {
-  "${CTR[@]}" images ls "name==$1" 2>/dev/null | awk 'NR > 1 {print $3}'
-}
+# The manifest digest REF has in the registry, empty if none.
+remote_digest() { crane digest "$1" 2>/dev/null || true; }
 
 human() { numfmt --to=iec --suffix=B "$1" 2>/dev/null || echo "${1}B"; }
 
 # --- build the binaries --------------------------------------------------------------------------
-# One cargo build per Cargo profile the confs name (PROFILE=, default release).
+# One cargo build per Cargo profile the confs name (PROFILE=, default release), of every image's package
+# whichever images were asked for: cargo unifies the features of the packages built together, so building
+# fewer would give the same image another binary, and another digest, than `make images` pushed.
 declare -A packages_of
-for name in "${names[@]}"; do
-  package=$(sed -n 's/^PACKAGE=//p' "$CONF_DIR/$name.conf")
-  profile=$(sed -n 's/^PROFILE=//p' "$CONF_DIR/$name.conf")
+for conf in "$CONF_DIR"/*.conf; do
+  package=$(sed -n 's/^PACKAGE=//p' "$conf")
+  profile=$(sed -n 's/^PROFILE=//p' "$conf")
   profile=${profile:-release}
   [[ " ${packages_of[$profile]:-} " == *" -p $package "* ]] || packages_of[$profile]+=" -p $package"
 done
@@ -245,10 +264,46 @@ if [ -n "${packages_of[proxy]:-}" ]; then
   fi
 fi
 
-if [ "$import" = 1 ]; then
-  "${CTR[@]}" version >/dev/null 2>&1 ||
-    die "cannot reach containerd with '${CTR[*]}': start the cluster (make cluster-up), or build only with --no-import"
+# Where the images go. The local cluster's registry: braid.dev/NAME:TAG as REGISTRY/NAME:TAG, which the node
+# pulls as braid.dev/NAME:TAG (its mirror), checked against the cluster CA. Or --push-to's repository.
+CTR=()
+if [ "$push" = 1 ]; then
+  if [ -n "$push_to" ]; then
+    crane_bin=$(bash "$ROOT/e2e/cluster/build-tools.sh" 2>/dev/null | tail -n 1)/crane
+    [ -x "$crane_bin" ] || die "crane was not built: run 'make tools'"
+    # The CA goes to crane alone: in cargo's environment it would make every build script run again.
+    if [ -n "${REGISTRY_CA:-}" ]; then
+      [ -f "$REGISTRY_CA" ] || die "REGISTRY_CA=$REGISTRY_CA is not a file"
+      crane() { SSL_CERT_FILE=$REGISTRY_CA "$crane_bin" "$@"; }
+    else
+      crane() { "$crane_bin" "$@"; }
+    fi
+    destination=$push_to
+  else
+    registry=$($CLUSTER registry 2>/dev/null) ||
+      die "the local cluster's registry does not answer: start the cluster (make cluster-up), push elsewhere with --push-to REPO, or build only with --no-push"
+    { read -r destination; read -r registry_ca; read -r crane_bin; read -r hosts_dir; } <<<"$registry"
+    crane() { SSL_CERT_FILE=$registry_ca NO_PROXY=${destination%:*} no_proxy=${destination%:*} "$crane_bin" "$@"; }
+    read -r -a CTR <<<"$CLUSTER ctr"
+  fi
 fi
+# NAME's reference under TAG where this run pushes it.
+pushed_ref() {
+  if [ -n "$push_to" ]; then echo "$push_to/${1##*/}:$2"; else echo "$destination/${1#braid.dev/}:$2"; fi
+}
+
+# Labels: the commit (marked -dirty with local changes), and the workspace's `repository` and `license`
+# from Cargo.toml (the source label is left out while Cargo.toml names no repository).
+REVISION=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
+[ -z "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ] || REVISION+=-dirty
+SOURCE=$(sed -n 's/^repository = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml" | head -n 1)
+LICENSE=$(sed -n 's/^license = "\(.*\)"$/\1/p' "$ROOT/Cargo.toml" | head -n 1)
+mkdir -p "$CACHE/.deps"
+for name in "${names[@]}"; do
+  package=$(sed -n 's/^PACKAGE=//p' "$CONF_DIR/$name.conf")
+  dependency_list "$package" >"$CACHE/.deps/$package" || die "cargo tree -p $package failed"
+  [ -s "$CACHE/.deps/$package" ] || die "cargo tree -p $package listed no crates"
+done
 
 mkdir -p "$CACHE"
 summary=()
@@ -270,26 +325,36 @@ for name in "${names[@]}"; do
     digest=$(archive_digest "$CACHE/$name.tar")
     rootfs_size=$(du -sb "$work/rootfs" | cut -f1)
     archive_size=$(stat -c %s "$CACHE/$name.tar")
-    imported=""
-    if [ "$import" = 1 ]; then
+    pushed=""
+    if [ "$push" = 1 ]; then
+      [ -n "$push_to" ] && tags=$APP_VERSION || tags=$TAGS
+      first=${tags%% *}
       stale=0
-      for tag in $TAGS; do [ "$(ctr_digest "$REPOSITORY:$tag")" = "$digest" ] || stale=1; done
+      for tag in $tags; do [ "$(remote_digest "$(pushed_ref "$REPOSITORY" "$tag")")" = "$digest" ] || stale=1; done
       if [ "$stale" = 1 ]; then
-        "${CTR[@]}" images import --base-name "$REPOSITORY" "$CACHE/$name.tar" >"$work/import.log" 2>&1 || {
-          cat "$work/import.log" >&2
-          die "importing $CACHE/$name.tar failed"
+        mkdir -p "$work/layout"
+        tar -C "$work/layout" -xf "$CACHE/$name.tar"
+        crane push "$work/layout" "$(pushed_ref "$REPOSITORY" "$first")" >"$work/push.log" 2>&1 || {
+          cat "$work/push.log" >&2
+          die "pushing $CACHE/$name.tar to $(pushed_ref "$REPOSITORY" "$first") failed"
         }
-        for tag in $TAGS; do
-          [ "$(ctr_digest "$REPOSITORY:$tag")" = "$digest" ] || die "$REPOSITORY:$tag is not $digest after the import"
+        for tag in ${tags#"$first"}; do
+          crane tag "$(pushed_ref "$REPOSITORY" "$first")" "$tag" >>"$work/push.log" 2>&1 ||
+            die "tagging $(pushed_ref "$REPOSITORY" "$first") as $tag failed: $(cat "$work/push.log")"
         done
-        imported=", imported"
+        for tag in $tags; do
+          [ "$(remote_digest "$(pushed_ref "$REPOSITORY" "$tag")")" = "$digest" ] ||
+            die "$(pushed_ref "$REPOSITORY" "$tag") is not $digest after the push"
+        done
+        pushed=", pushed to ${destination}"
       else
-        imported=", already in containerd"
+        pushed=", already in ${destination}"
       fi
+      [ -n "$push_to" ] || echo "$digest" >"$CACHE/$name.digest"
     fi
     for tag in $TAGS; do
       printf '%-36s %9s (files %s, archive %s) %s%s\n' "$REPOSITORY:$tag" "${digest:7:12}" \
-        "$(human "$rootfs_size")" "$(human "$archive_size")" "$state" "$imported"
+        "$(human "$rootfs_size")" "$(human "$archive_size")" "$state" "$pushed"
     done >"$CACHE/.$name.summary"
   )
   summary+=("$(cat "$CACHE/.$name.summary")")
@@ -298,9 +363,34 @@ done
 
 printf '%s\n' "${summary[@]}"
 
-[ "$import" = 1 ] && [ "$check" = 1 ] || exit 0
+# Helm values that pin the chart's images to the digests last pushed to the local cluster's registry, so
+# that a release installed or upgraded with them runs exactly these builds (a :dev tag would not say).
+if [ "$push" = 1 ] && [ -z "$push_to" ]; then
+  {
+    echo "# Written by images/build.sh: the images last pushed to the local cluster's registry."
+    echo "image:"
+    echo "  digests:"
+    for pair in operator:braid-operator webhook:braid-webhook proxy:braid-proxy; do
+      [ ! -f "$CACHE/${pair#*:}.digest" ] || echo "    ${pair%%:*}: $(cat "$CACHE/${pair#*:}.digest")"
+    done
+  } >"$CACHE/digests.values.yaml"
+fi
 
-# --- check: each image's binaries run under containerd ------------------------------------------
+[ "$push" = 1 ] && [ -z "$push_to" ] && [ "$check" = 1 ] || exit 0
+
+# --- check: the node pulls each image by name, and its binaries run under containerd -------------
+for name in "${names[@]}"; do
+  (
+    # shellcheck source=/dev/null
+    . "$CONF_DIR/$name.conf"
+    for tag in $TAGS; do
+      output=$("${CTR[@]}" images pull --hosts-dir "$hosts_dir" "$REPOSITORY:$tag" 2>&1) ||
+        die "the node could not pull $REPOSITORY:$tag from its registry: $output"
+    done
+  )
+done
+log "the node pulled every image from $destination"
+
 check_id() { echo "braid-images-check-$$-$1"; }
 run_in() {
   local image=$1 id

@@ -2,7 +2,8 @@
 # Builds the binaries of the local e2e cluster -- the Kubernetes control plane, kubelet, kube-proxy and
 # kubectl, etcd, CoreDNS, Helm, and the pod sandboxes' pause program -- from the Go modules pinned in
 # e2e/tools/ into a cache directory outside the repository, and prints that directory on the last line of
-# stdout (progress goes to stderr).
+# stdout (progress goes to stderr). Also the node's image registry (CNCF Distribution) and crane, which
+# pushes Braid's images to it.
 #
 # Why compile: no release binaries can be downloaded on these machines, only Go modules from the module
 # proxy, and no other registry ships kube-apiserver. A cold build (empty Go caches) costs about 22 CPU
@@ -41,6 +42,8 @@ K8S_VERSION=$(pinned kubernetes k8s.io/kubernetes)
 ETCD_VERSION=$(pinned etcd go.etcd.io/etcd/server/v3)
 HELM_VERSION=$(pinned helm helm.sh/helm/v3)
 COREDNS_VERSION=$(pinned coredns github.com/coredns/coredns)
+REGISTRY_VERSION=$(pinned registry github.com/distribution/distribution/v3)
+CRANE_VERSION=$(pinned crane github.com/google/go-containerregistry)
 # pause has no upstream version: its own source is what it is built from.
 PAUSE_VERSION=$(sha256sum "$TOOLS_SRC/pause/main.go" | cut -c1-12)
 
@@ -57,6 +60,8 @@ version_of() {
   helm) "$bin" version --template '{{.Version}}' ;;
   coredns) "$bin" -version | awk 'NR == 1 { sub("CoreDNS-", "v"); print }' ;; # "CoreDNS-1.15.0"
   pause) "$bin" -v ;;
+  registry) "$bin" --version | awk '{ print $3 }' ;; # "registry github.com/distribution/distribution/v3 v3.1.2"
+  crane) "$bin" version ;;
   *) "$bin" --version | awk '{ print $2 }' ;; # "Kubernetes v1.34.3"
   esac
 }
@@ -124,7 +129,15 @@ current coredns "$COREDNS_VERSION" || build coredns "-s -w" braid.dev/e2e/tools/
 
 current pause "$PAUSE_VERSION" || build pause "-s -w -X main.version=$PAUSE_VERSION" braid.dev/e2e/tools/pause
 
-for cmd in "${K8S_COMMANDS[@]}" etcd helm coredns pause; do
+# Both report the version that -X stamps (built as dependencies, they would not know their own).
+current registry "$REGISTRY_VERSION" || build registry \
+  "-s -w -X github.com/distribution/distribution/v3/version.version=$REGISTRY_VERSION" \
+  github.com/distribution/distribution/v3/cmd/registry
+current crane "$CRANE_VERSION" || build crane \
+  "-s -w -X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$CRANE_VERSION" \
+  github.com/google/go-containerregistry/cmd/crane
+
+for cmd in "${K8S_COMMANDS[@]}" etcd helm coredns pause registry crane; do
   log "$(printf '%-24s %s' "$cmd" "$(version_of "$cmd")")"
 done
 echo "$OUT"

@@ -2,8 +2,8 @@
 # A local Kubernetes for Braid's e2e tests, as plain host processes: the control plane (etcd,
 # kube-apiserver, kube-controller-manager, kube-scheduler) on 127.0.0.1, and one node (containerd and runc
 # from Debian, kubelet, kube-proxy in iptables mode, the CNI bridge, CoreDNS) whose pods live on a bridge
-# inside this machine (node.sh says what it creates and where). No Docker and no registry: images are
-# imported into the node's containerd (`cluster.sh ctr images import`).
+# inside this machine (node.sh says what it creates and where), and the image registry the node pulls
+# from (CNCF Distribution on the node's address, TLS from the cluster CA). No Docker.
 #
 # `cluster.sh help` lists the commands.
 #
@@ -38,7 +38,7 @@ KUBECONFIG_PATH=$STATE/admin.kubeconfig
 # Written by `up`; `down` deletes only a directory that has it, so a mistyped BRAID_CLUSTER_DIR is never wiped.
 MARKER=$STATE/.braid-cluster
 # Start order; stopped in reverse.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet kube-proxy coredns)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler registry containerd kubelet kube-proxy coredns)
 
 # shellcheck source=SCRIPTDIR/node.sh
 source "$HERE/node.sh"
@@ -62,7 +62,10 @@ Usage: cluster.sh COMMAND
   run NAME CMD...    start CMD in the background against the cluster (the demo's operator, say), replacing
                      a previous NAME; `down` stops it before the control plane. Log: logs/NAME.log
   ctr ARGS...        Debian's ctr on the node's containerd, namespace k8s.io (the one kubelet uses), e.g.
-                     `cluster.sh ctr images import --base-name braid.dev/NAME image.tar`; `images ls`
+                     `cluster.sh ctr images ls`
+  registry           print the node registry's address (HOST:PORT), its CA certificate's path, the crane
+                     binary's path and containerd's registry hosts directory (`ctr images pull
+                     --hosts-dir`), one a line; images/build.sh pushes and pulls with them
   help               this text
 EOF
 }
@@ -304,7 +307,7 @@ cmd_up() {
   fi
   clean_state
   # Before a build that may take 15 min.
-  check_ports_free "$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" 10250 "$KUBELET_HEALTHZ_PORT" \
+  check_ports_free "$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" "$REGISTRY_PORT" 10250 "$KUBELET_HEALTHZ_PORT" \
     "$KUBE_PROXY_HEALTHZ_PORT" "$KUBE_PROXY_METRICS_PORT" "$COREDNS_READY_PORT"
   node_check_network
   tools=$("$HERE/build-tools.sh" | tail -n 1)
@@ -454,7 +457,14 @@ cmd_kubeconfig() {
 
 cmd_ctr() {
   running containerd || die "the node's containerd is not running: run 'cluster.sh up' first"
-  exec ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"
+  # ctr pulls in its own process: the node's registry is never reached through a proxy.
+  NO_PROXY=$NODE_IP${NO_PROXY:+,$NO_PROXY} no_proxy=$NODE_IP${no_proxy:+,$no_proxy} \
+    exec ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"
+}
+
+cmd_registry() {
+  running registry && registry_ready || die "the node's registry is not running: run 'cluster.sh up' first"
+  printf '%s\n' "$REGISTRY" "$PKI/ca.crt" "$STATE/bin/crane" "$NODE/containerd/certs.d"
 }
 
 cmd_run() {
@@ -479,6 +489,7 @@ down) cmd_down ;;
 status) cmd_status ;;
 restart-apiserver) cmd_restart_apiserver ;;
 kubeconfig) cmd_kubeconfig ;;
+registry) cmd_registry ;;
 ctr)
   shift
   cmd_ctr "$@"

@@ -16,9 +16,12 @@
 #   10.244.0.0/16  pod range (kube-proxy's clusterCIDR); this node's pods get 10.244.0.0/24
 #   10.244.0.1     braid0, the node's IP: kubelet, CoreDNS (port 53) and the API server (for pods) listen there
 #   10.96.0.10     the kube-dns Service (kubelet's clusterDNS), whose endpoint is CoreDNS on 10.244.0.1
-# Images come only from `cluster.sh ctr images import`: there is no registry, and containerd is given a
-# proxy that refuses (127.0.0.1:9), so a pull fails at once ("proxyconnect tcp: ... 127.0.0.1:9") instead of
-# going off the machine.
+#   10.244.0.1:5000  the image registry (CNCF Distribution, TLS from the cluster CA, storage node/registry)
+# Images come from that registry only. containerd pulls REGISTRY/NAME directly and braid.dev/NAME through it
+# as that name's mirror (node/containerd/certs.d, containerd's hosts.toml), so the images of the chart's
+# defaults, the CRD's proxy image and the tests' manifests (braid.dev/...) are pulled by name like any
+# image. Every other registry is given a proxy that refuses (127.0.0.1:9), so such a pull fails at once
+# ("proxyconnect tcp: ... 127.0.0.1:9") instead of going off the machine.
 #
 # The node's configuration files are templates/{containerd.toml,cni.conflist,kubelet.yaml,...}, rendered
 # into the state directory with the variables below (render, in cluster.sh).
@@ -30,6 +33,8 @@ POD_SUBNET=10.244.0.0/24
 NODE_IP=10.244.0.1
 DNS_IP=10.96.0.10
 CLUSTER_DOMAIN=cluster.local
+REGISTRY_PORT=5000
+REGISTRY=$NODE_IP:$REGISTRY_PORT
 PAUSE_IMAGE=braid.dev/pause:3.10
 BUSYBOX_IMAGE=braid.dev/busybox:e2e
 # CNI network name: also the prefix of libcni's result cache files, which `down` removes.
@@ -131,6 +136,9 @@ node_pki() {
   issue coredns /CN=system:coredns client.ext
   # The API server's client certificate towards kubelets (logs, exec, port-forward).
   issue apiserver-kubelet-client /O=system:masters/CN=kube-apiserver-kubelet-client client.ext
+  # The registry's serving certificate: containerd, crane and Helm verify it against the cluster CA.
+  render registry.ext registry.ext NODE_IP
+  issue registry /CN=braid-e2e-registry registry.ext
 }
 
 # sysctl $1's current value, or empty when this kernel lacks it.
@@ -219,20 +227,46 @@ node_build_images() (
   fi
 )
 
-node_import_images() {
-  ctr_node images import --base-name braid.dev/pause "$STATE/bin/images/pause.tar" >>"$STATE/logs/images.log" 2>&1 ||
-    die "importing $PAUSE_IMAGE failed: see $STATE/logs/images.log"
-  ctr_node images import --base-name braid.dev/busybox "$STATE/bin/images/busybox.tar" >>"$STATE/logs/images.log" 2>&1 ||
-    die "importing $BUSYBOX_IMAGE failed: see $STATE/logs/images.log"
-  local images
-  images=$(ctr_node images ls -q)
-  [[ $'\n'$images$'\n' == *$'\n'$PAUSE_IMAGE$'\n'* ]] || die "$PAUSE_IMAGE is not in containerd after the import: $images"
+# crane on the node's registry: TLS verified against the cluster CA, never through a proxy.
+crane_node() { SSL_CERT_FILE=$PKI/ca.crt NO_PROXY=$NODE_IP no_proxy=$NODE_IP "$STATE/bin/crane" "$@"; }
+
+# Pushes the node's own images to its registry, under the names containerd then pulls through the
+# braid.dev mirror (braid.dev/pause:3.10 is REGISTRY/pause:3.10).
+node_push_images() {
+  local name layout
+  for name in pause:3.10 busybox:e2e; do
+    layout=$(mktemp -d "$STATE/bin/images/.layout.XXXXXX")
+    tar -C "$layout" -xf "$STATE/bin/images/${name%%:*}.tar"
+    crane_node push "$layout" "$REGISTRY/$name" >>"$STATE/logs/images.log" 2>&1 || {
+      rm -rf "$layout"
+      die "pushing ${name%%:*}.tar to $REGISTRY/$name failed: see $STATE/logs/images.log"
+    }
+    rm -rf "$layout"
+  done
 }
+
+registry_ready() {
+  [ "$(curl -sS --noproxy '*' --max-time 2 --cacert "$PKI/ca.crt" -o /dev/null -w '%{http_code}' \
+    "https://$REGISTRY/v2/" 2>/dev/null)" = 200 ]
+}
+
+# The registry on the node's address; its blobs in node/registry (gone with the state directory). No
+# tracing exporter: the registry would otherwise try to send spans to localhost:4318.
+start_registry() (
+  umask 022
+  export OTEL_TRACES_EXPORTER=none OTEL_SDK_DISABLED=true
+  start registry "$STATE/bin/registry" serve "$NODE/registry.yml"
+)
 
 # The node's configuration files, rendered from templates/ into the state directory.
 node_write_configs() {
   mkdir -p "$NODE"/{containerd,cni,cni-ipam,kubelet,pod-logs}
   render containerd.toml "$NODE/containerd/config.toml" NODE CONTAINERD_SOCK PAUSE_IMAGE
+  # containerd's registry hosts: the registry by its address, and as the mirror of braid.dev.
+  mkdir -p "$NODE/containerd/certs.d/$REGISTRY" "$NODE/containerd/certs.d/braid.dev" "$NODE/registry"
+  render registry-hosts.toml "$NODE/containerd/certs.d/$REGISTRY/hosts.toml" REGISTRY PKI
+  render braid-dev-hosts.toml "$NODE/containerd/certs.d/braid.dev/hosts.toml" REGISTRY PKI
+  render registry.yml "$NODE/registry.yml" NODE REGISTRY PKI
   # ipMasq off and no portmap: nothing leaves the machine (BRAID-NODE-FORWARD drops it anyway), so there
   # is nothing to masquerade. hairpinMode: a pod reaches itself through its own Service.
   render cni.conflist "$NODE/cni/10-braid.conflist" CNI_NETWORK BRIDGE POD_SUBNET NODE_IP NODE
@@ -280,11 +314,12 @@ start_node_component() (
 )
 
 # containerd of the node (also for `down`, which may start it again to remove its containers). The proxy
-# that refuses: see the header. NO_PROXY cleared so that no inherited value exempts a registry.
+# that refuses: see the header. NO_PROXY names the node's registry only, so that no inherited value
+# exempts another.
 launch_containerd() (
   umask 022
   export HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 http_proxy=http://127.0.0.1:9 \
-    https_proxy=http://127.0.0.1:9 NO_PROXY='' no_proxy=''
+    https_proxy=http://127.0.0.1:9 NO_PROXY=$NODE_IP no_proxy=$NODE_IP
   if [ $# -gt 0 ]; then start containerd "$@"; else launch containerd; fi
 )
 
@@ -292,10 +327,12 @@ node_up() {
   local t0
   t0=$(now_us)
   node_write_configs
+  start_registry
+  wait_until 30 registry registry_ready || node_fail registry "the registry did not answer https://$REGISTRY/v2/ within 30 s"
   launch_containerd containerd --config "$NODE/containerd/config.toml"
   wait_until 30 containerd containerd_ready || node_fail containerd "containerd did not answer on $CONTAINERD_SOCK within 30 s"
   node_build_images
-  node_import_images
+  node_push_images
   node_cluster_objects
   start_node_component kubelet "$STATE/bin/kubelet" --config="$NODE/kubelet/config.yaml" \
     --kubeconfig="$PKI/kubelet.kubeconfig" --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" \

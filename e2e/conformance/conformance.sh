@@ -6,12 +6,13 @@
 #                           and Istio's echo server and client (the echo-advanced image the mesh tests
 #                           exec into; e2e/tools/istio-echo pins them) into the tools cache
 #   conformance.sh images   make them images under the names the suite's manifests use and import them
-#                           into the node's containerd (no registry can be pulled from here)
+#                           into the node's containerd (their registries are not reachable from here, and
+#                           the node's registry mirrors braid.dev only)
 #   conformance.sh run      run the suite against the cluster (Braid installed, e.g. by Helm), with the
 #                           test namespaces labelled for injection; the report goes to
 #                           $BRAID_CONFORMANCE_REPORT (default: target/conformance/report.yaml)
 #   conformance.sh check    what `make test` runs: build (when the pinned modules changed), images,
-#                           Braid installed by Helm from the local images, run, the report's summary,
+#                           Braid installed by Helm from the images in the node's registry, run, the report's summary,
 #                           Braid uninstalled; fails when a test of the profiles fails
 #
 # Environment: KUBECONFIG (default: the local cluster's), BRAID_TOOLS_DIR as for build-tools.sh.
@@ -146,8 +147,11 @@ cmd_check() {
   cmd_images
   mkdir -p "$(dirname "$report")"
   "$state/bin/kubectl" delete mesh default --ignore-not-found >/dev/null 2>&1 || true
+  # Braid's images as images/build.sh last pushed them to the node's registry (make images).
+  local digests=${BRAID_IMAGES_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/images}/digests.values.yaml
+  [ -f "$digests" ] || die "$digests is missing: build and push Braid's images with: make images"
   "$state/bin/helm" upgrade --install braid "$ROOT/helm/braid" -n braid-system --create-namespace \
-    --set image.pullPolicy=Never --wait --timeout 5m >/dev/null
+    -f "$digests" --wait --timeout 5m >/dev/null
   BRAID_CONFORMANCE_REPORT=$report cmd_run || status=$?
   "$state/bin/helm" uninstall braid -n braid-system --wait >/dev/null 2>&1 || true
   [ -f "$report" ] || die "the suite wrote no report (exit $status)"

@@ -14,6 +14,7 @@ use std::{
 };
 
 pub mod mesh;
+pub mod registry;
 
 use k8s_openapi::{
     api::core::v1::Namespace, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,

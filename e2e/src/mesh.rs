@@ -43,28 +43,21 @@ pub fn check_prerequisites(cluster: &Cluster) {
         nodes.split_whitespace().any(|s| s == "True"),
         "no Ready node: this test runs real pods; start the cluster with its node: make cluster-up"
     );
-    let script = repo_root().join("e2e/cluster/cluster.sh");
-    let output = std::process::Command::new("bash")
-        .arg(&script)
-        .args(["ctr", "images", "ls", "-q"])
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run cluster.sh ctr: {err}"));
-    let listed = String::from_utf8_lossy(&output.stdout);
     for image in IMAGES {
-        assert!(
-            listed.lines().any(|l| l == image),
-            "image {image} is not on the node: build and import the images with: make images"
-        );
+        crate::registry::require_pushed(image);
     }
 }
 
-/// The chart installed as release `braid` in braid-system from the local images, with `sets`
-/// (`key=value`) added; uninstalled when the guard is dropped.
+/// The chart installed as release `braid` in braid-system, its images pinned to the digests last
+/// pushed to the node's registry (make images), with `sets` (`key=value`) added; uninstalled when
+/// the guard is dropped.
 pub fn install(cluster: &'static Cluster, sets: &[&str]) -> Release {
     let _ = cluster.helm(&["uninstall", RELEASE, "-n", "braid-system", "--ignore-not-found", "--wait"]);
     let _ = cluster.kubectl(&["delete", "mesh", "default", "--ignore-not-found"]);
     let chart = repo_root().join("helm/braid");
     let chart = chart.to_string_lossy();
+    let digests = crate::registry::digests_values();
+    let digests = digests.to_string_lossy();
     let mut args = vec![
         "install",
         RELEASE,
@@ -72,8 +65,8 @@ pub fn install(cluster: &'static Cluster, sets: &[&str]) -> Release {
         "-n",
         "braid-system",
         "--create-namespace",
-        "--set",
-        "image.pullPolicy=Never",
+        "-f",
+        &digests,
         "--wait",
         "--timeout",
         "5m",
@@ -132,7 +125,7 @@ spec:
       containers:
         - name: echo
           image: braid.dev/braid-testapps:dev
-          imagePullPolicy: Never
+          imagePullPolicy: Always
           command: [echo, --name, echo, --app-version, {version}, --shutdown-delay, 3s]
           env: [{{ name: POD_NAME, valueFrom: {{ fieldRef: {{ fieldPath: metadata.name }} }} }}{env}]
           ports: [{{ name: http, containerPort: 8080 }}]
@@ -289,7 +282,7 @@ spec:
   containers:
     - name: load
       image: braid.dev/braid-testapps:dev
-      imagePullPolicy: Never
+      imagePullPolicy: Always
       command: [load, --json, {}]
 "#,
             args.join(", ")

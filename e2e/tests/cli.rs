@@ -119,7 +119,7 @@ async fn braid_check_and_stat_read_the_mesh_and_its_workloads() {
         cluster,
         &format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{ name: bare, namespace: {ns}, annotations: {{ braid.dev/inject: disabled }} }}\n\
-             spec: {{ containers: [{{ name: sleep, image: braid.dev/braid-testapps:dev, imagePullPolicy: Never }}] }}\n"
+             spec: {{ containers: [{{ name: sleep, image: braid.dev/braid-testapps:dev, imagePullPolicy: Always }}] }}\n"
         ),
     );
 

@@ -156,16 +156,22 @@ impl Faults {
         let (ns, plain) = (self.ns(), self.plain.name.as_str());
         let down = async {
             scale(cluster, "braid-webhook", 0);
-            cluster.kubectl_ok(&[
-                "wait",
-                "--for=delete",
-                "pod",
-                "-n",
-                "braid-system",
-                "-l",
-                "app.kubernetes.io/component=webhook",
-                "--timeout=60s",
-            ]);
+            // Polled rather than `kubectl wait --for=delete -l`, which fails with "no matching
+            // resources found" when the pods are gone before it lists them.
+            eventually(Duration::from_secs(60), "the webhook's pods to be gone", || async {
+                let pods = cluster.kubectl_ok(&[
+                    "get",
+                    "pods",
+                    "-n",
+                    "braid-system",
+                    "-l",
+                    "app.kubernetes.io/component=webhook",
+                    "-o",
+                    "name",
+                ]);
+                pods.trim().is_empty().then_some(())
+            })
+            .await;
             let refused = cluster.kubectl_with_stdin(&["create", "-f", "-"], Some(&sleeper(ns, "refused")));
             let accepted =
                 cluster.kubectl_with_stdin(&["create", "-f", "-"], Some(&sleeper(plain, "accepted")));
@@ -339,7 +345,7 @@ metadata: {{ name: {name}, namespace: {ns} }}
 spec:
   terminationGracePeriodSeconds: 0
   containers:
-    - {{ name: sleep, image: braid.dev/braid-testapps:dev, imagePullPolicy: Never, command: [echo, --name, sleep] }}
+    - {{ name: sleep, image: braid.dev/braid-testapps:dev, imagePullPolicy: Always, command: [echo, --name, sleep] }}
 "#
     )
 }

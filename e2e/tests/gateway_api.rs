@@ -88,7 +88,7 @@ spec:
       containers:
         - name: grpc
           image: braid.dev/braid-testapps:dev
-          imagePullPolicy: Never
+          imagePullPolicy: Always
           command: [grpc-echo, --listen, "0.0.0.0:9090", --name, grpc, --app-version, {version}]
           ports: [{{ name: grpc, containerPort: 9090 }}]
           readinessProbe: {{ tcpSocket: {{ port: 9090 }}, periodSeconds: 1 }}
@@ -146,7 +146,7 @@ spec:
   containers:
     - name: call
       image: braid.dev/braid-testapps:dev
-      imagePullPolicy: Never
+      imagePullPolicy: Always
       command: [{}]
 "#,
             command.join(", ")

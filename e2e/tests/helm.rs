@@ -428,6 +428,8 @@ async fn the_chart_lints_and_refuses_bad_values_with_the_schema_message() {
             "metrics.podMonitor.interval=soon",
             "at '/metrics/podMonitor/interval': 'soon' does not match pattern",
         ),
+        ("image.digests.proxy=latest", "at '/image/digests/proxy': 'latest' does not match pattern"),
+        ("image.digests.operatr=sha256:00", "additional properties 'operatr' not allowed"),
     ];
     let release = format!("braid-bad-{}", ns.name.rsplit('-').next().unwrap_or("x"));
     for (value, message) in cases {
@@ -513,7 +515,27 @@ async fn the_rendered_chart_passes_a_server_side_dry_run_and_the_crds_apply_as_i
     }
 
     // The defaults run HA, least-privileged and observable.
-    let objects = objects(cluster, &helm_ok(cluster, &["template", "braid", &chart, "-n", &ns.name]));
+    let render = |values: &[&str]| {
+        let mut args = vec!["template", "braid", chart.as_str(), "-n", ns.name.as_str()];
+        args.extend_from_slice(values);
+        objects(cluster, &helm_ok(cluster, &args))
+    };
+    let objects = render(&[]);
+    // Images: the registry's, tagged with the appVersion, the sidecars' too; a digest replaces
+    // the tag of its image only.
+    let image_of =
+        |objects: &[Value], name: &str| container(find(objects, "Deployment", name))["image"].clone();
+    let proxy_image = |objects: &[Value]| find(objects, "Mesh", "default")["spec"]["proxy"]["image"].clone();
+    assert_eq!(image_of(&objects, "braid-operator"), "braid.dev/braid-operator:0.1.0");
+    assert_eq!(proxy_image(&objects), "braid.dev/braid-proxy:0.1.0");
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let pinned = format!("image.registry=registry.example.com/braid,image.digests.proxy={digest}");
+    let pinned = render(&["--set", &pinned]);
+    assert_eq!(image_of(&pinned, "braid-operator"), "registry.example.com/braid/braid-operator:0.1.0");
+    assert_eq!(proxy_image(&pinned), format!("registry.example.com/braid/braid-proxy@{digest}").as_str());
+    let own = "mesh.spec.proxy.image=mirror.example.com/proxy:1";
+    let own = render(&["--set", own]);
+    assert_eq!(proxy_image(&own), "mirror.example.com/proxy:1", "the Mesh's own image wins");
     let mut kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
     kinds.sort_unstable();
     #[rustfmt::skip]
@@ -775,7 +797,11 @@ async fn operator_leads_and_issues_the_webhook_certificates(
 
     let service = Api::<Service>::namespaced(client.clone(), &ns.name).get(&webhook_sa).await.unwrap();
     for name in [CA_SECRET, TLS_SECRET] {
-        let secret = secrets.get(name).await.unwrap_or_else(|err| panic!("Secret {name}: {err}"));
+        // The serving certificate is written after the caBundle (a rollover needs that order).
+        let secret = eventually(Duration::from_secs(15), &format!("Secret {name}"), || async {
+            secrets.get_opt(name).await.unwrap_or_else(|err| panic!("Secret {name}: {err}"))
+        })
+        .await;
         let owners = secret.metadata.owner_references.unwrap_or_default();
         assert_eq!(owners.len(), 1, "{name}: {owners:?}");
         assert_eq!((owners[0].kind.as_str(), owners[0].name.as_str()), ("Service", webhook_sa.as_str()));

@@ -7,11 +7,10 @@
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
-    process::Command,
     time::Duration,
 };
 
-use braid_e2e::{Cluster, TestNamespace, eventually, http_get, repo_root};
+use braid_e2e::{Cluster, TestNamespace, eventually, http_get};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Node, Pod, Service},
@@ -27,24 +26,8 @@ use serde_json::json;
 const NODE: &str = "braid-e2e";
 const NODE_IP: &str = "10.244.0.1";
 const POD_PREFIX: &str = "10.244.0.";
+/// Pushed to the node's registry by `make cluster-up`; the node pulls it through the braid.dev mirror.
 const IMAGE: &str = "braid.dev/busybox:e2e";
-
-/// Fails, saying how to get it, unless the node's containerd holds the test image.
-fn require_image(image: &str) {
-    let script = repo_root().join("e2e/cluster/cluster.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .args(["ctr", "images", "ls", "-q"])
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run {} ctr: {err}", script.display()));
-    let images = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && images.lines().any(|l| l == image),
-        "the node's containerd has no image {image}: `make cluster-up` builds and imports it \
-         (it needs Debian's busybox-static and umoci: `make deps`); cluster.sh ctr said: {}{images}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
 
 #[tokio::test]
 async fn the_node_registers_and_is_ready() {
@@ -89,7 +72,7 @@ async fn the_node_registers_and_is_ready() {
 async fn a_deployment_runs_and_its_service_routes_by_dns_name_from_pods_and_by_cluster_ip_from_the_host() {
     let cluster = Cluster::get();
     let client = cluster.client().await;
-    require_image(IMAGE);
+    braid_e2e::registry::require_pushed(IMAGE);
     let ns = TestNamespace::create(cluster, &client, "e2e-node").await;
     let n = ns.name.as_str();
 
@@ -102,7 +85,7 @@ async fn a_deployment_runs_and_its_service_routes_by_dns_name_from_pods_and_by_c
             "template": {
                 "metadata": {"labels": {"app": "web"}},
                 "spec": {"containers": [{
-                    "name": "httpd", "image": IMAGE, "imagePullPolicy": "Never",
+                    "name": "httpd", "image": IMAGE, "imagePullPolicy": "IfNotPresent",
                     "command": ["sh", "-c", "echo \"hello from $HOSTNAME\" > /www/index.html && exec httpd -f -p 8080 -h /www"],
                     "ports": [{"containerPort": 8080}],
                     "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}
@@ -171,7 +154,7 @@ async fn a_deployment_runs_and_its_service_routes_by_dns_name_from_pods_and_by_c
         "metadata": {"name": "client"},
         "spec": {"restartPolicy": "Never", "securityContext": {"runAsUser": 65534, "runAsGroup": 65534},
                  "containers": [{
-            "name": "wget", "image": IMAGE, "imagePullPolicy": "Never", "command": ["sh", "-c", script]
+            "name": "wget", "image": IMAGE, "imagePullPolicy": "IfNotPresent", "command": ["sh", "-c", script]
         }]}
     }))
     .expect("Pod object");

@@ -58,7 +58,7 @@ spec:
       containers:
         - name: echo
           image: braid.dev/braid-testapps:dev
-          imagePullPolicy: Never
+          imagePullPolicy: Always
           command: [echo, --name, web]
           env: [{{ name: POD_NAME, valueFrom: {{ fieldRef: {{ fieldPath: metadata.name }} }} }}]
           ports: [{{ name: http, containerPort: 8080 }}]

@@ -46,7 +46,7 @@ spec:
       containers:
         - name: chat
           image: braid.dev/braid-testapps:dev
-          imagePullPolicy: Never
+          imagePullPolicy: Always
           command: [websocket, serve, --listen, "0.0.0.0:8080"]
           env: [{{ name: POD_NAME, valueFrom: {{ fieldRef: {{ fieldPath: metadata.name }} }} }}]
           ports: [{{ name: ws, containerPort: 8080 }}]
@@ -84,7 +84,7 @@ spec:
   containers:
     - name: client
       image: braid.dev/braid-testapps:dev
-      imagePullPolicy: Never
+      imagePullPolicy: Always
       command: [websocket, call, --url, "ws://chat.{ns}.svc.cluster.local:8080/chat",
                 --connections, "{CONNECTIONS}", --messages, "{MESSAGES}"]
 "#

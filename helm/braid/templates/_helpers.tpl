@@ -64,8 +64,15 @@ the identity endpoint, whose CA issues the certificates both sides present.
 braid-webhook-tls
 {{- end }}
 
+{{/* An image of the release: REGISTRY/NAME@DIGEST when image.digests.KEY is set, else REGISTRY/NAME:TAG;
+call with (dict "ctx" $ "image" "braid-operator" "key" "operator"). */}}
 {{- define "braid.image" -}}
+{{- $digest := get (.ctx.Values.image.digests | default dict) .key }}
+{{- if $digest }}
+{{- printf "%s/%s@%s" .ctx.Values.image.registry .image $digest }}
+{{- else }}
 {{- printf "%s/%s:%s" .ctx.Values.image.registry .image (default .ctx.Chart.AppVersion .ctx.Values.image.tag) }}
+{{- end }}
 {{- end }}
 
 {{/* Labels on every object; call with (dict "ctx" $ "component" "operator"). */}}
