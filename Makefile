@@ -84,12 +84,12 @@ IMAGE_REPO ?=
 REGISTRY_CA ?=
 
 .PHONY: push
-push: deps tools ## Push braid-proxy, -operator and -webhook (linux/amd64) to IMAGE_REPO, tagged with the chart's appVersion
+push: deps ## Push braid-proxy, -operator and -webhook (linux/amd64) to IMAGE_REPO, tagged with the chart's appVersion
 	@[ -n "$(IMAGE_REPO)" ] || { echo "usage: make push IMAGE_REPO=registry.example.com/braid [REGISTRY_CA=ca.crt]" >&2; exit 2; }
 	@REGISTRY_CA="$(REGISTRY_CA)" bash images/build.sh --push-to "$(IMAGE_REPO)" braid-proxy braid-operator braid-webhook
 
 .PHONY: chart
-chart: tools ## Package the Helm chart for IMAGE_REPO's images and push it to oci://IMAGE_REPO/charts
+chart: ## Package the Helm chart for IMAGE_REPO's images and push it to oci://IMAGE_REPO/charts
 	@[ -n "$(IMAGE_REPO)" ] || { echo "usage: make chart IMAGE_REPO=registry.example.com/braid [REGISTRY_CA=ca.crt]" >&2; exit 2; }
 	@REGISTRY_CA="$(REGISTRY_CA)" bash helm/publish.sh "$(IMAGE_REPO)"
 

@@ -7,7 +7,8 @@
 # Environment:
 #   REGISTRY_CA  a CA certificate file to trust for REPO (a registry with a private CA); otherwise the
 #                system's CAs. Helm logs in as `helm registry login` did.
-#   HELM         the helm binary (default: the one e2e/cluster/build-tools.sh builds, v3.8+ for OCI)
+#   HELM         the helm binary (default: the one e2e/cluster/build-tools.sh builds from its Go module
+#                on first use; any v3.8+ has OCI support)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,7 +20,7 @@ die() {
 REPO=${1:-}
 [[ $REPO =~ ^[a-zA-Z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*$ ]] ||
   die "usage: make chart IMAGE_REPO=registry.example.com/braid (a repository: no scheme, no tag, no trailing /), got '$REPO'"
-HELM=${HELM:-$(bash "$ROOT/e2e/cluster/build-tools.sh" 2>/dev/null | tail -n 1)/helm}
+HELM=${HELM:-$(bash "$ROOT/e2e/cluster/build-tools.sh" helm | tail -n 1)/helm}
 [ -x "$HELM" ] || command -v "$HELM" >/dev/null || die "no helm at $HELM: run 'make tools' or set HELM"
 ca=()
 if [ -n "${REGISTRY_CA:-}" ]; then

@@ -269,8 +269,9 @@ fi
 CTR=()
 if [ "$push" = 1 ]; then
   if [ -n "$push_to" ]; then
-    crane_bin=$(bash "$ROOT/e2e/cluster/build-tools.sh" 2>/dev/null | tail -n 1)/crane
-    [ -x "$crane_bin" ] || die "crane was not built: run 'make tools'"
+    # crane alone (not the cluster's tools), from its Go module on first use.
+    crane_bin=$(bash "$ROOT/e2e/cluster/build-tools.sh" crane | tail -n 1)/crane
+    [ -x "$crane_bin" ] || die "crane could not be built (see above); it needs Go 1.26+"
     # The CA goes to crane alone: in cargo's environment it would make every build script run again.
     if [ -n "${REGISTRY_CA:-}" ]; then
       [ -f "$REGISTRY_CA" ] || die "REGISTRY_CA=$REGISTRY_CA is not a file"

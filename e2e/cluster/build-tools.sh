@@ -14,6 +14,8 @@
 # Idempotent: a binary is (re)built only when it is missing or reports another version than the one its
 # go.mod pins, so a warm run costs a few version checks.
 #
+# Usage: build-tools.sh [TOOL...]   only these (kubernetes, etcd, helm, coredns, pause, registry, crane;
+#        default all): `make push` needs crane alone, `make chart` helm alone.
 # Environment:
 #   BRAID_TOOLS_DIR  cache directory (default: $XDG_CACHE_HOME/braid/tools/k8s-<version>-<go version>)
 set -euo pipefail
@@ -105,8 +107,16 @@ k8s_ldflags() {
   printf '%s' "$flags"
 }
 
+ALL_TOOLS=(kubernetes etcd helm coredns pause registry crane)
+wanted=("$@")
+[ ${#wanted[@]} -gt 0 ] || wanted=("${ALL_TOOLS[@]}")
+for tool in "${wanted[@]}"; do
+  [[ " ${ALL_TOOLS[*]} " == *" $tool "* ]] || die "no tool $tool: one of ${ALL_TOOLS[*]}"
+done
+wants() { [[ " ${wanted[*]} " == *" $1 "* ]]; }
+
 missing=()
-for cmd in "${K8S_COMMANDS[@]}"; do
+wants kubernetes && for cmd in "${K8S_COMMANDS[@]}"; do
   current "$cmd" "$K8S_VERSION" || missing+=("k8s.io/kubernetes/cmd/$cmd")
 done
 # One go build for all of them: they share most packages, and go compiles those once, in parallel.
@@ -114,30 +124,31 @@ done
 
 # etcd's version is a constant in its source, so it needs no -X. Its main package is the module root
 # go.etcd.io/etcd/server/v3, which go names "server"; the rename gives it its usual name.
-if ! current etcd "$ETCD_VERSION"; then
+if wants etcd && ! current etcd "$ETCD_VERSION"; then
   build etcd "-s -w" go.etcd.io/etcd/server/v3
   mv -f "$OUT/server" "$OUT/etcd"
 fi
 
 # Without the -X, `helm version` reports only the minor version compiled into the source (e.g. v3.22).
-current helm "$HELM_VERSION" ||
+wants helm && ! current helm "$HELM_VERSION" &&
   build helm "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm
 
 # CoreDNS's version is a constant in its source (coremain.CoreVersion). The main package is ours
 # (e2e/tools/coredns), so go names the binary after the module's last element: coredns.
-current coredns "$COREDNS_VERSION" || build coredns "-s -w" braid.dev/e2e/tools/coredns
+wants coredns && ! current coredns "$COREDNS_VERSION" && build coredns "-s -w" braid.dev/e2e/tools/coredns
 
-current pause "$PAUSE_VERSION" || build pause "-s -w -X main.version=$PAUSE_VERSION" braid.dev/e2e/tools/pause
+wants pause && ! current pause "$PAUSE_VERSION" && build pause "-s -w -X main.version=$PAUSE_VERSION" braid.dev/e2e/tools/pause
 
 # Both report the version that -X stamps (built as dependencies, they would not know their own).
-current registry "$REGISTRY_VERSION" || build registry \
+wants registry && ! current registry "$REGISTRY_VERSION" && build registry \
   "-s -w -X github.com/distribution/distribution/v3/version.version=$REGISTRY_VERSION" \
   github.com/distribution/distribution/v3/cmd/registry
-current crane "$CRANE_VERSION" || build crane \
+wants crane && ! current crane "$CRANE_VERSION" && build crane \
   "-s -w -X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$CRANE_VERSION" \
   github.com/google/go-containerregistry/cmd/crane
 
 for cmd in "${K8S_COMMANDS[@]}" etcd helm coredns pause registry crane; do
+  { [[ " ${K8S_COMMANDS[*]} " == *" $cmd "* ]] && wants kubernetes; } || wants "$cmd" || continue
   log "$(printf '%-24s %s' "$cmd" "$(version_of "$cmd")")"
 done
 echo "$OUT"
