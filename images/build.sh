@@ -326,7 +326,7 @@ for name in "${names[@]}"; do
     digest=$(archive_digest "$CACHE/$name.tar")
     rootfs_size=$(du -sb "$work/rootfs" | cut -f1)
     archive_size=$(stat -c %s "$CACHE/$name.tar")
-    pushed=""
+    pushed="" tags=""
     if [ "$push" = 1 ]; then
       [ -n "$push_to" ] && tags=$APP_VERSION || tags=$TAGS
       first=${tags%% *}
@@ -347,14 +347,17 @@ for name in "${names[@]}"; do
           [ "$(remote_digest "$(pushed_ref "$REPOSITORY" "$tag")")" = "$digest" ] ||
             die "$(pushed_ref "$REPOSITORY" "$tag") is not $digest after the push"
         done
-        pushed=", pushed to ${destination}"
+        pushed=", pushed"
       else
-        pushed=", already in ${destination}"
+        pushed=", already pushed"
       fi
       [ -n "$push_to" ] || echo "$digest" >"$CACHE/$name.digest"
     fi
-    for tag in $TAGS; do
-      printf '%-36s %9s (files %s, archive %s) %s%s\n' "$REPOSITORY:$tag" "${digest:7:12}" \
+    # What was pushed where: with --push-to, REPO/NAME:VERSION; else each tag's braid.dev name.
+    shown=$REPOSITORY
+    [ -z "$push_to" ] || shown=$push_to/${REPOSITORY##*/}
+    for tag in ${tags:-$TAGS}; do
+      printf '%-44s %9s (files %s, archive %s) %s%s\n' "$shown:$tag" "${digest:7:12}" \
         "$(human "$rootfs_size")" "$(human "$archive_size")" "$state" "$pushed"
     done >"$CACHE/.$name.summary"
   )
