@@ -33,7 +33,6 @@ export KUBECONFIG
 STATE=$(dirname "$KUBECONFIG")
 kubectl() { "$STATE/bin/kubectl" "$@"; }
 helm() { "$STATE/bin/helm" "$@"; }
-images_dir() { echo "${BRAID_IMAGES_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/images}"; }
 
 if [ "$check" = 1 ] && kubectl get crd meshes.braid.dev >/dev/null 2>&1; then
   echo "demo check: this cluster has had Braid's CRDs before, so it cannot show what a new user" \
@@ -61,8 +60,9 @@ if ! helm status braid -n braid-system >/dev/null 2>&1 &&
 fi
 # The digests pin the images just built: a rebuild keeps the version's tag, and a re-run must
 # still roll the pods onto it.
+digests=$(bash images/build.sh --digests-values)
 helm upgrade --install braid "oci://$registry/braid/charts/braid" --version "$version" --ca-file "$registry_ca" \
-  -n braid-system --create-namespace -f "$(images_dir)/digests.values.yaml" --wait --timeout 5m >/dev/null
+  -n braid-system --create-namespace -f "$digests" --wait --timeout 5m >/dev/null
 images=$(kubectl get pods -n braid-system -o jsonpath='{.items[*].spec.containers[*].image}')
 [[ $images == *"$registry/braid/braid-operator@sha256:"* ]] ||
   { echo "demo: the operator does not run the image pushed to $registry/braid: $images" >&2; exit 1; }

@@ -19,13 +19,14 @@
 #        braid-operator, braid-webhook, braid-testapps; default all)
 #   --no-push        build the archives only (in the cache directory); no cluster needed
 #   --no-check       skip pulling each image into the node's containerd and running its binaries
+#   --digests-values print the path of the Helm values file that pins the chart to the images last
+#                    pushed to the local cluster's registry (image.digests); fails when there is none
 #   --push-to REPO   push to REPO/NAME:VERSION (VERSION: the chart's appVersion) instead of the local
 #                    cluster's registry; crane logs in as `crane auth login` or `docker login` did, and
 #                    trusts the system's CAs, or REGISTRY_CA (a CA certificate file). No check runs.
 # Environment:
 #   BRAID_IMAGES_DIR   where the archives, their input hashes and digests are kept
-#                      (default ${XDG_CACHE_HOME:-~/.cache}/braid/images); digests.values.yaml there is a
-#                      Helm values file that pins the chart's images to the last ones pushed (image.digests)
+#                      (default ${XDG_CACHE_HOME:-~/.cache}/braid/images), digests.values.yaml included
 #   BRAID_IPTABLES     which iptables `iptables-restore` is in braid-proxy's image: nft or legacy
 #                      (default: the host's choice, Debian's alternatives; both are in the image)
 #   CARGO, CARGO_TARGET_DIR  as for cargo
@@ -35,6 +36,7 @@ umask 022
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CONF_DIR=$ROOT/images
 CACHE=${BRAID_IMAGES_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/images}
+DIGESTS_VALUES=$CACHE/digests.values.yaml
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 CARGO=${CARGO:-cargo}
 CLUSTER="bash $ROOT/e2e/cluster/cluster.sh"
@@ -52,6 +54,11 @@ while [ $# -gt 0 ]; do
   case $1 in
   --no-push) push=0 ;;
   --no-check) check=0 ;;
+  --digests-values)
+    [ -f "$DIGESTS_VALUES" ] || die "$DIGESTS_VALUES is missing: build and push the images with: make images"
+    echo "$DIGESTS_VALUES"
+    exit 0
+    ;;
   --push-to)
     [ $# -ge 2 ] && [[ $2 =~ ^[a-zA-Z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*$ ]] ||
       die "--push-to needs a repository like registry.example.com/braid (no tag, no trailing /), got '${2:-}'"
@@ -330,18 +337,19 @@ for name in "${names[@]}"; do
     if [ "$push" = 1 ]; then
       [ -n "$push_to" ] && tags=$APP_VERSION || tags=$TAGS
       first=${tags%% *}
+      first_ref=$(pushed_ref "$REPOSITORY" "$first")
       stale=0
       for tag in $tags; do [ "$(remote_digest "$(pushed_ref "$REPOSITORY" "$tag")")" = "$digest" ] || stale=1; done
       if [ "$stale" = 1 ]; then
         mkdir -p "$work/layout"
         tar -C "$work/layout" -xf "$CACHE/$name.tar"
-        crane push "$work/layout" "$(pushed_ref "$REPOSITORY" "$first")" >"$work/push.log" 2>&1 || {
+        crane push "$work/layout" "$first_ref" >"$work/push.log" 2>&1 || {
           cat "$work/push.log" >&2
-          die "pushing $CACHE/$name.tar to $(pushed_ref "$REPOSITORY" "$first") failed"
+          die "pushing $CACHE/$name.tar to $first_ref failed"
         }
         for tag in ${tags#"$first"}; do
-          crane tag "$(pushed_ref "$REPOSITORY" "$first")" "$tag" >>"$work/push.log" 2>&1 ||
-            die "tagging $(pushed_ref "$REPOSITORY" "$first") as $tag failed: $(cat "$work/push.log")"
+          crane tag "$first_ref" "$tag" >>"$work/push.log" 2>&1 ||
+            die "tagging $first_ref as $tag failed: $(cat "$work/push.log")"
         done
         for tag in $tags; do
           [ "$(remote_digest "$(pushed_ref "$REPOSITORY" "$tag")")" = "$digest" ] ||
@@ -377,7 +385,7 @@ if [ "$push" = 1 ] && [ -z "$push_to" ]; then
     for pair in operator:braid-operator webhook:braid-webhook proxy:braid-proxy; do
       [ ! -f "$CACHE/${pair#*:}.digest" ] || echo "    ${pair%%:*}: $(cat "$CACHE/${pair#*:}.digest")"
     done
-  } >"$CACHE/digests.values.yaml"
+  } >"$DIGESTS_VALUES"
 fi
 
 [ "$push" = 1 ] && [ -z "$push_to" ] && [ "$check" = 1 ] || exit 0

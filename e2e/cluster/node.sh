@@ -263,9 +263,12 @@ node_write_configs() {
   mkdir -p "$NODE"/{containerd,cni,cni-ipam,kubelet,pod-logs}
   render containerd.toml "$NODE/containerd/config.toml" NODE CONTAINERD_SOCK PAUSE_IMAGE
   # containerd's registry hosts: the registry by its address, and as the mirror of braid.dev.
-  mkdir -p "$NODE/containerd/certs.d/$REGISTRY" "$NODE/containerd/certs.d/braid.dev" "$NODE/registry"
-  render registry-hosts.toml "$NODE/containerd/certs.d/$REGISTRY/hosts.toml" REGISTRY PKI
-  render braid-dev-hosts.toml "$NODE/containerd/certs.d/braid.dev/hosts.toml" REGISTRY PKI
+  local name
+  for name in "$REGISTRY" braid.dev; do
+    mkdir -p "$NODE/containerd/certs.d/$name"
+    render registry-hosts.toml "$NODE/containerd/certs.d/$name/hosts.toml" REGISTRY PKI
+  done
+  mkdir -p "$NODE/registry"
   render registry.yml "$NODE/registry.yml" NODE REGISTRY PKI
   # ipMasq off and no portmap: nothing leaves the machine (BRAID-NODE-FORWARD drops it anyway), so there
   # is nothing to masquerade. hairpinMode: a pod reaches itself through its own Service.

@@ -148,8 +148,8 @@ cmd_check() {
   mkdir -p "$(dirname "$report")"
   "$state/bin/kubectl" delete mesh default --ignore-not-found >/dev/null 2>&1 || true
   # Braid's images as images/build.sh last pushed them to the node's registry (make images).
-  local digests=${BRAID_IMAGES_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/images}/digests.values.yaml
-  [ -f "$digests" ] || die "$digests is missing: build and push Braid's images with: make images"
+  local digests
+  digests=$(bash "$ROOT/images/build.sh" --digests-values) || exit 1
   "$state/bin/helm" upgrade --install braid "$ROOT/helm/braid" -n braid-system --create-namespace \
     -f "$digests" --wait --timeout 5m >/dev/null
   BRAID_CONFORMANCE_REPORT=$report cmd_run || status=$?

@@ -43,8 +43,9 @@ pub fn check_prerequisites(cluster: &Cluster) {
         nodes.split_whitespace().any(|s| s == "True"),
         "no Ready node: this test runs real pods; start the cluster with its node: make cluster-up"
     );
+    let registry = crate::registry::Registry::get();
     for image in IMAGES {
-        crate::registry::require_pushed(image);
+        registry.require_pushed(image);
     }
 }
 

@@ -51,6 +51,23 @@ impl Registry {
             .unwrap_or_else(|err| panic!("cannot run {}: {err}", self.crane))
     }
 
+    /// Panics, saying to run `make images`, unless `image` (braid.dev/NAME:TAG) is in the
+    /// registry, where the node pulls it from.
+    pub fn require_pushed(&self, image: &str) {
+        let (name, tag) = image
+            .strip_prefix("braid.dev/")
+            .and_then(|rest| rest.split_once(':'))
+            .unwrap_or_else(|| panic!("{image} is not braid.dev/NAME:TAG"));
+        let reference = format!("{}/{name}:{tag}", self.address);
+        let output = self.crane(&["digest", &reference]);
+        assert!(
+            output.status.success(),
+            "image {image} is not in the local cluster's registry (crane digest {reference}: {}): \
+             build and push the images with: make images",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+
     /// crane with `args`; panics with crane's message unless it succeeds. Its stdout.
     pub fn crane_ok(&self, args: &[&str]) -> String {
         let output = self.crane(args);
@@ -63,34 +80,15 @@ impl Registry {
     }
 }
 
-/// Panics, saying to run `make images`, unless `image` (braid.dev/NAME:TAG) is in the node's
-/// registry, where the node pulls it from.
-pub fn require_pushed(image: &str) {
-    let registry = Registry::get();
-    let (name, tag) = image
-        .strip_prefix("braid.dev/")
-        .and_then(|rest| rest.split_once(':'))
-        .unwrap_or_else(|| panic!("{image} is not braid.dev/NAME:TAG"));
-    let reference = format!("{}/{name}:{tag}", registry.address);
-    let output = registry.crane(&["digest", &reference]);
-    assert!(
-        output.status.success(),
-        "image {image} is not in the local cluster's registry (crane digest {reference}: {}): \
-         build and push the images with: make images",
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-}
-
 /// The Helm values file images/build.sh writes after pushing: image.digests of the operator, the
 /// webhook and the proxy, so that a release runs exactly the images just built.
 pub fn digests_values() -> PathBuf {
-    let dir = std::env::var_os("BRAID_IMAGES_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let cache = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache")
-        });
-        cache.join("braid/images")
-    });
-    let values = dir.join("digests.values.yaml");
-    assert!(values.is_file(), "{} is missing: build and push the images with: make images", values.display());
-    values
+    let script = repo_root().join("images/build.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .arg("--digests-values")
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {}: {err}", script.display()));
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr).trim());
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
 }

@@ -72,7 +72,7 @@ async fn the_node_registers_and_is_ready() {
 async fn a_deployment_runs_and_its_service_routes_by_dns_name_from_pods_and_by_cluster_ip_from_the_host() {
     let cluster = Cluster::get();
     let client = cluster.client().await;
-    braid_e2e::registry::require_pushed(IMAGE);
+    braid_e2e::registry::Registry::get().require_pushed(IMAGE);
     let ns = TestNamespace::create(cluster, &client, "e2e-node").await;
     let n = ns.name.as_str();
 

@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use braid_e2e::registry::{Registry, require_pushed};
+use braid_e2e::registry::Registry;
 use braid_e2e::{Cluster, eventually, repo_root};
 use serde_json::Value;
 
@@ -51,7 +51,7 @@ async fn finished(cluster: &Cluster, ns: &str, name: &str) -> (String, String) {
 async fn the_node_pulls_by_name_through_the_mirror_and_by_the_registrys_address() {
     let (cluster, _client, ns) = braid_e2e::setup("e2e-registry-pull").await;
     let registry = Registry::get();
-    require_pushed(BUSYBOX);
+    registry.require_pushed(BUSYBOX);
     // An image only this test has: a copy of busybox under a new name, so the node cannot have
     // it already and must pull it.
     let name = format!("{}-pulled", ns.name);
@@ -89,7 +89,7 @@ async fn the_node_pulls_by_name_through_the_mirror_and_by_the_registrys_address(
 #[tokio::test]
 async fn braids_images_carry_their_labels_and_the_crates_they_are_built_from() {
     let registry = Registry::get();
-    require_pushed(PROXY);
+    registry.require_pushed(PROXY);
     let reference = format!("{}/braid-proxy:dev", registry.address);
     let config: Value = serde_json::from_str(&registry.crane_ok(&["config", &reference])).unwrap();
     let labels = &config["config"]["Labels"];
@@ -157,7 +157,7 @@ async fn make_push_and_make_chart_publish_what_helm_installs_from_oci() {
     let cluster = Cluster::get();
     let registry = Registry::get();
     for image in ["braid.dev/braid-operator:0.1.0", "braid.dev/braid-webhook:0.1.0", PROXY] {
-        require_pushed(image);
+        registry.require_pushed(image);
     }
     let repo = format!("{}/e2e-publish", registry.address);
     let ca = format!("REGISTRY_CA={}", registry.ca);
