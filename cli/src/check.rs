@@ -17,7 +17,8 @@ use kube::{Api, Client};
 use serde::Serialize;
 
 /// The CRDs Braid installs.
-pub const CRDS: [&str; 3] = ["meshes.braid.dev", "meshroutes.braid.dev", "meshpolicies.braid.dev"];
+pub const CRDS: [&str; 4] =
+    ["meshes.braid.dev", "meshroutes.braid.dev", "meshpolicies.braid.dev", "meshexternalservices.braid.dev"];
 /// The proxy container the webhook injects.
 const PROXY_CONTAINER: &str = "braid-proxy";
 const INJECT_LABEL: &str = "braid.dev/inject";
@@ -567,7 +568,7 @@ mod tests {
         assert!(!failed(&checks));
         insta_like(
             &render_text(&checks, false),
-            "√ CRDs installed: 3 established
+            "√ CRDs installed: 4 established
 √ operator running: 2/2 available
 √ operator leader: braid-operator-7c9-x2, renewed 3s ago
 √ webhook running: 2/2 available
@@ -632,7 +633,8 @@ mod tests {
         let text = render_text(&checks, false);
         assert!(
             text.contains(
-                "× CRDs installed: missing: meshes.braid.dev, meshroutes.braid.dev, meshpolicies.braid.dev"
+                "× CRDs installed: missing: meshes.braid.dev, meshroutes.braid.dev, meshpolicies.braid.dev, \
+                 meshexternalservices.braid.dev"
             ),
             "{text}"
         );

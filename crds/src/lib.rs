@@ -3,6 +3,7 @@
 
 pub mod conditions;
 pub mod duration;
+pub mod externalservice;
 pub mod mesh;
 pub mod meshpolicy;
 pub mod meshroute;
@@ -11,13 +12,14 @@ pub mod pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+pub use externalservice::{MeshExternalService, MeshExternalServiceSpec};
 pub use mesh::{Mesh, MeshSpec, MeshStatus};
 pub use meshpolicy::{MeshPolicy, MeshPolicySpec, MeshPolicyStatus};
 pub use meshroute::{CanaryPhase, CanaryStatus, MeshRoute, MeshRouteSpec, MeshRouteStatus};
 
 /// Every CRD of the API, each with the file name it is committed under.
 pub fn crds() -> Vec<(String, CustomResourceDefinition)> {
-    [MeshRoute::crd(), MeshPolicy::crd(), Mesh::crd()]
+    [MeshRoute::crd(), MeshPolicy::crd(), Mesh::crd(), MeshExternalService::crd()]
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();

@@ -78,6 +78,10 @@ pub struct MeshSpec {
     /// sends the pod's policy.
     #[serde(default)]
     pub default_inbound_policy: DefaultInboundPolicy,
+
+    /// Traffic from meshed apps to destinations outside the cluster.
+    #[serde(default)]
+    pub egress: EgressSettings,
 }
 
 // By hand, so a MeshSpec built in code has the same defaults as one the API server filled in.
@@ -89,8 +93,47 @@ impl Default for MeshSpec {
             proxy: ProxySettings::default(),
             injection: InjectionSettings::default(),
             default_inbound_policy: DefaultInboundPolicy::default(),
+            egress: EgressSettings::default(),
         }
     }
+}
+
+/// What meshed apps may call outside the cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressSettings {
+    /// AllowAny lets every destination outside the cluster through; RegistryOnly refuses those
+    /// no MeshExternalService registers (HTTP gets 403 with the reason, other connections are
+    /// closed). Both count egress per external service.
+    #[serde(default)]
+    pub mode: EgressMode,
+
+    /// The networks of the cluster (pods, Services, nodes): destinations in them are the
+    /// mesh's, never egress. Linkerd's defaults: the private and carrier-grade NAT ranges.
+    #[serde(default = "default_cluster_networks")]
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(length(min = 2, max = 43), regex(pattern = r"^[0-9a-fA-F:.]+(/[0-9]{1,3})?$"))
+    )]
+    pub cluster_networks: Vec<String>,
+}
+
+impl Default for EgressSettings {
+    fn default() -> Self {
+        Self { mode: EgressMode::default(), cluster_networks: default_cluster_networks() }
+    }
+}
+
+fn default_cluster_networks() -> Vec<String> {
+    ["10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"].map(str::to_owned).to_vec()
+}
+
+/// Whether unregistered destinations outside the cluster may be called.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum EgressMode {
+    #[default]
+    AllowAny,
+    RegistryOnly,
 }
 
 fn default_trust_domain() -> String {

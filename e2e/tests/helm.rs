@@ -430,6 +430,11 @@ async fn the_chart_lints_and_refuses_bad_values_with_the_schema_message() {
         ),
         ("image.digests.proxy=latest", "at '/image/digests/proxy': 'latest' does not match pattern"),
         ("image.digests.operatr=sha256:00", "additional properties 'operatr' not allowed"),
+        (
+            "mesh.spec.egress.mode=Closed",
+            "at '/mesh/spec/egress/mode': value must be one of 'AllowAny', 'RegistryOnly'",
+        ),
+        ("mesh.spec.egress.clusterNetworks={10.0.0.0/8,ten}", "at '/mesh/spec/egress/clusterNetworks/1'"),
     ];
     let release = format!("braid-bad-{}", ns.name.rsplit('-').next().unwrap_or("x"));
     for (value, message) in cases {
@@ -708,6 +713,7 @@ fn service_accounts_may_do_what_they_need_and_no_more(installed: &Installed) {
         &["list", "pods", "-A"], &["watch", "pods", "-A"],
         &["list", "endpointslices.discovery.k8s.io", "-A"], &["watch", "endpointslices.discovery.k8s.io", "-A"],
         &["list", "meshpolicies.braid.dev", "-A"], &["watch", "meshpolicies.braid.dev", "-A"],
+        &["list", "meshexternalservices.braid.dev", "-A"], &["watch", "meshexternalservices.braid.dev", "-A"],
         &["patch", &discovery_slice, "-n", n], &["create", "endpointslices.discovery.k8s.io", "-n", n],
     ];
     #[rustfmt::skip]
@@ -721,6 +727,7 @@ fn service_accounts_may_do_what_they_need_and_no_more(installed: &Installed) {
         &["delete", "pods", "-A"], &["delete", "services", "-A"],
         &["patch", "pods", "-A"], &["patch", "endpointslices.discovery.k8s.io/someone-elses", "-n", n],
         &["create", "endpointslices.discovery.k8s.io", "-n", "default"], &["patch", "meshpolicies.braid.dev", "-A"],
+        &["patch", "meshexternalservices.braid.dev", "-A"],
         // The mesh CA's: nothing beyond its own objects, by name.
         &["delete", "tokenreviews.authentication.k8s.io"],
         &["list", "serviceaccounts", "-A"], &["create", "serviceaccounts", "--subresource=token", "-A"],
@@ -1130,7 +1137,12 @@ async fn uninstall_removes_everything_but_the_crds_the_routes_and_the_meshed_bun
     assert!(configs.get_opt(&config_name).await.unwrap().is_none(), "the webhook configuration came back");
     assert!(leftovers().is_empty(), "after 5 s: {:?}", leftovers());
     let crds = cluster.kubectl_ok(&["get", "crds", "-o", "name"]);
-    for crd in ["meshroutes.braid.dev", "meshpolicies.braid.dev", "meshes.braid.dev"] {
+    for crd in [
+        "meshroutes.braid.dev",
+        "meshpolicies.braid.dev",
+        "meshes.braid.dev",
+        "meshexternalservices.braid.dev",
+    ] {
         assert!(crds.contains(crd), "helm uninstall removed CRD {crd}");
     }
     assert!(routes.get_opt("reviews").await.unwrap().is_some(), "routes outlive the release");

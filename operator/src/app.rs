@@ -271,7 +271,8 @@ async fn start_discovery(
             stop.clone(),
         ));
     }
-    let index = discovery::index::Index::new(&braid_crds::MeshSpec::default().trust_domain, cluster_domain);
+    let index = discovery::index::Index::new(&braid_crds::MeshSpec::default().trust_domain, cluster_domain)
+        .with_mesh_namespace(mesh_namespace);
     let state = Discovery::with_metrics(index, metrics);
     tokio::spawn(discovery::watch::run(client.clone(), state.clone(), stop.clone()));
     tokio::spawn(discovery::mesh_status::run(client.clone(), state.clone(), stop.clone()));

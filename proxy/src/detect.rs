@@ -10,6 +10,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use crate::client_hello::{self, ClientHello, Hello};
+
 /// The HTTP/2 client connection preface (RFC 9113, section 3.4).
 pub const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -116,6 +118,36 @@ pub async fn read_prefix(
             Ok(Err(error)) => {
                 debug!(%error, "reading from a new connection failed");
                 return None;
+            }
+        }
+    }
+}
+
+/// Whether a connection's first bytes may be a ClientHello (a TLS handshake record).
+pub fn may_be_tls(prefix: &[u8]) -> bool {
+    prefix.first() == Some(&0x16)
+}
+
+/// Reads the rest of the first TLS record into `buffer` and returns what its ClientHello offers;
+/// an empty one when it is not a ClientHello the proxy can read or does not come in time (the
+/// connection then goes on unread); `None` when the client went away.
+pub async fn read_client_hello(
+    stream: &mut TcpStream,
+    buffer: &mut BytesMut,
+    timeout: Duration,
+) -> Option<ClientHello> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match client_hello::parse(buffer) {
+            Hello::Read(hello) => return Some(hello),
+            Hello::NotHello => return Some(ClientHello::default()),
+            Hello::NeedBytes(needed) => {
+                buffer.reserve(needed.saturating_sub(buffer.len()));
+                match tokio::time::timeout_at(deadline.into(), stream.read_buf(buffer)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return None,
+                    Ok(Ok(_)) => {}
+                    Err(_) => return Some(ClientHello::default()),
+                }
             }
         }
     }

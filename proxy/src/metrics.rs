@@ -206,6 +206,31 @@ pub enum DenyProtocol {
     tcp,
 }
 
+/// Connections (tcp, tls) and requests (http) to destinations outside the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EgressLabels {
+    /// `NAMESPACE/NAME` of the external service, or `unregistered`: one series per registered
+    /// service at most, whatever hosts the apps call.
+    pub external_service: Label,
+    pub protocol: EgressProtocol,
+    pub decision: EgressDecision,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum EgressProtocol {
+    http,
+    tls,
+    tcp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum EgressDecision {
+    allowed,
+    denied,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct IdentityRefusedLabels {
     pub reason: IdentityRefusal,
@@ -330,6 +355,7 @@ pub struct Metrics {
     pub teardowns: Family<TeardownLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
     pub authz_denied: Family<DenyLabels, Counter>,
+    pub egress: Family<EgressLabels, Counter>,
     pub identity_refused: Family<IdentityRefusedLabels, Counter>,
     /// 1 while the discovery stream is open.
     pub discovery_connected: Gauge,
@@ -433,6 +459,12 @@ impl Metrics {
             "Inbound requests and connections denied by the policy",
             authz_denied.clone(),
         );
+        let egress = Family::default();
+        registry.register(
+            "outbound_egress",
+            "Connections (tcp, tls) and requests (http) to destinations outside the cluster, by external service and decision",
+            egress.clone(),
+        );
         let identity_refused = Family::default();
         registry.register(
             "inbound_identity_refused",
@@ -498,6 +530,7 @@ impl Metrics {
             discovery_lookup_timeouts,
             discovery_evictions,
             authz_denied,
+            egress,
             identity_refused,
             registry,
             requests,

@@ -7,12 +7,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use braid_api::config::Config;
+use rustls::pki_types::ServerName;
 
 use crate::bounded::InFlight;
-use crate::client::{Pool, UpstreamProtocol};
+use crate::client::{Pool, TlsTarget, UpstreamProtocol};
 use crate::discovery::Discovery;
 use crate::identity::IdentityStore;
 use crate::metrics::{Direction, Label, Metrics, Peer};
+use crate::outbound::egress::Origination;
 use crate::table::{LiveTable, Table};
 
 pub struct ProxyState {
@@ -24,10 +26,14 @@ pub struct ProxyState {
     pub discovery: Option<Arc<Discovery>>,
     /// The mirrored copies of requests in flight (bounded by `limits.maxMirrorsInFlight`).
     pub mirrors: InFlight,
-    pools: Mutex<HashMap<(SocketAddr, UpstreamProtocol), Arc<Pool>>>,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     /// The metric label of each address traffic went to unchanged, up to a bound.
     passthrough_labels: Mutex<HashMap<SocketAddr, Label>>,
 }
+
+/// A pool to a fixed address: by protocol, and for TLS the proxy originates, by the server name
+/// and the roots it is checked with.
+type PoolKey = (SocketAddr, UpstreamProtocol, Option<(ServerName<'static>, u64)>);
 
 /// Pools to fixed addresses kept before the unused ones are dropped: an app that calls many
 /// addresses outside the mesh must not grow the proxy without bound.
@@ -67,12 +73,31 @@ impl ProxyState {
 
     /// The pool to a fixed address, made on first use. Called once per client connection.
     fn fixed_pool(&self, addr: SocketAddr, protocol: UpstreamProtocol, direction: Direction) -> Arc<Pool> {
+        self.keyed_pool((addr, protocol, None), direction, || Pool::new(addr, protocol))
+    }
+
+    /// The pool to an external service at `addr` over TLS the proxy originates for `server_name`.
+    pub fn originating_pool(
+        &self,
+        addr: SocketAddr,
+        protocol: UpstreamProtocol,
+        server_name: ServerName<'static>,
+        origination: &Origination,
+    ) -> Arc<Pool> {
+        let key = (addr, protocol, Some((server_name.clone(), origination.roots_key)));
+        self.keyed_pool(key, Direction::outbound, || {
+            let tls = TlsTarget::external(origination.config(protocol), server_name);
+            Pool::with_tls(addr, protocol, Some(tls))
+        })
+    }
+
+    fn keyed_pool(&self, key: PoolKey, direction: Direction, make: impl FnOnce() -> Pool) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if pools.len() >= POOLS_BEFORE_SWEEP && !pools.contains_key(&(addr, protocol)) {
+        if pools.len() >= POOLS_BEFORE_SWEEP && !pools.contains_key(&key) {
             // Held only here: no connection uses it now; its idle upstream connections close.
             pools.retain(|_, pool| Arc::strong_count(pool) > 1);
         }
-        let pool = pools.entry((addr, protocol)).or_insert_with(|| Arc::new(Pool::new(addr, protocol)));
+        let pool = pools.entry(key).or_insert_with(|| Arc::new(make()));
         pool.count_teardowns(|| self.metrics.teardowns(direction, Peer::upstream));
         pool.clone()
     }
@@ -132,6 +157,6 @@ mod tests {
         state.pool(addr(POOLS_BEFORE_SWEEP), UpstreamProtocol::Http1);
         let pools = state.pools.lock().unwrap();
         assert_eq!(pools.len(), 2, "the one in use and the new one");
-        assert!(Arc::ptr_eq(&pools[&(addr(0), UpstreamProtocol::Http1)], &in_use));
+        assert!(Arc::ptr_eq(&pools[&(addr(0), UpstreamProtocol::Http1, None)], &in_use));
     }
 }

@@ -20,6 +20,7 @@ use tower::retry::budget::TpsBudget;
 use crate::balance::Endpoint;
 use crate::identity::IdentityStore;
 use crate::metrics::{BackendMetrics, Label, RequestMetrics, Teardowns};
+use crate::outbound::egress::Egress;
 use crate::outbound::rate_limit::RateLimiter;
 
 pub struct Table {
@@ -41,6 +42,8 @@ pub struct Service {
     /// name in the next table, so a reload does not forget the requests under way.
     pub in_flight: Arc<AtomicU32>,
     pub max_requests: Option<u32>,
+    /// A destination outside the cluster: its external services (no backends or routes).
+    pub egress: Option<Arc<Egress>>,
 }
 
 /// Whether a request may go on to the service.
@@ -486,6 +489,11 @@ fn compile_service(
         budget: tps_budget(&service.retry_budget),
         in_flight: in_flight.cloned().unwrap_or_default(),
         max_requests: service.max_requests,
+        egress: service
+            .egress
+            .as_ref()
+            .map(|egress| Egress::compile(egress).map(Arc::new).map_err(TableError))
+            .transpose()?,
     })
 }
 

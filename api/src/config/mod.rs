@@ -6,6 +6,7 @@
 //! good one. Durations are written as in the mesh API ("2s", "500ms"; duration_text.rs).
 
 mod duration_text;
+pub mod egress;
 #[cfg(test)]
 mod tests;
 mod validate;
@@ -469,6 +470,11 @@ pub struct ServiceConfig {
     /// the proxy closes it after its last answer and opens another. Unbounded when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_connection: Option<u32>,
+    /// A destination outside the cluster: the external services registered for it and what
+    /// happens to the rest. Such a service has no backends or routes: its connections go on to
+    /// the address the app connected to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<egress::EgressConfig>,
 }
 
 /// A named set of endpoints (a Kubernetes Service, or a subset of its pods like `v2`).

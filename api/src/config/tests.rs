@@ -294,3 +294,76 @@ fn the_limits_that_bound_one_client_have_defaults_and_can_be_set() {
     assert_eq!(set.idle_timeout, Duration::from_secs(120));
     assert_eq!((set.max_mirrors_in_flight, set.mirror_timeout), (3, Duration::from_millis(250)));
 }
+
+fn egress(services: &str) -> String {
+    format!(
+        "services:\n  - name: egress\n    addresses: [\"203.0.113.5:443\"]\n    backends: []\n    routes: []\n    egress:\n      unregistered: deny\n      services: {services}\n"
+    )
+}
+
+#[test]
+fn an_external_destination_is_read_with_its_services() {
+    let config = Config::parse(&egress(
+        "[{ name: shop/stripe, protocol: tls, hosts: [api.stripe.com] }, \
+          { name: shop/web, protocol: http, hosts: [\"*.example.com\"], tls: { port: 443, caBundle: \"-----BEGIN CERTIFICATE-----\\n\" } }, \
+          { name: shop/db, protocol: tcp, addresses: [203.0.113.0/24, \"2001:db8::/32\"] }]",
+    ))
+    .unwrap();
+    let egress = config.services[0].egress.as_ref().unwrap();
+    assert_eq!(egress.unregistered, super::egress::EgressAction::Deny);
+    assert_eq!(egress.services.len(), 3);
+    assert_eq!(egress.services[1].tls.as_ref().unwrap().port, 443);
+    assert_eq!(egress.services[2].addresses[1].to_string(), "2001:db8::/32");
+}
+
+#[test]
+fn refuses_bad_external_destinations_with_the_field_and_the_reason() {
+    let cases = [
+        (
+            "[{ name: a, protocol: tls, hosts: [API.example.com] }]",
+            "egress.services[0].hosts[0]: must be a lower-case DNS name",
+        ),
+        (
+            "[{ name: a, protocol: tls, hosts: [\"*\"] }]",
+            "egress.services[0].hosts[0]: must be a lower-case DNS name",
+        ),
+        (
+            "[{ name: a, protocol: tcp, hosts: [db.example.com] }]",
+            "egress.services[0].hosts: a tcp service is told by its addresses",
+        ),
+        ("[{ name: a, protocol: tcp }]", "egress.services[0].addresses: a tcp service needs addresses"),
+        ("[{ name: a, protocol: http }]", "egress.services[0]: needs hosts or addresses"),
+        ("[{ name: a, protocol: tcp, addresses: [10.0.0.0/40] }]", "is not an IP address or a network"),
+        (
+            "[{ name: a, protocol: tls, hosts: [a.b], tls: { port: 443 } }]",
+            "egress.services[0].tls: TLS is originated for plaintext HTTP only",
+        ),
+        (
+            "[{ name: a, protocol: http, hosts: [a.b], tls: { port: 0 } }]",
+            "egress.services[0].tls.port: must be between 1 and 65535",
+        ),
+        (
+            "[{ name: a, protocol: http, hosts: [a.b], tls: { port: 443, serverName: \"*.b\" } }]",
+            "egress.services[0].tls.serverName",
+        ),
+        (
+            "[{ name: a, protocol: http, hosts: [a.b], tls: { port: 443, caBundle: junk } }]",
+            "egress.services[0].tls.caBundle: must hold PEM certificates",
+        ),
+        (
+            "[{ name: a, protocol: http, hosts: [a.b] }, { name: a, protocol: http, hosts: [c.d] }]",
+            "egress.services[1].name",
+        ),
+        ("[{ name: a, protocol: udp, hosts: [a.b] }]", "unknown variant"),
+        ("[{ name: a, protocol: http, hosts: [a.b], weight: 1 }]", "unknown field"),
+    ];
+    for (services, expected) in cases {
+        let error = refused(&egress(services));
+        assert!(error.contains(expected), "{services}: {error}");
+    }
+    let with_backends = egress("[]").replace("backends: []", "backends: [{ name: b, endpoints: [] }]");
+    assert!(
+        refused(&with_backends)
+            .contains("services[0].egress: an external destination has no backends or routes")
+    );
+}

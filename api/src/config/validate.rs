@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use super::egress::{EgressConfig, ExternalProtocol, valid_host_pattern};
 use super::{
     Config, ConfigError, HashOn, HeaderValueMatch, PathMatch, PolicyConfig, RetryBudgetConfig, RouteConfig,
 };
@@ -122,6 +123,16 @@ impl Config {
                     return invalid(at(".addresses"), &format!("{address} belongs to two services"));
                 }
             }
+            if let Some(egress) = &service.egress {
+                if !service.backends.is_empty() || !service.routes.is_empty() {
+                    return invalid(
+                        at(".egress"),
+                        "an external destination has no backends or routes: its connections go to the address the app connected to",
+                    );
+                }
+                validate_egress(egress, &|field| at(&format!(".egress{field}")))?;
+                continue;
+            }
             if service.backends.is_empty() {
                 return invalid(at(".backends"), "a service needs at least one backend");
             }
@@ -182,6 +193,57 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn validate_egress(egress: &EgressConfig, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    let invalid = |path: String, reason: &str| Err(ConfigError::Invalid { path, reason: reason.to_owned() });
+    let mut names = HashSet::new();
+    for (i, service) in egress.services.iter().enumerate() {
+        let at = |field: &str| at(&format!(".services[{i}]{field}"));
+        if service.name.is_empty() || !names.insert(service.name.as_str()) {
+            return invalid(at(".name"), "must be a name no other external service of this port has");
+        }
+        if let Some(h) = service.hosts.iter().position(|host| !valid_host_pattern(host)) {
+            return invalid(
+                at(&format!(".hosts[{h}]")),
+                "must be a lower-case DNS name, or *. and one (like *.example.com)",
+            );
+        }
+        let by_name = !service.hosts.is_empty();
+        match service.protocol {
+            ExternalProtocol::Tcp if by_name => {
+                return invalid(
+                    at(".hosts"),
+                    "a tcp service is told by its addresses: a TCP connection names no host",
+                );
+            }
+            ExternalProtocol::Tcp if service.addresses.is_empty() => {
+                return invalid(at(".addresses"), "a tcp service needs addresses");
+            }
+            _ if !by_name && service.addresses.is_empty() => {
+                return invalid(at(""), "needs hosts or addresses to be told apart");
+            }
+            _ => {}
+        }
+        let Some(tls) = &service.tls else { continue };
+        if service.protocol != ExternalProtocol::Http {
+            return invalid(
+                at(".tls"),
+                "TLS is originated for plaintext HTTP only; tls and tcp connections pass as they are",
+            );
+        }
+        if tls.port == 0 {
+            return invalid(at(".tls.port"), "must be between 1 and 65535");
+        }
+        if tls.server_name.as_deref().is_some_and(|name| name.starts_with("*.") || !valid_host_pattern(name))
+        {
+            return invalid(at(".tls.serverName"), "must be a lower-case DNS name");
+        }
+        if tls.ca_bundle.as_deref().is_some_and(|pem| !pem.contains("-----BEGIN CERTIFICATE-----")) {
+            return invalid(at(".tls.caBundle"), "must hold PEM certificates (-----BEGIN CERTIFICATE-----)");
+        }
+    }
+    Ok(())
 }
 
 fn validate_policy(at: &str, policy: &PolicyConfig) -> Result<(), ConfigError> {

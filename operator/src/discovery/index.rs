@@ -17,6 +17,7 @@ use braid_runtime::ports::PortRange;
 use super::translate::{self, Unsupported};
 use crate::gateway::translate::RouteKind;
 
+mod egress;
 mod gateway;
 pub use gateway::{GatewayPart, GatewayRouteInfo};
 
@@ -177,6 +178,8 @@ pub struct Index {
     revision: u64,
     /// HTTPRoutes, GRPCRoutes and ReferenceGrants (index/gateway.rs).
     gateway: gateway::GatewayState,
+    /// The Mesh's egress settings and the MeshExternalServices (index/egress.rs).
+    egress: egress::EgressState,
 }
 
 impl Index {
@@ -198,6 +201,47 @@ impl Index {
             default_policy: DefaultInboundPolicy::default(),
             revision: 1,
             gateway: gateway::GatewayState::default(),
+            egress: egress::EgressState::new(""),
+        }
+    }
+
+    /// The namespace the mesh runs in: its MeshExternalServices apply to every namespace.
+    pub fn with_mesh_namespace(mut self, namespace: &str) -> Self {
+        self.egress = egress::EgressState::new(namespace);
+        self
+    }
+
+    pub fn set_egress(&mut self, settings: &braid_crds::mesh::EgressSettings) {
+        if self.egress.set_settings(settings) {
+            self.touch();
+        }
+    }
+
+    pub fn upsert_external_service(&mut self, key: Key, spec: braid_crds::MeshExternalServiceSpec) {
+        if self.egress.upsert(key, spec) {
+            self.touch();
+        }
+    }
+
+    pub fn remove_external_service(&mut self, key: &Key) {
+        if self.egress.remove(key) {
+            self.touch();
+        }
+    }
+
+    /// What an `IP:PORT` that is no cluster IP means to a proxy of namespace `client`: a meshed
+    /// pod (`address`), a destination outside the cluster with egress to check, or neither
+    /// (forwarded unchanged).
+    pub fn address_for(&self, addr: SocketAddr, client: &str) -> Snapshot {
+        let snapshot = self.address(addr);
+        let ip = addr.ip();
+        // Anything the cluster holds is never egress, whatever the cluster networks say.
+        if snapshot.service.is_some() || self.pod_at(ip).is_some() || self.slices_by_ip.contains_key(&ip) {
+            return snapshot;
+        }
+        match self.egress.answer(addr, client) {
+            Some(config) => Snapshot { service: Some(config), routes: Vec::new(), unsupported: Vec::new() },
+            None => snapshot,
         }
     }
 
@@ -616,6 +660,7 @@ impl Index {
             retry_budget: RetryBudgetConfig::default(),
             max_requests: self.max_requests(key, port),
             max_requests_per_connection: self.max_requests_per_connection(key, port),
+            egress: None,
         };
         Snapshot { service: Some(config), routes: applied, unsupported }
     }
@@ -698,6 +743,7 @@ impl Index {
             retry_budget: RetryBudgetConfig::default(),
             max_requests: None,
             max_requests_per_connection: None,
+            egress: None,
         };
         Snapshot { service: Some(config), routes: applied, unsupported }
     }

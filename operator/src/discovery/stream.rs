@@ -446,7 +446,9 @@ impl Session<'_> {
                 self.discovery.snapshot(key, *port, &self.peer.namespace)
             }
             Target::Address(addr) => {
-                let (revision, fresh) = self.discovery.read(|index| (index.revision(), index.address(*addr)));
+                let client = &self.peer.namespace;
+                let (revision, fresh) =
+                    self.discovery.read(|index| (index.revision(), index.address_for(*addr, client)));
                 if let (Some(sent), Some(last)) = (state.sent, &state.sent_address)
                     && **last == fresh
                 {

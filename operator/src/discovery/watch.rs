@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use braid_api::config::DefaultInboundPolicy;
 use braid_api::contract::{DEFAULT_INBOUND_POLICY, INJECTED, PROXY_CONTAINER, env::INBOUND_SKIP_PORTS};
-use braid_crds::{Mesh, MeshPolicy, MeshRoute};
+use braid_crds::mesh::EgressSettings;
+use braid_crds::{Mesh, MeshExternalService, MeshExternalServiceSpec, MeshPolicy, MeshRoute};
 use futures::{FutureExt as _, StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -194,8 +195,9 @@ enum Change {
     Slice(Key, Option<SliceInfo>),
     Route(Key, Option<RouteInfo>),
     Policy(Key, Option<(braid_crds::MeshPolicySpec, Option<i64>)>),
-    /// The Mesh's trust domain and default inbound policy.
-    Mesh(String, DefaultInboundPolicy),
+    /// The Mesh's trust domain, default inbound policy and egress settings.
+    Mesh(String, DefaultInboundPolicy, EgressSettings),
+    External(Key, Option<MeshExternalServiceSpec>),
     /// A watch (re)listed: objects of this kind not seen since `Start` are gone.
     Start(Kind),
     Done(Kind),
@@ -210,6 +212,7 @@ enum Kind {
     Policy,
     /// The Mesh named default (its trust domain); listed like the others before discovery serves.
     Mesh,
+    External,
 }
 
 fn key_of<K: Resource>(object: &K) -> Key {
@@ -234,6 +237,34 @@ where
                 Err(err) => {
                     tracing::warn!(?kind, %err, "discovery watch failed; retrying");
                     None
+                }
+            };
+            std::future::ready(change)
+        })
+        .boxed()
+}
+
+/// The MeshExternalServices. A cluster whose CRD is not installed yet (a `helm upgrade` does not
+/// add CRDs) has none: discovery must not wait for it, so the first failure to list reports the
+/// kind listed, empty, and the watch keeps retrying until the CRD is there.
+fn external_services(api: Api<MeshExternalService>) -> BoxStream<'static, Change> {
+    let mut reported = false;
+    watcher(api, watcher::Config::default())
+        .default_backoff()
+        .filter_map(move |event| {
+            let change = match event {
+                Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                    Some(Change::External(key_of(&object), Some(object.spec)))
+                }
+                Ok(watcher::Event::Delete(object)) => Some(Change::External(key_of(&object), None)),
+                Ok(watcher::Event::Init) => Some(Change::Start(Kind::External)),
+                Ok(watcher::Event::InitDone) => {
+                    reported = true;
+                    Some(Change::Done(Kind::External))
+                }
+                Err(err) => {
+                    tracing::warn!(kind = ?Kind::External, %err, "discovery watch failed; retrying (is the MeshExternalService CRD installed? kubectl apply -f crds/)");
+                    (!std::mem::replace(&mut reported, true)).then_some(Change::Done(Kind::External))
                 }
             };
             std::future::ready(change)
@@ -314,9 +345,17 @@ fn apply(index: &mut Index, keys: &mut Keys, change: Change) {
                 None => index.remove_policy(&key),
             }
         }
-        Change::Mesh(domain, default_policy) => {
+        Change::Mesh(domain, default_policy, egress) => {
             index.set_trust_domain(&domain);
             index.set_default_policy(default_policy);
+            index.set_egress(&egress);
+        }
+        Change::External(key, spec) => {
+            keys.record(Kind::External, &key, spec.is_some());
+            match spec {
+                Some(spec) => index.upsert_external_service(key, spec),
+                None => index.remove_external_service(&key),
+            }
         }
         Change::Start(kind) => {
             keys.relisting.insert(kind, HashSet::new());
@@ -329,6 +368,7 @@ fn apply(index: &mut Index, keys: &mut Keys, change: Change) {
                     Kind::Slice => index.remove_slice(&key),
                     Kind::Route => index.remove_route(&key),
                     Kind::Policy => index.remove_policy(&key),
+                    Kind::External => index.remove_external_service(&key),
                     // Not keyed: a deleted Mesh leaves the trust domain as it was.
                     Kind::Mesh => {}
                 }
@@ -356,13 +396,16 @@ pub async fn run(client: Client, discovery: Arc<Discovery>, shutdown: Cancellati
         watch(Api::<MeshPolicy>::all(client.clone()), Kind::Policy, |key, p| {
             Change::Policy(key, p.map(|p| (p.spec.clone(), p.metadata.generation)))
         }),
+        external_services(Api::<MeshExternalService>::all(client.clone())),
         watcher(Api::<Mesh>::all(client), watcher::Config::default().fields("metadata.name=default"))
             .default_backoff()
             .filter_map(|event| {
                 std::future::ready(match event {
-                    Ok(watcher::Event::Apply(mesh) | watcher::Event::InitApply(mesh)) => {
-                        Some(Change::Mesh(mesh.spec.trust_domain, mesh.spec.default_inbound_policy))
-                    }
+                    Ok(watcher::Event::Apply(mesh) | watcher::Event::InitApply(mesh)) => Some(Change::Mesh(
+                        mesh.spec.trust_domain,
+                        mesh.spec.default_inbound_policy,
+                        mesh.spec.egress,
+                    )),
                     Ok(watcher::Event::InitDone) => Some(Change::Done(Kind::Mesh)),
                     Ok(_) => None,
                     Err(err) => {
@@ -375,7 +418,7 @@ pub async fn run(client: Client, discovery: Arc<Discovery>, shutdown: Cancellati
     ]);
     let mut keys = Keys::default();
     let mut pending_sync: HashSet<Kind> =
-        [Kind::Pod, Kind::Service, Kind::Slice, Kind::Route, Kind::Policy, Kind::Mesh].into();
+        [Kind::Pod, Kind::Service, Kind::Slice, Kind::Route, Kind::Policy, Kind::Mesh, Kind::External].into();
     loop {
         let first = tokio::select! {
             change = changes.next() => match change { Some(change) => change, None => return },

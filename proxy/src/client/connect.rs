@@ -1,5 +1,6 @@
-//! The transport to an upstream address: TCP, then mutual TLS to a meshed endpoint. The one
-//! place mTLS slots in; `UpstreamIo`'s variants are the transports.
+//! The transport to an upstream address: TCP, then mutual TLS to a meshed endpoint or TLS the
+//! proxy originates to an external service. The one place TLS slots in; `UpstreamIo`'s variants
+//! are the transports.
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -30,7 +32,7 @@ pub enum ConnectError {
     Timeout(SocketAddr),
     #[error("no workload certificate yet, so no mTLS connection to {0} can be made")]
     NoIdentity(SocketAddr),
-    #[error("the mTLS handshake with {addr} failed: {source}")]
+    #[error("the TLS handshake with {addr} failed: {source}")]
     Tls { addr: SocketAddr, source: io::Error },
 }
 
@@ -90,54 +92,71 @@ impl AsyncWrite for UpstreamIo {
     }
 }
 
-/// How to reach a meshed endpoint over mTLS: the identity it must prove and the ALPN of the
-/// inner protocol. The client configuration is cached until the credentials change.
-pub struct TlsTarget {
-    store: Arc<IdentityStore>,
-    expected: String,
-    alpn: &'static [u8],
-    /// The configuration and the credentials it was built from (a new certificate or trust
-    /// bundle is a new `Credentials`).
-    cached: Mutex<Option<(Arc<Credentials>, Arc<rustls::ClientConfig>)>>,
+/// How to reach an upstream over TLS: a meshed endpoint over mTLS (the identity it must prove and
+/// the ALPN of the inner protocol; the client configuration cached until the credentials change),
+/// or an external service whose TLS the proxy originates (a fixed configuration and server name).
+pub struct TlsTarget(TlsKind);
+
+enum TlsKind {
+    Mesh {
+        store: Arc<IdentityStore>,
+        expected: String,
+        alpn: &'static [u8],
+        /// The configuration and the credentials it was built from (a new certificate or trust
+        /// bundle is a new `Credentials`).
+        cached: Mutex<Option<(Arc<Credentials>, Arc<rustls::ClientConfig>)>>,
+    },
+    External {
+        config: Arc<rustls::ClientConfig>,
+        server_name: ServerName<'static>,
+    },
 }
 
 impl TlsTarget {
     pub fn new(store: Arc<IdentityStore>, expected: String, alpn: &'static [u8]) -> Self {
-        Self { store, expected, alpn, cached: Mutex::new(None) }
+        Self(TlsKind::Mesh { store, expected, alpn, cached: Mutex::new(None) })
+    }
+
+    /// TLS the proxy originates to a server outside the mesh, checked against `config`'s roots
+    /// for `server_name`.
+    pub fn external(config: Arc<rustls::ClientConfig>, server_name: ServerName<'static>) -> Self {
+        Self(TlsKind::External { config, server_name })
     }
 
     /// A configuration offering `braid/http1` instead, for an upgrade's own connection: built
     /// each time, as upgrades are rare next to the handshake they cost.
-    fn upgrade_config(&self, addr: SocketAddr) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
-        let credentials = self.store.current().ok_or(ConnectError::NoIdentity(addr))?;
-        tls::client_config(
-            credentials.key.clone(),
-            credentials.roots.clone(),
-            self.expected.clone(),
-            ALPN_HTTP1,
-        )
-        .map(Arc::new)
-        .map_err(|e| ConnectError::Tls { addr, source: io::Error::other(e) })
+    fn upgrade_config(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), ConnectError> {
+        let TlsKind::Mesh { store, expected, .. } = &self.0 else { return self.client_config(addr) };
+        let credentials = store.current().ok_or(ConnectError::NoIdentity(addr))?;
+        tls::client_config(credentials.key.clone(), credentials.roots.clone(), expected.clone(), ALPN_HTTP1)
+            .map(|config| (Arc::new(config), tls::mesh_server_name()))
+            .map_err(|e| ConnectError::Tls { addr, source: io::Error::other(e) })
     }
 
-    fn client_config(&self, addr: SocketAddr) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
-        let credentials = self.store.current().ok_or(ConnectError::NoIdentity(addr))?;
-        let mut cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    fn client_config(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(Arc<rustls::ClientConfig>, ServerName<'static>), ConnectError> {
+        let (store, expected, alpn, cached) = match &self.0 {
+            TlsKind::External { config, server_name } => return Ok((config.clone(), server_name.clone())),
+            TlsKind::Mesh { store, expected, alpn, cached } => (store, expected, alpn, cached),
+        };
+        let credentials = store.current().ok_or(ConnectError::NoIdentity(addr))?;
+        let mut cached = cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some((built_from, config)) = cached.as_ref()
             && Arc::ptr_eq(built_from, &credentials)
         {
-            return Ok(config.clone());
+            return Ok((config.clone(), tls::mesh_server_name()));
         }
-        let config = tls::client_config(
-            credentials.key.clone(),
-            credentials.roots.clone(),
-            self.expected.clone(),
-            self.alpn,
-        )
-        .map_err(|e| ConnectError::Tls { addr, source: io::Error::other(e) })?;
+        let config =
+            tls::client_config(credentials.key.clone(), credentials.roots.clone(), expected.clone(), alpn)
+                .map_err(|e| ConnectError::Tls { addr, source: io::Error::other(e) })?;
         let config = Arc::new(config);
         *cached = Some((credentials, config.clone()));
-        Ok(config)
+        Ok((config, tls::mesh_server_name()))
     }
 }
 
@@ -159,7 +178,7 @@ pub async fn connect_for_upgrade(
 
 async fn connect_with(
     addr: SocketAddr,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 ) -> Result<UpstreamIo, ConnectError> {
     let stream = tokio::time::timeout(TCP_CONNECT_TIMEOUT, TcpStream::connect(addr))
         .await
@@ -167,9 +186,9 @@ async fn connect_with(
         .map_err(|source| ConnectError::Connect { addr, source })?;
     // Requests are small and latency matters more than packet count.
     stream.set_nodelay(true).map_err(|source| ConnectError::Connect { addr, source })?;
-    let Some(config) = tls else { return Ok(UpstreamIo::Plain(stream)) };
+    let Some((config, server_name)) = tls else { return Ok(UpstreamIo::Plain(stream)) };
     let connector = tokio_rustls::TlsConnector::from(config);
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(tls::mesh_server_name(), stream))
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(server_name, stream))
         .await
         .map_err(|_| ConnectError::Timeout(addr))?
         .map_err(|source| ConnectError::Tls { addr, source })?;

@@ -42,13 +42,14 @@ pub async fn serve(
     let client = Client { app, peer, state, limits, shutdown };
     // Another proxy's mTLS (a ClientHello offering braid/* ALPN) is terminated here; everything
     // else is plaintext to the proxy, whatever it carries.
-    if detected == Detected::Opaque && state.identity.is_some() && tls::may_be_tls(&prefix) {
+    if detected == Detected::Opaque && state.identity.is_some() && detect::may_be_tls(&prefix) {
         let before = prefix.len();
-        let Some(alpn) = tls::read_client_hello(&mut stream, &mut prefix, limits.detect_timeout).await else {
+        let Some(hello) = detect::read_client_hello(&mut stream, &mut prefix, limits.detect_timeout).await
+        else {
             return;
         };
         read_bytes.inc_by((prefix.len() - before) as u64);
-        if tls::from_a_proxy(&alpn) {
+        if tls::from_a_proxy(&hello.alpn) {
             let io = ClientIo::new(prefix.freeze(), stream, read_bytes, write_bytes);
             let Some(terminated) = tls::terminate(state, io, peer).await else { return };
             let tls::Terminated { stream, client_id, carries } = terminated;

@@ -2,16 +2,13 @@
 //! another proxy's; any other TLS passes through to the app unread.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use braid_api::identity::SpiffeIdRef;
-use bytes::BytesMut;
-use tokio::io::AsyncReadExt as _;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, warn};
 
-use crate::client_hello;
 use crate::detect::Detected;
 use crate::identity::{ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE, tls};
 use crate::io::ClientIo;
@@ -20,35 +17,6 @@ use crate::state::ProxyState;
 
 /// How long an inbound mTLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Whether a connection's first bytes may be a ClientHello (a TLS handshake record).
-pub fn may_be_tls(prefix: &[u8]) -> bool {
-    prefix.first() == Some(&0x16)
-}
-
-/// Reads the rest of the first TLS record and returns the ClientHello's ALPN protocols, or an
-/// empty list when it is not a ClientHello the proxy can read (then it passes through).
-pub async fn read_client_hello(
-    stream: &mut TcpStream,
-    buffer: &mut BytesMut,
-    timeout: Duration,
-) -> Option<Vec<Vec<u8>>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match client_hello::parse(buffer) {
-            client_hello::Hello::Alpn(alpn) => return Some(alpn),
-            client_hello::Hello::NotHello => return Some(Vec::new()),
-            client_hello::Hello::NeedBytes(needed) => {
-                buffer.reserve(needed.saturating_sub(buffer.len()));
-                match tokio::time::timeout_at(deadline.into(), stream.read_buf(buffer)).await {
-                    Ok(Ok(0)) | Ok(Err(_)) => return None,
-                    Ok(Ok(_)) => {}
-                    Err(_) => return Some(Vec::new()),
-                }
-            }
-        }
-    }
-}
 
 /// Whether the ALPN protocols a ClientHello offers are another proxy's.
 pub fn from_a_proxy(alpn: &[Vec<u8>]) -> bool {

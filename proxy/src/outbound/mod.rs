@@ -2,8 +2,10 @@
 //! original destination, a dedicated listener, or the Host header of each request) and what
 //! discovery knows of it decide the service; each HTTP request then takes a route (`route`), with
 //! its fault (`fault`), mirror (`mirror`) and retries (`retry`). Opaque connections go to an
-//! endpoint of the service, or on to their original destination.
+//! endpoint of the service, or on to their original destination. A destination outside the
+//! cluster is checked against its external services (`egress`).
 
+pub mod egress;
 pub mod fault;
 pub mod mirror;
 pub mod rate_limit;
@@ -75,11 +77,15 @@ pub async fn serve(
         (Some(discovery), OutboundTarget::Original(addr)) => discovery.in_use(addr),
         _ => None,
     };
-    let service_protocol = match &target {
-        OutboundTarget::Service(name) => table.service_by_name(name).map(|s| s.protocol),
-        OutboundTarget::Original(addr) => table.service_by_address(*addr).map(|s| s.protocol),
+    let service = match &target {
+        OutboundTarget::Service(name) => table.service_by_name(name),
+        OutboundTarget::Original(addr) => table.service_by_address(*addr),
         OutboundTarget::Unknown => None,
     };
+    let egress = service.and_then(|s| s.egress.clone());
+    // Outside the cluster anything may answer, servers that speak first too: detected as for
+    // an unknown destination.
+    let service_protocol = service.filter(|_| egress.is_none()).map(|s| s.protocol);
     drop(table);
 
     // A client that opens a connection to a known service and says nothing yet is an HTTP client
@@ -92,7 +98,7 @@ pub async fn serve(
         Some(Protocol::Auto) => Some((SILENT_CLIENT_TIMEOUT, Silence::Close)),
         None => Some((limits.detect_timeout, Silence::Opaque)),
     };
-    let (detected, prefix, stream) = match detection {
+    let (detected, mut prefix, mut stream) = match detection {
         None => (Detected::Opaque, BytesMut::new(), stream),
         Some((timeout, silence)) => match detect::read_prefix(stream, timeout, silence, &shutdown).await {
             Some(read) => read,
@@ -100,6 +106,20 @@ pub async fn serve(
         },
     };
     let labels = TcpLabels { direction: Direction::outbound };
+    if detected == Detected::Opaque
+        && let (Some(egress), OutboundTarget::Original(addr)) = (&egress, &target)
+    {
+        let decided =
+            egress::connection(state, egress, *addr, &mut stream, &mut prefix, limits.detect_timeout).await;
+        match decided {
+            None => return,
+            Some(egress::Decision::Denied) => {
+                state.metrics.tcp_refused.get_or_create(&labels).inc();
+                return;
+            }
+            Some(_) => {}
+        }
+    }
     let (read_bytes, write_bytes) = state.metrics.tcp_bytes(&labels);
     // The prefix was read before counting began.
     read_bytes.inc_by(prefix.len() as u64);
@@ -136,8 +156,9 @@ fn opaque_destination(state: &ProxyState, target: &OutboundTarget) -> Option<Opa
     let service = match target {
         OutboundTarget::Service(name) => table.service_by_name(name)?,
         OutboundTarget::Original(addr) => match table.service_by_address(*addr) {
-            Some(service) => service,
-            None => return Some(OpaqueDestination::Address(*addr)),
+            Some(service) if service.egress.is_none() => service,
+            // Outside the cluster, let through by the egress check: where the app was going.
+            _ => return Some(OpaqueDestination::Address(*addr)),
         },
         OutboundTarget::Unknown => return None,
     };
@@ -171,7 +192,14 @@ pub async fn handle(connection: Arc<OutboundConnection>, request: Request<ProxyB
     let service = match &connection.target {
         OutboundTarget::Service(name) => table.service_by_name(name),
         OutboundTarget::Original(addr) => match table.service_by_address(*addr) {
-            Some(service) => Some(service),
+            Some(service) => match &service.egress {
+                Some(egress) => {
+                    let egress = egress.clone();
+                    drop(table);
+                    return egress::request(state, &egress, *addr, request).await;
+                }
+                None => Some(service),
+            },
             None => return passthrough(state, *addr, request).await,
         },
         OutboundTarget::Unknown => {

@@ -486,6 +486,7 @@ mod tests {
             retry_budget: Default::default(),
             max_requests: None,
             max_requests_per_connection: None,
+            egress: None,
         }
     }
 
