@@ -187,44 +187,60 @@ fn traffic_policy(
 }
 
 /// `connectionPool.http.http2MaxRequests` (requests in flight, Envoy's max_requests) is
-/// `maxRequests` and `maxRequestsPerConnection` is itself; the connection counts and queue
-/// lengths have no equivalent, since the Braid proxy multiplexes one HTTP/2 connection per meshed
-/// endpoint and does not queue.
+/// `maxRequests`; `tcp.maxConnections`, `http.http1MaxPendingRequests` and
+/// `http.maxRequestsPerConnection` are themselves. The rest (timeouts, keepalive, idle timeout,
+/// retries per connection) have no equivalent.
 fn connection_pool(
     ctx: &mut Ctx,
     at: &str,
     value: &Value,
     pool: &mut ConnectionPool,
 ) -> Result<(), ConvertError> {
+    let number = |ctx: &mut Ctx, field: &str, value: &Value, min: i64| {
+        value
+            .as_i64()
+            .filter(|n| (min..=1_000_000).contains(n))
+            .and_then(|n| i32::try_from(n).ok())
+            .ok_or_else(|| ctx.invalid(field, format!("must be a whole number from {min} to 1000000")))
+    };
     for (key, value) in mapping(ctx, value, at)? {
         let field = format!("{at}.{key}");
-        if key != "http" {
-            ctx.leave_out(field, "MeshRoute limits requests in flight, not connections");
+        if key != "http" && key != "tcp" {
+            ctx.leave_out(field, "only the http and tcp connection pool settings have equivalents");
             continue;
         }
-        for (http_key, http_value) in mapping(ctx, value, &field)? {
-            let http_field = format!("{field}.{http_key}");
-            if http_key == "http2MaxRequests" {
-                let max = http_value
-                    .as_i64()
-                    .filter(|n| (1..=1_000_000).contains(n))
-                    .ok_or_else(|| ctx.invalid(&http_field, "must be a whole number from 1 to 1000000"))?;
-                pool.max_requests = i32::try_from(max).ok();
-            } else if http_key == "maxRequestsPerConnection" {
-                let max = http_value
-                    .as_i64()
-                    .filter(|n| (1..=1_000_000).contains(n))
-                    .ok_or_else(|| ctx.invalid(&http_field, "must be a whole number from 1 to 1000000"))?;
-                pool.max_requests_per_connection = i32::try_from(max).ok();
-            } else {
-                ctx.leave_out(
-                    http_field,
-                    "the Braid proxy multiplexes one HTTP/2 connection per meshed endpoint and does not queue; only \
-                     http2MaxRequests and maxRequestsPerConnection have equivalents (connectionPool.maxRequests, \
-                     connectionPool.maxRequestsPerConnection)",
-                );
+        for (inner_key, inner_value) in mapping(ctx, value, &field)? {
+            let inner_field = format!("{field}.{inner_key}");
+            match (key.as_str(), inner_key.as_str()) {
+                ("http", "http2MaxRequests") => {
+                    pool.max_requests = Some(number(ctx, &inner_field, inner_value, 1)?)
+                }
+                ("http", "maxRequestsPerConnection") => {
+                    pool.max_requests_per_connection = Some(number(ctx, &inner_field, inner_value, 1)?);
+                }
+                ("http", "http1MaxPendingRequests") => {
+                    pool.max_pending_requests = Some(number(ctx, &inner_field, inner_value, 0)?);
+                }
+                ("tcp", "maxConnections") => {
+                    pool.max_connections = Some(number(ctx, &inner_field, inner_value, 1)?)
+                }
+                _ => ctx.leave_out(
+                    inner_field,
+                    "only tcp.maxConnections, http.http1MaxPendingRequests, http.http2MaxRequests and \
+                     http.maxRequestsPerConnection have equivalents (connectionPool.maxConnections, \
+                     maxPendingRequests, maxRequests, maxRequestsPerConnection)",
+                ),
             }
         }
+    }
+    // Istio queues without maxConnections too (its default is unbounded connections); a
+    // MeshRoute's queue is for requests waiting for one of maxConnections.
+    if pool.max_pending_requests.is_some() && pool.max_connections.is_none() {
+        pool.max_pending_requests = None;
+        ctx.leave_out(
+            format!("{at}.http.http1MaxPendingRequests"),
+            "without tcp.maxConnections nothing waits for a connection: set maxConnections to use it",
+        );
     }
     Ok(())
 }

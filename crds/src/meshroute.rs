@@ -483,6 +483,10 @@ fn default_mirror_percent() -> i32 {
 /// Limits per client pod for a Service port.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.maxPendingRequests) || has(self.maxConnections)",
+     "message": "maxPendingRequests is how many requests wait for a connection under maxConnections: set maxConnections too"}
+]))]
 pub struct ConnectionPool {
     /// Requests in flight from one client pod (until their response headers, retries
     /// included); more are answered 503 with `braid-proxy-error: overloaded`.
@@ -496,6 +500,19 @@ pub struct ConnectionPool {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1_000_000))]
     pub max_requests_per_connection: Option<i32>,
+    /// HTTP/1.1 and opaque TCP connections one client pod opens to each endpoint (Istio's
+    /// tcp.maxConnections); a request that finds them all busy waits for one. Between two
+    /// proxies every request to an endpoint shares one HTTP/2 connection, so there it is
+    /// maxRequests that bounds what is in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_connections: Option<i32>,
+    /// Requests that may wait for one of the maxConnections connections, per endpoint (Istio's
+    /// http.http1MaxPendingRequests; 1024 when not given); more are answered 503 with
+    /// `braid-proxy-error: overloaded` at once. Needs maxConnections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_000_000))]
+    pub max_pending_requests: Option<i32>,
 }
 
 /// Endpoint choice and outlier ejection for a Service port.

@@ -300,6 +300,11 @@ async fn the_api_server_rejects_invalid_routes_with_a_clear_message() {
             "should be greater than or equal to 1",
         ),
         (
+            "a queue with no connection limit to wait for",
+            json!({"service": "a", "rules": [{"backends": [{"service": "b"}]}], "connectionPool": {"maxPendingRequests": 5}}),
+            "maxPendingRequests is how many requests wait for a connection under maxConnections",
+        ),
+        (
             "unknown algorithm",
             json!({"service": "a", "rules": [{"backends": [{"service": "b"}]}], "loadBalancer": {"algorithm": "Random"}}),
             "Unsupported value: \"Random\"",

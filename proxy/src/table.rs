@@ -372,11 +372,11 @@ fn compile_service(
                                 )
                             })
                         });
-                    // Set on kept endpoints too: a reload may change it.
+                    // Set on kept endpoints too: a reload may change them.
                     for version in [http::Version::HTTP_11, http::Version::HTTP_2] {
-                        compiled
-                            .pool_for(version)
-                            .set_max_requests_per_connection(service.max_requests_per_connection);
+                        let pool = compiled.pool_for(version);
+                        pool.set_max_requests_per_connection(service.max_requests_per_connection);
+                        pool.set_connection_limit(service.max_connections, service.max_pending_requests);
                     }
                     compiled
                 })

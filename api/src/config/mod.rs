@@ -470,6 +470,15 @@ pub struct ServiceConfig {
     /// the proxy closes it after its last answer and opens another. Unbounded when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_connection: Option<u32>,
+    /// HTTP/1.1 and opaque TCP connections this proxy opens to each endpoint of the service;
+    /// a request that finds them all busy waits for one. Not HTTP/2, which multiplexes every
+    /// request to an endpoint on one connection. Unbounded when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Requests that may wait for a connection under `maxConnections`, per endpoint (1024 when
+    /// not given); more are answered 503 `overloaded` at once. Needs `maxConnections`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
     /// A destination outside the cluster: the external services registered for it and what
     /// happens to the rest. Such a service has no backends or routes: its connections go on to
     /// the address the app connected to.

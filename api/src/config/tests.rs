@@ -200,6 +200,21 @@ fn refuses_bad_files_with_the_field_and_the_reason() {
             &SEED.replace("    routes:\n", "    maxRequestsPerConnection: 0\n    routes:\n"),
             "services[0].maxRequestsPerConnection: must be from 1 to 1000000",
         ),
+        (
+            &SEED.replace("    routes:\n", "    maxConnections: 0\n    routes:\n"),
+            "services[0].maxConnections: must be from 1 to 1000000",
+        ),
+        (
+            &SEED.replace("    routes:\n", "    maxPendingRequests: 5\n    routes:\n"),
+            "services[0].maxPendingRequests: requests wait for a connection only under maxConnections",
+        ),
+        (
+            &SEED.replace(
+                "    routes:\n",
+                "    maxConnections: 2\n    maxPendingRequests: 2000000\n    routes:\n",
+            ),
+            "services[0].maxPendingRequests: must be from 0 to 1000000",
+        ),
         (&with_load_balancer("{ hashOn: { body: x } }"), "unknown variant `body`"),
     ];
     for (text, expected) in cases {

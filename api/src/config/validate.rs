@@ -181,6 +181,18 @@ impl Config {
             if service.max_requests_per_connection.is_some_and(|max| !(1..=1_000_000).contains(&max)) {
                 return invalid(at(".maxRequestsPerConnection"), "must be from 1 to 1000000");
             }
+            if service.max_connections.is_some_and(|max| !(1..=1_000_000).contains(&max)) {
+                return invalid(at(".maxConnections"), "must be from 1 to 1000000");
+            }
+            if service.max_pending_requests.is_some_and(|max| max > 1_000_000) {
+                return invalid(at(".maxPendingRequests"), "must be from 0 to 1000000");
+            }
+            if service.max_pending_requests.is_some() && service.max_connections.is_none() {
+                return invalid(
+                    at(".maxPendingRequests"),
+                    "requests wait for a connection only under maxConnections: set it too",
+                );
+            }
             if lb.max_ejected_percent > 100 {
                 return invalid(at(".loadBalancer.maxEjectedPercent"), "must be between 0 and 100");
             }

@@ -647,6 +647,7 @@ impl Index {
                 backends.push(backend);
             }
         }
+        let (max_connections, max_pending_requests) = self.connection_limits(key, port);
         let config = ServiceConfig {
             name: format!("{target}.{namespace}.svc.{}:{port}", self.cluster_domain),
             hosts: Vec::new(),
@@ -660,6 +661,8 @@ impl Index {
             retry_budget: RetryBudgetConfig::default(),
             max_requests: self.max_requests(key, port),
             max_requests_per_connection: self.max_requests_per_connection(key, port),
+            max_connections,
+            max_pending_requests,
             egress: None,
         };
         Snapshot { service: Some(config), routes: applied, unsupported }
@@ -743,6 +746,8 @@ impl Index {
             retry_budget: RetryBudgetConfig::default(),
             max_requests: None,
             max_requests_per_connection: None,
+            max_connections: None,
+            max_pending_requests: None,
             egress: None,
         };
         Snapshot { service: Some(config), routes: applied, unsupported }
@@ -806,6 +811,17 @@ impl Index {
             .into_iter()
             .find_map(|(_, route)| route.spec.connection_pool.as_ref()?.max_requests)
             .map(|max| u32::try_from(max).unwrap_or(1).clamp(1, 1_000_000))
+    }
+
+    /// The connection limits (`maxConnections`, and its `maxPendingRequests`) of the oldest
+    /// MeshRoute of the port that sets `maxConnections`.
+    fn connection_limits(&self, key: &Key, port: u16) -> (Option<u32>, Option<u32>) {
+        let pool = self.routes_for(key, port).into_iter().find_map(|(_, route)| {
+            route.spec.connection_pool.as_ref().filter(|pool| pool.max_connections.is_some())
+        });
+        let Some(pool) = pool else { return (None, None) };
+        let clamp = |max: i32, min: u32| u32::try_from(max).unwrap_or(min).clamp(min, 1_000_000);
+        (pool.max_connections.map(|max| clamp(max, 1)), pool.max_pending_requests.map(|max| clamp(max, 0)))
     }
 
     /// The connection reuse limit the oldest MeshRoute of the port that sets one asks for.
@@ -1048,6 +1064,23 @@ mod tests {
         );
         assert_eq!(destination(&index).max_requests, Some(64));
         assert_eq!(destination(&index).max_requests_per_connection, Some(100));
+        assert_eq!(
+            (destination(&index).max_connections, destination(&index).max_pending_requests),
+            (None, None)
+        );
+        // maxConnections and its queue come together, from the oldest route that sets them.
+        route(
+            &mut index,
+            "connections",
+            1,
+            json!({"service": "reviews", "connectionPool": {"maxConnections": 4, "maxPendingRequests": 0},
+                   "rules": [{"backends": [{"service": "reviews-v1"}]}]}),
+        );
+        let service = destination(&index);
+        assert_eq!((service.max_connections, service.max_pending_requests), (Some(4), Some(0)));
+        let config = json!({"identity": {"identity": "spiffe://cluster.local/ns/shop/sa/web",
+            "endpoint": "id:8080", "tokenFile": "/t", "trustBundleFile": "/b"}, "services": [service]});
+        braid_api::config::Config::parse(&config.to_string()).expect("the proxy takes it");
     }
 
     #[test]

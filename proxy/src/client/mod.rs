@@ -9,6 +9,7 @@ pub mod body;
 pub mod coalesce;
 pub mod connect;
 pub mod http1;
+pub mod limit;
 pub mod replay;
 
 use std::future::poll_fn;
@@ -19,6 +20,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http_body::Body as _;
 use hyper::client::conn::http1 as hyper_http1;
@@ -33,10 +35,14 @@ use body::{Http2Body, ProxyBody};
 use coalesce::{FlushAfterPoll, coalesce};
 pub use connect::{ConnectError, TlsTarget, UpstreamIo, connect, connect_for_upgrade};
 use http1::{self as lean, EncodedRequest, Http1Connection, Http1Error, IdleConnections, MAX_IDLE_HTTP1};
+use limit::{ConnectionLimit, ConnectionSlot, Overflow, Waited};
 /// An HTTP/2 connection is pinged this often, and closed when the answer takes longer than
 /// `KEEP_ALIVE_TIMEOUT`: a peer that vanished without a FIN (a node gone) is noticed.
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Requests that may wait for a connection under `maxConnections` when `maxPendingRequests` is
+/// not given (Envoy's default).
+const DEFAULT_MAX_PENDING: u32 = 1024;
 
 /// Why an upstream request failed; the kind decides the status the client gets and whether the
 /// request may be retried.
@@ -63,6 +69,13 @@ pub enum UpstreamError {
     /// upstream's health.
     #[error("the request body from the client broke off while it was sent to {addr}: {reason}")]
     RequestBody { addr: SocketAddr, reason: String },
+    /// The service's connection limits to this endpoint were reached (`maxConnections` busy,
+    /// `maxPendingRequests` waiting): refused here, without touching the endpoint.
+    #[error(
+        "all {} connections to {addr} (maxConnections) are busy and {} requests (maxPendingRequests) already wait for one",
+        .overflow.max_connections, .overflow.max_pending
+    )]
+    Overflow { addr: SocketAddr, overflow: Overflow },
 }
 
 impl UpstreamError {
@@ -90,6 +103,11 @@ impl UpstreamError {
     /// Whether the client, not the upstream, caused the failure.
     pub fn is_client_error(&self) -> bool {
         matches!(self, Self::RequestBody { .. })
+    }
+
+    /// Whether this proxy's own connection limits refused the request before it left.
+    pub fn is_overflow(&self) -> bool {
+        matches!(self, Self::Overflow { .. })
     }
 
     /// What hyper's client reported: the request body it was writing failed (it holds our
@@ -141,6 +159,8 @@ pub struct Pool {
     teardowns: OnceLock<Teardowns>,
     /// Requests (HTTP/2: streams) a connection carries before it is let go; 0: no limit.
     max_requests_per_connection: AtomicU32,
+    /// `maxConnections` and `maxPendingRequests`: HTTP/1.1 and opaque TCP only.
+    limit: ArcSwapOption<ConnectionLimit>,
 }
 
 impl Pool {
@@ -159,6 +179,43 @@ impl Pool {
             tls,
             teardowns: OnceLock::new(),
             max_requests_per_connection: AtomicU32::new(0),
+            limit: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The service's `maxConnections` (and `maxPendingRequests`, 1024 when not given) to this
+    /// endpoint; kept as it is when unchanged, so a reload neither forgets the connections open
+    /// nor lets more in.
+    pub fn set_connection_limit(&self, max_connections: Option<u32>, max_pending: Option<u32>) {
+        let wanted = max_connections.map(|max| (max, max_pending.unwrap_or(DEFAULT_MAX_PENDING)));
+        let current = self.limit.load();
+        let current = current.as_ref().map(|limit| (limit.max_connections, limit.max_pending));
+        if current != wanted {
+            self.limit.store(wanted.map(|(connections, pending)| ConnectionLimit::new(connections, pending)));
+        }
+    }
+
+    pub fn connection_limit(&self) -> Option<Arc<ConnectionLimit>> {
+        self.limit.load_full()
+    }
+
+    fn overflow(&self, overflow: Overflow) -> UpstreamError {
+        UpstreamError::Overflow { addr: self.addr, overflow }
+    }
+
+    /// A place for a new connection under the limit, or a connection of the pool that came free
+    /// while waiting for one (`Err(Ok(idle))`).
+    async fn slot_or_idle<T>(
+        &self,
+        take_idle: impl FnMut() -> Option<T>,
+    ) -> Result<Result<Option<ConnectionSlot>, T>, UpstreamError> {
+        let Some(limit) = self.limit.load_full() else { return Ok(Ok(None)) };
+        if let Some(slot) = limit.try_slot() {
+            return Ok(Ok(Some(slot)));
+        }
+        match limit.wait(take_idle).await.map_err(|overflow| self.overflow(overflow))? {
+            Waited::Idle(idle) => Ok(Err(idle)),
+            Waited::Slot(slot) => Ok(Ok(Some(slot))),
         }
     }
 
@@ -213,7 +270,7 @@ impl Pool {
     async fn send_http1_lean(&self, request: &EncodedRequest) -> Result<Response<ProxyBody>, UpstreamError> {
         let connection = match self.take_idle_lean() {
             Some(connection) => connection,
-            None => Box::pin(self.connect_lean()).await?,
+            None => Box::pin(self.open_lean()).await?,
         };
         let reused = connection.reused;
         let source = match lean::send(connection, request, &self.http1_lean_idle).await {
@@ -228,7 +285,7 @@ impl Pool {
         // A kept-alive connection that broke before any answer was most likely closed by the
         // server as the request went out (its idle timeout): once more, on a new connection.
         debug!(addr = %self.addr, error = %source, "idle HTTP/1.1 connection was closed; sending again");
-        let connection = Box::pin(self.connect_lean()).await?;
+        let connection = Box::pin(self.open_lean()).await?;
         lean::send(connection, request, &self.http1_lean_idle)
             .await
             .map(|response| response.map(ProxyBody::http1))
@@ -249,8 +306,16 @@ impl Pool {
         None
     }
 
-    async fn connect_lean(&self) -> Result<Http1Connection, UpstreamError> {
-        Ok(Http1Connection::new(connect(self.addr, self.tls.as_ref()).await?))
+    /// A new connection, or, under `maxConnections`, one of the pool's that came free while
+    /// this request waited for its turn.
+    async fn open_lean(&self) -> Result<Http1Connection, UpstreamError> {
+        let slot = match self.slot_or_idle(|| self.take_idle_lean()).await? {
+            Ok(slot) => slot,
+            Err(idle) => return Ok(idle),
+        };
+        let mut connection = Http1Connection::new(connect(self.addr, self.tls.as_ref()).await?);
+        connection.slot = slot;
+        Ok(connection)
     }
 
     async fn send_http1_streaming(
@@ -261,7 +326,7 @@ impl Pool {
             Some(idle) => idle,
             // Boxed: connecting (TCP, maybe TLS, the handshake) is rare, and its state would
             // otherwise make every request's future, moved on each spawn, several KiB larger.
-            None => (Box::pin(self.connect_http1()).await?, 0),
+            None => Box::pin(self.open_http1()).await?,
         };
         let response =
             sender.send_request(request).await.map_err(|source| UpstreamError::hyper(self.addr, source))?;
@@ -296,13 +361,25 @@ impl Pool {
         if idle.len() < MAX_IDLE_HTTP1 {
             idle.push((sender, served));
         }
+        drop(idle);
+        if let Some(limit) = self.limit.load().as_ref() {
+            limit.connection_returned();
+        }
     }
 
-    async fn connect_http1(&self) -> Result<hyper_http1::SendRequest<ProxyBody>, UpstreamError> {
+    /// As `open_lean`, for hyper's connections: the slot lives as long as the connection's task.
+    async fn open_http1(&self) -> Result<(hyper_http1::SendRequest<ProxyBody>, u32), UpstreamError> {
+        let slot = match self.slot_or_idle(|| self.take_idle_http1()).await? {
+            Ok(slot) => slot,
+            Err(idle) => return Ok(idle),
+        };
         let io = connect(self.addr, self.tls.as_ref()).await?;
         let (sender, connection) = self.handshake_http1(io).await?;
-        drive_http1(self.addr, connection);
-        Ok(sender)
+        drive_http1(self.addr, async move {
+            let _slot = slot;
+            connection.await
+        });
+        Ok((sender, 0))
     }
 
     async fn handshake_http1(

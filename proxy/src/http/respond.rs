@@ -37,6 +37,9 @@ pub fn failure_response(failure: &Failure) -> Response<ProxyBody> {
             "connect-failure",
             format!("braid-proxy: {error}: the endpoint refused or did not answer\n"),
         ),
+        Failure::Upstream(error) if error.is_overflow() => {
+            local(StatusCode::SERVICE_UNAVAILABLE, "overloaded", format!("braid-proxy: {error}\n"))
+        }
         Failure::Upstream(error) if error.is_client_error() => {
             local(StatusCode::BAD_REQUEST, REQUEST_BODY, format!("braid-proxy: {error}\n"))
         }

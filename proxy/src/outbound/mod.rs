@@ -129,7 +129,20 @@ pub async fn serve(
         match opaque_destination(state, &target) {
             Some(OpaqueDestination::Address(addr)) => tcp::forward(io, addr, None, None).await,
             Some(OpaqueDestination::Endpoint(endpoint)) => {
+                // maxConnections holds for opaque connections too; nothing waits for TCP.
+                let slot = match endpoint.pool.connection_limit() {
+                    None => None,
+                    Some(limit) => match limit.try_slot() {
+                        Some(slot) => Some(slot),
+                        None => {
+                            state.metrics.tcp_refused.get_or_create(&labels).inc();
+                            debug!(%peer, endpoint = %endpoint.addr, "opaque connection over maxConnections: closed");
+                            return;
+                        }
+                    },
+                };
                 tcp::forward(io, endpoint.addr, endpoint.opaque_tls.as_ref(), None).await;
+                drop(slot);
             }
             None => {
                 state.metrics.tcp_refused.get_or_create(&labels).inc();

@@ -132,7 +132,19 @@ pub async fn send_with_retries(
         let done = Instant::now();
         // A request body the client broke says nothing of the endpoint or its backend: it is
         // counted against neither (five in a row would eject a healthy endpoint), nor retried.
-        if matches!(&outcome, Err(Failure::Upstream(error)) if error.is_client_error()) {
+        // Nor is a request this proxy's connection limits kept from leaving: it is counted as
+        // overloaded, as a request over maxRequests is.
+        if let Err(Failure::Upstream(error)) = &outcome
+            && (error.is_client_error() || error.is_overflow())
+        {
+            if error.is_overflow() {
+                let labels = RetryLabels {
+                    direction: Direction::outbound,
+                    dst_service: labels.dst_service.clone(),
+                    route: labels.route.clone(),
+                };
+                registry.overloaded.get_or_create(&labels).inc();
+            }
             return outcome.map(|response| (response, endpoint.identity.clone()));
         }
         // Per try and per backend: what a canary check judges the canary by.

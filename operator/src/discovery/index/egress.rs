@@ -98,6 +98,8 @@ impl EgressState {
             retry_budget: RetryBudgetConfig::default(),
             max_requests: None,
             max_requests_per_connection: None,
+            max_connections: None,
+            max_pending_requests: None,
             egress: Some(EgressConfig { unregistered, services }),
         })
     }
@@ -143,6 +145,8 @@ fn checked(service: ExternalServiceConfig, key: &Key) -> Option<ExternalServiceC
         retry_budget: RetryBudgetConfig::default(),
         max_requests: None,
         max_requests_per_connection: None,
+        max_connections: None,
+        max_pending_requests: None,
         egress: Some(EgressConfig { unregistered: EgressAction::Allow, services: vec![service.clone()] }),
     };
     let config = Config { services: vec![alone], ..Config::empty() };

@@ -25,6 +25,7 @@ use codec::{BodyState, Decoded, decode, end_of_input, has_token, next_response_h
 pub use codec::{Http1Error, MAX_RESPONSE_HEAD, parse_response};
 
 use super::connect::UpstreamIo;
+use super::limit::ConnectionSlot;
 
 /// How much room a read asks for: one read takes a whole small response.
 const READ_SIZE: usize = 16 * 1024;
@@ -39,6 +40,8 @@ pub struct Http1Connection {
     pub reused: bool,
     /// Requests it has carried.
     pub served: u32,
+    /// Its place under the service's `maxConnections`, given back when it closes.
+    pub slot: Option<ConnectionSlot>,
 }
 
 /// Where connections wait between requests; a response body puts its connection back here.
@@ -46,7 +49,7 @@ pub type IdleConnections = Arc<Mutex<Vec<Http1Connection>>>;
 
 impl Http1Connection {
     pub fn new(io: UpstreamIo) -> Self {
-        Self { io, read: BytesMut::new(), reused: false, served: 0 }
+        Self { io, read: BytesMut::new(), reused: false, served: 0, slot: None }
     }
 
     /// Whether an idle connection can take a request: the server has not closed it and sent
@@ -202,9 +205,15 @@ impl Http1Body {
             && self.keep_alive
             && connection.read.is_empty()
         {
+            let limit = connection.slot.as_ref().map(ConnectionSlot::limit);
             let mut idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             if idle.len() < MAX_IDLE_HTTP1 {
                 idle.push(connection);
+            }
+            drop(idle);
+            // After the push, so a woken waiter finds it.
+            if let Some(limit) = limit {
+                limit.connection_returned();
             }
         }
     }

@@ -486,6 +486,8 @@ mod tests {
             retry_budget: Default::default(),
             max_requests: None,
             max_requests_per_connection: None,
+            max_connections: None,
+            max_pending_requests: None,
             egress: None,
         }
     }
