@@ -155,24 +155,32 @@ impl Mesh {
 
     /// 20 requests for each kind of match: all answered 200 by the version the rule names.
     async fn matches_pick_their_backends(&self) {
-        let cases: [(&str, &str, &[&str], &str); 7] = [
+        let cases: [(&str, &str, &[&str], &str); 8] = [
             ("exact", "/exact", &[], "v2"),
             // Exact is exact: a longer path falls through to the default.
             ("exact-longer", "/exact/more", &[], "v1"),
             ("prefix", "/v2/anything", &[], "v2"),
+            ("method", "/m", &["--method", "POST"], "v2"),
             ("header", "/h", &["--header", "x-canary: yes"], "v2"),
             ("header-other", "/h", &["--header", "x-canary: no"], "v1"),
             ("query", "/q?version=v2", &[], "v2"),
-            // GET (the load client's only method) does not match the POST rule.
+            // The load client's default GET does not match the POST rule.
             ("default", "/anything?version=v1", &[], "v1"),
         ];
         let mut failures = Vec::new();
         for (name, path, extra, want) in cases {
             let report = self.run(&format!("match-{name}"), path, 20, 1, extra).await;
             let versions = by_version(&report);
-            eprintln!("match {name} ({path} {extra:?}): answered by {versions:?}, want {want}");
+            let method = report["method"].as_str().unwrap_or_default();
+            eprintln!("match {name} ({method} {path} {extra:?}): answered by {versions:?}, want {want}");
             let total = count(&report, "total");
-            if total == 0 || count(&report, "ok") != total || versions.get(want).copied() != Some(total) {
+            // The client sent the method the case asks for (the report says which it sent).
+            let want_method = extra.iter().skip_while(|a| **a != "--method").nth(1).copied().unwrap_or("GET");
+            if total == 0
+                || method != want_method
+                || count(&report, "ok") != total
+                || versions.get(want).copied() != Some(total)
+            {
                 failures.push(format!("{name}: {report}"));
             }
         }

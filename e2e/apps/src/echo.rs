@@ -1,10 +1,12 @@
 //! The HTTP echo server: every request is answered with who answered it (name, version, pod)
 //! and what it received, as JSON, after any injected delay and with any injected failure status.
+//! `GET /stats` says how many requests it has echoed, so a test can count what reached a pod
+//! whose answers nobody sees (a mirror's).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt as _;
@@ -14,6 +16,19 @@ use serde::{Deserialize, Serialize};
 use crate::body::{Body, full};
 use crate::faults::Faults;
 use crate::serve::Handler;
+
+/// Delay only the first N tries of each request (`x-echo-delay` says how long): a retry of the
+/// same request, told apart by its `x-request-id`, is answered at once. Per request only, since
+/// it needs the request's id; what a test of per-try timeouts needs.
+pub const DELAY_TRIES_HEADER: &str = "x-echo-delay-tries";
+/// What tells one request's tries apart: a retry carries the same headers as the first try.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Request ids remembered for `x-echo-delay-tries`; past this many the memory starts afresh, so a
+/// long run cannot grow it without bound (a test's retries follow their first try within seconds).
+const REMEMBERED_REQUEST_IDS: usize = 100_000;
+/// Distinct paths counted by name in /stats; the others are counted under OTHER_PATHS.
+const COUNTED_PATHS: usize = 64;
+pub const OTHER_PATHS: &str = "(other)";
 
 /// Who this server is and what it injects.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,14 +66,66 @@ pub struct EchoResponse {
     pub injected_failure: bool,
 }
 
+/// The answer to `GET /stats`: the requests echoed since the server started (failed and delayed
+/// ones included; /healthz and /stats not).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EchoStats {
+    pub name: String,
+    pub version: String,
+    pub pod: String,
+    pub requests: u64,
+    /// Requests per path; paths beyond the first COUNTED_PATHS under OTHER_PATHS.
+    pub paths: BTreeMap<String, u64>,
+}
+
 pub struct Echo {
     config: EchoConfig,
     shutting_down: AtomicBool,
+    stats: Mutex<EchoStats>,
+    /// Tries seen per request id, for `x-echo-delay-tries`.
+    tries: Mutex<HashMap<String, u32>>,
 }
 
 impl Echo {
     pub fn new(config: EchoConfig) -> Arc<Self> {
-        Arc::new(Self { config, shutting_down: AtomicBool::new(false) })
+        let stats = EchoStats {
+            name: config.name.clone(),
+            version: config.version.clone(),
+            pod: config.pod.clone(),
+            ..EchoStats::default()
+        };
+        Arc::new(Self {
+            config,
+            shutting_down: AtomicBool::new(false),
+            stats: Mutex::new(stats),
+            tries: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn stats(&self) -> EchoStats {
+        self.stats.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn count(&self, path: &str) {
+        let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        stats.requests += 1;
+        let key = if stats.paths.contains_key(path) || stats.paths.len() < COUNTED_PATHS {
+            path
+        } else {
+            OTHER_PATHS
+        };
+        *stats.paths.entry(key.to_owned()).or_default() += 1;
+    }
+
+    /// Which try of request `id` this is, from 1.
+    fn try_number(&self, id: &str) -> u32 {
+        let mut tries = self.tries.lock().unwrap_or_else(PoisonError::into_inner);
+        if tries.len() >= REMEMBERED_REQUEST_IDS && !tries.contains_key(id) {
+            tries.clear();
+        }
+        let seen = tries.entry(id.to_owned()).or_default();
+        *seen = seen.saturating_add(1);
+        *seen
     }
 
     pub fn handler(self: &Arc<Self>) -> Handler {
@@ -83,10 +150,27 @@ impl Echo {
                 text(StatusCode::OK, "ok\n")
             };
         }
-        let faults = match self.config.faults.with_headers(request.headers()) {
+        if request.uri().path() == "/stats" {
+            // Serializing strings and numbers cannot fail; should it ever, say so.
+            return match serde_json::to_vec(&self.stats()) {
+                Ok(json) => json_response(StatusCode::OK, json),
+                Err(err) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{err}\n")),
+            };
+        }
+        self.count(request.uri().path());
+        let mut faults = match self.config.faults.with_headers(request.headers()) {
             Ok(faults) => faults,
             Err(err) => return text(StatusCode::BAD_REQUEST, format!("{err}\n")),
         };
+        match delay_tries(request.headers()) {
+            Ok(None) => {}
+            Ok(Some((limit, id))) => {
+                if self.try_number(&id) > limit {
+                    faults.delay = std::time::Duration::ZERO;
+                }
+            }
+            Err(err) => return text(StatusCode::BAD_REQUEST, format!("{err}\n")),
+        }
         let (parts, mut body) = request.into_parts();
         let mut body_bytes = 0u64;
         while let Some(frame) = body.frame().await {
@@ -135,11 +219,43 @@ impl Echo {
         tracing::debug!(%peer, method = %parts.method, path = parts.uri.path(), status = status.as_u16(), "answered");
         // Serializing strings and numbers cannot fail; should it ever, an empty object beats a panic.
         let json = serde_json::to_vec(&answer).unwrap_or_else(|_| b"{}".to_vec());
-        let mut response = Response::new(full(json));
-        *response.status_mut() = status;
-        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        response
+        json_response(status, json)
     }
+}
+
+/// `x-echo-delay-tries` and the request's id, when the header is there: how many tries of the
+/// request are delayed. An error (answered 400) when it is malformed or the id is missing.
+pub fn delay_tries(headers: &http::HeaderMap) -> Result<Option<(u32, String)>, String> {
+    let Some(value) = headers.get(DELAY_TRIES_HEADER) else { return Ok(None) };
+    let value = value.to_str().map_err(|_| format!("header {DELAY_TRIES_HEADER} is not ASCII"))?;
+    let limit = parse_tries(value).map_err(|err| format!("header {DELAY_TRIES_HEADER}: {err}"))?;
+    let id = headers
+        .get(REQUEST_ID_HEADER)
+        .and_then(|id| id.to_str().ok())
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .ok_or_else(|| {
+            format!(
+                "header {DELAY_TRIES_HEADER} needs an {REQUEST_ID_HEADER} header to tell one request's tries \
+                 apart (load --request-ids sends one)"
+            )
+        })?;
+    Ok(Some((limit, id.to_owned())))
+}
+
+/// A number of tries: a whole number from 0 to 100.
+pub fn parse_tries(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(tries) if tries <= 100 => Ok(tries),
+        _ => Err(format!("{text:?} is not a number of tries: give a whole number from 0 to 100")),
+    }
+}
+
+fn json_response(status: StatusCode, json: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(full(json));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
@@ -149,4 +265,58 @@ fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderMap;
+
+    use super::*;
+
+    #[test]
+    fn delay_tries_need_a_number_and_a_request_id() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(delay_tries(&headers), Ok(None));
+        headers.insert(DELAY_TRIES_HEADER, "1".parse().unwrap());
+        let err = delay_tries(&headers).unwrap_err();
+        assert!(err.contains(REQUEST_ID_HEADER), "{err}");
+        headers.insert(REQUEST_ID_HEADER, "abc-7".parse().unwrap());
+        assert_eq!(delay_tries(&headers), Ok(Some((1, "abc-7".to_owned()))));
+        for bad in ["-1", "two", "101", "1.5", ""] {
+            headers.insert(DELAY_TRIES_HEADER, bad.parse().unwrap());
+            let err = delay_tries(&headers).unwrap_err();
+            assert!(err.contains(DELAY_TRIES_HEADER) && err.contains("0 to 100"), "{bad}: {err}");
+        }
+        assert_eq!(parse_tries(" 0 "), Ok(0));
+    }
+
+    #[test]
+    fn tries_are_counted_per_request_id() {
+        let echo = Echo::new(EchoConfig {
+            name: "echo".into(),
+            version: "v1".into(),
+            pod: "pod".into(),
+            faults: Faults::default(),
+        });
+        assert_eq!((echo.try_number("a"), echo.try_number("a"), echo.try_number("b")), (1, 2, 1));
+    }
+
+    #[test]
+    fn stats_count_paths_up_to_a_bound() {
+        let echo = Echo::new(EchoConfig {
+            name: "echo".into(),
+            version: "v1".into(),
+            pod: "pod".into(),
+            faults: Faults::default(),
+        });
+        for n in 0..COUNTED_PATHS + 10 {
+            echo.count(&format!("/p{n}"));
+        }
+        echo.count("/p0");
+        let stats = echo.stats();
+        assert_eq!(stats.requests, COUNTED_PATHS as u64 + 11);
+        assert_eq!(stats.paths["/p0"], 2);
+        assert_eq!(stats.paths[OTHER_PATHS], 10);
+        assert_eq!(stats.paths.len(), COUNTED_PATHS + 1);
+    }
 }

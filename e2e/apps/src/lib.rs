@@ -1,10 +1,13 @@
-//! Test apps for the end-to-end tests, one library behind three binaries:
+//! Test apps for the end-to-end tests, one library behind these binaries:
 //!
 //! - `echo`: an HTTP/1.1 and h2c server that answers with its name, version and pod as JSON
 //!   ([`echo::EchoResponse`]) and can be told to fail or slow down a fraction of requests;
 //! - `grpc-echo`: a gRPC server with a unary and a bidirectional streaming echo ([`grpc`]);
 //! - `load`: an open-loop load client that counts responses per backend and status and measures
-//!   latency ([`load::Report`]).
+//!   latency ([`load::Report`]);
+//! - `websocket`: a WebSocket echo server and client;
+//! - `tcp-echo`: a TCP echo server that speaks first and a client that checks every byte
+//!   ([`tcp_echo`]).
 
 pub mod body;
 pub mod cli;
@@ -14,3 +17,4 @@ pub mod grpc;
 pub mod histogram;
 pub mod load;
 pub mod serve;
+pub mod tcp_echo;

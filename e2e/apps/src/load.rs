@@ -48,6 +48,11 @@ pub struct LoadConfig {
     /// Reuse connections (the default); without, every request opens a new one.
     pub keepalive: bool,
     pub headers: HeaderMap,
+    /// The method of every request (GET by default; the body is empty whatever it is).
+    pub method: Method,
+    /// Give each request an `x-request-id` of its own (this run's random prefix and the
+    /// request's number), so that a server can tell a retry from a new request.
+    pub request_ids: bool,
 }
 
 impl LoadConfig {
@@ -61,8 +66,24 @@ impl LoadConfig {
             http2: false,
             keepalive: true,
             headers: HeaderMap::new(),
+            method: Method::GET,
+            request_ids: false,
         }
     }
+}
+
+/// The methods the load client sends (with an empty body). CONNECT is not one: it would open a
+/// tunnel, not make a request.
+pub const METHODS: [Method; 7] =
+    [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::PATCH, Method::DELETE, Method::OPTIONS];
+
+/// An HTTP method of [`METHODS`], in any case ("post" is POST).
+pub fn parse_method(text: &str) -> Result<Method, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    METHODS.iter().find(|method| method.as_str() == upper).cloned().ok_or_else(|| {
+        let names: Vec<&str> = METHODS.iter().map(Method::as_str).collect();
+        format!("{text:?} is not a method the load client sends: use one of {}", names.join(", "))
+    })
 }
 
 /// An http:// URL with a host.
@@ -122,6 +143,9 @@ pub fn parse_header(text: &str) -> Result<(HeaderName, HeaderValue), String> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub url: String,
+    /// The method of every request.
+    #[serde(default)]
+    pub method: String,
     /// The rate asked for, requests per second.
     pub rate: f64,
     /// Since the start (or the last reset).
@@ -242,6 +266,7 @@ struct Stats {
 /// The counts, shared by the requests in flight and whoever reads the report.
 pub struct Recorder {
     url: String,
+    method: String,
     rate: f64,
     stats: Mutex<(Instant, Stats)>,
     in_flight: AtomicU64,
@@ -254,6 +279,7 @@ impl Recorder {
     pub fn new(config: &LoadConfig) -> Arc<Self> {
         Arc::new(Self {
             url: config.url.to_string(),
+            method: config.method.to_string(),
             rate: config.rate,
             stats: Mutex::new((Instant::now(), Stats::default())),
             in_flight: AtomicU64::new(0),
@@ -288,6 +314,7 @@ impl Recorder {
         let millis = |duration: Duration| (duration.as_secs_f64() * 1e6).round() / 1e3;
         Report {
             url: self.url.clone(),
+            method: self.method.clone(),
             rate: self.rate,
             elapsed_secs,
             running: self.running.load(Ordering::SeqCst),
@@ -360,6 +387,8 @@ pub async fn run(config: Arc<LoadConfig>, recorder: Arc<Recorder>, stop: Cancell
         builder.pool_max_idle_per_host(0);
     }
     let client: Client<HttpConnector, Body> = builder.build(connector);
+    // Tells this run's request ids from another's that reached the same server.
+    let run_id = format!("{:016x}", fastrand::u64(..));
     let permits = Arc::new(Semaphore::new(config.concurrency));
     let tasks = TaskTracker::new();
     recorder.running.store(true, Ordering::SeqCst);
@@ -382,8 +411,9 @@ pub async fn run(config: Arc<LoadConfig>, recorder: Arc<Recorder>, stop: Cancell
         };
         recorder.in_flight.fetch_add(1, Ordering::SeqCst);
         let (client, config, recorder) = (client.clone(), config.clone(), recorder.clone());
+        let request_id = config.request_ids.then(|| format!("{run_id}-{sequence}"));
         tasks.spawn(async move {
-            let outcome = send(&client, &config, due).await;
+            let outcome = send(&client, &config, due, request_id).await;
             recorder.record(outcome);
             recorder.in_flight.fetch_sub(1, Ordering::SeqCst);
             drop(permit);
@@ -400,11 +430,20 @@ fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
 }
 
-async fn send(client: &Client<HttpConnector, Body>, config: &LoadConfig, due: Instant) -> Outcome {
+async fn send(
+    client: &Client<HttpConnector, Body>,
+    config: &LoadConfig,
+    due: Instant,
+    request_id: Option<String>,
+) -> Outcome {
     let mut request = Request::new(body::empty());
-    *request.method_mut() = Method::GET;
+    *request.method_mut() = config.method.clone();
     *request.uri_mut() = config.url.clone();
     request.headers_mut().extend(config.headers.clone());
+    // The run id is hex and the sequence a number: always a valid header value.
+    if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        request.headers_mut().insert(HeaderName::from_static("x-request-id"), id);
+    }
     let exchange = async {
         let response = client.request(request).await.map_err(|err| {
             let kind = if err.is_connect() { "connect" } else { "request" };
@@ -504,5 +543,16 @@ mod tests {
         assert!(parse_header("bad name: 1").unwrap_err().contains("bad header name"));
         assert_eq!(parse_positive("8"), Ok(8));
         assert!(parse_positive("0").is_err());
+    }
+
+    #[test]
+    fn methods_are_the_usual_ones_in_any_case() {
+        assert_eq!(parse_method("POST"), Ok(Method::POST));
+        assert_eq!(parse_method("post"), Ok(Method::POST));
+        assert_eq!(parse_method(" Delete "), Ok(Method::DELETE));
+        for bad in ["", "FETCH", "CONNECT", "GET /", "P0ST"] {
+            let err = parse_method(bad).unwrap_err();
+            assert!(err.contains("is not a method") && err.contains("GET, HEAD, POST"), "{bad}: {err}");
+        }
     }
 }

@@ -26,6 +26,25 @@ fn load_refuses_bad_urls_rates_and_durations() {
     refused("load", &["--url", "http://echo/", "--duration", "0s"], &["--duration must be longer than 0s"]);
     refused("load", &["--url", "http://echo/", "--concurrency", "0"], &["--concurrency", "at least 1"]);
     refused("load", &["--url", "http://echo/", "--header", "nocolon"], &["name: value"]);
+    refused(
+        "load",
+        &["--url", "http://echo/", "--method", "FETCH"],
+        &["--method", "\"FETCH\" is not a method", "POST"],
+    );
+    refused("load", &["--url", "http://echo/", "--method", "CONNECT"], &["--method", "is not a method"]);
+}
+
+#[test]
+fn tcp_echo_refuses_bad_targets_and_counts() {
+    refused("tcp-echo", &["call"], &["--target"]);
+    refused("tcp-echo", &["call", "--target", "tcp-echo"], &["--target", "has no port"]);
+    refused("tcp-echo", &["call", "--target", "tcp-echo:0"], &["--target", "from 1 to 65535"]);
+    refused(
+        "tcp-echo",
+        &["call", "--target", "x:9000", "--connections", "0"],
+        &["--connections", "at least 1"],
+    );
+    refused("tcp-echo", &["serve", "--listen", "localhost"], &["--listen"]);
 }
 
 #[test]
@@ -41,7 +60,7 @@ fn servers_refuse_bad_fault_settings() {
 
 #[test]
 fn every_binary_tells_its_version() {
-    for binary in ["echo", "grpc-echo", "load"] {
+    for binary in ["echo", "grpc-echo", "load", "tcp-echo"] {
         let output = run(binary, &["--version"]);
         assert!(output.status.success());
         assert_eq!(

@@ -169,3 +169,45 @@ async fn the_binary_finishes_requests_in_flight_on_sigterm() {
     assert!(logs.contains("SIGTERM received"), "{logs}");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still listening after exit");
 }
+
+#[tokio::test]
+async fn stats_count_echoed_requests_by_path_but_not_health_checks() {
+    let echo = Echo::new(config("mirror", "v1"));
+    let server = start(echo.handler()).await;
+    let client = http1();
+    for path in ["/a", "/a", "/b?x=1"] {
+        assert_eq!(get(&client, &format!("http://{}{path}", server.addr), &[]).await.0, StatusCode::OK);
+    }
+    let _ = get(&client, &format!("http://{}/healthz", server.addr), &[]).await;
+    let (status, body) = get(&client, &format!("http://{}/stats", server.addr), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let stats: braid_testapps::echo::EchoStats = serde_json::from_slice(&body).unwrap();
+    assert_eq!((stats.name.as_str(), stats.pod.as_str(), stats.requests), ("mirror", "mirror-v1-pod", 3));
+    assert_eq!(stats.paths.get("/a"), Some(&2));
+    assert_eq!(stats.paths.get("/b"), Some(&1));
+    assert_eq!(stats.paths.len(), 2, "neither /healthz nor /stats is counted: {stats:?}");
+}
+
+#[tokio::test]
+async fn delay_tries_slow_only_the_first_tries_of_each_request() {
+    let server = start_echo(config("echo", "v1")).await;
+    let client = http1();
+    let url = format!("http://{}/", server.addr);
+    let slow = [("x-echo-delay", "300ms"), ("x-echo-delay-tries", "1")];
+    for id in ["req-1", "req-2"] {
+        let headers = [slow[0], slow[1], ("x-request-id", id)];
+        let started = Instant::now();
+        let (status, answer) = echo(&client, &url, &headers).await;
+        assert_eq!((status, answer.delay_ms), (StatusCode::OK, 300), "{id}: the first try is slow");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let started = Instant::now();
+        let (status, answer) = echo(&client, &url, &headers).await;
+        assert_eq!((status, answer.delay_ms), (StatusCode::OK, 0), "{id}: the second try is not");
+        assert!(started.elapsed() < Duration::from_millis(300));
+    }
+    // Without a request id the header cannot work: refused, not ignored.
+    let (status, body) = request(&client, "GET", &url, &slow, braid_testapps::body::empty()).await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("x-request-id"), "{body}");
+}

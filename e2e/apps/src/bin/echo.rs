@@ -1,6 +1,7 @@
 //! `echo`: an HTTP/1.1 and h2c server that answers every request with its name, version and pod
 //! as JSON, and fails or delays a fraction of requests when told to (flags, env or `x-echo-*`
-//! request headers). /healthz answers 200, and 503 once SIGTERM has arrived.
+//! request headers). /healthz answers 200, and 503 once SIGTERM has arrived; GET /stats counts
+//! the requests echoed.
 
 use std::net::SocketAddr;
 

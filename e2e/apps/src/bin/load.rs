@@ -1,4 +1,4 @@
-//! `load`: requests at a fixed rate to one URL, then a report of statuses, errors, latency and
+//! `load`: requests at a fixed rate to one URL (GET, or the --method given), then a report of statuses, errors, latency and
 //! answers per backend, as text or JSON. With --serve it runs until SIGTERM and serves its
 //! current report over HTTP.
 
@@ -18,9 +18,13 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(name = "load", version, about = "Open-loop HTTP load client for the Braid end-to-end tests")]
 struct Cli {
-    /// The URL to GET (http:// only).
+    /// The URL to send requests to (http:// only).
     #[arg(long, env = "LOAD_URL", value_parser = load::parse_url)]
     url: Uri,
+    /// The method of every request, with an empty body: GET, HEAD, POST, PUT, PATCH, DELETE or
+    /// OPTIONS.
+    #[arg(long, default_value = "GET", value_parser = load::parse_method)]
+    method: http::Method,
     /// Requests per second, sent on schedule whether or not earlier ones were answered.
     #[arg(long, env = "LOAD_RATE", default_value = "100", value_parser = load::parse_rate)]
     rate: f64,
@@ -42,6 +46,10 @@ struct Cli {
     /// Request header "name: value" (x-echo-fail-rate: 0.3, say); repeatable.
     #[arg(long = "header", value_parser = load::parse_header)]
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Give every request an x-request-id of its own, so that a server can tell a retry (the
+    /// same id) from a new request (echo's x-echo-delay-tries needs it).
+    #[arg(long)]
+    request_ids: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -71,6 +79,8 @@ async fn main() -> anyhow::Result<()> {
     config.http2 = cli.http2;
     config.keepalive = !cli.no_keepalive;
     config.headers = cli.headers.into_iter().collect();
+    config.method = cli.method;
+    config.request_ids = cli.request_ids;
     let config = Arc::new(config);
     let recorder = Recorder::new(&config);
 

@@ -128,6 +128,7 @@ pub fn binary(name: &str) -> Command {
         "echo" => env!("CARGO_BIN_EXE_echo"),
         "grpc-echo" => env!("CARGO_BIN_EXE_grpc-echo"),
         "load" => env!("CARGO_BIN_EXE_load"),
+        "tcp-echo" => env!("CARGO_BIN_EXE_tcp-echo"),
         other => panic!("no binary {other}"),
     };
     let mut command = Command::new(path);
