@@ -223,7 +223,12 @@ impl Endpoint {
             return;
         }
         health.consecutive_failures += 1;
+        // An ejected endpoint still gets requests when nothing better is left; its failures then
+        // must not eject it again, or its ejection would double to the maximum within seconds
+        // and keep it out long after it recovers (Envoy does not re-eject an ejected host).
+        let ejected = health.ejected_until.is_some_and(|until| until > now);
         if config.consecutive_failures > 0
+            && !ejected
             && health.consecutive_failures >= config.consecutive_failures
             && may_eject_another(siblings, self, config.max_ejected_percent, now)
         {
@@ -476,6 +481,26 @@ mod tests {
         }
         assert!(endpoints[0].is_ejected(third + Duration::from_secs(34)));
         assert!(!endpoints[0].is_ejected(third + Duration::from_secs(36)));
+    }
+
+    #[test]
+    fn failures_while_ejected_do_not_eject_again() {
+        // The only endpoint: picked while ejected, as nothing else is left.
+        let endpoints = endpoints(1);
+        let config = config();
+        let start = Instant::now();
+        for _ in 0..3 {
+            endpoints[0].record(Duration::from_millis(1), Outcome::Failed, &config, &endpoints, start);
+        }
+        assert!(endpoints[0].is_ejected(start));
+        let during = start + Duration::from_secs(1);
+        for _ in 0..30 {
+            endpoints[0].record(Duration::from_millis(1), Outcome::Failed, &config, &endpoints, during);
+        }
+        // Still the first ejection's 10 s, not doubled ten times to the maximum.
+        assert!(endpoints[0].is_ejected(start + Duration::from_secs(9)));
+        assert!(!endpoints[0].is_ejected(start + Duration::from_secs(11)));
+        assert_eq!(endpoints[0].health().ejections, 1);
     }
 
     #[test]
