@@ -585,3 +585,125 @@ async fn thousands_of_cancelled_downloads_leave_the_shared_connections_up() {
     );
     assert_eq!(app_connections.load(Ordering::SeqCst), 1, "B kept its one HTTP/2 connection to the app");
 }
+
+/// An HTTP/2 (h2c) app that takes extended CONNECT (RFC 8441): a `websocket` stream is answered
+/// 200 and every DATA frame comes back in upper case; the `:protocol` it saw is recorded.
+async fn extended_connect_app() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let protocols = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let protocols = protocols.clone();
+            tokio::spawn(async move {
+                let mut builder = h2::server::Builder::new();
+                builder.enable_connect_protocol();
+                let Ok(mut connection) = builder.handshake::<_, bytes::Bytes>(stream).await else { return };
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    let protocols = protocols.clone();
+                    tokio::spawn(async move {
+                        let protocol =
+                            request.extensions().get::<h2::ext::Protocol>().map(|p| p.as_str().to_owned());
+                        protocols.lock().unwrap().push(format!("{} {:?}", request.method(), protocol));
+                        let mut body = request.into_body();
+                        let response = http::Response::builder().status(200).body(()).unwrap();
+                        let Ok(mut send) = respond.send_response(response, false) else { return };
+                        while let Some(Ok(data)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(data.len());
+                            if send.send_data(data.to_ascii_uppercase().into(), false).is_err() {
+                                return;
+                            }
+                        }
+                        let _ = send.send_data(bytes::Bytes::new(), true);
+                    });
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// An h2c client on `addr` that waits for the server's SETTINGS to allow extended CONNECT.
+async fn extended_connect_client(addr: std::net::SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    for _ in 0..100 {
+        if client.is_extended_connect_protocol_enabled() {
+            return client;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        client = client.ready().await.unwrap();
+    }
+    panic!("the proxy did not allow extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL)");
+}
+
+fn websocket_connect(path: &str) -> http::Request<()> {
+    let mut request = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://web{path}"))
+        .header("sec-websocket-version", "13")
+        .body(())
+        .unwrap();
+    request.extensions_mut().insert(h2::ext::Protocol::from_static("websocket"));
+    request
+}
+
+#[tokio::test]
+async fn an_http2_extended_connect_crosses_both_proxies_over_mtls() {
+    let identity = IdentityServer::start(Authority::new()).await;
+    let (app, protocols) = extended_connect_app().await;
+    let (b, _b_files) = server_proxy(&identity, app, "").await;
+    let (a, _a_files) = client_proxy(&identity, FRONTEND, &b, WEB, "").await;
+    ready(&a).await;
+    ready(&b).await;
+
+    let mut client = extended_connect_client(a.service("web")).await;
+    let (response, mut send) = client.send_request(websocket_connect("/chat"), false).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut received = response.into_body();
+    for round in 0..20u8 {
+        let message = [b"frame-".as_slice(), &[round, 0xff, 0x00], b"-end"].concat();
+        send.send_data(bytes::Bytes::from(message.clone()), false).unwrap();
+        let mut back = Vec::new();
+        while back.len() < message.len() {
+            let data = tokio::time::timeout(Duration::from_secs(5), received.data())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let _ = received.flow_control().release_capacity(data.len());
+            back.extend_from_slice(&data);
+        }
+        assert_eq!(back, message.to_ascii_uppercase(), "round {round}");
+    }
+    send.send_data(bytes::Bytes::new(), true).unwrap();
+    // The app saw an extended CONNECT with its :protocol, through both proxies.
+    assert_eq!(protocols.lock().unwrap().as_slice(), ["CONNECT Some(\"websocket\")"]);
+    let counted = [("direction", "inbound"), ("client_id", FRONTEND), ("status_code", "200")];
+    eventually("the stream is counted on the server's proxy, under the client's identity", || async {
+        metric(&b.metrics().await, "response_total", &counted).is_some()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_extended_connect_to_an_http1_upstream_is_refused_with_the_reason() {
+    let (app, _) = upgrading_app().await;
+    let config = format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0 }}\nservices:\n  - name: web\n    listen: 127.0.0.1:0\n    backends: [{{ name: b, endpoints: [{{ address: \"{app}\" }}] }}]\n    routes: [{{ backends: [{{ name: b }}] }}]\n"
+    );
+    let proxy = Proxy::start(&config).await;
+    let mut client = extended_connect_client(proxy.service("web")).await;
+    let (response, _send) = client.send_request(websocket_connect("/chat"), false).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(response.headers()["braid-proxy-error"], "extended-connect-unsupported");
+    // Not the endpoint's fault: it is not ejected, and a plain request still goes through.
+    let (status, _, _) = get(&format!("http://{}/plain", proxy.service("web"))).await;
+    assert_eq!(status, StatusCode::OK);
+}

@@ -76,6 +76,13 @@ pub enum UpstreamError {
         .overflow.max_connections, .overflow.max_pending
     )]
     Overflow { addr: SocketAddr, overflow: Overflow },
+    /// An extended CONNECT (RFC 8441: a WebSocket over HTTP/2) for an upstream that speaks
+    /// HTTP/1.1, which has no such request.
+    #[error(
+        "{addr} speaks HTTP/1.1, and an extended CONNECT (:protocol {protocol}) reaches only an HTTP/2 upstream: \
+         serve HTTP/2 (h2c) there, or have the client use an HTTP/1.1 Upgrade"
+    )]
+    ExtendedConnect { addr: SocketAddr, protocol: String },
 }
 
 impl UpstreamError {
@@ -108,6 +115,12 @@ impl UpstreamError {
     /// Whether this proxy's own connection limits refused the request before it left.
     pub fn is_overflow(&self) -> bool {
         matches!(self, Self::Overflow { .. })
+    }
+
+    /// Whether the request never left this proxy (its limits, or a request the upstream's
+    /// protocol cannot carry): nothing to hold against the endpoint.
+    pub fn never_sent(&self) -> bool {
+        matches!(self, Self::Overflow { .. } | Self::ExtendedConnect { .. })
     }
 
     /// What hyper's client reported: the request body it was writing failed (it holds our
@@ -251,6 +264,12 @@ impl Pool {
     }
 
     async fn send_http1(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
+        if let Some(protocol) = request.extensions().get::<h2::ext::Protocol>() {
+            return Err(UpstreamError::ExtendedConnect {
+                addr: self.addr,
+                protocol: protocol.as_str().to_owned(),
+            });
+        }
         let body = request.body();
         let whole_body = match body.in_memory() {
             Some(bytes) => Some(bytes.cloned()),

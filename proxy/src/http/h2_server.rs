@@ -96,6 +96,9 @@ pub async fn serve(
     if resets == Resets::Unbounded {
         builder.max_local_error_reset_streams(None);
     }
+    // RFC 8441: WebSockets (and other protocols) over an HTTP/2 stream, passed on as a stream
+    // to an HTTP/2 upstream (`headers::upstream_request` keeps :protocol).
+    builder.enable_connect_protocol();
     let handshake = builder
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_header_list_size(

@@ -79,6 +79,10 @@ pub fn upstream_request(
         }
     }
     let mut request = Request::new(body);
+    // An extended CONNECT's :protocol (RFC 8441) goes on with it; an HTTP/1.1 pool refuses it.
+    if let Some(protocol) = parts.extensions.remove::<h2::ext::Protocol>() {
+        request.extensions_mut().insert(protocol);
+    }
     if let Some(upgrade) = upgrade {
         super::upgrade::restore(&mut parts.headers, upgrade);
         request.extensions_mut().insert(super::upgrade::Upgrading);
@@ -96,6 +100,9 @@ pub fn clone_parts(parts: &request::Parts) -> request::Parts {
     *request.uri_mut() = parts.uri.clone();
     *request.version_mut() = parts.version;
     *request.headers_mut() = parts.headers.clone();
+    if let Some(protocol) = parts.extensions.get::<h2::ext::Protocol>() {
+        request.extensions_mut().insert(protocol.clone());
+    }
     request.into_parts().0
 }
 

@@ -40,6 +40,9 @@ pub fn failure_response(failure: &Failure) -> Response<ProxyBody> {
         Failure::Upstream(error) if error.is_overflow() => {
             local(StatusCode::SERVICE_UNAVAILABLE, "overloaded", format!("braid-proxy: {error}\n"))
         }
+        Failure::Upstream(error @ UpstreamError::ExtendedConnect { .. }) => {
+            local(StatusCode::BAD_GATEWAY, "extended-connect-unsupported", format!("braid-proxy: {error}\n"))
+        }
         Failure::Upstream(error) if error.is_client_error() => {
             local(StatusCode::BAD_REQUEST, REQUEST_BODY, format!("braid-proxy: {error}\n"))
         }

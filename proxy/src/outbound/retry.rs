@@ -135,7 +135,7 @@ pub async fn send_with_retries(
         // Nor is a request this proxy's connection limits kept from leaving: it is counted as
         // overloaded, as a request over maxRequests is.
         if let Err(Failure::Upstream(error)) = &outcome
-            && (error.is_client_error() || error.is_overflow())
+            && (error.is_client_error() || error.never_sent())
         {
             if error.is_overflow() {
                 let labels = RetryLabels {
