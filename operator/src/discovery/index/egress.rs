@@ -86,22 +86,27 @@ impl EgressState {
             EgressMode::AllowAny => EgressAction::Allow,
             EgressMode::RegistryOnly => EgressAction::Deny,
         };
-        Some(ServiceConfig {
-            name: format!("external:{addr}"),
-            hosts: Vec::new(),
-            addresses: vec![addr],
-            listen: None,
-            protocol: Protocol::Auto,
-            backends: Vec::new(),
-            routes: Vec::new(),
-            load_balancer: LoadBalancerConfig::default(),
-            retry_budget: RetryBudgetConfig::default(),
-            max_requests: None,
-            max_requests_per_connection: None,
-            max_connections: None,
-            max_pending_requests: None,
-            egress: Some(EgressConfig { unregistered, services }),
-        })
+        Some(egress_service(format!("external:{addr}"), vec![addr], EgressConfig { unregistered, services }))
+    }
+}
+
+/// A destination outside the cluster in the proxies' model: its egress, no backends or routes.
+fn egress_service(name: String, addresses: Vec<SocketAddr>, egress: EgressConfig) -> ServiceConfig {
+    ServiceConfig {
+        name,
+        hosts: Vec::new(),
+        addresses,
+        listen: None,
+        protocol: Protocol::Auto,
+        backends: Vec::new(),
+        routes: Vec::new(),
+        load_balancer: LoadBalancerConfig::default(),
+        retry_budget: RetryBudgetConfig::default(),
+        max_requests: None,
+        max_requests_per_connection: None,
+        max_connections: None,
+        max_pending_requests: None,
+        egress: Some(egress),
     }
 }
 
@@ -133,22 +138,11 @@ fn external_service(
 /// would refuse (an address that is no network, say) must not make the proxy refuse the whole
 /// destination, and with it every other registration on the port.
 fn checked(service: ExternalServiceConfig, key: &Key) -> Option<ExternalServiceConfig> {
-    let alone = ServiceConfig {
-        name: "check".to_owned(),
-        hosts: Vec::new(),
-        addresses: Vec::new(),
-        listen: None,
-        protocol: Protocol::Auto,
-        backends: Vec::new(),
-        routes: Vec::new(),
-        load_balancer: LoadBalancerConfig::default(),
-        retry_budget: RetryBudgetConfig::default(),
-        max_requests: None,
-        max_requests_per_connection: None,
-        max_connections: None,
-        max_pending_requests: None,
-        egress: Some(EgressConfig { unregistered: EgressAction::Allow, services: vec![service.clone()] }),
-    };
+    let alone = egress_service(
+        "check".to_owned(),
+        Vec::new(),
+        EgressConfig { unregistered: EgressAction::Allow, services: vec![service.clone()] },
+    );
     let config = Config { services: vec![alone], ..Config::empty() };
     match config.validate() {
         Ok(()) => Some(service),
