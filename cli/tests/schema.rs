@@ -36,6 +36,9 @@ fn cel(rule: &str, value: &Value) -> bool {
                 has("name")
             }
         }
+        "!has(self.maxPendingRequests) || has(self.maxConnections)" => {
+            !has("maxPendingRequests") || has("maxConnections")
+        }
         // Canary rules: the converter never writes a canary.
         "self.stable != self.canary" => true,
         other if other.starts_with("self.steps.isSorted()") => true,
