@@ -78,6 +78,7 @@ pub struct MeshExternalServiceSpec {
      "message": "TLS is originated for plaintext HTTP only; TLS and TCP connections pass as the app sends them"}
 ]))]
 pub struct ExternalPort {
+    /// The port apps connect to.
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
     /// HTTP (plaintext requests, matched by Host), TLS (the app's own TLS, matched by server

@@ -32,9 +32,12 @@ pub enum ConnectError {
     Timeout(SocketAddr),
     #[error("no workload certificate yet, so no mTLS connection to {0} can be made")]
     NoIdentity(SocketAddr),
-    #[error("the TLS handshake with {addr} failed: {source}")]
-    Tls { addr: SocketAddr, source: io::Error },
+    /// `kind`: mTLS to a meshed endpoint, TLS the proxy originates to an external service.
+    #[error("the {kind} handshake with {addr} failed: {source}")]
+    Tls { addr: SocketAddr, kind: &'static str, source: io::Error },
 }
+
+const MUTUAL: &str = "mTLS";
 
 /// The transport under an upstream HTTP connection: plain TCP, or mutual TLS to a meshed endpoint.
 pub enum UpstreamIo {
@@ -133,7 +136,7 @@ impl TlsTarget {
         let credentials = store.current().ok_or(ConnectError::NoIdentity(addr))?;
         tls::client_config(credentials.key.clone(), credentials.roots.clone(), expected.clone(), ALPN_HTTP1)
             .map(|config| (Arc::new(config), tls::mesh_server_name()))
-            .map_err(|e| ConnectError::Tls { addr, source: io::Error::other(e) })
+            .map_err(|e| ConnectError::Tls { addr, kind: MUTUAL, source: io::Error::other(e) })
     }
 
     fn client_config(
@@ -153,7 +156,7 @@ impl TlsTarget {
         }
         let config =
             tls::client_config(credentials.key.clone(), credentials.roots.clone(), expected.clone(), alpn)
-                .map_err(|e| ConnectError::Tls { addr, source: io::Error::other(e) })?;
+                .map_err(|e| ConnectError::Tls { addr, kind: MUTUAL, source: io::Error::other(e) })?;
         let config = Arc::new(config);
         *cached = Some((credentials, config.clone()));
         Ok((config, tls::mesh_server_name()))
@@ -188,9 +191,11 @@ async fn connect_with(
     stream.set_nodelay(true).map_err(|source| ConnectError::Connect { addr, source })?;
     let Some((config, server_name)) = tls else { return Ok(UpstreamIo::Plain(stream)) };
     let connector = tokio_rustls::TlsConnector::from(config);
+    // The mesh's own connections all name the mesh; an external server is named for itself.
+    let kind = if server_name == tls::mesh_server_name() { MUTUAL } else { "TLS" };
     let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(server_name, stream))
         .await
         .map_err(|_| ConnectError::Timeout(addr))?
-        .map_err(|source| ConnectError::Tls { addr, source })?;
+        .map_err(|source| ConnectError::Tls { addr, kind, source })?;
     Ok(UpstreamIo::Tls(Box::new(stream)))
 }
