@@ -181,6 +181,25 @@ fn within(measured: u64, n: u64, p: f64) -> (bool, f64, f64) {
 }
 
 /// The sum over `texts` of the samples of `name` whose labels contain every one of `labels`.
+/// A timed run's median and slowest latency, and the per-try and total timeouts its client's
+/// proxy counted.
+struct TimeoutFigures {
+    p50: f64,
+    max: f64,
+    per_try_timeouts: f64,
+    total_timeouts: f64,
+}
+
+fn timeout_figures(report: &Value, metrics: &str) -> TimeoutFigures {
+    let latency = &report["latency_ms"];
+    TimeoutFigures {
+        p50: latency["p50"].as_f64().unwrap_or(0.0),
+        max: latency["max"].as_f64().unwrap_or(f64::MAX),
+        per_try_timeouts: sum(&[metrics], "timeout_total", &["kind=\"per_try\""]),
+        total_timeouts: sum(&[metrics], "timeout_total", &["kind=\"total\""]),
+    }
+}
+
 fn sum<S: AsRef<str>>(texts: &[S], name: &str, labels: &[&str]) -> f64 {
     texts
         .iter()
@@ -357,10 +376,8 @@ impl Mesh {
         let tries = self.echoed(selector, path).await - before;
         let total = count(&report, "total");
         let latency = &report["latency_ms"];
-        let (p50, max) =
-            (latency["p50"].as_f64().unwrap_or(0.0), latency["max"].as_f64().unwrap_or(f64::MAX));
-        let per_try_timeouts = sum(&[&metrics], "timeout_total", &["kind=\"per_try\""]);
-        let total_timeouts = sum(&[&metrics], "timeout_total", &["kind=\"total\""]);
+        let TimeoutFigures { p50, max, per_try_timeouts, total_timeouts } =
+            timeout_figures(&report, &metrics);
         let retries = sum(&[&metrics], "retry_total", &[]);
         eprintln!(
             "slow first try ({PER_TRY_MS} ms per try, {SLOW} answers): {total} requests in {:.1} s, statuses {}, \
@@ -397,10 +414,8 @@ impl Mesh {
         let tries = self.echoed(selector, path).await - before;
         let total = count(&report, "total");
         let latency = &report["latency_ms"];
-        let (p50, max) =
-            (latency["p50"].as_f64().unwrap_or(0.0), latency["max"].as_f64().unwrap_or(f64::MAX));
-        let per_try_timeouts = sum(&[&metrics], "timeout_total", &["kind=\"per_try\""]);
-        let total_timeouts = sum(&[&metrics], "timeout_total", &["kind=\"total\""]);
+        let TimeoutFigures { p50, max, per_try_timeouts, total_timeouts } =
+            timeout_figures(&report, &metrics);
         eprintln!(
             "slow every try: {total} requests in {:.1} s, statuses {}, latency {latency}; the echo pod saw {tries} \
              tries; the client's proxy counted {per_try_timeouts} per-try and {total_timeouts} total timeouts",

@@ -321,7 +321,7 @@ impl Table {
 }
 
 /// `host:port` or `[v6]:port` or `host` → host.
-fn authority_host(authority: &str) -> &str {
+pub fn authority_host(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest);
     }

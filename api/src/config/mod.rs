@@ -436,7 +436,7 @@ pub enum Protocol {
 }
 
 /// One destination service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceConfig {
     /// Its name, also matched against the Host / :authority of requests that were not

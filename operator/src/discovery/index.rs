@@ -650,9 +650,7 @@ impl Index {
         let (max_connections, max_pending_requests) = self.connection_limits(key, port);
         let config = ServiceConfig {
             name: format!("{target}.{namespace}.svc.{}:{port}", self.cluster_domain),
-            hosts: Vec::new(),
             addresses: service.cluster_ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect(),
-            listen: None,
             protocol,
             backends,
             routes,
@@ -663,7 +661,7 @@ impl Index {
             max_requests_per_connection: self.max_requests_per_connection(key, port),
             max_connections,
             max_pending_requests,
-            egress: None,
+            ..ServiceConfig::default()
         };
         Snapshot { service: Some(config), routes: applied, unsupported }
     }
@@ -727,9 +725,7 @@ impl Index {
         });
         let config = ServiceConfig {
             name: format!("{}.{namespace}.pod.{}:{port}", dashed(addr.ip()), self.cluster_domain),
-            hosts: Vec::new(),
             addresses: vec![addr],
-            listen: None,
             protocol: if opaque { Protocol::Opaque } else { Protocol::Auto },
             backends: vec![BackendConfig {
                 name: backend,
@@ -742,13 +738,7 @@ impl Index {
                 }],
             }],
             routes,
-            load_balancer: LoadBalancerConfig::default(),
-            retry_budget: RetryBudgetConfig::default(),
-            max_requests: None,
-            max_requests_per_connection: None,
-            max_connections: None,
-            max_pending_requests: None,
-            egress: None,
+            ..ServiceConfig::default()
         };
         Snapshot { service: Some(config), routes: applied, unsupported }
     }

@@ -25,6 +25,7 @@ use crate::http::respond::local;
 use crate::identity::tls;
 use crate::metrics::{Direction, EgressDecision, EgressLabels, EgressProtocol, Label, RequestLabels};
 use crate::state::ProxyState;
+use crate::table::authority_host;
 
 /// Where the system's roots are read from when `SSL_CERT_FILE` does not say (Debian's bundle,
 /// which the proxy image carries).
@@ -132,13 +133,9 @@ fn unregistered_label() -> Label {
     UNREGISTERED.get_or_init(|| Label::new("unregistered")).clone()
 }
 
-/// `host:port`, `[v6]:port` or `host` → host, without a trailing dot.
+/// The host of an authority, without its port or a trailing dot.
 fn host_of(authority: &str) -> &str {
-    let host = match authority.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or(rest),
-        None => authority.rsplit_once(':').map_or(authority, |(host, _)| host),
-    };
-    host.trim_end_matches('.')
+    authority_host(authority).trim_end_matches('.')
 }
 
 fn origination(service: &ExternalServiceConfig) -> Result<Origination, String> {
@@ -254,6 +251,8 @@ pub async fn request(
         Decision::Registered(index) => egress.services[*index].origination.clone(),
         Decision::Unregistered => None,
     };
+    // The name to originate TLS for, taken before the request is taken apart.
+    let host = origination.as_ref().map(|_| host_of(authority).to_ascii_lowercase());
     let (mut parts, body) = request.into_parts();
     let protocol =
         if parts.version == Version::HTTP_2 { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
@@ -269,7 +268,7 @@ pub async fn request(
     let pool = match origination {
         None => state.pool(addr, protocol),
         Some(origination) => {
-            let host = host_of(authority_of_parts(&parts)).to_ascii_lowercase();
+            let host = host.unwrap_or_default();
             let Some(server_name) = origination.server_name(&host) else {
                 return local(
                     StatusCode::BAD_REQUEST,
@@ -282,15 +281,6 @@ pub async fn request(
         }
     };
     forward_once(&pool, &metrics, &mut parts, body).await
-}
-
-fn authority_of_parts(parts: &http::request::Parts) -> &str {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| parts.headers.get(http::header::HOST)?.to_str().ok())
-        .unwrap_or("")
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use braid_api::config::egress::{
     EgressAction, EgressConfig, ExternalProtocol, ExternalServiceConfig, Network, TlsOrigination,
 };
-use braid_api::config::{Config, LoadBalancerConfig, Protocol, RetryBudgetConfig, ServiceConfig};
+use braid_api::config::{Config, ServiceConfig};
 use braid_crds::MeshExternalServiceSpec;
 use braid_crds::externalservice::ExternalProtocol as CrdProtocol;
 use braid_crds::mesh::{EgressMode, EgressSettings};
@@ -22,7 +22,15 @@ pub struct EgressState {
     cluster_networks: Vec<Network>,
     /// MeshExternalServices here apply to every namespace.
     mesh_namespace: String,
-    services: BTreeMap<Key, MeshExternalServiceSpec>,
+    services: BTreeMap<Key, Registered>,
+}
+
+/// A MeshExternalService as it was written, and its ports in the proxies' model, translated and
+/// checked once when it changes rather than for every answer.
+#[derive(Debug, Clone)]
+struct Registered {
+    spec: MeshExternalServiceSpec,
+    ports: Vec<(u16, ExternalServiceConfig)>,
 }
 
 impl EgressState {
@@ -52,7 +60,19 @@ impl EgressState {
     }
 
     pub fn upsert(&mut self, key: Key, spec: MeshExternalServiceSpec) -> bool {
-        self.services.insert(key, spec.clone()).is_none_or(|old| old != spec)
+        if self.services.get(&key).is_some_and(|registered| registered.spec == spec) {
+            return false;
+        }
+        let ports = spec
+            .ports
+            .iter()
+            .filter_map(|port| {
+                let number = u16::try_from(port.port).ok()?;
+                Some((number, checked(external_service(&key, &spec, port), &key)?))
+            })
+            .collect();
+        self.services.insert(key, Registered { spec, ports });
+        true
     }
 
     pub fn remove(&mut self, key: &Key) -> bool {
@@ -76,10 +96,9 @@ impl EgressState {
                 .filter(|((namespace, _), _)| namespace == &self.mesh_namespace && namespace != client),
         );
         let services: Vec<ExternalServiceConfig> = visible
-            .flat_map(|(key, spec)| {
-                spec.ports.iter().filter(|p| p.port == i32::from(addr.port())).map(move |p| (key, spec, p))
-            })
-            .filter_map(|(key, spec, port)| checked(external_service(key, spec, port), key))
+            .flat_map(|(_, registered)| &registered.ports)
+            .filter(|(port, _)| *port == addr.port())
+            .map(|(_, service)| service.clone())
             .collect();
         let unregistered = match self.mode {
             EgressMode::AllowAny if services.is_empty() => return None,
@@ -92,22 +111,7 @@ impl EgressState {
 
 /// A destination outside the cluster in the proxies' model: its egress, no backends or routes.
 fn egress_service(name: String, addresses: Vec<SocketAddr>, egress: EgressConfig) -> ServiceConfig {
-    ServiceConfig {
-        name,
-        hosts: Vec::new(),
-        addresses,
-        listen: None,
-        protocol: Protocol::Auto,
-        backends: Vec::new(),
-        routes: Vec::new(),
-        load_balancer: LoadBalancerConfig::default(),
-        retry_budget: RetryBudgetConfig::default(),
-        max_requests: None,
-        max_requests_per_connection: None,
-        max_connections: None,
-        max_pending_requests: None,
-        egress: Some(egress),
-    }
+    ServiceConfig { name, addresses, egress: Some(egress), ..ServiceConfig::default() }
 }
 
 fn external_service(
