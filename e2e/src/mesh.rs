@@ -317,8 +317,14 @@ pub fn finish_load(cluster: &Cluster, ns: &str, name: &str, report: Value, probe
         .map(|k| format!("{k}={}", report[k]));
     eprintln!("{name}: {}", summary.join(" "));
     if count(&report, "failed") > 0 && !probe {
-        let proxy = cluster.kubectl(&["logs", "-n", ns, name, "-c", "braid-proxy", "--tail", "20"]);
-        eprintln!("{name}: its proxy's log:\n{}", String::from_utf8_lossy(&proxy.stdout));
+        eprintln!("{name}: what the failures said: {}", report["error_examples"]);
+        // Every discovery update is logged too; the lines that tell a failure are the others.
+        let proxy = cluster.kubectl(&["logs", "-n", ns, name, "-c", "braid-proxy"]);
+        let log = String::from_utf8_lossy(&proxy.stdout);
+        let lines: Vec<&str> =
+            log.lines().filter(|line| !line.contains("discovered destination applied")).collect();
+        let tail = &lines[lines.len().saturating_sub(30)..];
+        eprintln!("{name}: its proxy's log (discovery updates left out):\n{}", tail.join("\n"));
     }
     let _ = cluster.kubectl(&["delete", "pod", "-n", ns, name, "--wait=false"]);
     report

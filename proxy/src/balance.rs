@@ -157,7 +157,7 @@ impl Endpoint {
 
     /// Whether the balancer passes this endpoint over: ejected, or backing off after it could not
     /// be reached.
-    fn passed_over(&self, now: Instant) -> bool {
+    pub fn passed_over(&self, now: Instant) -> bool {
         self.health().passed_over(now)
     }
 

@@ -1198,3 +1198,44 @@ async fn config_is_answered_on_loopback_only_and_probes_and_metrics_everywhere()
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("\"config\""), "{body}");
 }
+
+/// Endpoints whose pods are gone while the proxy still has them (discovery not yet told): no
+/// connection can be had, so none of the request left, and it goes to another endpoint within
+/// the same try. No retries are configured, and round robin sends the first request to each
+/// gone endpoint in turn: every request still reaches the live one, its body whole, over
+/// HTTP/1.1 (lean and streaming) and HTTP/2.
+#[tokio::test]
+async fn a_request_to_an_endpoint_that_refuses_connections_goes_to_another_one() {
+    let live = Upstream::start("live").await;
+    for http2 in ["", ", http2: true"] {
+        let gone: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let endpoints: Vec<String> = gone
+            .iter()
+            .map(|port| format!("{{ address: \"127.0.0.1:{port}\"{http2} }}"))
+            .chain([format!("{{ address: \"{}\"{http2} }}", live.addr)])
+            .collect();
+        let config = one_service(&format!(
+            "    backends:\n      - {{ name: pool, endpoints: [{}] }}\n    routes:\n      - backends: [{{ name: pool }}]\n    loadBalancer: {{ algorithm: round-robin }}\n",
+            endpoints.join(", ")
+        ));
+        let proxy = Proxy::start(&config).await;
+        let before = live.hits();
+        let (status, headers, body) = get(&url(&proxy, "/")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "live"), "{http2}: {headers:?}");
+        // A body of unknown length (chunked), which is not kept for a retry: still sent whole.
+        let request = Request::post(url(&proxy, "/body")).body(streamed_body(3, 4)).unwrap();
+        let client = if http2.is_empty() { http1_client() } else { http2_client() };
+        let (status, _, body) = send(&client, request).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "live got 12 bytes"), "{http2}");
+        for _ in 0..10 {
+            assert_eq!(get(&url(&proxy, "/")).await.0, StatusCode::OK, "{http2}");
+        }
+        assert_eq!(live.hits() - before, 12, "{http2}: every request reached the live endpoint once");
+        let metrics = proxy.metrics().await;
+        assert_eq!(
+            metric(&metrics, "response_total", &[("direction", "outbound"), ("classification", "failure")]),
+            None,
+            "{http2}: no request failed: {metrics}"
+        );
+    }
+}

@@ -243,8 +243,17 @@ struct BackendId {
 }
 
 enum Outcome {
-    Answer { status: StatusCode, latency: Duration, backend: Option<BackendId> },
-    Error { kind: &'static str, message: String },
+    /// `refusal`: for an answer that is not a success, what it said (see `refusal`).
+    Answer {
+        status: StatusCode,
+        latency: Duration,
+        backend: Option<BackendId>,
+        refusal: Option<String>,
+    },
+    Error {
+        kind: &'static str,
+        message: String,
+    },
 }
 
 #[derive(Default)]
@@ -351,7 +360,10 @@ impl Recorder {
         stats.first_done.get_or_insert(done);
         stats.last_done = Some(done);
         match outcome {
-            Outcome::Answer { status, latency, backend } => {
+            Outcome::Answer { status, latency, backend, refusal } => {
+                if let Some(refusal) = refusal {
+                    stats.error_examples.entry(format!("status {}", status.as_u16())).or_insert(refusal);
+                }
                 if status.is_success() {
                     stats.ok += 1;
                     let now = SystemTime::now();
@@ -449,9 +461,9 @@ async fn send(
             let kind = if err.is_connect() { "connect" } else { "request" };
             (kind, chain(&err))
         })?;
-        let status = response.status();
-        let bytes = response.into_body().collect().await.map_err(|err| ("body", chain(&err)))?.to_bytes();
-        Ok::<_, (&'static str, String)>((status, bytes))
+        let (head, body) = response.into_parts();
+        let bytes = body.collect().await.map_err(|err| ("body", chain(&err)))?.to_bytes();
+        Ok::<_, (&'static str, String)>((head, bytes))
     };
     match tokio::time::timeout(config.timeout, exchange).await {
         Err(_) => Outcome::Error {
@@ -459,10 +471,21 @@ async fn send(
             message: format!("no whole answer within {:?}", config.timeout),
         },
         Ok(Err((kind, message))) => Outcome::Error { kind, message },
-        Ok(Ok((status, bytes))) => {
-            Outcome::Answer { status, latency: due.elapsed(), backend: serde_json::from_slice(&bytes).ok() }
-        }
+        Ok(Ok((head, bytes))) => Outcome::Answer {
+            status: head.status,
+            latency: due.elapsed(),
+            backend: serde_json::from_slice(&bytes).ok(),
+            refusal: (!head.status.is_success()).then(|| refusal(&head.headers, &bytes)),
+        },
     }
+}
+
+/// What an answer that is not a success said: the proxy's reason (`braid-proxy-error`) and the
+/// start of the body, so a report tells which hop refused and why.
+fn refusal(headers: &HeaderMap, body: &[u8]) -> String {
+    let reason = headers.get("braid-proxy-error").and_then(|value| value.to_str().ok()).unwrap_or("none");
+    let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+    format!("braid-proxy-error: {reason}; body: {}", text.trim_end())
 }
 
 /// An error and its sources: hyper-util's own message ("client error (Connect)") says little.

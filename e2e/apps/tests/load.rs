@@ -64,6 +64,10 @@ async fn counts_statuses_and_errors_honestly() {
     assert_eq!((report.total, report.ok, report.failed), (50, 0, 50), "{report:#?}");
     assert_eq!(report.statuses.get(&502), Some(&50));
     assert_eq!(report.backends.get("ratings@v1"), Some(&50), "failed answers still name their backend");
+    // What a failed answer said, for the one reading a report: the echo's own 502 carries no
+    // proxy reason.
+    let example = &report.error_examples["status 502"];
+    assert!(example.starts_with("braid-proxy-error: none; body: "), "{example}");
 
     // Nothing listens: every request is a connect error, none is dropped from the count.
     let report =

@@ -85,6 +85,24 @@ pub enum UpstreamError {
     ExtendedConnect { addr: SocketAddr, protocol: String },
 }
 
+/// A failed send: why, and the request itself when none of it left (`Pool::try_send`).
+pub struct SendFailure {
+    pub error: UpstreamError,
+    pub unsent: Option<Box<Request<ProxyBody>>>,
+}
+
+impl SendFailure {
+    fn unsent(error: UpstreamError, request: Request<ProxyBody>) -> Self {
+        Self { error, unsent: Some(Box::new(request)) }
+    }
+}
+
+impl From<UpstreamError> for SendFailure {
+    fn from(error: UpstreamError) -> Self {
+        Self { error, unsent: None }
+    }
+}
+
 impl UpstreamError {
     pub fn is_connect(&self) -> bool {
         matches!(self, Self::Connect(_) | Self::Handshake { .. } | Self::Http2Handshake { .. })
@@ -254,6 +272,13 @@ impl Pool {
     /// Sends a request; the request's URI must suit the protocol (origin-form for HTTP/1.1,
     /// absolute for HTTP/2).
     pub async fn send(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
+        self.try_send(request).await.map_err(|failed| failed.error)
+    }
+
+    /// As `send`, but a request that never left because no connection to the endpoint could be
+    /// had (refused, unreachable, a failed handshake, the connection limits) comes back with the
+    /// error: none of it was sent, so it may go to another endpoint whatever its method.
+    pub async fn try_send(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendFailure> {
         if request.extensions().get::<crate::http::upgrade::Upgrading>().is_some() {
             return Box::pin(self.send_upgrade(request)).await;
         }
@@ -263,12 +288,12 @@ impl Pool {
         }
     }
 
-    async fn send_http1(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
+    async fn send_http1(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendFailure> {
         if let Some(protocol) = request.extensions().get::<h2::ext::Protocol>() {
-            return Err(UpstreamError::ExtendedConnect {
+            return Err(SendFailure::from(UpstreamError::ExtendedConnect {
                 addr: self.addr,
                 protocol: protocol.as_str().to_owned(),
-            });
+            }));
         }
         let body = request.body();
         let whole_body = match body.in_memory() {
@@ -279,18 +304,25 @@ impl Pool {
         match whole_body {
             Some(body) => {
                 let encoded = EncodedRequest::new(&request, body.as_ref());
+                let connection = match self.take_idle_lean() {
+                    Some(connection) => connection,
+                    None => match Box::pin(self.open_lean()).await {
+                        Ok(connection) => connection,
+                        Err(error) => return Err(SendFailure::unsent(error, request)),
+                    },
+                };
                 drop(request);
-                self.send_http1_lean(&encoded).await
+                Ok(self.send_http1_lean(connection, &encoded).await?)
             }
             None => self.send_http1_streaming(request).await,
         }
     }
 
-    async fn send_http1_lean(&self, request: &EncodedRequest) -> Result<Response<ProxyBody>, UpstreamError> {
-        let connection = match self.take_idle_lean() {
-            Some(connection) => connection,
-            None => Box::pin(self.open_lean()).await?,
-        };
+    async fn send_http1_lean(
+        &self,
+        connection: Http1Connection,
+        request: &EncodedRequest,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
         let reused = connection.reused;
         let source = match lean::send(connection, request, &self.http1_lean_idle).await {
             Ok(response) => return Ok(response.map(ProxyBody::http1)),
@@ -340,12 +372,15 @@ impl Pool {
     async fn send_http1_streaming(
         &self,
         request: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, UpstreamError> {
+    ) -> Result<Response<ProxyBody>, SendFailure> {
         let (mut sender, served) = match self.take_idle_http1() {
             Some(idle) => idle,
             // Boxed: connecting (TCP, maybe TLS, the handshake) is rare, and its state would
             // otherwise make every request's future, moved on each spawn, several KiB larger.
-            None => Box::pin(self.open_http1()).await?,
+            None => match Box::pin(self.open_http1()).await {
+                Ok(connection) => connection,
+                Err(error) => return Err(SendFailure::unsent(error, request)),
+            },
         };
         let response =
             sender.send_request(request).await.map_err(|source| UpstreamError::hyper(self.addr, source))?;
@@ -417,17 +452,26 @@ impl Pool {
     /// Sends an upgrade request on an HTTP/1.1 connection of its own (another proxy's inbound
     /// takes it with ALPN braid/http1), never pooled: after a 101 the connection is the tunnel's.
     /// The response carries the connection for the tunnel (`hyper::upgrade::on`).
-    async fn send_upgrade(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
-        let io = connect_for_upgrade(self.addr, self.tls.as_ref()).await?;
-        let (mut sender, connection) = self.handshake_http1(io).await?;
+    async fn send_upgrade(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendFailure> {
+        let connected = match connect_for_upgrade(self.addr, self.tls.as_ref()).await {
+            Ok(io) => self.handshake_http1(io).await,
+            Err(error) => Err(error.into()),
+        };
+        let (mut sender, connection) = match connected {
+            Ok(connected) => connected,
+            Err(error) => return Err(SendFailure::unsent(error, request)),
+        };
         drive_http1(self.addr, connection.with_upgrades());
         let response =
             sender.send_request(request).await.map_err(|source| UpstreamError::hyper(self.addr, source))?;
         Ok(response.map(ProxyBody::streaming))
     }
 
-    async fn send_http2(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, UpstreamError> {
-        let sender = self.http2_sender().await?;
+    async fn send_http2(&self, request: Request<ProxyBody>) -> Result<Response<ProxyBody>, SendFailure> {
+        let sender = match self.http2_sender().await {
+            Ok(sender) => sender,
+            Err(error) => return Err(SendFailure::unsent(error, request)),
+        };
         let reset = |source| UpstreamError::Http2Reset { addr: self.addr, source };
         // Waits while the peer's limit of concurrent streams is reached.
         let Http2Sender { send, state } = sender;
@@ -441,7 +485,10 @@ impl Pool {
                     state.goaway.store(true, Ordering::Release);
                 }
                 state.closed.store(true, Ordering::Release);
-                Box::pin(self.reconnect_http2()).await?.send.ready().await.map_err(reset)?
+                match Box::pin(self.reconnect_http2()).await {
+                    Ok(sender) => sender.send.ready().await.map_err(reset)?,
+                    Err(error) => return Err(SendFailure::unsent(error, request)),
+                }
             }
         };
         let (head, body) = request.into_parts();

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderName, HeaderValue, Response, StatusCode};
+use tracing::info;
 
 use crate::client::UpstreamError;
 use crate::client::body::ProxyBody;
@@ -29,8 +30,25 @@ pub enum Failure {
     NoEndpoints { service: Label, backend: Label },
 }
 
-/// What the client gets when upstream gave no response: the status says why.
+/// What the client gets when upstream gave no response: the status says why. Logged, as
+/// linkerd2-proxy logs "Request failed": a failure the proxy made is what a user looks for in its
+/// log, and failures are few where requests are many.
 pub fn failure_response(failure: &Failure) -> Response<ProxyBody> {
+    let response = failure_answer(failure);
+    if let (Some(reason), Some(Some(text))) =
+        (response.headers().get(PROXY_ERROR), response.body().in_memory())
+    {
+        info!(
+            status = response.status().as_u16(),
+            reason = String::from_utf8_lossy(reason.as_bytes()).as_ref(),
+            "request failed: {}",
+            String::from_utf8_lossy(text.trim_ascii_end())
+        );
+    }
+    response
+}
+
+fn failure_answer(failure: &Failure) -> Response<ProxyBody> {
     match failure {
         Failure::Upstream(error) if error.is_connect() => local(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1,6 +1,7 @@
 //! Sending a routed request, with retries under the route's budget (or its service's) and per-try
 //! timeouts; the body is kept for replay when it is small enough.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use braid_api::config::RetryOn;
@@ -17,7 +18,7 @@ use crate::http::forward::is_failure;
 use crate::http::headers::{clone_parts, empty_parts, upstream_request};
 use crate::http::respond::Failure;
 use crate::metrics::{Direction, Label, Metrics, RequestLabels, RetryLabels, TimeoutKind, TimeoutLabels};
-use crate::table::{Route, Service};
+use crate::table::{Backend, Route, Service};
 
 /// A request body: kept in memory (so it can be sent again), kept as it streams (up to the
 /// bound, for a retry to replay), or left streaming.
@@ -72,6 +73,7 @@ pub async fn send_with_retries(
         (Some(retries), Kept::No(_)) => (1, retries.per_try_timeout, &[][..]),
         (None, _) => (1, None, &[][..]),
     };
+    let context = TryContext { registry, service, labels, per_try_timeout, affinity };
     let mut parts = parts;
     let mut body = Some(body);
     for attempt in 1..=attempts {
@@ -104,36 +106,10 @@ pub async fn send_with_retries(
             if last { std::mem::replace(&mut parts, empty_parts()) } else { clone_parts(&parts) };
         let pool = endpoint.pool_for(try_parts.version);
         let request = upstream_request(&mut try_parts, request_body, pool.protocol(), endpoint.meshed, false);
-        let in_flight = endpoint.start();
-        let outcome = match per_try_timeout {
-            Some(timeout) => match tokio::time::timeout(timeout, pool.send(request)).await {
-                Ok(result) => result.map_err(Failure::Upstream),
-                Err(_) => {
-                    registry
-                        .timeouts
-                        .get_or_create(&TimeoutLabels {
-                            direction: Direction::outbound,
-                            dst_service: labels.dst_service.clone(),
-                            route: labels.route.clone(),
-                            kind: TimeoutKind::per_try,
-                        })
-                        .inc();
-                    Err(Failure::PerTryTimeout { addr: endpoint.addr, timeout })
-                }
-            },
-            None => pool.send(request).await.map_err(Failure::Upstream),
-        };
-        drop(in_flight);
-        let judged = match &outcome {
-            Ok(response) if !response.status().is_server_error() => balance::Outcome::Healthy,
-            Err(Failure::Upstream(error)) if error.is_endpoint_unreachable() => balance::Outcome::Unreachable,
-            _ => balance::Outcome::Failed,
-        };
-        let done = Instant::now();
-        // A request body the client broke says nothing of the endpoint or its backend: it is
-        // counted against neither (five in a row would eject a healthy endpoint), nor retried.
-        // Nor is a request this proxy's connection limits kept from leaving: it is counted as
-        // overloaded, as a request over maxRequests is.
+        let (endpoint, outcome) = send_once(&context, backend, endpoint, request, try_parts.version).await;
+        // A request body the client broke, or a request this proxy's connection limits kept from
+        // leaving, is neither retried nor held against anyone (send_once did not record it); one
+        // over the limits is counted as overloaded, as one over maxRequests is.
         if let Err(Failure::Upstream(error)) = &outcome
             && (error.is_client_error() || error.never_sent())
         {
@@ -147,20 +123,6 @@ pub async fn send_with_retries(
             }
             return outcome.map(|response| (response, endpoint.identity.clone()));
         }
-        // Per try and per backend: what a canary check judges the canary by.
-        let series = backend.metrics.get_or_init(|| registry.backend_metrics(&service.name, &backend.name));
-        series.requests.inc();
-        if !matches!(&outcome, Ok(response) if !is_failure(response)) {
-            series.failures.inc();
-        }
-        series.latency.observe(done.saturating_duration_since(now));
-        endpoint.record(
-            done.saturating_duration_since(now),
-            judged,
-            &service.load_balancer,
-            &backend.endpoints,
-            done,
-        );
         if !last
             && should_retry(&outcome, retry_on)
             && body.as_ref().is_some_and(Kept::can_send_again)
@@ -183,6 +145,113 @@ pub async fn send_with_retries(
     }
     // attempts >= 1 (checked with the configuration), so the loop returned.
     Err(Failure::NoEndpoints { service: service.name.clone(), backend: Label::empty() })
+}
+
+/// What every try of a request shares.
+struct TryContext<'a> {
+    registry: &'a Metrics,
+    service: &'a Service,
+    labels: &'a RequestLabels,
+    per_try_timeout: Option<Duration>,
+    affinity: Option<u64>,
+}
+
+/// How many other endpoints one try may go to when no connection could be had to the one
+/// chosen: each may take the connect timeout, and the next try or the client waits meanwhile.
+const UNREACHABLE_REPICKS: u32 = 3;
+
+/// One try: `request` to `endpoint`, and while no connection to it can be had (refused, gone,
+/// a failed handshake), so that none of the request left, to another endpoint of the backend
+/// that is not passed over (the unreachable one now is), up to `UNREACHABLE_REPICKS` times. A
+/// pod that is gone while discovery still lists it (a control plane failing over, a node lost)
+/// then costs its next request a connect attempt, not the request: Linkerd's balancer sends
+/// only to endpoints it is connected to, to the same effect. Each endpoint's outcome is recorded
+/// (its health, the backend's series) except a request the client broke or this proxy's limits
+/// held back. `version` is the client's (it chooses the endpoint's pool). Returns the endpoint
+/// that had the request last, and how it went.
+async fn send_once<'b>(
+    context: &TryContext<'_>,
+    backend: &'b Backend,
+    mut endpoint: &'b Arc<balance::Endpoint>,
+    mut request: http::Request<ProxyBody>,
+    version: http::Version,
+) -> (&'b Arc<balance::Endpoint>, Result<Response<ProxyBody>, Failure>) {
+    let mut repicks = 0;
+    loop {
+        let pool = endpoint.pool_for(version);
+        let protocol = pool.protocol();
+        let started = Instant::now();
+        let in_flight = endpoint.start();
+        let sent = match context.per_try_timeout {
+            Some(timeout) => match tokio::time::timeout(timeout, pool.try_send(request)).await {
+                Ok(sent) => sent.map_err(|failed| (Failure::Upstream(failed.error), failed.unsent)),
+                Err(_) => {
+                    context
+                        .registry
+                        .timeouts
+                        .get_or_create(&TimeoutLabels {
+                            direction: Direction::outbound,
+                            dst_service: context.labels.dst_service.clone(),
+                            route: context.labels.route.clone(),
+                            kind: TimeoutKind::per_try,
+                        })
+                        .inc();
+                    Err((Failure::PerTryTimeout { addr: endpoint.addr, timeout }, None))
+                }
+            },
+            None => pool
+                .try_send(request)
+                .await
+                .map_err(|failed| (Failure::Upstream(failed.error), failed.unsent)),
+        };
+        drop(in_flight);
+        let (outcome, unsent) = match sent {
+            Ok(response) => (Ok(response), None),
+            Err((failure, unsent)) => (Err(failure), unsent),
+        };
+        if let Err(Failure::Upstream(error)) = &outcome
+            && (error.is_client_error() || error.never_sent())
+        {
+            return (endpoint, outcome);
+        }
+        let done = Instant::now();
+        let judged = match &outcome {
+            Ok(response) if !response.status().is_server_error() => balance::Outcome::Healthy,
+            Err(Failure::Upstream(error)) if error.is_endpoint_unreachable() => balance::Outcome::Unreachable,
+            _ => balance::Outcome::Failed,
+        };
+        // Per try and per backend: what a canary check judges the canary by.
+        let series = backend
+            .metrics
+            .get_or_init(|| context.registry.backend_metrics(&context.service.name, &backend.name));
+        series.requests.inc();
+        if !matches!(&outcome, Ok(response) if !is_failure(response)) {
+            series.failures.inc();
+        }
+        series.latency.observe(done.saturating_duration_since(started));
+        endpoint.record(
+            done.saturating_duration_since(started),
+            judged,
+            &context.service.load_balancer,
+            &backend.endpoints,
+            done,
+        );
+        if let (Some(unsent), balance::Outcome::Unreachable) = (unsent, judged)
+            && repicks < UNREACHABLE_REPICKS
+            && let Some(next) =
+                context.service.balancer(backend).choose(&backend.endpoints, context.affinity, done)
+            && !next.passed_over(done)
+            // The request was written for this endpoint's protocol and mesh membership.
+            && next.meshed == endpoint.meshed
+            && next.pool_for(version).protocol() == protocol
+        {
+            repicks += 1;
+            endpoint = next;
+            request = *unsent;
+            continue;
+        }
+        return (endpoint, outcome);
+    }
 }
 
 /// Between tries: an exponential backoff from 25 ms up to 250 ms with full jitter (Envoy's
