@@ -200,7 +200,7 @@ pub fn set_validity(
             .map_err(|_| IssueError::UnusableSigner(format!("time {t} out of range")))
     };
     let not_after = now.saturating_add(secs(lifetime));
-    params.not_before = at(now - secs(lifetime / 10).min(60))?;
+    params.not_before = at(now - backdate(lifetime))?;
     params.not_after = at(cap.map_or(not_after, |cap| cap.min(not_after)))?;
     Ok(())
 }
@@ -216,6 +216,12 @@ pub fn random_serial() -> Result<SerialNumber, rcgen::Error> {
 }
 
 /// A duration in whole seconds, saturating.
+/// How far before its issuance a certificate of `lifetime` starts being valid: clocks of peers
+/// that run a little behind accept it at once.
+pub fn backdate(lifetime: Duration) -> i64 {
+    secs(lifetime / 10).min(60)
+}
+
 pub fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }

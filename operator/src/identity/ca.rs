@@ -25,7 +25,7 @@ use rcgen::KeyUsagePurpose;
 pub use crate::certs::x509::{Cert, KeyedCert, Validity, certs, chains_to};
 use crate::certs::{
     Rotation,
-    x509::{CaSpec, IssueError, issue_ca, join, lenient_certs, same_set, secs},
+    x509::{CaSpec, IssueError, backdate, issue_ca, join, lenient_certs, same_set, secs},
 };
 
 /// What is stored (in Secrets braid-trust-anchor and braid-issuer) between passes.
@@ -189,7 +189,7 @@ impl Rotation for Ca<'_> {
                     // One rotation at a time: a second one before the old root left the bundle could
                     // drop a root that still signs certificates in use.
                     Some(root)
-                        if now >= root.validity.renew_at(RENEW_AT_PERCENT)
+                        if now >= renewal_time(root.validity, settings.trust_anchor_lifetime)
                             && stored.previous_pem.trim().is_empty() =>
                     {
                         changes.push(Change::NewRoot("the trust anchor reached its renewal time"))
@@ -230,7 +230,7 @@ impl Rotation for Ca<'_> {
                     None
                 } else if !under_current {
                     propagated.then_some("the new trust anchor has reached every proxy")
-                } else if now >= chain[0].validity.renew_at(RENEW_AT_PERCENT) {
+                } else if now >= renewal_time(chain[0].validity, settings.issuer_lifetime) {
                     Some("the issuer reached its renewal time")
                 } else {
                     None
@@ -357,13 +357,13 @@ impl Rotation for Ca<'_> {
         for root in &roots {
             times.push(root.validity.not_after);
             if generated {
-                times.push(root.validity.renew_at(RENEW_AT_PERCENT));
+                times.push(renewal_time(root.validity, settings.trust_anchor_lifetime));
             }
         }
         if let Some(chain) = &issuer {
             times.push(chain[0].validity.not_after);
             if generated {
-                times.push(chain[0].validity.renew_at(RENEW_AT_PERCENT));
+                times.push(renewal_time(chain[0].validity, settings.issuer_lifetime));
             }
         }
         // The end of a propagation wait matters only while an issuer waits for it.
@@ -421,6 +421,21 @@ fn retire_roots(now: i64, next: &mut Stored) {
     if !previous.is_empty() {
         next.previous_until = None;
     }
+}
+
+/// When a certificate the operator generated is due for replacement: at `RENEW_AT_PERCENT` of
+/// its lifetime, or of the lifetime the Mesh asks for now when that is shorter. So a lifetime
+/// shortened in the Mesh, or a CA generated before the Mesh was there to read (with the default
+/// lifetimes), takes effect at once rather than after the old lifetime; a longer one waits for
+/// the next renewal.
+fn renewal_time(validity: Validity, configured: Duration) -> i64 {
+    // What a certificate issued now under `configured` would span, its backdate included.
+    let span = secs(configured).saturating_add(backdate(configured));
+    if validity.not_after - validity.not_before <= span {
+        return validity.renew_at(RENEW_AT_PERCENT);
+    }
+    Validity { not_before: validity.not_before, not_after: validity.not_before.saturating_add(span) }
+        .renew_at(RENEW_AT_PERCENT)
 }
 
 fn issue_root(now: i64, lifetime: Duration) -> Result<KeyedCert, CaError> {

@@ -422,3 +422,41 @@ fn bundles_hold_each_root_once() {
     sim.stored.previous_pem = sim.stored.roots_pem.clone();
     assert_eq!(sim.bundle_size(), 1);
 }
+
+#[test]
+fn a_lifetime_shortened_in_the_mesh_takes_effect_without_waiting_out_the_old_one() {
+    // Generated with the default lifetimes (as when the CA is made before the Mesh could be
+    // read), then the Mesh asks for short ones.
+    let mut sim = Sim::new(settings(), Source::Generate);
+    sim.step();
+    let old_root = sim.roots().remove(0);
+    sim.settings = short();
+    // Two thirds of the span of an issuer of 300 s (30 s backdated), from the old one's notBefore.
+    let issuer_due = START - 60 + 330 * 66 / 100;
+    assert_eq!(sim.next_change(), Some(issuer_due));
+    sim.now = issuer_due - 1;
+    assert_eq!(sim.plan(), []);
+    assert_eq!(kinds(&sim.at(issuer_due)), ["issuer"], "under the same root: at once");
+    assert_eq!(sim.issuer()[0].validity.not_after, issuer_due + 300);
+    assert_eq!(sim.roots(), std::slice::from_ref(&old_root));
+
+    // The root's rotation starts at two thirds of the 900 s asked for, not of its year.
+    let root_due = START - 60 + 960 * 66 / 100;
+    sim.run_until(root_due);
+    assert_eq!(sim.roots(), std::slice::from_ref(&old_root));
+    assert_eq!(kinds(&sim.at(root_due)), ["root"]);
+    assert_eq!(sim.bundle_size(), 2, "the old root stays trusted beside the new one");
+    assert_eq!(sim.roots()[0].validity.not_after, root_due + 900);
+}
+
+#[test]
+fn a_lifetime_lengthened_in_the_mesh_waits_for_the_next_renewal() {
+    let mut sim = Sim::new(short(), Source::Generate);
+    sim.step();
+    let issuer_due = sim.issuer()[0].validity.renew_at(RENEW_AT_PERCENT);
+    sim.settings = settings();
+    assert_eq!(sim.next_change(), Some(issuer_due));
+    assert_eq!(kinds(&sim.at(issuer_due)), ["issuer"]);
+    // 30 days asked for now, cut at the end of the (short-lived) root, as every issuer is.
+    assert_eq!(sim.issuer()[0].validity.not_after, sim.roots()[0].validity.not_after);
+}
