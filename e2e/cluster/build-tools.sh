@@ -3,7 +3,8 @@
 # kubectl, etcd, CoreDNS, Helm, and the pod sandboxes' pause program -- from the Go modules pinned in
 # e2e/tools/ into a cache directory outside the repository, and prints that directory on the last line of
 # stdout (progress goes to stderr). Also the node's image registry (CNCF Distribution) and crane, which
-# pushes Braid's images to it.
+# pushes Braid's images to it, and Prometheus, which the e2e suite runs beside the cluster to scrape the
+# proxies (only its Kubernetes service discovery is compiled in: about 6 of the cold build's minutes).
 #
 # Why compile: no release binaries can be downloaded on these machines, only Go modules from the module
 # proxy, and no other registry ships kube-apiserver. A cold build (empty Go caches) costs about 22 CPU
@@ -14,7 +15,7 @@
 # Idempotent: a binary is (re)built only when it is missing or reports another version than the one its
 # go.mod pins, so a warm run costs a few version checks.
 #
-# Usage: build-tools.sh [TOOL...]   only these (kubernetes, etcd, helm, coredns, pause, registry, crane;
+# Usage: build-tools.sh [TOOL...]   only these (kubernetes, etcd, helm, coredns, pause, registry, crane, prometheus;
 #        default all): `make push` needs crane alone, `make chart` helm alone.
 # Environment:
 #   BRAID_TOOLS_DIR  cache directory (default: $XDG_CACHE_HOME/braid/tools/k8s-<version>-<go version>)
@@ -46,6 +47,7 @@ HELM_VERSION=$(pinned helm helm.sh/helm/v3)
 COREDNS_VERSION=$(pinned coredns github.com/coredns/coredns)
 REGISTRY_VERSION=$(pinned registry github.com/distribution/distribution/v3)
 CRANE_VERSION=$(pinned crane github.com/google/go-containerregistry)
+PROMETHEUS_VERSION=$(pinned prometheus github.com/prometheus/prometheus)
 # pause has no upstream version: its own source is what it is built from.
 PAUSE_VERSION=$(sha256sum "$TOOLS_SRC/pause/main.go" | cut -c1-12)
 
@@ -64,6 +66,7 @@ version_of() {
   pause) "$bin" -v ;;
   registry) "$bin" --version | awk '{ print $3 }' ;; # "registry github.com/distribution/distribution/v3 v3.1.2"
   crane) "$bin" version ;;
+  prometheus) "$bin" --version | awk 'NR == 1 { print $3 }' ;; # "prometheus, version v0.316.0 (...)"
   *) "$bin" --version | awk '{ print $2 }' ;; # "Kubernetes v1.34.3"
   esac
 }
@@ -107,7 +110,7 @@ k8s_ldflags() {
   printf '%s' "$flags"
 }
 
-ALL_TOOLS=(kubernetes etcd helm coredns pause registry crane)
+ALL_TOOLS=(kubernetes etcd helm coredns pause registry crane prometheus)
 wanted=("$@")
 [ ${#wanted[@]} -gt 0 ] || wanted=("${ALL_TOOLS[@]}")
 for tool in "${wanted[@]}"; do
@@ -147,7 +150,13 @@ wants crane && ! current crane "$CRANE_VERSION" && build crane \
   "-s -w -X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$CRANE_VERSION" \
   github.com/google/go-containerregistry/cmd/crane
 
-for cmd in "${K8S_COMMANDS[@]}" etcd helm coredns pause registry crane; do
+# Prometheus with the Kubernetes service discovery alone (its build tags drop the cloud ones, most of
+# its dependencies). Its -X is the module's version, which the Prometheus release v3.N.M is v0.3NN.M of.
+wants prometheus && ! current prometheus "$PROMETHEUS_VERSION" && build prometheus \
+  "-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
+  -tags remove_all_sd,enable_kubernetes_sd github.com/prometheus/prometheus/cmd/prometheus
+
+for cmd in "${K8S_COMMANDS[@]}" etcd helm coredns pause registry crane prometheus; do
   { [[ " ${K8S_COMMANDS[*]} " == *" $cmd "* ]] && wants kubernetes; } || wants "$cmd" || continue
   log "$(printf '%-24s %s' "$cmd" "$(version_of "$cmd")")"
 done
