@@ -1,5 +1,7 @@
 //! The `braid` command line's library. `check` tells whether the mesh in a cluster is healthy;
-//! `stat` how its workloads are doing, from their proxies' counters.
+//! `stat` how its workloads are doing, from their proxies' counters; `routes` and `identity` what
+//! one pod's proxy holds (its routing table, its certificate); `diagnose` which configuration
+//! mistakes a namespace has.
 //!
 //! `braid convert`: the routing resources of Istio (VirtualService, DestinationRule) and Linkerd
 //! (ServiceProfile, policy.linkerd.io HTTPRoute) turned into Braid's MeshRoute and the Gateway
@@ -7,10 +9,14 @@
 //! be carried over, so every mapping is covered by a golden test.
 
 pub mod check;
+pub mod diagnose;
 pub mod duration;
+pub mod identity;
 mod istio;
 mod linkerd;
 mod names;
+pub mod proxy_admin;
+pub mod routes;
 pub mod stat;
 
 use std::fmt;

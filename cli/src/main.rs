@@ -1,6 +1,7 @@
 //! `braid`: the command line. `braid check` reads the cluster and says whether the mesh is
-//! healthy; `braid convert` reads Istio and Linkerd routing resources and writes Braid's. The
-//! work is in the library.
+//! healthy; `braid stat` how its workloads do; `braid routes` and `braid identity` what one pod's
+//! proxy holds; `braid diagnose` which configuration mistakes a namespace has; `braid convert`
+//! reads Istio and Linkerd routing resources and writes Braid's. The work is in the library.
 
 use std::{
     io::{Read, Write},
@@ -9,7 +10,7 @@ use std::{
 };
 
 use anyhow::Context;
-use braid_cli::{Options, check, convert, stat};
+use braid_cli::{Options, check, convert, diagnose, identity, routes, stat};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -53,6 +54,51 @@ enum Command {
         /// How long to count, like 10s or 1m.
         #[arg(long, default_value = "10s", value_parser = braid_cli::duration::parse_go)]
         window: std::time::Duration,
+        #[arg(long, short = 'o', value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// What a pod's proxy has been told: its services, routes (matches, weighted backends,
+    /// timeouts, retries), the endpoints of each backend, and what discovery sent (the version
+    /// each destination runs, acked or nacked and why).
+    ///
+    /// Read from the proxy's admin port (4191, /config) through a port-forward, as `kubectl
+    /// port-forward` does. `-o json` prints the proxy's own JSON.
+    Routes {
+        /// The meshed pod.
+        pod: String,
+        /// Namespace of the pod; the kubectl context's by default.
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        #[arg(long, short = 'o', value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// The pod's workload certificate: SPIFFE id, issuer, validity, time to renewal and expiry,
+    /// and whether it chains to the trust bundle the mesh publishes in the pod's namespace.
+    ///
+    /// Read from the proxy's admin port (4191, /identity) through a port-forward. Exit status: 0
+    /// when the certificate is valid and chains to the bundle, 1 otherwise.
+    Identity {
+        /// The meshed pod.
+        pod: String,
+        /// Namespace of the pod; the kubectl context's by default.
+        #[arg(long, short = 'n')]
+        namespace: Option<String>,
+        #[arg(long, short = 'o', value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Configuration mistakes, each with what is wrong, why it matters and the fix: MeshRoutes
+    /// whose Services are missing or have no ready endpoints or that are not Programmed,
+    /// MeshPolicies that select no (meshed) pod, pods without a proxy in namespaces labelled for
+    /// injection.
+    ///
+    /// Exit status: 0 when nothing is found, 1 otherwise.
+    Diagnose {
+        /// The namespace to look at; the kubectl context's by default.
+        #[arg(long, short = 'n', conflicts_with = "all_namespaces")]
+        namespace: Option<String>,
+        /// Every namespace.
+        #[arg(long, short = 'A')]
+        all_namespaces: bool,
         #[arg(long, short = 'o', value_enum, default_value = "text")]
         output: Output,
     },
@@ -102,6 +148,11 @@ fn run() -> anyhow::Result<ExitCode> {
     let (file, linkerd_attempts, linkerd_per_try_timeout) = match Cli::parse().command {
         Command::Check { namespace, release, output } => return check(&namespace, &release, output),
         Command::Stat { kind, namespace, window, output } => return stat(kind, &namespace, window, output),
+        Command::Routes { pod, namespace, output } => return routes(&pod, namespace, output),
+        Command::Identity { pod, namespace, output } => return identity(&pod, namespace, output),
+        Command::Diagnose { namespace, all_namespaces, output } => {
+            return diagnose(namespace, all_namespaces, output);
+        }
         Command::Convert { file, linkerd_attempts, linkerd_per_try_timeout } => {
             (file, linkerd_attempts, linkerd_per_try_timeout)
         }
@@ -163,6 +214,96 @@ fn stat(
     };
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Progress for a person watching: on stderr, and only when stdout is a terminal.
+fn progress(message: &str) {
+    use std::io::IsTerminal as _;
+    if std::io::stdout().is_terminal() {
+        let _ = writeln!(std::io::stderr(), "{message}");
+    }
+}
+
+fn routes(pod: &str, namespace: Option<String>, output: Output) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    let (namespace, body) = with_client(|client| async move {
+        let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+        progress(&format!("reading the proxy of pod {namespace}/{pod} (port-forward to 4191)…"));
+        let body = braid_cli::proxy_admin::get(&client, &namespace, pod, "/config").await?;
+        Ok::<_, anyhow::Error>((namespace, body))
+    })?;
+    let text = match output {
+        Output::Text => {
+            let config = routes::parse(&body)?;
+            routes::render_text(
+                &routes::report(&format!("{namespace}/{pod}"), &config),
+                std::io::stdout().is_terminal(),
+            )
+        }
+        // The proxy's own JSON, whatever its shape, as long as it is JSON.
+        Output::Json => {
+            serde_json::from_str::<serde_json::Value>(&body)
+                .map_err(|e| routes::RoutesError::Malformed(e.to_string()))?;
+            if body.ends_with('\n') { body } else { body + "\n" }
+        }
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn identity(pod: &str, namespace: Option<String>, output: Output) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    let (namespace, body, bundle) = with_client(|client| async move {
+        let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+        progress(&format!("reading the certificate of pod {namespace}/{pod} (port-forward to 4191)…"));
+        let (body, bundle) = identity::gather(&client, &namespace, pod).await?;
+        Ok::<_, anyhow::Error>((namespace, body, bundle))
+    })?;
+    let answer = identity::parse(&body)?;
+    let now = jiff::Timestamp::now();
+    let report = identity::evaluate(&format!("{namespace}/{pod}"), &answer, &bundle, now)?;
+    let text = match output {
+        Output::Text => identity::render_text(&report, now, std::io::stdout().is_terminal()),
+        Output::Json => identity::render_json(&report),
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(if report.healthy { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn diagnose(namespace: Option<String>, all: bool, output: Output) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal as _;
+    let (scope, inputs) = with_client(|client| async move {
+        let scope = match (all, namespace) {
+            (true, _) => diagnose::Scope::All,
+            (false, Some(ns)) => diagnose::Scope::Namespace(ns),
+            (false, None) => diagnose::Scope::Namespace(client.default_namespace().to_owned()),
+        };
+        progress("reading MeshRoutes, MeshPolicies, Services, EndpointSlices and pods…");
+        let inputs = diagnose::gather(&client, &scope).await?;
+        Ok::<_, anyhow::Error>((scope, inputs))
+    })?;
+    let findings = diagnose::evaluate(&inputs);
+    let text = match output {
+        Output::Text => diagnose::render_text(&findings, &scope, std::io::stdout().is_terminal()),
+        Output::Json => diagnose::render_json(&findings),
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(if findings.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Like `with_cluster`, for commands whose own errors already say what to do: only a missing
+/// kubeconfig gets a hint.
+fn with_client<T, F>(read: impl FnOnce(kube::Client) -> F) -> anyhow::Result<T>
+where
+    F: Future<Output = anyhow::Result<T>>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("cannot reach a Kubernetes API server: set KUBECONFIG or the current kubectl context")?;
+        read(client).await
+    })
 }
 
 /// Runs `read` with a client of the current kubectl context's cluster, on a runtime of its own.

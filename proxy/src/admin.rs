@@ -1,13 +1,16 @@
 //! The admin server: /live, /ready, /metrics (Prometheus text), /config (the running
-//! configuration as JSON, and the state of the configuration file). The port is reachable from
-//! the pod network, for the kubelet's probes and Prometheus; /config names every destination,
-//! endpoint and identity the proxy knows (what export-to hides from other namespaces too), so it
-//! is answered on loopback only: `kubectl port-forward POD 4191` reaches it.
+//! configuration as JSON, and the state of the configuration file), /identity (the workload
+//! certificate the proxy serves). The port is reachable from the pod network, for the kubelet's
+//! probes and Prometheus; /config names every destination, endpoint and identity the proxy knows
+//! (what export-to hides from other namespaces too), so it is answered on loopback only:
+//! `kubectl port-forward POD 4191` reaches it. /identity is answered to anyone: it is the chain
+//! every mTLS peer is sent in the handshake, and no key.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use braid_api::contract::{LIVE_PATH, READY_PATH};
 use http::{Method, Request, Response, StatusCode, header};
@@ -106,9 +109,73 @@ async fn handle(
                 .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
             response
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: try /live, /ready, /metrics or /config\n".to_owned()),
+        "/identity" => identity(&admin),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /live, /ready, /metrics, /config or /identity\n".to_owned(),
+        ),
     };
     Ok(response)
+}
+
+/// The workload certificate and its chain as the proxy presents them in a handshake (PEM, leaf
+/// first), with the fields a reader wants without an X.509 tool. Times are seconds since the
+/// epoch, as /config's `appliedAt`; `renewAt` is when the proxy will ask for the next one.
+fn identity(admin: &Admin) -> Response<ProxyBody> {
+    let Some(store) = &admin.state.identity else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "this proxy has no workload identity (no `identity` in its configuration): it speaks plaintext only\n"
+                .to_owned(),
+        );
+    };
+    let Some(credentials) = store.current() else {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no workload certificate yet: the proxy is still asking the operator's identity endpoint for one (see its log)\n"
+                .to_owned(),
+        );
+    };
+    let chain = &credentials.key.cert;
+    let leaf = chain.first().and_then(|der| x509_parser::parse_x509_certificate(der).ok()).map(|(_, c)| c);
+    let seconds = |time: SystemTime| time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let percent = admin.state.table.load().config.identity.as_ref().map(|config| config.renew_at_percent);
+    let renew_at = percent.and_then(|percent| {
+        let lifetime = credentials.not_after.duration_since(credentials.not_before).ok()?;
+        Some(seconds(credentials.not_before + lifetime.mul_f64(f64::from(percent) / 100.0)))
+    });
+    let body = serde_json::json!({
+        "identity": credentials.identity,
+        "issuer": leaf.as_ref().map(|leaf| leaf.issuer().to_string()),
+        "serialNumber": leaf.as_ref().map(|leaf| leaf.raw_serial_as_string()),
+        "notBefore": seconds(credentials.not_before),
+        "notAfter": seconds(credentials.not_after),
+        "renewAt": renew_at,
+        "chain": chain.iter().map(|der| pem("CERTIFICATE", der)).collect::<String>(),
+    });
+    let mut response = text(StatusCode::OK, format!("{body:#}\n"));
+    response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+}
+
+/// DER as a PEM block (RFC 7468: standard base64, 64 characters a line).
+fn pem(label: &str, der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut encoded = Vec::with_capacity(der.len().div_ceil(3) * 4);
+    for chunk in der.chunks(3) {
+        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            encoded.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i)) as usize & 63] } else { b'=' });
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in encoded.chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
