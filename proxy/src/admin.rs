@@ -151,31 +151,17 @@ fn identity(admin: &Admin) -> Response<ProxyBody> {
         "notBefore": seconds(credentials.not_before),
         "notAfter": seconds(credentials.not_after),
         "renewAt": renew_at,
-        "chain": chain.iter().map(|der| pem("CERTIFICATE", der)).collect::<String>(),
+        "chain": chain.iter().map(|der| certificate_pem(der)).collect::<String>(),
     });
     let mut response = text(StatusCode::OK, format!("{body:#}\n"));
     response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response
 }
 
-/// DER as a PEM block (RFC 7468: standard base64, 64 characters a line).
-fn pem(label: &str, der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut encoded = Vec::with_capacity(der.len().div_ceil(3) * 4);
-    for chunk in der.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            encoded.push(if i <= chunk.len() { ALPHABET[(n >> (18 - 6 * i)) as usize & 63] } else { b'=' });
-        }
-    }
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in encoded.chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+/// DER as a PEM block, with the line endings the rest of the mesh's PEM has.
+fn certificate_pem(der: &[u8]) -> String {
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new("CERTIFICATE", der), config)
 }
 
 fn text(status: StatusCode, body: String) -> Response<ProxyBody> {
