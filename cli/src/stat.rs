@@ -381,10 +381,10 @@ response_total{direction="inbound",authority="10.0.0.5:8080",dst_service="",rout
 response_total{direction="inbound",authority="10.0.0.5:8080",dst_service="",route="",client_id="",server_id="",status_code="503",classification="failure"} 10
 response_total{direction="inbound",authority="a \"quoted\" one",dst_service="",route="",client_id="",server_id="",status_code="200",classification="cancelled"} 2
 response_total{direction="outbound",authority="db",dst_service="db",route="",client_id="",server_id="",status_code="200",classification="success"} 500
-response_latency_ms_bucket{direction="inbound",authority="10.0.0.5:8080",dst_service="",route="",client_id="",le="1.0"} 10
-response_latency_ms_bucket{direction="inbound",authority="10.0.0.5:8080",dst_service="",route="",client_id="",le="10.0"} 90
-response_latency_ms_bucket{direction="inbound",authority="10.0.0.5:8080",dst_service="",route="",client_id="",le="100.0"} 100
-response_latency_ms_bucket{direction="inbound",authority="10.0.0.5:8080",dst_service="",route="",client_id="",le="+Inf"} 102
+response_latency_ms_bucket{direction="inbound",authority="10.0.0.5:8080",target_addr="10.0.0.5:8080",dst_service="",route="",client_id="",server_id="",tls="no_identity",status_code="200",le="1.0"} 10
+response_latency_ms_bucket{direction="inbound",authority="10.0.0.5:8080",target_addr="10.0.0.5:8080",dst_service="",route="",client_id="",server_id="",tls="no_identity",status_code="200",le="10.0"} 90
+response_latency_ms_bucket{direction="inbound",authority="10.0.0.5:8080",target_addr="10.0.0.5:8080",dst_service="",route="",client_id="",server_id="",tls="no_identity",status_code="200",le="100.0"} 100
+response_latency_ms_bucket{direction="inbound",authority="10.0.0.5:8080",target_addr="10.0.0.5:8080",dst_service="",route="",client_id="",server_id="",tls="no_identity",status_code="200",le="+Inf"} 102
 response_latency_ms_count{direction="inbound"} 102
 "#;
 

@@ -1,12 +1,13 @@
 //! Prometheus metrics with Linkerd's names and labels (request_total, response_total with
-//! classification and status_code, response_latency_ms, tcp_*), so existing dashboards and
-//! Flagger's Linkerd queries work on Braid.
+//! classification and status_code, response_latency_ms with status_code and timed to the first
+//! byte of the response body, tls, tcp_*), so existing dashboards and Flagger's Linkerd queries
+//! work on Braid. docs/observability.md lists them; a test keeps it in step with this module.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::{
     EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder,
@@ -79,29 +80,71 @@ pub enum End {
     Cancelled,
 }
 
+/// Whether the connection a request came in on (inbound) or went out on (outbound) was mTLS,
+/// with Linkerd's values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tls {
+    /// `true`: the peer proved a mesh identity.
+    Mutual,
+    /// `no_identity`: plaintext, or TLS the proxy does not terminate.
+    NoIdentity,
+    /// Empty (Prometheus drops it): an outbound request, counted before an endpoint is chosen.
+    NotYetKnown,
+}
+
+impl Tls {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Mutual => "true",
+            Self::NoIdentity => "no_identity",
+            Self::NotYetKnown => "",
+        }
+    }
+}
+
+impl EncodeLabelValue for Tls {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RequestLabels {
     pub direction: Direction,
     /// The destination as the client named it: the service's name for outbound, the app's
     /// address for inbound.
     pub authority: Label,
+    /// Where the request goes: the app's address (inbound); empty on outbound, where it is
+    /// the endpoint a try picks, which the route's series do not split by.
+    pub target_addr: Label,
     pub dst_service: Label,
     pub route: Label,
     /// The client's SPIFFE id, on inbound mTLS connections.
     pub client_id: Label,
+    pub tls: Tls,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ResponseLabels {
+    #[prometheus(flatten)]
+    pub answer: AnswerLabels,
+    pub classification: Classification,
+}
+
+/// The labels of response_latency_ms: a request's, with who answered and how.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AnswerLabels {
     pub direction: Direction,
     pub authority: Label,
+    pub target_addr: Label,
     pub dst_service: Label,
     pub route: Label,
     pub client_id: Label,
     /// The SPIFFE id the answering endpoint proved, on outbound mTLS.
     pub server_id: Label,
+    /// Inbound: the request's; outbound: `true` when the endpoint proved an identity.
+    pub tls: Tls,
     pub status_code: u16,
-    pub classification: Classification,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -338,7 +381,7 @@ pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub responses: Family<ResponseLabels, Counter>,
-    pub latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    pub latency: Family<AnswerLabels, Histogram, fn() -> Histogram>,
     pub retries: Family<RetryLabels, Counter>,
     pub retry_budget_exhausted: Family<RetryLabels, Counter>,
     pub rate_limited: Family<RetryLabels, Counter>,
@@ -380,7 +423,7 @@ impl Metrics {
         let latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register(
             "response_latency_ms",
-            "Time to response headers, in milliseconds",
+            "Time to the first byte of the response body (its end when it has none), in milliseconds",
             latency.clone(),
         );
         let retries = Family::default();
@@ -565,90 +608,152 @@ impl Metrics {
 }
 
 /// The metrics of one label set (a route, or an inbound connection), looked up once rather than
-/// hashed per request; the responses seen most often are remembered the same way.
+/// hashed per request; the answers seen most often are remembered the same way.
 #[derive(Clone)]
 pub struct RequestMetrics {
     pub requests: Counter,
-    pub latency: Histogram,
-    responses: Arc<ResponseSeries>,
+    answers: Arc<AnswerSeries>,
 }
 
-/// The response_total series of one label set.
-struct ResponseSeries {
-    family: Family<ResponseLabels, Counter>,
+/// The response_total and response_latency_ms series of one label set.
+struct AnswerSeries {
+    responses: Family<ResponseLabels, Counter>,
+    latency: Family<AnswerLabels, Histogram, fn() -> Histogram>,
     labels: RequestLabels,
-    remembered: Mutex<Vec<RememberedResponse>>,
+    remembered: Mutex<Vec<Arc<StatusSeries>>>,
 }
 
-/// status code, classification, server_id, and the response_total counter of that combination.
-type RememberedResponse = (u16, Classification, Label, Counter);
+/// The series of one answer (status code and server identity) of a label set: its latency
+/// histogram, and its response_total counter per classification, created on first use.
+struct StatusSeries {
+    labels: AnswerLabels,
+    latency: Histogram,
+    responses: Family<ResponseLabels, Counter>,
+    by_class: [OnceLock<Counter>; 4],
+}
 
-/// Distinct (status, classification, server) combinations remembered per label set.
-const REMEMBERED_RESPONSES: usize = 12;
+impl StatusSeries {
+    fn counter(&self, classification: Classification) -> &Counter {
+        let index = match classification {
+            Classification::success => 0,
+            Classification::failure => 1,
+            Classification::client_error => 2,
+            Classification::cancelled => 3,
+        };
+        self.by_class[index].get_or_init(|| {
+            self.responses
+                .get_or_create(&ResponseLabels { answer: self.labels.clone(), classification })
+                .clone()
+        })
+    }
+}
+
+/// Distinct (status, server) answers remembered per label set.
+const REMEMBERED_ANSWERS: usize = 12;
 
 impl RequestMetrics {
-    /// The response_total counter for this label set and an answer.
-    pub fn response(&self, status_code: u16, classification: Classification, server_id: &Label) -> Counter {
-        self.responses.counter(status_code, classification, server_id)
+    /// Counts an answer now: its latency is `elapsed`, its class final.
+    pub fn answered(
+        &self,
+        status_code: u16,
+        classification: Classification,
+        server_id: &Label,
+        elapsed: Duration,
+    ) {
+        let series = self.answers.series(status_code, server_id);
+        series.latency.observe(millis(elapsed));
+        series.counter(classification).inc();
     }
 
-    /// A response to count when its body has ended (`ProxyBody::count_at_end`): two reference
-    /// counts, no allocation.
+    /// An answer to count when its body has ended (`ProxyBody::count_at_end`), its latency
+    /// at the body's first byte: a reference count, no allocation once the answer is known.
     pub fn pending(
         &self,
         status_code: u16,
         classification: Classification,
-        server_id: Label,
+        server_id: &Label,
+        started: Instant,
     ) -> PendingResponse {
-        PendingResponse { series: self.responses.clone(), status_code, classification, server_id }
+        PendingResponse {
+            series: self.answers.series(status_code, server_id),
+            classification,
+            started: Some(started),
+        }
     }
 }
 
-impl ResponseSeries {
-    fn counter(&self, status_code: u16, classification: Classification, server_id: &Label) -> Counter {
+fn millis(elapsed: Duration) -> f64 {
+    elapsed.as_secs_f64() * 1000.0
+}
+
+impl AnswerSeries {
+    fn series(&self, status_code: u16, server_id: &Label) -> Arc<StatusSeries> {
         let mut remembered = self.remembered.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((.., counter)) = remembered.iter().find(|(status, class, server, _)| {
-            *status == status_code && *class == classification && server == server_id
-        }) {
-            return counter.clone();
+        if let Some(series) = remembered
+            .iter()
+            .find(|series| series.labels.status_code == status_code && series.labels.server_id == *server_id)
+        {
+            return series.clone();
         }
         let labels = &self.labels;
-        let counter = self
-            .family
-            .get_or_create(&ResponseLabels {
-                direction: labels.direction,
-                authority: labels.authority.clone(),
-                dst_service: labels.dst_service.clone(),
-                route: labels.route.clone(),
-                client_id: labels.client_id.clone(),
-                server_id: server_id.clone(),
-                status_code,
-                classification,
-            })
-            .clone();
-        if remembered.len() < REMEMBERED_RESPONSES {
-            remembered.push((status_code, classification, server_id.clone(), counter.clone()));
+        let tls = match labels.direction {
+            Direction::inbound => labels.tls,
+            Direction::outbound if server_id.as_str().is_empty() => Tls::NoIdentity,
+            Direction::outbound => Tls::Mutual,
+        };
+        let answer = AnswerLabels {
+            direction: labels.direction,
+            authority: labels.authority.clone(),
+            target_addr: labels.target_addr.clone(),
+            dst_service: labels.dst_service.clone(),
+            route: labels.route.clone(),
+            client_id: labels.client_id.clone(),
+            server_id: server_id.clone(),
+            tls,
+            status_code,
+        };
+        let series = Arc::new(StatusSeries {
+            latency: self.latency.get_or_create(&answer).clone(),
+            labels: answer,
+            responses: self.responses.clone(),
+            by_class: Default::default(),
+        });
+        if remembered.len() < REMEMBERED_ANSWERS {
+            remembered.push(series.clone());
         }
-        counter
+        series
     }
 }
 
-/// A response whose response_total entry waits for the end of its body.
+/// An answer whose response_total entry waits for the end of its body, and whose latency waits
+/// for the body's first byte.
 pub struct PendingResponse {
-    series: Arc<ResponseSeries>,
-    status_code: u16,
+    series: Arc<StatusSeries>,
     classification: Classification,
-    server_id: Label,
+    /// When the request came; taken when its latency is observed.
+    started: Option<Instant>,
 }
 
 impl PendingResponse {
-    pub fn finish(self, end: End) {
+    /// The first byte of the body is here: the latency Linkerd reports (time to first byte).
+    pub fn first_byte(&mut self) {
+        if let Some(started) = self.started.take() {
+            self.series.latency.observe(millis(started.elapsed()));
+        }
+    }
+
+    pub fn finish(mut self, end: End) {
         let classification = match end {
             End::Complete => self.classification,
             End::Failed => Classification::failure,
             End::Cancelled => Classification::cancelled,
         };
-        self.series.counter(self.status_code, classification, &self.server_id).inc();
+        // A body with no data ends at its first byte; one the client gave up on before any
+        // byte has no latency to tell.
+        if end != End::Cancelled {
+            self.first_byte();
+        }
+        self.series.counter(classification).inc();
     }
 }
 
@@ -656,9 +761,9 @@ impl Metrics {
     pub fn request_metrics(&self, labels: &RequestLabels) -> RequestMetrics {
         RequestMetrics {
             requests: self.requests.get_or_create(labels).clone(),
-            latency: self.latency.get_or_create(labels).clone(),
-            responses: Arc::new(ResponseSeries {
-                family: self.responses.clone(),
+            answers: Arc::new(AnswerSeries {
+                responses: self.responses.clone(),
+                latency: self.latency.clone(),
                 labels: labels.clone(),
                 remembered: Mutex::default(),
             }),

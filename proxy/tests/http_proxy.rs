@@ -96,6 +96,56 @@ async fn routes_by_path_method_and_header() {
     );
 }
 
+/// Linkerd's response_latency_ms: time to the first byte of the body, not to the headers, and
+/// split by status code. The app sends its headers at once and its body 300 ms later (a 200), or
+/// a 503 at once.
+#[tokio::test]
+async fn response_latency_is_time_to_first_body_byte_by_status_code() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    serve_http(listener, |request: Request<hyper::body::Incoming>| async move {
+        if request.uri().path() == "/fail" {
+            let mut response = http::Response::new(full("down"));
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            return Ok(response);
+        }
+        let late = futures_util::stream::once(async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(b"late")))
+        });
+        Ok(http::Response::new(BodyExt::boxed(StreamBody::new(late))))
+    });
+    let proxy = Proxy::start(&one_backend_service("slow", addr)).await;
+    let client = http1_client();
+    let started = Instant::now();
+    let response = client.request(Request::get(url(&proxy, "/slow")).body(full("")).unwrap()).await.unwrap();
+    let headers_after = started.elapsed();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"late");
+    assert!(headers_after < Duration::from_millis(250), "the headers came at once ({headers_after:?})");
+    let (status, _, _) = get(&url(&proxy, "/fail")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    let metrics = proxy.metrics().await;
+    let ok = |le: &str| {
+        metric(
+            &metrics,
+            "response_latency_ms_bucket",
+            &[("direction", "outbound"), ("status_code", "200"), ("le", le)],
+        )
+    };
+    assert_eq!(ok("200.0"), Some(0.0), "timed to the body's first byte, 300 ms in:\n{metrics}");
+    assert_eq!(ok("+Inf"), Some(1.0), "{metrics}");
+    let ok_sum =
+        metric(&metrics, "response_latency_ms_sum", &[("direction", "outbound"), ("status_code", "200")]);
+    assert!(ok_sum.is_some_and(|ms| ms >= 300.0), "{ok_sum:?}\n{metrics}");
+    let failed = [("direction", "outbound"), ("status_code", "503"), ("le", "200.0")];
+    assert_eq!(metric(&metrics, "response_latency_ms_bucket", &failed), Some(1.0), "{metrics}");
+    // Outbound to a plaintext endpoint: Linkerd's `no_identity`.
+    let plain = [("direction", "outbound"), ("status_code", "200"), ("tls", "no_identity")];
+    assert_eq!(metric(&metrics, "response_total", &plain), Some(1.0), "{metrics}");
+}
+
 #[tokio::test]
 async fn a_request_no_route_matches_gets_404_with_the_reason() {
     let a = Upstream::start("a").await;

@@ -80,6 +80,17 @@ async fn two_proxies_talk_mtls_and_see_each_others_identity() {
     let client_metrics = a.metrics().await;
     let outbound = [("direction", "outbound"), ("server_id", WEB), ("status_code", "200")];
     assert_eq!(metric(&client_metrics, "response_total", &outbound), Some(3.0), "{client_metrics}");
+    // Linkerd's `tls` label, which its dashboards' "secured" panels filter on.
+    let secured = [("direction", "inbound"), ("tls", "true"), ("client_id", FRONTEND)];
+    assert_eq!(metric(&server_metrics, "request_total", &secured), Some(3.0), "{server_metrics}");
+    let secured = [("direction", "inbound"), ("tls", "true"), ("status_code", "200"), ("le", "+Inf")];
+    assert_eq!(
+        metric(&server_metrics, "response_latency_ms_bucket", &secured),
+        Some(3.0),
+        "{server_metrics}"
+    );
+    let secured = [("direction", "outbound"), ("tls", "true"), ("server_id", WEB), ("status_code", "200")];
+    assert_eq!(metric(&client_metrics, "response_total", &secured), Some(3.0), "{client_metrics}");
     // Each proxy got its certificate once; the key never left the process (nothing to check on
     // disk: the proxy has no key path at all).
     assert_eq!(identity.issued.load(Ordering::SeqCst), 2);

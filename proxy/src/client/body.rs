@@ -170,6 +170,8 @@ impl Body for ProxyBody {
                     if let Some(trailers) = frame.trailers_ref() {
                         let failed = trailers.get(GRPC_STATUS).is_some_and(|status| status != "0");
                         this.finish(if failed { End::Failed } else { End::Complete });
+                    } else if let Some(pending) = &mut this.pending {
+                        pending.first_byte();
                     }
                 }
                 Poll::Pending => {}

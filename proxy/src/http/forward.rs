@@ -55,24 +55,21 @@ pub fn classify<B>(response: &Response<B>) -> Classification {
     }
 }
 
-/// Records a request's latency and its response's status, class and server identity.
+/// Records, now, a response of the proxy's own: its latency, status, class and server identity.
 pub fn record(metrics: &RequestMetrics, server_id: Label, response: &Response<ProxyBody>, start: Instant) {
-    let status = response.status();
-    let classification = classify(response);
-    metrics.latency.observe(start.elapsed().as_secs_f64() * 1000.0);
-    metrics.response(status.as_u16(), classification, &server_id).inc();
+    metrics.answered(response.status().as_u16(), classify(response), &server_id, start.elapsed());
 }
 
-/// Records a request's latency now, and its response in response_total when the response body
-/// ends: whole (classified as `record` does), broken off (a failure), or dropped unfinished
-/// because the client went away (cancelled).
+/// Records a response's latency when its body's first byte passes (or its end, when it has no
+/// data: time to first byte, as Linkerd measures it), and the response in response_total when
+/// the body ends: whole (classified as `record` does), broken off (a failure), or dropped
+/// unfinished because the client went away (cancelled).
 pub fn record_at_end(
     metrics: &RequestMetrics,
     server_id: Label,
     response: &mut Response<ProxyBody>,
     start: Instant,
 ) {
-    metrics.latency.observe(start.elapsed().as_secs_f64() * 1000.0);
-    let pending = metrics.pending(response.status().as_u16(), classify(response), server_id);
+    let pending = metrics.pending(response.status().as_u16(), classify(response), &server_id, start);
     response.body_mut().count_at_end(pending);
 }

@@ -15,7 +15,7 @@ use crate::client::{Pool, UpstreamProtocol};
 use crate::http::forward::{forward_once, record};
 use crate::http::headers::ORIG_PROTO;
 use crate::http::path;
-use crate::metrics::{Direction, Label, RequestLabels, RequestMetrics};
+use crate::metrics::{Direction, Label, RequestLabels, RequestMetrics, Tls};
 use crate::policy::HttpRequest;
 use crate::state::ProxyState;
 
@@ -33,12 +33,15 @@ pub struct InboundConnection {
 
 impl InboundConnection {
     pub fn new(state: Arc<ProxyState>, app: SocketAddr, client_id: Option<String>) -> Self {
+        let app_label = Label::new(app.to_string());
         let labels = RequestLabels {
             direction: Direction::inbound,
-            authority: Label::new(app.to_string()),
+            authority: app_label.clone(),
+            target_addr: app_label,
             dst_service: Label::empty(),
             route: Label::empty(),
             client_id: client_id.as_deref().map_or_else(Label::empty, Label::new),
+            tls: if client_id.is_some() { Tls::Mutual } else { Tls::NoIdentity },
         };
         let http1 = state.app_pool(app, UpstreamProtocol::Http1);
         let http2 = state.app_pool(app, UpstreamProtocol::Http2);

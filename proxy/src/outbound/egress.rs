@@ -23,7 +23,7 @@ use crate::http::forward::forward_once;
 use crate::http::headers::authority_of;
 use crate::http::respond::local;
 use crate::identity::tls;
-use crate::metrics::{Direction, EgressDecision, EgressLabels, EgressProtocol, Label, RequestLabels};
+use crate::metrics::{Direction, EgressDecision, EgressLabels, EgressProtocol, Label, RequestLabels, Tls};
 use crate::state::ProxyState;
 use crate::table::authority_host;
 
@@ -260,9 +260,11 @@ pub async fn request(
     let labels = RequestLabels {
         direction: Direction::outbound,
         authority: label.clone(),
+        target_addr: Label::empty(),
         dst_service: label,
         route: Label::empty(),
         client_id: Label::empty(),
+        tls: Tls::NotYetKnown,
     };
     let metrics = state.metrics.request_metrics(&labels);
     let pool = match origination {

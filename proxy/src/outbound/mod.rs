@@ -33,7 +33,7 @@ use crate::http::headers::authority_of;
 use crate::http::respond::local;
 use crate::http::{ClientKind, serve as serve_http};
 use crate::io::ClientIo;
-use crate::metrics::{Direction, Label, Peer, RequestLabels, TcpLabels};
+use crate::metrics::{Direction, Label, Peer, RequestLabels, TcpLabels, Tls};
 use crate::state::ProxyState;
 use crate::table::Table;
 use crate::tcp;
@@ -249,9 +249,11 @@ async fn passthrough(
     let labels = RequestLabels {
         direction: Direction::outbound,
         authority: state.passthrough_label(addr),
+        target_addr: Label::empty(),
         dst_service: Label::empty(),
         route: Label::empty(),
         client_id: Label::empty(),
+        tls: Tls::NotYetKnown,
     };
     let metrics = state.metrics.request_metrics(&labels);
     forward_once(&pool, &metrics, &mut parts, body).await

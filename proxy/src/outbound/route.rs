@@ -18,7 +18,7 @@ use crate::http::forward::{record, record_at_end};
 use crate::http::headers::{client_response, propagate_trace};
 use crate::http::path;
 use crate::http::respond::{Failure, REQUEST_BODY, failure_response, local};
-use crate::metrics::{Direction, Label, RequestLabels, RetryLabels, TimeoutKind, TimeoutLabels};
+use crate::metrics::{Direction, Label, RequestLabels, RetryLabels, TimeoutKind, TimeoutLabels, Tls};
 use crate::state::ProxyState;
 use crate::table::{Admission, Service};
 
@@ -44,9 +44,11 @@ pub async fn route_request(
         let labels = RequestLabels {
             direction: Direction::outbound,
             authority: service.name.clone(),
+            target_addr: Label::empty(),
             dst_service: service.name.clone(),
             route: Label::empty(),
             client_id: Label::empty(),
+            tls: Tls::NotYetKnown,
         };
         let metrics = state.metrics.request_metrics(&labels);
         metrics.requests.inc();
@@ -71,9 +73,11 @@ pub async fn route_request(
     let labels = RequestLabels {
         direction: Direction::outbound,
         authority: service.name.clone(),
+        target_addr: Label::empty(),
         dst_service: service.name.clone(),
         route: route.name.clone(),
         client_id: Label::empty(),
+        tls: Tls::NotYetKnown,
     };
     let metrics = route.metrics.get_or_init(|| state.metrics.request_metrics(&labels));
     metrics.requests.inc();
