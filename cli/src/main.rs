@@ -39,18 +39,25 @@ enum Command {
         #[arg(long, short = 'o', value_enum, default_value = "text")]
         output: Output,
     },
-    /// Success rate, requests per second and latency percentiles of each meshed Deployment (or of
-    /// the namespace), from the proxies' own counters over a window: no Prometheus needed.
+    /// Success rate, requests per second and latency percentiles of each meshed Deployment, of
+    /// the namespace, or of each route the namespace's pods call, from the proxies' own counters
+    /// over a window: no Prometheus needed.
     ///
-    /// Each meshed pod's proxy metrics are read twice through the API server, WINDOW apart; the
-    /// figures are what the workloads answered (their inbound side), as `linkerd viz stat` shows.
+    /// Each meshed pod's proxy metrics are read twice through the API server, WINDOW apart. For
+    /// `deploy` and `ns` the figures are what the workloads answered (their inbound side), as
+    /// `linkerd viz stat` shows; for `route`, what the pods sent to each route of each
+    /// destination (their outbound side, after retries), as `linkerd viz routes` shows.
     Stat {
-        /// What a row is: `deploy` (each Deployment) or `ns` (the namespace).
+        /// What a row is: `deploy` (each Deployment), `ns` (the namespace) or `route` (each
+        /// route of each destination called).
         #[arg(value_enum)]
         kind: StatKind,
-        /// Namespace of the workloads.
+        /// Namespace of the workloads (for `route`: of the callers).
         #[arg(long, short = 'n', default_value = "default")]
         namespace: String,
+        /// With `route`: only the routes of this Service (`web`, `web.shop` or its full name).
+        #[arg(long)]
+        to: Option<String>,
         /// How long to count, like 10s or 1m.
         #[arg(long, default_value = "10s", value_parser = braid_cli::duration::parse_go)]
         window: std::time::Duration,
@@ -136,6 +143,9 @@ enum StatKind {
     Deploy,
     #[value(alias = "namespace")]
     Ns,
+    /// Each route of each destination the namespace's meshed pods call (their outbound side).
+    #[value(alias = "routes")]
+    Route,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -147,7 +157,9 @@ enum Output {
 fn run() -> anyhow::Result<ExitCode> {
     let (file, linkerd_attempts, linkerd_per_try_timeout) = match Cli::parse().command {
         Command::Check { namespace, release, output } => return check(&namespace, &release, output),
-        Command::Stat { kind, namespace, window, output } => return stat(kind, &namespace, window, output),
+        Command::Stat { kind, namespace, to, window, output } => {
+            return stat(kind, &namespace, to.as_deref(), window, output);
+        }
         Command::Routes { pod, namespace, output } => return routes(&pod, namespace, output),
         Command::Identity { pod, namespace, output } => return identity(&pod, namespace, output),
         Command::Diagnose { namespace, all_namespaces, output } => {
@@ -196,13 +208,19 @@ fn check(namespace: &str, release: &str, output: Output) -> anyhow::Result<ExitC
 fn stat(
     kind: StatKind,
     namespace: &str,
+    to: Option<&str>,
     window: std::time::Duration,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
     let by = match kind {
         StatKind::Deploy => stat::By::Deployment,
         StatKind::Ns => stat::By::Namespace,
+        StatKind::Route => return stat_routes(namespace, to, window, output),
     };
+    if to.is_some() {
+        writeln!(std::io::stderr(), "braid stat: --to applies to `braid stat route` only")?;
+        return Ok(ExitCode::from(2));
+    }
     let (rows, problems) =
         with_cluster(|client| async move { stat::gather(&client, namespace, by, window).await })?;
     for problem in &problems {
@@ -210,6 +228,25 @@ fn stat(
     }
     let text = match output {
         Output::Text => stat::render_table(&rows),
+        Output::Json => serde_json::to_string_pretty(&rows)? + "\n",
+    };
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn stat_routes(
+    namespace: &str,
+    to: Option<&str>,
+    window: std::time::Duration,
+    output: Output,
+) -> anyhow::Result<ExitCode> {
+    let (rows, problems) =
+        with_cluster(|client| async move { stat::gather_routes(&client, namespace, to, window).await })?;
+    for problem in &problems {
+        writeln!(std::io::stderr(), "braid stat: {problem}")?;
+    }
+    let text = match output {
+        Output::Text => stat::render_routes(&rows),
         Output::Json => serde_json::to_string_pretty(&rows)? + "\n",
     };
     std::io::stdout().write_all(text.as_bytes())?;

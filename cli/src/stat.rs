@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use braid_api::contract::INJECTED;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
@@ -95,25 +96,51 @@ impl Counts {
     /// The inbound `response_total` and `response_latency_ms` of one proxy's samples.
     pub fn inbound(samples: &[Sample]) -> Self {
         let mut counts = Counts::default();
-        let mut buckets: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
         for sample in samples.iter().filter(|s| s.label("direction") == Some("inbound")) {
-            match sample.name.as_str() {
-                "response_total" => match sample.label("classification") {
-                    Some("success") => counts.success += sample.value,
-                    Some("failure") => counts.failure += sample.value,
-                    _ => counts.other += sample.value,
-                },
-                "response_latency_ms_bucket" => {
-                    let Some(le) = sample.label("le").and_then(|le| le.parse::<f64>().ok()) else { continue };
-                    let entry = buckets.entry(le.to_bits()).or_insert((le, 0.0));
-                    entry.1 += sample.value;
-                }
-                _ => {}
-            }
+            counts.count(sample);
         }
-        counts.buckets = buckets.into_values().collect();
-        counts.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        counts.sort_buckets();
         counts
+    }
+
+    /// The outbound `response_total` and `response_latency_ms` of one proxy's samples, by the
+    /// destination Service and the route of it that matched (empty: no route matched). Requests
+    /// to addresses no Service claims have no `dst_service` and are left out.
+    pub fn outbound_routes(samples: &[Sample]) -> BTreeMap<(String, String), Counts> {
+        let mut routes: BTreeMap<(String, String), Counts> = BTreeMap::new();
+        for sample in samples.iter().filter(|s| s.label("direction") == Some("outbound")) {
+            let Some(service) = sample.label("dst_service").filter(|service| !service.is_empty()) else {
+                continue;
+            };
+            let route = sample.label("route").unwrap_or_default();
+            routes.entry((service.to_owned(), route.to_owned())).or_default().count(sample);
+        }
+        routes.values_mut().for_each(Counts::sort_buckets);
+        routes
+    }
+
+    /// Adds one `response_total` or `response_latency_ms_bucket` sample (others are ignored).
+    fn count(&mut self, sample: &Sample) {
+        match sample.name.as_str() {
+            "response_total" => match sample.label("classification") {
+                Some("success") => self.success += sample.value,
+                Some("failure") => self.failure += sample.value,
+                _ => self.other += sample.value,
+            },
+            "response_latency_ms_bucket" => {
+                let Some(le) = sample.label("le").and_then(|le| le.parse::<f64>().ok()) else { return };
+                // One series per status code and server: the same bound summed over them.
+                match self.buckets.iter_mut().find(|(bound, _)| *bound == le) {
+                    Some(entry) => entry.1 += sample.value,
+                    None => self.buckets.push((le, sample.value)),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn sort_buckets(&mut self) {
+        self.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
 
     pub fn add(&mut self, other: &Counts) {
@@ -221,31 +248,46 @@ impl Row {
 
 /// The table `linkerd viz stat` users know: one row per workload.
 pub fn render_table(rows: &[Row]) -> String {
-    let header =
-        ["NAMESPACE", "NAME", "MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"];
-    // Tenths below 10 ms: a mesh's hops are well under one.
-    let ms = |v: Option<f64>| {
-        v.map_or_else(
-            || "-".to_owned(),
-            |ms| if ms < 10.0 { format!("{ms:.1}ms") } else { format!("{ms:.0}ms") },
-        )
-    };
-    let mut lines: Vec<[String; 8]> = vec![header.map(str::to_owned)];
+    let mut lines: Vec<Vec<String>> = vec![
+        ["NAMESPACE", "NAME", "MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
     for row in rows {
-        lines.push([
+        lines.push(vec![
             row.namespace.clone(),
             row.name.clone(),
             format!("{}/{}", row.meshed, row.pods),
-            row.success_rate.map_or_else(|| "-".to_owned(), |rate| format!("{:.2}%", rate * 100.0)),
+            percent(row.success_rate),
             format!("{:.1}", row.requests_per_second),
-            ms(row.latency_p50_ms),
-            ms(row.latency_p95_ms),
-            ms(row.latency_p99_ms),
+            millis(row.latency_p50_ms),
+            millis(row.latency_p95_ms),
+            millis(row.latency_p99_ms),
         ]);
     }
-    let widths: Vec<usize> = (0..8).map(|c| lines.iter().map(|l| l[c].len()).max().unwrap_or(0)).collect();
+    columns(&lines)
+}
+
+fn percent(rate: Option<f64>) -> String {
+    rate.map_or_else(|| "-".to_owned(), |rate| format!("{:.2}%", rate * 100.0))
+}
+
+/// Tenths below 10 ms: a mesh's hops are well under one.
+fn millis(value: Option<f64>) -> String {
+    value.map_or_else(
+        || "-".to_owned(),
+        |ms| if ms < 10.0 { format!("{ms:.1}ms") } else { format!("{ms:.0}ms") },
+    )
+}
+
+/// Left-aligned columns, three spaces apart.
+fn columns(lines: &[Vec<String>]) -> String {
+    let count = lines.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..count)
+        .map(|c| lines.iter().map(|l| l.get(c).map_or(0, String::len)).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
-    for line in &lines {
+    for line in lines {
         let cells: Vec<String> =
             line.iter().zip(&widths).map(|(cell, width)| format!("{cell:<width$}")).collect();
         let _ = writeln!(out, "{}", cells.join("   ").trim_end());
@@ -285,19 +327,20 @@ pub async fn gather(
             let labels = pod.metadata.labels.as_ref()?;
             let group = match by {
                 By::Deployment => labels.get(DEPLOYMENT_LABEL)?.clone(),
-                By::Namespace => labels
-                    .keys()
-                    .any(|key| key.starts_with("braid.dev/proxy-"))
-                    .then(|| namespace.to_owned())?,
+                By::Namespace => is_meshed(pod).then(|| namespace.to_owned())?,
             };
             Some((*pod, group))
         })
         .collect();
 
     let mut problems = Vec::new();
-    let before = read_all(client, namespace, &meshed, &mut problems).await;
+    let pods: Vec<&Pod> = meshed.iter().map(|(pod, _)| *pod).collect();
+    let inbound = |samples: Vec<Option<Vec<Sample>>>| -> Vec<Option<Counts>> {
+        samples.into_iter().map(|samples| samples.map(|samples| Counts::inbound(&samples))).collect()
+    };
+    let before = inbound(read_all(client, namespace, &pods, &mut problems).await);
     tokio::time::sleep(window).await;
-    let after = read_all(client, namespace, &meshed, &mut problems).await;
+    let after = inbound(read_all(client, namespace, &pods, &mut problems).await);
 
     let mut groups: BTreeMap<String, (Counts, usize, usize)> = BTreeMap::new();
     for ((_, group), (then, now)) in meshed.iter().zip(before.iter().zip(&after)) {
@@ -343,15 +386,134 @@ pub async fn gather(
     Ok((rows, problems))
 }
 
-/// Each pod's inbound counts, through the API server's proxy to its admin port.
+/// One line of `braid stat route`: a route of a destination, as the callers in the namespace
+/// sent to it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteRow {
+    /// The namespace of the callers.
+    pub namespace: String,
+    /// The destination Service, as the proxies name it.
+    pub service: String,
+    /// The route's name; `[default]` for requests no route matched.
+    pub route: String,
+    pub success_rate: Option<f64>,
+    pub requests_per_second: f64,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p95_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+}
+
+impl RouteRow {
+    pub fn new(namespace: &str, service: &str, route: &str, counts: &Counts, window: Duration) -> Self {
+        let row = Row::new(namespace, route, 0, 0, counts, window);
+        RouteRow {
+            namespace: namespace.to_owned(),
+            service: service.to_owned(),
+            route: if route.is_empty() { "[default]".to_owned() } else { route.to_owned() },
+            success_rate: row.success_rate,
+            requests_per_second: row.requests_per_second,
+            latency_p50_ms: row.latency_p50_ms,
+            latency_p95_ms: row.latency_p95_ms,
+            latency_p99_ms: row.latency_p99_ms,
+        }
+    }
+}
+
+/// Whether `service` (a proxy's fully qualified name, `web.shop.svc.cluster.local`) is the one
+/// `--to` names: the same name, or its first labels (`web`, `web.shop`).
+pub fn names_service(to: &str, service: &str) -> bool {
+    service == to || service.strip_prefix(to).is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// Per-route figures of what the meshed pods' proxies sent in `window`, from the pods' own
+/// counts read twice, one row per (destination, route), optionally only the destination `to`.
+pub fn route_rows(
+    namespace: &str,
+    before: &[Option<Vec<Sample>>],
+    after: &[Option<Vec<Sample>>],
+    to: Option<&str>,
+    window: Duration,
+) -> Vec<RouteRow> {
+    let mut totals: BTreeMap<(String, String), Counts> = BTreeMap::new();
+    for (then, now) in before.iter().zip(after) {
+        let (Some(then), Some(now)) = (then, now) else { continue };
+        let then = Counts::outbound_routes(then);
+        for (key, now) in Counts::outbound_routes(now) {
+            let delta = then.get(&key).map_or_else(|| now.clone(), |then| now.since(then));
+            totals.entry(key).or_default().add(&delta);
+        }
+    }
+    totals
+        .into_iter()
+        .filter(|((service, _), _)| to.is_none_or(|to| names_service(to, service)))
+        .map(|((service, route), counts)| RouteRow::new(namespace, &service, &route, &counts, window))
+        .collect()
+}
+
+/// Reads the outbound counters of every meshed pod in `namespace` twice, `window` apart: what
+/// they sent to each route of each destination. Pods whose proxy cannot be read are reported on
+/// stderr by the caller.
+pub async fn gather_routes(
+    client: &Client,
+    namespace: &str,
+    to: Option<&str>,
+    window: Duration,
+) -> Result<(Vec<RouteRow>, Vec<String>), StatError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pods = pods
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| StatError::List { what: "pods", namespace: namespace.to_owned(), source })?
+        .items;
+    let meshed: Vec<&Pod> = pods
+        .iter()
+        .filter(|pod| pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter(|pod| is_meshed(pod))
+        .collect();
+    let mut problems = Vec::new();
+    let before = read_all(client, namespace, &meshed, &mut problems).await;
+    tokio::time::sleep(window).await;
+    let after = read_all(client, namespace, &meshed, &mut problems).await;
+    Ok((route_rows(namespace, &before, &after, to, window), problems))
+}
+
+/// The routes table, as `linkerd viz routes` shows it.
+pub fn render_routes(rows: &[RouteRow]) -> String {
+    let mut lines: Vec<Vec<String>> = vec![
+        ["NAMESPACE", "SERVICE", "ROUTE", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    for row in rows {
+        lines.push(vec![
+            row.namespace.clone(),
+            row.service.clone(),
+            row.route.clone(),
+            percent(row.success_rate),
+            format!("{:.1}", row.requests_per_second),
+            millis(row.latency_p50_ms),
+            millis(row.latency_p95_ms),
+            millis(row.latency_p99_ms),
+        ]);
+    }
+    columns(&lines)
+}
+
+/// Whether the webhook gave the pod a proxy (whatever owns the pod: a bare pod has no workload
+/// label).
+fn is_meshed(pod: &Pod) -> bool {
+    pod.metadata.annotations.as_ref().is_some_and(|annotations| annotations.contains_key(INJECTED))
+}
+
+/// Each pod's proxy metrics, through the API server's proxy to its admin port.
 async fn read_all(
     client: &Client,
     namespace: &str,
-    pods: &[(&Pod, String)],
+    pods: &[&Pod],
     problems: &mut Vec<String>,
-) -> Vec<Option<Counts>> {
-    let mut counts = Vec::with_capacity(pods.len());
-    for (pod, _) in pods {
+) -> Vec<Option<Vec<Sample>>> {
+    let mut all = Vec::with_capacity(pods.len());
+    for pod in pods {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let path = format!("/api/v1/namespaces/{namespace}/pods/{name}:{ADMIN_PORT}/proxy/metrics");
         let request = http::Request::get(path).body(Vec::new());
@@ -360,14 +522,14 @@ async fn read_all(
             Err(error) => Err(error.to_string()),
         };
         match text {
-            Ok(text) => counts.push(Some(Counts::inbound(&parse(&text)))),
+            Ok(text) => all.push(Some(parse(&text))),
             Err(error) => {
                 problems.push(format!("pod {namespace}/{name}: cannot read its proxy's metrics: {error}"));
-                counts.push(None);
+                all.push(None);
             }
         }
     }
-    counts
+    all
 }
 
 #[cfg(test)]
@@ -449,5 +611,62 @@ response_latency_ms_count{direction="inbound"} 102
              shop        web    2/2      100.00%   10.1   5.6ms         10ms          10ms\n\
              shop        idle   0/1      -         0.0    -             -             -\n"
         );
+    }
+
+    /// One caller's outbound series: two routes of `web`, one request no route matched, and
+    /// a passthrough request (no dst_service), read at `scale` times the counts.
+    fn caller(scale: f64) -> Vec<Sample> {
+        let text = format!(
+            r#"response_total{{direction="outbound",dst_service="web.shop.svc.cluster.local",route="api",server_id="spiffe://x",tls="true",status_code="200",classification="success"}} {a}
+response_total{{direction="outbound",dst_service="web.shop.svc.cluster.local",route="api",server_id="spiffe://x",tls="true",status_code="503",classification="failure"}} {b}
+response_latency_ms_bucket{{direction="outbound",dst_service="web.shop.svc.cluster.local",route="api",status_code="200",le="10.0"}} {a}
+response_latency_ms_bucket{{direction="outbound",dst_service="web.shop.svc.cluster.local",route="api",status_code="200",le="+Inf"}} {a}
+response_latency_ms_bucket{{direction="outbound",dst_service="web.shop.svc.cluster.local",route="api",status_code="503",le="10.0"}} 0
+response_latency_ms_bucket{{direction="outbound",dst_service="web.shop.svc.cluster.local",route="api",status_code="503",le="+Inf"}} {b}
+response_total{{direction="outbound",dst_service="web.shop.svc.cluster.local",route="",status_code="404",classification="success"}} {b}
+response_total{{direction="outbound",dst_service="webhooks.shop.svc.cluster.local",route="",status_code="200",classification="success"}} {a}
+response_total{{direction="outbound",dst_service="",route="",status_code="200",classification="success"}} {a}
+response_total{{direction="inbound",dst_service="",route="",status_code="200",classification="success"}} {a}
+"#,
+            a = 90.0 * scale,
+            b = 10.0 * scale
+        );
+        parse(&text)
+    }
+
+    #[test]
+    fn route_rows_are_what_the_callers_sent_to_each_route_in_the_window() {
+        let before = [Some(caller(1.0)), Some(caller(1.0)), None];
+        let after = [Some(caller(2.0)), Some(caller(3.0)), Some(caller(5.0))];
+        let rows = route_rows("shop", &before, &after, Some("web"), Duration::from_secs(10));
+        // The unreadable pod is left out; `webhooks` is not `web`; passthrough has no route row.
+        let names: Vec<(&str, &str)> = rows.iter().map(|r| (r.service.as_str(), r.route.as_str())).collect();
+        assert_eq!(
+            names,
+            [("web.shop.svc.cluster.local", "[default]"), ("web.shop.svc.cluster.local", "api")]
+        );
+        let api = &rows[1];
+        // 90 + 180 successes and 10 + 20 failures in 10 s; the 503s' slower bucket is summed in.
+        assert_eq!(api.success_rate, Some(0.9));
+        assert!((api.requests_per_second - 30.0).abs() < 1e-9, "{api:?}");
+        assert_eq!(api.latency_p50_ms, Some(10.0 * (150.0 / 270.0)));
+        assert_eq!(api.latency_p99_ms, Some(10.0), "in the +Inf bucket: the largest finite bound");
+        assert_eq!(
+            render_routes(&rows),
+            "NAMESPACE   SERVICE                      ROUTE       SUCCESS   RPS    LATENCY_P50   LATENCY_P95   LATENCY_P99\n\
+             shop        web.shop.svc.cluster.local   [default]   100.00%   3.0    -             -             -\n\
+             shop        web.shop.svc.cluster.local   api         90.00%    30.0   5.6ms         10ms          10ms\n"
+        );
+        let all = route_rows("shop", &before, &after, None, Duration::from_secs(10));
+        assert_eq!(all.len(), 3, "with no --to, every destination: {all:?}");
+    }
+
+    #[test]
+    fn to_names_a_service_by_its_full_name_or_its_first_labels() {
+        assert!(names_service("web", "web.shop.svc.cluster.local"));
+        assert!(names_service("web.shop", "web.shop.svc.cluster.local"));
+        assert!(names_service("web.shop.svc.cluster.local", "web.shop.svc.cluster.local"));
+        assert!(!names_service("we", "web.shop.svc.cluster.local"));
+        assert!(!names_service("web.other", "web.shop.svc.cluster.local"));
     }
 }

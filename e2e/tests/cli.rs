@@ -2,7 +2,8 @@
 //! fresh installation with a meshed workload (as text and as JSON, exit status 0), and when the
 //! webhook is scaled to zero the check names it, says how to look into it, and exits 1.
 //! `braid stat`: while a load client sends 20 requests a second to a meshed Deployment, its row
-//! shows that rate, 100 % success and its latency, read from the proxies alone.
+//! shows that rate, 100 % success and its latency, read from the proxies alone, and `braid stat
+//! route --to echo-v1` shows what the load pod sent to that Service, at the same rate.
 //!
 //! `braid routes`, `braid identity`, `braid diagnose`: a meshed client's proxy shows the
 //! MeshRoute's 80/20 split with the backends' endpoints and discovery's acks; an echo pod's
@@ -131,6 +132,23 @@ async fn braid_check_and_stat_read_the_mesh_and_its_workloads() {
     assert!(row["latency_p99_ms"].as_f64().is_some_and(|p99| p99 > 0.0 && p99 < 100.0), "{row}");
     let table = braid_stat(cluster, &["deploy", "-n", ns, "--window", "2s"]);
     assert!(table.starts_with("NAMESPACE") && table.contains("echo-v1") && table.contains("1/1"), "{table}");
+    // The caller's side: what the load pod's proxy sent to echo-v1, by route.
+    let routes: Value = serde_json::from_str(&braid_stat(
+        cluster,
+        &["route", "-n", ns, "--to", "echo-v1", "--window", "10s", "-o", "json"],
+    ))
+    .expect("braid stat route -o json prints JSON");
+    let service = format!("echo-v1.{ns}.svc.cluster.local");
+    let rows = routes.as_array().unwrap_or_else(|| panic!("not a list: {routes}"));
+    assert!(!rows.is_empty() && rows.iter().all(|row| row["service"] == service.as_str()), "{routes}");
+    let sent: f64 = rows.iter().filter_map(|row| row["requests_per_second"].as_f64()).sum();
+    assert!(
+        (17.0..=23.0).contains(&sent),
+        "the load pod sent {sent} requests/s to echo-v1, it sends 20: {routes}"
+    );
+    assert!(rows.iter().all(|row| row["success_rate"].as_f64().is_none_or(|rate| rate == 1.0)), "{routes}");
+    let table = braid_stat(cluster, &["route", "-n", ns, "--window", "2s"]);
+    assert!(table.starts_with("NAMESPACE   SERVICE") && table.contains(&service), "{table}");
     let _ = cluster.kubectl(&["delete", "pod", "-n", ns, "load", "--wait=false"]);
 
     // A pod of the injected namespace started without a proxy is a warning, not a failure.
