@@ -13,6 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod dashboards;
 pub mod mesh;
 pub mod registry;
 

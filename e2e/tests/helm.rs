@@ -471,6 +471,88 @@ async fn the_chart_lints_and_refuses_bad_values_with_the_schema_message() {
     );
 }
 
+/// The Grafana dashboards: off by default; asked for, one ConfigMap per dashboard file, labelled
+/// for Grafana's sidecar, each holding the file's JSON unchanged; a label the chart already sets
+/// or one that is not a label key fails with a message saying so.
+#[tokio::test]
+async fn the_grafana_dashboards_render_as_configmaps_for_the_sidecar_only_when_asked_for() {
+    let (cluster, _client, _ns) = setup("e2e-helm-dashboards").await;
+    let chart = chart();
+    let configmaps = |sets: &[&str]| {
+        let mut args = vec!["template", "t", &chart, "-n", "monitoring-test"];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        let objects = objects(cluster, &helm_ok(cluster, &args));
+        let configmaps: Vec<Value> = objects.into_iter().filter(|o| o["kind"] == "ConfigMap").collect();
+        configmaps
+    };
+    assert!(configmaps(&[]).is_empty(), "the default values render no ConfigMap");
+
+    let dashboards = braid_e2e::dashboards::dashboards();
+    assert_eq!(dashboards.len(), 4);
+    for (sets, label, value, namespace) in [
+        (&["metrics.grafanaDashboards.enabled=true"][..], "grafana_dashboard", "1", "monitoring-test"),
+        (
+            &[
+                "metrics.grafanaDashboards.enabled=true",
+                "metrics.grafanaDashboards.label=example.com/dashboard",
+                // As --set reads it: a number, which the label value holds as text.
+                "metrics.grafanaDashboards.labelValue=7",
+                "metrics.grafanaDashboards.namespace=grafana",
+                "metrics.grafanaDashboards.annotations.grafana_folder=Braid",
+            ][..],
+            "example.com/dashboard",
+            "7",
+            "grafana",
+        ),
+    ] {
+        let rendered = configmaps(sets);
+        assert_eq!(rendered.len(), dashboards.len(), "{sets:?}: one ConfigMap per dashboard: {rendered:?}");
+        for dashboard in &dashboards {
+            let configmap = rendered
+                .iter()
+                .find(|c| c["data"].get(&dashboard.file).is_some())
+                .unwrap_or_else(|| panic!("{sets:?}: no ConfigMap holds {}", dashboard.file));
+            let metadata = &configmap["metadata"];
+            assert_eq!(metadata["labels"][label], value, "{sets:?}: {metadata}");
+            assert_eq!(metadata["namespace"], namespace, "{sets:?}: {metadata}");
+            assert_eq!(metadata["labels"]["app.kubernetes.io/part-of"], "braid", "{metadata}");
+            let held: Value =
+                serde_json::from_str(configmap["data"][&dashboard.file].as_str().unwrap_or_default())
+                    .unwrap_or_else(|err| panic!("{}: the ConfigMap's JSON: {err}", dashboard.file));
+            assert_eq!(held, dashboard.json, "{}: the ConfigMap holds the file unchanged", dashboard.file);
+            if sets.len() > 1 {
+                assert_eq!(metadata["annotations"]["grafana_folder"], "Braid", "{metadata}");
+            }
+        }
+    }
+
+    for (value, message) in [
+        (
+            "metrics.grafanaDashboards.label=app.kubernetes.io/part-of",
+            "metrics.grafanaDashboards.label \"app.kubernetes.io/part-of\" is one of the labels the chart sets itself",
+        ),
+        ("metrics.grafanaDashboards.label=grafana dashboard", "at '/metrics/grafanaDashboards/label'"),
+        ("metrics.grafanaDashboards.labelValue=a b", "at '/metrics/grafanaDashboards/labelValue'"),
+        ("metrics.grafanaDashboards.enable=true", "additional properties 'enable' not allowed"),
+    ] {
+        let output = cluster.helm(&[
+            "template",
+            "t",
+            &chart,
+            "--set",
+            "metrics.grafanaDashboards.enabled=true",
+            "--set",
+            value,
+        ]);
+        let err = stderr(&output);
+        assert!(!output.status.success(), "helm template --set {value} succeeded");
+        assert!(err.contains(message), "helm template --set {value}: expected {message:?} in:\n{err}");
+        eprintln!("--set {value}:\n{}", err.trim());
+    }
+}
+
 #[tokio::test]
 async fn the_rendered_chart_passes_a_server_side_dry_run_and_the_crds_apply_as_is() {
     let (cluster, _client, ns) = setup("e2e-helm-render").await;

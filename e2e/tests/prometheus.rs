@@ -1,5 +1,5 @@
 //! Prometheus beside the local cluster scrapes the meshed pods' proxies with the scrape job that
-//! docs/proxy.md gives (Kubernetes pod discovery and its relabelling, read from the doc itself),
+//! docs/observability.md gives (Kubernetes pod discovery and its relabelling, read from the doc itself),
 //! while a meshed load client sends 20 requests a second to a Deployment whose app fails 20 % of
 //! them and delays another share by 25 ms. Flagger's Linkerd queries (request success rate and
 //! request duration, as Flagger's source writes them) and the main queries of Linkerd's
@@ -12,6 +12,14 @@
 //! (20, 30] ms here. The dashboards' `irate(…[30s])` rates read the last two scrapes (2 s apart)
 //! and agree within 25 %.
 //!
+//! Every query of the chart's Grafana dashboards (helm/braid/dashboards) is then run inside the
+//! load, its variables given the test's own values, and must answer with at least one series.
+//! For the panels that need more than `web` and its client, the test also runs: a canary
+//! rollout of `web` (MeshRoute `web`, between two Services of web's own pods, so the figures
+//! above do not move), with the operator scraped as docs/dashboards.md says; and Deployment
+//! `caller`, a load client calling Deployment `api` through a route that retries and times out,
+//! for a workload with destinations and a route with retries and timeouts.
+//!
 //! Needs the node (`make cluster-up`, which also builds Prometheus from its Go module) and the
 //! images (`make images`). A test binary of its own: it installs the chart, which owns the
 //! cluster's single Mesh.
@@ -21,6 +29,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use braid_e2e::dashboards::{dashboards, substitute};
 use braid_e2e::mesh::{apply, check_prerequisites, count, install, load};
 use braid_e2e::{Cluster, eventually, free_local_addr, http_get, repo_root, setup};
 use serde_json::Value;
@@ -30,6 +39,9 @@ const REPLICAS: u32 = 2;
 /// What the load client sends, per second, and for how long.
 const RATE: f64 = 20.0;
 const LOAD_SECS: u64 = 90;
+
+/// One series of a query's answer: its labels and value.
+type Sample = (BTreeMap<String, String>, f64);
 
 /// A Prometheus server on loopback with its own data directory, stopped and removed on drop.
 struct Prometheus {
@@ -89,14 +101,21 @@ impl Prometheus {
 
     /// An instant query at `at` (Unix seconds): each result's labels and value. Panics with
     /// Prometheus' error for a query it refuses.
-    fn query(&self, promql: &str, at: f64) -> Vec<(BTreeMap<String, String>, f64)> {
+    fn query(&self, promql: &str, at: f64) -> Vec<Sample> {
+        self.try_query(promql, at).unwrap_or_else(|err| panic!("{promql}: {err}"))
+    }
+
+    /// `query`, with Prometheus' answer as the error when it refuses the query.
+    fn try_query(&self, promql: &str, at: f64) -> Result<Vec<Sample>, String> {
         let path = format!("/api/v1/query?query={}&time={at:.3}", percent_encode(promql));
         let (status, body) = http_get(self.addr, &path)
             .unwrap_or_else(|| panic!("Prometheus did not answer {promql}; its log:\n{}", self.log()));
-        let answer: Value = serde_json::from_str(&body).unwrap_or_else(|err| panic!("{err}: {body}"));
-        assert_eq!((status, &answer["status"]), (200, &Value::from("success")), "{promql}: {body}");
+        let answer: Value = serde_json::from_str(&body).map_err(|err| format!("{err}: {body}"))?;
+        if (status, &answer["status"]) != (200, &Value::from("success")) {
+            return Err(format!("HTTP {status}: {body}"));
+        }
         let results = answer["data"]["result"].as_array().cloned().unwrap_or_default();
-        results
+        Ok(results
             .iter()
             .map(|result| {
                 let labels = result["metric"]
@@ -111,7 +130,7 @@ impl Prometheus {
                 let value = result["value"][1].as_str().and_then(|v| v.parse().ok()).unwrap_or(f64::NAN);
                 (labels, value)
             })
-            .collect()
+            .collect())
     }
 
     /// The one value a query must return (one series, a number).
@@ -143,19 +162,10 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-/// The scrape job docs/proxy.md shows users (its first YAML block under "### Scraping"), limited
+/// The scrape job docs/observability.md shows users (its first YAML block under "## Scraping"), limited
 /// to namespace `ns` and given the kubeconfig, since this Prometheus runs outside the cluster.
 fn documented_scrape_job(cluster: &Cluster, ns: &str) -> String {
-    let doc_path = repo_root().join("docs/proxy.md");
-    let doc =
-        std::fs::read_to_string(&doc_path).unwrap_or_else(|err| panic!("{}: {err}", doc_path.display()));
-    let section =
-        doc.split_once("### Scraping").map(|(_, rest)| rest).expect("docs/proxy.md has ### Scraping");
-    let job = section
-        .split_once("```yaml\n")
-        .and_then(|(_, rest)| rest.split_once("```"))
-        .map(|(job, _)| job)
-        .expect("a ```yaml block under ### Scraping");
+    let job = documented_yaml("docs/observability.md", "## Scraping");
     let discovery = "kubernetes_sd_configs: [{role: pod}]";
     assert!(job.contains(discovery), "the documented job discovers pods with `{discovery}`: {job}");
     let here = format!(
@@ -163,6 +173,32 @@ fn documented_scrape_job(cluster: &Cluster, ns: &str) -> String {
         cluster.kubeconfig.display()
     );
     job.replace(discovery, &here)
+}
+
+/// The operator's scrape job docs/dashboards.md shows users, given the kubeconfig.
+fn documented_operator_scrape_job(cluster: &Cluster) -> String {
+    let job = documented_yaml("docs/dashboards.md", "### Scraping the operator");
+    let discovery = "kubernetes_sd_configs: [{role: pod, namespaces: {names: [braid-system]}}]";
+    assert!(job.contains(discovery), "the documented job discovers pods with `{discovery}`: {job}");
+    let here = format!(
+        "kubernetes_sd_configs: [{{role: pod, kubeconfig_file: \"{}\", namespaces: {{names: [braid-system]}}}}]",
+        cluster.kubeconfig.display()
+    );
+    job.replace(discovery, &here)
+}
+
+/// The first ```yaml block under `heading` in `doc`.
+fn documented_yaml(doc: &str, heading: &str) -> String {
+    let doc_path = repo_root().join(doc);
+    let text =
+        std::fs::read_to_string(&doc_path).unwrap_or_else(|err| panic!("{}: {err}", doc_path.display()));
+    let section =
+        text.split_once(heading).map(|(_, rest)| rest).unwrap_or_else(|| panic!("{doc} has {heading}"));
+    section
+        .split_once("```yaml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(job, _)| job.to_owned())
+        .unwrap_or_else(|| panic!("a ```yaml block under {heading} in {doc}"))
 }
 
 /// Deployment `web` (SA `web`): its app fails 20 % of requests with 500 and delays 20 % of them
@@ -208,6 +244,171 @@ spec:
     )
 }
 
+/// A canary rollout of `web` between two Services of web's own pods: the rollout dashboard has
+/// backends, weights, a phase and checks to show, while every request still reaches the same
+/// pods (the figures the test compares with the client's do not move). Checks every 10 s; web
+/// fails 20 %, so the threshold lets it pass.
+fn web_rollout(ns: &str) -> String {
+    let service = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{ name: {name}, namespace: {ns} }}\n\
+             spec: {{ selector: {{ app: web }}, ports: [{{ name: http, port: 8080, targetPort: http }}] }}\n---\n"
+        )
+    };
+    format!(
+        r#"{}{}
+apiVersion: braid.dev/v1alpha1
+kind: MeshRoute
+metadata: {{ name: web, namespace: {ns} }}
+spec:
+  service: web
+  rules:
+    - name: pages
+      backends: [{{ service: web-stable, weight: 100 }}, {{ service: web-canary, weight: 0 }}]
+  canary:
+    stable: web-stable
+    canary: web-canary
+    steps: [20, 50]
+    interval: 10s
+    minSuccessRate: 50
+    failureThreshold: 3
+    minRequests: 10
+"#,
+        service("web-stable"),
+        service("web-canary")
+    )
+}
+
+/// Deployment `caller`: a load client (5 requests a second until stopped) calling Deployment
+/// `api`, whose app fails 30 % of requests and delays 20 % by 300 ms, through route `retried`:
+/// 5xx retried under a small budget (so that it runs out too), 100 ms per try (so that tries
+/// time out). A workload with a destination, and a route with retries and timeouts.
+fn caller_and_api(ns: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{ name: api, namespace: {ns} }}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{ name: api, namespace: {ns} }}
+spec:
+  replicas: 1
+  selector: {{ matchLabels: {{ app: api }} }}
+  template:
+    metadata: {{ labels: {{ app: api }} }}
+    spec:
+      serviceAccountName: api
+      containers:
+        - name: api
+          image: braid.dev/braid-testapps:dev
+          imagePullPolicy: Always
+          command: [echo, --name, api, --app-version, v1]
+          env:
+            - {{ name: FAIL_RATE, value: "0.3" }}
+            - {{ name: DELAY, value: 300ms }}
+            - {{ name: DELAY_RATE, value: "0.2" }}
+          ports: [{{ name: http, containerPort: 8080 }}]
+          readinessProbe: {{ httpGet: {{ path: /healthz, port: 8080 }}, periodSeconds: 30 }}
+---
+apiVersion: v1
+kind: Service
+metadata: {{ name: api, namespace: {ns} }}
+spec:
+  selector: {{ app: api }}
+  ports: [{{ name: http, port: 8080, targetPort: http }}]
+---
+apiVersion: braid.dev/v1alpha1
+kind: MeshRoute
+metadata: {{ name: api, namespace: {ns} }}
+spec:
+  service: api
+  rules:
+    - name: retried
+      backends: [{{ service: api }}]
+      timeout: 2s
+      retries: {{ attempts: 3, perTryTimeout: 100ms, retryOn: ["5xx"], budget: {{ percent: 5, minRetriesPerSecond: 0 }} }}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{ name: caller, namespace: {ns} }}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{ name: caller, namespace: {ns} }}
+spec:
+  replicas: 1
+  selector: {{ matchLabels: {{ app: caller }} }}
+  template:
+    metadata: {{ labels: {{ app: caller }} }}
+    spec:
+      serviceAccountName: caller
+      containers:
+        - name: load
+          image: braid.dev/braid-testapps:dev
+          imagePullPolicy: Always
+          command: [load, --url, "http://api.{ns}.svc.cluster.local:8080/", --rate, "5", --serve, "0.0.0.0:9090"]
+"#
+    )
+}
+
+/// Runs every query of every dashboard at `at` with each of `values` (one set of variable
+/// values per workload the test runs): a query Prometheus refuses fails; one that answers no
+/// series for any of the sets fails unless `allowed_empty` names its panel. Returns the number
+/// of queries run.
+fn check_dashboards(
+    prometheus: &Prometheus,
+    at: f64,
+    values: &[(&str, BTreeMap<&str, &str>)],
+    allowed_empty: &[(&str, &str)],
+) -> usize {
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for dashboard in dashboards() {
+        for query in dashboard.queries() {
+            checked += 1;
+            let mut answered_by = Vec::new();
+            for (set, values) in values {
+                let promql = substitute(&query.expr, values);
+                if promql.contains('$') {
+                    failures.push(format!(
+                        "{} / {} ({}): a variable the test gives no value: {promql}",
+                        query.dashboard, query.panel, query.ref_id
+                    ));
+                    continue;
+                }
+                match prometheus.try_query(&promql, at) {
+                    Ok(results) if !results.is_empty() => {
+                        answered_by.push(format!("{set}: {}", results.len()))
+                    }
+                    Ok(_) => {}
+                    Err(err) => failures.push(format!(
+                        "{} / {} ({}): Prometheus refused\n{promql}\n{err}",
+                        query.dashboard, query.panel, query.ref_id
+                    )),
+                }
+            }
+            let allowed = allowed_empty.contains(&(query.dashboard.as_str(), query.panel.as_str()));
+            eprintln!(
+                "{:<24} {:<48} {} {}",
+                query.dashboard,
+                format!("{} ({})", query.panel, query.ref_id),
+                if answered_by.is_empty() { "no series" } else { "series" },
+                answered_by.join(", ")
+            );
+            if answered_by.is_empty() && !allowed {
+                failures.push(format!(
+                    "{} / {} ({}): no series for any of the test's workloads\n{}",
+                    query.dashboard, query.panel, query.ref_id, query.expr
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} dashboard queries failed:\n\n{}", failures.len(), failures.join("\n\n"));
+    checked
+}
+
 fn unix_now() -> f64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |since| since.as_secs_f64())
 }
@@ -228,7 +429,8 @@ async fn flagger_and_linkerd_dashboard_queries_read_the_proxies_as_the_client_me
     apply(cluster, &web(ns));
     cluster.kubectl_ok(&["rollout", "status", "-n", ns, "deployment/web", "--timeout=300s"]);
 
-    let prometheus = Prometheus::start(cluster, &documented_scrape_job(cluster, ns));
+    let jobs = format!("{}{}", documented_scrape_job(cluster, ns), documented_operator_scrape_job(cluster));
+    let prometheus = Prometheus::start(cluster, &jobs);
     eventually(Duration::from_secs(60), "every web pod's proxy to be scraped", || async {
         let up = prometheus.query(&format!("up{{namespace=\"{ns}\", deployment=\"web\"}} == 1"), unix_now());
         (up.len() == REPLICAS as usize).then_some(())
@@ -239,6 +441,13 @@ async fn flagger_and_linkerd_dashboard_queries_read_the_proxies_as_the_client_me
         assert_eq!(labels.get("job").map(String::as_str), Some("braid-proxies"), "{labels:?}");
         assert!(labels.get("instance").is_some_and(|i| i.ends_with(":4191")), "the admin port: {labels:?}");
         assert!(labels.get("pod").is_some_and(|pod| pod.starts_with("web-")), "{labels:?}");
+    }
+
+    // For the dashboards: the rollout of web, and caller calling api, running before the load.
+    apply(cluster, &web_rollout(ns));
+    apply(cluster, &caller_and_api(ns));
+    for deployment in ["deployment/api", "deployment/caller"] {
+        cluster.kubectl_ok(&["rollout", "status", "-n", ns, deployment, "--timeout=300s"]);
     }
 
     let started = unix_now();
@@ -357,4 +566,36 @@ async fn flagger_and_linkerd_dashboard_queries_read_the_proxies_as_the_client_me
         (1.0..=f64::from(REPLICAS) * 4.0).contains(&connections),
         "{connections} inbound connections held open to web's pods by one meshed client"
     );
+
+    // Every query of the chart's dashboards, inside the load. Grafana's $__rate_interval would
+    // be 8 s here (four 2 s scrapes); 30 s, as the queries above, holds more of them.
+    let common = [("__rate_interval", "30s"), ("__interval", "2s"), ("__range", "5m"), ("namespace", ns)];
+    // The proxies name a destination by the Service's name, namespace, cluster domain and port.
+    let (web_service, api_service) =
+        (format!("web.{ns}.svc.cluster.local:8080"), format!("api.{ns}.svc.cluster.local:8080"));
+    let web_values = BTreeMap::from_iter(common.into_iter().chain([
+        ("client_namespace", ns),
+        ("deployment", "web"),
+        ("dst_service", web_service.as_str()),
+        ("route", "pages"),
+        ("meshroute", "web"),
+    ]));
+    let caller_values = BTreeMap::from_iter(common.into_iter().chain([
+        ("client_namespace", ns),
+        ("deployment", "caller"),
+        ("dst_service", api_service.as_str()),
+        ("route", "retried"),
+        ("meshroute", "web"),
+    ]));
+    // Allowed empty: none. Every panel has data here: web's inbound panels from web, the
+    // outbound and retry/timeout panels from caller and its route to api, the rollout's from the
+    // canary of web and the operator.
+    let allowed_empty: [(&str, &str); 0] = [];
+    let checked = check_dashboards(
+        &prometheus,
+        during,
+        &[("web", web_values), ("caller", caller_values)],
+        &allowed_empty,
+    );
+    eprintln!("{checked} dashboard queries answered");
 }
