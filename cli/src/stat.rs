@@ -419,10 +419,11 @@ impl RouteRow {
     }
 }
 
-/// Whether `service` (a proxy's fully qualified name, `web.shop.svc.cluster.local`) is the one
-/// `--to` names: the same name, or its first labels (`web`, `web.shop`).
+/// Whether `service` (a proxy's name for a destination, `web.shop.svc.cluster.local:8080`) is
+/// the one `--to` names: the same name, or its first labels (`web`, `web.shop`, with or without
+/// the rest of the domain), with or without the port.
 pub fn names_service(to: &str, service: &str) -> bool {
-    service == to || service.strip_prefix(to).is_some_and(|rest| rest.starts_with('.'))
+    service == to || service.strip_prefix(to).is_some_and(|rest| rest.starts_with(['.', ':']))
 }
 
 /// Per-route figures of what the meshed pods' proxies sent in `window`, from the pods' own
@@ -666,6 +667,9 @@ response_total{{direction="inbound",dst_service="",route="",status_code="200",cl
         assert!(names_service("web", "web.shop.svc.cluster.local"));
         assert!(names_service("web.shop", "web.shop.svc.cluster.local"));
         assert!(names_service("web.shop.svc.cluster.local", "web.shop.svc.cluster.local"));
+        assert!(names_service("web.shop.svc.cluster.local", "web.shop.svc.cluster.local:8080"));
+        assert!(names_service("web", "web.shop.svc.cluster.local:8080"));
+        assert!(!names_service("web.shop.svc.cluster.local:80", "web.shop.svc.cluster.local:8080"));
         assert!(!names_service("we", "web.shop.svc.cluster.local"));
         assert!(!names_service("web.other", "web.shop.svc.cluster.local"));
     }

@@ -138,9 +138,21 @@ async fn braid_check_and_stat_read_the_mesh_and_its_workloads() {
         &["route", "-n", ns, "--to", "echo-v1", "--window", "10s", "-o", "json"],
     ))
     .expect("braid stat route -o json prints JSON");
-    let service = format!("echo-v1.{ns}.svc.cluster.local");
+    let service = format!("echo-v1.{ns}.svc.cluster.local:8080");
     let rows = routes.as_array().unwrap_or_else(|| panic!("not a list: {routes}"));
-    assert!(!rows.is_empty() && rows.iter().all(|row| row["service"] == service.as_str()), "{routes}");
+    let load_metrics = || {
+        let path = format!("/api/v1/namespaces/{ns}/pods/load:4191/proxy/metrics");
+        let output = cluster.kubectl(&["get", "--raw", &path]);
+        let metrics = String::from_utf8_lossy(&output.stdout);
+        let outbound: Vec<&str> =
+            metrics.lines().filter(|line| line.contains("direction=\"outbound\"")).take(20).collect();
+        format!("the load pod's outbound series:\n{}", outbound.join("\n"))
+    };
+    assert!(
+        !rows.is_empty() && rows.iter().all(|row| row["service"] == service.as_str()),
+        "{routes}\n{}",
+        load_metrics()
+    );
     let sent: f64 = rows.iter().filter_map(|row| row["requests_per_second"].as_f64()).sum();
     assert!(
         (17.0..=23.0).contains(&sent),
@@ -148,7 +160,9 @@ async fn braid_check_and_stat_read_the_mesh_and_its_workloads() {
     );
     assert!(rows.iter().all(|row| row["success_rate"].as_f64().is_none_or(|rate| rate == 1.0)), "{routes}");
     let table = braid_stat(cluster, &["route", "-n", ns, "--window", "2s"]);
-    assert!(table.starts_with("NAMESPACE   SERVICE") && table.contains(&service), "{table}");
+    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+    assert_eq!(header[..3], ["NAMESPACE", "SERVICE", "ROUTE"], "{table}");
+    assert!(table.contains(&service), "{table}");
     let _ = cluster.kubectl(&["delete", "pod", "-n", ns, "load", "--wait=false"]);
 
     // A pod of the injected namespace started without a proxy is a warning, not a failure.

@@ -537,6 +537,20 @@ async fn flagger_and_linkerd_dashboard_queries_read_the_proxies_as_the_client_me
         "Flagger's p99 {duration_p99} ms and the client's {client_p99} ms lie in one latency bucket"
     );
 
+    // Linkerd's `tls` label: every request of the meshed client reached web over mTLS. Within
+    // 5 %: `increase` does not count a series' first scraped value (up to 2 s of load).
+    let secured = prometheus.value(
+        &format!(
+            "sum(increase(response_total{{namespace=\"{ns}\", deployment=\"web\", direction=\"inbound\", tls=\"true\"}}[{interval}]))"
+        ),
+        now,
+    );
+    eprintln!("inbound responses over mTLS (tls=\"true\"): {secured:.0} (client sent {total})");
+    assert!(
+        (secured - total as f64).abs() <= total as f64 * 0.05,
+        "{secured:.0} inbound responses with tls=\"true\", the meshed client sent {total}"
+    );
+
     // The main panels of Linkerd's Grafana deployment dashboard, read inside the load.
     let during = ended - 5.0;
     let selector = format!("namespace=\"{ns}\", deployment=~\"web\", direction=\"inbound\"");
