@@ -211,14 +211,45 @@ pub struct Row {
     /// Pods with a proxy, of the pods the workload has.
     pub meshed: usize,
     pub pods: usize,
+    #[serde(flatten)]
+    pub figures: Figures,
+    /// Pods whose proxy could not be read (named in the error output).
+    pub unreadable: usize,
+}
+
+/// What a row says of the responses counted in a window.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Figures {
     /// Of the responses that were a success or a failure; `None` when there were none.
     pub success_rate: Option<f64>,
     pub requests_per_second: f64,
     pub latency_p50_ms: Option<f64>,
     pub latency_p95_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
-    /// Pods whose proxy could not be read (named in the error output).
-    pub unreadable: usize,
+}
+
+impl Figures {
+    pub fn new(counts: &Counts, window: Duration) -> Self {
+        let judged = counts.success + counts.failure;
+        Figures {
+            success_rate: (judged > 0.0).then(|| counts.success / judged),
+            requests_per_second: counts.responses() / window.as_secs_f64().max(f64::EPSILON),
+            latency_p50_ms: quantile(&counts.buckets, 0.5),
+            latency_p95_ms: quantile(&counts.buckets, 0.95),
+            latency_p99_ms: quantile(&counts.buckets, 0.99),
+        }
+    }
+
+    /// SUCCESS, RPS, LATENCY_P50, LATENCY_P95, LATENCY_P99, as the tables show them.
+    fn cells(&self) -> [String; 5] {
+        [
+            percent(self.success_rate),
+            format!("{:.1}", self.requests_per_second),
+            millis(self.latency_p50_ms),
+            millis(self.latency_p95_ms),
+            millis(self.latency_p99_ms),
+        ]
+    }
 }
 
 impl Row {
@@ -230,17 +261,12 @@ impl Row {
         counts: &Counts,
         window: Duration,
     ) -> Self {
-        let judged = counts.success + counts.failure;
         Row {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             meshed,
             pods,
-            success_rate: (judged > 0.0).then(|| counts.success / judged),
-            requests_per_second: counts.responses() / window.as_secs_f64().max(f64::EPSILON),
-            latency_p50_ms: quantile(&counts.buckets, 0.5),
-            latency_p95_ms: quantile(&counts.buckets, 0.95),
-            latency_p99_ms: quantile(&counts.buckets, 0.99),
+            figures: Figures::new(counts, window),
             unreadable: 0,
         }
     }
@@ -254,16 +280,9 @@ pub fn render_table(rows: &[Row]) -> String {
             .to_vec(),
     ];
     for row in rows {
-        lines.push(vec![
-            row.namespace.clone(),
-            row.name.clone(),
-            format!("{}/{}", row.meshed, row.pods),
-            percent(row.success_rate),
-            format!("{:.1}", row.requests_per_second),
-            millis(row.latency_p50_ms),
-            millis(row.latency_p95_ms),
-            millis(row.latency_p99_ms),
-        ]);
+        let mut line = vec![row.namespace.clone(), row.name.clone(), format!("{}/{}", row.meshed, row.pods)];
+        line.extend(row.figures.cells());
+        lines.push(line);
     }
     columns(&lines)
 }
@@ -396,25 +415,17 @@ pub struct RouteRow {
     pub service: String,
     /// The route's name; `[default]` for requests no route matched.
     pub route: String,
-    pub success_rate: Option<f64>,
-    pub requests_per_second: f64,
-    pub latency_p50_ms: Option<f64>,
-    pub latency_p95_ms: Option<f64>,
-    pub latency_p99_ms: Option<f64>,
+    #[serde(flatten)]
+    pub figures: Figures,
 }
 
 impl RouteRow {
     pub fn new(namespace: &str, service: &str, route: &str, counts: &Counts, window: Duration) -> Self {
-        let row = Row::new(namespace, route, 0, 0, counts, window);
         RouteRow {
             namespace: namespace.to_owned(),
             service: service.to_owned(),
             route: if route.is_empty() { "[default]".to_owned() } else { route.to_owned() },
-            success_rate: row.success_rate,
-            requests_per_second: row.requests_per_second,
-            latency_p50_ms: row.latency_p50_ms,
-            latency_p95_ms: row.latency_p95_ms,
-            latency_p99_ms: row.latency_p99_ms,
+            figures: Figures::new(counts, window),
         }
     }
 }
@@ -486,16 +497,9 @@ pub fn render_routes(rows: &[RouteRow]) -> String {
             .to_vec(),
     ];
     for row in rows {
-        lines.push(vec![
-            row.namespace.clone(),
-            row.service.clone(),
-            row.route.clone(),
-            percent(row.success_rate),
-            format!("{:.1}", row.requests_per_second),
-            millis(row.latency_p50_ms),
-            millis(row.latency_p95_ms),
-            millis(row.latency_p99_ms),
-        ]);
+        let mut line = vec![row.namespace.clone(), row.service.clone(), row.route.clone()];
+        line.extend(row.figures.cells());
+        lines.push(line);
     }
     columns(&lines)
 }
@@ -602,8 +606,8 @@ response_latency_ms_count{direction="inbound"} 102
         assert_eq!(restarted.since(&before).success, 5.0);
 
         let row = Row::new("shop", "web", 2, 2, &window, Duration::from_secs(10));
-        assert_eq!(row.success_rate, Some(1.0));
-        assert!((row.requests_per_second - 10.1).abs() < 1e-9);
+        assert_eq!(row.figures.success_rate, Some(1.0));
+        assert!((row.figures.requests_per_second - 10.1).abs() < 1e-9);
         let table =
             render_table(&[row, Row::new("shop", "idle", 1, 0, &Counts::default(), Duration::from_secs(10))]);
         assert_eq!(
@@ -648,6 +652,7 @@ response_total{{direction="inbound",dst_service="",route="",status_code="200",cl
         );
         let api = &rows[1];
         // 90 + 180 successes and 10 + 20 failures in 10 s; the 503s' slower bucket is summed in.
+        let api = &api.figures;
         assert_eq!(api.success_rate, Some(0.9));
         assert!((api.requests_per_second - 30.0).abs() < 1e-9, "{api:?}");
         assert_eq!(api.latency_p50_ms, Some(10.0 * (150.0 / 270.0)));
@@ -658,6 +663,9 @@ response_total{{direction="inbound",dst_service="",route="",status_code="200",cl
              shop        web.shop.svc.cluster.local   [default]   100.00%   3.0    -             -             -\n\
              shop        web.shop.svc.cluster.local   api         90.00%    30.0   5.6ms         10ms          10ms\n"
         );
+        let json = serde_json::to_value(&rows[1]).unwrap_or_default();
+        assert_eq!(json["success_rate"], 0.9, "-o json keeps the figures at the top level: {json}");
+        assert_eq!(json["route"], "api", "{json}");
         let all = route_rows("shop", &before, &after, None, Duration::from_secs(10));
         assert_eq!(all.len(), 3, "with no --to, every destination: {all:?}");
     }
