@@ -221,17 +221,8 @@ fn stat(
         writeln!(std::io::stderr(), "braid stat: --to applies to `braid stat route` only")?;
         return Ok(ExitCode::from(2));
     }
-    let (rows, problems) =
-        with_cluster(|client| async move { stat::gather(&client, namespace, by, window).await })?;
-    for problem in &problems {
-        writeln!(std::io::stderr(), "braid stat: {problem}")?;
-    }
-    let text = match output {
-        Output::Text => stat::render_table(&rows),
-        Output::Json => serde_json::to_string_pretty(&rows)? + "\n",
-    };
-    std::io::stdout().write_all(text.as_bytes())?;
-    Ok(ExitCode::SUCCESS)
+    let gathered = with_cluster(|client| async move { stat::gather(&client, namespace, by, window).await })?;
+    print_stat(gathered, output, stat::render_table)
 }
 
 fn stat_routes(
@@ -240,13 +231,22 @@ fn stat_routes(
     window: std::time::Duration,
     output: Output,
 ) -> anyhow::Result<ExitCode> {
-    let (rows, problems) =
+    let gathered =
         with_cluster(|client| async move { stat::gather_routes(&client, namespace, to, window).await })?;
+    print_stat(gathered, output, stat::render_routes)
+}
+
+/// The problems on stderr, the rows on stdout as a table or JSON.
+fn print_stat<R: serde::Serialize>(
+    (rows, problems): (Vec<R>, Vec<String>),
+    output: Output,
+    render: fn(&[R]) -> String,
+) -> anyhow::Result<ExitCode> {
     for problem in &problems {
         writeln!(std::io::stderr(), "braid stat: {problem}")?;
     }
     let text = match output {
-        Output::Text => stat::render_routes(&rows),
+        Output::Text => render(&rows),
         Output::Json => serde_json::to_string_pretty(&rows)? + "\n",
     };
     std::io::stdout().write_all(text.as_bytes())?;

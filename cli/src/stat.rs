@@ -334,12 +334,7 @@ pub async fn gather(
         let namespace = namespace.to_owned();
         move |source| StatError::List { what, namespace, source }
     };
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let pods = pods.list(&ListParams::default()).await.map_err(list_error("pods"))?.items;
-    let running: Vec<&Pod> = pods
-        .iter()
-        .filter(|pod| pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .collect();
+    let running = running_pods(client, namespace).await?;
     let meshed: Vec<(&Pod, String)> = running
         .iter()
         .filter_map(|pod| {
@@ -348,18 +343,17 @@ pub async fn gather(
                 By::Deployment => labels.get(DEPLOYMENT_LABEL)?.clone(),
                 By::Namespace => is_meshed(pod).then(|| namespace.to_owned())?,
             };
-            Some((*pod, group))
+            Some((pod, group))
         })
         .collect();
 
     let mut problems = Vec::new();
     let pods: Vec<&Pod> = meshed.iter().map(|(pod, _)| *pod).collect();
+    let (before, after) = read_twice(client, namespace, &pods, window, &mut problems).await;
     let inbound = |samples: Vec<Option<Vec<Sample>>>| -> Vec<Option<Counts>> {
         samples.into_iter().map(|samples| samples.map(|samples| Counts::inbound(&samples))).collect()
     };
-    let before = inbound(read_all(client, namespace, &pods, &mut problems).await);
-    tokio::time::sleep(window).await;
-    let after = inbound(read_all(client, namespace, &pods, &mut problems).await);
+    let (before, after) = (inbound(before), inbound(after));
 
     let mut groups: BTreeMap<String, (Counts, usize, usize)> = BTreeMap::new();
     for ((_, group), (then, now)) in meshed.iter().zip(before.iter().zip(&after)) {
@@ -471,21 +465,10 @@ pub async fn gather_routes(
     to: Option<&str>,
     window: Duration,
 ) -> Result<(Vec<RouteRow>, Vec<String>), StatError> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let pods = pods
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| StatError::List { what: "pods", namespace: namespace.to_owned(), source })?
-        .items;
-    let meshed: Vec<&Pod> = pods
-        .iter()
-        .filter(|pod| pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-        .filter(|pod| is_meshed(pod))
-        .collect();
+    let running = running_pods(client, namespace).await?;
+    let meshed: Vec<&Pod> = running.iter().filter(|pod| is_meshed(pod)).collect();
     let mut problems = Vec::new();
-    let before = read_all(client, namespace, &meshed, &mut problems).await;
-    tokio::time::sleep(window).await;
-    let after = read_all(client, namespace, &meshed, &mut problems).await;
+    let (before, after) = read_twice(client, namespace, &meshed, window, &mut problems).await;
     Ok((route_rows(namespace, &before, &after, to, window), problems))
 }
 
@@ -508,6 +491,35 @@ pub fn render_routes(rows: &[RouteRow]) -> String {
 /// label).
 fn is_meshed(pod: &Pod) -> bool {
     pod.metadata.annotations.as_ref().is_some_and(|annotations| annotations.contains_key(INJECTED))
+}
+
+/// The pods of `namespace` that are running.
+async fn running_pods(client: &Client, namespace: &str) -> Result<Vec<Pod>, StatError> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pods = pods.list(&ListParams::default()).await.map_err(|source| StatError::List {
+        what: "pods",
+        namespace: namespace.to_owned(),
+        source,
+    })?;
+    Ok(pods
+        .items
+        .into_iter()
+        .filter(|pod| pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .collect())
+}
+
+/// Each pod's proxy metrics read, then read again `window` later: (before, after).
+async fn read_twice(
+    client: &Client,
+    namespace: &str,
+    pods: &[&Pod],
+    window: Duration,
+    problems: &mut Vec<String>,
+) -> (Vec<Option<Vec<Sample>>>, Vec<Option<Vec<Sample>>>) {
+    let before = read_all(client, namespace, pods, problems).await;
+    tokio::time::sleep(window).await;
+    let after = read_all(client, namespace, pods, problems).await;
+    (before, after)
 }
 
 /// Each pod's proxy metrics, through the API server's proxy to its admin port.

@@ -205,40 +205,47 @@ fn documented_yaml(doc: &str, heading: &str) -> String {
 /// by 25 ms; readiness probed every 30 s, so the probes (through the proxy, as every probe of a
 /// meshed pod) hardly weigh in the figures.
 fn web(ns: &str) -> String {
+    failing_echo(ns, "web", REPLICAS, "0.2", "25ms")
+}
+
+/// ServiceAccount, Deployment (`replicas` pods) and Service `name` of the echo app, which fails
+/// `fail_rate` of requests with 500 and delays 20 % of them by `delay`; readiness probed every
+/// 30 s.
+fn failing_echo(ns: &str, name: &str, replicas: u32, fail_rate: &str, delay: &str) -> String {
     format!(
         r#"
 apiVersion: v1
 kind: ServiceAccount
-metadata: {{ name: web, namespace: {ns} }}
+metadata: {{ name: {name}, namespace: {ns} }}
 ---
 apiVersion: apps/v1
 kind: Deployment
-metadata: {{ name: web, namespace: {ns} }}
+metadata: {{ name: {name}, namespace: {ns} }}
 spec:
-  replicas: {REPLICAS}
-  selector: {{ matchLabels: {{ app: web }} }}
+  replicas: {replicas}
+  selector: {{ matchLabels: {{ app: {name} }} }}
   template:
-    metadata: {{ labels: {{ app: web }} }}
+    metadata: {{ labels: {{ app: {name} }} }}
     spec:
-      serviceAccountName: web
+      serviceAccountName: {name}
       containers:
-        - name: web
+        - name: {name}
           image: braid.dev/braid-testapps:dev
           imagePullPolicy: Always
-          command: [echo, --name, web, --app-version, v1]
+          command: [echo, --name, {name}, --app-version, v1]
           env:
             - {{ name: POD_NAME, valueFrom: {{ fieldRef: {{ fieldPath: metadata.name }} }} }}
-            - {{ name: FAIL_RATE, value: "0.2" }}
-            - {{ name: DELAY, value: 25ms }}
+            - {{ name: FAIL_RATE, value: "{fail_rate}" }}
+            - {{ name: DELAY, value: {delay} }}
             - {{ name: DELAY_RATE, value: "0.2" }}
           ports: [{{ name: http, containerPort: 8080 }}]
           readinessProbe: {{ httpGet: {{ path: /healthz, port: 8080 }}, periodSeconds: 30 }}
 ---
 apiVersion: v1
 kind: Service
-metadata: {{ name: web, namespace: {ns} }}
+metadata: {{ name: {name}, namespace: {ns} }}
 spec:
-  selector: {{ app: web }}
+  selector: {{ app: {name} }}
   ports: [{{ name: http, port: 8080, targetPort: http }}]
 "#
     )
@@ -284,41 +291,9 @@ spec:
 /// 5xx retried under a small budget (so that it runs out too), 100 ms per try (so that tries
 /// time out). A workload with a destination, and a route with retries and timeouts.
 fn caller_and_api(ns: &str) -> String {
+    let api = failing_echo(ns, "api", 1, "0.3", "300ms");
     format!(
-        r#"
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{ name: api, namespace: {ns} }}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{ name: api, namespace: {ns} }}
-spec:
-  replicas: 1
-  selector: {{ matchLabels: {{ app: api }} }}
-  template:
-    metadata: {{ labels: {{ app: api }} }}
-    spec:
-      serviceAccountName: api
-      containers:
-        - name: api
-          image: braid.dev/braid-testapps:dev
-          imagePullPolicy: Always
-          command: [echo, --name, api, --app-version, v1]
-          env:
-            - {{ name: FAIL_RATE, value: "0.3" }}
-            - {{ name: DELAY, value: 300ms }}
-            - {{ name: DELAY_RATE, value: "0.2" }}
-          ports: [{{ name: http, containerPort: 8080 }}]
-          readinessProbe: {{ httpGet: {{ path: /healthz, port: 8080 }}, periodSeconds: 30 }}
----
-apiVersion: v1
-kind: Service
-metadata: {{ name: api, namespace: {ns} }}
-spec:
-  selector: {{ app: api }}
-  ports: [{{ name: http, port: 8080, targetPort: http }}]
----
+        r#"{api}---
 apiVersion: braid.dev/v1alpha1
 kind: MeshRoute
 metadata: {{ name: api, namespace: {ns} }}
