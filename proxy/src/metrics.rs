@@ -129,6 +129,36 @@ pub struct ResponseLabels {
     #[prometheus(flatten)]
     pub answer: AnswerLabels,
     pub classification: Classification,
+    pub grpc_status_code: GrpcStatus,
+}
+
+/// A gRPC response's status (its `grpc-status` trailer, or header in a trailers-only answer);
+/// empty for other responses, which Prometheus reads as no label at all, as Linkerd writes them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GrpcStatus(pub Option<u8>);
+
+impl GrpcStatus {
+    pub const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
+    /// The status in `headers` (trailers or a trailers-only answer's headers); a value that is
+    /// not a status code counts as none.
+    pub fn of(headers: &http::HeaderMap) -> Self {
+        Self(
+            headers
+                .get(Self::GRPC_STATUS)
+                .and_then(|value| std::str::from_utf8(value.as_bytes()).ok()?.parse().ok()),
+        )
+    }
+}
+
+impl EncodeLabelValue for GrpcStatus {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        match self.0 {
+            Some(code) => write!(encoder, "{code}"),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The labels of response_latency_ms: a request's, with who answered and how.
@@ -653,21 +683,39 @@ struct StatusSeries {
     latency: Histogram,
     responses: Family<ResponseLabels, Counter>,
     by_class: [OnceLock<Counter>; 4],
+    /// gRPC answers' counters, by class and status (a lock, but only for gRPC responses).
+    by_grpc_status: Mutex<Vec<(Classification, u8, Counter)>>,
 }
 
 impl StatusSeries {
-    fn counter(&self, classification: Classification) -> &Counter {
-        let index = match classification {
-            Classification::success => 0,
-            Classification::failure => 1,
-            Classification::client_error => 2,
-            Classification::cancelled => 3,
+    fn count(&self, classification: Classification, grpc_status: GrpcStatus) {
+        let labels = |grpc_status_code| ResponseLabels {
+            answer: self.labels.clone(),
+            classification,
+            grpc_status_code,
         };
-        self.by_class[index].get_or_init(|| {
-            self.responses
-                .get_or_create(&ResponseLabels { answer: self.labels.clone(), classification })
-                .clone()
-        })
+        let Some(code) = grpc_status.0 else {
+            let index = match classification {
+                Classification::success => 0,
+                Classification::failure => 1,
+                Classification::client_error => 2,
+                Classification::cancelled => 3,
+            };
+            let counter = self.by_class[index]
+                .get_or_init(|| self.responses.get_or_create(&labels(GrpcStatus(None))).clone());
+            counter.inc();
+            return;
+        };
+        let mut known = self.by_grpc_status.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((.., counter)) =
+            known.iter().find(|(class, seen, _)| *class == classification && *seen == code)
+        {
+            counter.inc();
+            return;
+        }
+        let counter = self.responses.get_or_create(&labels(grpc_status)).clone();
+        counter.inc();
+        known.push((classification, code, counter));
     }
 }
 
@@ -680,12 +728,13 @@ impl RequestMetrics {
         &self,
         status_code: u16,
         classification: Classification,
+        grpc_status: GrpcStatus,
         server_id: &Label,
         elapsed: Duration,
     ) {
         let series = self.answers.series(status_code, server_id);
         series.latency.observe(millis(elapsed));
-        series.counter(classification).inc();
+        series.count(classification, grpc_status);
     }
 
     /// An answer to count when its body has ended (`ProxyBody::count_at_end`), its latency
@@ -694,12 +743,14 @@ impl RequestMetrics {
         &self,
         status_code: u16,
         classification: Classification,
+        grpc_status: GrpcStatus,
         server_id: &Label,
         started: Instant,
     ) -> PendingResponse {
         PendingResponse {
             series: self.answers.series(status_code, server_id),
             classification,
+            grpc_status,
             started: Some(started),
         }
     }
@@ -740,6 +791,7 @@ impl AnswerSeries {
             labels: answer,
             responses: self.responses.clone(),
             by_class: Default::default(),
+            by_grpc_status: Mutex::default(),
         });
         if remembered.len() < REMEMBERED_ANSWERS {
             remembered.push(series.clone());
@@ -753,6 +805,8 @@ impl AnswerSeries {
 pub struct PendingResponse {
     series: Arc<StatusSeries>,
     classification: Classification,
+    /// From a trailers-only answer's headers, until trailers say otherwise.
+    grpc_status: GrpcStatus,
     /// When the request came; taken when its latency is observed.
     started: Option<Instant>,
 }
@@ -762,6 +816,13 @@ impl PendingResponse {
     pub fn first_byte(&mut self) {
         if let Some(started) = self.started.take() {
             self.series.latency.observe(millis(started.elapsed()));
+        }
+    }
+
+    /// The status gRPC trailers carried.
+    pub fn trailers(&mut self, grpc_status: GrpcStatus) {
+        if grpc_status.0.is_some() {
+            self.grpc_status = grpc_status;
         }
     }
 
@@ -776,7 +837,7 @@ impl PendingResponse {
         if end != End::Cancelled {
             self.first_byte();
         }
-        self.series.counter(classification).inc();
+        self.series.count(classification, self.grpc_status);
     }
 }
 

@@ -108,7 +108,13 @@ fn exposition() -> String {
     };
     let series = metrics.request_metrics(&request);
     series.requests.inc();
-    series.answered(200, Classification::success, &some(), std::time::Duration::from_millis(3));
+    series.answered(
+        200,
+        Classification::success,
+        GrpcStatus(Some(0)),
+        &some(),
+        std::time::Duration::from_millis(3),
+    );
     let route = RetryLabels { direction: Direction::outbound, dst_service: some(), route: some() };
     for family in
         [&metrics.retries, &metrics.retry_budget_exhausted, &metrics.rate_limited, &metrics.overloaded]

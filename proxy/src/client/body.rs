@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 
 use super::http1::{Http1Body, Http1Error};
 use super::replay::ReplayBody;
-use crate::metrics::{End, PendingResponse};
+use crate::metrics::{End, GrpcStatus, PendingResponse};
 use crate::spans::{Outcome, Span};
 
 pub struct ProxyBody {
@@ -188,6 +188,9 @@ impl Body for ProxyBody {
                     // Trailers end the body; gRPC says there how the call went.
                     if let Some(trailers) = frame.trailers_ref() {
                         let failed = trailers.get(GRPC_STATUS).is_some_and(|status| status != "0");
+                        if let Some(pending) = &mut this.pending {
+                            pending.trailers(GrpcStatus::of(trailers));
+                        }
                         this.finish(if failed { End::Failed } else { End::Complete });
                     } else {
                         if let Some(pending) = &mut this.pending {

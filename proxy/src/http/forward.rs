@@ -9,7 +9,7 @@ use super::headers::{client_response, propagate_trace, upstream_request};
 use super::respond::{Failure, PROXY_ERROR, REQUEST_BODY, failure_response};
 use crate::client::Pool;
 use crate::client::body::ProxyBody;
-use crate::metrics::{Classification, Label, RequestMetrics};
+use crate::metrics::{Classification, GrpcStatus, Label, RequestMetrics};
 
 /// Where gRPC says how a call ended (a trailers-only answer carries it in the headers).
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -57,7 +57,14 @@ pub fn classify<B>(response: &Response<B>) -> Classification {
 
 /// Records, now, a response of the proxy's own: its latency, status, class and server identity.
 pub fn record(metrics: &RequestMetrics, server_id: Label, response: &Response<ProxyBody>, start: Instant) {
-    metrics.answered(response.status().as_u16(), classify(response), &server_id, start.elapsed());
+    let grpc_status = GrpcStatus::of(response.headers());
+    metrics.answered(
+        response.status().as_u16(),
+        classify(response),
+        grpc_status,
+        &server_id,
+        start.elapsed(),
+    );
 }
 
 /// Records a response's latency when its body's first byte passes (or its end, when it has no
@@ -70,6 +77,8 @@ pub fn record_at_end(
     response: &mut Response<ProxyBody>,
     start: Instant,
 ) {
-    let pending = metrics.pending(response.status().as_u16(), classify(response), &server_id, start);
+    let grpc_status = GrpcStatus::of(response.headers());
+    let pending =
+        metrics.pending(response.status().as_u16(), classify(response), grpc_status, &server_id, start);
     response.body_mut().count_at_end(pending);
 }
