@@ -449,6 +449,69 @@ async fn the_inbound_policy_follows_discovery() {
     assert_eq!(status(&mesh.proxy).await["inbound"]["version"], version);
 }
 
+/// The Mesh's tracing settings come with the inbound update (the proxy names the feature), turn
+/// span export on without a restart, and off again.
+#[tokio::test]
+async fn the_mesh_tracing_settings_arrive_through_discovery_and_spans_follow() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let app = Upstream::start("app").await;
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_addr = collector.local_addr().unwrap();
+    let received = Arc::new(AtomicUsize::new(0));
+    let count = received.clone();
+    serve_http(collector, move |request: Request<hyper::body::Incoming>| {
+        let count = count.clone();
+        async move {
+            use http_body_util::BodyExt as _;
+            use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+            use prost::Message as _;
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            let export = ExportTraceServiceRequest::decode(body).unwrap();
+            let spans: usize =
+                export.resource_spans.iter().flat_map(|r| &r.scope_spans).map(|s| s.spans.len()).sum();
+            count.fetch_add(spans, Ordering::SeqCst);
+            Ok::<_, std::convert::Infallible>(http::Response::new(full("")))
+        }
+    });
+    let mesh =
+        mesh(&[], "3s", &format!("inbound: {{ listen: 127.0.0.1:0, target: \"{}\" }}\n", app.addr)).await;
+    let url = format!("http://{}/", mesh.proxy.inbound());
+    let spans = || received.load(Ordering::SeqCst);
+    let sampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced_get = || async {
+        let request = Request::get(url.as_str()).header("traceparent", sampled).body(full("")).unwrap();
+        send(&http1_client(), request).await.0
+    };
+    let app_saw = || app.last_headers.lock().unwrap().clone().unwrap()["traceparent"].clone();
+
+    let version = mesh.server.push_inbound(None);
+    eventually("the policy is acked", || async { mesh.server.acked(&Resource::Inbound, version) }).await;
+    assert!(
+        mesh.server.features.lock().unwrap().iter().all(|f| f == "tracing"),
+        "the proxy names the feature"
+    );
+    assert_eq!(traced_get().await, StatusCode::OK);
+    assert_eq!(app_saw(), sampled, "no tracing yet: the context passes unchanged");
+
+    *mesh.server.tracing.lock().unwrap() = Some(braid_api::config::TracingConfig {
+        collector: format!("http://{collector_addr}"),
+        sampling_percent: 0.0,
+    });
+    let version = mesh.server.push_inbound(None);
+    eventually("tracing is acked", || async { mesh.server.acked(&Resource::Inbound, version) }).await;
+    assert_eq!(traced_get().await, StatusCode::OK);
+    assert_ne!(app_saw(), sampled, "the inbound span is now the app's parent");
+    eventually("the inbound span reaches the collector", || async { spans() == 1 }).await;
+
+    *mesh.server.tracing.lock().unwrap() = None;
+    let version = mesh.server.push_inbound(None);
+    eventually("tracing off is acked", || async { mesh.server.acked(&Resource::Inbound, version) }).await;
+    assert_eq!(traced_get().await, StatusCode::OK);
+    assert_eq!(app_saw(), sampled, "export off: passed on unchanged again");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(spans(), 1);
+}
+
 #[tokio::test]
 async fn garbage_from_the_server_restarts_the_stream_and_nothing_else() {
     let a = Upstream::start("a").await;

@@ -48,6 +48,10 @@ pub struct DiscoveryServer {
     tls: Arc<rustls::ServerConfig>,
     answers: Mutex<HashMap<String, Answer>>,
     inbound: Mutex<Option<Option<PolicyConfig>>>,
+    /// The Mesh's tracing settings, sent with every inbound update.
+    pub tracing: Mutex<Option<braid_api::config::TracingConfig>>,
+    /// Each stream's `braid-proxy-features` request header.
+    pub features: Mutex<Vec<String>>,
     version: Mutex<u64>,
     /// Every message received, with the number of the stream it came on.
     pub received: Mutex<Vec<(usize, ProxyMessage)>>,
@@ -86,6 +90,8 @@ impl DiscoveryServer {
             tls: Arc::new(tls),
             answers: Mutex::default(),
             inbound: Mutex::default(),
+            tracing: Mutex::default(),
+            features: Mutex::default(),
             version: Mutex::new(0),
             received: Mutex::default(),
             client_ids: Mutex::default(),
@@ -152,11 +158,8 @@ impl DiscoveryServer {
     pub fn push_inbound(&self, policy: Option<PolicyConfig>) -> u64 {
         self.set_inbound(policy.clone());
         let version = self.next_version();
-        self.push_raw(&api::encode(&ControlMessage::Inbound(InboundUpdate {
-            version,
-            policy,
-            tracing: None,
-        })));
+        let tracing = self.tracing.lock().unwrap().clone();
+        self.push_raw(&api::encode(&ControlMessage::Inbound(InboundUpdate { version, policy, tracing })));
         version
     }
 
@@ -255,6 +258,9 @@ impl DiscoveryServer {
                 http_body_util::Full::new(Bytes::from("not here")).map_err(|never| match never {}).boxed();
             return Ok(Response::builder().status(StatusCode::NOT_FOUND).body(body).unwrap());
         }
+        let features = request.headers().get(api::PROXY_FEATURES_HEADER);
+        let features = features.and_then(|value| value.to_str().ok()).unwrap_or_default().to_owned();
+        self.features.lock().unwrap().push(features);
         let (sender, receiver) = mpsc::unbounded_channel::<Bytes>();
         let number = {
             let mut ids = self.client_ids.lock().unwrap();
@@ -283,11 +289,8 @@ impl DiscoveryServer {
                             Resource::Inbound => {
                                 let Some(policy) = this.inbound.lock().unwrap().clone() else { return };
                                 let version = this.next_version();
-                                Some(ControlMessage::Inbound(InboundUpdate {
-                                    version,
-                                    policy,
-                                    tracing: None,
-                                }))
+                                let tracing = this.tracing.lock().unwrap().clone();
+                                Some(ControlMessage::Inbound(InboundUpdate { version, policy, tracing }))
                             }
                             Resource::Destination(name) => {
                                 let answer = this.answers.lock().unwrap().get(&name).cloned();
