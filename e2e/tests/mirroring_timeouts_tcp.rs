@@ -511,7 +511,7 @@ spec:
             } else {
                 format!("client_id=\"spiffe://cluster.local/ns/{ns}/sa/{account}\"")
             };
-            sum(texts, "inbound_authz_deny_total", &["protocol=\"tcp\"", &id])
+            sum(texts, "inbound_tcp_authz_deny_total", &[&id])
         };
         let before = self.tcp_echo_metrics().await;
         let started = Instant::now();

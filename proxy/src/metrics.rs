@@ -266,17 +266,35 @@ impl Teardowns {
     }
 }
 
+/// An inbound request or connection the policy denied (Linkerd's `inbound_*_authz_deny_total`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct DenyLabels {
-    pub protocol: DenyProtocol,
+    pub target_addr: Label,
+    pub tls: Tls,
+    pub client_id: Label,
+}
+
+/// An inbound request or connection the policy allowed, and what allowed it (Linkerd's
+/// `inbound_*_authz_allow_total`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AllowLabels {
+    pub target_addr: Label,
+    pub authz_kind: AuthzKind,
+    /// The rule's name (`POLICY-N` for a MeshPolicy's), or the default policy's.
+    pub authz_name: Label,
+    pub tls: Tls,
     pub client_id: Label,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
-pub enum DenyProtocol {
-    http,
-    tcp,
+pub enum AuthzKind {
+    /// No MeshPolicy selects the pod: `authz_name` says which default admitted it.
+    default,
+    /// The kubelet's probe of one of the pod's probe paths.
+    probe,
+    /// A rule of a MeshPolicy.
+    meshpolicy,
 }
 
 /// Connections (tcp, tls) and requests (http) to destinations outside the cluster.
@@ -442,7 +460,10 @@ pub struct Metrics {
     pub tcp_idle_timeout: Family<TcpLabels, Counter>,
     pub teardowns: Family<TeardownLabels, Counter>,
     pub config_reloads: Family<ReloadLabels, Counter>,
-    pub authz_denied: Family<DenyLabels, Counter>,
+    pub http_authz_allowed: Family<AllowLabels, Counter>,
+    pub http_authz_denied: Family<DenyLabels, Counter>,
+    pub tcp_authz_allowed: Family<AllowLabels, Counter>,
+    pub tcp_authz_denied: Family<DenyLabels, Counter>,
     pub egress: Family<EgressLabels, Counter>,
     pub identity_refused: Family<IdentityRefusedLabels, Counter>,
     /// 1 while the discovery stream is open.
@@ -542,11 +563,29 @@ impl Metrics {
             "Configuration files read, applied or rejected",
             config_reloads.clone(),
         );
-        let authz_denied = Family::default();
+        let http_authz_allowed = Family::default();
         registry.register(
-            "inbound_authz_deny",
-            "Inbound requests and connections denied by the policy",
-            authz_denied.clone(),
+            "inbound_http_authz_allow",
+            "Inbound HTTP requests the policy allowed, by what allowed them",
+            http_authz_allowed.clone(),
+        );
+        let http_authz_denied = Family::default();
+        registry.register(
+            "inbound_http_authz_deny",
+            "Inbound HTTP requests the policy denied (answered 403)",
+            http_authz_denied.clone(),
+        );
+        let tcp_authz_allowed = Family::default();
+        registry.register(
+            "inbound_tcp_authz_allow",
+            "Inbound opaque TCP connections the policy allowed, by what allowed them",
+            tcp_authz_allowed.clone(),
+        );
+        let tcp_authz_denied = Family::default();
+        registry.register(
+            "inbound_tcp_authz_deny",
+            "Inbound connections the policy denied (closed)",
+            tcp_authz_denied.clone(),
         );
         let egress = Family::default();
         registry.register(
@@ -625,7 +664,10 @@ impl Metrics {
             discovery_reconnects,
             discovery_lookup_timeouts,
             discovery_evictions,
-            authz_denied,
+            http_authz_allowed,
+            http_authz_denied,
+            tcp_authz_allowed,
+            tcp_authz_denied,
             egress,
             identity_refused,
             registry,

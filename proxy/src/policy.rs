@@ -41,34 +41,45 @@ pub fn admit_connection(policy: Option<&PolicyConfig>, client: Client<'_>, http:
     }
 }
 
-/// Whether a request (or, with none, an opaque TCP connection) is allowed.
+/// What let a request or connection through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allowed {
+    /// No policy: every client may connect.
+    NoPolicy,
+    /// The kubelet's probe.
+    Probe,
+    /// The rule at this index of the policy.
+    Rule(usize),
+}
+
+/// Whether a request (or, with none, an opaque TCP connection) is allowed, and by what.
 pub fn authorize(
     policy: Option<&PolicyConfig>,
     client: Client<'_>,
     request: Option<HttpRequest<'_>>,
     port: u16,
-) -> Result<(), Denied> {
-    let Some(policy) = policy else { return Ok(()) };
+) -> Result<Allowed, Denied> {
+    let Some(policy) = policy else { return Ok(Allowed::NoPolicy) };
     if client.identity.is_none()
         && let Some(request) = request
         && request.method == Method::GET
         && policy.probes.iter().any(|probe| probe.port == port && is_probe(&probe.path, request.target))
     {
-        return Ok(());
+        return Ok(Allowed::Probe);
     }
     admit_connection(Some(policy), client, false)?;
     let (method, path) = match request {
         Some(request) => (Some(request.method), Some(request.path)),
         None => (None, None),
     };
-    let allowed = policy.rules.iter().any(|rule| {
+    let allowed = policy.rules.iter().position(|rule| {
         let from = rule.from.is_empty() || rule.from.iter().any(|source| source_matches(source, client));
         let to = rule.to.is_empty()
             || rule.to.iter().any(|operation| operation_matches(operation, method, path, port));
         from && to
     });
-    if allowed {
-        return Ok(());
+    if let Some(index) = allowed {
+        return Ok(Allowed::Rule(index));
     }
     let who = client.identity.unwrap_or("an unauthenticated client");
     Err(Denied(match (method, path) {
@@ -150,7 +161,11 @@ mod tests {
         assert!(admit_connection(Some(&strict), FRONTEND, false).is_ok());
         let permissive = policy("mtls: PERMISSIVE\nrules: [{}]");
         assert!(authorize(Some(&permissive), PLAIN, http(&Method::GET, "/"), 80).is_ok());
-        assert!(authorize(None, PLAIN, http(&Method::GET, "/"), 80).is_ok(), "no policy: no checks");
+        assert_eq!(
+            authorize(None, PLAIN, http(&Method::GET, "/"), 80),
+            Ok(Allowed::NoPolicy),
+            "no policy: no checks"
+        );
     }
 
     #[test]
@@ -176,7 +191,11 @@ rules:
         assert!(authorize(Some(&policy), FRONTEND, http(get, "/api/items"), 80).is_ok());
         assert!(authorize(Some(&policy), FRONTEND, http(&Method::POST, "/api/items"), 80).is_err());
         assert!(authorize(Some(&policy), FRONTEND, http(get, "/admin"), 80).is_err());
-        assert!(authorize(Some(&policy), BATCH, http(get, "/healthz"), 80).is_ok());
+        assert_eq!(
+            authorize(Some(&policy), BATCH, http(get, "/healthz"), 80),
+            Ok(Allowed::Rule(1)),
+            "the second rule"
+        );
         assert!(authorize(Some(&policy), BATCH, http(get, "/api/items"), 80).is_err());
         let admin = client(Some("spiffe://td/ns/ops/sa/admin"));
         assert!(authorize(Some(&policy), admin, http(&Method::DELETE, "/anything"), 80).is_ok());

@@ -654,7 +654,7 @@ async fn a_pod_ip_known_from_discovery_is_mtls_to_its_identity_and_an_unknown_on
     let (status, _) = get_via(&mesh, pod_ip, "/").await;
     assert_ne!(status, StatusCode::OK, "plaintext to a STRICT pod is refused");
     assert_eq!(app.hits(), 3);
-    let denied = metric(&pod.metrics().await, "inbound_authz_deny_total", &[("protocol", "tcp")]);
+    let denied = metric(&pod.metrics().await, "inbound_tcp_authz_deny_total", &[("tls", "no_identity")]);
     assert_eq!(denied, Some(1.0), "the pod's proxy refused the plaintext connection");
 }
 

@@ -143,7 +143,18 @@ fn exposition() -> String {
     }
     metrics.teardowns(Direction::inbound, Peer::client).count(TeardownReason::closed);
     metrics.config_reloads.get_or_create(&ReloadLabels { result: ReloadResult::applied }).inc();
-    metrics.authz_denied.get_or_create(&DenyLabels { protocol: DenyProtocol::http, client_id: some() }).inc();
+    let deny = DenyLabels { target_addr: some(), tls: Tls::Mutual, client_id: some() };
+    metrics.http_authz_denied.get_or_create(&deny).inc();
+    metrics.tcp_authz_denied.get_or_create(&deny).inc();
+    let allow = AllowLabels {
+        target_addr: some(),
+        authz_kind: AuthzKind::meshpolicy,
+        authz_name: some(),
+        tls: Tls::Mutual,
+        client_id: some(),
+    };
+    metrics.http_authz_allowed.get_or_create(&allow).inc();
+    metrics.tcp_authz_allowed.get_or_create(&allow).inc();
     let egress = EgressLabels {
         external_service: some(),
         protocol: EgressProtocol::tls,

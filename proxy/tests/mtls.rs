@@ -128,7 +128,8 @@ async fn strict_refuses_plaintext_and_permissive_accepts_it() {
     assert!(answer.is_empty(), "STRICT answered plaintext: {}", String::from_utf8_lossy(&answer));
     assert_eq!(app.hits(), 0);
     let metrics = b.metrics().await;
-    assert_eq!(metric(&metrics, "inbound_authz_deny_total", &[("protocol", "tcp")]), Some(1.0), "{metrics}");
+    let plaintext = [("tls", "no_identity"), ("client_id", "")];
+    assert_eq!(metric(&metrics, "inbound_tcp_authz_deny_total", &plaintext), Some(1.0), "{metrics}");
     // mTLS from a meshed client passes.
     let (a, _a_files) = client_proxy(&identity, FRONTEND, &b, WEB, "").await;
     ready(&a).await;
@@ -168,9 +169,16 @@ async fn the_policy_allows_and_denies_by_identity_and_route() {
     assert_eq!(app.hits(), 1);
     let metrics = b.metrics().await;
     assert_eq!(
-        metric(&metrics, "inbound_authz_deny_total", &[("protocol", "http"), ("client_id", BATCH)]),
+        metric(&metrics, "inbound_http_authz_deny_total", &[("tls", "true"), ("client_id", BATCH)]),
         Some(1.0)
     );
+    assert_eq!(
+        metric(&metrics, "inbound_http_authz_deny_total", &[("client_id", FRONTEND)]),
+        Some(1.0),
+        "the POST"
+    );
+    let allowed = [("authz_kind", "meshpolicy"), ("authz_name", "frontend-reads"), ("client_id", FRONTEND)];
+    assert_eq!(metric(&metrics, "inbound_http_authz_allow_total", &allowed), Some(1.0), "{metrics}");
 }
 
 #[tokio::test]
@@ -196,10 +204,10 @@ async fn opaque_tcp_crosses_mtls_and_a_denied_connection_is_closed() {
     let _ = tokio::time::timeout(Duration::from_secs(5), denied.read_to_end(&mut answer)).await.unwrap();
     assert!(answer.is_empty(), "a denied TCP connection gets no bytes back");
     let metrics = b.metrics().await;
-    assert_eq!(
-        metric(&metrics, "inbound_authz_deny_total", &[("protocol", "tcp"), ("client_id", BATCH)]),
-        Some(1.0)
-    );
+    assert_eq!(metric(&metrics, "inbound_tcp_authz_deny_total", &[("client_id", BATCH)]), Some(1.0));
+    // The rule has no name (a hand-written file): allowed by a MeshPolicy rule, name empty.
+    let allowed = [("authz_kind", "meshpolicy"), ("authz_name", ""), ("client_id", FRONTEND)];
+    assert_eq!(metric(&metrics, "inbound_tcp_authz_allow_total", &allowed), Some(1.0), "{metrics}");
 }
 
 /// An app that takes HTTP/1.1 upgrades as a WebSocket server would: a request with `Upgrade:

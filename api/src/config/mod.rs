@@ -69,6 +69,9 @@ pub fn default_sampling_percent() -> f64 {
     1.0
 }
 
+/// How the rule of a default inbound policy is named: `default:all-authenticated`.
+pub const DEFAULT_RULE_PREFIX: &str = "default:";
+
 /// A collector address taken apart: what the exporter connects to and the path it posts to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CollectorEndpoint {
@@ -278,11 +281,16 @@ impl DefaultInboundPolicy {
         }
     }
 
-    /// The policy a proxy applies for it, admitting the pod's HTTP probes.
+    /// The policy a proxy applies for it, admitting the pod's HTTP probes. Its rule is named
+    /// `default:NAME`, which the proxy's metrics show as Linkerd's default authorizations.
     pub fn policy(self, probes: Vec<ProbeConfig>) -> PolicyConfig {
+        let anyone = || AuthorizationRuleConfig {
+            name: Some(format!("{DEFAULT_RULE_PREFIX}{}", self.as_str())),
+            ..AuthorizationRuleConfig::anyone()
+        };
         let (mtls, rules) = match self {
-            Self::AllUnauthenticated => (MtlsMode::Permissive, vec![AuthorizationRuleConfig::anyone()]),
-            Self::AllAuthenticated => (MtlsMode::Strict, vec![AuthorizationRuleConfig::anyone()]),
+            Self::AllUnauthenticated => (MtlsMode::Permissive, vec![anyone()]),
+            Self::AllAuthenticated => (MtlsMode::Strict, vec![anyone()]),
             Self::Deny => (MtlsMode::Strict, Vec::new()),
         };
         PolicyConfig { mtls, rules, probes }

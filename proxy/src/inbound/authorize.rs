@@ -3,7 +3,7 @@
 //! that a denied request gets a 403 that says why. Every denial is counted here.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use arc_swap::Guard;
@@ -14,8 +14,12 @@ use crate::client::body::ProxyBody;
 use crate::http::forward::record;
 use crate::http::respond::local;
 use crate::identity::Credentials;
-use crate::metrics::{DenyLabels, DenyProtocol, Label, Metrics, RequestLabels, RequestMetrics};
-use crate::policy::{self, HttpRequest};
+use braid_api::config::{DEFAULT_RULE_PREFIX, PolicyConfig};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use crate::metrics::{AllowLabels, AuthzKind, DenyLabels, Label, RequestLabels, RequestMetrics, Tls};
+use crate::policy::{self, Allowed, HttpRequest};
 use crate::state::ProxyState;
 
 /// Why the policy denied a request.
@@ -39,22 +43,91 @@ pub fn connection(
     app: SocketAddr,
     peer: SocketAddr,
 ) -> bool {
-    let denied = {
-        let table = state.table.load();
-        let policy = table.config.inbound.policy.as_ref();
-        let credentials = own_credentials(state, client_id);
-        let trust_domain =
-            credentials.as_ref().and_then(|c| c.as_deref()).and_then(Credentials::trust_domain);
-        let client = policy::Client { identity: client_id, trust_domain };
-        match carries {
-            Carries::Opaque => policy::authorize(policy, client, None, app.port()),
-            Carries::Http => policy::admit_connection(policy, client, true),
-        }
+    let table = state.table.load();
+    let policy = table.config.inbound.policy.as_ref();
+    let credentials = own_credentials(state, client_id);
+    let trust_domain = credentials.as_ref().and_then(|c| c.as_deref()).and_then(Credentials::trust_domain);
+    let client = policy::Client { identity: client_id, trust_domain };
+    let decision = match carries {
+        Carries::Opaque => policy::authorize(policy, client, None, app.port()).map(Some),
+        // Its requests are counted one by one.
+        Carries::Http => policy::admit_connection(policy, client, true).map(|()| None),
     };
-    let Err(denied) = denied else { return true };
-    count(&state.metrics, DenyProtocol::tcp, client_id.map_or_else(Label::empty, Label::new));
-    debug!(%peer, reason = %denied.0, "inbound connection denied by the policy: closed");
-    false
+    let target_addr = Label::new(app.to_string());
+    let tls = if client_id.is_some() { Tls::Mutual } else { Tls::NoIdentity };
+    let client_id = client_id.map_or_else(Label::empty, Label::new);
+    match decision {
+        Ok(None) => true,
+        Ok(Some(allowed)) => {
+            let (authz_kind, authz_name) = what_allowed(policy, allowed);
+            let authz_name = Label::new(authz_name);
+            let labels = AllowLabels { target_addr, authz_kind, authz_name, tls, client_id };
+            state.metrics.tcp_authz_allowed.get_or_create(&labels).inc();
+            true
+        }
+        Err(denied) => {
+            state.metrics.tcp_authz_denied.get_or_create(&DenyLabels { target_addr, tls, client_id }).inc();
+            debug!(%peer, reason = %denied.0, "inbound connection denied by the policy: closed");
+            false
+        }
+    }
+}
+
+/// `authz_kind` and `authz_name` of what let a request or connection through.
+fn what_allowed(policy: Option<&PolicyConfig>, allowed: Allowed) -> (AuthzKind, &str) {
+    match allowed {
+        Allowed::NoPolicy => (AuthzKind::default, "all-unauthenticated"),
+        Allowed::Probe => (AuthzKind::probe, "probe"),
+        Allowed::Rule(index) => {
+            let name =
+                policy.and_then(|policy| policy.rules.get(index)).and_then(|rule| rule.name.as_deref());
+            match name {
+                Some(name) => match name.strip_prefix(DEFAULT_RULE_PREFIX) {
+                    Some(default) => (AuthzKind::default, default),
+                    None => (AuthzKind::meshpolicy, name),
+                },
+                // A hand-written policy's unnamed rule.
+                None => (AuthzKind::meshpolicy, ""),
+            }
+        }
+    }
+}
+
+/// The allow counters one inbound connection has used. Its labels are fixed but for what
+/// allowed each request, so a request finds its counter without building a label set.
+#[derive(Default)]
+pub struct AllowCounters(Mutex<Vec<(AuthzKind, Box<str>, Counter)>>);
+
+/// Distinct rules remembered per connection; beyond them a request builds its label set.
+const REMEMBERED_RULES: usize = 8;
+
+impl AllowCounters {
+    fn count(
+        &self,
+        family: &Family<AllowLabels, Counter>,
+        labels: &RequestLabels,
+        kind: AuthzKind,
+        name: &str,
+    ) {
+        let mut known = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((.., counter)) = known.iter().find(|(k, n, _)| *k == kind && **n == *name) {
+            counter.inc();
+            return;
+        }
+        let counter = family
+            .get_or_create(&AllowLabels {
+                target_addr: labels.target_addr.clone(),
+                authz_kind: kind,
+                authz_name: Label::new(name),
+                tls: labels.tls,
+                client_id: labels.client_id.clone(),
+            })
+            .clone();
+        counter.inc();
+        if known.len() < REMEMBERED_RULES {
+            known.push((kind, name.into(), counter));
+        }
+    }
 }
 
 /// Whether one HTTP request may reach the app: `None` when it may. A denied one is answered
@@ -66,6 +139,7 @@ pub fn request(
     app: SocketAddr,
     labels: &RequestLabels,
     metrics: &RequestMetrics,
+    allow_counters: &AllowCounters,
 ) -> Option<Response<ProxyBody>> {
     let denied = {
         let table = state.table.load();
@@ -73,11 +147,23 @@ pub fn request(
         let trust_domain =
             credentials.as_ref().and_then(|c| c.as_deref()).and_then(Credentials::trust_domain);
         let client = policy::Client { identity: client_id, trust_domain };
-        policy::authorize(table.config.inbound.policy.as_ref(), client, Some(request), app.port())
+        let policy = table.config.inbound.policy.as_ref();
+        match policy::authorize(policy, client, Some(request), app.port()) {
+            Ok(allowed) => {
+                let (kind, name) = what_allowed(policy, allowed);
+                allow_counters.count(&state.metrics.http_authz_allowed, labels, kind, name);
+                return None;
+            }
+            Err(denied) => denied,
+        }
     };
-    let Err(denied) = denied else { return None };
     metrics.requests.inc();
-    count(&state.metrics, DenyProtocol::http, labels.client_id.clone());
+    let deny = DenyLabels {
+        target_addr: labels.target_addr.clone(),
+        tls: labels.tls,
+        client_id: labels.client_id.clone(),
+    };
+    state.metrics.http_authz_denied.get_or_create(&deny).inc();
     let mut response = local(StatusCode::FORBIDDEN, "forbidden", format!("braid-proxy: {}\n", denied.0));
     if let Ok(reason) = HeaderValue::from_str(&denied.0) {
         response.headers_mut().insert(DENY_REASON, reason);
@@ -93,6 +179,27 @@ fn own_credentials(state: &ProxyState, client_id: Option<&str>) -> Option<Guard<
     Some(state.identity.as_ref()?.peek())
 }
 
-fn count(registry: &Metrics, protocol: DenyProtocol, client_id: Label) {
-    registry.authz_denied.get_or_create(&DenyLabels { protocol, client_id }).inc();
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use braid_api::config::DefaultInboundPolicy;
+
+    #[test]
+    fn what_allowed_is_named_as_linkerd_names_it() {
+        let authenticated = DefaultInboundPolicy::AllAuthenticated.policy(Vec::new());
+        assert_eq!(
+            what_allowed(Some(&authenticated), Allowed::Rule(0)),
+            (AuthzKind::default, "all-authenticated")
+        );
+        assert_eq!(what_allowed(None, Allowed::NoPolicy), (AuthzKind::default, "all-unauthenticated"));
+        assert_eq!(what_allowed(Some(&authenticated), Allowed::Probe), (AuthzKind::probe, "probe"));
+        let mut named = authenticated.clone();
+        named.rules[0].name = Some("reads-0".into());
+        assert_eq!(what_allowed(Some(&named), Allowed::Rule(0)), (AuthzKind::meshpolicy, "reads-0"));
+        assert_eq!(
+            what_allowed(Some(&named), Allowed::Rule(7)),
+            (AuthzKind::meshpolicy, ""),
+            "a stale index names nothing"
+        );
+    }
 }

@@ -28,6 +28,7 @@ pub struct InboundConnection {
     pub client_id: Option<String>,
     pub labels: RequestLabels,
     pub metrics: RequestMetrics,
+    pub allow_counters: authorize::AllowCounters,
     pub http1: Arc<Pool>,
     pub http2: Arc<Pool>,
 }
@@ -47,7 +48,7 @@ impl InboundConnection {
         let http1 = state.app_pool(app, UpstreamProtocol::Http1);
         let http2 = state.app_pool(app, UpstreamProtocol::Http2);
         let metrics = state.metrics.request_metrics(&labels);
-        Self { state, app, client_id, labels, metrics, http1, http2 }
+        Self { state, app, client_id, labels, metrics, allow_counters: Default::default(), http1, http2 }
     }
 }
 
@@ -94,6 +95,7 @@ async fn authorize_and_forward(
         connection.app,
         &connection.labels,
         &connection.metrics,
+        &connection.allow_counters,
     ) {
         return denied;
     }
