@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{PolicyConfig, ServiceConfig};
+use crate::config::{PolicyConfig, ServiceConfig, TracingConfig};
 
 /// The request path; the version is in the path so a later format can be served beside it.
 pub const PATH: &str = "/v1/discovery";
@@ -27,6 +27,12 @@ pub const LATENCY_BUCKETS_MS: [u64; 22] =
 /// destination the proxy sent requests to. A proxy sends none unless the server asks, so a
 /// newer proxy never sends a server something it does not know.
 pub const REPORT_INTERVAL_HEADER: &str = "braid-report-interval";
+/// A request header of the proxy: the optional parts of the messages it understands, separated
+/// by commas. The server sends a part only to proxies that name it, so an older proxy never
+/// gets a field it would refuse.
+pub const PROXY_FEATURES_HEADER: &str = "braid-proxy-features";
+/// [`InboundUpdate::tracing`].
+pub const FEATURE_TRACING: &str = "tracing";
 
 /// From the proxy. The first message must be `hello`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,6 +150,10 @@ pub struct InboundUpdate {
     /// `None`: no MeshPolicy selects the pod, every client may connect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyConfig>,
+    /// The Mesh's tracing settings; `None` when tracing is off, and always for a proxy that did
+    /// not name [`FEATURE_TRACING`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

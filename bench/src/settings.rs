@@ -41,6 +41,8 @@ pub enum Kind {
     Braid,
     /// braid-proxy of another build (--braid-baseline), measured beside this one.
     BraidBaseline,
+    /// braid-proxy with span export on, every request sampled, to a sink that answers at once.
+    BraidTraced,
     Haproxy,
     Nginx,
     Envoy,
@@ -53,6 +55,7 @@ impl Kind {
         match self {
             Kind::Braid => "braid",
             Kind::BraidBaseline => "braid-baseline",
+            Kind::BraidTraced => "braid-traced",
             Kind::Haproxy => "haproxy",
             Kind::Nginx => "nginx",
             Kind::Envoy => "envoy",
@@ -61,7 +64,7 @@ impl Kind {
     }
 
     pub fn is_braid(self) -> bool {
-        matches!(self, Kind::Braid | Kind::BraidBaseline)
+        matches!(self, Kind::Braid | Kind::BraidBaseline | Kind::BraidTraced)
     }
 }
 
@@ -82,7 +85,7 @@ impl fmt::Display for Peer {
     }
 }
 
-const PEER_HELP: &str = "braid haproxy nginx envoy, each also as PEER-mtls, or floor";
+const PEER_HELP: &str = "braid braid-traced haproxy nginx envoy, each also as PEER-mtls, or floor";
 
 impl Peer {
     pub fn parse(text: &str) -> Result<Peer, Error> {
@@ -93,6 +96,7 @@ impl Peer {
         let kind = match name {
             "braid" => Kind::Braid,
             "braid-baseline" => Kind::BraidBaseline,
+            "braid-traced" => Kind::BraidTraced,
             "haproxy" => Kind::Haproxy,
             "nginx" => Kind::Nginx,
             "envoy" => Kind::Envoy,

@@ -21,6 +21,8 @@ pub struct Tools {
     /// The braid-proxy measured as `braid-baseline`, and what it is (commit or path).
     pub baseline: Option<(PathBuf, String)>,
     pub identity_stub: PathBuf,
+    /// Receives the braid-traced pairs' spans (proxy/examples/otlp_sink).
+    pub otlp_sink: PathBuf,
     pub profdata: Option<PathBuf>,
 }
 
@@ -232,6 +234,13 @@ pub fn install(root: &Path, mode: ModeKind, knobs: &Knobs) -> Result<Tools> {
             tools.baseline = Some(baseline(root, spec)?);
         }
         tools.identity_stub = root.join("target/release/examples/identity_stub");
+        tools.otlp_sink = root.join("target/release/examples/otlp_sink");
+        if peers.iter().any(|p| p.kind == Kind::BraidTraced) {
+            info!("building the OTLP sink (release)");
+            run(Command::new("cargo")
+                .args(["build", "--release", "-p", "braid-proxy", "--example", "otlp_sink", "--locked", "-q"])
+                .current_dir(root))?;
+        }
         if peers.iter().any(|p| p.kind.is_braid() && p.mtls) {
             info!("building the identity stand-in (release)");
             run(Command::new("cargo")
@@ -329,6 +338,9 @@ pub fn versions(root: &Path, knobs: &Knobs, tools: &Tools) -> String {
                         !succeeds("git", &["-C", &root_text, "diff", "--quiet", "HEAD", "--", "proxy"]);
                     v += &format!("; braid-proxy {}{}", commit.trim(), if dirty { "+dirty" } else { "" });
                 }
+            }
+            Kind::BraidTraced => {
+                v += "; braid-traced: spans of every request to the OTLP sink (proxy/examples/otlp_sink)"
             }
             Kind::BraidBaseline => {
                 if let Some((_, label)) = &tools.baseline {

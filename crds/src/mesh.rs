@@ -82,6 +82,10 @@ pub struct MeshSpec {
     /// Traffic from meshed apps to destinations outside the cluster.
     #[serde(default)]
     pub egress: EgressSettings,
+
+    /// Spans of meshed requests, exported by every proxy to an OpenTelemetry collector.
+    #[serde(default)]
+    pub tracing: TracingSettings,
 }
 
 // By hand, so a MeshSpec built in code has the same defaults as one the API server filled in.
@@ -94,7 +98,42 @@ impl Default for MeshSpec {
             injection: InjectionSettings::default(),
             default_inbound_policy: DefaultInboundPolicy::default(),
             egress: EgressSettings::default(),
+            tracing: TracingSettings::default(),
         }
+    }
+}
+
+/// Where proxies send their spans and which requests they trace (docs/observability.md).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingSettings {
+    /// The collector's OTLP/HTTP endpoint, like http://jaeger-collector.tracing:4318 (port 4318
+    /// when left out; spans go to PATH/v1/traces as protobuf). Unset: proxies make no spans and
+    /// pass the trace context on unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 8, max = 512), regex(pattern = r"^http://[^/?#@ ]+(/[^?# ]*)?$"))]
+    pub collector: Option<String>,
+
+    /// The share of requests arriving without a trace context that start a sampled trace, in
+    /// percent. A request with a W3C traceparent follows its sampled flag.
+    #[serde(default = "braid_api::config::default_sampling_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub sampling_percent: f64,
+}
+
+impl Default for TracingSettings {
+    fn default() -> Self {
+        Self { collector: None, sampling_percent: braid_api::config::default_sampling_percent() }
+    }
+}
+
+impl TracingSettings {
+    /// What proxies are sent: `None` when no collector is set.
+    pub fn proxy_config(&self) -> Option<braid_api::config::TracingConfig> {
+        self.collector.as_ref().map(|collector| braid_api::config::TracingConfig {
+            collector: collector.clone(),
+            sampling_percent: self.sampling_percent,
+        })
     }
 }
 

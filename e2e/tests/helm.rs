@@ -435,6 +435,11 @@ async fn the_chart_lints_and_refuses_bad_values_with_the_schema_message() {
             "at '/mesh/spec/egress/mode': value must be one of 'AllowAny', 'RegistryOnly'",
         ),
         ("mesh.spec.egress.clusterNetworks={10.0.0.0/8,ten}", "at '/mesh/spec/egress/clusterNetworks/1'"),
+        (
+            "mesh.spec.tracing.collector=grpc://jaeger:4317",
+            "at '/mesh/spec/tracing/collector': 'grpc://jaeger:4317' does not match pattern",
+        ),
+        ("mesh.spec.tracing.samplingPercent=150", "at '/mesh/spec/tracing/samplingPercent'"),
     ];
     let release = format!("braid-bad-{}", ns.name.rsplit('-').next().unwrap_or("x"));
     for (value, message) in cases {

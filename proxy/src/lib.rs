@@ -28,6 +28,7 @@ pub mod original_dst;
 pub mod outbound;
 pub mod policy;
 pub mod reload;
+pub mod spans;
 pub mod state;
 pub mod table;
 pub mod tcp;

@@ -302,6 +302,21 @@ pub enum ReloadResult {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct SpanLabels {
+    pub result: SpanResult,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum SpanResult {
+    exported,
+    /// The export queue was full.
+    dropped,
+    /// The collector could not be reached or refused them.
+    failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct DiscoveryUpdateLabels {
     pub result: ReloadResult,
 }
@@ -409,6 +424,7 @@ pub struct Metrics {
     pub backend_requests: Family<BackendLabels, Counter>,
     pub backend_failures: Family<BackendLabels, Counter>,
     pub backend_latency: Family<BackendLabels, AtomicHistogram>,
+    pub trace_spans: Family<SpanLabels, Counter>,
     /// Every backend with series, for the discovery reports (which the families cannot list).
     backends: Mutex<HashMap<BackendLabels, BackendMetrics>>,
 }
@@ -562,7 +578,14 @@ impl Metrics {
             "Time to response headers of the tries to each backend, in milliseconds",
             backend_latency.clone(),
         );
+        let trace_spans = Family::default();
+        registry.register(
+            "trace_spans",
+            "Spans of traced requests: exported to the collector, dropped (the export queue was full) or failed (the collector could not be reached or refused them)",
+            trace_spans.clone(),
+        );
         Self {
+            trace_spans,
             backend_requests,
             backend_failures,
             backend_latency,
@@ -793,6 +816,16 @@ impl Metrics {
     /// The teardown counter of the HTTP/2 connections of one direction and peer.
     pub fn teardowns(&self, direction: Direction, peer: Peer) -> Teardowns {
         Teardowns { family: self.teardowns.clone(), direction, peer }
+    }
+
+    /// The counters an exporter of spans counts in.
+    pub fn span_counters(&self) -> crate::spans::SpanCounters {
+        let counter = |result| self.trace_spans.get_or_create(&SpanLabels { result }).clone();
+        crate::spans::SpanCounters {
+            exported: counter(SpanResult::exported),
+            dropped: counter(SpanResult::dropped),
+            failed: counter(SpanResult::failed),
+        }
     }
 
     /// The byte counters of one client connection: (read, written).

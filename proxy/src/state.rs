@@ -50,8 +50,14 @@ impl ProxyState {
     ) -> Self {
         let metrics = Metrics::new();
         let teardowns = metrics.teardowns(Direction::outbound, Peer::upstream);
+        let discovery_settings = table.config.discovery.as_ref();
+        let resource = crate::spans::ProxyResource {
+            pod_namespace: discovery_settings.map(|settings| settings.pod_namespace.clone()),
+            pod_name: discovery_settings.map(|settings| settings.pod_name.clone()),
+        };
         Self {
-            table: LiveTable::new(table, identity.clone(), Some(teardowns)),
+            table: LiveTable::new(table, identity.clone(), Some(teardowns))
+                .with_tracing(resource, metrics.span_counters()),
             metrics,
             identity,
             discovery,

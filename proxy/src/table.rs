@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use braid_api::config::{
     Config, FaultConfig, HeaderEditsConfig, HeaderValueConfig, HeaderValueMatch, LoadBalancerConfig,
     PathMatch, Protocol, RetryOn, ServiceConfig,
@@ -16,12 +16,14 @@ use braid_api::config::{
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use regex::Regex;
 use tower::retry::budget::TpsBudget;
+use tracing::info;
 
 use crate::balance::Endpoint;
 use crate::identity::IdentityStore;
 use crate::metrics::{BackendMetrics, Label, RequestMetrics, Teardowns};
 use crate::outbound::egress::Egress;
 use crate::outbound::rate_limit::RateLimiter;
+use crate::spans::{ProxyResource, SpanCounters, Tracer};
 
 pub struct Table {
     pub config: Arc<Config>,
@@ -186,13 +188,52 @@ pub struct LiveTable {
     identity: Option<Arc<IdentityStore>>,
     /// Where the endpoints' HTTP/2 connections count their ends.
     teardowns: Option<Teardowns>,
+    /// The spans' maker under the table's `tracing`; replaced only when that changes, so a
+    /// reload keeps the exporter and its connection.
+    tracer: ArcSwapOption<Tracer>,
+    spans: Option<(ProxyResource, SpanCounters)>,
 }
 
 impl LiveTable {
     pub fn new(table: Table, identity: Option<Arc<IdentityStore>>, teardowns: Option<Teardowns>) -> Self {
-        let live = Self { current: ArcSwap::from_pointee(table), identity, teardowns };
+        let live = Self {
+            current: ArcSwap::from_pointee(table),
+            identity,
+            teardowns,
+            tracer: ArcSwapOption::empty(),
+            spans: None,
+        };
         live.count_teardowns(&live.current.load());
         live
+    }
+
+    /// Makes spans when the configuration names a collector, counted in `counters`.
+    pub fn with_tracing(mut self, resource: ProxyResource, counters: SpanCounters) -> Self {
+        self.spans = Some((resource, counters));
+        self.follow_tracing(&self.current.load_full().config);
+        self
+    }
+
+    fn follow_tracing(&self, config: &Config) {
+        let Some((resource, counters)) = &self.spans else { return };
+        let current = self.tracer.load();
+        if current.as_ref().map(|tracer| &tracer.config) == config.tracing.as_ref() {
+            return;
+        }
+        let tracer =
+            config.tracing.clone().and_then(|tracing| Tracer::new(tracing, resource, counters.clone()));
+        if let Some(tracer) = &tracer {
+            info!(collector = %tracer.config.collector, sampling_percent = tracer.config.sampling_percent, "exporting spans");
+        } else if current.is_some() {
+            info!("span export is off");
+        }
+        self.tracer.store(tracer.map(Arc::new));
+    }
+
+    /// The spans' maker, when tracing is on (a guard: no reference count touched per request).
+    #[inline]
+    pub fn tracer(&self) -> Guard<Option<Arc<Tracer>>> {
+        self.tracer.load()
     }
 
     /// Gives the endpoints new in `table` the teardown counter (once per endpoint and table).
@@ -221,6 +262,7 @@ impl LiveTable {
         let current = self.current.load_full();
         let table = Table::build(config, Some(&current), self.identity.as_ref())?;
         self.count_teardowns(&table);
+        self.follow_tracing(&table.config);
         self.current.store(Arc::new(table));
         Ok(())
     }

@@ -988,8 +988,8 @@ async fn two_sidecars_carry_http1_over_one_http2_connection_and_propagate_the_tr
     assert_eq!(seen["host"], "web.shop.svc.cluster.local");
     assert!(!seen.contains_key("braid-orig-proto"), "the proxies' own header does not reach the app");
     let received = seen["traceparent"].to_str().unwrap();
-    // The proxies report no spans, so the app's span must stay the child of the caller's: a new
-    // parent id here would point at a span no collector has, and break the trace at every hop.
+    // Without tracing the proxies report no spans, so the app's span must stay the child of the
+    // caller's: a new parent id would point at a span no collector has (tests/tracing.rs has them on).
     assert_eq!(received, traceparent, "the trace context reaches the app unchanged");
     // One HTTP/2 connection between the proxies carried all three requests.
     let metrics = server_side.metrics().await;

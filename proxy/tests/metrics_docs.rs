@@ -155,6 +155,7 @@ fn exposition() -> String {
     backend.requests.inc();
     backend.failures.inc();
     backend.latency.observe(std::time::Duration::from_millis(3));
+    metrics.span_counters().exported.inc();
     metrics.encode()
 }
 

@@ -45,6 +45,82 @@ pub struct Config {
     /// proxy on top of this file (docs/proxy.md, Discovery). Needs `identity` (mTLS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<DiscoveryConfig>,
+    /// Spans of the requests the proxy forwards, exported to an OpenTelemetry collector
+    /// (docs/observability.md, Tracing). Discovery sends the Mesh's; a file's wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConfig>,
+}
+
+/// Where the proxy sends its spans, and which requests it traces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP endpoint, `http://HOST[:PORT][/PATH]` (port 4318 when left
+    /// out): spans are POSTed as protobuf to `PATH/v1/traces`, as OTEL_EXPORTER_OTLP_ENDPOINT.
+    pub collector: String,
+    /// The share of requests that arrive without a trace context which start a sampled trace,
+    /// in percent (0 to 100). A request with a `traceparent` follows its sampled flag.
+    #[serde(default = "default_sampling_percent")]
+    pub sampling_percent: f64,
+}
+
+/// Istio's default: one request in a hundred.
+pub fn default_sampling_percent() -> f64 {
+    1.0
+}
+
+/// A collector address taken apart: what the exporter connects to and the path it posts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectorEndpoint {
+    /// A name or an IP address (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    /// Where spans are POSTed: the given path with `/v1/traces` appended.
+    pub traces_path: String,
+}
+
+impl TracingConfig {
+    /// The collector address in parts, or why it is not one the proxy can send to.
+    pub fn endpoint(&self) -> Result<CollectorEndpoint, String> {
+        let address = self.collector.trim();
+        let Some(rest) = address.strip_prefix("http://") else {
+            return Err(format!(
+                "{address:?} is not an http:// URL: the proxy sends OTLP over plain HTTP/1.1 (http://HOST:4318)"
+            ));
+        };
+        let (authority, path) = rest.find('/').map_or((rest, ""), |slash| rest.split_at(slash));
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(bracketed) => {
+                let (host, after) = bracketed
+                    .split_once(']')
+                    .ok_or_else(|| format!("{address:?}: unclosed [ in the host"))?;
+                (host, after.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        if host.is_empty() || host.contains(['@', '?', '#', ' ']) {
+            return Err(format!("{address:?} has no valid host"));
+        }
+        let port = match port {
+            None => 4318,
+            Some(port) => port
+                .parse::<u16>()
+                .ok()
+                .filter(|port| *port != 0)
+                .ok_or_else(|| format!("{address:?}: the port must be a number from 1 to 65535"))?,
+        };
+        if path.contains(['?', '#', ' ']) {
+            return Err(format!("{address:?}: the path may hold no query, fragment or space"));
+        }
+        Ok(CollectorEndpoint {
+            host: host.to_owned(),
+            port,
+            traces_path: format!("{}/v1/traces", path.trim_end_matches('/')),
+        })
+    }
 }
 
 /// Where the proxy subscribes to its destinations and inbound policy.
@@ -935,6 +1011,7 @@ impl Config {
             services: Vec::new(),
             identity: None,
             discovery: None,
+            tracing: None,
         }
     }
 }

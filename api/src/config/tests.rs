@@ -382,3 +382,58 @@ fn refuses_bad_external_destinations_with_the_field_and_the_reason() {
             .contains("services[0].egress: an external destination has no backends or routes")
     );
 }
+
+#[test]
+fn takes_a_collector_address_apart() {
+    let endpoint =
+        |collector: &str| TracingConfig { collector: collector.to_owned(), sampling_percent: 1.0 }.endpoint();
+    let parts = |host: &str, port, path: &str| {
+        Ok(CollectorEndpoint { host: host.to_owned(), port, traces_path: path.to_owned() })
+    };
+    assert_eq!(endpoint("http://jaeger.tracing:4318"), parts("jaeger.tracing", 4318, "/v1/traces"));
+    assert_eq!(endpoint("http://collector"), parts("collector", 4318, "/v1/traces"));
+    assert_eq!(endpoint("http://10.0.0.7:55681/otlp/"), parts("10.0.0.7", 55681, "/otlp/v1/traces"));
+    assert_eq!(endpoint("http://[fd00::7]:4318"), parts("fd00::7", 4318, "/v1/traces"));
+    for (bad, reason) in [
+        ("https://collector:4318", "not an http:// URL"),
+        ("collector:4318", "not an http:// URL"),
+        ("http://:4318", "no valid host"),
+        ("http://collector:0", "port must be a number"),
+        ("http://collector:70000", "port must be a number"),
+        ("http://user@collector", "no valid host"),
+        ("http://[fd00::7:4318", "unclosed ["),
+        ("http://collector/v1?x=1", "no query"),
+    ] {
+        let error = endpoint(bad).unwrap_err();
+        assert!(error.contains(reason), "{bad}: {error}");
+    }
+}
+
+#[test]
+fn refuses_bad_tracing_settings_with_the_field_and_the_reason() {
+    let parsed = Config::parse("tracing: { collector: \"http://jaeger:4318\" }").unwrap();
+    assert_eq!(parsed.tracing.map(|t| t.sampling_percent), Some(1.0), "the default rate");
+    for (text, reason) in [
+        (
+            "tracing: { collector: \"grpc://jaeger:4317\" }",
+            "tracing.collector: \"grpc://jaeger:4317\" is not an http:// URL",
+        ),
+        (
+            "tracing: { collector: \"http://jaeger\", samplingPercent: 101 }",
+            "tracing.samplingPercent: must be between 0 and 100",
+        ),
+        (
+            "tracing: { collector: \"http://jaeger\", samplingPercent: -1 }",
+            "tracing.samplingPercent: must be between 0 and 100",
+        ),
+        (
+            "tracing: { collector: \"http://jaeger\", samplingPercent: .nan }",
+            "tracing.samplingPercent: must be between 0 and 100",
+        ),
+        ("tracing: { samplingPercent: 5 }", "missing field `collector`"),
+        ("tracing: { collector: \"http://jaeger\", rate: 5 }", "unknown field"),
+    ] {
+        let error = refused(text);
+        assert!(error.contains(reason), "{text}: {error}");
+    }
+}

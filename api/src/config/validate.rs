@@ -36,6 +36,14 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid =
             |path: String, reason: &str| Err(ConfigError::Invalid { path, reason: reason.to_owned() });
+        if let Some(tracing) = &self.tracing {
+            if let Err(reason) = tracing.endpoint() {
+                return invalid("tracing.collector".into(), &reason);
+            }
+            if !(0.0..=100.0).contains(&tracing.sampling_percent) {
+                return invalid("tracing.samplingPercent".into(), "must be between 0 and 100");
+            }
+        }
         if self.limits.max_connections == 0 {
             return invalid("limits.maxConnections".into(), "must be at least 1");
         }

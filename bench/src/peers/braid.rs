@@ -29,6 +29,12 @@ pub fn start(b: &mut Bench, peer: Peer, side: Side, port: u16, upstream: u16) ->
         vars.push(("BUNDLE", b.work.join("ca-bundle.crt").display().to_string()));
     }
     let config = super::hop_config(b, peer, side, "yaml", &vars)?;
+    if peer.kind == Kind::BraidTraced {
+        let sink = otlp_sink(b)?;
+        let tracing =
+            format!("tracing: {{ collector: \"http://127.0.0.1:{sink}\", samplingPercent: 100 }}\n");
+        fs::write(&config, fs::read_to_string(&config)? + &tracing)?;
+    }
     let dir = b.hop_dir(peer, side)?;
     if peer.mtls {
         fs::write(dir.join("token"), format!("token-for:spiffe://bench.local/ns/bench/sa/{}", side.name()))?;
@@ -71,6 +77,25 @@ fn identity_stub(b: &mut Bench) -> Result<u16> {
     bail!("the identity stand-in wrote no trust bundle (log: {})", log.display())
 }
 
+/// The braid-traced pairs' collector, on CPU 0 like the other helpers; its port.
+fn otlp_sink(b: &mut Bench) -> Result<u16> {
+    if let Some(port) = b.otlp_sink_port {
+        return Ok(port);
+    }
+    let port = b.free_ports(1)?[0];
+    let sink = b.tools.otlp_sink.clone();
+    let log = b.work.join("otlp-sink.log");
+    b.start(0, &log, &sink, &[port.to_string()], &[])?;
+    for _ in 0..100 {
+        if output("curl", &["-fs", &format!("http://127.0.0.1:{port}/spans")]).is_ok() {
+            b.otlp_sink_port = Some(port);
+            return Ok(port);
+        }
+        sleep(Duration::from_millis(100));
+    }
+    bail!("the OTLP sink did not answer on port {port} (log: {})", log.display())
+}
+
 fn metrics(pair_hop_admin: Option<u16>) -> Result<String> {
     let admin = pair_hop_admin.context("braid-proxy has no admin port")?;
     output("curl", &["-fs", &format!("http://127.0.0.1:{admin}/metrics")])
@@ -91,6 +116,22 @@ pub fn verify(_b: &mut Bench, peer: Peer, pair: &Pair) -> Result<()> {
     }
     if peer.mtls && !metrics(pair.b.admin)?.contains("client_id=\"spiffe://bench.local/ns/bench/sa/a\"") {
         bail!("{peer} B saw no client identity: not mTLS");
+    }
+    if peer.kind == Kind::BraidTraced {
+        // Spans leave in batches within a second of the request.
+        let exported = |admin| -> Result<bool> {
+            Ok(metrics(admin)?.lines().any(|l| {
+                l.starts_with("trace_spans_total{result=\"exported\"}")
+                    && l.split_whitespace().last().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) >= 1.0
+            }))
+        };
+        for _ in 0..50 {
+            if exported(pair.a.admin)? && exported(pair.b.admin)? {
+                return Ok(());
+            }
+            sleep(Duration::from_millis(100));
+        }
+        bail!("{peer}: A and B did not both export a span to the OTLP sink within 5 s");
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ use crate::run::{Bench, Hop, Pair, Side, run_ok, succeeds};
 /// port; B: the origin).
 pub fn start_hop(b: &mut Bench, peer: Peer, side: Side, port: u16, upstream: u16) -> Result<Hop> {
     match peer.kind {
-        Kind::Braid | Kind::BraidBaseline => braid::start(b, peer, side, port, upstream),
+        Kind::Braid | Kind::BraidBaseline | Kind::BraidTraced => braid::start(b, peer, side, port, upstream),
         Kind::Haproxy => haproxy::start(b, peer, side, port, upstream),
         Kind::Nginx => nginx::start(b, peer, side, port, upstream),
         Kind::Envoy => envoy::start(b, peer, side, port, upstream),
@@ -31,14 +31,14 @@ pub fn start_hop(b: &mut Bench, peer: Peer, side: Side, port: u16, upstream: u16
 /// open, that it really took the path claimed.
 pub fn verify(b: &mut Bench, peer: Peer, pair: &Pair) -> Result<()> {
     match peer.kind {
-        Kind::Braid | Kind::BraidBaseline => braid::verify(b, peer, pair)?,
+        Kind::Braid | Kind::BraidBaseline | Kind::BraidTraced => braid::verify(b, peer, pair)?,
         Kind::Envoy => envoy::verify(pair)?,
         Kind::Floor => floor::verify(b)?,
         // HAProxy B's `bind ... proto h2` refuses anything but HTTP/2 from A; nginx has no
         // HTTP/2 upstream.
         Kind::Haproxy | Kind::Nginx => {}
     }
-    if peer.mtls && peer.kind != Kind::Braid && peer.kind != Kind::BraidBaseline {
+    if peer.mtls && !peer.kind.is_braid() {
         mtls_only(b, peer, pair)?;
     }
     Ok(())
@@ -55,7 +55,7 @@ pub fn hop_config(
 ) -> Result<PathBuf> {
     let dir = b.hop_dir(peer, side)?;
     let name = match peer.kind {
-        Kind::BraidBaseline => "braid",
+        Kind::BraidBaseline | Kind::BraidTraced => "braid",
         kind => kind.name(),
     };
     let link = if peer.mtls { ".mtls" } else { "" };

@@ -175,6 +175,8 @@ pub struct Index {
     /// metadata.generation of each policy, for its status.
     policy_generations: HashMap<Key, Option<i64>>,
     default_policy: DefaultInboundPolicy,
+    /// The Mesh's tracing settings, sent with each pod's inbound policy.
+    tracing: Option<braid_api::config::TracingConfig>,
     revision: u64,
     /// HTTPRoutes, GRPCRoutes and ReferenceGrants (index/gateway.rs).
     gateway: gateway::GatewayState,
@@ -199,6 +201,7 @@ impl Index {
             policies: HashMap::new(),
             policy_generations: HashMap::new(),
             default_policy: DefaultInboundPolicy::default(),
+            tracing: None,
             revision: 1,
             gateway: gateway::GatewayState::default(),
             egress: egress::EgressState::new(""),
@@ -275,6 +278,18 @@ impl Index {
             self.default_policy = policy;
             self.touch();
         }
+    }
+
+    pub fn set_tracing(&mut self, tracing: Option<braid_api::config::TracingConfig>) {
+        if self.tracing != tracing {
+            self.tracing = tracing;
+            self.touch();
+        }
+    }
+
+    /// Where proxies send spans, and which requests they trace; `None`: tracing is off.
+    pub fn tracing(&self) -> Option<&braid_api::config::TracingConfig> {
+        self.tracing.as_ref()
     }
 
     pub fn upsert_pod(&mut self, key: Key, pod: PodInfo) {

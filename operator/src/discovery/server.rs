@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::budget::ConnectionBudget;
-use super::stream::{Discovery, Peer, serve as serve_stream};
+use super::stream::{Discovery, Peer, ProxyFeatures, serve as serve_stream};
 use crate::identity::{authority::Authority, ca, server::ServingCert};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -86,8 +86,11 @@ pub fn tls_config(
 pub fn peer_of(certificate: &[u8], trust_domain: &str) -> Option<Peer> {
     let id = spiffe_id_of(certificate)?;
     let id = SpiffeId::parse(&id)?;
-    (id.trust_domain == trust_domain)
-        .then_some(Peer { namespace: id.namespace, service_account: id.service_account })
+    (id.trust_domain == trust_domain).then_some(Peer {
+        namespace: id.namespace,
+        service_account: id.service_account,
+        features: ProxyFeatures::default(),
+    })
 }
 
 /// The TLS configuration of the current issuer and the trust domain its clients must belong to.
@@ -207,7 +210,7 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
 
 fn answer(
     discovery: Arc<Discovery>,
-    peer: Peer,
+    mut peer: Peer,
     request: Request<Incoming>,
     shutdown: CancellationToken,
 ) -> Response<Body> {
@@ -220,6 +223,8 @@ fn answer(
     if request.method() != hyper::Method::POST {
         return plain(StatusCode::METHOD_NOT_ALLOWED, &format!("{} takes POST", api::PATH));
     }
+    peer.features =
+        ProxyFeatures::parse(request.headers().get(api::PROXY_FEATURES_HEADER).map(|value| value.as_bytes()));
     let (out, lines) = mpsc::channel::<Bytes>(64);
     let incoming = Box::pin(request.into_body().into_data_stream());
     tokio::spawn(async move {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use braid_api::config::PolicyConfig;
+use braid_api::config::{PolicyConfig, TracingConfig};
 use braid_api::discovery::{
     self as api, ControlMessage, DestinationUpdate, InboundUpdate, LineReader, ProxyMessage, Refusal,
     Resource,
@@ -24,6 +24,22 @@ use crate::metrics::DiscoveryMetrics;
 pub struct Peer {
     pub namespace: String,
     pub service_account: String,
+    /// The optional message parts the proxy said it understands.
+    pub features: ProxyFeatures,
+}
+
+/// What a proxy names in its `braid-proxy-features` request header.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProxyFeatures {
+    pub tracing: bool,
+}
+
+impl ProxyFeatures {
+    /// Unknown names are skipped: a newer proxy may name parts this server does not have.
+    pub fn parse(header: Option<&[u8]>) -> Self {
+        let names = header.and_then(|value| std::str::from_utf8(value).ok()).unwrap_or_default();
+        Self { tracing: names.split(',').any(|name| name.trim() == api::FEATURE_TRACING) }
+    }
 }
 
 struct Memo {
@@ -256,11 +272,18 @@ struct Session<'a> {
     pod: Key,
     out: &'a mpsc::Sender<Bytes>,
     destinations: BTreeMap<String, Destination>,
-    /// The inbound policy last sent, when subscribed.
-    inbound: Option<Option<(u64, Option<PolicyConfig>)>>,
+    /// The inbound policy and tracing settings last sent, when subscribed.
+    inbound: Option<Option<(u64, InboundContent)>>,
     /// The destinations sent, by configuration name: a report counts only for a destination
     /// this proxy was given, and only for that destination's backends.
     services: HashMap<String, (Key, Arc<Snapshot>)>,
+}
+
+/// What an inbound update carries.
+#[derive(Debug, Clone, PartialEq)]
+struct InboundContent {
+    policy: Option<PolicyConfig>,
+    tracing: Option<TracingConfig>,
 }
 
 /// A hello whose fields could not name a pod (or would bloat the status) is refused.
@@ -482,14 +505,22 @@ impl Session<'_> {
     }
 
     async fn send_inbound(&mut self) -> bool {
-        let (revision, policy) = self.discovery.read(|index| (index.revision(), index.inbound(&self.pod)));
+        let tracing = self.peer.features.tracing;
+        let (revision, content) = self.discovery.read(|index| {
+            let content = InboundContent {
+                policy: index.inbound(&self.pod),
+                tracing: index.tracing().filter(|_| tracing).cloned(),
+            };
+            (index.revision(), content)
+        });
         if let Some(Some((_, sent))) = &self.inbound
-            && *sent == policy
+            && *sent == content
         {
             return true;
         }
-        self.inbound = Some(Some((revision, policy.clone())));
-        self.send(ControlMessage::Inbound(InboundUpdate { version: revision, policy })).await
+        self.inbound = Some(Some((revision, content.clone())));
+        let InboundContent { policy, tracing } = content;
+        self.send(ControlMessage::Inbound(InboundUpdate { version: revision, policy, tracing })).await
     }
 }
 
@@ -577,9 +608,13 @@ mod tests {
     }
 
     fn start(discovery: &Arc<Discovery>, peer: (&str, &str)) -> Proxy {
+        start_with(discovery, peer, ProxyFeatures::default())
+    }
+
+    fn start_with(discovery: &Arc<Discovery>, peer: (&str, &str), features: ProxyFeatures) -> Proxy {
         let (to_server, incoming) = mpsc::unbounded_channel();
         let (out, from_server) = mpsc::channel(16);
-        let peer = Peer { namespace: peer.0.into(), service_account: peer.1.into() };
+        let peer = Peer { namespace: peer.0.into(), service_account: peer.1.into(), features };
         let incoming = Box::pin(futures::stream::unfold(incoming, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         }));
@@ -723,6 +758,42 @@ mod tests {
             }
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    fn inbound(message: ControlMessage) -> InboundUpdate {
+        match message {
+            ControlMessage::Inbound(update) => update,
+            other => panic!("expected an inbound update, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn tracing_goes_only_to_proxies_that_name_it_and_follows_the_mesh() {
+        let discovery = cluster();
+        let tracing =
+            TracingConfig { collector: "http://jaeger.tracing:4318".into(), sampling_percent: 10.0 };
+        discovery.update(|index| index.set_tracing(Some(tracing.clone())));
+        let features = ProxyFeatures::parse(Some(b"future-thing, tracing"));
+        assert!(features.tracing);
+        let mut newer = start_with(&discovery, ("shop", "api"), features);
+        let mut older = start(&discovery, ("shop", "api"));
+        for proxy in [&newer, &older] {
+            proxy.send(&hello("shop", "api-1"));
+            proxy.send(&ProxyMessage::Subscribe(Resource::Inbound));
+        }
+        assert_eq!(inbound(newer.next().await).tracing, Some(tracing));
+        assert_eq!(inbound(older.next().await).tracing, None, "an older proxy would refuse the field");
+
+        discovery.update(|index| index.set_tracing(None));
+        assert_eq!(inbound(newer.next().await).tracing, None, "tracing turned off reaches the proxy");
+    }
+
+    #[test]
+    fn proxy_features_skip_what_they_do_not_know() {
+        assert!(!ProxyFeatures::parse(None).tracing);
+        assert!(!ProxyFeatures::parse(Some(b"tracingx")).tracing);
+        assert!(!ProxyFeatures::parse(Some(b"\xff\xfe")).tracing);
+        assert!(ProxyFeatures::parse(Some(b"tracing")).tracing);
     }
 
     #[tokio::test]

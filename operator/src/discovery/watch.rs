@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use braid_api::config::DefaultInboundPolicy;
 use braid_api::contract::{DEFAULT_INBOUND_POLICY, INJECTED, PROXY_CONTAINER, env::INBOUND_SKIP_PORTS};
-use braid_crds::mesh::EgressSettings;
-use braid_crds::{Mesh, MeshExternalService, MeshExternalServiceSpec, MeshPolicy, MeshRoute};
+use braid_crds::{Mesh, MeshExternalService, MeshExternalServiceSpec, MeshPolicy, MeshRoute, MeshSpec};
 use futures::{FutureExt as _, StreamExt, stream::BoxStream};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -195,8 +194,8 @@ enum Change {
     Slice(Key, Option<SliceInfo>),
     Route(Key, Option<RouteInfo>),
     Policy(Key, Option<(braid_crds::MeshPolicySpec, Option<i64>)>),
-    /// The Mesh's trust domain, default inbound policy and egress settings.
-    Mesh(String, DefaultInboundPolicy, EgressSettings),
+    /// The Mesh's settings: trust domain, default inbound policy, egress and tracing.
+    Mesh(Box<MeshSpec>),
     External(Key, Option<MeshExternalServiceSpec>),
     /// A watch (re)listed: objects of this kind not seen since `Start` are gone.
     Start(Kind),
@@ -345,10 +344,11 @@ fn apply(index: &mut Index, keys: &mut Keys, change: Change) {
                 None => index.remove_policy(&key),
             }
         }
-        Change::Mesh(domain, default_policy, egress) => {
-            index.set_trust_domain(&domain);
-            index.set_default_policy(default_policy);
-            index.set_egress(&egress);
+        Change::Mesh(spec) => {
+            index.set_trust_domain(&spec.trust_domain);
+            index.set_default_policy(spec.default_inbound_policy);
+            index.set_egress(&spec.egress);
+            index.set_tracing(spec.tracing.proxy_config());
         }
         Change::External(key, spec) => {
             keys.record(Kind::External, &key, spec.is_some());
@@ -401,11 +401,9 @@ pub async fn run(client: Client, discovery: Arc<Discovery>, shutdown: Cancellati
             .default_backoff()
             .filter_map(|event| {
                 std::future::ready(match event {
-                    Ok(watcher::Event::Apply(mesh) | watcher::Event::InitApply(mesh)) => Some(Change::Mesh(
-                        mesh.spec.trust_domain,
-                        mesh.spec.default_inbound_policy,
-                        mesh.spec.egress,
-                    )),
+                    Ok(watcher::Event::Apply(mesh) | watcher::Event::InitApply(mesh)) => {
+                        Some(Change::Mesh(Box::new(mesh.spec)))
+                    }
                     Ok(watcher::Event::InitDone) => Some(Change::Done(Kind::Mesh)),
                     Ok(_) => None,
                     Err(err) => {

@@ -14,12 +14,15 @@ use hyper::body::Incoming;
 use super::http1::{Http1Body, Http1Error};
 use super::replay::ReplayBody;
 use crate::metrics::{End, PendingResponse};
+use crate::spans::{Outcome, Span};
 
 pub struct ProxyBody {
     kind: Kind,
     /// A response's entry in response_total, counted when its body ends, fails or is dropped
     /// unfinished (the client went away): how the exchange ended is known only then.
     pending: Option<PendingResponse>,
+    /// The span of the exchange, when it is traced: reported when the body ends, with its size.
+    span: Option<Box<Span>>,
 }
 
 enum Kind {
@@ -60,7 +63,7 @@ const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status
 
 impl ProxyBody {
     fn of(kind: Kind) -> Self {
-        Self { kind, pending: None }
+        Self { kind, pending: None, span: None }
     }
 
     pub fn empty() -> Self {
@@ -104,6 +107,11 @@ impl ProxyBody {
         self.pending = Some(pending);
     }
 
+    /// Reports `span` when the body ends, with the bytes that passed and how it ended.
+    pub fn trace(&mut self, span: Box<Span>) {
+        self.span = Some(span);
+    }
+
     /// The same body with nothing in it: a response the proxy rewrites keeps its pending count.
     pub fn emptied(mut self) -> Self {
         self.kind = Kind::Full(None);
@@ -120,12 +128,23 @@ impl ProxyBody {
         if let Some(pending) = self.pending.take() {
             pending.finish(end);
         }
+        if let Some(span) = self.span.take() {
+            span.finish(match end {
+                End::Complete => Outcome::Complete,
+                End::Failed => Outcome::Failed,
+                End::Cancelled => Outcome::Cancelled,
+            });
+        }
+    }
+
+    fn is_watched(&self) -> bool {
+        self.pending.is_some() || self.span.is_some()
     }
 }
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        if self.pending.is_some() {
+        if self.is_watched() {
             // A server stops polling a body that says it has ended (HEAD, a last DATA frame).
             let end = if self.kind.is_end_stream() { End::Complete } else { End::Cancelled };
             self.finish(end);
@@ -161,7 +180,7 @@ impl Body for ProxyBody {
             Kind::Full(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
             Kind::Replay(body) => Pin::new(body).poll_frame(cx),
         };
-        if this.pending.is_some() {
+        if this.is_watched() {
             match &polled {
                 Poll::Ready(None) => this.finish(End::Complete),
                 Poll::Ready(Some(Err(_))) => this.finish(End::Failed),
@@ -170,8 +189,13 @@ impl Body for ProxyBody {
                     if let Some(trailers) = frame.trailers_ref() {
                         let failed = trailers.get(GRPC_STATUS).is_some_and(|status| status != "0");
                         this.finish(if failed { End::Failed } else { End::Complete });
-                    } else if let Some(pending) = &mut this.pending {
-                        pending.first_byte();
+                    } else {
+                        if let Some(pending) = &mut this.pending {
+                            pending.first_byte();
+                        }
+                        if let (Some(span), Some(data)) = (&mut this.span, frame.data_ref()) {
+                            span.response_size += data.len() as u64;
+                        }
                     }
                 }
                 Poll::Pending => {}

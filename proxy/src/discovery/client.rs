@@ -164,6 +164,7 @@ async fn stream(
     }
     let request = Request::post(format!("https://{}{}", config.endpoint, api::PATH))
         .header(header::CONTENT_TYPE, api::CONTENT_TYPE)
+        .header(api::PROXY_FEATURES_HEADER, api::FEATURE_TRACING)
         .body(LinesBody(body))
         .map_err(|e| connect_error(e.to_string()))?;
     let response = tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(request))

@@ -13,10 +13,11 @@ use super::authorize;
 use crate::client::body::ProxyBody;
 use crate::client::{Pool, UpstreamProtocol};
 use crate::http::forward::{forward_once, record};
-use crate::http::headers::ORIG_PROTO;
+use crate::http::headers::{ORIG_PROTO, propagate_trace};
 use crate::http::path;
 use crate::metrics::{Direction, Label, RequestLabels, RequestMetrics, Tls};
 use crate::policy::HttpRequest;
+use crate::spans::SpanKind;
 use crate::state::ProxyState;
 
 /// One inbound client connection, the app address its requests go to, and who the client is.
@@ -51,13 +52,38 @@ impl InboundConnection {
 }
 
 /// Handles one request that arrived for the local app: its path is put in normal form, which is
-/// what the policy checks and what the app gets.
+/// what the policy checks and what the app gets. Traced (a server span) when tracing is on and
+/// the request is sampled.
 pub async fn handle(connection: Arc<InboundConnection>, request: Request<ProxyBody>) -> Response<ProxyBody> {
     let (mut parts, body) = request.into_parts();
+    propagate_trace(&mut parts.headers);
+    let span = connection.state.table.tracer().as_ref().and_then(|tracer| {
+        let mut span = tracer.start(SpanKind::Server, &mut parts.headers, &parts.method, parts.uri.path())?;
+        let host = parts.headers.get(http::header::HOST).and_then(|host| host.to_str().ok());
+        let authority = parts.uri.authority().map(|authority| authority.as_str()).or(host);
+        authority.unwrap_or(connection.labels.target_addr.as_str()).clone_into(&mut span.authority);
+        if let Some(client_id) = &connection.client_id {
+            client_id.clone_into(&mut span.peer_identity);
+        }
+        Some(span)
+    });
+    let mut response = authorize_and_forward(&connection, parts, body).await;
+    if let Some(mut span) = span {
+        span.answered(response.status().as_u16());
+        response.body_mut().trace(span);
+    }
+    response
+}
+
+async fn authorize_and_forward(
+    connection: &Arc<InboundConnection>,
+    mut parts: http::request::Parts,
+    body: ProxyBody,
+) -> Response<ProxyBody> {
     let state = &connection.state;
     let normal = match path::normalize(parts.uri.path()) {
         Ok(normal) => normal,
-        Err(ambiguous) => return refuse(&connection, ambiguous),
+        Err(ambiguous) => return refuse(connection, ambiguous),
     };
     let target = parts.uri.path_and_query().map_or("", |target| target.as_str());
     let request = HttpRequest { method: &parts.method, path: &normal, target };
@@ -74,7 +100,7 @@ pub async fn handle(connection: Arc<InboundConnection>, request: Request<ProxyBo
     if let Cow::Owned(normal) = normal
         && let Err(ambiguous) = path::set_path(&mut parts.uri, normal)
     {
-        return refuse(&connection, ambiguous);
+        return refuse(connection, ambiguous);
     }
     // A request another proxy upgraded to HTTP/2 goes to the app as the HTTP/1.1 it was.
     let pool = if parts.headers.remove(&ORIG_PROTO).is_some() || parts.version != Version::HTTP_2 {

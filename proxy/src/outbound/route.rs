@@ -19,11 +19,13 @@ use crate::http::headers::{client_response, propagate_trace};
 use crate::http::path;
 use crate::http::respond::{Failure, REQUEST_BODY, failure_response, local};
 use crate::metrics::{Direction, Label, RequestLabels, RetryLabels, TimeoutKind, TimeoutLabels, Tls};
+use crate::spans::{Span, SpanKind};
 use crate::state::ProxyState;
 use crate::table::{Admission, Service};
 
 /// Handles one request to `service`: the route that matches it, then the route's fault, mirror,
-/// retries and timeout; counted under the route, and logged when the access log is on.
+/// retries and timeout; counted under the route, logged when the access log is on, and traced
+/// (a client span) when tracing is on and the request is sampled.
 pub async fn route_request(
     state: &ProxyState,
     service: &Arc<Service>,
@@ -32,8 +34,34 @@ pub async fn route_request(
     retry_body_limit: usize,
     access_log: bool,
 ) -> Response<ProxyBody> {
-    let start = Instant::now();
     let (mut parts, body) = request.into_parts();
+    propagate_trace(&mut parts.headers);
+    let mut span = state.table.tracer().as_ref().and_then(|tracer| {
+        let mut span = tracer.start(SpanKind::Client, &mut parts.headers, &parts.method, parts.uri.path())?;
+        service.name.as_str().clone_into(&mut span.authority);
+        Some(span)
+    });
+    let mut response =
+        route_and_send(state, service, client, parts, body, retry_body_limit, access_log, &mut span).await;
+    if let Some(mut span) = span {
+        span.answered(response.status().as_u16());
+        response.body_mut().trace(span);
+    }
+    response
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn route_and_send(
+    state: &ProxyState,
+    service: &Arc<Service>,
+    client: Option<std::net::IpAddr>,
+    mut parts: http::request::Parts,
+    body: ProxyBody,
+    retry_body_limit: usize,
+    access_log: bool,
+    span: &mut Option<Box<Span>>,
+) -> Response<ProxyBody> {
+    let start = Instant::now();
     // Routes match the path in the normal form the destination's inbound proxy authorises, and
     // that is what goes upstream.
     let normalized = path::normalize_uri(&mut parts.uri);
@@ -81,7 +109,9 @@ pub async fn route_request(
     };
     let metrics = route.metrics.get_or_init(|| state.metrics.request_metrics(&labels));
     metrics.requests.inc();
-    propagate_trace(&mut parts.headers);
+    if let Some(span) = span {
+        route.name.as_str().clone_into(&mut span.route);
+    }
     if let Some(edits) = &route.request_headers {
         edits.apply(&mut parts.headers);
     }
@@ -166,6 +196,9 @@ pub async fn route_request(
         Ok((response, server_id)) => (client_response(response), server_id),
         Err(failure) => (failure_response(&failure), Label::empty()),
     };
+    if let Some(span) = span {
+        server_id.as_str().clone_into(&mut span.peer_identity);
+    }
     if let Some(edits) = &route.response_headers {
         edits.apply(response.headers_mut());
     }

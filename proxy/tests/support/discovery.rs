@@ -152,7 +152,11 @@ impl DiscoveryServer {
     pub fn push_inbound(&self, policy: Option<PolicyConfig>) -> u64 {
         self.set_inbound(policy.clone());
         let version = self.next_version();
-        self.push_raw(&api::encode(&ControlMessage::Inbound(InboundUpdate { version, policy })));
+        self.push_raw(&api::encode(&ControlMessage::Inbound(InboundUpdate {
+            version,
+            policy,
+            tracing: None,
+        })));
         version
     }
 
@@ -279,7 +283,11 @@ impl DiscoveryServer {
                             Resource::Inbound => {
                                 let Some(policy) = this.inbound.lock().unwrap().clone() else { return };
                                 let version = this.next_version();
-                                Some(ControlMessage::Inbound(InboundUpdate { version, policy }))
+                                Some(ControlMessage::Inbound(InboundUpdate {
+                                    version,
+                                    policy,
+                                    tracing: None,
+                                }))
                             }
                             Resource::Destination(name) => {
                                 let answer = this.answers.lock().unwrap().get(&name).cloned();

@@ -75,6 +75,10 @@ pub(super) fn compose(
     inbound: Option<Option<&PolicyConfig>>,
 ) -> (Config, Vec<Shadowed>) {
     let mut config = state.file.clone();
+    // The file's tracing settings win over the Mesh's.
+    if config.tracing.is_none() {
+        config.tracing.clone_from(&state.tracing);
+    }
     let mut hosts: HashMap<String, String> = HashMap::new();
     let mut addresses: HashMap<SocketAddr, String> = HashMap::new();
     for service in &config.services {

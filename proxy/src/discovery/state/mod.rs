@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};
 
-use braid_api::config::{Config, DiscoveryConfig, PolicyConfig, ServiceConfig};
+use braid_api::config::{Config, DiscoveryConfig, PolicyConfig, ServiceConfig, TracingConfig};
 use braid_api::discovery::{
     Ack, ControlMessage, DestinationUpdate, InboundUpdate, Nack, ProxyMessage, Resource,
 };
@@ -55,6 +55,8 @@ struct State {
     startup_policy: Option<PolicyConfig>,
     destinations: BTreeMap<String, Destination>,
     inbound: Snapshot<Option<PolicyConfig>>,
+    /// The Mesh's tracing settings, as the last applied inbound update carried them.
+    tracing: Option<TracingConfig>,
     /// Gives each destination its order of first application: on a collision between two
     /// discovered services the older one stays.
     next_seq: u64,
@@ -102,6 +104,7 @@ impl Discovery {
                 file,
                 destinations: BTreeMap::new(),
                 inbound: Snapshot::default(),
+                tracing: None,
                 next_seq: 0,
                 connected: false,
                 last_error: None,
@@ -384,6 +387,7 @@ impl Discovery {
             inbound: braid_api::config::InboundConfig { policy: update.policy.clone(), ..Default::default() },
             ..Config::empty()
         };
+        let previous_tracing = std::mem::replace(&mut state.tracing, update.tracing);
         let result = check
             .validate()
             .map_err(|e| e.to_string())
@@ -391,7 +395,12 @@ impl Discovery {
         match result {
             Ok(()) => {
                 count(metrics, ReloadResult::applied);
-                info!(version, policy = update.policy.is_some(), "discovered inbound policy applied");
+                info!(
+                    version,
+                    policy = update.policy.is_some(),
+                    tracing = state.tracing.is_some(),
+                    "discovered inbound policy applied"
+                );
                 state.inbound = Snapshot {
                     applied: Some((version, update.policy)),
                     last: Some((version, None)),
@@ -402,6 +411,7 @@ impl Discovery {
             Err(reason) => {
                 count(metrics, ReloadResult::rejected);
                 warn!(version, %reason, "discovered inbound policy refused; keeping the previous one");
+                state.tracing = previous_tracing;
                 state.inbound.last = Some((version, Some(reason.clone())));
                 ProxyMessage::Nack(Nack { resource: Resource::Inbound, version, reason })
             }
@@ -778,14 +788,18 @@ mod tests {
         let answer = discovery.handle(
             &shared.table,
             &shared.metrics,
-            ControlMessage::Inbound(InboundUpdate { version: 2, policy: Some(policy.clone()) }),
+            ControlMessage::Inbound(InboundUpdate {
+                version: 2,
+                policy: Some(policy.clone()),
+                tracing: None,
+            }),
         );
         assert_eq!(answer, Ok(Some(ProxyMessage::Ack(Ack { resource: Resource::Inbound, version: 2 }))));
         assert_eq!(shared.table.load().config.inbound.policy.as_ref(), Some(&policy));
         let answer = discovery.handle(
             &shared.table,
             &shared.metrics,
-            ControlMessage::Inbound(InboundUpdate { version: 3, policy: None }),
+            ControlMessage::Inbound(InboundUpdate { version: 3, policy: None, tracing: None }),
         );
         assert!(matches!(answer, Ok(Some(ProxyMessage::Ack(_)))));
         assert_eq!(
@@ -813,7 +827,7 @@ mod tests {
         let answer = discovery.handle(
             &shared.table,
             &shared.metrics,
-            ControlMessage::Inbound(InboundUpdate { version: 1, policy: Some(allow.clone()) }),
+            ControlMessage::Inbound(InboundUpdate { version: 1, policy: Some(allow.clone()), tracing: None }),
         );
         assert!(matches!(answer, Ok(Some(ProxyMessage::Ack(_)))));
         assert!(discovery.has_inbound_policy());
