@@ -27,7 +27,7 @@ use std::hash::{BuildHasher as _, Hasher as _};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use braid_e2e::mesh::{addr, apply, check_prerequisites, count, install};
+use braid_e2e::mesh::{LOAD_REPORT_PORT, addr, apply, check_prerequisites, count, install};
 use braid_e2e::registry::Registry;
 use braid_e2e::{Cluster, http_get, setup};
 use serde_json::Value;
@@ -208,10 +208,12 @@ spec:
 }
 
 /// A meshed pod (ServiceAccount `client`) that sends one request to `url` with `args` added
-/// (the trace options), reports its root spans to Jaeger, and prints its JSON report; waits for
-/// its end and returns the report.
+/// (the trace options) and reports its root span to Jaeger; returns its report once the request
+/// is answered. The pod stays up (serving its report) until the namespace goes: its proxy sends
+/// its spans in batches, which a stopping pod could cut short.
 async fn one_request(cluster: &Cluster, ns: &str, name: &str, url: &str, args: &[&str]) -> Value {
-    let mut command = vec!["load", "--json", "--url", url, "--rate", "1", "--duration", "1s"];
+    let serve = format!("0.0.0.0:{LOAD_REPORT_PORT}");
+    let mut command = vec!["load", "--url", url, "--rate", "1", "--duration", "1s", "--serve", &serve];
     command.extend_from_slice(args);
     let command: Vec<String> = command.iter().map(|a| format!("\"{a}\"")).collect();
     apply(
@@ -239,24 +241,20 @@ spec:
             otel_env(ns, "load")
         ),
     );
-    let what = format!("load pod {name} to finish");
-    braid_e2e::eventually(Duration::from_secs(180), &what, || async {
-        let state = cluster.kubectl(&[
-            "get",
-            "pod",
-            "-n",
-            ns,
-            name,
-            "-o",
-            "jsonpath={.status.containerStatuses[?(@.name==\"load\")].state.terminated.reason}",
-        ]);
-        (!String::from_utf8_lossy(&state.stdout).trim().is_empty()).then_some(())
+    let what = format!("load pod {name} to send its request and get the answer");
+    let report = braid_e2e::eventually(Duration::from_secs(180), &what, || async {
+        let ip = cluster.kubectl(&["get", "pod", "-n", ns, name, "-o", "jsonpath={.status.podIP}"]);
+        let ip = String::from_utf8_lossy(&ip.stdout).trim().to_owned();
+        if ip.is_empty() {
+            return None;
+        }
+        let (_, body) = http_get(addr(&ip, LOAD_REPORT_PORT), "/report").filter(|(code, _)| *code == 200)?;
+        let report: Value = serde_json::from_str(&body).ok()?;
+        // `running` is false before the first request too: done is a request finished and none open.
+        let done = report["running"] == false && report["in_flight"] == 0 && count(&report, "total") >= 1;
+        done.then_some(report)
     })
     .await;
-    let logs = cluster.kubectl_ok(&["logs", "-n", ns, name, "-c", "load"]);
-    let start = logs.rfind("\n{").map(|i| i + 1).or_else(|| logs.starts_with('{').then_some(0));
-    let report = start.map(|i| &logs[i..]).unwrap_or_else(|| panic!("no JSON report in:\n{logs}"));
-    let report: Value = serde_json::from_str(report).unwrap_or_else(|err| panic!("bad report {err}: {logs}"));
     assert_eq!(
         (count(&report, "total"), count(&report, "ok")),
         (1, 1),
