@@ -1,13 +1,14 @@
 //! The HTTP echo server: every request is answered with who answered it (name, version, pod)
 //! and what it received, as JSON, after any injected delay and with any injected failure status.
 //! `GET /stats` says how many requests it has echoed, so a test can count what reached a pod
-//! whose answers nobody sees (a mirror's).
+//! whose answers nobody sees (a mirror's). With a next hop it calls that first and answers with
+//! its status, passing the trace context on; with an exporter it reports a server span for each
+//! request that arrives with a sampled `traceparent` ([`EchoTracing`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
