@@ -4,7 +4,9 @@
 # e2e/tools/ into a cache directory outside the repository, and prints that directory on the last line of
 # stdout (progress goes to stderr). Also the node's image registry (CNCF Distribution) and crane, which
 # pushes Braid's images to it, and Prometheus, which the e2e suite runs beside the cluster to scrape the
-# proxies (only its Kubernetes service discovery is compiled in: about 6 of the cold build's minutes).
+# proxies (only its Kubernetes service discovery is compiled in: about 6 of the cold build's minutes), and
+# Jaeger (v2, an OpenTelemetry Collector distribution), the trace store the tracing test runs in the cluster
+# and reads the proxies' and apps' spans back from (about 6 minutes cold on 2 cores, downloads included).
 #
 # Why compile: no release binaries can be downloaded on these machines, only Go modules from the module
 # proxy, and no other registry ships kube-apiserver. A cold build (empty Go caches) costs about 22 CPU
@@ -15,7 +17,7 @@
 # Idempotent: a binary is (re)built only when it is missing or reports another version than the one its
 # go.mod pins, so a warm run costs a few version checks.
 #
-# Usage: build-tools.sh [TOOL...]   only these (kubernetes, etcd, helm, coredns, pause, registry, crane, prometheus;
+# Usage: build-tools.sh [TOOL...]   only these (kubernetes, etcd, helm, coredns, pause, registry, crane, prometheus, jaeger;
 #        default all): `make push` needs crane alone, `make chart` helm alone.
 # Environment:
 #   BRAID_TOOLS_DIR  cache directory (default: $XDG_CACHE_HOME/braid/tools/k8s-<version>-<go version>)
@@ -48,6 +50,7 @@ COREDNS_VERSION=$(pinned coredns github.com/coredns/coredns)
 REGISTRY_VERSION=$(pinned registry github.com/distribution/distribution/v3)
 CRANE_VERSION=$(pinned crane github.com/google/go-containerregistry)
 PROMETHEUS_VERSION=$(pinned prometheus github.com/prometheus/prometheus)
+JAEGER_VERSION=$(pinned jaeger github.com/jaegertracing/jaeger)
 # pause has no upstream version: its own source is what it is built from.
 PAUSE_VERSION=$(sha256sum "$TOOLS_SRC/pause/main.go" | cut -c1-12)
 
@@ -67,6 +70,7 @@ version_of() {
   registry) "$bin" --version | awk '{ print $3 }' ;; # "registry github.com/distribution/distribution/v3 v3.1.2"
   crane) "$bin" version ;;
   prometheus) "$bin" --version | awk 'NR == 1 { print $3 }' ;; # "prometheus, version v0.316.0 (...)"
+  jaeger) "$bin" version 2>/dev/null | sed -n 's/.*"gitVersion":"\([^"]*\)".*/\1/p' ;; # {"gitVersion":"v1.75.0",...}
   *) "$bin" --version | awk '{ print $2 }' ;; # "Kubernetes v1.34.3"
   esac
 }
@@ -110,7 +114,7 @@ k8s_ldflags() {
   printf '%s' "$flags"
 }
 
-ALL_TOOLS=(kubernetes etcd helm coredns pause registry crane prometheus)
+ALL_TOOLS=(kubernetes etcd helm coredns pause registry crane prometheus jaeger)
 wanted=("$@")
 [ ${#wanted[@]} -gt 0 ] || wanted=("${ALL_TOOLS[@]}")
 for tool in "${wanted[@]}"; do
@@ -156,7 +160,13 @@ wants prometheus && ! current prometheus "$PROMETHEUS_VERSION" && build promethe
   "-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
   -tags remove_all_sd,enable_kubernetes_sd github.com/prometheus/prometheus/cmd/prometheus
 
-for cmd in "${K8S_COMMANDS[@]}" etcd helm coredns pause registry crane prometheus; do
+# Jaeger has no build tags that drop its storage backends, so it is built whole. Its -X is the module's
+# version, which `jaeger version` reports (the Jaeger v2 release of the same commit is v2.N.M).
+wants jaeger && ! current jaeger "$JAEGER_VERSION" && build jaeger \
+  "-s -w -X github.com/jaegertracing/jaeger/internal/version.latestVersion=$JAEGER_VERSION" \
+  github.com/jaegertracing/jaeger/cmd/jaeger
+
+for cmd in "${K8S_COMMANDS[@]}" etcd helm coredns pause registry crane prometheus jaeger; do
   { [[ " ${K8S_COMMANDS[*]} " == *" $cmd "* ]] && wants kubernetes; } || wants "$cmd" || continue
   log "$(printf '%-24s %s' "$cmd" "$(version_of "$cmd")")"
 done

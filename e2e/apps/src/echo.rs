@@ -1,21 +1,28 @@
 //! The HTTP echo server: every request is answered with who answered it (name, version, pod)
 //! and what it received, as JSON, after any injected delay and with any injected failure status.
 //! `GET /stats` says how many requests it has echoed, so a test can count what reached a pod
-//! whose answers nobody sees (a mirror's).
+//! whose answers nobody sees (a mirror's). With a next hop it calls that first and answers with
+//! its status, passing the trace context on; with an exporter it reports a server span for each
+//! request that arrives with a sampled `traceparent` ([`EchoTracing`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, header};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 
-use crate::body::{Body, full};
+use crate::body::{self, Body, full};
 use crate::faults::Faults;
 use crate::serve::Handler;
+use crate::trace::{Exporter, Span, SpanKind, TRACEPARENT, TraceParent, new_span_id};
 
 /// Delay only the first N tries of each request (`x-echo-delay` says how long): a retry of the
 /// same request, told apart by its `x-request-id`, is answered at once. Per request only, since
@@ -29,6 +36,10 @@ const REMEMBERED_REQUEST_IDS: usize = 100_000;
 /// Distinct paths counted by name in /stats; the others are counted under OTHER_PATHS.
 const COUNTED_PATHS: usize = 64;
 pub const OTHER_PATHS: &str = "(other)";
+/// The status of the next hop's answer (or 502 when there was none), when the server calls one.
+pub const CALL_STATUS_HEADER: &str = "x-echo-call-status";
+/// How long the call to the next hop may take, answer included.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who this server is and what it injects.
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +75,33 @@ pub struct EchoResponse {
     pub delay_ms: u64,
     /// True when this answer is an injected failure.
     pub injected_failure: bool,
+    /// What the next hop answered, when this server calls one (`--call`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<CallOutcome>,
+}
+
+/// The call an echo server made to its next hop before answering.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallOutcome {
+    pub url: String,
+    /// The next hop's status; None when it did not answer.
+    pub status: Option<u16>,
+    /// Why there is no answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The `traceparent` sent with the call, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The next hop's answer: its JSON, or its text.
+    pub body: serde_json::Value,
+}
+
+/// What an echo server does about tracing: report a server span for each sampled request to
+/// `exporter`, and call `call` (GET) for each request before answering, passing the trace on.
+#[derive(Debug, Clone, Default)]
+pub struct EchoTracing {
+    pub exporter: Option<Exporter>,
+    pub call: Option<Uri>,
 }
 
 /// The answer to `GET /stats`: the requests echoed since the server started (failed and delayed
@@ -80,6 +118,8 @@ pub struct EchoStats {
 
 pub struct Echo {
     config: EchoConfig,
+    tracing: EchoTracing,
+    client: Client<HttpConnector, Body>,
     shutting_down: AtomicBool,
     stats: Mutex<EchoStats>,
     /// Tries seen per request id, for `x-echo-delay-tries`.
@@ -88,6 +128,10 @@ pub struct Echo {
 
 impl Echo {
     pub fn new(config: EchoConfig) -> Arc<Self> {
+        Self::with_tracing(config, EchoTracing::default())
+    }
+
+    pub fn with_tracing(config: EchoConfig, tracing: EchoTracing) -> Arc<Self> {
         let stats = EchoStats {
             name: config.name.clone(),
             version: config.version.clone(),
@@ -96,6 +140,8 @@ impl Echo {
         };
         Arc::new(Self {
             config,
+            tracing,
+            client: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
             shutting_down: AtomicBool::new(false),
             stats: Mutex::new(stats),
             tries: Mutex::new(HashMap::new()),
@@ -158,6 +204,71 @@ impl Echo {
             };
         }
         self.count(request.uri().path());
+        // A server span of its own for a request that arrives with a well-formed trace context;
+        // a malformed one is ignored, as if there were none.
+        let started = SystemTime::now();
+        let incoming = TraceParent::from_headers(request.headers());
+        let span_id = new_span_id();
+        let (method, path) = (request.method().to_string(), request.uri().path().to_owned());
+        let forward = incoming.map(|parent| parent.child_header(span_id));
+        let response = self.answer(request, peer, forward).await;
+        if let (Some(exporter), Some(parent)) = (&self.tracing.exporter, incoming)
+            && parent.sampled()
+        {
+            exporter.export(Span {
+                trace_id: parent.trace_id,
+                span_id,
+                parent_id: Some(parent.parent_id),
+                name: method.clone(),
+                kind: SpanKind::Server,
+                start: started,
+                end: SystemTime::now(),
+                attributes: vec![
+                    ("http.request.method", method.into()),
+                    ("url.path", path.into()),
+                    ("http.response.status_code", i64::from(response.status().as_u16()).into()),
+                ],
+            });
+        }
+        response
+    }
+
+    /// GETs the next hop with `traceparent`: what it answered.
+    async fn call(&self, url: &Uri, traceparent: Option<String>) -> CallOutcome {
+        let mut request = Request::new(body::empty());
+        *request.uri_mut() = url.clone();
+        if let Some(value) = traceparent.as_deref().and_then(|value| HeaderValue::from_str(value).ok()) {
+            request.headers_mut().insert(TRACEPARENT, value);
+        }
+        let exchange = async {
+            let response = self.client.request(request).await.map_err(|err| chain(&err))?;
+            let status = response.status().as_u16();
+            let bytes = response.into_body().collect().await.map_err(|err| chain(&err))?.to_bytes();
+            Ok::<_, String>((status, bytes))
+        };
+        let (status, error, body) = match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
+            Ok(Ok((status, bytes))) => {
+                let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| {
+                    serde_json::Value::from(String::from_utf8_lossy(&bytes).into_owned())
+                });
+                (Some(status), None, body)
+            }
+            Ok(Err(err)) => (None, Some(err), serde_json::Value::Null),
+            Err(_) => {
+                (None, Some(format!("no whole answer within {CALL_TIMEOUT:?}")), serde_json::Value::Null)
+            }
+        };
+        CallOutcome { url: url.to_string(), status, error, traceparent, body }
+    }
+
+    /// The echo of `request`, after the call to the next hop when there is one (`traceparent`
+    /// is what that call passes on).
+    async fn answer(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        traceparent: Option<String>,
+    ) -> Response<Body> {
         let mut faults = match self.config.faults.with_headers(request.headers()) {
             Ok(faults) => faults,
             Err(err) => return text(StatusCode::BAD_REQUEST, format!("{err}\n")),
@@ -189,7 +300,18 @@ impl Echo {
         if !outcome.delay.is_zero() {
             tokio::time::sleep(outcome.delay).await;
         }
-        let status = outcome.fail.unwrap_or(StatusCode::OK);
+        let call = match &self.tracing.call {
+            Some(url) => Some(self.call(url, traceparent).await),
+            None => None,
+        };
+        // An injected failure wins; otherwise the answer carries the next hop's status, so a
+        // client sees a failure anywhere down the chain.
+        let called = call.as_ref().map(|call| {
+            call.status
+                .and_then(|status| StatusCode::from_u16(status).ok())
+                .unwrap_or(StatusCode::BAD_GATEWAY)
+        });
+        let status = outcome.fail.or(called).unwrap_or(StatusCode::OK);
         let mut headers = BTreeMap::<String, String>::new();
         for (name, value) in &parts.headers {
             let value = String::from_utf8_lossy(value.as_bytes());
@@ -215,11 +337,16 @@ impl Echo {
             status: status.as_u16(),
             delay_ms: u64::try_from(outcome.delay.as_millis()).unwrap_or(u64::MAX),
             injected_failure: outcome.fail.is_some(),
+            call,
         };
         tracing::debug!(%peer, method = %parts.method, path = parts.uri.path(), status = status.as_u16(), "answered");
         // Serializing strings and numbers cannot fail; should it ever, an empty object beats a panic.
         let json = serde_json::to_vec(&answer).unwrap_or_else(|_| b"{}".to_vec());
-        json_response(status, json)
+        let mut response = json_response(status, json);
+        if let Some(called) = called {
+            response.headers_mut().insert(CALL_STATUS_HEADER, HeaderValue::from(called.as_u16()));
+        }
+        response
     }
 }
 
@@ -249,6 +376,18 @@ pub fn parse_tries(text: &str) -> Result<u32, String> {
         Ok(tries) if tries <= 100 => Ok(tries),
         _ => Err(format!("{text:?} is not a number of tries: give a whole number from 0 to 100")),
     }
+}
+
+/// An error and its sources: hyper-util's own message ("client error (Connect)") says little.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(err) = source {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        source = err.source();
+    }
+    text
 }
 
 fn json_response(status: StatusCode, json: Vec<u8>) -> Response<Body> {

@@ -8,6 +8,9 @@
 //! - `websocket`: a WebSocket echo server and client;
 //! - `tcp-echo`: a TCP echo server that speaks first and a client that checks every byte
 //!   ([`tcp_echo`]).
+//!
+//! The echo server and the load client report their own spans to an OTLP collector when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set ([`trace`]).
 
 pub mod body;
 pub mod cli;
@@ -18,3 +21,4 @@ pub mod histogram;
 pub mod load;
 pub mod serve;
 pub mod tcp_echo;
+pub mod trace;

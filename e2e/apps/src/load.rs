@@ -3,7 +3,9 @@
 //! report of what came back: status codes, errors, latency, and answers per backend (the echo
 //! servers' name and version) and per pod. With `--serve`, the report is read and the sending
 //! stopped over HTTP, and the report dates the first and last successful answers (Unix time, so a
-//! test on the same machine can place a change it made inside the load's window).
+//! test on the same machine can place a change it made inside the load's window). With a trace
+//! option every request carries a W3C `traceparent`, and with OTEL_EXPORTER_OTLP_ENDPOINT set each
+//! sampled one is reported as a root client span.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::body::{self, Body};
 use crate::histogram::Histogram;
 use crate::serve::Handler;
+use crate::trace::{self, Exporter, Span, SpanKind, TRACEPARENT};
 
 /// The highest rate accepted: far above what one client process can send, low enough that a
 /// typo (an extra zero or three) is caught.
@@ -53,6 +56,45 @@ pub struct LoadConfig {
     /// Give each request an `x-request-id` of its own (this run's random prefix and the
     /// request's number), so that a server can tell a retry from a new request.
     pub request_ids: bool,
+    /// Send a `traceparent` with every request.
+    pub trace: Option<TraceOptions>,
+    /// Report a root client span for each sampled request.
+    pub exporter: Option<Exporter>,
+}
+
+/// The trace context the load client starts for each request: a new parent (span) id each time,
+/// the trace id given or a new random one, and the sampled flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceOptions {
+    /// None: a new random trace for each request.
+    pub trace_id: Option<[u8; 16]>,
+    pub sampled: bool,
+}
+
+/// Trace ids listed in a report at most (the first ones sent).
+pub const REPORTED_TRACE_IDS: usize = 100;
+
+/// The trace id(s) of --trace-id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TraceIdChoice {
+    /// A new random trace for each request.
+    Random,
+    /// This trace for every request.
+    Fixed([u8; 16]),
+}
+
+/// A trace id for --trace-id: 32 lower-case hex digits, not all zero, or "random".
+pub fn parse_trace_id(text: &str) -> Result<TraceIdChoice, String> {
+    let text = text.trim();
+    if text == "random" {
+        return Ok(TraceIdChoice::Random);
+    }
+    match trace::hex_bytes::<16>(text) {
+        Some(id) if id != [0; 16] => Ok(TraceIdChoice::Fixed(id)),
+        _ => Err(format!(
+            "{text:?} is not a trace id: give 32 lower-case hex digits, not all zero, or \"random\" for a new one per request"
+        )),
+    }
 }
 
 impl LoadConfig {
@@ -68,6 +110,8 @@ impl LoadConfig {
             headers: HeaderMap::new(),
             method: Method::GET,
             request_ids: false,
+            trace: None,
+            exporter: None,
         }
     }
 }
@@ -186,6 +230,9 @@ pub struct Report {
     pub first_done_unix_ms: Option<u64>,
     #[serde(default)]
     pub last_done_unix_ms: Option<u64>,
+    /// The trace ids the requests carried in `traceparent` (the first REPORTED_TRACE_IDS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trace_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -270,6 +317,7 @@ struct Stats {
     last_ok: Option<SystemTime>,
     first_done: Option<SystemTime>,
     last_done: Option<SystemTime>,
+    trace_ids: Vec<String>,
 }
 
 /// The counts, shared by the requests in flight and whoever reads the report.
@@ -349,6 +397,16 @@ impl Recorder {
             last_ok_unix_ms: stats.last_ok.map(unix_ms),
             first_done_unix_ms: stats.first_done.map(unix_ms),
             last_done_unix_ms: stats.last_done.map(unix_ms),
+            trace_ids: stats.trace_ids.clone(),
+        }
+    }
+
+    fn record_trace_id(&self, trace_id: &[u8; 16]) {
+        let mut stats = self.stats.lock().unwrap_or_else(PoisonError::into_inner);
+        let ids = &mut stats.1.trace_ids;
+        let id = trace::hex(trace_id);
+        if ids.len() < REPORTED_TRACE_IDS && !ids.contains(&id) {
+            ids.push(id);
         }
     }
 
@@ -424,8 +482,14 @@ pub async fn run(config: Arc<LoadConfig>, recorder: Arc<Recorder>, stop: Cancell
         recorder.in_flight.fetch_add(1, Ordering::SeqCst);
         let (client, config, recorder) = (client.clone(), config.clone(), recorder.clone());
         let request_id = config.request_ids.then(|| format!("{run_id}-{sequence}"));
+        let traced = config.trace.map(|options| {
+            let trace_id = options.trace_id.unwrap_or_else(trace::new_trace_id);
+            recorder.record_trace_id(&trace_id);
+            let flags = u8::from(options.sampled);
+            trace::TraceParent { trace_id, parent_id: trace::new_span_id(), flags }
+        });
         tasks.spawn(async move {
-            let outcome = send(&client, &config, due, request_id).await;
+            let outcome = send(&client, &config, due, request_id, traced).await;
             recorder.record(outcome);
             recorder.in_flight.fetch_sub(1, Ordering::SeqCst);
             drop(permit);
@@ -447,7 +511,9 @@ async fn send(
     config: &LoadConfig,
     due: Instant,
     request_id: Option<String>,
+    traced: Option<trace::TraceParent>,
 ) -> Outcome {
+    let started = SystemTime::now();
     let mut request = Request::new(body::empty());
     *request.method_mut() = config.method.clone();
     *request.uri_mut() = config.url.clone();
@@ -455,6 +521,10 @@ async fn send(
     // The run id is hex and the sequence a number: always a valid header value.
     if let Some(id) = request_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
         request.headers_mut().insert(HeaderName::from_static("x-request-id"), id);
+    }
+    // Hex and dashes: always a valid header value.
+    if let Some(value) = traced.and_then(|parent| HeaderValue::from_str(&parent.header()).ok()) {
+        request.headers_mut().insert(TRACEPARENT, value);
     }
     let exchange = async {
         let response = client.request(request).await.map_err(|err| {
@@ -465,7 +535,7 @@ async fn send(
         let bytes = body.collect().await.map_err(|err| ("body", chain(&err)))?.to_bytes();
         Ok::<_, (&'static str, String)>((head, bytes))
     };
-    match tokio::time::timeout(config.timeout, exchange).await {
+    let outcome = match tokio::time::timeout(config.timeout, exchange).await {
         Err(_) => Outcome::Error {
             kind: "timeout",
             message: format!("no whole answer within {:?}", config.timeout),
@@ -477,6 +547,37 @@ async fn send(
             backend: serde_json::from_slice(&bytes).ok(),
             refusal: (!head.status.is_success()).then(|| refusal(&head.headers, &bytes)),
         },
+    };
+    if let (Some(exporter), Some(parent)) = (&config.exporter, traced)
+        && parent.sampled()
+    {
+        exporter.export(root_span(config, parent, started, &outcome));
+    }
+    outcome
+}
+
+/// The root span of a traced request: its id is the parent id the request carried.
+fn root_span(config: &LoadConfig, parent: trace::TraceParent, start: SystemTime, outcome: &Outcome) -> Span {
+    let mut attributes = vec![
+        ("http.request.method", config.method.as_str().into()),
+        ("url.full", config.url.to_string().into()),
+        ("server.address", config.url.host().unwrap_or_default().into()),
+    ];
+    match outcome {
+        Outcome::Answer { status, .. } => {
+            attributes.push(("http.response.status_code", i64::from(status.as_u16()).into()))
+        }
+        Outcome::Error { kind, .. } => attributes.push(("error.type", (*kind).into())),
+    }
+    Span {
+        trace_id: parent.trace_id,
+        span_id: parent.parent_id,
+        parent_id: None,
+        name: config.method.to_string(),
+        kind: SpanKind::Client,
+        start,
+        end: SystemTime::now(),
+        attributes,
     }
 }
 

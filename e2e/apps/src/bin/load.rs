@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use braid_testapps::cli::LogArgs;
 use braid_testapps::faults::parse_duration;
 use braid_testapps::load::{self, LoadConfig, Recorder};
+use braid_testapps::trace::Exporter;
 use clap::Parser;
 use http::Uri;
 use tokio::net::TcpListener;
@@ -50,6 +51,15 @@ struct Cli {
     /// same id) from a new request (echo's x-echo-delay-tries needs it).
     #[arg(long)]
     request_ids: bool,
+    /// Send a W3C traceparent with every request: this trace id (32 hex digits) for all of
+    /// them, or "random" for a new trace each; a new parent id each time. The report lists the
+    /// trace ids. With OTEL_EXPORTER_OTLP_ENDPOINT set, each sampled request is reported as a
+    /// root client span.
+    #[arg(long, value_parser = load::parse_trace_id)]
+    trace_id: Option<load::TraceIdChoice>,
+    /// With --trace-id: send the requests not sampled (flags 00).
+    #[arg(long, requires = "trace_id")]
+    trace_unsampled: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -81,6 +91,15 @@ async fn main() -> anyhow::Result<()> {
     config.headers = cli.headers.into_iter().collect();
     config.method = cli.method;
     config.request_ids = cli.request_ids;
+    config.trace = cli.trace_id.map(|choice| load::TraceOptions {
+        trace_id: match choice {
+            load::TraceIdChoice::Random => None,
+            load::TraceIdChoice::Fixed(id) => Some(id),
+        },
+        sampled: !cli.trace_unsampled,
+    });
+    config.exporter = Exporter::from_env("load", &std::env::var("POD_NAME").unwrap_or_default())
+        .map_err(anyhow::Error::msg)?;
     let config = Arc::new(config);
     let recorder = Recorder::new(&config);
 

@@ -133,9 +133,19 @@ pub fn binary(name: &str) -> Command {
     };
     let mut command = Command::new(path);
     // The tests' environment must not configure the apps.
-    for var in
-        ["APP_NAME", "APP_VERSION", "POD_NAME", "FAIL_RATE", "FAIL_STATUS", "DELAY", "DELAY_RATE", "RUST_LOG"]
-    {
+    for var in [
+        "APP_NAME",
+        "APP_VERSION",
+        "POD_NAME",
+        "FAIL_RATE",
+        "FAIL_STATUS",
+        "DELAY",
+        "DELAY_RATE",
+        "RUST_LOG",
+        "ECHO_CALL",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_SERVICE_NAME",
+    ] {
         command.env_remove(var);
     }
     command
