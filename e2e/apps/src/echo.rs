@@ -241,9 +241,10 @@ impl Echo {
             request.headers_mut().insert(TRACEPARENT, value);
         }
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|err| chain(&err))?;
+            let response = self.client.request(request).await.map_err(|err| crate::error_chain(&err))?;
             let status = response.status().as_u16();
-            let bytes = response.into_body().collect().await.map_err(|err| chain(&err))?.to_bytes();
+            let bytes =
+                response.into_body().collect().await.map_err(|err| crate::error_chain(&err))?.to_bytes();
             Ok::<_, String>((status, bytes))
         };
         let (status, error, body) = match tokio::time::timeout(CALL_TIMEOUT, exchange).await {
@@ -376,18 +377,6 @@ pub fn parse_tries(text: &str) -> Result<u32, String> {
         Ok(tries) if tries <= 100 => Ok(tries),
         _ => Err(format!("{text:?} is not a number of tries: give a whole number from 0 to 100")),
     }
-}
-
-/// An error and its sources: hyper-util's own message ("client error (Connect)") says little.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(err) = source {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
-        source = err.source();
-    }
-    text
 }
 
 fn json_response(status: StatusCode, json: Vec<u8>) -> Response<Body> {

@@ -22,3 +22,15 @@ pub mod load;
 pub mod serve;
 pub mod tcp_echo;
 pub mod trace;
+
+/// An error and its sources: hyper-util's own message ("client error (Connect)") says little.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(err) = source {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        source = err.source();
+    }
+    text
+}

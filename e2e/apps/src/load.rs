@@ -529,10 +529,10 @@ async fn send(
     let exchange = async {
         let response = client.request(request).await.map_err(|err| {
             let kind = if err.is_connect() { "connect" } else { "request" };
-            (kind, chain(&err))
+            (kind, crate::error_chain(&err))
         })?;
         let (head, body) = response.into_parts();
-        let bytes = body.collect().await.map_err(|err| ("body", chain(&err)))?.to_bytes();
+        let bytes = body.collect().await.map_err(|err| ("body", crate::error_chain(&err)))?.to_bytes();
         Ok::<_, (&'static str, String)>((head, bytes))
     };
     let outcome = match tokio::time::timeout(config.timeout, exchange).await {
@@ -587,18 +587,6 @@ fn refusal(headers: &HeaderMap, body: &[u8]) -> String {
     let reason = headers.get("braid-proxy-error").and_then(|value| value.to_str().ok()).unwrap_or("none");
     let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
     format!("braid-proxy-error: {reason}; body: {}", text.trim_end())
-}
-
-/// An error and its sources: hyper-util's own message ("client error (Connect)") says little.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(err) = source {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
-        source = err.source();
-    }
-    text
 }
 
 /// The report over HTTP, for a load client that runs in a pod: `GET /report` (JSON), `POST
