@@ -579,15 +579,23 @@ async fn a_traced_request_is_stored_as_one_trace_across_two_meshed_hops() {
         pod,
         proxy: None,
     };
-    let chain = [
+    // What a request to `path` makes from front's proxy on, whoever started the trace.
+    let front_and_back = |path| {
+        [
+            proxy("front's proxy, inbound", "server", "front-", "inbound", path, "client"),
+            app("front's own span", "front", "front-"),
+            proxy("front's proxy, outbound", "client", "front-", "outbound", "/next", "back"),
+            proxy("back's proxy, inbound", "server", "back-", "inbound", "/next", "front"),
+            app("back's own span", "back", "back-"),
+        ]
+    };
+    let chain: Vec<Hop<'_>> = [
         app("the load client's root span", "load", "sampled"),
         proxy("the load pod's proxy", "client", "sampled", "outbound", "/hello", "front"),
-        proxy("front's proxy, inbound", "server", "front-", "inbound", "/hello", "client"),
-        app("front's own span", "front", "front-"),
-        proxy("front's proxy, outbound", "client", "front-", "outbound", "/next", "back"),
-        proxy("back's proxy, inbound", "server", "back-", "inbound", "/next", "front"),
-        app("back's own span", "back", "back-"),
-    ];
+    ]
+    .into_iter()
+    .chain(front_and_back("/hello"))
+    .collect();
     assert_chain(&sampled, &spans, &chain, ns);
     // And no span of that request went into another trace.
     let traces = jaeger.search("braid-proxy", "url.path", "/hello");
@@ -614,21 +622,15 @@ async fn a_traced_request_is_stored_as_one_trace_across_two_meshed_hops() {
     let trace = traces[0].first().map(|s| s.trace_id.clone()).unwrap_or_default();
     let spans = jaeger.trace_of_at_least(&trace, 6).await;
     eprintln!("trace {trace} (no traceparent sent):\n  {}", summaries(&spans));
-    let chain = [
-        proxy(
-            "the load pod's proxy, which started the trace",
-            "client",
-            "untraced",
-            "outbound",
-            "/untraced",
-            "front",
-        ),
-        proxy("front's proxy, inbound", "server", "front-", "inbound", "/untraced", "client"),
-        app("front's own span", "front", "front-"),
-        proxy("front's proxy, outbound", "client", "front-", "outbound", "/next", "back"),
-        proxy("back's proxy, inbound", "server", "back-", "inbound", "/next", "front"),
-        app("back's own span", "back", "back-"),
-    ];
+    let started_by = proxy(
+        "the load pod's proxy, which started the trace",
+        "client",
+        "untraced",
+        "outbound",
+        "/untraced",
+        "front",
+    );
+    let chain: Vec<Hop<'_>> = std::iter::once(started_by).chain(front_and_back("/untraced")).collect();
     assert_chain(&trace, &spans, &chain, ns);
     assert_ne!(trace, sampled);
 }

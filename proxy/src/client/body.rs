@@ -107,9 +107,13 @@ impl ProxyBody {
         self.pending = Some(pending);
     }
 
-    /// Reports `span` when the body ends, with the bytes that passed and how it ended.
-    pub fn trace(&mut self, span: Box<Span>) {
-        self.span = Some(span);
+    /// Reports `span`, with the response's status, when the response's body ends, with the bytes
+    /// that passed and how it ended. Nothing when the request was not traced.
+    pub fn trace(response: &mut http::Response<Self>, span: Option<Box<Span>>) {
+        if let Some(mut span) = span {
+            span.answered(response.status().as_u16());
+            response.body_mut().span = Some(span);
+        }
     }
 
     /// The same body with nothing in it: a response the proxy rewrites keeps its pending count.

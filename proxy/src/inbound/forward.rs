@@ -69,10 +69,7 @@ pub async fn handle(connection: Arc<InboundConnection>, request: Request<ProxyBo
         Some(span)
     });
     let mut response = authorize_and_forward(&connection, parts, body).await;
-    if let Some(mut span) = span {
-        span.answered(response.status().as_u16());
-        response.body_mut().trace(span);
-    }
+    ProxyBody::trace(&mut response, span);
     response
 }
 

@@ -43,10 +43,7 @@ pub async fn route_request(
     });
     let mut response =
         route_and_send(state, service, client, parts, body, retry_body_limit, access_log, &mut span).await;
-    if let Some(mut span) = span {
-        span.answered(response.status().as_u16());
-        response.body_mut().trace(span);
-    }
+    ProxyBody::trace(&mut response, span);
     response
 }
 
