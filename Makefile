@@ -83,6 +83,10 @@ images: deps tools ## Build the images (braid-proxy, -operator, -webhook, -testa
 IMAGE_REPO ?=
 REGISTRY_CA ?=
 
+.PHONY: image-archives
+image-archives: deps ## Build the images' archives only (no cluster, no push); make images then only pushes
+	@bash images/build.sh --no-push
+
 .PHONY: push
 push: deps ## Push braid-proxy, -operator and -webhook (linux/amd64) to IMAGE_REPO, tagged with the chart's appVersion
 	@[ -n "$(IMAGE_REPO)" ] || { echo "usage: make push IMAGE_REPO=registry.example.com/braid [REGISTRY_CA=ca.crt]" >&2; exit 2; }
@@ -128,15 +132,16 @@ with-cluster: tools
 
 .PHONY: test
 test: deps ## Everything: format, lint, unit, integration and end-to-end tests
-	@$(MAKE) --no-print-directory -j2 tools checks
+	@$(MAKE) --no-print-directory -j3 tools checks image-archives
 	@$(MAKE) --no-print-directory helm-lint e2e
 
 # What needs no Kubernetes, in order. `make test` runs it beside the build of the Kubernetes
-# binaries: on a cold machine both are long, and each leaves cores idle that the other uses
-# (links, test binaries waiting on sockets and timers).
+# binaries and of the images: on a cold machine all three are long, and each leaves cores idle
+# that the others use (links, the proxy's single-threaded LTO, test binaries waiting on sockets
+# and timers). The images' build is niced, so it takes what the other two leave.
 .PHONY: checks
 checks: ## Format, lint and unit tests (no cluster)
-	@$(MAKE) --no-print-directory fmt-check lint unit
+	@for step in fmt-check lint unit; do $(MAKE) --no-print-directory $$step; done
 
 .PHONY: bench
 bench: tools ## Benchmarks: webhook admission, the sidecar pair beside HAProxy/nginx/Envoy, discovery at 1,000 proxies; results in bench/results/
