@@ -33,6 +33,8 @@ pub const REPORT_INTERVAL_HEADER: &str = "braid-report-interval";
 pub const PROXY_FEATURES_HEADER: &str = "braid-proxy-features";
 /// [`InboundUpdate::tracing`].
 pub const FEATURE_TRACING: &str = "tracing";
+/// [`crate::config::EndpointConfig::pod`].
+pub const FEATURE_ENDPOINT_POD: &str = "endpoint-pod";
 
 /// From the proxy. The first message must be `hello`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

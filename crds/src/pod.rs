@@ -1,9 +1,31 @@
-//! What the mesh reads from a meshed pod's spec, the same way in the webhook (at injection) and
-//! the operator's discovery (for the pod's inbound policy).
+//! What the mesh reads from a pod, the same way in the webhook (at injection) and the operator's
+//! discovery (the pod's inbound policy, the workload its endpoints are labelled with).
 
-use braid_api::config::ProbeConfig;
+use braid_api::config::{ProbeConfig, Workload, WorkloadKind};
 use braid_api::contract::PROXY_CONTAINER;
-use k8s_openapi::api::core::v1::PodSpec;
+use k8s_openapi::api::core::v1::{Pod, PodSpec};
+
+/// The workload that controls `pod`, from its controller reference: a ReplicaSet made by a
+/// Deployment (its name is the Deployment's plus `-` and the pod's `pod-template-hash`) gives
+/// the Deployment, any other ReplicaSet itself; StatefulSet, DaemonSet and Job themselves. None
+/// for a pod without a controller or with another kind of one.
+pub fn controlling_workload(pod: &Pod) -> Option<Workload> {
+    let owner =
+        pod.metadata.owner_references.iter().flatten().find(|owner| owner.controller == Some(true))?;
+    let hash = pod.metadata.labels.as_ref().and_then(|labels| labels.get("pod-template-hash"));
+    let (kind, name) = match owner.kind.as_str() {
+        "ReplicaSet" => match hash.and_then(|hash| owner.name.strip_suffix(hash.as_str())?.strip_suffix('-'))
+        {
+            Some(deployment) => (WorkloadKind::Deployment, deployment),
+            None => (WorkloadKind::ReplicaSet, owner.name.as_str()),
+        },
+        "StatefulSet" => (WorkloadKind::StatefulSet, owner.name.as_str()),
+        "DaemonSet" => (WorkloadKind::DaemonSet, owner.name.as_str()),
+        "Job" => (WorkloadKind::Job, owner.name.as_str()),
+        _ => return None,
+    };
+    (!name.is_empty()).then(|| Workload { kind, name: name.to_owned() })
+}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// The HTTP probes the kubelet sends to the pod's app containers (not the proxy's own), as port

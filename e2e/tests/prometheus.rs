@@ -563,6 +563,28 @@ async fn flagger_and_linkerd_dashboard_queries_read_the_proxies_as_the_client_me
         "{connections} inbound connections held open to web's pods by one meshed client"
     );
 
+    // Linkerd's outbound panels group the answers by the pod behind the endpoint: the load
+    // client's requests to web, answered by web's pods, whichever of the rollout's Services led
+    // there.
+    let outbound =
+        format!("namespace=\"{ns}\", direction=\"outbound\", dst_namespace=\"{ns}\", dst_deployment=\"web\"");
+    let by_destination = prometheus.query(
+        &format!("sum(irate(response_total{{{outbound}}}[30s])) by (dst_namespace, dst_deployment)"),
+        during,
+    );
+    eprintln!("outbound responses by dst_deployment: {by_destination:?}");
+    assert_eq!(by_destination.len(), 1, "one destination workload, web: {by_destination:?}");
+    let answered = by_destination[0].1;
+    assert!(
+        (RATE * 0.75..=RATE * 1.25).contains(&answered),
+        "{answered}/s answered by web, the load sends {RATE}/s"
+    );
+    let pods = prometheus.value(&format!("count(count(response_total{{{outbound}}}) by (dst_pod))"), during);
+    assert_eq!(pods, f64::from(REPLICAS), "each of web's pods answered, under its own dst_pod");
+    let service_account =
+        prometheus.value(&format!("count(response_total{{{outbound}, dst_serviceaccount=\"web\"}})"), during);
+    assert!(service_account >= 1.0, "dst_serviceaccount names web's service account");
+
     // Every query of the chart's dashboards, inside the load. Grafana's $__rate_interval would
     // be 8 s here (four 2 s scrapes); 30 s, as the queries above, holds more of them.
     let common = [("__rate_interval", "30s"), ("__interval", "2s"), ("__range", "5m"), ("namespace", ns)];

@@ -14,7 +14,7 @@ use braid_api::config::{Algorithm, LoadBalancerConfig};
 
 use crate::client::{Pool, TlsTarget, UpstreamProtocol};
 use crate::identity::{ALPN_H2, ALPN_OPAQUE, IdentityStore};
-use crate::metrics::Label;
+use crate::metrics::{Answerer, DstPod, Label};
 
 /// The latency assumed for an endpoint that has not answered yet.
 const INITIAL_LATENCY_NANOS: f64 = 1_000_000.0;
@@ -51,6 +51,8 @@ pub struct Endpoint {
     pub meshed: bool,
     /// The SPIFFE id the endpoint must prove (mTLS), or empty (plaintext).
     pub identity: Label,
+    /// The pod behind it, as discovery named it (its answers' `dst_*` labels).
+    pub pod: DstPod,
     pub pool: Pool,
     /// For this pod itself (`EndpointConfig::local`): the pool of HTTP/2 connections to the app,
     /// for requests that came in as HTTP/2 (`pool` is then HTTP/1.1), as on the inbound side.
@@ -115,6 +117,7 @@ impl Endpoint {
             addr,
             meshed,
             identity: Label::new(identity.unwrap_or("")),
+            pod: DstPod::default(),
             pool: Pool::with_tls(addr, protocol, tls(ALPN_H2)),
             local_http2: None,
             opaque_tls: tls(ALPN_OPAQUE),
@@ -153,6 +156,17 @@ impl Endpoint {
     #[cfg(test)]
     fn is_ejected(&self, now: Instant) -> bool {
         self.health().ejected_until.is_some_and(|until| until > now)
+    }
+
+    /// The pod behind this endpoint (`EndpointConfig::pod`).
+    pub fn with_pod(mut self, pod: DstPod) -> Self {
+        self.pod = pod;
+        self
+    }
+
+    /// Who answers a request this endpoint had: what labels its answers.
+    pub fn answerer(&self) -> Answerer {
+        Answerer { server_id: self.identity.clone(), pod: self.pod.clone() }
     }
 
     /// Whether the balancer passes this endpoint over: ejected, or backing off after it could not

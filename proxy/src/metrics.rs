@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use braid_api::config::WorkloadKind;
 use prometheus_client::encoding::{
-    EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder, MetricEncoder,
+    EncodeLabel, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelSetEncoder, LabelValueEncoder,
+    MetricEncoder,
 };
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -45,7 +47,102 @@ impl Label {
 
 impl EncodeLabelValue for Label {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        encoder.write_str(&self.0)
+        write_escaped(encoder, &self.0)
+    }
+}
+
+/// A label value as the text format needs it: `\`, `"` and line feeds escaped (the encoder
+/// writes values as given). Values come from requests too (`authority`): one quote left as it
+/// is would make Prometheus refuse the whole scrape.
+fn write_escaped(out: &mut impl std::fmt::Write, value: &str) -> std::fmt::Result {
+    let mut rest = value;
+    while let Some(at) = rest.find(['\\', '"', '\n']) {
+        out.write_str(&rest[..at])?;
+        out.write_str(match rest.as_bytes()[at] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "\\n",
+        })?;
+        rest = &rest[at + 1..];
+    }
+    out.write_str(rest)
+}
+
+/// Who answered an outbound request: the identity its endpoint proved (`server_id`) and the
+/// pod discovery says is behind it (`dst_*`). Each endpoint holds one; an answer clones it
+/// (reference counts, no allocation).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Answerer {
+    pub server_id: Label,
+    pub pod: DstPod,
+}
+
+impl Answerer {
+    /// No endpoint: inbound, or an answer of the proxy's own.
+    pub fn nobody() -> Self {
+        Self { server_id: Label::empty(), pod: DstPod::default() }
+    }
+}
+
+/// The pod behind an outbound endpoint, as linkerd2-proxy labels its endpoints' answers:
+/// `dst_namespace`, `dst_pod`, `dst_serviceaccount`, `dst_deployment` (or the pod's other
+/// workload kind) and `dst_pod_template_hash`. Empty when discovery did not say (a file's
+/// endpoint, an address outside the cluster); the labels are then left out.
+#[derive(Clone, Debug, Default, Eq)]
+pub struct DstPod(Option<Arc<braid_api::config::EndpointPod>>);
+
+impl DstPod {
+    pub fn new(pod: Option<&braid_api::config::EndpointPod>) -> Self {
+        Self(pod.map(|pod| Arc::new(pod.clone())))
+    }
+
+    /// Whether this is `pod` (a reload keeps an endpoint only for the same pod).
+    pub fn is(&self, pod: Option<&braid_api::config::EndpointPod>) -> bool {
+        self.0.as_deref() == pod
+    }
+}
+
+impl PartialEq for DstPod {
+    /// The same endpoint's answers share one `Arc`: equal at the pointer, before any text.
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            (None, None) => true,
+            _ => false,
+        }
+    }
+}
+
+impl std::hash::Hash for DstPod {
+    /// By content, as equality: two `Arc`s of one pod are one series.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.as_deref().hash(state);
+    }
+}
+
+impl EncodeLabelSet for DstPod {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let Some(pod) = &self.0 else { return Ok(()) };
+        let workload = pod.workload.as_ref();
+        let workload_key = workload.map(|workload| match workload.kind {
+            WorkloadKind::Deployment => "dst_deployment",
+            WorkloadKind::ReplicaSet => "dst_replicaset",
+            WorkloadKind::StatefulSet => "dst_statefulset",
+            WorkloadKind::DaemonSet => "dst_daemonset",
+            WorkloadKind::Job => "dst_job",
+        });
+        let labels = [
+            ("dst_namespace", pod.namespace.as_str()),
+            ("dst_pod", pod.name.as_str()),
+            ("dst_serviceaccount", pod.service_account.as_str()),
+            (workload_key.unwrap_or_default(), workload.map_or("", |workload| workload.name.as_str())),
+            ("dst_pod_template_hash", pod.pod_template_hash.as_str()),
+        ];
+        // Checked names (Kubernetes names: no character to escape) from the configuration.
+        for label in labels.into_iter().filter(|(key, value)| !key.is_empty() && !value.is_empty()) {
+            label.encode(encoder.encode_label())?;
+        }
+        Ok(())
     }
 }
 
@@ -172,6 +269,9 @@ pub struct AnswerLabels {
     pub client_id: Label,
     /// The SPIFFE id the answering endpoint proved, on outbound mTLS.
     pub server_id: Label,
+    /// The pod that answered, on outbound (`dst_*`).
+    #[prometheus(flatten)]
+    pub dst: DstPod,
     /// Inbound: the request's; outbound: `true` when the endpoint proved an identity.
     pub tls: Tls,
     pub status_code: u16,
@@ -761,8 +861,9 @@ impl StatusSeries {
     }
 }
 
-/// Distinct (status, server) answers remembered per label set.
-const REMEMBERED_ANSWERS: usize = 12;
+/// Distinct (status, endpoint) answers remembered per label set, found without the family's
+/// lock: a route to 10 pods that answer 200 and 503 has 20. Beyond, the family finds the rest.
+const REMEMBERED_ANSWERS: usize = 32;
 
 impl RequestMetrics {
     /// Counts an answer now: its latency is `elapsed`, its class final.
@@ -771,10 +872,10 @@ impl RequestMetrics {
         status_code: u16,
         classification: Classification,
         grpc_status: GrpcStatus,
-        server_id: &Label,
+        answerer: &Answerer,
         elapsed: Duration,
     ) {
-        let series = self.answers.series(status_code, server_id);
+        let series = self.answers.series(status_code, answerer);
         series.latency.observe(millis(elapsed));
         series.count(classification, grpc_status);
     }
@@ -786,11 +887,11 @@ impl RequestMetrics {
         status_code: u16,
         classification: Classification,
         grpc_status: GrpcStatus,
-        server_id: &Label,
+        answerer: &Answerer,
         started: Instant,
     ) -> PendingResponse {
         PendingResponse {
-            series: self.answers.series(status_code, server_id),
+            series: self.answers.series(status_code, answerer),
             classification,
             grpc_status,
             started: Some(started),
@@ -803,12 +904,14 @@ fn millis(elapsed: Duration) -> f64 {
 }
 
 impl AnswerSeries {
-    fn series(&self, status_code: u16, server_id: &Label) -> Arc<StatusSeries> {
+    fn series(&self, status_code: u16, answerer: &Answerer) -> Arc<StatusSeries> {
+        let Answerer { server_id, pod } = answerer;
         let mut remembered = self.remembered.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(series) = remembered
-            .iter()
-            .find(|series| series.labels.status_code == status_code && series.labels.server_id == *server_id)
-        {
+        if let Some(series) = remembered.iter().find(|series| {
+            series.labels.status_code == status_code
+                && series.labels.server_id == *server_id
+                && series.labels.dst == *pod
+        }) {
             return series.clone();
         }
         let labels = &self.labels;
@@ -825,6 +928,7 @@ impl AnswerSeries {
             route: labels.route.clone(),
             client_id: labels.client_id.clone(),
             server_id: server_id.clone(),
+            dst: pod.clone(),
             tls,
             status_code,
         };
@@ -943,5 +1047,112 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use braid_api::config::{EndpointPod, Workload};
+
+    fn outbound() -> RequestLabels {
+        RequestLabels {
+            direction: Direction::outbound,
+            authority: Label::new("reviews.shop.svc.cluster.local:80"),
+            target_addr: Label::empty(),
+            dst_service: Label::new("reviews.shop.svc.cluster.local:80"),
+            route: Label::new("default"),
+            client_id: Label::empty(),
+            tls: Tls::NotYetKnown,
+        }
+    }
+
+    /// The lines of `text` for `metric` (samples, no comments).
+    fn samples<'t>(text: &'t str, metric: &str) -> Vec<&'t str> {
+        text.lines()
+            .filter(|line| line.starts_with(metric) && line[metric.len()..].starts_with('{'))
+            .collect()
+    }
+
+    #[test]
+    fn an_answer_names_the_pod_behind_its_endpoint_as_linkerd_does() {
+        let metrics = Metrics::new();
+        let route = metrics.request_metrics(&outbound());
+        let pod = EndpointPod {
+            namespace: "shop".into(),
+            name: "reviews-v2-7d9f-x2x".into(),
+            service_account: "reviews".into(),
+            workload: Some(Workload { kind: WorkloadKind::Deployment, name: "reviews-v2".into() }),
+            pod_template_hash: "7d9f".into(),
+        };
+        let endpoint = Answerer {
+            server_id: Label::new("spiffe://cluster.local/ns/shop/sa/reviews"),
+            pod: DstPod::new(Some(&pod)),
+        };
+        let statefulset = Answerer {
+            server_id: Label::empty(),
+            pod: DstPod::new(Some(&EndpointPod {
+                namespace: "shop".into(),
+                name: "db-0".into(),
+                workload: Some(Workload { kind: WorkloadKind::StatefulSet, name: "db".into() }),
+                ..EndpointPod::default()
+            })),
+        };
+        for answerer in [&endpoint, &endpoint, &statefulset, &Answerer::nobody()] {
+            route.answered(
+                200,
+                Classification::success,
+                GrpcStatus(None),
+                answerer,
+                Duration::from_millis(3),
+            );
+        }
+        let text = metrics.encode();
+        let responses = samples(&text, "response_total");
+        assert_eq!(
+            responses.len(),
+            3,
+            "one series per pod that answered, one for the proxy's own: {responses:#?}"
+        );
+        let reviews = responses.iter().find(|line| line.contains("dst_pod=\"reviews-v2-7d9f-x2x\"")).unwrap();
+        for label in [
+            "dst_namespace=\"shop\"",
+            "dst_serviceaccount=\"reviews\"",
+            "dst_deployment=\"reviews-v2\"",
+            "dst_pod_template_hash=\"7d9f\"",
+            "server_id=\"spiffe://cluster.local/ns/shop/sa/reviews\"",
+            "tls=\"true\"",
+        ] {
+            assert!(reviews.contains(label), "{label} in {reviews}");
+        }
+        assert!(reviews.ends_with(" 2"), "both answers of that pod in one series: {reviews}");
+        let db = responses.iter().find(|line| line.contains("dst_pod=\"db-0\"")).unwrap();
+        assert!(db.contains("dst_statefulset=\"db\"") && !db.contains("dst_serviceaccount"), "{db}");
+        let own = responses.iter().find(|line| !line.contains("dst_pod")).unwrap();
+        assert!(own.ends_with(" 1"), "{own}");
+        // The latency histogram carries the same labels.
+        let buckets = samples(&text, "response_latency_ms_bucket");
+        assert!(buckets.iter().any(|line| line.contains("dst_deployment=\"reviews-v2\"")), "{buckets:#?}");
+    }
+
+    #[test]
+    fn label_values_from_requests_are_escaped_for_the_text_format() {
+        let metrics = Metrics::new();
+        let labels = RequestLabels { authority: Label::new("a\"b\\c\nd"), ..outbound() };
+        metrics.request_metrics(&labels).answered(
+            200,
+            Classification::success,
+            GrpcStatus(None),
+            &Answerer::nobody(),
+            Duration::from_millis(1),
+        );
+        let text = metrics.encode();
+        let line = samples(&text, "response_total").into_iter().next().expect("a response_total sample");
+        assert!(line.contains(r#"authority="a\"b\\c\nd""#), "{line}");
+        assert_eq!(
+            text.lines().filter(|line| line.starts_with("d\"")).count(),
+            0,
+            "no line broken by the value"
+        );
     }
 }

@@ -20,7 +20,7 @@ use tracing::info;
 
 use crate::balance::Endpoint;
 use crate::identity::IdentityStore;
-use crate::metrics::{BackendMetrics, Label, RequestMetrics, Teardowns};
+use crate::metrics::{BackendMetrics, DstPod, Label, RequestMetrics, Teardowns};
 use crate::outbound::egress::Egress;
 use crate::outbound::rate_limit::RateLimiter;
 use crate::spans::{ProxyResource, SpanCounters, Tracer};
@@ -397,12 +397,15 @@ fn compile_service(
                         endpoint.meshed || endpoint.local,
                         expected.unwrap_or("").to_owned(),
                     );
+                    // Another pod behind the same address (reused) is another endpoint.
                     let compiled = reusable
                         .get(&key)
-                        .filter(|reused| reused.is_local() == endpoint.local)
+                        .filter(|reused| {
+                            reused.is_local() == endpoint.local && reused.pod.is(endpoint.pod.as_ref())
+                        })
                         .cloned()
                         .unwrap_or_else(|| {
-                            Arc::new(if endpoint.local {
+                            let compiled = if endpoint.local {
                                 Endpoint::local(endpoint.address)
                             } else {
                                 Endpoint::new(
@@ -412,7 +415,8 @@ fn compile_service(
                                     expected,
                                     identity,
                                 )
-                            })
+                            };
+                            Arc::new(compiled.with_pod(DstPod::new(endpoint.pod.as_ref())))
                         });
                     // Set on kept endpoints too: a reload may change them.
                     for version in [http::Version::HTTP_11, http::Version::HTTP_2] {

@@ -146,6 +146,49 @@ async fn response_latency_is_time_to_first_body_byte_by_status_code() {
     assert_eq!(metric(&metrics, "response_total", &plain), Some(1.0), "{metrics}");
 }
 
+/// Linkerd's endpoint labels: each answer names the pod behind the endpoint that gave it, as
+/// the configuration (or discovery) says who it is.
+#[tokio::test]
+async fn answers_are_labelled_with_the_pod_behind_the_endpoint() {
+    let (a, b) = tokio::join!(Upstream::start("a"), Upstream::start("b"));
+    let pod = |name: &str| {
+        format!(
+            "{{ namespace: shop, name: {name}, serviceAccount: web, \
+             workload: {{ kind: deployment, name: web }}, podTemplateHash: 5d8f }}"
+        )
+    };
+    let config = one_service(&format!(
+        "    backends:\n      - name: web\n        endpoints:\n\
+         \x20         - {{ address: \"{}\", pod: {} }}\n\
+         \x20         - {{ address: \"{}\", pod: {} }}\n\
+         \x20   routes:\n      - backends: [{{ name: web }}]\n",
+        a.addr,
+        pod("web-5d8f-a"),
+        b.addr,
+        pod("web-5d8f-b")
+    ));
+    let proxy = Proxy::start(&config).await;
+    for _ in 0..20 {
+        assert_eq!(get(&url(&proxy, "/")).await.0, StatusCode::OK);
+    }
+    let metrics = proxy.metrics().await;
+    let answered_by = |pod: &str, hits: usize| {
+        let labels = [
+            ("direction", "outbound"),
+            ("dst_namespace", "shop"),
+            ("dst_pod", pod),
+            ("dst_serviceaccount", "web"),
+            ("dst_deployment", "web"),
+            ("dst_pod_template_hash", "5d8f"),
+        ];
+        let counted = metric(&metrics, "response_total", &labels).unwrap_or(0.0);
+        assert_eq!(counted, hits as f64, "{pod} answered {hits}:\n{metrics}");
+    };
+    answered_by("web-5d8f-a", a.hits());
+    answered_by("web-5d8f-b", b.hits());
+    assert_eq!(a.hits() + b.hits(), 20);
+}
+
 #[tokio::test]
 async fn a_request_no_route_matches_gets_404_with_the_reason() {
     let a = Upstream::start("a").await;

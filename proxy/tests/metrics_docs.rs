@@ -108,11 +108,21 @@ fn exposition() -> String {
     };
     let series = metrics.request_metrics(&request);
     series.requests.inc();
+    let pod = braid_api::config::EndpointPod {
+        namespace: "x".into(),
+        name: "x".into(),
+        service_account: "x".into(),
+        workload: Some(braid_api::config::Workload {
+            kind: braid_api::config::WorkloadKind::Deployment,
+            name: "x".into(),
+        }),
+        pod_template_hash: "x".into(),
+    };
     series.answered(
         200,
         Classification::success,
         GrpcStatus(Some(0)),
-        &some(),
+        &Answerer { server_id: some(), pod: DstPod::new(Some(&pod)) },
         std::time::Duration::from_millis(3),
     );
     let route = RetryLabels { direction: Direction::outbound, dst_service: some(), route: some() };

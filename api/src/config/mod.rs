@@ -599,6 +599,61 @@ pub struct EndpointConfig {
     /// connections are not redirected), which does not speak TLS. Not with `meshed`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub local: bool,
+    /// The pod behind the endpoint, which the proxy's metrics name its answers by (Linkerd's
+    /// `dst_*` labels). Only for proxies that name the `endpoint-pod` feature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<EndpointPod>,
+}
+
+/// The pod behind an endpoint: `dst_namespace`, `dst_pod`, `dst_serviceaccount`,
+/// `dst_<workload kind>` and `dst_pod_template_hash` on the answers it gives, as linkerd2-proxy
+/// labels its endpoints, so that queries grouping outbound traffic by `dst_deployment` work.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointPod {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service_account: String,
+    /// The workload that controls the pod; none for a pod without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Workload>,
+    /// The pod's `pod-template-hash` label (pods of a Deployment's ReplicaSet).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pod_template_hash: String,
+}
+
+/// A workload by kind and name, as Linkerd's labels name it (`deployment`, `statefulset`, …).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkloadKind {
+    /// The pods of a Deployment: their ReplicaSet is named after it and their template hash.
+    Deployment,
+    /// A ReplicaSet no Deployment made.
+    ReplicaSet,
+    StatefulSet,
+    DaemonSet,
+    Job,
+}
+
+impl WorkloadKind {
+    /// The kind as Linkerd's labels spell it (`dst_deployment`, `deployment`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Deployment => "deployment",
+            Self::ReplicaSet => "replicaset",
+            Self::StatefulSet => "statefulset",
+            Self::DaemonSet => "daemonset",
+            Self::Job => "job",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

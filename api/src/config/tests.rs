@@ -223,6 +223,53 @@ fn refuses_bad_files_with_the_field_and_the_reason() {
     }
 }
 
+fn with_pod(pod: &str) -> String {
+    SEED.replace("{ address: \"10.0.0.2:8080\" }", &format!("{{ address: \"10.0.0.2:8080\", pod: {pod} }}"))
+}
+
+#[test]
+fn an_endpoint_names_its_pod_and_workload() {
+    let text = with_pod(
+        "{ namespace: shop, name: reviews-v2-7d9f-x2x, serviceAccount: reviews, \
+         workload: { kind: deployment, name: reviews-v2 }, podTemplateHash: 7d9f }",
+    );
+    let config = Config::parse(&text).unwrap();
+    let pod = config.services[0].backends[1].endpoints[0].pod.clone().unwrap();
+    assert_eq!(pod.name, "reviews-v2-7d9f-x2x");
+    assert_eq!(pod.workload, Some(Workload { kind: WorkloadKind::Deployment, name: "reviews-v2".into() }));
+    assert_eq!(Config::parse(&serde_json::to_string(&config).unwrap()).unwrap(), config);
+    assert_eq!(Config::parse(SEED).unwrap().services[0].backends[1].endpoints[0].pod, None);
+}
+
+#[test]
+fn refuses_an_endpoint_pod_that_is_not_named_as_kubernetes_names() {
+    let at = "services[0].backends[1].endpoints[0].pod";
+    let cases = [
+        ("{ namespace: shop }", "missing field `name`".to_owned()),
+        ("{ namespace: shop, name: \"\" }", format!("{at}.name: must be a Kubernetes name")),
+        ("{ namespace: Shop, name: a }", format!("{at}.namespace: must be a Kubernetes name")),
+        // A quote or a line break would end the label value in the metrics text.
+        ("{ namespace: shop, name: \"a\\\"b\" }", format!("{at}.name: must be a Kubernetes name")),
+        ("{ namespace: shop, name: \"a\\nb\" }", format!("{at}.name: must be a Kubernetes name")),
+        (
+            "{ namespace: shop, name: a, workload: { kind: deployment, name: \"x y\" } }",
+            format!("{at}.workload.name: must be a Kubernetes name"),
+        ),
+        (
+            "{ namespace: shop, name: a, workload: { kind: cronjob, name: x } }",
+            "unknown variant `cronjob`".to_owned(),
+        ),
+        ("{ namespace: shop, name: a, serviceAccount: \"s/a\" }", format!("{at}.serviceAccount: must be")),
+        ("{ namespace: shop, name: a, podTemplateHash: \"x}\" }", format!("{at}.podTemplateHash: must be")),
+        (&format!("{{ namespace: shop, name: {} }}", "a".repeat(254)), format!("{at}.name: must be")),
+        ("{ namespace: shop, name: a, labels: {} }", "unknown field `labels`".to_owned()),
+    ];
+    for (pod, expected) in cases {
+        let error = refused(&with_pod(pod));
+        assert!(error.contains(&expected), "{pod}: expected {expected:?} in {error:?}");
+    }
+}
+
 #[test]
 fn an_empty_file_is_an_empty_config() {
     assert_eq!(Config::parse("{}").unwrap(), Config::empty());

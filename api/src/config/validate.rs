@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use super::egress::{EgressConfig, ExternalProtocol, valid_host_pattern};
 use super::{
-    Config, ConfigError, HashOn, HeaderValueMatch, PathMatch, PolicyConfig, RetryBudgetConfig, RouteConfig,
+    Config, ConfigError, EndpointPod, HashOn, HeaderValueMatch, PathMatch, PolicyConfig, RetryBudgetConfig,
+    RouteConfig,
 };
 use crate::contract::env;
 use crate::identity::SpiffeId;
@@ -156,6 +157,11 @@ impl Config {
                             "a local endpoint is this pod's own app, reached directly: it cannot be meshed too",
                         );
                     }
+                    if let Some(pod) = &endpoint.pod {
+                        validate_endpoint_pod(pod, &|field| {
+                            at(&format!(".backends[{b}].endpoints[{e}].pod{field}"))
+                        })?;
+                    }
                     let Some(identity) = &endpoint.identity else { continue };
                     let at = at(&format!(".backends[{b}].endpoints[{e}].identity"));
                     if SpiffeId::parse(identity).is_none() {
@@ -261,6 +267,34 @@ fn validate_egress(egress: &EgressConfig, at: &dyn Fn(&str) -> String) -> Result
         }
         if tls.ca_bundle.as_deref().is_some_and(|pem| !pem.contains("-----BEGIN CERTIFICATE-----")) {
             return invalid(at(".tls.caBundle"), "must hold PEM certificates (-----BEGIN CERTIFICATE-----)");
+        }
+    }
+    Ok(())
+}
+
+/// The pod's names become metric label values: Kubernetes names (lowercase letters, digits, `-`,
+/// `.`), which need no escaping and cannot be mistaken for anything else in the text format.
+fn validate_endpoint_pod(pod: &EndpointPod, at: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    let names = [
+        (".namespace", pod.namespace.as_str(), true),
+        (".name", pod.name.as_str(), true),
+        (".serviceAccount", pod.service_account.as_str(), false),
+        (".workload.name", pod.workload.as_ref().map_or("", |w| w.name.as_str()), pod.workload.is_some()),
+        (".podTemplateHash", pod.pod_template_hash.as_str(), false),
+    ];
+    for (field, name, required) in names {
+        if name.is_empty() && !required {
+            continue;
+        }
+        let valid = !name.is_empty()
+            && name.len() <= 253
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !valid {
+            return Err(ConfigError::Invalid {
+                path: at(field),
+                reason: "must be a Kubernetes name (lowercase letters, digits, '-' and '.', at most 253)"
+                    .to_owned(),
+            });
         }
     }
     Ok(())

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use braid_api::config::{
-    BackendConfig, DefaultInboundPolicy, EndpointConfig, LoadBalancerConfig, PolicyConfig, ProbeConfig,
-    Protocol, RetryBudgetConfig, RouteConfig, ServiceConfig, WeightedBackend,
+    BackendConfig, DefaultInboundPolicy, EndpointConfig, EndpointPod, LoadBalancerConfig, PolicyConfig,
+    ProbeConfig, Protocol, RetryBudgetConfig, RouteConfig, ServiceConfig, WeightedBackend, Workload,
 };
 use braid_api::contract::ADMIN_PORT;
 use braid_crds::{MeshPolicySpec, MeshRouteSpec};
@@ -54,9 +54,22 @@ pub struct PodInfo {
     /// The inbound ports its redirect leaves alone (the proxy container's
     /// BRAID_INBOUND_SKIP_PORTS): a connection to one reaches the app, not the proxy.
     pub skip_inbound: Vec<PortRange>,
+    /// The workload that controls it (`braid_crds::pod::controlling_workload`).
+    pub workload: Option<Workload>,
 }
 
 impl PodInfo {
+    /// The pod as the proxies' metrics name an endpoint of it (`EndpointConfig::pod`).
+    fn endpoint_pod(&self, namespace: &str, name: &str) -> EndpointPod {
+        EndpointPod {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            service_account: self.service_account.clone(),
+            workload: self.workload.clone(),
+            pod_template_hash: self.labels.get("pod-template-hash").cloned().unwrap_or_default(),
+        }
+    }
+
     /// Whether a connection to `port` of the pod reaches its proxy. The admin port never does,
     /// whatever the pod says (the webhook always skips it).
     pub fn proxied(&self, port: u16) -> bool {
@@ -750,6 +763,7 @@ impl Index {
                     http2,
                     identity: Some(self.spiffe_id(namespace, &pod.service_account)),
                     local: false,
+                    pod: Some(pod.endpoint_pod(namespace, pod_name)),
                 }],
             }],
             routes,
@@ -875,6 +889,7 @@ impl Index {
                         http2: service_port.http2 || slice_port.http2,
                         identity: meshed.map(|pod| self.spiffe_id(&key.0, &pod.service_account)),
                         local: false,
+                        pod: pod.zip(endpoint.pod.as_ref()).map(|(pod, name)| pod.endpoint_pod(&key.0, name)),
                     });
                 }
             }
@@ -930,6 +945,11 @@ mod tests {
                     meshed: true,
                     ips: vec![ip(address)],
                     created: "2026-01-01T00:00:00Z".to_owned(),
+                    // reviews-v1-a: a pod of Deployment reviews-v1.
+                    workload: pod.rsplit_once('-').map(|(deployment, _)| Workload {
+                        kind: braid_api::config::WorkloadKind::Deployment,
+                        name: deployment.to_owned(),
+                    }),
                     ..Default::default()
                 },
             );
@@ -1014,6 +1034,15 @@ mod tests {
         assert_eq!(endpoints[0].address, "10.1.0.1:8080".parse::<SocketAddr>().unwrap());
         assert_eq!(endpoints[0].identity.as_deref(), Some("spiffe://cluster.local/ns/shop/sa/reviews"));
         assert!(endpoints[0].meshed);
+        // Who is behind each endpoint, for the client proxy's dst_* labels.
+        let pods: Vec<_> = endpoints
+            .iter()
+            .map(|e| e.pod.as_ref().map(|p| (p.name.as_str(), p.workload.as_ref().map(|w| w.name.as_str()))))
+            .collect();
+        assert_eq!(
+            pods,
+            [Some(("reviews-v1-a", Some("reviews-v1"))), Some(("reviews-v2-a", Some("reviews-v2")))]
+        );
         assert_eq!(service.routes.len(), 1);
         assert!(snapshot.routes.is_empty());
         assert_eq!(index.destination(&key("shop", "reviews"), 81), Snapshot::UNKNOWN, "no such port");
@@ -1316,6 +1345,16 @@ mod tests {
                 http2: false,
                 identity: Some("spiffe://cluster.local/ns/shop/sa/reviews".to_owned()),
                 local: false,
+                pod: Some(EndpointPod {
+                    namespace: "shop".into(),
+                    name: "reviews-v1-a".into(),
+                    service_account: "reviews".into(),
+                    workload: Some(Workload {
+                        kind: braid_api::config::WorkloadKind::Deployment,
+                        name: "reviews-v1".into()
+                    }),
+                    pod_template_hash: String::new(),
+                }),
             }]
         );
         let routes: Vec<_> = service.routes.iter().map(|r| r.name.as_deref()).collect();

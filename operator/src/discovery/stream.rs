@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use braid_api::config::{PolicyConfig, TracingConfig};
+use braid_api::config::{PolicyConfig, ServiceConfig, TracingConfig};
 use braid_api::discovery::{
     self as api, ControlMessage, DestinationUpdate, InboundUpdate, LineReader, ProxyMessage, Refusal,
     Resource,
@@ -32,14 +32,26 @@ pub struct Peer {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ProxyFeatures {
     pub tracing: bool,
+    pub endpoint_pod: bool,
 }
 
 impl ProxyFeatures {
     /// Unknown names are skipped: a newer proxy may name parts this server does not have.
     pub fn parse(header: Option<&[u8]>) -> Self {
         let names = header.and_then(|value| std::str::from_utf8(value).ok()).unwrap_or_default();
-        Self { tracing: names.split(',').any(|name| name.trim() == api::FEATURE_TRACING) }
+        let named = |feature: &str| names.split(',').any(|name| name.trim() == feature);
+        Self { tracing: named(api::FEATURE_TRACING), endpoint_pod: named(api::FEATURE_ENDPOINT_POD) }
     }
+}
+
+/// `config` as a proxy that does not know `EndpointConfig::pod` accepts it: without the pods.
+/// A copy for each such proxy's update, which only a proxy older than the field costs.
+fn without_endpoint_pods(config: &ServiceConfig) -> ServiceConfig {
+    let mut config = config.clone();
+    for endpoint in config.backends.iter_mut().flat_map(|backend| &mut backend.endpoints) {
+        endpoint.pod = None;
+    }
+    config
 }
 
 struct Memo {
@@ -491,7 +503,10 @@ impl Session<'_> {
             return true;
         }
         state.sent = Some(version);
-        let service = snapshot.service.clone();
+        let service = match &snapshot.service {
+            Some(config) if !self.peer.features.endpoint_pod => Some(without_endpoint_pods(config)),
+            service => service.clone(),
+        };
         if let (Some(config), Target::Service { key, .. }) = (&service, &target) {
             self.services.insert(config.name.clone(), (key.clone(), snapshot.clone()));
         }
@@ -794,6 +809,29 @@ mod tests {
         assert!(!ProxyFeatures::parse(Some(b"tracingx")).tracing);
         assert!(!ProxyFeatures::parse(Some(b"\xff\xfe")).tracing);
         assert!(ProxyFeatures::parse(Some(b"tracing")).tracing);
+        let both = ProxyFeatures::parse(Some(b"endpoint-pod,tracing"));
+        assert!(both.tracing && both.endpoint_pod);
+        assert!(!ProxyFeatures::parse(Some(b"tracing")).endpoint_pod);
+    }
+
+    #[tokio::test]
+    async fn endpoint_pods_go_only_to_proxies_that_name_them() {
+        let discovery = cluster();
+        let newer = start_with(&discovery, ("web", "client"), ProxyFeatures::parse(Some(b"endpoint-pod")));
+        let older = start(&discovery, ("web", "client"));
+        let mut pods = Vec::new();
+        for mut proxy in [newer, older] {
+            proxy.send(&hello("web", "client"));
+            proxy.send(&subscribe("10.96.0.20:80"));
+            let config = destination(proxy.next().await).service.expect("api is known");
+            let endpoint = &config.backends[0].endpoints[0];
+            pods.push(endpoint.pod.as_ref().map(|pod| (pod.namespace.clone(), pod.name.clone())));
+        }
+        assert_eq!(
+            pods,
+            [Some(("shop".to_owned(), "api-1".to_owned())), None],
+            "an older proxy would refuse the field"
+        );
     }
 
     #[tokio::test]

@@ -48,6 +48,7 @@ pub fn pod_info(pod: &Pod) -> Option<PodInfo> {
         ips: pod_ips(pod),
         created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
         skip_inbound: skip_inbound(pod),
+        workload: braid_crds::pod::controlling_workload(pod),
     })
 }
 

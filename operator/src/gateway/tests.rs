@@ -52,6 +52,7 @@ fn cluster() -> Index {
                 ips: vec![pod_ip],
                 created: "2026-01-01T00:00:00Z".to_owned(),
                 skip_inbound: Vec::new(),
+                workload: None,
             },
         );
         index.upsert_slice(

@@ -36,6 +36,10 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 pings: a server that vanished without closing (a partition) is noticed in ~20 s.
 const KEEPALIVE: Duration = Duration::from_secs(10);
+/// The optional message parts this proxy understands (`braid-proxy-features`):
+/// `api::FEATURE_TRACING` and `api::FEATURE_ENDPOINT_POD`.
+const PROXY_FEATURES: &str = "tracing,endpoint-pod";
+
 /// How often to look for the workload certificate before the first one arrives.
 const CERTIFICATE_POLL: Duration = Duration::from_millis(100);
 
@@ -164,7 +168,7 @@ async fn stream(
     }
     let request = Request::post(format!("https://{}{}", config.endpoint, api::PATH))
         .header(header::CONTENT_TYPE, api::CONTENT_TYPE)
-        .header(api::PROXY_FEATURES_HEADER, api::FEATURE_TRACING)
+        .header(api::PROXY_FEATURES_HEADER, PROXY_FEATURES)
         .body(LinesBody(body))
         .map_err(|e| connect_error(e.to_string()))?;
     let response = tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(request))
@@ -253,5 +257,16 @@ impl Body for LinesBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.get_mut().0.poll_recv(cx).map(|line| line.map(|line| Ok(Frame::data(line))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_features_header_names_the_optional_parts_this_proxy_reads() {
+        let named: Vec<&str> = PROXY_FEATURES.split(',').collect();
+        assert_eq!(named, [api::FEATURE_TRACING, api::FEATURE_ENDPOINT_POD]);
     }
 }

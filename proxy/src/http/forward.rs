@@ -9,7 +9,7 @@ use super::headers::{client_response, propagate_trace, upstream_request};
 use super::respond::{Failure, PROXY_ERROR, REQUEST_BODY, failure_response};
 use crate::client::Pool;
 use crate::client::body::ProxyBody;
-use crate::metrics::{Classification, GrpcStatus, Label, RequestMetrics};
+use crate::metrics::{Answerer, Classification, GrpcStatus, RequestMetrics};
 
 /// Where gRPC says how a call ended (a trailers-only answer carries it in the headers).
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -29,7 +29,7 @@ pub async fn forward_once(
         Ok(response) => client_response(response),
         Err(error) => failure_response(&Failure::Upstream(error)),
     };
-    record_at_end(metrics, Label::empty(), &mut response, start);
+    record_at_end(metrics, Answerer::nobody(), &mut response, start);
     response
 }
 
@@ -56,15 +56,9 @@ pub fn classify<B>(response: &Response<B>) -> Classification {
 }
 
 /// Records, now, a response of the proxy's own: its latency, status, class and server identity.
-pub fn record(metrics: &RequestMetrics, server_id: Label, response: &Response<ProxyBody>, start: Instant) {
+pub fn record(metrics: &RequestMetrics, answerer: Answerer, response: &Response<ProxyBody>, start: Instant) {
     let grpc_status = GrpcStatus::of(response.headers());
-    metrics.answered(
-        response.status().as_u16(),
-        classify(response),
-        grpc_status,
-        &server_id,
-        start.elapsed(),
-    );
+    metrics.answered(response.status().as_u16(), classify(response), grpc_status, &answerer, start.elapsed());
 }
 
 /// Records a response's latency when its body's first byte passes (or its end, when it has no
@@ -73,12 +67,12 @@ pub fn record(metrics: &RequestMetrics, server_id: Label, response: &Response<Pr
 /// unfinished because the client went away (cancelled).
 pub fn record_at_end(
     metrics: &RequestMetrics,
-    server_id: Label,
+    answerer: Answerer,
     response: &mut Response<ProxyBody>,
     start: Instant,
 ) {
     let grpc_status = GrpcStatus::of(response.headers());
     let pending =
-        metrics.pending(response.status().as_u16(), classify(response), grpc_status, &server_id, start);
+        metrics.pending(response.status().as_u16(), classify(response), grpc_status, &answerer, start);
     response.body_mut().count_at_end(pending);
 }

@@ -18,7 +18,9 @@ use braid_api::config::{DEFAULT_RULE_PREFIX, PolicyConfig};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use crate::metrics::{AllowLabels, AuthzKind, DenyLabels, Label, RequestLabels, RequestMetrics, Tls};
+use crate::metrics::{
+    AllowLabels, Answerer, AuthzKind, DenyLabels, Label, RequestLabels, RequestMetrics, Tls,
+};
 use crate::policy::{self, Allowed, HttpRequest};
 use crate::state::ProxyState;
 
@@ -168,7 +170,7 @@ pub fn request(
     if let Ok(reason) = HeaderValue::from_str(&denied.0) {
         response.headers_mut().insert(DENY_REASON, reason);
     }
-    record(metrics, Label::empty(), &response, Instant::now());
+    record(metrics, Answerer::nobody(), &response, Instant::now());
     Some(response)
 }
 

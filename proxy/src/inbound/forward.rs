@@ -15,7 +15,7 @@ use crate::client::{Pool, UpstreamProtocol};
 use crate::http::forward::{forward_once, record};
 use crate::http::headers::{ORIG_PROTO, propagate_trace};
 use crate::http::path;
-use crate::metrics::{Direction, Label, RequestLabels, RequestMetrics, Tls};
+use crate::metrics::{Answerer, Direction, Label, RequestLabels, RequestMetrics, Tls};
 use crate::policy::HttpRequest;
 use crate::spans::SpanKind;
 use crate::state::ProxyState;
@@ -115,6 +115,6 @@ fn refuse(connection: &InboundConnection, ambiguous: path::Ambiguous) -> Respons
     debug!(reason = %ambiguous, "refused an inbound request's path");
     connection.metrics.requests.inc();
     let response = path::refusal(ambiguous);
-    record(&connection.metrics, Label::empty(), &response, Instant::now());
+    record(&connection.metrics, Answerer::nobody(), &response, Instant::now());
     response
 }

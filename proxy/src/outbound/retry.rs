@@ -17,7 +17,9 @@ use crate::client::replay::ReplayBody;
 use crate::http::forward::is_failure;
 use crate::http::headers::{clone_parts, empty_parts, upstream_request};
 use crate::http::respond::Failure;
-use crate::metrics::{Direction, Label, Metrics, RequestLabels, RetryLabels, TimeoutKind, TimeoutLabels};
+use crate::metrics::{
+    Answerer, Direction, Label, Metrics, RequestLabels, RetryLabels, TimeoutKind, TimeoutLabels,
+};
 use crate::table::{Backend, Route, Service};
 
 /// A request body: kept in memory (so it can be sent again), kept as it streams (up to the
@@ -65,7 +67,7 @@ pub async fn send_with_retries(
     parts: request::Parts,
     body: Kept,
     affinity: Option<u64>,
-) -> Result<(Response<ProxyBody>, Label), Failure> {
+) -> Result<(Response<ProxyBody>, Answerer), Failure> {
     let (attempts, per_try_timeout, retry_on) = match (&route.retries, &body) {
         (Some(retries), Kept::Yes(_) | Kept::Replay(_)) => {
             (retries.attempts, retries.per_try_timeout, retries.retry_on.as_slice())
@@ -121,7 +123,7 @@ pub async fn send_with_retries(
                 };
                 registry.overloaded.get_or_create(&labels).inc();
             }
-            return outcome.map(|response| (response, endpoint.identity.clone()));
+            return outcome.map(|response| (response, endpoint.answerer()));
         }
         if !last
             && should_retry(&outcome, retry_on)
@@ -141,7 +143,7 @@ pub async fn send_with_retries(
             }
             registry.retry_budget_exhausted.get_or_create(&retry_labels).inc();
         }
-        return outcome.map(|response| (response, endpoint.identity.clone()));
+        return outcome.map(|response| (response, endpoint.answerer()));
     }
     // attempts >= 1 (checked with the configuration), so the loop returned.
     Err(Failure::NoEndpoints { service: service.name.clone(), backend: Label::empty() })

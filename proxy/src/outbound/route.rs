@@ -18,7 +18,9 @@ use crate::http::forward::{record, record_at_end};
 use crate::http::headers::{client_response, propagate_trace};
 use crate::http::path;
 use crate::http::respond::{Failure, REQUEST_BODY, failure_response, local};
-use crate::metrics::{Direction, Label, RequestLabels, RetryLabels, TimeoutKind, TimeoutLabels, Tls};
+use crate::metrics::{
+    Answerer, Direction, Label, RequestLabels, RetryLabels, TimeoutKind, TimeoutLabels, Tls,
+};
 use crate::spans::{Span, SpanKind};
 use crate::state::ProxyState;
 use crate::table::{Admission, Service};
@@ -79,7 +81,7 @@ async fn route_and_send(
         metrics.requests.inc();
         if let Err(ambiguous) = normalized {
             let response = path::refusal(ambiguous);
-            record(&metrics, Label::empty(), &response, start);
+            record(&metrics, Answerer::nobody(), &response, start);
             return response;
         }
         let response = local(
@@ -92,7 +94,7 @@ async fn route_and_send(
                 parts.uri.path()
             ),
         );
-        record(&metrics, Label::empty(), &response, start);
+        record(&metrics, Answerer::nobody(), &response, start);
         return response;
     };
     let labels = RequestLabels {
@@ -117,17 +119,17 @@ async fn route_and_send(
         && let Err(wait) = limiter.acquire(Instant::now())
     {
         let response = rate_limited(state, &labels, wait);
-        record(metrics, Label::empty(), &response, start);
+        record(metrics, Answerer::nobody(), &response, start);
         return response;
     }
     let admission = service.admit();
     if let Admission::Refused = admission {
         let response = overloaded(state, service, &labels);
-        record(metrics, Label::empty(), &response, start);
+        record(metrics, Answerer::nobody(), &response, start);
         return response;
     }
     if let Some(response) = inject_fault(route).await {
-        record(metrics, Label::empty(), &response, start);
+        record(metrics, Answerer::nobody(), &response, start);
         return response;
     }
     if let Some(redirect) = &route.redirect {
@@ -135,7 +137,7 @@ async fn route_and_send(
         if let Some(edits) = &route.response_headers {
             edits.apply(response.headers_mut());
         }
-        record(metrics, Label::empty(), &response, start);
+        record(metrics, Answerer::nobody(), &response, start);
         return response;
     }
     if let Some(rewrite) = &route.rewrite {
@@ -155,7 +157,7 @@ async fn route_and_send(
                 REQUEST_BODY,
                 format!("braid-proxy: reading the request body failed: {error}\n"),
             );
-            record(metrics, Label::empty(), &response, start);
+            record(metrics, Answerer::nobody(), &response, start);
             return response;
         }
     };
@@ -189,12 +191,12 @@ async fn route_and_send(
         },
         None => tries.await,
     };
-    let (mut response, server_id) = match result {
-        Ok((response, server_id)) => (client_response(response), server_id),
-        Err(failure) => (failure_response(&failure), Label::empty()),
+    let (mut response, answerer) = match result {
+        Ok((response, answerer)) => (client_response(response), answerer),
+        Err(failure) => (failure_response(&failure), Answerer::nobody()),
     };
     if let Some(span) = span {
-        server_id.as_str().clone_into(&mut span.peer_identity);
+        answerer.server_id.as_str().clone_into(&mut span.peer_identity);
     }
     if let Some(edits) = &route.response_headers {
         edits.apply(response.headers_mut());
@@ -208,7 +210,7 @@ async fn route_and_send(
             latency_us = start.elapsed().as_micros() as u64,
         );
     }
-    record_at_end(metrics, server_id, &mut response, start);
+    record_at_end(metrics, answerer, &mut response, start);
     response
 }
 

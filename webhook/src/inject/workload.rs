@@ -14,32 +14,17 @@ pub const SCRAPE_PATH: &str = "prometheus.io/path";
 /// Longest label value Kubernetes accepts.
 const MAX_LABEL_VALUE: usize = 63;
 
-/// The workload labels for `pod`, from its controller: a ReplicaSet made by a Deployment (its
-/// name is the Deployment's plus `-` and the pod's `pod-template-hash`) gives
-/// `proxy-deployment`, any other ReplicaSet `proxy-replicaset`; StatefulSet, DaemonSet and Job
-/// give theirs. A pod without a controller, or whose name would not fit a label value, gets none.
+/// The workload labels for `pod`, from its controller (`braid_crds::pod::controlling_workload`):
+/// `proxy-deployment`, `proxy-replicaset`, `proxy-statefulset`, `proxy-daemonset` or
+/// `proxy-job`. A pod without a controller, or whose workload's name would not fit a label
+/// value, gets none.
 pub fn workload_labels(pod: &Pod) -> Vec<(String, String)> {
-    let Some(owner) =
-        pod.metadata.owner_references.iter().flatten().find(|owner| owner.controller == Some(true))
-    else {
-        return Vec::new();
-    };
-    let hash = pod.metadata.labels.as_ref().and_then(|labels| labels.get("pod-template-hash"));
-    let (kind, name) = match owner.kind.as_str() {
-        "ReplicaSet" => match hash.and_then(|hash| owner.name.strip_suffix(hash.as_str())?.strip_suffix('-'))
-        {
-            Some(deployment) => ("deployment", deployment),
-            None => ("replicaset", owner.name.as_str()),
-        },
-        "StatefulSet" => ("statefulset", owner.name.as_str()),
-        "DaemonSet" => ("daemonset", owner.name.as_str()),
-        "Job" => ("job", owner.name.as_str()),
-        _ => return Vec::new(),
-    };
-    if name.is_empty() || name.len() > MAX_LABEL_VALUE {
-        return Vec::new();
+    match braid_crds::pod::controlling_workload(pod) {
+        Some(workload) if workload.name.len() <= MAX_LABEL_VALUE => {
+            vec![(format!("{WORKLOAD_LABEL_PREFIX}{}", workload.kind.as_str()), workload.name)]
+        }
+        _ => Vec::new(),
     }
-    vec![(format!("{WORKLOAD_LABEL_PREFIX}{kind}"), name.to_owned())]
 }
 
 /// The scrape annotations for the proxy's admin port, unless the pod already says how it is

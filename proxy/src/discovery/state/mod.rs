@@ -486,6 +486,7 @@ mod tests {
                     http2: false,
                     identity: None,
                     local: false,
+                    pod: None,
                 }],
             }],
             routes: vec![RouteConfig {
