@@ -1295,13 +1295,14 @@ async fn config_is_answered_on_loopback_only_and_probes_and_metrics_everywhere()
 /// Endpoints whose pods are gone while the proxy still has them (discovery not yet told): no
 /// connection can be had, so none of the request left, and it goes to another endpoint within
 /// the same try. No retries are configured, and round robin sends the first request to each
-/// gone endpoint in turn: every request still reaches the live one, its body whole, over
-/// HTTP/1.1 (lean and streaming) and HTTP/2.
+/// of the six gone endpoints in turn (most of a Deployment rolled while the control plane failed
+/// over): every request still reaches the live one, its body whole, over HTTP/1.1 (lean and
+/// streaming) and HTTP/2.
 #[tokio::test]
 async fn a_request_to_an_endpoint_that_refuses_connections_goes_to_another_one() {
     let live = Upstream::start("live").await;
     for http2 in ["", ", http2: true"] {
-        let gone: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let gone: Vec<u16> = (0..6).map(|_| free_port()).collect();
         let endpoints: Vec<String> = gone
             .iter()
             .map(|port| format!("{{ address: \"127.0.0.1:{port}\"{http2} }}"))

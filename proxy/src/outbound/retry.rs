@@ -158,16 +158,18 @@ struct TryContext<'a> {
     affinity: Option<u64>,
 }
 
-/// How many other endpoints one try may go to when no connection could be had to the one
-/// chosen: each may take the connect timeout, and the next try or the client waits meanwhile.
-const UNREACHABLE_REPICKS: u32 = 3;
+/// How long one try goes on to other endpoints when no connection could be had to the ones
+/// chosen (each may take the 1 s connect timeout; a refusal is immediate): Linkerd's outbound
+/// HTTP balancer waits as long for an endpoint it can reach before it fails the request.
+const UNREACHABLE_WINDOW: Duration = Duration::from_secs(3);
 
 /// One try: `request` to `endpoint`, and while no connection to it can be had (refused, gone,
 /// a failed handshake), so that none of the request left, to another endpoint of the backend
-/// that is not passed over (the unreachable one now is), up to `UNREACHABLE_REPICKS` times. A
-/// pod that is gone while discovery still lists it (a control plane failing over, a node lost)
-/// then costs its next request a connect attempt, not the request: Linkerd's balancer sends
-/// only to endpoints it is connected to, to the same effect. Each endpoint's outcome is recorded
+/// that is not passed over (the unreachable one now is): each endpoint at most once, for up to
+/// `UNREACHABLE_WINDOW`. Pods that are gone while discovery still lists them (a control plane
+/// failing over while a Deployment rolls, a node lost) then cost the next requests connect
+/// attempts, not the requests, however many of the backend's pods went: Linkerd's balancer
+/// sends only to endpoints it is connected to, to the same effect. Each endpoint's outcome is recorded
 /// (its health, the backend's series) except a request the client broke or this proxy's limits
 /// held back. `version` is the client's (it chooses the endpoint's pool). Returns the endpoint
 /// that had the request last, and how it went.
@@ -178,7 +180,7 @@ async fn send_once<'b>(
     mut request: http::Request<ProxyBody>,
     version: http::Version,
 ) -> (&'b Arc<balance::Endpoint>, Result<Response<ProxyBody>, Failure>) {
-    let mut repicks = 0;
+    let (mut repicks, first_started) = (0, Instant::now());
     loop {
         let pool = endpoint.pool_for(version);
         let protocol = pool.protocol();
@@ -239,7 +241,8 @@ async fn send_once<'b>(
             done,
         );
         if let (Some(unsent), balance::Outcome::Unreachable) = (unsent, judged)
-            && repicks < UNREACHABLE_REPICKS
+            && repicks + 1 < backend.endpoints.len()
+            && done.saturating_duration_since(first_started) < UNREACHABLE_WINDOW
             && let Some(next) =
                 context.service.balancer(backend).choose(&backend.endpoints, context.affinity, done)
             && !next.passed_over(done)
