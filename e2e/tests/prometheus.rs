@@ -380,7 +380,20 @@ fn check_dashboards(
             }
         }
     }
-    assert!(failures.is_empty(), "{} dashboard queries failed:\n\n{}", failures.len(), failures.join("\n\n"));
+    if !failures.is_empty() {
+        // What was scraped then, and which operator led: an empty panel is most often a target
+        // that was down, or a rollout's metrics on a replica that no longer leads.
+        let context: Vec<String> = ["up", "braid_operator_leader", "braid_operator_canary_phase == 1"]
+            .iter()
+            .map(|query| format!("{query}: {:?}", prometheus.try_query(query, at)))
+            .collect();
+        panic!(
+            "{} dashboard queries failed:\n\n{}\n\nat {at}:\n{}",
+            failures.len(),
+            failures.join("\n\n"),
+            context.join("\n")
+        );
+    }
     checked
 }
 
