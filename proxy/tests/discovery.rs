@@ -486,9 +486,13 @@ async fn the_mesh_tracing_settings_arrive_through_discovery_and_spans_follow() {
 
     let version = mesh.server.push_inbound(None);
     eventually("the policy is acked", || async { mesh.server.acked(&Resource::Inbound, version) }).await;
+    let features = mesh.server.features.lock().unwrap().clone();
     assert!(
-        mesh.server.features.lock().unwrap().iter().all(|f| f == "tracing"),
-        "the proxy names the feature"
+        !features.is_empty()
+            && features
+                .iter()
+                .all(|header| header.split(',').any(|name| name == braid_api::discovery::FEATURE_TRACING)),
+        "the proxy names the feature: {features:?}"
     );
     assert_eq!(traced_get().await, StatusCode::OK);
     assert_eq!(app_saw(), sampled, "no tracing yet: the context passes unchanged");
