@@ -598,6 +598,18 @@ impl Route {
     pub fn pick_backend(&self) -> usize {
         pick_weighted(&self.backends, self.total_weight, fastrand::u64(..self.total_weight.max(1)))
     }
+
+    /// The backends (indices into the service's) that get a share of the route's traffic, in
+    /// the route's order: where a request may go when none of its backend's endpoints can be
+    /// reached. A backend at weight 0 (a canary not yet started) is not among them.
+    pub fn weighted_backends(&self) -> impl Iterator<Item = usize> + '_ {
+        let mut below = 0;
+        self.backends.iter().filter_map(move |&(index, cumulative)| {
+            let weight = cumulative - below;
+            below = cumulative;
+            (weight > 0).then_some(index)
+        })
+    }
 }
 
 /// The backend whose cumulative-weight interval holds `draw` (0 <= draw < total).

@@ -1292,6 +1292,34 @@ async fn config_is_answered_on_loopback_only_and_probes_and_metrics_everywhere()
     assert!(body.contains("\"config\""), "{body}");
 }
 
+/// A split whose bigger backend has only gone pods (a version rolled while discovery could not
+/// say so): none of a request left, so it goes to the route's other weighted backend rather than
+/// failing. A backend at weight 0 (a canary not started) is never such a fallback.
+#[tokio::test]
+async fn a_request_goes_to_the_other_backend_when_none_of_its_backends_endpoints_can_be_reached() {
+    let live = Upstream::start("live").await;
+    let gone: Vec<String> = (0..3).map(|_| format!("{{ address: \"127.0.0.1:{}\" }}", free_port())).collect();
+    let config = |live_weight: u32| {
+        one_service(&format!(
+            "    backends:\n      - {{ name: gone, endpoints: [{}] }}\n      - {{ name: live, endpoints: [{{ address: \"{}\" }}] }}\n\
+             \x20   routes:\n      - backends: [{{ name: gone, weight: 99 }}, {{ name: live, weight: {live_weight} }}]\n",
+            gone.join(", "),
+            live.addr
+        ))
+    };
+    let proxy = Proxy::start(&config(1)).await;
+    for _ in 0..20 {
+        let (status, headers, body) = get(&url(&proxy, "/")).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "live"), "{headers:?}");
+    }
+    assert_eq!(live.hits(), 20);
+
+    let proxy = Proxy::start(&config(0)).await;
+    let (status, headers, _) = get(&url(&proxy, "/")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "no fallback to a backend at weight 0: {headers:?}");
+    assert_eq!(live.hits(), 20);
+}
+
 /// Endpoints whose pods are gone while the proxy still has them (discovery not yet told): no
 /// connection can be had, so none of the request left, and it goes to another endpoint within
 /// the same try. No retries are configured, and round robin sends the first request to each

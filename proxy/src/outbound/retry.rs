@@ -79,7 +79,8 @@ pub async fn send_with_retries(
     let mut parts = parts;
     let mut body = Some(body);
     for attempt in 1..=attempts {
-        let backend = &service.backends[route.pick_backend()];
+        let picked = route.pick_backend();
+        let backend = &service.backends[picked];
         let now = Instant::now();
         let Some(endpoint) = service.balancer(backend).choose(&backend.endpoints, affinity, now) else {
             return Err(Failure::NoEndpoints {
@@ -108,7 +109,8 @@ pub async fn send_with_retries(
             if last { std::mem::replace(&mut parts, empty_parts()) } else { clone_parts(&parts) };
         let pool = endpoint.pool_for(try_parts.version);
         let request = upstream_request(&mut try_parts, request_body, pool.protocol(), endpoint.meshed, false);
-        let (endpoint, outcome) = send_once(&context, backend, endpoint, request, try_parts.version).await;
+        let (endpoint, outcome) =
+            send_once(&context, route, (picked, backend), endpoint, request, try_parts.version).await;
         // A request body the client broke, or a request this proxy's connection limits kept from
         // leaving, is neither retried nor held against anyone (send_once did not record it); one
         // over the limits is counted as overloaded, as one over maxRequests is.
@@ -165,8 +167,9 @@ const UNREACHABLE_WINDOW: Duration = Duration::from_secs(3);
 
 /// One try: `request` to `endpoint`, and while no connection to it can be had (refused, gone,
 /// a failed handshake), so that none of the request left, to another endpoint of the backend
-/// that is not passed over (the unreachable one now is): each endpoint at most once, for up to
-/// `UNREACHABLE_WINDOW`. Pods that are gone while discovery still lists them (a control plane
+/// that is not passed over (the unreachable one now is), and when the backend has none left,
+/// to one of the route's other weighted backends (a split's or rollout's other version): each
+/// endpoint at most once, for up to `UNREACHABLE_WINDOW`. Pods that are gone while discovery still lists them (a control plane
 /// failing over while a Deployment rolls, a node lost) then cost the next requests connect
 /// attempts, not the requests, however many of the backend's pods went: Linkerd's balancer
 /// sends only to endpoints it is connected to, to the same effect. Each endpoint's outcome is recorded
@@ -174,8 +177,9 @@ const UNREACHABLE_WINDOW: Duration = Duration::from_secs(3);
 /// held back. `version` is the client's (it chooses the endpoint's pool). Returns the endpoint
 /// that had the request last, and how it went.
 async fn send_once<'b>(
-    context: &TryContext<'_>,
-    backend: &'b Backend,
+    context: &TryContext<'b>,
+    route: &Route,
+    (mut backend_index, mut backend): (usize, &'b Backend),
     mut endpoint: &'b Arc<balance::Endpoint>,
     mut request: http::Request<ProxyBody>,
     version: http::Version,
@@ -241,19 +245,33 @@ async fn send_once<'b>(
             done,
         );
         if let (Some(unsent), balance::Outcome::Unreachable) = (unsent, judged)
-            && repicks + 1 < backend.endpoints.len()
             && done.saturating_duration_since(first_started) < UNREACHABLE_WINDOW
-            && let Some(next) =
-                context.service.balancer(backend).choose(&backend.endpoints, context.affinity, done)
-            && !next.passed_over(done)
-            // The request was written for this endpoint's protocol and mesh membership.
-            && next.meshed == endpoint.meshed
-            && next.pool_for(version).protocol() == protocol
+            && repicks < context.service.backends.iter().map(|b| b.endpoints.len()).sum::<usize>()
         {
-            repicks += 1;
-            endpoint = next;
-            request = *unsent;
-            continue;
+            // The request was written for this endpoint's protocol and mesh membership.
+            let usable = |next: &Arc<balance::Endpoint>| {
+                !next.passed_over(done)
+                    && next.meshed == endpoint.meshed
+                    && next.pool_for(version).protocol() == protocol
+            };
+            let choose = |index: usize| {
+                let candidate = &context.service.backends[index];
+                let next = context.service.balancer(candidate).choose(
+                    &candidate.endpoints,
+                    context.affinity,
+                    done,
+                )?;
+                usable(next).then_some((index, candidate, next))
+            };
+            let next = choose(backend_index).or_else(|| {
+                route.weighted_backends().filter(|&index| index != backend_index).find_map(choose)
+            });
+            if let Some((index, next_backend, next)) = next {
+                repicks += 1;
+                (backend_index, backend, endpoint) = (index, next_backend, next);
+                request = *unsent;
+                continue;
+            }
         }
         return (endpoint, outcome);
     }
