@@ -113,18 +113,23 @@ demo-check: ## The demo on a cluster that has never seen Braid, checked (0 faile
 	@bash e2e/demo.sh --check
 
 # Runs $(TARGET) with the local cluster up; stops the cluster afterwards only when this run started
-# it, so a developer's running cluster is reused and CI leaves no process behind. A cluster this
-# run started has never seen Braid: $(FRESH_TARGET) runs on it first, so that a step which works
-# only because of state an earlier run left fails here. On a reused cluster it cannot, and says so.
+# it, so a developer's running cluster is reused (in CI, never: CI=true replaces it) and CI leaves no
+# process behind. Before starting one, whatever an earlier cluster left is removed, and
+# leftovers-test.sh checks that `down` removes every kind of leftover. A cluster this run started has
+# never seen Braid: $(FRESH_TARGET) runs on it first, so that a step which works only because of state
+# an earlier run left fails here. On a reused cluster neither can run, and it says so.
 .PHONY: with-cluster
 with-cluster: tools
 	@started=0; \
-	if ! $(CLUSTER) status >/dev/null 2>&1; then $(CLUSTER) up >/dev/null; started=1; fi; \
+	if [ "$(CI)" = true ] && $(CLUSTER) status >/dev/null 2>&1; then \
+	  echo "CI: a cluster is up already; replacing it with a fresh one" >&2; $(CLUSTER) down; fi; \
+	if ! $(CLUSTER) status >/dev/null 2>&1; then \
+	  $(CLUSTER) down && bash e2e/cluster/leftovers-test.sh && $(CLUSTER) up >/dev/null || exit 1; started=1; fi; \
 	status=0; \
 	if [ -n "$(FRESH_TARGET)" ]; then \
 	  if [ $$started = 1 ]; then $(MAKE) --no-print-directory $(FRESH_TARGET) || status=$$?; \
-	  else echo "note: $(FRESH_TARGET) needs a cluster that has never seen Braid and this one was already up;" \
-	    "run it with: make cluster-down && make e2e" >&2; fi; \
+	  else echo "note: $(FRESH_TARGET) and leftovers-test.sh need a machine where no cluster was up, and this" \
+	    "one was: run them with: make cluster-down && make e2e" >&2; fi; \
 	fi; \
 	if [ $$status = 0 ]; then $(MAKE) --no-print-directory $(TARGET) || status=$$?; fi; \
 	if [ $$started = 1 ]; then $(CLUSTER) down; fi; \

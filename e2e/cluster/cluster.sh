@@ -25,7 +25,23 @@ umask 077 # the state directory holds private keys, and Helm warns about group-r
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # The configuration files of the cluster's components, with ${NAME} where a value goes (render).
 TEMPLATES=$HERE/templates
-STATE=$(realpath -m "${BRAID_CLUSTER_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/cluster}")
+# The machine has one local cluster (its bridge, ports and chains are machine-wide), wherever its state
+# directory is: `up` writes that directory's path to RECORD, and every command run without
+# BRAID_CLUSTER_DIR acts on the recorded cluster, so a `make cluster-down` from another checkout, another
+# HOME (sudo) or another XDG_CACHE_HOME still finds it. /run is emptied at boot, as are the bridge and
+# the chains.
+RECORD=/run/braid-cluster.dir
+# Prints the recorded state directory when it still holds a cluster made by this script.
+recorded_state() {
+  local dir
+  dir=$(cat "$RECORD" 2>/dev/null) || return 1
+  [ -n "$dir" ] && [ -e "$dir/.braid-cluster" ] && echo "$dir"
+}
+if [ -z "${BRAID_CLUSTER_DIR:-}" ] && STATE=$(recorded_state); then
+  :
+else
+  STATE=$(realpath -m "${BRAID_CLUSTER_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/cluster}")
+fi
 API_PORT=${BRAID_API_PORT:-16443}
 ETCD_PORT=${BRAID_ETCD_PORT:-23790}
 ETCD_PEER_PORT=${BRAID_ETCD_PEER_PORT:-23800}
@@ -223,17 +239,38 @@ report_failure() {
   tail -n 25 "$STATE/logs/$1.log" >&2 || true
 }
 
+# State directories of clusters of ours on this machine other than $STATE: the recorded one, and any whose
+# node still has mounts (a cluster started before RECORD existed, or whose record /run lost).
+other_states() {
+  local dir
+  {
+    recorded_state || true
+    awk '{ print $5 }' /proc/self/mountinfo | sed -n 's#^\(/.*\)/node/\(kubelet\|containerd\)\(/.*\)\{0,1\}$#\1#p'
+  } | sort -u | while read -r dir; do
+    [ "$dir" != "$STATE" ] && [ -e "$dir/.braid-cluster" ] && echo "$dir"
+  done
+}
+
 # Stops whatever the state directory records, removes what the node made on the machine, checks that
-# nothing is left, and deletes the directory.
+# nothing is left, and deletes the directory. A cluster of ours with another state directory goes first:
+# two cannot share the bridge and the ports, and its leftovers would otherwise block `up`.
 clean_state() {
-  [ -e "$STATE" ] || return 0
-  if [ ! -e "$MARKER" ] && [ -n "$(ls -A "$STATE")" ]; then
-    die "$STATE exists but was not made by cluster.sh (no $(basename "$MARKER")): not touching it"
+  local other
+  for other in $(other_states); do
+    log "a cluster with state in $other is on this machine: taking it down"
+    BRAID_CLUSTER_DIR=$other bash "$HERE/cluster.sh" down || die "could not take down the cluster in $other (see above)"
+  done
+  if [ -e "$STATE" ]; then
+    if [ ! -e "$MARKER" ] && [ -n "$(ls -A "$STATE")" ]; then
+      die "$STATE exists but was not made by cluster.sh (no $(basename "$MARKER")): not touching it"
+    fi
+    stop_all
+    node_teardown
   fi
-  stop_all
-  node_teardown
+  node_remove_orphans
   node_verify_gone || die "the node's leftovers are listed above; $STATE is kept for its logs"
   rm -rf "$STATE"
+  [ "$(cat "$RECORD" 2>/dev/null)" != "$STATE" ] || rm -f "$RECORD"
 }
 
 # Fails early, naming the holder, when a port is taken, e.g. by a cluster whose state directory was deleted
@@ -314,6 +351,7 @@ cmd_up() {
 
   mkdir -p "$STATE"/{logs,pids,cmd}
   touch "$MARKER"
+  echo "$STATE" >"$RECORD"
   ln -s "$tools" "$STATE/bin"
   make_pki
   node_network

@@ -112,9 +112,7 @@ node_check_network() {
   local chains
   chains=$(iptables-save -t filter 2>/dev/null | grep -E '^:BRAID-NODE-' || true)
   if ip link show "$BRIDGE" >/dev/null 2>&1 || [ -n "$chains" ]; then
-    die "the bridge $BRIDGE or the iptables chains BRAID-NODE-* exist already (a cluster whose state directory was
-  deleted by hand?): remove them ('ip link delete $BRIDGE'; 'iptables -D INPUT ...' / 'iptables -D FORWARD ...' for the
-  rules that jump to BRAID-NODE-*, then 'iptables -F' and '-X' those chains), and the KUBE-* and CNI-* chains it left"
+    die "the bridge $BRIDGE or the iptables chains BRAID-NODE-* exist already: run 'cluster.sh down' (make cluster-down)"
   fi
   # CoreDNS listens on port 53 of the bridge, which a DNS server on the wildcard address would hold (one
   # on a loopback address, like systemd-resolved's 127.0.0.53, is no conflict).
@@ -389,7 +387,7 @@ unmount() { umount "$1" 2>/dev/null || umount -l "$1" 2>/dev/null || log "cannot
 # Removes what the node made outside the state directory and every mount inside it; the processes must
 # be stopped first (stop_all). Safe to run twice, and when `up` failed half-way.
 node_teardown() {
-  local shim pid ns mnt t table chain line
+  local shim pid ns mnt
   [ -d "$NODE" ] || return 0 # the node never started
   # Shims of this containerd that outlived it (their -address is our socket).
   for pid in $(pgrep -f "containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" 2>/dev/null || true); do
@@ -434,7 +432,18 @@ node_teardown() {
     done <"$NODE/host-dirs.created"
   fi
   ip link delete "$BRIDGE" 2>/dev/null || true
-  # iptables: the rules that jump to our chains (in chains of others, INPUT, FORWARD, ...), then the chains.
+  node_remove_chains
+  if [ -f "$NODE/sysctl.orig" ]; then
+    while IFS='=' read -r key value; do
+      [ -z "$value" ] || sysctl -qw "$key=$value" 2>/dev/null || log "cannot restore $key=$value"
+    done <"$NODE/sysctl.orig"
+    rm -f "$NODE/sysctl.orig"
+  fi
+}
+
+# iptables: the rules that jump to our chains (in chains of others, INPUT, FORWARD, ...), then the chains.
+node_remove_chains() {
+  local t table chain line
   for t in iptables ip6tables; do
     command -v "$t-save" >/dev/null || continue
     for table in filter nat mangle raw; do
@@ -450,12 +459,41 @@ node_teardown() {
       done
     done
   done
-  if [ -f "$NODE/sysctl.orig" ]; then
-    while IFS='=' read -r key value; do
-      [ -z "$value" ] || sysctl -qw "$key=$value" 2>/dev/null || log "cannot restore $key=$value"
-    done <"$NODE/sysctl.orig"
-    rm -f "$NODE/sysctl.orig"
-  fi
+}
+
+# The pods' network namespaces on this machine that hold an address of the pod subnet.
+node_pod_netns() {
+  local ns
+  for ns in /var/run/netns/cni-*; do
+    [ -e "$ns" ] || continue
+    ip netns exec "$(basename "$ns")" ip -4 -o addr show 2>/dev/null | grep -q " ${POD_SUBNET%.*}\." && echo "$ns"
+  done
+  return 0
+}
+
+# What a node of ours leaves on the machine when its state directory is gone (deleted by hand, or a
+# different BRAID_CLUSTER_DIR): found by name and address rather than from the state's lists, and removed
+# when no node is running (kubelet's port free), since it then belongs to no live cluster. The sysctls'
+# earlier values went with the state; they are left as the node set them, and said so.
+node_remove_orphans() {
+  local chains netns holder ns
+  chains=$(iptables-save -t filter 2>/dev/null | grep -E '^:BRAID-NODE-' || true)
+  netns=$(node_pod_netns)
+  ip link show "$BRIDGE" >/dev/null 2>&1 || [ -n "$chains" ] || [ -n "$netns" ] || return 0
+  holder=$(ss -Hltnp "sport = :10250")
+  [ -z "$holder" ] || die "the bridge $BRIDGE or the chains BRAID-NODE-* exist, and a kubelet runs (port 10250: $holder):
+  a cluster started with another BRAID_CLUSTER_DIR? Run 'BRAID_CLUSTER_DIR=<its directory> $0 down'"
+  log "removing what a cluster of ours whose state directory is gone left: $BRIDGE, the KUBE-*, CNI-* and BRAID-*" \
+    "chains, $(wc -w <<<"$netns") pod network namespaces, the kubepods cgroups (the sysctls ip_forward and" \
+    "bridge-nf-call-iptables stay as that cluster set them)"
+  for ns in $netns; do
+    # Processes of the dead node's pods (runc containers outlive a SIGKILLed kubelet and containerd).
+    ip netns pids "$(basename "$ns")" 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
+    ip netns delete "$(basename "$ns")" 2>/dev/null || true
+  done
+  ip link delete "$BRIDGE" 2>/dev/null || true
+  node_remove_chains
+  find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods -depth -type d -exec rmdir {} + 2>/dev/null || true
 }
 
 # What `down` promises, checked: prints each leftover of the node, and fails if there is any.
