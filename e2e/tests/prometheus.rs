@@ -546,6 +546,19 @@ async fn flagger_and_linkerd_dashboard_queries_read_the_proxies_as_the_client_me
         "{secured:.0} inbound responses with tls=\"true\", the meshed client sent {total}"
     );
 
+    // Linkerd's target labels name the app's port, and a request that came over mTLS has no
+    // `no_tls_reason`.
+    let by_port = prometheus.query(
+        &format!(
+            "sum(response_total{{namespace=\"{ns}\", deployment=\"web\", direction=\"inbound\", tls=\"true\"}}) by (target_port, no_tls_reason)"
+        ),
+        now,
+    );
+    let ports: Vec<_> = by_port.iter().map(|(labels, _)| labels.clone()).collect();
+    assert_eq!(ports.len(), 1, "web's inbound mTLS answers are one target port, no reason: {ports:?}");
+    assert_eq!(ports[0].get("target_port").map(String::as_str), Some("8080"), "{ports:?}");
+    assert_eq!(ports[0].get("no_tls_reason"), None, "{ports:?}");
+
     // The main panels of Linkerd's Grafana deployment dashboard, read inside the load.
     let during = ended - 5.0;
     let selector = format!("namespace=\"{ns}\", deployment=~\"web\", direction=\"inbound\"");

@@ -178,30 +178,79 @@ pub enum End {
 }
 
 /// Whether the connection a request came in on (inbound) or went out on (outbound) was mTLS,
-/// with Linkerd's values.
+/// as Linkerd labels it: `tls`, and `no_tls_reason` when it was not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Tls {
-    /// `true`: the peer proved a mesh identity.
+    /// `tls="true"`: the peer proved a mesh identity.
     Mutual,
-    /// `no_identity`: plaintext, or TLS the proxy does not terminate.
-    NoIdentity,
-    /// Empty (Prometheus drops it): an outbound request, counted before an endpoint is chosen.
+    /// `tls="no_identity"`: plaintext, or TLS the proxy does not terminate.
+    NoIdentity(NoTlsReason),
+    /// No label: an outbound request, counted before an endpoint is chosen.
     NotYetKnown,
 }
 
+/// Why a connection carried no mesh identity (Linkerd's `no_tls_reason` values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum NoTlsReason {
+    /// Inbound: the client did not open mesh TLS (an unmeshed client, the kubelet, Prometheus).
+    no_tls_from_remote,
+    /// Outbound: discovery gave the endpoint no identity (an unmeshed pod, an address outside
+    /// the mesh), or no endpoint answered.
+    not_provided_by_service_discovery,
+}
+
 impl Tls {
-    fn as_str(self) -> &'static str {
+    /// An inbound connection's: mutual when the client proved an identity.
+    pub fn inbound(client_proved_identity: bool) -> Self {
+        if client_proved_identity { Self::Mutual } else { Self::NoIdentity(NoTlsReason::no_tls_from_remote) }
+    }
+}
+
+impl EncodeLabelSet for Tls {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         match self {
-            Self::Mutual => "true",
-            Self::NoIdentity => "no_identity",
-            Self::NotYetKnown => "",
+            Self::Mutual => ("tls", "true").encode(encoder.encode_label()),
+            Self::NoIdentity(reason) => {
+                ("tls", "no_identity").encode(encoder.encode_label())?;
+                ("no_tls_reason", *reason).encode(encoder.encode_label())
+            }
+            Self::NotYetKnown => Ok(()),
         }
     }
 }
 
-impl EncodeLabelValue for Tls {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        encoder.write_str(self.as_str())
+/// Where a request or connection goes, as Linkerd labels it: `target_addr`, `target_ip` and
+/// `target_port` (the app's address on inbound). Held as one shared text, split only when
+/// scraped; no labels when empty (outbound, where each try picks its endpoint).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TargetAddr(Label);
+
+impl TargetAddr {
+    pub fn new(addr: std::net::SocketAddr) -> Self {
+        Self(Label::new(addr.to_string()))
+    }
+
+    pub fn none() -> Self {
+        Self(Label::empty())
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.0.as_str()
+    }
+
+    /// The address as one label value, shared (inbound `authority` is the same text).
+    pub fn label(&self) -> &Label {
+        &self.0
+    }
+}
+
+impl EncodeLabelSet for TargetAddr {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(addr) = self.0.as_str().parse::<std::net::SocketAddr>() else { return Ok(()) };
+        ("target_addr", self.0.clone()).encode(encoder.encode_label())?;
+        ("target_ip", addr.ip().to_string()).encode(encoder.encode_label())?;
+        ("target_port", addr.port()).encode(encoder.encode_label())
     }
 }
 
@@ -213,11 +262,13 @@ pub struct RequestLabels {
     pub authority: Label,
     /// Where the request goes: the app's address (inbound); empty on outbound, where it is
     /// the endpoint a try picks, which the route's series do not split by.
-    pub target_addr: Label,
+    #[prometheus(flatten)]
+    pub target_addr: TargetAddr,
     pub dst_service: Label,
     pub route: Label,
     /// The client's SPIFFE id, on inbound mTLS connections.
     pub client_id: Label,
+    #[prometheus(flatten)]
     pub tls: Tls,
 }
 
@@ -263,7 +314,8 @@ impl EncodeLabelValue for GrpcStatus {
 pub struct AnswerLabels {
     pub direction: Direction,
     pub authority: Label,
-    pub target_addr: Label,
+    #[prometheus(flatten)]
+    pub target_addr: TargetAddr,
     pub dst_service: Label,
     pub route: Label,
     pub client_id: Label,
@@ -273,6 +325,7 @@ pub struct AnswerLabels {
     #[prometheus(flatten)]
     pub dst: DstPod,
     /// Inbound: the request's; outbound: `true` when the endpoint proved an identity.
+    #[prometheus(flatten)]
     pub tls: Tls,
     pub status_code: u16,
 }
@@ -369,7 +422,9 @@ impl Teardowns {
 /// An inbound request or connection the policy denied (Linkerd's `inbound_*_authz_deny_total`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct DenyLabels {
-    pub target_addr: Label,
+    #[prometheus(flatten)]
+    pub target_addr: TargetAddr,
+    #[prometheus(flatten)]
     pub tls: Tls,
     pub client_id: Label,
 }
@@ -378,10 +433,12 @@ pub struct DenyLabels {
 /// `inbound_*_authz_allow_total`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct AllowLabels {
-    pub target_addr: Label,
+    #[prometheus(flatten)]
+    pub target_addr: TargetAddr,
     pub authz_kind: AuthzKind,
     /// The rule's name (`POLICY-N` for a MeshPolicy's), or the default policy's.
     pub authz_name: Label,
+    #[prometheus(flatten)]
     pub tls: Tls,
     pub client_id: Label,
 }
@@ -917,7 +974,9 @@ impl AnswerSeries {
         let labels = &self.labels;
         let tls = match labels.direction {
             Direction::inbound => labels.tls,
-            Direction::outbound if server_id.as_str().is_empty() => Tls::NoIdentity,
+            Direction::outbound if server_id.as_str().is_empty() => {
+                Tls::NoIdentity(NoTlsReason::not_provided_by_service_discovery)
+            }
             Direction::outbound => Tls::Mutual,
         };
         let answer = AnswerLabels {
@@ -1059,7 +1118,7 @@ mod tests {
         RequestLabels {
             direction: Direction::outbound,
             authority: Label::new("reviews.shop.svc.cluster.local:80"),
-            target_addr: Label::empty(),
+            target_addr: TargetAddr::none(),
             dst_service: Label::new("reviews.shop.svc.cluster.local:80"),
             route: Label::new("default"),
             client_id: Label::empty(),
@@ -1072,6 +1131,43 @@ mod tests {
         text.lines()
             .filter(|line| line.starts_with(metric) && line[metric.len()..].starts_with('{'))
             .collect()
+    }
+
+    #[test]
+    fn inbound_series_carry_linkerds_target_and_tls_labels() {
+        let metrics = Metrics::new();
+        let inbound = |addr: &str, tls| RequestLabels {
+            direction: Direction::inbound,
+            authority: Label::new(addr),
+            target_addr: TargetAddr::new(addr.parse().unwrap()),
+            dst_service: Label::empty(),
+            route: Label::empty(),
+            client_id: Label::empty(),
+            tls,
+        };
+        metrics.request_metrics(&inbound("10.244.0.7:8080", Tls::inbound(false))).requests.inc();
+        metrics.request_metrics(&inbound("[fd00::7]:9090", Tls::inbound(true))).requests.inc();
+        metrics.request_metrics(&outbound()).requests.inc();
+        let text = metrics.encode();
+        let requests = samples(&text, "request_total");
+        let plaintext = requests.iter().find(|line| line.contains("10.244.0.7")).unwrap();
+        for label in [
+            r#"target_addr="10.244.0.7:8080""#,
+            r#"target_ip="10.244.0.7""#,
+            r#"target_port="8080""#,
+            r#"tls="no_identity""#,
+            r#"no_tls_reason="no_tls_from_remote""#,
+        ] {
+            assert!(plaintext.contains(label), "{label} missing: {plaintext}");
+        }
+        let mutual = requests.iter().find(|line| line.contains("fd00::7")).unwrap();
+        for label in [r#"target_addr="[fd00::7]:9090""#, r#"target_ip="fd00::7""#, r#"target_port="9090""#] {
+            assert!(mutual.contains(label), "{label} missing: {mutual}");
+        }
+        assert!(mutual.contains(r#"tls="true""#) && !mutual.contains("no_tls_reason"), "{mutual}");
+        // Outbound requests are counted before an endpoint is chosen: no target, no tls yet.
+        let outbound = requests.iter().find(|line| line.contains(r#"direction="outbound""#)).unwrap();
+        assert!(!outbound.contains("target_") && !outbound.contains("tls"), "{outbound}");
     }
 
     #[test]

@@ -142,7 +142,12 @@ async fn response_latency_is_time_to_first_body_byte_by_status_code() {
     let failed = [("direction", "outbound"), ("status_code", "503"), ("le", "200.0")];
     assert_eq!(metric(&metrics, "response_latency_ms_bucket", &failed), Some(1.0), "{metrics}");
     // Outbound to a plaintext endpoint: Linkerd's `no_identity`.
-    let plain = [("direction", "outbound"), ("status_code", "200"), ("tls", "no_identity")];
+    let plain = [
+        ("direction", "outbound"),
+        ("status_code", "200"),
+        ("tls", "no_identity"),
+        ("no_tls_reason", "not_provided_by_service_discovery"),
+    ];
     assert_eq!(metric(&metrics, "response_total", &plain), Some(1.0), "{metrics}");
 }
 

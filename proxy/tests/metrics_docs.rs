@@ -97,14 +97,16 @@ fn exposition() -> String {
     use braid_proxy::metrics::*;
     let metrics = Metrics::new();
     let some = || Label::new("x");
+    let target = || TargetAddr::new(std::net::SocketAddr::from(([10, 0, 0, 1], 8080)));
+    let plaintext = Tls::NoIdentity(NoTlsReason::no_tls_from_remote);
     let request = RequestLabels {
         direction: Direction::inbound,
         authority: some(),
-        target_addr: some(),
+        target_addr: target(),
         dst_service: some(),
         route: some(),
         client_id: some(),
-        tls: Tls::Mutual,
+        tls: plaintext,
     };
     let series = metrics.request_metrics(&request);
     series.requests.inc();
@@ -153,14 +155,14 @@ fn exposition() -> String {
     }
     metrics.teardowns(Direction::inbound, Peer::client).count(TeardownReason::closed);
     metrics.config_reloads.get_or_create(&ReloadLabels { result: ReloadResult::applied }).inc();
-    let deny = DenyLabels { target_addr: some(), tls: Tls::Mutual, client_id: some() };
+    let deny = DenyLabels { target_addr: target(), tls: plaintext, client_id: some() };
     metrics.http_authz_denied.get_or_create(&deny).inc();
     metrics.tcp_authz_denied.get_or_create(&deny).inc();
     let allow = AllowLabels {
-        target_addr: some(),
+        target_addr: target(),
         authz_kind: AuthzKind::meshpolicy,
         authz_name: some(),
-        tls: Tls::Mutual,
+        tls: plaintext,
         client_id: some(),
     };
     metrics.http_authz_allowed.get_or_create(&allow).inc();

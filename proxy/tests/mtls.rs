@@ -128,12 +128,32 @@ async fn strict_refuses_plaintext_and_permissive_accepts_it() {
     assert!(answer.is_empty(), "STRICT answered plaintext: {}", String::from_utf8_lossy(&answer));
     assert_eq!(app.hits(), 0);
     let metrics = b.metrics().await;
-    let plaintext = [("tls", "no_identity"), ("client_id", "")];
+    // Linkerd's labels: the app's address whole and split, and why there was no identity.
+    let port = app.addr.port().to_string();
+    let plaintext = [
+        ("target_addr", &*app.addr.to_string()),
+        ("target_ip", "127.0.0.1"),
+        ("target_port", &*port),
+        ("tls", "no_identity"),
+        ("no_tls_reason", "no_tls_from_remote"),
+        ("client_id", ""),
+    ];
     assert_eq!(metric(&metrics, "inbound_tcp_authz_deny_total", &plaintext), Some(1.0), "{metrics}");
-    // mTLS from a meshed client passes.
+    // mTLS from a meshed client passes, and has no reason for a TLS it had.
     let (a, _a_files) = client_proxy(&identity, FRONTEND, &b, WEB, "").await;
     ready(&a).await;
     assert_eq!(get(&web(&a, "/")).await.0, StatusCode::OK);
+    let metrics = b.metrics().await;
+    let mutual = [("direction", "inbound"), ("tls", "true"), ("target_port", &*port)];
+    assert_eq!(metric(&metrics, "response_total", &mutual), Some(1.0), "{metrics}");
+    let inbound_mutual = metrics
+        .lines()
+        .filter(|line| line.starts_with("response_total{") && line.contains(r#"tls="true""#))
+        .collect::<Vec<_>>();
+    assert!(
+        !inbound_mutual.is_empty() && inbound_mutual.iter().all(|line| !line.contains("no_tls_reason")),
+        "{metrics}"
+    );
 
     let permissive = "  policy: { mtls: PERMISSIVE, rules: [{}] }\n";
     let (p, _p_files) = server_proxy(&identity, app.addr, permissive).await;

@@ -19,7 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::metrics::{
-    AllowLabels, Answerer, AuthzKind, DenyLabels, Label, RequestLabels, RequestMetrics, Tls,
+    AllowLabels, Answerer, AuthzKind, DenyLabels, Label, RequestLabels, RequestMetrics, TargetAddr, Tls,
 };
 use crate::policy::{self, Allowed, HttpRequest};
 use crate::state::ProxyState;
@@ -55,8 +55,8 @@ pub fn connection(
         // Its requests are counted one by one.
         Carries::Http => policy::admit_connection(policy, client, true).map(|()| None),
     };
-    let target_addr = Label::new(app.to_string());
-    let tls = if client_id.is_some() { Tls::Mutual } else { Tls::NoIdentity };
+    let target_addr = TargetAddr::new(app);
+    let tls = Tls::inbound(client_id.is_some());
     let client_id = client_id.map_or_else(Label::empty, Label::new);
     match decision {
         Ok(None) => true,

@@ -15,7 +15,7 @@ use crate::client::{Pool, UpstreamProtocol};
 use crate::http::forward::{forward_once, record};
 use crate::http::headers::{ORIG_PROTO, propagate_trace};
 use crate::http::path;
-use crate::metrics::{Answerer, Direction, Label, RequestLabels, RequestMetrics, Tls};
+use crate::metrics::{Answerer, Direction, Label, RequestLabels, RequestMetrics, TargetAddr, Tls};
 use crate::policy::HttpRequest;
 use crate::spans::SpanKind;
 use crate::state::ProxyState;
@@ -35,15 +35,15 @@ pub struct InboundConnection {
 
 impl InboundConnection {
     pub fn new(state: Arc<ProxyState>, app: SocketAddr, client_id: Option<String>) -> Self {
-        let app_label = Label::new(app.to_string());
+        let target_addr = TargetAddr::new(app);
         let labels = RequestLabels {
             direction: Direction::inbound,
-            authority: app_label.clone(),
-            target_addr: app_label,
+            authority: target_addr.label().clone(),
+            target_addr,
             dst_service: Label::empty(),
             route: Label::empty(),
             client_id: client_id.as_deref().map_or_else(Label::empty, Label::new),
-            tls: if client_id.is_some() { Tls::Mutual } else { Tls::NoIdentity },
+            tls: Tls::inbound(client_id.is_some()),
         };
         let http1 = state.app_pool(app, UpstreamProtocol::Http1);
         let http2 = state.app_pool(app, UpstreamProtocol::Http2);

@@ -260,7 +260,7 @@ pub async fn request(
     let labels = RequestLabels {
         direction: Direction::outbound,
         authority: label.clone(),
-        target_addr: Label::empty(),
+        target_addr: crate::metrics::TargetAddr::none(),
         dst_service: label,
         route: Label::empty(),
         client_id: Label::empty(),

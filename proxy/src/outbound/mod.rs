@@ -249,7 +249,7 @@ async fn passthrough(
     let labels = RequestLabels {
         direction: Direction::outbound,
         authority: state.passthrough_label(addr),
-        target_addr: Label::empty(),
+        target_addr: crate::metrics::TargetAddr::none(),
         dst_service: Label::empty(),
         route: Label::empty(),
         client_id: Label::empty(),

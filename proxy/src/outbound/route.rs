@@ -71,7 +71,7 @@ async fn route_and_send(
         let labels = RequestLabels {
             direction: Direction::outbound,
             authority: service.name.clone(),
-            target_addr: Label::empty(),
+            target_addr: crate::metrics::TargetAddr::none(),
             dst_service: service.name.clone(),
             route: Label::empty(),
             client_id: Label::empty(),
@@ -100,7 +100,7 @@ async fn route_and_send(
     let labels = RequestLabels {
         direction: Direction::outbound,
         authority: service.name.clone(),
-        target_addr: Label::empty(),
+        target_addr: crate::metrics::TargetAddr::none(),
         dst_service: service.name.clone(),
         route: route.name.clone(),
         client_id: Label::empty(),
