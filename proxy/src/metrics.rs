@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use braid_api::config::WorkloadKind;
 use prometheus_client::encoding::{
     EncodeLabel, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelSetEncoder, LabelValueEncoder,
     MetricEncoder,
@@ -124,13 +123,7 @@ impl EncodeLabelSet for DstPod {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
         let Some(pod) = &self.0 else { return Ok(()) };
         let workload = pod.workload.as_ref();
-        let workload_key = workload.map(|workload| match workload.kind {
-            WorkloadKind::Deployment => "dst_deployment",
-            WorkloadKind::ReplicaSet => "dst_replicaset",
-            WorkloadKind::StatefulSet => "dst_statefulset",
-            WorkloadKind::DaemonSet => "dst_daemonset",
-            WorkloadKind::Job => "dst_job",
-        });
+        let workload_key = workload.map(|workload| workload.kind.dst_label());
         let labels = [
             ("dst_namespace", pod.namespace.as_str()),
             ("dst_pod", pod.name.as_str()),
@@ -1112,7 +1105,7 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use braid_api::config::{EndpointPod, Workload};
+    use braid_api::config::{EndpointPod, Workload, WorkloadKind};
 
     fn outbound() -> RequestLabels {
         RequestLabels {

@@ -654,6 +654,17 @@ impl WorkloadKind {
             Self::Job => "job",
         }
     }
+
+    /// The label Linkerd's proxy names an endpoint's workload with (`dst_deployment`, ...).
+    pub fn dst_label(self) -> &'static str {
+        match self {
+            Self::Deployment => "dst_deployment",
+            Self::ReplicaSet => "dst_replicaset",
+            Self::StatefulSet => "dst_statefulset",
+            Self::DaemonSet => "dst_daemonset",
+            Self::Job => "dst_job",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

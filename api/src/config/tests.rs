@@ -484,3 +484,17 @@ fn refuses_bad_tracing_settings_with_the_field_and_the_reason() {
         assert!(error.contains(reason), "{text}: {error}");
     }
 }
+
+#[test]
+fn a_workload_kind_names_linkerds_labels() {
+    for (kind, label) in [
+        (WorkloadKind::Deployment, "deployment"),
+        (WorkloadKind::ReplicaSet, "replicaset"),
+        (WorkloadKind::StatefulSet, "statefulset"),
+        (WorkloadKind::DaemonSet, "daemonset"),
+        (WorkloadKind::Job, "job"),
+    ] {
+        assert_eq!(kind.as_str(), label);
+        assert_eq!(kind.dst_label(), format!("dst_{label}"));
+    }
+}

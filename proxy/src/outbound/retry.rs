@@ -169,13 +169,14 @@ const UNREACHABLE_WINDOW: Duration = Duration::from_secs(3);
 /// a failed handshake), so that none of the request left, to another endpoint of the backend
 /// that is not passed over (the unreachable one now is), and when the backend has none left,
 /// to one of the route's other weighted backends (a split's or rollout's other version): each
-/// endpoint at most once, for up to `UNREACHABLE_WINDOW`. Pods that are gone while discovery still lists them (a control plane
-/// failing over while a Deployment rolls, a node lost) then cost the next requests connect
-/// attempts, not the requests, however many of the backend's pods went: Linkerd's balancer
-/// sends only to endpoints it is connected to, to the same effect. Each endpoint's outcome is recorded
-/// (its health, the backend's series) except a request the client broke or this proxy's limits
-/// held back. `version` is the client's (it chooses the endpoint's pool). Returns the endpoint
-/// that had the request last, and how it went.
+/// endpoint at most once, for up to `UNREACHABLE_WINDOW`. Pods that are gone while discovery
+/// still lists them (a control plane failing over while a Deployment rolls, a node lost) then
+/// cost the next requests connect attempts, not the requests, however many of the backend's
+/// pods went: Linkerd's balancer sends only to endpoints it is connected to, to the same
+/// effect. Each endpoint's outcome is recorded (its health, the backend's series) except a
+/// request the client broke or this proxy's limits held back. `version` is the client's (it
+/// chooses the endpoint's pool). Returns the endpoint that had the request last, and how it
+/// went.
 async fn send_once<'b>(
     context: &TryContext<'b>,
     route: &Route,
@@ -246,6 +247,7 @@ async fn send_once<'b>(
         );
         if let (Some(unsent), balance::Outcome::Unreachable) = (unsent, judged)
             && done.saturating_duration_since(first_started) < UNREACHABLE_WINDOW
+            // Every endpoint of the service bounds it; passed-over ones are never picked again.
             && repicks < context.service.backends.iter().map(|b| b.endpoints.len()).sum::<usize>()
         {
             // The request was written for this endpoint's protocol and mesh membership.
