@@ -351,7 +351,8 @@ cmd_up() {
 
   mkdir -p "$STATE"/{logs,pids,cmd}
   touch "$MARKER"
-  echo "$STATE" >"$RECORD"
+  { echo "$STATE" >"$RECORD"; } 2>/dev/null ||
+    log "cannot write $RECORD: 'cluster.sh down' finds this cluster only through BRAID_CLUSTER_DIR=$STATE or its mounts"
   ln -s "$tools" "$STATE/bin"
   make_pki
   node_network
