@@ -119,7 +119,10 @@ FEATURES=Mesh,HTTPRoute,GRPCRoute,HTTPRouteResponseHeaderModification,HTTPRouteP
 
 cmd_run() {
   local report=${BRAID_CONFORMANCE_REPORT:-$ROOT/target/conformance/report.yaml}
-  export KUBECONFIG=${KUBECONFIG:-${XDG_CACHE_HOME:-$HOME/.cache}/braid/cluster/admin.kubeconfig}
+  if [ -z "${KUBECONFIG:-}" ]; then
+    KUBECONFIG=$(bash "$ROOT/e2e/cluster/cluster.sh" kubeconfig) || die "the local cluster is not up: make cluster-up"
+    export KUBECONFIG
+  fi
   [ -x "$OUT/conformance.test" ] || die "run: conformance.sh build"
   mkdir -p "$(dirname "$report")"
   # The suite reads its manifests relative to its own package directory.
@@ -140,9 +143,12 @@ summarize() {
 
 cmd_check() {
   local t0=$SECONDS report=${BRAID_CONFORMANCE_REPORT:-$ROOT/target/conformance/report.yaml} status=0
-  local state=${XDG_CACHE_HOME:-$HOME/.cache}/braid/cluster
-  export KUBECONFIG=${KUBECONFIG:-$state/admin.kubeconfig}
-  [ -x "$state/bin/helm" ] || die "the local cluster is not up: make cluster-up"
+  # The cluster's own kubeconfig and tools, wherever its state directory is.
+  local kubeconfig state
+  kubeconfig=$(bash "$ROOT/e2e/cluster/cluster.sh" kubeconfig) || die "the local cluster is not up: make cluster-up"
+  state=$(dirname "$kubeconfig")
+  export KUBECONFIG=${KUBECONFIG:-$kubeconfig}
+  [ -x "$state/bin/helm" ] || die "the local cluster at $state has no bin/helm: make cluster-down && make cluster-up"
   if [ "$(cat "$OUT/.built" 2>/dev/null)" != "$(build_stamp)" ]; then cmd_build; fi
   cmd_images
   mkdir -p "$(dirname "$report")"
