@@ -7,8 +7,8 @@
 #
 # `cluster.sh help` lists the commands.
 #
-# State directory: the running cluster's (see RECORD below), else $BRAID_CLUSTER_DIR (default
-# $XDG_CACHE_HOME/braid/cluster, i.e. ~/.cache/braid/cluster):
+# State directory: $BRAID_CLUSTER_DIR when set; else the machine's cluster's (RECORD below); else
+# $XDG_CACHE_HOME/braid/cluster, i.e. ~/.cache/braid/cluster:
 #   admin.kubeconfig  client certificate of user "admin" in group system:masters
 #   bin/              symlink to the tools directory: bin/kubectl, bin/helm, bin/etcd, ...
 #   pki/              CA, serving and client certificates, service-account key pair, component kubeconfigs
