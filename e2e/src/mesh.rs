@@ -252,8 +252,23 @@ pub fn unix_ms() -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sidecar {
     Meshed,
+    /// Meshed, its proxy logging at debug how it picks endpoints (balance, outbound), so that a
+    /// test can say why a request was lost (`sidecar_log`).
+    MeshedDebug,
     /// Annotated braid.dev/inject=disabled: a plaintext client from inside the cluster.
     None,
+}
+
+/// The log level a `Sidecar::MeshedDebug` proxy gets (braid.dev/proxy-log-level).
+const DEBUG_PROXY_LOG: &str = "info,braid_proxy::outbound=debug,braid_proxy::balance=debug";
+
+/// The last `lines` lines of pod `name`'s proxy log that contain one of `needles`.
+pub fn sidecar_log(cluster: &Cluster, ns: &str, name: &str, needles: &[&str], lines: usize) -> String {
+    let output = cluster.kubectl(&["logs", "-n", ns, name, "-c", "braid-proxy"]);
+    let log = String::from_utf8_lossy(&output.stdout);
+    let matching: Vec<&str> =
+        log.lines().filter(|line| needles.iter().any(|needle| line.contains(needle))).collect();
+    matching[matching.len().saturating_sub(lines)..].join("\n")
 }
 
 /// The pod of a load client (e2e/apps `load --json ARGS`) running as `account`.
@@ -267,8 +282,11 @@ pub fn start_load_pod(
 ) {
     let args: Vec<String> = args.iter().map(|a| format!("\"{a}\"")).collect();
     let inject = match sidecar {
-        Sidecar::Meshed => "",
-        Sidecar::None => ", annotations: { braid.dev/inject: disabled }",
+        Sidecar::Meshed => String::new(),
+        Sidecar::MeshedDebug => {
+            format!(", annotations: {{ braid.dev/proxy-log-level: \"{DEBUG_PROXY_LOG}\" }}")
+        }
+        Sidecar::None => ", annotations: { braid.dev/inject: disabled }".to_owned(),
     };
     apply(
         cluster,

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use braid_e2e::mesh::{
     LoadRun, LoadSpec, Release, Sidecar, Window, assert_overlaps, check_prerequisites, count,
-    deploy_meshed_echo, install, kill_leader, lease_holder, programmed, split, strict_policy, url, workloads,
+    deploy_meshed_echo, install, kill_leader, lease_holder, programmed, sidecar_log, split, strict_policy,
+    url, workloads,
 };
 use braid_e2e::{Cluster, TestNamespace, eventually, setup};
 use kube::Client;
@@ -102,7 +103,7 @@ impl Faults {
                 LoadRun::start(cluster, client, ns, spec).await
             }
         };
-        let load = start(format!("{case}-load"), "client", Sidecar::Meshed, &load_url, 50).await;
+        let load = start(format!("{case}-load"), "client", Sidecar::MeshedDebug, &load_url, 50).await;
         let plaintext = start(format!("{case}-plaintext"), "intruder", Sidecar::None, &probe_url, 20).await;
         let intruder = start(format!("{case}-intruder"), "intruder", Sidecar::Meshed, &probe_url, 20).await;
         load.answered().await;
@@ -138,6 +139,18 @@ impl Faults {
             count(&intruder, "total"),
             figures.wrongly_accepted
         );
+        if figures.failed > 0 {
+            // What the client's proxy saw: the endpoints it could not reach, and why it sent a
+            // request back failed rather than to another endpoint.
+            let seen = sidecar_log(
+                cluster,
+                ns,
+                &format!("{case}-load"),
+                &["not reached", "ejected", "discovery", "no other endpoint"],
+                60,
+            );
+            eprintln!("{case}: the load client's proxy log (endpoints, discovery):\n{seen}");
+        }
         assert_eq!(figures.failed, 0, "{case}: the load client lost requests: {load}");
         assert_eq!(count(&plaintext, "ok"), 0, "{case}: a plaintext client was let in: {plaintext}");
         assert_eq!(

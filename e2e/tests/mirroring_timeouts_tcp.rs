@@ -447,7 +447,8 @@ impl Mesh {
     async fn tcp_call(&self, name: &str, account: &str, sidecar: Sidecar, connections: u64) -> (i32, Value) {
         let ns = self.ns();
         let inject = match sidecar {
-            Sidecar::Meshed => "",
+            // This pod's proxy carries opaque TCP: nothing of the outbound HTTP logs to add.
+            Sidecar::Meshed | Sidecar::MeshedDebug => "",
             Sidecar::None => ", annotations: { braid.dev/inject: disabled }",
         };
         apply(

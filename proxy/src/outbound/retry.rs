@@ -21,6 +21,7 @@ use crate::metrics::{
     Answerer, Direction, Label, Metrics, RequestLabels, RetryLabels, TimeoutKind, TimeoutLabels,
 };
 use crate::table::{Backend, Route, Service};
+use tracing::debug;
 
 /// A request body: kept in memory (so it can be sent again), kept as it streams (up to the
 /// bound, for a retry to replay), or left streaming.
@@ -245,7 +246,8 @@ async fn send_once<'b>(
             &backend.endpoints,
             done,
         );
-        if let (Some(unsent), balance::Outcome::Unreachable) = (unsent, judged)
+        let unreachable = judged == balance::Outcome::Unreachable;
+        if let (Some(unsent), true) = (unsent, unreachable)
             && done.saturating_duration_since(first_started) < UNREACHABLE_WINDOW
             // Every endpoint of the service bounds it; passed-over ones are never picked again.
             && repicks < context.service.backends.iter().map(|b| b.endpoints.len()).sum::<usize>()
@@ -274,6 +276,17 @@ async fn send_once<'b>(
                 request = *unsent;
                 continue;
             }
+        }
+        if unreachable {
+            // Why the request goes back failed rather than to another endpoint: what an operator
+            // needs to tell a gone pod that discovery still lists from a backend with no live one.
+            debug!(
+                endpoint = %endpoint.addr,
+                backend = backend.name.as_str(),
+                repicks,
+                elapsed = ?done.saturating_duration_since(first_started),
+                "endpoint not reached, and no other endpoint of the route's backends to send to"
+            );
         }
         return (endpoint, outcome);
     }
