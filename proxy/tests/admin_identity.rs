@@ -12,7 +12,6 @@ use std::time::Duration;
 use http::StatusCode;
 use support::identity::{Authority, IdentityFiles, IdentityServer};
 use support::*;
-use tokio::net::TcpListener;
 use x509_parser::pem::Pem;
 
 const WEB: &str = "spiffe://test.local/ns/shop/sa/web";
@@ -75,9 +74,7 @@ async fn identity_says_why_there_is_no_certificate() {
     // An identity whose endpoint does not answer: no certificate yet.
     let authority = Authority::new();
     let files = IdentityFiles::new(&authority.root_pem, WEB);
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = closed.local_addr().unwrap();
-    drop(closed);
+    let (_refusing, addr) = refusing_addr();
     let config = format!(
         "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0 }}\n{}",
         files.config(WEB, addr)

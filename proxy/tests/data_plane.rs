@@ -306,9 +306,7 @@ async fn grpc_error(addr: std::net::SocketAddr, path: &str) -> (String, String, 
 async fn grpc_clients_get_the_proxys_own_errors_as_grpc_statuses() {
     let slow = Upstream::start("slow").await;
     *slow.delay.lock().unwrap() = Duration::from_secs(3);
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gone = closed.local_addr().unwrap();
-    drop(closed);
+    let (_refusing, gone) = refusing_addr();
     let proxy = Proxy::start(&format!(
         "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0 }}\n\
          services:\n  - name: web\n    listen: 127.0.0.1:0\n    backends:\n      - {{ name: gone, endpoints: [{{ address: \"{gone}\" }}] }}\n      - {{ name: slow, endpoints: [{{ address: \"{}\" }}] }}\n    routes:\n      - {{ matches: [{{ path: {{ prefix: /gone }} }}], backends: [{{ name: gone }}] }}\n      - {{ matches: [{{ path: {{ prefix: /slow }} }}], backends: [{{ name: slow }}], timeout: 200ms }}\n",
@@ -507,9 +505,7 @@ async fn http2_connection_teardowns_are_counted_by_direction_peer_and_reason() {
 
 #[tokio::test]
 async fn an_answer_to_head_is_counted_as_sent_not_as_cancelled() {
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gone = closed.local_addr().unwrap();
-    drop(closed);
+    let (_refusing, gone) = refusing_addr();
     let app = Upstream::start("app").await;
     let proxy = Proxy::start(&format!(
         "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0 }}\n\

@@ -537,9 +537,7 @@ async fn per_try_timeout_retries_a_slow_try_and_total_timeout_answers_504() {
 
 #[tokio::test]
 async fn an_upstream_that_refuses_connections_gets_503_fast() {
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = closed.local_addr().unwrap();
-    drop(closed);
+    let (_refusing, addr) = refusing_addr();
     let config = one_service(&format!(
         "{}    routes:\n      - backends: [{{ name: gone }}]\n",
         backends(&[("gone", addr)])
@@ -1303,7 +1301,8 @@ async fn config_is_answered_on_loopback_only_and_probes_and_metrics_everywhere()
 #[tokio::test]
 async fn a_request_goes_to_the_other_backend_when_none_of_its_backends_endpoints_can_be_reached() {
     let live = Upstream::start("live").await;
-    let gone: Vec<String> = (0..3).map(|_| format!("{{ address: \"127.0.0.1:{}\" }}", free_port())).collect();
+    let refusing: Vec<_> = (0..3).map(|_| refusing_addr()).collect();
+    let gone: Vec<String> = refusing.iter().map(|(_, addr)| format!("{{ address: \"{addr}\" }}")).collect();
     let config = |live_weight: u32| {
         one_service(&format!(
             "    backends:\n      - {{ name: gone, endpoints: [{}] }}\n      - {{ name: live, endpoints: [{{ address: \"{}\" }}] }}\n\
@@ -1335,10 +1334,10 @@ async fn a_request_goes_to_the_other_backend_when_none_of_its_backends_endpoints
 async fn a_request_to_an_endpoint_that_refuses_connections_goes_to_another_one() {
     let live = Upstream::start("live").await;
     for http2 in ["", ", http2: true"] {
-        let gone: Vec<u16> = (0..6).map(|_| free_port()).collect();
-        let endpoints: Vec<String> = gone
+        let refusing: Vec<_> = (0..6).map(|_| refusing_addr()).collect();
+        let endpoints: Vec<String> = refusing
             .iter()
-            .map(|port| format!("{{ address: \"127.0.0.1:{port}\"{http2} }}"))
+            .map(|(_, addr)| format!("{{ address: \"{addr}\"{http2} }}"))
             .chain([format!("{{ address: \"{}\"{http2} }}", live.addr)])
             .collect();
         let config = one_service(&format!(

@@ -345,10 +345,8 @@ async fn a_websocket_upgrade_crosses_both_proxies_over_mtls_and_its_bytes_are_co
 async fn not_ready_until_it_holds_a_certificate() {
     let authority = Authority::new();
     let files = IdentityFiles::new(&authority.root_pem, FRONTEND);
-    // Nothing listens at the endpoint yet.
-    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = closed.local_addr().unwrap();
-    drop(closed);
+    // Nothing listens at the endpoint.
+    let (_refusing, addr) = refusing_addr();
     let config = format!(
         "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0 }}\n{}",
         files.config(FRONTEND, addr)
