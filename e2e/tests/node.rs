@@ -140,6 +140,27 @@ async fn a_deployment_runs_and_its_service_routes_by_dns_name_from_pods_and_by_c
     })
     .await;
 
+    // kube-proxy writes the Service's rules a sync after the EndpointSlice says the replicas are
+    // ready, and later still on a loaded machine: from the host, both replicas answer through the
+    // ClusterIP before the pod below counts on it.
+    let cluster_ip: Ipv4Addr = service
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.cluster_ip.clone())
+        .expect("a ClusterIP")
+        .parse()
+        .expect("an IPv4 ClusterIP");
+    let addr = SocketAddr::from((cluster_ip, 80));
+    eventually(Duration::from_secs(30), "kube-proxy to send to both replicas of web", || async {
+        let answered: BTreeSet<String> = (0..20)
+            .filter_map(|_| http_get(addr, "/"))
+            .filter(|(code, _)| *code == 200)
+            .filter_map(|(_, body)| body.trim().strip_prefix("hello from ").map(str::to_owned))
+            .collect();
+        (answered == names).then_some(())
+    })
+    .await;
+
     // From another pod, by DNS name through the Service (CoreDNS, then kube-proxy's rules), 20
     // times so that both replicas answer; and the API server through the "kubernetes" Service, as
     // an in-cluster client (the operator in a pod) reaches it. Not as root, as most images run:
@@ -178,9 +199,6 @@ async fn a_deployment_runs_and_its_service_routes_by_dns_name_from_pods_and_by_c
     );
 
     // From the host, the ClusterIP answers too (kube-proxy's rules apply to local traffic).
-    let cluster_ip: Ipv4Addr =
-        service.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP").parse().expect("an IPv4 ClusterIP");
-    let addr = SocketAddr::from((cluster_ip, 80));
     let (code, body) =
         http_get(addr, "/").unwrap_or_else(|| panic!("nothing answers on {addr} from the host"));
     assert_eq!(code, 200, "{body}");
