@@ -108,10 +108,8 @@ node_check_network() {
   routes=$(ip -4 route show match "$CLUSTER_CIDR")
   routes=$(grep -v "^default" <<<"$routes" || true)
   [ -z "$routes" ] || die "$CLUSTER_CIDR is already routed on this machine ($routes); run 'cluster.sh down', or free the range"
-  # Left by a cluster whose state directory was deleted by hand, so `down` no longer knows them.
-  local chains
-  chains=$(iptables-save -t filter 2>/dev/null | grep -E '^:BRAID-NODE-' || true)
-  if ip link show "$BRIDGE" >/dev/null 2>&1 || [ -n "$chains" ]; then
+  # Left by a cluster that `down` could not find.
+  if node_network_left; then
     die "the bridge $BRIDGE or the iptables chains BRAID-NODE-* exist already: run 'cluster.sh down' (make cluster-down)"
   fi
   # CoreDNS listens on port 53 of the bridge, which a DNS server on the wildcard address would hold (one
@@ -461,6 +459,11 @@ node_remove_chains() {
   done
 }
 
+# True when the node's bridge or its BRAID-NODE-* chains exist.
+node_network_left() {
+  ip link show "$BRIDGE" >/dev/null 2>&1 || iptables-save -t filter 2>/dev/null | grep -qE '^:BRAID-NODE-'
+}
+
 # The pods' network namespaces on this machine that hold an address of the pod subnet.
 node_pod_netns() {
   local ns
@@ -476,10 +479,9 @@ node_pod_netns() {
 # when no node is running (kubelet's port free), since it then belongs to no live cluster. The sysctls'
 # earlier values went with the state; they are left as the node set them, and said so.
 node_remove_orphans() {
-  local chains netns holder ns
-  chains=$(iptables-save -t filter 2>/dev/null | grep -E '^:BRAID-NODE-' || true)
+  local netns holder ns
   netns=$(node_pod_netns)
-  ip link show "$BRIDGE" >/dev/null 2>&1 || [ -n "$chains" ] || [ -n "$netns" ] || return 0
+  node_network_left || [ -n "$netns" ] || return 0
   holder=$(ss -Hltnp "sport = :10250")
   [ -z "$holder" ] || die "the bridge $BRIDGE or the chains BRAID-NODE-* exist, and a kubelet runs (port 10250: $holder):
   a cluster started with another BRAID_CLUSTER_DIR? Run 'BRAID_CLUSTER_DIR=<its directory> $0 down'"

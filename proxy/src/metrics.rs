@@ -214,34 +214,37 @@ impl EncodeLabelSet for Tls {
 }
 
 /// Where a request or connection goes, as Linkerd labels it: `target_addr`, `target_ip` and
-/// `target_port` (the app's address on inbound). Held as one shared text, split only when
-/// scraped; no labels when empty (outbound, where each try picks its endpoint).
+/// `target_port` (the app's address on inbound). The text is made once per connection and
+/// shared; no labels when there is no address (outbound, where each try picks its endpoint).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TargetAddr(Label);
+pub struct TargetAddr {
+    addr: Option<std::net::SocketAddr>,
+    text: Label,
+}
 
 impl TargetAddr {
     pub fn new(addr: std::net::SocketAddr) -> Self {
-        Self(Label::new(addr.to_string()))
+        Self { addr: Some(addr), text: Label::new(addr.to_string()) }
     }
 
     pub fn none() -> Self {
-        Self(Label::empty())
+        Self { addr: None, text: Label::empty() }
     }
 
     pub fn as_str(&self) -> &str {
-        self.0.as_str()
+        self.text.as_str()
     }
 
     /// The address as one label value, shared (inbound `authority` is the same text).
     pub fn label(&self) -> &Label {
-        &self.0
+        &self.text
     }
 }
 
 impl EncodeLabelSet for TargetAddr {
     fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
-        let Ok(addr) = self.0.as_str().parse::<std::net::SocketAddr>() else { return Ok(()) };
-        ("target_addr", self.0.clone()).encode(encoder.encode_label())?;
+        let Some(addr) = self.addr else { return Ok(()) };
+        ("target_addr", self.text.clone()).encode(encoder.encode_label())?;
         ("target_ip", addr.ip().to_string()).encode(encoder.encode_label())?;
         ("target_port", addr.port()).encode(encoder.encode_label())
     }
