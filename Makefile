@@ -101,7 +101,9 @@ chart: ## Package the Helm chart for IMAGE_REPO's images and push it to oci://IM
 integration: build ## Tests against the local Kubernetes (which must be up: make cluster-up); builds and pushes the images first
 	@$(CLUSTER) status >/dev/null || { echo "the local cluster is not up: run 'make cluster-up' (or 'make test', which starts it)" >&2; exit 1; }
 	@bash images/build.sh
-	$(CARGO) test -p braid-e2e --locked -- --nocapture
+	@# Without backtraces: a failed test's message (it names the file and line) is then the last
+	@# thing before the summary, where a log cut to its tail still shows it.
+	RUST_BACKTRACE=0 $(CARGO) test -p braid-e2e --locked -- --nocapture
 	@bash e2e/conformance/conformance.sh check
 
 .PHONY: e2e

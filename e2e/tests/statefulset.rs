@@ -8,15 +8,15 @@
 //! (`make cluster-up`) and the images (`make images`). A test binary of its own: it installs the
 //! chart, which owns the cluster's single Mesh.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use braid_e2e::mesh::{
     Release, Sidecar, apply, check_prerequisites, count, inbound_from_client_by_pod, install, load, load_with,
 };
 use braid_e2e::{Cluster, TestNamespace, eventually, setup};
-use k8s_openapi::api::core::v1::Pod;
-use kube::{Api, Client};
+use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
+use kube::{Api, Client, api::ListParams};
 use serde_json::Value;
 
 const REPLICAS: [&str; 2] = ["web-0", "web-1"];
@@ -88,6 +88,27 @@ async fn web_ips(client: &Client, ns: &str) -> BTreeMap<String, String> {
     ips
 }
 
+/// Waits until the headless Service's EndpointSlice lists each pod ready, by its hostname, at
+/// its current IP. CoreDNS answers `web-0.web` from that slice, which the endpointslice
+/// controller writes after the pod is ready (seconds later on a loaded machine): until then the
+/// pod's name does not resolve, or resolves to the IP of the pod it replaced.
+async fn names_resolve(client: &Client, ns: &str) {
+    let expected: BTreeSet<(String, String)> = web_ips(client, ns).await.into_iter().collect();
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    eventually(Duration::from_secs(60), "web's EndpointSlice to list both pods, ready", || async {
+        let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.ok()?;
+        let ready: BTreeSet<(String, String)> = list
+            .items
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .filter_map(|e| Some((e.hostname.clone()?, e.addresses.first()?.clone())))
+            .collect();
+        expected.is_subset(&ready).then_some(())
+    })
+    .await;
+}
+
 /// What each pod's proxy counted since `before`.
 fn since(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
     after.iter().map(|(pod, n)| (pod.clone(), n - before.get(pod).copied().unwrap_or(0))).collect()
@@ -113,6 +134,7 @@ impl Mesh {
         cluster.kubectl_ok(&["label", "namespace", ns, "braid.dev/inject=enabled"]);
         apply(cluster, &workloads(ns));
         cluster.kubectl_ok(&["rollout", "status", "-n", ns, "statefulset/web", "--timeout=180s"]);
+        names_resolve(&client, ns).await;
         Mesh { apps, _release: release, cluster, client }
     }
 
@@ -243,6 +265,7 @@ spec:
             ready.then_some(())
         })
         .await;
+        names_resolve(&self.client, ns).await;
         let after_ip = web_ips(&self.client, ns).await["web-1"].clone();
         let (report, seen) = self.meshed_load("to-new-web-1", &self.url("web-1.web"), &[]).await;
         let total = count(&report, "total");
