@@ -506,6 +506,52 @@ async fn a_weighted_split_over_mtls_endpoints_holds_its_weights() {
     assert!((0.46..=0.54).contains(&v2), "v2 share {v2:.3}; hits {names:?} = {hits:?}");
 }
 
+/// A pod shutting down: its app has closed its listener while its sidecar still serves, and
+/// discovery still lists it (as when no operator leads). Its proxy answers 503 connect-failure;
+/// the client's proxy takes that, from a meshed endpoint, as a connect failure one hop on: the
+/// endpoint is passed over, and the route's `connect-failure` retry sends the request to the
+/// other endpoint. No request fails, and the closing pod is not sent more than a few.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meshed_endpoint_whose_app_is_gone_is_passed_over_and_retried_as_a_connect_failure() {
+    let identity = IdentityServer::start(Authority::new()).await;
+    let (_closed_port, closed_app) = refusing_addr();
+    let (closing, _closing_files) = server_proxy(&identity, closed_app, "").await;
+    let app = Upstream::start("app").await;
+    let (serving, _serving_files) = server_proxy(&identity, app.addr, "").await;
+    ready(&closing).await;
+    ready(&serving).await;
+    let endpoint =
+        |proxy: &Proxy| format!("{{ address: \"{}\", meshed: true, identity: \"{WEB}\" }}", proxy.inbound());
+    let files = IdentityFiles::new(&identity.bundle.lock().unwrap(), FRONTEND);
+    let config = format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0 }}\n{}services:\n  - name: web\n    listen: 127.0.0.1:0\n    backends:\n      - {{ name: b, endpoints: [{}, {}] }}\n    routes:\n      - backends: [{{ name: b }}]\n        retries: {{ attempts: 2, retryOn: [connect-failure] }}\n",
+        files.config(FRONTEND, identity.addr),
+        endpoint(&closing),
+        endpoint(&serving),
+    );
+    let client = Proxy::start(&config).await;
+    ready(&client).await;
+
+    const REQUESTS: usize = 200;
+    let mut failed = Vec::new();
+    for _ in 0..REQUESTS {
+        let (status, headers, body) = get(&web(&client, "/")).await;
+        if status != StatusCode::OK {
+            failed.push(format!("{status} {:?} {body}", headers.get("braid-proxy-error")));
+        }
+    }
+    assert!(failed.is_empty(), "{} of {REQUESTS} failed: {failed:?}", failed.len());
+    assert_eq!(app.hits(), REQUESTS);
+    let closing_metrics = closing.metrics().await;
+    let refused = [("direction", "inbound"), ("status_code", "503")];
+    let refused = metric(&closing_metrics, "response_total", &refused).unwrap_or(0.0);
+    // Passed over for 1 s, then 2 s, ...: a handful of tries over the run, not a share of it.
+    assert!((1.0..=10.0).contains(&refused), "the closing pod's proxy answered {refused} requests 503");
+    let client_metrics = client.metrics().await;
+    let retries = metric(&client_metrics, "retry_total", &[("direction", "outbound")]);
+    assert_eq!(retries, Some(refused), "every 503 connect-failure was retried: {client_metrics}");
+}
+
 /// An app serving `size` bytes on every request, in 64 KiB chunks made as they are read, on
 /// HTTP/1.1 and HTTP/2; counts the connections it accepted.
 async fn download_server(size: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {

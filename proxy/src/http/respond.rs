@@ -22,6 +22,9 @@ const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 /// `client_error` and held against no endpoint.
 pub const REQUEST_BODY: &str = "request-body";
 
+/// The reason of a 503 for a request no connection could be had for.
+const CONNECT_FAILURE: &str = "connect-failure";
+
 /// Why a request got no response from upstream.
 pub enum Failure {
     Upstream(UpstreamError),
@@ -52,7 +55,7 @@ fn failure_answer(failure: &Failure) -> Response<ProxyBody> {
     match failure {
         Failure::Upstream(error) if error.is_connect() => local(
             StatusCode::SERVICE_UNAVAILABLE,
-            "connect-failure",
+            CONNECT_FAILURE,
             format!("braid-proxy: {error}: the endpoint refused or did not answer\n"),
         ),
         Failure::Upstream(error) if error.is_overflow() => {
@@ -100,6 +103,16 @@ fn failure_answer(failure: &Failure) -> Response<ProxyBody> {
             ),
         ),
     }
+}
+
+/// Whether a meshed endpoint's answer is its proxy's 503 `connect-failure`: the proxy could not
+/// connect to its app, which happens when the app has closed its listener while its pod shuts
+/// down and the sidecar still serves. None of the request reached the app, so to the client's
+/// proxy it is a connect failure one hop further: the endpoint is passed over like one that
+/// refused, and a route retrying `connect-failure` retries it.
+pub fn is_connect_failure<B>(response: &Response<B>) -> bool {
+    response.status() == StatusCode::SERVICE_UNAVAILABLE
+        && response.headers().get(PROXY_ERROR).is_some_and(|reason| reason == CONNECT_FAILURE)
 }
 
 /// Marks the answer to a request whose upstream reset its HTTP/2 stream before any response:

@@ -16,7 +16,7 @@ use crate::client::body::{BodyError, ProxyBody};
 use crate::client::replay::ReplayBody;
 use crate::http::forward::is_failure;
 use crate::http::headers::{clone_parts, empty_parts, upstream_request};
-use crate::http::respond::Failure;
+use crate::http::respond::{Failure, is_connect_failure};
 use crate::metrics::{
     Answerer, Direction, Label, Metrics, RequestLabels, RetryLabels, TimeoutKind, TimeoutLabels,
 };
@@ -129,7 +129,7 @@ pub async fn send_with_retries(
             return outcome.map(|response| (response, endpoint.answerer()));
         }
         if !last
-            && should_retry(&outcome, retry_on)
+            && should_retry(&outcome, retry_on, endpoint.meshed)
             && body.as_ref().is_some_and(Kept::can_send_again)
             && let Some(pause) = pause_before_retry(attempt, &outcome)
         {
@@ -226,6 +226,7 @@ async fn send_once<'b>(
         }
         let done = Instant::now();
         let judged = match &outcome {
+            Ok(response) if endpoint.meshed && is_connect_failure(response) => balance::Outcome::Unreachable,
             Ok(response) if !response.status().is_server_error() => balance::Outcome::Healthy,
             Err(Failure::Upstream(error)) if error.is_endpoint_unreachable() => balance::Outcome::Unreachable,
             _ => balance::Outcome::Failed,
@@ -277,7 +278,7 @@ async fn send_once<'b>(
                 continue;
             }
         }
-        if unreachable {
+        if unreachable && outcome.is_err() {
             // Why the request goes back failed rather than to another endpoint: what an operator
             // needs to tell a gone pod that discovery still lists from a backend with no live one.
             debug!(
@@ -319,12 +320,14 @@ fn grpc_status(response: &Response<ProxyBody>) -> Option<u8> {
     response.headers().get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
-fn should_retry(outcome: &Result<Response<ProxyBody>, Failure>, retry_on: &[RetryOn]) -> bool {
+/// Whether the route retries `outcome`, the answer of an endpoint that is `meshed` or not.
+fn should_retry(outcome: &Result<Response<ProxyBody>, Failure>, retry_on: &[RetryOn], meshed: bool) -> bool {
     let on = |condition: RetryOn| retry_on.contains(&condition);
     match outcome {
         Ok(response) => {
             let status = response.status();
             (status.is_server_error() && on(RetryOn::FiveXx))
+                || (meshed && on(RetryOn::ConnectFailure) && is_connect_failure(response))
                 || (matches!(status.as_u16(), 502..=504) && on(RetryOn::GatewayError))
                 || grpc_status(response).is_some_and(|code| {
                     retry_on.iter().any(|condition| condition.grpc_status() == Some(code))
@@ -382,12 +385,28 @@ mod tests {
                 .body(ProxyBody::empty());
             Ok(response.expect("test response"))
         };
-        assert!(should_retry(&unavailable, &[RetryOn::Unavailable]));
-        assert!(!should_retry(&unavailable, &[RetryOn::DeadlineExceeded, RetryOn::FiveXx]));
+        assert!(should_retry(&unavailable, &[RetryOn::Unavailable], true));
+        assert!(!should_retry(&unavailable, &[RetryOn::DeadlineExceeded, RetryOn::FiveXx], true));
         let ok = Ok(Response::builder()
             .header("grpc-status", "0")
             .body(ProxyBody::empty())
             .expect("test response"));
-        assert!(!should_retry(&ok, &[RetryOn::Unavailable, RetryOn::Cancelled]));
+        assert!(!should_retry(&ok, &[RetryOn::Unavailable, RetryOn::Cancelled], true));
+    }
+
+    #[test]
+    fn a_meshed_endpoints_proxy_that_could_not_reach_its_app_is_a_connect_failure() {
+        let app_gone = answer(&[("braid-proxy-error", "connect-failure")]);
+        assert!(should_retry(&app_gone, &[RetryOn::ConnectFailure], true));
+        // From an endpoint without a braid proxy the header is the app's own: a plain 503.
+        assert!(!should_retry(&app_gone, &[RetryOn::ConnectFailure], false));
+        // Another 503 of the proxy's, or the app's own 503, is not a connect failure.
+        assert!(!should_retry(
+            &answer(&[("braid-proxy-error", "overloaded")]),
+            &[RetryOn::ConnectFailure],
+            true
+        ));
+        assert!(!should_retry(&answer(&[]), &[RetryOn::ConnectFailure], true));
+        assert!(should_retry(&answer(&[]), &[RetryOn::FiveXx], true));
     }
 }
