@@ -552,6 +552,49 @@ async fn a_meshed_endpoint_whose_app_is_gone_is_passed_over_and_retried_as_a_con
     assert_eq!(retries, Some(refused), "every 503 connect-failure was retried: {client_metrics}");
 }
 
+/// A burst of requests to a meshed endpoint that is gone (its connects get no answer, as a
+/// deleted pod's while discovery still lists it): the requests that waited on the connect
+/// attempt under way get its failure with it, and each goes on to the live endpoint after one
+/// connect timeout, rather than each waiting for an attempt of its own after the ones before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_waited_on_a_failed_connect_go_on_to_another_endpoint_together() {
+    let identity = IdentityServer::start(Authority::new()).await;
+    let (_listener, _queued, gone) = silent_addr();
+    let app = Upstream::start("app").await;
+    let (live, _live_files) = server_proxy(&identity, app.addr, "").await;
+    ready(&live).await;
+    let files = IdentityFiles::new(&identity.bundle.lock().unwrap(), FRONTEND);
+    // Nearly every request picks the gone endpoint's backend first; the live one takes them
+    // when its connect fails.
+    let config = format!(
+        "admin: 127.0.0.1:0\noutbound: {{ listen: 127.0.0.1:0 }}\ninbound: {{ listen: 127.0.0.1:0 }}\n{}services:\n  - name: web\n    listen: 127.0.0.1:0\n    backends:\n      - {{ name: gone, endpoints: [{{ address: \"{gone}\", meshed: true, identity: \"{WEB}\" }}] }}\n      - {{ name: live, endpoints: [{{ address: \"{}\", meshed: true, identity: \"{WEB}\" }}] }}\n    routes:\n      - backends: [{{ name: gone, weight: 1000 }}, {{ name: live, weight: 1 }}]\n",
+        files.config(FRONTEND, identity.addr),
+        live.inbound(),
+    );
+    let client = Proxy::start(&config).await;
+    ready(&client).await;
+
+    const BURST: usize = 6;
+    let url = web(&client, "/");
+    let requests = (0..BURST).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let (status, headers, body) = get(&url).await;
+            (status, headers.get("braid-proxy-error").cloned(), body, started.elapsed())
+        })
+    });
+    let mut answers = Vec::new();
+    for request in requests.collect::<Vec<_>>() {
+        answers.push(request.await.unwrap());
+    }
+    let took: Vec<Duration> = answers.iter().map(|answer| answer.3).collect();
+    eprintln!("{BURST} requests, one connect timeout at the gone endpoint: {took:?}");
+    let failed: Vec<_> = answers.iter().filter(|answer| answer.0 != StatusCode::OK).collect();
+    assert!(failed.is_empty(), "{} of {BURST} failed: {failed:?}", failed.len());
+    assert_eq!(app.hits(), BURST);
+}
+
 /// An app serving `size` bytes on every request, in 64 KiB chunks made as they are read, on
 /// HTTP/1.1 and HTTP/2; counts the connections it accepted.
 async fn download_server(size: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {

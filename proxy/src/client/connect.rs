@@ -37,6 +37,19 @@ pub enum ConnectError {
     Tls { addr: SocketAddr, kind: &'static str, source: io::Error },
 }
 
+impl ConnectError {
+    /// The same failure, for a request that waited on the attempt that met it.
+    pub fn again(&self) -> Self {
+        let copy = |source: &io::Error| io::Error::new(source.kind(), source.to_string());
+        match self {
+            Self::Connect { addr, source } => Self::Connect { addr: *addr, source: copy(source) },
+            Self::Timeout(addr) => Self::Timeout(*addr),
+            Self::NoIdentity(addr) => Self::NoIdentity(*addr),
+            Self::Tls { addr, kind, source } => Self::Tls { addr: *addr, kind, source: copy(source) },
+        }
+    }
+}
+
 const MUTUAL: &str = "mTLS";
 
 /// The transport under an upstream HTTP connection: plain TCP, or mutual TLS to a meshed endpoint.

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -183,8 +183,9 @@ pub struct Pool {
     /// each has carried.
     http1_idle: Mutex<Vec<(hyper_http1::SendRequest<ProxyBody>, u32)>>,
     http2: Mutex<Option<Http2Sender>>,
-    /// Serialises HTTP/2 connects, so a burst of requests opens one connection, not many.
-    http2_connecting: tokio::sync::Mutex<()>,
+    /// Serialises HTTP/2 connects, so a burst of requests opens one connection, not many; holds
+    /// the last attempt's failure, which the requests that waited on it are given.
+    http2_connecting: tokio::sync::Mutex<Option<FailedConnect>>,
     tls: Option<TlsTarget>,
     /// Where the end of each HTTP/2 connection is counted, once the owner says (`count_teardowns`).
     teardowns: OnceLock<Teardowns>,
@@ -206,7 +207,7 @@ impl Pool {
             http1_lean_idle: IdleConnections::default(),
             http1_idle: Mutex::new(Vec::new()),
             http2: Mutex::new(None),
-            http2_connecting: tokio::sync::Mutex::new(()),
+            http2_connecting: tokio::sync::Mutex::new(None),
             tls,
             teardowns: OnceLock::new(),
             max_requests_per_connection: AtomicU32::new(0),
@@ -538,14 +539,30 @@ impl Pool {
     }
 
     async fn reconnect_http2(&self) -> Result<Http2Sender, UpstreamError> {
-        let _connecting = self.http2_connecting.lock().await;
+        let asked = Instant::now();
+        let mut connecting = self.http2_connecting.lock().await;
         // Another request may have connected while this one waited.
         if let Some(sender) = self.live_http2() {
             return Ok(sender);
         }
-        let sender = self.connect_http2().await?;
-        *self.http2.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sender.clone());
-        Ok(sender)
+        // Or failed to: this request gets that failure now, rather than an attempt of its own
+        // after it. Each attempt at a gone pod takes the connect timeout, so the tenth request
+        // of a burst would wait ten of them before it could go on to another endpoint.
+        if let Some(failed) = connecting.as_ref().filter(|failed| failed.at >= asked) {
+            return Err(UpstreamError::Connect(failed.error.again()));
+        }
+        match self.connect_http2().await {
+            Ok(sender) => {
+                *connecting = None;
+                *self.http2.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(sender.clone());
+                Ok(sender)
+            }
+            Err(UpstreamError::Connect(error)) => {
+                *connecting = Some(FailedConnect { at: Instant::now(), error: error.again() });
+                Err(UpstreamError::Connect(error))
+            }
+            Err(other) => Err(other),
+        }
     }
 
     fn live_http2(&self) -> Option<Http2Sender> {
@@ -610,6 +627,12 @@ impl Pool {
         });
         Ok(sender)
     }
+}
+
+/// An HTTP/2 connect attempt that failed, and when.
+struct FailedConnect {
+    at: Instant,
+    error: ConnectError,
 }
 
 /// The sending half of an HTTP/2 connection, and whether its task has ended.

@@ -207,6 +207,23 @@ pub fn refusing_addr() -> (tokio::net::TcpSocket, SocketAddr) {
     (socket, addr)
 }
 
+/// An address whose connections get no answer, as a pod's that is gone, for as long as the
+/// returned sockets live: a listener that never accepts, with its accept queue filled, so the
+/// kernel drops further SYNs and a connect waits for its timeout.
+pub fn silent_addr() -> (tokio::net::TcpListener, Vec<std::net::TcpStream>, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let listener = socket.listen(0).unwrap();
+    let mut queued = Vec::new();
+    // The queue holds one connection at backlog 0; the first connect that times out found it full.
+    while let Ok(stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+        queued.push(stream);
+        assert!(queued.len() < 16, "{addr}: the accept queue did not fill");
+    }
+    (listener, queued, addr)
+}
+
 pub fn http1_client() -> Client<HttpConnector, Body> {
     Client::builder(TokioExecutor::new()).build_http()
 }
