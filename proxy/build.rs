@@ -10,7 +10,11 @@ use std::process::Command;
 const FIRST_RUSTC_WITH_LLD: (u32, u32) = (1, 90);
 
 fn main() {
-    println!("cargo:rerun-if-changed=link-order.txt");
+    let dir = env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+    // By its absolute path, which the link argument below names too: a checkout moved elsewhere
+    // (or a target directory shared by two) reruns this script rather than link with a path
+    // that is gone.
+    println!("cargo:rerun-if-changed={dir}/link-order.txt");
     println!("cargo:rerun-if-env-changed=RUSTFLAGS");
     println!("cargo:rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
     let target = env::var("TARGET").unwrap_or_default();
@@ -40,7 +44,6 @@ fn main() {
             return;
         }
     }
-    let dir = env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
     println!("cargo:rustc-link-arg-bin=braid-proxy=-Wl,--symbol-ordering-file={dir}/link-order.txt");
     // Names the file lists but a build lacks (another profile, a changed dependency) are expected.
     println!("cargo:rustc-link-arg-bin=braid-proxy=-Wl,--no-warn-symbol-ordering");
