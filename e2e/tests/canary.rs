@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use braid_e2e::mesh::{
     LoadRun, LoadSpec, Release, Sidecar, apply, check_prerequisites, count, deploy_meshed_echo, echo,
-    install, kill_leader, lease_holder,
+    install, kill_leader, lease, lease_holder,
 };
 use braid_e2e::{Cluster, TestNamespace, eventually, setup};
 use kube::Client;
@@ -344,13 +344,22 @@ impl Mesh {
         at_weight(cluster, ns, 25, slack).await;
         let before = route_json(cluster, ns).await.expect("route")["status"]["canary"].clone();
         let mut reports = vec![load.reset()];
+        // A standby takes over a lease duration after the last renewal it saw: how long this
+        // takes depends on when that was, which the log shows beside the failover's time.
+        let held = lease(cluster)["spec"].clone();
         let (next, took) = kill_leader(cluster, &lease_holder(cluster)).await;
-        eprintln!("leader killed at step {} (weight 25): {next} leads {took:?} later", before["step"]);
+        eprintln!(
+            "leader killed at step {} (weight 25), its Lease last renewed {} (now {}): {next} leads {took:?} later",
+            before["step"],
+            held["renewTime"],
+            k8s_openapi::jiff::Timestamp::now()
+        );
         let leaderless = load.reset();
         let requests = count(&leaderless, "total");
         let share = answered_by(&leaderless, "v2") as f64 * 100.0 / requests.max(1) as f64;
         eprintln!("while no operator led: v2 answered {share:.1}% of {requests} requests");
-        assert!(requests >= 500, "{leaderless}");
+        // However short the failover, enough requests to tell 25 % from the weights around it.
+        assert!(requests >= 200, "{leaderless}");
         let tolerance = share_tolerance(25, requests);
         assert!(
             (share - 25.0).abs() <= tolerance,
