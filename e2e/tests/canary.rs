@@ -347,12 +347,11 @@ impl Mesh {
         // A standby takes over a lease duration after the last renewal it saw: how long this
         // takes depends on when that was, which the log shows beside the failover's time.
         let held = lease(cluster)["spec"].clone();
+        let killed_at = k8s_openapi::jiff::Timestamp::now();
         let (next, took) = kill_leader(cluster, &lease_holder(cluster)).await;
         eprintln!(
-            "leader killed at step {} (weight 25), its Lease last renewed {} (now {}): {next} leads {took:?} later",
-            before["step"],
-            held["renewTime"],
-            k8s_openapi::jiff::Timestamp::now()
+            "leader killed at step {} (weight 25) at {killed_at}, its Lease last renewed {}: {next} leads {took:?} later",
+            before["step"], held["renewTime"],
         );
         let leaderless = load.reset();
         let requests = count(&leaderless, "total");
