@@ -18,11 +18,12 @@ pub mod mesh;
 pub mod registry;
 
 use k8s_openapi::{
-    api::core::v1::Namespace, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    api::{core::v1::Namespace, discovery::v1::EndpointSlice},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
     Api, Client, Config,
-    api::{Patch, PatchParams, PostParams},
+    api::{ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
 
@@ -416,6 +417,38 @@ fn http_request(addr: SocketAddr, method: &str, path: &str, timeout: Duration) -
     let code = response.split_whitespace().nth(1)?.parse().ok()?;
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     Some((code, body))
+}
+
+/// Standard deviations a measured share may be from the configured one: a false failure about
+/// once in 16,000 runs per share.
+pub const SIGMAS: f64 = 4.0;
+
+/// Whether `measured` of `n` is within SIGMAS binomial standard deviations of share `p`; the
+/// expected count and the standard deviation.
+pub fn within(measured: u64, n: u64, p: f64) -> (bool, f64, f64) {
+    let expected = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt();
+    ((measured as f64 - expected).abs() <= SIGMAS * sd, expected, sd)
+}
+
+/// The ready endpoints of Service `service` in `ns`, as its EndpointSlices list them: each one's
+/// hostname (a StatefulSet pod's) and first address. None when they cannot be listed.
+pub async fn ready_endpoints(
+    client: &Client,
+    ns: &str,
+    service: &str,
+) -> Option<Vec<(Option<String>, String)>> {
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let selector = format!("kubernetes.io/service-name={service}");
+    let list = slices.list(&ListParams::default().labels(&selector)).await.ok()?;
+    Some(
+        list.items
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .filter_map(|e| Some((e.hostname.clone(), e.addresses.first()?.clone())))
+            .collect(),
+    )
 }
 
 /// Polls `check` until it yields a value, or panics after `timeout` naming what was awaited.

@@ -576,7 +576,11 @@ pub fn lease(cluster: &Cluster) -> Value {
 
 /// The pod of the operator that leads.
 pub fn lease_holder(cluster: &Cluster) -> String {
-    let lease = lease(cluster);
+    holder(&lease(cluster))
+}
+
+/// The holder of `lease` (as `lease` read it).
+pub fn holder(lease: &Value) -> String {
     lease["spec"]["holderIdentity"]
         .as_str()
         .filter(|h| !h.is_empty())

@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use braid_e2e::mesh::{
-    LoadRun, LoadSpec, Release, Sidecar, apply, check_prerequisites, count, deploy_meshed_echo, echo,
-    install, kill_leader, lease, lease_holder,
+    LoadRun, LoadSpec, Release, Sidecar, apply, check_prerequisites, count, deploy_meshed_echo, echo, holder,
+    install, kill_leader, lease,
 };
-use braid_e2e::{Cluster, TestNamespace, eventually, setup};
+use braid_e2e::{Cluster, SIGMAS, TestNamespace, eventually, setup, within};
 use kube::Client;
 use serde_json::Value;
 
@@ -29,11 +29,13 @@ const RATE: u32 = 150;
 /// ending before the next step, which comes an interval after the weight changed.
 const STEP_WINDOW: Duration = Duration::from_millis(7500);
 
-/// How far the share (in %) of `requests` sent at `weight` % may fall from it by chance: four
-/// binomial standard deviations, which a correct split passes in all but about one run in 16,000.
-fn share_tolerance(weight: i64, requests: u64) -> f64 {
-    let p = weight as f64 / 100.0;
-    4.0 * (p * (1.0 - p) / requests.max(1) as f64).sqrt() * 100.0
+/// Whether v2's share of `report` is within SIGMAS binomial standard deviations of `weight` %;
+/// the share and that bound, in points.
+fn v2_share(report: &Value, weight: i64) -> (bool, f64, f64) {
+    let (requests, v2) = (count(report, "total"), answered_by(report, "v2"));
+    let (near, _, sd) = within(v2, requests, weight as f64 / 100.0);
+    let points = |n: f64| n * 100.0 / requests.max(1) as f64;
+    (near, points(v2 as f64), points(SIGMAS * sd))
 }
 
 /// The echo Service clients call (v1's pods, so that what no route sends elsewhere reaches v1),
@@ -282,8 +284,7 @@ impl Mesh {
                 total += count(counted, "total");
             }
             let requests = count(&report, "total");
-            let share = answered_by(&report, "v2") as f64 * 100.0 / requests.max(1) as f64;
-            let tolerance = share_tolerance(weight, requests);
+            let (near, share, tolerance) = v2_share(&report, weight);
             eprintln!(
                 "step {} ({weight}%): v2 answered {share:.1}% of {requests} requests (within {tolerance:.1} by chance)",
                 step + 1
@@ -291,7 +292,7 @@ impl Mesh {
             figures.push((weight, share, requests));
             assert!(requests >= 800, "step {}: only {requests} requests measured: {report}", step + 1);
             assert!(
-                (share - weight as f64).abs() <= tolerance,
+                near,
                 "step {}: v2 share {share:.1}% at weight {weight}, off by more than {tolerance:.1}: {report}",
                 step + 1
             );
@@ -346,22 +347,21 @@ impl Mesh {
         let mut reports = vec![load.reset()];
         // A standby takes over a lease duration after the last renewal it saw: how long this
         // takes depends on when that was, which the log shows beside the failover's time.
-        let held = lease(cluster)["spec"].clone();
+        let held = lease(cluster);
         let killed_at = k8s_openapi::jiff::Timestamp::now();
-        let (next, took) = kill_leader(cluster, &lease_holder(cluster)).await;
+        let (next, took) = kill_leader(cluster, &holder(&held)).await;
         eprintln!(
             "leader killed at step {} (weight 25) at {killed_at}, its Lease last renewed {}: {next} leads {took:?} later",
-            before["step"], held["renewTime"],
+            before["step"], held["spec"]["renewTime"],
         );
         let leaderless = load.reset();
         let requests = count(&leaderless, "total");
-        let share = answered_by(&leaderless, "v2") as f64 * 100.0 / requests.max(1) as f64;
+        let (near, share, tolerance) = v2_share(&leaderless, 25);
         eprintln!("while no operator led: v2 answered {share:.1}% of {requests} requests");
         // However short the failover, enough requests to tell 25 % from the weights around it.
         assert!(requests >= 200, "{leaderless}");
-        let tolerance = share_tolerance(25, requests);
         assert!(
-            (share - 25.0).abs() <= tolerance,
+            near,
             "the proxies kept the last weights: {share:.1}%, off 25 by more than {tolerance:.1}: {leaderless}"
         );
         reports.push(leaderless);

@@ -30,7 +30,7 @@ use braid_e2e::mesh::{
     LoadRun, LoadSpec, Release, Sidecar, addr, apply, check_prerequisites, count, deploy_meshed_echo,
     inbound_from_client_by_pod, install, programmed, route, url, workloads,
 };
-use braid_e2e::{Cluster, TestNamespace, eventually, setup};
+use braid_e2e::{Cluster, SIGMAS, TestNamespace, eventually, setup, within};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client};
@@ -44,9 +44,6 @@ const MIRROR_PERCENT: u32 = 30;
 /// ...measured over this many: 100 a second for 12 s.
 const MIRROR_RATE: u32 = 100;
 const MIRROR_SECONDS: u32 = 12;
-/// Standard deviations a measured share may be from the configured one: a false failure about
-/// once in 16,000 runs.
-const SIGMAS: f64 = 4.0;
 /// The retry rule: this many tries, each given PER_TRY_MS, all within TOTAL_TIMEOUT_MS.
 const ATTEMPTS: u64 = 3;
 const PER_TRY_MS: u64 = 300;
@@ -171,13 +168,6 @@ spec:
     - from: [{{ serviceAccount: {{ name: client }} }}]
 "#
     )
-}
-
-/// Whether `measured` of `n` is within SIGMAS binomial standard deviations of share `p`.
-fn within(measured: u64, n: u64, p: f64) -> (bool, f64, f64) {
-    let expected = n as f64 * p;
-    let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    ((measured as f64 - expected).abs() <= SIGMAS * sd, expected, sd)
 }
 
 /// The sum over `texts` of the samples of `name` whose labels contain every one of `labels`.

@@ -10,11 +10,10 @@ use std::{
     time::Duration,
 };
 
-use braid_e2e::{Cluster, TestNamespace, eventually, http_get};
+use braid_e2e::{Cluster, TestNamespace, eventually, http_get, ready_endpoints};
 use k8s_openapi::api::{
     apps::v1::Deployment,
     core::v1::{Node, Pod, Service},
-    discovery::v1::EndpointSlice,
 };
 use kube::{
     Api,
@@ -127,16 +126,8 @@ async fn a_deployment_runs_and_its_service_routes_by_dns_name_from_pods_and_by_c
         names.insert(name);
     }
     assert_eq!(names.len(), 2, "{running:?}");
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), n);
     eventually(Duration::from_secs(30), "an EndpointSlice with the 2 ready replicas", || async {
-        let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.ok()?;
-        let ready = list
-            .items
-            .iter()
-            .flat_map(|s| s.endpoints.iter())
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-            .count();
-        (ready == 2).then_some(())
+        (ready_endpoints(&client, n, "web").await?.len() == 2).then_some(())
     })
     .await;
 

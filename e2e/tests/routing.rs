@@ -13,7 +13,7 @@ use braid_e2e::mesh::{
     Release, by_version, check_prerequisites, count, deploy_meshed_echo, install, load, programmed, route,
     url, workloads,
 };
-use braid_e2e::{Cluster, TestNamespace, setup};
+use braid_e2e::{Cluster, SIGMAS, TestNamespace, setup, within};
 use kube::Client;
 use serde_json::Value;
 
@@ -28,9 +28,6 @@ const ABORT_STATUS: u16 = 503;
 /// Requests per fault run: 100 a second for 10 s.
 const RATE: u32 = 100;
 const SECONDS: u32 = 10;
-/// Standard deviations a measured share may be from the configured one: a false failure about
-/// once in 16,000 runs per share.
-const SIGMAS: f64 = 4.0;
 
 /// MeshRoute `echo`: `/fault` with both faults to Service echo; exact `/exact`, prefix `/v2`,
 /// method POST, header `x-canary: yes` and query `version=v2` each to echo-v2; the rest to echo-v1.
@@ -63,13 +60,6 @@ fn routing_route(ns: &str) -> String {
       backends: [{{ service: echo-v1 }}]"#
         ),
     )
-}
-
-/// Whether `measured` of `n` is within SIGMAS binomial standard deviations of share `p`.
-fn within(measured: u64, n: u64, p: f64) -> (bool, f64, f64) {
-    let expected = n as f64 * p;
-    let sd = (n as f64 * p * (1.0 - p)).sqrt();
-    ((measured as f64 - expected).abs() <= SIGMAS * sd, expected, sd)
 }
 
 /// The installed mesh and the echo pods. Dropped in field order: the namespace, then the release.

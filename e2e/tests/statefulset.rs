@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use braid_e2e::mesh::{
     Release, Sidecar, apply, check_prerequisites, count, inbound_from_client_by_pod, install, load, load_with,
 };
-use braid_e2e::{Cluster, TestNamespace, eventually, setup};
-use k8s_openapi::api::{core::v1::Pod, discovery::v1::EndpointSlice};
-use kube::{Api, Client, api::ListParams};
+use braid_e2e::{Cluster, TestNamespace, eventually, ready_endpoints, setup};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, Client};
 use serde_json::Value;
 
 const REPLICAS: [&str; 2] = ["web-0", "web-1"];
@@ -93,17 +93,10 @@ async fn web_ips(client: &Client, ns: &str) -> BTreeMap<String, String> {
 /// controller writes after the pod is ready (seconds later on a loaded machine): until then the
 /// pod's name does not resolve, or resolves to the IP of the pod it replaced.
 async fn names_resolve(client: &Client, ns: &str) {
-    let expected: BTreeSet<(String, String)> = web_ips(client, ns).await.into_iter().collect();
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let expected: BTreeSet<(Option<String>, String)> =
+        web_ips(client, ns).await.into_iter().map(|(pod, ip)| (Some(pod), ip)).collect();
     eventually(Duration::from_secs(60), "web's EndpointSlice to list both pods, ready", || async {
-        let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.ok()?;
-        let ready: BTreeSet<(String, String)> = list
-            .items
-            .iter()
-            .flat_map(|s| s.endpoints.iter())
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
-            .filter_map(|e| Some((e.hostname.clone()?, e.addresses.first()?.clone())))
-            .collect();
+        let ready: BTreeSet<_> = ready_endpoints(client, ns, "web").await?.into_iter().collect();
         expected.is_subset(&ready).then_some(())
     })
     .await;

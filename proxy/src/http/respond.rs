@@ -105,13 +105,15 @@ fn failure_answer(failure: &Failure) -> Response<ProxyBody> {
     }
 }
 
-/// Whether a meshed endpoint's answer is its proxy's 503 `connect-failure`: the proxy could not
-/// connect to its app, which happens when the app has closed its listener while its pod shuts
-/// down and the sidecar still serves. None of the request reached the app, so to the client's
-/// proxy it is a connect failure one hop further: the endpoint is passed over like one that
-/// refused, and a route retrying `connect-failure` retries it.
-pub fn is_connect_failure<B>(response: &Response<B>) -> bool {
-    response.status() == StatusCode::SERVICE_UNAVAILABLE
+/// Whether an endpoint's answer is its proxy's 503 `connect-failure` (only a `meshed` endpoint
+/// has a braid proxy; another's header is its app's own): the proxy could not connect to its
+/// app, which happens when the app has closed its listener while its pod shuts down and the
+/// sidecar still serves. None of the request reached the app, so to the client's proxy it is a
+/// connect failure one hop further: the endpoint is passed over like one that refused, and a
+/// route retrying `connect-failure` retries it.
+pub fn is_connect_failure<B>(meshed: bool, response: &Response<B>) -> bool {
+    meshed
+        && response.status() == StatusCode::SERVICE_UNAVAILABLE
         && response.headers().get(PROXY_ERROR).is_some_and(|reason| reason == CONNECT_FAILURE)
 }
 

@@ -226,7 +226,7 @@ async fn send_once<'b>(
         }
         let done = Instant::now();
         let judged = match &outcome {
-            Ok(response) if endpoint.meshed && is_connect_failure(response) => balance::Outcome::Unreachable,
+            Ok(response) if is_connect_failure(endpoint.meshed, response) => balance::Outcome::Unreachable,
             Ok(response) if !response.status().is_server_error() => balance::Outcome::Healthy,
             Err(Failure::Upstream(error)) if error.is_endpoint_unreachable() => balance::Outcome::Unreachable,
             _ => balance::Outcome::Failed,
@@ -327,7 +327,7 @@ fn should_retry(outcome: &Result<Response<ProxyBody>, Failure>, retry_on: &[Retr
         Ok(response) => {
             let status = response.status();
             (status.is_server_error() && on(RetryOn::FiveXx))
-                || (meshed && on(RetryOn::ConnectFailure) && is_connect_failure(response))
+                || (on(RetryOn::ConnectFailure) && is_connect_failure(meshed, response))
                 || (matches!(status.as_u16(), 502..=504) && on(RetryOn::GatewayError))
                 || grpc_status(response).is_some_and(|code| {
                     retry_on.iter().any(|condition| condition.grpc_status() == Some(code))
