@@ -35,6 +35,8 @@ pub const PROXY_FEATURES_HEADER: &str = "braid-proxy-features";
 pub const FEATURE_TRACING: &str = "tracing";
 /// [`crate::config::EndpointConfig::pod`].
 pub const FEATURE_ENDPOINT_POD: &str = "endpoint-pod";
+/// [`crate::config::PolicyConfig::source`].
+pub const FEATURE_POLICY_SOURCE: &str = "policy-source";
 
 /// From the proxy. The first message must be `hello`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -589,6 +589,44 @@ async fn flagger_and_linkerd_dashboard_queries_read_the_proxies_as_the_client_me
         "{connections} inbound connections held open to web's pods by one meshed client"
     );
 
+    // Linkerd's authorization view of a workload (`linkerd viz authz`): requests let in, by
+    // server, route and authorization. No MeshPolicy selects web, so its default inbound policy
+    // is the server and let the load in; the kubelet's probes came in on their own route.
+    let authz = prometheus.query(
+        &format!(
+            "sum(irate(inbound_http_authz_allow_total{{namespace=\"{ns}\", deployment=\"web\"}}[30s])) \
+             by (srv_kind, srv_name, srv_port, route_kind, route_name, authz_kind, authz_name)"
+        ),
+        during,
+    );
+    eprintln!("web's requests let in, by server, route and authorization: {authz:?}");
+    let label = |labels: &BTreeMap<String, String>, name: &str| labels.get(name).cloned().unwrap_or_default();
+    let (load, probes): (Vec<_>, Vec<_>) =
+        authz.iter().partition(|(labels, _)| label(labels, "route_name") == "default");
+    assert_eq!(load.len(), 1, "one server, route and authorization let the load in: {authz:?}");
+    let (labels, allowed) = load[0];
+    let default = label(labels, "srv_name");
+    assert!(default.starts_with("all-"), "a default that lets clients in names the server: {authz:?}");
+    assert_eq!(
+        [
+            label(labels, "srv_kind"),
+            label(labels, "srv_port"),
+            label(labels, "route_kind"),
+            label(labels, "authz_kind"),
+            label(labels, "authz_name")
+        ],
+        ["default".to_owned(), "8080".to_owned(), "default".to_owned(), "default".to_owned(), default],
+        "{authz:?}"
+    );
+    assert!((RATE * 0.75..=RATE * 1.25).contains(allowed), "{allowed}/s let in, the load sends {RATE}/s");
+    for (labels, _) in probes {
+        assert_eq!(
+            (label(labels, "route_name"), label(labels, "authz_name")),
+            ("probe".to_owned(), "probe".to_owned()),
+            "{authz:?}"
+        );
+    }
+
     // Linkerd's outbound panels group the answers by the pod behind the endpoint: the load
     // client's requests to web, answered by web's pods, whichever of the rollout's Services led
     // there.

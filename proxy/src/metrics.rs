@@ -421,6 +421,10 @@ pub struct DenyLabels {
     #[prometheus(flatten)]
     pub target_addr: TargetAddr,
     #[prometheus(flatten)]
+    pub server: ServerLabels,
+    #[prometheus(flatten)]
+    pub route: InboundRoute,
+    #[prometheus(flatten)]
     pub tls: Tls,
     pub client_id: Label,
 }
@@ -431,23 +435,105 @@ pub struct DenyLabels {
 pub struct AllowLabels {
     #[prometheus(flatten)]
     pub target_addr: TargetAddr,
-    pub authz_kind: AuthzKind,
-    /// The rule's name (`POLICY-N` for a MeshPolicy's), or the default policy's.
-    pub authz_name: Label,
+    #[prometheus(flatten)]
+    pub server: ServerLabels,
+    #[prometheus(flatten)]
+    pub route: InboundRoute,
+    #[prometheus(flatten)]
+    pub authz: Authz,
     #[prometheus(flatten)]
     pub tls: Tls,
     pub client_id: Label,
 }
 
+/// The API group of Braid's resources, in the `*_group` labels of what they define.
+const BRAID_GROUP: &str = "braid.dev";
+
+/// The server a request or connection reached, in Linkerd's terms (`srv_group`, `srv_kind`,
+/// `srv_name`, `srv_port`): the pod's port, under the policy that governs it. Braid has no
+/// Server resource: `srv_kind` is `default` with the default inbound policy's name when no
+/// MeshPolicy selects the pod, `meshpolicy` with the names of those that do otherwise.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServerLabels {
+    pub kind: ServerKind,
+    pub name: Label,
+    pub port: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ServerKind {
+    default,
+    meshpolicy,
+}
+
+impl EncodeLabelSet for ServerLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let group = match self.kind {
+            ServerKind::default => "",
+            ServerKind::meshpolicy => BRAID_GROUP,
+        };
+        ("srv_group", group).encode(encoder.encode_label())?;
+        ("srv_kind", self.kind).encode(encoder.encode_label())?;
+        ("srv_name", self.name.clone()).encode(encoder.encode_label())?;
+        ("srv_port", self.port).encode(encoder.encode_label())
+    }
+}
+
+/// The route of an inbound HTTP request, as Linkerd names the routes of a server that no
+/// HTTPRoute describes (`route_group`, `route_kind`, `route_name`): Braid's policies have no
+/// inbound routes, so every request is on `default` but the kubelet's probes, on `probe`.
+/// Opaque connections have no route labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum InboundRoute {
+    Opaque,
+    Default,
+    Probe,
+}
+
+impl EncodeLabelSet for InboundRoute {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let name = match self {
+            Self::Opaque => return Ok(()),
+            Self::Default => "default",
+            Self::Probe => "probe",
+        };
+        ("route_group", "").encode(encoder.encode_label())?;
+        ("route_kind", "default").encode(encoder.encode_label())?;
+        ("route_name", name).encode(encoder.encode_label())
+    }
+}
+
+/// What let a request or connection through (`authz_group`, `authz_kind`, `authz_name`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Authz {
+    pub kind: AuthzKind,
+    /// The rule's name (`POLICY-N` for a MeshPolicy's), or the default's (`probe` for the
+    /// kubelet's probes).
+    pub name: Label,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum AuthzKind {
-    /// No MeshPolicy selects the pod: `authz_name` says which default admitted it.
+    /// No MeshPolicy selects the pod (`authz_name` says which default admitted it), or the
+    /// kubelet's probe of one of the pod's probe paths (`authz_name` `probe`), as Linkerd names
+    /// them.
     default,
-    /// The kubelet's probe of one of the pod's probe paths.
-    probe,
     /// A rule of a MeshPolicy.
     meshpolicy,
+}
+
+impl EncodeLabelSet for Authz {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        let group = match self.kind {
+            AuthzKind::default => "",
+            AuthzKind::meshpolicy => BRAID_GROUP,
+        };
+        ("authz_group", group).encode(encoder.encode_label())?;
+        ("authz_kind", self.kind).encode(encoder.encode_label())?;
+        ("authz_name", self.name.clone()).encode(encoder.encode_label())
+    }
 }
 
 /// Connections (tcp, tls) and requests (http) to destinations outside the cluster.

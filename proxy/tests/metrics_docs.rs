@@ -155,18 +155,29 @@ fn exposition() -> String {
     }
     metrics.teardowns(Direction::inbound, Peer::client).count(TeardownReason::closed);
     metrics.config_reloads.get_or_create(&ReloadLabels { result: ReloadResult::applied }).inc();
-    let deny = DenyLabels { target_addr: target(), tls: plaintext, client_id: some() };
-    metrics.http_authz_denied.get_or_create(&deny).inc();
-    metrics.tcp_authz_denied.get_or_create(&deny).inc();
-    let allow = AllowLabels {
-        target_addr: target(),
-        authz_kind: AuthzKind::meshpolicy,
-        authz_name: some(),
-        tls: plaintext,
-        client_id: some(),
-    };
-    metrics.http_authz_allowed.get_or_create(&allow).inc();
-    metrics.tcp_authz_allowed.get_or_create(&allow).inc();
+    let server = ServerLabels { kind: ServerKind::meshpolicy, name: some(), port: 8080 };
+    for (route, denied, allowed) in [
+        (InboundRoute::Default, &metrics.http_authz_denied, &metrics.http_authz_allowed),
+        (InboundRoute::Opaque, &metrics.tcp_authz_denied, &metrics.tcp_authz_allowed),
+    ] {
+        let deny = DenyLabels {
+            target_addr: target(),
+            server: server.clone(),
+            route,
+            tls: plaintext,
+            client_id: some(),
+        };
+        denied.get_or_create(&deny).inc();
+        let allow = AllowLabels {
+            target_addr: target(),
+            server: server.clone(),
+            route,
+            authz: Authz { kind: AuthzKind::meshpolicy, name: some() },
+            tls: plaintext,
+            client_id: some(),
+        };
+        allowed.get_or_create(&allow).inc();
+    }
     let egress = EgressLabels {
         external_service: some(),
         protocol: EgressProtocol::tls,

@@ -166,7 +166,7 @@ async fn strict_refuses_plaintext_and_permissive_accepts_it() {
 async fn the_policy_allows_and_denies_by_identity_and_route() {
     let identity = IdentityServer::start(Authority::new()).await;
     let app = Upstream::start("app").await;
-    let policy = "  policy:\n    mtls: STRICT\n    rules:\n      - name: frontend-reads\n        from: [{ serviceAccount: { namespace: shop, name: frontend } }]\n        to: [{ paths: [\"/api/*\"], methods: [GET] }]\n";
+    let policy = "  policy:\n    mtls: STRICT\n    source: { meshPolicies: [frontend, shop-readers] }\n    rules:\n      - name: frontend-reads\n        from: [{ serviceAccount: { namespace: shop, name: frontend } }]\n        to: [{ paths: [\"/api/*\"], methods: [GET] }]\n";
     let (b, _files) = server_proxy(&identity, app.addr, policy).await;
     let (frontend, _f) = client_proxy(&identity, FRONTEND, &b, WEB, "").await;
     let (batch, _b) = client_proxy(&identity, BATCH, &b, WEB, "").await;
@@ -197,7 +197,29 @@ async fn the_policy_allows_and_denies_by_identity_and_route() {
         Some(1.0),
         "the POST"
     );
-    let allowed = [("authz_kind", "meshpolicy"), ("authz_name", "frontend-reads"), ("client_id", FRONTEND)];
+    // Linkerd's server and route labels: the MeshPolicies that select the pod, at the app's port.
+    let port = app.addr.port().to_string();
+    let server = [
+        ("srv_group", "braid.dev"),
+        ("srv_kind", "meshpolicy"),
+        ("srv_name", "frontend,shop-readers"),
+        ("srv_port", port.as_str()),
+        ("route_group", ""),
+        ("route_kind", "default"),
+        ("route_name", "default"),
+    ];
+    let denied = [&server[..], &[("client_id", BATCH)]].concat();
+    assert_eq!(metric(&metrics, "inbound_http_authz_deny_total", &denied), Some(1.0), "{metrics}");
+    let allowed = [
+        &server[..],
+        &[
+            ("authz_group", "braid.dev"),
+            ("authz_kind", "meshpolicy"),
+            ("authz_name", "frontend-reads"),
+            ("client_id", FRONTEND),
+        ],
+    ]
+    .concat();
     assert_eq!(metric(&metrics, "inbound_http_authz_allow_total", &allowed), Some(1.0), "{metrics}");
 }
 
@@ -226,8 +248,17 @@ async fn opaque_tcp_crosses_mtls_and_a_denied_connection_is_closed() {
     let metrics = b.metrics().await;
     assert_eq!(metric(&metrics, "inbound_tcp_authz_deny_total", &[("client_id", BATCH)]), Some(1.0));
     // The rule has no name (a hand-written file): allowed by a MeshPolicy rule, name empty.
-    let allowed = [("authz_kind", "meshpolicy"), ("authz_name", ""), ("client_id", FRONTEND)];
+    // Nor a source: a server of MeshPolicies not named. Opaque connections have no route.
+    let allowed = [
+        ("srv_kind", "meshpolicy"),
+        ("srv_name", ""),
+        ("authz_kind", "meshpolicy"),
+        ("authz_name", ""),
+        ("client_id", FRONTEND),
+    ];
     assert_eq!(metric(&metrics, "inbound_tcp_authz_allow_total", &allowed), Some(1.0), "{metrics}");
+    let tcp_authz = metrics.lines().filter(|line| line.starts_with("inbound_tcp_authz_")).collect::<Vec<_>>();
+    assert!(!tcp_authz.is_empty() && tcp_authz.iter().all(|line| !line.contains("route_")), "{metrics}");
 }
 
 /// An app that takes HTTP/1.1 upgrades as a WebSocket server would: a request with `Upgrade:

@@ -221,6 +221,20 @@ pub struct PolicyConfig {
     /// and whatever the rules say, as Linkerd authorizes probes; nothing else plaintext is.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub probes: Vec<ProbeConfig>,
+    /// What the policy was made from, which the proxy's metrics name as Linkerd names the server
+    /// a request reached (`srv_kind`, `srv_name`). `None` for a policy written by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<PolicySource>,
+}
+
+/// Where a pod's inbound policy comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum PolicySource {
+    /// No MeshPolicy selects the pod: its default inbound policy applies.
+    Default(DefaultInboundPolicy),
+    /// The MeshPolicies that select the pod, by name, in the order their rules are listed.
+    MeshPolicies(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -293,7 +307,7 @@ impl DefaultInboundPolicy {
             Self::AllAuthenticated => (MtlsMode::Strict, vec![anyone()]),
             Self::Deny => (MtlsMode::Strict, Vec::new()),
         };
-        PolicyConfig { mtls, rules, probes }
+        PolicyConfig { mtls, rules, probes, source: Some(PolicySource::Default(self)) }
     }
 }
 

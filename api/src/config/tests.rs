@@ -311,6 +311,24 @@ fn the_discovery_section_is_checked() {
             "discovery.startupPolicy.rules[0].from[0]: name exactly one of",
         ),
         (good.replace("podName: web-0", "podName: web-0, startupPolicy: { mtls: OPEN }"), "unknown variant"),
+        (
+            good.replace(
+                "podName: web-0",
+                "podName: web-0, startupPolicy: { source: { meshPolicies: [a, \"b,c\"] } }",
+            ),
+            "discovery.startupPolicy.source.meshPolicies[1]: \"b,c\" is not a MeshPolicy name",
+        ),
+        (
+            good.replace(
+                "podName: web-0",
+                "podName: web-0, startupPolicy: { source: { meshPolicies: [\"\"] } }",
+            ),
+            "discovery.startupPolicy.source.meshPolicies[0]",
+        ),
+        (
+            good.replace("podName: web-0", "podName: web-0, startupPolicy: { source: { default: open } }"),
+            "unknown variant",
+        ),
     ];
     for (text, expected) in cases {
         let error = refused(&text);

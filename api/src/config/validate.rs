@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use super::egress::{EgressConfig, ExternalProtocol, valid_host_pattern};
 use super::{
-    Config, ConfigError, EndpointPod, HashOn, HeaderValueMatch, PathMatch, PolicyConfig, RetryBudgetConfig,
-    RouteConfig,
+    Config, ConfigError, EndpointPod, HashOn, HeaderValueMatch, PathMatch, PolicyConfig, PolicySource,
+    RetryBudgetConfig, RouteConfig,
 };
 use crate::contract::env;
 use crate::identity::SpiffeId;
@@ -309,6 +309,16 @@ fn validate_policy(at: &str, policy: &PolicyConfig) -> Result<(), ConfigError> {
         if !probe.path.starts_with('/') {
             return invalid(format!("{at}.probes[{p}].path"), format!("{:?} must start with /", probe.path));
         }
+    }
+    if let Some(PolicySource::MeshPolicies(names)) = &policy.source
+        && let Some((n, name)) =
+            names.iter().enumerate().find(|(_, name)| name.is_empty() || name.contains(','))
+    {
+        // The names are joined with commas into one label value.
+        return invalid(
+            format!("{at}.source.meshPolicies[{n}]"),
+            format!("{name:?} is not a MeshPolicy name (one or more characters, no commas)"),
+        );
     }
     for (r, rule) in policy.rules.iter().enumerate() {
         for (f, source) in rule.from.iter().enumerate() {

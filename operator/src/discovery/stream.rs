@@ -33,6 +33,7 @@ pub struct Peer {
 pub struct ProxyFeatures {
     pub tracing: bool,
     pub endpoint_pod: bool,
+    pub policy_source: bool,
 }
 
 impl ProxyFeatures {
@@ -40,7 +41,11 @@ impl ProxyFeatures {
     pub fn parse(header: Option<&[u8]>) -> Self {
         let names = header.and_then(|value| std::str::from_utf8(value).ok()).unwrap_or_default();
         let named = |feature: &str| names.split(',').any(|name| name.trim() == feature);
-        Self { tracing: named(api::FEATURE_TRACING), endpoint_pod: named(api::FEATURE_ENDPOINT_POD) }
+        Self {
+            tracing: named(api::FEATURE_TRACING),
+            endpoint_pod: named(api::FEATURE_ENDPOINT_POD),
+            policy_source: named(api::FEATURE_POLICY_SOURCE),
+        }
     }
 }
 
@@ -520,12 +525,13 @@ impl Session<'_> {
     }
 
     async fn send_inbound(&mut self) -> bool {
-        let tracing = self.peer.features.tracing;
+        let ProxyFeatures { tracing, policy_source, .. } = self.peer.features;
         let (revision, content) = self.discovery.read(|index| {
-            let content = InboundContent {
-                policy: index.inbound(&self.pod),
-                tracing: index.tracing().filter(|_| tracing).cloned(),
-            };
+            let mut policy = index.inbound(&self.pod);
+            if !policy_source && let Some(policy) = &mut policy {
+                policy.source = None;
+            }
+            let content = InboundContent { policy, tracing: index.tracing().filter(|_| tracing).cloned() };
             (index.revision(), content)
         });
         if let Some(Some((_, sent))) = &self.inbound
@@ -803,6 +809,22 @@ mod tests {
         assert_eq!(inbound(newer.next().await).tracing, None, "tracing turned off reaches the proxy");
     }
 
+    #[tokio::test]
+    async fn the_policys_source_goes_only_to_proxies_that_name_it() {
+        let discovery = cluster();
+        let newer = start_with(&discovery, ("shop", "api"), ProxyFeatures::parse(Some(b"policy-source")));
+        let older = start(&discovery, ("shop", "api"));
+        let mut sources = Vec::new();
+        for mut proxy in [newer, older] {
+            proxy.send(&hello("shop", "api-1"));
+            proxy.send(&ProxyMessage::Subscribe(Resource::Inbound));
+            let policy = inbound(proxy.next().await).policy.expect("api-1 has a policy");
+            sources.push(policy.source);
+        }
+        assert!(sources[0].is_some(), "the proxy that names the feature gets the source");
+        assert_eq!(sources[1], None, "an older proxy would refuse the field");
+    }
+
     #[test]
     fn proxy_features_skip_what_they_do_not_know() {
         assert!(!ProxyFeatures::parse(None).tracing);
@@ -812,6 +834,7 @@ mod tests {
         let both = ProxyFeatures::parse(Some(b"endpoint-pod,tracing"));
         assert!(both.tracing && both.endpoint_pod);
         assert!(!ProxyFeatures::parse(Some(b"tracing")).endpoint_pod);
+        assert!(ProxyFeatures::parse(Some(b"tracing, policy-source")).policy_source);
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use braid_api::config::{
     Algorithm, AuthorizationRuleConfig, DefaultInboundPolicy, FaultAbort, FaultConfig, FaultDelay, HashOn,
     HeaderEditsConfig, HeaderMatch, HeaderValueConfig, HeaderValueMatch, LoadBalancerConfig, MatchConfig,
-    MirrorConfig, MtlsMode as ProxyMtls, OperationConfig, PathMatch, PolicyConfig, ProbeConfig,
+    MirrorConfig, MtlsMode as ProxyMtls, OperationConfig, PathMatch, PolicyConfig, PolicySource, ProbeConfig,
     RateLimitConfig, RetriesConfig, RetryBudgetConfig, RetryOn, RouteConfig, ServiceAccountConfig,
     SourceConfig, WeightedBackend,
 };
@@ -290,7 +290,8 @@ pub fn inbound_policy(
             rules.push(AuthorizationRuleConfig { name: Some(format!("{name}-{r}")), from, to });
         }
     }
-    PolicyConfig { mtls, rules, probes: probes.to_vec() }
+    let names = policies.iter().map(|(name, _)| (*name).to_owned()).collect();
+    PolicyConfig { mtls, rules, probes: probes.to_vec(), source: Some(PolicySource::MeshPolicies(names)) }
 }
 
 #[cfg(test)]
@@ -438,13 +439,20 @@ mod tests {
         assert_eq!(policy.rules[0].to[0].methods, ["GET"]);
         assert_eq!(policy.rules[1].from[0].namespace.as_deref(), Some("ops"));
         assert_eq!(policy.probes, [ProbeConfig { port: 8080, path: "/healthz".into() }]);
+        assert_eq!(
+            policy.source,
+            Some(PolicySource::MeshPolicies(vec!["a".into(), "b".into()])),
+            "the metrics name the policies"
+        );
     }
 
     #[test]
     fn a_pod_no_policy_selects_gets_its_default_with_its_probes() {
         let probes = [ProbeConfig { port: 8080, path: "/healthz".into() }];
         for default in DefaultInboundPolicy::ALL {
-            assert_eq!(inbound_policy("shop", &[], &probes, default), default.policy(probes.to_vec()));
+            let policy = inbound_policy("shop", &[], &probes, default);
+            assert_eq!(policy, default.policy(probes.to_vec()));
+            assert_eq!(policy.source, Some(PolicySource::Default(default)));
         }
     }
 }

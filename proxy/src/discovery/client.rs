@@ -37,8 +37,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 pings: a server that vanished without closing (a partition) is noticed in ~20 s.
 const KEEPALIVE: Duration = Duration::from_secs(10);
 /// The optional message parts this proxy understands (`braid-proxy-features`):
-/// `api::FEATURE_TRACING` and `api::FEATURE_ENDPOINT_POD`.
-const PROXY_FEATURES: &str = "tracing,endpoint-pod";
+/// `api::FEATURE_TRACING`, `api::FEATURE_ENDPOINT_POD` and `api::FEATURE_POLICY_SOURCE`.
+const PROXY_FEATURES: &str = "tracing,endpoint-pod,policy-source";
 
 /// How often to look for the workload certificate before the first one arrives.
 const CERTIFICATE_POLL: Duration = Duration::from_millis(100);
@@ -267,6 +267,6 @@ mod tests {
     #[test]
     fn the_features_header_names_the_optional_parts_this_proxy_reads() {
         let named: Vec<&str> = PROXY_FEATURES.split(',').collect();
-        assert_eq!(named, [api::FEATURE_TRACING, api::FEATURE_ENDPOINT_POD]);
+        assert_eq!(named, [api::FEATURE_TRACING, api::FEATURE_ENDPOINT_POD, api::FEATURE_POLICY_SOURCE]);
     }
 }

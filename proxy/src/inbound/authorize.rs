@@ -14,12 +14,13 @@ use crate::client::body::ProxyBody;
 use crate::http::forward::record;
 use crate::http::respond::local;
 use crate::identity::Credentials;
-use braid_api::config::{DEFAULT_RULE_PREFIX, PolicyConfig};
+use braid_api::config::{DEFAULT_RULE_PREFIX, DefaultInboundPolicy, PolicyConfig, PolicySource};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::metrics::{
-    AllowLabels, Answerer, AuthzKind, DenyLabels, Label, RequestLabels, RequestMetrics, TargetAddr, Tls,
+    AllowLabels, Answerer, Authz, AuthzKind, DenyLabels, InboundRoute, Label, RequestLabels, RequestMetrics,
+    ServerKind, ServerLabels, TargetAddr, Tls,
 };
 use crate::policy::{self, Allowed, HttpRequest};
 use crate::state::ProxyState;
@@ -56,19 +57,22 @@ pub fn connection(
         Carries::Http => policy::admit_connection(policy, client, true).map(|()| None),
     };
     let target_addr = TargetAddr::new(app);
+    let server = Server::of(policy).labels(app.port());
+    let route = InboundRoute::Opaque;
     let tls = Tls::inbound(client_id.is_some());
     let client_id = client_id.map_or_else(Label::empty, Label::new);
     match decision {
         Ok(None) => true,
         Ok(Some(allowed)) => {
-            let (authz_kind, authz_name) = what_allowed(policy, allowed);
-            let authz_name = Label::new(authz_name);
-            let labels = AllowLabels { target_addr, authz_kind, authz_name, tls, client_id };
+            let (kind, name) = what_allowed(policy, allowed);
+            let authz = Authz { kind, name: Label::new(name) };
+            let labels = AllowLabels { target_addr, server, route, authz, tls, client_id };
             state.metrics.tcp_authz_allowed.get_or_create(&labels).inc();
             true
         }
         Err(denied) => {
-            state.metrics.tcp_authz_denied.get_or_create(&DenyLabels { target_addr, tls, client_id }).inc();
+            let labels = DenyLabels { target_addr, server, route, tls, client_id };
+            state.metrics.tcp_authz_denied.get_or_create(&labels).inc();
             debug!(%peer, reason = %denied.0, "inbound connection denied by the policy: closed");
             false
         }
@@ -79,7 +83,7 @@ pub fn connection(
 fn what_allowed(policy: Option<&PolicyConfig>, allowed: Allowed) -> (AuthzKind, &str) {
     match allowed {
         Allowed::NoPolicy => (AuthzKind::default, "all-unauthenticated"),
-        Allowed::Probe => (AuthzKind::probe, "probe"),
+        Allowed::Probe => (AuthzKind::default, "probe"),
         Allowed::Rule(index) => {
             let name =
                 policy.and_then(|policy| policy.rules.get(index)).and_then(|rule| rule.name.as_deref());
@@ -95,10 +99,82 @@ fn what_allowed(policy: Option<&PolicyConfig>, allowed: Allowed) -> (AuthzKind, 
     }
 }
 
-/// The allow counters one inbound connection has used. Its labels are fixed but for what
-/// allowed each request, so a request finds its counter without building a label set.
+/// The server a request or connection reached, as its policy names it (see [`ServerLabels`]),
+/// before it is made a label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server<'a> {
+    Default(&'a str),
+    /// The MeshPolicies' names, joined with commas in the label.
+    MeshPolicies(&'a [String]),
+}
+
+impl<'a> Server<'a> {
+    fn of(policy: Option<&'a PolicyConfig>) -> Self {
+        let Some(policy) = policy else {
+            return Self::Default(DefaultInboundPolicy::AllUnauthenticated.as_str());
+        };
+        match &policy.source {
+            Some(PolicySource::Default(default)) => Self::Default(default.as_str()),
+            Some(PolicySource::MeshPolicies(names)) => Self::MeshPolicies(names),
+            // Written by hand, or sent by an operator that does not send the source: a default
+            // policy's rule still says which default it is.
+            None => {
+                let first = policy.rules.first().and_then(|rule| rule.name.as_deref());
+                match first.and_then(|name| name.strip_prefix(DEFAULT_RULE_PREFIX)) {
+                    Some(default) => Self::Default(default),
+                    None => Self::MeshPolicies(&[]),
+                }
+            }
+        }
+    }
+
+    fn kind(self) -> ServerKind {
+        match self {
+            Self::Default(_) => ServerKind::default,
+            Self::MeshPolicies(_) => ServerKind::meshpolicy,
+        }
+    }
+
+    /// Whether `label` is this server's name, compared piece by piece rather than joined.
+    fn is_named(self, label: &str) -> bool {
+        match self {
+            Self::Default(name) => name == label,
+            Self::MeshPolicies(names) => {
+                let mut rest = label;
+                for (i, name) in names.iter().enumerate() {
+                    if i > 0 {
+                        let Some(after) = rest.strip_prefix(',') else { return false };
+                        rest = after;
+                    }
+                    let Some(after) = rest.strip_prefix(name.as_str()) else { return false };
+                    rest = after;
+                }
+                rest.is_empty()
+            }
+        }
+    }
+
+    fn labels(self, port: u16) -> ServerLabels {
+        let name = match self {
+            Self::Default(name) => Label::new(name),
+            Self::MeshPolicies(names) => Label::new(names.join(",")),
+        };
+        ServerLabels { kind: self.kind(), name, port }
+    }
+}
+
+/// The allow counters one inbound connection has used. Its labels are fixed but for the server
+/// (when the policy changes) and what allowed each request, so a request finds its counter
+/// without building a label set.
 #[derive(Default)]
-pub struct AllowCounters(Mutex<Vec<(AuthzKind, Box<str>, Counter)>>);
+pub struct AllowCounters(Mutex<Vec<Remembered>>);
+
+struct Remembered {
+    server: (ServerKind, Box<str>),
+    route: InboundRoute,
+    authz: (AuthzKind, Box<str>),
+    counter: Counter,
+}
 
 /// Distinct rules remembered per connection; beyond them a request builds its label set.
 const REMEMBERED_RULES: usize = 8;
@@ -108,26 +184,42 @@ impl AllowCounters {
         &self,
         family: &Family<AllowLabels, Counter>,
         labels: &RequestLabels,
-        kind: AuthzKind,
-        name: &str,
+        server: Server<'_>,
+        port: u16,
+        route: InboundRoute,
+        (kind, name): (AuthzKind, &str),
     ) {
         let mut known = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((.., counter)) = known.iter().find(|(k, n, _)| *k == kind && **n == *name) {
-            counter.inc();
+        let seen = known.iter().find(|r| {
+            r.route == route
+                && r.authz.0 == kind
+                && *r.authz.1 == *name
+                && r.server.0 == server.kind()
+                && server.is_named(&r.server.1)
+        });
+        if let Some(remembered) = seen {
+            remembered.counter.inc();
             return;
         }
+        let server = server.labels(port);
         let counter = family
             .get_or_create(&AllowLabels {
                 target_addr: labels.target_addr.clone(),
-                authz_kind: kind,
-                authz_name: Label::new(name),
+                server: server.clone(),
+                route,
+                authz: Authz { kind, name: Label::new(name) },
                 tls: labels.tls,
                 client_id: labels.client_id.clone(),
             })
             .clone();
         counter.inc();
         if known.len() < REMEMBERED_RULES {
-            known.push((kind, name.into(), counter));
+            known.push(Remembered {
+                server: (server.kind, server.name.as_str().into()),
+                route,
+                authz: (kind, name.into()),
+                counter,
+            });
         }
     }
 }
@@ -150,18 +242,25 @@ pub fn request(
             credentials.as_ref().and_then(|c| c.as_deref()).and_then(Credentials::trust_domain);
         let client = policy::Client { identity: client_id, trust_domain };
         let policy = table.config.inbound.policy.as_ref();
+        let server = Server::of(policy);
         match policy::authorize(policy, client, Some(request), app.port()) {
             Ok(allowed) => {
-                let (kind, name) = what_allowed(policy, allowed);
-                allow_counters.count(&state.metrics.http_authz_allowed, labels, kind, name);
+                let route =
+                    if allowed == Allowed::Probe { InboundRoute::Probe } else { InboundRoute::Default };
+                let authz = what_allowed(policy, allowed);
+                let family = &state.metrics.http_authz_allowed;
+                allow_counters.count(family, labels, server, app.port(), route, authz);
                 return None;
             }
-            Err(denied) => denied,
+            Err(denied) => (denied, server.labels(app.port())),
         }
     };
+    let (denied, server) = denied;
     metrics.requests.inc();
     let deny = DenyLabels {
         target_addr: labels.target_addr.clone(),
+        server,
+        route: InboundRoute::Default,
         tls: labels.tls,
         client_id: labels.client_id.clone(),
     };
@@ -194,7 +293,7 @@ mod tests {
             (AuthzKind::default, "all-authenticated")
         );
         assert_eq!(what_allowed(None, Allowed::NoPolicy), (AuthzKind::default, "all-unauthenticated"));
-        assert_eq!(what_allowed(Some(&authenticated), Allowed::Probe), (AuthzKind::probe, "probe"));
+        assert_eq!(what_allowed(Some(&authenticated), Allowed::Probe), (AuthzKind::default, "probe"));
         let mut named = authenticated.clone();
         named.rules[0].name = Some("reads-0".into());
         assert_eq!(what_allowed(Some(&named), Allowed::Rule(0)), (AuthzKind::meshpolicy, "reads-0"));
@@ -203,5 +302,30 @@ mod tests {
             (AuthzKind::meshpolicy, ""),
             "a stale index names nothing"
         );
+    }
+
+    #[test]
+    fn the_server_is_the_default_or_the_meshpolicies_that_select_the_pod() {
+        let deny = DefaultInboundPolicy::Deny.policy(Vec::new());
+        assert_eq!(Server::of(Some(&deny)), Server::Default("deny"), "a default with no rules");
+        assert_eq!(Server::of(None), Server::Default("all-unauthenticated"));
+        let mut sent_by_older_operator = DefaultInboundPolicy::AllAuthenticated.policy(Vec::new());
+        sent_by_older_operator.source = None;
+        assert_eq!(Server::of(Some(&sent_by_older_operator)), Server::Default("all-authenticated"));
+        let names = ["reads".to_owned(), "writes".to_owned()];
+        let mut selected = deny.clone();
+        selected.source = Some(PolicySource::MeshPolicies(names.to_vec()));
+        let server = Server::of(Some(&selected));
+        let labels = server.labels(8080);
+        assert_eq!(
+            (labels.kind, labels.name.as_str(), labels.port),
+            (ServerKind::meshpolicy, "reads,writes", 8080)
+        );
+        assert!(server.is_named("reads,writes"));
+        for other in ["reads", "reads,", "reads,writes,", "readswrites", "writes,reads", ""] {
+            assert!(!server.is_named(other), "{other:?}");
+        }
+        assert!(Server::MeshPolicies(&[]).is_named(""));
+        assert!(!Server::Default("deny").is_named("deny,"));
     }
 }

@@ -784,8 +784,12 @@ mod tests {
     #[test]
     fn the_discovered_inbound_policy_replaces_the_files() {
         let (discovery, shared) = setup("inbound: { policy: { mtls: PERMISSIVE, rules: [{}] } }");
-        let policy =
-            PolicyConfig { mtls: braid_api::config::MtlsMode::Strict, rules: Vec::new(), probes: Vec::new() };
+        let policy = PolicyConfig {
+            mtls: braid_api::config::MtlsMode::Strict,
+            rules: Vec::new(),
+            probes: Vec::new(),
+            source: None,
+        };
         let answer = discovery.handle(
             &shared.table,
             &shared.metrics,
