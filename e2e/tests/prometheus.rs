@@ -643,6 +643,18 @@ async fn flagger_and_linkerd_dashboard_queries_read_the_proxies_as_the_client_me
         (RATE * 0.75..=RATE * 1.25).contains(&answered),
         "{answered}/s answered by web, the load sends {RATE}/s"
     );
+    // And the requests, as Linkerd's outbound request-rate panel reads them.
+    let requested = prometheus.query(
+        &format!("sum(irate(request_total{{{outbound}}}[30s])) by (dst_namespace, dst_deployment)"),
+        during,
+    );
+    eprintln!("outbound requests by dst_deployment: {requested:?}");
+    assert_eq!(requested.len(), 1, "one destination workload, web: {requested:?}");
+    assert!(
+        (RATE * 0.75..=RATE * 1.25).contains(&requested[0].1),
+        "{}/s requests answered by web, the load sends {RATE}/s",
+        requested[0].1
+    );
     let pods = prometheus.value(&format!("count(count(response_total{{{outbound}}}) by (dst_pod))"), during);
     assert_eq!(pods, f64::from(REPLICAS), "each of web's pods answered, under its own dst_pod");
     let service_account =

@@ -178,7 +178,7 @@ pub enum Tls {
     Mutual,
     /// `tls="no_identity"`: plaintext, or TLS the proxy does not terminate.
     NoIdentity(NoTlsReason),
-    /// No label: an outbound request, counted before an endpoint is chosen.
+    /// In an outbound route's labels: each answer's series has the endpoint's (`answered_tls`).
     NotYetKnown,
 }
 
@@ -266,6 +266,41 @@ pub struct RequestLabels {
     pub client_id: Label,
     #[prometheus(flatten)]
     pub tls: Tls,
+}
+
+/// request_total's labels: the request's and, on outbound, those of the endpoint that answered
+/// it (`server_id`, `dst_*`, and `tls` as the connection to it was), as Linkerd counts requests
+/// at their endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestTotalLabels {
+    #[prometheus(flatten)]
+    pub request: RequestLabels,
+    pub server_id: Label,
+    #[prometheus(flatten)]
+    pub dst: DstPod,
+}
+
+impl RequestTotalLabels {
+    pub fn new(request: &RequestLabels, answerer: &Answerer) -> Self {
+        let Answerer { server_id, pod } = answerer;
+        Self {
+            request: RequestLabels { tls: answered_tls(request, server_id), ..request.clone() },
+            server_id: server_id.clone(),
+            dst: pod.clone(),
+        }
+    }
+}
+
+/// The `tls` of an answer: the inbound connection's; on outbound, mutual when the endpoint
+/// proved an identity.
+fn answered_tls(request: &RequestLabels, server_id: &Label) -> Tls {
+    match request.direction {
+        Direction::inbound => request.tls,
+        Direction::outbound if server_id.as_str().is_empty() => {
+            Tls::NoIdentity(NoTlsReason::not_provided_by_service_discovery)
+        }
+        Direction::outbound => Tls::Mutual,
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -681,7 +716,7 @@ pub struct BackendMetrics {
 
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
+    pub requests: Family<RequestTotalLabels, Counter>,
     pub responses: Family<ResponseLabels, Counter>,
     pub latency: Family<AnswerLabels, Histogram, fn() -> Histogram>,
     pub retries: Family<RetryLabels, Counter>,
@@ -945,16 +980,43 @@ impl Metrics {
 /// hashed per request; the answers seen most often are remembered the same way.
 #[derive(Clone)]
 pub struct RequestMetrics {
+    /// request_total of the requests no endpoint answered, and of every inbound request.
     pub requests: Counter,
     answers: Arc<AnswerSeries>,
 }
 
-/// The response_total and response_latency_ms series of one label set.
+/// The response_total and response_latency_ms series of one label set, and its request_total
+/// series by the endpoint that answered.
 struct AnswerSeries {
+    requests: Family<RequestTotalLabels, Counter>,
     responses: Family<ResponseLabels, Counter>,
     latency: Family<AnswerLabels, Histogram, fn() -> Histogram>,
     labels: RequestLabels,
     remembered: Mutex<Vec<Arc<StatusSeries>>>,
+    remembered_requests: Mutex<Vec<(Answerer, Counter)>>,
+}
+
+/// An outbound request not yet in request_total: it is counted once, when it is answered, under
+/// the endpoint that answered ([`Self::answered_by`]), or under none when it is dropped without
+/// that (the proxy answered it itself, or the client gave up first).
+pub struct UncountedRequest<'a> {
+    metrics: &'a RequestMetrics,
+    counted: bool,
+}
+
+impl UncountedRequest<'_> {
+    pub fn answered_by(mut self, answerer: &Answerer) {
+        self.counted = true;
+        self.metrics.count_request(answerer);
+    }
+}
+
+impl Drop for UncountedRequest<'_> {
+    fn drop(&mut self) {
+        if !self.counted {
+            self.metrics.requests.inc();
+        }
+    }
 }
 
 /// The series of one answer (status code and server identity) of a label set: its latency
@@ -1004,7 +1066,36 @@ impl StatusSeries {
 /// lock: a route to 10 pods that answer 200 and 503 has 20. Beyond, the family finds the rest.
 const REMEMBERED_ANSWERS: usize = 32;
 
+/// Distinct endpoints remembered per label set for request_total; beyond, the family finds them.
+const REMEMBERED_ENDPOINTS: usize = 16;
+
 impl RequestMetrics {
+    /// An outbound request, to count in request_total when it is answered.
+    pub fn count_when_answered(&self) -> UncountedRequest<'_> {
+        UncountedRequest { metrics: self, counted: false }
+    }
+
+    /// Counts a request in request_total under the endpoint that answered it.
+    fn count_request(&self, answerer: &Answerer) {
+        if answerer.server_id.as_str().is_empty() && answerer.pod == DstPod::default() {
+            self.requests.inc();
+            return;
+        }
+        let answers = &self.answers;
+        let mut remembered =
+            answers.remembered_requests.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((_, counter)) = remembered.iter().find(|(seen, _)| seen == answerer) {
+            counter.inc();
+            return;
+        }
+        let counter =
+            answers.requests.get_or_create(&RequestTotalLabels::new(&answers.labels, answerer)).clone();
+        counter.inc();
+        if remembered.len() < REMEMBERED_ENDPOINTS {
+            remembered.push((answerer.clone(), counter));
+        }
+    }
+
     /// Counts an answer now: its latency is `elapsed`, its class final.
     pub fn answered(
         &self,
@@ -1054,13 +1145,7 @@ impl AnswerSeries {
             return series.clone();
         }
         let labels = &self.labels;
-        let tls = match labels.direction {
-            Direction::inbound => labels.tls,
-            Direction::outbound if server_id.as_str().is_empty() => {
-                Tls::NoIdentity(NoTlsReason::not_provided_by_service_discovery)
-            }
-            Direction::outbound => Tls::Mutual,
-        };
+        let tls = answered_tls(labels, server_id);
         let answer = AnswerLabels {
             direction: labels.direction,
             authority: labels.authority.clone(),
@@ -1131,12 +1216,17 @@ impl PendingResponse {
 impl Metrics {
     pub fn request_metrics(&self, labels: &RequestLabels) -> RequestMetrics {
         RequestMetrics {
-            requests: self.requests.get_or_create(labels).clone(),
+            requests: self
+                .requests
+                .get_or_create(&RequestTotalLabels::new(labels, &Answerer::nobody()))
+                .clone(),
             answers: Arc::new(AnswerSeries {
+                requests: self.requests.clone(),
                 responses: self.responses.clone(),
                 latency: self.latency.clone(),
                 labels: labels.clone(),
                 remembered: Mutex::default(),
+                remembered_requests: Mutex::default(),
             }),
         }
     }
@@ -1247,9 +1337,10 @@ mod tests {
             assert!(mutual.contains(label), "{label} missing: {mutual}");
         }
         assert!(mutual.contains(r#"tls="true""#) && !mutual.contains("no_tls_reason"), "{mutual}");
-        // Outbound requests are counted before an endpoint is chosen: no target, no tls yet.
+        // An outbound request no endpoint answered: no target, no endpoint, no identity.
         let outbound = requests.iter().find(|line| line.contains(r#"direction="outbound""#)).unwrap();
-        assert!(!outbound.contains("target_") && !outbound.contains("tls"), "{outbound}");
+        assert!(!outbound.contains("target_") && !outbound.contains("dst_pod"), "{outbound}");
+        assert!(outbound.contains(r#"no_tls_reason="not_provided_by_service_discovery""#), "{outbound}");
     }
 
     #[test]
@@ -1311,6 +1402,23 @@ mod tests {
         // The latency histogram carries the same labels.
         let buckets = samples(&text, "response_latency_ms_bucket");
         assert!(buckets.iter().any(|line| line.contains("dst_deployment=\"reviews-v2\"")), "{buckets:#?}");
+
+        // request_total counts each request once, under the endpoint that answered it, or under
+        // none when the proxy answered itself or the client gave up.
+        for answerer in [&endpoint, &endpoint, &statefulset] {
+            route.count_when_answered().answered_by(answerer);
+        }
+        drop(route.count_when_answered());
+        let text = metrics.encode();
+        let requests = samples(&text, "request_total");
+        assert_eq!(requests.len(), 3, "{requests:#?}");
+        let reviews = requests.iter().find(|line| line.contains("dst_deployment=\"reviews-v2\"")).unwrap();
+        assert!(reviews.contains("tls=\"true\"") && reviews.contains("server_id=\"spiffe://"), "{reviews}");
+        assert!(reviews.ends_with(" 2"), "{reviews}");
+        let db = requests.iter().find(|line| line.contains("dst_statefulset=\"db\"")).unwrap();
+        assert!(db.contains("tls=\"no_identity\"") && db.ends_with(" 1"), "{db}");
+        let nobody = requests.iter().find(|line| !line.contains("dst_pod")).unwrap();
+        assert!(nobody.ends_with(" 1"), "the dropped one: {nobody}");
     }
 
     #[test]

@@ -120,13 +120,15 @@ fn exposition() -> String {
         }),
         pod_template_hash: "x".into(),
     };
+    let answerer = Answerer { server_id: some(), pod: DstPod::new(Some(&pod)) };
     series.answered(
         200,
         Classification::success,
         GrpcStatus(Some(0)),
-        &Answerer { server_id: some(), pod: DstPod::new(Some(&pod)) },
+        &answerer,
         std::time::Duration::from_millis(3),
     );
+    series.count_when_answered().answered_by(&answerer);
     let route = RetryLabels { direction: Direction::outbound, dst_service: some(), route: some() };
     for family in
         [&metrics.retries, &metrics.retry_budget_exhausted, &metrics.rate_limited, &metrics.overloaded]

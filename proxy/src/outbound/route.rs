@@ -107,7 +107,9 @@ async fn route_and_send(
         tls: Tls::NotYetKnown,
     };
     let metrics = route.metrics.get_or_init(|| state.metrics.request_metrics(&labels));
-    metrics.requests.inc();
+    // In request_total once answered, under the endpoint that answered; the proxy's own answers
+    // below and a client that gives up count it under none.
+    let uncounted = metrics.count_when_answered();
     if let Some(span) = span {
         route.name.as_str().clone_into(&mut span.route);
     }
@@ -210,6 +212,7 @@ async fn route_and_send(
             latency_us = start.elapsed().as_micros() as u64,
         );
     }
+    uncounted.answered_by(&answerer);
     record_at_end(metrics, answerer, &mut response, start);
     response
 }
