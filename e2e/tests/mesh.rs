@@ -294,6 +294,27 @@ impl Mesh {
             metrics.lines().any(|l| l.starts_with("response_total{") && l.contains(&client_id)),
             "server metrics:\n{metrics}"
         );
+        // Linkerd's authorization labels name the MeshPolicy that governs the pod, as the
+        // operator sent it to the proxy: the intruder's denials and the client's admissions.
+        let intruder = format!("client_id=\"spiffe://cluster.local/ns/{ns}/sa/intruder\"");
+        let under_echo = |family: &str, client: &str, more: &str| {
+            metrics.lines().any(|line| {
+                line.starts_with(family)
+                    && line.contains(client)
+                    && line.contains("srv_kind=\"meshpolicy\"")
+                    && line.contains("srv_name=\"echo\"")
+                    && line.contains("srv_port=\"8080\"")
+                    && line.contains(more)
+            })
+        };
+        assert!(
+            under_echo("inbound_http_authz_deny_total{", &intruder, "route_name=\"default\""),
+            "the intruder's denials, under MeshPolicy echo:\n{metrics}"
+        );
+        assert!(
+            under_echo("inbound_http_authz_allow_total{", &client_id, "authz_name=\"echo-0\""),
+            "the client's admissions, by rule 0 of MeshPolicy echo:\n{metrics}"
+        );
         kubectl(cluster, &["delete", "meshpolicy", "echo", "-n", ns]);
     }
 
