@@ -84,8 +84,10 @@ IMAGE_REPO ?=
 REGISTRY_CA ?=
 
 .PHONY: image-archives
-image-archives: deps ## Build the images' archives only (no cluster, no push); make images then only pushes
+image-archives: deps ## Build the images' archives only (no cluster, no push; the previous release's too, for the upgrade test); make images then only pushes
 	@bash images/build.sh --no-push
+	@# The previous release's too, for the upgrade test (cached per release).
+	@bash e2e/upgrade/previous-release.sh build
 
 .PHONY: push
 push: deps ## Push braid-proxy, -operator and -webhook (linux/amd64) to IMAGE_REPO, tagged with the chart's appVersion

@@ -32,6 +32,53 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The chart's appVersion (helm/braid/Chart.yaml): the tag of the images a release runs and the
+/// version its proxies report.
+pub fn app_version() -> String {
+    chart_field("appVersion")
+}
+
+/// The chart's own version (helm/braid/Chart.yaml), as `helm install --version` takes it.
+pub fn chart_version() -> String {
+    chart_field("version")
+}
+
+fn chart_field(field: &str) -> String {
+    let path = repo_root().join("helm/braid/Chart.yaml");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
+    let prefix = format!("{field}:");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map(|value| value.trim().trim_matches('"').to_owned())
+        .filter(|value| !value.is_empty())
+        .unwrap_or_else(|| panic!("no {field} in {}", path.display()))
+}
+
+/// `command` with the environment a user's shell would give it: without the variables cargo sets
+/// for this test (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...), which some build scripts (ring's)
+/// watch, so that a release build it runs would start over for them.
+pub fn as_a_user(mut command: Command) -> Command {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let ours = ["CARGO_TARGET_DIR", "CARGO_HOME", "CARGO_INCREMENTAL"].contains(&name.as_ref());
+        if (name.starts_with("CARGO_") && !ours) || name == "OUT_DIR" {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
+}
+
+/// `make ARGS` in the repository, as a user runs it (`as_a_user`).
+pub fn make(args: &[&str]) -> Output {
+    as_a_user(Command::new("make"))
+        .current_dir(repo_root())
+        .arg("--no-print-directory")
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run make: {err}"))
+}
+
 /// The local cluster: its kubeconfig and the directory holding kubectl and helm.
 #[derive(Debug, Clone)]
 pub struct Cluster {

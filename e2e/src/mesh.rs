@@ -14,12 +14,16 @@ use serde_json::Value;
 use crate::{Cluster, eventually, repo_root};
 
 pub const RELEASE: &str = "braid";
-pub const IMAGES: [&str; 4] = [
-    "braid.dev/braid-operator:0.1.0",
-    "braid.dev/braid-webhook:0.1.0",
-    "braid.dev/braid-proxy:dev",
-    "braid.dev/braid-testapps:dev",
-];
+/// The images a meshed test runs: the chart's (tagged with its appVersion) and the apps'.
+pub fn images() -> [String; 4] {
+    let version = crate::app_version();
+    [
+        format!("braid.dev/braid-operator:{version}"),
+        format!("braid.dev/braid-webhook:{version}"),
+        "braid.dev/braid-proxy:dev".to_owned(),
+        "braid.dev/braid-testapps:dev".to_owned(),
+    ]
+}
 
 /// `kubectl apply -f -` of `yaml`; panics with kubectl's message when it is refused.
 pub fn apply(cluster: &Cluster, yaml: &str) {
@@ -44,8 +48,8 @@ pub fn check_prerequisites(cluster: &Cluster) {
         "no Ready node: this test runs real pods; start the cluster with its node: make cluster-up"
     );
     let registry = crate::registry::Registry::get();
-    for image in IMAGES {
-        registry.require_pushed(image);
+    for image in images() {
+        registry.require_pushed(&image);
     }
 }
 
@@ -87,6 +91,13 @@ pub fn install(cluster: &'static Cluster, sets: &[&str]) -> Release {
 
 /// Uninstalls the release when dropped.
 pub struct Release(&'static Cluster);
+
+impl Release {
+    /// The guard of release `braid` in braid-system, installed some other way than `install`.
+    pub fn installed(cluster: &'static Cluster) -> Release {
+        Release(cluster)
+    }
+}
 
 impl Drop for Release {
     fn drop(&mut self) {

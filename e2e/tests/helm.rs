@@ -618,12 +618,16 @@ async fn the_rendered_chart_passes_a_server_side_dry_run_and_the_crds_apply_as_i
     let image_of =
         |objects: &[Value], name: &str| container(find(objects, "Deployment", name))["image"].clone();
     let proxy_image = |objects: &[Value]| find(objects, "Mesh", "default")["spec"]["proxy"]["image"].clone();
-    assert_eq!(image_of(&objects, "braid-operator"), "braid.dev/braid-operator:0.1.0");
-    assert_eq!(proxy_image(&objects), "braid.dev/braid-proxy:0.1.0");
+    let version = braid_e2e::app_version();
+    assert_eq!(image_of(&objects, "braid-operator"), format!("braid.dev/braid-operator:{version}").as_str());
+    assert_eq!(proxy_image(&objects), format!("braid.dev/braid-proxy:{version}").as_str());
     let digest = format!("sha256:{}", "ab".repeat(32));
     let pinned = format!("image.registry=registry.example.com/braid,image.digests.proxy={digest}");
     let pinned = render(&["--set", &pinned]);
-    assert_eq!(image_of(&pinned, "braid-operator"), "registry.example.com/braid/braid-operator:0.1.0");
+    assert_eq!(
+        image_of(&pinned, "braid-operator"),
+        format!("registry.example.com/braid/braid-operator:{version}").as_str()
+    );
     assert_eq!(proxy_image(&pinned), format!("registry.example.com/braid/braid-proxy@{digest}").as_str());
     let own = "mesh.spec.proxy.image=mirror.example.com/proxy:1";
     let own = render(&["--set", own]);

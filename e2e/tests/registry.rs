@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use braid_e2e::registry::Registry;
-use braid_e2e::{Cluster, eventually, repo_root};
+use braid_e2e::{Cluster, eventually, make, repo_root};
 use serde_json::Value;
 
 const BUSYBOX: &str = "braid.dev/busybox:e2e";
@@ -95,7 +95,8 @@ async fn braids_images_carry_their_labels_and_the_crates_they_are_built_from() {
     let labels = &config["config"]["Labels"];
     eprintln!("{reference}: {labels}");
     assert_eq!(labels["org.opencontainers.image.title"], "braid-proxy");
-    assert_eq!(labels["org.opencontainers.image.version"], "0.1.0");
+    let version = braid_e2e::app_version();
+    assert_eq!(labels["org.opencontainers.image.version"], version.as_str());
     assert_eq!(labels["org.opencontainers.image.licenses"], "Apache-2.0");
     let revision = labels["org.opencontainers.image.revision"].as_str().unwrap_or_default();
     let head =
@@ -121,31 +122,12 @@ async fn braids_images_carry_their_labels_and_the_crates_they_are_built_from() {
     let list = String::from_utf8_lossy(&list.stdout);
     let lines: Vec<&str> = list.lines().collect();
     eprintln!("{} crates, e.g. {:?}", lines.len(), &lines[..lines.len().min(3)]);
-    for crate_line in ["braid-proxy v0.1.0 Apache-2.0", "hyper v1.", "rustls v0.23."] {
+    let own = format!("braid-proxy v{version} Apache-2.0");
+    for crate_line in [own.as_str(), "hyper v1.", "rustls v0.23."] {
         assert!(lines.iter().any(|l| l.starts_with(crate_line)), "no {crate_line:?} in:\n{list}");
     }
     assert!(!list.contains(" ("), "paths or markers left in the list:\n{list}");
     assert!(!lines.iter().any(|l| l.starts_with("kube ")), "the proxy does not link kube:\n{list}");
-}
-
-/// `make ARGS` in the repository, in the environment a user's shell would give it: without the
-/// variables cargo sets for this test (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, ...), which some build
-/// scripts (ring's) watch, so that the release build would start over for them.
-fn make(args: &[&str]) -> std::process::Output {
-    let mut command = Command::new("make");
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        let ours = ["CARGO_TARGET_DIR", "CARGO_HOME", "CARGO_INCREMENTAL"].contains(&name.as_ref());
-        if (name.starts_with("CARGO_") && !ours) || name == "OUT_DIR" {
-            command.env_remove(name.as_ref());
-        }
-    }
-    command
-        .current_dir(repo_root())
-        .arg("--no-print-directory")
-        .args(args)
-        .output()
-        .unwrap_or_else(|err| panic!("cannot run make: {err}"))
 }
 
 fn text(output: &std::process::Output) -> String {
@@ -156,32 +138,38 @@ fn text(output: &std::process::Output) -> String {
 async fn make_push_and_make_chart_publish_what_helm_installs_from_oci() {
     let cluster = Cluster::get();
     let registry = Registry::get();
-    for image in ["braid.dev/braid-operator:0.1.0", "braid.dev/braid-webhook:0.1.0", PROXY] {
-        registry.require_pushed(image);
+    let version = braid_e2e::app_version();
+    let chart_version = braid_e2e::chart_version();
+    for image in [format!("braid.dev/braid-operator:{version}"), format!("braid.dev/braid-webhook:{version}")]
+    {
+        registry.require_pushed(&image);
     }
+    registry.require_pushed(PROXY);
     let repo = format!("{}/e2e-publish", registry.address);
     let ca = format!("REGISTRY_CA={}", registry.ca);
     let push = make(&["push", &format!("IMAGE_REPO={repo}"), &ca]);
     assert!(push.status.success(), "make push: {}", text(&push));
     // The very images the node runs in the other tests: same manifests, so the same digests.
     for name in ["braid-operator", "braid-webhook", "braid-proxy"] {
-        let published = registry.crane_ok(&["digest", &format!("{repo}/{name}:0.1.0")]);
-        let local = registry.crane_ok(&["digest", &format!("{}/{name}:0.1.0", registry.address)]);
+        let published = registry.crane_ok(&["digest", &format!("{repo}/{name}:{version}")]);
+        let local = registry.crane_ok(&["digest", &format!("{}/{name}:{version}", registry.address)]);
         assert_eq!(published, local, "{name}: make push pushed another image than make images");
     }
     let chart = make(&["chart", &format!("IMAGE_REPO={repo}"), &ca]);
     let printed = text(&chart);
     assert!(chart.status.success(), "make chart: {printed}");
-    let install = format!("helm install braid oci://{repo}/charts/braid --version 0.1.0");
+    let install = format!("helm install braid oci://{repo}/charts/braid --version {chart_version}");
     assert!(printed.contains(&install), "make chart says how to install: {printed}");
 
     // What `helm install oci://...` would apply: the chart from the registry, its images from
     // the same repository, the sidecars' included.
     let oci = format!("oci://{repo}/charts/braid");
-    let output = cluster.helm(&["template", "braid", &oci, "--version", "0.1.0", "--ca-file", &registry.ca]);
+    let output =
+        cluster.helm(&["template", "braid", &oci, "--version", &chart_version, "--ca-file", &registry.ca]);
     let rendered = text(&output);
     assert!(output.status.success(), "helm template {oci}: {rendered}");
-    for image in ["braid-operator:0.1.0", "braid-webhook:0.1.0", "braid-proxy:0.1.0"] {
+    for name in ["braid-operator", "braid-webhook", "braid-proxy"] {
+        let image = format!("{name}:{version}");
         assert!(
             rendered.contains(&format!("{repo}/{image}")),
             "{oci} does not run {repo}/{image}:\n{rendered}"
