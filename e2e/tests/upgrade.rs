@@ -131,18 +131,24 @@ fn certificates_issued_at(cluster: &Cluster, ns: &str, selector: &str) -> BTreeM
     })
 }
 
-/// Workload certificates issued by the operators running now, summed over their pods.
-fn certificates_issued(cluster: &Cluster) -> f64 {
-    let ips = cluster.kubectl_ok(&[
+/// `jsonpath` of the operator pods, terminating ones included.
+fn operator_pods(cluster: &Cluster, jsonpath: &str) -> String {
+    let selector = "app.kubernetes.io/component=operator";
+    cluster.kubectl_ok(&[
         "get",
         "pods",
         "-n",
         "braid-system",
         "-l",
-        "app.kubernetes.io/component=operator",
+        selector,
         "-o",
-        "jsonpath={.items[*].status.podIP}",
-    ]);
+        &format!("jsonpath={jsonpath}"),
+    ])
+}
+
+/// Workload certificates issued by the operators running now, summed over their pods.
+fn certificates_issued(cluster: &Cluster) -> f64 {
+    let ips = operator_pods(cluster, "{.items[*].status.podIP}");
     ips.split_whitespace()
         .filter_map(|ip| ip.parse().ok())
         .filter_map(|ip| http_get(std::net::SocketAddr::new(ip, OPERATOR_ADMIN_PORT), "/metrics"))
@@ -252,9 +258,10 @@ async fn helm_upgrade_from_the_previous_release_under_traffic_loses_no_request()
     assert_overlaps(&during, "ok", upgrade, "the load client during the upgrade");
     windows.lock().unwrap_or_else(|e| e.into_inner()).push(during);
     eprintln!("helm upgrade to {current}: {took:.1?}");
+    let new_operator = format!("{repo}/braid-operator:{app}");
     let operators = images_of(cluster, "braid-system", "app.kubernetes.io/component=operator", "operator");
     assert!(
-        operators.values().all(|i| *i == format!("{repo}/braid-operator:{app}")),
+        operators.values().all(|i| *i == new_operator),
         "after the upgrade, only this release's operators run: {operators:?}"
     );
     let webhooks = images_of(cluster, "braid-system", "app.kubernetes.io/component=webhook", "webhook");
@@ -264,18 +271,8 @@ async fn helm_upgrade_from_the_previous_release_under_traffic_loses_no_request()
     );
     // Every operator replica issues certificates: from when the last of the previous release's
     // operators is gone (terminating ones included), a new certificate comes from this release.
-    let new_operator = format!("{repo}/braid-operator:{app}");
     eventually(Duration::from_secs(90), "the previous release's operators to be gone", || async {
-        let out = cluster.kubectl_ok(&[
-            "get",
-            "pods",
-            "-n",
-            "braid-system",
-            "-l",
-            "app.kubernetes.io/component=operator",
-            "-o",
-            "jsonpath={.items[*].spec.containers[0].image}",
-        ]);
+        let out = operator_pods(cluster, "{.items[*].spec.containers[0].image}");
         out.split_whitespace().all(|image| image == new_operator).then_some(())
     })
     .await;
