@@ -404,11 +404,14 @@ done
 log "the node pulled every image from $destination"
 
 check_id() { echo "braid-images-check-$$-$1"; }
+# The check containers' cgroup parent, which `make cluster-down` removes (ctr's default, /k8s.io, would
+# outlive the cluster).
+CHECK_CGROUP=/braid-images-check
 run_in() {
   local image=$1 id
   id=$(check_id "$RANDOM")
   shift
-  "${CTR[@]}" run --rm --net-host "$image" "$id" "$@"
+  "${CTR[@]}" run --rm --net-host --cgroup "$CHECK_CGROUP/$id" "$image" "$id" "$@"
 }
 check_image() {
   local image=$1 expected=$2 output
@@ -442,7 +445,7 @@ check_proxy_init() {
   ip netns add "$netns" || die "cannot create network namespace $netns"
   # shellcheck disable=SC2064 # expand now: these are the names to clean up
   trap "remove_container $id; ip netns delete $netns 2>/dev/null || true" RETURN
-  "${CTR[@]}" run -d --null-io --privileged --with-ns "network:/var/run/netns/$netns" "$image" "$id" >/dev/null ||
+  "${CTR[@]}" run -d --null-io --privileged --cgroup "$CHECK_CGROUP/$id" --with-ns "network:/var/run/netns/$netns" "$image" "$id" >/dev/null ||
     die "$image: the proxy did not start"
   output=$("${CTR[@]}" task exec --user 0 --exec-id init "$id" braid-proxy init --proxy-uid 2102 \
     --inbound-port 4143 --outbound-port 4140 2>&1) || die "$image: braid-proxy init failed: $output"
@@ -461,7 +464,7 @@ check_testapps() {
   port=$(( 20000 + RANDOM % 20000 ))
   # shellcheck disable=SC2064
   trap "remove_container $id" RETURN
-  "${CTR[@]}" run -d --null-io --net-host --env APP_NAME=check --env APP_VERSION=v1 "$image" "$id" \
+  "${CTR[@]}" run -d --null-io --net-host --cgroup "$CHECK_CGROUP/$id" --env APP_NAME=check --env APP_VERSION=v1 "$image" "$id" \
     /usr/local/bin/echo --listen "127.0.0.1:$port" >/dev/null || die "$image: echo did not start"
   sleep 0.5
   output=$(run_in "$image" load --url "http://127.0.0.1:$port/" --rate 20 --duration 1s --json 2>/dev/null) ||

@@ -257,9 +257,11 @@ other_states() {
 # two cannot share the bridge and the ports, and its leftovers would otherwise block `up`.
 clean_state() {
   local other
-  for other in $(other_states); do
+  # Not from inside one of those: two of them would each take the other down, and wait for its lock.
+  [ -n "${BRAID_CLUSTER_OTHERS_DONE:-}" ] || for other in $(other_states); do
     log "a cluster with state in $other is on this machine: taking it down"
-    BRAID_CLUSTER_DIR=$other bash "$HERE/cluster.sh" down || die "could not take down the cluster in $other (see above)"
+    BRAID_CLUSTER_OTHERS_DONE=1 BRAID_CLUSTER_DIR=$other bash "$HERE/cluster.sh" down ||
+      die "could not take down the cluster in $other (see above)"
   done
   if [ -e "$STATE" ]; then
     if [ ! -e "$MARKER" ] && [ -n "$(ls -A "$STATE")" ]; then

@@ -2,8 +2,8 @@
 # `cluster.sh down` (make cluster-down) removes what a cluster of ours left on this machine, whichever
 # checkout, HOME or XDG_CACHE_HOME it was started from and even when its processes were killed: the
 # situations a user meets after a crash, a `sudo make demo`, or a state directory deleted by hand. Each
-# case lays down real leftovers (a bridge, iptables chains, a network namespace with a pod address, a bind
-# mount in a state directory), runs `down` from an unrelated state directory, and checks the machine.
+# case lays down real leftovers (a bridge, iptables chains, a network namespace with a pod address, the
+# cgroups of a pod and of an image check, a bind mount in a state directory), runs `down` from an unrelated state directory, and checks the machine.
 #
 # It changes the machine's network, so it runs only while no local cluster is up (make test runs it before
 # starting one) and refuses otherwise.
@@ -13,6 +13,11 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 RECORD=/run/braid-cluster.dir
 WORK=$(mktemp -d /tmp/braid-leftovers.XXXXXX)
 failures=0
+# A v1 hierarchy, or the v2 one.
+CGROUPS=/sys/fs/cgroup/pids
+[ -d "$CGROUPS" ] || CGROUPS=/sys/fs/cgroup
+POD_CGROUP=$CGROUPS/kubepods/besteffort/podbraid-leftovers-test
+CHECK_CGROUP=$CGROUPS/braid-images-check/braid-images-check-leftovers-test
 
 log() { printf 'leftovers-test: %s\n' "$*" >&2; }
 die() {
@@ -22,6 +27,7 @@ die() {
 cleanup() {
   awk -v root="$WORK/" 'index($5, root) == 1 { print $5 }' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l
   ip netns delete cni-braid-leftovers-test 2>/dev/null || true
+  rmdir "$POD_CGROUP" "$CHECK_CGROUP" 2>/dev/null || true
   ip link delete braid0 2>/dev/null || true
   iptables -D INPUT -p tcp --dport 16443 -j BRAID-NODE-INPUT 2>/dev/null && iptables -X BRAID-NODE-INPUT
   iptables -t nat -D PREROUTING -j KUBE-SERVICES 2>/dev/null && iptables -t nat -X KUBE-SERVICES
@@ -36,8 +42,10 @@ if bash "$HERE/cluster.sh" status >/dev/null 2>&1; then
 fi
 ip link show braid0 >/dev/null 2>&1 && die "braid0 exists before the test: run 'make cluster-down' first"
 
-# What a killed node leaves: the bridge, the node's chains and kube-proxy's, a pod's network namespace.
+# What a killed node leaves: the bridge, the node's chains and kube-proxy's, a pod's network namespace,
+# the (empty) cgroups of a pod and of an image check.
 lay_network_leftovers() {
+  mkdir -p "$POD_CGROUP" "$CHECK_CGROUP"
   ip link add braid0 type bridge
   ip addr add 10.244.0.1/24 dev braid0
   iptables -N BRAID-NODE-INPUT
@@ -63,6 +71,8 @@ check_clean() {
   ip link show braid0 >/dev/null 2>&1 && found+=("the bridge braid0")
   iptables-save 2>/dev/null | grep -qE 'BRAID-NODE|KUBE-SERVICES' && found+=("iptables chains")
   [ -e /var/run/netns/cni-braid-leftovers-test ] && found+=("the pod network namespace")
+  [ -e "$POD_CGROUP" ] && found+=("the cgroup $POD_CGROUP")
+  [ -e "$CHECK_CGROUP" ] && found+=("the cgroup $CHECK_CGROUP")
   awk -v root="$WORK/" 'index($5, root) == 1' /proc/self/mountinfo | grep -q . && found+=("mounts in $WORK")
   shift
   local dir

@@ -7,7 +7,8 @@
 # What it puts outside the state directory, and `down` removes again: the bridge braid0 (and the pods'
 # veths), the pods' network namespaces (/var/run/netns/cni-*, containerd 1.6 puts them there), iptables
 # chains KUBE-*, CNI-* and BRAID-* in both address families, cgroups /sys/fs/cgroup/*/kubepods (v1)
-# or /sys/fs/cgroup/kubepods (v2), and the sysctls it sets (the original values are restored). Paths that kubelet and containerd hard-code, and
+# or /sys/fs/cgroup/kubepods (v2) and braid-images-check beside them (images/build.sh's checks), and
+# the sysctls it sets (the original values are restored). Paths that kubelet and containerd hard-code, and
 # which `down` removes when `up` found them absent (HOST_DIRS): kubelet's device plugin socket in
 # /var/lib/kubelet, its log links in /var/log/containers, CNI result caches in /var/lib/cni, and shim
 # sockets in /run/containerd.
@@ -97,9 +98,18 @@ cgroup_mode() {
   fi
 }
 
-# Where kubelet puts the pods' cgroups: one directory per v1 hierarchy, or the one of v2.
-kubepods_cgroups() {
-  find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods -maxdepth 0 -type d 2>/dev/null || true
+# Where kubelet puts the pods' cgroups, and images/build.sh the containers it checks the images with:
+# one directory per v1 hierarchy, or the one of v2.
+node_cgroups() {
+  find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods /sys/fs/cgroup/*/braid-images-check \
+    /sys/fs/cgroup/braid-images-check -maxdepth 0 -type d 2>/dev/null || true
+}
+# Removes them, innermost first (empty by now: rmdir leaves one with a process in it).
+remove_node_cgroups() {
+  local dir
+  for dir in $(node_cgroups); do
+    find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  done
 }
 
 # Fails when the pod range is routed here already (another cluster, a VPN): the bridge would shadow it.
@@ -411,8 +421,7 @@ node_teardown() {
     # containerd keep theirs.
     [ -n "$(ss -Hxl "src = $shim" 2>/dev/null)" ] || rm -f "$shim"
   done
-  # kubelet's cgroups, innermost first (empty by now).
-  find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods -depth -type d -exec rmdir {} + 2>/dev/null || true
+  remove_node_cgroups
   find /var/log/containers -maxdepth 1 -lname "$NODE/*" -delete 2>/dev/null || true
   # libcni's result caches of this node's sandboxes: NETWORK-CONTAINERID-IFNAME (the bridge network and
   # containerd's cni-loopback).
@@ -495,7 +504,7 @@ node_remove_orphans() {
   done
   ip link delete "$BRIDGE" 2>/dev/null || true
   node_remove_chains
-  find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods -depth -type d -exec rmdir {} + 2>/dev/null || true
+  remove_node_cgroups
 }
 
 # What `down` promises, checked: prints each leftover of the node, and fails if there is any.
@@ -509,7 +518,7 @@ node_verify_gone() {
     out=$("$t-save" 2>/dev/null | grep -E 'KUBE|CNI|BRAID' || true)
     [ -z "$out" ] || leftovers+=("$t rules: $out")
   done
-  out=$(kubepods_cgroups)
+  out=$(node_cgroups)
   [ -z "$out" ] || leftovers+=("cgroups: $out")
   if [ -f "$NODE/netns.list" ]; then
     while read -r t; do [ -z "$t" ] || [ ! -e "$t" ] || leftovers+=("network namespace $t"); done <"$NODE/netns.list"
