@@ -51,23 +51,30 @@ gateway-api-crds: ## Refresh the chart's copy of the Gateway API CRDs (the relea
 	@bash e2e/cluster/gateway-api.sh chart
 
 .PHONY: conformance
-conformance: tools ## The Gateway API conformance suite's mesh profiles against Braid, installed by Helm on the local cluster (up; images built); see docs/gateway-api.md
+conformance: cluster-tools ## The Gateway API conformance suite's mesh profiles against Braid, installed by Helm on the local cluster (up; images built); see docs/gateway-api.md
 	@bash e2e/conformance/conformance.sh check
 
 .PHONY: helm-lint
-helm-lint: tools ## Lint the Helm chart (strict; values.schema.json checks the default values)
-	@"$$(bash e2e/cluster/build-tools.sh 2>/dev/null | tail -n 1)/helm" lint --strict helm/braid
+helm-lint: deps ## Lint the Helm chart (strict; values.schema.json checks the default values)
+	@"$$(bash e2e/cluster/build-tools.sh helm 2>/dev/null | tail -n 1)/helm" lint --strict helm/braid
 
 .PHONY: unit
 unit: deps ## Unit tests (the proxy's in real network namespaces: root, iptables), and the CRD drift check
 	$(CARGO) test --workspace --exclude braid-e2e --locked
 
 .PHONY: tools
-tools: deps ## Build kube-apiserver, kubectl, etcd, helm ... from their Go modules (cached)
+tools: deps ## Build kube-apiserver, kubectl, etcd, helm ... and the e2e tests' Prometheus and Jaeger from their Go modules (cached)
 	@bash e2e/cluster/build-tools.sh >/dev/null
 
+# What the local cluster runs, and what pushes to its registry. The e2e tests that use Prometheus or
+# Jaeger build them on first use.
+CLUSTER_TOOLS = kubernetes etcd helm coredns pause registry crane
+.PHONY: cluster-tools
+cluster-tools: deps ## Build only what the local cluster needs (tools without Prometheus and Jaeger)
+	@bash e2e/cluster/build-tools.sh $(CLUSTER_TOOLS) >/dev/null
+
 .PHONY: cluster-up
-cluster-up: tools ## Start the local Kubernetes (or reuse the running one); prints the kubeconfig path
+cluster-up: cluster-tools ## Start the local Kubernetes (or reuse the running one); prints the kubeconfig path
 	@$(CLUSTER) up
 
 .PHONY: cluster-down
@@ -75,7 +82,7 @@ cluster-down: ## Stop the local Kubernetes and everything started against it; re
 	@$(CLUSTER) down
 
 .PHONY: images
-images: deps tools ## Build the images (braid-proxy, -operator, -webhook, -testapps) and push them to the local cluster's registry
+images: deps cluster-tools ## Build the images (braid-proxy, -operator, -webhook, -testapps) and push them to the local cluster's registry
 	@bash images/build.sh
 
 # Where `make push` and `make chart` publish: a repository such as registry.example.com/braid, and a CA
@@ -84,9 +91,11 @@ IMAGE_REPO ?=
 REGISTRY_CA ?=
 
 .PHONY: image-archives
-image-archives: deps ## Build the images' archives only (no cluster, no push; the previous release's too, for the upgrade test); make images then only pushes
+image-archives: deps ## Build the images' archives only (no cluster, no push); make images then only pushes
 	@bash images/build.sh --no-push
-	@# The previous release's too, for the upgrade test (cached per release).
+
+.PHONY: previous-release
+previous-release: deps ## Build the previous release's image archives, for the upgrade test (cached per release)
 	@bash e2e/upgrade/previous-release.sh build
 
 .PHONY: push
@@ -123,7 +132,7 @@ demo-check: ## The demo on a cluster that has never seen Braid, checked (0 faile
 # never seen Braid: $(FRESH_TARGET) runs on it first, so that a step which works only because of state
 # an earlier run left fails here. On a reused cluster neither can run, and it says so.
 .PHONY: with-cluster
-with-cluster: tools
+with-cluster: cluster-tools
 	@started=0; \
 	if [ "$(CI)" = true ] || ! $(CLUSTER) status >/dev/null 2>&1; then \
 	  $(CLUSTER) down && bash e2e/cluster/leftovers-test.sh && $(CLUSTER) up >/dev/null || exit 1; started=1; fi; \
@@ -137,10 +146,12 @@ with-cluster: tools
 	if [ $$started = 1 ]; then $(CLUSTER) down; fi; \
 	exit $$status
 
+# Then the cluster's tests, with what only the later ones use (Prometheus, Jaeger, the previous
+# release's images) built beside them at the lowest priority: see e2e/with-background-builds.sh.
 .PHONY: test
 test: deps ## Everything: format, lint, unit, integration and end-to-end tests
-	@$(MAKE) --no-print-directory -j3 tools checks image-archives
-	@$(MAKE) --no-print-directory helm-lint e2e
+	@$(MAKE) --no-print-directory -j3 cluster-tools checks image-archives
+	@bash e2e/with-background-builds.sh $(MAKE) --no-print-directory helm-lint e2e
 
 # What needs no Kubernetes, in order. `make test` runs it beside the build of the Kubernetes
 # binaries and of the images: on a cold machine all three are long, and each leaves cores idle
@@ -181,5 +192,5 @@ fuzz: ## Fuzz the webhook's AdmissionReview handling and the proxy's detection, 
 	cd proxy/fuzz && $(CARGO) +nightly fuzz run config corpus/config -- -max_total_time=$(FUZZ_SECONDS)
 
 .PHONY: demo
-demo: tools ## Local Kubernetes with its node, images, Braid via Helm, demo apps and traffic; then kubectl get pods,meshroutes -A
+demo: cluster-tools ## Local Kubernetes with its node, images, Braid via Helm, demo apps and traffic; then kubectl get pods,meshroutes -A
 	@bash e2e/demo.sh

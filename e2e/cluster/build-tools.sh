@@ -78,6 +78,24 @@ version_of() {
 # True when $OUT/$1 exists and reports version $2.
 current() { [ -x "$OUT/$1" ] && [ "$(version_of "$1" 2>/dev/null)" = "$2" ]; }
 
+# True when $OUT/$1 must be built (it is not at version $2). Two runs may want one tool at once (`make
+# test` builds the tools only later tests use beside them, and a test may ask for one first): the first
+# run that builds holds a lock until it exits, and a second one waits for it, then looks again.
+locked=0
+needs() {
+  current "$1" "$2" && return 1
+  if [ $locked = 0 ]; then
+    exec 9>"$OUT/.build.lock"
+    flock -n 9 || {
+      log "waiting for another build-tools.sh (pid $(fuser "$OUT/.build.lock" 2>/dev/null | xargs)) to finish ..."
+      flock 9
+    }
+    locked=1
+    current "$1" "$2" && return 1
+  fi
+  return 0
+}
+
 # go build into a scratch directory inside $OUT, then move the results into place, so an interrupted build
 # never leaves a half-written binary that a later run would take for a finished one.
 # $1 = module directory under e2e/tools, $2 = -ldflags, rest = packages (one binary each, named by the
@@ -124,45 +142,45 @@ wants() { [[ " ${wanted[*]} " == *" $1 "* ]]; }
 
 missing=()
 wants kubernetes && for cmd in "${K8S_COMMANDS[@]}"; do
-  current "$cmd" "$K8S_VERSION" || missing+=("k8s.io/kubernetes/cmd/$cmd")
+  if needs "$cmd" "$K8S_VERSION"; then missing+=("k8s.io/kubernetes/cmd/$cmd"); fi
 done
 # One go build for all of them: they share most packages, and go compiles those once, in parallel.
 [ ${#missing[@]} -eq 0 ] || build kubernetes "$(k8s_ldflags)" "${missing[@]}"
 
 # etcd's version is a constant in its source, so it needs no -X. Its main package is the module root
 # go.etcd.io/etcd/server/v3, which go names "server"; the rename gives it its usual name.
-if wants etcd && ! current etcd "$ETCD_VERSION"; then
+if wants etcd && needs etcd "$ETCD_VERSION"; then
   build etcd "-s -w" go.etcd.io/etcd/server/v3
   mv -f "$OUT/server" "$OUT/etcd"
 fi
 
 # Without the -X, `helm version` reports only the minor version compiled into the source (e.g. v3.22).
-wants helm && ! current helm "$HELM_VERSION" &&
+wants helm && needs helm "$HELM_VERSION" &&
   build helm "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm
 
 # CoreDNS's version is a constant in its source (coremain.CoreVersion). The main package is ours
 # (e2e/tools/coredns), so go names the binary after the module's last element: coredns.
-wants coredns && ! current coredns "$COREDNS_VERSION" && build coredns "-s -w" braid.dev/e2e/tools/coredns
+wants coredns && needs coredns "$COREDNS_VERSION" && build coredns "-s -w" braid.dev/e2e/tools/coredns
 
-wants pause && ! current pause "$PAUSE_VERSION" && build pause "-s -w -X main.version=$PAUSE_VERSION" braid.dev/e2e/tools/pause
+wants pause && needs pause "$PAUSE_VERSION" && build pause "-s -w -X main.version=$PAUSE_VERSION" braid.dev/e2e/tools/pause
 
 # Both report the version that -X stamps (built as dependencies, they would not know their own).
-wants registry && ! current registry "$REGISTRY_VERSION" && build registry \
+wants registry && needs registry "$REGISTRY_VERSION" && build registry \
   "-s -w -X github.com/distribution/distribution/v3/version.version=$REGISTRY_VERSION" \
   github.com/distribution/distribution/v3/cmd/registry
-wants crane && ! current crane "$CRANE_VERSION" && build crane \
+wants crane && needs crane "$CRANE_VERSION" && build crane \
   "-s -w -X github.com/google/go-containerregistry/cmd/crane/cmd.Version=$CRANE_VERSION" \
   github.com/google/go-containerregistry/cmd/crane
 
 # Prometheus with the Kubernetes service discovery alone (its build tags drop the cloud ones, most of
 # its dependencies). Its -X is the module's version, which the Prometheus release v3.N.M is v0.3NN.M of.
-wants prometheus && ! current prometheus "$PROMETHEUS_VERSION" && build prometheus \
+wants prometheus && needs prometheus "$PROMETHEUS_VERSION" && build prometheus \
   "-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION" \
   -tags remove_all_sd,enable_kubernetes_sd github.com/prometheus/prometheus/cmd/prometheus
 
 # Jaeger has no build tags that drop its storage backends, so it is built whole. Its -X is the module's
 # version, which `jaeger version` reports (the Jaeger v2 release of the same commit is v2.N.M).
-wants jaeger && ! current jaeger "$JAEGER_VERSION" && build jaeger \
+wants jaeger && needs jaeger "$JAEGER_VERSION" && build jaeger \
   "-s -w -X github.com/jaegertracing/jaeger/internal/version.latestVersion=$JAEGER_VERSION" \
   github.com/jaegertracing/jaeger/cmd/jaeger
 

@@ -19,7 +19,7 @@
 # Environment (ports bind 127.0.0.1, except the API server's, which pods reach on the node's bridge address
 # too, and the node's kubelet and DNS on that address; node.sh lists them):
 #   BRAID_API_PORT (16443), BRAID_ETCD_PORT (23790), BRAID_ETCD_PEER_PORT (23800)
-#   BRAID_TOOLS_DIR is passed on to build-tools.sh, which builds the binaries on first use (~15 min cold).
+#   BRAID_TOOLS_DIR is passed on to build-tools.sh, which builds the binaries on first use (~10 min cold).
 set -euo pipefail
 umask 077 # the state directory holds private keys, and Helm warns about group-readable kubeconfigs
 
@@ -350,7 +350,8 @@ cmd_up() {
   check_ports_free "$API_PORT" "$ETCD_PORT" "$ETCD_PEER_PORT" "$REGISTRY_PORT" 10250 "$KUBELET_HEALTHZ_PORT" \
     "$KUBE_PROXY_HEALTHZ_PORT" "$KUBE_PROXY_METRICS_PORT" "$COREDNS_READY_PORT"
   node_check_network
-  tools=$("$HERE/build-tools.sh" | tail -n 1)
+  # What the cluster runs; the tests that use Prometheus or Jaeger build them into the same directory.
+  tools=$("$HERE/build-tools.sh" kubernetes etcd helm coredns pause registry crane | tail -n 1)
 
   mkdir -p "$STATE"/{logs,pids,cmd}
   touch "$MARKER"

@@ -4,7 +4,8 @@
 #
 #   conformance.sh build    build the suite (a Go test binary), echo-basic (from the gateway-api module)
 #                           and Istio's echo server and client (the echo-advanced image the mesh tests
-#                           exec into; e2e/tools/istio-echo pins them) into the tools cache
+#                           exec into; e2e/tools/istio-echo pins them) into the tools cache, when the
+#                           pinned modules changed (`make test` runs it beside the e2e tests)
 #   conformance.sh images   make them images under the names the suite's manifests use and import them
 #                           into the node's containerd (their registries are not reachable from here, and
 #                           the node's registry mirrors braid.dev only)
@@ -51,8 +52,16 @@ build_stamp() {
   cat "$TOOLS/gateway-api/go.sum" "$TOOLS/istio-echo/go.sum" | sha256sum | cut -d' ' -f1
 }
 
+# Builds when the pinned modules changed. One build at a time: a second run waits for the first (the
+# lock is held until the script exits), then finds the binaries built.
 cmd_build() {
   local t0=$SECONDS istio
+  exec 9>"$OUT/.build.lock"
+  flock -n 9 || {
+    log "waiting for another build of the suite (pid $(fuser "$OUT/.build.lock" 2>/dev/null | xargs)) ..."
+    flock 9
+  }
+  [ "$(cat "$OUT/.built" 2>/dev/null)" != "$(build_stamp)" ] || return 0
   log "building the suite, echo-basic and Istio's echo app into $OUT ..."
   (cd "$TOOLS/gateway-api" &&
     go test -c -mod=readonly -trimpath -o "$OUT/conformance.test" sigs.k8s.io/gateway-api/conformance &&
@@ -149,7 +158,7 @@ cmd_check() {
   state=$(dirname "$kubeconfig")
   export KUBECONFIG=${KUBECONFIG:-$kubeconfig}
   [ -x "$state/bin/helm" ] || die "the local cluster at $state has no bin/helm: make cluster-down && make cluster-up"
-  if [ "$(cat "$OUT/.built" 2>/dev/null)" != "$(build_stamp)" ]; then cmd_build; fi
+  cmd_build
   cmd_images
   mkdir -p "$(dirname "$report")"
   "$state/bin/kubectl" delete mesh default --ignore-not-found >/dev/null 2>&1 || true

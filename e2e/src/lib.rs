@@ -115,6 +115,30 @@ impl Cluster {
         })
     }
 
+    /// The path of `tool` (one that `e2e/cluster/build-tools.sh` builds, such as prometheus or jaeger)
+    /// in the cluster's tools directory: built there now if it is missing, and waited for if another
+    /// build of it is running (`make test` builds the ones only later tests use in the background).
+    pub fn tool(&self, tool: &str) -> PathBuf {
+        let dir = std::fs::canonicalize(&self.bin_dir)
+            .unwrap_or_else(|err| panic!("the cluster's tools directory {}: {err}", self.bin_dir.display()));
+        let script = repo_root().join("e2e/cluster/build-tools.sh");
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg(tool)
+            .env("BRAID_TOOLS_DIR", &dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()
+            .unwrap_or_else(|err| panic!("cannot run {}: {err}", script.display()));
+        let binary = dir.join(tool);
+        assert!(
+            status.success() && binary.is_file(),
+            "`bash e2e/cluster/build-tools.sh {tool}` did not build {} ({status}); see its output above",
+            binary.display()
+        );
+        binary
+    }
+
     /// A client for the cluster's admin user.
     pub async fn client(&self) -> Client {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)

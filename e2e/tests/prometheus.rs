@@ -20,7 +20,7 @@
 //! `caller`, a load client calling Deployment `api` through a route that retries and times out,
 //! for a workload with destinations and a route with retries and timeouts.
 //!
-//! Needs the node (`make cluster-up`, which also builds Prometheus from its Go module) and the
+//! Needs the node (`make cluster-up`; the test builds Prometheus from its Go module if needed) and the
 //! images (`make images`). A test binary of its own: it installs the chart, which owns the
 //! cluster's single Mesh.
 
@@ -51,14 +51,9 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts the Prometheus that `make cluster-up` built, scraping every 2 s with `scrape_job`.
+    /// Starts the Prometheus that `make tools` builds, scraping every 2 s with `scrape_job`.
     fn start(cluster: &Cluster, scrape_job: &str) -> Prometheus {
-        let binary = cluster.bin_dir.join("prometheus");
-        assert!(
-            binary.is_file(),
-            "{} is missing: `make cluster-up` (or `bash e2e/cluster/build-tools.sh prometheus`) builds it",
-            binary.display()
-        );
+        let binary = cluster.tool("prometheus");
         let dir = std::env::temp_dir().join(format!("braid-e2e-prometheus-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("cannot create {}: {err}", dir.display()));

@@ -1,5 +1,5 @@
 //! Traces through two meshed hops, stored by a real collector: Jaeger (v2, built from its Go module by
-//! `make cluster-up`), running as a pod in the test's namespace with its in-memory store, receives
+//! `e2e/cluster/build-tools.sh`), running as a pod in the test's namespace with its in-memory store, receives
 //! OTLP/HTTP from the proxies and from the apps, and the test reads back what it stored through
 //! Jaeger's query API, as a user looking at Jaeger would.
 //!
@@ -17,7 +17,7 @@
 //! - A request without `traceparent` is traced anyway (samplingPercent 100): the load pod's proxy
 //!   starts the trace, found through Jaeger's search by service `braid-proxy` and path.
 //!
-//! Needs the node (`make cluster-up`, which also builds Jaeger from its Go module) and the images
+//! Needs the node (`make cluster-up`; the test builds Jaeger from its Go module if needed) and the images
 //! (`make images`); the test pushes Jaeger's image (one layer: the static binary) to the node's
 //! registry itself. A test binary of its own: it installs the chart, which owns the cluster's
 //! single Mesh.
@@ -39,15 +39,10 @@ const OTLP_HTTP_PORT: u16 = 4318;
 /// How long exported spans may take to be stored: the proxies and the apps batch them.
 const SPANS_ARRIVE: Duration = Duration::from_secs(30);
 
-/// Pushes an image of the Jaeger binary that `make cluster-up` built (one layer, the static binary
+/// Pushes an image of the Jaeger binary that `make tools` builds (one layer, the static binary
 /// at /jaeger) to the node's registry; the pods name it braid.dev/braid-jaeger:e2e.
 fn push_jaeger_image(cluster: &Cluster) {
-    let binary = cluster.bin_dir.join("jaeger");
-    assert!(
-        binary.is_file(),
-        "{} is missing: `make cluster-up` (or `bash e2e/cluster/build-tools.sh jaeger`) builds it",
-        binary.display()
-    );
+    let binary = cluster.tool("jaeger");
     let dir = std::env::temp_dir().join(format!("braid-e2e-jaeger-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("cannot create {}: {err}", dir.display()));
     let layer = dir.join("layer.tar");

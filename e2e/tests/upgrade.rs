@@ -63,8 +63,9 @@ fn run_as_a_user(program: &str, args: &[&str], limit: Duration, ca: &str) -> Str
     stdout
 }
 
-/// The previous release's images and chart, pushed to `repo`; its chart version. On a machine
-/// where `make image-archives` has not built them, this builds them (about 10 min on two cores).
+/// The previous release's images and chart, pushed to `repo`; its chart version. Where they are not
+/// built yet (`make previous-release`; `make test` builds them beside the tests), this builds them
+/// (about 10 min on two cores), or waits for the build in progress.
 fn publish_previous(registry: &Registry, repo: &str) -> String {
     let script = repo_root().join("e2e/upgrade/previous-release.sh").display().to_string();
     let out = run_as_a_user("bash", &[&script, "publish", repo], Duration::from_secs(1800), &registry.ca);

@@ -48,6 +48,18 @@ sources() {
   log "release $PREVIOUS_VERSION: sources at ${PREVIOUS_COMMIT:0:12} in $SRC"
 }
 
+# One build of the release at a time: `make test` builds it beside the e2e tests, and the upgrade test
+# publishes it (which builds what is missing) when it gets there. The lock is held until this script
+# exits; a second run waits for the first, then finds its archives cached.
+lock() {
+  mkdir -p "$DIR"
+  exec 9>"$DIR.lock"
+  flock -n 9 || {
+    log "waiting for another build of release $PREVIOUS_VERSION (pid $(fuser "$DIR.lock" 2>/dev/null | xargs)) to finish ..."
+    flock 9
+  }
+}
+
 # Its own build script, its own target directory and archive cache; what it prints goes to stderr
 # (stdout is the version `publish` answers with).
 release_build() {
@@ -58,6 +70,7 @@ release_build() {
 case ${1:-} in
 version) echo "$PREVIOUS_VERSION" ;;
 build)
+  lock
   sources
   t0=$SECONDS
   release_build --no-push
@@ -65,6 +78,7 @@ build)
   ;;
 publish)
   [ $# -eq 2 ] || die "usage: previous-release.sh publish REPO"
+  lock
   sources
   release_build --push-to "$2"
   version=$(REGISTRY_CA=${REGISTRY_CA:-} bash "$SRC/helm/publish.sh" "$2" | tail -n 1)
