@@ -350,7 +350,7 @@ node_up() {
   start_node_component coredns "$STATE/bin/coredns" -conf "$NODE/Corefile"
   wait_until 90 kubelet node_ready || node_fail kubelet "node $NODE_NAME did not become Ready within 90 s"
   wait_until 30 coredns coredns_ready || node_fail coredns "CoreDNS did not report ready within 30 s"
-  log "node $NODE_NAME Ready in $(since "$t0") s (pods $POD_SUBNET on $BRIDGE, DNS $DNS_IP)"
+  log "node $NODE_NAME Ready in $(since "$t0") s (cgroup $(cgroup_mode), pods $POD_SUBNET on $BRIDGE, DNS $DNS_IP)"
 }
 
 # Kills every container of the node's containerd and deletes its tasks (the shims exit and unmount the
