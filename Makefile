@@ -124,11 +124,11 @@ integration: build ## Tests against the local Kubernetes (which must be up: make
 	@# Without backtraces: a failed test's message (it names the file and line) is then the last
 	@# thing before the summary, where a log cut to its tail still shows it.
 	RUST_BACKTRACE=0 $(CARGO) test -p braid-e2e --locked -- --nocapture
+	@bash e2e/conformance/conformance.sh check
 
 .PHONY: e2e-build
 e2e-build: ## Compile the end-to-end tests without running them (no cluster needed)
 	$(CARGO) test -p braid-e2e --locked --no-run
-	@bash e2e/conformance/conformance.sh check
 
 .PHONY: e2e
 e2e: ## Start the local Kubernetes if needed, run the tests against it, stop it if it was started here
