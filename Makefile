@@ -70,12 +70,11 @@ unit-build: ## Compile the unit tests without running them
 tools: deps ## Build kube-apiserver, kubectl, etcd, helm ... and the e2e tests' Prometheus and Jaeger from their Go modules (cached)
 	@bash e2e/cluster/build-tools.sh >/dev/null
 
-# What the local cluster runs, and what pushes to its registry. The e2e tests that use Prometheus or
-# Jaeger build them on first use.
-CLUSTER_TOOLS = kubernetes etcd helm coredns pause registry crane
+# What the local cluster runs, and what pushes to its registry (build-tools.sh knows the group). The e2e
+# tests that use Prometheus or Jaeger build them on first use.
 .PHONY: cluster-tools
 cluster-tools: deps ## Build only what the local cluster needs (tools without Prometheus and Jaeger)
-	@bash e2e/cluster/build-tools.sh $(CLUSTER_TOOLS) >/dev/null
+	@bash e2e/cluster/build-tools.sh --cluster >/dev/null
 
 .PHONY: cluster-up
 cluster-up: cluster-tools ## Start the local Kubernetes (or reuse the running one); prints the kubeconfig path

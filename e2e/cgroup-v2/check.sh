@@ -42,7 +42,7 @@ command -v busybox >/dev/null || die "needs busybox-static (make deps installs i
 node_test=$(find "$TARGET/debug/deps" -maxdepth 1 -type f -executable -name 'node-*' -printf '%T@ %p\n' 2>/dev/null |
   sort -n | tail -n 1 | cut -d' ' -f2)
 [ -n "$node_test" ] || die "no node test in $TARGET/debug/deps: build it with 'cargo test -p braid-e2e --no-run'"
-tools=$(bash "$ROOT/e2e/cluster/build-tools.sh" kubernetes etcd helm coredns pause registry crane | tail -n 1)
+tools=$(bash "$ROOT/e2e/cluster/build-tools.sh" --cluster | tail -n 1)
 
 # Debian's kernel, unpacked (not installed: this machine boots its own).
 mkdir -p "$CACHE"

@@ -17,8 +17,10 @@
 # Idempotent: a binary is (re)built only when it is missing or reports another version than the one its
 # go.mod pins, so a warm run costs a few version checks.
 #
-# Usage: build-tools.sh [TOOL...]   only these (kubernetes, etcd, helm, coredns, pause, registry, crane, prometheus, jaeger;
-#        default all): `make push` needs crane alone, `make chart` helm alone.
+# Usage: build-tools.sh [--cluster] [TOOL...]
+#        only these (kubernetes, etcd, helm, coredns, pause, registry, crane, prometheus, jaeger; default
+#        all): `make push` needs crane alone, `make chart` helm alone. --cluster: what the local cluster
+#        runs, i.e. all but prometheus and jaeger.
 # Environment:
 #   BRAID_TOOLS_DIR  cache directory (default: $XDG_CACHE_HOME/braid/tools/k8s-<version>-<go version>)
 set -euo pipefail
@@ -35,8 +37,29 @@ die() {
   exit 1
 }
 
+ALL_TOOLS=(kubernetes etcd helm coredns pause registry crane prometheus jaeger)
+# What the local cluster runs, and crane, which pushes to its registry. Its callers ask for --cluster
+# rather than name the tools, so that this is the one list. The e2e tests that use Prometheus or Jaeger
+# build them on first use.
+CLUSTER_TOOLS=(kubernetes etcd helm coredns pause registry crane)
+
+wanted=()
+for arg in "$@"; do
+  case $arg in
+  --cluster) wanted+=("${CLUSTER_TOOLS[@]}") ;;
+  *)
+    [[ " ${ALL_TOOLS[*]} " == *" $arg "* ]] || die "no tool $arg: one of ${ALL_TOOLS[*]}, or --cluster"
+    wanted+=("$arg")
+    ;;
+  esac
+done
+[ ${#wanted[@]} -gt 0 ] || wanted=("${ALL_TOOLS[@]}")
+wants() { [[ " ${wanted[*]} " == *" $1 "* ]]; }
+
 # shellcheck source=e2e/cluster/go-env.sh
 . "$(dirname "${BASH_SOURCE[0]}")/go-env.sh"
+# shellcheck source=e2e/cluster/lock.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lock.sh"
 export CGO_ENABLED=0     # static binaries, as upstream builds the control plane
 
 # Version that module $1 (a directory under e2e/tools) pins for module path $2: go.mod is the single
@@ -85,11 +108,7 @@ locked=0
 needs() {
   current "$1" "$2" && return 1
   if [ $locked = 0 ]; then
-    exec 9>"$OUT/.build.lock"
-    flock -n 9 || {
-      log "waiting for another build-tools.sh (pid $(fuser "$OUT/.build.lock" 2>/dev/null | xargs)) to finish ..."
-      flock 9
-    }
+    lock_or_wait "$OUT/.build.lock" "another build-tools.sh"
     locked=1
     current "$1" "$2" && return 1
   fi
@@ -131,14 +150,6 @@ k8s_ldflags() {
   done
   printf '%s' "$flags"
 }
-
-ALL_TOOLS=(kubernetes etcd helm coredns pause registry crane prometheus jaeger)
-wanted=("$@")
-[ ${#wanted[@]} -gt 0 ] || wanted=("${ALL_TOOLS[@]}")
-for tool in "${wanted[@]}"; do
-  [[ " ${ALL_TOOLS[*]} " == *" $tool "* ]] || die "no tool $tool: one of ${ALL_TOOLS[*]}"
-done
-wants() { [[ " ${wanted[*]} " == *" $1 "* ]]; }
 
 missing=()
 wants kubernetes && for cmd in "${K8S_COMMANDS[@]}"; do

@@ -351,7 +351,7 @@ cmd_up() {
     "$KUBE_PROXY_HEALTHZ_PORT" "$KUBE_PROXY_METRICS_PORT" "$COREDNS_READY_PORT"
   node_check_network
   # What the cluster runs; the tests that use Prometheus or Jaeger build them into the same directory.
-  tools=$("$HERE/build-tools.sh" kubernetes etcd helm coredns pause registry crane | tail -n 1)
+  tools=$("$HERE/build-tools.sh" --cluster | tail -n 1)
 
   mkdir -p "$STATE"/{logs,pids,cmd}
   touch "$MARKER"

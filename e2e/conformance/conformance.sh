@@ -32,6 +32,8 @@ die() {
 
 # shellcheck source=e2e/cluster/go-env.sh
 . "$ROOT/e2e/cluster/go-env.sh"
+# shellcheck source=e2e/cluster/lock.sh
+. "$ROOT/e2e/cluster/lock.sh"
 export CGO_ENABLED=0
 
 VERSION=$(cd "$TOOLS/gateway-api" && go list -mod=readonly -m -f '{{.Version}}' sigs.k8s.io/gateway-api)
@@ -56,11 +58,7 @@ build_stamp() {
 # lock is held until the script exits), then finds the binaries built.
 cmd_build() {
   local t0=$SECONDS istio
-  exec 9>"$OUT/.build.lock"
-  flock -n 9 || {
-    log "waiting for another build of the suite (pid $(fuser "$OUT/.build.lock" 2>/dev/null | xargs)) ..."
-    flock 9
-  }
+  lock_or_wait "$OUT/.build.lock" "another build of the suite"
   [ "$(cat "$OUT/.built" 2>/dev/null)" != "$(build_stamp)" ] || return 0
   log "building the suite, echo-basic and Istio's echo app into $OUT ..."
   (cd "$TOOLS/gateway-api" &&

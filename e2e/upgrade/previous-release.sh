@@ -32,6 +32,9 @@ die() {
   exit 1
 }
 
+# shellcheck source=e2e/cluster/lock.sh
+. "$ROOT/e2e/cluster/lock.sh"
+
 # The release's sources in $SRC, a clone of this repository checked out at the release commit (a clone,
 # not an export: the images' revision label is read from git).
 sources() {
@@ -53,11 +56,7 @@ sources() {
 # exits; a second run waits for the first, then finds its archives cached.
 lock() {
   mkdir -p "$DIR"
-  exec 9>"$DIR.lock"
-  flock -n 9 || {
-    log "waiting for another build of release $PREVIOUS_VERSION (pid $(fuser "$DIR.lock" 2>/dev/null | xargs)) to finish ..."
-    flock 9
-  }
+  lock_or_wait "$DIR.lock" "another build of release $PREVIOUS_VERSION"
 }
 
 # Its own build script, its own target directory and archive cache; what it prints goes to stderr
