@@ -191,6 +191,9 @@ pub struct DiscoveryMetrics {
     pub refusals: Counter,
     /// Pods in the index.
     pub pods: Gauge,
+    /// Streams woken by index changes, each to re-check its subscriptions: a change wakes only
+    /// the streams subscribed to what it touched.
+    pub stream_wakes: Counter,
     /// What a bound refused (connections, hellos, messages, subscriptions), by bound.
     pub limited: Family<LimitLabels, Counter>,
 }
@@ -224,6 +227,11 @@ impl DiscoveryMetrics {
         );
         sub.register("refusals", "Hellos and subscriptions the server refused", metrics.refusals.clone());
         sub.register("index_pods", "Pods in the discovery index", metrics.pods.clone());
+        sub.register(
+            "stream_wakes",
+            "Proxy streams woken by a change to what they subscribe to",
+            metrics.stream_wakes.clone(),
+        );
         sub.register(
             "limited",
             "Connections, streams and messages refused by a bound, by bound",

@@ -17,8 +17,10 @@ use braid_runtime::ports::PortRange;
 use super::translate::{self, Unsupported};
 use crate::gateway::translate::RouteKind;
 
+mod changes;
 mod egress;
 mod gateway;
+pub use changes::{Changes, Topic};
 pub use gateway::{GatewayPart, GatewayRouteInfo};
 
 /// A MeshRoute's rules in the proxies' model, or why they cannot be.
@@ -162,10 +164,18 @@ pub struct Snapshot {
     pub routes: Vec<RouteRef>,
     /// Routes of the Service left out because the proxy cannot apply them as written.
     pub unsupported: Vec<(RouteRef, Unsupported)>,
+    /// The other Services it was built from (its routes' backends): a change to one of them is a
+    /// change to it.
+    pub depends_on: Vec<Key>,
 }
 
 impl Snapshot {
-    pub const UNKNOWN: Snapshot = Snapshot { service: None, routes: Vec::new(), unsupported: Vec::new() };
+    pub const UNKNOWN: Snapshot =
+        Snapshot { service: None, routes: Vec::new(), unsupported: Vec::new(), depends_on: Vec::new() };
+
+    fn of(service: ServiceConfig) -> Self {
+        Snapshot { service: Some(service), ..Snapshot::UNKNOWN }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +192,8 @@ pub struct Index {
     slices_of: HashMap<Key, BTreeSet<String>>,
     /// The slices that list each endpoint address: the Services a pod IP serves.
     slices_by_ip: HashMap<IpAddr, BTreeSet<Key>>,
+    /// The slices that name each pod (namespace, pod) as an endpoint's target.
+    slices_by_pod: HashMap<Key, BTreeSet<Key>>,
     routes: HashMap<Key, RouteInfo>,
     routes_of: HashMap<Key, BTreeSet<String>>,
     policies: HashMap<Key, MeshPolicySpec>,
@@ -191,6 +203,8 @@ pub struct Index {
     /// The Mesh's tracing settings, sent with each pod's inbound policy.
     tracing: Option<braid_api::config::TracingConfig>,
     revision: u64,
+    /// What changed since the server last looked (changes.rs).
+    changes: Changes,
     /// HTTPRoutes, GRPCRoutes and ReferenceGrants (index/gateway.rs).
     gateway: gateway::GatewayState,
     /// The Mesh's egress settings and the MeshExternalServices (index/egress.rs).
@@ -209,6 +223,7 @@ impl Index {
             slices: HashMap::new(),
             slices_of: HashMap::new(),
             slices_by_ip: HashMap::new(),
+            slices_by_pod: HashMap::new(),
             routes: HashMap::new(),
             routes_of: HashMap::new(),
             policies: HashMap::new(),
@@ -216,6 +231,7 @@ impl Index {
             default_policy: DefaultInboundPolicy::default(),
             tracing: None,
             revision: 1,
+            changes: Changes::default(),
             gateway: gateway::GatewayState::default(),
             egress: egress::EgressState::new(""),
         }
@@ -229,19 +245,19 @@ impl Index {
 
     pub fn set_egress(&mut self, settings: &braid_crds::mesh::EgressSettings) {
         if self.egress.set_settings(settings) {
-            self.touch();
+            self.touch_everything();
         }
     }
 
     pub fn upsert_external_service(&mut self, key: Key, spec: braid_crds::MeshExternalServiceSpec) {
         if self.egress.upsert(key, spec) {
-            self.touch();
+            self.touch_everything();
         }
     }
 
     pub fn remove_external_service(&mut self, key: &Key) {
         if self.egress.remove(key) {
-            self.touch();
+            self.touch_everything();
         }
     }
 
@@ -256,7 +272,7 @@ impl Index {
             return snapshot;
         }
         match self.egress.answer(addr, client) {
-            Some(config) => Snapshot { service: Some(config), routes: Vec::new(), unsupported: Vec::new() },
+            Some(config) => Snapshot::of(config),
             None => snapshot,
         }
     }
@@ -274,14 +290,10 @@ impl Index {
         self.pods.len()
     }
 
-    fn touch(&mut self) {
-        self.revision += 1;
-    }
-
     pub fn set_trust_domain(&mut self, trust_domain: &str) {
         if self.trust_domain != trust_domain {
             trust_domain.clone_into(&mut self.trust_domain);
-            self.touch();
+            self.touch_everything();
         }
     }
 
@@ -289,14 +301,14 @@ impl Index {
     pub fn set_default_policy(&mut self, policy: DefaultInboundPolicy) {
         if self.default_policy != policy {
             self.default_policy = policy;
-            self.touch();
+            self.touch_everything();
         }
     }
 
     pub fn set_tracing(&mut self, tracing: Option<braid_api::config::TracingConfig>) {
         if self.tracing != tracing {
             self.tracing = tracing;
-            self.touch();
+            self.touch_everything();
         }
     }
 
@@ -316,12 +328,14 @@ impl Index {
                 claims.push(key.clone());
             }
         }
-        self.pods.insert(key, pod);
-        self.touch();
+        let ips = pod.ips.clone();
+        self.pods.insert(key.clone(), pod);
+        self.touch_pod(&key, &ips);
     }
 
     pub fn remove_pod(&mut self, key: &Key) {
         let Some(old) = self.pods.remove(key) else { return };
+        self.touch_pod(key, &old.ips);
         for ip in old.ips {
             if let Some(claims) = self.by_pod_ip.get_mut(&ip) {
                 claims.retain(|claim| claim != key);
@@ -330,7 +344,6 @@ impl Index {
                 }
             }
         }
-        self.touch();
     }
 
     /// The pod that holds `ip` now. An IP is reused once its pod is gone, but the watch may
@@ -363,8 +376,9 @@ impl Index {
         for ip in &service.cluster_ips {
             self.by_cluster_ip.insert(*ip, key.clone());
         }
-        self.services.insert(key, service);
-        self.touch();
+        self.touch_addresses(service.cluster_ips.iter().copied());
+        self.services.insert(key.clone(), service);
+        self.touch_service(&key);
     }
 
     pub fn remove_service(&mut self, key: &Key) {
@@ -373,8 +387,9 @@ impl Index {
                 if self.by_cluster_ip.get(&ip) == Some(key) {
                     self.by_cluster_ip.remove(&ip);
                 }
+                self.touch_addresses([ip]);
             }
-            self.touch();
+            self.touch_service(key);
         }
     }
 
@@ -383,12 +398,16 @@ impl Index {
             return;
         }
         self.remove_slice(&key);
-        self.slices_of.entry((key.0.clone(), slice.service.clone())).or_default().insert(key.1.clone());
+        let service = (key.0.clone(), slice.service.clone());
+        self.slices_of.entry(service.clone()).or_default().insert(key.1.clone());
         for ip in slice.endpoints.iter().flat_map(|e| &e.addresses) {
             self.slices_by_ip.entry(*ip).or_default().insert(key.clone());
         }
+        for pod in slice.endpoints.iter().filter_map(|e| e.pod.as_ref()) {
+            self.slices_by_pod.entry((key.0.clone(), pod.clone())).or_default().insert(key.clone());
+        }
         self.slices.insert(key, slice);
-        self.touch();
+        self.touch_service(&service);
     }
 
     pub fn remove_slice(&mut self, key: &Key) {
@@ -401,6 +420,17 @@ impl Index {
                     }
                 }
             }
+            for pod in old.endpoints.iter().filter_map(|e| e.pod.as_ref()) {
+                let pod = (key.0.clone(), pod.clone());
+                if let Some(slices) = self.slices_by_pod.get_mut(&pod) {
+                    slices.remove(key);
+                    if slices.is_empty() {
+                        self.slices_by_pod.remove(&pod);
+                    }
+                }
+            }
+            // The IPs it listed, which the Service's other slices may no longer list.
+            self.touch_addresses(old.endpoints.iter().flat_map(|e| e.addresses.iter().copied()));
             let service = (key.0.clone(), old.service);
             if let Some(names) = self.slices_of.get_mut(&service) {
                 names.remove(&key.1);
@@ -408,7 +438,7 @@ impl Index {
                     self.slices_of.remove(&service);
                 }
             }
-            self.touch();
+            self.touch_service(&service);
         }
     }
 
@@ -417,9 +447,10 @@ impl Index {
             return;
         }
         self.remove_route(&key);
-        self.routes_of.entry((key.0.clone(), route.spec.service.clone())).or_default().insert(key.1.clone());
+        let service = (key.0.clone(), route.spec.service.clone());
+        self.routes_of.entry(service.clone()).or_default().insert(key.1.clone());
         self.routes.insert(key, route);
-        self.touch();
+        self.touch_service(&service);
     }
 
     pub fn remove_route(&mut self, key: &Key) {
@@ -431,28 +462,28 @@ impl Index {
                     self.routes_of.remove(&service);
                 }
             }
-            self.touch();
+            self.touch_service(&service);
         }
     }
 
     pub fn upsert_policy(&mut self, key: Key, policy: MeshPolicySpec) {
         if self.policies.get(&key) != Some(&policy) {
+            self.touch(Topic::Policies(key.0.clone()));
             self.policies.insert(key, policy);
-            self.touch();
         }
     }
 
     pub fn remove_policy(&mut self, key: &Key) {
         self.policy_generations.remove(key);
         if self.policies.remove(key).is_some() {
-            self.touch();
+            self.touch(Topic::Policies(key.0.clone()));
         }
     }
 
     pub fn set_policy_generation(&mut self, key: Key, generation: Option<i64>) {
         if self.policy_generations.get(&key) != Some(&generation) {
             self.policy_generations.insert(key, generation);
-            self.touch();
+            self.touch_status();
         }
     }
 
@@ -646,12 +677,14 @@ impl Index {
         // win (docs/gateway-api.md), and both statuses say so.
         let mut gateway_backends = Vec::new();
         let mut gateway_routes = false;
+        let mut depends_on: BTreeSet<Key> = BTreeSet::new();
         if applied.is_empty() && unsupported.is_empty() {
             let part = self.gateway_destination(key, port, client);
             gateway_routes = !part.routes.is_empty();
             routes.extend(part.routes);
             applied.extend(part.applied);
             gateway_backends = part.backends;
+            depends_on.extend(part.depends_on);
         }
         // A request that no rule matches goes to the Service as if there were no route; with
         // Gateway API routes attached, it gets a 404, as GAMMA specifies (the proxy answers
@@ -665,11 +698,14 @@ impl Index {
         }
         let mut backends: Vec<BackendConfig> = backends
             .into_iter()
-            .map(|(name, (service, backend_port, subset))| BackendConfig {
-                endpoints: self.endpoints(&(namespace.clone(), service), backend_port, subset.as_ref()),
-                name,
+            .map(|(name, (service, backend_port, subset))| {
+                let service = (namespace.clone(), service);
+                let endpoints = self.endpoints(&service, backend_port, subset.as_ref());
+                depends_on.insert(service);
+                BackendConfig { endpoints, name }
             })
             .collect();
+        depends_on.remove(key);
         for backend in gateway_backends {
             if !backends.iter().any(|b| b.name == backend.name) {
                 backends.push(backend);
@@ -691,7 +727,12 @@ impl Index {
             max_pending_requests,
             ..ServiceConfig::default()
         };
-        Snapshot { service: Some(config), routes: applied, unsupported }
+        Snapshot {
+            service: Some(config),
+            routes: applied,
+            unsupported,
+            depends_on: depends_on.into_iter().collect(),
+        }
     }
 
     /// The configuration a proxy needs to call `addr`, an IP that is no Service's: a headless
@@ -769,7 +810,7 @@ impl Index {
             routes,
             ..ServiceConfig::default()
         };
-        Snapshot { service: Some(config), routes: applied, unsupported }
+        Snapshot { service: Some(config), routes: applied, unsupported, depends_on: Vec::new() }
     }
 
     /// The accepted routes of a Service that apply to `port`, oldest first.

@@ -10,6 +10,7 @@ pub mod registry;
 pub mod server;
 pub mod stream;
 pub mod translate;
+pub mod wakers;
 pub mod watch;
 
 /// The field manager of every write discovery makes (its EndpointSlice, the MeshPolicy and Mesh

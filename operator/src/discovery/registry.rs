@@ -218,7 +218,7 @@ mod tests {
     }
 
     fn snapshot(generation: i64) -> Arc<Snapshot> {
-        Arc::new(Snapshot { service: None, routes: vec![route(generation)], unsupported: Vec::new() })
+        Arc::new(Snapshot { routes: vec![route(generation)], ..Snapshot::UNKNOWN })
     }
 
     fn target() -> Target {

@@ -2,6 +2,7 @@
 //! so it is tested without TLS and the server (server.rs) only moves bytes.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -12,11 +13,12 @@ use braid_api::discovery::{
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::index::{Index, Key, Snapshot, Target};
+use super::index::{Index, Key, Snapshot, Target, Topic};
 use super::registry::Registry;
+use super::wakers::{Wakers, Watching};
 use crate::metrics::DiscoveryMetrics;
 
 /// What the client certificate proves.
@@ -66,10 +68,13 @@ struct Memo {
 }
 
 /// The index, shared by the watches that write it and the streams that read it; each
-/// destination's answer is computed once per change, whatever the number of proxies asking.
+/// destination's answer is computed once per change, whatever the number of proxies asking, and
+/// a change wakes only the streams subscribed to what it touched.
 pub struct Discovery {
     index: RwLock<Index>,
+    /// Every change, for the status writers; the streams wait on `wakers` instead.
     revision: watch::Sender<u64>,
+    wakers: Wakers,
     /// Whether every watch has listed once: until then the index is partial, and an answer from
     /// it (no policy yet, an unknown Service) would be wrong rather than late.
     synced: watch::Sender<bool>,
@@ -87,12 +92,15 @@ impl Discovery {
         Self::with_metrics(index, Arc::default())
     }
 
-    pub fn with_metrics(index: Index, metrics: Arc<DiscoveryMetrics>) -> Arc<Self> {
+    pub fn with_metrics(mut index: Index, metrics: Arc<DiscoveryMetrics>) -> Arc<Self> {
         let revision = watch::channel(index.revision()).0;
         metrics.pods.set(i64::try_from(index.pod_count()).unwrap_or(i64::MAX));
+        // No stream has seen anything yet: what was built before is no change to any.
+        index.take_changes();
         Arc::new(Self {
             index: RwLock::new(index),
             revision,
+            wakers: Wakers::default(),
             synced: watch::channel(false).0,
             memo: Mutex::default(),
             registry: Registry::default(),
@@ -101,14 +109,21 @@ impl Discovery {
         })
     }
 
-    /// Applies a batch of changes; the streams wake once for the whole batch.
+    /// Applies a batch of changes; the streams subscribed to what it touched wake once for the
+    /// whole batch.
     pub fn update(&self, change: impl FnOnce(&mut Index)) {
-        let revision = {
+        let (revision, changes) = {
             let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
             change(&mut index);
             self.metrics.pods.set(i64::try_from(index.pod_count()).unwrap_or(i64::MAX));
-            index.revision()
+            (index.revision(), index.take_changes())
         };
+        // After the index moved on: a stream that registers a topic meanwhile either sees this
+        // change in its answer or finds the revision moved (`Session::check_missed`).
+        if !changes.is_empty() {
+            let woken = self.wakers.wake(&changes);
+            self.metrics.stream_wakes.inc_by(u64::try_from(woken).unwrap_or(u64::MAX));
+        }
         self.revision.send_if_modified(|current| {
             let moved = *current != revision;
             *current = revision;
@@ -138,6 +153,11 @@ impl Discovery {
 
     pub fn revisions(&self) -> watch::Receiver<u64> {
         self.revision.subscribe()
+    }
+
+    /// How many streams a change to `topic` would wake.
+    pub fn watchers(&self, topic: &Topic) -> usize {
+        self.wakers.watchers(topic)
     }
 
     /// The current answer for a Service port, as a proxy of namespace `client` gets it, and its
@@ -204,13 +224,17 @@ pub enum StreamError {
     HelloTimeout,
 }
 
+#[derive(Default)]
 struct Destination {
     /// Version sent last, to send only what changed.
     sent: Option<u64>,
     /// The answer sent last for a pod-IP destination: computed per stream (one endpoint, no
     /// shared memo to grow with every IP asked), so compared rather than versioned.
     sent_address: Option<Arc<Snapshot>>,
-    refused: bool,
+    /// The refusal sent last: sent again only when its reason changes.
+    refused: Option<String>,
+    /// What the answer was computed from: a change to one of these wakes the stream.
+    topics: Vec<Topic>,
 }
 
 /// Serves one proxy until its request body ends, the peer goes away or `shutdown`.
@@ -275,8 +299,11 @@ where
         destinations: BTreeMap::new(),
         inbound: None,
         services: HashMap::new(),
+        wake: discovery.wakers.join(id),
+        watching: Watching::new(id),
     };
     let result = session.run(&mut reader, &mut incoming, &shutdown).await;
+    discovery.wakers.leave(id, session.watching.topics());
     discovery.registry.disconnect(id);
     discovery.metrics.proxies.dec();
     result
@@ -294,6 +321,9 @@ struct Session<'a> {
     /// The destinations sent, by configuration name: a report counts only for a destination
     /// this proxy was given, and only for that destination's backends.
     services: HashMap<String, (Key, Arc<Snapshot>)>,
+    /// Woken by changes to what this stream's answers are computed from.
+    wake: Arc<Notify>,
+    watching: Watching,
 }
 
 /// What an inbound update carries.
@@ -341,7 +371,6 @@ impl Session<'_> {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let mut revisions = self.discovery.revisions();
         loop {
             while let Some(message) = reader.next::<ProxyMessage>() {
                 if !self.handle(message?).await {
@@ -354,10 +383,7 @@ impl Session<'_> {
                     Some(Err(err)) => return Err(StreamError::Body(err.to_string())),
                     None => return Ok(()),
                 },
-                changed = revisions.changed() => {
-                    if changed.is_err() {
-                        return Ok(());
-                    }
+                () = self.wake.notified() => {
                     if !self.refresh().await {
                         return Ok(());
                     }
@@ -388,21 +414,30 @@ impl Session<'_> {
                 self.send(ControlMessage::Refused(Refusal { resource, reason })).await
             }
             ProxyMessage::Subscribe(Resource::Destination(name)) => {
-                self.destinations
-                    .insert(name.clone(), Destination { sent: None, sent_address: None, refused: false });
+                // Subscribing again to a name asks for its answer again.
+                if let Some(old) = self.destinations.insert(name.clone(), Destination::default()) {
+                    self.watching.replace(&self.discovery.wakers, &old.topics, &[]);
+                }
                 self.send_destination(&name).await
             }
             ProxyMessage::Subscribe(Resource::Inbound) => {
+                if self.inbound.is_none() {
+                    self.watching.replace(&self.discovery.wakers, &[], &self.inbound_topics());
+                }
                 self.inbound = Some(None);
                 self.send_inbound().await
             }
             ProxyMessage::Unsubscribe(Resource::Destination(name)) => {
-                self.destinations.remove(&name);
+                if let Some(old) = self.destinations.remove(&name) {
+                    self.watching.replace(&self.discovery.wakers, &old.topics, &[]);
+                }
                 self.discovery.registry.unsubscribe(self.id, &name);
                 true
             }
             ProxyMessage::Unsubscribe(Resource::Inbound) => {
-                self.inbound = None;
+                if self.inbound.take().is_some() {
+                    self.watching.replace(&self.discovery.wakers, &self.inbound_topics(), &[]);
+                }
                 true
             }
             ProxyMessage::Ack(ack) => {
@@ -453,33 +488,83 @@ impl Session<'_> {
         if self.inbound.is_some() { self.send_inbound().await } else { true }
     }
 
-    /// Sends the destination's answer if it changed since the last one sent.
+    /// The topics of the pod's inbound policy.
+    fn inbound_topics(&self) -> [Topic; 2] {
+        [Topic::Pod(self.pod.clone()), Topic::Policies(self.pod.0.clone())]
+    }
+
+    /// Sends the destination's answer if it changed since the last one sent, and watches what
+    /// the answer is computed from.
     async fn send_destination(&mut self, name: &str) -> bool {
-        let resolved = self.discovery.read(|index| {
-            let target = index.resolve(name)?;
-            match &target {
-                Target::Service { key, .. } => index.visible(key, &self.peer.namespace)?,
-                Target::Address(addr) => index.visible_address(addr.ip(), &self.peer.namespace)?,
-                Target::Unknown => {}
-            }
-            Ok::<_, String>(target)
+        let (revision, resolved) = self.discovery.read(|index| {
+            let resolved = index.resolve(name).map(|target| {
+                let visible = match &target {
+                    Target::Service { key, .. } => index.visible(key, &self.peer.namespace),
+                    Target::Address(addr) => index.visible_address(addr.ip(), &self.peer.namespace),
+                    Target::Unknown => Ok(()),
+                };
+                (visible, target)
+            });
+            (index.revision(), resolved)
         });
-        let Some(state) = self.destinations.get_mut(name) else { return true };
-        let target = match resolved {
+        let (sent, topics) = self.answer_destination(name, resolved).await;
+        if let Some(state) = self.destinations.get_mut(name) {
+            let old = std::mem::replace(&mut state.topics, topics);
+            self.watching.replace(&self.discovery.wakers, &old, &state.topics);
+        }
+        self.check_missed(revision);
+        sent
+    }
+
+    /// A change between computing an answer and watching its topics woke no one: the revision
+    /// shows it, and the stream wakes itself to look again.
+    fn check_missed(&self, computed_at: u64) {
+        if self.discovery.read(Index::revision) != computed_at {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The answer for `name` (sent if it changed), and the topics it was computed from.
+    async fn answer_destination(
+        &mut self,
+        name: &str,
+        resolved: Result<(Result<(), String>, Target), String>,
+    ) -> (bool, Vec<Topic>) {
+        // An `IP:PORT` name resolves by who holds the IP as a cluster IP: that may change.
+        let named_ip = name.parse::<SocketAddr>().ok().map(|addr| Topic::Address(addr.ip()));
+        let target_topics = |target: &Target| {
+            let target = match target {
+                Target::Service { key, .. } => Some(Topic::Service(key.clone())),
+                Target::Address(_) | Target::Unknown => None,
+            };
+            target.into_iter().chain(named_ip.clone()).collect::<Vec<_>>()
+        };
+        let (target, topics) = match resolved {
+            Ok((Ok(()), target)) => {
+                let topics = target_topics(&target);
+                (Ok(target), topics)
+            }
+            Ok((Err(reason), target)) => (Err(reason), target_topics(&target)),
+            // A malformed name stays malformed.
+            Err(reason) => (Err(reason), Vec::new()),
+        };
+        let Some(state) = self.destinations.get_mut(name) else { return (true, topics) };
+        let target = match target {
             Ok(target) => target,
             Err(reason) => {
-                if state.refused {
-                    return true;
+                if state.refused.as_ref() == Some(&reason) {
+                    return (true, topics);
                 }
-                state.refused = true;
+                state.refused = Some(reason.clone());
                 state.sent = None;
                 state.sent_address = None;
                 self.discovery.registry.unsubscribe(self.id, name);
                 let resource = Some(Resource::Destination(name.to_owned()));
-                return self.send(ControlMessage::Refused(Refusal { resource, reason })).await;
+                return (self.send(ControlMessage::Refused(Refusal { resource, reason })).await, topics);
             }
         };
-        state.refused = false;
+        let mut topics = topics;
+        state.refused = None;
         let (version, snapshot) = match &target {
             Target::Service { key, port } => {
                 state.sent_address = None;
@@ -504,8 +589,9 @@ impl Session<'_> {
                 (0, Arc::new(Snapshot::UNKNOWN))
             }
         };
+        topics.extend(snapshot.depends_on.iter().cloned().map(Topic::Service));
         if state.sent == Some(version) {
-            return true;
+            return (true, topics);
         }
         state.sent = Some(version);
         let service = match &snapshot.service {
@@ -516,12 +602,14 @@ impl Session<'_> {
             self.services.insert(config.name.clone(), (key.clone(), snapshot.clone()));
         }
         self.discovery.registry.sent(self.id, name, target, version, snapshot);
-        self.send(ControlMessage::Destination(DestinationUpdate {
-            destination: name.to_owned(),
-            version,
-            service,
-        }))
-        .await
+        let sent = self
+            .send(ControlMessage::Destination(DestinationUpdate {
+                destination: name.to_owned(),
+                version,
+                service,
+            }))
+            .await;
+        (sent, topics)
     }
 
     async fn send_inbound(&mut self) -> bool {
@@ -546,446 +634,5 @@ impl Session<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::discovery::index::{EndpointInfo, PodInfo, PortInfo, ServiceInfo, SliceInfo};
-    use std::collections::BTreeSet;
-    use std::convert::Infallible;
-
-    fn key(ns: &str, name: &str) -> Key {
-        (ns.to_owned(), name.to_owned())
-    }
-
-    fn index_pod(service_account: &str, ip: &str, created: &str) -> PodInfo {
-        PodInfo {
-            service_account: service_account.into(),
-            meshed: true,
-            ips: vec![ip.parse().unwrap()],
-            created: created.into(),
-            ..Default::default()
-        }
-    }
-
-    fn cluster() -> Arc<Discovery> {
-        let mut index = Index::new("cluster.local", "cluster.local");
-        let port = || PortInfo { name: String::new(), port: 80, http2: false, opaque: false };
-        index.upsert_pod(
-            key("web", "client"),
-            PodInfo {
-                service_account: "client".into(),
-                labels: Default::default(),
-                meshed: true,
-                probes: Vec::new(),
-                ..Default::default()
-            },
-        );
-        index.upsert_pod(
-            key("shop", "api-1"),
-            PodInfo {
-                service_account: "api".into(),
-                labels: Default::default(),
-                meshed: true,
-                probes: Vec::new(),
-                ..Default::default()
-            },
-        );
-        index.upsert_service(
-            key("shop", "api"),
-            ServiceInfo {
-                cluster_ips: vec!["10.96.0.20".parse().unwrap()],
-                headless: false,
-                ports: vec![port()],
-                export_to: None,
-            },
-        );
-        index.upsert_service(
-            key("shop", "private"),
-            ServiceInfo {
-                cluster_ips: vec!["10.96.0.21".parse().unwrap()],
-                headless: false,
-                ports: vec![port()],
-                export_to: Some(BTreeSet::from(["shop".to_owned()])),
-            },
-        );
-        index.upsert_slice(
-            key("shop", "api-x"),
-            SliceInfo {
-                service: "api".into(),
-                ports: vec![PortInfo { name: String::new(), port: 8080, http2: false, opaque: false }],
-                endpoints: vec![EndpointInfo {
-                    addresses: vec!["10.1.0.5".parse().unwrap()],
-                    ready: true,
-                    pod: Some("api-1".into()),
-                }],
-            },
-        );
-        Discovery::new(index)
-    }
-
-    struct Proxy {
-        to_server: mpsc::UnboundedSender<Result<Bytes, Infallible>>,
-        from_server: mpsc::Receiver<Bytes>,
-        task: tokio::task::JoinHandle<Result<(), StreamError>>,
-    }
-
-    fn start(discovery: &Arc<Discovery>, peer: (&str, &str)) -> Proxy {
-        start_with(discovery, peer, ProxyFeatures::default())
-    }
-
-    fn start_with(discovery: &Arc<Discovery>, peer: (&str, &str), features: ProxyFeatures) -> Proxy {
-        let (to_server, incoming) = mpsc::unbounded_channel();
-        let (out, from_server) = mpsc::channel(16);
-        let peer = Peer { namespace: peer.0.into(), service_account: peer.1.into(), features };
-        let incoming = Box::pin(futures::stream::unfold(incoming, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        }));
-        let task = tokio::spawn(serve(discovery.clone(), peer, incoming, out, CancellationToken::new()));
-        Proxy { to_server, from_server, task }
-    }
-
-    impl Proxy {
-        fn send(&self, message: &ProxyMessage) {
-            self.to_server.send(Ok(Bytes::from(api::encode(message)))).expect("server running");
-        }
-        async fn next(&mut self) -> ControlMessage {
-            let line = tokio::time::timeout(std::time::Duration::from_secs(5), self.from_server.recv())
-                .await
-                .expect("a message within 5 s")
-                .expect("stream open");
-            let mut reader = LineReader::default();
-            reader.push(&line).expect("fits");
-            reader.next().expect("one line").expect("valid message")
-        }
-    }
-
-    fn hello(ns: &str, pod: &str) -> ProxyMessage {
-        ProxyMessage::Hello(api::Hello {
-            pod_namespace: ns.into(),
-            pod_name: pod.into(),
-            proxy_version: "test".into(),
-        })
-    }
-
-    fn subscribe(destination: &str) -> ProxyMessage {
-        ProxyMessage::Subscribe(Resource::Destination(destination.into()))
-    }
-
-    fn destination(message: ControlMessage) -> DestinationUpdate {
-        match message {
-            ControlMessage::Destination(update) => update,
-            other => panic!("expected a destination, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_subscribed_destination_gets_a_snapshot_then_each_change() {
-        let discovery = cluster();
-        let mut proxy = start(&discovery, ("web", "client"));
-        proxy.send(&hello("web", "client"));
-        proxy.send(&subscribe("10.96.0.20:80"));
-        let first = destination(proxy.next().await);
-        let service = first.service.expect("a mesh service");
-        assert_eq!(service.backends[0].endpoints[0].address.to_string(), "10.1.0.5:8080");
-        proxy.send(&ProxyMessage::Ack(api::Ack {
-            resource: Resource::Destination("10.96.0.20:80".into()),
-            version: first.version,
-        }));
-
-        discovery.update(|index| {
-            index.upsert_slice(
-                key("shop", "api-x"),
-                SliceInfo {
-                    service: "api".into(),
-                    ports: vec![PortInfo { name: String::new(), port: 8080, http2: false, opaque: false }],
-                    endpoints: vec![EndpointInfo {
-                        addresses: vec!["10.1.0.6".parse().unwrap()],
-                        ready: true,
-                        pod: None,
-                    }],
-                },
-            );
-        });
-        let second = destination(proxy.next().await);
-        assert!(second.version > first.version);
-        assert_eq!(
-            second.service.expect("mesh").backends[0].endpoints[0].address.to_string(),
-            "10.1.0.6:8080"
-        );
-
-        // A change elsewhere sends nothing new to this proxy.
-        discovery.update(|index| index.remove_pod(&key("shop", "api-1")));
-        proxy.send(&subscribe("10.1.2.3:80"));
-        let unknown = destination(proxy.next().await);
-        assert_eq!((unknown.destination.as_str(), unknown.service), ("10.1.2.3:80", None));
-        assert_eq!(discovery.registry.summary().connected, 1);
-        drop(proxy.to_server);
-        proxy.task.await.expect("task").expect("ends cleanly when the proxy hangs up");
-        assert_eq!(discovery.registry.summary().connected, 0);
-    }
-
-    /// The identity the proxy is told to expect at the pod-IP destination of `update`.
-    fn identity(update: &DestinationUpdate) -> Option<&str> {
-        update.service.as_ref()?.backends.first()?.endpoints.first()?.identity.as_deref()
-    }
-
-    #[tokio::test]
-    async fn a_pod_ip_follows_whoever_holds_it_and_an_unchanged_answer_is_not_resent() {
-        let discovery = cluster();
-        let mut proxy = start(&discovery, ("web", "client"));
-        proxy.send(&hello("web", "client"));
-        discovery.update(|index| {
-            let mut pod = index_pod("api", "10.1.0.5", "2026-01-01T00:00:00Z");
-            pod.labels.insert("app".into(), "api".into());
-            index.upsert_pod(key("shop", "api-1"), pod);
-        });
-        proxy.send(&subscribe("10.1.0.5:8080"));
-        let first = destination(proxy.next().await);
-        assert_eq!(identity(&first), Some("spiffe://cluster.local/ns/shop/sa/api"));
-
-        // A change that leaves the answer as it was sends nothing; the next message is the
-        // answer to the reuse below.
-        discovery.update(|index| index.remove_pod(&key("web", "client-gone")));
-        discovery.update(|index| {
-            index.upsert_pod(key("shop", "other"), index_pod("api", "10.1.0.99", "2026-01-01T00:00:00Z"))
-        });
-        // The IP is reused by a pod of another identity before the old pod's deletion arrives.
-        discovery.update(|index| {
-            index.upsert_pod(key("jobs", "batch-1"), index_pod("batch", "10.1.0.5", "2026-01-01T00:09:00Z"))
-        });
-        let reused = destination(proxy.next().await);
-        assert!(reused.version > first.version);
-        assert_eq!(identity(&reused), Some("spiffe://cluster.local/ns/jobs/sa/batch"));
-        discovery.update(|index| {
-            index.remove_pod(&key("shop", "api-1"));
-            index.remove_pod(&key("jobs", "batch-1"));
-        });
-        let gone = destination(proxy.next().await);
-        assert_eq!((gone.destination.as_str(), gone.service), ("10.1.0.5:8080", None), "forwarded unchanged");
-    }
-
-    #[tokio::test]
-    async fn a_service_not_exported_to_the_proxys_namespace_is_refused() {
-        let discovery = cluster();
-        let mut proxy = start(&discovery, ("web", "client"));
-        proxy.send(&hello("web", "client"));
-        proxy.send(&subscribe("private.shop.svc.cluster.local:80"));
-        match proxy.next().await {
-            ControlMessage::Refused(refusal) => {
-                assert_eq!(
-                    refusal.resource,
-                    Some(Resource::Destination("private.shop.svc.cluster.local:80".into()))
-                );
-                assert!(refusal.reason.contains("exported only to namespace(s) shop"), "{}", refusal.reason);
-            }
-            other => panic!("expected a refusal, got {other:?}"),
-        }
-    }
-
-    fn inbound(message: ControlMessage) -> InboundUpdate {
-        match message {
-            ControlMessage::Inbound(update) => update,
-            other => panic!("expected an inbound update, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn tracing_goes_only_to_proxies_that_name_it_and_follows_the_mesh() {
-        let discovery = cluster();
-        let tracing =
-            TracingConfig { collector: "http://jaeger.tracing:4318".into(), sampling_percent: 10.0 };
-        discovery.update(|index| index.set_tracing(Some(tracing.clone())));
-        let features = ProxyFeatures::parse(Some(b"future-thing, tracing"));
-        assert!(features.tracing);
-        let mut newer = start_with(&discovery, ("shop", "api"), features);
-        let mut older = start(&discovery, ("shop", "api"));
-        for proxy in [&newer, &older] {
-            proxy.send(&hello("shop", "api-1"));
-            proxy.send(&ProxyMessage::Subscribe(Resource::Inbound));
-        }
-        assert_eq!(inbound(newer.next().await).tracing, Some(tracing));
-        assert_eq!(inbound(older.next().await).tracing, None, "an older proxy would refuse the field");
-
-        discovery.update(|index| index.set_tracing(None));
-        assert_eq!(inbound(newer.next().await).tracing, None, "tracing turned off reaches the proxy");
-    }
-
-    #[tokio::test]
-    async fn the_policys_source_goes_only_to_proxies_that_name_it() {
-        let discovery = cluster();
-        let newer = start_with(&discovery, ("shop", "api"), ProxyFeatures::parse(Some(b"policy-source")));
-        let older = start(&discovery, ("shop", "api"));
-        let mut sources = Vec::new();
-        for mut proxy in [newer, older] {
-            proxy.send(&hello("shop", "api-1"));
-            proxy.send(&ProxyMessage::Subscribe(Resource::Inbound));
-            let policy = inbound(proxy.next().await).policy.expect("api-1 has a policy");
-            sources.push(policy.source);
-        }
-        assert!(sources[0].is_some(), "the proxy that names the feature gets the source");
-        assert_eq!(sources[1], None, "an older proxy would refuse the field");
-    }
-
-    #[test]
-    fn proxy_features_skip_what_they_do_not_know() {
-        assert!(!ProxyFeatures::parse(None).tracing);
-        assert!(!ProxyFeatures::parse(Some(b"tracingx")).tracing);
-        assert!(!ProxyFeatures::parse(Some(b"\xff\xfe")).tracing);
-        assert!(ProxyFeatures::parse(Some(b"tracing")).tracing);
-        let both = ProxyFeatures::parse(Some(b"endpoint-pod,tracing"));
-        assert!(both.tracing && both.endpoint_pod);
-        assert!(!ProxyFeatures::parse(Some(b"tracing")).endpoint_pod);
-        assert!(ProxyFeatures::parse(Some(b"tracing, policy-source")).policy_source);
-    }
-
-    #[tokio::test]
-    async fn endpoint_pods_go_only_to_proxies_that_name_them() {
-        let discovery = cluster();
-        let newer = start_with(&discovery, ("web", "client"), ProxyFeatures::parse(Some(b"endpoint-pod")));
-        let older = start(&discovery, ("web", "client"));
-        let mut pods = Vec::new();
-        for mut proxy in [newer, older] {
-            proxy.send(&hello("web", "client"));
-            proxy.send(&subscribe("10.96.0.20:80"));
-            let config = destination(proxy.next().await).service.expect("api is known");
-            let endpoint = &config.backends[0].endpoints[0];
-            pods.push(endpoint.pod.as_ref().map(|pod| (pod.namespace.clone(), pod.name.clone())));
-        }
-        assert_eq!(
-            pods,
-            [Some(("shop".to_owned(), "api-1".to_owned())), None],
-            "an older proxy would refuse the field"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_proxy_cannot_speak_for_another_identitys_pod() {
-        let discovery = cluster();
-        let mut proxy = start(&discovery, ("web", "client"));
-        proxy.send(&hello("shop", "api-1"));
-        match proxy.next().await {
-            ControlMessage::Refused(refusal) => {
-                assert_eq!(refusal.resource, None);
-                assert!(refusal.reason.contains("client certificate names web/client"), "{}", refusal.reason);
-            }
-            other => panic!("expected a refusal, got {other:?}"),
-        }
-        assert!(matches!(proxy.task.await.expect("task"), Err(StreamError::Refused(_))));
-        assert_eq!(discovery.registry.summary().connected, 0, "never counted");
-    }
-
-    #[tokio::test]
-    async fn garbage_and_a_missing_hello_end_the_stream_with_the_reason() {
-        let discovery = cluster();
-        let proxy = start(&discovery, ("web", "client"));
-        proxy.send(&subscribe("10.96.0.20:80"));
-        assert!(matches!(proxy.task.await.expect("task"), Err(StreamError::NoHello)));
-
-        let proxy = start(&discovery, ("web", "client"));
-        proxy.send(&hello("web", "client"));
-        proxy.to_server.send(Ok(Bytes::from_static(b"{\"subscribe\": 42}\n"))).expect("running");
-        let error = proxy.task.await.expect("task").unwrap_err();
-        assert!(error.to_string().contains("not valid"), "{error}");
-    }
-
-    fn limited(discovery: &Discovery, limit: &'static str) -> u64 {
-        discovery.metrics.limited.get_or_create(&crate::metrics::LimitLabels { limit }).get()
-    }
-
-    #[tokio::test]
-    async fn a_client_that_says_nothing_useful_is_dropped_early_and_counted() {
-        let discovery = cluster();
-        // Bytes without a newline before the hello: cut at MAX_HELLO_BYTES, not 4 MiB.
-        let proxy = start(&discovery, ("web", "client"));
-        proxy.to_server.send(Ok(Bytes::from(vec![b'{'; MAX_HELLO_BYTES + 1]))).expect("running");
-        let error = proxy.task.await.expect("task").unwrap_err();
-        assert!(error.to_string().contains(&format!("longer than {MAX_HELLO_BYTES} bytes")), "{error}");
-        assert_eq!(limited(&discovery, "hello_size"), 1);
-
-        // A hello whose version would bloat the Mesh status is refused with the reason.
-        let mut proxy = start(&discovery, ("web", "client"));
-        proxy.send(&ProxyMessage::Hello(api::Hello {
-            pod_namespace: "web".into(),
-            pod_name: "client".into(),
-            proxy_version: "v".repeat(65),
-        }));
-        let ControlMessage::Refused(refusal) = proxy.next().await else { panic!("a refusal") };
-        assert!(refusal.reason.contains("proxyVersion must be at most 64 bytes"), "{}", refusal.reason);
-        assert_eq!(limited(&discovery, "hello_fields"), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn no_hello_in_time_ends_the_stream() {
-        let discovery = cluster();
-        let proxy = start(&discovery, ("web", "client"));
-        let error = proxy.task.await.expect("task").unwrap_err();
-        assert!(matches!(error, StreamError::HelloTimeout), "{error}");
-        assert_eq!(limited(&discovery, "hello_timeout"), 1);
-    }
-
-    #[tokio::test]
-    async fn subscriptions_beyond_the_bound_are_refused_one_by_one_and_the_stream_lives() {
-        let discovery = cluster();
-        let mut proxy = start(&discovery, ("web", "client"));
-        proxy.send(&hello("web", "client"));
-        let mut batch = Vec::new();
-        for i in 0..MAX_SUBSCRIPTIONS {
-            batch.extend(api::encode(&subscribe(&format!("10.200.{}.{}:80", i / 250, i % 250))));
-        }
-        proxy.to_server.send(Ok(Bytes::from(batch))).expect("running");
-        for _ in 0..MAX_SUBSCRIPTIONS {
-            proxy.next().await;
-        }
-        proxy.send(&subscribe("10.96.0.20:80"));
-        let ControlMessage::Refused(refusal) = proxy.next().await else { panic!("a refusal") };
-        assert_eq!(refusal.resource, Some(Resource::Destination("10.96.0.20:80".into())));
-        assert!(refusal.reason.contains("more than 10000 destinations"), "{}", refusal.reason);
-        assert_eq!(limited(&discovery, "subscriptions"), 1);
-        proxy.send(&ProxyMessage::Unsubscribe(Resource::Destination("10.200.0.0:80".into())));
-        proxy.send(&subscribe("10.96.0.20:80"));
-        assert!(destination(proxy.next().await).service.is_some(), "room again after an unsubscribe");
-    }
-
-    #[tokio::test]
-    async fn reports_count_only_for_destinations_and_backends_the_proxy_was_sent() {
-        let discovery = cluster();
-        let mut proxy = start(&discovery, ("web", "client"));
-        proxy.send(&hello("web", "client"));
-        let report = |service: &str, backend: &str| {
-            ProxyMessage::Report(api::Report {
-                service: service.into(),
-                backends: vec![api::BackendReport {
-                    backend: backend.into(),
-                    requests: 10,
-                    failures: 2,
-                    latency_ms: vec![0, 10],
-                }],
-            })
-        };
-        // Before the destination was sent: not counted.
-        proxy.send(&report("api.shop.svc.cluster.local:80", "api"));
-        proxy.send(&subscribe("10.96.0.20:80"));
-        let sent = destination(proxy.next().await).service.expect("a mesh service");
-        assert_eq!(sent.name, "api.shop.svc.cluster.local:80");
-        proxy.send(&report("api.shop.svc.cluster.local:80", "api"));
-        proxy.send(&report("api.shop.svc.cluster.local:80", "made-up"));
-        proxy.send(&report("private.shop.svc.cluster.local:80", "private"));
-        // A round trip, so the reports before it were handled.
-        proxy.send(&subscribe("10.1.2.3:80"));
-        proxy.next().await;
-        let totals = discovery.measurements.totals("shop", "api", "api");
-        assert_eq!((totals.requests, totals.failures, totals.latency[1]), (10, 2, 10));
-        assert_eq!(discovery.measurements.totals("shop", "api", "made-up").requests, 0);
-        assert_eq!(discovery.measurements.totals("shop", "private", "private").requests, 0);
-        assert_eq!(limited(&discovery, "report_unknown_service"), 2);
-    }
-
-    #[test]
-    fn long_reasons_are_cut_on_a_character_boundary() {
-        let mut reason = "é".repeat(MAX_REASON_BYTES);
-        truncate(&mut reason, MAX_REASON_BYTES);
-        assert!(reason.len() <= MAX_REASON_BYTES + '…'.len_utf8() && reason.ends_with('…'));
-        let mut short = "fine".to_owned();
-        truncate(&mut short, MAX_REASON_BYTES);
-        assert_eq!(short, "fine");
-    }
-}
+#[path = "stream_tests.rs"]
+mod tests;

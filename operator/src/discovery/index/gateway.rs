@@ -2,7 +2,8 @@
 //! ReferenceGrants that let them refer to Services of other namespaces. A child of index.rs, so
 //! that a destination's answer is built from one consistent view (docs/gateway-api.md).
 
-use std::collections::{BTreeMap, HashMap};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use braid_api::config::{BackendConfig, RouteConfig};
 
@@ -35,6 +36,8 @@ pub struct GatewayPart {
     pub applied: Vec<RouteRef>,
     /// Routes left out, and why.
     pub refused: Vec<((RouteKind, Key), Refusal)>,
+    /// The Services the backends are (a change to one changes the answer).
+    pub depends_on: Vec<Key>,
 }
 
 impl Lookup for Index {
@@ -57,30 +60,58 @@ impl Lookup for Index {
     }
 }
 
+/// The index as a translation sees it, noting each Service whose existence the answer depends
+/// on: a backend that does not exist yet changes the answer when it is created.
+struct Recording<'a> {
+    index: &'a Index,
+    asked: RefCell<BTreeSet<Key>>,
+}
+
+impl Lookup for Recording<'_> {
+    fn service_exists(&self, key: &Key) -> bool {
+        self.asked.borrow_mut().insert(key.clone());
+        self.index.service_exists(key)
+    }
+
+    fn ref_permitted(&self, kind: RouteKind, from: &str, to: &Key) -> bool {
+        self.index.ref_permitted(kind, from, to)
+    }
+}
+
 impl Index {
     pub fn upsert_gateway_route(&mut self, kind: RouteKind, key: Key, route: GatewayRouteInfo) {
         if self.gateway.routes.get(&(kind, key.clone())) != Some(&route) {
-            self.gateway.routes.insert((kind, key), route);
-            self.touch();
+            self.touch_parents(&key.0, &route);
+            if let Some(old) = self.gateway.routes.insert((kind, key.clone()), route) {
+                self.touch_parents(&key.0, &old);
+            }
         }
     }
 
     pub fn remove_gateway_route(&mut self, kind: RouteKind, key: &Key) {
-        if self.gateway.routes.remove(&(kind, key.clone())).is_some() {
-            self.touch();
+        if let Some(old) = self.gateway.routes.remove(&(kind, key.clone())) {
+            self.touch_parents(&key.0, &old);
+        }
+    }
+
+    /// A route's parents are the Services whose answers it is part of (for every client
+    /// namespace: a consumer route changes which routes its namespace's clients get).
+    fn touch_parents(&mut self, namespace: &str, route: &GatewayRouteInfo) {
+        for (parent, _) in translate::service_parents(namespace, &route.spec) {
+            self.touch_service(&parent);
         }
     }
 
     pub fn upsert_reference_grant(&mut self, key: Key, grant: ReferenceGrantSpec) {
         if self.gateway.grants.get(&key) != Some(&grant) {
             self.gateway.grants.insert(key, grant);
-            self.touch();
+            self.touch_everything();
         }
     }
 
     pub fn remove_reference_grant(&mut self, key: &Key) {
         if self.gateway.grants.remove(key).is_some() {
-            self.touch();
+            self.touch_everything();
         }
     }
 
@@ -121,6 +152,7 @@ impl Index {
             _ => key.0.as_str(),
         };
         let mut part = GatewayPart::default();
+        let lookup = Recording { index: self, asked: RefCell::default() };
         let mut ordered: Vec<(Precedence, RouteConfig)> = Vec::new();
         let mut sources: BTreeMap<String, translate::BackendSource> = BTreeMap::new();
         for ((kind, route_key), route) in &self.gateway.routes {
@@ -134,7 +166,7 @@ impl Index {
                 &route.spec,
                 key,
                 port,
-                self,
+                &lookup,
             ) {
                 Ok(translated) => {
                     ordered.extend(translated.routes);
@@ -153,11 +185,14 @@ impl Index {
         part.routes = ordered.into_iter().map(|(_, route)| route).collect();
         part.backends = sources
             .into_iter()
-            .map(|(name, (namespace, service, backend_port))| BackendConfig {
-                endpoints: self.endpoints(&(namespace, service), backend_port, None),
-                name,
+            .map(|(name, (namespace, service, backend_port))| {
+                let service = (namespace, service);
+                let endpoints = self.endpoints(&service, backend_port, None);
+                lookup.asked.borrow_mut().insert(service);
+                BackendConfig { endpoints, name }
             })
             .collect();
+        part.depends_on = lookup.asked.into_inner().into_iter().collect();
         part
     }
 }
