@@ -7,6 +7,7 @@ pub mod instructions;
 pub mod link_order;
 pub mod load;
 pub mod perf;
+pub mod relay;
 pub mod report;
 pub mod settings;
 pub mod stats;

@@ -63,6 +63,14 @@ enum Mode {
         #[arg(long, env = "PACED_RATE", default_value_t = 1000)]
         paced_rate: u32,
     },
+    /// The floor's relay (peer `splice`): relays each connection on LISTEN to UPSTREAM with
+    /// splice(2), one blocking thread per direction
+    Relay {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        upstream: std::net::SocketAddr,
+    },
     /// Recomputes a stored pair report's summary and its .md from its .json
     Rerender {
         /// bench/results/proxy-<timestamp>.json
@@ -81,11 +89,11 @@ struct KnobArgs {
     /// Paced rates, req/s, space-separated
     #[arg(long, env = "RATES", default_value = "1000 4000")]
     rates: String,
-    /// Peers (pairs): braid haproxy nginx envoy, each also as PEER-mtls, or floor
+    /// Peers (pairs): braid haproxy nginx envoy, each also as PEER-mtls, or floor, splice
     #[arg(
         long,
         env = "PEERS",
-        default_value = "braid braid-mtls haproxy haproxy-mtls nginx nginx-mtls envoy envoy-mtls floor"
+        default_value = "braid braid-mtls haproxy haproxy-mtls nginx nginx-mtls envoy envoy-mtls floor splice"
     )]
     peers: String,
     /// Peers of the costs mode
@@ -235,6 +243,7 @@ fn main() -> Result<()> {
         Mode::Profile { peer, knobs } => (ModeKind::Profile, knobs, Some(peer.as_str())),
         Mode::Costs(a) => (ModeKind::Costs, a, None),
         Mode::Rerender { file } => return rerender(file),
+        Mode::Relay { listen, upstream } => return Ok(braid_bench::relay::serve(*listen, *upstream)?),
         Mode::Webhook { runs, seconds_per_run, paced_rate } => {
             if *runs == 0 || *seconds_per_run == 0 || *paced_rate == 0 {
                 bail!("RUNS, SECONDS_PER_RUN and PACED_RATE must be at least 1");

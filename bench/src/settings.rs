@@ -48,6 +48,9 @@ pub enum Kind {
     Envoy,
     /// HAProxy in TCP mode: two hops that parse nothing.
     Floor,
+    /// Two splice(2) relays with a blocking thread per direction (`braid-bench relay`): the
+    /// cheapest two hops that can be written here.
+    Splice,
 }
 
 impl Kind {
@@ -60,6 +63,7 @@ impl Kind {
             Kind::Nginx => "nginx",
             Kind::Envoy => "envoy",
             Kind::Floor => "floor",
+            Kind::Splice => "splice",
         }
     }
 
@@ -85,7 +89,7 @@ impl fmt::Display for Peer {
     }
 }
 
-const PEER_HELP: &str = "braid braid-traced haproxy nginx envoy, each also as PEER-mtls, or floor";
+const PEER_HELP: &str = "braid braid-traced haproxy nginx envoy, each also as PEER-mtls, or floor, splice";
 
 impl Peer {
     pub fn parse(text: &str) -> Result<Peer, Error> {
@@ -101,6 +105,7 @@ impl Peer {
             "nginx" => Kind::Nginx,
             "envoy" => Kind::Envoy,
             "floor" if !mtls => Kind::Floor,
+            "splice" if !mtls => Kind::Splice,
             _ => return Err(Error::parse("PEERS", format!("unknown peer {text:?} ({PEER_HELP})"))),
         };
         Ok(Peer { kind, mtls })

@@ -317,6 +317,7 @@ pub fn versions(root: &Path, knobs: &Knobs, tools: &Tools) -> String {
                 }
             }
             Kind::Nginx => v += &format!("; nginx {nginx}"),
+            Kind::Splice => v += "; splice: braid-bench relay",
             Kind::Envoy => {
                 let path = tools.envoy.as_ref().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
                 let text = get(&path, &["--version"]);

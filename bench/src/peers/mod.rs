@@ -6,6 +6,7 @@ mod envoy;
 mod floor;
 mod haproxy;
 mod nginx;
+mod splice;
 
 use std::fs;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ pub fn start_hop(b: &mut Bench, peer: Peer, side: Side, port: u16, upstream: u16
         Kind::Nginx => nginx::start(b, peer, side, port, upstream),
         Kind::Envoy => envoy::start(b, peer, side, port, upstream),
         Kind::Floor => floor::start(b, peer, side, port, upstream),
+        Kind::Splice => splice::start(b, peer, side, port, upstream),
     }
 }
 
@@ -33,7 +35,7 @@ pub fn verify(b: &mut Bench, peer: Peer, pair: &Pair) -> Result<()> {
     match peer.kind {
         Kind::Braid | Kind::BraidBaseline | Kind::BraidTraced => braid::verify(b, peer, pair)?,
         Kind::Envoy => envoy::verify(pair)?,
-        Kind::Floor => floor::verify(b)?,
+        Kind::Floor | Kind::Splice => floor::verify(b)?,
         // HAProxy B's `bind ... proto h2` refuses anything but HTTP/2 from A; nginx has no
         // HTTP/2 upstream.
         Kind::Haproxy | Kind::Nginx => {}

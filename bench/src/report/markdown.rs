@@ -281,6 +281,8 @@ pub fn markdown(report: &Report) -> Result<String, Error> {
             lines.push(format!("| {a} ÷ {b} | {} |", cells.join(" | ")));
         }
     }
+    lines.push(String::new());
+    lines.extend(super::floor_markdown(report));
     let invalid: Vec<&Run> = report.runs.iter().filter(|r| !r.valid).collect();
     if !invalid.is_empty() {
         lines.extend([String::new(), "## Invalid runs (left out of the medians)".into(), String::new()]);

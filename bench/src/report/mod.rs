@@ -4,6 +4,7 @@
 //! Here: the runs, their medians and the [`Report`]; `markdown` renders it, `handshakes` adds
 //! the section on new mTLS connections.
 
+mod floor;
 mod handshakes;
 mod markdown;
 
@@ -15,6 +16,7 @@ use crate::Error;
 use crate::load::Load;
 use crate::stats::Stat;
 
+pub use floor::{floor_markdown, floor_of};
 pub use handshakes::{handshake_rate, handshakes_markdown};
 pub use markdown::{markdown, ratio_rows};
 
