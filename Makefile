@@ -176,7 +176,7 @@ checks: ## Format, lint and unit tests (no cluster)
 	@for step in fmt-check lint unit; do $(MAKE) --no-print-directory $$step; done
 
 .PHONY: bench
-bench: tools ## Benchmarks: webhook admission, the sidecar pair beside HAProxy/nginx/Envoy, discovery at 1,000 proxies; results in bench/results/
+bench: tools ## Benchmarks: webhook admission, the sidecar pair beside HAProxy/nginx/Envoy, discovery at 10,000 proxies; results in bench/results/
 	$(BENCH) webhook
 	$(BENCH) pairs
 	$(BENCH) instructions

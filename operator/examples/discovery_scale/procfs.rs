@@ -1,5 +1,7 @@
 //! What /proc says about a process and the machine: memory, CPU time, load.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 /// Linux reports utime/stime in USER_HZ ticks, 100 per second on every mainstream architecture.
@@ -43,6 +45,54 @@ pub fn cpu_seconds(pid: &str) -> f64 {
     // After the name: state is field 3, utime field 14, stime field 15.
     let tick = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     (tick(14) + tick(15)) as f64 / TICKS_PER_SECOND
+}
+
+/// A process's CPU time per thread, nanoseconds (the first field of each thread's schedstat:
+/// the scheduler's runtime, the same total utime+stime is split from, but not rounded to ticks).
+/// A thread's figure is exact while it sleeps; while it runs it lags by up to one scheduler tick.
+#[derive(Debug, Clone, Default)]
+pub struct ThreadTimes {
+    threads: HashMap<u32, u64>,
+    /// utime + stime of the whole process, seconds: the fallback when schedstat is missing.
+    ticks: f64,
+}
+
+pub fn thread_times(pid: &str) -> ThreadTimes {
+    let mut threads = HashMap::new();
+    if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for entry in entries.filter_map(Result::ok) {
+            let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            if let Some(ns) = schedstat_ns(&entry.path().join("schedstat")) {
+                threads.insert(tid, ns);
+            }
+        }
+    }
+    ThreadTimes { threads, ticks: cpu_seconds(pid) }
+}
+
+impl ThreadTimes {
+    /// CPU seconds from `before` to `self`. A thread that ended in between loses what it ran in
+    /// the interval; one that started counts whole.
+    pub fn since(&self, before: &ThreadTimes) -> f64 {
+        if self.threads.is_empty() || before.threads.is_empty() {
+            return self.ticks - before.ticks;
+        }
+        let ns: u64 = self
+            .threads
+            .iter()
+            .map(|(tid, ns)| ns.saturating_sub(before.threads.get(tid).copied().unwrap_or(0)))
+            .sum();
+        ns as f64 / 1e9
+    }
+
+    /// utime + stime from `before` to `self` (10 ms ticks).
+    pub fn ticks_since(&self, before: &ThreadTimes) -> f64 {
+        self.ticks - before.ticks
+    }
+}
+
+fn schedstat_ns(path: &std::path::Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok()?.split_whitespace().next()?.parse().ok()
 }
 
 /// The machine's CPU time so far, seconds summed over cores: (busy, steal).

@@ -12,9 +12,15 @@ use braid_operator::discovery::index::{
 };
 use serde_json::json;
 
-/// Routes 0..HOT are the ones the change phase edits; every proxy calls route 0's Service (a
-/// shared dependency, like an auth service) and one of routes 1..HOT.
-pub const HOT: usize = 10;
+/// The fan-out classes of the change phase. Every proxy calls route 0's Service (a shared
+/// dependency, like an auth service: 100% of the proxies), one of the WIDE routes after it (10%
+/// each) and one of the NARROW routes after those (1% each).
+pub const WIDE: usize = 10;
+pub const NARROW: usize = 100;
+/// Routes 0..HOT are the ones the change phase edits.
+pub const HOT: usize = 1 + WIDE + NARROW;
+/// Subscriptions to Services picked at random, besides the three of the classes.
+const RANDOM: usize = 2;
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 pub const TRUST_DOMAIN: &str = "cluster.local";
 /// The name in the discovery server's certificate, which the simulated proxies verify.
@@ -42,6 +48,57 @@ pub struct ProxySpec {
     pub destinations: Vec<(String, Option<usize>)>,
 }
 
+/// How many proxies a change reaches, as a share of all of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Route 0: every proxy.
+    All,
+    /// Routes 1..=WIDE: a tenth each.
+    Wide,
+    /// Routes WIDE+1..HOT: a hundredth each.
+    Narrow,
+}
+
+impl Class {
+    pub const ALL: [Class; 3] = [Class::All, Class::Wide, Class::Narrow];
+
+    /// The share of the proxies subscribed to each route of the class, in percent.
+    pub fn percent(self) -> u32 {
+        match self {
+            Class::All => 100,
+            Class::Wide => 10,
+            Class::Narrow => 1,
+        }
+    }
+
+    /// The class's `n`th route: the change phase cycles over them.
+    pub fn route(self, n: usize) -> usize {
+        match self {
+            Class::All => 0,
+            Class::Wide => 1 + n % WIDE,
+            Class::Narrow => 1 + WIDE + n % NARROW,
+        }
+    }
+
+    pub fn of(route: usize) -> Option<Class> {
+        match route {
+            0 => Some(Class::All),
+            r if r <= WIDE => Some(Class::Wide),
+            r if r < HOT => Some(Class::Narrow),
+            _ => None,
+        }
+    }
+
+    /// The routes of the class, for the report.
+    pub fn routes(self) -> String {
+        match self {
+            Class::All => "route-0".to_owned(),
+            Class::Wide => format!("route-1 … route-{WIDE}"),
+            Class::Narrow => format!("route-{} … route-{}", WIDE + 1, HOT - 1),
+        }
+    }
+}
+
 /// A Service: its group (a route's three Services, or one plain Service) and its role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -58,7 +115,10 @@ enum Role {
 impl World {
     pub fn check(&self) -> Result<(), String> {
         if self.routes < HOT {
-            return Err(format!("at least {HOT} routes are needed (the hot ones)"));
+            return Err(format!(
+                "at least {HOT} routes are needed (route-0, {WIDE} for 10% of the proxies each, \
+                 {NARROW} for 1% each)"
+            ));
         }
         if self.services < 3 * self.routes + 1 {
             return Err(format!(
@@ -299,19 +359,25 @@ impl World {
         }
     }
 
-    /// Proxy `proxy`: every proxy calls route 0's Service (by DNS name), one of hot routes
-    /// 1..HOT (by cluster IP) and three other Services picked at random, by IP or name.
+    /// The WIDE route and the NARROW route proxy `proxy` calls. The NARROW one is picked by
+    /// `proxy / WIDE`, so each WIDE route's proxies spread over all the NARROW routes.
+    fn class_routes(proxy: usize) -> [usize; 2] {
+        [Class::Wide.route(proxy), Class::Narrow.route(proxy / WIDE)]
+    }
+
+    /// Proxy `proxy`: every proxy calls route 0's Service (by DNS name), one WIDE and one NARROW
+    /// route's Service (by cluster IP) and RANDOM other Services picked at random, by IP or name.
     pub fn proxy(&self, proxy: usize) -> ProxySpec {
         let pod = proxy * self.pods / self.proxies;
         let (namespace, pod_name) = self.pod_key(pod);
         let service_account = self.pod_info(pod).service_account;
-        let hot = 1 + proxy % (HOT - 1);
-        let mut destinations = vec![
-            (format!("app-0.{}.svc.{CLUSTER_DOMAIN}:80", self.namespace_of_group(0)), Some(0)),
-            (format!("{}:80", self.cluster_ip(3 * hot)), Some(hot)),
-        ];
+        let mut destinations =
+            vec![(format!("app-0.{}.svc.{CLUSTER_DOMAIN}:80", self.namespace_of_group(0)), Some(0))];
+        for route in Self::class_routes(proxy) {
+            destinations.push((format!("{}:80", self.cluster_ip(3 * route)), Some(route)));
+        }
         let mut random = SplitMix(proxy as u64 ^ 0x5eed);
-        while destinations.len() < 5 {
+        while destinations.len() < 3 + RANDOM {
             let service = (random.next() % self.services as u64) as usize;
             if matches!(self.role(service), Role::Root(r) if r < HOT) {
                 continue;
@@ -336,7 +402,7 @@ impl World {
 
     /// The proxies that subscribe to hot route `route`'s Service.
     pub fn subscribers(&self, route: usize) -> Vec<usize> {
-        (0..self.proxies).filter(|&p| route == 0 || 1 + p % (HOT - 1) == route).collect()
+        (0..self.proxies).filter(|&p| route == 0 || Self::class_routes(p).contains(&route)).collect()
     }
 
     /// The routes of the rollouts phase: the first `count` routes whose Service at least one

@@ -3,9 +3,10 @@
 //!
 //! Here: the run's phases, in order; `pki` (the CA and the proxies' certificates),
 //! `server_child` (starting and commanding the server), `sim_proxy` (one simulated proxy),
-//! `traffic` (what the proxies report), `rollouts` (the rollouts phase) and `report` (the
-//! figures as Markdown).
+//! `changes` (the route changes), `traffic` (what the proxies report), `rollouts` (the rollouts
+//! phase) and `report` (the figures as Markdown).
 
+mod changes;
 mod pki;
 mod report;
 mod rollouts;
@@ -13,25 +14,22 @@ mod server_child;
 mod sim_proxy;
 mod traffic;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::Args;
 use crate::procfs;
-use crate::world::{HOT, INITIAL_WEIGHT, ProxySpec, World};
+use crate::world::{ProxySpec, World};
 use pki::MeshCa;
-use report::{Change, Report, mib, ms};
+use report::{Report, mib};
 use server_child::ServerChild;
 use sim_proxy::{Event, proxy};
 use traffic::Traffic;
 
-const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub async fn main(world: World, args: Args) -> anyhow::Result<()> {
@@ -87,7 +85,15 @@ pub async fn main(world: World, args: Args) -> anyhow::Result<()> {
     while ready + failures.len() < world.proxies {
         let left = connect_deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, events.recv()).await {
-            Ok(Some(Event::Ready)) => ready += 1,
+            Ok(Some(Event::Ready)) => {
+                ready += 1;
+                if ready % 2000 == 0 && ready < world.proxies {
+                    eprintln!(
+                        "discovery_scale: {ready} proxies connected, {:.1} s",
+                        connect_started.elapsed().as_secs_f64()
+                    );
+                }
+            }
             Ok(Some(Event::Failed(p, error))) => failures.push(format!("proxy {p}: {error}")),
             Ok(Some(Event::Update { .. })) => {}
             Ok(None) | Err(_) => break,
@@ -110,91 +116,15 @@ pub async fn main(world: World, args: Args) -> anyhow::Result<()> {
         failures.first().map(|f| format!(", first: {f}")).unwrap_or_default()
     );
     eprintln!("discovery_scale: {ready} proxies connected and subscribed in {connect_seconds:.1} s");
+    // The last acks of the first snapshots settle before the idle rate is measured.
     tokio::time::sleep(Duration::from_secs(2)).await;
     while events.try_recv().is_ok() {}
     let connected = server.stats().await?;
 
     // Change routes, one at a time, and time each.
-    let mut weights = [INITIAL_WEIGHT; HOT];
-    let mut results: Vec<Change> = Vec::new();
-    let changes_cpu_before = procfs::cpu_seconds(&server_pid);
-    let driver_changes_before = procfs::cpu_seconds("self");
-    let (machine_before, steal_before) = procfs::machine();
-    let changes_started = Instant::now();
-    let mut next_start = Instant::now();
-    for seq in 0..args.changes {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(next_start)).await;
-        let route = seq % HOT;
-        let mut weight = 11 + (seq as u32 * 37) % 80;
-        if weight == weights[route] {
-            weight += 1;
-        }
-        weights[route] = weight;
-        let mut pending: HashSet<usize> = world.subscribers(route).into_iter().collect();
-        let proxies = pending.len();
-        let mut change = Change {
-            route,
-            weight,
-            proxies,
-            latencies: Vec::with_capacity(proxies),
-            all_received: None,
-            all_acked: None,
-            server_acked: None,
-            server_total: 0,
-        };
-        let sent = Instant::now();
-        next_start = sent + Duration::from_millis(args.spacing_ms);
-        server.commands.write_all(format!("route {seq} {route} {weight}\n").as_bytes()).await?;
-        server.commands.flush().await?;
-        let deadline = tokio::time::Instant::from_std(sent + CHANGE_TIMEOUT);
-        let acked_prefix = format!("acked {seq} ");
-        while !pending.is_empty() || change.all_acked.is_none() {
-            tokio::select! {
-                event = events.recv() => match event {
-                    Some(Event::Update { proxy, route: r, weight: w, at, .. }) => {
-                        if r == route && w == Some(weight) && pending.remove(&proxy) {
-                            change.latencies.push(at.saturating_duration_since(sent));
-                            if pending.is_empty() {
-                                change.all_received = Some(sent.elapsed());
-                            }
-                        }
-                    }
-                    Some(Event::Failed(p, error)) => anyhow::bail!("proxy {p} failed during the changes: {error}"),
-                    Some(Event::Ready) => {}
-                    None => anyhow::bail!("every proxy task ended"),
-                },
-                line = server.lines.recv() => {
-                    let line = line.context("the server exited")?;
-                    if let Some(rest) = line.strip_prefix(&acked_prefix) {
-                        change.all_acked = Some(sent.elapsed());
-                        let fields: Vec<&str> = rest.split_whitespace().collect();
-                        change.server_total = fields.first().and_then(|f| f.parse().ok()).unwrap_or(0);
-                        change.server_acked =
-                            fields.get(2).and_then(|f| f.parse().ok()).map(Duration::from_micros);
-                        if change.server_acked.is_none() {
-                            eprintln!("discovery_scale: change {seq}: the server saw no full ack: {line}");
-                        }
-                    }
-                }
-                () = tokio::time::sleep_until(deadline) => {
-                    eprintln!("discovery_scale: change {seq} timed out: {} proxies never got it", pending.len());
-                    break;
-                }
-            }
-        }
-        eprintln!(
-            "discovery_scale: change {seq} (route {route} → v1 {weight}%): {proxies} proxies, last received {}, all acked {}",
-            ms(change.all_received),
-            ms(change.all_acked)
-        );
-        results.push(change);
-    }
-    let changes_seconds = changes_started.elapsed().as_secs_f64();
-    let server_changes_cpu = procfs::cpu_seconds(&server_pid) - changes_cpu_before;
-    let driver_changes_cpu = procfs::cpu_seconds("self") - driver_changes_before;
-    let (machine_after, steal_after) = procfs::machine();
-    let changes_other = (machine_after - machine_before) - server_changes_cpu - driver_changes_cpu;
-    let changes_steal = steal_after - steal_before;
+    let changes =
+        changes::run(&world, &mut server, &mut events, args.changes, Duration::from_millis(args.spacing_ms))
+            .await?;
     let after = server.stats().await?;
 
     let rollouts = if args.rollouts > 0 {
@@ -220,12 +150,7 @@ pub async fn main(world: World, args: Args) -> anyhow::Result<()> {
         driver_connect_cpu,
         connect_other,
         connect_steal,
-        changes_seconds,
-        server_changes_cpu,
-        driver_changes_cpu,
-        changes_other,
-        changes_steal,
-        results,
+        changes,
         rollouts,
         rustc: (rustc_before, procfs::count_named("rustc")),
         load: (load_before, procfs::loadavg()),
