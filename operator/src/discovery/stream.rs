@@ -235,6 +235,43 @@ struct Destination {
     refused: Option<String>,
     /// What the answer was computed from: a change to one of these wakes the stream.
     topics: Vec<Topic>,
+    /// What `topics` follow from: the Service the name resolved to, and the answer (by pointer:
+    /// an unchanged answer is the same memoized snapshot). None before the first answer.
+    basis: Option<(Option<Key>, Option<Arc<Snapshot>>)>,
+}
+
+impl Destination {
+    /// The topics of an answer for `name` from `target` (None: the name is malformed) and
+    /// `snapshot` (None: refused), or None when they are those of the last answer, which is what
+    /// nearly every wake finds: most answers do not change.
+    fn new_topics(
+        &mut self,
+        name: &str,
+        target: Option<&Target>,
+        snapshot: Option<&Arc<Snapshot>>,
+    ) -> Option<Vec<Topic>> {
+        let service = match target {
+            Some(Target::Service { key, .. }) => Some(key),
+            _ => None,
+        };
+        if let Some((last_service, last_snapshot)) = &self.basis
+            && last_service.as_ref() == service
+            && match (last_snapshot, snapshot) {
+                (Some(last), Some(now)) => Arc::ptr_eq(last, now),
+                (None, None) => true,
+                _ => false,
+            }
+        {
+            return None;
+        }
+        self.basis = Some((service.cloned(), snapshot.cloned()));
+        // An `IP:PORT` name resolves by who holds the IP as a cluster IP: that may change.
+        let named_ip = name.parse::<SocketAddr>().ok().map(|addr| Topic::Address(addr.ip()));
+        let backends = snapshot.into_iter().flat_map(|s| s.depends_on.iter().cloned().map(Topic::Service));
+        let topics =
+            service.cloned().map(Topic::Service).into_iter().chain(named_ip).chain(backends).collect();
+        Some(std::mem::replace(&mut self.topics, topics))
+    }
 }
 
 /// Serves one proxy until its request body ends, the peer goes away or `shutdown`.
@@ -418,7 +455,10 @@ impl Session<'_> {
                 if let Some(old) = self.destinations.insert(name.clone(), Destination::default()) {
                     self.watching.replace(&self.discovery.wakers, &old.topics, &[]);
                 }
-                self.send_destination(&name).await
+                let start = self.discovery.read(Index::revision);
+                let sent = self.send_destination(&name).await;
+                self.check_missed(start);
+                sent
             }
             ProxyMessage::Subscribe(Resource::Inbound) => {
                 if self.inbound.is_none() {
@@ -479,12 +519,14 @@ impl Session<'_> {
     }
 
     async fn refresh(&mut self) -> bool {
+        let start = self.discovery.read(Index::revision);
         let names: Vec<String> = self.destinations.keys().cloned().collect();
         for name in names {
             if !self.send_destination(&name).await {
                 return false;
             }
         }
+        self.check_missed(start);
         if self.inbound.is_some() { self.send_inbound().await } else { true }
     }
 
@@ -494,76 +536,71 @@ impl Session<'_> {
     }
 
     /// Sends the destination's answer if it changed since the last one sent, and watches what
-    /// the answer is computed from.
+    /// the answer is computed from. The caller then checks for a change it may have missed
+    /// (`check_missed`), once for all the answers it computed.
     async fn send_destination(&mut self, name: &str) -> bool {
-        let (revision, resolved) = self.discovery.read(|index| {
-            let resolved = index.resolve(name).map(|target| {
+        let resolved = self.discovery.read(|index| {
+            index.resolve(name).map(|target| {
                 let visible = match &target {
                     Target::Service { key, .. } => index.visible(key, &self.peer.namespace),
                     Target::Address(addr) => index.visible_address(addr.ip(), &self.peer.namespace),
                     Target::Unknown => Ok(()),
                 };
                 (visible, target)
-            });
-            (index.revision(), resolved)
+            })
         });
-        let (sent, topics) = self.answer_destination(name, resolved).await;
-        if let Some(state) = self.destinations.get_mut(name) {
-            let old = std::mem::replace(&mut state.topics, topics);
-            self.watching.replace(&self.discovery.wakers, &old, &state.topics);
-        }
-        self.check_missed(revision);
-        sent
+        self.answer_destination(name, resolved).await
     }
 
-    /// A change between computing an answer and watching its topics woke no one: the revision
-    /// shows it, and the stream wakes itself to look again.
+    /// Watches the topics of `name`'s answer from `target` and `snapshot`, if they changed.
+    fn follow(&mut self, name: &str, target: Option<&Target>, snapshot: Option<&Arc<Snapshot>>) {
+        let Some(state) = self.destinations.get_mut(name) else { return };
+        if let Some(old) = state.new_topics(name, target, snapshot) {
+            self.watching.replace(&self.discovery.wakers, &old, &state.topics);
+        }
+    }
+
+    /// A change between computing answers (from revision `computed_at` on) and watching their
+    /// topics woke no one: the revision shows it, and the stream wakes itself to look again.
     fn check_missed(&self, computed_at: u64) {
         if self.discovery.read(Index::revision) != computed_at {
             self.wake.notify_one();
         }
     }
 
-    /// The answer for `name` (sent if it changed), and the topics it was computed from.
+    /// Sends the answer for `name` if it changed, and watches what it was computed from.
     async fn answer_destination(
         &mut self,
         name: &str,
         resolved: Result<(Result<(), String>, Target), String>,
-    ) -> (bool, Vec<Topic>) {
-        // An `IP:PORT` name resolves by who holds the IP as a cluster IP: that may change.
-        let named_ip = name.parse::<SocketAddr>().ok().map(|addr| Topic::Address(addr.ip()));
-        let target_topics = |target: &Target| {
-            let target = match target {
-                Target::Service { key, .. } => Some(Topic::Service(key.clone())),
-                Target::Address(_) | Target::Unknown => None,
-            };
-            target.into_iter().chain(named_ip.clone()).collect::<Vec<_>>()
-        };
-        let (target, topics) = match resolved {
-            Ok((Ok(()), target)) => {
-                let topics = target_topics(&target);
-                (Ok(target), topics)
+    ) -> bool {
+        let target = match resolved {
+            Ok((Ok(()), target)) => Ok(target),
+            Ok((Err(reason), target)) => {
+                self.follow(name, Some(&target), None);
+                Err(reason)
             }
-            Ok((Err(reason), target)) => (Err(reason), target_topics(&target)),
             // A malformed name stays malformed.
-            Err(reason) => (Err(reason), Vec::new()),
+            Err(reason) => {
+                self.follow(name, None, None);
+                Err(reason)
+            }
         };
-        let Some(state) = self.destinations.get_mut(name) else { return (true, topics) };
+        let Some(state) = self.destinations.get_mut(name) else { return true };
         let target = match target {
             Ok(target) => target,
             Err(reason) => {
                 if state.refused.as_ref() == Some(&reason) {
-                    return (true, topics);
+                    return true;
                 }
                 state.refused = Some(reason.clone());
                 state.sent = None;
                 state.sent_address = None;
                 self.discovery.registry.unsubscribe(self.id, name);
                 let resource = Some(Resource::Destination(name.to_owned()));
-                return (self.send(ControlMessage::Refused(Refusal { resource, reason })).await, topics);
+                return self.send(ControlMessage::Refused(Refusal { resource, reason })).await;
             }
         };
-        let mut topics = topics;
         state.refused = None;
         let (version, snapshot) = match &target {
             Target::Service { key, port } => {
@@ -589,11 +626,12 @@ impl Session<'_> {
                 (0, Arc::new(Snapshot::UNKNOWN))
             }
         };
-        topics.extend(snapshot.depends_on.iter().cloned().map(Topic::Service));
-        if state.sent == Some(version) {
-            return (true, topics);
-        }
+        let unchanged = state.sent == Some(version);
         state.sent = Some(version);
+        self.follow(name, Some(&target), Some(&snapshot));
+        if unchanged {
+            return true;
+        }
         let service = match &snapshot.service {
             Some(config) if !self.peer.features.endpoint_pod => Some(without_endpoint_pods(config)),
             service => service.clone(),
@@ -602,14 +640,12 @@ impl Session<'_> {
             self.services.insert(config.name.clone(), (key.clone(), snapshot.clone()));
         }
         self.discovery.registry.sent(self.id, name, target, version, snapshot);
-        let sent = self
-            .send(ControlMessage::Destination(DestinationUpdate {
-                destination: name.to_owned(),
-                version,
-                service,
-            }))
-            .await;
-        (sent, topics)
+        self.send(ControlMessage::Destination(DestinationUpdate {
+            destination: name.to_owned(),
+            version,
+            service,
+        }))
+        .await
     }
 
     async fn send_inbound(&mut self) -> bool {
