@@ -191,8 +191,8 @@ pub struct DiscoveryMetrics {
     pub refusals: Counter,
     /// Pods in the index.
     pub pods: Gauge,
-    /// Streams woken by index changes, each to re-check its subscriptions: a change wakes only
-    /// the streams subscribed to what it touched.
+    /// Wake-ups of streams by index changes, each to re-check its destinations or its inbound
+    /// policy: a change wakes only the streams subscribed to what it touched.
     pub stream_wakes: Counter,
     /// What a bound refused (connections, hellos, messages, subscriptions), by bound.
     pub limited: Family<LimitLabels, Counter>,
@@ -229,7 +229,7 @@ impl DiscoveryMetrics {
         sub.register("index_pods", "Pods in the discovery index", metrics.pods.clone());
         sub.register(
             "stream_wakes",
-            "Proxy streams woken by a change to what they subscribe to",
+            "Wake-ups of proxy streams (their destinations, or their inbound policy) by a change to what they subscribe to",
             metrics.stream_wakes.clone(),
         );
         sub.register(

@@ -336,11 +336,14 @@ where
         destinations: BTreeMap::new(),
         inbound: None,
         services: HashMap::new(),
-        wake: discovery.wakers.join(id),
-        watching: Watching::new(id),
+        wake: discovery.wakers.join(destinations_waker(id)),
+        watching: Watching::new(destinations_waker(id)),
+        wake_inbound: discovery.wakers.join(inbound_waker(id)),
+        watching_inbound: Watching::new(inbound_waker(id)),
     };
     let result = session.run(&mut reader, &mut incoming, &shutdown).await;
-    discovery.wakers.leave(id, session.watching.topics());
+    discovery.wakers.leave(destinations_waker(id), session.watching.topics());
+    discovery.wakers.leave(inbound_waker(id), session.watching_inbound.topics());
     discovery.registry.disconnect(id);
     discovery.metrics.proxies.dec();
     result
@@ -358,9 +361,22 @@ struct Session<'a> {
     /// The destinations sent, by configuration name: a report counts only for a destination
     /// this proxy was given, and only for that destination's backends.
     services: HashMap<String, (Key, Arc<Snapshot>)>,
-    /// Woken by changes to what this stream's answers are computed from.
+    /// Woken by changes to what this stream's destinations are computed from.
     wake: Arc<Notify>,
     watching: Watching,
+    /// Woken by changes to its pod's inbound policy: apart, so that a change to a destination
+    /// does not recompute the policy, nor a policy change every destination.
+    wake_inbound: Arc<Notify>,
+    watching_inbound: Watching,
+}
+
+/// A stream's two wakers (wakers.rs), by registry id.
+fn destinations_waker(id: u64) -> u64 {
+    id << 1
+}
+
+fn inbound_waker(id: u64) -> u64 {
+    (id << 1) | 1
 }
 
 /// What an inbound update carries.
@@ -425,6 +441,11 @@ impl Session<'_> {
                         return Ok(());
                     }
                 }
+                () = self.wake_inbound.notified() => {
+                    if self.inbound.is_some() && !self.send_inbound().await {
+                        return Ok(());
+                    }
+                }
                 () = shutdown.cancelled() => return Ok(()),
             }
         }
@@ -462,7 +483,7 @@ impl Session<'_> {
             }
             ProxyMessage::Subscribe(Resource::Inbound) => {
                 if self.inbound.is_none() {
-                    self.watching.replace(&self.discovery.wakers, &[], &self.inbound_topics());
+                    self.watching_inbound.replace(&self.discovery.wakers, &[], &self.inbound_topics());
                 }
                 self.inbound = Some(None);
                 self.send_inbound().await
@@ -476,7 +497,7 @@ impl Session<'_> {
             }
             ProxyMessage::Unsubscribe(Resource::Inbound) => {
                 if self.inbound.take().is_some() {
-                    self.watching.replace(&self.discovery.wakers, &self.inbound_topics(), &[]);
+                    self.watching_inbound.replace(&self.discovery.wakers, &self.inbound_topics(), &[]);
                 }
                 true
             }
@@ -527,7 +548,7 @@ impl Session<'_> {
             }
         }
         self.check_missed(start);
-        if self.inbound.is_some() { self.send_inbound().await } else { true }
+        true
     }
 
     /// The topics of the pod's inbound policy.
