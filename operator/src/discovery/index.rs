@@ -20,7 +20,7 @@ use crate::gateway::translate::RouteKind;
 mod changes;
 mod egress;
 mod gateway;
-pub use changes::{Changes, Topic};
+pub use changes::{Changes, Topic, TopicId};
 pub use gateway::{GatewayPart, GatewayRouteInfo};
 
 /// A MeshRoute's rules in the proxies' model, or why they cannot be.

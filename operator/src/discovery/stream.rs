@@ -2,6 +2,7 @@
 //! so it is tested without TLS and the server (server.rs) only moves bytes.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -16,7 +17,7 @@ use futures::{Stream, StreamExt};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::index::{Index, Key, Snapshot, Target, Topic};
+use super::index::{Index, Key, Snapshot, Target, TopicId};
 use super::registry::Registry;
 use super::wakers::{Wakers, Watching};
 use crate::metrics::DiscoveryMetrics;
@@ -155,11 +156,6 @@ impl Discovery {
         self.revision.subscribe()
     }
 
-    /// How many streams a change to `topic` would wake.
-    pub fn watchers(&self, topic: &Topic) -> usize {
-        self.wakers.watchers(topic)
-    }
-
     /// The current answer for a Service port, as a proxy of namespace `client` gets it, and its
     /// version: the revision that last changed it. Clients of a namespace with consumer routes
     /// for the port get an answer of their own; all others share one.
@@ -234,42 +230,38 @@ struct Destination {
     /// The refusal sent last: sent again only when its reason changes.
     refused: Option<String>,
     /// What the answer was computed from: a change to one of these wakes the stream.
-    topics: Vec<Topic>,
-    /// What `topics` follow from: the Service the name resolved to, and the answer (by pointer:
-    /// an unchanged answer is the same memoized snapshot). None before the first answer.
-    basis: Option<(Option<Key>, Option<Arc<Snapshot>>)>,
+    topics: Vec<TopicId>,
+    /// A fingerprint of what `topics` follow from (the Service the name resolved to, the
+    /// Services the answer depends on); None before the first answer.
+    basis: Option<u64>,
 }
 
 impl Destination {
     /// The topics of an answer for `name` from `target` (None: the name is malformed) and
     /// `snapshot` (None: refused), or None when they are those of the last answer, which is what
-    /// nearly every wake finds: most answers do not change.
+    /// nearly every wake finds: this allocates nothing then.
     fn new_topics(
         &mut self,
         name: &str,
         target: Option<&Target>,
         snapshot: Option<&Arc<Snapshot>>,
-    ) -> Option<Vec<Topic>> {
+    ) -> Option<Vec<TopicId>> {
         let service = match target {
-            Some(Target::Service { key, .. }) => Some(key),
+            Some(Target::Service { key, .. }) => Some(TopicId::service(key)),
             _ => None,
         };
-        if let Some((last_service, last_snapshot)) = &self.basis
-            && last_service.as_ref() == service
-            && match (last_snapshot, snapshot) {
-                (Some(last), Some(now)) => Arc::ptr_eq(last, now),
-                (None, None) => true,
-                _ => false,
-            }
-        {
+        let depends_on = snapshot.map_or(&[][..], |snapshot| &snapshot.depends_on[..]);
+        let mut hasher = std::hash::DefaultHasher::new();
+        (service, depends_on).hash(&mut hasher);
+        let basis = hasher.finish();
+        if self.basis == Some(basis) {
             return None;
         }
-        self.basis = Some((service.cloned(), snapshot.cloned()));
+        self.basis = Some(basis);
         // An `IP:PORT` name resolves by who holds the IP as a cluster IP: that may change.
-        let named_ip = name.parse::<SocketAddr>().ok().map(|addr| Topic::Address(addr.ip()));
-        let backends = snapshot.into_iter().flat_map(|s| s.depends_on.iter().cloned().map(Topic::Service));
-        let topics =
-            service.cloned().map(Topic::Service).into_iter().chain(named_ip).chain(backends).collect();
+        let named_ip = name.parse::<SocketAddr>().ok().map(|addr| TopicId::address(addr.ip()));
+        let backends = depends_on.iter().map(TopicId::service);
+        let topics = service.into_iter().chain(named_ip).chain(backends).collect();
         Some(std::mem::replace(&mut self.topics, topics))
     }
 }
@@ -552,8 +544,8 @@ impl Session<'_> {
     }
 
     /// The topics of the pod's inbound policy.
-    fn inbound_topics(&self) -> [Topic; 2] {
-        [Topic::Pod(self.pod.clone()), Topic::Policies(self.pod.0.clone())]
+    fn inbound_topics(&self) -> [TopicId; 2] {
+        [TopicId::pod(&self.pod), TopicId::policies(&self.pod.0)]
     }
 
     /// Sends the destination's answer if it changed since the last one sent, and watches what

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use super::index::{Changes, Topic};
+use super::index::{Changes, TopicId};
 
 #[derive(Default)]
 pub struct Wakers {
@@ -16,7 +16,7 @@ pub struct Wakers {
 #[derive(Default)]
 struct Inner {
     streams: HashMap<u64, Arc<Notify>>,
-    by_topic: HashMap<Topic, HashSet<u64>>,
+    by_topic: HashMap<TopicId, HashSet<u64>>,
 }
 
 impl Wakers {
@@ -33,7 +33,7 @@ impl Wakers {
     }
 
     /// Stream `id` ends; `topics` are those it still watches.
-    pub fn leave<'a>(&self, id: u64, topics: impl IntoIterator<Item = &'a Topic>) {
+    pub fn leave<'a>(&self, id: u64, topics: impl IntoIterator<Item = &'a TopicId>) {
         let mut inner = self.lock();
         inner.streams.remove(&id);
         for topic in topics {
@@ -49,8 +49,13 @@ impl Wakers {
             inner.streams.values().for_each(|notify| notify.notify_one());
             return inner.streams.len();
         }
-        let woken: HashSet<u64> =
-            changes.topics.iter().filter_map(|topic| inner.by_topic.get(topic)).flatten().copied().collect();
+        let woken: HashSet<u64> = changes
+            .topics
+            .iter()
+            .filter_map(|topic| inner.by_topic.get(&topic.id()))
+            .flatten()
+            .copied()
+            .collect();
         for id in &woken {
             if let Some(notify) = inner.streams.get(id) {
                 notify.notify_one();
@@ -60,13 +65,13 @@ impl Wakers {
     }
 
     /// How many streams watch `topic`.
-    pub fn watchers(&self, topic: &Topic) -> usize {
-        self.lock().by_topic.get(topic).map_or(0, HashSet::len)
+    pub fn watchers(&self, topic: TopicId) -> usize {
+        self.lock().by_topic.get(&topic).map_or(0, HashSet::len)
     }
 }
 
 impl Inner {
-    fn unwatch(&mut self, id: u64, topic: &Topic) {
+    fn unwatch(&mut self, id: u64, topic: &TopicId) {
         if let Some(ids) = self.by_topic.get_mut(topic) {
             ids.remove(&id);
             if ids.is_empty() {
@@ -80,7 +85,7 @@ impl Inner {
 /// names of a Service, a backend of two routes).
 pub struct Watching {
     id: u64,
-    counts: HashMap<Topic, usize>,
+    counts: HashMap<TopicId, usize>,
 }
 
 impl Watching {
@@ -89,16 +94,16 @@ impl Watching {
     }
 
     /// One subscription's topics go from `old` to `new`.
-    pub fn replace(&mut self, wakers: &Wakers, old: &[Topic], new: &[Topic]) {
+    pub fn replace(&mut self, wakers: &Wakers, old: &[TopicId], new: &[TopicId]) {
         if old == new {
             return;
         }
         let mut inner = wakers.lock();
         for topic in new {
-            let count = self.counts.entry(topic.clone()).or_default();
+            let count = self.counts.entry(*topic).or_default();
             *count += 1;
             if *count == 1 {
-                inner.by_topic.entry(topic.clone()).or_default().insert(self.id);
+                inner.by_topic.entry(*topic).or_default().insert(self.id);
             }
         }
         for topic in old {
@@ -112,7 +117,7 @@ impl Watching {
         }
     }
 
-    pub fn topics(&self) -> impl Iterator<Item = &Topic> {
+    pub fn topics(&self) -> impl Iterator<Item = &TopicId> {
         self.counts.keys()
     }
 }
@@ -120,13 +125,18 @@ impl Watching {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::index::Topic;
 
-    fn service(name: &str) -> Topic {
+    fn topic(name: &str) -> Topic {
         Topic::Service(("shop".to_owned(), name.to_owned()))
     }
 
-    fn changes(topics: &[Topic]) -> Changes {
-        Changes { everything: false, topics: topics.iter().cloned().collect() }
+    fn service(name: &str) -> TopicId {
+        topic(name).id()
+    }
+
+    fn changes(names: &[&str]) -> Changes {
+        Changes { everything: false, topics: names.iter().map(|name| topic(name)).collect() }
     }
 
     #[test]
@@ -137,9 +147,9 @@ mod tests {
         let mut b = Watching::new(2);
         a.replace(&wakers, &[], &[service("reviews"), service("ratings")]);
         b.replace(&wakers, &[], &[service("ratings")]);
-        assert_eq!(wakers.wake(&changes(&[service("reviews")])), 1);
-        assert_eq!(wakers.wake(&changes(&[service("reviews"), service("ratings")])), 2, "a wakes once");
-        assert_eq!(wakers.wake(&changes(&[service("cart")])), 0);
+        assert_eq!(wakers.wake(&changes(&["reviews"])), 1);
+        assert_eq!(wakers.wake(&changes(&["reviews", "ratings"])), 2, "a wakes once");
+        assert_eq!(wakers.wake(&changes(&["cart"])), 0);
         assert_eq!(wakers.wake(&Changes { everything: true, ..Changes::default() }), 3);
     }
 
@@ -151,13 +161,13 @@ mod tests {
         watching.replace(&wakers, &[], &[service("reviews")]);
         watching.replace(&wakers, &[], &[service("reviews"), service("reviews-v1")]);
         watching.replace(&wakers, &[service("reviews")], &[]);
-        assert_eq!(wakers.watchers(&service("reviews")), 1, "the second subscription still watches it");
+        assert_eq!(wakers.watchers(service("reviews")), 1, "the second subscription still watches it");
         watching.replace(&wakers, &[service("reviews"), service("reviews-v1")], &[service("ratings")]);
-        assert_eq!(wakers.watchers(&service("reviews")), 0);
-        assert_eq!(wakers.watchers(&service("reviews-v1")), 0);
+        assert_eq!(wakers.watchers(service("reviews")), 0);
+        assert_eq!(wakers.watchers(service("reviews-v1")), 0);
         wakers.leave(1, watching.topics());
-        assert_eq!(wakers.watchers(&service("ratings")), 0, "nothing is left of a stream that ended");
-        assert_eq!(wakers.wake(&changes(&[service("ratings")])), 0);
+        assert_eq!(wakers.watchers(service("ratings")), 0, "nothing is left of a stream that ended");
+        assert_eq!(wakers.wake(&changes(&["ratings"])), 0);
     }
 
     #[tokio::test]
@@ -166,7 +176,7 @@ mod tests {
         let notify = wakers.join(1);
         let mut watching = Watching::new(1);
         watching.replace(&wakers, &[], &[service("reviews")]);
-        wakers.wake(&changes(&[service("reviews")]));
+        wakers.wake(&changes(&["reviews"]));
         tokio::time::timeout(std::time::Duration::from_secs(1), notify.notified())
             .await
             .expect("the wake-up sent before the stream waited is not lost");
