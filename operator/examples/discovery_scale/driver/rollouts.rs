@@ -115,6 +115,7 @@ pub async fn run(
         })
     };
     loop {
+        let grace = done.map_or(deadline, |done| tokio::time::Instant::from_std(done + GRACE));
         tokio::select! {
             event = events.recv() => match event {
                 Some(Event::Update { proxy, subscription, route, weight: Some(weight), at }) => {
@@ -154,13 +155,16 @@ pub async fn run(
                     _ => {}
                 }
             }
-            () = tokio::time::sleep_until(deadline) => {
-                eprintln!("discovery_scale: the rollouts phase timed out ({} of {started} ended)", ended.len());
-                break;
+            // Once every rollout ended, the grace period runs out on its own: no update may come.
+            () = tokio::time::sleep_until(grace.min(deadline)) => {
+                if grace >= deadline {
+                    eprintln!("discovery_scale: the rollouts phase timed out ({} of {started} ended)", ended.len());
+                    break;
+                }
             }
         }
         if let Some(done) = done
-            && (done.elapsed() > GRACE || complete(&arrivals, &applied))
+            && (done.elapsed() >= GRACE || complete(&arrivals, &applied))
         {
             break;
         }
