@@ -203,8 +203,8 @@ pub struct Index {
     /// The Mesh's tracing settings, sent with each pod's inbound policy.
     tracing: Option<braid_api::config::TracingConfig>,
     revision: u64,
-    /// What changed since the server last looked (changes.rs).
-    changes: Changes,
+    /// What changed since the server last looked (changes.rs), once it asked for it.
+    changes: Option<Changes>,
     /// HTTPRoutes, GRPCRoutes and ReferenceGrants (index/gateway.rs).
     gateway: gateway::GatewayState,
     /// The Mesh's egress settings and the MeshExternalServices (index/egress.rs).
@@ -231,7 +231,7 @@ impl Index {
             default_policy: DefaultInboundPolicy::default(),
             tracing: None,
             revision: 1,
-            changes: Changes::default(),
+            changes: None,
             gateway: gateway::GatewayState::default(),
             egress: egress::EgressState::new(""),
         }

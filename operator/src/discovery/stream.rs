@@ -97,7 +97,7 @@ impl Discovery {
         let revision = watch::channel(index.revision()).0;
         metrics.pods.set(i64::try_from(index.pod_count()).unwrap_or(i64::MAX));
         // No stream has seen anything yet: what was built before is no change to any.
-        index.take_changes();
+        index.record_changes();
         Arc::new(Self {
             index: RwLock::new(index),
             revision,

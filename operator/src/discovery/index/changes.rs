@@ -85,9 +85,21 @@ impl Changes {
 }
 
 impl Index {
+    /// From now on, the index records what each change touches, for `take_changes`. Off until
+    /// then: an index built before anyone serves from it has no one to tell.
+    pub fn record_changes(&mut self) {
+        self.changes.get_or_insert_with(Changes::default);
+    }
+
     /// The topics changed since the last call, and forgets them.
     pub fn take_changes(&mut self) -> Changes {
-        std::mem::take(&mut self.changes)
+        self.changes.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Where to add the topics a change touches: nowhere while changes are not recorded, or
+    /// once everything changed.
+    fn recording(&mut self) -> Option<&mut HashSet<Topic>> {
+        self.changes.as_mut().filter(|changes| !changes.everything).map(|changes| &mut changes.topics)
     }
 
     /// A change that only the status writers see (a policy's generation).
@@ -97,22 +109,24 @@ impl Index {
 
     pub(super) fn touch_everything(&mut self) {
         self.revision += 1;
-        self.changes.everything = true;
-        self.changes.topics.clear();
+        if let Some(changes) = &mut self.changes {
+            changes.everything = true;
+            changes.topics.clear();
+        }
     }
 
     pub(super) fn touch(&mut self, topic: Topic) {
         self.revision += 1;
-        if !self.changes.everything {
-            self.changes.topics.insert(topic);
+        if let Some(topics) = self.recording() {
+            topics.insert(topic);
         }
     }
 
     /// Service `key` changed (itself, a slice, a route of it, a pod behind it): its answers, and
     /// the answers for its endpoints' IPs, which carry its protocol, routes and export-to.
     pub(super) fn touch_service(&mut self, key: &Key) {
-        self.touch(Topic::Service(key.clone()));
-        if self.changes.everything {
+        self.revision += 1;
+        if self.recording().is_none() {
             return;
         }
         let addresses: Vec<IpAddr> = self
@@ -123,14 +137,17 @@ impl Index {
             .filter_map(|name| self.slices.get(&(key.0.clone(), name.clone())))
             .flat_map(|slice| slice.endpoints.iter().flat_map(|e| e.addresses.iter().copied()))
             .collect();
-        self.changes.topics.extend(addresses.into_iter().map(Topic::Address));
+        if let Some(topics) = self.recording() {
+            topics.insert(Topic::Service(key.clone()));
+            topics.extend(addresses.into_iter().map(Topic::Address));
+        }
     }
 
     /// Pod `key`, holding `ips`, changed: its inbound policy, the answers for its IPs, and the
     /// Services whose slices list it (its identity, labels and meshed ports are in their answers).
     pub(super) fn touch_pod(&mut self, key: &Key, ips: &[IpAddr]) {
-        self.touch(Topic::Pod(key.clone()));
-        if self.changes.everything {
+        self.revision += 1;
+        if self.recording().is_none() {
             return;
         }
         let slices = ips
@@ -141,15 +158,18 @@ impl Index {
         let services: HashSet<Key> = slices
             .filter_map(|slice| Some((slice.0.clone(), self.slices.get(slice)?.service.clone())))
             .collect();
-        self.changes.topics.extend(ips.iter().copied().map(Topic::Address));
-        self.changes.topics.extend(services.into_iter().map(Topic::Service));
+        if let Some(topics) = self.recording() {
+            topics.insert(Topic::Pod(key.clone()));
+            topics.extend(ips.iter().copied().map(Topic::Address));
+            topics.extend(services.into_iter().map(Topic::Service));
+        }
     }
 
     /// The answers for these IPs changed (a slice listing them came or went, a Service took or
     /// left them as cluster IPs).
     pub(super) fn touch_addresses(&mut self, ips: impl IntoIterator<Item = IpAddr>) {
-        if !self.changes.everything {
-            self.changes.topics.extend(ips.into_iter().map(Topic::Address));
+        if let Some(topics) = self.recording() {
+            topics.extend(ips.into_iter().map(Topic::Address));
         }
     }
 }
