@@ -16,7 +16,7 @@ use crate::Error;
 use crate::load::Load;
 use crate::stats::Stat;
 
-pub use floor::{floor_markdown, floor_of};
+pub use floor::{floor_markdown, floors_of};
 pub use handshakes::{handshake_rate, handshakes_markdown};
 pub use markdown::{markdown, ratio_rows};
 
