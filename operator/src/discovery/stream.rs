@@ -2,7 +2,6 @@
 //! so it is tested without TLS and the server (server.rs) only moves bytes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -231,9 +230,6 @@ struct Destination {
     refused: Option<String>,
     /// What the answer was computed from: a change to one of these wakes the stream.
     topics: Vec<TopicId>,
-    /// A fingerprint of what `topics` follow from (the Service the name resolved to, the
-    /// Services the answer depends on); None before the first answer.
-    basis: Option<u64>,
 }
 
 impl Destination {
@@ -250,19 +246,14 @@ impl Destination {
             Some(Target::Service { key, .. }) => Some(TopicId::service(key)),
             _ => None,
         };
-        let depends_on = snapshot.map_or(&[][..], |snapshot| &snapshot.depends_on[..]);
-        let mut hasher = std::hash::DefaultHasher::new();
-        (service, depends_on).hash(&mut hasher);
-        let basis = hasher.finish();
-        if self.basis == Some(basis) {
-            return None;
-        }
-        self.basis = Some(basis);
         // An `IP:PORT` name resolves by who holds the IP as a cluster IP: that may change.
         let named_ip = name.parse::<SocketAddr>().ok().map(|addr| TopicId::address(addr.ip()));
-        let backends = depends_on.iter().map(TopicId::service);
-        let topics = service.into_iter().chain(named_ip).chain(backends).collect();
-        Some(std::mem::replace(&mut self.topics, topics))
+        let depends_on = snapshot.map_or(&[][..], |snapshot| &snapshot.depends_on[..]);
+        let topics = || service.into_iter().chain(named_ip).chain(depends_on.iter().map(TopicId::service));
+        if self.topics.iter().copied().eq(topics()) {
+            return None;
+        }
+        Some(std::mem::replace(&mut self.topics, topics().collect()))
     }
 }
 
