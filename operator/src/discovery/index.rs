@@ -328,9 +328,8 @@ impl Index {
                 claims.push(key.clone());
             }
         }
-        let ips = pod.ips.clone();
-        self.pods.insert(key.clone(), pod);
-        self.touch_pod(&key, &ips);
+        self.touch_pod(&key, &pod.ips);
+        self.pods.insert(key, pod);
     }
 
     pub fn remove_pod(&mut self, key: &Key) {
@@ -413,31 +412,15 @@ impl Index {
     pub fn remove_slice(&mut self, key: &Key) {
         if let Some(old) = self.slices.remove(key) {
             for ip in old.endpoints.iter().flat_map(|e| &e.addresses) {
-                if let Some(slices) = self.slices_by_ip.get_mut(ip) {
-                    slices.remove(key);
-                    if slices.is_empty() {
-                        self.slices_by_ip.remove(ip);
-                    }
-                }
+                remove_from(&mut self.slices_by_ip, ip, key);
             }
             for pod in old.endpoints.iter().filter_map(|e| e.pod.as_ref()) {
-                let pod = (key.0.clone(), pod.clone());
-                if let Some(slices) = self.slices_by_pod.get_mut(&pod) {
-                    slices.remove(key);
-                    if slices.is_empty() {
-                        self.slices_by_pod.remove(&pod);
-                    }
-                }
+                remove_from(&mut self.slices_by_pod, &(key.0.clone(), pod.clone()), key);
             }
             // The IPs it listed, which the Service's other slices may no longer list.
             self.touch_addresses(old.endpoints.iter().flat_map(|e| e.addresses.iter().copied()));
             let service = (key.0.clone(), old.service);
-            if let Some(names) = self.slices_of.get_mut(&service) {
-                names.remove(&key.1);
-                if names.is_empty() {
-                    self.slices_of.remove(&service);
-                }
-            }
+            remove_from(&mut self.slices_of, &service, &key.1);
             self.touch_service(&service);
         }
     }
@@ -456,12 +439,7 @@ impl Index {
     pub fn remove_route(&mut self, key: &Key) {
         if let Some(old) = self.routes.remove(key) {
             let service = (key.0.clone(), old.spec.service);
-            if let Some(names) = self.routes_of.get_mut(&service) {
-                names.remove(&key.1);
-                if names.is_empty() {
-                    self.routes_of.remove(&service);
-                }
-            }
+            remove_from(&mut self.routes_of, &service, &key.1);
             self.touch_service(&service);
         }
     }
@@ -938,6 +916,20 @@ impl Index {
         endpoints.sort_by_key(|e| e.address);
         endpoints.dedup_by_key(|e| e.address);
         endpoints
+    }
+}
+
+/// Takes `item` out of `key`'s set in `map`, and the set once it is empty.
+fn remove_from<K, V>(map: &mut HashMap<K, BTreeSet<V>>, key: &K, item: &V)
+where
+    K: std::hash::Hash + Eq,
+    V: Ord,
+{
+    if let Some(set) = map.get_mut(key) {
+        set.remove(item);
+        if set.is_empty() {
+            map.remove(key);
+        }
     }
 }
 

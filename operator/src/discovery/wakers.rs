@@ -65,6 +65,7 @@ impl Wakers {
     }
 
     /// How many streams watch `topic`.
+    #[cfg(test)]
     pub fn watchers(&self, topic: TopicId) -> usize {
         self.lock().by_topic.get(&topic).map_or(0, HashSet::len)
     }
