@@ -183,11 +183,11 @@ bench: tools ## Benchmarks: webhook admission, the sidecar pair beside HAProxy/n
 	@bash bench/discovery.sh
 
 .PHONY: pgo
-pgo: ## Rewrite proxy/pgo/braid-proxy.profdata.gz (the counts the proxy is built with) from an instrumented build carrying the benchmark pairs' load
+pgo: ## Rewrite proxy/pgo/braid-proxy.profdata.gz (the counts the proxy is built with) from an instrumented build carrying a training mix the benchmark does not measure
 	$(BENCH) pgo
 
 .PHONY: link-order
-link-order: ## Rewrite proxy/link-order.txt (the proxy's code layout: what it runs first) from a callgrind run of the benchmark pairs
+link-order: ## Rewrite proxy/link-order.txt (the proxy's code layout: what it runs first) from a callgrind run of the training mix
 	$(BENCH) link-order
 
 FUZZ_SECONDS ?= 60

@@ -7,12 +7,14 @@ pub mod instructions;
 pub mod link_order;
 pub mod load;
 pub mod perf;
+pub mod pods;
 pub mod relay;
 pub mod report;
 pub mod settings;
 pub mod stats;
 pub mod system;
 pub mod template;
+pub mod training;
 pub mod webhook;
 
 /// What went wrong reading an outside input (a load generator's output, a callgrind record, a

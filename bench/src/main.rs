@@ -33,11 +33,11 @@ enum Mode {
     /// Instructions per request of the braid, braid-mtls, haproxy and haproxy-mtls proxies, under
     /// callgrind (bench/results/proxy-instructions-<timestamp>.md and .json)
     Instructions(KnobArgs),
-    /// Rewrites proxy/pgo/braid-proxy.profdata.gz from an instrumented build carrying the braid
-    /// and braid-mtls pairs' load
+    /// Rewrites proxy/pgo/braid-proxy.profdata.gz from an instrumented build carrying the training
+    /// mix (traffic the benchmark does not measure) through the braid and braid-mtls pairs
     Pgo(KnobArgs),
-    /// Rewrites proxy/link-order.txt, the functions the braid and braid-mtls pairs run, recorded
-    /// with callgrind
+    /// Rewrites proxy/link-order.txt, the functions the braid and braid-mtls pairs run under the
+    /// training mix, recorded with callgrind
     LinkOrder(KnobArgs),
     /// perf profile of one pair at PROFILE_RATE req/s (bench/results/proxy-profile-PEER-*.txt)
     Profile {
@@ -89,7 +89,8 @@ struct KnobArgs {
     /// Paced rates, req/s, space-separated
     #[arg(long, env = "RATES", default_value = "1000 4000")]
     rates: String,
-    /// Peers (pairs): braid haproxy nginx envoy, each also as PEER-mtls, or floor, splice
+    /// Peers (pairs): braid braid-nopgo haproxy nginx envoy, each also as PEER-mtls, or floor,
+    /// splice; any of them as PEER-redirect on the pods' iptables redirect path
     #[arg(
         long,
         env = "PEERS",
@@ -175,6 +176,18 @@ impl Knobs {
         if baseline && !with_baseline {
             bail!("--braid-baseline (BRAID_BASELINE) is for pairs, instructions and costs, not this mode");
         }
+        let peers = Peer::list(&peers, with_baseline)?;
+        for peer in peers.iter().filter(|p| p.redirect) {
+            if mode != ModeKind::Pairs {
+                bail!("{peer}: the redirect path is measured by `pairs` only, not this mode");
+            }
+            if let Some(why) = peers::redirect::refused(*peer) {
+                bail!(
+                    "{peer} is not offered on the redirect path ({why}); the redirect peers: braid, braid-mtls, \
+                     haproxy, haproxy-mtls and floor, each as PEER-redirect"
+                );
+            }
+        }
         if args.runs == 0 || args.instruction_requests == 0 || args.profile_rate == 0 {
             bail!("RUNS, INSTRUCTION_REQUESTS and PROFILE_RATE must be at least 1");
         }
@@ -182,7 +195,7 @@ impl Knobs {
             runs: args.runs,
             duration: settings::duration(&args.duration, "DURATION")?,
             rates: settings::rates(&args.rates)?,
-            peers: Peer::list(&peers, with_baseline)?,
+            peers,
             warmup: settings::duration(&args.warmup, "WARMUP")?,
             wrk_duration: settings::duration(&args.wrk_duration, "WRK_DURATION")?,
             profile_rate: args.profile_rate,
@@ -257,6 +270,9 @@ fn main() -> Result<()> {
         }
     };
     let knobs = Knobs::new(args, mode, profile_peer)?;
+    if knobs.peers.iter().any(|p| p.redirect) {
+        run::redirect_requirements()?;
+    }
     let root = repository()?;
     let tools = tools::install(&root, mode, &knobs)?;
     // The driver and its samplers stay off the proxies' CPU.

@@ -41,6 +41,9 @@ pub enum Kind {
     Braid,
     /// braid-proxy of another build (--braid-baseline), measured beside this one.
     BraidBaseline,
+    /// This braid-proxy built without its recorded profile (no profile-guided optimisation), to
+    /// show what the profile is worth on workloads it was not trained on.
+    BraidNoPgo,
     /// braid-proxy with span export on, every request sampled, to a sink that answers at once.
     BraidTraced,
     Haproxy,
@@ -49,7 +52,7 @@ pub enum Kind {
     /// HAProxy in TCP mode: two hops that parse nothing.
     Floor,
     /// Two splice(2) relays with a blocking thread per direction (`braid-bench relay`): the
-    /// cheapest two hops that can be written here.
+    /// lowest CPU per request of any two hops here.
     Splice,
 }
 
@@ -58,6 +61,7 @@ impl Kind {
         match self {
             Kind::Braid => "braid",
             Kind::BraidBaseline => "braid-baseline",
+            Kind::BraidNoPgo => "braid-nopgo",
             Kind::BraidTraced => "braid-traced",
             Kind::Haproxy => "haproxy",
             Kind::Nginx => "nginx",
@@ -68,15 +72,19 @@ impl Kind {
     }
 
     pub fn is_braid(self) -> bool {
-        matches!(self, Kind::Braid | Kind::BraidBaseline | Kind::BraidTraced)
+        matches!(self, Kind::Braid | Kind::BraidBaseline | Kind::BraidNoPgo | Kind::BraidTraced)
     }
 }
 
-/// A peer of the benchmark: a kind of proxy, with plaintext or mutual TLS between A and B.
+/// A peer of the benchmark: a kind of proxy, with plaintext or mutual TLS between A and B, and
+/// reached on a listener of its own or, as a sidecar is, through the pods' iptables redirect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Peer {
     pub kind: Kind,
     pub mtls: bool,
+    /// Each proxy in a network namespace of its own with `braid-proxy init`'s rules: the client
+    /// connects to the server's Service address and is redirected, as in a pod.
+    pub redirect: bool,
 }
 
 impl fmt::Display for Peer {
@@ -85,21 +93,30 @@ impl fmt::Display for Peer {
         if self.mtls {
             f.write_str("-mtls")?;
         }
+        if self.redirect {
+            f.write_str("-redirect")?;
+        }
         Ok(())
     }
 }
 
-const PEER_HELP: &str = "braid braid-traced haproxy nginx envoy, each also as PEER-mtls, or floor, splice";
+const PEER_HELP: &str = "braid braid-nopgo braid-traced haproxy nginx envoy, each also as PEER-mtls, or floor, \
+                         splice; any of them also as PEER-redirect";
 
 impl Peer {
     pub fn parse(text: &str) -> Result<Peer, Error> {
-        let (name, mtls) = match text.strip_suffix("-mtls") {
+        let (name, redirect) = match text.strip_suffix("-redirect") {
             Some(name) => (name, true),
             None => (text, false),
+        };
+        let (name, mtls) = match name.strip_suffix("-mtls") {
+            Some(name) => (name, true),
+            None => (name, false),
         };
         let kind = match name {
             "braid" => Kind::Braid,
             "braid-baseline" => Kind::BraidBaseline,
+            "braid-nopgo" => Kind::BraidNoPgo,
             "braid-traced" => Kind::BraidTraced,
             "haproxy" => Kind::Haproxy,
             "nginx" => Kind::Nginx,
@@ -108,7 +125,7 @@ impl Peer {
             "splice" if !mtls => Kind::Splice,
             _ => return Err(Error::parse("PEERS", format!("unknown peer {text:?} ({PEER_HELP})"))),
         };
-        Ok(Peer { kind, mtls })
+        Ok(Peer { kind, mtls, redirect })
     }
 
     /// A space-separated list; with a baseline, braid-baseline follows braid and
@@ -125,7 +142,7 @@ impl Peer {
             }
             peers.push(peer);
             if baseline && peer.kind == Kind::Braid {
-                let twin = Peer { kind: Kind::BraidBaseline, mtls: peer.mtls };
+                let twin = Peer { kind: Kind::BraidBaseline, ..peer };
                 if !peers.contains(&twin) {
                     peers.push(twin);
                 }
@@ -182,5 +199,22 @@ mod tests {
                 .contains("--braid-baseline")
         );
         assert!(Peer::list("  ", false).is_err());
+    }
+
+    #[test]
+    fn redirect_and_no_profile_peers_name_themselves_back() {
+        for name in
+            ["braid-nopgo", "braid-nopgo-mtls", "braid-mtls-redirect", "haproxy-redirect", "floor-redirect"]
+        {
+            assert_eq!(Peer::parse(name).expect(name).to_string(), name);
+        }
+        let peer = Peer::parse("braid-mtls-redirect").expect("ok");
+        assert_eq!((peer.kind, peer.mtls, peer.redirect), (Kind::Braid, true, true));
+        // The redirect is the last word: "braid-redirect-mtls" names no peer.
+        assert!(Peer::parse("braid-redirect-mtls").is_err());
+        assert!(Peer::parse("floor-mtls-redirect").is_err());
+        let names: Vec<String> =
+            Peer::list("braid-redirect", true).expect("ok").iter().map(ToString::to_string).collect();
+        assert_eq!(names, ["braid-redirect", "braid-baseline-redirect"]);
     }
 }

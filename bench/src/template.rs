@@ -65,6 +65,10 @@ mod tests {
                 "CLIENT_CRT",
                 "CLIENT_KEY",
                 "CLIENT_PEM",
+                // The redirect path's (*.redirect.*): full addresses, bench/src/peers/redirect.rs.
+                "LISTEN",
+                "SERVICE",
+                "IDENTITY",
             ]
             .into_iter()
             .map(|k| (k, "x".to_string()))

@@ -20,6 +20,8 @@ pub struct Tools {
     pub braid: PathBuf,
     /// The braid-proxy measured as `braid-baseline`, and what it is (commit or path).
     pub baseline: Option<(PathBuf, String)>,
+    /// The braid-proxy measured as `braid-nopgo`: these sources built without the profile.
+    pub nopgo: Option<PathBuf>,
     pub identity_stub: PathBuf,
     /// Receives the braid-traced pairs' spans (proxy/examples/otlp_sink).
     pub otlp_sink: PathBuf,
@@ -100,6 +102,19 @@ fn pgo_flags(root: &Path, target: &Path) -> Result<String> {
 /// Builds braid-proxy with the Cargo profile `proxy` (fat LTO, profile-guided) in `root`.
 fn build_proxy(root: &Path, target: &Path) -> Result<PathBuf> {
     let flags = pgo_flags(root, target)?;
+    build_proxy_with(root, target, &flags)
+}
+
+/// braid-proxy of `root` with the Cargo profile `proxy` but not its recorded profile, in a target
+/// directory of its own (target/nopgo) so that it does not replace the optimised build. The code
+/// layout (proxy/link-order.txt) is the same as the optimised build's.
+fn build_proxy_without_profile(root: &Path) -> Result<PathBuf> {
+    info!("building braid-proxy without its profile (Cargo profile proxy, target/nopgo)");
+    let flags = std::env::var("RUSTFLAGS").unwrap_or_default();
+    build_proxy_with(root, &root.join("target/nopgo"), &flags)
+}
+
+fn build_proxy_with(root: &Path, target: &Path, flags: &str) -> Result<PathBuf> {
     run(Command::new("cargo")
         .args(["build", "--profile", "proxy", "-p", "braid-proxy", "--locked", "-q"])
         .env("RUSTFLAGS", flags)
@@ -233,6 +248,9 @@ pub fn install(root: &Path, mode: ModeKind, knobs: &Knobs) -> Result<Tools> {
         if let Some(spec) = &knobs.braid_baseline {
             tools.baseline = Some(baseline(root, spec)?);
         }
+        if peers.iter().any(|p| p.kind == Kind::BraidNoPgo) {
+            tools.nopgo = Some(build_proxy_without_profile(root)?);
+        }
         tools.identity_stub = root.join("target/release/examples/identity_stub");
         tools.otlp_sink = root.join("target/release/examples/otlp_sink");
         if peers.iter().any(|p| p.kind == Kind::BraidTraced) {
@@ -343,6 +361,7 @@ pub fn versions(root: &Path, knobs: &Knobs, tools: &Tools) -> String {
             Kind::BraidTraced => {
                 v += "; braid-traced: spans of every request to the OTLP sink (proxy/examples/otlp_sink)"
             }
+            Kind::BraidNoPgo => v += "; braid-nopgo: the same sources without the profile (target/nopgo)",
             Kind::BraidBaseline => {
                 if let Some((_, label)) = &tools.baseline {
                     v += &format!("; braid-proxy baseline {label}");

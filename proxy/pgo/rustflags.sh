@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prints the RUSTFLAGS that build braid-proxy (Cargo profile `proxy`) with profile-guided
 # optimisation: proxy/pgo/braid-proxy.profdata.gz holds the branch and call counts that
-# `make pgo` recorded while the benchmark's proxy pairs carried traffic, and LLVM lays out
+# `make pgo` recorded while proxy pairs carried a training mix (bench/src/training.rs: other
+# bodies, protocols and connection patterns than the benchmark measures), and LLVM lays out
 # branches, inlines and separates hot from cold code by them. Used by braid-bench (bench/) and
 # images/build.sh; a plain `cargo build --profile proxy` is the same proxy without them, slower.
 #

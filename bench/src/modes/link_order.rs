@@ -1,6 +1,6 @@
 //! `make link-order`: the functions braid-proxy runs, in the order the linker should lay them
 //! out (proxy/build.rs): those of start-up and the first request through each pair, then those
-//! that only load adds. Both pairs run under callgrind (exact: every function that ran, however
+//! that only load adds: the training mix (braid_bench::training), as for `make pgo`. Both pairs run under callgrind (exact: every function that ran, however
 //! briefly); each proxy's record is dumped once after its pair is up and once more when SIGTERM
 //! has drained and stopped it.
 
@@ -25,12 +25,9 @@ pub fn run(b: &mut Bench) -> Result<()> {
             .with_context(|| format!("callgrind_control could not dump {pid}"))?;
     }
     for &peer in &peers {
+        b.carry_training_mix(peer, "5s")?;
         let pair = b.pair(peer)?;
-        let url = format!("http://127.0.0.1:{}/1k", pair.entry);
         let admins: Vec<u16> = [pair.a.admin, pair.b.admin].into_iter().flatten().collect();
-        let mut wrk = b.wrk(&url, "5s");
-        let out = b.work.join(format!("{peer}.wrk.txt"));
-        b.load_command(&mut wrk, Some(&out))?;
         for admin in admins {
             for path in ["metrics", "live"] {
                 run_ok("curl", &["-fs", "-o", "/dev/null", &format!("http://127.0.0.1:{admin}/{path}")])?;

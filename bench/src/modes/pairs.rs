@@ -19,15 +19,24 @@ use crate::tools;
 
 pub fn run(b: &mut Bench) -> Result<()> {
     let peers = b.knobs.peers.clone();
+    // The redirect path: its baseline's pods first (index 0), then one pair of pods per peer.
+    let mut pods = 0;
+    if peers.iter().any(|p| p.redirect) {
+        b.start_direct_redirect()?;
+    }
     for &peer in &peers {
-        b.start_pair(peer)?;
+        if peer.redirect {
+            pods += 1;
+            b.start_redirect_pair(peer, pods)?;
+        } else {
+            b.start_pair(peer)?;
+        }
     }
     let mut idle = BTreeMap::new();
     for &peer in &peers {
         idle.insert(peer.to_string(), b.pair(peer)?.idle);
     }
-    let scenarios: Vec<String> =
-        ["direct".to_string()].into_iter().chain(peers.iter().map(Peer::to_string)).collect();
+    let scenarios = report::scenarios_of(&peers.iter().map(Peer::to_string).collect::<Vec<_>>());
     let points: Vec<String> = b.knobs.rates.iter().map(u32::to_string).chain(["max".to_string()]).collect();
     info!(
         "{} scenarios × {} points × {} runs, interleaved: {}",
@@ -73,7 +82,7 @@ pub fn run(b: &mut Bench) -> Result<()> {
     report.resummarize();
     fs::write(with(&prefix, ".json"), serde_json::to_string_pretty(&report)?)?;
     let mut md = report::markdown(&report)?;
-    if peers.contains(&Peer { kind: Kind::Braid, mtls: true }) {
+    if peers.contains(&Peer { kind: Kind::Braid, mtls: true, redirect: false }) {
         md += &handshakes(b)?;
     }
     fs::write(with(&prefix, ".md"), &md)?;

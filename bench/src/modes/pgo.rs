@@ -1,6 +1,6 @@
 //! `make pgo`: the instrumented braid-proxy (tools::install built it) in the braid and braid-mtls
-//! pairs, each carrying the benchmark's load: RATES paced for DURATION each, then the closed loop
-//! for WRK_DURATION. On SIGTERM each proxy drains, exits and writes its counts
+//! pairs, each carrying the training mix (braid_bench::training: traffic the benchmark does not
+//! measure), DURATION per phase. On SIGTERM each proxy drains, exits and writes its counts
 //! (LLVM_PROFILE_FILE); they are merged into proxy/pgo/braid-proxy.profdata.gz with the LLVM major
 //! version that can read them (proxy/pgo/llvm-version).
 
@@ -26,17 +26,7 @@ pub fn run(b: &mut Bench) -> Result<()> {
     }
     b.llvm_profile_file = None;
     for &peer in &peers {
-        let url = format!("http://127.0.0.1:{}/1k", b.pair(peer)?.entry);
-        for rate in b.knobs.rates.clone() {
-            info!("  {peer}: {rate} req/s for {}", b.knobs.duration);
-            let mut paced = b.oha_paced(&url, rate, &b.knobs.duration.clone());
-            b.load_command(&mut paced, None)?;
-        }
-        info!("  {peer}: closed loop for {}", b.knobs.wrk_duration);
-        let mut wrk = b.wrk(&url, &b.knobs.wrk_duration.clone());
-        let out = b.work.join(format!("{peer}.wrk.txt"));
-        b.load_command(&mut wrk, Some(&out))?;
-        b.alive(peer)?;
+        b.carry_training_mix(peer, &b.knobs.duration.clone())?;
     }
     b.stop_proxies(&pids)?;
     let mut counts: Vec<_> = fs::read_dir(&raw)?

@@ -43,6 +43,7 @@ pub fn start(b: &mut Bench, peer: Peer, side: Side, port: u16, upstream: u16) ->
         Kind::BraidBaseline => {
             b.tools.baseline.as_ref().map(|(bin, _)| bin.clone()).context("no baseline braid-proxy")?
         }
+        Kind::BraidNoPgo => b.tools.nopgo.clone().context("no braid-proxy built without the profile")?,
         _ => b.tools.braid.clone(),
     };
     // --log warn: no per-request logging, like the peers (no access logs).

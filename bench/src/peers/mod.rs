@@ -6,6 +6,7 @@ mod envoy;
 mod floor;
 mod haproxy;
 mod nginx;
+pub mod redirect;
 mod splice;
 
 use std::fs;
@@ -20,7 +21,9 @@ use crate::run::{Bench, Hop, Pair, Side, run_ok, succeeds};
 /// port; B: the origin).
 pub fn start_hop(b: &mut Bench, peer: Peer, side: Side, port: u16, upstream: u16) -> Result<Hop> {
     match peer.kind {
-        Kind::Braid | Kind::BraidBaseline | Kind::BraidTraced => braid::start(b, peer, side, port, upstream),
+        Kind::Braid | Kind::BraidBaseline | Kind::BraidNoPgo | Kind::BraidTraced => {
+            braid::start(b, peer, side, port, upstream)
+        }
         Kind::Haproxy => haproxy::start(b, peer, side, port, upstream),
         Kind::Nginx => nginx::start(b, peer, side, port, upstream),
         Kind::Envoy => envoy::start(b, peer, side, port, upstream),
@@ -33,7 +36,9 @@ pub fn start_hop(b: &mut Bench, peer: Peer, side: Side, port: u16, upstream: u16
 /// open, that it really took the path claimed.
 pub fn verify(b: &mut Bench, peer: Peer, pair: &Pair) -> Result<()> {
     match peer.kind {
-        Kind::Braid | Kind::BraidBaseline | Kind::BraidTraced => braid::verify(b, peer, pair)?,
+        Kind::Braid | Kind::BraidBaseline | Kind::BraidNoPgo | Kind::BraidTraced => {
+            braid::verify(b, peer, pair)?
+        }
         Kind::Envoy => envoy::verify(pair)?,
         Kind::Floor | Kind::Splice => floor::verify(b)?,
         // HAProxy B's `bind ... proto h2` refuses anything but HTTP/2 from A; nginx has no
@@ -47,7 +52,8 @@ pub fn verify(b: &mut Bench, peer: Peer, pair: &Pair) -> Result<()> {
 }
 
 /// Renders `peer`'s template for `side` (PEER-SIDE.EXT, or PEER-SIDE.mtls.EXT: an -mtls scenario
-/// differs only in the link between A and B) into its scratch folder; the rendered file.
+/// differs only in the link between A and B; .redirect before EXT on the redirect path) into its
+/// scratch folder; the rendered file.
 pub fn hop_config(
     b: &mut Bench,
     peer: Peer,
@@ -57,11 +63,12 @@ pub fn hop_config(
 ) -> Result<PathBuf> {
     let dir = b.hop_dir(peer, side)?;
     let name = match peer.kind {
-        Kind::BraidBaseline | Kind::BraidTraced => "braid",
+        Kind::BraidBaseline | Kind::BraidNoPgo | Kind::BraidTraced => "braid",
         kind => kind.name(),
     };
     let link = if peer.mtls { ".mtls" } else { "" };
-    let template = format!("{name}-{}{link}.{ext}", side.name());
+    let path = if peer.redirect { ".redirect" } else { "" };
+    let template = format!("{name}-{}{link}{path}.{ext}", side.name());
     let out = dir.join(format!("{name}.{ext}"));
     let mut all = vec![("DIR", dir.display().to_string())];
     all.extend(vars.iter().cloned());

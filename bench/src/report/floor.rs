@@ -3,9 +3,11 @@
 //! not on medians taken from different runs.
 
 use super::{Report, Run};
+use crate::pods::{baseline_of, on_redirect_path};
 
-/// The relays that parse nothing, cheapest first: two splice(2) relays, and HAProxy in TCP mode.
-const FLOORS: [&str; 2] = ["splice", "floor"];
+/// The relays that parse nothing, cheapest first: two splice(2) relays, and HAProxy in TCP mode;
+/// then the floor on the redirect path, the floor of the `-redirect` scenarios.
+const FLOORS: [&str; 3] = ["splice", "floor", "floor-redirect"];
 
 /// The floors a report measured.
 pub fn floors_of(report: &Report) -> Vec<&'static str> {
@@ -73,9 +75,15 @@ fn per_run(
                 .iter()
                 .filter_map(|&i| {
                     let base = if against_direct {
-                        figures(&report.runs, point, "direct", i)?
+                        figures(&report.runs, point, baseline_of(scenario), i)?
                     } else {
-                        floor_figures(&report.runs, point, floors, i)?
+                        // The redirect path's scenarios against its own floor, the others against theirs.
+                        let same: Vec<&str> = floors
+                            .iter()
+                            .copied()
+                            .filter(|f| on_redirect_path(f) == on_redirect_path(scenario))
+                            .collect();
+                        floor_figures(&report.runs, point, &same, i)?
                     };
                     f(&figures(&report.runs, point, scenario, i)?, &base)
                 })
@@ -106,8 +114,9 @@ pub fn floor_markdown(report: &Report) -> Vec<String> {
         format!(
             "The floor of a run is the best that {} did in it, figure by figure: the lower p50, the lower p99, \
              the higher closed-loop throughput. Each cell lists one value per interleaved run, in run order \
-             (min…max after): the scenario minus that run's floor, so `direct` cancels out. The floors' own rows \
-             give their added latency over `direct` in each run: what two hops that copy bytes cost on this \
+             (min…max after): the scenario minus that run's floor, so `direct` cancels out (a `-redirect` \
+             scenario against `floor-redirect`, the floor of its own path). The floors' own rows \
+             give their added latency over `direct` (`floor-redirect`: over `direct-redirect`) in each run: what two hops that copy bytes cost on this \
              machine, with its run-to-run spread. Aims: added p99 within {P99_ABOVE_FLOOR_MS} ms of the floor's \
              in every run; closed-loop throughput at least {THROUGHPUT_OF_FLOOR}× the floor's in every run.",
             named.join(" and ")
@@ -132,8 +141,9 @@ pub fn floor_markdown(report: &Report) -> Vec<String> {
         for (((d50, d99), own50), own99) in rows.zip(&own50).zip(&own99) {
             if floors.contains(&d99.scenario.as_str()) {
                 lines.push(format!(
-                    "| **{}** (added over direct) | {} | {} | — |",
+                    "| **{}** (added over {}) | {} | {} | — |",
                     d99.scenario,
+                    baseline_of(&d99.scenario),
                     spread(&own50.values, 3, true),
                     spread(&own99.values, 3, true)
                 ));

@@ -2,6 +2,7 @@
 //! between peers, memory and the noise of the machine.
 
 use crate::Error;
+use crate::pods::{self, baseline_of};
 use crate::stats::{Stat, median};
 use crate::thousands;
 
@@ -48,15 +49,24 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-fn base(peer: &str) -> &str {
-    peer.strip_suffix("-mtls").unwrap_or(peer)
+/// The peer without its path: "braid-mtls-redirect" → "braid-mtls".
+fn plain(peer: &str) -> &str {
+    peer.strip_suffix("-redirect").unwrap_or(peer)
 }
 
-/// braid against each other peer (its baseline included) over the same kind of link, then what
-/// mTLS costs each peer; every pair when no braid scenario ran.
+/// The peer without its link, on its path: "braid-mtls-redirect" → "braid-redirect".
+fn base(peer: &str) -> String {
+    let kind = plain(peer).strip_suffix("-mtls").unwrap_or(plain(peer));
+    if pods::on_redirect_path(peer) { format!("{kind}-redirect") } else { kind.to_string() }
+}
+
+/// braid against each other peer (its baseline included) over the same kind of link and the same
+/// path, then what mTLS costs each peer, then what the redirect path costs each peer; every pair
+/// when no braid scenario ran.
 pub fn ratio_rows(peers: &[String]) -> Vec<(String, String)> {
-    let mtls = |p: &str| p.ends_with("-mtls");
-    let ours: Vec<&String> = peers.iter().filter(|p| base(p) == "braid").collect();
+    let mtls = |p: &str| plain(p).ends_with("-mtls");
+    let path = |p: &str| pods::on_redirect_path(p);
+    let ours: Vec<&String> = peers.iter().filter(|p| plain(&base(p)) == "braid").collect();
     if ours.is_empty() {
         return peers
             .iter()
@@ -67,16 +77,19 @@ pub fn ratio_rows(peers: &[String]) -> Vec<(String, String)> {
     let mut rows: Vec<(String, String)> = Vec::new();
     for a in &ours {
         for b in peers {
-            if !ours.contains(&b) && mtls(a) == mtls(b) {
+            if !ours.contains(&b) && mtls(a) == mtls(b) && path(a) == path(b) {
                 rows.push(((*a).clone(), b.clone()));
             }
         }
     }
     rows.extend(
+        peers.iter().filter(|p| mtls(p) && peers.iter().any(|q| *q == base(p))).map(|p| (p.clone(), base(p))),
+    );
+    rows.extend(
         peers
             .iter()
-            .filter(|p| mtls(p) && peers.iter().any(|q| q == base(p)))
-            .map(|p| (p.clone(), base(p).to_string())),
+            .filter(|p| path(p) && peers.iter().any(|q| q == plain(p)))
+            .map(|p| (p.clone(), plain(p).to_string())),
     );
     rows
 }
@@ -125,7 +138,8 @@ pub fn markdown(report: &Report) -> Result<String, Error> {
         String::new(),
         noise(&report.runs),
         String::new(),
-        "Added = median of the scenario minus median of `direct` at the same rate. CPU-s / 10k req: utime+stime of \
+        "Added = median of the scenario minus median of `direct` at the same rate (for a `-redirect` scenario: \
+         minus `direct-redirect`, never the loopback `direct`). CPU-s / 10k req: utime+stime of \
          each proxy process over the run ÷ successful requests × 10,000. Pair's CPU: A+B's CPU time over the run as \
          a share of one core; near 100 % minus what others take, the pair is saturated and its latency is queueing \
          (oha's correction keeps the rate, so latency shows it). CPU 1 other: share of CPU 1 used by processes other \
@@ -135,8 +149,24 @@ pub fn markdown(report: &Report) -> Result<String, Error> {
         String::new(),
     ];
     let scenarios = report.scenarios();
+    if scenarios.iter().any(|s| s == pods::DIRECT) {
+        lines.extend([
+            "The redirect path (`PEER-redirect`), as in a pod: A and the load generator in a client network namespace, \
+             B and an origin of its own in a server namespace, joined by a veth pair, each with the init container's \
+             rules (`braid-proxy init`); each proxy runs as the proxy uid. The client connects to a Service address \
+             (10.96.N.10:80) and is redirected to A's outbound port; A connects to B's pod address (10.250.N.2:8080), \
+             which the server pod's rule redirects to B's inbound port; B forwards it to its original destination, \
+             the origin. braid finds the service by the original destination; HAProxy and the floor have no service \
+             table: their A forwards to B's pod address, static, and their B to the original destination \
+             (`0.0.0.0:0`, SO_ORIGINAL_DST). Envoy, nginx and splice are not offered on this path. \
+             `direct-redirect` = client ──▶ origin across the same veth pair, no rules, no proxy: the redirect \
+             scenarios' added latency is over it."
+                .to_string(),
+            String::new(),
+        ]);
+    }
     for rate in &report.rates {
-        let d = entry(rate, "direct")?;
+        entry(rate, "direct")?;
         let rate_n: f64 =
             rate.parse().map_err(|_| Error::parse("report", format!("rate {rate:?} is not a number")))?;
         lines.extend([
@@ -159,7 +189,8 @@ pub fn markdown(report: &Report) -> Result<String, Error> {
                     med(Some(e), |e| e.rps).unwrap_or(0.0)
                 );
             }
-            let direct = sc == "direct";
+            let direct = super::is_direct(sc);
+            let d = entry(rate, baseline_of(sc))?;
             let (add50, add99) = if direct {
                 ("—".to_string(), "—".to_string())
             } else {
@@ -182,20 +213,21 @@ pub fn markdown(report: &Report) -> Result<String, Error> {
         }
         lines.push(String::new());
     }
-    let d = entry("max", "direct")?;
+    entry("max", "direct")?;
     lines.extend([
         format!("## Closed loop, maximum throughput (wrk -t1 -c16, {})", s.wrk_duration),
         String::new(),
-        "| scenario | req/s | × direct | CPU-s / 10k req, A / B | valid runs | CPU 1 other |".into(),
+        "| scenario | req/s | × direct (-redirect: × direct-redirect) | CPU-s / 10k req, A / B | valid runs | CPU 1 other |".into(),
         "|---|---|---|---|---|---|".into(),
     ]);
     for sc in &scenarios {
         let e = entry("max", sc)?;
+        let d = entry("max", baseline_of(sc))?;
         lines.push(format!(
             "| {sc} | {} | {} | {} | {}/{} | {} |",
             f_ms(e.rps, 0),
             ratio(med(Some(e), |e| e.rps), med(Some(d), |e| e.rps)),
-            if sc == "direct" { "—".into() } else { f_cpu(e) },
+            if super::is_direct(sc) { "—".into() } else { f_cpu(e) },
             e.valid,
             e.runs,
             f_pct(e.cpu1_other_pct)
@@ -245,7 +277,7 @@ pub fn markdown(report: &Report) -> Result<String, Error> {
         let add_over = move |point: String, key: fn(&Entry) -> Option<Stat>| {
             move |peer: &str| {
                 let p = sm.get(&point)?;
-                Some(med(p.get(peer), key)? - med(p.get("direct"), key)?)
+                Some(med(p.get(peer), key)? - med(p.get(baseline_of(peer)), key)?)
             }
         };
         for rate in &report.rates {
@@ -319,6 +351,38 @@ mod tests {
         assert!(md.contains("| braid ÷ haproxy | 0.80× | 0.80× | 1.00× | 1.17× | 0.36× | 0.19× |"), "{md}");
         assert!(md.contains("- run 4, 1000, braid: 1 errors {\"connection reset\":1}"), "{md}");
         assert!(md.contains("Took 1.5 min."), "{md}");
+    }
+
+    #[test]
+    fn redirect_scenarios_meet_their_own_path_and_their_loopback_twin() {
+        let peers: Vec<String> = [
+            "braid",
+            "braid-redirect",
+            "braid-mtls-redirect",
+            "haproxy",
+            "haproxy-redirect",
+            "floor-redirect",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let rows: Vec<String> = ratio_rows(&peers).iter().map(|(a, b)| format!("{a}/{b}")).collect();
+        assert_eq!(
+            rows,
+            [
+                "braid/haproxy",
+                "braid-redirect/haproxy-redirect",
+                "braid-redirect/floor-redirect",
+                "braid-mtls-redirect/braid-redirect",
+                "braid-redirect/braid",
+                "haproxy-redirect/haproxy"
+            ]
+        );
+        assert_eq!(
+            super::super::scenarios_of(&peers[..2]),
+            ["direct", "direct-redirect", "braid", "braid-redirect"]
+        );
+        assert_eq!(super::super::scenarios_of(&peers[..1]), ["direct", "braid"]);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Error;
 use crate::load::Load;
+use crate::pods;
 use crate::stats::Stat;
 
 pub use floor::{floor_markdown, floors_of};
@@ -124,7 +125,7 @@ pub fn load_run(meta: &RunMeta, load: &Load) -> Result<Run, Error> {
     let elapsed = meta.ms as f64 / 1000.0 * tck;
     let pair_ticks = (meta.cpu_ticks[0] + meta.cpu_ticks[1]) as f64;
     let latency = load.latency.unwrap_or_default();
-    let direct = meta.scenario == "direct";
+    let direct = is_direct(&meta.scenario);
     let ok = load.ok as f64;
     Ok(Run {
         scenario: meta.scenario.clone(),
@@ -220,6 +221,23 @@ pub struct Entry {
     pub peak_rss_anon_kib_b: Option<u64>,
 }
 
+/// The scenarios measured beside `peers`: `direct`, and `direct-redirect` when a peer runs on
+/// the redirect path (its baseline: the same veth hop between the pods, no proxy), then the peers.
+pub fn scenarios_of(peers: &[String]) -> Vec<String> {
+    let redirect = peers.iter().any(|p| pods::on_redirect_path(p));
+    let mut scenarios = vec!["direct".to_string()];
+    if redirect {
+        scenarios.push(pods::DIRECT.to_string());
+    }
+    scenarios.extend(peers.iter().cloned());
+    scenarios
+}
+
+/// `direct` or `direct-redirect`: no proxy, the client straight to the origin.
+pub fn is_direct(scenario: &str) -> bool {
+    scenario == "direct" || scenario == pods::DIRECT
+}
+
 /// point → scenario → medians.
 pub type Summary = BTreeMap<String, BTreeMap<String, Entry>>;
 
@@ -246,7 +264,7 @@ pub fn summarize(runs: &[Run], scenarios: &[String], points: &[String]) -> Summa
                 e.p999_ms = stat(|r| r.p999_ms);
                 e.max_ms = stat(|r| r.max_ms);
             }
-            if s != "direct" {
+            if !is_direct(s) {
                 e.pair_cpu_pct = stat(|r| r.cpu_s.map(|c| 100.0 * (c[0] + c[1]) / r.seconds));
                 e.a_to_b_connections_max = rs.iter().filter_map(|r| r.a_to_b_connections).max();
                 e.cpu_s_per_10k_a = stat(|r| r.cpu_s_per_10k.and_then(|c| c[0]));
@@ -295,7 +313,7 @@ impl Report {
     }
 
     pub fn scenarios(&self) -> Vec<String> {
-        ["direct".to_string()].into_iter().chain(self.peers.iter().cloned()).collect()
+        scenarios_of(&self.peers)
     }
 
     /// Recomputes the summary from the runs (after a change to how it is computed).

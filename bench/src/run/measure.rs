@@ -7,6 +7,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use braid_bench::pods::{self, Pods};
 use braid_bench::report::{Run, RunMeta};
 use braid_bench::settings::Peer;
 use braid_bench::{load, report};
@@ -14,14 +15,18 @@ use tracing::info;
 
 use super::Bench;
 use super::usage::{cpu1, loadavg};
-use crate::commands::established;
 
 pub const CONNECTIONS: u32 = 16;
 
 impl Bench {
     /// The oha command of an open-loop run at `rate` for `duration`, pinned to CPU 0.
     pub fn oha_paced(&self, url: &str, rate: u32, duration: &str) -> Command {
-        let mut command = self.on_cpu0(&self.tools.oha);
+        self.oha_paced_in(None, url, rate, duration)
+    }
+
+    /// `oha_paced` inside a network namespace (the client pod of the redirect path), or here.
+    pub fn oha_paced_in(&self, netns: Option<&str>, url: &str, rate: u32, duration: &str) -> Command {
+        let mut command = self.on_cpu0_in(netns, &self.tools.oha);
         command.args([
             "-c",
             &CONNECTIONS.to_string(),
@@ -40,18 +45,26 @@ impl Bench {
     }
 
     pub fn wrk(&self, url: &str, duration: &str) -> Command {
-        let mut command = self.on_cpu0(Path::new("wrk"));
+        self.wrk_in(None, url, duration)
+    }
+
+    pub fn wrk_in(&self, netns: Option<&str>, url: &str, duration: &str) -> Command {
+        let mut command = self.on_cpu0_in(netns, Path::new("wrk"));
         command.args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{duration}"), url]);
         command
     }
 
-    fn on_cpu0(&self, program: &Path) -> Command {
+    pub(super) fn on_cpu0(&self, program: &Path) -> Command {
+        self.on_cpu0_in(None, program)
+    }
+
+    fn on_cpu0_in(&self, netns: Option<&str>, program: &Path) -> Command {
         let mut command = Command::new("taskset");
-        command
-            .args(["-c", "0", "nice", "-n", &self.knobs.nice.to_string()])
-            .arg(program)
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit());
+        command.args(["-c", "0", "nice", "-n", &self.knobs.nice.to_string()]);
+        if let Some(netns) = netns {
+            command.args(["ip", "netns", "exec", netns]);
+        }
+        command.arg(program).stdin(Stdio::null()).stderr(Stdio::inherit());
         command
     }
 
@@ -72,21 +85,30 @@ impl Bench {
         self.finish_load(pid, "the load generator")
     }
 
-    /// One measured run of `scenario` ("direct" or a peer) at `point` (a rate, or "max").
+    /// One measured run of `scenario` ("direct", "direct-redirect" or a peer) at `point` (a
+    /// rate, or "max").
     pub fn measure(&mut self, scenario: &str, point: &str, run: u32) -> Result<Run> {
-        let peer = if scenario == "direct" { None } else { Some(Peer::parse(scenario)?) };
-        let (entry, pids_a, pids_b, port_b) = match peer {
-            None => (self.origin_port, vec![], vec![], 0),
+        let direct = scenario == "direct" || scenario == pods::DIRECT;
+        let peer = if direct { None } else { Some(Peer::parse(scenario)?) };
+        let (entry, pids_a, pids_b, port_b, pods) = match peer {
+            None if scenario == pods::DIRECT => (0, vec![], vec![], 0, Some(Pods::new(0)?)),
+            None => (self.origin_port, vec![], vec![], 0, None),
             Some(peer) => {
                 let pair = self.pair(peer)?;
-                (pair.entry, pair.a.pids.clone(), pair.b.pids.clone(), pair.port_b)
+                (pair.entry, pair.a.pids.clone(), pair.b.pids.clone(), pair.port_b, pair.pods.clone())
             }
         };
-        let url = format!("http://127.0.0.1:{entry}/1k");
+        // On the redirect path the load generator runs in the client pod.
+        let netns = pods.as_ref().map(|p| p.client_ns.clone());
+        let netns = netns.as_deref();
+        let url = match &pods {
+            Some(pods) => pods.url(peer.is_some()),
+            None => format!("http://127.0.0.1:{entry}/1k"),
+        };
         let k = &self.knobs;
         let warm_rate = if point == "max" { *k.rates.last().context("no rate")? } else { point.parse()? };
         let (warmup, duration, wrk_duration) = (k.warmup.clone(), k.duration.clone(), k.wrk_duration.clone());
-        let mut warm = self.oha_paced(&url, warm_rate, &warmup);
+        let mut warm = self.oha_paced_in(netns, &url, warm_rate, &warmup);
         self.load_command(&mut warm, None)?;
         let prefix = self.work.join(format!("runs/{point}-{scenario}-{run}"));
         let cpu_a = self.cpu_ticks(&pids_a)?;
@@ -94,10 +116,10 @@ impl Bench {
         let cpu1_before = cpu1()?;
         let t0 = Instant::now();
         let (mut command, out) = if point == "max" {
-            (self.wrk(&url, &wrk_duration), PathBuf::from(format!("{}.wrk.txt", prefix.display())))
+            (self.wrk_in(netns, &url, &wrk_duration), PathBuf::from(format!("{}.wrk.txt", prefix.display())))
         } else {
             (
-                self.oha_paced(&url, warm_rate, &duration),
+                self.oha_paced_in(netns, &url, warm_rate, &duration),
                 PathBuf::from(format!("{}.oha.json", prefix.display())),
             )
         };
@@ -110,7 +132,7 @@ impl Bench {
                 let m = self.mem_kib(&pids_b)?;
                 peak_b = (peak_b.0.max(m.0), peak_b.1.max(m.1));
                 // Connections from A to B: 1 when A multiplexes everything over one HTTP/2 connection.
-                conns = conns.max(established(&format!("( dport = :{port_b} )"))?);
+                conns = conns.max(self.established_in(netns, &format!("( dport = :{port_b} )"))?);
             }
             sleep(Duration::from_millis(500));
         }

@@ -3,11 +3,14 @@
 //!
 //! Here: [`Bench`] and what a pair is made of; `processes` (starting and stopping them),
 //! `pairs` (the origin and the pairs of proxies), `measure` (load generators and one measured
-//! run) and `usage` (memory and CPU from /proc); commands run to their end are in `crate::commands`.
+//! run), `training` (the mix `pgo` and `link-order` record under) and `usage` (memory and CPU
+//! from /proc); commands run to their end are in `crate::commands`.
 
 mod measure;
 mod pairs;
+mod pods;
 mod processes;
+mod training;
 mod usage;
 
 use std::collections::{HashMap, HashSet};
@@ -15,6 +18,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use braid_bench::pods::Pods;
 use braid_bench::settings::Peer;
 use braid_bench::template;
 
@@ -22,6 +26,7 @@ use crate::Knobs;
 pub use crate::commands::{established, nginx_args, output, run_ok, succeeds, tail_logs};
 use crate::tools::Tools;
 pub use measure::CONNECTIONS;
+pub use pods::requirements as redirect_requirements;
 use processes::Proc;
 
 /// How the proxies run: plainly, or under callgrind (instructions, link-order).
@@ -68,6 +73,8 @@ pub struct Pair {
     pub b: Hop,
     /// [[VmRSS, RssAnon] of A, of B], KiB, after one request.
     pub idle: [[u64; 2]; 2],
+    /// On the redirect path: the pods the pair runs in (`entry` is then the Service's port).
+    pub pods: Option<Pods>,
 }
 
 pub struct Bench {
@@ -79,6 +86,8 @@ pub struct Bench {
     used_ports: HashSet<u16>,
     pub origin_port: u16,
     pub pairs: HashMap<Peer, Pair>,
+    /// The redirect path's network namespaces, deleted when the run ends.
+    netns: Vec<String>,
     pub pki: Option<PathBuf>,
     pub identity_port: Option<u16>,
     pub otlp_sink_port: Option<u16>,
@@ -112,6 +121,7 @@ impl Bench {
             used_ports: HashSet::new(),
             origin_port: 0,
             pairs: HashMap::new(),
+            netns: Vec::new(),
             pki: None,
             identity_port: None,
             otlp_sink_port: None,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use braid_bench::settings::Peer;
-use braid_bench::system;
+use braid_bench::{system, training};
 use tracing::info;
 
 use super::{Bench, Pair, Side};
@@ -65,12 +65,16 @@ impl Bench {
             .collect()
     }
 
-    /// The origin: nginx, one worker on CPU 0, a static 1 KiB body at /1k.
+    /// The origin: nginx, one worker on CPU 0, a static 1 KiB body at /1k and the training mix's
+    /// files.
     pub fn start_origin(&mut self) -> Result<()> {
         let dir = self.work.join("origin");
         fs::create_dir_all(dir.join("www"))?;
         fs::create_dir_all(dir.join("tmp"))?;
         fs::write(dir.join("www/1k"), [b'x'; 1024])?;
+        for (name, bytes) in training::FILES {
+            fs::write(dir.join("www").join(name), vec![b'x'; bytes])?;
+        }
         let port = self.free_ports(1)?[0];
         let conf = dir.join("nginx.conf");
         self.render(
@@ -124,8 +128,14 @@ impl Bench {
             bail!("{peer} A holds no connection to B");
         }
         let idle = [self.mem_kib(&a.pids)?, self.mem_kib(&b.pids)?];
-        let pair =
-            Pair { entry: port_a, port_b, a, b, idle: [[idle[0].0, idle[0].1], [idle[1].0, idle[1].1]] };
+        let pair = Pair {
+            entry: port_a,
+            port_b,
+            a,
+            b,
+            idle: [[idle[0].0, idle[0].1], [idle[1].0, idle[1].1]],
+            pods: None,
+        };
         crate::peers::verify(self, peer, &pair)?;
         drop(held);
         info!(

@@ -146,6 +146,7 @@ impl Drop for Bench {
                 None => {}
             }
         }
+        self.delete_netns();
         if self._scratch.is_none() {
             info!("kept {}", self.work.display());
         }

@@ -106,7 +106,11 @@ impl IdentityServer {
     }
 
     pub async fn start_on(authority: Authority, port: u16) -> std::io::Result<Arc<Self>> {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        Self::start_at(authority, SocketAddr::from(([127, 0, 0, 1], port))).await
+    }
+
+    pub async fn start_at(authority: Authority, listen: SocketAddr) -> std::io::Result<Arc<Self>> {
+        let listener = TcpListener::bind(listen).await?;
         let bundle = authority.root_pem.clone();
         let server = Arc::new(Self {
             addr: listener.local_addr()?,
