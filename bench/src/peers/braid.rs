@@ -102,22 +102,28 @@ fn metrics(pair_hop_admin: Option<u16>) -> Result<String> {
     output("curl", &["-fs", &format!("http://127.0.0.1:{admin}/metrics")])
 }
 
-/// Each braid-proxy counted the request; with mTLS, B saw A's SPIFFE id on it.
-pub fn verify(_b: &mut Bench, peer: Peer, pair: &Pair) -> Result<()> {
-    for (side, hop) in [("a", &pair.a), ("b", &pair.b)] {
-        let text = metrics(hop.admin)?;
+/// What a braid pair's metrics (`a`, `b`: A's and B's /metrics) show once a request went
+/// through: each proxy counted it and, over mTLS, B saw A's SPIFFE id on it.
+pub fn check_counted(peer: Peer, a: &str, b: &str) -> Result<()> {
+    for (side, text) in [("a", a), ("b", b)] {
         let total: f64 = text
             .lines()
             .filter(|l| l.starts_with("request_total"))
             .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
             .sum();
         if total < 1.0 {
-            bail!("braid-proxy {side} counted no request (request_total={total})");
+            bail!("braid-proxy {side} of {peer} counted no request (request_total={total})");
         }
     }
-    if peer.mtls && !metrics(pair.b.admin)?.contains("client_id=\"spiffe://bench.local/ns/bench/sa/a\"") {
+    if peer.mtls && !b.contains("client_id=\"spiffe://bench.local/ns/bench/sa/a\"") {
         bail!("{peer} B saw no client identity: not mTLS");
     }
+    Ok(())
+}
+
+/// Each braid-proxy counted the request; with mTLS, B saw A's SPIFFE id on it.
+pub fn verify(_b: &mut Bench, peer: Peer, pair: &Pair) -> Result<()> {
+    check_counted(peer, &metrics(pair.a.admin)?, &metrics(pair.b.admin)?)?;
     if peer.kind == Kind::BraidTraced {
         // Spans leave in batches within a second of the request.
         let exported = |admin| -> Result<bool> {

@@ -158,19 +158,7 @@ pub fn verify(b: &mut Bench, peer: Peer, pair: &Pair) -> Result<()> {
         bail!("{peer} A holds no connection to B's pod address {}", pods.app());
     }
     if peer.kind.is_braid() {
-        for (side, netns) in [("a", client), ("b", server)] {
-            let total: f64 = metrics(b, netns)?
-                .lines()
-                .filter(|l| l.starts_with("request_total"))
-                .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
-                .sum();
-            if total < 1.0 {
-                bail!("braid-proxy {side} of {peer} counted no request (request_total={total})");
-            }
-        }
-        if peer.mtls && !metrics(b, server)?.contains("client_id=\"spiffe://bench.local/ns/bench/sa/a\"") {
-            bail!("{peer} B saw no client identity: not mTLS");
-        }
+        super::braid::check_counted(peer, &metrics(b, client)?, &metrics(b, server)?)?;
     }
     if peer.kind == Kind::Floor && b.established_in(Some(server), &format!("( dport = :{APP_PORT} )"))? == 0 {
         bail!("{peer} B holds no connection to the origin");

@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread::sleep;
 use std::time::Duration;
@@ -65,23 +65,30 @@ impl Bench {
             .collect()
     }
 
-    /// The origin: nginx, one worker on CPU 0, a static 1 KiB body at /1k and the training mix's
-    /// files.
-    pub fn start_origin(&mut self) -> Result<()> {
-        let dir = self.work.join("origin");
+    /// An origin's folder `name` in the scratch folder: what it serves (the benchmark's /1k, the
+    /// training mix's files) and its nginx.conf for `port`; the folder and the file.
+    pub(super) fn origin_files(&mut self, name: &str, port: u16) -> Result<(PathBuf, PathBuf)> {
+        let dir = self.work.join(name);
         fs::create_dir_all(dir.join("www"))?;
         fs::create_dir_all(dir.join("tmp"))?;
         fs::write(dir.join("www/1k"), [b'x'; 1024])?;
-        for (name, bytes) in training::FILES {
-            fs::write(dir.join("www").join(name), vec![b'x'; bytes])?;
+        for (file, bytes) in training::FILES {
+            fs::write(dir.join("www").join(file), vec![b'x'; bytes])?;
         }
-        let port = self.free_ports(1)?[0];
         let conf = dir.join("nginx.conf");
         self.render(
             "origin-nginx.conf",
             &conf,
             &[("DIR", dir.display().to_string()), ("PORT", port.to_string())],
         )?;
+        Ok((dir, conf))
+    }
+
+    /// The origin: nginx, one worker on CPU 0, a static 1 KiB body at /1k and the training mix's
+    /// files.
+    pub fn start_origin(&mut self) -> Result<()> {
+        let port = self.free_ports(1)?[0];
+        let (dir, conf) = self.origin_files("origin", port)?;
         let args = nginx_args(&dir, &conf);
         let master = self.start(0, &dir.join("stderr.log"), Path::new("nginx"), &args, &[])?;
         self.wait_http(&format!("http://127.0.0.1:{port}/1k"), &dir)?;

@@ -150,16 +150,7 @@ impl Bench {
     /// The origin of a server pod: nginx as for `direct` (one worker, CPU 0), on the pod's app
     /// address.
     fn origin_in(&mut self, pods: &Pods, name: &str) -> Result<()> {
-        let dir = self.work.join(format!("{name}-origin"));
-        fs::create_dir_all(dir.join("www"))?;
-        fs::create_dir_all(dir.join("tmp"))?;
-        fs::write(dir.join("www/1k"), [b'x'; 1024])?;
-        let conf = dir.join("nginx.conf");
-        self.render(
-            "origin-nginx.conf",
-            &conf,
-            &[("DIR", dir.display().to_string()), ("PORT", APP_PORT.to_string())],
-        )?;
+        let (dir, conf) = self.origin_files(&format!("{name}-origin"), APP_PORT)?;
         let moved = pods::origin_in_pod(&fs::read_to_string(&conf)?, APP_PORT, pods.server_ip)?;
         fs::write(&conf, moved)?;
         let args = crate::commands::nginx_args(&dir, &conf);
