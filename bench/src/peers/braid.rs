@@ -5,6 +5,7 @@
 //! configurations with another build.
 
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -39,23 +40,43 @@ pub fn start(b: &mut Bench, peer: Peer, side: Side, port: u16, upstream: u16) ->
     if peer.mtls {
         fs::write(dir.join("token"), format!("token-for:spiffe://bench.local/ns/bench/sa/{}", side.name()))?;
     }
-    let binary = match peer.kind {
+    let binary = binary(b, peer)?;
+    let (program, args) = b.recorded(&dir, &binary, args(&config));
+    let env: Vec<(&str, String)> =
+        b.llvm_profile_file.iter().map(|f| ("LLVM_PROFILE_FILE", f.clone())).collect();
+    let pid = b.start(1, &dir.join("proxy.log"), &program, &args, &env)?;
+    Ok(Hop { pids: vec![pid], ready: Some(format!("http://127.0.0.1:{admin}/ready")), admin: Some(admin) })
+}
+
+/// The braid-proxy build `peer` measures.
+pub fn binary(b: &Bench, peer: Peer) -> Result<PathBuf> {
+    Ok(match peer.kind {
         Kind::BraidBaseline => {
             b.tools.baseline.as_ref().map(|(bin, _)| bin.clone()).context("no baseline braid-proxy")?
         }
         Kind::BraidNoPgo => b.tools.nopgo.clone().context("no braid-proxy built without the profile")?,
         _ => b.tools.braid.clone(),
-    };
-    // --log warn: no per-request logging, like the peers (no access logs).
-    let args: Vec<String> = ["--config", &config.display().to_string(), "--threads", "1", "--log", "warn"]
+    })
+}
+
+/// braid-proxy's command line for `config`: one worker, and --log warn: no per-request logging,
+/// like the peers (no access logs).
+pub fn args(config: &Path) -> Vec<String> {
+    ["--config", &config.display().to_string(), "--threads", "1", "--log", "warn"]
         .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let (program, args) = b.recorded(&dir, &binary, args);
-    let env: Vec<(&str, String)> =
-        b.llvm_profile_file.iter().map(|f| ("LLVM_PROFILE_FILE", f.clone())).collect();
-    let pid = b.start(1, &dir.join("proxy.log"), &program, &args, &env)?;
-    Ok(Hop { pids: vec![pid], ready: Some(format!("http://127.0.0.1:{admin}/ready")), admin: Some(admin) })
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// Waits up to 10 s for the identity stand-in (logging to `log`) to write its trust `bundle`.
+pub fn wait_for_bundle(bundle: &Path, log: &Path) -> Result<()> {
+    for _ in 0..100 {
+        if fs::metadata(bundle).is_ok_and(|m| m.len() > 0) {
+            return Ok(());
+        }
+        sleep(Duration::from_millis(100));
+    }
+    bail!("the identity stand-in wrote no trust bundle (log: {})", log.display())
 }
 
 /// The stand-in of the operator's identity endpoint, on CPU 0 (it only works at start); its port.
@@ -68,14 +89,9 @@ fn identity_stub(b: &mut Bench) -> Result<u16> {
     let stub = b.tools.identity_stub.clone();
     let log = b.work.join("identity-stub.log");
     b.start(0, &log, &stub, &[port.to_string(), bundle.display().to_string()], &[])?;
-    for _ in 0..100 {
-        if fs::metadata(&bundle).is_ok_and(|m| m.len() > 0) {
-            b.identity_port = Some(port);
-            return Ok(port);
-        }
-        sleep(Duration::from_millis(100));
-    }
-    bail!("the identity stand-in wrote no trust bundle (log: {})", log.display())
+    wait_for_bundle(&bundle, &log)?;
+    b.identity_port = Some(port);
+    Ok(port)
 }
 
 /// The braid-traced pairs' collector, on CPU 0 like the other helpers; its port.

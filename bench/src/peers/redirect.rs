@@ -66,18 +66,8 @@ pub fn start(b: &mut Bench, peer: Peer, pods: &Pods, side: Side) -> Result<Hop> 
             )?;
         }
         let config = super::hop_config(b, peer, side, "yaml", &vars)?;
-        let binary = match peer.kind {
-            Kind::BraidBaseline => {
-                b.tools.baseline.as_ref().map(|(bin, _)| bin.clone()).context("no baseline braid-proxy")?
-            }
-            Kind::BraidNoPgo => b.tools.nopgo.clone().context("no braid-proxy built without the profile")?,
-            _ => b.tools.braid.clone(),
-        };
-        let args: Vec<String> =
-            ["--config", &config.display().to_string(), "--threads", "1", "--log", "warn"]
-                .iter()
-                .map(ToString::to_string)
-                .collect();
+        let binary = super::braid::binary(b, peer)?;
+        let args = super::braid::args(&config);
         own(&dir)?;
         let pid = b.start_in(&netns, true, 1, &dir.join("proxy.log"), &binary, &args)?;
         Hop {
@@ -122,13 +112,8 @@ fn identity_stub(b: &mut Bench, peer: Peer, pods: &Pods) -> Result<String> {
     let log = dir.join("identity-stub.log");
     let args = [format!("{}:{IDENTITY_PORT}", pods.server_ip), bundle.display().to_string()];
     b.start_in(&pods.server_ns, false, 0, &log, &stub, &args)?;
-    for _ in 0..100 {
-        if fs::metadata(&bundle).is_ok_and(|m| m.len() > 0) {
-            return Ok(bundle.display().to_string());
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    bail!("the identity stand-in wrote no trust bundle (log: {})", log.display())
+    super::braid::wait_for_bundle(&bundle, &log)?;
+    Ok(bundle.display().to_string())
 }
 
 /// The connections `chain`'s REDIRECT rule took in `netns`.

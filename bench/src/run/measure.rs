@@ -88,8 +88,7 @@ impl Bench {
     /// One measured run of `scenario` ("direct", "direct-redirect" or a peer) at `point` (a
     /// rate, or "max").
     pub fn measure(&mut self, scenario: &str, point: &str, run: u32) -> Result<Run> {
-        let direct = scenario == "direct" || scenario == pods::DIRECT;
-        let peer = if direct { None } else { Some(Peer::parse(scenario)?) };
+        let peer = if report::is_direct(scenario) { None } else { Some(Peer::parse(scenario)?) };
         let (entry, pids_a, pids_b, port_b, pods) = match peer {
             None if scenario == pods::DIRECT => (0, vec![], vec![], 0, Some(Pods::new(0)?)),
             None => (self.origin_port, vec![], vec![], 0, None),
