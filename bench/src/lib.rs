@@ -16,6 +16,7 @@ pub mod system;
 pub mod template;
 pub mod training;
 pub mod webhook;
+pub mod workloads;
 
 /// What went wrong reading an outside input (a load generator's output, a callgrind record, a
 /// template, a stored report, a knob).

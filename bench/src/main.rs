@@ -47,6 +47,10 @@ enum Mode {
         #[command(flatten)]
         knobs: KnobArgs,
     },
+    /// More workloads (WORKLOADS: large bodies both ways, 1,000 connections, a new connection
+    /// per request, gRPC unary and server streaming, the large route table), WORKLOAD_PEERS and
+    /// `direct` interleaved (bench/results/proxy-workloads-<timestamp>.md and .json)
+    Workloads(KnobArgs),
     /// Per request and proxy, COST_PEERS side by side: CPU, context switches, system calls
     /// (bench/results/proxy-costs-*.md)
     Costs(KnobArgs),
@@ -97,6 +101,13 @@ struct KnobArgs {
         default_value = "braid braid-mtls haproxy haproxy-mtls nginx nginx-mtls envoy envoy-mtls floor splice"
     )]
     peers: String,
+    /// Workloads of the workloads mode: all, or names (64k-down 1m-down 64k-up 1m-up c1000
+    /// new-conn grpc-unary grpc-stream table)
+    #[arg(long, env = "WORKLOADS", default_value = "all")]
+    workloads: String,
+    /// Peers of the workloads mode (plain or -mtls; each workload says which it cannot carry)
+    #[arg(long, env = "WORKLOAD_PEERS", default_value = "braid haproxy envoy nginx")]
+    workload_peers: String,
     /// Peers of the costs mode
     #[arg(long, env = "COST_PEERS", default_value = "braid haproxy")]
     cost_peers: String,
@@ -138,6 +149,7 @@ pub enum ModeKind {
     LinkOrder,
     Profile,
     Costs,
+    Workloads,
 }
 
 /// The knobs, checked.
@@ -156,6 +168,7 @@ pub struct Knobs {
     pub braid_baseline: Option<String>,
     pub keep_work: Option<String>,
     pub envoy_version: String,
+    pub workloads: Vec<&'static braid_bench::workloads::Workload>,
 }
 
 impl Knobs {
@@ -169,6 +182,7 @@ impl Knobs {
             ModeKind::Pgo | ModeKind::LinkOrder => "braid braid-mtls".into(),
             ModeKind::Profile => profile_peer.unwrap_or("braid").into(),
             ModeKind::Costs => args.cost_peers.clone(),
+            ModeKind::Workloads => args.workload_peers.clone(),
         };
         // pgo and link-order record this build only.
         let with_baseline =
@@ -205,6 +219,7 @@ impl Knobs {
             braid_baseline: args.braid_baseline.clone(),
             keep_work: args.keep_work.clone(),
             envoy_version: args.envoy_version.clone(),
+            workloads: braid_bench::workloads::list(&args.workloads)?,
         })
     }
 
@@ -255,6 +270,7 @@ fn main() -> Result<()> {
         Mode::LinkOrder(a) => (ModeKind::LinkOrder, a, None),
         Mode::Profile { peer, knobs } => (ModeKind::Profile, knobs, Some(peer.as_str())),
         Mode::Costs(a) => (ModeKind::Costs, a, None),
+        Mode::Workloads(a) => (ModeKind::Workloads, a, None),
         Mode::Rerender { file } => return rerender(file),
         Mode::Relay { listen, upstream } => return Ok(braid_bench::relay::serve(*listen, *upstream)?),
         Mode::Webhook { runs, seconds_per_run, paced_rate } => {
@@ -294,6 +310,10 @@ fn main() -> Result<()> {
             modes::profile::run(&mut bench, peer)
         }
         ModeKind::Costs => modes::costs::run(&mut bench),
+        ModeKind::Workloads => {
+            let list = bench.knobs.workloads.clone();
+            modes::workloads::run(&mut bench, &list)
+        }
     }
 }
 

@@ -73,6 +73,22 @@ pub fn parse_port_range_start(text: &str) -> Result<u16, Error> {
     })
 }
 
+/// The soft limit on open files from /proc/self/limits ("Max open files  20000  20000  files");
+/// None when unlimited.
+pub fn parse_open_files_limit(text: &str) -> Result<Option<u64>, Error> {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .ok_or_else(|| Error::parse("/proc/self/limits", "no \"Max open files\" line"))?;
+    match line.split_whitespace().next() {
+        Some("unlimited") => Ok(None),
+        Some(n) => n.parse().map(Some).map_err(|_| {
+            Error::parse("/proc/self/limits", format!("open files limit {n:?} is not a number"))
+        }),
+        None => Err(Error::parse("/proc/self/limits", "the open files line has no limit")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,5 +127,15 @@ mod tests {
     fn the_ephemeral_range_starts_at_its_first_port() {
         assert_eq!(parse_port_range_start("32768\t60999\n").expect("parses"), 32768);
         assert!(parse_port_range_start("").is_err());
+    }
+
+    #[test]
+    fn the_open_files_limit_is_the_soft_one() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(parse_open_files_limit(limits).expect("parses"), Some(1024));
+        assert_eq!(parse_open_files_limit("Max open files  unlimited unlimited files\n").expect("ok"), None);
+        assert!(parse_open_files_limit("Max processes 1 1\n").is_err());
+        assert!(parse_open_files_limit("Max open files  many  files\n").is_err());
     }
 }

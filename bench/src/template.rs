@@ -69,6 +69,9 @@ mod tests {
                 "LISTEN",
                 "SERVICE",
                 "IDENTITY",
+                // The workloads' origin protocol (bench/src/peers/haproxy.rs, envoy.rs).
+                "ORIGIN_PROTO",
+                "ORIGIN_PROTOCOL",
             ]
             .into_iter()
             .map(|k| (k, "x".to_string()))

@@ -15,6 +15,8 @@ use crate::{Knobs, ModeKind};
 #[derive(Debug, Default)]
 pub struct Tools {
     pub oha: PathBuf,
+    /// The gRPC load generator, for the gRPC scenarios.
+    pub ghz: Option<PathBuf>,
     pub envoy: Option<PathBuf>,
     /// The braid-proxy measured as `braid`.
     pub braid: PathBuf,
@@ -165,6 +167,44 @@ pub fn oha() -> Result<PathBuf> {
     Ok(oha)
 }
 
+/// The ghz release built when ghz is not on PATH (a version the Go module proxy serves).
+const GHZ_VERSION: &str = "v0.121.0";
+
+/// The go command: on PATH, else where the polyglot machine image installs it (a non-login shell
+/// may lack /usr/local/go/bin on PATH), as e2e/cluster/go-env.sh finds it.
+fn go() -> Result<PathBuf> {
+    which("go").or_else(|| Some(PathBuf::from("/usr/local/go/bin/go")).filter(|go| go.is_file())).context(
+        "ghz is built from its Go module, which needs Go (1.23 or newer): install Go and put its bin/ \
+         directory on PATH, or put a ghz binary on PATH",
+    )
+}
+
+/// ghz, the gRPC load generator: on PATH, else built once from its Go module, since no release
+/// binary can be downloaded here (about 3 minutes on 2 cores with an empty Go cache).
+pub fn ghz() -> Result<PathBuf> {
+    if let Some(ghz) = which("ghz") {
+        return Ok(ghz);
+    }
+    let bin = cache().join("go-tools/bin");
+    let ghz = bin.join("ghz");
+    if !ghz.is_file() {
+        let go = go()?;
+        info!("building ghz {GHZ_VERSION} (gRPC load generator) from its Go module into {}", bin.display());
+        run(Command::new(go)
+            .args([
+                "install",
+                // Else `ghz --version` says "dev".
+                &format!("-ldflags=-X main.version={GHZ_VERSION}"),
+                &format!("github.com/bojand/ghz/cmd/ghz@{GHZ_VERSION}"),
+            ])
+            .env("GOBIN", &bin)
+            // The Go on this machine or none: never a toolchain fetched behind our back.
+            .env("GOTOOLCHAIN", "local"))
+        .context("cannot build ghz")?;
+    }
+    Ok(ghz)
+}
+
 /// Installs and builds what `mode` with these knobs needs.
 pub fn install(root: &Path, mode: ModeKind, knobs: &Knobs) -> Result<Tools> {
     let mut apt = Apt { updated: false };
@@ -176,6 +216,11 @@ pub fn install(root: &Path, mode: ModeKind, knobs: &Knobs) -> Result<Tools> {
     let cache = cache();
     let mut tools = Tools { oha: oha()?, ..Tools::default() };
     let peers = &knobs.peers;
+    if mode == ModeKind::Workloads
+        && knobs.workloads.iter().any(|w| w.origin() == braid_bench::workloads::Origin::Grpc)
+    {
+        tools.ghz = Some(ghz()?);
+    }
     if peers.iter().any(|p| p.mtls) {
         apt.need("openssl", "openssl")?; // the peers' test CA and certificates
     }
@@ -299,7 +344,7 @@ pub fn install(root: &Path, mode: ModeKind, knobs: &Knobs) -> Result<Tools> {
             }
             tools.profdata = Some(profdata);
         }
-        ModeKind::Pairs => {}
+        ModeKind::Pairs | ModeKind::Workloads => {}
     }
     Ok(tools)
 }

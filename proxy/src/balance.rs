@@ -56,7 +56,9 @@ pub struct Endpoint {
     pub pool: Pool,
     /// For this pod itself (`EndpointConfig::local`): the pool of HTTP/2 connections to the app,
     /// for requests that came in as HTTP/2 (`pool` is then HTTP/1.1), as on the inbound side.
-    local_http2: Option<Pool>,
+    /// Boxed: one endpoint of a whole mesh's has it, and a pool inline would double every
+    /// endpoint's size (a sidecar holds every endpoint of the services it may call).
+    local_http2: Option<Box<Pool>>,
     /// How opaque TCP reaches it: TLS with ALPN braid/opaque when it has an identity.
     pub opaque_tls: Option<TlsTarget>,
     pending: AtomicU32,
@@ -98,7 +100,7 @@ impl Endpoint {
     /// This pod itself: requests go straight to the app, each in the protocol it came in.
     pub fn local(addr: SocketAddr) -> Self {
         let mut endpoint = Self::with_protocol(addr, false, UpstreamProtocol::Http1, None, None);
-        endpoint.local_http2 = Some(Pool::new(addr, UpstreamProtocol::Http2));
+        endpoint.local_http2 = Some(Box::new(Pool::new(addr, UpstreamProtocol::Http2)));
         endpoint
     }
 
@@ -419,6 +421,15 @@ fn two_choices<E: std::borrow::Borrow<Endpoint>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoint_stays_small_for_mesh_sized_tables() {
+        // A sidecar holds every endpoint of the services it may call (10,000 in a large mesh):
+        // each byte here is 10 KB of its memory there.
+        let size = std::mem::size_of::<Endpoint>();
+        println!("Endpoint: {size} bytes, Pool: {} bytes", std::mem::size_of::<Pool>());
+        assert!(size <= 600, "an Endpoint is {size} bytes");
+    }
 
     fn endpoints(count: u16) -> Vec<Endpoint> {
         (0..count)

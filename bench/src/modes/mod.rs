@@ -7,6 +7,7 @@ pub mod pairs;
 pub mod pgo;
 pub mod profile;
 pub mod webhook;
+pub mod workloads;
 
 use std::fs;
 use std::path::PathBuf;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use braid_bench::settings::{Kind, Peer};
+use braid_bench::workloads;
 
 use crate::run::{Bench, Hop, Pair, Side, output};
 
@@ -35,6 +36,9 @@ pub fn start(b: &mut Bench, peer: Peer, side: Side, port: u16, upstream: u16) ->
         let tracing =
             format!("tracing: {{ collector: \"http://127.0.0.1:{sink}\", samplingPercent: 100 }}\n");
         fs::write(&config, fs::read_to_string(&config)? + &tracing)?;
+    }
+    if side == Side::A && b.with_table() {
+        fs::write(&config, workloads::with_braid_table(&fs::read_to_string(&config)?)?)?;
     }
     let dir = b.hop_dir(peer, side)?;
     if peer.mtls {

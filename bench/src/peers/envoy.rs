@@ -6,6 +6,11 @@ use braid_bench::settings::Peer;
 
 use crate::run::{Bench, Hop, Pair, Side, output};
 
+/// The origin cluster's protocol options for an HTTP/2-only origin (the gRPC workloads).
+const ORIGIN_H2: &str = "typed_extension_protocol_options: { envoy.extensions.upstreams.http.v3.HttpProtocolOptions: \
+                         { \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions, \
+                         explicit_http_config: { http2_protocol_options: {} } } }";
+
 pub fn start(b: &mut Bench, peer: Peer, side: Side, port: u16, upstream: u16) -> Result<Hop> {
     let admin = b.free_ports(1)?[0];
     let config = super::hop_config(
@@ -13,7 +18,12 @@ pub fn start(b: &mut Bench, peer: Peer, side: Side, port: u16, upstream: u16) ->
         peer,
         side,
         "yaml",
-        &[("PORT", port.to_string()), ("UPSTREAM", upstream.to_string()), ("ADMIN", admin.to_string())],
+        &[
+            ("PORT", port.to_string()),
+            ("UPSTREAM", upstream.to_string()),
+            ("ADMIN", admin.to_string()),
+            ("ORIGIN_PROTOCOL", if b.origin_is_h2() { ORIGIN_H2.into() } else { String::new() }),
+        ],
     )?;
     let dir = b.hop_dir(peer, side)?;
     let envoy = b.tools.envoy.clone().context("Envoy is not installed")?;

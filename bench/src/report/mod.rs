@@ -7,6 +7,7 @@
 mod floor;
 mod handshakes;
 mod markdown;
+mod workloads;
 
 use std::collections::BTreeMap;
 
@@ -20,6 +21,7 @@ use crate::stats::Stat;
 pub use floor::{floor_markdown, floors_of};
 pub use handshakes::{handshake_rate, handshakes_markdown};
 pub use markdown::{markdown, ratio_rows};
+pub use workloads::{WorkloadReport, WorkloadResult, workloads_markdown};
 
 /// What the driver records around one load generator run (its .meta.json).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,12 +6,14 @@
 //! run), `training` (the mix `pgo` and `link-order` record under) and `usage` (memory and CPU
 //! from /proc); commands run to their end are in `crate::commands`.
 
+mod grpc;
 mod measure;
 mod pairs;
 mod pods;
 mod processes;
 mod training;
 mod usage;
+mod workloads;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -21,6 +23,7 @@ use anyhow::{Context, Result};
 use braid_bench::pods::Pods;
 use braid_bench::settings::Peer;
 use braid_bench::template;
+use braid_bench::workloads::{Origin, Workload};
 
 use crate::Knobs;
 pub use crate::commands::{established, nginx_args, output, run_ok, succeeds, tail_logs};
@@ -97,6 +100,9 @@ pub struct Bench {
     pub recorder: Recorder,
     /// Set for the braid proxies of `pgo`: where the instrumented build writes its counts.
     pub llvm_profile_file: Option<String>,
+    /// The workload the pairs being started are for (`workloads`): its origin's protocol, the
+    /// large table.
+    pub workload: Option<&'static Workload>,
 }
 
 impl Bench {
@@ -130,7 +136,18 @@ impl Bench {
             ready_seconds,
             recorder,
             llvm_profile_file: None,
+            workload: None,
         })
+    }
+
+    /// Whether B's origin speaks HTTP/2 only (grpc-echo), so B must too.
+    pub fn origin_is_h2(&self) -> bool {
+        self.workload.is_some_and(|w| w.origin() == Origin::Grpc)
+    }
+
+    /// Whether A is to hold the large route table.
+    pub fn with_table(&self) -> bool {
+        self.workload.is_some_and(|w| w.table)
     }
 
     pub fn path(&self, relative: &str) -> PathBuf {

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use braid_bench::settings::Peer;
-use braid_bench::{system, training};
+use braid_bench::{system, training, workloads};
 use tracing::info;
 
-use super::{Bench, Pair, Side};
+use super::{Bench, Hop, Pair, Side};
 use crate::commands::{established, nginx_args, output, succeeds, tail_logs};
 
 impl Bench {
@@ -66,12 +66,15 @@ impl Bench {
     }
 
     /// An origin's folder `name` in the scratch folder: what it serves (the benchmark's /1k, the
-    /// training mix's files) and its nginx.conf for `port`; the folder and the file.
+    /// workloads' and the training mix's files) and its nginx.conf for `port`; the folder and the file.
     pub(super) fn origin_files(&mut self, name: &str, port: u16) -> Result<(PathBuf, PathBuf)> {
         let dir = self.work.join(name);
         fs::create_dir_all(dir.join("www"))?;
         fs::create_dir_all(dir.join("tmp"))?;
         fs::write(dir.join("www/1k"), [b'x'; 1024])?;
+        for (path, bytes) in workloads::files() {
+            fs::write(dir.join("www").join(path), vec![b'x'; bytes])?;
+        }
         for (file, bytes) in training::FILES {
             fs::write(dir.join("www").join(file), vec![b'x'; bytes])?;
         }
@@ -99,9 +102,9 @@ impl Bench {
         Ok(())
     }
 
-    /// Starts B (inbound, to the origin), then A (outbound, to B), sends one request through
-    /// both, and checks while a keep-alive request is held open that the path is the one claimed.
-    pub fn start_pair(&mut self, peer: Peer) -> Result<()> {
+    /// Starts B (inbound, to the origin), then A (outbound, to B), and waits until both are
+    /// ready; A's and B's ports and processes.
+    pub(super) fn launch_pair(&mut self, peer: Peer) -> Result<(u16, u16, Hop, Hop)> {
         let ports = self.free_ports(2)?;
         let (port_a, port_b) = (ports[0], ports[1]);
         let origin = self.origin_port;
@@ -114,6 +117,38 @@ impl Bench {
         if let Some(ready) = &a.ready {
             self.wait_http(ready, &dir_a)?;
         }
+        Ok((port_a, port_b, a, b))
+    }
+
+    /// A pair that has carried requests: checks that A holds a connection to B (while the caller
+    /// holds a request's connection open) and that the path is the one claimed; keeps it.
+    pub(super) fn keep_pair(&mut self, peer: Peer, port_a: u16, port_b: u16, a: Hop, b: Hop) -> Result<()> {
+        if established(&format!("( sport = :{port_b} )"))? == 0 {
+            bail!("{peer} A holds no connection to B");
+        }
+        let idle = [self.mem_kib(&a.pids)?, self.mem_kib(&b.pids)?];
+        let pair = Pair {
+            entry: port_a,
+            port_b,
+            a,
+            b,
+            idle: [[idle[0].0, idle[0].1], [idle[1].0, idle[1].1]],
+            pods: None,
+        };
+        crate::peers::verify(self, peer, &pair)?;
+        info!(
+            "{peer} pair up: A :{port_a} (pids {:?}) → B :{port_b} (pids {:?}) → origin :{}",
+            pair.a.pids, pair.b.pids, self.origin_port
+        );
+        self.pairs.insert(peer, pair);
+        Ok(())
+    }
+
+    /// Starts B (inbound, to the origin), then A (outbound, to B), sends one request through
+    /// both, and checks while a keep-alive request is held open that the path is the one claimed.
+    pub fn start_pair(&mut self, peer: Peer) -> Result<()> {
+        let (port_a, port_b, a, b) = self.launch_pair(peer)?;
+        let dir_a = self.hop_dir(peer, Side::A)?;
         let url = format!("http://127.0.0.1:{port_a}/1k");
         self.wait_http(&url, &dir_a)?;
         let body = Command::new("curl").args(["-fs", &url]).output()?.stdout;
@@ -131,25 +166,31 @@ impl Bench {
         if !head.starts_with("HTTP/1.1 200") {
             bail!("{peer} answered {head:?} to a keep-alive request");
         }
-        if established(&format!("( sport = :{port_b} )"))? == 0 {
-            bail!("{peer} A holds no connection to B");
-        }
-        let idle = [self.mem_kib(&a.pids)?, self.mem_kib(&b.pids)?];
-        let pair = Pair {
-            entry: port_a,
-            port_b,
-            a,
-            b,
-            idle: [[idle[0].0, idle[0].1], [idle[1].0, idle[1].1]],
-            pods: None,
-        };
-        crate::peers::verify(self, peer, &pair)?;
+        self.keep_pair(peer, port_a, port_b, a, b)?;
         drop(held);
-        info!(
-            "{peer} pair up: A :{port_a} (pids {:?}) → B :{port_b} (pids {:?}) → origin :{origin}",
-            pair.a.pids, pair.b.pids
-        );
-        self.pairs.insert(peer, pair);
+        Ok(())
+    }
+
+    /// Stops every pair (the origin and the identity stand-in stay) and moves their folders to
+    /// WORK/`label`/, so that the next pairs of the same peers start afresh.
+    pub fn stop_pairs(&mut self, label: &str) -> Result<()> {
+        let peers: Vec<Peer> = self.pairs.keys().copied().collect();
+        let pids: Vec<u32> =
+            self.pairs.values().flat_map(|p| p.a.pids.iter().chain(&p.b.pids)).copied().collect();
+        if !pids.is_empty() {
+            self.stop_proxies(&pids)?;
+        }
+        self.pairs.clear();
+        let to = self.work.join(label);
+        fs::create_dir_all(&to)?;
+        for peer in peers {
+            for side in [Side::A, Side::B] {
+                let dir = self.hop_dir(peer, side)?;
+                if let Some(name) = dir.file_name() {
+                    fs::rename(&dir, to.join(name))?;
+                }
+            }
+        }
         Ok(())
     }
 

@@ -7,8 +7,8 @@ use std::process::Stdio;
 
 use braid_testapps::faults::Faults;
 use braid_testapps::grpc::client::GrpcClient;
-use braid_testapps::grpc::code;
-use braid_testapps::grpc::proto::{EchoReply, NOT_SERVING, SERVING};
+use braid_testapps::grpc::proto::{EchoRepeatRequest, EchoReply, NOT_SERVING, SERVING};
+use braid_testapps::grpc::{MAX_REPEAT, REPEAT_PATH, code};
 use http::HeaderMap;
 use support::*;
 
@@ -50,6 +50,62 @@ async fn bidirectional_stream_answers_each_message_as_it_arrives() {
     }
     stream.close_send();
     assert_eq!(stream.recv().await.unwrap(), None, "the call ends with OK once the client is done");
+}
+
+fn repeat(message: &str, count: u32) -> Vec<Vec<u8>> {
+    vec![EchoRepeatRequest { message: message.into(), count }.encode()]
+}
+
+#[tokio::test]
+async fn server_stream_answers_count_times_then_ok() {
+    let (server, _) = start_grpc(config("greeter", "v1")).await;
+    let mut client = GrpcClient::connect(&server.addr.to_string()).await.unwrap();
+    // `call` returns the messages only once the trailers said OK.
+    let replies = client.call(REPEAT_PATH, repeat("again", 10), &HeaderMap::new()).await.unwrap();
+    let replies: Vec<EchoReply> = replies.iter().map(|reply| EchoReply::decode(reply).unwrap()).collect();
+    assert_eq!(replies.len(), 10);
+    for (index, reply) in replies.iter().enumerate() {
+        assert_eq!((reply.message.as_str(), reply.sequence), ("again", index as u64 + 1));
+        assert_eq!((reply.name.as_str(), reply.pod.as_str()), ("greeter", "greeter-v1-pod"));
+    }
+    // The cap itself is allowed, and arrives whole.
+    let replies = client.call(REPEAT_PATH, repeat("", MAX_REPEAT), &HeaderMap::new()).await.unwrap();
+    assert_eq!(replies.len(), MAX_REPEAT as usize);
+    let last = EchoReply::decode(replies.last().unwrap()).unwrap();
+    assert_eq!(last.sequence, u64::from(MAX_REPEAT));
+}
+
+#[tokio::test]
+async fn server_stream_refuses_bad_counts_and_malformed_requests() {
+    let (server, _) = start_grpc(config("greeter", "v1")).await;
+    let mut client = GrpcClient::connect(&server.addr.to_string()).await.unwrap();
+    for count in [0, MAX_REPEAT + 1, u32::MAX] {
+        let err = client.call(REPEAT_PATH, repeat("x", count), &HeaderMap::new()).await.unwrap_err();
+        assert_eq!(err.code(), Some(code::INVALID_ARGUMENT), "{err}");
+        let text = err.to_string();
+        assert!(text.contains(&format!("count {count} is out of range")), "{text}");
+        assert!(text.contains(&format!("1 to {MAX_REPEAT}")), "{text}");
+    }
+    // A field that ends early, two messages, and none.
+    let err = client.call(REPEAT_PATH, vec![vec![0x0a, 0x09]], &HeaderMap::new()).await.unwrap_err();
+    assert_eq!(err.code(), Some(code::INVALID_ARGUMENT), "{err}");
+    let mut two = repeat("x", 1);
+    two.extend(repeat("y", 1));
+    let err = client.call(REPEAT_PATH, two, &HeaderMap::new()).await.unwrap_err();
+    assert_eq!(err.code(), Some(code::INVALID_ARGUMENT), "{err}");
+    let err = client.call(REPEAT_PATH, vec![], &HeaderMap::new()).await.unwrap_err();
+    assert_eq!(err.code(), Some(code::INVALID_ARGUMENT), "{err}");
+    // The connection still serves.
+    assert_eq!(client.call(REPEAT_PATH, repeat("ok", 2), &HeaderMap::new()).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn server_stream_takes_injected_faults() {
+    let (server, _) = start_grpc(config("greeter", "v1")).await;
+    let mut client = GrpcClient::connect(&server.addr.to_string()).await.unwrap();
+    let failing = headers(&[("x-echo-fail-rate", "1")]);
+    let err = client.call(REPEAT_PATH, repeat("x", 3), &failing).await.unwrap_err();
+    assert_eq!(err.code(), Some(code::UNAVAILABLE), "{err}");
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
-//! `grpc-echo`: a gRPC server of proto/echo.proto (unary Echo, bidirectional EchoStream) and
-//! grpc.health.v1 Check; `grpc-echo call` is its client.
+//! `grpc-echo`: a gRPC server of proto/echo.proto (unary Echo, server-streaming EchoRepeat,
+//! bidirectional EchoStream) and grpc.health.v1 Check; `grpc-echo call` is its client.
 
 use std::net::SocketAddr;
 

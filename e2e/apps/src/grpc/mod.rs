@@ -1,7 +1,7 @@
 //! gRPC over hyper's HTTP/2, framed by hand: a message is a 1-byte compression flag, a 4-byte
 //! big-endian length and the protobuf bytes; the call's outcome is the `grpc-status` trailer
-//! (or header, in a trailers-only answer). That is all the protocol a unary and a bidirectional
-//! streaming echo need, so the crate needs neither tonic, prost, nor protoc.
+//! (or header, in a trailers-only answer). That is all the protocol a unary, a server-streaming
+//! and a bidirectional streaming echo need, so the crate needs neither tonic, prost, nor protoc.
 
 pub mod client;
 pub mod proto;
@@ -12,9 +12,13 @@ use http::{HeaderMap, HeaderValue};
 
 pub const ECHO_PATH: &str = "/braid.echo.v1.Echo/Echo";
 pub const STREAM_PATH: &str = "/braid.echo.v1.Echo/EchoStream";
+pub const REPEAT_PATH: &str = "/braid.echo.v1.Echo/EchoRepeat";
 pub const HEALTH_PATH: &str = "/grpc.health.v1.Health/Check";
 /// gRPC's default limit on a received message.
 pub const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+/// The most replies one EchoRepeat may ask for: enough for any benchmark's stream, few enough
+/// that a typo cannot keep the server busy for minutes.
+pub const MAX_REPEAT: u32 = 100_000;
 pub const CONTENT_TYPE: &str = "application/grpc";
 
 /// The status codes this crate uses (grpc/doc/statuscodes.md).

@@ -26,6 +26,15 @@ pub struct EchoRequest {
     pub message: String,
 }
 
+/// `braid.echo.v1.EchoRepeatRequest`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EchoRepeatRequest {
+    /// 1
+    pub message: String,
+    /// 2: how many replies.
+    pub count: u32,
+}
+
 /// `braid.echo.v1.EchoReply`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EchoReply {
@@ -58,6 +67,29 @@ impl EchoRequest {
         while let Some((number, value)) = fields.next()? {
             if let (1, Value::Bytes(bytes)) = (number, value) {
                 request.message = string(number, bytes)?;
+            }
+        }
+        Ok(request)
+    }
+}
+
+impl EchoRepeatRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(self.message.len() + 10);
+        put_string(&mut buf, 1, &self.message);
+        put_uint(&mut buf, 2, u64::from(self.count));
+        buf
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, ProtoError> {
+        let mut request = Self::default();
+        let mut fields = Fields { rest: bytes };
+        while let Some((number, value)) = fields.next()? {
+            match (number, value) {
+                (1, Value::Bytes(bytes)) => request.message = string(number, bytes)?,
+                // protobuf reads a uint32 sent as a wider varint as its low 32 bits.
+                (2, Value::Varint(count)) => request.count = count as u32,
+                _ => {}
             }
         }
         Ok(request)
@@ -224,6 +256,9 @@ mod tests {
         let request = EchoRequest { message: "x".repeat(200) };
         assert_eq!(EchoRequest::decode(&request.encode()), Ok(request));
         assert_eq!(EchoRequest::decode(&[]), Ok(EchoRequest::default()));
+        let repeat = EchoRepeatRequest { message: "again".into(), count: 100_000 };
+        assert_eq!(EchoRepeatRequest::decode(&repeat.encode()), Ok(repeat));
+        assert_eq!(EchoRepeatRequest::decode(&[]), Ok(EchoRepeatRequest::default()));
         assert_eq!(decode_health(&encode_health(SERVING)), Ok(SERVING));
     }
 
@@ -234,6 +269,11 @@ mod tests {
         assert_eq!(EchoRequest { message: "hi".into() }.encode(), b"\x0a\x02hi");
         let reply = EchoReply { sequence: 300, ..Default::default() };
         assert_eq!(reply.encode(), b"\x28\xac\x02");
+        // field 1 "hi", then field 2 (key 0x10) varint 10.
+        let repeat = EchoRepeatRequest { message: "hi".into(), count: 10 };
+        assert_eq!(repeat.encode(), b"\x0a\x02hi\x10\x0a");
+        // A count sent as a 64-bit varint (2^32 + 3) keeps its low 32 bits, as protobuf's do.
+        assert_eq!(EchoRepeatRequest::decode(b"\x10\x83\x80\x80\x80\x10").map(|r| r.count), Ok(3));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The gRPC echo server: `braid.echo.v1.Echo/Echo` (unary), `/EchoStream` (bidirectional: each
-//! request message is answered as soon as it arrives), and `grpc.health.v1.Health/Check`.
+//! request message is answered as soon as it arrives), `/EchoRepeat` (server streaming: one
+//! request answered a given number of times), and `grpc.health.v1.Health/Check`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +12,10 @@ use http_body::Frame;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use super::proto::{self, EchoReply, EchoRequest};
-use super::{CONTENT_TYPE, Deframer, ECHO_PATH, HEALTH_PATH, STREAM_PATH, Status, code, frame};
+use super::proto::{self, EchoRepeatRequest, EchoReply, EchoRequest};
+use super::{
+    CONTENT_TYPE, Deframer, ECHO_PATH, HEALTH_PATH, MAX_REPEAT, REPEAT_PATH, STREAM_PATH, Status, code, frame,
+};
 use crate::body::{self, Body};
 use crate::echo::EchoConfig;
 use crate::faults::Faults;
@@ -66,6 +69,7 @@ impl GrpcEcho {
         match path.as_str() {
             ECHO_PATH => self.unary(body, &faults).await,
             STREAM_PATH => self.stream(body, faults),
+            REPEAT_PATH => self.repeat(body, &faults).await,
             HEALTH_PATH => {
                 let status = if self.shutting_down.load(Ordering::SeqCst) {
                     proto::NOT_SERVING
@@ -82,25 +86,54 @@ impl GrpcEcho {
     }
 
     async fn unary(&self, body: Incoming, faults: &Faults) -> Response<Body> {
-        let messages = match read_messages(body).await {
-            Ok(messages) => messages,
-            Err(status) => return trailers_only(&status),
-        };
-        let [message] = messages.as_slice() else {
-            let status = Status::new(
-                code::INVALID_ARGUMENT,
-                format!("a unary call takes 1 message, not {}", messages.len()),
-            );
-            return trailers_only(&status);
-        };
-        let request = match EchoRequest::decode(message) {
+        let request = match read_one(body, "a unary call").await.and_then(|message| {
+            EchoRequest::decode(&message).map_err(|err| Status::new(code::INVALID_ARGUMENT, err.to_string()))
+        }) {
             Ok(request) => request,
-            Err(err) => return trailers_only(&Status::new(code::INVALID_ARGUMENT, err.to_string())),
+            Err(status) => return trailers_only(&status),
         };
         if let Err(status) = inject(faults).await {
             return trailers_only(&status);
         }
         answer(vec![self.reply(request.message, 1).encode()], &Status::ok()).await
+    }
+
+    /// EchoRepeat: `count` replies, each sent when the connection takes it (the channel holds a
+    /// few), so a long stream neither sits in memory nor outruns a slow client.
+    async fn repeat(self: Arc<Self>, body: Incoming, faults: &Faults) -> Response<Body> {
+        let request = match read_one(body, "a server-streaming call").await.and_then(|message| {
+            EchoRepeatRequest::decode(&message)
+                .map_err(|err| Status::new(code::INVALID_ARGUMENT, err.to_string()))
+        }) {
+            Ok(request) => request,
+            Err(status) => return trailers_only(&status),
+        };
+        if !(1..=MAX_REPEAT).contains(&request.count) {
+            let status = Status::new(
+                code::INVALID_ARGUMENT,
+                format!(
+                    "count {} is out of range: EchoRepeat answers 1 to {MAX_REPEAT} times",
+                    request.count
+                ),
+            );
+            return trailers_only(&status);
+        }
+        if let Err(status) = inject(faults).await {
+            return trailers_only(&status);
+        }
+        let (tx, response_body) = body::channel(16);
+        tokio::spawn(async move {
+            let mut reply = self.reply(request.message, 0);
+            for sequence in 1..=u64::from(request.count) {
+                reply.sequence = sequence;
+                if tx.send(Frame::data(frame(&reply.encode()))).await.is_err() {
+                    // The client reset the stream: nobody is left to answer.
+                    return;
+                }
+            }
+            let _ = tx.send(Frame::trailers(Status::ok().to_headers())).await;
+        });
+        grpc_response(response_body)
     }
 
     fn stream(self: Arc<Self>, mut body: Incoming, faults: Faults) -> Response<Body> {
@@ -181,6 +214,18 @@ async fn read_messages(mut body: Incoming) -> Result<Vec<Bytes>, Status> {
         return Err(Status::new(code::INTERNAL, "the request ended inside a message"));
     }
     Ok(messages)
+}
+
+/// The one message of `kind` ("a unary call"), whose request stream holds just that.
+async fn read_one(body: Incoming, kind: &str) -> Result<Bytes, Status> {
+    let messages = read_messages(body).await?;
+    match <[Bytes; 1]>::try_from(messages) {
+        Ok([message]) => Ok(message),
+        Err(messages) => Err(Status::new(
+            code::INVALID_ARGUMENT,
+            format!("{kind} takes 1 message, not {}", messages.len()),
+        )),
+    }
 }
 
 /// An answer of whole messages, then the status in the trailers.
