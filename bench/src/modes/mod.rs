@@ -29,9 +29,15 @@ pub fn result_prefix(b: &Bench, name: &str) -> Result<PathBuf> {
 }
 
 pub fn result_prefix_in(root: &std::path::Path, name: &str) -> Result<PathBuf> {
+    Ok(stamped_prefix(root, name)?.0)
+}
+
+/// bench/results/NAME-<stamp> (without extension), the folder made, and the stamp it carries.
+pub fn stamped_prefix(root: &std::path::Path, name: &str) -> Result<(PathBuf, String)> {
     let dir = root.join("bench/results");
     fs::create_dir_all(&dir)?;
-    Ok(dir.join(format!("{name}-{}", stamp())))
+    let stamp = stamp();
+    Ok((dir.join(format!("{name}-{stamp}")), stamp))
 }
 
 /// PREFIX + extension.

@@ -13,7 +13,7 @@ use braid_bench::settings::{Kind, Peer};
 use braid_bench::system;
 use tracing::info;
 
-use super::{result_prefix, with};
+use super::{stamped_prefix, with};
 use crate::run::{Bench, CONNECTIONS};
 use crate::tools;
 
@@ -54,15 +54,10 @@ pub fn run(b: &mut Bench) -> Result<()> {
             }
         }
     }
-    let prefix = result_prefix(b, "proxy")?;
+    let (prefix, timestamp) = stamped_prefix(&b.root, "proxy")?;
     let k = &b.knobs;
     let mut report = Report {
-        timestamp: prefix
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("proxy-"))
-            .unwrap_or("")
-            .to_string(),
+        timestamp,
         machine: system::machine(&fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
         versions: tools::versions(&b.root, k, &b.tools),
         took_seconds: started.elapsed().as_secs(),

@@ -14,7 +14,7 @@ use braid_bench::system;
 use braid_bench::workloads::{self, Origin, Workload};
 use tracing::info;
 
-use super::{result_prefix, with};
+use super::{stamped_prefix, with};
 use crate::run::Bench;
 use crate::tools;
 
@@ -103,14 +103,9 @@ pub fn run(b: &mut Bench, list: &[&'static Workload]) -> Result<()> {
     for result in &mut results {
         result.resummarize();
     }
-    let prefix = result_prefix(b, "proxy-workloads")?;
+    let (prefix, timestamp) = stamped_prefix(&b.root, "proxy-workloads")?;
     let report = WorkloadReport {
-        timestamp: prefix
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.strip_prefix("proxy-workloads-"))
-            .unwrap_or("")
-            .to_string(),
+        timestamp,
         machine: system::machine(&fs::read_to_string("/proc/cpuinfo").unwrap_or_default()),
         versions: tools::versions(&b.root, &b.knobs, &b.tools),
         took_seconds: started.elapsed().as_secs(),
